@@ -1,0 +1,80 @@
+// swift-tools-version:6.0
+//
+// Oyako's module graph mirrors the layer picture in ARCHITECTURE.md:
+//
+//   OyakoCLI -> Kernel -> DriverHost -> COyakoSDK (the C ABI, SDK/include)
+//            \        \-> Machine
+//             \-> Devices -> Machine
+//
+// The Kernel knows devices only through the Machine's bus; device models
+// (Devices) are plugged into a machine by whoever builds it (the CLI, tests).
+import PackageDescription
+
+let package = Package(
+    name: "Oyako",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "oyako", targets: ["OyakoCLI"]),
+        .library(name: "DriverHost", targets: ["DriverHost"]),
+        .library(name: "Kernel", targets: ["Kernel"]),
+        .library(name: "Machine", targets: ["Machine"]),
+        .library(name: "Devices", targets: ["Devices"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        // The driver ABI headers, compiled into the host; the layout asserts run on every build.
+        .target(
+            name: "COyakoSDK",
+            path: "SDK",
+            exclude: ["oyako.mk", "oyako-driver.map"],
+            sources: ["src"],
+            publicHeadersPath: "include"
+        ),
+        .target(name: "CSystemShims", path: "Sources/CSystemShims"),
+        .target(
+            name: "Machine",
+            dependencies: [
+                "CSystemShims",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .target(
+            name: "Devices",
+            dependencies: [
+                "Machine",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .target(
+            name: "DriverHost",
+            dependencies: [
+                "COyakoSDK", "CSystemShims",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "Kernel",
+            dependencies: ["DriverHost", "Machine", .product(name: "Logging", package: "swift-log")]
+        ),
+        .executableTarget(
+            name: "OyakoCLI",
+            dependencies: [
+                "Kernel", "Devices", "DriverHost", "Machine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
+        .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "Kernel", "Machine", "Devices"]),
+        .testTarget(name: "KernelTests", dependencies: ["Kernel", "DriverHost", "Machine", "Devices"]),
+        .testTarget(name: "CLITests", dependencies: ["OyakoCLI"]),
+    ]
+)

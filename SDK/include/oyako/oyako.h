@@ -1,0 +1,14 @@
+/*
+ * oyako/oyako.h — the whole Oyako driver SDK, ABI version 1.
+ * Include this, or the individual headers, from a driver.
+ */
+#ifndef OYAKO_OYAKO_H
+#define OYAKO_OYAKO_H
+
+#include <oyako/types.h>
+#include <oyako/errors.h>
+#include <oyako/host.h>
+#include <oyako/driver.h>
+#include <oyako/block.h>
+
+#endif /* OYAKO_OYAKO_H */

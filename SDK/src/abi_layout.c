@@ -1,0 +1,3 @@
+/* Compiles every SDK header into the host, so the _Static_assert layout locks
+ * are checked on every build of Oyako itself. */
+#include <oyako/oyako.h>

@@ -1,0 +1,30 @@
+/* Tiny C shims for what Swift cannot reach directly or safely: GNU-only libc
+ * calls and a thread-local execution-context marker. */
+#ifndef CSYSTEMSHIMS_H
+#define CSYSTEMSHIMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+
+/* memfd_create(2) with MFD_CLOEXEC; returns -1 with errno set. */
+int oy_shim_memfd_create(const char *name);
+
+/* dladdr(3): copy the path of the object containing `address` into buf.
+ * Returns 0 on success, -1 when no object contains it or buf is too small. */
+int oy_shim_dladdr_path(const void *address, char *buf, size_t length);
+
+/* The calling thread's execution context (0 passive, 1 interrupt), and the
+ * name of the driver callback it is running, for violation reports. */
+void oy_shim_set_context(int32_t context, const char *callback);
+int32_t oy_shim_context(void);
+const char *oy_shim_context_callback(void);
+
+/* Atomically swap *slot with value; returns the previous value. Used where
+ * a driver may race with itself (completing one request twice). */
+void *oy_shim_exchange_pointer(void **slot, void *value);
+
+/* errno of the last failing call on this thread. */
+int oy_shim_errno(void);
+
+#endif

@@ -1,0 +1,102 @@
+import Glibc
+import SystemPackage
+
+/// Why a disk image could not be used, with what to do about it.
+public struct DiskImageError: Error, CustomStringConvertible, Sendable {
+    public let path: String
+    public let message: String
+    public var description: String { "disk image \(path): \(message)" }
+}
+
+/// A real file behind a virtual disk. Reads and writes go straight between
+/// the file and machine memory (preadv/pwritev); `flush` is `fdatasync`.
+///
+/// This is the Devices module's one door to file system calls.
+public final class DiskImage: Sendable {
+    public let path: String
+    public let size: UInt64
+    private let fd: Int32
+
+    /// Opens the image at `path`, creating it with `size` bytes when missing.
+    /// An existing image must be at least `size` bytes; its own size is used.
+    public init(path: String, size: UInt64) throws(DiskImageError) {
+        self.path = path
+        guard size > 0 else { throw DiskImageError(path: path, message: "requested size is 0 bytes") }
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw DiskImageError(path: path, message: "cannot open or create: \(Errno(rawValue: errno)); check the folder exists and is writable")
+        }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let e = Errno(rawValue: errno)
+            close(fd)
+            throw DiskImageError(path: path, message: "cannot stat: \(e)")
+        }
+        if st.st_size == 0 {
+            guard ftruncate(fd, off_t(size)) == 0 else {
+                let e = Errno(rawValue: errno)
+                close(fd)
+                throw DiskImageError(path: path, message: "cannot grow to \(size) bytes: \(e)")
+            }
+            self.size = size
+        } else if UInt64(st.st_size) < size {
+            close(fd)
+            throw DiskImageError(path: path, message: "is \(st.st_size) bytes, smaller than the \(size) bytes required; delete it to have a new one created, or pass a smaller size")
+        } else {
+            self.size = UInt64(st.st_size)
+        }
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
+
+    /// Fills `pieces`, in order, from the file starting at `offset`.
+    public func read(into pieces: [UnsafeMutableRawBufferPointer], at offset: UInt64) throws(Errno) {
+        try transfer(pieces, at: offset, write: false)
+    }
+
+    /// Writes `pieces`, in order, to the file starting at `offset`.
+    public func write(from pieces: [UnsafeMutableRawBufferPointer], at offset: UInt64) throws(Errno) {
+        try transfer(pieces, at: offset, write: true)
+    }
+
+    /// Makes every completed write durable.
+    public func flush() throws(Errno) {
+        guard fdatasync(fd) == 0 else { throw Errno(rawValue: errno) }
+    }
+
+    private func transfer(_ pieces: [UnsafeMutableRawBufferPointer], at offset: UInt64, write: Bool) throws(Errno) {
+        var vectors = pieces.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
+        var total = pieces.reduce(0) { $0 + $1.count }
+        var position = off_t(offset)
+        var first = 0
+        while total > 0 {
+            let done = vectors[first...].withUnsafeMutableBufferPointer { v -> Int in
+                write ? pwritev(fd, v.baseAddress, Int32(min(v.count, 1024)), position)
+                      : preadv(fd, v.baseAddress, Int32(min(v.count, 1024)), position)
+            }
+            if done < 0 {
+                if errno == EINTR { continue }
+                throw Errno(rawValue: errno)
+            }
+            if done == 0 {
+                // Reading past the end of a sparse file cannot happen (size is
+                // checked); treat a short file as an I/O error.
+                throw Errno.ioError
+            }
+            total -= done
+            position += off_t(done)
+            var consumed = done
+            while consumed > 0 && first < vectors.count {
+                if consumed >= vectors[first].iov_len {
+                    consumed -= vectors[first].iov_len
+                    first += 1
+                } else {
+                    vectors[first].iov_base = vectors[first].iov_base! + consumed
+                    vectors[first].iov_len -= consumed
+                    consumed = 0
+                }
+            }
+        }
+    }
+}

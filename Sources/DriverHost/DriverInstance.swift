@@ -1,0 +1,131 @@
+import COyakoSDK
+import Foundation
+
+/// One device bound to one loaded driver: the `oy_device` the driver sees.
+/// Owns everything the driver acquires for this device.
+public final class DeviceBinding: @unchecked Sendable {
+    // @unchecked Sendable: immutable after init; `owner` synchronises itself.
+    public let device: any HostDevice
+    unowned let library: DriverLibrary
+    let owner: ResourceOwner
+    private(set) var handle: OpaquePointer!
+    /// Interrupt indices with a hook, to refuse a second hook on one vector.
+    private let hookLock = NSLock()
+    private var hooked: Set<Int> = []
+    private var registeredDisks: [RegisteredDisk] = []
+
+    init(library: DriverLibrary, device: any HostDevice) {
+        self.library = library
+        self.device = device
+        self.owner = ResourceOwner(label: "\(library.name)@\(device.info.location)")
+        self.handle = HandleTable.shared.insert(self)
+    }
+
+    public var label: String { owner.label }
+
+    func claimVector(_ index: Int) -> Bool {
+        hookLock.withLock { hooked.insert(index).inserted }
+    }
+
+    /// Every disk registered for this device, including unregistered ones:
+    /// their accepted requests must still complete before detach returns.
+    var disks: [RegisteredDisk] { hookLock.withLock { registeredDisks } }
+
+    func recordDisk(_ disk: RegisteredDisk) {
+        hookLock.withLock { registeredDisks.append(disk) }
+    }
+
+    func releaseVector(_ index: Int) {
+        hookLock.withLock { _ = hooked.remove(index) }
+    }
+
+    /// Invalidates the `oy_device` handle; later calls with it are refused.
+    func retire() {
+        HandleTable.shared.remove(handle, as: DeviceBinding.self)
+    }
+}
+
+/// A driver attached to a device.
+public final class DriverInstance: @unchecked Sendable {
+    // @unchecked Sendable: `state` is guarded by `lock`.
+    public enum State: String, Sendable {
+        case attached, removed, detached
+    }
+
+    /// What detaching found.
+    public struct DetachReport: Sendable {
+        public let status: OyStatus
+        /// Resources detach did not release (reclaimed by the host).
+        public let leaked: [String]
+        /// Requests the driver accepted but had not completed when detach
+        /// returned (completed by the host with OY_E_CANCELED).
+        public let unfinishedRequests: Int
+
+        public var isClean: Bool { status.isOK && leaked.isEmpty && unfinishedRequests == 0 }
+    }
+
+    public let library: DriverLibrary
+    public let binding: DeviceBinding
+    let instance: UnsafeMutableRawPointer?
+    private let lock = NSLock()
+    private var state_: State = .attached
+
+    init(library: DriverLibrary, binding: DeviceBinding, instance: UnsafeMutableRawPointer?) {
+        self.library = library
+        self.binding = binding
+        self.instance = instance
+    }
+
+    public var state: State { lock.withLock { state_ } }
+    public var device: any HostDevice { binding.device }
+
+    /// Resources the instance holds right now, oldest first.
+    public var heldResources: [String] { binding.owner.held }
+
+    /// Disks the driver registered for this device.
+    public var disks: [RegisteredDisk] { binding.disks }
+
+    /// Looks up a driver extension ("oyako.block/1") of this instance.
+    public func driverExtension(_ id: String) -> UnsafeRawPointer? {
+        guard let lookup = library.driver.pointee.get_extension else { return nil }
+        return library.callDriver("get_extension") { lookup(instance, id) }
+    }
+
+    /// Surprise removal: the device is already gone. Tells the driver, which
+    /// must fail what is outstanding, then detaches.
+    @discardableResult
+    public func surpriseRemove() -> DetachReport {
+        let proceed = lock.withLock { () -> Bool in
+            guard state_ == .attached else { return false }
+            state_ = .removed
+            return true
+        }
+        if proceed, let remove = library.driver.pointee.remove {
+            library.callDriver("remove") { remove(instance) }
+        }
+        return detach()
+    }
+
+    /// Detaches the driver and proves the instance released everything:
+    /// whatever is left is reported and reclaimed.
+    @discardableResult
+    public func detach() -> DetachReport {
+        let proceed = lock.withLock { () -> Bool in
+            guard state_ != .detached else { return false }
+            state_ = .detached
+            return true
+        }
+        guard proceed else { return DetachReport(status: .state, leaked: [], unfinishedRequests: 0) }
+        let status = library.callDriver("detach") { OyStatus(library.driver.pointee.detach(instance)) }
+        var unfinished = 0
+        for disk in disks { unfinished += disk.cancelOutstanding() }
+        if unfinished > 0 {
+            library.recordViolation("detach of \(binding.label) returned with \(unfinished) accepted request(s) not completed")
+        }
+        let leaked = binding.owner.reclaimAll()
+        for item in leaked { library.recordViolation("detach of \(binding.label) left \(item) behind") }
+        binding.retire()
+        library.forget(self)
+        return DetachReport(status: status, leaked: leaked, unfinishedRequests: unfinished)
+    }
+}

@@ -1,0 +1,300 @@
+import COyakoSDK
+import CSystemShims
+import Crypto
+import Foundation
+import Logging
+
+/// A driver file loaded into this process: negotiated, initialised, ready to
+/// probe and attach devices.
+///
+/// Lifecycle: `load` (dlopen, entry, negotiate, validate, init) -> `attach`
+/// any number of devices -> detach them -> `unload` (deinit, dlclose). The
+/// host enforces this order; the driver never sees a call out of order.
+public final class DriverLibrary: @unchecked Sendable {
+    // @unchecked Sendable: immutable after load except `context`, `instances`
+    // and `violations`, which are guarded by `lock`.
+
+    /// ABI versions this host speaks.
+    public static let hostABI: ClosedRange<UInt32> = OY_ABI_VERSION_1...OY_ABI_VERSION_CURRENT
+
+    public let path: String
+    /// The file the dynamic loader actually mapped (found with dladdr on the
+    /// entry symbol), and its SHA-256: what really ran.
+    public let mappedPath: String
+    public let sha256: String
+    public let image: ELFImage
+    public let metadata: DriverMetadata
+    public let abiVersion: UInt32
+    public let environment: any HostEnvironment
+
+    let driver: UnsafePointer<oy_driver>
+    let hostTable: UnsafeMutablePointer<oy_host>
+    let globalOwner: ResourceOwner
+    private let dl: DynamicLibrary
+    private let lock = NSLock()
+    private var context: UnsafeMutableRawPointer?
+    private var instances: [ObjectIdentifier: DriverInstance] = [:]
+    private var violationLog: [String] = []
+    private var unloaded = false
+    let logger: Logger
+
+    /// The name the driver gives itself.
+    public var name: String { metadata.name }
+
+    // MARK: Loading
+
+    /// Loads, negotiates and initialises the driver at `path`.
+    ///
+    /// - Throws: `DriverLoadError` naming what is wrong with the file and
+    ///   what to do about it. Nothing stays loaded after a failure.
+    public static func load(path: String, environment: any HostEnvironment, hostABI: ClosedRange<UInt32> = hostABI)
+        throws(DriverLoadError) -> DriverLibrary
+    {
+        let inspection = try DriverFile.inspect(path: path)
+        let dl: DynamicLibrary
+        do {
+            dl = try DynamicLibrary.open(inspection.resolvedPath)
+        } catch {
+            throw .dlopenFailed(path: path, message: error.message)
+        }
+        guard let entry = dl.entryPoint() else {
+            dl.close()
+            throw .missingEntry(path: path)
+        }
+        guard let mapped = DynamicLibrary.objectPath(containing: entry.address) else {
+            dl.close()
+            throw .missingEntry(path: path)
+        }
+        guard realPath(mapped) == inspection.resolvedPath else {
+            dl.close()
+            throw .entryFromOtherObject(path: path, resolvedIn: mapped)
+        }
+
+        let negotiation = negotiate(entry.function, host: hostABI)
+        guard negotiation.status.isOK, let table = negotiation.driver else {
+            dl.close()
+            if negotiation.status == .incompatible {
+                throw .incompatible(path: path, driver: negotiation.driverRange, host: hostABI)
+            }
+            if negotiation.status.isOK {
+                throw .malformedDriverTable(path: path, reason: "oy_driver_entry returned OY_OK but no driver table")
+            }
+            throw .entryFailed(path: path, status: negotiation.status)
+        }
+        guard hostABI.contains(negotiation.version),
+            negotiation.driverRange.contains(negotiation.version)
+        else {
+            dl.close()
+            throw .malformedDriverTable(path: path, reason: "driver chose ABI \(negotiation.version), outside the common range of host \(DriverLoadError.range(hostABI)) and driver \(DriverLoadError.range(negotiation.driverRange))")
+        }
+        if let problem = validate(table, metadata: inspection.metadata) {
+            dl.close()
+            throw .malformedDriverTable(path: path, reason: problem)
+        }
+
+        let library = DriverLibrary(
+            path: path, mappedPath: mapped, sha256: sha256Hex(ofFile: mapped) ?? inspection.sha256,
+            image: inspection.image, metadata: inspection.metadata, abiVersion: negotiation.version,
+            environment: environment, driver: table, dl: dl)
+        var context: UnsafeMutableRawPointer?
+        let status = library.callDriver("init") { OyStatus(table.pointee.`init`(library.hostTable, &context)) }
+        guard status.isOK else {
+            library.globalOwner.reclaimAll()
+            library.teardownHostTable()
+            dl.close()
+            throw .initFailed(path: path, status: status)
+        }
+        library.context = context
+        return library
+    }
+
+    private init(path: String, mappedPath: String, sha256: String, image: ELFImage, metadata: DriverMetadata,
+                 abiVersion: UInt32, environment: any HostEnvironment, driver: UnsafePointer<oy_driver>, dl: DynamicLibrary)
+    {
+        self.path = path
+        self.mappedPath = mappedPath
+        self.sha256 = sha256
+        self.image = image
+        self.metadata = metadata
+        self.abiVersion = abiVersion
+        self.environment = environment
+        self.driver = driver
+        self.dl = dl
+        self.globalOwner = ResourceOwner(label: "\(metadata.name) (driver-wide)")
+        self.logger = Logger(label: "oyako.driver.\(metadata.name)")
+        self.hostTable = HostServices.makeTable(abiVersion: abiVersion)
+        HostServices.register(self, table: hostTable)
+    }
+
+    /// Result of calling a driver's entry with a host range.
+    public struct Negotiation: Sendable {
+        public let status: OyStatus
+        public let version: UInt32
+        public let driverRange: ClosedRange<UInt32>
+        nonisolated(unsafe) let driver: UnsafePointer<oy_driver>?
+    }
+
+    /// Calls `entry` with the host range, as the loader does. Public so the
+    /// conformance suite can probe ranges above, inside and below.
+    public static func negotiate(_ entry: oy_driver_entry_fn, host: ClosedRange<UInt32>) -> Negotiation {
+        var args = oy_entry_args()
+        args.struct_size = UInt32(MemoryLayout<oy_entry_args>.size)
+        args.host_abi_min = host.lowerBound
+        args.host_abi_max = host.upperBound
+        let status = OyStatus(entry(&args))
+        let low = args.driver_abi_min, high = args.driver_abi_max
+        return Negotiation(status: status, version: args.abi_version, driverRange: low <= high ? low...high : high...low, driver: args.driver)
+    }
+
+    /// Checks the driver table the entry returned; nil when it is sound.
+    static func validate(_ table: UnsafePointer<oy_driver>, metadata: DriverMetadata) -> String? {
+        let t = table.pointee
+        guard t.struct_size >= UInt32(MemoryLayout<oy_driver>.size) else {
+            return "struct_size is \(t.struct_size), smaller than oy_driver v1 (\(MemoryLayout<oy_driver>.size) bytes)"
+        }
+        let missing = [("meta", t.meta == nil), ("init", t.`init` == nil), ("deinit", t.deinit == nil),
+                       ("probe", t.probe == nil), ("attach", t.attach == nil), ("detach", t.detach == nil)]
+            .filter(\.1).map(\.0)
+        guard missing.isEmpty else {
+            return "mandatory callback\(missing.count > 1 ? "s" : "") \(missing.joined(separator: ", ")) \(missing.count > 1 ? "are" : "is") NULL"
+        }
+        let bytes = [UInt8](UnsafeRawBufferPointer(start: t.meta, count: MemoryLayout<oy_driver_meta>.size))
+        guard bytes == metadata.bytes else {
+            return "oy_driver.meta differs from the file's oyako_meta section; point meta at the OY_DRIVER_METADATA object"
+        }
+        return nil
+    }
+
+    // MARK: Devices
+
+    /// Asks the driver whether it drives `device`. Does not touch hardware.
+    public func probe(_ device: any HostDevice) -> OyStatus {
+        var info = HostServices.deviceInfo(device.info)
+        return callDriver("probe") { OyStatus(driver.pointee.probe(context, &info)) }
+    }
+
+    /// Attaches the driver to `device`. On failure the host reclaims whatever
+    /// the driver's failure path left behind and reports it.
+    public func attach(_ device: any HostDevice) throws(AttachError) -> DriverInstance {
+        let binding = DeviceBinding(library: self, device: device)
+        var instance: UnsafeMutableRawPointer?
+        let status = callDriver("attach") { OyStatus(driver.pointee.attach(context, binding.handle, &instance)) }
+        guard status.isOK else {
+            let leaked = binding.owner.reclaimAll()
+            binding.retire()
+            throw AttachError(driver: name, device: device.info.location, status: status, leaked: leaked)
+        }
+        let attached = DriverInstance(library: self, binding: binding, instance: instance)
+        lock.withLock { instances[ObjectIdentifier(attached)] = attached }
+        return attached
+    }
+
+    func forget(_ instance: DriverInstance) {
+        lock.withLock { _ = instances.removeValue(forKey: ObjectIdentifier(instance)) }
+    }
+
+    public var attachedInstances: [DriverInstance] { lock.withLock { Array(instances.values) } }
+
+    // MARK: Unloading
+
+    /// What unloading found.
+    public struct UnloadReport: Sendable {
+        /// Driver-wide resources deinit did not release (reclaimed by the host).
+        public let leaked: [String]
+    }
+
+    /// Detaches what is still attached, calls deinit, verifies driver-wide
+    /// resources were released, and closes the file.
+    @discardableResult
+    public func unload() -> UnloadReport {
+        let remaining: [DriverInstance] = lock.withLock {
+            guard !unloaded else { return [] }
+            unloaded = true
+            return Array(instances.values)
+        }
+        for instance in remaining { instance.detach() }
+        callDriver("deinit") { driver.pointee.deinit(context) }
+        let leaked = globalOwner.reclaimAll()
+        for item in leaked { recordViolation("deinit left a driver-wide resource behind: \(item)") }
+        teardownHostTable()
+        dl.close()
+        return UnloadReport(leaked: leaked)
+    }
+
+    private func teardownHostTable() {
+        HostServices.unregister(table: hostTable)
+    }
+
+    // MARK: Context and violations
+
+    /// Runs a driver callback in [passive] context, naming it for reports.
+    func callDriver<R>(_ callback: StaticString, _ body: () -> R) -> R {
+        let previous = oy_shim_context()
+        let previousName = oy_shim_context_callback()
+        // StaticString storage is static and NUL-terminated, so the pointer outlives the call.
+        oy_shim_set_context(0, UnsafeRawPointer(callback.utf8Start).assumingMemoryBound(to: CChar.self))
+        defer { oy_shim_set_context(previous, previousName) }
+        return body()
+    }
+
+    /// A rule of the ABI the driver broke (a service from the wrong context,
+    /// a stale handle, a request completed twice). Logged and kept.
+    func recordViolation(_ message: String) {
+        lock.withLock {
+            violationLog.append(message)
+            if violationLog.count > 256 { violationLog.removeFirst() }
+        }
+        logger.warning("ABI violation by \(name): \(message)")
+    }
+
+    /// ABI violations seen so far, oldest first.
+    public var violations: [String] { lock.withLock { violationLog } }
+
+    var driverContext: UnsafeMutableRawPointer? { lock.withLock { context } }
+}
+
+/// What `oyako driver inspect` and the loader learn from a file before any
+/// of its code runs.
+public struct DriverFile: Sendable {
+    public let path: String
+    public let resolvedPath: String
+    public let image: ELFImage
+    public let metadata: DriverMetadata
+    public let sha256: String
+
+    public static func inspect(path: String) throws(DriverLoadError) -> DriverFile {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
+            throw .fileNotFound(path: path)
+        }
+        let image: ELFImage
+        do {
+            image = try ELFImage(path: path)
+        } catch {
+            throw .invalidFile(path: path, reason: error.description)
+        }
+        guard image.machine == ELFImage.hostMachine else {
+            throw .wrongArchitecture(path: path, found: ELFImage.machineName(image.machine), expected: ELFImage.machineName(ELFImage.hostMachine))
+        }
+        guard image.isSharedObject else { throw .notSharedObject(path: path) }
+        let metadata: DriverMetadata
+        do {
+            metadata = try DriverMetadata(image: image)
+        } catch {
+            throw .badMetadata(path: path, problem: error.description)
+        }
+        return DriverFile(path: path, resolvedPath: realPath(path), image: image, metadata: metadata, sha256: sha256Hex(ofFile: path) ?? "")
+    }
+}
+
+func realPath(_ path: String) -> String {
+    guard let resolved = Glibc.realpath(path, nil) else { return path }
+    defer { Glibc.free(resolved) }
+    return String(cString: resolved)
+}
+
+/// Hex SHA-256 of a file's bytes, or nil when it cannot be read.
+public func sha256Hex(ofFile path: String) -> String? {
+    guard let data = FileManager.default.contents(atPath: path) else { return nil }
+    return SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+}

@@ -1,0 +1,66 @@
+/// Why a driver file could not be loaded, in words a vendor can act on.
+public enum DriverLoadError: Error, CustomStringConvertible, Sendable {
+    case fileNotFound(path: String)
+    case invalidFile(path: String, reason: String)
+    case wrongArchitecture(path: String, found: String, expected: String)
+    case notSharedObject(path: String)
+    case badMetadata(path: String, problem: String)
+    case dlopenFailed(path: String, message: String)
+    case missingEntry(path: String)
+    case entryFromOtherObject(path: String, resolvedIn: String)
+    case incompatible(path: String, driver: ClosedRange<UInt32>, host: ClosedRange<UInt32>)
+    case entryFailed(path: String, status: OyStatus)
+    case malformedDriverTable(path: String, reason: String)
+    case initFailed(path: String, status: OyStatus)
+
+    public var description: String {
+        switch self {
+        case .fileNotFound(let path):
+            return "\(path): no such file; check the path to the driver's .so"
+        case .invalidFile(_, let reason):
+            return reason
+        case .wrongArchitecture(let path, let found, let expected):
+            return "\(path): built for \(found), but this machine is \(expected); rebuild the driver for \(expected)"
+        case .notSharedObject(let path):
+            return "\(path): not a shared object (ELF type is not DYN); build the driver with -shared -fPIC"
+        case .badMetadata(let path, let problem):
+            return "\(path): \(problem)"
+        case .dlopenFailed(let path, let message):
+            return "\(path): dlopen failed: \(message)"
+        case .missingEntry(let path):
+            return "\(path): does not export oy_driver_entry; declare it with OY_EXPORT and list it in the linker version script"
+        case .entryFromOtherObject(let path, let other):
+            return "\(path): oy_driver_entry resolved from \(other), not from the driver itself; the driver must define its own entry"
+        case .incompatible(let path, let driver, let host):
+            return "\(path): no common ABI version: the driver speaks \(Self.range(driver)), this host speaks \(Self.range(host)); "
+                + (driver.lowerBound > host.upperBound
+                    ? "update Oyako to a release that speaks ABI \(driver.lowerBound), or rebuild the driver against an older SDK"
+                    : "rebuild the driver against the current SDK (ABI \(host.upperBound))")
+        case .entryFailed(let path, let status):
+            return "\(path): oy_driver_entry failed with \(status)"
+        case .malformedDriverTable(let path, let reason):
+            return "\(path): malformed driver table: \(reason)"
+        case .initFailed(let path, let status):
+            return "\(path): driver init failed with \(status)"
+        }
+    }
+
+    static func range(_ r: ClosedRange<UInt32>) -> String {
+        r.lowerBound == r.upperBound ? "ABI \(r.lowerBound)" : "ABI \(r.lowerBound)–\(r.upperBound)"
+    }
+}
+
+/// Why attaching a driver to a device failed.
+public struct AttachError: Error, CustomStringConvertible, Sendable {
+    public let driver: String
+    public let device: String
+    public let status: OyStatus
+    /// What the driver left behind on its failure path (reclaimed by the host).
+    public let leaked: [String]
+
+    public var description: String {
+        var text = "\(driver): attach to \(device) failed with \(status)"
+        if !leaked.isEmpty { text += "; the driver's failure path leaked: " + leaked.joined(separator: ", ") }
+        return text
+    }
+}

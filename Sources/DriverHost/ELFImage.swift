@@ -1,0 +1,183 @@
+import Foundation
+
+/// What an ELF file says about itself, read without loading or running it.
+///
+/// Enough of ELF64 (little-endian) to judge a driver: type and machine, the
+/// dynamic symbol table (exports and imports), needed libraries, text
+/// relocations, the stack's executable bit, and named sections.
+public struct ELFImage: Sendable {
+    public struct Symbol: Sendable, Hashable {
+        public let name: String
+        public let isFunction: Bool
+        public let isWeak: Bool
+    }
+
+    public let path: String
+    public let machine: UInt16
+    public let isSharedObject: Bool
+    /// Defined, globally visible dynamic symbols.
+    public let exportedSymbols: [Symbol]
+    /// Undefined dynamic symbols (imports), without version suffixes.
+    public let importedSymbols: [Symbol]
+    public let neededLibraries: [String]
+    public let hasTextRelocations: Bool
+    /// True when PT_GNU_STACK is missing or asks for an executable stack.
+    public let hasExecutableStack: Bool
+    private let sections: [String: Data]
+
+    public static let hostMachine: UInt16 = {
+        #if arch(x86_64)
+        return 62
+        #elseif arch(arm64)
+        return 183
+        #elseif arch(riscv64)
+        return 243
+        #else
+        return 0
+        #endif
+    }()
+
+    public static func machineName(_ machine: UInt16) -> String {
+        switch machine {
+        case 3: return "x86 (32-bit)"
+        case 40: return "ARM (32-bit)"
+        case 62: return "x86_64"
+        case 183: return "aarch64"
+        case 243: return "riscv"
+        default: return "machine \(machine)"
+        }
+    }
+
+    public enum ParseError: Error, CustomStringConvertible, Sendable {
+        case unreadable(path: String, reason: String)
+        case notELF(path: String)
+        case unsupported(path: String, reason: String)
+        case malformed(path: String, reason: String)
+
+        public var description: String {
+            switch self {
+            case .unreadable(let path, let reason): return "\(path): cannot read: \(reason)"
+            case .notELF(let path): return "\(path): not an ELF file (no \\x7fELF magic); a driver must be a shared object built for this machine"
+            case .unsupported(let path, let reason): return "\(path): unsupported ELF file: \(reason)"
+            case .malformed(let path, let reason): return "\(path): malformed ELF file: \(reason)"
+            }
+        }
+    }
+
+    /// The bytes of the section named `name`, if present.
+    public func section(named name: String) -> Data? { sections[name] }
+
+    public init(path: String) throws(ParseError) {
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
+        } catch {
+            throw .unreadable(path: path, reason: (error as NSError).localizedDescription)
+        }
+        try self.init(path: path, data: data)
+    }
+
+    public init(path: String, data: Data) throws(ParseError) {
+        self.path = path
+        let r = Reader(data: data)
+        guard data.count >= 64, r.u32(0) == 0x464C_457F else { throw .notELF(path: path) }
+        guard r.u8(4) == 2 else { throw .unsupported(path: path, reason: "32-bit ELF; drivers must be 64-bit") }
+        guard r.u8(5) == 1 else { throw .unsupported(path: path, reason: "big-endian ELF") }
+        let type = r.u16(16)
+        machine = r.u16(18)
+        isSharedObject = type == 3
+        let phoff = Int(r.u64(32)), shoff = Int(r.u64(40))
+        let phentsize = Int(r.u16(54)), phnum = Int(r.u16(56))
+        let shentsize = Int(r.u16(58)), shnum = Int(r.u16(60)), shstrndx = Int(r.u16(62))
+
+        // Program headers: executable stack.
+        var stackSeen = false, stackExec = true
+        if phnum > 0 {
+            guard phentsize >= 56, r.fits(phoff, phentsize * phnum) else { throw .malformed(path: path, reason: "program headers out of bounds") }
+            for i in 0..<phnum where r.u32(phoff + i * phentsize) == 0x6474_E551 {
+                stackSeen = true
+                stackExec = r.u32(phoff + i * phentsize + 4) & 1 != 0
+            }
+        }
+        hasExecutableStack = !stackSeen || stackExec
+
+        // Section headers.
+        struct Section { var name = ""; var type: UInt32; var offset: Int; var size: Int; var link: Int; var entsize: Int }
+        var raw: [Section] = []
+        if shnum > 0 {
+            guard shentsize >= 64, r.fits(shoff, shentsize * shnum), shstrndx < shnum else { throw .malformed(path: path, reason: "section headers out of bounds") }
+            for i in 0..<shnum {
+                let base = shoff + i * shentsize
+                let type = r.u32(base + 4)
+                let offset = Int(r.u64(base + 24)), size = Int(r.u64(base + 32))
+                // SHT_NOBITS (8) occupies no file bytes.
+                guard type == 8 || r.fits(offset, size) else { throw .malformed(path: path, reason: "section \(i) out of bounds") }
+                raw.append(Section(type: type, offset: offset, size: type == 8 ? 0 : size, link: Int(r.u32(base + 40)), entsize: Int(r.u64(base + 56))))
+                raw[i].name = String(r.u32(base))  // resolved below
+            }
+            let names = raw[shstrndx]
+            for i in raw.indices {
+                let nameOffset = Int(raw[i].name) ?? 0
+                raw[i].name = r.cString(names.offset + nameOffset, limit: names.offset + names.size) ?? ""
+            }
+        }
+        var sections: [String: Data] = [:]
+        for s in raw where !s.name.isEmpty { sections[s.name] = data.subdata(in: (data.startIndex + s.offset)..<(data.startIndex + s.offset + s.size)) }
+        self.sections = sections
+
+        // Dynamic symbols.
+        var exported: [Symbol] = [], imported: [Symbol] = []
+        if let dynsym = raw.first(where: { $0.type == 11 }) {
+            guard dynsym.link < raw.count else { throw .malformed(path: path, reason: ".dynsym has no string table") }
+            let strtab = raw[dynsym.link]
+            let count = dynsym.entsize > 0 ? dynsym.size / dynsym.entsize : 0
+            for i in 1..<max(count, 1) {
+                let base = dynsym.offset + i * dynsym.entsize
+                let name = r.cString(strtab.offset + Int(r.u32(base)), limit: strtab.offset + strtab.size) ?? ""
+                let info = r.u8(base + 4), other = r.u8(base + 5), shndx = r.u16(base + 6)
+                let binding = info >> 4, symType = info & 0xF, visibility = other & 3
+                guard !name.isEmpty, binding == 1 || binding == 2 || binding == 10 else { continue }
+                let symbol = Symbol(name: name, isFunction: symType == 2, isWeak: binding == 2)
+                if shndx == 0 {
+                    imported.append(symbol)
+                } else if visibility == 0 || visibility == 3, symType != 3, symType != 4 {
+                    exported.append(symbol)
+                }
+            }
+        }
+        exportedSymbols = exported
+        importedSymbols = imported
+
+        // Dynamic section: needed libraries and text relocations.
+        var needed: [String] = [], textrel = false
+        if let dynamic = raw.first(where: { $0.type == 6 }), dynamic.link < raw.count {
+            let strtab = raw[dynamic.link]
+            var offset = dynamic.offset
+            while offset + 16 <= dynamic.offset + dynamic.size {
+                let tag = r.u64(offset), value = r.u64(offset + 8)
+                if tag == 0 { break }
+                if tag == 1, let name = r.cString(strtab.offset + Int(value), limit: strtab.offset + strtab.size) { needed.append(name) }
+                if tag == 22 || (tag == 30 && value & 4 != 0) { textrel = true }
+                offset += 16
+            }
+        }
+        neededLibraries = needed
+        hasTextRelocations = textrel
+    }
+
+    /// Bounds-checked little-endian reads; out-of-range reads return 0.
+    private struct Reader {
+        let data: Data
+        func fits(_ offset: Int, _ length: Int) -> Bool { offset >= 0 && length >= 0 && offset <= data.count && length <= data.count - offset }
+        func u8(_ o: Int) -> UInt8 { fits(o, 1) ? data[data.startIndex + o] : 0 }
+        func u16(_ o: Int) -> UInt16 { UInt16(u8(o)) | UInt16(u8(o + 1)) << 8 }
+        func u32(_ o: Int) -> UInt32 { UInt32(u16(o)) | UInt32(u16(o + 2)) << 16 }
+        func u64(_ o: Int) -> UInt64 { UInt64(u32(o)) | UInt64(u32(o + 4)) << 32 }
+        func cString(_ o: Int, limit: Int) -> String? {
+            guard o >= 0, o < min(limit, data.count) else { return nil }
+            var end = o
+            while end < min(limit, data.count), data[data.startIndex + end] != 0 { end += 1 }
+            return String(decoding: data[(data.startIndex + o)..<(data.startIndex + end)], as: UTF8.self)
+        }
+    }
+}

@@ -1,0 +1,517 @@
+import COyakoSDK
+import CSystemShims
+import Foundation
+import Logging
+import Synchronization
+
+// The resources behind the handles the host table hands out.
+
+final class RegisterWindow: Resource, @unchecked Sendable {
+    let binding: DeviceBinding
+    let bar: Int
+    let size: UInt64
+    init(binding: DeviceBinding, bar: Int, size: UInt64) {
+        self.binding = binding
+        self.bar = bar
+        self.size = size
+        super.init(kind: "register window", detail: "BAR \(bar), \(size) bytes", owner: binding.owner)
+    }
+}
+
+final class PortRange: Resource, @unchecked Sendable {
+    let binding: DeviceBinding
+    let bar: Int
+    let count: UInt32
+    init(binding: DeviceBinding, bar: Int, count: UInt32) {
+        self.binding = binding
+        self.bar = bar
+        self.count = count
+        super.init(kind: "port range", detail: "BAR \(bar), \(count) ports", owner: binding.owner)
+    }
+}
+
+final class DMABuffer: Resource, @unchecked Sendable {
+    let binding: DeviceBinding
+    let region: DMARegion
+    init(binding: DeviceBinding, region: DMARegion, kind: String) {
+        self.binding = binding
+        self.region = region
+        super.init(kind: kind, detail: "\(region.length) bytes at device address 0x\(String(region.deviceAddress, radix: 16))", owner: binding.owner)
+    }
+    override func reclaim() {
+        if kind == "DMA buffer" { binding.device.dmaFree(region) } else { binding.device.dmaUnmap(region) }
+    }
+}
+
+final class InterruptHook: Resource, @unchecked Sendable {
+    let binding: DeviceBinding
+    let index: Int
+    init(binding: DeviceBinding, index: Int) {
+        self.binding = binding
+        self.index = index
+        super.init(kind: "interrupt hook", detail: "vector \(index)", owner: binding.owner)
+    }
+    override func reclaim() {
+        binding.device.unhookInterrupt(index: index)
+        binding.releaseVector(index)
+    }
+}
+
+final class ScheduledItem: Resource, @unchecked Sendable {
+    let item: Scheduler.Item
+    init(item: Scheduler.Item, kind: String, owner: ResourceOwner) {
+        self.item = item
+        super.init(kind: kind, detail: "", owner: owner)
+    }
+    override func reclaim() { Scheduler.shared.retire(item) }
+}
+
+final class HostLock: Resource, @unchecked Sendable {
+    let lock = NSLock()
+    init(owner: ResourceOwner) { super.init(kind: "lock", detail: "", owner: owner) }
+}
+
+final class HostEvent: Resource, @unchecked Sendable {
+    // `signalled` is guarded by `condition`.
+    let condition = NSCondition()
+    var signalled = false
+    init(owner: ResourceOwner) { super.init(kind: "event", detail: "", owner: owner) }
+}
+
+final class MemoryAllocation: Resource, @unchecked Sendable {
+    let pointer: UnsafeMutableRawPointer
+    init(pointer: UnsafeMutableRawPointer, size: Int, owner: ResourceOwner) {
+        self.pointer = pointer
+        super.init(kind: "memory", detail: "\(size) bytes", owner: owner)
+    }
+    override func reclaim() { free(pointer) }
+}
+
+/// The C host-services table, built from non-capturing `@convention(c)`
+/// closures. Every handle is checked; every [passive] service refuses to run
+/// in [interrupt] context; every violation is reported with the service named.
+enum HostServices {
+    private static let logger = Logger(label: "oyako.host")
+    /// Live host tables and the library each belongs to.
+    private static let tables = Mutex<[UInt: DriverLibrary]>([:])
+    /// mem_alloc pointers and their allocation records.
+    private static let allocations = Mutex<[UInt: MemoryAllocation]>([:])
+    private static let unattributedCount = Atomic<Int>(0)
+
+    static func register(_ library: DriverLibrary, table: UnsafeMutablePointer<oy_host>) {
+        tables.withLock { $0[UInt(bitPattern: table)] = library }
+    }
+
+    static func unregister(table: UnsafeMutablePointer<oy_host>) {
+        tables.withLock { _ = $0.removeValue(forKey: UInt(bitPattern: table)) }
+    }
+
+    static func library(_ host: UnsafePointer<oy_host>?, service: String) -> DriverLibrary? {
+        guard let host else {
+            unattributed("\(service) called with a NULL host table")
+            return nil
+        }
+        guard let library = tables.withLock({ $0[UInt(bitPattern: host)] }) else {
+            unattributed("\(service) called with a host table that is not live (after deinit, or forged)")
+            return nil
+        }
+        return library
+    }
+
+    static func binding(_ device: OpaquePointer?, service: String) -> DeviceBinding? {
+        guard let binding = HandleTable.shared.lookup(device, as: DeviceBinding.self) else {
+            unattributed("\(service) called with an invalid oy_device handle")
+            return nil
+        }
+        return binding
+    }
+
+    static func resource<T: Resource>(_ handle: OpaquePointer?, _ type: T.Type, service: String) -> T? {
+        guard let resource = HandleTable.shared.lookup(handle, as: type) else {
+            unattributed("\(service) called with an invalid or released handle")
+            return nil
+        }
+        return resource
+    }
+
+    /// A violation that cannot be pinned on one driver from its arguments.
+    static func unattributed(_ message: String) {
+        unattributedCount.add(1, ordering: .relaxed)
+        let callback = oy_shim_context_callback().map { " (during \(String(cString: $0)))" } ?? ""
+        logger.warning("ABI violation: \(message)\(callback)")
+    }
+
+    /// Violations that could not be attributed to a driver, since start.
+    static var unattributedViolations: Int { unattributedCount.load(ordering: .relaxed) }
+
+    static var inInterrupt: Bool { oy_shim_context() == 1 }
+
+    /// False (and a recorded violation) when a [passive] service is called
+    /// from an interrupt handler.
+    static func requirePassive(_ service: String, _ library: DriverLibrary) -> Bool {
+        guard inInterrupt else { return true }
+        let callback = oy_shim_context_callback().map { String(cString: $0) } ?? "an interrupt handler"
+        library.recordViolation("\(service) is [passive] but was called from [interrupt] context (\(callback))")
+        return false
+    }
+
+    /// The owner a creating service files a resource under.
+    static func owner(_ library: DriverLibrary, _ device: OpaquePointer?, service: String) -> ResourceOwner? {
+        guard let device else { return library.globalOwner }
+        guard let binding = binding(device, service: service), binding.library === library else { return nil }
+        return binding.owner
+    }
+
+    static func deviceInfo(_ info: HostDeviceInfo) -> oy_device_info {
+        var c = oy_device_info()
+        c.struct_size = UInt32(MemoryLayout<oy_device_info>.size)
+        c.vendor_id = info.vendorID
+        c.device_id = info.deviceID
+        c.class_code = info.classCode
+        c.revision = info.revision
+        c.bar_count = UInt8(min(info.bars.count, 6))
+        c.irq_count = UInt16(clamping: info.interruptCount)
+        withUnsafeMutableBytes(of: &c.bar_kind) { kinds in
+            for (i, bar) in info.bars.prefix(6).enumerated() {
+                switch bar {
+                case .none: kinds[i] = UInt8(OY_BAR_NONE.rawValue)
+                case .mmio: kinds[i] = UInt8(OY_BAR_MMIO.rawValue)
+                case .ports: kinds[i] = UInt8(OY_BAR_PORT.rawValue)
+                }
+            }
+        }
+        withUnsafeMutableBytes(of: &c.location) { bytes in
+            for (i, byte) in info.location.utf8.prefix(bytes.count - 1).enumerated() { bytes[i] = byte }
+        }
+        return c
+    }
+
+    /// Static for the life of the process; immutable.
+    nonisolated(unsafe) static let hostName: UnsafePointer<CChar> = {
+        let s = strdup("oyako-kernel")!
+        return UnsafePointer(s)
+    }()
+
+    static func makeTable(abiVersion: UInt32) -> UnsafeMutablePointer<oy_host> {
+        let t = UnsafeMutablePointer<oy_host>.allocate(capacity: 1)
+        t.initialize(to: oy_host())
+        t.pointee.struct_size = UInt32(MemoryLayout<oy_host>.size)
+        t.pointee.abi_version = abiVersion
+        t.pointee.host_name = hostName
+
+        t.pointee.get_extension = { host, id in
+            guard HostServices.library(host, service: "get_extension") != nil, let id else { return nil }
+            if strcmp(id, OY_BLOCK_EXTENSION) == 0 { return UnsafeRawPointer(HostBlock.table) }
+            return nil
+        }
+
+        // Logging and time
+        t.pointee.log = { host, device, level, message in
+            guard let library = HostServices.library(host, service: "log") else { return }
+            let text = message.map { String(cString: $0) } ?? "(NULL message)"
+            let location = device.flatMap { HandleTable.shared.lookup($0, as: DeviceBinding.self)?.device.info.location }
+            library.environment.log(level: LogLevel(rawValue: level) ?? .info, driver: library.name, device: location, message: text)
+        }
+        t.pointee.monotonic_ns = { _ in monotonicNanoseconds() }
+
+        // Memory
+        t.pointee.mem_alloc = { host, device, size in
+            guard let library = HostServices.library(host, service: "mem_alloc"), size > 0,
+                let owner = HostServices.owner(library, device, service: "mem_alloc")
+            else { return nil }
+            var pointer: UnsafeMutableRawPointer?
+            guard posix_memalign(&pointer, 16, size) == 0, let pointer else { return nil }
+            memset(pointer, 0, size)
+            let allocation = MemoryAllocation(pointer: pointer, size: size, owner: owner)
+            owner.adopt(allocation, key: UInt(bitPattern: pointer))
+            HostServices.allocations.withLock { $0[UInt(bitPattern: pointer)] = allocation }
+            return pointer
+        }
+        t.pointee.mem_free = { host, pointer in
+            guard let library = HostServices.library(host, service: "mem_free"), let pointer else { return }
+            guard let allocation = HostServices.allocations.withLock({ $0.removeValue(forKey: UInt(bitPattern: pointer)) }) else {
+                library.recordViolation("mem_free of a pointer the host did not allocate, or freed twice")
+                return
+            }
+            allocation.owner.forget(key: UInt(bitPattern: pointer))
+            allocation.reclaim()
+        }
+
+        // Locks and events
+        t.pointee.lock_create = { host, device, out in
+            guard let library = HostServices.library(host, service: "lock_create") else { return OY_E_INVALID.rawValue }
+            guard HostServices.requirePassive("lock_create", library) else { return OY_E_WRONG_CONTEXT.rawValue }
+            guard let out, let owner = HostServices.owner(library, device, service: "lock_create") else { return OY_E_INVALID.rawValue }
+            out.pointee = owner.adopt(HostLock(owner: owner))
+            return OY_OK.rawValue
+        }
+        t.pointee.lock_destroy = { handle in
+            guard let lock = ResourceOwner.release(handle, as: HostLock.self) else {
+                HostServices.unattributed("lock_destroy with an invalid handle")
+                return
+            }
+            lock.reclaim()
+        }
+        t.pointee.lock_acquire = { handle in
+            HostServices.resource(handle, HostLock.self, service: "lock_acquire")?.lock.lock()
+        }
+        t.pointee.lock_release = { handle in
+            HostServices.resource(handle, HostLock.self, service: "lock_release")?.lock.unlock()
+        }
+        t.pointee.event_create = { host, device, out in
+            guard let library = HostServices.library(host, service: "event_create") else { return OY_E_INVALID.rawValue }
+            guard HostServices.requirePassive("event_create", library) else { return OY_E_WRONG_CONTEXT.rawValue }
+            guard let out, let owner = HostServices.owner(library, device, service: "event_create") else { return OY_E_INVALID.rawValue }
+            out.pointee = owner.adopt(HostEvent(owner: owner))
+            return OY_OK.rawValue
+        }
+        t.pointee.event_destroy = { handle in
+            guard ResourceOwner.release(handle, as: HostEvent.self) != nil else {
+                HostServices.unattributed("event_destroy with an invalid handle")
+                return
+            }
+        }
+        t.pointee.event_signal = { handle in
+            guard let event = HostServices.resource(handle, HostEvent.self, service: "event_signal") else { return }
+            event.condition.lock()
+            event.signalled = true
+            event.condition.signal()
+            event.condition.unlock()
+        }
+        t.pointee.event_wait = { handle, timeout in
+            guard let event = HostServices.resource(handle, HostEvent.self, service: "event_wait") else { return OY_E_INVALID.rawValue }
+            if HostServices.inInterrupt {
+                let callback = oy_shim_context_callback().map { String(cString: $0) } ?? "an interrupt handler"
+                HostServices.unattributed("event_wait is [passive] but was called from [interrupt] context (\(callback))")
+                return OY_E_WRONG_CONTEXT.rawValue
+            }
+            let deadline = Date(timeIntervalSinceNow: Double(min(timeout, 3_600_000_000_000)) / 1e9)
+            event.condition.lock()
+            defer { event.condition.unlock() }
+            while !event.signalled {
+                if !event.condition.wait(until: deadline) { break }
+            }
+            let signalled = event.signalled
+            event.signalled = false
+            return signalled ? OY_OK.rawValue : OY_E_TIMEOUT.rawValue
+        }
+
+        // Work and timers
+        t.pointee.work_create = { host, device, fn, arg, out in
+            HostServices.createScheduled(host, device, fn, arg, out, kind: "work item", service: "work_create")
+        }
+        t.pointee.work_queue = { handle in
+            guard let work = HostServices.resource(handle, ScheduledItem.self, service: "work_queue") else { return }
+            Scheduler.shared.queue(work.item)
+        }
+        t.pointee.work_destroy = { handle in HostServices.destroyScheduled(handle, service: "work_destroy") }
+        t.pointee.timer_create = { host, device, fn, arg, out in
+            HostServices.createScheduled(host, device, fn, arg, out, kind: "timer", service: "timer_create")
+        }
+        t.pointee.timer_arm = { handle, delay in
+            guard let timer = HostServices.resource(handle, ScheduledItem.self, service: "timer_arm") else { return }
+            Scheduler.shared.arm(timer.item, delayNanoseconds: delay)
+        }
+        t.pointee.timer_cancel = { handle in
+            guard let timer = HostServices.resource(handle, ScheduledItem.self, service: "timer_cancel") else { return }
+            Scheduler.shared.cancel(timer.item)
+        }
+        t.pointee.timer_destroy = { handle in HostServices.destroyScheduled(handle, service: "timer_destroy") }
+
+        // Bus access
+        t.pointee.config_read = { device, offset, width, value in
+            guard let binding = HostServices.binding(device, service: "config_read"), let value else { return OY_E_INVALID.rawValue }
+            do throws(OyStatus) {
+                value.pointee = try binding.device.configRead(offset: offset, width: Int(width))
+                return OY_OK.rawValue
+            } catch {
+                return error.rawValue
+            }
+        }
+        t.pointee.config_write = { device, offset, width, value in
+            guard let binding = HostServices.binding(device, service: "config_write") else { return OY_E_INVALID.rawValue }
+            do throws(OyStatus) {
+                try binding.device.configWrite(offset: offset, width: Int(width), value: value)
+                return OY_OK.rawValue
+            } catch {
+                return error.rawValue
+            }
+        }
+        t.pointee.regs_map = { device, bar, out, size in
+            guard let binding = HostServices.binding(device, service: "regs_map") else { return OY_E_INVALID.rawValue }
+            guard HostServices.requirePassive("regs_map", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
+            let bars = binding.device.info.bars
+            guard let out, Int(bar) < bars.count, case .mmio(let length) = bars[Int(bar)] else { return OY_E_INVALID.rawValue }
+            out.pointee = binding.owner.adopt(RegisterWindow(binding: binding, bar: Int(bar), size: length))
+            size?.pointee = length
+            return OY_OK.rawValue
+        }
+        t.pointee.regs_unmap = { handle in
+            guard ResourceOwner.release(handle, as: RegisterWindow.self) != nil else {
+                HostServices.unattributed("regs_unmap with an invalid handle")
+                return
+            }
+        }
+        t.pointee.reg_read32 = { handle, offset in
+            guard let w = HostServices.resource(handle, RegisterWindow.self, service: "reg_read32") else { return .max }
+            return UInt32(truncatingIfNeeded: w.binding.device.mmioRead(bar: w.bar, offset: offset, width: 4))
+        }
+        t.pointee.reg_write32 = { handle, offset, value in
+            guard let w = HostServices.resource(handle, RegisterWindow.self, service: "reg_write32") else { return }
+            w.binding.device.mmioWrite(bar: w.bar, offset: offset, width: 4, value: UInt64(value))
+        }
+        t.pointee.reg_read64 = { handle, offset in
+            guard let w = HostServices.resource(handle, RegisterWindow.self, service: "reg_read64") else { return .max }
+            return w.binding.device.mmioRead(bar: w.bar, offset: offset, width: 8)
+        }
+        t.pointee.reg_write64 = { handle, offset, value in
+            guard let w = HostServices.resource(handle, RegisterWindow.self, service: "reg_write64") else { return }
+            w.binding.device.mmioWrite(bar: w.bar, offset: offset, width: 8, value: value)
+        }
+        t.pointee.ports_claim = { device, bar, out, count in
+            guard let binding = HostServices.binding(device, service: "ports_claim") else { return OY_E_INVALID.rawValue }
+            guard HostServices.requirePassive("ports_claim", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
+            let bars = binding.device.info.bars
+            guard let out, Int(bar) < bars.count, case .ports(let n) = bars[Int(bar)] else { return OY_E_INVALID.rawValue }
+            out.pointee = binding.owner.adopt(PortRange(binding: binding, bar: Int(bar), count: n))
+            count?.pointee = n
+            return OY_OK.rawValue
+        }
+        t.pointee.ports_release = { handle in
+            guard ResourceOwner.release(handle, as: PortRange.self) != nil else {
+                HostServices.unattributed("ports_release with an invalid handle")
+                return
+            }
+        }
+        t.pointee.port_in8 = { handle, port in
+            guard let p = HostServices.resource(handle, PortRange.self, service: "port_in8"), port < p.count else { return 0xFF }
+            return p.binding.device.portRead(bar: p.bar, port: port)
+        }
+        t.pointee.port_out8 = { handle, port, value in
+            guard let p = HostServices.resource(handle, PortRange.self, service: "port_out8"), port < p.count else { return }
+            p.binding.device.portWrite(bar: p.bar, port: port, value: value)
+        }
+
+        // DMA
+        t.pointee.dma_alloc = { device, size, out, cpu, address in
+            guard let binding = HostServices.binding(device, service: "dma_alloc") else { return OY_E_INVALID.rawValue }
+            guard HostServices.requirePassive("dma_alloc", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
+            guard let out, let cpu, let address, size > 0, size <= 64 << 20 else { return OY_E_INVALID.rawValue }
+            do throws(OyStatus) {
+                let region = try binding.device.dmaAllocate(size: size)
+                out.pointee = binding.owner.adopt(DMABuffer(binding: binding, region: region, kind: "DMA buffer"))
+                cpu.pointee = region.cpu
+                address.pointee = region.deviceAddress
+                return OY_OK.rawValue
+            } catch {
+                return error.rawValue
+            }
+        }
+        t.pointee.dma_free = { handle in
+            if let binding = HandleTable.shared.lookup(handle, as: DMABuffer.self)?.binding,
+                !HostServices.requirePassive("dma_free", binding.library)
+            {
+                return
+            }
+            guard let buffer = ResourceOwner.release(handle, as: DMABuffer.self), buffer.kind == "DMA buffer" else {
+                HostServices.unattributed("dma_free with an invalid handle (or a dma_map handle)")
+                return
+            }
+            buffer.reclaim()
+        }
+        t.pointee.dma_map = { device, cpu, length, direction, out, address in
+            guard let binding = HostServices.binding(device, service: "dma_map") else { return OY_E_INVALID.rawValue }
+            guard let cpu, let out, let address, length > 0, let dir = DMADirection(rawValue: direction) else { return OY_E_INVALID.rawValue }
+            do throws(OyStatus) {
+                let region = try binding.device.dmaMap(cpu, length: length, direction: dir)
+                out.pointee = binding.owner.adopt(DMABuffer(binding: binding, region: region, kind: "DMA mapping"))
+                address.pointee = region.deviceAddress
+                return OY_OK.rawValue
+            } catch {
+                return error.rawValue
+            }
+        }
+        t.pointee.dma_unmap = { handle in
+            guard let mapping = ResourceOwner.release(handle, as: DMABuffer.self), mapping.kind == "DMA mapping" else {
+                HostServices.unattributed("dma_unmap with an invalid handle (or a dma_alloc handle)")
+                return
+            }
+            mapping.reclaim()
+        }
+
+        // Interrupts
+        t.pointee.irq_hook = { device, index, fn, arg, out in
+            guard let binding = HostServices.binding(device, service: "irq_hook") else { return OY_E_INVALID.rawValue }
+            guard HostServices.requirePassive("irq_hook", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
+            guard let fn, let out, Int(index) < binding.device.info.interruptCount else { return OY_E_INVALID.rawValue }
+            guard binding.claimVector(Int(index)) else { return OY_E_BUSY.rawValue }
+            let call = InterruptCall(function: fn, argument: arg)
+            do throws(OyStatus) {
+                try binding.device.hookInterrupt(index: Int(index)) {
+                    oy_shim_set_context(1, "interrupt handler")
+                    call.function(call.argument)
+                    oy_shim_set_context(0, nil)
+                }
+            } catch {
+                binding.releaseVector(Int(index))
+                return error.rawValue
+            }
+            out.pointee = binding.owner.adopt(InterruptHook(binding: binding, index: Int(index)))
+            return OY_OK.rawValue
+        }
+        t.pointee.irq_unhook = { handle in
+            if let binding = HandleTable.shared.lookup(handle, as: InterruptHook.self)?.binding,
+                !HostServices.requirePassive("irq_unhook", binding.library)
+            {
+                return
+            }
+            guard let hook = ResourceOwner.release(handle, as: InterruptHook.self) else {
+                HostServices.unattributed("irq_unhook with an invalid handle")
+                return
+            }
+            hook.reclaim()
+        }
+        t.pointee.irq_mask = { handle in
+            guard let hook = HostServices.resource(handle, InterruptHook.self, service: "irq_mask") else { return }
+            hook.binding.device.maskInterrupt(index: hook.index)
+        }
+        t.pointee.irq_unmask = { handle in
+            guard let hook = HostServices.resource(handle, InterruptHook.self, service: "irq_unmask") else { return }
+            hook.binding.device.unmaskInterrupt(index: hook.index)
+        }
+        return t
+    }
+
+    private static func createScheduled(
+        _ host: UnsafePointer<oy_host>?, _ device: OpaquePointer?, _ fn: oy_work_fn?, _ arg: UnsafeMutableRawPointer?,
+        _ out: UnsafeMutablePointer<OpaquePointer?>?, kind: String, service: String
+    ) -> Int32 {
+        guard let library = library(host, service: service) else { return OY_E_INVALID.rawValue }
+        guard requirePassive(service, library) else { return OY_E_WRONG_CONTEXT.rawValue }
+        guard let fn, let out, let owner = owner(library, device, service: service) else { return OY_E_INVALID.rawValue }
+        let call = InterruptCall(function: fn, argument: arg)
+        let item = Scheduler.Item { call.function(call.argument) }
+        out.pointee = owner.adopt(ScheduledItem(item: item, kind: kind, owner: owner))
+        return OY_OK.rawValue
+    }
+
+    private static func destroyScheduled(_ handle: OpaquePointer?, service: String) {
+        if inInterrupt {
+            unattributed("\(service) is [passive] but was called from [interrupt] context")
+            return
+        }
+        guard let item = ResourceOwner.release(handle, as: ScheduledItem.self) else {
+            unattributed("\(service) with an invalid handle")
+            return
+        }
+        item.reclaim()
+    }
+}
+
+/// A C callback and its argument, carried into a Swift closure.
+/// @unchecked Sendable: the driver promises the callback may run on host
+/// threads; the pointer is the driver's and only passed back to it.
+private struct InterruptCall: @unchecked Sendable {
+    let function: @convention(c) (UnsafeMutableRawPointer?) -> Void
+    let argument: UnsafeMutableRawPointer?
+}

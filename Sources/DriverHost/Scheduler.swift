@@ -1,0 +1,133 @@
+import CSystemShims
+import Foundation
+
+/// Host worker threads for drivers' deferred work and timer callbacks, both
+/// of which run in [passive] context. Work items are created up front and
+/// queued without allocating, so queuing is allowed from interrupt handlers.
+final class Scheduler: @unchecked Sendable {
+    // @unchecked Sendable: all state is guarded by `condition`.
+    static let shared = Scheduler(workers: 2)
+
+    final class Item: @unchecked Sendable {
+        // Guarded by the scheduler's condition.
+        let callback: @Sendable () -> Void
+        var queued = false
+        var running = false
+        var cancelled = false
+        /// Timers only: the deadline while armed.
+        var deadline: UInt64?
+
+        init(callback: @escaping @Sendable () -> Void) { self.callback = callback }
+    }
+
+    private let condition = NSCondition()
+    private var ready: [Item] = []
+    private var timers: [Item] = []
+
+    private init(workers: Int) {
+        for i in 0..<workers {
+            let t = Thread { [unowned self] in self.workerLoop() }
+            t.name = "oyako-worker-\(i)"
+            t.start()
+        }
+        let t = Thread { [unowned self] in self.timerLoop() }
+        t.name = "oyako-timers"
+        t.start()
+    }
+
+    /// Queues `item` unless it is already queued. [any-thread]
+    func queue(_ item: Item) {
+        condition.lock()
+        if !item.queued && !item.cancelled {
+            item.queued = true
+            ready.append(item)
+            condition.broadcast()
+        }
+        condition.unlock()
+    }
+
+    /// Arms a timer item to be queued after `delay` nanoseconds. [any-thread]
+    func arm(_ item: Item, delayNanoseconds delay: UInt64) {
+        condition.lock()
+        if !item.cancelled {
+            item.deadline = monotonicNanoseconds() &+ delay
+            if !timers.contains(where: { $0 === item }) { timers.append(item) }
+            condition.broadcast()
+        }
+        condition.unlock()
+    }
+
+    /// Disarms a timer and dequeues the item; a running callback continues.
+    func cancel(_ item: Item) {
+        condition.lock()
+        item.deadline = nil
+        timers.removeAll { $0 === item }
+        if item.queued {
+            ready.removeAll { $0 === item }
+            item.queued = false
+        }
+        condition.unlock()
+    }
+
+    /// Cancels for good and waits until a running callback has returned.
+    func retire(_ item: Item) {
+        condition.lock()
+        item.cancelled = true
+        item.deadline = nil
+        timers.removeAll { $0 === item }
+        ready.removeAll { $0 === item }
+        item.queued = false
+        while item.running { condition.wait() }
+        condition.unlock()
+    }
+
+    private func workerLoop() {
+        condition.lock()
+        while true {
+            while ready.isEmpty { condition.wait() }
+            let item = ready.removeFirst()
+            item.queued = false
+            item.running = true
+            condition.unlock()
+            oy_shim_set_context(0, nil)
+            item.callback()
+            condition.lock()
+            item.running = false
+            condition.broadcast()
+        }
+    }
+
+    private func timerLoop() {
+        condition.lock()
+        while true {
+            let now = monotonicNanoseconds()
+            var next: UInt64?
+            for item in timers {
+                guard let deadline = item.deadline else { continue }
+                if deadline <= now {
+                    item.deadline = nil
+                    if !item.queued && !item.cancelled {
+                        item.queued = true
+                        ready.append(item)
+                        condition.broadcast()
+                    }
+                } else {
+                    next = min(next ?? deadline, deadline)
+                }
+            }
+            timers.removeAll { $0.deadline == nil }
+            if let next {
+                let seconds = Double(next - now) / 1e9
+                _ = condition.wait(until: Date(timeIntervalSinceNow: seconds))
+            } else {
+                condition.wait()
+            }
+        }
+    }
+}
+
+func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}

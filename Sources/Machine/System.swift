@@ -1,0 +1,57 @@
+// The Machine module's one door to libc: every system call it makes goes
+// through here, and errno becomes a typed `Errno` at once.
+import CSystemShims
+import Glibc
+import SystemPackage
+
+/// A failed system call: which call, on what, and the typed errno.
+public struct SystemCallError: Error, CustomStringConvertible, Sendable {
+    public let call: String
+    public let subject: String
+    public let errno: Errno
+
+    public var description: String { "\(call)(\(subject)) failed: \(errno.description) (errno \(errno.rawValue))" }
+
+    static func capture(_ call: String, _ subject: String) -> SystemCallError {
+        SystemCallError(call: call, subject: subject, errno: Errno(rawValue: oy_shim_errno()))
+    }
+}
+
+enum System {
+    static func memfdCreate(name: String, size: Int) throws(SystemCallError) -> Int32 {
+        let fd = oy_shim_memfd_create(name)
+        guard fd >= 0 else { throw .capture("memfd_create", name) }
+        guard ftruncate(fd, off_t(size)) == 0 else {
+            let error = SystemCallError.capture("ftruncate", name)
+            close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// Maps `length` bytes of `fd` at `offset`, shared. When `at` is given the
+    /// mapping replaces whatever was there (MAP_FIXED).
+    static func mapShared(fd: Int32, offset: Int, length: Int, at address: UnsafeMutableRawPointer? = nil)
+        throws(SystemCallError) -> UnsafeMutableRawPointer
+    {
+        let flags = MAP_SHARED | (address == nil ? 0 : MAP_FIXED)
+        let result = mmap(address, length, PROT_READ | PROT_WRITE, flags, fd, off_t(offset))
+        guard let result, result != MAP_FAILED else { throw .capture("mmap", "fd \(fd) offset \(offset)") }
+        return result
+    }
+
+    /// Reserves address space with no access, to be filled by `mapShared(at:)`.
+    static func reserve(length: Int) throws(SystemCallError) -> UnsafeMutableRawPointer {
+        let result = mmap(nil, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let result, result != MAP_FAILED else { throw .capture("mmap", "reserve \(length) bytes") }
+        return result
+    }
+
+    static func unmap(_ address: UnsafeMutableRawPointer, length: Int) {
+        munmap(address, length)
+    }
+
+    static func close(_ fd: Int32) {
+        _ = Glibc.close(fd)
+    }
+}
