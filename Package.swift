@@ -64,17 +64,29 @@ let package = Package(
             name: "Kernel",
             dependencies: ["DriverHost", "Machine", .product(name: "Logging", package: "swift-log")]
         ),
+        // Assembles whole systems (machine, devices, OS, drivers, workloads)
+        // for the demo; the CLI only parses arguments and prints.
+        .target(
+            name: "Demo",
+            dependencies: ["Kernel", "Devices", "DriverHost", "Machine"]
+        ),
         .executableTarget(
             name: "OyakoCLI",
             dependencies: [
-                "Kernel", "Devices", "DriverHost", "Machine",
+                "Demo", "Kernel", "Devices", "DriverHost", "Machine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices"]),
-        .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "Kernel", "Machine", "Devices"]),
-        .testTarget(name: "KernelTests", dependencies: ["Kernel", "DriverHost", "Machine", "Devices"]),
-        .testTarget(name: "CLITests", dependencies: ["OyakoCLI"]),
+        // Builds fixture drivers and test machines for the test targets.
+        .target(
+            name: "OyakoTestSupport",
+            dependencies: ["Demo", "DriverHost", "Kernel", "Machine", "Devices"],
+            path: "Tests/Support"
+        ),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices", "OyakoTestSupport"]),
+        .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "Kernel", "Machine", "Devices", "OyakoTestSupport"]),
+        .testTarget(name: "KernelTests", dependencies: ["Kernel", "DriverHost", "Machine", "Devices", "Demo", "OyakoTestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["OyakoCLI", "DriverHost", "OyakoTestSupport"]),
     ]
 )

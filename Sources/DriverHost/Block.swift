@@ -49,6 +49,12 @@ public final class BlockRequest: @unchecked Sendable {
         self.completion = completion
     }
 
+    /// Completes a request that no driver holds (refused by submit, or
+    /// failed while still queued in the OS).
+    public func finishUnsubmitted(_ status: OyStatus) {
+        finish(status)
+    }
+
     fileprivate func finish(_ status: OyStatus) {
         let done = completion
         completion = nil

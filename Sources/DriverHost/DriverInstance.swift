@@ -6,7 +6,7 @@ import Foundation
 public final class DeviceBinding: @unchecked Sendable {
     // @unchecked Sendable: immutable after init; `owner` synchronises itself.
     public let device: any HostDevice
-    unowned let library: DriverLibrary
+    public unowned let library: DriverLibrary
     let owner: ResourceOwner
     private(set) var handle: OpaquePointer!
     /// Interrupt indices with a hook, to refuse a second hook on one vector.

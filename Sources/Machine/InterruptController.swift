@@ -33,8 +33,10 @@ public final class InterruptController: @unchecked Sendable {
     private var running = true
     private var thread: Thread?
 
+    /// Starts the interrupt thread. It keeps the controller alive until
+    /// `shutdown()`, as a powered CPU would.
     public init(name: String = "cpu0-irq") {
-        let thread = Thread { [unowned self] in self.deliveryLoop() }
+        let thread = Thread { [self] in self.deliveryLoop() }
         thread.name = name
         self.thread = thread
         thread.start()
@@ -47,8 +49,6 @@ public final class InterruptController: @unchecked Sendable {
         condition.broadcast()
         condition.unlock()
     }
-
-    deinit { shutdown() }
 
     /// Allocates `count` consecutive vectors, masked and without handlers.
     public func allocate(count: Int) -> Range<Vector> {

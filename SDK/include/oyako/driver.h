@@ -59,9 +59,9 @@ OY_STATIC_ASSERT(sizeof(oy_driver_meta) == 376, "oy_driver_meta v1 size");
  * scope: OY_DRIVER_METADATA(my_meta) = { OY_META_MAGIC, sizeof(oy_driver_meta), ... }; */
 #if defined(__GNUC__) || defined(__clang__)
 #define OY_DRIVER_METADATA(var) \
-    __attribute__((used, section(OY_META_SECTION), aligned(8))) const oy_driver_meta var
+    static __attribute__((used, section(OY_META_SECTION), aligned(8))) const oy_driver_meta var
 #else
-#define OY_DRIVER_METADATA(var) const oy_driver_meta var
+#define OY_DRIVER_METADATA(var) static const oy_driver_meta var
 #endif
 
 /* ---- driver table -------------------------------------------------------------- */

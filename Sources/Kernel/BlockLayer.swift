@@ -1,0 +1,267 @@
+import DriverHost
+import Foundation
+import Synchronization
+
+/// A block I/O failure: which disk, what operation, where, and the driver's
+/// status code.
+public struct BlockError: Error, CustomStringConvertible, Sendable {
+    public let disk: String
+    public let operation: String
+    public let lba: UInt64
+    public let status: OyStatus
+
+    public init(disk: String, operation: String, lba: UInt64, status: OyStatus) {
+        self.disk = disk
+        self.operation = operation
+        self.lba = lba
+        self.status = status
+    }
+
+    public var description: String { "\(disk): \(operation) at LBA \(lba) failed: \(status)" }
+}
+
+/// Memory for I/O: pages of the OS's own physical memory, which a driver may
+/// hand to its device with dma_map. Freed when the buffer is released.
+public final class IOBuffer: @unchecked Sendable {
+    // @unchecked Sendable: a fixed region; users synchronise on the bytes.
+    public let pointer: UnsafeMutableRawPointer
+    public let length: Int
+    private let memory: KernelMemory
+    private let physical: UInt64
+    private let pages: Int
+
+    init?(memory: KernelMemory, length: Int, offset: Int = 0) {
+        guard let (physical, pages) = memory.allocate(bytes: length + offset), let base = memory.pointer(physical) else { return nil }
+        self.memory = memory
+        self.physical = physical
+        self.pages = pages
+        self.pointer = base + offset
+        self.length = length
+    }
+
+    deinit { memory.free(physical: physical, pages: pages) }
+
+    public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: pointer, count: length) }
+}
+
+/// A disk as the OS's block layer presents it: asynchronous submission with
+/// a software queue above the driver's depth, and a synchronous convenience
+/// API for workloads.
+public final class Disk: @unchecked Sendable {
+    // @unchecked Sendable: queue state is guarded by `lock`.
+    public let name: String
+    public let registered: RegisteredDisk
+    public var geometry: BlockGeometry { registered.geometry }
+    /// Which driver and device serve it ("nvmelite@00:01.0").
+    public var driverLabel: String { registered.label }
+
+    private let memory: KernelMemory
+    private let lock = NSLock()
+    private var inflight = 0
+    private var waiting: [BlockRequest] = []
+    private var spare: [BlockRequest] = []
+    private var removed = false
+
+    public struct Statistics: Sendable {
+        public var submitted = 0
+        public var completed = 0
+        public var failed = 0
+        public var bytesRead: UInt64 = 0
+        public var bytesWritten: UInt64 = 0
+        public var queuedInSoftware = 0
+    }
+
+    private var stats = Statistics()
+
+    init(name: String, registered: RegisteredDisk, memory: KernelMemory) {
+        self.name = name
+        self.registered = registered
+        self.memory = memory
+    }
+
+    public var statistics: Statistics { lock.withLock { stats } }
+
+    /// Allocates I/O memory of `length` bytes, starting `offset` bytes into
+    /// its first page (to exercise unaligned buffers).
+    public func allocateBuffer(length: Int, offset: Int = 0) -> IOBuffer? {
+        IOBuffer(memory: memory, length: length, offset: offset)
+    }
+
+    /// Submits asynchronously. `completion` runs exactly once, possibly on
+    /// the interrupt thread; keep it short. `buffer` must stay alive until
+    /// then (the request holds it).
+    public func submit(_ operation: BlockRequest.Operation, lba: UInt64, blocks: Int, buffer: IOBuffer?, bufferOffset: Int = 0,
+                       completion: @escaping @Sendable (OyStatus) -> Void)
+    {
+        if let problem = check(operation, lba: lba, blocks: blocks, buffer: buffer, bufferOffset: bufferOffset) {
+            completion(problem)
+            return
+        }
+        let request = lock.withLock { spare.popLast() } ?? BlockRequest()
+        let length = blocks * geometry.blockSize
+        let data = buffer.map { $0.pointer + bufferOffset }
+        request.prepare(operation, lba: lba, blockCount: operation == .flush ? 0 : blocks, data: data) { [weak self] status in
+            withExtendedLifetime(buffer) {}
+            self?.finished(request, operation: operation, length: length, status: status)
+            completion(status)
+        }
+        let dispatchNow = lock.withLock { () -> Bool in
+            stats.submitted += 1
+            if inflight < geometry.queueDepth && waiting.isEmpty {
+                inflight += 1
+                return true
+            }
+            stats.queuedInSoftware += 1
+            waiting.append(request)
+            return false
+        }
+        if dispatchNow { dispatch(request) }
+    }
+
+    private func check(_ operation: BlockRequest.Operation, lba: UInt64, blocks: Int, buffer: IOBuffer?, bufferOffset: Int) -> OyStatus? {
+        if lock.withLock({ removed }) { return .deviceGone }
+        if operation == .flush { return nil }
+        guard blocks > 0, blocks <= geometry.maxTransferBlocks, let buffer else { return .invalid }
+        guard lba < geometry.blockCount, UInt64(blocks) <= geometry.blockCount - lba else { return .range }
+        guard bufferOffset >= 0, bufferOffset + blocks * geometry.blockSize <= buffer.length else { return .invalid }
+        return nil
+    }
+
+    /// Hands a request to the driver; on BUSY it goes back to the head of
+    /// the software queue until a completion frees a slot.
+    private func dispatch(_ request: BlockRequest) {
+        let status = registered.submit(request)
+        if status == .busy {
+            lock.withLock {
+                inflight -= 1
+                waiting.insert(request, at: 0)
+            }
+        } else if !status.isOK {
+            request.finishUnsubmitted(status)
+        }
+    }
+
+    private func finished(_ request: BlockRequest, operation: BlockRequest.Operation, length: Int, status: OyStatus) {
+        let next = lock.withLock { () -> BlockRequest? in
+            if status.isOK {
+                stats.completed += 1
+                if operation == .read { stats.bytesRead += UInt64(length) }
+                if operation == .write { stats.bytesWritten += UInt64(length) }
+            } else {
+                stats.failed += 1
+            }
+            inflight -= 1
+            spare.append(request)
+            guard !waiting.isEmpty, inflight < geometry.queueDepth else { return nil }
+            inflight += 1
+            return waiting.removeFirst()
+        }
+        if let next { dispatch(next) }
+    }
+
+    /// The device went away: fail everything still queued in software.
+    func markRemoved() {
+        let queued = lock.withLock { () -> [BlockRequest] in
+            removed = true
+            inflight += waiting.count
+            defer { waiting.removeAll() }
+            return waiting
+        }
+        for request in queued { request.finishUnsubmitted(.deviceGone) }
+    }
+
+    // MARK: Synchronous convenience
+
+    /// Runs one request and waits for it.
+    public func perform(_ operation: BlockRequest.Operation, lba: UInt64, blocks: Int, buffer: IOBuffer?, bufferOffset: Int = 0,
+                        timeout: Duration = .seconds(30)) throws(BlockError)
+    {
+        let done = DispatchSemaphore(value: 0)
+        let result = Mutex<OyStatus>(.timeout)
+        submit(operation, lba: lba, blocks: blocks, buffer: buffer, bufferOffset: bufferOffset) { status in
+            result.withLock { $0 = status }
+            done.signal()
+        }
+        let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
+        let status: OyStatus = done.wait(timeout: .now() + seconds) == .timedOut ? .timeout : result.withLock { $0 }
+        guard status.isOK else { throw BlockError(disk: name, operation: "\(operation)", lba: lba, status: status) }
+    }
+
+    /// Reads `count` bytes (a multiple of the block size) from `lba`.
+    public func read(lba: UInt64, count: Int) throws(BlockError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        try transfer(.read, lba: lba, count: count) { chunk, offset in
+            out.withUnsafeMutableBytes { $0.baseAddress!.advanced(by: offset).copyMemory(from: chunk.baseAddress!, byteCount: chunk.count) }
+        }
+        return out
+    }
+
+    /// Writes `bytes` (a multiple of the block size) at `lba`.
+    public func write(lba: UInt64, bytes: [UInt8]) throws(BlockError) {
+        try transfer(.write, lba: lba, count: bytes.count) { chunk, offset in
+            bytes.withUnsafeBytes { chunk.baseAddress!.copyMemory(from: $0.baseAddress!.advanced(by: offset), byteCount: chunk.count) }
+        }
+    }
+
+    /// Makes every completed write durable.
+    public func flush() throws(BlockError) {
+        try perform(.flush, lba: 0, blocks: 0, buffer: nil)
+    }
+
+    /// Splits a transfer into requests the driver accepts, bouncing through
+    /// I/O memory (user memory is not DMA-able, as on a real OS).
+    private func transfer(_ operation: BlockRequest.Operation, lba: UInt64, count: Int,
+                          copy: (UnsafeMutableRawBufferPointer, Int) -> Void) throws(BlockError)
+    {
+        let blockSize = geometry.blockSize
+        guard count > 0, count % blockSize == 0 else {
+            throw BlockError(disk: name, operation: "\(operation)", lba: lba, status: .invalid)
+        }
+        let maxBytes = geometry.maxTransferBlocks * blockSize
+        guard let buffer = allocateBuffer(length: min(count, maxBytes)) else {
+            throw BlockError(disk: name, operation: "\(operation)", lba: lba, status: .noMemory)
+        }
+        var offset = 0
+        while offset < count {
+            let length = min(maxBytes, count - offset)
+            let chunk = UnsafeMutableRawBufferPointer(start: buffer.pointer, count: length)
+            let chunkLBA = lba + UInt64(offset / blockSize)
+            if operation == .write { copy(chunk, offset) }
+            try perform(operation, lba: chunkLBA, blocks: length / blockSize, buffer: buffer)
+            if operation == .read { copy(chunk, offset) }
+            offset += length
+        }
+    }
+}
+
+/// The OS's registry of disks, named in order of registration.
+public final class BlockLayer: Sendable {
+    private struct State {
+        var disks: [Disk] = []
+        var next = 0
+    }
+
+    private let state = Mutex(State())
+    let memory: KernelMemory
+
+    init(memory: KernelMemory) { self.memory = memory }
+
+    public var disks: [Disk] { state.withLock { $0.disks } }
+
+    func add(_ registered: RegisteredDisk) -> Disk {
+        state.withLock { s in
+            let disk = Disk(name: "disk\(s.next)", registered: registered, memory: memory)
+            s.next += 1
+            s.disks.append(disk)
+            return disk
+        }
+    }
+
+    func remove(_ registered: RegisteredDisk) {
+        let disk = state.withLock { s -> Disk? in
+            guard let index = s.disks.firstIndex(where: { $0.registered === registered }) else { return nil }
+            return s.disks.remove(at: index)
+        }
+        disk?.markRemoved()
+    }
+}

@@ -1,0 +1,235 @@
+import DriverHost
+import Foundation
+import Logging
+import Machine
+import Synchronization
+
+/// The operating system. The same code boots directly on the machine or as
+/// the root partition of the hypervisor; a `Platform` hides which.
+///
+/// It owns the device manager (enumerate, match by the drivers' ID tables
+/// read from their files, load, probe, attach, detach, surprise removal) and
+/// the I/O subsystems drivers register with. It must never contain code that
+/// asks which environment it is in.
+public final class Kernel: @unchecked Sendable {
+    // @unchecked Sendable: mutable state is guarded by `lock`.
+
+    /// A driver file the Kernel knows, loaded or not.
+    public struct DriverRecord: Sendable {
+        public let name: String
+        public let path: String
+        /// Of the file actually mapped, once loaded (dladdr on the entry).
+        public let mappedPath: String?
+        public let sha256: String
+        public let abiVersion: UInt32?
+        public let devices: [String]
+    }
+
+    /// One device and what became of it at boot.
+    public struct DeviceRecord: Sendable {
+        public let location: String
+        public let vendorID: UInt16
+        public let deviceID: UInt16
+        public let driver: String?
+        public let outcome: String
+    }
+
+    public struct BootReport: Sendable {
+        public let environment: String
+        public let drivers: [DriverRecord]
+        public let devices: [DeviceRecord]
+        /// Problems a person should read: unloadable files, failed attaches.
+        public let problems: [String]
+    }
+
+    public let platform: any Platform
+    public let blockLayer: BlockLayer
+    public let log: KernelLog
+    private let driverPaths: [String]
+    private let environment: KernelEnvironment
+    private let lock = NSLock()
+    private var libraries: [String: DriverLibrary] = [:]
+    private var instances: [BusAddress: DriverInstance] = [:]
+    private var booted = false
+
+    public init(platform: any Platform, driverPaths: [String], logLevel: LogLevel = .warning) {
+        self.platform = platform
+        self.driverPaths = driverPaths
+        self.blockLayer = BlockLayer(memory: platform.memory)
+        self.log = KernelLog(echoLevel: logLevel)
+        self.environment = KernelEnvironment(name: platform.environmentName, blockLayer: blockLayer, log: log)
+        platform.bus.onSurpriseRemoval { [weak self] slot in self?.deviceRemoved(slot) }
+    }
+
+    public var environmentName: String { platform.environmentName }
+
+    /// Enumerates the bus and binds a driver to every device one matches.
+    public func boot() -> BootReport {
+        lock.withLock { booted = true }
+        log.record(.info, "kernel", "booting on \(environmentName) with \(driverPaths.count) driver file(s)")
+        var problems: [String] = []
+        var files: [DriverFile] = []
+        for path in driverPaths {
+            do {
+                files.append(try DriverFile.inspect(path: path))
+            } catch {
+                problems.append(error.description)
+                log.record(.error, "kernel", error.description)
+            }
+        }
+        var devices: [DeviceRecord] = []
+        for slot in platform.bus.enumerate() {
+            let identity = slot.device.identity
+            let candidates = files.filter { $0.metadata.matches(vendorID: identity.vendorID, deviceID: identity.deviceID) }
+            var outcome = "no driver"
+            var boundDriver: String?
+            for file in candidates {
+                do {
+                    let instance = try attach(file: file, to: slot)
+                    boundDriver = instance.library.name
+                    outcome = "attached"
+                    break
+                } catch let error as AttachError where error.status == .notSupported {
+                    outcome = "probe declined by \(file.metadata.name)"
+                } catch {
+                    outcome = "failed"
+                    problems.append("\(slot.address): \(error)")
+                    log.record(.error, "kernel", "\(slot.address): \(error)")
+                }
+            }
+            devices.append(DeviceRecord(location: slot.address.description, vendorID: identity.vendorID, deviceID: identity.deviceID,
+                                        driver: boundDriver, outcome: outcome))
+        }
+        return BootReport(environment: environmentName, drivers: driverRecords(files: files), devices: devices, problems: problems)
+    }
+
+    /// Loads `file` (once) and attaches it to the device in `slot`.
+    @discardableResult
+    public func attach(file: DriverFile, to slot: BusSlot) throws -> DriverInstance {
+        let library = try loadLibrary(file)
+        let device = KernelDevice(slot: slot, platform: platform)
+        let probe = library.probe(device)
+        guard probe.isOK else {
+            throw AttachError(driver: library.name, device: slot.address.description, status: probe, leaked: [])
+        }
+        let instance = try library.attach(device)
+        lock.withLock { instances[slot.address] = instance }
+        log.record(.info, "kernel", "\(library.name) attached to \(slot.address) (\(library.mappedPath))")
+        return instance
+    }
+
+    private func loadLibrary(_ file: DriverFile) throws -> DriverLibrary {
+        if let loaded = lock.withLock({ libraries[file.resolvedPath] }) { return loaded }
+        let library = try DriverLibrary.load(path: file.path, environment: environment)
+        lock.withLock { libraries[file.resolvedPath] = library }
+        log.record(.info, "kernel", "loaded \(library.name) \(library.metadata.version) (ABI \(library.abiVersion)) from \(library.mappedPath)")
+        return library
+    }
+
+    /// The driver bound to the device at `address`.
+    public func instance(at address: BusAddress) -> DriverInstance? {
+        lock.withLock { instances[address] }
+    }
+
+    public var loadedDrivers: [DriverLibrary] { lock.withLock { Array(libraries.values) } }
+
+    /// Detaches the driver from one device (the device stays).
+    @discardableResult
+    public func detach(_ address: BusAddress) -> DriverInstance.DetachReport? {
+        guard let instance = lock.withLock({ instances.removeValue(forKey: address) }) else { return nil }
+        return instance.detach()
+    }
+
+    /// Detaches every device and unloads every driver.
+    public func shutdown() {
+        let (bound, loaded) = lock.withLock { () -> ([DriverInstance], [DriverLibrary]) in
+            defer {
+                instances.removeAll()
+                libraries.removeAll()
+            }
+            return (Array(instances.values), Array(libraries.values))
+        }
+        for instance in bound { instance.detach() }
+        for library in loaded { library.unload() }
+        log.record(.info, "kernel", "shut down")
+    }
+
+    private func deviceRemoved(_ slot: BusSlot) {
+        guard let instance = lock.withLock({ instances.removeValue(forKey: slot.address) }) else { return }
+        log.record(.warning, "kernel", "\(slot.address) surprise-removed; \(instance.library.name) told to fail outstanding I/O")
+        let report = instance.surpriseRemove()
+        if !report.leaked.isEmpty {
+            log.record(.warning, "kernel", "\(instance.library.name) left \(report.leaked.joined(separator: ", ")) after removal; reclaimed")
+        }
+    }
+
+    private func driverRecords(files: [DriverFile]) -> [DriverRecord] {
+        let (loaded, bound) = lock.withLock { (libraries, instances) }
+        return files.map { file in
+            let library = loaded[file.resolvedPath]
+            let devices = bound.filter { $0.value.library === library }.map { $0.key.description }.sorted()
+            return DriverRecord(name: file.metadata.name, path: file.path, mappedPath: library?.mappedPath,
+                                sha256: library?.sha256 ?? file.sha256, abiVersion: library?.abiVersion, devices: devices)
+        }
+    }
+}
+
+/// The Kernel's side of the driver host: logs, and the block subsystem
+/// drivers register disks with.
+final class KernelEnvironment: HostEnvironment {
+    let name: String
+    let blockLayer: BlockLayer
+    let log: KernelLog
+
+    init(name: String, blockLayer: BlockLayer, log: KernelLog) {
+        self.name = name
+        self.blockLayer = blockLayer
+        self.log = log
+    }
+
+    func log(level: LogLevel, driver: String, device: String?, message: String) {
+        log.record(level, device.map { "\(driver)@\($0)" } ?? driver, message)
+    }
+
+    func diskRegistered(_ disk: RegisteredDisk, device: any HostDevice) throws(OyStatus) {
+        let added = blockLayer.add(disk)
+        let g = disk.geometry
+        log.record(.info, "block", "\(added.name): \(g.blockCount) × \(g.blockSize) B via \(disk.label), queue depth \(g.queueDepth)")
+    }
+
+    func diskUnregistered(_ disk: RegisteredDisk) {
+        blockLayer.remove(disk)
+    }
+}
+
+/// The kernel's log: kept in memory (the demo and tests read it) and echoed
+/// through swift-log from `echoLevel` up.
+public final class KernelLog: Sendable {
+    public struct Entry: Sendable {
+        public let level: LogLevel
+        public let source: String
+        public let message: String
+    }
+
+    private let entries = Mutex<[Entry]>([])
+    private let echoLevel: LogLevel
+    private let logger = Logger(label: "oyako.kernel")
+
+    init(echoLevel: LogLevel) { self.echoLevel = echoLevel }
+
+    func record(_ level: LogLevel, _ source: String, _ message: String) {
+        entries.withLock {
+            $0.append(Entry(level: level, source: source, message: message))
+            if $0.count > 4096 { $0.removeFirst(1024) }
+        }
+        guard level <= echoLevel else { return }
+        switch level {
+        case .error: logger.error("[\(source)] \(message)")
+        case .warning: logger.warning("[\(source)] \(message)")
+        case .info: logger.info("[\(source)] \(message)")
+        case .debug: logger.debug("[\(source)] \(message)")
+        }
+    }
+
+    public var all: [Entry] { entries.withLock { $0 } }
+}

@@ -1,0 +1,99 @@
+import DriverHost
+import Foundation
+import Machine
+
+/// A bus device as the Kernel offers it to a driver: every access checked,
+/// DMA memory from the OS's own pages, mapped through the platform's IOMMU.
+final class KernelDevice: HostDevice, @unchecked Sendable {
+    // @unchecked Sendable: `allocations` is guarded by `lock`.
+    let slot: BusSlot
+    let platform: any Platform
+    let info: HostDeviceInfo
+    private let lock = NSLock()
+    /// dma_alloc'd regions by device address: their physical pages.
+    private var allocations: [UInt64: (physical: UInt64, pages: Int)] = [:]
+
+    init(slot: BusSlot, platform: any Platform) {
+        self.slot = slot
+        self.platform = platform
+        let device = slot.device
+        info = HostDeviceInfo(
+            vendorID: device.identity.vendorID, deviceID: device.identity.deviceID, classCode: device.identity.classCode,
+            revision: device.identity.revision,
+            bars: device.bars.map {
+                switch $0 {
+                case .mmio(let size): return .mmio(size: size)
+                case .ports(let count): return .ports(count: count)
+                }
+            },
+            interruptCount: device.interruptCount, location: slot.address.description)
+    }
+
+    func configRead(offset: UInt32, width: Int) throws(OyStatus) -> UInt32 {
+        guard [1, 2, 4].contains(width), offset % UInt32(width) == 0, offset < 256 else { throw .invalid }
+        return slot.configRead(offset: offset, width: width)
+    }
+
+    func configWrite(offset: UInt32, width: Int, value: UInt32) throws(OyStatus) {
+        guard [1, 2, 4].contains(width), offset % UInt32(width) == 0, offset < 256 else { throw .invalid }
+        slot.configWrite(offset: offset, width: width, value: value)
+    }
+
+    func mmioRead(bar: Int, offset: UInt64, width: Int) -> UInt64 {
+        slot.mmioRead(bar: bar, offset: offset, width: width)
+    }
+
+    func mmioWrite(bar: Int, offset: UInt64, width: Int, value: UInt64) {
+        slot.mmioWrite(bar: bar, offset: offset, width: width, value: value)
+    }
+
+    func portRead(bar: Int, port: UInt32) -> UInt8 { slot.portRead(bar: bar, port: port) }
+
+    func portWrite(bar: Int, port: UInt32, value: UInt8) { slot.portWrite(bar: bar, port: port, value: value) }
+
+    func dmaAllocate(size: Int) throws(OyStatus) -> DMARegion {
+        guard let (physical, pages) = platform.memory.allocate(bytes: size), let cpu = platform.memory.pointer(physical) else {
+            throw .noMemory
+        }
+        let address = platform.mapForDevice(slot, physical: physical, length: pages * KernelMemory.pageSize, writable: true)
+        lock.withLock { allocations[address] = (physical, pages) }
+        return DMARegion(cpu: cpu, deviceAddress: address, length: size)
+    }
+
+    func dmaFree(_ region: DMARegion) {
+        guard let allocation = lock.withLock({ allocations.removeValue(forKey: region.deviceAddress) }) else { return }
+        platform.unmapForDevice(slot, deviceAddress: region.deviceAddress, length: allocation.pages * KernelMemory.pageSize)
+        platform.memory.free(physical: allocation.physical, pages: allocation.pages)
+    }
+
+    func dmaMap(_ pointer: UnsafeMutableRawPointer, length: Int, direction: DMADirection) throws(OyStatus) -> DMARegion {
+        // Only the OS's own memory can be mapped: anything else is a driver
+        // handing over a pointer the host never gave it.
+        guard let physical = platform.memory.physical(of: pointer, length: length) else { throw .invalid }
+        let address = platform.mapForDevice(slot, physical: physical, length: length, writable: direction != .toDevice)
+        return DMARegion(cpu: pointer, deviceAddress: address, length: length)
+    }
+
+    func dmaUnmap(_ region: DMARegion) {
+        platform.unmapForDevice(slot, deviceAddress: region.deviceAddress, length: region.length)
+    }
+
+    func hookInterrupt(index: Int, handler: @escaping @Sendable () -> Void) throws(OyStatus) {
+        guard index >= 0, index < info.interruptCount else { throw .invalid }
+        platform.routeInterrupt(slot, index: index, handler: handler)
+        platform.unmaskInterrupt(slot, index: index)
+    }
+
+    func unhookInterrupt(index: Int) {
+        platform.maskInterrupt(slot, index: index)
+        platform.routeInterrupt(slot, index: index, handler: nil)
+    }
+
+    func maskInterrupt(index: Int) { platform.maskInterrupt(slot, index: index) }
+
+    func unmaskInterrupt(index: Int) { platform.unmaskInterrupt(slot, index: index) }
+
+    /// Frees what drivers left allocated (after a host-side reclaim they are
+    /// already gone; this is the last line for a removed device).
+    var liveAllocations: Int { lock.withLock { allocations.count } }
+}

@@ -1,0 +1,59 @@
+import ArgumentParser
+import Demo
+import DriverHost
+import Foundation
+
+struct DemoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "Build the reference drivers, boot the OS and run verified I/O through them.",
+        discussion: "Progress goes to standard output (standard error with --json). Exit status 1 if any I/O failed to verify.")
+
+    @Option(help: "Keep disk images and built drivers in this folder (default: a temporary folder, removed afterwards).")
+    var state: String?
+
+    @Flag(help: "Print one JSON object on standard output at the end.")
+    var json = false
+
+    @Option(help: "SDK folder (default: found from the current folder, $OYAKO_SDK, or the source tree).")
+    var sdk: String?
+
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        global.bootstrapLogging()
+        let location: SDKLocation
+        do {
+            location = try SDKLocation.find(explicit: sdk)
+        } catch {
+            printError(error.description)
+            throw ExitCode.failure
+        }
+        let toStderr = json
+        let runner = DemoRunner(sdk: location, stateDirectory: state) { line in
+            // Unbuffered, so progress shows as it happens even through a pipe.
+            (toStderr ? FileHandle.standardError : FileHandle.standardOutput).write(Data((line + "\n").utf8))
+        }
+        let report: DemoReport
+        do {
+            report = try runner.run()
+        } catch {
+            printError("demo failed: \(error)")
+            throw ExitCode.failure
+        }
+        if json {
+            try printJSON(report)
+        } else {
+            print("")
+            for (name, environment) in report.environments.sorted(by: { $0.key < $1.key }) {
+                for driver in environment.drivers {
+                    print("\(name): \(driver.name) \(driver.verified ? "verified" : "NOT VERIFIED") on \(driver.devices.joined(separator: ", "))")
+                    print("  \(driver.path)")
+                    print("  sha256 \(driver.sha256)")
+                }
+            }
+            print(String(format: "done in %.1f s", report.durationSeconds))
+        }
+        if !report.allVerified { throw ExitCode.failure }
+    }
+}

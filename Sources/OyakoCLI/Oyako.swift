@@ -1,0 +1,48 @@
+import ArgumentParser
+import Foundation
+import Logging
+
+@main
+struct Oyako: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "oyako",
+        abstract: "Driver reuse, made visible: one vendor driver binary on a bare OS and in the root partition.",
+        discussion: """
+            Exit status: 0 success; 1 the operation failed (a bad driver file, failed I/O); \
+            64 bad command-line usage.
+            """,
+        subcommands: [DriverCommand.self, DemoCommand.self]
+    )
+}
+
+/// Options every command shares.
+struct GlobalOptions: ParsableArguments {
+    @Flag(name: .shortAndLong, help: "Log kernel and driver messages down to info level on stderr.")
+    var verbose = false
+
+    func bootstrapLogging() {
+        let level: Logger.Level = verbose ? .info : .warning
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
+}
+
+/// A failure the user should read, printed without a stack of Swift noise.
+struct CommandFailure: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    let data = try encoder.encode(value)
+    print(String(decoding: data, as: UTF8.self))
+}
+
+func printError(_ message: String) {
+    FileHandle.standardError.write(Data(("oyako: " + message + "\n").utf8))
+}

@@ -1,0 +1,72 @@
+import DriverHost
+import Foundation
+import OyakoTestSupport
+import Testing
+
+/// Runs the built `oyako` binary, as a user would.
+func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: String) {
+    let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("oyako").path
+    let candidates = [binary, Fixtures.repositoryRoot + "/.build/debug/oyako"]
+    guard let executable = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+        return (-1, "", "oyako binary not found in \(candidates)")
+    }
+    let result = ProcessRunner.run(executable, arguments)
+    return (result.status, result.stdout, result.stderr)
+}
+
+@Suite struct CLITests {
+    @Test func inspectShowsMetadataWithoutRunningTheDriver() throws {
+        let path = try Fixtures.referenceDriver()
+        let result = oyako(["driver", "inspect", path])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("nvmelite 1.0.0 — Oyako Reference Devices"))
+        #expect(result.stdout.contains("exports      oy_driver_entry\n"))
+        #expect(result.stdout.contains(sha256Hex(ofFile: path)!))
+    }
+
+    @Test func inspectJSON() throws {
+        let result = oyako(["driver", "inspect", try Fixtures.referenceDriver(), "--json"])
+        #expect(result.status == 0)
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        #expect(json["name"] as? String == "nvmelite")
+        #expect(json["exported_symbols"] as? [String] == ["oy_driver_entry"])
+        #expect(json["needed_libraries"] as? [String] == ["libc.so.6"])
+        #expect((json["abi"] as? [String: Int]) == ["min": 1, "max": 1])
+    }
+
+    @Test func inspectOfABadFileFailsWithAMessage() throws {
+        let result = oyako(["driver", "inspect", "/nonexistent/driver.so"])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("no such file"))
+    }
+
+    @Test func unknownArgumentsAreAUsageError() {
+        let result = oyako(["demo", "--no-such-flag"])
+        #expect(result.status == 64)
+        #expect(result.stderr.contains("no-such-flag"))
+    }
+
+    @Test func buildReportsCompilerErrors() throws {
+        let dir = Fixtures.temporaryDirectory("broken")
+        try "this is not C".write(toFile: dir + "/broken.c", atomically: true, encoding: .utf8)
+        let result = oyako(["driver", "build", dir])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("failed"), "\(result.stderr)")
+    }
+
+    @Test func demoJSONShowsTheMappedFileAndVerifiedIO() throws {
+        let state = Fixtures.temporaryDirectory("demo")
+        let result = oyako(["demo", "--json", "--state", state])
+        #expect(result.status == 0, "\(result.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        let bare = try #require((json["environments"] as? [String: Any])?["bare"] as? [String: Any])
+        let drivers = try #require(bare["drivers"] as? [[String: Any]])
+        let nvme = try #require(drivers.first { $0["name"] as? String == "nvmelite" })
+        #expect(nvme["verified"] as? Bool == true)
+        let path = try #require(nvme["path"] as? String)
+        #expect(path == state + "/drivers/nvmelite.so")
+        #expect(nvme["sha256"] as? String == sha256Hex(ofFile: path))
+        #expect(nvme["devices"] as? [String] == ["00:01.0"])
+        #expect(result.stderr.contains("[bare] disk0: verified"), "progress goes to stderr with --json")
+    }
+}

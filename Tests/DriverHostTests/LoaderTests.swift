@@ -1,0 +1,162 @@
+import DriverHost
+import Foundation
+import OyakoTestSupport
+import Testing
+
+@Suite struct MetadataTests {
+    @Test func referenceDriverDescribesItselfWithoutRunning() throws {
+        let file = try DriverFile.inspect(path: try Fixtures.referenceDriver())
+        #expect(file.metadata.name == "nvmelite")
+        #expect(file.metadata.vendor == "Oyako Reference Devices")
+        #expect(file.metadata.deviceClass == "oyako.block/1")
+        #expect(file.metadata.abiMin == 1 && file.metadata.abiMax == 1)
+        #expect(file.metadata.deviceIDs.map(\.description) == ["0a7a:0001"])
+        #expect(file.metadata.matches(vendorID: 0x0A7A, deviceID: 1))
+        #expect(!file.metadata.matches(vendorID: 0x0A7A, deviceID: 2))
+        #expect(file.sha256.count == 64)
+    }
+
+    @Test func referenceDriverExportsOneSymbolAndNeedsOnlyLibc() throws {
+        let image = try DriverFile.inspect(path: try Fixtures.referenceDriver()).image
+        #expect(image.exportedSymbols.map(\.name) == ["oy_driver_entry"])
+        #expect(image.neededLibraries == ["libc.so.6"])
+        #expect(!image.hasTextRelocations)
+        #expect(!image.hasExecutableStack)
+    }
+
+    @Test func anExtraExportIsVisibleInTheImage() throws {
+        let image = try DriverFile.inspect(path: try Fixtures.carelessFixtureDriver(defines: ["MUTANT_EXTRA_EXPORT"])).image
+        #expect(Set(image.exportedSymbols.map(\.name)) == ["oy_driver_entry", "mutant_helper"])
+    }
+
+    /// The SDK's flags and version script keep even an OY_EXPORT-marked
+    /// helper private: the rule holds by construction.
+    @Test func theSDKVersionScriptHidesAStrayExport() throws {
+        let image = try DriverFile.inspect(path: try Fixtures.fixtureDriver(defines: ["MUTANT_EXTRA_EXPORT"])).image
+        #expect(image.exportedSymbols.map(\.name) == ["oy_driver_entry"])
+    }
+
+    @Test func loadedDriverReportsTheSameMetadataAsItsFile() throws {
+        let library = try DriverLibrary.load(path: try Fixtures.referenceDriver(), environment: RecordingEnvironment())
+        defer { library.unload() }
+        #expect(library.metadata.name == "nvmelite")
+        #expect(library.abiVersion == 1)
+        #expect(library.sha256 == sha256Hex(ofFile: library.mappedPath))
+    }
+}
+
+@Suite struct NegotiationTests {
+    @Test func picksTheHighestCommonVersion() throws {
+        let path = try Fixtures.fixtureDriver(defines: ["MUTANT_ABI_MIN=1", "MUTANT_ABI_MAX=3"])
+        // Host 1...5, driver 1...3: 3. Host 1...2: 2. Host 1...1: 1.
+        for (host, expected) in [(1...5, UInt32(3)), (1...2, 2), (1...1, 1)] as [(ClosedRange<UInt32>, UInt32)] {
+            let library = try DriverLibrary.load(path: path, environment: RecordingEnvironment(), hostABI: host)
+            #expect(library.abiVersion == expected, "host \(host)")
+            library.unload()
+        }
+    }
+
+    @Test func driverNewerThanHostIsRefusedNamingBothRanges() throws {
+        let path = try Fixtures.fixtureDriver(defines: ["MUTANT_ABI_MIN=2", "MUTANT_ABI_MAX=3"])
+        let error = #expect(throws: DriverLoadError.self) { try DriverLibrary.load(path: path, environment: RecordingEnvironment()) }
+        guard case .incompatible(_, let driver, let host) = error else {
+            Issue.record("expected .incompatible, got \(String(describing: error))")
+            return
+        }
+        #expect(driver == 2...3 && host == 1...1)
+        let text = error?.description ?? ""
+        #expect(text.contains("ABI 2–3") && text.contains("ABI 1"), "\(text)")
+        #expect(text.contains("update Oyako"), "a newer driver should point at updating the host: \(text)")
+    }
+
+    @Test func hostNewerThanDriverIsRefusedNamingBothRanges() throws {
+        let path = try Fixtures.fixtureDriver()
+        let error = #expect(throws: DriverLoadError.self) {
+            try DriverLibrary.load(path: path, environment: RecordingEnvironment(), hostABI: 2...4)
+        }
+        let text = error?.description ?? ""
+        #expect(text.contains("driver speaks ABI 1") && text.contains("host speaks ABI 2–4") && text.contains("rebuild the driver"), "\(text)")
+    }
+}
+
+@Suite struct LoadErrorTests {
+    @Test func missingFile() {
+        let error = #expect(throws: DriverLoadError.self) { try DriverLibrary.load(path: "/nonexistent/x.so", environment: RecordingEnvironment()) }
+        #expect(error?.description.contains("no such file") == true)
+    }
+
+    @Test func notAnELFFile() throws {
+        let path = Fixtures.temporaryDirectory() + "/text.so"
+        try "this is not a driver".write(toFile: path, atomically: true, encoding: .utf8)
+        let error = #expect(throws: DriverLoadError.self) { try DriverLibrary.load(path: path, environment: RecordingEnvironment()) }
+        #expect(error?.description.contains("not an ELF file") == true, "\(String(describing: error))")
+    }
+
+    @Test func wrongArchitecture() throws {
+        // The real driver with e_machine patched to AArch64 (or x86_64 on an AArch64 host).
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: try Fixtures.referenceDriver()))
+        let other: UInt16 = ELFImage.hostMachine == 62 ? 183 : 62
+        bytes[18] = UInt8(other & 0xFF)
+        bytes[19] = UInt8(other >> 8)
+        let path = Fixtures.temporaryDirectory() + "/foreign.so"
+        try bytes.write(to: URL(fileURLWithPath: path))
+        let error = #expect(throws: DriverLoadError.self) { try DriverLibrary.load(path: path, environment: RecordingEnvironment()) }
+        #expect(error?.description.contains("built for \(ELFImage.machineName(other))") == true, "\(String(describing: error))")
+    }
+
+    @Test func missingEntrySymbol() throws {
+        let path = try Fixtures.fixtureDriver(defines: ["MUTANT_NO_ENTRY"])
+        let error = #expect(throws: DriverLoadError.self) { try DriverLibrary.load(path: path, environment: RecordingEnvironment()) }
+        #expect(error?.description.contains("does not export oy_driver_entry") == true)
+    }
+
+    @Test func nullMandatoryCallback() throws {
+        let path = try Fixtures.fixtureDriver(defines: ["MUTANT_NULL_PROBE"])
+        let error = #expect(throws: DriverLoadError.self) { try DriverLibrary.load(path: path, environment: RecordingEnvironment()) }
+        #expect(error?.description.contains("mandatory callback probe is NULL") == true, "\(String(describing: error))")
+    }
+
+    @Test func missingMetadataSection() throws {
+        let path = try Fixtures.fixtureDriver(defines: ["MUTANT_NO_META"])
+        let error = #expect(throws: DriverLoadError.self) { try DriverLibrary.load(path: path, environment: RecordingEnvironment()) }
+        #expect(error?.description.contains("OY_DRIVER_METADATA") == true)
+    }
+
+    @Test func metadataThatDisagreesWithTheLoadedDriver() throws {
+        let path = try Fixtures.fixtureDriver(defines: ["MUTANT_META_MISMATCH"])
+        let error = #expect(throws: DriverLoadError.self) { try DriverLibrary.load(path: path, environment: RecordingEnvironment()) }
+        #expect(error?.description.contains("differs from the file's oyako_meta section") == true)
+    }
+
+    @Test func entryThatFails() throws {
+        let path = try Fixtures.fixtureDriver(defines: ["MUTANT_ENTRY_FAILS"])
+        let error = #expect(throws: DriverLoadError.self) { try DriverLibrary.load(path: path, environment: RecordingEnvironment()) }
+        #expect(error?.description.contains("OY_E_INVALID: invalid argument") == true)
+    }
+
+    @Test func initThatFailsNamesTheErrorText() throws {
+        let path = try Fixtures.fixtureDriver(defines: ["MUTANT_INIT_FAILS"])
+        let error = #expect(throws: DriverLoadError.self) { try DriverLibrary.load(path: path, environment: RecordingEnvironment()) }
+        #expect(error?.description.contains("init failed with OY_E_NOT_SUPPORTED: operation or device not supported") == true)
+    }
+
+    @Test func deinitLeakIsReportedAndReclaimed() throws {
+        let library = try DriverLibrary.load(path: try Fixtures.fixtureDriver(defines: ["MUTANT_LEAK_ON_DEINIT"]), environment: RecordingEnvironment())
+        let report = library.unload()
+        #expect(report.leaked.count == 1 && report.leaked[0].hasPrefix("memory"), "\(report.leaked)")
+    }
+}
+
+@Suite struct StatusTests {
+    @Test func everyListedCodeHasANameAndText() {
+        for raw in Int32(-14)...0 {
+            let status = OyStatus(raw)
+            #expect(status.isDefined)
+            #expect(status.name != nil)
+            #expect(status.message != "unknown error code")
+        }
+        #expect(!OyStatus(-15).isDefined)
+        #expect(OyStatus(-65536).isDefined && OyStatus(-65536).message == "vendor-specific error")
+        #expect(OyStatus(-99).message == "unknown error code")
+    }
+}

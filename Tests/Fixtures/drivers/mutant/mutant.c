@@ -1,0 +1,182 @@
+/*
+ * mutant.c — a small, correct driver for the nvmelite device's IDs that can
+ * be built with one deliberate defect at a time (-DMUTANT_...). The test
+ * corpus uses it to prove that the host and the conformance suite catch each
+ * class of mistake. Without any define it is well-behaved: attach maps the
+ * registers, allocates a DMA page, hooks vector 0 and creates a lock; detach
+ * releases all of it.
+ */
+#include <oyako/oyako.h>
+#include <string.h>
+
+#ifndef MUTANT_ABI_MIN
+#define MUTANT_ABI_MIN OY_ABI_VERSION_1
+#endif
+#ifndef MUTANT_ABI_MAX
+#define MUTANT_ABI_MAX OY_ABI_VERSION_1
+#endif
+
+#ifndef MUTANT_NO_META
+OY_DRIVER_METADATA(mutant_meta) = {
+    OY_META_MAGIC, sizeof(oy_driver_meta), MUTANT_ABI_MIN, MUTANT_ABI_MAX, 1,
+    "mutant", "Oyako Test Corpus", "0.1.0", "Fixture driver with switchable defects", "",
+    {{0x0A7Au, 0x0001u}},
+};
+#else
+static const oy_driver_meta mutant_meta = {
+    OY_META_MAGIC, sizeof(oy_driver_meta), MUTANT_ABI_MIN, MUTANT_ABI_MAX, 1,
+    "mutant", "Oyako Test Corpus", "0.1.0", "", "", {{0x0A7Au, 0x0001u}},
+};
+#endif
+
+#ifdef MUTANT_META_MISMATCH
+static const oy_driver_meta other_meta = {
+    OY_META_MAGIC, sizeof(oy_driver_meta), MUTANT_ABI_MIN, MUTANT_ABI_MAX, 1,
+    "impostor", "Somebody Else", "9.9.9", "", "", {{0x0A7Au, 0x0001u}},
+};
+#endif
+
+typedef struct mutant_ctx {
+    const oy_host *host;
+} mutant_ctx;
+
+typedef struct mutant_dev {
+    mutant_ctx *ctx;
+    oy_device *device;
+    oy_regs *regs;
+    oy_dma_buffer *dma;
+    oy_irq *irq;
+    oy_lock *lock;
+    oy_event *event;
+} mutant_dev;
+
+static int32_t mutant_init(const oy_host *host, void **out_ctx) {
+    mutant_ctx *c;
+#ifdef MUTANT_INIT_FAILS
+    (void)host;
+    (void)out_ctx;
+    return OY_E_NOT_SUPPORTED;
+#endif
+    c = (mutant_ctx *)host->mem_alloc(host, NULL, sizeof(*c));
+    if (c == NULL) return OY_E_NOMEM;
+    c->host = host;
+    *out_ctx = c;
+    return OY_OK;
+}
+
+static void mutant_deinit(void *ctx) {
+    mutant_ctx *c = (mutant_ctx *)ctx;
+#ifndef MUTANT_LEAK_ON_DEINIT
+    c->host->mem_free(c->host, c);
+#else
+    (void)c;
+#endif
+}
+
+static int32_t mutant_probe(void *ctx, const oy_device_info *info) {
+    (void)ctx;
+#ifdef MUTANT_PROBE_FAILS
+    (void)info;
+    return OY_E_NOT_SUPPORTED;
+#endif
+    if (info == NULL || info->vendor_id != 0x0A7Au || info->device_id != 0x0001u) return OY_E_NOT_SUPPORTED;
+    return OY_OK;
+}
+
+static void mutant_irq(void *arg) {
+    mutant_dev *d = (mutant_dev *)arg;
+#ifdef MUTANT_BLOCK_IN_IRQ
+    d->ctx->host->event_wait(d->event, 1000000);
+#endif
+    d->ctx->host->event_signal(d->event);
+}
+
+static int32_t mutant_attach(void *ctx, oy_device *device, void **out) {
+    mutant_ctx *c = (mutant_ctx *)ctx;
+    const oy_host *h = c->host;
+    mutant_dev *d = (mutant_dev *)h->mem_alloc(h, device, sizeof(*d));
+    uint64_t size = 0;
+    void *cpu = NULL;
+    oy_dma_addr addr = 0;
+    int32_t rc;
+    if (d == NULL) return OY_E_NOMEM;
+    d->ctx = c;
+    d->device = device;
+    if ((rc = h->regs_map(device, 0, &d->regs, &size)) != OY_OK) goto fail;
+    if ((rc = h->dma_alloc(device, 4096, &d->dma, &cpu, &addr)) != OY_OK) goto fail;
+    if ((rc = h->lock_create(h, device, &d->lock)) != OY_OK) goto fail;
+    if ((rc = h->event_create(h, device, &d->event)) != OY_OK) goto fail;
+    if ((rc = h->irq_hook(device, 0, mutant_irq, d, &d->irq)) != OY_OK) goto fail;
+#ifdef MUTANT_ATTACH_FAILS
+    /* Defect: give up without releasing anything acquired above. */
+    return OY_E_IO;
+#endif
+    *out = d;
+    return OY_OK;
+fail:
+    if (d->irq) h->irq_unhook(d->irq);
+    if (d->event) h->event_destroy(d->event);
+    if (d->lock) h->lock_destroy(d->lock);
+    if (d->dma) h->dma_free(d->dma);
+    if (d->regs) h->regs_unmap(d->regs);
+    h->mem_free(h, d);
+    return rc;
+}
+
+static int32_t mutant_detach(void *instance) {
+    mutant_dev *d = (mutant_dev *)instance;
+    const oy_host *h = d->ctx->host;
+    h->irq_unhook(d->irq);
+    h->event_destroy(d->event);
+    h->lock_destroy(d->lock);
+#ifndef MUTANT_LEAK_ON_DETACH
+    h->dma_free(d->dma);
+#endif
+    h->regs_unmap(d->regs);
+    h->mem_free(h, d);
+    return OY_OK;
+}
+
+static const void *mutant_get_extension(void *instance, const char *id) {
+    (void)instance;
+    (void)id;
+    return NULL;
+}
+
+static const oy_driver mutant_driver = {
+    sizeof(oy_driver), 0,
+#ifdef MUTANT_META_MISMATCH
+    &other_meta,
+#else
+    &mutant_meta,
+#endif
+    mutant_init, mutant_deinit,
+#ifdef MUTANT_NULL_PROBE
+    NULL,
+#else
+    mutant_probe,
+#endif
+    mutant_attach, mutant_detach, NULL, mutant_get_extension,
+};
+
+#ifdef MUTANT_EXTRA_EXPORT
+OY_EXPORT int mutant_helper(void);
+OY_EXPORT int mutant_helper(void) { return 42; }
+#endif
+
+#ifndef MUTANT_NO_ENTRY
+OY_EXPORT int32_t oy_driver_entry(oy_entry_args *args) {
+#ifdef MUTANT_ENTRY_FAILS
+    (void)args;
+    return OY_E_INVALID;
+#else
+    return oy_negotiate(args, MUTANT_ABI_MIN, MUTANT_ABI_MAX, &mutant_driver);
+#endif
+}
+#else
+/* Defect: the entry has the wrong name. */
+OY_EXPORT int32_t oy_driver_main(oy_entry_args *args);
+OY_EXPORT int32_t oy_driver_main(oy_entry_args *args) {
+    return oy_negotiate(args, MUTANT_ABI_MIN, MUTANT_ABI_MAX, &mutant_driver);
+}
+#endif

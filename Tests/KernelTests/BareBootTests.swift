@@ -1,0 +1,238 @@
+import Demo
+import DriverHost
+import Foundation
+import Kernel
+import Machine
+import OyakoTestSupport
+import Synchronization
+import Testing
+
+@Suite struct BareBootTests {
+    @Test func bootBindsNvmeliteAndRegistersADisk() throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        #expect(system.report.problems.isEmpty)
+        #expect(system.report.devices.map(\.outcome) == ["attached"])
+        let disk = try #require(system.disk)
+        #expect(disk.geometry.blockSize == 512)
+        #expect(disk.geometry.blockCount == (16 << 20) / 512)
+        #expect(disk.geometry.queueDepth == 32)
+        #expect(disk.driverLabel == "nvmelite@00:01.0")
+    }
+
+    @Test(arguments: [(1, 0), (1, 3), (7, 0), (8, 512), (9, 100), (64, 4095), (256, 0), (255, 1)])
+    func verifiedIOOfSizeAndBufferAlignment(blocks: Int, bufferOffset: Int) throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let disk = try #require(system.disk)
+        let length = blocks * 512
+        let lba = UInt64(blocks * 3 + 1)  // odd LBAs too
+        let writeBuffer = try #require(disk.allocateBuffer(length: length + bufferOffset))
+        let readBuffer = try #require(disk.allocateBuffer(length: length + bufferOffset))
+        let data = Pattern.bytes(seed: UInt64(blocks), lba: lba, blockSize: 512, count: length)
+        data.withUnsafeBytes { (writeBuffer.pointer + bufferOffset).copyMemory(from: $0.baseAddress!, byteCount: length) }
+        try disk.perform(.write, lba: lba, blocks: blocks, buffer: writeBuffer, bufferOffset: bufferOffset)
+        try disk.perform(.read, lba: lba, blocks: blocks, buffer: readBuffer, bufferOffset: bufferOffset)
+        let back = [UInt8](UnsafeRawBufferPointer(start: readBuffer.pointer + bufferOffset, count: length))
+        #expect(back == data)
+        // And the bytes really are in the disk image file.
+        let file = try FileHandle(forReadingFrom: URL(fileURLWithPath: system.state + "/" + Testbed.diskImageName))
+        try file.seek(toOffset: lba * 512)
+        #expect([UInt8](try file.read(upToCount: length) ?? Data()) == data)
+    }
+
+    @Test func largeTransfersAreSplitBySyncAPI() throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let disk = try #require(system.disk)
+        let data = Pattern.bytes(seed: 9, lba: 100, blockSize: 512, count: 1 << 20)
+        try disk.write(lba: 100, bytes: data)
+        #expect(try disk.read(lba: 100, count: 1 << 20) == data)
+    }
+
+    @Test func flushReachesTheDeviceAsFdatasync() throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let disk = try #require(system.disk)
+        let before = system.testbed.nvme.statistics.flushes
+        try disk.flush()
+        #expect(system.testbed.nvme.statistics.flushes == before + 1)
+    }
+
+    @Test func outOfRangeAndZeroLengthRequestsAreRejected() throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let disk = try #require(system.disk)
+        let buffer = try #require(disk.allocateBuffer(length: 4096))
+        let end = disk.geometry.blockCount
+        #expect(throws: BlockError.self) { try disk.perform(.read, lba: end, blocks: 1, buffer: buffer) }
+        #expect(throws: BlockError.self) { try disk.perform(.read, lba: end - 1, blocks: 2, buffer: buffer) }
+        #expect(throws: BlockError.self) { try disk.perform(.write, lba: 0, blocks: 0, buffer: buffer) }
+        #expect(throws: BlockError.self) { try disk.perform(.write, lba: 0, blocks: 9, buffer: buffer) }  // buffer too short
+        let error = #expect(throws: BlockError.self) { try disk.perform(.read, lba: UInt64.max, blocks: 1, buffer: buffer) }
+        #expect(error?.status == .range)
+    }
+
+    @Test func manyThreadsIssuingIOAtOnceAllVerify() async throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let disk = try #require(system.disk)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for worker in 0..<8 {
+                group.addTask {
+                    let io = VerifiedIO(seed: UInt64(worker), regionStart: UInt64(worker) * 2048, regionBlocks: 2048)
+                    _ = try io.run(on: disk)
+                }
+            }
+            try await group.waitForAll()
+        }
+        let stats = disk.statistics
+        #expect(stats.failed == 0)
+        #expect(stats.completed == stats.submitted)
+    }
+
+    @Test func asyncSubmissionsBeyondTheQueueDepthAreQueuedInSoftware() throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let disk = try #require(system.disk)
+        let group = DispatchGroup()
+        let failures = Atomic<Int>(0)
+        let buffers = (0..<100).map { _ in disk.allocateBuffer(length: 4096)! }
+        for (i, buffer) in buffers.enumerated() {
+            group.enter()
+            disk.submit(.write, lba: UInt64(i * 8), blocks: 8, buffer: buffer) { status in
+                if !status.isOK { failures.add(1, ordering: .relaxed) }
+                group.leave()
+            }
+        }
+        #expect(group.wait(timeout: .now() + 30) == .success)
+        #expect(failures.load(ordering: .relaxed) == 0)
+        #expect(disk.statistics.completed == 100)
+    }
+}
+
+@Suite struct DMAIsolationTests {
+    /// A driver that hands its device the CPU pointer instead of the device
+    /// address: the IOMMU refuses, the request fails, nothing is written.
+    @Test func buggyDriverGetsADMAFaultNotASilentWrite() throws {
+        let path = try Fixtures.referenceDriver(defines: ["NVMELITE_FIXTURE_DMA_BUG"])
+        let system = try Fixtures.bareSystem(drivers: [path])
+        defer { system.shutdown() }
+        let disk = try #require(system.disk)
+        let buffer = try #require(disk.allocateBuffer(length: 4096))
+        let faultsBefore = system.machine.iommu.faultCount
+        let error = #expect(throws: BlockError.self) { try disk.perform(.read, lba: 0, blocks: 8, buffer: buffer) }
+        #expect(error?.status == .dmaFault)
+        #expect(system.machine.iommu.faultCount > faultsBefore)
+        #expect(system.machine.iommu.recentFaults.last?.reason == "page not mapped for this device")
+        #expect(system.testbed.nvme.statistics.dmaFaults > 0)
+        // The same request through the correct driver works, on a new machine.
+        let good = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { good.shutdown() }
+        let goodDisk = try #require(good.disk)
+        let goodBuffer = try #require(goodDisk.allocateBuffer(length: 4096))
+        try goodDisk.perform(.read, lba: 0, blocks: 8, buffer: goodBuffer)
+    }
+}
+
+@Suite struct LifecycleTests {
+    @Test func detachReleasesEveryTrackedResource() throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let slot = system.testbed.nvmeSlot
+        let instance = try #require(system.kernel.instance(at: slot.address))
+        let held = instance.heldResources
+        for kind in ["register window", "DMA buffer", "interrupt hook", "lock", "event", "disk", "memory"] {
+            #expect(held.contains { $0.hasPrefix(kind) }, "attach should hold a \(kind): \(held)")
+        }
+        try system.disk!.write(lba: 0, bytes: [UInt8](repeating: 1, count: 512))
+        let report = try #require(system.kernel.detach(slot.address))
+        #expect(report.isClean, "\(report)")
+        #expect(instance.heldResources.isEmpty)
+        #expect(system.machine.iommu.mappedPages(domain: Bus.domain(of: slot.address)) == 0)
+        #expect(system.kernel.blockLayer.disks.isEmpty)
+        #expect(instance.library.violations.isEmpty, "\(instance.library.violations)")
+    }
+
+    @Test func attachDetachAttachAgainWorks() throws {
+        let path = try Fixtures.referenceDriver()
+        let system = try Fixtures.bareSystem(drivers: [path])
+        defer { system.shutdown() }
+        let slot = system.testbed.nvmeSlot
+        let freePages = system.machine.pages.freePages
+        for round in 0..<3 {
+            let data = [UInt8](repeating: UInt8(round + 1), count: 1024)
+            try system.kernel.blockLayer.disks.first!.write(lba: 4, bytes: data)
+            #expect(system.kernel.detach(slot.address)?.isClean == true)
+            #expect(system.machine.pages.freePages > freePages, "DMA pages returned")
+            try system.kernel.attach(file: try DriverFile.inspect(path: path), to: slot)
+            #expect(try system.kernel.blockLayer.disks.first!.read(lba: 4, count: 1024) == data, "data survives re-attach")
+        }
+    }
+
+    @Test func leakOnDetachIsReportedAndReclaimed() throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.fixtureDriver(defines: ["MUTANT_LEAK_ON_DETACH"])])
+        defer { system.shutdown() }
+        let slot = system.testbed.nvmeSlot
+        let instance = try #require(system.kernel.instance(at: slot.address))
+        let report = try #require(system.kernel.detach(slot.address))
+        #expect(report.leaked.count == 1 && report.leaked[0].hasPrefix("DMA buffer"), "\(report.leaked)")
+        #expect(system.machine.iommu.mappedPages(domain: Bus.domain(of: slot.address)) == 0, "the host reclaimed the mapping")
+        #expect(instance.library.violations.contains { $0.contains("left DMA buffer") })
+    }
+
+    @Test func failingAttachIsReportedWithErrorTextAndItsLeaksReclaimed() throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.fixtureDriver(defines: ["MUTANT_ATTACH_FAILS"])])
+        defer { system.shutdown() }
+        #expect(system.report.devices.first?.outcome == "failed")
+        let problem = try #require(system.report.problems.first)
+        #expect(problem.contains("attach to 00:01.0 failed with OY_E_IO: device reported an I/O error"), "\(problem)")
+        #expect(problem.contains("leaked: "), "\(problem)")
+        #expect(system.machine.iommu.mappedPages(domain: Bus.domain(of: system.testbed.nvmeSlot.address)) == 0)
+    }
+
+    @Test func probeThatDeclinesLeavesTheDeviceUnbound() throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.fixtureDriver(defines: ["MUTANT_PROBE_FAILS"])])
+        defer { system.shutdown() }
+        #expect(system.report.devices.first?.outcome == "probe declined by mutant")
+        #expect(system.disk == nil)
+    }
+
+    @Test func unloadableDriverFileIsAProblemNotACrash() throws {
+        let system = try Fixtures.bareSystem(drivers: ["/nonexistent/driver.so", try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        #expect(system.report.problems.count == 1)
+        #expect(system.report.devices.first?.outcome == "attached")
+    }
+
+    /// Pull the device while I/O is in flight: every request completes (some
+    /// with OY_E_DEVICE_GONE), nothing hangs, the host reclaims everything.
+    @Test func surpriseRemovalDuringIO() throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let disk = try #require(system.disk)
+        let slot = system.testbed.nvmeSlot
+        let instance = try #require(system.kernel.instance(at: slot.address))
+        let group = DispatchGroup()
+        let outcomes = Mutex<[OyStatus]>([])
+        let buffers = (0..<200).map { _ in disk.allocateBuffer(length: 64 << 10)! }
+        for (i, buffer) in buffers.enumerated() {
+            group.enter()
+            disk.submit(.write, lba: UInt64(i * 128), blocks: 128, buffer: buffer) { status in
+                outcomes.withLock { $0.append(status) }
+                group.leave()
+            }
+            if i == 20 { system.machine.bus.surpriseRemove(slot) }
+        }
+        #expect(group.wait(timeout: .now() + 30) == .success, "every request completes after removal")
+        let results = outcomes.withLock { $0 }
+        #expect(results.count == 200)
+        #expect(results.allSatisfy { $0 == .ok || $0 == .deviceGone }, "\(Set(results.map(\.description)))")
+        #expect(results.contains(.deviceGone))
+        #expect(instance.state == .detached)
+        #expect(instance.heldResources.isEmpty)
+        #expect(system.kernel.blockLayer.disks.isEmpty)
+        // New I/O on the removed disk fails at once.
+        #expect(throws: BlockError.self) { try disk.perform(.read, lba: 0, blocks: 1, buffer: buffers[0]) }
+    }
+}

@@ -1,0 +1,149 @@
+import Devices
+import Foundation
+import Machine
+import OyakoTestSupport
+import Synchronization
+import Testing
+
+@Suite struct PageAllocatorTests {
+    @Test func allocatesContiguousRunsAndReusesFreedPages() {
+        let pages = PageAllocator(firstPage: 10, pageCount: 8)
+        let a = pages.allocate(3)
+        let b = pages.allocate(3)
+        #expect(a == 10)
+        #expect(b == 13)
+        #expect(pages.allocate(3) == nil, "only 2 pages left")
+        pages.free(10, count: 3)
+        #expect(pages.freePages == 5)
+        #expect(pages.allocate(3) == 10, "wraps around to the freed run")
+        #expect(pages.allocate(0) == nil)
+    }
+}
+
+@Suite struct PhysicalMemoryTests {
+    @Test func boundsAreChecked() throws {
+        let memory = try PhysicalMemory(size: 64 << 10)
+        #expect(memory.size == 64 << 10)
+        #expect(memory.pointer(0, length: 64 << 10) != nil)
+        #expect(memory.pointer(1, length: 64 << 10) == nil)
+        #expect(memory.pointer(UInt64.max, length: 2) == nil)
+        let p = memory.pointer(4096)!
+        #expect(memory.address(of: p) == 4096)
+        #expect(memory.address(of: UnsafeRawPointer(bitPattern: 16)!) == nil)
+    }
+}
+
+@Suite struct IOMMUTests {
+    @Test func onlyMappedPagesAreReachableAndFaultsAreCounted() throws {
+        let memory = try PhysicalMemory(size: 1 << 20)
+        let iommu = IOMMU(memory: memory)
+        // Device address 0x10000 -> machine 0x3000, two pages, not identity.
+        iommu.map(domain: 1, deviceAddress: 0x10000, machineAddress: 0x3000, length: 8192)
+        let pieces = try iommu.translate(domain: 1, deviceName: "t", deviceAddress: 0x10010, length: 100, write: true)
+        #expect(pieces.count == 1)
+        #expect(pieces[0].baseAddress == memory.base + 0x3010)
+        // Crossing into an unmapped third page faults; so does another domain.
+        #expect(throws: DMAFault.self) { try iommu.translate(domain: 1, deviceName: "t", deviceAddress: 0x11F00, length: 512, write: false) }
+        #expect(throws: DMAFault.self) { try iommu.translate(domain: 2, deviceName: "t", deviceAddress: 0x10000, length: 8, write: false) }
+        #expect(iommu.faultCount == 2)
+        iommu.unmap(domain: 1, deviceAddress: 0x10000, length: 8192)
+        #expect(iommu.mappedPages(domain: 1) == 0)
+    }
+
+    @Test func readOnlyMappingsRefuseDeviceWrites() throws {
+        let memory = try PhysicalMemory(size: 1 << 20)
+        let iommu = IOMMU(memory: memory)
+        iommu.map(domain: 1, deviceAddress: 0x4000, machineAddress: 0x4000, length: 4096, writable: false)
+        _ = try iommu.translate(domain: 1, deviceName: "t", deviceAddress: 0x4000, length: 16, write: false)
+        #expect(throws: DMAFault.self) { try iommu.translate(domain: 1, deviceName: "t", deviceAddress: 0x4000, length: 16, write: true) }
+    }
+
+    @Test func sharedPagesStayMappedUntilTheLastUnmap() throws {
+        let memory = try PhysicalMemory(size: 1 << 20)
+        let iommu = IOMMU(memory: memory)
+        iommu.map(domain: 1, deviceAddress: 0x4000, machineAddress: 0x4000, length: 512)
+        iommu.map(domain: 1, deviceAddress: 0x4200, machineAddress: 0x4200, length: 512)
+        iommu.unmap(domain: 1, deviceAddress: 0x4000, length: 512)
+        _ = try iommu.translate(domain: 1, deviceName: "t", deviceAddress: 0x4200, length: 512, write: true)
+        iommu.unmap(domain: 1, deviceAddress: 0x4200, length: 512)
+        #expect(iommu.mappedPages(domain: 1) == 0)
+    }
+}
+
+@Suite struct InterruptControllerTests {
+    @Test func maskedVectorsStayPendingUntilUnmasked() throws {
+        let controller = InterruptController(name: "test-irq")
+        defer { controller.shutdown() }
+        let vector = controller.allocate(count: 1).lowerBound
+        let delivered = Atomic<Int>(0)
+        let semaphore = DispatchSemaphore(value: 0)
+        controller.setHandler(vector) {
+            delivered.add(1, ordering: .relaxed)
+            semaphore.signal()
+        }
+        controller.mask(vector)
+        controller.raise(vector)
+        #expect(semaphore.wait(timeout: .now() + 0.2) == .timedOut, "masked: not delivered")
+        controller.unmask(vector)
+        #expect(semaphore.wait(timeout: .now() + 5) == .success, "delivered on unmask")
+        #expect(delivered.load(ordering: .relaxed) == 1)
+    }
+
+    @Test func raisesWithoutHandlerAreCountedAsSpurious() {
+        let controller = InterruptController(name: "test-irq")
+        defer { controller.shutdown() }
+        let vector = controller.allocate(count: 1).lowerBound
+        controller.raise(vector)
+        #expect(controller.statistics.spurious == 1)
+    }
+
+    @Test func removingAHandlerWaitsForItToFinish() {
+        let controller = InterruptController(name: "test-irq")
+        defer { controller.shutdown() }
+        let vector = controller.allocate(count: 1).lowerBound
+        let running = DispatchSemaphore(value: 0)
+        let finished = Atomic<Bool>(false)
+        controller.setHandler(vector) {
+            running.signal()
+            Thread.sleep(forTimeInterval: 0.2)
+            finished.store(true, ordering: .releasing)
+        }
+        controller.raise(vector)
+        running.wait()
+        controller.setHandler(vector, nil)
+        let done = finished.load(ordering: .acquiring)
+        #expect(done, "setHandler(nil) returned while the handler ran")
+    }
+}
+
+@Suite struct DiskImageTests {
+    @Test func createsAMissingImageAtTheRequestedSize() throws {
+        let dir = Fixtures.temporaryDirectory()
+        let image = try DiskImage(path: dir + "/d.img", size: 1 << 20)
+        #expect(image.size == 1 << 20)
+        let attributes = try FileManager.default.attributesOfItem(atPath: dir + "/d.img")
+        #expect((attributes[.size] as? NSNumber)?.intValue == 1 << 20)
+    }
+
+    @Test func refusesAnImageThatIsTooSmall() throws {
+        let dir = Fixtures.temporaryDirectory()
+        #expect(FileManager.default.createFile(atPath: dir + "/small.img", contents: Data(count: 4096)))
+        let error = #expect(throws: DiskImageError.self) { try DiskImage(path: dir + "/small.img", size: 1 << 20) }
+        #expect(error?.description.contains("smaller than the 1048576 bytes required") == true)
+    }
+
+    @Test func reportsAFolderThatDoesNotExist() throws {
+        let error = #expect(throws: DiskImageError.self) { try DiskImage(path: "/nonexistent-oyako-dir/d.img", size: 4096) }
+        #expect(error?.description.contains("cannot open or create") == true)
+    }
+
+    @Test func writesReachTheFileAndFlushSucceeds() throws {
+        let dir = Fixtures.temporaryDirectory()
+        let image = try DiskImage(path: dir + "/d.img", size: 8192)
+        var bytes = [UInt8](repeating: 0xAB, count: 512)
+        try bytes.withUnsafeMutableBytes { try image.write(from: [$0], at: 1024) }
+        try image.flush()
+        let onDisk = try Data(contentsOf: URL(fileURLWithPath: dir + "/d.img"))
+        #expect(onDisk[1024] == 0xAB && onDisk[1535] == 0xAB && onDisk[1023] == 0 && onDisk[1536] == 0)
+    }
+}

@@ -1,0 +1,114 @@
+import Demo
+import DriverHost
+import Foundation
+import Kernel
+import Machine
+import Synchronization
+
+/// Fixture drivers and throwaway folders for tests. Drivers are built with
+/// the SDK's real flags (as a vendor would), once per process and variant.
+public enum Fixtures {
+    public static let sdk: SDKLocation = {
+        do {
+            return try SDKLocation.find()
+        } catch {
+            fatalError("tests need the SDK folder: \(error)")
+        }
+    }()
+
+    public static var repositoryRoot: String { sdk.repositoryRoot }
+
+    private static let root: String = {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("oyako-tests-\(getpid())").path
+        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }()
+
+    private static let built = Mutex<[String: String]>([:])
+    private static let buildLock = NSLock()
+
+    /// A fresh empty folder.
+    public static func temporaryDirectory(_ label: String = "t") -> String {
+        let path = root + "/\(label)-\(UUID().uuidString.prefix(8))"
+        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    /// A reference driver from Plugins/, optionally with `defines`.
+    public static func referenceDriver(_ name: String = "nvmelite", defines: [String] = []) throws -> String {
+        try build(directory: repositoryRoot + "/Plugins/" + name, name: name, defines: defines)
+    }
+
+    /// A fixture driver from Tests/Fixtures/drivers/, optionally with `defines`.
+    public static func fixtureDriver(_ name: String = "mutant", defines: [String] = []) throws -> String {
+        try build(directory: repositoryRoot + "/Tests/Fixtures/drivers/" + name, name: name, defines: defines)
+    }
+
+    /// A fixture built the careless way: plain `cc -shared -fPIC`, default
+    /// visibility and no linker version script, so stray symbols leak.
+    public static func carelessFixtureDriver(_ name: String = "mutant", defines: [String] = []) throws -> String {
+        let source = repositoryRoot + "/Tests/Fixtures/drivers/\(name)/\(name).c"
+        let output = temporaryDirectory("careless") + "/\(name).so"
+        let result = ProcessRunner.run("cc", ["-shared", "-fPIC", "-I", sdk.includeDirectory] + defines.map { "-D" + $0 } + [source, "-o", output])
+        guard result.status == 0 else { throw DriverBuilder.BuildError(message: result.output) }
+        return output
+    }
+
+    private static func build(directory: String, name: String, defines: [String]) throws -> String {
+        let key = ([directory] + defines).joined(separator: "|")
+        buildLock.lock()
+        defer { buildLock.unlock() }
+        if let path = built.withLock({ $0[key] }) { return path }
+        let suffix = defines.isEmpty ? "" : "-" + String(UInt32(truncatingIfNeeded: key.hashValue), radix: 16)
+        let output = root + "/drivers/\(name)\(suffix).so"
+        let path = try DriverBuilder.build(directory: directory, output: output, defines: defines, sdk: sdk)
+        built.withLock { $0[key] = path }
+        return path
+    }
+
+    /// A machine with an nvmelite disk, a kernel on bare metal with `drivers`,
+    /// booted. The caller shuts both down (`System.shutdown`).
+    public static func bareSystem(drivers: [String], diskSize: UInt64 = 16 << 20) throws -> TestSystem {
+        let state = temporaryDirectory("machine")
+        let testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: 64 << 20)
+        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: drivers)
+        let report = kernel.boot()
+        return TestSystem(testbed: testbed, kernel: kernel, report: report, state: state)
+    }
+}
+
+/// A booted test machine.
+public final class TestSystem: @unchecked Sendable {
+    public let testbed: Testbed
+    public let kernel: Kernel
+    public let report: Kernel.BootReport
+    public let state: String
+
+    init(testbed: Testbed, kernel: Kernel, report: Kernel.BootReport, state: String) {
+        self.testbed = testbed
+        self.kernel = kernel
+        self.report = report
+        self.state = state
+    }
+
+    public var machine: Machine { testbed.machine }
+    public var disk: Disk? { kernel.blockLayer.disks.first }
+
+    public func shutdown() {
+        kernel.shutdown()
+        machine.shutdown()
+        try? FileManager.default.removeItem(atPath: state)
+    }
+}
+
+/// A HostEnvironment for loading drivers without a kernel.
+public final class RecordingEnvironment: HostEnvironment {
+    public let name = "test"
+    public let lines = Mutex<[String]>([])
+    public init() {}
+    public func log(level: LogLevel, driver: String, device: String?, message: String) {
+        lines.withLock { $0.append("\(level) \(driver): \(message)") }
+    }
+    public func diskRegistered(_ disk: RegisteredDisk, device: any HostDevice) throws(OyStatus) {}
+    public func diskUnregistered(_ disk: RegisteredDisk) {}
+}
