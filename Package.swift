@@ -52,6 +52,12 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // The microkernel: partitions, VPs, GPA maps, hypercalls, SynIC.
+        // Only the Machine below it; no device, driver or OS code.
+        .target(
+            name: "Hypervisor",
+            dependencies: ["Machine", .product(name: "Logging", package: "swift-log")]
+        ),
         .target(
             name: "DriverHost",
             dependencies: [
@@ -84,6 +90,7 @@ let package = Package(
             dependencies: ["Demo", "DriverHost", "Kernel", "Machine", "Devices"],
             path: "Tests/Support"
         ),
+        .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Machine"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices", "OyakoTestSupport"]),
         .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "Kernel", "Machine", "Devices", "OyakoTestSupport"]),
         .testTarget(name: "KernelTests", dependencies: ["Kernel", "DriverHost", "Machine", "Devices", "Demo", "OyakoTestSupport"]),

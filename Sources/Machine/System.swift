@@ -47,6 +47,12 @@ enum System {
         return result
     }
 
+    /// Replaces a range with an inaccessible anonymous mapping.
+    static func protectNone(_ address: UnsafeMutableRawPointer, length: Int) throws(SystemCallError) {
+        let result = mmap(address, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0)
+        guard let result, result != MAP_FAILED else { throw .capture("mmap", "PROT_NONE at \(address)") }
+    }
+
     static func unmap(_ address: UnsafeMutableRawPointer, length: Int) {
         munmap(address, length)
     }
