@@ -58,6 +58,12 @@ let package = Package(
             name: "Hypervisor",
             dependencies: ["Machine", .product(name: "Logging", package: "swift-log")]
         ),
+        // VMBus, used by both sides: ring buffers, packets, channel messages,
+        // the root's server and the guest's client. On the hypervisor's SynIC.
+        .target(
+            name: "VMBus",
+            dependencies: ["Hypervisor", "CSystemShims", .product(name: "Logging", package: "swift-log")]
+        ),
         .target(
             name: "DriverHost",
             dependencies: [
@@ -70,11 +76,13 @@ let package = Package(
             name: "Kernel",
             dependencies: ["DriverHost", "Machine", .product(name: "Logging", package: "swift-log")]
         ),
+        // Userland shared by every OS here: verified block I/O workloads.
+        .target(name: "Workloads"),
         // Assembles whole systems (machine, devices, OS, drivers, workloads)
         // for the demo; the CLI only parses arguments and prints.
         .target(
             name: "Demo",
-            dependencies: ["Kernel", "Devices", "DriverHost", "Machine"]
+            dependencies: ["Kernel", "Devices", "DriverHost", "Machine", "Workloads"]
         ),
         .executableTarget(
             name: "OyakoCLI",
@@ -87,13 +95,14 @@ let package = Package(
         // Builds fixture drivers and test machines for the test targets.
         .target(
             name: "OyakoTestSupport",
-            dependencies: ["Demo", "DriverHost", "Kernel", "Machine", "Devices"],
+            dependencies: ["Demo", "Workloads", "DriverHost", "Kernel", "Machine", "Devices"],
             path: "Tests/Support"
         ),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Machine"]),
+        .testTarget(name: "VMBusTests", dependencies: ["VMBus", "Hypervisor", "Machine"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices", "OyakoTestSupport"]),
         .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "Kernel", "Machine", "Devices", "OyakoTestSupport"]),
-        .testTarget(name: "KernelTests", dependencies: ["Kernel", "DriverHost", "Machine", "Devices", "Demo", "OyakoTestSupport"]),
+        .testTarget(name: "KernelTests", dependencies: ["Kernel", "DriverHost", "Machine", "Devices", "Demo", "Workloads", "OyakoTestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["OyakoCLI", "DriverHost", "OyakoTestSupport"]),
     ]
 )

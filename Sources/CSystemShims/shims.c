@@ -37,3 +37,15 @@ int oy_shim_errno(void) { return errno; }
 void *oy_shim_exchange_pointer(void **slot, void *value) {
     return __atomic_exchange_n(slot, value, __ATOMIC_ACQ_REL);
 }
+
+uint32_t oy_shim_load_acquire_u32(const void *address) {
+    return __atomic_load_n((const uint32_t *)address, __ATOMIC_ACQUIRE);
+}
+
+void oy_shim_store_release_u32(void *address, uint32_t value) {
+    __atomic_store_n((uint32_t *)address, value, __ATOMIC_RELEASE);
+}
+
+void oy_shim_full_barrier(void) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}

@@ -4,6 +4,7 @@ import Foundation
 import Kernel
 import Machine
 import Synchronization
+import Workloads
 
 extension Disk: BlockTarget {
     public var blockSize: Int { geometry.blockSize }
@@ -255,15 +256,6 @@ public enum Throughput {
         let total = Double(requests * chunk) / Double(1 << 20)
         return Result(bytes: requests * chunk, writeMiBPerSecond: total / write.seconds, readMiBPerSecond: total / read.seconds, verified: read.verified)
     }
-}
-
-/// Position-sensitive checksum of 8-byte words (a swapped pair changes it).
-func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
-    var sum: UInt64 = 0
-    for (i, word) in bytes.bindMemory(to: UInt64.self).enumerated() {
-        sum = sum &+ word &* (UInt64(i) | 1)
-    }
-    return sum
 }
 
 func hex(_ v: UInt16) -> String {

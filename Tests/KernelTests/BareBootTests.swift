@@ -6,6 +6,7 @@ import Machine
 import OyakoTestSupport
 import Synchronization
 import Testing
+import Workloads
 
 @Suite struct BareBootTests {
     @Test func bootBindsNvmeliteAndRegistersADisk() throws {

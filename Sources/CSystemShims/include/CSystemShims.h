@@ -24,6 +24,13 @@ const char *oy_shim_context_callback(void);
  * a driver may race with itself (completing one request twice). */
 void *oy_shim_exchange_pointer(void **slot, void *value);
 
+/* Atomic access to 32-bit words in memory shared with another partition
+ * (ring-buffer indices), and a full barrier between publishing data and
+ * publishing the index that makes it visible. */
+uint32_t oy_shim_load_acquire_u32(const void *address);
+void oy_shim_store_release_u32(void *address, uint32_t value);
+void oy_shim_full_barrier(void);
+
 /* errno of the last failing call on this thread. */
 int oy_shim_errno(void);
 

@@ -1,3 +1,5 @@
+/// Workloads any OS here can run: the bare or root OS on its disks, a guest
+/// on its virtual disk. Nothing in it knows which.
 import Foundation
 
 /// Anything a workload can do block I/O on: a disk of the OS on bare metal
@@ -43,6 +45,7 @@ public struct VerifiedIO {
         public var bytesWritten: UInt64 = 0
         public var bytesRead: UInt64 = 0
         public var transfers = 0
+        public init() {}
     }
 
     /// Block counts to try; clipped to what the disk holds.
@@ -89,4 +92,13 @@ public struct VerifiedIO {
         }
         return result
     }
+}
+
+/// Position-sensitive checksum of 8-byte words (a swapped pair changes it).
+public func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+    var sum: UInt64 = 0
+    for (i, word) in bytes.bindMemory(to: UInt64.self).enumerated() {
+        sum = sum &+ word &* (UInt64(i) | 1)
+    }
+    return sum
 }

@@ -1,0 +1,166 @@
+import Foundation
+
+/// VMBus control messages, carried in SynIC messages (SynIC type 1). Each
+/// payload starts with the message type (u32) and padding (u32); numbers are
+/// those of Hyper-V. Decoding checks every length: a short or malformed
+/// message is an error, never an out-of-bounds read.
+public enum ChannelMessage: Equatable, Sendable {
+    public static let synicMessageType: UInt32 = 1
+    /// PFNs that fit in one GPADL header or body message.
+    public static let pfnsPerMessage = 26
+
+    case offerChannel(interfaceType: UUID, instance: UUID, relid: UInt32, connectionID: UInt32)
+    case rescindOffer(relid: UInt32)
+    case requestOffers
+    case allOffersDelivered
+    case openChannel(relid: UInt32, openID: UInt32, ringGPADL: UInt32, downstreamPageOffset: UInt32, targetVP: UInt32)
+    case openResult(relid: UInt32, openID: UInt32, status: UInt32)
+    case closeChannel(relid: UInt32)
+    case gpadlHeader(relid: UInt32, gpadl: UInt32, totalPages: UInt32, pfns: [UInt64])
+    case gpadlBody(message: UInt32, gpadl: UInt32, pfns: [UInt64])
+    case gpadlCreated(relid: UInt32, gpadl: UInt32, status: UInt32)
+    case gpadlTeardown(relid: UInt32, gpadl: UInt32)
+    case gpadlTorndown(gpadl: UInt32)
+    case relidReleased(relid: UInt32)
+    case initiateContact(version: UInt32)
+    case versionResponse(supported: Bool, version: UInt32)
+    case unload
+    case unloadResponse
+
+    public var typeNumber: UInt32 {
+        switch self {
+        case .offerChannel: 1
+        case .rescindOffer: 2
+        case .requestOffers: 3
+        case .allOffersDelivered: 4
+        case .openChannel: 5
+        case .openResult: 6
+        case .closeChannel: 7
+        case .gpadlHeader: 8
+        case .gpadlBody: 9
+        case .gpadlCreated: 10
+        case .gpadlTeardown: 11
+        case .gpadlTorndown: 12
+        case .relidReleased: 13
+        case .initiateContact: 14
+        case .versionResponse: 15
+        case .unload: 16
+        case .unloadResponse: 17
+        }
+    }
+
+    public struct DecodeError: Error, CustomStringConvertible, Sendable {
+        public let reason: String
+        public var description: String { reason }
+    }
+
+    public func encode() -> [UInt8] {
+        var w = ByteWriter()
+        w.u32(typeNumber)
+        w.u32(0)
+        switch self {
+        case .offerChannel(let type, let instance, let relid, let connection):
+            w.uuid(type); w.uuid(instance); w.u32(relid); w.u32(connection)
+        case .rescindOffer(let relid), .closeChannel(let relid), .relidReleased(let relid):
+            w.u32(relid)
+        case .requestOffers, .allOffersDelivered, .unload, .unloadResponse:
+            break
+        case .openChannel(let relid, let openID, let ring, let offset, let vp):
+            w.u32(relid); w.u32(openID); w.u32(ring); w.u32(offset); w.u32(vp)
+        case .openResult(let relid, let openID, let status):
+            w.u32(relid); w.u32(openID); w.u32(status)
+        case .gpadlHeader(let relid, let gpadl, let total, let pfns):
+            w.u32(relid); w.u32(gpadl); w.u32(total); w.u32(UInt32(pfns.count))
+            for pfn in pfns { w.u64(pfn) }
+        case .gpadlBody(let message, let gpadl, let pfns):
+            w.u32(message); w.u32(gpadl); w.u32(UInt32(pfns.count)); w.u32(0)
+            for pfn in pfns { w.u64(pfn) }
+        case .gpadlCreated(let relid, let gpadl, let status):
+            w.u32(relid); w.u32(gpadl); w.u32(status)
+        case .gpadlTeardown(let relid, let gpadl):
+            w.u32(relid); w.u32(gpadl)
+        case .gpadlTorndown(let gpadl):
+            w.u32(gpadl)
+        case .initiateContact(let version):
+            w.u32(version)
+        case .versionResponse(let supported, let version):
+            w.u32(supported ? 1 : 0); w.u32(version)
+        }
+        return w.bytes
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(DecodeError) -> ChannelMessage {
+        var r = ByteReader(bytes)
+        let type = try r.u32()
+        _ = try r.u32()
+        switch type {
+        case 1: return .offerChannel(interfaceType: try r.uuid(), instance: try r.uuid(), relid: try r.u32(), connectionID: try r.u32())
+        case 2: return .rescindOffer(relid: try r.u32())
+        case 3: return .requestOffers
+        case 4: return .allOffersDelivered
+        case 5: return .openChannel(relid: try r.u32(), openID: try r.u32(), ringGPADL: try r.u32(), downstreamPageOffset: try r.u32(), targetVP: try r.u32())
+        case 6: return .openResult(relid: try r.u32(), openID: try r.u32(), status: try r.u32())
+        case 7: return .closeChannel(relid: try r.u32())
+        case 8:
+            let relid = try r.u32(), gpadl = try r.u32(), total = try r.u32(), count = try r.u32()
+            guard count <= UInt32(pfnsPerMessage), count <= total else { throw DecodeError(reason: "GPADL header with \(count) of \(total) PFNs") }
+            return .gpadlHeader(relid: relid, gpadl: gpadl, totalPages: total, pfns: try (0..<count).map { _ throws(DecodeError) in try r.u64() })
+        case 9:
+            let message = try r.u32(), gpadl = try r.u32(), count = try r.u32()
+            _ = try r.u32()
+            guard count <= UInt32(pfnsPerMessage) else { throw DecodeError(reason: "GPADL body with \(count) PFNs") }
+            return .gpadlBody(message: message, gpadl: gpadl, pfns: try (0..<count).map { _ throws(DecodeError) in try r.u64() })
+        case 10: return .gpadlCreated(relid: try r.u32(), gpadl: try r.u32(), status: try r.u32())
+        case 11: return .gpadlTeardown(relid: try r.u32(), gpadl: try r.u32())
+        case 12: return .gpadlTorndown(gpadl: try r.u32())
+        case 13: return .relidReleased(relid: try r.u32())
+        case 14: return .initiateContact(version: try r.u32())
+        case 15: return .versionResponse(supported: try r.u32() != 0, version: try r.u32())
+        case 16: return .unload
+        case 17: return .unloadResponse
+        default: throw DecodeError(reason: "unknown channel message type \(type)")
+        }
+    }
+}
+
+/// Little-endian field writer for protocol payloads.
+public struct ByteWriter: Sendable {
+    public private(set) var bytes: [UInt8] = []
+    public init() {}
+    public mutating func u8(_ v: UInt8) { bytes.append(v) }
+    public mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    public mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    public mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    public mutating func uuid(_ v: UUID) { withUnsafeBytes(of: v.uuid) { bytes.append(contentsOf: $0) } }
+    public mutating func raw(_ v: [UInt8]) { bytes.append(contentsOf: v) }
+}
+
+/// Bounds-checked little-endian field reader: running off the end throws.
+public struct ByteReader: Sendable {
+    private let bytes: [UInt8]
+    public private(set) var offset = 0
+
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    public var remaining: Int { bytes.count - offset }
+
+    private mutating func take(_ n: Int) throws(ChannelMessage.DecodeError) -> ArraySlice<UInt8> {
+        guard n <= remaining else { throw .init(reason: "message truncated: needed \(n) more bytes at offset \(offset), \(remaining) left") }
+        defer { offset += n }
+        return bytes[offset..<(offset + n)]
+    }
+
+    private mutating func integer<T: FixedWidthInteger>(_ type: T.Type) throws(ChannelMessage.DecodeError) -> T {
+        let slice = try take(MemoryLayout<T>.size)
+        return slice.reversed().reduce(T(0)) { $0 << 8 | T($1) }
+    }
+
+    public mutating func u8() throws(ChannelMessage.DecodeError) -> UInt8 { try integer(UInt8.self) }
+    public mutating func u16() throws(ChannelMessage.DecodeError) -> UInt16 { try integer(UInt16.self) }
+    public mutating func u32() throws(ChannelMessage.DecodeError) -> UInt32 { try integer(UInt32.self) }
+    public mutating func u64() throws(ChannelMessage.DecodeError) -> UInt64 { try integer(UInt64.self) }
+    public mutating func uuid() throws(ChannelMessage.DecodeError) -> UUID {
+        let s = Array(try take(16))
+        return UUID(uuid: (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], s[13], s[14], s[15]))
+    }
+}

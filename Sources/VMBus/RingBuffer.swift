@@ -1,0 +1,283 @@
+import CSystemShims
+import Synchronization
+
+/// Why a ring can no longer be trusted: the peer wrote something impossible.
+/// The channel is closed; nothing outside the ring was touched.
+public struct RingError: Error, CustomStringConvertible, Sendable {
+    public let reason: String
+    public var description: String { reason }
+}
+
+/// A guest-physical range carried by a GPA_DIRECT packet.
+public struct GPARange: Sendable, Equatable {
+    public let gpa: UInt64
+    public let length: UInt32
+
+    public init(gpa: UInt64, length: UInt32) {
+        self.gpa = gpa
+        self.length = length
+    }
+}
+
+/// One VMBus packet: a 16-byte descriptor {type, offset8, len8, flags,
+/// transaction id}, GPA ranges for GPA_DIRECT, then the payload padded to 8
+/// bytes, then an 8-byte trailer.
+public struct Packet: Sendable, Equatable {
+    public enum Kind: UInt16, Sendable {
+        case inband = 6, transferPages = 7, gpadl = 8, gpaDirect = 9, completion = 11
+    }
+
+    public static let completionRequested: UInt16 = 1
+
+    public var kind: Kind
+    public var flags: UInt16
+    public var transactionID: UInt64
+    public var ranges: [GPARange]
+    public var payload: [UInt8]
+
+    public init(kind: Kind, flags: UInt16 = 0, transactionID: UInt64, ranges: [GPARange] = [], payload: [UInt8]) {
+        self.kind = kind
+        self.flags = flags
+        self.transactionID = transactionID
+        self.ranges = ranges
+        self.payload = payload
+    }
+
+    /// Bytes of descriptor and range header before the payload.
+    var headerLength: Int { 16 + (kind == .gpaDirect ? 8 + ranges.count * 16 : 0) }
+    /// Bytes the packet takes in the ring, trailer included.
+    public var ringLength: Int { headerLength + (payload.count + 7) / 8 * 8 + 8 }
+}
+
+/// One direction of a channel: a 4 KiB control page, then the data area, in
+/// memory both partitions map. Control page: write_index (u32 @0),
+/// read_index (u32 @4), interrupt_mask (u32 @8), pending_send_sz (u32 @12),
+/// feature_bits (u32 @64). Indices are byte offsets into the data area.
+///
+/// All index and packet arithmetic of VMBus lives here. Each side keeps a
+/// private copy of its own index and only ever reads the peer's, validating
+/// it before use, so a hostile peer can make the ring unusable but can never
+/// make this side read or write outside it.
+public final class Ring: @unchecked Sendable {
+    // @unchecked Sendable: one writer and one reader, each used from one
+    // thread at a time; shared-memory words are accessed atomically.
+    public static let controlSize = 4096
+    static let writeIndexOffset = 0
+    static let readIndexOffset = 4
+    static let interruptMaskOffset = 8
+    static let pendingSendOffset = 12
+    static let featureBitsOffset = 64
+    public static let featurePendingSendSize: UInt32 = 1
+
+    let control: UnsafeMutableRawPointer
+    let data: UnsafeMutableRawPointer
+    public let dataSize: Int
+
+    /// Counters for interrupt mitigation, visible to tests and benchmarks.
+    public struct Statistics: Sendable {
+        public var packetsWritten = 0
+        public var packetsRead = 0
+        public var signalsSent = 0
+        public var signalsSuppressed = 0
+        public var writesRefusedFull = 0
+        public var readerSignalsForPendingSend = 0
+    }
+
+    private let counters = Mutex(Statistics())
+    private var writeIndex: UInt32 = 0
+    private var readIndex: UInt32 = 0
+
+    /// Uses `size` bytes at `base` (control page plus a data area that is a
+    /// multiple of 8 bytes). Fresh rings must be `reset` by their owner first.
+    public init?(base: UnsafeMutableRawPointer, size: Int) {
+        guard size > Self.controlSize + 64, (size - Self.controlSize) % 8 == 0 else { return nil }
+        control = base
+        data = base + Self.controlSize
+        dataSize = size - Self.controlSize
+        writeIndex = oy_shim_load_acquire_u32(base + Self.writeIndexOffset)
+        readIndex = oy_shim_load_acquire_u32(base + Self.readIndexOffset)
+        // Indices in memory the peer wrote are input like any other.
+        guard writeIndex < UInt32(dataSize), writeIndex % 8 == 0, readIndex < UInt32(dataSize), readIndex % 8 == 0 else { return nil }
+    }
+
+    /// Zeroes the control page and advertises pending_send_sz support.
+    public func reset() {
+        control.initializeMemory(as: UInt8.self, repeating: 0, count: Self.controlSize)
+        control.storeBytes(of: Self.featurePendingSendSize, toByteOffset: Self.featureBitsOffset, as: UInt32.self)
+        writeIndex = 0
+        readIndex = 0
+    }
+
+    public var statistics: Statistics { counters.withLock { $0 } }
+
+    private func load(_ offset: Int) -> UInt32 { oy_shim_load_acquire_u32(control + offset) }
+    private func store(_ offset: Int, _ value: UInt32) { oy_shim_store_release_u32(control + offset, value) }
+
+    /// A peer-written index is usable only if it is inside the data area and
+    /// 8-byte aligned.
+    private func validIndex(_ value: UInt32, _ name: String) throws(RingError) -> UInt32 {
+        guard value < UInt32(dataSize), value % 8 == 0 else {
+            throw RingError(reason: "\(name) \(value) is outside the \(dataSize)-byte ring or unaligned")
+        }
+        return value
+    }
+
+    private func used(write: UInt32, read: UInt32) -> Int {
+        write >= read ? Int(write - read) : dataSize - Int(read - write)
+    }
+
+    private func copyIn(_ bytes: UnsafeRawBufferPointer, at index: Int) -> Int {
+        let first = min(bytes.count, dataSize - index)
+        (data + index).copyMemory(from: bytes.baseAddress!, byteCount: first)
+        if first < bytes.count { data.copyMemory(from: bytes.baseAddress! + first, byteCount: bytes.count - first) }
+        return (index + bytes.count) % dataSize
+    }
+
+    private func copyOut(_ count: Int, at index: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        out.withUnsafeMutableBytes { buffer in
+            let first = min(count, dataSize - index)
+            buffer.baseAddress!.copyMemory(from: data + index, byteCount: first)
+            if first < count { (buffer.baseAddress! + first).copyMemory(from: data, byteCount: count - first) }
+        }
+        return out
+    }
+
+    // MARK: Writer
+
+    public enum WriteResult: Equatable, Sendable {
+        /// Written; `signal` says whether the reader must be signalled.
+        case written(signal: Bool)
+        /// Not enough room; pending_send_sz was set so the reader signals
+        /// once this much space is free.
+        case full
+    }
+
+    /// Writes one packet. Refused when free space <= the packet's size (the
+    /// ring is never filled to equality, so full and empty stay distinct).
+    public func write(_ packet: Packet) throws(RingError) -> WriteResult {
+        let total = packet.ringLength
+        guard total < dataSize else { throw RingError(reason: "packet of \(total) bytes can never fit a \(dataSize)-byte ring") }
+        let read = try validIndex(load(Self.readIndexOffset), "read_index")
+        let free = dataSize - used(write: writeIndex, read: read)
+        if free <= total {
+            // A write needs free > total, so ask to be woken at total + 1.
+            store(Self.pendingSendOffset, UInt32(total + 1))
+            oy_shim_full_barrier()
+            // The reader may have drained meanwhile: check once more.
+            let again = try validIndex(load(Self.readIndexOffset), "read_index")
+            if dataSize - used(write: writeIndex, read: again) <= total {
+                counters.withLock { $0.writesRefusedFull += 1 }
+                return .full
+            }
+        }
+        store(Self.pendingSendOffset, 0)
+        let old = writeIndex
+        var header = [UInt8](repeating: 0, count: packet.headerLength)
+        header.withUnsafeMutableBytes { h in
+            h.storeBytes(of: packet.kind.rawValue, toByteOffset: 0, as: UInt16.self)
+            h.storeBytes(of: UInt16(packet.headerLength / 8), toByteOffset: 2, as: UInt16.self)
+            h.storeBytes(of: UInt16((total - 8) / 8), toByteOffset: 4, as: UInt16.self)
+            h.storeBytes(of: packet.flags, toByteOffset: 6, as: UInt16.self)
+            h.storeBytes(of: packet.transactionID, toByteOffset: 8, as: UInt64.self)
+            if packet.kind == .gpaDirect {
+                h.storeBytes(of: UInt32(packet.ranges.count), toByteOffset: 16, as: UInt32.self)
+                for (i, range) in packet.ranges.enumerated() {
+                    h.storeBytes(of: range.gpa, toByteOffset: 24 + i * 16, as: UInt64.self)
+                    h.storeBytes(of: range.length, toByteOffset: 32 + i * 16, as: UInt32.self)
+                }
+            }
+        }
+        var index = Int(old)
+        index = header.withUnsafeBytes { copyIn($0, at: index) }
+        var padded = packet.payload
+        padded.append(contentsOf: [UInt8](repeating: 0, count: (8 - padded.count % 8) % 8))
+        index = padded.withUnsafeBytes { copyIn($0, at: index) }
+        var trailer = UInt64(old) << 32
+        index = withUnsafeBytes(of: &trailer) { copyIn($0, at: index) }
+        oy_shim_full_barrier()
+        writeIndex = UInt32(index)
+        store(Self.writeIndexOffset, writeIndex)
+        oy_shim_full_barrier()
+        // Signal only on empty -> non-empty, and only if the reader asked.
+        let signal = load(Self.interruptMaskOffset) == 0 && old == load(Self.readIndexOffset)
+        counters.withLock {
+            $0.packetsWritten += 1
+            if signal { $0.signalsSent += 1 } else { $0.signalsSuppressed += 1 }
+        }
+        return .written(signal: signal)
+    }
+
+    // MARK: Reader
+
+    /// Takes the next packet, validating the descriptor against the bytes
+    /// actually available. Returns nil when the ring is empty; `signalWriter`
+    /// becomes true when this read freed the space a blocked writer waits for.
+    public func read(signalWriter: inout Bool) throws(RingError) -> Packet? {
+        let write = try validIndex(load(Self.writeIndexOffset), "write_index")
+        let available = used(write: write, read: readIndex)
+        guard available > 0 else { return nil }
+        guard available >= 24 else { throw RingError(reason: "\(available) bytes in the ring, too few for a packet") }
+        let header = copyOut(16, at: Int(readIndex))
+        let (rawKind, offset8, len8, flags, transaction) = header.withUnsafeBytes {
+            ($0.load(as: UInt16.self), $0.load(fromByteOffset: 2, as: UInt16.self), $0.load(fromByteOffset: 4, as: UInt16.self),
+             $0.load(fromByteOffset: 6, as: UInt16.self), $0.load(fromByteOffset: 8, as: UInt64.self))
+        }
+        let length = Int(len8) * 8, payloadOffset = Int(offset8) * 8
+        guard let kind = Packet.Kind(rawValue: rawKind) else { throw RingError(reason: "unknown packet type \(rawKind)") }
+        guard length >= 16, length + 8 <= available else {
+            throw RingError(reason: "packet length \(length) does not fit the \(available) bytes available")
+        }
+        guard payloadOffset >= 16, payloadOffset <= length else {
+            throw RingError(reason: "payload offset \(payloadOffset) outside the \(length)-byte packet")
+        }
+        let body = copyOut(length - 16, at: (Int(readIndex) + 16) % dataSize)
+        var ranges: [GPARange] = []
+        if kind == .gpaDirect {
+            guard payloadOffset >= 24 else { throw RingError(reason: "GPA_DIRECT packet without a range header") }
+            let count = Int(body.withUnsafeBytes { $0.load(as: UInt32.self) })
+            guard count <= 64, 24 + count * 16 <= payloadOffset else {
+                throw RingError(reason: "GPA_DIRECT packet claims \(count) ranges in a \(payloadOffset)-byte header")
+            }
+            ranges = (0..<count).map { i in
+                body.withUnsafeBytes {
+                    GPARange(gpa: $0.loadUnaligned(fromByteOffset: 8 + i * 16, as: UInt64.self),
+                             length: $0.loadUnaligned(fromByteOffset: 16 + i * 16, as: UInt32.self))
+                }
+            }
+        }
+        let payload = Array(body[(payloadOffset - 16)...])
+        let freeBefore = dataSize - available
+        readIndex = UInt32((Int(readIndex) + length + 8) % dataSize)
+        oy_shim_full_barrier()
+        store(Self.readIndexOffset, readIndex)
+        oy_shim_full_barrier()
+        let pending = Int(load(Self.pendingSendOffset))
+        let freeAfter = freeBefore + length + 8
+        if pending > 0 && freeBefore < pending && freeAfter >= pending {
+            signalWriter = true
+            counters.withLock { $0.readerSignalsForPendingSend += 1 }
+        }
+        counters.withLock { $0.packetsRead += 1 }
+        return Packet(kind: kind, flags: flags, transactionID: transaction, ranges: ranges, payload: payload)
+    }
+
+    /// Reader: ask the writer not to signal while draining.
+    public func maskInterrupts() { store(Self.interruptMaskOffset, 1) }
+
+    /// Reader: ask to be signalled again. Returns true if data arrived after
+    /// the last read, in which case the reader must drain again (the writer
+    /// saw the mask set and did not signal).
+    public func unmaskInterrupts() -> Bool {
+        store(Self.interruptMaskOffset, 0)
+        oy_shim_full_barrier()
+        return load(Self.writeIndexOffset) != readIndex
+    }
+
+    /// Bytes waiting to be read (by the reader's own index).
+    public var bytesAvailable: Int {
+        let write = load(Self.writeIndexOffset)
+        guard write < UInt32(dataSize), write % 8 == 0 else { return 0 }
+        return used(write: write, read: readIndex)
+    }
+}

@@ -1,0 +1,39 @@
+import Hypervisor
+
+/// The SynIC ports and connections VMBus uses, agreed by both sides.
+/// The root creates all of them (only it may) when a child is attached.
+public enum Topology {
+    /// SINT carrying VMBus control messages, on both sides.
+    public static let messageSINT = 2
+    /// SINT carrying channel events on the root (children's flags, one
+    /// range of `channelsPerChild` per child).
+    public static let rootEventSINT = 3
+    /// SINT carrying channel events in a child (flag = relid).
+    public static let childEventSINT = 2
+    /// Channels one child may have; relids are 1..<channelsPerChild.
+    public static let channelsPerChild = 64
+    /// Children one root event SINT can tell apart.
+    public static let maxChildren = 2048 / channelsPerChild
+
+    // Ports in the child.
+    public static let childMessagePort: UInt32 = 1
+    public static let childEventPort: UInt32 = 2
+    // The child's connections to the root.
+    public static let childMessageConnection: UInt32 = 1
+    public static let childEventConnection: UInt32 = 2
+
+    // Ports in the root and the root's connections to a child, by slot.
+    public static func rootMessagePort(slot: Int) -> UInt32 { 0x1000 + UInt32(slot) }
+    public static func rootEventPort(slot: Int) -> UInt32 { 0x2000 + UInt32(slot) }
+    public static func rootMessageConnection(slot: Int) -> UInt32 { 0x3000 + UInt32(slot) }
+    public static func rootEventConnection(slot: Int) -> UInt32 { 0x4000 + UInt32(slot) }
+
+    /// VMBus protocol versions (major << 16 | minor), newest first.
+    public static let hostVersions: [UInt32] = [0x0005_0000, 0x0004_0001, 0x0004_0000]
+}
+
+/// Status in GPADL_CREATED and OPENCHANNEL_RESULT: 0 success.
+public enum ChannelStatus {
+    public static let success: UInt32 = 0
+    public static let refused: UInt32 = 0xC000_0001
+}

@@ -1,0 +1,279 @@
+import Foundation
+import Hypervisor
+
+/// Why a guest-side VMBus operation failed.
+public struct VMBusError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// A device the root offered.
+public struct Offer: Sendable, Equatable {
+    public let interfaceType: UUID
+    public let instance: UUID
+    public let relid: UInt32
+}
+
+/// The guest's end of a channel: writes the outbound ring, reads the
+/// inbound one. Used only on the guest VP's thread.
+public final class ClientChannel: @unchecked Sendable {
+    // @unchecked Sendable: confined to the guest VP thread.
+    public let relid: UInt32
+    public let ringGPADL: UInt32
+    let outbound: Ring
+    let inbound: Ring
+    private unowned let client: VMBusClient
+    /// Called for each packet from the root, on the VP thread.
+    public var onPacket: ((Packet) -> Void)?
+    /// Called once when the root rescinds the channel.
+    public var onRescind: (() -> Void)?
+    public private(set) var isOpen = true
+    private var spaceSignalled = false
+    public private(set) var signalsSent = 0
+    public private(set) var spuriousSignals = 0
+
+    init(relid: UInt32, ringGPADL: UInt32, outbound: Ring, inbound: Ring, client: VMBusClient) {
+        self.relid = relid
+        self.ringGPADL = ringGPADL
+        self.outbound = outbound
+        self.inbound = inbound
+        self.client = client
+    }
+
+    public var outboundStatistics: Ring.Statistics { outbound.statistics }
+    public var inboundStatistics: Ring.Statistics { inbound.statistics }
+
+    /// Writes a packet, signalling the root only when the ring went from
+    /// empty to non-empty with the root's interrupts unmasked. When the ring
+    /// is full, halts until the root frees space (pending send size).
+    public func send(_ packet: Packet, timeout: Double = 10) throws(VMBusError) {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        while true {
+            guard isOpen else { throw VMBusError("channel \(relid) is closed") }
+            let result: Ring.WriteResult
+            do {
+                result = try outbound.write(packet)
+            } catch {
+                throw VMBusError("channel \(relid): \(error.reason)")
+            }
+            if case .written(let signal) = result {
+                if signal { signalRoot() }
+                return
+            }
+            spaceSignalled = false
+            let remaining = deadline.timeIntervalSinceNow
+            guard remaining > 0, client.vp.halt(until: { self.spaceSignalled || !self.isOpen }, timeout: remaining) else {
+                throw VMBusError("channel \(relid): ring stayed full for \(timeout) s")
+            }
+        }
+    }
+
+    func signalRoot() {
+        signalsSent += 1
+        try? client.partition.hypercalls.signalEvent(connectionID: Topology.childEventConnection, flag: Int(relid))
+    }
+
+    /// The root signalled: new packets, or space it freed for us.
+    func signalled() {
+        spaceSignalled = true
+        var signalWriter = false
+        var received = 0
+        do {
+            repeat {
+                inbound.maskInterrupts()
+                while let packet = try inbound.read(signalWriter: &signalWriter) {
+                    received += 1
+                    onPacket?(packet)
+                }
+            } while inbound.unmaskInterrupts()
+        } catch {
+            // The root wrote something impossible; stop using the channel.
+            isOpen = false
+            return
+        }
+        if received == 0 && outbound.bytesAvailable == 0 { spuriousSignals += 1 }
+        if signalWriter { signalRoot() }
+    }
+
+    func markRescinded() {
+        guard isOpen else { return }
+        isOpen = false
+        onRescind?()
+    }
+}
+
+/// The guest side of VMBus. All calls run on the guest VP's thread; waits
+/// halt the VP so that interrupts (the root's answers) are taken meanwhile.
+public final class VMBusClient: @unchecked Sendable {
+    // @unchecked Sendable: confined to the guest VP thread.
+    public let partition: Partition
+    public let vp: VirtualProcessor
+    public private(set) var version: UInt32?
+    public private(set) var offers: [Offer] = []
+    private var allOffersDelivered = false
+    private var responses: [ChannelMessage] = []
+    private var channels: [UInt32: ClientChannel] = [:]
+    private var nextGPADL: UInt32 = 0x100
+    private var nextOpenID: UInt32 = 1
+    public var timeout: Double = 10
+
+    /// Versions the guest asks for, newest first.
+    public static let guestVersions: [UInt32] = [0x0005_0002, 0x0005_0000, 0x0004_0000]
+
+    public init(partition: Partition, vp: VirtualProcessor) {
+        self.partition = partition
+        self.vp = vp
+    }
+
+    /// The VP's SINT handler for VMBus: messages and channel events.
+    public func handleSINT(_ sint: Int) {
+        guard sint == Topology.messageSINT else { return }
+        while let raw = vp.synic.readMessage(sint: sint) {
+            vp.synic.completeMessage(sint: sint)
+            guard raw.type == ChannelMessage.synicMessageType, let message = try? ChannelMessage.decode(raw.payload) else { continue }
+            switch message {
+            case .offerChannel(let type, let instance, let relid, _):
+                offers.append(Offer(interfaceType: type, instance: instance, relid: relid))
+            case .allOffersDelivered:
+                allOffersDelivered = true
+            case .rescindOffer(let relid):
+                rescind(relid)
+            default:
+                responses.append(message)
+            }
+        }
+        for flag in vp.synic.takeEventFlags(sint: Topology.childEventSINT) {
+            channels[UInt32(flag)]?.signalled()
+        }
+    }
+
+    private func post(_ message: ChannelMessage) throws(VMBusError) {
+        var delay = 0.0005
+        for _ in 0..<40 {
+            do {
+                try partition.hypercalls.postMessage(connectionID: Topology.childMessageConnection, type: ChannelMessage.synicMessageType, payload: message.encode())
+                return
+            } catch .insufficientBuffers {
+                vp.halt(until: { false }, timeout: delay)
+                delay = min(delay * 2, 0.05)
+            } catch {
+                throw VMBusError("cannot post \(message): \(error)")
+            }
+        }
+        throw VMBusError("the root's message queue stayed full")
+    }
+
+    /// Waits for the first response `match` accepts, and removes it.
+    private func waitFor<T>(_ what: String, _ match: @escaping (ChannelMessage) -> T?) throws(VMBusError) -> T {
+        var found: T?
+        let done = vp.halt(until: {
+            if let i = self.responses.firstIndex(where: { match($0) != nil }) {
+                found = match(self.responses.remove(at: i))
+                return true
+            }
+            return false
+        }, timeout: timeout)
+        guard done, let found else { throw VMBusError("no \(what) from the root within \(timeout) s") }
+        return found
+    }
+
+    /// Initiates contact (newest version first), asks for offers and waits
+    /// until all are delivered. Returns the negotiated version.
+    @discardableResult
+    public func connect() throws(VMBusError) -> UInt32 {
+        for candidate in Self.guestVersions {
+            try post(.initiateContact(version: candidate))
+            let accepted = try waitFor("version response") { message -> Bool? in
+                if case .versionResponse(let supported, _) = message { return supported }
+                return nil
+            }
+            if accepted {
+                version = candidate
+                break
+            }
+        }
+        guard let version else { throw VMBusError("the root speaks none of VMBus versions \(Self.guestVersions.map { String($0, radix: 16) })") }
+        try post(.requestOffers)
+        guard vp.halt(until: { self.allOffersDelivered }, timeout: timeout) else { throw VMBusError("offers were not all delivered") }
+        return version
+    }
+
+    /// Grants the root access to `pages` pages at `gpa` (header, then body
+    /// messages for what does not fit). Returns the GPADL id.
+    public func createGPADL(relid: UInt32, gpa: UInt64, pages: Int) throws(VMBusError) -> UInt32 {
+        try createGPADL(relid: relid, pfns: (0..<UInt64(pages)).map { gpa / 4096 + $0 })
+    }
+
+    /// Grants an explicit page list (tests use it to name foreign pages).
+    public func createGPADL(relid: UInt32, pfns: [UInt64]) throws(VMBusError) -> UInt32 {
+        let id = nextGPADL
+        nextGPADL += 1
+        let per = ChannelMessage.pfnsPerMessage
+        try post(.gpadlHeader(relid: relid, gpadl: id, totalPages: UInt32(pfns.count), pfns: Array(pfns.prefix(per))))
+        var message: UInt32 = 1
+        var offset = per
+        while offset < pfns.count {
+            try post(.gpadlBody(message: message, gpadl: id, pfns: Array(pfns[offset..<min(offset + per, pfns.count)])))
+            message += 1
+            offset += per
+        }
+        let status = try waitFor("GPADL_CREATED for \(id)") { m -> UInt32? in
+            if case .gpadlCreated(_, id, let status) = m { return status }
+            return nil
+        }
+        guard status == ChannelStatus.success else { throw VMBusError("the root refused GPADL \(id) (status 0x\(String(status, radix: 16)))") }
+        return id
+    }
+
+    public func teardownGPADL(relid: UInt32, gpadl: UInt32) throws(VMBusError) {
+        try post(.gpadlTeardown(relid: relid, gpadl: gpadl))
+        _ = try waitFor("GPADL_TORNDOWN for \(gpadl)") { m -> Bool? in
+            if case .gpadlTorndown(gpadl) = m { return true }
+            return nil
+        }
+    }
+
+    /// Opens a channel whose rings live in `ringPages` pages at `ringGPA`:
+    /// the first `outboundPages` for guest->root, the rest root->guest.
+    public func open(relid: UInt32, ringGPA: UInt64, ringPages: Int, outboundPages: Int) throws(VMBusError) -> ClientChannel {
+        let base = partition.memory.base + Int(ringGPA)
+        guard let outbound = Ring(base: base, size: outboundPages * 4096),
+            let inbound = Ring(base: base + outboundPages * 4096, size: (ringPages - outboundPages) * 4096)
+        else { throw VMBusError("ring of \(ringPages) pages split at \(outboundPages) is too small") }
+        outbound.reset()
+        inbound.reset()
+        let gpadl = try createGPADL(relid: relid, gpa: ringGPA, pages: ringPages)
+        let openID = nextOpenID
+        nextOpenID += 1
+        try post(.openChannel(relid: relid, openID: openID, ringGPADL: gpadl, downstreamPageOffset: UInt32(outboundPages), targetVP: 0))
+        let status = try waitFor("OPENCHANNEL_RESULT for \(relid)") { m -> UInt32? in
+            if case .openResult(relid, openID, let status) = m { return status }
+            return nil
+        }
+        guard status == ChannelStatus.success else { throw VMBusError("the root refused to open relid \(relid) (status 0x\(String(status, radix: 16)))") }
+        let channel = ClientChannel(relid: relid, ringGPADL: gpadl, outbound: outbound, inbound: inbound, client: self)
+        channels[relid] = channel
+        return channel
+    }
+
+    /// Closes a channel and tears down its ring GPADL.
+    public func close(_ channel: ClientChannel) throws(VMBusError) {
+        channels[channel.relid] = nil
+        try post(.closeChannel(relid: channel.relid))
+        try teardownGPADL(relid: channel.relid, gpadl: channel.ringGPADL)
+    }
+
+    /// The root withdrew the offer: stop using the channel, release it.
+    private func rescind(_ relid: UInt32) {
+        offers.removeAll { $0.relid == relid }
+        if let channel = channels.removeValue(forKey: relid) {
+            channel.markRescinded()
+            try? post(.gpadlTeardown(relid: relid, gpadl: channel.ringGPADL))
+        }
+        try? post(.relidReleased(relid: relid))
+    }
+
+    /// Sends a raw control message (tests use it to play a hostile child).
+    public func sendRaw(_ message: ChannelMessage) throws(VMBusError) { try post(message) }
+}

@@ -1,0 +1,398 @@
+import Foundation
+import Hypervisor
+import Logging
+
+/// A device the root offers to a child over VMBus.
+public struct DeviceOffer: Sendable {
+    public let interfaceType: UUID
+    public let instance: UUID
+    public let name: String
+    /// Makes the handler for a newly opened channel.
+    public let open: @Sendable (ChannelContext) -> ChannelHandler
+
+    public init(interfaceType: UUID, instance: UUID, name: String, open: @escaping @Sendable (ChannelContext) -> ChannelHandler) {
+        self.interfaceType = interfaceType
+        self.instance = instance
+        self.name = name
+        self.open = open
+    }
+}
+
+/// What a VSP's handler may use: the child's granted memory, by GPADL.
+public struct ChannelContext: Sendable {
+    public let child: PartitionID
+    public let relid: UInt32
+    public let server: VMBusServer
+
+    /// The GPADL `id` of this child, if it was created and accepted.
+    public func gpadl(_ id: UInt32) -> GPADLMapping? { server.gpadl(child: child, id: id) }
+}
+
+/// Child pages the root was granted, shown contiguously in the root's
+/// foreign window. The only way the root touches child memory.
+public final class GPADLMapping: @unchecked Sendable {
+    // @unchecked Sendable: immutable after creation.
+    public let id: UInt32
+    public let relid: UInt32
+    /// The child's page numbers, in grant order.
+    public let pfns: [UInt64]
+    /// Root guest-physical address of the first page, and its CPU view.
+    public let rootGPA: UInt64
+    public let base: UnsafeMutableRawPointer
+    private let index: [UInt64: Int]
+
+    init(id: UInt32, relid: UInt32, pfns: [UInt64], rootGPA: UInt64, base: UnsafeMutableRawPointer) {
+        self.id = id
+        self.relid = relid
+        self.pfns = pfns
+        self.rootGPA = rootGPA
+        self.base = base
+        var index: [UInt64: Int] = [:]
+        for (i, pfn) in pfns.enumerated() where index[pfn] == nil { index[pfn] = i }
+        self.index = index
+    }
+
+    public var length: Int { pfns.count * 4096 }
+
+    /// The root's pointer for child range [gpa, +length), or nil unless every
+    /// byte lies in this GPADL on pages granted consecutively.
+    public func pointer(gpa: UInt64, length: Int) -> UnsafeMutableRawPointer? {
+        guard length > 0, let first = index[gpa / 4096] else { return nil }
+        let last = (gpa + UInt64(length) - 1) / 4096
+        let count = Int(last - gpa / 4096) + 1
+        guard first + count <= pfns.count else { return nil }
+        for k in 0..<count where pfns[first + k] != gpa / 4096 + UInt64(k) { return nil }
+        return base + first * 4096 + Int(gpa % 4096)
+    }
+}
+
+/// The root side of VMBus: one connection per child, offers, GPADLs,
+/// channel open/close and rescind. Control messages arrive on the root VP's
+/// SINT 2 and are handled on one serial queue; each open channel runs on its
+/// own thread. Everything a child sends is validated; a malformed or
+/// out-of-state message is logged and refused, never trusted.
+public final class VMBusServer: @unchecked Sendable {
+    // @unchecked Sendable: `children` and `log` are guarded by `lock`;
+    // per-child state is touched only on `queue`.
+    final class ChildConnection {
+        enum State { case disconnected, connected(version: UInt32), offersSent }
+        let id: PartitionID
+        let slot: Int
+        var state: State = .disconnected
+        var offers: [UInt32: DeviceOffer] = [:]
+        var rescinded: Set<UInt32> = []
+        var pendingGPADL: [UInt32: (relid: UInt32, total: Int, pfns: [UInt64], nextBody: UInt32)] = [:]
+        var gpadls: [UInt32: GPADLMapping] = [:]
+        var channels: [UInt32: HostChannel] = [:]
+        var nextRelid: UInt32 = 1
+
+        init(id: PartitionID, slot: Int) {
+            self.id = id
+            self.slot = slot
+        }
+    }
+
+    public let hypercalls: Hypercalls
+    let root: Partition
+    private let lock = NSLock()
+    private var children: [PartitionID: ChildConnection] = [:]
+    private var slotsByPort: [UInt64: PartitionID] = [:]
+    private var events: [String] = []
+    private let queue = DispatchQueue(label: "oyako.vmbus.server")
+    private let logger = Logger(label: "oyako.vmbus")
+
+    public init(root: Partition) {
+        self.root = root
+        self.hypercalls = root.hypercalls
+    }
+
+    /// Lines the server logged about children: violations and lifecycle.
+    public var eventLog: [String] { lock.withLock { events } }
+
+    func note(_ line: String, warning: Bool = false) {
+        lock.withLock {
+            events.append(line)
+            if events.count > 1024 { events.removeFirst(256) }
+        }
+        if warning { logger.warning("\(line)") } else { logger.info("\(line)") }
+    }
+
+    // MARK: Children
+
+    /// Creates the SynIC ports and connections VMBus needs for `child` (its
+    /// VP 0 must exist). Returns when the child may initiate contact.
+    public func attach(child: PartitionID) throws(HvStatus) {
+        let slot = lock.withLock { () -> Int in
+            let used = Set(children.values.map(\.slot))
+            return (0..<Topology.maxChildren).first { !used.contains($0) } ?? -1
+        }
+        guard slot >= 0 else { throw .insufficientBuffers }
+        let base = slot * Topology.channelsPerChild
+        try hypercalls.createPort(in: child, port: .init(id: Topology.childMessagePort, kind: .message, vp: 0, sint: Topology.messageSINT))
+        try hypercalls.createPort(in: child, port: .init(id: Topology.childEventPort, kind: .event(baseFlag: 0, flagCount: Topology.channelsPerChild), vp: 0, sint: Topology.childEventSINT))
+        try hypercalls.createPort(in: root.id, port: .init(id: Topology.rootMessagePort(slot: slot), kind: .message, vp: 0, sint: Topology.messageSINT))
+        try hypercalls.createPort(in: root.id, port: .init(id: Topology.rootEventPort(slot: slot), kind: .event(baseFlag: base, flagCount: Topology.channelsPerChild), vp: 0, sint: Topology.rootEventSINT))
+        try hypercalls.connectPort(from: child, connectionID: Topology.childMessageConnection, to: root.id, portID: Topology.rootMessagePort(slot: slot))
+        try hypercalls.connectPort(from: child, connectionID: Topology.childEventConnection, to: root.id, portID: Topology.rootEventPort(slot: slot))
+        try hypercalls.connectPort(from: root.id, connectionID: Topology.rootMessageConnection(slot: slot), to: child, portID: Topology.childMessagePort)
+        try hypercalls.connectPort(from: root.id, connectionID: Topology.rootEventConnection(slot: slot), to: child, portID: Topology.childEventPort)
+        lock.withLock {
+            children[child] = ChildConnection(id: child, slot: slot)
+            slotsByPort[UInt64(Topology.rootMessagePort(slot: slot))] = child
+        }
+    }
+
+    /// Offers a device to a child; sent now if the child already asked for
+    /// offers, otherwise when it does. Returns the channel's relid.
+    @discardableResult
+    public func offer(_ device: DeviceOffer, to child: PartitionID) -> UInt32? {
+        let relid: UInt32? = queue.sync {
+            guard let c = connection(child), c.nextRelid < UInt32(Topology.channelsPerChild) else { return nil }
+            let relid = c.nextRelid
+            c.nextRelid += 1
+            c.offers[relid] = device
+            if case .offersSent = c.state { post(c, offerMessage(device, relid: relid)) }
+            return relid
+        }
+        return relid
+    }
+
+    /// Withdraws a device: the channel closes now, whatever the child does;
+    /// the child tears down and answers RELID_RELEASED.
+    public func rescind(relid: UInt32, child: PartitionID) {
+        queue.sync {
+            guard let c = connection(child), c.offers[relid] != nil else { return }
+            c.rescinded.insert(relid)
+            if let channel = c.channels.removeValue(forKey: relid) {
+                channel.close(reason: "offer rescinded by the root")
+            }
+            post(c, .rescindOffer(relid: relid))
+            note("child \(child): rescinded relid \(relid)")
+        }
+    }
+
+    /// Forgets a child (after its partition was finalized): closes its
+    /// channels and unmaps what it granted.
+    public func detach(child: PartitionID) {
+        let channels: [HostChannel] = queue.sync {
+            guard let c = connection(child) else { return [] }
+            let open = Array(c.channels.values)
+            for channel in open { channel.close(reason: nil) }
+            c.channels.removeAll()
+            return open
+        }
+        for channel in channels { channel.waitUntilFinished() }
+        queue.sync {
+            guard let c = connection(child) else { return }
+            for mapping in c.gpadls.values { try? hypercalls.unmapForeignPages(rootGPA: mapping.rootGPA, count: mapping.pfns.count) }
+            c.gpadls.removeAll()
+            lock.withLock {
+                children[child] = nil
+                slotsByPort = slotsByPort.filter { $0.value != child }
+            }
+        }
+    }
+
+    /// Open channels of a child, by relid.
+    public func channels(of child: PartitionID) -> [UInt32: HostChannel] {
+        queue.sync { connection(child)?.channels ?? [:] }
+    }
+
+    func gpadl(child: PartitionID, id: UInt32) -> GPADLMapping? {
+        lock.withLock { children[child] }.flatMap { c in queue.sync { c.gpadls[id] } }
+    }
+
+    private func connection(_ child: PartitionID) -> ChildConnection? { lock.withLock { children[child] } }
+
+    // MARK: Interrupts (root VP thread)
+
+    /// The root VP's SINT handler for VMBus: control messages on SINT 2,
+    /// channel events on SINT 3.
+    public func handleSINT(_ sint: Int, synic: SynIC) {
+        if sint == Topology.messageSINT {
+            while let message = synic.readMessage(sint: sint) {
+                synic.completeMessage(sint: sint)
+                guard let child = lock.withLock({ slotsByPort[message.origin] }) else { continue }
+                queue.async { self.handleMessage(message, from: child) }
+            }
+        } else if sint == Topology.rootEventSINT {
+            let flags = synic.takeEventFlags(sint: sint)
+            let table = lock.withLock { children.values.map { ($0.slot, $0.id) } }
+            for flag in flags {
+                let slot = flag / Topology.channelsPerChild, relid = UInt32(flag % Topology.channelsPerChild)
+                guard let child = table.first(where: { $0.0 == slot })?.1 else { continue }
+                queue.async {
+                    self.connection(child)?.channels[relid]?.signal()
+                }
+            }
+        }
+    }
+
+    // MARK: Control messages (server queue)
+
+    private func handleMessage(_ raw: HvMessage, from child: PartitionID) {
+        guard let c = connection(child) else { return }
+        guard raw.type == ChannelMessage.synicMessageType else {
+            note("child \(child): SynIC message type \(raw.type) is not VMBus; ignored", warning: true)
+            return
+        }
+        let message: ChannelMessage
+        do {
+            message = try ChannelMessage.decode(raw.payload)
+        } catch {
+            note("child \(child): malformed channel message: \(error.reason); ignored", warning: true)
+            return
+        }
+        switch (message, c.state) {
+        case (.initiateContact(let version), _):
+            if let supported = Topology.hostVersions.first(where: { $0 == version }) {
+                c.state = .connected(version: supported)
+                post(c, .versionResponse(supported: true, version: supported))
+                note("child \(child): VMBus version \(version >> 16).\(version & 0xFFFF)")
+            } else {
+                post(c, .versionResponse(supported: false, version: Topology.hostVersions[0]))
+            }
+        case (.requestOffers, .connected), (.requestOffers, .offersSent):
+            c.state = .offersSent
+            for (relid, device) in c.offers.sorted(by: { $0.key < $1.key }) where !c.rescinded.contains(relid) {
+                post(c, offerMessage(device, relid: relid))
+            }
+            post(c, .allOffersDelivered)
+        case (.gpadlHeader(let relid, let gpadl, let total, let pfns), .offersSent):
+            guard c.offers[relid] != nil, c.gpadls[gpadl] == nil, c.pendingGPADL[gpadl] == nil,
+                total > 0, total <= 65536
+            else {
+                refuseGPADL(c, relid: relid, gpadl: gpadl, "GPADL header \(gpadl) for relid \(relid) is invalid, duplicate or too large (\(total) pages)")
+                return
+            }
+            c.pendingGPADL[gpadl] = (relid, Int(total), pfns, 1)
+            completeGPADLIfWhole(c, gpadl)
+        case (.gpadlBody(let number, let gpadl, let pfns), .offersSent):
+            guard var pending = c.pendingGPADL[gpadl] else {
+                note("child \(child): GPADL body for unknown GPADL \(gpadl); ignored", warning: true)
+                return
+            }
+            guard number == pending.nextBody, pending.pfns.count + pfns.count <= pending.total else {
+                c.pendingGPADL[gpadl] = nil
+                refuseGPADL(c, relid: pending.relid, gpadl: gpadl, "GPADL \(gpadl) body \(number) out of order or beyond \(pending.total) pages")
+                return
+            }
+            pending.pfns += pfns
+            pending.nextBody += 1
+            c.pendingGPADL[gpadl] = pending
+            completeGPADLIfWhole(c, gpadl)
+        case (.openChannel(let relid, let openID, let ringGPADL, let offset, _), .offersSent):
+            openChannel(c, relid: relid, openID: openID, ringGPADL: ringGPADL, downstreamPages: Int(offset))
+        case (.closeChannel(let relid), .offersSent):
+            if let channel = c.channels.removeValue(forKey: relid) {
+                channel.close(reason: nil)
+                note("child \(child): closed relid \(relid)")
+            }
+        case (.gpadlTeardown(_, let gpadl), .offersSent):
+            guard let mapping = c.gpadls[gpadl] else {
+                note("child \(child): teardown of unknown GPADL \(gpadl); ignored", warning: true)
+                return
+            }
+            if let channel = c.channels[mapping.relid], channel.isOpen {
+                // Tearing down memory under an open channel: close it first.
+                c.channels[mapping.relid] = nil
+                channel.close(reason: "GPADL \(gpadl) torn down while its channel was open")
+            }
+            c.gpadls[gpadl] = nil
+            unmapWhenIdle(mapping, child: c)
+            post(c, .gpadlTorndown(gpadl: gpadl))
+        case (.relidReleased(let relid), _):
+            c.rescinded.remove(relid)
+            c.offers[relid] = nil
+        case (.unload, _):
+            for channel in c.channels.values { channel.close(reason: nil) }
+            c.channels.removeAll()
+            c.state = .disconnected
+            post(c, .unloadResponse)
+        default:
+            note("child \(child): \(message) not valid in state \(c.state); ignored", warning: true)
+        }
+    }
+
+    private func refuseGPADL(_ c: ChildConnection, relid: UInt32, gpadl: UInt32, _ reason: String) {
+        note("child \(c.id): \(reason); refused", warning: true)
+        post(c, .gpadlCreated(relid: relid, gpadl: gpadl, status: ChannelStatus.refused))
+    }
+
+    private func completeGPADLIfWhole(_ c: ChildConnection, _ gpadl: UInt32) {
+        guard let pending = c.pendingGPADL[gpadl], pending.pfns.count == pending.total else { return }
+        c.pendingGPADL[gpadl] = nil
+        do {
+            let rootGPA = try hypercalls.mapForeignPages(from: c.id, gpaPages: pending.pfns, writable: true)
+            let mapping = GPADLMapping(id: gpadl, relid: pending.relid, pfns: pending.pfns, rootGPA: rootGPA, base: root.memory.base + Int(rootGPA))
+            c.gpadls[gpadl] = mapping
+            post(c, .gpadlCreated(relid: pending.relid, gpadl: gpadl, status: ChannelStatus.success))
+        } catch {
+            refuseGPADL(c, relid: pending.relid, gpadl: gpadl, "GPADL \(gpadl) names pages the child does not own (\(error))")
+        }
+    }
+
+    private func openChannel(_ c: ChildConnection, relid: UInt32, openID: UInt32, ringGPADL: UInt32, downstreamPages: Int) {
+        func refuse(_ reason: String) {
+            note("child \(c.id): open of relid \(relid) refused: \(reason)", warning: true)
+            post(c, .openResult(relid: relid, openID: openID, status: ChannelStatus.refused))
+        }
+        guard let device = c.offers[relid], !c.rescinded.contains(relid) else { return refuse("no such offer") }
+        guard c.channels[relid] == nil else { return refuse("already open") }
+        guard let ring = c.gpadls[ringGPADL], ring.relid == relid else { return refuse("ring GPADL \(ringGPADL) unknown or for another channel") }
+        let pages = ring.pfns.count
+        guard downstreamPages >= 2, pages - downstreamPages >= 2 else {
+            return refuse("ring split at page \(downstreamPages) of \(pages) leaves a ring without data pages")
+        }
+        guard ring.pointer(gpa: ring.pfns[0] * 4096, length: ring.length) != nil else {
+            return refuse("ring GPADL pages are not consecutive")
+        }
+        guard let outbound = Ring(base: ring.base, size: downstreamPages * 4096),
+            let inbound = Ring(base: ring.base + downstreamPages * 4096, size: (pages - downstreamPages) * 4096)
+        else { return refuse("ring control pages hold invalid indices") }
+        let context = ChannelContext(child: c.id, relid: relid, server: self)
+        let handler = device.open(context)
+        let connectionID = Topology.rootEventConnection(slot: c.slot)
+        let hypercalls = self.hypercalls
+        let channel = HostChannel(
+            relid: relid, child: c.id, name: "\(device.name)-p\(c.id)", outbound: outbound, inbound: inbound, handler: handler,
+            logger: logger, signalChild: { try? hypercalls.signalEvent(connectionID: connectionID, flag: Int(relid)) })
+        c.channels[relid] = channel
+        channel.start()
+        post(c, .openResult(relid: relid, openID: openID, status: ChannelStatus.success))
+        note("child \(c.id): opened \(device.name) on relid \(relid)")
+    }
+
+    /// Unmaps a GPADL once nothing can still be using it.
+    private func unmapWhenIdle(_ mapping: GPADLMapping, child c: ChildConnection) {
+        let channel = c.channels[mapping.relid]
+        let hypercalls = self.hypercalls
+        DispatchQueue.global().async {
+            channel?.waitUntilFinished()
+            try? hypercalls.unmapForeignPages(rootGPA: mapping.rootGPA, count: mapping.pfns.count)
+        }
+    }
+
+    private func offerMessage(_ device: DeviceOffer, relid: UInt32) -> ChannelMessage {
+        .offerChannel(interfaceType: device.interfaceType, instance: device.instance, relid: relid, connectionID: Topology.childEventConnection)
+    }
+
+    /// Posts to the child, backing off while its message queue is full.
+    private func post(_ c: ChildConnection, _ message: ChannelMessage) {
+        let connection = Topology.rootMessageConnection(slot: c.slot)
+        var delay = 0.0005
+        for _ in 0..<40 {
+            do {
+                try hypercalls.postMessage(connectionID: connection, type: ChannelMessage.synicMessageType, payload: message.encode())
+                return
+            } catch .insufficientBuffers {
+                Thread.sleep(forTimeInterval: delay)
+                delay = min(delay * 2, 0.05)
+            } catch {
+                note("child \(c.id): cannot post \(message): \(error)", warning: true)
+                return
+            }
+        }
+        note("child \(c.id): message queue stayed full; dropped \(message)", warning: true)
+    }
+}
