@@ -76,13 +76,23 @@ let package = Package(
             name: "Kernel",
             dependencies: ["DriverHost", "Machine", .product(name: "Logging", package: "swift-log")]
         ),
+        // The root's virtualization stack: root partition boot, VSPs, VM manager.
+        .target(
+            name: "VirtualizationStack",
+            dependencies: ["Hypervisor", "VMBus", "Kernel", "DriverHost", "Machine"]
+        ),
+        // The child-partition OS: VMBus client, VSCs, on its own VP.
+        .target(
+            name: "Guest",
+            dependencies: ["Hypervisor", "VMBus", "Machine", "Workloads"]
+        ),
         // Userland shared by every OS here: verified block I/O workloads.
         .target(name: "Workloads"),
         // Assembles whole systems (machine, devices, OS, drivers, workloads)
         // for the demo; the CLI only parses arguments and prints.
         .target(
             name: "Demo",
-            dependencies: ["Kernel", "Devices", "DriverHost", "Machine", "Workloads"]
+            dependencies: ["Kernel", "Devices", "DriverHost", "Machine", "Workloads", "Hypervisor", "VMBus", "VirtualizationStack", "Guest"]
         ),
         .executableTarget(
             name: "OyakoCLI",
@@ -95,11 +105,15 @@ let package = Package(
         // Builds fixture drivers and test machines for the test targets.
         .target(
             name: "OyakoTestSupport",
-            dependencies: ["Demo", "Workloads", "DriverHost", "Kernel", "Machine", "Devices"],
+            dependencies: ["Demo", "Workloads", "VirtualizationStack", "Guest", "Hypervisor", "VMBus", "DriverHost", "Kernel", "Machine", "Devices"],
             path: "Tests/Support"
         ),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Machine"]),
         .testTarget(name: "VMBusTests", dependencies: ["VMBus", "Hypervisor", "Machine"]),
+        .testTarget(
+            name: "VirtualizationTests",
+            dependencies: ["VirtualizationStack", "Guest", "VMBus", "Hypervisor", "Kernel", "Workloads", "OyakoTestSupport"]
+        ),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices", "OyakoTestSupport"]),
         .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "Kernel", "Machine", "Devices", "OyakoTestSupport"]),
         .testTarget(name: "KernelTests", dependencies: ["Kernel", "DriverHost", "Machine", "Devices", "Demo", "Workloads", "OyakoTestSupport"]),

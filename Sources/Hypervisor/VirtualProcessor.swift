@@ -81,7 +81,8 @@ public final class VirtualProcessor: @unchecked Sendable {
     /// Call only on the VP's own thread.
     @discardableResult
     public func halt(until done: () -> Bool, timeout: Double = .infinity) -> Bool {
-        let deadline = timeout.isFinite ? Date(timeIntervalSinceNow: timeout) : Date.distantFuture
+        // wait(until: .distantFuture) traps on Linux: no deadline means wait().
+        let deadline = timeout.isFinite ? Date(timeIntervalSinceNow: timeout) : nil
         condition.lock()
         while true {
             if pendingSINTs != 0 || !pendingVectors.isEmpty {
@@ -106,9 +107,13 @@ public final class VirtualProcessor: @unchecked Sendable {
             }
             if pendingSINTs != 0 || !pendingVectors.isEmpty { continue }
             stats.halts += 1
-            if !condition.wait(until: deadline) && pendingSINTs == 0 && pendingVectors.isEmpty {
-                condition.unlock()
-                return done()
+            if let deadline {
+                if !condition.wait(until: deadline) && pendingSINTs == 0 && pendingVectors.isEmpty {
+                    condition.unlock()
+                    return done()
+                }
+            } else {
+                condition.wait()
             }
         }
     }

@@ -93,15 +93,32 @@ public final class Disk: @unchecked Sendable {
     public func submit(_ operation: BlockRequest.Operation, lba: UInt64, blocks: Int, buffer: IOBuffer?, bufferOffset: Int = 0,
                        completion: @escaping @Sendable (OyStatus) -> Void)
     {
-        if let problem = check(operation, lba: lba, blocks: blocks, buffer: buffer, bufferOffset: bufferOffset) {
+        if operation != .flush {
+            guard let buffer, bufferOffset >= 0, bufferOffset + blocks * geometry.blockSize <= buffer.length else {
+                completion(.invalid)
+                return
+            }
+        }
+        submit(operation, lba: lba, blocks: blocks, memory: buffer.map { $0.pointer + bufferOffset }) { status in
+            withExtendedLifetime(buffer) {}
+            completion(status)
+        }
+    }
+
+    /// Submits asynchronously with data at `memory`: `blocks` × block size
+    /// bytes of the OS's own physical memory (an IOBuffer, or pages another
+    /// partition granted and the OS mapped). The caller keeps it valid until
+    /// `completion` runs.
+    public func submit(_ operation: BlockRequest.Operation, lba: UInt64, blocks: Int, memory: UnsafeMutableRawPointer?,
+                       completion: @escaping @Sendable (OyStatus) -> Void)
+    {
+        if let problem = check(operation, lba: lba, blocks: blocks, memory: memory) {
             completion(problem)
             return
         }
         let request = lock.withLock { spare.popLast() } ?? BlockRequest()
         let length = blocks * geometry.blockSize
-        let data = buffer.map { $0.pointer + bufferOffset }
-        request.prepare(operation, lba: lba, blockCount: operation == .flush ? 0 : blocks, data: data) { [weak self] status in
-            withExtendedLifetime(buffer) {}
+        request.prepare(operation, lba: lba, blockCount: operation == .flush ? 0 : blocks, data: memory) { [weak self] status in
             self?.finished(request, operation: operation, length: length, status: status)
             completion(status)
         }
@@ -118,12 +135,11 @@ public final class Disk: @unchecked Sendable {
         if dispatchNow { dispatch(request) }
     }
 
-    private func check(_ operation: BlockRequest.Operation, lba: UInt64, blocks: Int, buffer: IOBuffer?, bufferOffset: Int) -> OyStatus? {
+    private func check(_ operation: BlockRequest.Operation, lba: UInt64, blocks: Int, memory: UnsafeMutableRawPointer?) -> OyStatus? {
         if lock.withLock({ removed }) { return .deviceGone }
         if operation == .flush { return nil }
-        guard blocks > 0, blocks <= geometry.maxTransferBlocks, let buffer else { return .invalid }
+        guard blocks > 0, blocks <= geometry.maxTransferBlocks, memory != nil else { return .invalid }
         guard lba < geometry.blockCount, UInt64(blocks) <= geometry.blockCount - lba else { return .range }
-        guard bufferOffset >= 0, bufferOffset + blocks * geometry.blockSize <= buffer.length else { return .invalid }
         return nil
     }
 

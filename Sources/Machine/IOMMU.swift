@@ -62,7 +62,7 @@ public final class IOMMU: Sendable {
             for i in 0..<pages {
                 let io = firstIOPage + i
                 if var entry = table[io] {
-                    precondition(entry.machinePage == firstMachinePage + i, "IOMMU page remapped to a different machine page")
+                    precondition(entry.machinePage == firstMachinePage + i, "IOMMU page \(io) remapped from machine page \(entry.machinePage) to \(firstMachinePage + i) (domain \(domain), refs \(entry.references))")
                     entry.references += 1
                     entry.writable = entry.writable || writable
                     table[io] = entry

@@ -1,0 +1,70 @@
+import Foundation
+import Hypervisor
+import Machine
+import VMBus
+
+/// The child-partition OS: it owns only its guest-physical memory, its VP
+/// and its hypercalls, and reaches devices through VMBus. It runs entirely on
+/// its VP's thread; waiting means halting until an interrupt.
+public final class GuestOS: @unchecked Sendable {
+    // @unchecked Sendable: confined to the VP thread, except `console`,
+    // which is guarded by its own lock.
+    public let partition: Partition
+    public let vp: VirtualProcessor
+    public let vmbus: VMBusClient
+    public let name: String
+    private let pages: PageAllocator
+    private let consoleLock = NSLock()
+    private var consoleLines: [String] = []
+    private let consoleSink: (@Sendable (String) -> Void)?
+
+    /// - Parameter console: also receives every console line as it is written.
+    public init(name: String, partition: Partition, vp: VirtualProcessor, console: (@Sendable (String) -> Void)? = nil) {
+        self.name = name
+        self.partition = partition
+        self.vp = vp
+        self.vmbus = VMBusClient(partition: partition, vp: vp)
+        // Page 0 stays unused so a zero GPA is never valid.
+        self.pages = PageAllocator(firstPage: 1, pageCount: partition.addressSpaceSize / 4096 - 1)
+        self.consoleSink = console
+    }
+
+    /// Installs the interrupt handlers and connects to VMBus.
+    public func boot() throws(VMBusError) {
+        let vmbus = self.vmbus
+        vp.setHandlers(sint: { sint in vmbus.handleSINT(sint) })
+        let version = try vmbus.connect()
+        log("VMBus \(version >> 16).\(version & 0xFFFF), \(vmbus.offers.count) device(s) offered")
+    }
+
+    /// Contiguous guest-physical pages, zeroed: (GPA, CPU pointer).
+    public func allocate(pages count: Int) -> (gpa: UInt64, pointer: UnsafeMutableRawPointer)? {
+        guard let first = pages.allocate(count) else { return nil }
+        let gpa = first * 4096
+        let pointer = partition.memory.base + Int(gpa)
+        pointer.initializeMemory(as: UInt8.self, repeating: 0, count: count * 4096)
+        return (gpa, pointer)
+    }
+
+    public func free(gpa: UInt64, pages count: Int) {
+        pages.free(gpa / 4096, count: count)
+    }
+
+    /// Opens every storage device offered.
+    public func openStorage() throws(VMBusError) -> [StorageVSC] {
+        var disks: [StorageVSC] = []
+        for offer in vmbus.offers where offer.interfaceType == StorageProtocol.interfaceType {
+            disks.append(try StorageVSC(os: self, offer: offer))
+        }
+        return disks
+    }
+
+    /// Writes a line to the partition's console.
+    public func log(_ line: String) {
+        let text = "[\(name)] \(line)"
+        consoleLock.withLock { consoleLines.append(text) }
+        consoleSink?(text)
+    }
+
+    public var console: [String] { consoleLock.withLock { consoleLines } }
+}

@@ -1,0 +1,231 @@
+import DriverHost
+import Foundation
+import Kernel
+import VMBus
+
+/// The root's storage virtualization service provider for one channel: a
+/// child's virtual disk is a region of a disk of the root's OS, so every
+/// child I/O goes through the vendor driver that serves that disk.
+///
+/// Data moves without copies: I/O ranges must lie in the data buffer the
+/// child granted (a GPADL), which the root sees in its foreign window, and
+/// the disk's driver maps those pages for its device like any OS memory.
+///
+/// The child is untrusted. A malformed packet, a range outside the data
+/// buffer, a duplicate transaction id or I/O before initialisation closes
+/// this channel with the reason; an out-of-range LBA is an ordinary error
+/// answered with a status. A completion is sent only after the disk
+/// completed, so acknowledged writes and flushes are on the disk.
+public final class StorageVSP: ChannelHandler, @unchecked Sendable {
+    // @unchecked Sendable: mutable state is guarded by `condition`.
+    public let disk: Disk
+    public let region: Range<UInt64>
+    let context: ChannelContext
+    public static let maxTransferBytes = 256 << 10
+    public static let maxOutstanding = 256
+
+    private enum Phase { case fresh, initializing, ready }
+
+    public struct Statistics: Sendable {
+        public var requests = 0
+        public var bytesRead: UInt64 = 0
+        public var bytesWritten: UInt64 = 0
+        public var flushes = 0
+        public var errors = 0
+    }
+
+    private let condition = NSCondition()
+    private var phase = Phase.fresh
+    private var version: UInt16?
+    private var dataBuffer: GPADLMapping?
+    private var outstanding: Set<UInt64> = []
+    private var stats = Statistics()
+
+    public init(disk: Disk, region: Range<UInt64>, context: ChannelContext) {
+        self.disk = disk
+        self.region = region
+        self.context = context
+    }
+
+    public var statistics: Statistics { condition.withLock { stats } }
+
+    public func packetReceived(_ packet: Packet, on channel: HostChannel) throws(ProtocolViolation) {
+        guard packet.kind == .inband || packet.kind == .gpaDirect else {
+            throw ProtocolViolation("unexpected \(packet.kind) packet on the storage channel")
+        }
+        guard packet.flags & Packet.completionRequested != 0 else {
+            throw ProtocolViolation("request \(packet.transactionID) does not ask for a completion")
+        }
+        var reader = ByteReader(packet.payload)
+        let header: StorageProtocol.Header
+        do {
+            header = try StorageProtocol.decodeHeader(&reader)
+        } catch {
+            throw ProtocolViolation("truncated storage packet: \(error.reason)")
+        }
+        guard let operation = StorageProtocol.Operation(rawValue: header.operation) else {
+            throw ProtocolViolation("unknown storage operation \(header.operation)")
+        }
+        let current = condition.withLock { phase }
+        if operation != .executeSRB && packet.kind != .inband {
+            throw ProtocolViolation("\(operation) sent with GPA ranges")
+        }
+        switch (operation, current) {
+        case (.beginInitialization, .fresh):
+            condition.withLock { phase = .initializing }
+            reply(packet, on: channel)
+        case (.queryProtocolVersion, .initializing):
+            let asked = (try? reader.u16()) ?? 0
+            if StorageProtocol.hostVersions.contains(asked) {
+                condition.withLock { version = asked }
+                reply(packet, on: channel)
+            } else {
+                reply(packet, on: channel, status: StorageProtocol.Status.revisionMismatch)
+            }
+        case (.queryProperties, .initializing):
+            guard condition.withLock({ version }) != nil else { throw ProtocolViolation("properties queried before a version was agreed") }
+            let properties = StorageProtocol.Properties(
+                maxTransferBytes: UInt32(Self.maxTransferBytes), channelCount: 1, blockSize: UInt32(disk.geometry.blockSize),
+                blockCount: UInt64(region.count))
+            reply(packet, on: channel) { StorageProtocol.encode(properties, into: &$0) }
+        case (.registerDataBuffer, .initializing):
+            guard let id = try? reader.u32(), let mapping = context.gpadl(id), mapping.relid == context.relid else {
+                reply(packet, on: channel, status: StorageProtocol.Status.invalidParameter)
+                return
+            }
+            condition.withLock { dataBuffer = mapping }
+            reply(packet, on: channel)
+        case (.endInitialization, .initializing):
+            guard condition.withLock({ version != nil && dataBuffer != nil }) else {
+                throw ProtocolViolation("END_INITIALIZATION before a version and a data buffer")
+            }
+            condition.withLock { phase = .ready }
+            reply(packet, on: channel)
+        case (.executeSRB, .ready):
+            try execute(packet, reader: &reader, on: channel)
+        default:
+            throw ProtocolViolation("\(operation) is not valid during \(current)")
+        }
+    }
+
+    private func execute(_ packet: Packet, reader: inout ByteReader, on channel: HostChannel) throws(ProtocolViolation) {
+        let srb: StorageProtocol.SRB
+        do {
+            srb = try StorageProtocol.decodeSRB(&reader)
+        } catch {
+            throw ProtocolViolation("truncated SRB: \(error.reason)")
+        }
+        let transaction = packet.transactionID
+        let admitted = condition.withLock { () -> String? in
+            if outstanding.contains(transaction) { return "transaction id \(transaction) reused while still outstanding" }
+            if outstanding.count >= Self.maxOutstanding { return "more than \(Self.maxOutstanding) requests outstanding" }
+            outstanding.insert(transaction)
+            stats.requests += 1
+            return nil
+        }
+        if let problem = admitted { throw ProtocolViolation(problem) }
+
+        guard let command = StorageProtocol.Command(rawValue: srb.command) else {
+            finish(packet, on: channel, status: StorageProtocol.Status.invalidParameter)
+            return
+        }
+        if command == .synchronizeCache {
+            disk.submit(.flush, lba: 0, blocks: 0, memory: nil) { [self] status in
+                condition.withLock { stats.flushes += 1 }
+                finish(packet, on: channel, status: status.isOK ? StorageProtocol.Status.success : StorageProtocol.Status.ioDeviceError)
+            }
+            return
+        }
+        // Ranges are checked before anything is submitted.
+        let blockSize = disk.geometry.blockSize
+        let total = packet.ranges.reduce(0) { $0 + Int($1.length) }
+        guard packet.kind == .gpaDirect, !packet.ranges.isEmpty else {
+            throw ProtocolViolation("read/write without GPA ranges")
+        }
+        guard let buffer = condition.withLock({ dataBuffer }) else { throw ProtocolViolation("no data buffer") }
+        var pieces: [(UnsafeMutableRawPointer, Int)] = []
+        for range in packet.ranges {
+            guard range.length > 0, Int(range.length) % blockSize == 0,
+                let pointer = buffer.pointer(gpa: range.gpa, length: Int(range.length))
+            else {
+                throw ProtocolViolation("GPA range 0x\(String(range.gpa, radix: 16))+\(range.length) is outside the data buffer GPADL or not block-sized")
+            }
+            pieces.append((pointer, Int(range.length)))
+        }
+        guard srb.blocks > 0, total == Int(srb.blocks) * blockSize, total <= Self.maxTransferBytes else {
+            finish(packet, on: channel, status: StorageProtocol.Status.invalidParameter)
+            return
+        }
+        guard srb.lba < UInt64(region.count), UInt64(srb.blocks) <= UInt64(region.count) - srb.lba else {
+            finish(packet, on: channel, status: StorageProtocol.Status.invalidParameter)
+            return
+        }
+        let operation: BlockRequest.Operation = command == .read10 ? .read : .write
+        let remaining = Countdown(pieces.count)
+        var lba = region.lowerBound + srb.lba
+        for (pointer, length) in pieces {
+            disk.submit(operation, lba: lba, blocks: length / blockSize, memory: pointer) { [self] status in
+                guard let result = remaining.done(status) else { return }
+                condition.withLock {
+                    if result.isOK {
+                        if operation == .read { stats.bytesRead += UInt64(total) } else { stats.bytesWritten += UInt64(total) }
+                    }
+                }
+                finish(packet, on: channel, status: result.isOK ? StorageProtocol.Status.success : StorageProtocol.Status.ioDeviceError)
+            }
+            lba += UInt64(length / blockSize)
+        }
+    }
+
+    private func finish(_ packet: Packet, on channel: HostChannel, status: UInt32) {
+        reply(packet, on: channel, status: status)
+        condition.withLock {
+            if status != StorageProtocol.Status.success { stats.errors += 1 }
+            outstanding.remove(packet.transactionID)
+            condition.broadcast()
+        }
+    }
+
+    private func reply(_ packet: Packet, on channel: HostChannel, status: UInt32 = StorageProtocol.Status.success,
+                       body: (inout ByteWriter) -> Void = { _ in })
+    {
+        let payload = StorageProtocol.encode(StorageProtocol.Header(operation: .completeIO, status: status), body)
+        channel.send(Packet(kind: .completion, transactionID: packet.transactionID, payload: payload))
+    }
+
+    /// The channel closed: the child's pages stay mapped until every request
+    /// in flight has completed, so no device writes into unmapped memory.
+    public func channelClosed(_ channel: HostChannel, reason: String?) {
+        condition.withLock {
+            let deadline = Date(timeIntervalSinceNow: 30)
+            while !outstanding.isEmpty && condition.wait(until: deadline) {}
+        }
+    }
+}
+
+/// Joins the completions of one request's pieces; the first failure wins.
+final class Countdown: @unchecked Sendable {
+    // @unchecked Sendable: guarded by `lock`.
+    private let lock = NSLock()
+    private var left: Int
+    private var result = OyStatus.ok
+
+    init(_ count: Int) { left = count }
+
+    /// Records one piece; returns the overall status when it was the last.
+    func done(_ status: OyStatus) -> OyStatus? {
+        lock.withLock {
+            if !status.isOK && result.isOK { result = status }
+            left -= 1
+            return left == 0 ? result : nil
+        }
+    }
+}
+
+extension NSCondition {
+    func withLock<R>(_ body: () throws -> R) rethrows -> R {
+        lock()
+        defer { unlock() }
+        return try body()
+    }
+}

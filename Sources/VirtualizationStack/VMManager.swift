@@ -1,0 +1,98 @@
+import Foundation
+import Hypervisor
+import Kernel
+import VMBus
+
+/// Creates, starts and destroys child partitions, and offers them devices.
+/// Everything goes through the root's hypercalls; the manager only keeps
+/// track of what it made.
+public final class VMManager: @unchecked Sendable {
+    // @unchecked Sendable: `children` is guarded by `lock`.
+    public struct Child: Sendable {
+        public let id: PartitionID
+        public let name: String
+        public let memorySize: Int
+        public let partition: Partition
+        public let vp: VirtualProcessor
+    }
+
+    public enum Failure: Error, CustomStringConvertible {
+        case hypercall(String, HvStatus)
+        case noSuchChild(PartitionID)
+
+        public var description: String {
+            switch self {
+            case .hypercall(let what, let status): return "\(what) failed: \(status)"
+            case .noSuchChild(let id): return "no child partition \(id)"
+            }
+        }
+    }
+
+    public let root: RootPartition
+    private let lock = NSLock()
+    private var children: [PartitionID: Child] = [:]
+    private var vsps: [PartitionID: [StorageVSP]] = [:]
+
+    public init(root: RootPartition) {
+        self.root = root
+    }
+
+    private var hypercalls: Hypercalls { root.hypervisor.root.hypercalls }
+
+    /// Creates a child with `memorySize` bytes of RAM at GPA 0 and one VP,
+    /// and connects it to VMBus. It runs nothing until `start`.
+    public func createChild(name: String, memorySize: Int) throws(Failure) -> Child {
+        let pages = memorySize / 4096
+        func call<T>(_ what: String, _ body: () throws(HvStatus) -> T) throws(Failure) -> T {
+            do { return try body() } catch { throw .hypercall(what, error) }
+        }
+        let id = try call("CreatePartition") { () throws(HvStatus) in try hypercalls.createPartition(memorySize: pages * 4096) }
+        do throws(Failure) {
+            try call("InitializePartition") { () throws(HvStatus) in try hypercalls.initializePartition(id) }
+            try call("DepositMemory") { () throws(HvStatus) in try hypercalls.depositMemory(id, pages: pages) }
+            try call("MapGpaPages") { () throws(HvStatus) in try hypercalls.mapGpaPages(id, gpaPage: 0, count: pages) }
+            let vp = try call("CreateVp") { () throws(HvStatus) in try hypercalls.createVp(id, index: 0) }
+            try call("VMBus ports") { () throws(HvStatus) in try root.vmbus.attach(child: id) }
+            guard let partition = root.hypervisor.partition(id) else { throw Failure.noSuchChild(id) }
+            let child = Child(id: id, name: name, memorySize: pages * 4096, partition: partition, vp: vp)
+            lock.withLock { children[id] = child }
+            return child
+        } catch {
+            try? hypercalls.finalizePartition(id)
+            try? hypercalls.deletePartition(id)
+            throw error
+        }
+    }
+
+    /// Offers a virtual disk: `region` (in blocks) of a disk of the root OS.
+    @discardableResult
+    public func offerStorage(to child: Child, disk: Disk, region: Range<UInt64>) -> UInt32? {
+        let offer = DeviceOffer(interfaceType: StorageProtocol.interfaceType, instance: UUID(), name: "storvsp") { [weak self] context in
+            let vsp = StorageVSP(disk: disk, region: region, context: context)
+            self?.lock.withLock { self?.vsps[child.id, default: []].append(vsp) }
+            return vsp
+        }
+        return root.vmbus.offer(offer, to: child.id)
+    }
+
+    /// Storage providers serving a child (one per opened channel).
+    public func storageProviders(of child: Child) -> [StorageVSP] { lock.withLock { vsps[child.id] ?? [] } }
+
+    /// Runs `guest` on the child's VP 0: the child's OS.
+    public func start(_ child: Child, guest: @escaping @Sendable (Partition, VirtualProcessor) -> Void) {
+        child.vp.start(name: "\(child.name)-vp0") { vp in guest(child.partition, vp) }
+    }
+
+    /// Stops the child's VPs, closes its channels and frees its memory.
+    public func destroy(_ child: Child) {
+        try? hypercalls.finalizePartition(child.id)
+        root.vmbus.detach(child: child.id)
+        try? hypercalls.deletePartition(child.id)
+        lock.withLock {
+            children[child.id] = nil
+            vsps[child.id] = nil
+        }
+    }
+
+    public var running: [Child] { lock.withLock { Array(children.values) } }
+}
