@@ -35,6 +35,7 @@ public final class HostChannel: @unchecked Sendable {
     let outbound: Ring   // child -> root: we read
     let inbound: Ring    // root -> child: we write
     private let signalChild: @Sendable () -> Void
+    private let closed: @Sendable (String?) -> Void
     private let handler: ChannelHandler
     private let logger: Logger
 
@@ -61,8 +62,9 @@ public final class HostChannel: @unchecked Sendable {
     private var stats = Statistics()
 
     init(relid: UInt32, child: PartitionID, name: String, outbound: Ring, inbound: Ring, handler: ChannelHandler,
-         logger: Logger, signalChild: @escaping @Sendable () -> Void)
+         logger: Logger, signalChild: @escaping @Sendable () -> Void, closed: @escaping @Sendable (String?) -> Void)
     {
+        self.closed = closed
         self.relid = relid
         self.child = child
         self.name = name
@@ -152,11 +154,13 @@ public final class HostChannel: @unchecked Sendable {
                 close(reason: "\(error)")
             }
         }
-        handler.channelClosed(self, reason: condition.withLock { closeReason })
+        let reason = condition.withLock { closeReason }
+        handler.channelClosed(self, reason: reason)
         condition.withLock {
             finished = true
             condition.broadcast()
         }
+        closed(reason)
     }
 
     /// Reads every packet: mask, drain, unmask, re-check (VMBus reader rule).

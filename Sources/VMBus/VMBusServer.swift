@@ -354,13 +354,27 @@ public final class VMBusServer: @unchecked Sendable {
         let handler = device.open(context)
         let connectionID = Topology.rootEventConnection(slot: c.slot)
         let hypercalls = self.hypercalls
+        let childID = c.id
         let channel = HostChannel(
             relid: relid, child: c.id, name: "\(device.name)-p\(c.id)", outbound: outbound, inbound: inbound, handler: handler,
-            logger: logger, signalChild: { try? hypercalls.signalEvent(connectionID: connectionID, flag: Int(relid)) })
+            logger: logger, signalChild: { try? hypercalls.signalEvent(connectionID: connectionID, flag: Int(relid)) },
+            closed: { [weak self] reason in
+                guard let reason, let self else { return }
+                queue.async { self.closedOnViolation(child: childID, relid: relid, reason: reason) }
+            })
         c.channels[relid] = channel
         channel.start()
         post(c, .openResult(relid: relid, openID: openID, status: ChannelStatus.success))
         note("child \(c.id): opened \(device.name) on relid \(relid)")
+    }
+
+    /// The root closed a channel because of what the child sent: tell the
+    /// child by rescinding the offer (as Hyper-V does); it tears down.
+    private func closedOnViolation(child: PartitionID, relid: UInt32, reason: String) {
+        note("child \(child): channel relid \(relid) closed: \(reason)", warning: true)
+        guard let c = connection(child), c.offers[relid] != nil, !c.rescinded.contains(relid) else { return }
+        c.rescinded.insert(relid)
+        post(c, .rescindOffer(relid: relid))
     }
 
     /// Unmaps a GPADL once nothing can still be using it.

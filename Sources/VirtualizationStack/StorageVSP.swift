@@ -108,7 +108,49 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
         }
     }
 
+    /// What an SRB asks for, once fully validated.
+    private enum Plan {
+        case flush
+        case answer(UInt32)
+        case transfer(BlockRequest.Operation, lba: UInt64, pieces: [(UnsafeMutableRawPointer, Int)], bytes: Int)
+    }
+
+    /// Validates an SRB completely, then admits it as outstanding and acts.
+    /// A request that breaks the protocol is refused before admission, so it
+    /// never holds anything up.
     private func execute(_ packet: Packet, reader: inout ByteReader, on channel: HostChannel) throws(ProtocolViolation) {
+        let plan = try plan(packet, reader: &reader)
+        condition.withLock {
+            outstanding.insert(packet.transactionID)
+            stats.requests += 1
+        }
+        switch plan {
+        case .answer(let status):
+            finish(packet, on: channel, status: status)
+        case .flush:
+            disk.submit(.flush, lba: 0, blocks: 0, memory: nil) { [self] status in
+                condition.withLock { stats.flushes += 1 }
+                finish(packet, on: channel, status: status.isOK ? StorageProtocol.Status.success : StorageProtocol.Status.ioDeviceError)
+            }
+        case .transfer(let operation, let start, let pieces, let total):
+            let remaining = Countdown(pieces.count)
+            var lba = start
+            for (pointer, length) in pieces {
+                disk.submit(operation, lba: lba, blocks: length / disk.geometry.blockSize, memory: pointer) { [self] status in
+                    guard let result = remaining.done(status) else { return }
+                    if result.isOK {
+                        condition.withLock {
+                            if operation == .read { stats.bytesRead += UInt64(total) } else { stats.bytesWritten += UInt64(total) }
+                        }
+                    }
+                    finish(packet, on: channel, status: result.isOK ? StorageProtocol.Status.success : StorageProtocol.Status.ioDeviceError)
+                }
+                lba += UInt64(length / disk.geometry.blockSize)
+            }
+        }
+    }
+
+    private func plan(_ packet: Packet, reader: inout ByteReader) throws(ProtocolViolation) -> Plan {
         let srb: StorageProtocol.SRB
         do {
             srb = try StorageProtocol.decodeSRB(&reader)
@@ -116,34 +158,20 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
             throw ProtocolViolation("truncated SRB: \(error.reason)")
         }
         let transaction = packet.transactionID
-        let admitted = condition.withLock { () -> String? in
+        let problem = condition.withLock { () -> String? in
             if outstanding.contains(transaction) { return "transaction id \(transaction) reused while still outstanding" }
             if outstanding.count >= Self.maxOutstanding { return "more than \(Self.maxOutstanding) requests outstanding" }
-            outstanding.insert(transaction)
-            stats.requests += 1
             return nil
         }
-        if let problem = admitted { throw ProtocolViolation(problem) }
-
-        guard let command = StorageProtocol.Command(rawValue: srb.command) else {
-            finish(packet, on: channel, status: StorageProtocol.Status.invalidParameter)
-            return
-        }
-        if command == .synchronizeCache {
-            disk.submit(.flush, lba: 0, blocks: 0, memory: nil) { [self] status in
-                condition.withLock { stats.flushes += 1 }
-                finish(packet, on: channel, status: status.isOK ? StorageProtocol.Status.success : StorageProtocol.Status.ioDeviceError)
-            }
-            return
-        }
+        if let problem { throw ProtocolViolation(problem) }
+        guard let command = StorageProtocol.Command(rawValue: srb.command) else { return .answer(StorageProtocol.Status.invalidParameter) }
+        if command == .synchronizeCache { return .flush }
         // Ranges are checked before anything is submitted.
         let blockSize = disk.geometry.blockSize
-        let total = packet.ranges.reduce(0) { $0 + Int($1.length) }
-        guard packet.kind == .gpaDirect, !packet.ranges.isEmpty else {
-            throw ProtocolViolation("read/write without GPA ranges")
-        }
+        guard packet.kind == .gpaDirect, !packet.ranges.isEmpty else { throw ProtocolViolation("read/write without GPA ranges") }
         guard let buffer = condition.withLock({ dataBuffer }) else { throw ProtocolViolation("no data buffer") }
         var pieces: [(UnsafeMutableRawPointer, Int)] = []
+        var total = 0
         for range in packet.ranges {
             guard range.length > 0, Int(range.length) % blockSize == 0,
                 let pointer = buffer.pointer(gpa: range.gpa, length: Int(range.length))
@@ -151,30 +179,12 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
                 throw ProtocolViolation("GPA range 0x\(String(range.gpa, radix: 16))+\(range.length) is outside the data buffer GPADL or not block-sized")
             }
             pieces.append((pointer, Int(range.length)))
+            total += Int(range.length)
         }
-        guard srb.blocks > 0, total == Int(srb.blocks) * blockSize, total <= Self.maxTransferBytes else {
-            finish(packet, on: channel, status: StorageProtocol.Status.invalidParameter)
-            return
-        }
-        guard srb.lba < UInt64(region.count), UInt64(srb.blocks) <= UInt64(region.count) - srb.lba else {
-            finish(packet, on: channel, status: StorageProtocol.Status.invalidParameter)
-            return
-        }
-        let operation: BlockRequest.Operation = command == .read10 ? .read : .write
-        let remaining = Countdown(pieces.count)
-        var lba = region.lowerBound + srb.lba
-        for (pointer, length) in pieces {
-            disk.submit(operation, lba: lba, blocks: length / blockSize, memory: pointer) { [self] status in
-                guard let result = remaining.done(status) else { return }
-                condition.withLock {
-                    if result.isOK {
-                        if operation == .read { stats.bytesRead += UInt64(total) } else { stats.bytesWritten += UInt64(total) }
-                    }
-                }
-                finish(packet, on: channel, status: result.isOK ? StorageProtocol.Status.success : StorageProtocol.Status.ioDeviceError)
-            }
-            lba += UInt64(length / blockSize)
-        }
+        guard srb.blocks > 0, total == Int(srb.blocks) * blockSize, total <= Self.maxTransferBytes,
+            srb.lba < UInt64(region.count), UInt64(srb.blocks) <= UInt64(region.count) - srb.lba
+        else { return .answer(StorageProtocol.Status.invalidParameter) }
+        return .transfer(command == .read10 ? .read : .write, lba: region.lowerBound + srb.lba, pieces: pieces, bytes: total)
     }
 
     private func finish(_ packet: Packet, on channel: HostChannel, status: UInt32) {
