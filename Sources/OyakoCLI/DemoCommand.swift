@@ -6,7 +6,7 @@ import Foundation
 struct DemoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Build the reference drivers, boot the OS and run verified I/O through them.",
+        abstract: "Build the vendor drivers; boot bare, then as the root partition; run child partitions; verify all I/O.",
         discussion: "Progress goes to standard output (standard error with --json). Exit status 1 if any I/O failed to verify.")
 
     @Option(help: "Keep disk images and built drivers in this folder (default: a temporary folder, removed afterwards).")
@@ -44,14 +44,6 @@ struct DemoCommand: ParsableCommand {
         if json {
             try printJSON(report)
         } else {
-            print("")
-            for (name, environment) in report.environments.sorted(by: { $0.key < $1.key }) {
-                for driver in environment.drivers {
-                    print("\(name): \(driver.name) \(driver.verified ? "verified" : "NOT VERIFIED") on \(driver.devices.joined(separator: ", "))")
-                    print("  \(driver.path)")
-                    print("  sha256 \(driver.sha256)")
-                }
-            }
             print(String(format: "done in %.1f s", report.durationSeconds))
         }
         if !report.allVerified { throw ExitCode.failure }

@@ -68,5 +68,18 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(nvme["sha256"] as? String == sha256Hex(ofFile: path))
         #expect(nvme["devices"] as? [String] == ["00:01.0"])
         #expect(result.stderr.contains("[bare] disk0: verified"), "progress goes to stderr with --json")
+        // The same file, byte for byte, in the root partition.
+        let root = try #require((json["environments"] as? [String: Any])?["root"] as? [String: Any])
+        let rootDriver = try #require((root["drivers"] as? [[String: Any]])?.first { $0["name"] as? String == "nvmelite" })
+        #expect(rootDriver["sha256"] as? String == nvme["sha256"] as? String)
+        #expect(rootDriver["verified"] as? Bool == true)
+        let children = try #require(json["children"] as? [[String: Any]])
+        #expect(children.count == 2)
+        for child in children {
+            #expect(child["verified"] as? Bool == true, "\(child)")
+            #expect((child["bytes_written"] as? Int ?? 0) > 0)
+        }
+        #expect(json["reused_unmodified"] as? Bool == true)
+        #expect(json["hypervisor_specific_drivers"] as? Int == 0)
     }
 }

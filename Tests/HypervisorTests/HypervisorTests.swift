@@ -196,3 +196,22 @@ final class Mutex2<T>: @unchecked Sendable {
     var value: T { lock.withLock { stored } }
     func mutate(_ body: (inout T) -> Void) { lock.withLock { body(&stored) } }
 }
+
+@Suite struct LayeringTests {
+    /// The microkernel imports only the platform below it: no device models,
+    /// no Kernel, no driver host, no virtualization stack.
+    @Test func hypervisorImportsOnlyTheMachineLayer() throws {
+        let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Sources/Hypervisor").standardizedFileURL
+        let files = try FileManager.default.contentsOfDirectory(atPath: sources.path).filter { $0.hasSuffix(".swift") }
+        #expect(!files.isEmpty)
+        let allowed: Set<String> = ["Foundation", "Logging", "Machine", "Synchronization"]
+        for file in files {
+            let text = try String(contentsOf: sources.appendingPathComponent(file), encoding: .utf8)
+            let imports = text.split(separator: "\n").filter { $0.hasPrefix("import ") }.map { String($0.dropFirst(7)) }
+            #expect(Set(imports).isSubset(of: allowed), "\(file) imports \(imports)")
+        }
+        let manifest = try String(contentsOf: sources.appendingPathComponent("../../Package.swift"), encoding: .utf8)
+        let target = try #require(manifest.range(of: "name: \"Hypervisor\",\n            dependencies: [\"Machine\", .product(name: \"Logging\", package: \"swift-log\")]"))
+        #expect(!target.isEmpty, "Package.swift gives the Hypervisor target only Machine and swift-log")
+    }
+}
