@@ -47,7 +47,7 @@ let package = Package(
         .target(
             name: "Devices",
             dependencies: [
-                "Machine",
+                "Machine", "CSystemShims",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]

@@ -5,6 +5,11 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/ioctl.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
+#include <unistd.h>
 
 int oy_shim_memfd_create(const char *name) {
     return memfd_create(name, MFD_CLOEXEC);
@@ -48,4 +53,20 @@ void oy_shim_store_release_u32(void *address, uint32_t value) {
 
 void oy_shim_full_barrier(void) {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+int oy_shim_tap_open(const char *name) {
+    struct ifreq request;
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return -1;
+    memset(&request, 0, sizeof(request));
+    request.ifr_flags = IFF_TAP | IFF_NO_PI;
+    strncpy(request.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(fd, TUNSETIFF, &request) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
 }

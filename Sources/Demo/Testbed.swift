@@ -13,24 +13,42 @@ extension Disk: BlockTarget {
     public func flushBlocks() throws { try flush() }
 }
 
-/// A machine with the reference devices, backed by files in a state folder.
+/// A machine with the reference devices: an nvmelite disk backed by a file
+/// in the state folder, e1klite NICs, and a UART whose line is logged.
 public struct Testbed {
     public let machine: Machine
     public let nvme: NVMeLite
     public let nvmeSlot: BusSlot
+    public let nics: [E1KLite]
+    public let uart: UART16550
+    /// The far end of the UART: what the OS wrote to its console.
+    public let console: SerialLog
 
     public static let diskImageName = "nvme0.img"
+
+    /// Locally administered MAC of NIC `index`.
+    public static func mac(_ index: Int) -> [UInt8] { [0x02, 0x0A, 0x7A, 0x00, 0x00, UInt8(index + 1)] }
 
     /// - Parameters:
     ///   - state: folder for the disk image (created when missing).
     ///   - diskSize: bytes for a new disk image.
-    public static func make(state: String, diskSize: UInt64 = 64 << 20, memorySize: Int = 128 << 20, hypervisorRole: Bool = false) throws -> Testbed {
+    ///   - nics: how many e1klite NICs to plug (wire them up yourself).
+    ///   - consoleLog: file the UART's output is appended to, if any.
+    public static func make(state: String, diskSize: UInt64 = 64 << 20, memorySize: Int = 128 << 20, hypervisorRole: Bool = false,
+                            nics: Int = 0, consoleLog: String? = nil) throws -> Testbed
+    {
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
         let machine = try Machine(configuration: .init(memorySize: memorySize, hypervisorRole: hypervisorRole))
         let image = try DiskImage(path: state + "/" + diskImageName, size: diskSize)
         let nvme = NVMeLite(disk: image)
         let slot = machine.bus.plug(nvme)
-        return Testbed(machine: machine, nvme: nvme, nvmeSlot: slot)
+        let cards = (0..<nics).map { E1KLite(mac: mac($0)) }
+        for card in cards { machine.bus.plug(card) }
+        let uart = UART16550()
+        let console = SerialLog(path: consoleLog)
+        uart.connect(console)
+        machine.bus.plug(uart)
+        return Testbed(machine: machine, nvme: nvme, nvmeSlot: slot, nics: cards, uart: uart, console: console)
     }
 }
 

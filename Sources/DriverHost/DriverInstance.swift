@@ -13,6 +13,7 @@ public final class DeviceBinding: @unchecked Sendable {
     private let hookLock = NSLock()
     private var hooked: Set<Int> = []
     private var registeredDisks: [RegisteredDisk] = []
+    private var registeredNetdevs: [RegisteredNetdev] = []
 
     init(library: DriverLibrary, device: any HostDevice) {
         self.library = library
@@ -33,6 +34,13 @@ public final class DeviceBinding: @unchecked Sendable {
 
     func recordDisk(_ disk: RegisteredDisk) {
         hookLock.withLock { registeredDisks.append(disk) }
+    }
+
+    /// Every interface registered for this device, including unregistered ones.
+    var netdevs: [RegisteredNetdev] { hookLock.withLock { registeredNetdevs } }
+
+    func recordNetdev(_ netdev: RegisteredNetdev) {
+        hookLock.withLock { registeredNetdevs.append(netdev) }
     }
 
     func releaseVector(_ index: Int) {
@@ -85,6 +93,9 @@ public final class DriverInstance: @unchecked Sendable {
     /// Disks the driver registered for this device.
     public var disks: [RegisteredDisk] { binding.disks }
 
+    /// Network interfaces the driver registered for this device.
+    public var netdevs: [RegisteredNetdev] { binding.netdevs }
+
     /// Looks up a driver extension ("oyako.block/1") of this instance.
     public func driverExtension(_ id: String) -> UnsafeRawPointer? {
         guard let lookup = library.driver.pointee.get_extension else { return nil }
@@ -119,6 +130,7 @@ public final class DriverInstance: @unchecked Sendable {
         let status = library.callDriver("detach") { OyStatus(library.driver.pointee.detach(instance)) }
         var unfinished = 0
         for disk in disks { unfinished += disk.cancelOutstanding() }
+        for netdev in binding.netdevs { unfinished += netdev.cancelOutstanding() }
         if unfinished > 0 {
             library.recordViolation("detach of \(binding.label) returned with \(unfinished) accepted request(s) not completed")
         }

@@ -10,6 +10,12 @@ public protocol HostEnvironment: AnyObject, Sendable {
     func diskRegistered(_ disk: RegisteredDisk, device: any HostDevice) throws(OyStatus)
     /// The disk is going away; submit nothing more to it.
     func diskUnregistered(_ disk: RegisteredDisk)
+    /// A driver registered a network interface (the net class).
+    func netdevRegistered(_ netdev: RegisteredNetdev, device: any HostDevice) throws(OyStatus)
+    func netdevUnregistered(_ netdev: RegisteredNetdev)
+    /// A driver registered a serial port (the serial class).
+    func serialRegistered(_ port: RegisteredSerialPort, device: any HostDevice) throws(OyStatus)
+    func serialUnregistered(_ port: RegisteredSerialPort)
 }
 
 public enum LogLevel: Int32, Sendable, Comparable, CustomStringConvertible {

@@ -44,6 +44,8 @@ public final class Kernel: @unchecked Sendable {
 
     public let platform: any Platform
     public let blockLayer: BlockLayer
+    public let network = NetworkSubsystem()
+    public let serial = SerialSubsystem()
     public let log: KernelLog
     private let driverPaths: [String]
     private let environment: KernelEnvironment
@@ -57,7 +59,7 @@ public final class Kernel: @unchecked Sendable {
         self.driverPaths = driverPaths
         self.blockLayer = BlockLayer(memory: platform.memory)
         self.log = KernelLog(echoLevel: logLevel)
-        self.environment = KernelEnvironment(name: platform.environmentName, blockLayer: blockLayer, log: log)
+        self.environment = KernelEnvironment(name: platform.environmentName, blockLayer: blockLayer, network: network, serial: serial, log: log)
         platform.bus.onSurpriseRemoval { [weak self] slot in self?.deviceRemoved(slot) }
     }
 
@@ -179,11 +181,15 @@ public final class Kernel: @unchecked Sendable {
 final class KernelEnvironment: HostEnvironment {
     let name: String
     let blockLayer: BlockLayer
+    let network: NetworkSubsystem
+    let serial: SerialSubsystem
     let log: KernelLog
 
-    init(name: String, blockLayer: BlockLayer, log: KernelLog) {
+    init(name: String, blockLayer: BlockLayer, network: NetworkSubsystem, serial: SerialSubsystem, log: KernelLog) {
         self.name = name
         self.blockLayer = blockLayer
+        self.network = network
+        self.serial = serial
         self.log = log
     }
 
@@ -199,6 +205,24 @@ final class KernelEnvironment: HostEnvironment {
 
     func diskUnregistered(_ disk: RegisteredDisk) {
         blockLayer.remove(disk)
+    }
+
+    func netdevRegistered(_ netdev: RegisteredNetdev, device: any HostDevice) throws(OyStatus) {
+        let interface = network.add(netdev)
+        log.record(.info, "net", "\(interface.name): \(RegisteredNetdev.format(netdev.mac)) via \(netdev.label), link \(netdev.linkUp ? "up" : "down")")
+    }
+
+    func netdevUnregistered(_ netdev: RegisteredNetdev) {
+        network.remove(netdev)
+    }
+
+    func serialRegistered(_ port: RegisteredSerialPort, device: any HostDevice) throws(OyStatus) {
+        let added = serial.add(port)
+        log.record(.info, "serial", "\(added.name): \(port.line.baud) baud via \(port.label)")
+    }
+
+    func serialUnregistered(_ port: RegisteredSerialPort) {
+        serial.remove(port)
     }
 }
 

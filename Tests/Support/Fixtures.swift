@@ -68,9 +68,11 @@ public enum Fixtures {
 
     /// A machine with an nvmelite disk, a kernel on bare metal with `drivers`,
     /// booted. The caller shuts both down (`System.shutdown`).
-    public static func bareSystem(drivers: [String], diskSize: UInt64 = 16 << 20) throws -> TestSystem {
+    public static func bareSystem(drivers: [String], diskSize: UInt64 = 16 << 20, nics: Int = 0,
+                                  wire: (Testbed) -> Void = { _ in }) throws -> TestSystem {
         let state = temporaryDirectory("machine")
-        let testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: 64 << 20)
+        let testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: 64 << 20, nics: nics)
+        wire(testbed)
         let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: drivers)
         let report = kernel.boot()
         return TestSystem(testbed: testbed, kernel: kernel, report: report, state: state)
@@ -111,4 +113,8 @@ public final class RecordingEnvironment: HostEnvironment {
     }
     public func diskRegistered(_ disk: RegisteredDisk, device: any HostDevice) throws(OyStatus) {}
     public func diskUnregistered(_ disk: RegisteredDisk) {}
+    public func netdevRegistered(_ netdev: RegisteredNetdev, device: any HostDevice) throws(OyStatus) {}
+    public func netdevUnregistered(_ netdev: RegisteredNetdev) {}
+    public func serialRegistered(_ port: RegisteredSerialPort, device: any HostDevice) throws(OyStatus) {}
+    public func serialUnregistered(_ port: RegisteredSerialPort) {}
 }

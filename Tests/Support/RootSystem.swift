@@ -12,20 +12,20 @@ import VMBus
 /// A machine with the hypervisor role on: hypervisor, root partition running
 /// the Kernel with `drivers`, and a VM manager. Shut down with `shutdown`.
 public final class RootSystem: @unchecked Sendable {
-    public let machine: Machine
-    public let nvme: NVMeLite
+    public let testbed: Testbed
+    public var machine: Machine { testbed.machine }
+    public var nvme: NVMeLite { testbed.nvme }
     public let root: RootPartition
     public let kernel: Kernel
     public let vms: VMManager
     public let report: Kernel.BootReport
     public let state: String
 
-    public init(drivers: [String], diskSize: UInt64 = 32 << 20) throws {
+    public init(drivers: [String], diskSize: UInt64 = 32 << 20, nics: Int = 0, wire: (Testbed) -> Void = { _ in }) throws {
         state = Fixtures.temporaryDirectory("root")
-        machine = try Machine(configuration: .init(memorySize: 160 << 20, hypervisorRole: true))
-        nvme = NVMeLite(disk: try DiskImage(path: state + "/" + Testbed.diskImageName, size: diskSize))
-        machine.bus.plug(nvme)
-        root = try RootPartition(machine: machine, memory: 64 << 20)
+        testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: 160 << 20, hypervisorRole: true, nics: nics)
+        wire(testbed)
+        root = try RootPartition(machine: testbed.machine, memory: 64 << 20)
         kernel = Kernel(platform: root.platform, driverPaths: drivers)
         report = kernel.boot()
         vms = VMManager(root: root)

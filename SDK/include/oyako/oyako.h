@@ -10,5 +10,7 @@
 #include <oyako/host.h>
 #include <oyako/driver.h>
 #include <oyako/block.h>
+#include <oyako/net.h>
+#include <oyako/serial.h>
 
 #endif /* OYAKO_OYAKO_H */

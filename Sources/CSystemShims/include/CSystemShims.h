@@ -31,6 +31,10 @@ uint32_t oy_shim_load_acquire_u32(const void *address);
 void oy_shim_store_release_u32(void *address, uint32_t value);
 void oy_shim_full_barrier(void);
 
+/* Opens /dev/net/tun and attaches a TAP interface called `name` (no packet
+ * information header). Returns the descriptor, or -1 with errno set. */
+int oy_shim_tap_open(const char *name);
+
 /* errno of the last failing call on this thread. */
 int oy_shim_errno(void);
 

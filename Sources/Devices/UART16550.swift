@@ -1,0 +1,223 @@
+import Foundation
+import Machine
+
+/// The far end of a serial line: a terminal, a log file, another program.
+public protocol SerialBackend: AnyObject, Sendable {
+    /// Bytes the UART put on the line, in order.
+    func received(_ bytes: [UInt8])
+}
+
+/// A 16550A UART with port I/O registers, 16-byte FIFOs and interrupt
+/// identification. The transmitter sends at the configured baud rate (10 bit
+/// times per byte with 8N1), on the device's own thread; bytes from the line
+/// that find the receive FIFO full are lost and flagged as overrun, as on
+/// the real part.
+///
+/// Ports: 0 RBR/THR (DLL when DLAB), 1 IER (DLM when DLAB), 2 IIR/FCR,
+/// 3 LCR, 4 MCR, 5 LSR, 6 MSR, 7 SCR.
+public final class UART16550: BusDevice, @unchecked Sendable {
+    // @unchecked Sendable: all state is guarded by `condition`.
+    public static let vendorID: UInt16 = 0x0A7A
+    public static let deviceID: UInt16 = 0x0003
+    public static let clock = 1_843_200
+    static let fifoSize = 16
+
+    public let name = "uart16550"
+    public let identity = DeviceIdentity(vendorID: UART16550.vendorID, deviceID: UART16550.deviceID, classCode: 0x07_00_02)
+    public let bars: [BAR] = [.ports(count: 8)]
+    public let interruptCount = 1
+
+    public struct Statistics: Sendable {
+        public var transmitted = 0
+        public var received = 0
+        public var overruns = 0
+    }
+
+    private let condition = NSCondition()
+    private var rxFIFO: [UInt8] = []
+    private var txFIFO: [UInt8] = []
+    private var ier: UInt8 = 0
+    private var lcr: UInt8 = 0x03
+    private var mcr: UInt8 = 0
+    private var scr: UInt8 = 0
+    private var divisor: UInt16 = 1
+    private var overrun = false
+    private var thrEmptyPending = false
+    private var running = false
+    private var stopped = true
+    private var port: DevicePort?
+    private var stats = Statistics()
+    private weak var backend: (any SerialBackend)?
+    private var lineBacklog: [UInt8] = []
+
+    public init() {}
+
+    /// Connects the far end of the line.
+    public func connect(_ backend: any SerialBackend) {
+        condition.withLock { self.backend = backend }
+    }
+
+    public var statistics: Statistics { condition.withLock { stats } }
+
+    /// Baud rate from the divisor latch.
+    public var baud: Int { condition.withLock { Self.clock / 16 / max(1, Int(divisor)) } }
+
+    // MARK: The line (far end -> UART)
+
+    /// Bytes arriving on the line. They enter the receive FIFO at the line
+    /// rate; a byte that finds the FIFO full is lost (overrun).
+    public func send(_ bytes: [UInt8]) {
+        condition.withLock {
+            lineBacklog += bytes
+            condition.broadcast()
+        }
+    }
+
+    // MARK: Power
+
+    public func powerOn(_ port: DevicePort) {
+        condition.withLock {
+            self.port = port
+            running = true
+            stopped = false
+        }
+        let thread = Thread { [self] in lineLoop() }
+        thread.name = "uart16550@\(port.address)"
+        thread.start()
+    }
+
+    public func powerOff() {
+        condition.withLock {
+            running = false
+            condition.broadcast()
+            while !stopped { condition.wait() }
+        }
+    }
+
+    public func mmioRead(bar: Int, offset: UInt64, width: Int) -> UInt64 { UInt64.max }
+    public func mmioWrite(bar: Int, offset: UInt64, width: Int, value: UInt64) {}
+
+    // MARK: Registers
+
+    public func portRead(bar: Int, port offset: UInt32) -> UInt8 {
+        condition.withLock {
+            let dlab = lcr & 0x80 != 0
+            switch offset {
+            case 0:
+                if dlab { return UInt8(divisor & 0xFF) }
+                guard !rxFIFO.isEmpty else { return 0 }
+                let byte = rxFIFO.removeFirst()
+                updateInterruptLocked()
+                return byte
+            case 1: return dlab ? UInt8(divisor >> 8) : ier
+            case 2:
+                let iir = identificationLocked()
+                // Reading IIR while it reports THR empty clears that source.
+                if iir & 0x0F == 0x02 { thrEmptyPending = false }
+                return iir | 0xC0  // FIFOs enabled
+            case 3: return lcr
+            case 4: return mcr
+            case 5:
+                var lsr: UInt8 = 0
+                if !rxFIFO.isEmpty { lsr |= 0x01 }
+                if overrun { lsr |= 0x02 }
+                // With FIFOs on, THRE means the whole transmit FIFO is
+                // empty: the driver may then write up to 16 bytes.
+                if txFIFO.isEmpty { lsr |= 0x20 | 0x40 }
+                overrun = false  // cleared on read
+                updateInterruptLocked()
+                return lsr
+            case 6: return 0xB0  // CTS, DSR, DCD
+            case 7: return scr
+            default: return 0xFF
+            }
+        }
+    }
+
+    public func portWrite(bar: Int, port offset: UInt32, value: UInt8) {
+        condition.withLock {
+            let dlab = lcr & 0x80 != 0
+            switch offset {
+            case 0:
+                if dlab {
+                    divisor = divisor & 0xFF00 | UInt16(value)
+                } else if txFIFO.count < Self.fifoSize {
+                    txFIFO.append(value)
+                    thrEmptyPending = false
+                    condition.broadcast()
+                }
+            case 1:
+                if dlab {
+                    divisor = divisor & 0x00FF | UInt16(value) << 8
+                } else {
+                    ier = value & 0x0F
+                    if ier & 0x02 != 0 && txFIFO.isEmpty { thrEmptyPending = true }
+                    updateInterruptLocked()
+                }
+            case 2:
+                if value & 0x02 != 0 { rxFIFO.removeAll() }
+                if value & 0x04 != 0 { txFIFO.removeAll() }
+            case 3: lcr = value
+            case 4: mcr = value
+            case 7: scr = value
+            default: break
+            }
+        }
+    }
+
+    /// IIR: bit 0 clear when an interrupt is pending; highest priority first.
+    private func identificationLocked() -> UInt8 {
+        if ier & 0x04 != 0 && overrun { return 0x06 }
+        if ier & 0x01 != 0 && !rxFIFO.isEmpty { return 0x04 }
+        if ier & 0x02 != 0 && thrEmptyPending { return 0x02 }
+        return 0x01
+    }
+
+    private func updateInterruptLocked() {
+        if identificationLocked() & 1 == 0 { port?.raiseInterrupt(0) }
+    }
+
+    /// Moves bytes at the line rate in both directions.
+    private func lineLoop() {
+        condition.lock()
+        while running {
+            if txFIFO.isEmpty && lineBacklog.isEmpty {
+                condition.wait()
+                continue
+            }
+            let byteTime = 10.0 / Double(Self.clock / 16 / max(1, Int(divisor)))
+            var out: [UInt8] = []
+            // One byte time per iteration, in each direction at once.
+            if !txFIFO.isEmpty {
+                out.append(txFIFO.removeFirst())
+                stats.transmitted += 1
+                if txFIFO.isEmpty && ier & 0x02 != 0 { thrEmptyPending = true }
+            }
+            if !lineBacklog.isEmpty {
+                let byte = lineBacklog.removeFirst()
+                if mcr & 0x10 == 0 {
+                    if rxFIFO.count < Self.fifoSize {
+                        rxFIFO.append(byte)
+                        stats.received += 1
+                    } else {
+                        overrun = true
+                        stats.overruns += 1
+                    }
+                }
+            }
+            // Loopback mode (MCR bit 4) feeds the transmitter to the receiver.
+            if mcr & 0x10 != 0, let byte = out.first {
+                if rxFIFO.count < Self.fifoSize { rxFIFO.append(byte) } else { overrun = true }
+            }
+            updateInterruptLocked()
+            let target = backend
+            condition.unlock()
+            if mcr & 0x10 == 0, !out.isEmpty { target?.received(out) }
+            Thread.sleep(forTimeInterval: byteTime)
+            condition.lock()
+        }
+        stopped = true
+        condition.broadcast()
+        condition.unlock()
+    }
+}

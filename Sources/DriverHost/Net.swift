@@ -1,0 +1,255 @@
+import COyakoSDK
+import CSystemShims
+import Foundation
+
+/// What the OS does with a registered interface's traffic.
+public protocol NetReceiver: AnyObject, Sendable {
+    /// A frame arrived; `frame` is valid only during the call. [any-thread]
+    func received(_ frame: UnsafeRawBufferPointer, on netdev: RegisteredNetdev)
+    func linkChanged(up: Bool, on netdev: RegisteredNetdev)
+}
+
+/// A frame to transmit, reusable. Owns its bytes; while the driver holds it,
+/// `host_private` carries a retained reference taken back exactly once.
+public final class NetFrame: @unchecked Sendable {
+    // @unchecked Sendable: owned by one sender at a time; handed back by an
+    // atomic exchange on completion.
+    public static let capacity = 2048
+    let raw: UnsafeMutablePointer<oy_net_frame>
+    public let storage: UnsafeMutableRawPointer
+    private var completion: (@Sendable (OyStatus) -> Void)?
+    fileprivate weak var netdev: RegisteredNetdev?
+
+    public init() {
+        raw = .allocate(capacity: 1)
+        raw.initialize(to: oy_net_frame())
+        storage = .allocate(byteCount: Self.capacity, alignment: 16)
+    }
+
+    deinit {
+        raw.deallocate()
+        storage.deallocate()
+    }
+
+    /// Copies `bytes` in (at most `capacity`) and sets the completion.
+    public func prepare(_ bytes: UnsafeRawBufferPointer, completion: @escaping @Sendable (OyStatus) -> Void) {
+        let length = min(bytes.count, Self.capacity)
+        if length > 0 { storage.copyMemory(from: bytes.baseAddress!, byteCount: length) }
+        raw.pointee = oy_net_frame()
+        raw.pointee.struct_size = UInt32(MemoryLayout<oy_net_frame>.size)
+        raw.pointee.length = UInt32(bytes.count)
+        raw.pointee.data = storage
+        self.completion = completion
+    }
+
+    public var length: Int { Int(raw.pointee.length) }
+
+    public func finishUnsubmitted(_ status: OyStatus) { finish(status) }
+
+    fileprivate func finish(_ status: OyStatus) {
+        let done = completion
+        completion = nil
+        done?(status)
+    }
+
+    fileprivate static func reclaim(_ raw: UnsafeMutablePointer<oy_net_frame>) -> NetFrame? {
+        let previous = withUnsafeMutablePointer(to: &raw.pointee.host_private) { oy_shim_exchange_pointer($0, nil) }
+        guard let previous else { return nil }
+        return Unmanaged<NetFrame>.fromOpaque(previous).takeRetainedValue()
+    }
+}
+
+/// Interface counters as the driver reports them.
+public struct NetStatistics: Sendable, Equatable {
+    public var txPackets: UInt64 = 0, txBytes: UInt64 = 0, txErrors: UInt64 = 0, txDropped: UInt64 = 0
+    public var rxPackets: UInt64 = 0, rxBytes: UInt64 = 0, rxErrors: UInt64 = 0, rxDropped: UInt64 = 0
+}
+
+/// A network interface a driver registered with the OS (`register_netdev`).
+public final class RegisteredNetdev: Resource, @unchecked Sendable {
+    // @unchecked Sendable: mutable state is guarded by `lock`.
+    public let binding: DeviceBinding
+    public let mac: [UInt8]
+    public let mtu: Int
+    public let maxFrame: Int
+    public let queueDepth: Int
+    private let ops: oy_net_ops
+    private let instance: UnsafeMutableRawPointer?
+    private let lock = NSLock()
+    private var outstanding: [ObjectIdentifier: NetFrame] = [:]
+    private var unregistered = false
+    private var link_: Bool
+    private weak var receiver_: (any NetReceiver)?
+
+    init?(binding: DeviceBinding, info: oy_net_info, ops: oy_net_ops, instance: UnsafeMutableRawPointer?) {
+        guard ops.transmit != nil else { return nil }
+        self.binding = binding
+        self.mac = withUnsafeBytes(of: info.mac) { Array($0) }
+        self.mtu = Int(info.mtu)
+        self.maxFrame = Int(info.max_frame)
+        self.queueDepth = Int(info.tx_queue_depth)
+        self.ops = ops
+        self.instance = instance
+        self.link_ = info.link == UInt32(OY_LINK_UP.rawValue)
+        super.init(kind: "network interface", detail: Self.format(mac), owner: binding.owner)
+    }
+
+    public static func format(_ mac: [UInt8]) -> String { mac.map { String(format: "%02x", $0) }.joined(separator: ":") }
+
+    public var label: String { binding.label }
+    public var linkUp: Bool { lock.withLock { link_ } }
+
+    /// Who gets received frames and link changes (set by the OS).
+    public var receiver: (any NetReceiver)? {
+        get { lock.withLock { receiver_ } }
+        set { lock.withLock { receiver_ = newValue } }
+    }
+
+    /// Hands `frame` to the driver; on `.ok` the completion runs later,
+    /// exactly once, possibly on the interrupt thread.
+    public func transmit(_ frame: NetFrame) -> OyStatus {
+        let key = ObjectIdentifier(frame)
+        guard lock.withLock({ () -> Bool in
+            guard !unregistered else { return false }
+            outstanding[key] = frame
+            return true
+        }) else { return .deviceGone }
+        frame.netdev = self
+        frame.raw.pointee.host_private = Unmanaged.passRetained(frame).toOpaque()
+        let status = OyStatus(ops.transmit(instance, frame.raw))
+        if !status.isOK {
+            if NetFrame.reclaim(frame.raw) == nil {
+                binding.library.recordViolation("transmit returned \(status) but completed the frame anyway")
+            }
+            _ = lock.withLock { outstanding.removeValue(forKey: key) }
+            if !status.isDefined { binding.library.recordViolation("transmit returned undefined error code \(status.rawValue)") }
+        }
+        return status
+    }
+
+    /// The driver's counters, or nil if it has no get_stats.
+    public func statistics() -> NetStatistics? {
+        guard let getStats = ops.get_stats else { return nil }
+        var s = oy_net_stats()
+        s.struct_size = UInt32(MemoryLayout<oy_net_stats>.size)
+        guard getStats(instance, &s) == 0 else { return nil }
+        return NetStatistics(txPackets: s.tx_packets, txBytes: s.tx_bytes, txErrors: s.tx_errors, txDropped: s.tx_dropped,
+                             rxPackets: s.rx_packets, rxBytes: s.rx_bytes, rxErrors: s.rx_errors, rxDropped: s.rx_dropped)
+    }
+
+    /// Programs the receive filter.
+    public func setFilter(_ macs: [[UInt8]], broadcast: Bool = true, promiscuous: Bool = false) -> OyStatus {
+        guard let setFilter = ops.set_filter else { return .notSupported }
+        let flat = macs.flatMap { $0 }
+        let flags = (broadcast ? UInt32(OY_NET_FILTER_BROADCAST.rawValue) : 0) | (promiscuous ? UInt32(OY_NET_FILTER_PROMISCUOUS.rawValue) : 0)
+        return binding.library.callDriver("set_filter") { flat.withUnsafeBufferPointer { OyStatus(setFilter(instance, $0.baseAddress, UInt32(macs.count), flags)) } }
+    }
+
+    fileprivate func completed(_ frame: NetFrame, status: OyStatus) {
+        _ = lock.withLock { outstanding.removeValue(forKey: ObjectIdentifier(frame)) }
+        var status = status
+        if !status.isDefined {
+            binding.library.recordViolation("tx_complete with undefined status \(status.rawValue)")
+            status = .io
+        }
+        frame.finish(status)
+    }
+
+    fileprivate func deliver(_ data: UnsafeRawBufferPointer) {
+        let target = lock.withLock { unregistered ? nil : receiver_ }
+        target?.received(data, on: self)
+    }
+
+    fileprivate func setLink(_ up: Bool) {
+        let target = lock.withLock { () -> (any NetReceiver)? in
+            link_ = up
+            return unregistered ? nil : receiver_
+        }
+        target?.linkChanged(up: up, on: self)
+    }
+
+    /// Completes frames the driver still holds with OY_E_CANCELED.
+    func cancelOutstanding() -> Int {
+        let pending = lock.withLock { Array(outstanding.values) }
+        var count = 0
+        for frame in pending {
+            guard let taken = NetFrame.reclaim(frame.raw) else { continue }
+            count += 1
+            completed(taken, status: .canceled)
+        }
+        return count
+    }
+
+    func unregister() {
+        let first = lock.withLock { () -> Bool in
+            defer { unregistered = true }
+            return !unregistered
+        }
+        if first { binding.library.environment.netdevUnregistered(self) }
+    }
+
+    override func reclaim() { unregister() }
+}
+
+/// The host's "oyako.net/1" table.
+enum HostNet {
+    /// Static for the life of the process; drivers hold a pointer to it.
+    nonisolated(unsafe) static let table: UnsafeMutablePointer<oy_host_net> = {
+        let t = UnsafeMutablePointer<oy_host_net>.allocate(capacity: 1)
+        t.initialize(to: oy_host_net())
+        t.pointee.struct_size = UInt32(MemoryLayout<oy_host_net>.size)
+        t.pointee.register_netdev = { device, info, ops, instance, out in
+            guard let binding = HostServices.binding(device, service: "register_netdev") else { return OY_E_INVALID.rawValue }
+            guard HostServices.requirePassive("register_netdev", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
+            guard let info, let ops, let out,
+                info.pointee.struct_size >= UInt32(MemoryLayout<oy_net_info>.size),
+                ops.pointee.struct_size >= UInt32(MemoryLayout<oy_net_ops>.size),
+                info.pointee.max_frame >= 60, info.pointee.tx_queue_depth > 0
+            else { return OY_E_INVALID.rawValue }
+            guard let netdev = RegisteredNetdev(binding: binding, info: info.pointee, ops: ops.pointee, instance: instance) else {
+                binding.library.recordViolation("register_netdev with a NULL transmit callback")
+                return OY_E_INVALID.rawValue
+            }
+            let handle = binding.owner.adopt(netdev)
+            binding.recordNetdev(netdev)
+            do throws(OyStatus) {
+                try binding.library.environment.netdevRegistered(netdev, device: binding.device)
+            } catch {
+                _ = ResourceOwner.release(handle, as: RegisteredNetdev.self)
+                return error.rawValue
+            }
+            out.pointee = handle
+            return OY_OK.rawValue
+        }
+        t.pointee.unregister_netdev = { handle in
+            guard let netdev = ResourceOwner.release(handle, as: RegisteredNetdev.self) else {
+                HostServices.unattributed("unregister_netdev with an invalid or already unregistered handle")
+                return
+            }
+            netdev.unregister()
+        }
+        t.pointee.tx_complete = { raw, status in
+            guard let raw, let frame = NetFrame.reclaim(raw) else {
+                HostServices.unattributed("tx_complete for a frame that is not outstanding (completed twice, or never accepted)")
+                return
+            }
+            guard let netdev = frame.netdev else {
+                frame.finish(OyStatus(status))
+                return
+            }
+            netdev.completed(frame, status: OyStatus(status))
+        }
+        t.pointee.receive = { handle, data, length in
+            guard let netdev = HostServices.resource(handle, RegisteredNetdev.self, service: "receive"), let data else { return }
+            guard length >= 14, Int(length) <= max(netdev.maxFrame, 1514) + 4 else {
+                netdev.binding.library.recordViolation("receive with an impossible frame length \(length)")
+                return
+            }
+            netdev.deliver(UnsafeRawBufferPointer(start: data, count: Int(length)))
+        }
+        t.pointee.link_changed = { handle, state in
+            HostServices.resource(handle, RegisteredNetdev.self, service: "link_changed")?.setLink(state == UInt32(OY_LINK_UP.rawValue))
+        }
+        return t
+    }()
+}

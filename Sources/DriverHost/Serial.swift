@@ -1,0 +1,145 @@
+import COyakoSDK
+import Foundation
+
+/// What the OS does with a serial port's input.
+public protocol SerialReceiver: AnyObject, Sendable {
+    /// Bytes arrived, in order; valid only during the call. [any-thread]
+    func received(_ bytes: UnsafeRawBufferPointer, on port: RegisteredSerialPort)
+    /// The driver has room to take more output.
+    func transmitReady(on port: RegisteredSerialPort)
+    /// Bytes were lost (overrun).
+    func lost(_ count: Int, on port: RegisteredSerialPort)
+}
+
+/// Line settings.
+public struct SerialLine: Sendable, Equatable {
+    public var baud: Int
+    public var dataBits: Int = 8
+    public var parity: Int = 0
+    public var stopBits: Int = 1
+
+    public init(baud: Int, dataBits: Int = 8, parity: Int = 0, stopBits: Int = 1) {
+        self.baud = baud
+        self.dataBits = dataBits
+        self.parity = parity
+        self.stopBits = stopBits
+    }
+}
+
+/// A serial port a driver registered with the OS (`register_port`).
+public final class RegisteredSerialPort: Resource, @unchecked Sendable {
+    // @unchecked Sendable: mutable state is guarded by `lock`.
+    public let binding: DeviceBinding
+    private let ops: oy_serial_ops
+    private let instance: UnsafeMutableRawPointer?
+    private let lock = NSLock()
+    private var line_: SerialLine
+    private var unregistered = false
+    private weak var receiver_: (any SerialReceiver)?
+
+    init?(binding: DeviceBinding, line: oy_serial_line, ops: oy_serial_ops, instance: UnsafeMutableRawPointer?) {
+        guard ops.write != nil else { return nil }
+        self.binding = binding
+        self.ops = ops
+        self.instance = instance
+        self.line_ = SerialLine(baud: Int(line.baud), dataBits: Int(line.data_bits), parity: Int(line.parity), stopBits: Int(line.stop_bits))
+        super.init(kind: "serial port", detail: "\(line.baud) baud", owner: binding.owner)
+    }
+
+    public var label: String { binding.label }
+    public var line: SerialLine { lock.withLock { line_ } }
+
+    public var receiver: (any SerialReceiver)? {
+        get { lock.withLock { receiver_ } }
+        set { lock.withLock { receiver_ = newValue } }
+    }
+
+    /// Queues what fits; returns how many bytes the driver took.
+    public func write(_ bytes: UnsafeRawBufferPointer) -> Result<Int, OyStatus> {
+        guard !lock.withLock({ unregistered }) else { return .failure(.deviceGone) }
+        var written: UInt32 = 0
+        let status = OyStatus(ops.write(instance, bytes.baseAddress, UInt32(bytes.count), &written))
+        guard status.isOK else { return .failure(status) }
+        guard written <= UInt32(bytes.count) else {
+            binding.library.recordViolation("serial write reported \(written) of \(bytes.count) bytes written")
+            return .failure(.io)
+        }
+        return .success(Int(written))
+    }
+
+    public func setLine(_ line: SerialLine) -> OyStatus {
+        guard let setLine = ops.set_line else { return .notSupported }
+        var c = oy_serial_line()
+        c.struct_size = UInt32(MemoryLayout<oy_serial_line>.size)
+        c.baud = UInt32(line.baud)
+        c.data_bits = UInt8(line.dataBits)
+        c.parity = UInt8(line.parity)
+        c.stop_bits = UInt8(line.stopBits)
+        let status = binding.library.callDriver("set_line") { OyStatus(setLine(instance, &c)) }
+        if status.isOK { lock.withLock { line_ = line } }
+        return status
+    }
+
+    fileprivate func target() -> (any SerialReceiver)? { lock.withLock { unregistered ? nil : receiver_ } }
+
+    func unregister() {
+        let first = lock.withLock { () -> Bool in
+            defer { unregistered = true }
+            return !unregistered
+        }
+        if first { binding.library.environment.serialUnregistered(self) }
+    }
+
+    override func reclaim() { unregister() }
+}
+
+/// The host's "oyako.serial/1" table.
+enum HostSerial {
+    /// Static for the life of the process; drivers hold a pointer to it.
+    nonisolated(unsafe) static let table: UnsafeMutablePointer<oy_host_serial> = {
+        let t = UnsafeMutablePointer<oy_host_serial>.allocate(capacity: 1)
+        t.initialize(to: oy_host_serial())
+        t.pointee.struct_size = UInt32(MemoryLayout<oy_host_serial>.size)
+        t.pointee.register_port = { device, line, ops, instance, out in
+            guard let binding = HostServices.binding(device, service: "register_port") else { return OY_E_INVALID.rawValue }
+            guard HostServices.requirePassive("register_port", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
+            guard let line, let ops, let out,
+                line.pointee.struct_size >= UInt32(MemoryLayout<oy_serial_line>.size),
+                ops.pointee.struct_size >= UInt32(MemoryLayout<oy_serial_ops>.size)
+            else { return OY_E_INVALID.rawValue }
+            guard let port = RegisteredSerialPort(binding: binding, line: line.pointee, ops: ops.pointee, instance: instance) else {
+                binding.library.recordViolation("register_port with a NULL write callback")
+                return OY_E_INVALID.rawValue
+            }
+            let handle = binding.owner.adopt(port)
+            do throws(OyStatus) {
+                try binding.library.environment.serialRegistered(port, device: binding.device)
+            } catch {
+                _ = ResourceOwner.release(handle, as: RegisteredSerialPort.self)
+                return error.rawValue
+            }
+            out.pointee = handle
+            return OY_OK.rawValue
+        }
+        t.pointee.unregister_port = { handle in
+            guard let port = ResourceOwner.release(handle, as: RegisteredSerialPort.self) else {
+                HostServices.unattributed("unregister_port with an invalid or already unregistered handle")
+                return
+            }
+            port.unregister()
+        }
+        t.pointee.receive = { handle, data, length in
+            guard let port = HostServices.resource(handle, RegisteredSerialPort.self, service: "receive"), let data, length > 0 else { return }
+            port.target()?.received(UnsafeRawBufferPointer(start: data, count: Int(length)), on: port)
+        }
+        t.pointee.tx_ready = { handle in
+            guard let port = HostServices.resource(handle, RegisteredSerialPort.self, service: "tx_ready") else { return }
+            port.target()?.transmitReady(on: port)
+        }
+        t.pointee.error = { handle, lost in
+            guard let port = HostServices.resource(handle, RegisteredSerialPort.self, service: "error") else { return }
+            port.target()?.lost(Int(lost), on: port)
+        }
+        return t
+    }()
+}

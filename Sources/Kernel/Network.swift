@@ -1,0 +1,164 @@
+import DriverHost
+import Foundation
+import Synchronization
+
+/// A network interface of the OS, over a driver's registered netdev: a
+/// bounded software transmit queue above the driver's depth, counters, and
+/// one upper layer (a switch port or a protocol stack) that gets its frames.
+public final class NetInterface: NetReceiver, @unchecked Sendable {
+    // @unchecked Sendable: mutable state is guarded by `lock`.
+    public let name: String
+    public let netdev: RegisteredNetdev
+    public var mac: [UInt8] { netdev.mac }
+    public static let queueLimit = 1024
+
+    public struct Counters: Sendable, Equatable {
+        public var txFrames = 0
+        public var txBytes = 0
+        public var txErrors = 0
+        public var txDropped = 0
+        public var rxFrames = 0
+        public var rxBytes = 0
+    }
+
+    public typealias Handler = @Sendable (UnsafeRawBufferPointer) -> Void
+
+    private let lock = NSLock()
+    private var counters_ = Counters()
+    private var inflight = 0
+    private var queue: [NetFrame] = []
+    private var spare: [NetFrame] = []
+    private var removed = false
+    private var handler: Handler?
+    private var linkHandler: (@Sendable (Bool) -> Void)?
+
+    init(name: String, netdev: RegisteredNetdev) {
+        self.name = name
+        self.netdev = netdev
+    }
+
+    public var counters: Counters { lock.withLock { counters_ } }
+    public var linkUp: Bool { netdev.linkUp }
+
+    /// Sets who receives frames (and link changes).
+    public func setUpperLayer(_ handler: Handler?, link: (@Sendable (Bool) -> Void)? = nil) {
+        lock.withLock {
+            self.handler = handler
+            self.linkHandler = link
+        }
+    }
+
+    /// Queues a frame for transmission; false if it was dropped (queue full,
+    /// interface gone, or a size the interface cannot send).
+    @discardableResult
+    public func send(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard bytes.count >= 14, bytes.count <= netdev.maxFrame else {
+            lock.withLock { counters_.txDropped += 1 }
+            return false
+        }
+        let (frame, dispatchNow) = lock.withLock { () -> (NetFrame?, Bool) in
+            guard !removed, queue.count < Self.queueLimit else {
+                counters_.txDropped += 1
+                return (nil, false)
+            }
+            let frame = spare.popLast() ?? NetFrame()
+            if inflight < netdev.queueDepth && queue.isEmpty {
+                inflight += 1
+                return (frame, true)
+            }
+            queue.append(frame)
+            return (frame, false)
+        }
+        guard let frame else { return false }
+        let length = bytes.count
+        frame.prepare(bytes) { [weak self] status in self?.finished(frame, length: length, status: status) }
+        if dispatchNow { dispatch(frame) }
+        return true
+    }
+
+    public func send(_ bytes: [UInt8]) -> Bool { bytes.withUnsafeBytes { send($0) } }
+
+    private func dispatch(_ frame: NetFrame) {
+        let status = netdev.transmit(frame)
+        if status == .busy {
+            lock.withLock {
+                inflight -= 1
+                queue.insert(frame, at: 0)
+            }
+        } else if !status.isOK {
+            frame.finishUnsubmitted(status)
+        }
+    }
+
+    private func finished(_ frame: NetFrame, length: Int, status: OyStatus) {
+        let next = lock.withLock { () -> NetFrame? in
+            if status.isOK {
+                counters_.txFrames += 1
+                counters_.txBytes += length
+            } else {
+                counters_.txErrors += 1
+            }
+            inflight -= 1
+            spare.append(frame)
+            guard !queue.isEmpty, inflight < netdev.queueDepth else { return nil }
+            inflight += 1
+            return queue.removeFirst()
+        }
+        if let next { dispatch(next) }
+    }
+
+    public func received(_ frame: UnsafeRawBufferPointer, on netdev: RegisteredNetdev) {
+        let upper = lock.withLock { () -> Handler? in
+            counters_.rxFrames += 1
+            counters_.rxBytes += frame.count
+            return handler
+        }
+        upper?(frame)
+    }
+
+    public func linkChanged(up: Bool, on netdev: RegisteredNetdev) {
+        lock.withLock { linkHandler }?(up)
+    }
+
+    func markRemoved() {
+        let dropped = lock.withLock { () -> [NetFrame] in
+            removed = true
+            inflight += queue.count
+            defer { queue.removeAll() }
+            return queue
+        }
+        for frame in dropped { frame.finishUnsubmitted(.deviceGone) }
+    }
+}
+
+/// The OS's network interfaces, named eth0, eth1... in registration order.
+public final class NetworkSubsystem: Sendable {
+    private struct State {
+        var interfaces: [NetInterface] = []
+        var next = 0
+    }
+
+    private let state = Mutex(State())
+
+    public var interfaces: [NetInterface] { state.withLock { $0.interfaces } }
+
+    public func interface(named name: String) -> NetInterface? { interfaces.first { $0.name == name } }
+
+    func add(_ netdev: RegisteredNetdev) -> NetInterface {
+        state.withLock { s in
+            let interface = NetInterface(name: "eth\(s.next)", netdev: netdev)
+            s.next += 1
+            s.interfaces.append(interface)
+            netdev.receiver = interface
+            return interface
+        }
+    }
+
+    func remove(_ netdev: RegisteredNetdev) {
+        let gone = state.withLock { s -> NetInterface? in
+            guard let i = s.interfaces.firstIndex(where: { $0.netdev === netdev }) else { return nil }
+            return s.interfaces.remove(at: i)
+        }
+        gone?.markRemoved()
+    }
+}

@@ -1,0 +1,136 @@
+import Demo
+import Devices
+import DriverHost
+import Foundation
+import Kernel
+import OyakoTestSupport
+import Testing
+
+@Suite struct BareNetworkTests {
+    func system() throws -> TestSystem {
+        try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver("e1klite")], nics: 2) { testbed in
+            let cable = Crossover(testbed.nics[0], testbed.nics[1])
+            testbed.nics[0].wire = cable
+            testbed.nics[1].wire = cable
+            cable.setConnected(true)
+        }
+    }
+
+    @Test func minimumAndMaximumFramesRoundTrip() throws {
+        let s = try system()
+        defer { s.shutdown() }
+        let net = s.kernel.network.interfaces
+        #expect(net.map(\.name) == ["eth0", "eth1"])
+        #expect(net[0].mac == Testbed.mac(0) && net[1].mac == Testbed.mac(1))
+        let frames = [60, 61, 512, 1513, 1514].enumerated().map { NetChecks.frame(from: net[0].mac, to: net[1].mac, length: $0.element, seed: $0.offset) }
+        let got = NetChecks.roundTrip(from: net[0], to: net[1], frames: frames)
+        #expect(got == frames)
+        // A 20-byte frame is padded on the wire to the Ethernet minimum.
+        let short = NetChecks.frame(from: net[0].mac, to: net[1].mac, length: 20, seed: 9)
+        let padded = NetChecks.roundTrip(from: net[0], to: net[1], frames: [short])
+        #expect(padded.first?.count == 60 && Array(padded.first?.prefix(20) ?? []) == short)
+        #expect(net[0].counters.txFrames == 6 && net[1].counters.rxFrames == 6)
+        #expect(net[0].netdev.statistics()?.txPackets == 6)
+    }
+
+    @Test func oversizeAndRuntFramesAreRefused() throws {
+        let s = try system()
+        defer { s.shutdown() }
+        let eth0 = s.kernel.network.interfaces[0]
+        #expect(!eth0.send(NetChecks.frame(from: eth0.mac, to: Testbed.mac(1), length: 1515, seed: 0)))
+        #expect(!eth0.send([UInt8](repeating: 0, count: 13)))
+        #expect(eth0.counters.txDropped == 2)
+        // The driver itself refuses them too (the kernel check is not the only one).
+        let frame = NetFrame()
+        let big = [UInt8](repeating: 1, count: 1515)
+        big.withUnsafeBytes { frame.prepare($0) { _ in } }
+        #expect(eth0.netdev.transmit(frame) == .invalid)
+        #expect(s.testbed.nics[0].statistics.framesSent == 0)
+    }
+
+    @Test func framesToOtherMACsAreFilteredAndBroadcastAccepted() throws {
+        let s = try system()
+        defer { s.shutdown() }
+        let net = s.kernel.network.interfaces
+        let stranger = NetChecks.frame(from: net[0].mac, to: [0x02, 0, 0, 0, 0, 0x99], length: 100, seed: 1)
+        let broadcast = NetChecks.frame(from: net[0].mac, to: [UInt8](repeating: 0xFF, count: 6), length: 100, seed: 2)
+        let got = NetChecks.roundTrip(from: net[0], to: net[1], frames: [stranger, broadcast], timeout: 1)
+        #expect(got == [broadcast])
+        #expect(s.testbed.nics[1].statistics.receiveFiltered == 1)
+        // Add the stranger's address to eth1's filter: now it gets through.
+        #expect(net[1].netdev.setFilter([[0x02, 0, 0, 0, 0, 0x99]]) == .ok)
+        #expect(NetChecks.roundTrip(from: net[0], to: net[1], frames: [stranger]) == [stranger])
+    }
+
+    @Test func linkDownAndUpAreObserved() throws {
+        let s = try system()
+        defer { s.shutdown() }
+        let eth1 = s.kernel.network.interfaces[1]
+        #expect(eth1.linkUp)
+        let changes = GuestOutcomeBox()
+        eth1.setUpperLayer(nil) { up in changes.append(up) }
+        let cable = s.testbed.nics[0].wire as! Crossover
+        cable.setConnected(false)
+        #expect(changes.wait(count: 1) == [false])
+        #expect(!eth1.linkUp)
+        cable.setConnected(true)
+        #expect(changes.wait(count: 2) == [false, true])
+    }
+
+    @Test func detachCancelsQueuedFramesAndReleasesEverything() throws {
+        let s = try system()
+        defer { s.shutdown() }
+        let eth0 = s.kernel.network.interfaces[0]
+        for i in 0..<500 { _ = eth0.send(NetChecks.frame(from: eth0.mac, to: Testbed.mac(1), length: 1514, seed: i)) }
+        let slot = s.machine.bus.enumerate().first { $0.device === s.testbed.nics[0] }!
+        let report = try #require(s.kernel.detach(slot.address))
+        #expect(report.status == .ok && report.leaked.isEmpty && report.unfinishedRequests == 0, "\(report)")
+        #expect(s.kernel.network.interfaces.map(\.name) == ["eth1"])
+    }
+}
+
+@Suite struct BareSerialTests {
+    @Test func bytesRoundTripInOrderThroughTheUARTDriver() throws {
+        let s = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver("uart16550")])
+        defer { s.shutdown() }
+        let tty = try #require(s.kernel.serial.console)
+        #expect(tty.name == "ttyS0" && tty.line.baud == 115200)
+        #expect(s.testbed.uart.baud == 115200, "the driver programmed the divisor latch")
+        let out = (0..<1500).map { UInt8(truncatingIfNeeded: $0 * 7 + 3) }
+        #expect(firstDifference(NetChecks.serialOut(tty, s.testbed.console, out), out) == nil)
+        let back = (0..<1500).map { UInt8(truncatingIfNeeded: $0 * 13 + 1) }
+        #expect(firstDifference(NetChecks.serialIn(tty, s.testbed.uart, back), back) == nil)
+        #expect(tty.lost == 0)
+    }
+
+    @Test func lineSettingsAreCheckedAndApplied() throws {
+        let s = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver("uart16550")])
+        defer { s.shutdown() }
+        let tty = try #require(s.kernel.serial.console)
+        #expect(tty.port.setLine(SerialLine(baud: 57600)) == .ok)
+        #expect(s.testbed.uart.baud == 57600)
+        #expect(tty.port.setLine(SerialLine(baud: 1_000_000)) == .range)
+        #expect(tty.port.setLine(SerialLine(baud: 9600, dataBits: 9)) == .invalid)
+    }
+}
+
+/// A thread-safe list of link events for one test.
+final class GuestOutcomeBox: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var events: [Bool] = []
+
+    func append(_ up: Bool) {
+        condition.lock()
+        events.append(up)
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func wait(count: Int, timeout: Double = 5) -> [Bool] {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        condition.lock()
+        defer { condition.unlock() }
+        while events.count < count && condition.wait(until: deadline) {}
+        return events
+    }
+}
