@@ -79,20 +79,22 @@ let package = Package(
         // The root's virtualization stack: root partition boot, VSPs, VM manager.
         .target(
             name: "VirtualizationStack",
-            dependencies: ["Hypervisor", "VMBus", "Kernel", "DriverHost", "Machine"]
+            dependencies: ["Hypervisor", "VMBus", "Kernel", "DriverHost", "Machine", "NetStack", .product(name: "Logging", package: "swift-log")]
         ),
         // The child-partition OS: VMBus client, VSCs, on its own VP.
         .target(
             name: "Guest",
-            dependencies: ["Hypervisor", "VMBus", "Machine", "Workloads"]
+            dependencies: ["Hypervisor", "VMBus", "Machine", "Workloads", "NetStack"]
         ),
         // Userland shared by every OS here: verified block I/O workloads.
         .target(name: "Workloads"),
+        // A minimal IPv4 host (ARP, ICMP echo, UDP echo) any OS here can run.
+        .target(name: "NetStack"),
         // Assembles whole systems (machine, devices, OS, drivers, workloads)
         // for the demo; the CLI only parses arguments and prints.
         .target(
             name: "Demo",
-            dependencies: ["Kernel", "Devices", "DriverHost", "Machine", "Workloads", "Hypervisor", "VMBus", "VirtualizationStack", "Guest"]
+            dependencies: ["Kernel", "Devices", "DriverHost", "Machine", "Workloads", "NetStack", "Hypervisor", "VMBus", "VirtualizationStack", "Guest"]
         ),
         .executableTarget(
             name: "OyakoCLI",
@@ -105,14 +107,14 @@ let package = Package(
         // Builds fixture drivers and test machines for the test targets.
         .target(
             name: "OyakoTestSupport",
-            dependencies: ["Demo", "Workloads", "VirtualizationStack", "Guest", "Hypervisor", "VMBus", "DriverHost", "Kernel", "Machine", "Devices"],
+            dependencies: ["Demo", "Workloads", "NetStack", "VirtualizationStack", "Guest", "Hypervisor", "VMBus", "DriverHost", "Kernel", "Machine", "Devices"],
             path: "Tests/Support"
         ),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Machine"]),
         .testTarget(name: "VMBusTests", dependencies: ["VMBus", "Hypervisor", "Machine"]),
         .testTarget(
             name: "VirtualizationTests",
-            dependencies: ["VirtualizationStack", "Guest", "VMBus", "Hypervisor", "Kernel", "Workloads", "OyakoTestSupport"]
+            dependencies: ["VirtualizationStack", "Guest", "VMBus", "Hypervisor", "Kernel", "Workloads", "NetStack", "Devices", "DriverHost", "Demo", "OyakoTestSupport"]
         ),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices", "OyakoTestSupport"]),
         .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "Kernel", "Machine", "Devices", "OyakoTestSupport"]),

@@ -32,6 +32,7 @@ public final class VMManager: @unchecked Sendable {
     private let lock = NSLock()
     private var children: [PartitionID: Child] = [:]
     private var vsps: [PartitionID: [StorageVSP]] = [:]
+    private var nics: [PartitionID: [NetworkVSP]] = [:]
 
     public init(root: RootPartition) {
         self.root = root
@@ -75,6 +76,30 @@ public final class VMManager: @unchecked Sendable {
         return root.vmbus.offer(offer, to: child.id)
     }
 
+    /// The MAC the root assigns to a child's virtual NIC number `index`.
+    public static func mac(child: PartitionID, index: Int = 0) -> [UInt8] {
+        [0x02, 0x0A, 0x7A, 0x10 + UInt8(index & 0x0F), UInt8(truncatingIfNeeded: child >> 8), UInt8(truncatingIfNeeded: child)]
+    }
+
+    /// Offers a virtual NIC connected to a port of `vswitch`.
+    @discardableResult
+    public func offerNetwork(to child: Child, vswitch: VirtualSwitch) -> UInt32? {
+        let mac = Self.mac(child: child.id)
+        let offer = DeviceOffer(interfaceType: NetworkProtocol.interfaceType, instance: UUID(), name: "netvsp") { [weak self] context in
+            do {
+                let vsp = try NetworkVSP(mac: mac, context: context, vswitch: vswitch, portName: child.name)
+                self?.lock.withLock { self?.nics[child.id, default: []].append(vsp) }
+                return vsp
+            } catch {
+                return RefusingHandler(reason: "\(error)")
+            }
+        }
+        return root.vmbus.offer(offer, to: child.id)
+    }
+
+    /// Network providers serving a child.
+    public func networkProviders(of child: Child) -> [NetworkVSP] { lock.withLock { nics[child.id] ?? [] } }
+
     /// Storage providers serving a child (one per opened channel).
     public func storageProviders(of child: Child) -> [StorageVSP] { lock.withLock { vsps[child.id] ?? [] } }
 
@@ -91,8 +116,18 @@ public final class VMManager: @unchecked Sendable {
         lock.withLock {
             children[child.id] = nil
             vsps[child.id] = nil
+            nics[child.id] = nil
         }
     }
 
     public var running: [Child] { lock.withLock { Array(children.values) } }
+}
+
+/// A handler for a channel the root cannot serve: the first packet closes it
+/// with the reason.
+final class RefusingHandler: ChannelHandler, @unchecked Sendable {
+    let reason: String
+    init(reason: String) { self.reason = reason }
+    func packetReceived(_ packet: Packet, on channel: HostChannel) throws(ProtocolViolation) { throw ProtocolViolation(reason) }
+    func channelClosed(_ channel: HostChannel, reason: String?) {}
 }

@@ -1,0 +1,172 @@
+import Demo
+import Devices
+import DriverHost
+import Foundation
+import Guest
+import Kernel
+import NetStack
+import OyakoTestSupport
+import Testing
+import VirtualizationStack
+import VMBus
+
+/// Runs a guest that brings up IPv4 on its first NIC and answers until
+/// stopped; `work` runs first (pings, say) and its result is reported.
+func networkGuest(ip: [UInt8], outcome: GuestOutcome<Int>? = nil, ready: DispatchSemaphore? = nil,
+                  configure: @escaping @Sendable (NetVSC) -> Void = { _ in },
+                  work: @escaping @Sendable (GuestOS, IPStack) -> Int = { _, _ in 0 }) -> @Sendable (GuestOS) -> Void
+{
+    return { os in
+        do {
+            try os.boot()
+            guard let nic = try os.openNetwork().first else { throw VMBusError("no NIC offered") }
+            configure(nic)
+            let stack = os.bringUp(nic, ip: ip)
+            ready?.signal()
+            let result = work(os, stack)
+            outcome?.finish { result }
+            os.vp.halt(until: { false })  // keep answering until the partition stops
+        } catch {
+            outcome?.finish { throw error }
+            ready?.signal()
+        }
+    }
+}
+
+@Suite(.serialized) struct ChildNetworkTests {
+    @Test func childToChildPingOverAPrivateSwitchNeverTouchesTheNIC() throws {
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver("e1klite")], nics: 1)
+        defer { system.shutdown() }
+        let vswitch = VirtualSwitch(name: "private", kind: .private)
+        defer { vswitch.shutdown() }
+        let nic = try #require(system.kernel.network.interfaces.first)
+        let nicBefore = system.testbed.nics[0].statistics
+
+        let ready = DispatchSemaphore(value: 0)
+        let a = try system.vms.createChild(name: "a", memorySize: 8 << 20)
+        system.vms.offerNetwork(to: a, vswitch: vswitch)
+        system.vms.start(a) { p, vp in networkGuest(ip: [192, 0, 2, 10], ready: ready)(GuestOS(name: "a", partition: p, vp: vp)) }
+        #expect(ready.wait(timeout: .now() + 10) == .success)
+
+        let outcome = GuestOutcome<Int>()
+        let b = try system.vms.createChild(name: "b", memorySize: 8 << 20)
+        system.vms.offerNetwork(to: b, vswitch: vswitch)
+        system.vms.start(b) { p, vp in
+            networkGuest(ip: [192, 0, 2, 11], outcome: outcome, work: { os, stack in
+                let pings = os.ping(stack, [192, 0, 2, 10], count: 3)
+                stack.sendUDP(to: [192, 0, 2, 10], from: 40000, port: 7, Array("hello".utf8))  // a's echo service answers to 40000
+                _ = os.vp.halt(until: { !stack.udpReplies.isEmpty }, timeout: 2)
+                return pings * 10 + stack.udpReplies.count
+            })(GuestOS(name: "b", partition: p, vp: vp))
+        }
+        #expect(try outcome.wait() == 31, "3 pings answered and one UDP echo")
+        // The physical NIC saw none of it.
+        #expect(system.testbed.nics[0].statistics.framesSent == nicBefore.framesSent)
+        #expect(system.testbed.nics[0].statistics.framesReceived == nicBefore.framesReceived)
+        #expect(nic.counters.txFrames == 0)
+        let ports = vswitch.allPorts
+        #expect(ports.count == 2 && ports.allSatisfy { vswitch.counters(of: $0).outFrames >= 4 })
+    }
+
+    /// A real Linux ping from a network namespace reaches a child partition:
+    /// TAP -> e1klite model -> vendor e1klite driver in the root -> external
+    /// switch -> network VSP -> VMBus -> guest, and back.
+    @Test(.enabled(if: TAPWire.unavailableReason == nil && NetworkNamespace.unavailableReason == nil,
+                   "TAP or network namespaces unavailable: \(TAPWire.unavailableReason ?? NetworkNamespace.unavailableReason ?? "")"))
+    func realPingFromANamespaceReachesAChild() throws {
+        let namespace = try NetworkNamespace()
+        let tapName = "oytap\(UInt16.random(in: 0...UInt16.max))"
+        let tap = try TAPWire(name: tapName)
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver("e1klite")], nics: 1) { testbed in
+            testbed.nics[0].wire = tap
+            tap.connect(testbed.nics[0])
+        }
+        defer {
+            system.shutdown()
+            tap.stop()
+        }
+        try namespace.adopt(tapName, address: "192.0.2.1/24")
+        let eth0 = try #require(system.kernel.network.interfaces.first)
+        let vswitch = VirtualSwitch(name: "external", kind: .external)
+        defer { vswitch.shutdown() }
+        try vswitch.attachUplink(eth0)
+
+        let ready = DispatchSemaphore(value: 0)
+        let child = try system.vms.createChild(name: "web", memorySize: 8 << 20)
+        system.vms.offerNetwork(to: child, vswitch: vswitch)
+        system.vms.start(child) { p, vp in networkGuest(ip: [192, 0, 2, 10], ready: ready)(GuestOS(name: "web", partition: p, vp: vp)) }
+        #expect(ready.wait(timeout: .now() + 10) == .success)
+
+        let result = namespace.exec(["ping", "-c", "3", "-W", "2", "192.0.2.10"])
+        #expect(result.status == 0, "\(result.output)")
+        #expect(result.stdout.contains("3 received"), "\(result.stdout)")
+        #expect(eth0.counters.txFrames >= 3 && eth0.counters.rxFrames >= 3, "traffic went through the vendor driver")
+    }
+
+    @Test func guestThatNeverReturnsReceiveSectionsOnlyHurtsItself() throws {
+        let system = try RootSystem(drivers: [])
+        defer { system.shutdown() }
+        let vswitch = VirtualSwitch(name: "private", kind: .private)
+        defer { vswitch.shutdown() }
+        var children: [VMManager.Child] = []
+        let ready = DispatchSemaphore(value: 0)
+        for (name, ip, keeps) in [("hog", UInt8(20), true), ("z", UInt8(21), false)] {
+            let child = try system.vms.createChild(name: name, memorySize: 8 << 20)
+            system.vms.offerNetwork(to: child, vswitch: vswitch)
+            system.vms.start(child) { p, vp in
+                networkGuest(ip: [192, 0, 2, ip], ready: ready, configure: { nic in nic.returnsReceiveSections = !keeps })(GuestOS(name: name, partition: p, vp: vp))
+            }
+            children.append(child)
+        }
+        #expect(ready.wait(timeout: .now() + 10) == .success && ready.wait(timeout: .now() + 10) == .success)
+        let outcome = GuestOutcome<Int>()
+        let y = try system.vms.createChild(name: "y", memorySize: 8 << 20)
+        system.vms.offerNetwork(to: y, vswitch: vswitch)
+        system.vms.start(y) { p, vp in
+            networkGuest(ip: [192, 0, 2, 22], outcome: outcome, work: { os, stack in
+                // 300 broadcasts reach both the hog and z...
+                for _ in 0..<300 { stack.sendUDP(to: [255, 255, 255, 255], from: 9, port: 9, [1]) }
+                // ...and z still answers pings afterwards.
+                return os.ping(stack, [192, 0, 2, 21], count: 3)
+            })(GuestOS(name: "y", partition: p, vp: vp))
+        }
+        #expect(try outcome.wait() == 3)
+        let hog = try #require(system.vms.networkProviders(of: children[0]).first)
+        #expect(eventually { hog.statistics.droppedNoBuffers > 0 }, "the VSP stopped delivering to the hog")
+        let z = try #require(system.vms.networkProviders(of: children[1]).first)
+        #expect(z.statistics.droppedNoBuffers == 0)
+    }
+
+    @Test func sendSectionOutsideTheBufferClosesTheChannel() throws {
+        let system = try RootSystem(drivers: [])
+        defer { system.shutdown() }
+        let vswitch = VirtualSwitch(name: "private", kind: .private)
+        defer { vswitch.shutdown() }
+        let child = try system.vms.createChild(name: "bad", memorySize: 8 << 20)
+        system.vms.offerNetwork(to: child, vswitch: vswitch)
+        let done = GuestOutcome<Void>()
+        system.vms.start(child) { p, vp in
+            let os = GuestOS(name: "bad", partition: p, vp: vp)
+            done.finish {
+                try os.boot()
+                let nic = try #require(try os.openNetwork().first)
+                let payload = NetworkProtocol.encode(.sendRNDISPacket) { $0.u32(0); $0.u32(9999); $0.u32(100) }
+                try nic.sendRaw(Packet(kind: .inband, flags: Packet.completionRequested, transactionID: 777, payload: payload))
+            }
+        }
+        try done.wait()
+        #expect(eventually { system.root.vmbus.eventLog.contains { $0.contains("send section 9999 is outside the send buffer") } })
+    }
+}
+
+@Suite(.serialized) struct RootSerialTests {
+    @Test func bytesRoundTripThroughTheUARTDriverInTheRoot() throws {
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver("uart16550")])
+        defer { system.shutdown() }
+        let tty = try #require(system.kernel.serial.console)
+        let out = (0..<1000).map { UInt8(truncatingIfNeeded: $0 * 5 + 1) }
+        #expect(firstDifference(NetChecks.serialOut(tty, system.testbed.console, out), out) == nil)
+        let back = (0..<1000).map { UInt8(truncatingIfNeeded: $0 * 3 + 2) }
+        #expect(firstDifference(NetChecks.serialIn(tty, system.testbed.uart, back), back) == nil)
+    }
+}

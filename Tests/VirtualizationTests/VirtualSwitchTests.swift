@@ -1,0 +1,93 @@
+import Foundation
+import Synchronization
+import Testing
+import VirtualizationStack
+
+/// A port owner that records what the switch delivers.
+final class Sink: @unchecked Sendable {
+    let frames = Mutex<[[UInt8]]>([])
+    let delay: Double
+    init(delay: Double = 0) { self.delay = delay }
+    func take(_ frame: [UInt8]) -> Bool {
+        if delay > 0 { Thread.sleep(forTimeInterval: delay) }
+        frames.withLock { $0.append(frame) }
+        return true
+    }
+    var count: Int { frames.withLock { $0.count } }
+}
+
+func ethernet(to: UInt8, from: UInt8, length: Int = 64, tag: UInt8 = 0) -> [UInt8] {
+    [0x02, 0, 0, 0, 0, to] + [0x02, 0, 0, 0, 0, from] + [0x88, 0xB5] + [UInt8](repeating: tag, count: length - 14)
+}
+
+func eventually(_ timeout: Double = 5, _ condition: () -> Bool) -> Bool {
+    let deadline = Date(timeIntervalSinceNow: timeout)
+    while !condition() {
+        if Date() > deadline { return false }
+        Thread.sleep(forTimeInterval: 0.005)
+    }
+    return true
+}
+
+@Suite struct VirtualSwitchTests {
+    @Test func learnsAddressesAndStopsFloodingOnceKnown() throws {
+        let vswitch = VirtualSwitch(name: "t", kind: .private)
+        defer { vswitch.shutdown() }
+        let a = Sink(), b = Sink(), c = Sink()
+        let pa = try vswitch.addPort(name: "a", role: .child, deliver: a.take)
+        let pb = try vswitch.addPort(name: "b", role: .child, deliver: b.take)
+        _ = try vswitch.addPort(name: "c", role: .child, deliver: c.take)
+        pa.input(ethernet(to: 2, from: 1))  // b unknown: flooded to b and c
+        #expect(eventually { b.count == 1 && c.count == 1 })
+        pb.input(ethernet(to: 1, from: 2))  // a was learned: only a
+        #expect(eventually { a.count == 1 })
+        pa.input(ethernet(to: 2, from: 1))  // now b is known too
+        #expect(eventually { b.count == 2 })
+        Thread.sleep(forTimeInterval: 0.05)
+        #expect(c.count == 1, "no more flooding to c")
+        #expect(vswitch.macTable == ["02:00:00:00:00:01": "a", "02:00:00:00:00:02": "b"])
+    }
+
+    @Test func malformedFramesAreDroppedAndCounted() throws {
+        let vswitch = VirtualSwitch(name: "t", kind: .private)
+        defer { vswitch.shutdown() }
+        let sink = Sink()
+        let port = try vswitch.addPort(name: "a", role: .child) { _ in true }
+        _ = try vswitch.addPort(name: "b", role: .child, deliver: sink.take)
+        port.input([UInt8](repeating: 0, count: 13))                  // runt
+        port.input(ethernet(to: 2, from: 1, length: 1515))             // oversize
+        port.input([0x02, 0, 0, 0, 0, 2, 0x01, 0, 0, 0, 0, 1, 0x88, 0xB5])  // multicast source
+        #expect(vswitch.counters(of: port).malformed == 3)
+        Thread.sleep(forTimeInterval: 0.05)
+        #expect(sink.count == 0)
+    }
+
+    /// A flooding port overflows only its own queue; another port's frames
+    /// all get through while the flood is on.
+    @Test func floodingPortDoesNotStarveOthers() throws {
+        let vswitch = VirtualSwitch(name: "t", kind: .private)
+        defer { vswitch.shutdown() }
+        let slow = Sink(delay: 0.00005)
+        let target = try vswitch.addPort(name: "target", role: .child, deliver: slow.take)
+        let flooder = try vswitch.addPort(name: "flooder", role: .child) { _ in true }
+        let polite = try vswitch.addPort(name: "polite", role: .child) { _ in true }
+        target.input(ethernet(to: 0xFF, from: 9))  // the switch learns the target
+        for i in 0..<20_000 { flooder.input(ethernet(to: 9, from: 7, tag: UInt8(i & 0x7F))) }
+        for _ in 0..<100 { polite.input(ethernet(to: 9, from: 8, tag: 0xEE)) }
+        #expect(eventually(20) { slow.frames.withLock { $0.filter { $0.last == 0xEE }.count } == 100 })
+        #expect(vswitch.counters(of: flooder).ingressDrops > 0, "the flood overflowed its own bounded queue")
+        #expect(vswitch.counters(of: polite).ingressDrops == 0)
+    }
+
+    @Test func kindsLimitWhichPortsExist() throws {
+        let privateSwitch = VirtualSwitch(name: "p", kind: .private)
+        let internalSwitch = VirtualSwitch(name: "i", kind: .internal)
+        defer {
+            privateSwitch.shutdown()
+            internalSwitch.shutdown()
+        }
+        #expect(throws: VirtualSwitch.PortRefused.self) { _ = try privateSwitch.attachHost(mac: [2, 0, 0, 0, 0, 1], ip: [192, 0, 2, 1]) }
+        #expect(throws: VirtualSwitch.PortRefused.self) { _ = try internalSwitch.addPort(name: "nic", role: .uplink) { _ in true } }
+        _ = try internalSwitch.attachHost(mac: [2, 0, 0, 0, 0, 1], ip: [192, 0, 2, 1])
+    }
+}
