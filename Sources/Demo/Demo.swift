@@ -1,84 +1,15 @@
+import Devices
 import DriverHost
 import Foundation
 import Guest
 import Hypervisor
 import Kernel
 import Machine
+import NetStack
 import Synchronization
 import VirtualizationStack
 import VMBus
 import Workloads
-
-/// What the demo shows, as printed by `oyako demo --json`.
-public struct DemoReport: Encodable, Sendable {
-    public struct DriverEntry: Encodable, Sendable {
-        public let name: String
-        public let path: String
-        public let sha256: String
-        public let devices: [String]
-        public let verified: Bool
-    }
-
-    public struct DiskEntry: Encodable, Sendable {
-        public let name: String
-        public let driver: String
-        public let capacityBytes: UInt64
-        public let verified: Bool
-        public let bytesWritten: UInt64
-        public let bytesRead: UInt64
-        public let writeMiBPerSecond: Double
-        public let readMiBPerSecond: Double
-
-        enum CodingKeys: String, CodingKey {
-            case name, driver, verified
-            case capacityBytes = "capacity_bytes", bytesWritten = "bytes_written", bytesRead = "bytes_read"
-            case writeMiBPerSecond = "write_mib_per_s", readMiBPerSecond = "read_mib_per_s"
-        }
-    }
-
-    public struct Environment: Encodable, Sendable {
-        public let drivers: [DriverEntry]
-        public let disks: [DiskEntry]
-        public let problems: [String]
-    }
-
-    public struct ChildEntry: Encodable, Sendable {
-        public let name: String
-        public let partition: UInt64
-        public let virtualDisk: String
-        public let bytesWritten: UInt64
-        public let bytesRead: UInt64
-        public let verified: Bool
-        public let error: String?
-
-        enum CodingKeys: String, CodingKey {
-            case name, partition, verified, error
-            case virtualDisk = "virtual_disk", bytesWritten = "bytes_written", bytesRead = "bytes_read"
-        }
-    }
-
-    public var environments: [String: Environment]
-    public var children: [ChildEntry]
-    /// True only when every driver's SHA-256 matches across environments and
-    /// all I/O (bare, root, children) was verified.
-    public var reusedUnmodified: Bool
-    public var driverBinariesReused: Int
-    public var hypervisorSpecificDrivers: Int
-    public var stateDirectory: String
-    public var durationSeconds: Double
-
-    enum CodingKeys: String, CodingKey {
-        case environments, children
-        case reusedUnmodified = "reused_unmodified", driverBinariesReused = "driver_binaries_reused"
-        case hypervisorSpecificDrivers = "hypervisor_specific_drivers"
-        case stateDirectory = "state_directory", durationSeconds = "duration_seconds"
-    }
-
-    /// True when every driver in every environment and every child verified.
-    public var allVerified: Bool {
-        environments.values.allSatisfy { env in env.drivers.allSatisfy(\.verified) && env.problems.isEmpty } && children.allSatisfy(\.verified)
-    }
-}
 
 public struct DemoError: Error, CustomStringConvertible {
     public let message: String
@@ -86,27 +17,31 @@ public struct DemoError: Error, CustomStringConvertible {
 }
 
 /// Runs the demo end to end and reports what happened, step by step: the
-/// bare OS with the vendor driver, then the same machine rebooted with the
+/// bare OS with the vendor drivers, then the same machine rebooted with the
 /// hypervisor role, the root partition loading the very same files, and
-/// child partitions doing verified I/O through VMBus into those drivers.
+/// child partitions doing verified I/O and networking through VMBus into
+/// those drivers.
 public struct DemoRunner {
     public var sdk: SDKLocation
-    /// Keep state here (disk images, built drivers); nil: a temporary folder
-    /// removed afterwards.
+    /// Keep state here (disk images, built drivers, consoles); nil: a
+    /// temporary folder removed afterwards.
     public var stateDirectory: String?
     public var diskSize: UInt64 = 128 << 20
-    public var childCount = 2
     /// Bytes moved by the throughput measurement on each disk.
     public var throughputBytes = 32 << 20
     public var progress: @Sendable (String) -> Void
 
-    /// Where each run works on the 512-byte-block disk: bare and root
-    /// verification regions, one region per child, and a throughput region.
+    /// Where each run works on the 512-byte-block disk.
     static let bareRegion: Range<UInt64> = 0..<4096
     static let rootRegion: Range<UInt64> = 4096..<8192
     static let childBlocks: UInt64 = 32768
     static let childBase: UInt64 = 65536
     static let throughputStart: UInt64 = 131072
+    /// Addresses (TEST-NET-1 only).
+    static let bareAddress: [UInt8] = [192, 0, 2, 2]
+    static let rootAddress: [UInt8] = [192, 0, 2, 3]
+    static let privateAddresses: [[UInt8]] = [[192, 0, 2, 10], [192, 0, 2, 11]]
+    static let externalAddress: [UInt8] = [192, 0, 2, 20]
 
     public init(sdk: SDKLocation, stateDirectory: String?, progress: @escaping @Sendable (String) -> Void) {
         self.sdk = sdk
@@ -119,10 +54,10 @@ public struct DemoRunner {
         let temporary = stateDirectory == nil
         let state = stateDirectory ?? FileManager.default.temporaryDirectory.appendingPathComponent("oyako-demo-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         defer { if temporary { try? FileManager.default.removeItem(atPath: state) } }
-        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: state + "/console", withIntermediateDirectories: true)
         progress("state folder: \(state)\(temporary ? " (temporary)" : "")")
 
-        progress("building reference drivers with cc and \(sdk.root)/oyako.mk")
+        progress("building vendor drivers with cc and \(sdk.root)/oyako.mk")
         let driverPaths = try ReferenceDrivers.build(sdk: sdk, into: state + "/drivers")
         for path in driverPaths { progress("  built \(path)") }
 
@@ -131,39 +66,65 @@ public struct DemoRunner {
 
         // The claim, checked: the same files, byte for byte, everywhere.
         progress("")
-        progress("driver        bare sha256        root sha256        same file")
+        progress("driver        bare sha256        root sha256        same file  verified")
         var reused = 0
         for driver in bare.drivers {
             let other = root.drivers.first { $0.name == driver.name }
             let same = other?.sha256 == driver.sha256
-            if same && driver.verified && other?.verified == true { reused += 1 }
-            progress("\(driver.name.padding(toLength: 13, withPad: " ", startingAt: 0)) \(driver.sha256.prefix(16))…  \((other?.sha256.prefix(16)).map { "\($0)…" } ?? "-")  \(same ? "yes" : "NO")")
+            let verified = driver.verified && other?.verified == true
+            if same && verified { reused += 1 }
+            let name = driver.name.padding(toLength: 13, withPad: " ", startingAt: 0)
+            progress("\(name) \(driver.sha256.prefix(16))…  \((other?.sha256.prefix(16)).map { "\($0)…" } ?? "-")  \(same ? "yes" : "NO ")        \(verified ? "yes" : "NO")")
         }
         let allVerified = bare.drivers.allSatisfy(\.verified) && root.drivers.allSatisfy(\.verified) && children.allSatisfy(\.verified)
         let reusedUnmodified = reused == bare.drivers.count && !bare.drivers.isEmpty && allVerified
         progress("\(reused) driver binar\(reused == 1 ? "y" : "ies") reused unmodified on bare metal, in the root partition and for \(children.count) child partitions; 0 hypervisor-specific drivers needed.")
+        if !temporary { progress("consoles: oyako console --state \(state) NAME   (bare, root, child0, child1)") }
         return DemoReport(
             environments: ["bare": bare, "root": root], children: children, reusedUnmodified: reusedUnmodified,
             driverBinariesReused: reused, hypervisorSpecificDrivers: 0,
             stateDirectory: temporary ? "(removed)" : state, durationSeconds: Date().timeIntervalSince(started))
     }
 
+    // MARK: Bare metal
+
     private func runBare(state: String, driverPaths: [String]) throws -> DemoReport.Environment {
-        progress("[bare] powering on: 128 MiB RAM, IOMMU, nvmelite on \(state)/\(Testbed.diskImageName)")
-        let testbed = try Testbed.make(state: state, diskSize: diskSize)
-        defer { testbed.machine.shutdown() }
+        progress("[bare] powering on: 128 MiB RAM, IOMMU, nvmelite, e1klite, uart16550")
+        let testbed = try Testbed.make(state: state, diskSize: diskSize, nics: 1, consoleLog: state + "/console/bare.log")
+        let outside = Outside(nic: testbed.nics[0])
+        defer {
+            outside.close()
+            testbed.machine.shutdown()
+        }
+        progress("[bare] eth0's cable leads to \(outside.description)")
         let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: driverPaths)
         let boot = kernel.boot()
         defer { kernel.shutdown() }
         let disks = try exercise(kernel: kernel, label: "bare", boot: boot, region: Self.bareRegion, seed: 0xBA2E)
-        return environment(boot: boot, disks: disks)
+        let serial = checkSerial(kernel: kernel, testbed: testbed, label: "bare")
+        var network = false
+        if let eth0 = kernel.network.interfaces.first {
+            let stack = Self.hostStack(on: eth0, ip: Self.bareAddress)
+            let out = Self.ping(stack, Outside.address, count: 3)
+            let back = outside.ping(Self.bareAddress, count: 3)
+            network = out == 3 && back == 3
+            progress("[bare] eth0 192.0.2.2: pinged the outside \(out)/3; the outside pinged us \(back)/3 (through e1klite)")
+            eth0.setUpperLayer(nil)
+        }
+        return environment(boot: boot, disks: disks, network: network, serial: serial)
     }
+
+    // MARK: Hypervisor role
 
     private func runWithHypervisor(state: String, driverPaths: [String]) throws -> (DemoReport.Environment, [DemoReport.ChildEntry]) {
         progress("")
         progress("[root] enabling the hypervisor role and rebooting the same machine (256 MiB RAM)")
-        let testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: 256 << 20, hypervisorRole: true)
-        defer { testbed.machine.shutdown() }
+        let testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: 256 << 20, hypervisorRole: true, nics: 1, consoleLog: state + "/console/root.log")
+        let outside = Outside(nic: testbed.nics[0])
+        defer {
+            outside.close()
+            testbed.machine.shutdown()
+        }
         let root = try RootPartition(machine: testbed.machine, memory: 96 << 20)
         defer { root.shutdown() }
         let hv = root.hypervisor
@@ -174,79 +135,175 @@ public struct DemoRunner {
         defer { kernel.shutdown() }
 
         let disks = try exercise(kernel: kernel, label: "root", boot: boot, region: Self.rootRegion, seed: 0x2007)
-        // The data the bare OS wrote before the reboot is still there.
         if let disk = kernel.blockLayer.disks.first {
             let expected = Pattern.bytes(seed: 0xBA2E, lba: Self.bareRegion.lowerBound, blockSize: disk.geometry.blockSize, count: disk.geometry.blockSize)
             let survived = (try? disk.read(lba: Self.bareRegion.lowerBound, count: disk.geometry.blockSize)) == expected
             progress("[root] \(disk.name): data the bare OS wrote before the reboot \(survived ? "reads back intact" : "DID NOT SURVIVE")")
         }
-        let children = try runChildren(root: root, kernel: kernel)
-        return (environment(boot: boot, disks: disks), children)
+        let serial = checkSerial(kernel: kernel, testbed: testbed, label: "root")
+
+        // Switches: a private one for the children, an external one on eth0
+        // shared with the root.
+        let privateSwitch = VirtualSwitch(name: "private", kind: .private)
+        let externalSwitch = VirtualSwitch(name: "external", kind: .external)
+        defer {
+            privateSwitch.shutdown()
+            externalSwitch.shutdown()
+        }
+        var rootNetwork = false
+        var rootStack: IPStack?
+        if let eth0 = kernel.network.interfaces.first {
+            try externalSwitch.attachUplink(eth0)
+            rootStack = try externalSwitch.attachHost(mac: [0x02, 0x0A, 0x7A, 0x20, 0, 1], ip: Self.rootAddress)
+            progress("[root] external switch bound to eth0 (e1klite, promiscuous), shared with the root at 192.0.2.3; eth0's cable leads to \(outside.description)")
+            let back = outside.ping(Self.rootAddress, count: 3)
+            rootNetwork = back == 3
+            progress("[root] the outside pinged the root's switch port \(back)/3")
+        }
+        let children = try runChildren(root: root, kernel: kernel, privateSwitch: privateSwitch, externalSwitch: externalSwitch,
+                                       outside: outside, state: state, nic: testbed.nics[0])
+        _ = rootStack
+        let childrenReachedOutside = children.contains { $0.network?.pings.contains { $0.to == "192.0.2.1" && $0.answered == $0.sent } == true }
+        return (environment(boot: boot, disks: disks, network: rootNetwork && childrenReachedOutside, serial: serial), children)
     }
 
-    private func runChildren(root: RootPartition, kernel: Kernel) throws -> [DemoReport.ChildEntry] {
+    private func runChildren(root: RootPartition, kernel: Kernel, privateSwitch: VirtualSwitch, externalSwitch: VirtualSwitch,
+                             outside: Outside, state: String, nic: E1KLite) throws -> [DemoReport.ChildEntry]
+    {
         guard let disk = kernel.blockLayer.disks.first else { return [] }
         let manager = VMManager(root: root)
         let results = Mutex<[Int: DemoReport.ChildEntry]>([:])
-        let group = DispatchGroup()
+        let finished = DispatchGroup()
+        let child0Ready = DispatchSemaphore(value: 0)
+        let progress = self.progress
         var children: [VMManager.Child] = []
-        for i in 0..<childCount {
+
+        for i in 0..<2 {
             let name = "child\(i)"
             let start = Self.childBase + UInt64(i) * Self.childBlocks
             let child = try manager.createChild(name: name, memorySize: 16 << 20)
             manager.offerStorage(to: child, disk: disk, region: start..<(start + Self.childBlocks))
-            progress("[root] created partition \(child.id) '\(name)' (16 MiB, 1 VP); virtual disk = \(disk.name) blocks \(start)..<\(start + Self.childBlocks) via \(disk.driverLabel)")
+            manager.offerNetwork(to: child, vswitch: privateSwitch)
+            if i == 0 { manager.offerNetwork(to: child, vswitch: externalSwitch) }
+            progress("[root] created partition \(child.id) '\(name)' (16 MiB, 1 VP): virtual disk = \(disk.name) blocks \(start)..<\(start + Self.childBlocks) via \(disk.driverLabel); NIC on the private switch\(i == 0 ? " and one on the external switch" : "")")
             children.append(child)
-            let progress = self.progress
-            let vdisk = "\(disk.name)[\(start)..<\(start + Self.childBlocks)]"
-            group.enter()
+        }
+
+        // child0 first: it serves; child1 pings it once it is up.
+        var nicBefore = nic.statistics
+        for (i, child) in children.enumerated() {
+            if i == 1 { nicBefore = nic.statistics }
+            let name = child.name
+            let vdisk = "\(disk.name)[\(Self.childBase + UInt64(i) * Self.childBlocks)..<\(Self.childBase + UInt64(i + 1) * Self.childBlocks)]"
+            let console = SerialLog(path: state + "/console/\(name).log")
+            finished.enter()
             manager.start(child) { partition, vp in
-                let os = GuestOS(name: name, partition: partition, vp: vp, console: progress)
-                let entry: DemoReport.ChildEntry
+                let os = GuestOS(name: name, partition: partition, vp: vp) { line in
+                    progress(line)
+                    console.received(Array((line + "\n").utf8))
+                }
+                var entry = DemoReport.ChildEntry(name: name, partition: partition.id, virtualDisk: vdisk)
                 do {
                     try os.boot()
                     guard let storage = try os.openStorage().first else { throw DemoError(message: "no storage offered") }
                     var io = VerifiedIO(seed: 0xC0 + UInt64(i), regionBlocks: storage.blockCount)
                     io.sizesInBlocks = [1, 7, 8, 64, 255, 256, 512, 2048, 4096]
                     let result = try io.run(on: storage)
-                    os.log("verified \(result.transfers) transfers, \(result.bytesWritten >> 10) KiB written and read back through VMBus")
-                    entry = .init(name: name, partition: partition.id, virtualDisk: vdisk, bytesWritten: result.bytesWritten, bytesRead: result.bytesRead, verified: true, error: nil)
+                    entry.bytesWritten = result.bytesWritten
+                    entry.bytesRead = result.bytesRead
+                    entry.storageVerified = true
+                    os.log("disk: verified \(result.transfers) transfers, \(result.bytesWritten >> 10) KiB written and read back through VMBus")
+                    let nics = try os.openNetwork()
+                    var network = DemoReport.NetworkEntry()
+                    let privateStack = os.bringUp(nics[0], ip: Self.privateAddresses[i])
+                    network.addresses.append(Self.dotted(Self.privateAddresses[i]))
+                    if i == 0, nics.count > 1 {
+                        let external = os.bringUp(nics[1], ip: Self.externalAddress)
+                        network.addresses.append(Self.dotted(Self.externalAddress))
+                        let answered = os.ping(external, Outside.address, count: 3)
+                        os.log("pinged the outside 192.0.2.1 through the external switch: \(answered)/3")
+                        network.pings.append(.init(from: name, to: "192.0.2.1", sent: 3, answered: answered))
+                    } else if i == 1 {
+                        let answered = os.ping(privateStack, Self.privateAddresses[0], count: 3)
+                        os.log("pinged child0 (192.0.2.10) over the private switch: \(answered)/3")
+                        network.pings.append(.init(from: name, to: "192.0.2.10", sent: 3, answered: answered))
+                    }
+                    entry.network = network
                 } catch {
                     os.log("FAILED: \(error)")
-                    entry = .init(name: name, partition: partition.id, virtualDisk: vdisk, bytesWritten: 0, bytesRead: 0, verified: false, error: "\(error)")
+                    entry.error = "\(error)"
                 }
                 results.withLock { $0[i] = entry }
-                group.leave()
+                if i == 0 { child0Ready.signal() }
+                finished.leave()
+                // Keep answering the network until the partition is stopped.
+                vp.halt(until: { false })
+            }
+            if i == 0 {
+                if child0Ready.wait(timeout: .now() + 60) == .timedOut { progress("[root] child0 did not come up within 60 s") }
+                let answered = outside.ping(Self.externalAddress, count: 3)
+                progress("[root] the outside pinged child0 at 192.0.2.20: \(answered)/3 (namespace or host -> e1klite -> external switch -> VMBus)")
+                results.withLock { $0[0]?.network?.pings.append(.init(from: "outside", to: "192.0.2.20", sent: 3, answered: answered)) }
             }
         }
-        if group.wait(timeout: .now() + 120) == .timedOut { progress("[root] children did not finish within 120 s") }
+        if finished.wait(timeout: .now() + 120) == .timedOut { progress("[root] children did not finish within 120 s") }
+        let privateFrames = privateSwitch.allPorts.reduce(0) { $0 + privateSwitch.counters(of: $1).outFrames }
+        let nicAfter = nic.statistics
+        progress("[root] private switch forwarded \(privateFrames) frames; the physical NIC sent \(nicAfter.framesSent - nicBefore.framesSent) meanwhile (child1's pings never left the box)")
         for child in children {
-            let providers = manager.storageProviders(of: child)
-            let served = providers.reduce(0) { $0 + $1.statistics.requests }
-            progress("[root] \(child.name): storage VSP served \(served) requests; destroying the partition")
+            let served = manager.storageProviders(of: child).reduce(0) { $0 + $1.statistics.requests }
+            let frames = manager.networkProviders(of: child).reduce(0) { $0 + $1.statistics.framesFromChild }
+            progress("[root] \(child.name): storage VSP served \(served) requests, network VSP carried \(frames) frames from it; destroying the partition")
             manager.destroy(child)
         }
         let collected = results.withLock { $0 }
-        return (0..<childCount).map { i in
-            collected[i] ?? .init(name: "child\(i)", partition: 0, virtualDisk: "", bytesWritten: 0, bytesRead: 0, verified: false, error: "did not finish")
+        return (0..<children.count).map { i in
+            collected[i] ?? DemoReport.ChildEntry(name: "child\(i)", partition: 0, virtualDisk: "", error: "did not finish")
         }
     }
 
-    private func environment(boot: Kernel.BootReport, disks: [DemoReport.DiskEntry]) -> DemoReport.Environment {
-        let drivers = boot.drivers.map { record in
-            let served = disks.filter { $0.driver == record.name }
-            return DemoReport.DriverEntry(
-                name: record.name, path: record.mappedPath ?? record.path, sha256: record.sha256, devices: record.devices,
-                verified: !served.isEmpty && served.allSatisfy(\.verified))
+    // MARK: Checks
+
+    private func environment(boot: Kernel.BootReport, disks: [DemoReport.DiskEntry], network: Bool, serial: Bool) -> DemoReport.Environment {
+        let drivers = boot.drivers.map { record -> DemoReport.DriverEntry in
+            let verified: Bool
+            switch record.deviceClass {
+            case "oyako.block/1":
+                let served = disks.filter { $0.driver == record.name }
+                verified = !served.isEmpty && served.allSatisfy(\.verified)
+            case "oyako.net/1": verified = network && !record.devices.isEmpty
+            case "oyako.serial/1": verified = serial && !record.devices.isEmpty
+            default: verified = false
+            }
+            return DemoReport.DriverEntry(name: record.name, path: record.mappedPath ?? record.path, sha256: record.sha256, devices: record.devices, verified: verified)
         }
         return DemoReport.Environment(drivers: drivers, disks: disks, problems: boot.problems)
+    }
+
+    /// The console carries the kernel's log out through the vendor UART
+    /// driver; bytes typed at the far end come back in, in order.
+    private func checkSerial(kernel: Kernel, testbed: Testbed, label: String) -> Bool {
+        guard let tty = kernel.serial.console else { return false }
+        let marker = "oyako \(label) console check \(UInt32.random(in: 0...UInt32.max))\r\n"
+        let before = testbed.console.contents.count
+        tty.write(marker)
+        let out = testbed.console.waitFor(before + marker.utf8.count, timeout: 5)
+        let sent = String(decoding: out.dropFirst(before), as: UTF8.self).contains(marker)
+        let typed = Array("typed at the far end of the line\n".utf8)
+        testbed.uart.send(typed)
+        var got: [UInt8] = []
+        let deadline = Date(timeIntervalSinceNow: 5)
+        while got.count < typed.count && Date() < deadline { got += tty.read(typed.count - got.count, timeout: 0.5) }
+        let ok = sent && got == typed && tty.lost == 0
+        progress("[\(label)] \(tty.name) (uart16550 @ \(tty.line.baud) baud): console out \(sent ? "ok" : "FAILED"), \(got.count)/\(typed.count) bytes in, in order \(got == typed ? "yes" : "NO")")
+        return ok
     }
 
     /// Verified I/O and a throughput run on every disk of `kernel`.
     func exercise(kernel: Kernel, label: String, boot: Kernel.BootReport, region: Range<UInt64>, seed: UInt64) throws -> [DemoReport.DiskEntry] {
         for problem in boot.problems { progress("[\(label)] problem: \(problem)") }
         for device in boot.devices { progress("[\(label)] \(device.location) \(hex(device.vendorID)):\(hex(device.deviceID)) -> \(device.driver ?? "-") (\(device.outcome))") }
-        for library in kernel.loadedDrivers {
+        for library in kernel.loadedDrivers.sorted(by: { $0.name < $1.name }) {
             progress("[\(label)] loaded \(library.name) \(library.metadata.version), ABI \(library.abiVersion), mapped file \(library.mappedPath)")
             progress("[\(label)]   sha256 \(library.sha256)")
         }
@@ -274,4 +331,25 @@ public struct DemoRunner {
         }
         return entries
     }
+
+    /// An IPv4 host on one of the OS's interfaces.
+    static func hostStack(on interface: NetInterface, ip: [UInt8]) -> IPStack {
+        let stack = IPStack(mac: interface.mac, ip: ip) { frame in _ = interface.send(frame) }
+        interface.setUpperLayer { bytes in stack.received(Array(bytes)) }
+        return stack
+    }
+
+    /// Pings from a thread of the OS (not a VP): polls for each reply.
+    static func ping(_ stack: IPStack, _ target: [UInt8], count: Int) -> Int {
+        var answered = 0
+        for sequence in 1...UInt16(count) {
+            stack.ping(target, id: 0xBA, sequence: sequence)
+            let deadline = Date(timeIntervalSinceNow: 2)
+            while !stack.hasReply(id: 0xBA, sequence: sequence) && Date() < deadline { Thread.sleep(forTimeInterval: 0.002) }
+            if stack.hasReply(id: 0xBA, sequence: sequence) { answered += 1 }
+        }
+        return answered
+    }
+
+    static func dotted(_ ip: [UInt8]) -> String { ip.map(String.init).joined(separator: ".") }
 }

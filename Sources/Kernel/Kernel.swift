@@ -17,6 +17,8 @@ public final class Kernel: @unchecked Sendable {
     /// A driver file the Kernel knows, loaded or not.
     public struct DriverRecord: Sendable {
         public let name: String
+        /// The class extension it provides ("oyako.block/1"...).
+        public let deviceClass: String
         public let path: String
         /// Of the file actually mapped, once loaded (dladdr on the entry).
         public let mappedPath: String?
@@ -170,7 +172,7 @@ public final class Kernel: @unchecked Sendable {
         return files.map { file in
             let library = loaded[file.resolvedPath]
             let devices = bound.filter { $0.value.library === library }.map { $0.key.description }.sorted()
-            return DriverRecord(name: file.metadata.name, path: file.path, mappedPath: library?.mappedPath,
+            return DriverRecord(name: file.metadata.name, deviceClass: file.metadata.deviceClass, path: file.path, mappedPath: library?.mappedPath,
                                 sha256: library?.sha256 ?? file.sha256, abiVersion: library?.abiVersion, devices: devices)
         }
     }
@@ -218,10 +220,12 @@ final class KernelEnvironment: HostEnvironment {
 
     func serialRegistered(_ port: RegisteredSerialPort, device: any HostDevice) throws(OyStatus) {
         let added = serial.add(port)
+        if serial.console === added { log.attachConsole(added) }
         log.record(.info, "serial", "\(added.name): \(port.line.baud) baud via \(port.label)")
     }
 
     func serialUnregistered(_ port: RegisteredSerialPort) {
+        if serial.console?.port === port { log.attachConsole(nil) }
         serial.remove(port)
     }
 }
@@ -236,15 +240,24 @@ public final class KernelLog: Sendable {
     }
 
     private let entries = Mutex<[Entry]>([])
+    private let console = Mutex<SerialPort?>(nil)
     private let echoLevel: LogLevel
     private let logger = Logger(label: "oyako.kernel")
 
     init(echoLevel: LogLevel) { self.echoLevel = echoLevel }
 
+    /// From now on, lines at info level and above also go out on `port`.
+    func attachConsole(_ port: SerialPort?) {
+        console.withLock { $0 = port }
+    }
+
     func record(_ level: LogLevel, _ source: String, _ message: String) {
         entries.withLock {
             $0.append(Entry(level: level, source: source, message: message))
             if $0.count > 4096 { $0.removeFirst(1024) }
+        }
+        if level <= .info, let port = console.withLock({ $0 }) {
+            port.write("[\(level)] [\(source)] \(message)\r\n")
         }
         guard level <= echoLevel else { return }
         switch level {

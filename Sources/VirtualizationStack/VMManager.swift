@@ -33,6 +33,7 @@ public final class VMManager: @unchecked Sendable {
     private var children: [PartitionID: Child] = [:]
     private var vsps: [PartitionID: [StorageVSP]] = [:]
     private var nics: [PartitionID: [NetworkVSP]] = [:]
+    private var nicCount: [PartitionID: Int] = [:]
 
     public init(root: RootPartition) {
         self.root = root
@@ -84,7 +85,11 @@ public final class VMManager: @unchecked Sendable {
     /// Offers a virtual NIC connected to a port of `vswitch`.
     @discardableResult
     public func offerNetwork(to child: Child, vswitch: VirtualSwitch) -> UInt32? {
-        let mac = Self.mac(child: child.id)
+        let index = lock.withLock { () -> Int in
+            defer { nicCount[child.id, default: 0] += 1 }
+            return nicCount[child.id, default: 0]
+        }
+        let mac = Self.mac(child: child.id, index: index)
         let offer = DeviceOffer(interfaceType: NetworkProtocol.interfaceType, instance: UUID(), name: "netvsp") { [weak self] context in
             do {
                 let vsp = try NetworkVSP(mac: mac, context: context, vswitch: vswitch, portName: child.name)
@@ -117,6 +122,7 @@ public final class VMManager: @unchecked Sendable {
             children[child.id] = nil
             vsps[child.id] = nil
             nics[child.id] = nil
+            nicCount[child.id] = nil
         }
     }
 

@@ -78,7 +78,24 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         for child in children {
             #expect(child["verified"] as? Bool == true, "\(child)")
             #expect((child["bytes_written"] as? Int ?? 0) > 0)
+            let network = try #require(child["network"] as? [String: Any])
+            #expect(network["verified"] as? Bool == true, "\(network)")
         }
+        // All three vendor drivers, the same files in both environments.
+        let bareDrivers = try #require(bare["drivers"] as? [[String: Any]])
+        let rootDrivers = try #require(root["drivers"] as? [[String: Any]])
+        #expect(Set(bareDrivers.compactMap { $0["name"] as? String }) == ["nvmelite", "e1klite", "uart16550"])
+        for driver in bareDrivers {
+            let twin = rootDrivers.first { $0["name"] as? String == driver["name"] as? String }
+            #expect(twin?["sha256"] as? String == driver["sha256"] as? String)
+            #expect(driver["verified"] as? Bool == true && twin?["verified"] as? Bool == true, "\(driver)")
+        }
+        // The consoles are readable from the CLI.
+        let console = oyako(["console", "--state", state, "root"])
+        #expect(console.status == 0 && console.stdout.contains("[kernel]"), "\(console.stdout.prefix(300))")
+        let child = oyako(["console", "--state", state, "child1"])
+        #expect(child.stdout.contains("pinged child0"), "\(child.stdout)")
+        #expect(oyako(["console", "--state", state, "nosuch"]).status == 1)
         #expect(json["reused_unmodified"] as? Bool == true)
         #expect(json["hypervisor_specific_drivers"] as? Int == 0)
     }

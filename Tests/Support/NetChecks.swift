@@ -30,11 +30,26 @@ public enum NetChecks {
         return received.withLock { $0 }
     }
 
-    /// Writes `bytes` to the OS's port and returns what the far end got.
-    public static func serialOut(_ port: SerialPort, _ log: SerialLog, _ bytes: [UInt8], timeout: Double = 10) -> [UInt8] {
+    /// Writes `bytes` to the OS's port; true when the far end received them
+    /// in order, as one run (the kernel's console lines may come before or
+    /// after, never inside one write).
+    public static func serialOut(_ port: SerialPort, _ log: SerialLog, _ bytes: [UInt8], timeout: Double = 10) -> Bool {
         let before = log.contents.count
         port.write(bytes)
-        return Array(log.waitFor(before + bytes.count, timeout: timeout).dropFirst(before))
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        while Date() < deadline {
+            let seen = Array(log.waitFor(log.contents.count + 1, timeout: 0.2).dropFirst(before))
+            if contains(seen, bytes) { return true }
+        }
+        return false
+    }
+
+    static func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+        guard !needle.isEmpty, haystack.count >= needle.count else { return needle.isEmpty }
+        for start in 0...(haystack.count - needle.count) where haystack[start] == needle[0] {
+            if Array(haystack[start..<(start + needle.count)]) == needle { return true }
+        }
+        return false
     }
 
     /// Sends `bytes` from the far end and returns what the OS's port read.
