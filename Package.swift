@@ -31,7 +31,7 @@ let package = Package(
         .target(
             name: "COyakoSDK",
             path: "SDK",
-            exclude: ["oyako.mk", "oyako-driver.map"],
+            exclude: ["oyako.mk", "oyako-driver.map", "abi"],
             sources: ["src"],
             publicHeadersPath: "include"
         ),
