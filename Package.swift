@@ -36,6 +36,8 @@ let package = Package(
             publicHeadersPath: "include"
         ),
         .target(name: "CSystemShims", path: "Sources/CSystemShims"),
+        // libffi for control methods, behind a two-function C door.
+        .target(name: "CFFIShims", linkerSettings: [.linkedLibrary("ffi")]),
         .target(
             name: "Machine",
             dependencies: [
@@ -67,7 +69,7 @@ let package = Package(
         .target(
             name: "DriverHost",
             dependencies: [
-                "COyakoSDK", "CSystemShims",
+                "COyakoSDK", "CSystemShims", "CFFIShims",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]

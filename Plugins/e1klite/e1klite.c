@@ -47,6 +47,9 @@ typedef struct e1k_dev {
     oy_net_stats stats;
 } e1k_dev;
 
+/* Live instances, so that detach twice or remove after detach is refused. */
+static oy_instance_set e1k_instances;
+
 static void e1k_write(e1k_dev *d, uint32_t reg, uint32_t value) { d->host->reg_write32(d->regs, reg, value); }
 static uint32_t e1k_read(e1k_dev *d, uint32_t reg) { return d->host->reg_read32(d->regs, reg); }
 
@@ -294,7 +297,15 @@ static int32_t e1k_attach(void *ctx, oy_device *device, void **out_instance) {
     info.max_frame = OY_NET_MAX_FRAME;
     info.tx_queue_depth = E1K_RING - 1u;
     info.link = d->link;
-    E1K_TRY(c->net->register_netdev(device, &info, &e1k_ops, d, &d->netdev));
+    if (!oy_instance_add(&e1k_instances, d)) {
+        rc = OY_E_BUSY;
+        goto fail;
+    }
+    rc = c->net->register_netdev(device, &info, &e1k_ops, d, &d->netdev);
+    if (rc != OY_OK) {
+        oy_instance_take(&e1k_instances, d);
+        goto fail;
+    }
     e1k_write(d, E1K_TCTL, E1K_TCTL_EN);
     e1k_write(d, E1K_RCTL, E1K_RCTL_EN | E1K_RCTL_BAM | E1K_RCTL_MPE);
     e1k_write(d, E1K_IMS, E1K_ICR_TXDW | E1K_ICR_LSC | E1K_ICR_RXO | E1K_ICR_RXT0);
@@ -330,6 +341,7 @@ static int32_t e1k_detach(void *instance) {
     oy_event *wait = NULL;
     int tries;
     if (d == NULL) return OY_E_INVALID;
+    if (!oy_instance_take(&e1k_instances, d)) return OY_E_STATE;
     d->ctx->net->unregister_netdev(d->netdev);
     d->host->lock_acquire(d->lock);
     d->stopping = 1;
@@ -349,16 +361,44 @@ static int32_t e1k_detach(void *instance) {
 
 static void e1k_remove(void *instance) {
     e1k_dev *d = (e1k_dev *)instance;
-    if (d == NULL) return;
+    if (!oy_instance_contains(&e1k_instances, d)) return;
     d->host->lock_acquire(d->lock);
     d->gone = 1;
     d->host->lock_release(d->lock);
     e1k_fail_tx(d, OY_E_DEVICE_GONE);
 }
 
+/* ---- control methods ------------------------------------------------------------- */
+
+static uint32_t e1k_m_link(void *instance) {
+    e1k_dev *d = (e1k_dev *)instance;
+    return oy_instance_contains(&e1k_instances, d) ? d->link : OY_LINK_DOWN;
+}
+
+static uint64_t e1k_m_tx_packets(void *instance) {
+    e1k_dev *d = (e1k_dev *)instance;
+    return oy_instance_contains(&e1k_instances, d) ? d->stats.tx_packets : 0;
+}
+
+static int32_t e1k_m_set_promiscuous(void *instance, _Bool on) {
+    e1k_dev *d = (e1k_dev *)instance;
+    if (!oy_instance_contains(&e1k_instances, d)) return OY_E_STATE;
+    return e1k_set_filter(d, NULL, 0, OY_NET_FILTER_BROADCAST | (on ? OY_NET_FILTER_PROMISCUOUS : 0u));
+}
+
+static const oy_control_method e1k_methods[] = {
+    {sizeof(oy_control_method), 0, "link", "u32()", "Link state: 1 up, 0 down", (oy_control_fn)e1k_m_link},
+    {sizeof(oy_control_method), 0, "tx_packets", "u64()", "Frames transmitted since attach", (oy_control_fn)e1k_m_tx_packets},
+    {sizeof(oy_control_method), 0, "set_promiscuous", "i32(bool)", "Accept every unicast frame", (oy_control_fn)e1k_m_set_promiscuous},
+};
+
+static const oy_control_table e1k_control = {sizeof(oy_control_table), 3, e1k_methods};
+
 static const void *e1k_get_extension(void *instance, const char *id) {
     (void)instance;
-    if (id != NULL && strcmp(id, OY_NET_EXTENSION) == 0) return &e1k_ops;
+    if (id == NULL) return NULL;
+    if (strcmp(id, OY_NET_EXTENSION) == 0) return &e1k_ops;
+    if (strcmp(id, OY_CONTROL_EXTENSION) == 0) return &e1k_control;
     return NULL;
 }
 

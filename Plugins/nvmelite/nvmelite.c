@@ -83,6 +83,9 @@ typedef struct nvl_dev {
     uint64_t block_count;
 } nvl_dev;
 
+/* Live instances, so that detach twice or remove after detach is refused. */
+static oy_instance_set nvl_instances;
+
 static void nvl_log(nvl_dev *d, int32_t level, const char *msg) {
     d->host->log(d->host, d->device, level, msg);
 }
@@ -529,7 +532,15 @@ static int32_t nvl_attach(void *ctx, oy_device *device, void **out_instance) {
     geo.max_transfer_blocks = d->max_blocks;
     geo.queue_depth = NVL_QUEUE_DEPTH;
     geo.flags = OY_BLOCK_CAN_FLUSH;
-    NVL_TRY(c->block->register_disk(device, &geo, &nvl_block_ops, d, &d->disk));
+    if (!oy_instance_add(&nvl_instances, d)) {
+        rc = OY_E_BUSY;
+        goto fail;
+    }
+    rc = c->block->register_disk(device, &geo, &nvl_block_ops, d, &d->disk);
+    if (rc != OY_OK) {
+        oy_instance_take(&nvl_instances, d);
+        goto fail;
+    }
 #undef NVL_TRY
 
     *out_instance = d;
@@ -562,6 +573,7 @@ static int32_t nvl_detach(void *instance) {
     nvl_dev *d = (nvl_dev *)instance;
     uint32_t outstanding;
     if (d == NULL) return OY_E_INVALID;
+    if (!oy_instance_take(&nvl_instances, d)) return OY_E_STATE;
     if (d->disk) {
         d->ctx->block->unregister_disk(d->disk);
     }
@@ -589,7 +601,7 @@ static int32_t nvl_detach(void *instance) {
 
 static void nvl_remove(void *instance) {
     nvl_dev *d = (nvl_dev *)instance;
-    if (d == NULL) return;
+    if (!oy_instance_contains(&nvl_instances, d)) return;
     d->host->lock_acquire(d->lock);
     d->gone = 1;
     d->host->lock_release(d->lock);
@@ -597,9 +609,41 @@ static void nvl_remove(void *instance) {
     nvl_fail_outstanding(d, OY_E_DEVICE_GONE);
 }
 
+/* ---- control methods ------------------------------------------------------------- */
+
+static uint64_t nvl_m_block_count(void *instance) {
+    nvl_dev *d = (nvl_dev *)instance;
+    return oy_instance_contains(&nvl_instances, d) ? d->block_count : 0;
+}
+
+static uint32_t nvl_m_block_size(void *instance) {
+    nvl_dev *d = (nvl_dev *)instance;
+    return oy_instance_contains(&nvl_instances, d) ? d->block_size : 0;
+}
+
+static uint32_t nvl_m_outstanding(void *instance) {
+    nvl_dev *d = (nvl_dev *)instance;
+    uint32_t n;
+    if (!oy_instance_contains(&nvl_instances, d)) return 0;
+    d->host->lock_acquire(d->lock);
+    n = d->outstanding;
+    d->host->lock_release(d->lock);
+    return n;
+}
+
+static const oy_control_method nvl_methods[] = {
+    {sizeof(oy_control_method), 0, "block_count", "u64()", "Namespace size in logical blocks", (oy_control_fn)nvl_m_block_count},
+    {sizeof(oy_control_method), 0, "block_size", "u32()", "Logical block size in bytes", (oy_control_fn)nvl_m_block_size},
+    {sizeof(oy_control_method), 0, "outstanding", "u32()", "Requests in flight right now", (oy_control_fn)nvl_m_outstanding},
+};
+
+static const oy_control_table nvl_control = {sizeof(oy_control_table), 3, nvl_methods};
+
 static const void *nvl_get_extension(void *instance, const char *id) {
     (void)instance;
-    if (id != NULL && strcmp(id, OY_BLOCK_EXTENSION) == 0) return &nvl_block_ops;
+    if (id == NULL) return NULL;
+    if (strcmp(id, OY_BLOCK_EXTENSION) == 0) return &nvl_block_ops;
+    if (strcmp(id, OY_CONTROL_EXTENSION) == 0) return &nvl_control;
     return NULL;
 }
 

@@ -63,6 +63,9 @@ typedef struct u_dev {
     oy_serial_line line;
 } u_dev;
 
+/* Live instances, so that detach twice or remove after detach is refused. */
+static oy_instance_set u_instances;
+
 static uint8_t u_in(u_dev *d, uint32_t reg) { return d->host->port_in8(d->ports, reg); }
 static void u_out(u_dev *d, uint32_t reg, uint8_t v) { d->host->port_out8(d->ports, reg, v); }
 
@@ -233,7 +236,14 @@ static int32_t u_attach(void *ctx, oy_device *device, void **out_instance) {
     u_out(d, U_FCR, 0x07); /* enable and clear FIFOs */
     u_out(d, U_MCR, 0x0B); /* DTR, RTS, OUT2 */
     if ((rc = h->irq_hook(device, 0, u_irq, d, &d->irq)) != OY_OK) goto fail;
-    if ((rc = c->serial->register_port(device, &line, &u_ops, d, &d->port)) != OY_OK) goto fail;
+    if (!oy_instance_add(&u_instances, d)) {
+        rc = OY_E_BUSY;
+        goto fail;
+    }
+    if ((rc = c->serial->register_port(device, &line, &u_ops, d, &d->port)) != OY_OK) {
+        oy_instance_take(&u_instances, d);
+        goto fail;
+    }
     u_out(d, U_IER, U_IER_RDA | U_IER_THRE | U_IER_RLS);
     *out_instance = d;
     return OY_OK;
@@ -245,6 +255,7 @@ fail:
 static int32_t u_detach(void *instance) {
     u_dev *d = (u_dev *)instance;
     if (d == NULL) return OY_E_INVALID;
+    if (!oy_instance_take(&u_instances, d)) return OY_E_STATE;
     if (d->port) d->ctx->serial->unregister_port(d->port);
     d->port = NULL;
     u_teardown(d);
@@ -253,16 +264,41 @@ static int32_t u_detach(void *instance) {
 
 static void u_remove(void *instance) {
     u_dev *d = (u_dev *)instance;
-    if (d == NULL) return;
+    if (!oy_instance_contains(&u_instances, d)) return;
     d->host->lock_acquire(d->lock);
     d->gone = 1;
     d->tx_count = 0;
     d->host->lock_release(d->lock);
 }
 
+/* ---- control methods ------------------------------------------------------------- */
+
+static uint32_t u_m_baud(void *instance) {
+    u_dev *d = (u_dev *)instance;
+    return oy_instance_contains(&u_instances, d) ? d->line.baud : 0;
+}
+
+static int32_t u_m_set_baud(void *instance, uint32_t baud) {
+    u_dev *d = (u_dev *)instance;
+    oy_serial_line line;
+    if (!oy_instance_contains(&u_instances, d)) return OY_E_STATE;
+    line = d->line;
+    line.baud = baud;
+    return u_set_line(d, &line);
+}
+
+static const oy_control_method u_methods[] = {
+    {sizeof(oy_control_method), 0, "baud", "u32()", "Current line rate in bits per second", (oy_control_fn)u_m_baud},
+    {sizeof(oy_control_method), 0, "set_baud", "i32(u32)", "Change the line rate (115200 divided by an integer)", (oy_control_fn)u_m_set_baud},
+};
+
+static const oy_control_table u_control = {sizeof(oy_control_table), 2, u_methods};
+
 static const void *u_get_extension(void *instance, const char *id) {
     (void)instance;
-    if (id != NULL && strcmp(id, OY_SERIAL_EXTENSION) == 0) return &u_ops;
+    if (id == NULL) return NULL;
+    if (strcmp(id, OY_SERIAL_EXTENSION) == 0) return &u_ops;
+    if (strcmp(id, OY_CONTROL_EXTENSION) == 0) return &u_control;
     return NULL;
 }
 

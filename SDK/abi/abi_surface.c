@@ -28,6 +28,8 @@ OY_SURFACE(oy_host_net)
 OY_SURFACE(oy_serial_line)
 OY_SURFACE(oy_serial_ops)
 OY_SURFACE(oy_host_serial)
+OY_SURFACE(oy_control_method)
+OY_SURFACE(oy_control_table)
 
 __attribute__((visibility("default"))) enum oy_status oy_abi_surface_status(enum oy_status s);
 __attribute__((visibility("default"))) enum oy_status oy_abi_surface_status(enum oy_status s) { return s; }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Demo
 import DriverHost
 import Foundation
 
@@ -6,7 +7,7 @@ struct DriverCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "driver",
         abstract: "Inspect and build driver plugins.",
-        subcommands: [Inspect.self, Build.self]
+        subcommands: [Inspect.self, Build.self, Call.self]
     )
 
     struct Inspect: ParsableCommand {
@@ -97,6 +98,48 @@ struct DriverCommand: ParsableCommand {
                 print(path)
             } catch let error as CustomStringConvertible & Error {
                 printError(error.description)
+                throw ExitCode.failure
+            }
+        }
+    }
+
+    struct Call: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Call a driver's control method through libffi, arguments checked against its signature.",
+            discussion: """
+                DRIVER is a driver file; it is attached to its device on a fresh machine with the \
+                reference devices, the method is called, and the result printed. Without METHOD, \
+                the methods are listed. Example: oyako driver call uart16550.so set_baud 57600
+                """)
+
+        @Argument(help: "The driver's .so file.")
+        var driver: String
+
+        @Argument(help: "The method to call; omit to list the methods.")
+        var method: String?
+
+        @Argument(parsing: .allUnrecognized, help: "Arguments, as text in the method's declared types.")
+        var arguments: [String] = []
+
+        func run() throws {
+            do {
+                try DriverSession.withAttached(driver) { instance in
+                    guard let method else {
+                        for m in try instance.controlMethods() {
+                            print("\(m.name) \(m.signatureText)  \(m.description)\(m.signatureProblem.map { "  [\($0)]" } ?? "")")
+                        }
+                        return
+                    }
+                    let result = try instance.callControl(method, arguments: arguments)
+                    // An i32 result in the error list is shown with its name.
+                    if let code = Int32(result), code < 0, OyStatus(code).isDefined {
+                        print("\(result) (\(OyStatus(code)))")
+                    } else {
+                        print(result)
+                    }
+                }
+            } catch {
+                printError("\(error)")
                 throw ExitCode.failure
             }
         }

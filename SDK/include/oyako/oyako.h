@@ -12,5 +12,7 @@
 #include <oyako/block.h>
 #include <oyako/net.h>
 #include <oyako/serial.h>
+#include <oyako/control.h>
+#include <oyako/instances.h>
 
 #endif /* OYAKO_OYAKO_H */

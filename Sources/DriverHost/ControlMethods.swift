@@ -1,0 +1,217 @@
+import CFFIShims
+import COyakoSDK
+import Foundation
+
+/// A type in the control-method notation (oyako/control.h).
+public enum ControlType: String, Sendable, CaseIterable {
+    case void, bool, i8, i16, i32, i64, u8, u16, u32, u64, f32, f64, str
+
+    var ffiKind: Int32 {
+        switch self {
+        case .void: Int32(OY_FFI_VOID.rawValue)
+        case .bool: Int32(OY_FFI_BOOL.rawValue)
+        case .i8: Int32(OY_FFI_I8.rawValue)
+        case .i16: Int32(OY_FFI_I16.rawValue)
+        case .i32: Int32(OY_FFI_I32.rawValue)
+        case .i64: Int32(OY_FFI_I64.rawValue)
+        case .u8: Int32(OY_FFI_U8.rawValue)
+        case .u16: Int32(OY_FFI_U16.rawValue)
+        case .u32: Int32(OY_FFI_U32.rawValue)
+        case .u64: Int32(OY_FFI_U64.rawValue)
+        case .f32: Int32(OY_FFI_F32.rawValue)
+        case .f64: Int32(OY_FFI_F64.rawValue)
+        case .str: Int32(OY_FFI_POINTER.rawValue)
+        }
+    }
+
+    /// Values at the edges of the type, for boundary-value calls.
+    public var boundaryValues: [String] {
+        switch self {
+        case .void: []
+        case .bool: ["false", "true"]
+        case .i8: ["\(Int8.min)", "-1", "0", "1", "\(Int8.max)"]
+        case .i16: ["\(Int16.min)", "-1", "0", "\(Int16.max)"]
+        case .i32: ["\(Int32.min)", "-1", "0", "1", "\(Int32.max)"]
+        case .i64: ["\(Int64.min)", "-1", "0", "\(Int64.max)"]
+        case .u8: ["0", "1", "\(UInt8.max)"]
+        case .u16: ["0", "1", "\(UInt16.max)"]
+        case .u32: ["0", "1", "\(UInt32.max)"]
+        case .u64: ["0", "1", "\(UInt64.max)"]
+        case .f32, .f64: ["0", "-0", "1e-300", "1e300", "-1"]
+        case .str: ["", "x", String(repeating: "A", count: 4096)]
+        }
+    }
+}
+
+/// A parsed signature: RET(ARG,...).
+public struct ControlSignature: Sendable, Equatable, CustomStringConvertible {
+    public let result: ControlType
+    public let arguments: [ControlType]
+
+    public struct Malformed: Error, CustomStringConvertible, Sendable {
+        public let signature: String
+        public let reason: String
+        public var description: String { "signature \"\(signature)\" is malformed: \(reason)" }
+    }
+
+    public init(parsing text: String) throws(Malformed) {
+        guard let open = text.firstIndex(of: "("), text.hasSuffix(")") else {
+            throw Malformed(signature: text, reason: "expected RET(ARG,...)")
+        }
+        let resultName = String(text[..<open])
+        guard let result = ControlType(rawValue: resultName) else {
+            throw Malformed(signature: text, reason: "unknown return type \"\(resultName)\"")
+        }
+        let inner = text[text.index(after: open)..<text.index(before: text.endIndex)]
+        var arguments: [ControlType] = []
+        if !inner.isEmpty {
+            for part in inner.split(separator: ",", omittingEmptySubsequences: false) {
+                guard let type = ControlType(rawValue: String(part)), type != .void else {
+                    throw Malformed(signature: text, reason: "unknown or void argument type \"\(part)\"")
+                }
+                arguments.append(type)
+            }
+        }
+        guard arguments.count <= 16 else { throw Malformed(signature: text, reason: "more than 16 arguments") }
+        self.result = result
+        self.arguments = arguments
+    }
+
+    public var description: String { "\(result.rawValue)(\(arguments.map(\.rawValue).joined(separator: ",")))" }
+}
+
+/// One control method a driver instance publishes.
+public struct ControlMethod: Sendable {
+    public let name: String
+    public let signatureText: String
+    public let description: String
+    /// Nil when the declared signature does not parse.
+    public let signature: ControlSignature?
+    public let signatureProblem: String?
+    nonisolated(unsafe) let function: oy_control_fn?
+}
+
+/// Why a control call was refused or failed.
+public struct ControlCallError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public var description: String { message }
+}
+
+extension DriverInstance {
+    /// The control methods the instance publishes ("oyako.control/1"), or
+    /// an empty list. Table sizes and counts are checked before reading.
+    public func controlMethods() throws(ControlCallError) -> [ControlMethod] {
+        guard let raw = driverExtension(OY_CONTROL_EXTENSION) else { return [] }
+        let table = raw.assumingMemoryBound(to: oy_control_table.self).pointee
+        guard table.struct_size >= UInt32(MemoryLayout<oy_control_table>.size) else {
+            throw ControlCallError(message: "control table struct_size \(table.struct_size) is smaller than oy_control_table v1")
+        }
+        guard table.method_count <= 256, table.method_count == 0 || table.methods != nil else {
+            throw ControlCallError(message: "control table claims \(table.method_count) methods")
+        }
+        var methods: [ControlMethod] = []
+        for i in 0..<Int(table.method_count) {
+            let m: oy_control_method = table.methods![i]
+            let text = m.signature.map { String(cString: $0) } ?? ""
+            var parsed: ControlSignature?
+            var problem: String?
+            do {
+                parsed = try ControlSignature(parsing: text)
+            } catch {
+                problem = error.description
+            }
+            if m.struct_size < UInt32(MemoryLayout<oy_control_method>.size) { problem = "method struct_size \(m.struct_size) is too small" }
+            if m.function == nil { problem = "method has a NULL function" }
+            if m.name == nil { problem = "method has no name" }
+            let summary: String = m.description.map { String(cString: $0) } ?? ""
+            methods.append(ControlMethod(
+                name: m.name.map { String(cString: $0) } ?? "", signatureText: text,
+                description: summary, signature: parsed, signatureProblem: problem, function: m.function))
+        }
+        return methods
+    }
+
+    /// Calls `name` with `arguments` given as text, checked against the
+    /// declared signature before the driver runs; returns the result as text.
+    public func callControl(_ name: String, arguments: [String]) throws(ControlCallError) -> String {
+        let methods = try controlMethods()
+        guard let method = methods.first(where: { $0.name == name }) else {
+            let known = methods.map { "\($0.name)(\($0.signatureText))" }.joined(separator: ", ")
+            throw ControlCallError(message: "\(library.name) has no control method \"\(name)\"; it has: \(known.isEmpty ? "none" : known)")
+        }
+        guard let signature = method.signature, method.signatureProblem == nil, let function = method.function else {
+            throw ControlCallError(message: "\(name): \(method.signatureProblem ?? "unusable")")
+        }
+        guard arguments.count == signature.arguments.count else {
+            throw ControlCallError(message: "\(name) takes \(signature.arguments.count) argument(s) (\(signature)), got \(arguments.count)")
+        }
+        // Argument storage: 8 bytes per scalar, C strings kept alive.
+        var storage = [UInt64](repeating: 0, count: signature.arguments.count + 1)
+        var strings: [UnsafeMutablePointer<CChar>] = []
+        defer { for s in strings { free(s) } }
+        storage[0] = UInt64(UInt(bitPattern: instance))
+        for (i, (type, text)) in zip(signature.arguments, arguments).enumerated() {
+            guard let bits = Self.encode(text, as: type, strings: &strings) else {
+                throw ControlCallError(message: "\(name): argument \(i + 1) \"\(text)\" is not a valid \(type.rawValue)")
+            }
+            storage[i + 1] = bits
+        }
+        var kinds: [Int32] = [Int32(OY_FFI_POINTER.rawValue)] + signature.arguments.map(\.ffiKind)
+        var result: UInt64 = 0
+        let status = storage.withUnsafeMutableBufferPointer { slots -> Int32 in
+            var values: [UnsafeMutableRawPointer?] = (0..<slots.count).map { UnsafeMutableRawPointer(slots.baseAddress! + $0) }
+            return library.callDriver("control method") {
+                oy_ffi_invoke(function, signature.result.ffiKind, UInt32(kinds.count), &kinds, &values, &result)
+            }
+        }
+        guard status == 0 else { throw ControlCallError(message: "\(name): libffi cannot describe \(signature)") }
+        return Self.decode(result, as: signature.result)
+    }
+
+    /// Text to the 8-byte slot libffi reads (little-endian, low bytes).
+    static func encode(_ text: String, as type: ControlType, strings: inout [UnsafeMutablePointer<CChar>]) -> UInt64? {
+        switch type {
+        case .void: return nil
+        case .bool:
+            switch text.lowercased() {
+            case "true", "1", "yes": return 1
+            case "false", "0", "no": return 0
+            default: return nil
+            }
+        case .i8: return Int8(text).map { UInt64(UInt8(bitPattern: $0)) }
+        case .i16: return Int16(text).map { UInt64(UInt16(bitPattern: $0)) }
+        case .i32: return Int32(text).map { UInt64(UInt32(bitPattern: $0)) }
+        case .i64: return Int64(text).map { UInt64(bitPattern: $0) }
+        case .u8: return UInt8(text).map(UInt64.init)
+        case .u16: return UInt16(text).map(UInt64.init)
+        case .u32: return UInt32(text).map(UInt64.init)
+        case .u64: return UInt64(text)
+        case .f32: return Float(text).map { UInt64($0.bitPattern) }
+        case .f64: return Double(text).map { $0.bitPattern }
+        case .str:
+            guard let copy = strdup(text) else { return nil }
+            strings.append(copy)
+            return UInt64(UInt(bitPattern: copy))
+        }
+    }
+
+    static func decode(_ bits: UInt64, as type: ControlType) -> String {
+        switch type {
+        case .void: return ""
+        case .bool: return bits & 0xFF != 0 ? "true" : "false"
+        case .i8: return "\(Int8(bitPattern: UInt8(truncatingIfNeeded: bits)))"
+        case .i16: return "\(Int16(bitPattern: UInt16(truncatingIfNeeded: bits)))"
+        case .i32: return "\(Int32(bitPattern: UInt32(truncatingIfNeeded: bits)))"
+        case .i64: return "\(Int64(bitPattern: bits))"
+        case .u8: return "\(UInt8(truncatingIfNeeded: bits))"
+        case .u16: return "\(UInt16(truncatingIfNeeded: bits))"
+        case .u32: return "\(UInt32(truncatingIfNeeded: bits))"
+        case .u64: return "\(bits)"
+        case .f32: return "\(Float(bitPattern: UInt32(truncatingIfNeeded: bits)))"
+        case .f64: return "\(Double(bitPattern: bits))"
+        case .str:
+            guard let pointer = UnsafePointer<CChar>(bitPattern: UInt(bits)) else { return "(null)" }
+            return String(cString: pointer)
+        }
+    }
+}
