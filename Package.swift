@@ -88,6 +88,11 @@ let package = Package(
             name: "Guest",
             dependencies: ["Hypervisor", "VMBus", "Machine", "Workloads", "NetStack"]
         ),
+        // The plugin conformance suite: checks, worker protocol, reporters.
+        .target(
+            name: "Conformance",
+            dependencies: ["DriverHost", "Kernel", "Machine", "Devices", "VirtualizationStack", "COyakoSDK"]
+        ),
         // Userland shared by every OS here: verified block I/O workloads.
         .target(name: "Workloads"),
         // A minimal IPv4 host (ARP, ICMP echo, UDP echo) any OS here can run.
@@ -101,7 +106,7 @@ let package = Package(
         .executableTarget(
             name: "OyakoCLI",
             dependencies: [
-                "Demo", "Kernel", "Devices", "DriverHost", "Machine",
+                "Demo", "Conformance", "Kernel", "Devices", "DriverHost", "Machine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -234,7 +234,7 @@ static int32_t u_attach(void *ctx, oy_device *device, void **out_instance) {
     line.stop_bits = 1;
     if ((rc = u_set_line(d, &line)) != OY_OK) goto fail;
     u_out(d, U_FCR, 0x07); /* enable and clear FIFOs */
-    u_out(d, U_MCR, 0x0B); /* DTR, RTS, OUT2 */
+    u_out(d, U_MCR, 0x2B); /* DTR, RTS, OUT2, auto flow control */
     if ((rc = h->irq_hook(device, 0, u_irq, d, &d->irq)) != OY_OK) goto fail;
     if (!oy_instance_add(&u_instances, d)) {
         rc = OY_E_BUSY;

@@ -77,6 +77,10 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
     private var running = false
     private var stopped = true
     private var stats = Statistics()
+    private var failIO = false
+
+    /// Fault injection: I/O commands complete with an internal-error status.
+    public func injectErrors(_ on: Bool) { condition.withLock { failIO = on } }
 
     // Controller-thread state.
     private struct SubmissionQueue { var base: UInt64; var entries: Int; var head: Int; var cq: Int }
@@ -344,7 +348,9 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
         let opcode = command[0]
         condition.lock()
         stats.commands += 1
+        let failing = failIO
         condition.unlock()
+        if failing { return (.internalError, 0) }
         switch opcode {
         case 0x00: // FLUSH
             do {

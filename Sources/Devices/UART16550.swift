@@ -14,7 +14,9 @@ public protocol SerialBackend: AnyObject, Sendable {
 /// the real part.
 ///
 /// Ports: 0 RBR/THR (DLL when DLAB), 1 IER (DLM when DLAB), 2 IIR/FCR,
-/// 3 LCR, 4 MCR, 5 LSR, 6 MSR, 7 SCR.
+/// 3 LCR, 4 MCR, 5 LSR, 6 MSR, 7 SCR. MCR bit 5 enables auto flow control
+/// (as on the 16750 and most 16550-compatible parts): with RTS set, the far
+/// end is held off while the receive FIFO is nearly full.
 public final class UART16550: BusDevice, @unchecked Sendable {
     // @unchecked Sendable: all state is guarded by `condition`.
     public static let vendorID: UInt16 = 0x0A7A
@@ -49,6 +51,10 @@ public final class UART16550: BusDevice, @unchecked Sendable {
     private var stats = Statistics()
     private weak var backend: (any SerialBackend)?
     private var lineBacklog: [UInt8] = []
+    private var farEndIgnoresFlowControl = false
+
+    /// A far end that keeps sending when RTS drops (to provoke overruns).
+    public func ignoreFlowControl(_ on: Bool) { condition.withLock { farEndIgnoresFlowControl = on } }
 
     public init() {}
 
@@ -193,7 +199,10 @@ public final class UART16550: BusDevice, @unchecked Sendable {
                 stats.transmitted += 1
                 if txFIFO.isEmpty && ier & 0x02 != 0 { thrEmptyPending = true }
             }
-            if !lineBacklog.isEmpty {
+            // Auto flow control (MCR bit 5 with RTS): the UART drops RTS when
+            // its receive FIFO is nearly full and the far end waits.
+            let rtsDropped = mcr & 0x22 == 0x22 && rxFIFO.count >= Self.fifoSize - 2 && !farEndIgnoresFlowControl
+            if !lineBacklog.isEmpty && !rtsDropped {
                 let byte = lineBacklog.removeFirst()
                 if mcr & 0x10 == 0 {
                     if rxFIFO.count < Self.fifoSize {

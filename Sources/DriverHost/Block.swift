@@ -78,8 +78,8 @@ public final class RegisteredDisk: Resource, @unchecked Sendable {
     // @unchecked Sendable: `outstanding` and `unregistered` are guarded by `lock`.
     public let geometry: BlockGeometry
     public let binding: DeviceBinding
-    private let submitFunction: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<oy_block_request>?) -> Int32
-    private let instance: UnsafeMutableRawPointer?
+    let submitFunction: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<oy_block_request>?) -> Int32
+    let instance: UnsafeMutableRawPointer?
     private let lock = NSLock()
     private var outstanding: [ObjectIdentifier: BlockRequest] = [:]
     private var unregistered = false

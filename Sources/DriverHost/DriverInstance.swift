@@ -19,6 +19,7 @@ public final class DeviceBinding: @unchecked Sendable {
         self.library = library
         self.device = device
         self.owner = ResourceOwner(label: "\(library.name)@\(device.info.location)")
+        self.owner.library = library
         self.handle = HandleTable.shared.insert(self)
     }
 

@@ -28,7 +28,10 @@ public final class DriverLibrary: @unchecked Sendable {
     public let environment: any HostEnvironment
 
     let driver: UnsafePointer<oy_driver>
+    let entry: oy_driver_entry_fn?
     let hostTable: UnsafeMutablePointer<oy_host>
+    /// Host-side fault injection for this driver (conformance suite).
+    public let faults = FaultPlan()
     let globalOwner: ResourceOwner
     private let dl: DynamicLibrary
     private let lock = NSLock()
@@ -95,7 +98,7 @@ public final class DriverLibrary: @unchecked Sendable {
         let library = DriverLibrary(
             path: path, mappedPath: mapped, sha256: sha256Hex(ofFile: mapped) ?? inspection.sha256,
             image: inspection.image, metadata: inspection.metadata, abiVersion: negotiation.version,
-            environment: environment, driver: table, dl: dl)
+            environment: environment, driver: table, entry: entry.function, dl: dl)
         var context: UnsafeMutableRawPointer?
         let status = library.callDriver("init") { OyStatus(table.pointee.`init`(library.hostTable, &context)) }
         guard status.isOK else {
@@ -109,8 +112,10 @@ public final class DriverLibrary: @unchecked Sendable {
     }
 
     private init(path: String, mappedPath: String, sha256: String, image: ELFImage, metadata: DriverMetadata,
-                 abiVersion: UInt32, environment: any HostEnvironment, driver: UnsafePointer<oy_driver>, dl: DynamicLibrary)
+                 abiVersion: UInt32, environment: any HostEnvironment, driver: UnsafePointer<oy_driver>, entry: oy_driver_entry_fn?,
+                 dl: DynamicLibrary)
     {
+        self.entry = entry
         self.path = path
         self.mappedPath = mappedPath
         self.sha256 = sha256
@@ -121,6 +126,7 @@ public final class DriverLibrary: @unchecked Sendable {
         self.driver = driver
         self.dl = dl
         self.globalOwner = ResourceOwner(label: "\(metadata.name) (driver-wide)")
+        defer { globalOwner.library = self }
         self.logger = Logger(label: "oyako.driver.\(metadata.name)")
         self.hostTable = HostServices.makeTable(abiVersion: abiVersion)
         HostServices.register(self, table: hostTable)

@@ -221,6 +221,7 @@ enum HostServices {
             guard let library = HostServices.library(host, service: "mem_alloc"), size > 0,
                 let owner = HostServices.owner(library, device, service: "mem_alloc")
             else { return nil }
+            if library.faults.shouldFail() { return nil }
             var pointer: UnsafeMutableRawPointer?
             guard posix_memalign(&pointer, 16, size) == 0, let pointer else { return nil }
             memset(pointer, 0, size)
@@ -244,6 +245,7 @@ enum HostServices {
             guard let library = HostServices.library(host, service: "lock_create") else { return OY_E_INVALID.rawValue }
             guard HostServices.requirePassive("lock_create", library) else { return OY_E_WRONG_CONTEXT.rawValue }
             guard let out, let owner = HostServices.owner(library, device, service: "lock_create") else { return OY_E_INVALID.rawValue }
+            if library.faults.shouldFail() { return OY_E_NOMEM.rawValue }
             out.pointee = owner.adopt(HostLock(owner: owner))
             return OY_OK.rawValue
         }
@@ -264,6 +266,7 @@ enum HostServices {
             guard let library = HostServices.library(host, service: "event_create") else { return OY_E_INVALID.rawValue }
             guard HostServices.requirePassive("event_create", library) else { return OY_E_WRONG_CONTEXT.rawValue }
             guard let out, let owner = HostServices.owner(library, device, service: "event_create") else { return OY_E_INVALID.rawValue }
+            if library.faults.shouldFail() { return OY_E_NOMEM.rawValue }
             out.pointee = owner.adopt(HostEvent(owner: owner))
             return OY_OK.rawValue
         }
@@ -284,7 +287,8 @@ enum HostServices {
             guard let event = HostServices.resource(handle, HostEvent.self, service: "event_wait") else { return OY_E_INVALID.rawValue }
             if HostServices.inInterrupt {
                 let callback = oy_shim_context_callback().map { String(cString: $0) } ?? "an interrupt handler"
-                HostServices.unattributed("event_wait is [passive] but was called from [interrupt] context (\(callback))")
+                let message = "event_wait is [passive] but was called from [interrupt] context (\(callback))"
+                if let library = event.owner.library { library.recordViolation(message) } else { HostServices.unattributed(message) }
                 return OY_E_WRONG_CONTEXT.rawValue
             }
             let deadline = Date(timeIntervalSinceNow: Double(min(timeout, 3_600_000_000_000)) / 1e9)
@@ -399,6 +403,7 @@ enum HostServices {
             guard let binding = HostServices.binding(device, service: "dma_alloc") else { return OY_E_INVALID.rawValue }
             guard HostServices.requirePassive("dma_alloc", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
             guard let out, let cpu, let address, size > 0, size <= 64 << 20 else { return OY_E_INVALID.rawValue }
+            if binding.library.faults.shouldFail(dma: true) { return OY_E_NOMEM.rawValue }
             do throws(OyStatus) {
                 let region = try binding.device.dmaAllocate(size: size)
                 out.pointee = binding.owner.adopt(DMABuffer(binding: binding, region: region, kind: "DMA buffer"))
@@ -491,6 +496,7 @@ enum HostServices {
         guard let library = library(host, service: service) else { return OY_E_INVALID.rawValue }
         guard requirePassive(service, library) else { return OY_E_WRONG_CONTEXT.rawValue }
         guard let fn, let out, let owner = owner(library, device, service: service) else { return OY_E_INVALID.rawValue }
+        if library.faults.shouldFail() { return OY_E_NOMEM.rawValue }
         let call = InterruptCall(function: fn, argument: arg)
         let item = Scheduler.Item { call.function(call.argument) }
         out.pointee = owner.adopt(ScheduledItem(item: item, kind: kind, owner: owner))

@@ -73,8 +73,8 @@ public final class RegisteredNetdev: Resource, @unchecked Sendable {
     public let mtu: Int
     public let maxFrame: Int
     public let queueDepth: Int
-    private let ops: oy_net_ops
-    private let instance: UnsafeMutableRawPointer?
+    let ops: oy_net_ops
+    let instance: UnsafeMutableRawPointer?
     private let lock = NSLock()
     private var outstanding: [ObjectIdentifier: NetFrame] = [:]
     private var unregistered = false

@@ -9,12 +9,16 @@ public enum ProcessRunner {
         public let status: Int32
         public let stdout: String
         public let stderr: String
+        /// The signal that ended the process, if one did.
+        public var signal: Int32? = nil
+        /// The process outlived its timeout and was killed.
+        public var timedOut = false
         /// stdout followed by stderr.
         public var output: String { stdout + stderr }
     }
 
     /// Runs `tool` (looked up on PATH unless it contains a slash).
-    public static func run(_ tool: String, _ arguments: [String], environment: [String: String]? = nil) -> Result {
+    public static func run(_ tool: String, _ arguments: [String], environment: [String: String]? = nil, timeout: Double? = nil) -> Result {
         let process = Process()
         if tool.contains("/") {
             process.executableURL = URL(fileURLWithPath: tool)
@@ -33,10 +37,26 @@ public enum ProcessRunner {
         } catch {
             return Result(status: 127, stdout: "", stderr: "cannot run \(tool): \(error.localizedDescription)")
         }
+        // A watchdog kills the child when it outlives its timeout.
+        let finished = DispatchSemaphore(value: 0)
+        let killed = Killed()
+        if let timeout {
+            let pid = process.processIdentifier
+            Thread.detachNewThread {
+                if finished.wait(timeout: .now() + timeout) == .timedOut {
+                    killed.set()
+                    kill(pid, SIGKILL)
+                }
+            }
+        }
         let errorText = Drain(err.fileHandleForReading.fileDescriptor)
         let outputText = readAll(out.fileHandleForReading.fileDescriptor)
         process.waitUntilExit()
-        return Result(status: process.terminationStatus, stdout: outputText, stderr: errorText.wait())
+        finished.signal()
+        var result = Result(status: process.terminationStatus, stdout: outputText, stderr: errorText.wait())
+        if process.terminationReason == .uncaughtSignal { result.signal = process.terminationStatus }
+        result.timedOut = killed.value
+        return result
     }
 
     static func readAll(_ fd: Int32) -> String {
@@ -53,6 +73,14 @@ public enum ProcessRunner {
             }
         }
         return String(decoding: data, as: UTF8.self)
+    }
+
+    private final class Killed: @unchecked Sendable {
+        // @unchecked Sendable: guarded by `lock`.
+        private let lock = NSLock()
+        private var flag = false
+        func set() { lock.withLock { flag = true } }
+        var value: Bool { lock.withLock { flag } }
     }
 
     /// Reads a descriptor to its end on a thread of its own.

@@ -29,6 +29,8 @@ public class Resource: @unchecked Sendable {
 final class ResourceOwner: @unchecked Sendable {
     // @unchecked Sendable: `resources` is guarded by `lock`.
     let label: String
+    /// The driver this owner's resources belong to, for violation reports.
+    weak var library: DriverLibrary?
     private let lock = NSLock()
     private var resources: [UInt: Resource] = [:]
     private var order: UInt = 0

@@ -30,8 +30,8 @@ public struct SerialLine: Sendable, Equatable {
 public final class RegisteredSerialPort: Resource, @unchecked Sendable {
     // @unchecked Sendable: mutable state is guarded by `lock`.
     public let binding: DeviceBinding
-    private let ops: oy_serial_ops
-    private let instance: UnsafeMutableRawPointer?
+    let ops: oy_serial_ops
+    let instance: UnsafeMutableRawPointer?
     private let lock = NSLock()
     private var line_: SerialLine
     private var unregistered = false

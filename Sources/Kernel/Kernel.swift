@@ -110,7 +110,17 @@ public final class Kernel: @unchecked Sendable {
     /// Loads `file` (once) and attaches it to the device in `slot`.
     @discardableResult
     public func attach(file: DriverFile, to slot: BusSlot) throws -> DriverInstance {
-        let library = try loadLibrary(file)
+        try attach(try loadLibrary(file), to: slot)
+    }
+
+    /// Loads a driver file (once per file) without attaching it.
+    public func loadDriver(path: String) throws -> DriverLibrary {
+        try loadLibrary(try DriverFile.inspect(path: path))
+    }
+
+    /// Probes and attaches a loaded driver to the device in `slot`.
+    @discardableResult
+    public func attach(_ library: DriverLibrary, to slot: BusSlot) throws -> DriverInstance {
         let device = KernelDevice(slot: slot, platform: platform)
         let probe = library.probe(device)
         guard probe.isOK else {
@@ -128,6 +138,15 @@ public final class Kernel: @unchecked Sendable {
         lock.withLock { libraries[file.resolvedPath] = library }
         log.record(.info, "kernel", "loaded \(library.name) \(library.metadata.version) (ABI \(library.abiVersion)) from \(library.mappedPath)")
         return library
+    }
+
+    /// A HostDevice for `slot` as this OS presents it (the suite probes with it).
+    public func hostDevice(for slot: BusSlot) -> any HostDevice { KernelDevice(slot: slot, platform: platform) }
+
+    /// Unloads a driver the kernel loaded (after its instances detached).
+    public func unload(_ library: DriverLibrary) -> DriverLibrary.UnloadReport {
+        lock.withLock { libraries = libraries.filter { $0.value !== library } }
+        return library.unload()
     }
 
     /// The driver bound to the device at `address`.

@@ -77,6 +77,7 @@ public final class DevicePort: Sendable {
     private let interrupts: InterruptController
     private let vectors: Range<InterruptController.Vector>
     private let removed: Atomic<Bool>
+    private let lost = Atomic<Bool>(false)
 
     init(address: BusAddress, deviceName: String, iommu: IOMMU, interrupts: InterruptController, vectors: Range<Int>) {
         self.address = address
@@ -119,11 +120,14 @@ public final class DevicePort: Sendable {
 
     /// Raises the device's vector `index` (an MSI write).
     public func raiseInterrupt(_ index: Int) {
-        guard !removed.load(ordering: .acquiring), index >= 0, index < vectors.count else { return }
+        guard !removed.load(ordering: .acquiring), !lost.load(ordering: .relaxed), index >= 0, index < vectors.count else { return }
         interrupts.raise(vectors.lowerBound + index)
     }
 
     func markRemoved() { removed.store(true, ordering: .releasing) }
+
+    /// Fault injection: while set, the device's interrupts are lost.
+    func loseInterrupts(_ on: Bool) { lost.store(on, ordering: .relaxed) }
 }
 
 /// One occupied position on the bus.
@@ -144,6 +148,13 @@ public final class BusSlot: Sendable {
     }
 
     public var isRemoved: Bool { removedFlag.load(ordering: .acquiring) }
+
+    /// Fault injection: drop every interrupt the device raises until cleared.
+    public func loseInterrupts(_ on: Bool) { port.loseInterrupts(on) }
+
+    /// Raises the device's vector `index` as if the device had (spurious or
+    /// test interrupts).
+    public func raiseInterrupt(_ index: Int) { port.raiseInterrupt(index) }
 
     /// Type-0 config header: IDs, command, class, BAR kinds, interrupt count.
     /// A removed device reads as all ones.

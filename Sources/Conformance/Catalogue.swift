@@ -1,0 +1,720 @@
+import Devices
+import DriverHost
+import Foundation
+import Kernel
+import Machine
+import Synchronization
+
+/// Every check, in the order they run. `requires` makes later checks skip
+/// (with the reason) when a check they build on failed, so one defect is
+/// reported once, at the check that targets it.
+enum Catalogue {
+    static let block: Set<String> = ["oyako.block/1"]
+    static let net: Set<String> = ["oyako.net/1"]
+    static let serial: Set<String> = ["oyako.serial/1"]
+    static let io: Set<String> = ["oyako.block/1", "oyako.net/1", "oyako.serial/1"]
+
+    static let all: [CheckDefinition] = file + load + lifecycle + contextAndConcurrency + faults + ioChecks + badInput + control
+
+    // MARK: File and symbols (no driver code runs)
+
+    static let file: [CheckDefinition] = [
+        CheckDefinition("file.elf", "ELF shared object for this machine's architecture", scope: .file) { c in
+            let image = try DriverFile.inspect(path: c.driverPath).image
+            return .passed("\(ELFImage.machineName(image.machine)) shared object")
+        },
+        CheckDefinition("file.textrel", "no text relocations", scope: .file, requires: ["file.elf"]) { c in
+            try image(c).hasTextRelocations ? .failed("the text segment needs relocations at load; build with -fPIC") : .passed()
+        },
+        CheckDefinition("file.execstack", "no executable stack", scope: .file, requires: ["file.elf"]) { c in
+            try image(c).hasExecutableStack ? .failed("PT_GNU_STACK is missing or executable; link with -Wl,-z,noexecstack") : .passed()
+        },
+        CheckDefinition("file.exports", "exactly one exported symbol, oy_driver_entry", scope: .file, requires: ["file.elf"]) { c in
+            let exported = try image(c).exportedSymbols.map(\.name).sorted()
+            guard exported == ["oy_driver_entry"] else {
+                return .failed("exports \(exported); build with -fvisibility=hidden and SDK/oyako-driver.map so only oy_driver_entry is visible")
+            }
+            return .passed()
+        },
+        CheckDefinition("file.imports", "imports only allowlisted pure functions", scope: .file, requires: ["file.elf"]) { c in
+            let forbidden = try image(c).importedSymbols.map(\.name).filter { !ImportAllowlist.allows($0) }.sorted()
+            guard forbidden.isEmpty else {
+                return .failed("imports \(forbidden.joined(separator: ", ")): reach the environment only through the host table (time, memory, locks, work, logging)")
+            }
+            return .passed()
+        },
+        CheckDefinition("file.needed", "needs only libc and libm", scope: .file, requires: ["file.elf"]) { c in
+            let extra = try image(c).neededLibraries.filter { !ImportAllowlist.libraries.contains($0) }
+            return extra.isEmpty ? .passed() : .failed("needs \(extra.joined(separator: ", ")); link statically or drop the dependency (-Wl,-z,defs shows what pulls it in)")
+        },
+        CheckDefinition("file.metadata", "metadata readable without running code", scope: .file, requires: ["file.elf"]) { c in
+            let m = try DriverFile.inspect(path: c.driverPath).metadata
+            return .passed("\(m.name) \(m.version), ABI \(m.abiMin)–\(m.abiMax), binds \(m.deviceIDs.map(\.description).joined(separator: ", "))")
+        },
+    ]
+
+    static func image(_ c: CheckContext) throws -> ELFImage { try DriverFile.inspect(path: c.driverPath).image }
+
+    // MARK: Load and negotiation
+
+    static let load: [CheckDefinition] = [
+        CheckDefinition("load.dlopen", "dlopen(RTLD_NOW|RTLD_LOCAL); the entry resolves from the driver itself", requires: ["file.elf", "file.metadata"]) { c in
+            let mapped = try DriverLibrary.openEntry(path: c.driverPath)
+            return .passed("entry in \(mapped)")
+        },
+        CheckDefinition("load.negotiate", "host range above, inside and below: highest common version or OY_E_INCOMPATIBLE", requires: ["load.dlopen"]) { c in
+            let m = try DriverFile.inspect(path: c.driverPath).metadata
+            let (low, high) = (m.abiMin, m.abiMax)
+            var cases: [(ClosedRange<UInt32>, UInt32?)] = [
+                (low...high, high), (low...(high + 2), high), ((high + 1)...(high + 3), nil),
+            ]
+            if low > 1 { cases.append((1...(low - 1), nil)) }
+            cases.append((max(1, low) - (low > 1 ? 1 : 0)...low, low))
+            for (host, expected) in cases {
+                let n = try DriverLibrary.negotiate(path: c.driverPath, host: host)
+                guard n.driverRange == low...high else {
+                    return .failed("for host \(host) the entry reported driver range \(n.driverRange), but the metadata says \(low)–\(high); fill driver_abi_min/max, also when refusing")
+                }
+                if let expected {
+                    guard n.status.isOK, n.version == expected else {
+                        return .failed("host speaks \(host.lowerBound)–\(host.upperBound): expected ABI \(expected), got \(n.status.isOK ? "ABI \(n.version)" : n.status.description); pick the highest version both speak (oy_negotiate does)")
+                    }
+                } else if n.status != .incompatible {
+                    return .failed("host speaks \(host.lowerBound)–\(host.upperBound), no overlap: expected OY_E_INCOMPATIBLE, got \(n.status.isOK ? "OY_OK with ABI \(n.version)" : n.status.description)")
+                }
+            }
+            return .passed("\(cases.count) host ranges")
+        },
+        CheckDefinition("load.tables", "table sizes at least v1, mandatory callbacks set, metadata matches", requires: ["load.dlopen"]) { c in
+            let rig = try Rig(c, load: false)
+            defer { rig.shutdown() }
+            do {
+                let library = try rig.kernel.loadDriver(path: c.driverPath)
+                return .passed("ABI \(library.abiVersion)")
+            } catch let error as DriverLoadError {
+                return .failed(error.description)
+            }
+        },
+        CheckDefinition("load.cycles", "100 load/unload cycles leave nothing behind", requires: ["load.tables"], timeout: 60) { c in
+            let environment = CountingEnvironment()
+            func snapshot() -> (fds: Int, threads: Int, maps: Int) {
+                let count = { (path: String) in (try? FileManager.default.contentsOfDirectory(atPath: path).count) ?? 0 }
+                let maps = (try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8))?.split(separator: "\n").count ?? 0
+                return (count("/proc/self/fd"), count("/proc/self/task"), maps)
+            }
+            // One warm-up cycle starts the host's worker threads.
+            try DriverLibrary.load(path: c.driverPath, environment: environment).unload()
+            let before = snapshot()
+            for i in 0..<100 {
+                let report = try DriverLibrary.load(path: c.driverPath, environment: environment).unload()
+                guard report.leaked.isEmpty else { return .failed("cycle \(i + 1): deinit left \(report.leaked.joined(separator: ", "))") }
+            }
+            let after = snapshot()
+            if after.fds > before.fds { return .failed("\(after.fds - before.fds) file descriptors more after 100 cycles") }
+            if after.threads > before.threads { return .failed("\(after.threads - before.threads) threads more after 100 cycles") }
+            if after.maps > before.maps + 4 { return .failed("\(after.maps - before.maps) mappings more after 100 cycles") }
+            return .passed("fds \(before.fds)→\(after.fds), threads \(before.threads)→\(after.threads), mappings \(before.maps)→\(after.maps)")
+        },
+    ]
+
+    // MARK: Lifecycle
+
+    static let lifecycle: [CheckDefinition] = [
+        CheckDefinition("lifecycle.attach", "probe and attach the device, then detach", requires: ["load.tables"]) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            let report = instance.detach()
+            guard report.status.isOK else { return .failed("detach returned \(report.status)") }
+            return .passed("\(rig.file.metadata.name) on \(instance.device.info.location)")
+        },
+        CheckDefinition("load.time-budget", "load, init, attach, detach, deinit, unload within 1 s", requires: ["lifecycle.attach"]) { c in
+            let rig = try Rig(c, load: false)
+            defer { rig.shutdown() }
+            let start = Date()
+            let library = try rig.kernel.loadDriver(path: c.driverPath)
+            let instance = try rig.kernel.attach(library, to: rig.slots[0])
+            instance.detach()
+            _ = rig.kernel.unload(library)
+            let seconds = Date().timeIntervalSince(start)
+            return seconds > 1 ? .warning(String(format: "took %.2f s; hosts expect well under a second", seconds)) : .passed(String(format: "%.1f ms", seconds * 1000))
+        },
+        CheckDefinition("lifecycle.wrong-state", "calls in the wrong state return an error, never crash", requires: ["lifecycle.attach"]) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let raw = rig.library.raw
+            var problems: [String] = []
+            let nullDetach = raw.detach(nil)
+            if nullDetach.isOK || !nullDetach.isDefined { problems.append("detach(NULL) returned \(nullDetach)") }
+            raw.remove(nil)
+            let nullProbe = raw.probe(nil)
+            if nullProbe.isOK { problems.append("probe(NULL info) returned OY_OK") }
+            let noDevice = raw.attachWithoutDevice()
+            if noDevice.isOK { problems.append("attach(NULL device) returned OY_OK") }
+            _ = raw.getExtension(nil, Array("oyako.nosuch/1".utf8))
+            let instance = try rig.attach()
+            let pointer = instance.rawInstance
+            instance.detach()
+            let twice = raw.detach(pointer)
+            if twice.isOK || !twice.isDefined { problems.append("detach of an already detached instance returned \(twice); keep a set of live instances (oyako/instances.h) and answer OY_E_STATE") }
+            raw.remove(pointer)
+            raw.deinitialize(nil)
+            return problems.isEmpty ? .passed("detach(NULL) \(nullDetach.name ?? "?"), detach twice \(twice.name ?? "?")") : .failed(problems.joined(separator: "; "))
+        },
+        CheckDefinition("lifecycle.probe-foreign", "probe rejects devices outside its ID table", requires: ["lifecycle.attach"]) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let m = rig.file.metadata
+            let foreign: [(UInt16, UInt16)] = [(0x1234, 0x5678), (0x0A7A, 0x00EE), (0x8086, 0x100E)].filter { !m.matches(vendorID: $0.0, deviceID: $0.1) }
+            for (vendor, device) in foreign {
+                let info = HostDeviceInfo(vendorID: vendor, deviceID: device, classCode: 0, revision: 1, bars: [.mmio(size: 4096)], interruptCount: 1, location: "ff:1f.7")
+                let status = rig.library.raw.probe(info)
+                guard status == .notSupported else {
+                    return .failed("probe of \(hex(vendor)):\(hex(device)), not in the ID table, returned \(status); answer OY_E_NOT_SUPPORTED")
+                }
+            }
+            return .passed("\(foreign.count) foreign devices declined")
+        },
+        CheckDefinition("lifecycle.reattach", "attach, detach, attach again works", requires: ["lifecycle.attach"]) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            for round in 1...3 {
+                let instance = try rig.attach()
+                _ = try rig.exerciseIO(seed: UInt64(round))
+                let status = instance.detach().status
+                guard status.isOK else { return .failed("round \(round): detach returned \(status)") }
+            }
+            return .passed("3 rounds")
+        },
+        CheckDefinition("lifecycle.detach-releases", "detach releases every window, DMA buffer, hook, timer and allocation", requires: ["lifecycle.attach"]) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            _ = try rig.exerciseIO()
+            let report = instance.detach()
+            if !report.leaked.isEmpty { return .failed("detach left behind: \(report.leaked.joined(separator: ", ")); release them in detach") }
+            if report.unfinishedRequests > 0 { return .failed("detach returned with \(report.unfinishedRequests) accepted request(s) not completed") }
+            let mapped = rig.machine.iommu.mappedPages(domain: Bus.domain(of: rig.slots[0].address))
+            if mapped > 0 { return .failed("\(mapped) page(s) still mapped for the device after detach") }
+            return .passed()
+        },
+        CheckDefinition("lifecycle.surprise-removal", "surprise removal during I/O: everything completes, no hang", requires: ["lifecycle.attach"], timeout: 30) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            let pending = Pending()
+            startBackgroundIO(rig, pending: pending)
+            rig.machine.bus.surpriseRemove(rig.slots[0])
+            guard pending.waitAll(timeout: 10) else { return .failed("\(pending.outstanding) request(s) never completed after the device was removed; complete them with OY_E_DEVICE_GONE in remove()") }
+            guard instance.state == .detached else { return .failed("the instance was not detached after removal") }
+            return .passed("\(pending.completed) request(s) completed")
+        },
+        CheckDefinition("lifecycle.two-instances", "two devices of one driver are independent", requires: ["lifecycle.attach"]) { c in
+            let rig = try Rig(c, copies: 2)
+            defer { rig.shutdown() }
+            guard rig.slots.count >= 2 else { return .skipped("the suite has only one device this driver binds") }
+            let first = try rig.attach(0)
+            let second = try rig.attach(1)
+            _ = try rig.exerciseIO(seed: 7)
+            let status = rig.kernel.detach(rig.slots[1].address)?.status ?? .state
+            guard status.isOK else { return .failed("detaching the second instance returned \(status)") }
+            _ = second
+            _ = try rig.exerciseIO(seed: 8)
+            guard first.detach().status.isOK else { return .failed("the first instance did not detach cleanly after the second went away") }
+            return .passed()
+        },
+    ]
+
+    // MARK: Context and concurrency
+
+    static let contextAndConcurrency: [CheckDefinition] = [
+        CheckDefinition("context.interrupt-services", "host services only from the contexts the header allows", requires: ["lifecycle.attach"]) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            for _ in 0..<3 {
+                for vector in 0..<instance.device.info.interruptCount { rig.slots[0].raiseInterrupt(vector) }
+            }
+            _ = try? rig.exerciseIO()
+            Thread.sleep(forTimeInterval: 0.1)
+            instance.detach()
+            let wrong = rig.library.violations.filter { $0.contains("context") }
+            return wrong.isEmpty ? .passed() : .failed(wrong.prefix(3).joined(separator: "; "))
+        },
+        CheckDefinition("concurrency.io", "thread-safe class operations survive many threads, data verified", requires: ["lifecycle.attach"], classes: io) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            defer { instance.detach() }
+            let failures = Mutex<[String]>([])
+            DispatchQueue.concurrentPerform(iterations: 4) { worker in
+                do {
+                    for round in 0..<5 { _ = try rig.exerciseIOConcurrently(worker: worker, round: round) }
+                } catch {
+                    failures.withLock { $0.append("\(error)") }
+                }
+            }
+            let found = failures.withLock { $0 }
+            return found.isEmpty ? .passed("4 threads × 5 rounds") : .failed(found.prefix(2).joined(separator: "; "))
+        },
+    ]
+
+    // MARK: Fault injection
+
+    static let faults: [CheckDefinition] = [
+        CheckDefinition("fault.alloc-failure", "allocation N fails, for every N on the attach path: clean error, nothing leaked", requires: ["lifecycle.attach"], timeout: 60) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            rig.library.faults.failAllocation(number: nil)
+            let clean = try rig.attach()
+            let total = rig.library.faults.allocations
+            clean.detach()
+            for n in 1...max(total, 1) {
+                rig.library.faults.failAllocation(number: n)
+                do {
+                    try rig.kernel.attach(rig.library, to: rig.slots[0]).detach()
+                } catch let error as AttachError {
+                    if !error.leaked.isEmpty { return .failed("with allocation \(n) of \(total) failing, attach leaked \(error.leaked.joined(separator: ", ")); release what was acquired before returning the error") }
+                    if !error.status.isDefined { return .failed("with allocation \(n) failing, attach returned undefined code \(error.status.rawValue)") }
+                }
+            }
+            rig.library.faults.failAllocation(number: nil)
+            return .passed("\(total) allocation(s) on the attach path, each failed once")
+        },
+        CheckDefinition("fault.dma-alloc-failure", "DMA allocation fails: clean error, nothing leaked", requires: ["lifecycle.attach"]) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            rig.library.faults.failDMAAllocations(true)
+            do {
+                try rig.kernel.attach(rig.library, to: rig.slots[0]).detach()
+                return .passed("attach needs no DMA memory")
+            } catch let error as AttachError {
+                if !error.leaked.isEmpty { return .failed("attach leaked \(error.leaked.joined(separator: ", ")) when DMA allocation failed") }
+                return .passed("attach failed cleanly with \(error.status.name ?? "\(error.status.rawValue)")")
+            }
+        },
+        CheckDefinition("fault.device-gone", "registers read all ones (device gone): no crash, no hang, no leak", requires: ["lifecycle.attach"], timeout: 30) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            rig.machine.bus.surpriseRemove(rig.slots[0])
+            do {
+                try rig.kernel.attach(rig.library, to: rig.slots[0]).detach()
+                return .passed("attach tolerated a missing device")
+            } catch let error as AttachError {
+                if !error.leaked.isEmpty { return .failed("attach to a removed device leaked \(error.leaked.joined(separator: ", "))") }
+                return .passed("attach failed cleanly with \(error.status.name ?? "\(error.status.rawValue)")")
+            }
+        },
+        CheckDefinition("fault.device-error", "the device reports an error status: the request fails, the next works", requires: ["lifecycle.attach"], classes: block) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            defer { instance.detach() }
+            guard let disk = rig.kernel.blockLayer.disks.first, let nvme = rig.nvmes.first else { return .failed("no disk registered") }
+            nvme.injectErrors(true)
+            let failed = (try? disk.write(lba: 1, bytes: [UInt8](repeating: 1, count: disk.geometry.blockSize))) == nil
+            nvme.injectErrors(false)
+            guard failed else { return .failed("a write the device failed was reported as successful") }
+            _ = try rig.exerciseIO()
+            return .passed()
+        },
+        CheckDefinition("fault.lost-interrupts", "interrupts never arrive: timeouts fire, no hang", requires: ["lifecycle.attach"], timeout: 30) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            rig.slots[0].loseInterrupts(true)
+            let start = Date()
+            do {
+                let instance = try rig.kernel.attach(rig.library, to: rig.slots[0])
+                startBackgroundIO(rig, pending: Pending(), count: 4)
+                Thread.sleep(forTimeInterval: 0.2)
+                instance.detach()
+            } catch let error as AttachError {
+                if !error.leaked.isEmpty { return .failed("attach without interrupts leaked \(error.leaked.joined(separator: ", "))") }
+            }
+            return .passed(String(format: "returned after %.1f s", Date().timeIntervalSince(start)))
+        },
+    ]
+
+    // MARK: I/O correctness
+
+    static let ioChecks: [CheckDefinition] = [
+        CheckDefinition("io.block.patterns", "write/read/verify every size and alignment", requires: ["lifecycle.attach"], classes: block, timeout: 60) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            defer { instance.detach() }
+            guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
+            let g = disk.geometry
+            var digest: UInt64 = 0
+            let sizes = Array(Set([1, 2, 3, 7, 8, 9, g.maxTransferBlocks / 2, g.maxTransferBlocks].filter { $0 >= 1 && $0 <= g.maxTransferBlocks })).sorted()
+            for blocks in sizes {
+                for offset in [0, 8, 512, 4000] {
+                    let length = blocks * g.blockSize
+                    guard let out = disk.allocateBuffer(length: length, offset: offset), let back = disk.allocateBuffer(length: length, offset: offset) else {
+                        return .failed("out of I/O memory")
+                    }
+                    let lba = UInt64(blocks * 13 + offset / 8) % (g.blockCount - UInt64(blocks))
+                    for i in 0..<length { out.bytes[i] = UInt8(truncatingIfNeeded: i &* 7 &+ blocks &+ offset) }
+                    do {
+                        try disk.perform(.write, lba: lba, blocks: blocks, buffer: out)
+                        try disk.perform(.read, lba: lba, blocks: blocks, buffer: back)
+                    } catch {
+                        return .failed("\(blocks) block(s) at buffer offset \(offset): \(error)")
+                    }
+                    guard out.bytes.elementsEqual(back.bytes) else { return .failed("\(blocks) block(s) at buffer offset \(offset): data read back differs") }
+                    digest = digest &* 131 &+ UInt64(back.bytes.reduce(0) { $0 &+ UInt64($1) })
+                }
+            }
+            return .passed("\(sizes.count) sizes × 4 alignments", observation: "patterns:\(digest)")
+        },
+        CheckDefinition("io.block.flush", "flush completes", requires: ["lifecycle.attach"], classes: block) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            defer { instance.detach() }
+            guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
+            guard disk.geometry.canFlush else { return .passed("the device has no volatile cache") }
+            try disk.write(lba: 0, bytes: [UInt8](repeating: 5, count: disk.geometry.blockSize))
+            do { try disk.flush() } catch { return .failed("flush: \(error)") }
+            return .passed(observation: "flush:ok")
+        },
+        CheckDefinition("io.block.out-of-range", "out-of-range LBA rejected", requires: ["lifecycle.attach"], classes: block) { c in
+            try withDisk(c) { disk, buffer in
+                for lba in [disk.geometry.blockCount, disk.geometry.blockCount - 1, UInt64.max] {
+                    let status = submitDirect(disk, .read, lba: lba, blocks: 2, data: buffer.pointer)
+                    guard !status.isOK else { return .failed("a read of 2 blocks at LBA \(lba) of \(disk.geometry.blockCount) succeeded; answer OY_E_RANGE") }
+                    guard status.isDefined else { return .failed("out-of-range read returned undefined code \(status.rawValue)") }
+                }
+                return .passed(observation: "range:rejected")
+            }
+        },
+        CheckDefinition("io.block.zero-length", "zero-length request rejected", requires: ["lifecycle.attach"], classes: block) { c in
+            try withDisk(c) { disk, buffer in
+                let status = submitDirect(disk, .read, lba: 0, blocks: 0, data: buffer.pointer)
+                return status == .invalid ? .passed(observation: "zero:invalid") : .failed("a zero-block read returned \(status); answer OY_E_INVALID")
+            }
+        },
+        CheckDefinition("io.net.frames", "minimum and maximum frames round-trip", requires: ["lifecycle.attach"], classes: net) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            defer { instance.detach() }
+            guard let interface = rig.kernel.network.interfaces.first, let (_, recorder) = rig.nics.first else { return .failed("no interface registered") }
+            var sent: [[UInt8]] = []
+            for length in [60, 61, 1000, 1514] {
+                let frame = interface.mac + [0x02, 0, 0, 0, 0, 9] + [0x88, 0xB5] + (0..<(length - 14)).map { UInt8(truncatingIfNeeded: $0 &+ length) }
+                sent.append(frame)
+                guard interface.send(frame) else { return .failed("transmit refused a \(length)-byte frame") }
+            }
+            let wire = recorder.wait(count: sent.count)
+            guard wire.count >= sent.count, zip(wire.suffix(sent.count), sent).allSatisfy({ Array($0.0.prefix($0.1.count)) == $0.1 }) else {
+                return .failed("frames did not reach the wire intact and in order")
+            }
+            let received = Mutex<[[UInt8]]>([])
+            interface.setUpperLayer { bytes in received.withLock { $0.append(Array(bytes)) } }
+            for frame in sent { recorder.inject(frame) }
+            let deadline = Date(timeIntervalSinceNow: 5)
+            while received.withLock({ $0.count }) < sent.count && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
+            guard received.withLock({ $0 }) == sent else { return .failed("received \(received.withLock { $0.count }) of \(sent.count) frames, or altered") }
+            return .passed("60 to 1514 bytes both ways", observation: "frames:\(sent.map(\.count))")
+        },
+        CheckDefinition("io.net.oversize", "oversize and runt frames refused", requires: ["lifecycle.attach"], classes: net) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            defer { instance.detach() }
+            guard let netdev = instance.netdevs.first else { return .failed("no interface registered") }
+            for length in [netdev.maxFrame + 1, 9000, 13] {
+                let frame = NetFrame()
+                let bytes = [UInt8](repeating: 0x02, count: length)
+                bytes.withUnsafeBytes { frame.prepare($0) { _ in } }
+                let status = netdev.transmit(frame)
+                guard !status.isOK else { return .failed("transmit accepted a \(length)-byte frame (max_frame \(netdev.maxFrame)); refuse it with OY_E_INVALID") }
+            }
+            return .passed(observation: "oversize:refused")
+        },
+        CheckDefinition("io.net.link", "link down and up observed", requires: ["lifecycle.attach"], classes: net) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            defer { instance.detach() }
+            guard let interface = rig.kernel.network.interfaces.first, let (nic, _) = rig.nics.first else { return .failed("no interface registered") }
+            let events = Mutex<[Bool]>([])
+            interface.setUpperLayer(nil) { up in events.withLock { $0.append(up) } }
+            nic.setCarrier(false)
+            Thread.sleep(forTimeInterval: 0.2)
+            nic.setCarrier(true)
+            let deadline = Date(timeIntervalSinceNow: 5)
+            while events.withLock({ $0 }) != [false, true] && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+            let seen = events.withLock { $0 }
+            return seen == [false, true] ? .passed(observation: "link:down,up") : .failed("link changes reported: \(seen), expected down then up; call link_changed from the interrupt handler")
+        },
+        CheckDefinition("io.serial.roundtrip", "bytes round-trip in order at the configured rate", requires: ["lifecycle.attach"], classes: serial) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            defer { instance.detach() }
+            guard let tty = rig.kernel.serial.ports.first, let (uart, log) = rig.uarts.first else { return .failed("no port registered") }
+            let out = (0..<600).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+            let before = log.contents.count
+            let started = Date()
+            tty.write(out)
+            guard Rig.awaitRun(out, in: log, after: before, timeout: 10) else { return .failed("output did not reach the line intact and in order") }
+            let seconds = Date().timeIntervalSince(started)
+            let expected = Double(out.count * 10) / Double(tty.line.baud)
+            if seconds < expected * 0.8 { return .failed(String(format: "600 bytes left in %.3f s, faster than %d baud allows", seconds, tty.line.baud)) }
+            let typed = (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 3 &+ 1) }
+            uart.send(typed)
+            var back: [UInt8] = []
+            let deadline = Date(timeIntervalSinceNow: 10)
+            while back.count < typed.count && Date() < deadline { back += tty.read(typed.count - back.count, timeout: 0.5) }
+            guard back == typed else { return .failed("input: \(back.count) of \(typed.count) bytes, or out of order") }
+            return .passed(String(format: "%d baud, 600 bytes out in %.0f ms", tty.line.baud, seconds * 1000), observation: "serial:600,300")
+        },
+        CheckDefinition("io.serial.overflow", "receive overflow is reported, the rest stays in order", requires: ["lifecycle.attach"], classes: serial, timeout: 30) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            defer { instance.detach() }
+            guard let tty = rig.kernel.serial.ports.first, let (uart, _) = rig.uarts.first else { return .failed("no port registered") }
+            // With its interrupts lost the driver cannot drain the FIFO, and
+            // this far end ignores flow control.
+            uart.ignoreFlowControl(true)
+            rig.slots[0].loseInterrupts(true)
+            let burst = (0..<200).map { UInt8(truncatingIfNeeded: $0) }
+            uart.send(burst)
+            Thread.sleep(forTimeInterval: Double(burst.count * 10) / 115_200 + 0.05)
+            rig.slots[0].loseInterrupts(false)
+            uart.send([0xAA])  // the next byte raises an interrupt again
+            var got: [UInt8] = []
+            let deadline = Date(timeIntervalSinceNow: 3)
+            while Date() < deadline, !got.contains(0xAA) { got += tty.read(256, timeout: 0.2) }
+            var it = burst.makeIterator()
+            let inOrder = got.dropLast().allSatisfy { byte in
+                while let next = it.next() { if next == byte { return true } }
+                return false
+            }
+            guard inOrder else { return .failed("bytes after an overrun arrived out of order") }
+            guard got.count < burst.count + 1 else { return .passed("no overrun happened (the FIFO kept up)") }
+            return tty.lost > 0 || got.count < burst.count ? .passed("\(burst.count + 1 - got.count) byte(s) lost to overrun, \(tty.lost) reported") : .failed("bytes were lost but no error was reported")
+        },
+        CheckDefinition("io.dma-faults", "I/O makes no DMA access outside mapped memory", requires: ["lifecycle.attach"], classes: io) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            defer { instance.detach() }
+            _ = try? rig.exerciseIO()
+            let faults = rig.machine.iommu.recentFaults
+            return faults.isEmpty ? .passed() : .failed("\(faults.count) DMA fault(s), first: \(faults[0]); give the device addresses from dma_alloc/dma_map, never CPU pointers")
+        },
+        CheckDefinition("io.same-results", "the same observable results in both environments", scope: .crossEnvironment) { _ in .passed() },
+    ]
+
+    // MARK: Bad input
+
+    static let badInput: [CheckDefinition] = [
+        CheckDefinition("badinput.null-args", "NULL and out-of-range arguments return OY_E_INVALID (or the documented code)", requires: ["lifecycle.attach"]) { c in
+            let statuses = try badInputStatuses(c)
+            let wrong = statuses.filter { !($0.1 == .invalid || $0.1 == .range || $0.1 == .notSupported) }
+            return wrong.isEmpty ? .passed("\(statuses.count) calls") : .failed(wrong.prefix(3).map { "\($0.0) returned \($0.1)" }.joined(separator: "; "))
+        },
+        CheckDefinition("badinput.error-codes", "every returned error code is defined and has a string", requires: ["lifecycle.attach"]) { c in
+            let statuses = try badInputStatuses(c)
+            let undefined = statuses.filter { !$0.1.isDocumented }
+            return undefined.isEmpty ? .passed() : .failed(undefined.prefix(3).map { "\($0.0) returned undefined code \($0.1.rawValue)" }.joined(separator: "; ") + "; use OY_E* codes or the vendor range")
+        },
+    ]
+
+    // MARK: Control methods
+
+    static let control: [CheckDefinition] = [
+        CheckDefinition("control.signatures", "control-method signatures are well formed", requires: ["lifecycle.attach"]) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            defer { instance.detach() }
+            let methods = try instance.controlMethods()
+            if methods.isEmpty { return .passed("no control methods") }
+            var names = Set<String>()
+            for m in methods {
+                if let problem = m.signatureProblem { return .failed("\(m.name): \(problem)") }
+                guard !m.name.isEmpty, m.name.allSatisfy({ $0.isLowercase || $0.isNumber || $0 == "_" }) else { return .failed("method name \"\(m.name)\" is not [a-z0-9_]+") }
+                guard names.insert(m.name).inserted else { return .failed("method \(m.name) is declared twice") }
+            }
+            return .passed(methods.map { "\($0.name) \($0.signatureText)" }.joined(separator: ", "))
+        },
+        CheckDefinition("control.boundary-calls", "boundary-value calls do not crash", requires: ["control.signatures"], timeout: 30) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            defer { instance.detach() }
+            var calls = 0
+            for method in try instance.controlMethods() {
+                guard let signature = method.signature else { continue }
+                let columns = signature.arguments.map(\.boundaryValues)
+                let rows = max(1, columns.map(\.count).max() ?? 1)
+                for row in 0..<rows {
+                    let arguments = columns.map { $0[row % $0.count] }
+                    _ = try instance.callControl(method.name, arguments: arguments)
+                    calls += 1
+                }
+            }
+            return .passed("\(calls) call(s)")
+        },
+    ]
+
+    // MARK: Helpers
+
+    static func hex(_ v: UInt16) -> String { String(format: "%04x", v) }
+
+    static func withDisk(_ c: CheckContext, _ body: (Disk, IOBuffer) throws -> CheckOutcome) throws -> CheckOutcome {
+        let rig = try Rig(c)
+        defer { rig.shutdown() }
+        let instance = try rig.attach()
+        defer { instance.detach() }
+        guard let disk = rig.kernel.blockLayer.disks.first, let buffer = disk.allocateBuffer(length: 4 * disk.geometry.blockSize) else {
+            return .failed("no disk registered")
+        }
+        return try body(disk, buffer)
+    }
+
+    /// Submits straight to the driver (no kernel checks); the status it
+    /// returned or, if accepted, the status it completed with.
+    static func submitDirect(_ disk: Disk, _ op: BlockRequest.Operation, lba: UInt64, blocks: Int, data: UnsafeMutableRawPointer) -> OyStatus {
+        let request = BlockRequest()
+        let done = DispatchSemaphore(value: 0)
+        let result = Mutex<OyStatus>(.timeout)
+        request.prepare(op, lba: lba, blockCount: blocks, data: data) { status in
+            result.withLock { $0 = status }
+            done.signal()
+        }
+        let status = disk.registered.submit(request)
+        guard status.isOK else { return status }
+        _ = done.wait(timeout: .now() + 5)
+        return result.withLock { $0 }
+    }
+
+    /// Bad calls into probe, attach and the class operations, with what
+    /// each returned.
+    static func badInputStatuses(_ c: CheckContext) throws -> [(String, OyStatus)] {
+        let rig = try Rig(c)
+        defer { rig.shutdown() }
+        var out: [(String, OyStatus)] = [("probe(NULL)", rig.library.raw.probe(nil)), ("attach(NULL device)", rig.library.raw.attachWithoutDevice())]
+        let short = HostDeviceInfo(vendorID: 0x0A7A, deviceID: 1, classCode: 0, revision: 1, bars: [], interruptCount: 0, location: "x")
+        out.append(("probe(info with struct_size 4)", rig.library.raw.probe(short, structSize: 4)))
+        let instance = try rig.attach()
+        defer { instance.detach() }
+        if let disk = instance.disks.first {
+            out.append(("block submit(NULL)", disk.submitUnchecked(request: false)))
+            out.append(("block submit(op 99)", disk.submitUnchecked { $0.op = 99; $0.block_count = 1 }))
+            out.append(("block submit(read, data NULL)", disk.submitUnchecked { $0.op = 1; $0.block_count = 1; $0.data = nil }))
+            out.append(("block submit(struct_size 8)", disk.submitUnchecked { $0.struct_size = 8; $0.op = 1 }))
+        }
+        if let netdev = instance.netdevs.first {
+            out.append(("net transmit(NULL)", netdev.transmitUnchecked(frame: false)))
+            out.append(("net transmit(data NULL)", netdev.transmitUnchecked(frame: true)))
+            if let s = netdev.statsUnchecked() { out.append(("net get_stats(NULL)", s)) }
+            if let s = netdev.setFilterUnchecked(count: 3, nullAddresses: true) { out.append(("net set_filter(NULL, 3)", s)) }
+            if let s = netdev.setFilterUnchecked(count: 4096, nullAddresses: false) { out.append(("net set_filter(4096 addresses)", s)) }
+        }
+        if let port = rig.kernel.serial.ports.first?.port {
+            out.append(("serial write(NULL, 5)", port.writeUnchecked(nullData: true)))
+            out.append(("serial write(written NULL)", port.writeUnchecked(nullData: false)))
+            if let s = port.setLineUnchecked() { out.append(("serial set_line(NULL)", s)) }
+            out.append(("serial set_line(0 baud)", port.setLine(SerialLine(baud: 0))))
+        }
+        return out
+    }
+}
+
+/// Requests started in the background, for removal and lost-interrupt checks.
+final class Pending: @unchecked Sendable {
+    private let condition = NSCondition()
+    private(set) var started = 0
+    private(set) var completed = 0
+
+    var outstanding: Int { condition.withLock { started - completed } }
+
+    func start() { condition.withLock { started += 1 } }
+
+    func finish() {
+        condition.withLock {
+            completed += 1
+            condition.broadcast()
+        }
+    }
+
+    func waitAll(timeout: Double) -> Bool {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        return condition.withLock {
+            while completed < started && condition.wait(until: deadline) {}
+            return completed >= started
+        }
+    }
+}
+
+/// Starts `count` asynchronous operations of the driver's class.
+func startBackgroundIO(_ rig: Rig, pending: Pending, count: Int = 64) {
+    if let disk = rig.kernel.blockLayer.disks.first {
+        for i in 0..<count {
+            guard let buffer = disk.allocateBuffer(length: 64 * disk.geometry.blockSize) else { break }
+            pending.start()
+            disk.submit(.write, lba: UInt64(i * 64) % (disk.geometry.blockCount - 64), blocks: 64, buffer: buffer) { _ in pending.finish() }
+        }
+    } else if let interface = rig.kernel.network.interfaces.first {
+        let frame = [UInt8](repeating: 0xFF, count: 6) + interface.mac + [0x88, 0xB5] + [UInt8](repeating: 1, count: 1000)
+        for _ in 0..<count { _ = interface.send(frame) }
+    } else if let tty = rig.kernel.serial.ports.first {
+        tty.write([UInt8](repeating: 0x55, count: count * 16))
+    }
+}
+
+extension Rig {
+    /// One round of verified I/O for a concurrent worker, on its own region.
+    func exerciseIOConcurrently(worker: Int, round: Int) throws -> String {
+        switch deviceClass {
+        case "oyako.block/1":
+            guard let disk = kernel.blockLayer.disks.first else { throw CheckFailure("no disk registered") }
+            let lba = UInt64(worker * 2048 + round * 64)
+            let data = (0..<(16 * disk.geometry.blockSize)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ worker &* 7 &+ round) }
+            do {
+                try disk.write(lba: lba, bytes: data)
+                guard try disk.read(lba: lba, count: data.count) == data else { throw CheckFailure("worker \(worker): data read back differs") }
+            } catch let error as BlockError {
+                throw CheckFailure("worker \(worker): \(error)")
+            }
+            return "ok"
+        case "oyako.net/1":
+            guard let interface = kernel.network.interfaces.first else { throw CheckFailure("no interface") }
+            let frame = [UInt8](repeating: 0xFF, count: 6) + interface.mac + [0x88, 0xB5] + [UInt8](repeating: UInt8(worker), count: 200)
+            guard interface.send(frame) else { throw CheckFailure("worker \(worker): transmit queue refused a frame") }
+            return "ok"
+        case "oyako.serial/1":
+            guard let tty = kernel.serial.ports.first else { throw CheckFailure("no port") }
+            tty.write([UInt8](repeating: UInt8(0x30 + worker), count: 8))
+            return "ok"
+        default:
+            return "none"
+        }
+    }
+}
+
+/// A minimal environment for loading a driver with no devices (load.cycles).
+final class CountingEnvironment: HostEnvironment {
+    let name = "conformance"
+    func log(level: LogLevel, driver: String, device: String?, message: String) {}
+    func diskRegistered(_ disk: RegisteredDisk, device: any HostDevice) throws(OyStatus) {}
+    func diskUnregistered(_ disk: RegisteredDisk) {}
+    func netdevRegistered(_ netdev: RegisteredNetdev, device: any HostDevice) throws(OyStatus) {}
+    func netdevUnregistered(_ netdev: RegisteredNetdev) {}
+    func serialRegistered(_ port: RegisteredSerialPort, device: any HostDevice) throws(OyStatus) {}
+    func serialUnregistered(_ port: RegisteredSerialPort) {}
+}
+
+extension NSCondition {
+    func withLock<R>(_ body: () throws -> R) rethrows -> R {
+        lock()
+        defer { unlock() }
+        return try body()
+    }
+}

@@ -1,0 +1,82 @@
+import Foundation
+
+/// A check's verdict, as clap-validator and HLK report them.
+public enum Verdict: String, Codable, Sendable {
+    case passed, failed, crashed, timeout, skipped, warning
+
+    /// Verdicts that make the suite exit non-zero.
+    public var isFailure: Bool { self == .failed || self == .crashed || self == .timeout }
+}
+
+/// Where a check runs: on the file alone, or on a machine booted bare or
+/// with the driver's OS as the root partition.
+public enum SuiteEnvironment: String, Codable, Sendable, CaseIterable {
+    case bare, root
+}
+
+/// What a check body concludes.
+public struct CheckOutcome: Codable, Sendable {
+    public var verdict: Verdict
+    public var message: String
+    /// What the driver made observable (a digest of data read, counts...),
+    /// compared across environments by io.same-results.
+    public var observation: String?
+
+    public static func passed(_ message: String = "", observation: String? = nil) -> CheckOutcome {
+        CheckOutcome(verdict: .passed, message: message, observation: observation)
+    }
+    public static func failed(_ message: String) -> CheckOutcome { CheckOutcome(verdict: .failed, message: message) }
+    public static func skipped(_ reason: String) -> CheckOutcome { CheckOutcome(verdict: .skipped, message: reason) }
+    public static func warning(_ message: String) -> CheckOutcome { CheckOutcome(verdict: .warning, message: message) }
+}
+
+/// One check's result in one environment (nil environment: a file check).
+public struct CheckResult: Codable, Sendable {
+    public let id: String
+    public let summary: String
+    public let environment: String
+    public let verdict: Verdict
+    public let message: String
+    public let seconds: Double
+    public let observation: String?
+}
+
+/// A check failed on purpose: the message says what to fix.
+struct CheckFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// One entry of the catalogue.
+struct CheckDefinition: Sendable {
+    enum Scope: Sendable { case file, environment, crossEnvironment }
+
+    let id: String
+    let summary: String
+    let scope: Scope
+    /// Checks that must pass (or warn) first, in the same environment.
+    let requires: [String]
+    /// Device classes this applies to ("oyako.block/1"...); nil: all drivers.
+    let classes: Set<String>?
+    let timeout: Double
+    let run: @Sendable (CheckContext) throws -> CheckOutcome
+
+    init(_ id: String, _ summary: String, scope: Scope = .environment, requires: [String] = [], classes: Set<String>? = nil,
+         timeout: Double = 20, run: @escaping @Sendable (CheckContext) throws -> CheckOutcome)
+    {
+        self.id = id
+        self.summary = summary
+        self.scope = scope
+        self.requires = requires
+        self.classes = classes
+        self.timeout = timeout
+        self.run = run
+    }
+}
+
+/// What a check body gets: the driver file and the environment to build
+/// machines in.
+public struct CheckContext: Sendable {
+    public let driverPath: String
+    public let environment: SuiteEnvironment
+}

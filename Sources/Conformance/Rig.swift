@@ -1,0 +1,177 @@
+import Devices
+import DriverHost
+import Foundation
+import Kernel
+import Machine
+import Synchronization
+import VirtualizationStack
+
+/// The far end of a NIC under test: records what the driver transmits and
+/// injects frames for it to receive.
+final class FrameRecorder: Wire, @unchecked Sendable {
+    // @unchecked Sendable: guarded by `condition`.
+    private let condition = NSCondition()
+    private var frames: [[UInt8]] = []
+    weak var nic: E1KLite?
+
+    func send(_ frame: [UInt8], from end: any WireEnd) {
+        condition.lock()
+        frames.append(frame)
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Frames sent so far, waiting until there are `count` (or `timeout`).
+    func wait(count: Int, timeout: Double = 5) -> [[UInt8]] {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        condition.lock()
+        defer { condition.unlock() }
+        while frames.count < count && condition.wait(until: deadline) {}
+        return frames
+    }
+
+    func inject(_ frame: [UInt8]) { nic?.deliver(frame) }
+}
+
+/// A fresh machine for one check, in one environment, with the devices the
+/// driver under test binds to (two of each when asked), its kernel booted
+/// without drivers, and the driver loaded but not attached.
+final class Rig: @unchecked Sendable {
+    // @unchecked Sendable: used from the check's thread and completion
+    // callbacks that only touch thread-safe members.
+    let environment: SuiteEnvironment
+    let machine: Machine
+    let root: RootPartition?
+    let kernel: Kernel
+    let file: DriverFile
+    let state: String
+    private(set) var library: DriverLibrary!
+    private(set) var slots: [BusSlot] = []
+    private(set) var nvmes: [NVMeLite] = []
+    private(set) var nics: [(E1KLite, FrameRecorder)] = []
+    private(set) var uarts: [(UART16550, SerialLog)] = []
+
+    var deviceClass: String { file.metadata.deviceClass }
+
+    init(_ context: CheckContext, copies: Int = 1, load: Bool = true) throws {
+        environment = context.environment
+        file = try DriverFile.inspect(path: context.driverPath)
+        state = FileManager.default.temporaryDirectory.appendingPathComponent("oyako-conf-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+        machine = try Machine(configuration: .init(memorySize: environment == .root ? 160 << 20 : 64 << 20, hypervisorRole: environment == .root))
+        let metadata = file.metadata
+        let wanted = Set([NVMeLite.deviceID, E1KLite.deviceID, UART16550.deviceID, RNGLite.deviceID].filter { metadata.matches(vendorID: 0x0A7A, deviceID: $0) })
+        for copy in 0..<copies {
+            if wanted.contains(NVMeLite.deviceID) {
+                let nvme = NVMeLite(disk: try DiskImage(path: "\(state)/disk\(copy).img", size: 8 << 20))
+                nvmes.append(nvme)
+                slots.append(machine.bus.plug(nvme))
+            }
+            if wanted.contains(E1KLite.deviceID) {
+                let nic = E1KLite(mac: [0x02, 0x0A, 0x7A, 0xC0, 0, UInt8(copy + 1)])
+                let recorder = FrameRecorder()
+                recorder.nic = nic
+                nic.wire = recorder
+                nic.setCarrier(true)
+                nics.append((nic, recorder))
+                slots.append(machine.bus.plug(nic))
+            }
+            if wanted.contains(UART16550.deviceID) {
+                let uart = UART16550()
+                let log = SerialLog()
+                uart.connect(log)
+                uarts.append((uart, log))
+                slots.append(machine.bus.plug(uart))
+            }
+            if wanted.contains(RNGLite.deviceID) { slots.append(machine.bus.plug(RNGLite())) }
+        }
+        if environment == .root {
+            let root = try RootPartition(machine: machine, memory: 64 << 20)
+            self.root = root
+            kernel = Kernel(platform: root.platform, driverPaths: [], logLevel: .error)
+        } else {
+            root = nil
+            kernel = Kernel(platform: BarePlatform(machine: machine), driverPaths: [], logLevel: .error)
+        }
+        _ = kernel.boot()
+        if load { library = try kernel.loadDriver(path: context.driverPath) }
+    }
+
+    /// Attaches the driver to the `index`th device it binds.
+    func attach(_ index: Int = 0) throws -> DriverInstance {
+        guard index < slots.count else { throw CheckFailure("the driver binds none of the suite's reference devices (it lists \(file.metadata.deviceIDs.map(\.description)))") }
+        do {
+            return try kernel.attach(library, to: slots[index])
+        } catch {
+            throw CheckFailure("attach failed: \(error)")
+        }
+    }
+
+    /// Waits until `bytes` appear in the line log, contiguous and in order,
+    /// after position `start` (the kernel's console lines share the port,
+    /// between writes but never inside one).
+    static func awaitRun(_ bytes: [UInt8], in log: SerialLog, after start: Int, timeout: Double) -> Bool {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        repeat {
+            let seen = Array(log.contents.dropFirst(start))
+            if seen.count >= bytes.count {
+                for i in 0...(seen.count - bytes.count) where seen[i] == bytes[0] && Array(seen[i..<(i + bytes.count)]) == bytes { return true }
+            }
+            Thread.sleep(forTimeInterval: 0.005)
+        } while Date() < deadline
+        return false
+    }
+
+    func shutdown() {
+        kernel.shutdown()
+        root?.shutdown()
+        machine.shutdown()
+        try? FileManager.default.removeItem(atPath: state)
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: state) }
+
+    // MARK: Class-specific I/O used by several checks
+
+    /// Runs a short, verified burst of the driver's class of I/O. Returns an
+    /// observation string; throws with what went wrong.
+    func exerciseIO(seed: UInt64 = 1) throws -> String {
+        switch deviceClass {
+        case "oyako.block/1":
+            guard let disk = kernel.blockLayer.disks.first else { throw CheckFailure("the driver registered no disk") }
+            var digest: UInt64 = 0
+            for (i, blocks) in [1, 8, 64].enumerated() {
+                let lba = UInt64(i * 97 + 3)
+                let data = (0..<(blocks * disk.geometry.blockSize)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed) &+ i) }
+                do {
+                    try disk.write(lba: lba, bytes: data)
+                    let back = try disk.read(lba: lba, count: data.count)
+                    guard back == data else { throw CheckFailure("read back differs from what was written at LBA \(lba) (\(blocks) blocks)") }
+                    digest = digest &* 31 &+ UInt64(back.reduce(0) { $0 &+ UInt64($1) })
+                } catch let error as BlockError {
+                    throw CheckFailure("block I/O failed: \(error)")
+                }
+            }
+            return "block:\(digest)"
+        case "oyako.net/1":
+            guard let interface = kernel.network.interfaces.first, let (_, recorder) = nics.first else { throw CheckFailure("the driver registered no interface") }
+            let before = recorder.wait(count: 0, timeout: 0).count
+            let frame = [UInt8](repeating: 0xFF, count: 6) + interface.mac + [0x88, 0xB5] + (0..<100).map { UInt8(truncatingIfNeeded: $0 &+ Int(seed)) }
+            guard interface.send(frame) else { throw CheckFailure("transmit refused a valid 114-byte frame") }
+            let sent = recorder.wait(count: before + 1)
+            guard sent.count > before, Array(sent[before].prefix(frame.count)) == frame else { throw CheckFailure("the frame did not reach the wire intact") }
+            return "net:\(frame.count)"
+        case "oyako.serial/1":
+            guard let tty = kernel.serial.ports.first, let (_, log) = uarts.first else { throw CheckFailure("the driver registered no port") }
+            let before = log.contents.count
+            let bytes = (0..<64).map { UInt8(truncatingIfNeeded: $0 &+ Int(seed)) }
+            tty.write(bytes)
+            guard Self.awaitRun(bytes, in: log, after: before, timeout: 5) else {
+                throw CheckFailure("the 64 bytes written never reached the line as one run in order")
+            }
+            return "serial:\(bytes.count)"
+        default:
+            return "none"
+        }
+    }
+}

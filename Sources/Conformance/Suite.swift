@@ -1,0 +1,166 @@
+import DriverHost
+import Foundation
+import Synchronization
+
+/// The plugin conformance suite. Each check runs in a child process (the
+/// `oyako` binary in worker mode) under a watchdog, so a crashing or hanging
+/// driver yields a `crashed` or `timeout` verdict and never takes the suite
+/// down. File checks read the file only and run in this process. Every other
+/// check runs on a machine booted bare and on one booted as the root
+/// partition.
+public struct ConformanceSuite: Sendable {
+    public struct Options: Sendable {
+        public var environments: [SuiteEnvironment] = SuiteEnvironment.allCases
+        /// Only checks whose ID matches run (their prerequisites still do).
+        public var filter: String?
+        /// Run checks in this process (for debugging; a crash ends the suite).
+        public var inProcess = false
+        /// The `oyako` executable used for child processes.
+        public var workerExecutable: String?
+        /// Multiplies every check's timeout.
+        public var timeoutScale = 1.0
+
+        public init() {}
+    }
+
+    public struct DriverReport: Codable, Sendable {
+        public let driver: String
+        public let name: String
+        public let results: [CheckResult]
+
+        public var failed: Bool { results.contains { $0.verdict.isFailure } }
+        public func verdicts(_ verdict: Verdict) -> [CheckResult] { results.filter { $0.verdict == verdict } }
+    }
+
+    public let options: Options
+
+    public init(options: Options = Options()) {
+        self.options = options
+    }
+
+    /// The catalogue: ID and one-line summary of every check, in run order.
+    public static var catalogue: [(id: String, summary: String)] { Catalogue.all.map { ($0.id, $0.summary) } }
+
+    /// Runs one check body in this process (what a worker does).
+    public static func runCheck(_ id: String, driver: String, environment: SuiteEnvironment) -> CheckOutcome {
+        guard let check = Catalogue.all.first(where: { $0.id == id }) else { return .failed("no check \(id)") }
+        do {
+            return try check.run(CheckContext(driverPath: driver, environment: environment))
+        } catch {
+            return .failed("\(error)")
+        }
+    }
+
+    /// Runs the suite on one driver file.
+    public func run(driver: String) -> DriverReport {
+        let name = (try? DriverFile.inspect(path: driver).metadata.name) ?? URL(fileURLWithPath: driver).lastPathComponent
+        let deviceClass = (try? DriverFile.inspect(path: driver).metadata.deviceClass) ?? ""
+        let selected = selection()
+        var results: [CheckResult] = []
+        var fileVerdicts: [String: Verdict] = [:]
+        for check in Catalogue.all where check.scope == .file && selected.contains(check.id) {
+            let result = execute(check, driver: driver, environment: nil, prior: fileVerdicts, deviceClass: deviceClass)
+            fileVerdicts[check.id] = result.verdict
+            results.append(result)
+        }
+        let perEnvironment = Mutex<[SuiteEnvironment: [CheckResult]]>([:])
+        let environments = options.environments
+        let fileOutcomes = fileVerdicts
+        DispatchQueue.concurrentPerform(iterations: environments.count) { index in
+            let environment = environments[index]
+            var verdicts = fileOutcomes
+            var envResults: [CheckResult] = []
+            for check in Catalogue.all where check.scope == .environment && selected.contains(check.id) {
+                let result = execute(check, driver: driver, environment: environment, prior: verdicts, deviceClass: deviceClass)
+                verdicts[check.id] = result.verdict
+                envResults.append(result)
+            }
+            perEnvironment.withLock { $0[environment] = envResults }
+        }
+        for environment in environments { results += perEnvironment.withLock { $0[environment] ?? [] } }
+        if selected.contains("io.same-results") { results.append(sameResults(results)) }
+        return DriverReport(driver: driver, name: name, results: results)
+    }
+
+    /// IDs to run: those the filter matches, plus what they require.
+    private func selection() -> Set<String> {
+        guard let pattern = options.filter, let regex = try? NSRegularExpression(pattern: pattern) else { return Set(Catalogue.all.map(\.id)) }
+        var chosen = Set(Catalogue.all.map(\.id).filter { regex.firstMatch(in: $0, range: NSRange($0.startIndex..., in: $0)) != nil })
+        var changed = true
+        while changed {
+            changed = false
+            for check in Catalogue.all where chosen.contains(check.id) {
+                for needed in check.requires where !chosen.contains(needed) {
+                    chosen.insert(needed)
+                    changed = true
+                }
+            }
+        }
+        return chosen
+    }
+
+    private func execute(_ check: CheckDefinition, driver: String, environment: SuiteEnvironment?, prior: [String: Verdict], deviceClass: String) -> CheckResult {
+        let label = environment?.rawValue ?? "file"
+        func result(_ outcome: CheckOutcome, _ seconds: Double = 0) -> CheckResult {
+            CheckResult(id: check.id, summary: check.summary, environment: label, verdict: outcome.verdict, message: outcome.message, seconds: seconds, observation: outcome.observation)
+        }
+        if let classes = check.classes, !classes.contains(deviceClass) {
+            return result(.skipped(deviceClass.isEmpty ? "the driver provides no device class" : "not applicable to \(deviceClass)"))
+        }
+        for needed in check.requires {
+            if let verdict = prior[needed], verdict != .passed, verdict != .warning {
+                return result(.skipped("requires \(needed), which \(verdict == .skipped ? "was skipped" : "did not pass")"))
+            }
+        }
+        let started = Date()
+        let outcome: CheckOutcome
+        if options.inProcess || environment == nil {
+            outcome = Self.runCheck(check.id, driver: driver, environment: environment ?? .bare)
+        } else {
+            outcome = runInChild(check, driver: driver, environment: environment!)
+        }
+        return result(outcome, Date().timeIntervalSince(started))
+    }
+
+    /// Runs a check in a worker process and reads its one JSON line.
+    private func runInChild(_ check: CheckDefinition, driver: String, environment: SuiteEnvironment) -> CheckOutcome {
+        let executable = options.workerExecutable ?? Self.currentExecutable
+        let timeout = check.timeout * options.timeoutScale
+        let run = ProcessRunner.run(executable, ["conformance-worker", "--check", check.id, "--env", environment.rawValue, driver], timeout: timeout)
+        if run.timedOut {
+            return CheckOutcome(verdict: .timeout, message: String(format: "no verdict within %.0f s: a callback hangs (the watchdog killed it)", timeout))
+        }
+        if let signal = run.signal {
+            let name = [4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 11: "SIGSEGV"][signal] ?? "signal \(signal)"
+            return CheckOutcome(verdict: .crashed, message: "the worker died with \(name) inside driver code; run with --in-process under a debugger to see where")
+        }
+        guard let line = run.stdout.split(separator: "\n").last, let outcome = try? JSONDecoder().decode(CheckOutcome.self, from: Data(line.utf8)) else {
+            return CheckOutcome(verdict: .crashed, message: "the worker exited \(run.status) without a verdict: \(run.stderr.suffix(300))")
+        }
+        return outcome
+    }
+
+    /// io.same-results: each io check's observation must match across environments.
+    private func sameResults(_ results: [CheckResult]) -> CheckResult {
+        let observed = results.filter { $0.id.hasPrefix("io.") && $0.observation != nil && $0.verdict == .passed }
+        var byCheck: [String: [String: String]] = [:]
+        for r in observed { byCheck[r.id, default: [:]][r.environment] = r.observation }
+        let compared = byCheck.filter { $0.value.count > 1 }
+        let differing = compared.filter { Set($0.value.values).count > 1 }.map(\.key).sorted()
+        let outcome: CheckOutcome
+        if compared.isEmpty {
+            outcome = .skipped("no I/O observations in two environments to compare")
+        } else if differing.isEmpty {
+            outcome = .passed("\(compared.count) I/O check(s) observed the same in \(options.environments.map(\.rawValue).joined(separator: " and "))")
+        } else {
+            outcome = .failed("results differ between environments in \(differing.joined(separator: ", "))")
+        }
+        return CheckResult(id: "io.same-results", summary: "the same observable results in both environments", environment: "both",
+                           verdict: outcome.verdict, message: outcome.message, seconds: 0, observation: nil)
+    }
+
+    /// This process's executable (the `oyako` binary when run from the CLI).
+    public static var currentExecutable: String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+}

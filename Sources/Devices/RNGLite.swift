@@ -1,0 +1,87 @@
+import Foundation
+import Machine
+
+/// `rnglite`, a hardware entropy source: a 64-word FIFO refilled by the
+/// device's own thread while enabled. Registers (BAR 0): DATA 0x00 (read
+/// pops a 32-bit word; 0 when empty), STATUS 0x04 (bit 0: data ready,
+/// bits 16..23: words available), CTRL 0x08 (bit 0: enable). Vector 0 is
+/// raised when the FIFO goes from empty to non-empty.
+public final class RNGLite: BusDevice, @unchecked Sendable {
+    // @unchecked Sendable: guarded by `condition`.
+    public static let vendorID: UInt16 = 0x0A7A
+    public static let deviceID: UInt16 = 0x0004
+
+    public let name = "rnglite"
+    public let identity = DeviceIdentity(vendorID: RNGLite.vendorID, deviceID: RNGLite.deviceID, classCode: 0x10_80_00)
+    public let bars: [BAR] = [.mmio(size: 0x1000)]
+    public let interruptCount = 1
+
+    private let condition = NSCondition()
+    private var fifo: [UInt32] = []
+    private var enabled = false
+    private var running = false
+    private var stopped = true
+    private var port: DevicePort?
+    private var generator = SystemRandomNumberGenerator()
+    public private(set) var wordsDelivered = 0
+
+    public init() {}
+
+    public func powerOn(_ port: DevicePort) {
+        condition.withLock {
+            self.port = port
+            running = true
+            stopped = false
+        }
+        let thread = Thread { [self] in refillLoop() }
+        thread.name = "rnglite@\(port.address)"
+        thread.start()
+    }
+
+    public func powerOff() {
+        condition.withLock {
+            running = false
+            condition.broadcast()
+            while !stopped { condition.wait() }
+        }
+    }
+
+    public func mmioRead(bar: Int, offset: UInt64, width: Int) -> UInt64 {
+        condition.withLock {
+            switch offset {
+            case 0x00:
+                guard !fifo.isEmpty else { return 0 }
+                wordsDelivered += 1
+                let word = fifo.removeFirst()
+                condition.signal()
+                return UInt64(word)
+            case 0x04: return UInt64((fifo.isEmpty ? 0 : 1) | UInt32(fifo.count) << 16)
+            case 0x08: return enabled ? 1 : 0
+            default: return 0
+            }
+        }
+    }
+
+    public func mmioWrite(bar: Int, offset: UInt64, width: Int, value: UInt64) {
+        guard offset == 0x08 else { return }
+        condition.withLock {
+            enabled = value & 1 != 0
+            if !enabled { fifo.removeAll() }
+            condition.signal()
+        }
+    }
+
+    private func refillLoop() {
+        condition.lock()
+        while running {
+            while running && (!enabled || fifo.count >= 64) { condition.wait() }
+            guard running else { break }
+            let wasEmpty = fifo.isEmpty
+            while fifo.count < 64 { fifo.append(UInt32.random(in: 0...UInt32.max, using: &generator)) }
+            if wasEmpty { port?.raiseInterrupt(0) }
+        }
+        stopped = true
+        condition.broadcast()
+        condition.unlock()
+    }
+}

@@ -1,0 +1,90 @@
+import ArgumentParser
+import Conformance
+import Foundation
+
+struct ConformanceCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "conformance",
+        abstract: "Check driver plugins against the Oyako ABI, on a bare OS and in the root partition.",
+        discussion: """
+            Each check runs in a child process with a timeout, so a crashing or hanging driver gets a \
+            `crashed` or `timeout` verdict instead of taking the suite down. Exit status: 0 when \
+            nothing failed, crashed or timed out; 1 otherwise; 64 bad usage. `--list` prints the \
+            checks; SDK/CONFORMANCE-CHECKS.md explains each one.
+            """)
+
+    enum EnvironmentChoice: String, ExpressibleByArgument, CaseIterable {
+        case bare, root, both
+    }
+
+    @Argument(help: "Driver .so files to check.")
+    var paths: [String] = []
+
+    @Option(help: "Environments: bare, root or both.")
+    var env: EnvironmentChoice = .both
+
+    @Flag(help: "Print one JSON array of reports.")
+    var json = false
+
+    @Option(help: "Also write JUnit XML to this file.")
+    var junit: String?
+
+    @Option(help: "Only run checks whose ID matches this regular expression (plus what they require).")
+    var filter: String?
+
+    @Flag(help: "Run checks in this process (for debugging: a crash ends the run).")
+    var inProcess = false
+
+    @Flag(help: "List the checks and exit.")
+    var list = false
+
+    func validate() throws {
+        if list { return }
+        guard !paths.isEmpty else { throw ValidationError("give at least one driver .so file") }
+        for path in paths where !FileManager.default.fileExists(atPath: path) {
+            throw ValidationError("\(path): no such file")
+        }
+        if let filter, (try? NSRegularExpression(pattern: filter)) == nil {
+            throw ValidationError("--filter \(filter) is not a valid regular expression")
+        }
+    }
+
+    func run() throws {
+        if list {
+            for check in ConformanceSuite.catalogue { print("\(check.id.padding(toLength: 28, withPad: " ", startingAt: 0)) \(check.summary)") }
+            return
+        }
+        var options = ConformanceSuite.Options()
+        options.environments = env == .both ? SuiteEnvironment.allCases : [SuiteEnvironment(rawValue: env.rawValue)!]
+        options.filter = filter
+        options.inProcess = inProcess
+        let suite = ConformanceSuite(options: options)
+        let reports = paths.map { suite.run(driver: $0) }
+        if json {
+            print(try ConformanceReporter.json(reports))
+        } else {
+            print(ConformanceReporter.table(reports), terminator: "")
+        }
+        if let junit {
+            try ConformanceReporter.junit(reports).write(toFile: junit, atomically: true, encoding: .utf8)
+        }
+        if reports.contains(where: \.failed) { throw ExitCode.failure }
+    }
+}
+
+/// Runs one check in this process and prints its outcome as one JSON line.
+/// The suite starts one of these per check and environment.
+struct ConformanceWorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "conformance-worker", shouldDisplay: false)
+
+    @Option var check: String
+    @Option var env: String
+    @Argument var driver: String
+
+    func run() throws {
+        guard let environment = SuiteEnvironment(rawValue: env) else { throw ValidationError("unknown environment \(env)") }
+        let outcome = ConformanceSuite.runCheck(check, driver: driver, environment: environment)
+        let data = try JSONEncoder().encode(outcome)
+        print(String(decoding: data, as: UTF8.self))
+    }
+}
