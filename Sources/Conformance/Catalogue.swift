@@ -128,6 +128,14 @@ enum Catalogue {
             guard report.status.isOK else { return .failed("detach returned \(report.status)") }
             return .passed("\(rig.file.metadata.name) on \(instance.device.info.location)")
         },
+        CheckDefinition("io.basic", "a verified burst of the class's I/O works", requires: ["lifecycle.attach"]) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            defer { instance.detach() }
+            let observed = try rig.exerciseIO()
+            return observed == "none" ? .passed("the driver provides no I/O class") : .passed(observation: observed)
+        },
         CheckDefinition("load.time-budget", "load, init, attach, detach, deinit, unload within 1 s", requires: ["lifecycle.attach"]) { c in
             let rig = try Rig(c, load: false)
             defer { rig.shutdown() }
@@ -175,7 +183,7 @@ enum Catalogue {
             }
             return .passed("\(foreign.count) foreign devices declined")
         },
-        CheckDefinition("lifecycle.reattach", "attach, detach, attach again works", requires: ["lifecycle.attach"]) { c in
+        CheckDefinition("lifecycle.reattach", "attach, detach, attach again works", requires: ["io.basic"]) { c in
             let rig = try Rig(c)
             defer { rig.shutdown() }
             for round in 1...3 {
@@ -186,7 +194,7 @@ enum Catalogue {
             }
             return .passed("3 rounds")
         },
-        CheckDefinition("lifecycle.detach-releases", "detach releases every window, DMA buffer, hook, timer and allocation", requires: ["lifecycle.attach"]) { c in
+        CheckDefinition("lifecycle.detach-releases", "detach releases every window, DMA buffer, hook, timer and allocation", requires: ["io.basic"]) { c in
             let rig = try Rig(c)
             defer { rig.shutdown() }
             let instance = try rig.attach()
@@ -198,7 +206,7 @@ enum Catalogue {
             if mapped > 0 { return .failed("\(mapped) page(s) still mapped for the device after detach") }
             return .passed()
         },
-        CheckDefinition("lifecycle.surprise-removal", "surprise removal during I/O: everything completes, no hang", requires: ["lifecycle.attach"], timeout: 30) { c in
+        CheckDefinition("lifecycle.surprise-removal", "surprise removal during I/O: everything completes, no hang", requires: ["io.basic"], timeout: 30) { c in
             let rig = try Rig(c)
             defer { rig.shutdown() }
             let instance = try rig.attach()
@@ -209,7 +217,7 @@ enum Catalogue {
             guard instance.state == .detached else { return .failed("the instance was not detached after removal") }
             return .passed("\(pending.completed) request(s) completed")
         },
-        CheckDefinition("lifecycle.two-instances", "two devices of one driver are independent", requires: ["lifecycle.attach"]) { c in
+        CheckDefinition("lifecycle.two-instances", "two devices of one driver are independent", requires: ["io.basic"]) { c in
             let rig = try Rig(c, copies: 2)
             defer { rig.shutdown() }
             guard rig.slots.count >= 2 else { return .skipped("the suite has only one device this driver binds") }
@@ -241,7 +249,7 @@ enum Catalogue {
             let wrong = rig.library.violations.filter { $0.contains("context") }
             return wrong.isEmpty ? .passed() : .failed(wrong.prefix(3).joined(separator: "; "))
         },
-        CheckDefinition("concurrency.io", "thread-safe class operations survive many threads, data verified", requires: ["lifecycle.attach"], classes: io) { c in
+        CheckDefinition("concurrency.io", "thread-safe class operations survive many threads, data verified", requires: ["io.basic"], classes: io) { c in
             let rig = try Rig(c)
             defer { rig.shutdown() }
             let instance = try rig.attach()
@@ -305,7 +313,7 @@ enum Catalogue {
                 return .passed("attach failed cleanly with \(error.status.name ?? "\(error.status.rawValue)")")
             }
         },
-        CheckDefinition("fault.device-error", "the device reports an error status: the request fails, the next works", requires: ["lifecycle.attach"], classes: block) { c in
+        CheckDefinition("fault.device-error", "the device reports an error status: the request fails, the next works", requires: ["io.basic"], classes: block) { c in
             let rig = try Rig(c)
             defer { rig.shutdown() }
             let instance = try rig.attach()
@@ -338,7 +346,7 @@ enum Catalogue {
     // MARK: I/O correctness
 
     static let ioChecks: [CheckDefinition] = [
-        CheckDefinition("io.block.patterns", "write/read/verify every size and alignment", requires: ["lifecycle.attach"], classes: block, timeout: 60) { c in
+        CheckDefinition("io.block.patterns", "write/read/verify every size and alignment", requires: ["io.basic"], classes: block, timeout: 60) { c in
             let rig = try Rig(c)
             defer { rig.shutdown() }
             let instance = try rig.attach()
@@ -367,7 +375,7 @@ enum Catalogue {
             }
             return .passed("\(sizes.count) sizes × 4 alignments", observation: "patterns:\(digest)")
         },
-        CheckDefinition("io.block.flush", "flush completes", requires: ["lifecycle.attach"], classes: block) { c in
+        CheckDefinition("io.block.flush", "flush completes", requires: ["io.basic"], classes: block) { c in
             let rig = try Rig(c)
             defer { rig.shutdown() }
             let instance = try rig.attach()
@@ -378,7 +386,7 @@ enum Catalogue {
             do { try disk.flush() } catch { return .failed("flush: \(error)") }
             return .passed(observation: "flush:ok")
         },
-        CheckDefinition("io.block.out-of-range", "out-of-range LBA rejected", requires: ["lifecycle.attach"], classes: block) { c in
+        CheckDefinition("io.block.out-of-range", "out-of-range LBA rejected", requires: ["io.basic"], classes: block) { c in
             try withDisk(c) { disk, buffer in
                 for lba in [disk.geometry.blockCount, disk.geometry.blockCount - 1, UInt64.max] {
                     let status = submitDirect(disk, .read, lba: lba, blocks: 2, data: buffer.pointer)
@@ -388,13 +396,13 @@ enum Catalogue {
                 return .passed(observation: "range:rejected")
             }
         },
-        CheckDefinition("io.block.zero-length", "zero-length request rejected", requires: ["lifecycle.attach"], classes: block) { c in
+        CheckDefinition("io.block.zero-length", "zero-length request rejected", requires: ["io.basic"], classes: block) { c in
             try withDisk(c) { disk, buffer in
                 let status = submitDirect(disk, .read, lba: 0, blocks: 0, data: buffer.pointer)
                 return status == .invalid ? .passed(observation: "zero:invalid") : .failed("a zero-block read returned \(status); answer OY_E_INVALID")
             }
         },
-        CheckDefinition("io.net.frames", "minimum and maximum frames round-trip", requires: ["lifecycle.attach"], classes: net) { c in
+        CheckDefinition("io.net.frames", "minimum and maximum frames round-trip", requires: ["io.basic"], classes: net) { c in
             let rig = try Rig(c)
             defer { rig.shutdown() }
             let instance = try rig.attach()
@@ -418,7 +426,7 @@ enum Catalogue {
             guard received.withLock({ $0 }) == sent else { return .failed("received \(received.withLock { $0.count }) of \(sent.count) frames, or altered") }
             return .passed("60 to 1514 bytes both ways", observation: "frames:\(sent.map(\.count))")
         },
-        CheckDefinition("io.net.oversize", "oversize and runt frames refused", requires: ["lifecycle.attach"], classes: net) { c in
+        CheckDefinition("io.net.oversize", "oversize and runt frames refused", requires: ["io.basic"], classes: net) { c in
             let rig = try Rig(c)
             defer { rig.shutdown() }
             let instance = try rig.attach()
@@ -433,7 +441,7 @@ enum Catalogue {
             }
             return .passed(observation: "oversize:refused")
         },
-        CheckDefinition("io.net.link", "link down and up observed", requires: ["lifecycle.attach"], classes: net) { c in
+        CheckDefinition("io.net.link", "link down and up observed", requires: ["io.basic"], classes: net) { c in
             let rig = try Rig(c)
             defer { rig.shutdown() }
             let instance = try rig.attach()
@@ -449,7 +457,7 @@ enum Catalogue {
             let seen = events.withLock { $0 }
             return seen == [false, true] ? .passed(observation: "link:down,up") : .failed("link changes reported: \(seen), expected down then up; call link_changed from the interrupt handler")
         },
-        CheckDefinition("io.serial.roundtrip", "bytes round-trip in order at the configured rate", requires: ["lifecycle.attach"], classes: serial) { c in
+        CheckDefinition("io.serial.roundtrip", "bytes round-trip in order at the configured rate", requires: ["io.basic"], classes: serial) { c in
             let rig = try Rig(c)
             defer { rig.shutdown() }
             let instance = try rig.attach()
@@ -471,7 +479,7 @@ enum Catalogue {
             guard back == typed else { return .failed("input: \(back.count) of \(typed.count) bytes, or out of order") }
             return .passed(String(format: "%d baud, 600 bytes out in %.0f ms", tty.line.baud, seconds * 1000), observation: "serial:600,300")
         },
-        CheckDefinition("io.serial.overflow", "receive overflow is reported, the rest stays in order", requires: ["lifecycle.attach"], classes: serial, timeout: 30) { c in
+        CheckDefinition("io.serial.overflow", "receive overflow is reported, the rest stays in order", requires: ["io.basic"], classes: serial, timeout: 30) { c in
             let rig = try Rig(c)
             defer { rig.shutdown() }
             let instance = try rig.attach()

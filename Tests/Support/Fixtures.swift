@@ -27,6 +27,12 @@ public enum Fixtures {
     private static let built = Mutex<[String: String]>([:])
     private static let buildLock = NSLock()
 
+    /// The built `oyako` executable (next to the test bundle).
+    public static var oyakoBinary: String {
+        let beside = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("oyako").path
+        return FileManager.default.isExecutableFile(atPath: beside) ? beside : repositoryRoot + "/.build/debug/oyako"
+    }
+
     /// A fresh empty folder.
     public static func temporaryDirectory(_ label: String = "t") -> String {
         let path = root + "/\(label)-\(UUID().uuidString.prefix(8))"

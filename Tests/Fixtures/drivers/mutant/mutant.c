@@ -36,6 +36,9 @@ static const oy_driver_meta other_meta = {
 };
 #endif
 
+/* Live instances (the correct driver refuses detach twice). */
+static oy_instance_set mutant_instances;
+
 typedef struct mutant_ctx {
     const oy_host *host;
 } mutant_ctx;
@@ -50,8 +53,16 @@ typedef struct mutant_dev {
     oy_event *event;
 } mutant_dev;
 
+#ifdef MUTANT_FORBIDDEN_IMPORT
+#include <stdlib.h>
+#endif
+
 static int32_t mutant_init(const oy_host *host, void **out_ctx) {
     mutant_ctx *c;
+#ifdef MUTANT_FORBIDDEN_IMPORT
+    /* Defect: reads the process environment behind the host's back. */
+    if (getenv("OYAKO_MUTANT_DEBUG") != NULL) host->log(host, NULL, OY_LOG_DEBUG, "debug");
+#endif
 #ifdef MUTANT_INIT_FAILS
     (void)host;
     (void)out_ctx;
@@ -66,6 +77,7 @@ static int32_t mutant_init(const oy_host *host, void **out_ctx) {
 
 static void mutant_deinit(void *ctx) {
     mutant_ctx *c = (mutant_ctx *)ctx;
+    if (c == NULL) return;
 #ifndef MUTANT_LEAK_ON_DEINIT
     c->host->mem_free(c->host, c);
 #else
@@ -79,7 +91,16 @@ static int32_t mutant_probe(void *ctx, const oy_device_info *info) {
     (void)info;
     return OY_E_NOT_SUPPORTED;
 #endif
-    if (info == NULL || info->vendor_id != 0x0A7Au || info->device_id != 0x0001u) return OY_E_NOT_SUPPORTED;
+#ifdef MUTANT_CRASH_IN_PROBE
+    /* Defect: dereferences a pointer it never set. */
+    { volatile int *nowhere = (volatile int *)(uintptr_t)info->revision; *nowhere = 1; }
+#endif
+#ifdef MUTANT_BAD_ERROR_CODE
+    /* Defect: answers bad input with a code from no list. */
+    if (info == NULL) return -4242;
+#endif
+    if (info == NULL || info->struct_size < sizeof(oy_device_info)) return OY_E_INVALID;
+    if (info->vendor_id != 0x0A7Au || info->device_id != 0x0001u) return OY_E_NOT_SUPPORTED;
     return OY_OK;
 }
 
@@ -102,6 +123,10 @@ static int32_t mutant_attach(void *ctx, oy_device *device, void **out) {
     if (d == NULL) return OY_E_NOMEM;
     d->ctx = c;
     d->device = device;
+#ifdef MUTANT_HANG_IN_ATTACH
+    /* Defect: waits for something that never happens, without a timeout. */
+    { volatile int forever = 1; while (forever) {} }
+#endif
     if ((rc = h->regs_map(device, 0, &d->regs, &size)) != OY_OK) goto fail;
     if ((rc = h->dma_alloc(device, 4096, &d->dma, &cpu, &addr)) != OY_OK) goto fail;
     if ((rc = h->lock_create(h, device, &d->lock)) != OY_OK) goto fail;
@@ -111,9 +136,14 @@ static int32_t mutant_attach(void *ctx, oy_device *device, void **out) {
     /* Defect: give up without releasing anything acquired above. */
     return OY_E_IO;
 #endif
+    oy_instance_add(&mutant_instances, d);
     *out = d;
     return OY_OK;
 fail:
+#ifdef MUTANT_NO_CLEANUP_ON_ALLOC_FAIL
+    /* Defect: gives up without releasing what it acquired. */
+    return rc;
+#endif
     if (d->irq) h->irq_unhook(d->irq);
     if (d->event) h->event_destroy(d->event);
     if (d->lock) h->lock_destroy(d->lock);
@@ -125,7 +155,12 @@ fail:
 
 static int32_t mutant_detach(void *instance) {
     mutant_dev *d = (mutant_dev *)instance;
-    const oy_host *h = d->ctx->host;
+    const oy_host *h;
+#ifndef MUTANT_CRASH_WRONG_STATE
+    if (!oy_instance_take(&mutant_instances, d)) return d == NULL ? OY_E_INVALID : OY_E_STATE;
+#endif
+    /* With MUTANT_CRASH_WRONG_STATE: trusts the pointer (detach(NULL) crashes). */
+    h = d->ctx->host;
     h->irq_unhook(d->irq);
     h->event_destroy(d->event);
     h->lock_destroy(d->lock);
@@ -169,6 +204,15 @@ OY_EXPORT int32_t oy_driver_entry(oy_entry_args *args) {
 #ifdef MUTANT_ENTRY_FAILS
     (void)args;
     return OY_E_INVALID;
+#elif defined(MUTANT_BAD_NEGOTIATION)
+    /* Defect: refuses any host newer than itself instead of picking the
+     * highest common version. */
+    if (args != NULL && args->host_abi_max > MUTANT_ABI_MAX) {
+        args->driver_abi_min = MUTANT_ABI_MIN;
+        args->driver_abi_max = MUTANT_ABI_MAX;
+        return OY_E_INCOMPATIBLE;
+    }
+    return oy_negotiate(args, MUTANT_ABI_MIN, MUTANT_ABI_MAX, &mutant_driver);
 #else
     return oy_negotiate(args, MUTANT_ABI_MIN, MUTANT_ABI_MAX, &mutant_driver);
 #endif
