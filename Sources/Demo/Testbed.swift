@@ -14,7 +14,8 @@ extension Disk: BlockTarget {
 }
 
 /// A machine with the reference devices: an nvmelite disk backed by a file
-/// in the state folder, e1klite NICs, and a UART whose line is logged.
+/// in the state folder, e1klite NICs, a UART whose line is logged, and an
+/// rnglite entropy source.
 public struct Testbed {
     public let machine: Machine
     public let nvme: NVMeLite
@@ -48,6 +49,7 @@ public struct Testbed {
         let console = SerialLog(path: consoleLog)
         uart.connect(console)
         machine.bus.plug(uart)
+        machine.bus.plug(RNGLite())
         return Testbed(machine: machine, nvme: nvme, nvmeSlot: slot, nics: cards, uart: uart, console: console)
     }
 }
