@@ -4,14 +4,14 @@ import OyakoTestSupport
 import Testing
 
 /// Runs the built `oyako` binary, as a user would.
-func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: String) {
+func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: String, output: String) {
     let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("oyako").path
     let candidates = [binary, Fixtures.repositoryRoot + "/.build/debug/oyako"]
     guard let executable = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-        return (-1, "", "oyako binary not found in \(candidates)")
+        return (-1, "", "oyako binary not found in \(candidates)", "")
     }
     let result = ProcessRunner.run(executable, arguments)
-    return (result.status, result.stdout, result.stderr)
+    return (result.status, result.stdout, result.stderr, result.output)
 }
 
 @Suite struct CLITests {
@@ -98,5 +98,23 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(oyako(["console", "--state", state, "nosuch"]).status == 1)
         #expect(json["reused_unmodified"] as? Bool == true)
         #expect(json["hypervisor_specific_drivers"] as? Int == 0)
+    }
+
+    @Test func controlMethodsAreCalledThroughLibffiWithCheckedArguments() throws {
+        let uart = try Fixtures.referenceDriver("uart16550")
+        let list = oyako(["driver", "call", uart])
+        #expect(list.status == 0 && list.stdout.contains("set_baud i32(u32)"), "\(list.stdout)")
+        let ok = oyako(["driver", "call", uart, "set_baud", "57600"])
+        #expect(ok.status == 0 && ok.stdout == "0\n", "\(ok.output)")
+        let range = oyako(["driver", "call", uart, "set_baud", "57601"])
+        #expect(range.stdout.contains("-11 (OY_E_RANGE"), "\(range.stdout)")
+        let count = oyako(["driver", "call", uart, "set_baud"])
+        #expect(count.status == 1 && count.stderr.contains("takes 1 argument(s) (i32(u32)), got 0"), "\(count.stderr)")
+        let type = oyako(["driver", "call", uart, "set_baud", "-5"])
+        #expect(type.status == 1 && type.stderr.contains("is not a valid u32"), "\(type.stderr)")
+        let unknown = oyako(["driver", "call", uart, "reboot"])
+        #expect(unknown.status == 1 && unknown.stderr.contains("has no control method \"reboot\""))
+        let nvme = oyako(["driver", "call", try Fixtures.referenceDriver(), "block_count"])
+        #expect(nvme.stdout == "32768\n", "\(nvme.output)")
     }
 }
