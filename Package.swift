@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // The driver ABI headers, compiled into the host; the layout asserts run on every build.
@@ -93,6 +94,16 @@ let package = Package(
             name: "Conformance",
             dependencies: ["DriverHost", "Kernel", "Machine", "Devices", "VirtualizationStack", "COyakoSDK"]
         ),
+        // Benchmarks: every figure next to a baseline measured in the same run.
+        .target(name: "CBenchShims", dependencies: ["COyakoSDK"]),
+        .target(
+            name: "Bench",
+            dependencies: [
+                "CBenchShims", "Demo", "DriverHost", "Kernel", "Machine", "Devices", "VirtualizationStack", "Guest", "VMBus",
+                "Workloads", "NetStack",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
         // Userland shared by every OS here: verified block I/O workloads.
         .target(name: "Workloads"),
         // A minimal IPv4 host (ARP, ICMP echo, UDP echo) any OS here can run.
@@ -106,7 +117,7 @@ let package = Package(
         .executableTarget(
             name: "OyakoCLI",
             dependencies: [
-                "Demo", "Conformance", "Kernel", "Devices", "DriverHost", "Machine",
+                "Demo", "Conformance", "Bench", "Kernel", "Devices", "DriverHost", "Machine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -13,6 +13,7 @@ import Workloads
 
 public struct DemoError: Error, CustomStringConvertible {
     public let message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }
 

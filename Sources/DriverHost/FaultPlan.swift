@@ -113,3 +113,16 @@ extension DriverInstance {
         return leaked
     }
 }
+
+extension DriverInstance {
+    /// Runs `body` with the driver's real host table and a register window
+    /// of BAR `bar` mapped through it (for benchmarks of host services).
+    public func withHostServices<R>(bar: UInt32 = 0, _ body: (UnsafePointer<oy_host>, OpaquePointer?) -> R) -> R {
+        let host = UnsafePointer(library.hostTable)
+        var regs: OpaquePointer?
+        var size: UInt64 = 0
+        _ = host.pointee.regs_map(binding.handle, bar, &regs, &size)
+        defer { if regs != nil { host.pointee.regs_unmap(regs) } }
+        return body(host, regs)
+    }
+}

@@ -42,7 +42,7 @@ public final class NetVSC: @unchecked Sendable {
         sendArea = (tx.gpa, tx.pointer, sections)
         freeSend = Array(0..<sections)
         channel = try os.vmbus.open(relid: offer.relid, ringGPA: ring.gpa, ringPages: 2 * Self.ringPages, outboundPages: Self.ringPages)
-        channel.onPacket = { [unowned self] packet in received(packet) }
+        channel.onPacket = { [weak self] packet in self?.received(packet) }
         try initialize()
     }
 

@@ -40,11 +40,12 @@ public final class StorageVSC: BlockTarget, @unchecked Sendable {
         dataGPA = data.gpa
         dataPointer = data.pointer
         dataBufferSize = Self.dataPages * 4096
-        channel.onPacket = { [unowned self] packet in received(packet) }
-        channel.onRescind = { [unowned self] in
+        channel.onPacket = { [weak self] packet in self?.received(packet) }
+        channel.onRescind = { [weak self] in
+            guard let self else { return }
             for (_, callback) in callbacks { callback(StorageProtocol.Status.invalidDeviceState) }
             callbacks.removeAll()
-            self.os.log("storage relid \(offer.relid) rescinded by the root")
+            os.log("storage relid \(offer.relid) rescinded by the root")
         }
         try initialize()
     }

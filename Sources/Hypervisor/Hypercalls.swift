@@ -75,6 +75,11 @@ public final class Hypercalls: Sendable {
         try hypervisor.createPort(caller: caller, id: id, port: port)
     }
 
+    /// HvCallDeletePort (0x97). Root only: removes a port and its connections.
+    public func deletePort(in id: PartitionID, portID: UInt32) throws(HvStatus) {
+        try hypervisor.deletePort(caller: caller, id: id, portID: portID)
+    }
+
     /// HvCallConnectPort (0x96). Root only: lets `from` reach a port.
     public func connectPort(from: PartitionID, connectionID: UInt32, to portPartition: PartitionID, portID: UInt32) throws(HvStatus) {
         try hypervisor.connectPort(caller: caller, from: from, connectionID: connectionID, portPartition: portPartition, portID: portID)

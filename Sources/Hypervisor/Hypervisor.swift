@@ -326,6 +326,19 @@ public final class Hypervisor: @unchecked Sendable {
         }
     }
 
+    /// Deletes a port and every connection to it.
+    func deletePort(caller: PartitionID, id: PartitionID, portID: UInt32) throws(HvStatus) {
+        try lock.locked { () throws(HvStatus) in
+            count(.deletePort)
+            try requireRoot(caller)
+            guard let p = partitions[id] else { throw .invalidPartitionID }
+            guard p.ports.removeValue(forKey: portID) != nil else { throw .invalidPortID }
+            for (from, table) in connections {
+                connections[from] = table.filter { !($0.value.portPartition == id && $0.value.portID == portID) }
+            }
+        }
+    }
+
     func connectPort(caller: PartitionID, from: PartitionID, connectionID: UInt32, portPartition: PartitionID, portID: UInt32) throws(HvStatus) {
         try lock.locked { () throws(HvStatus) in
             count(.connectPort)

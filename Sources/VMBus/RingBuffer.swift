@@ -83,7 +83,8 @@ public final class Ring: @unchecked Sendable {
         public var readerSignalsForPendingSend = 0
     }
 
-    private let counters = Mutex(Statistics())
+    private let written = Atomic<Int>(0), readCount = Atomic<Int>(0), sent = Atomic<Int>(0), suppressed = Atomic<Int>(0)
+    private let refused = Atomic<Int>(0), pendingSignals = Atomic<Int>(0)
     private var writeIndex: UInt32 = 0
     private var readIndex: UInt32 = 0
 
@@ -108,7 +109,11 @@ public final class Ring: @unchecked Sendable {
         readIndex = 0
     }
 
-    public var statistics: Statistics { counters.withLock { $0 } }
+    public var statistics: Statistics {
+        Statistics(packetsWritten: written.load(ordering: .relaxed), packetsRead: readCount.load(ordering: .relaxed),
+                   signalsSent: sent.load(ordering: .relaxed), signalsSuppressed: suppressed.load(ordering: .relaxed),
+                   writesRefusedFull: refused.load(ordering: .relaxed), readerSignalsForPendingSend: pendingSignals.load(ordering: .relaxed))
+    }
 
     private func load(_ offset: Int) -> UInt32 { oy_shim_load_acquire_u32(control + offset) }
     private func store(_ offset: Int, _ value: UInt32) { oy_shim_store_release_u32(control + offset, value) }
@@ -127,20 +132,19 @@ public final class Ring: @unchecked Sendable {
     }
 
     private func copyIn(_ bytes: UnsafeRawBufferPointer, at index: Int) -> Int {
+        guard bytes.count > 0 else { return index }
         let first = min(bytes.count, dataSize - index)
         (data + index).copyMemory(from: bytes.baseAddress!, byteCount: first)
         if first < bytes.count { data.copyMemory(from: bytes.baseAddress! + first, byteCount: bytes.count - first) }
         return (index + bytes.count) % dataSize
     }
 
-    private func copyOut(_ count: Int, at index: Int) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: count)
-        out.withUnsafeMutableBytes { buffer in
-            let first = min(count, dataSize - index)
-            buffer.baseAddress!.copyMemory(from: data + index, byteCount: first)
-            if first < count { (buffer.baseAddress! + first).copyMemory(from: data, byteCount: count - first) }
-        }
-        return out
+    private func copyOut(into buffer: UnsafeMutableRawBufferPointer, at index: Int) {
+        let count = buffer.count
+        guard count > 0 else { return }
+        let first = min(count, dataSize - index)
+        buffer.baseAddress!.copyMemory(from: data + index, byteCount: first)
+        if first < count { (buffer.baseAddress! + first).copyMemory(from: data, byteCount: count - first) }
     }
 
     // MARK: Writer
@@ -167,32 +171,27 @@ public final class Ring: @unchecked Sendable {
             // The reader may have drained meanwhile: check once more.
             let again = try validIndex(load(Self.readIndexOffset), "read_index")
             if dataSize - used(write: writeIndex, read: again) <= total {
-                counters.withLock { $0.writesRefusedFull += 1 }
+                refused.add(1, ordering: .relaxed)
                 return .full
             }
         }
         store(Self.pendingSendOffset, 0)
         let old = writeIndex
-        var header = [UInt8](repeating: 0, count: packet.headerLength)
-        header.withUnsafeMutableBytes { h in
-            h.storeBytes(of: packet.kind.rawValue, toByteOffset: 0, as: UInt16.self)
-            h.storeBytes(of: UInt16(packet.headerLength / 8), toByteOffset: 2, as: UInt16.self)
-            h.storeBytes(of: UInt16((total - 8) / 8), toByteOffset: 4, as: UInt16.self)
-            h.storeBytes(of: packet.flags, toByteOffset: 6, as: UInt16.self)
-            h.storeBytes(of: packet.transactionID, toByteOffset: 8, as: UInt64.self)
-            if packet.kind == .gpaDirect {
-                h.storeBytes(of: UInt32(packet.ranges.count), toByteOffset: 16, as: UInt32.self)
-                for (i, range) in packet.ranges.enumerated() {
-                    h.storeBytes(of: range.gpa, toByteOffset: 24 + i * 16, as: UInt64.self)
-                    h.storeBytes(of: range.length, toByteOffset: 32 + i * 16, as: UInt32.self)
-                }
+        var index = Int(old)
+        var descriptor = (packet.kind.rawValue, UInt16(packet.headerLength / 8), UInt16((total - 8) / 8), packet.flags, packet.transactionID)
+        index = withUnsafeBytes(of: &descriptor) { copyIn(UnsafeRawBufferPointer(rebasing: $0[0..<16]), at: index) }
+        if packet.kind == .gpaDirect {
+            var count = (UInt32(packet.ranges.count), UInt32(0))
+            index = withUnsafeBytes(of: &count) { copyIn($0, at: index) }
+            for range in packet.ranges {
+                var entry = (range.gpa, range.length, UInt32(0))
+                index = withUnsafeBytes(of: &entry) { copyIn(UnsafeRawBufferPointer(rebasing: $0[0..<16]), at: index) }
             }
         }
-        var index = Int(old)
-        index = header.withUnsafeBytes { copyIn($0, at: index) }
-        var padded = packet.payload
-        padded.append(contentsOf: [UInt8](repeating: 0, count: (8 - padded.count % 8) % 8))
-        index = padded.withUnsafeBytes { copyIn($0, at: index) }
+        if !packet.payload.isEmpty { index = packet.payload.withUnsafeBytes { copyIn($0, at: index) } }
+        let padding = (8 - packet.payload.count % 8) % 8
+        var zeros: UInt64 = 0
+        if padding > 0 { index = withUnsafeBytes(of: &zeros) { copyIn(UnsafeRawBufferPointer(rebasing: $0[0..<padding]), at: index) } }
         var trailer = UInt64(old) << 32
         index = withUnsafeBytes(of: &trailer) { copyIn($0, at: index) }
         oy_shim_full_barrier()
@@ -201,43 +200,73 @@ public final class Ring: @unchecked Sendable {
         oy_shim_full_barrier()
         // Signal only on empty -> non-empty, and only if the reader asked.
         let signal = load(Self.interruptMaskOffset) == 0 && old == load(Self.readIndexOffset)
-        counters.withLock {
-            $0.packetsWritten += 1
-            if signal { $0.signalsSent += 1 } else { $0.signalsSuppressed += 1 }
-        }
+        written.add(1, ordering: .relaxed)
+        if signal { sent.add(1, ordering: .relaxed) } else { suppressed.add(1, ordering: .relaxed) }
         return .written(signal: signal)
     }
 
     // MARK: Reader
 
-    /// Takes the next packet, validating the descriptor against the bytes
-    /// actually available. Returns nil when the ring is empty; `signalWriter`
-    /// becomes true when this read freed the space a blocked writer waits for.
-    public func read(signalWriter: inout Bool) throws(RingError) -> Packet? {
+    /// A validated descriptor at the reader's index.
+    private struct Descriptor {
+        let kind: Packet.Kind
+        let flags: UInt16
+        let transactionID: UInt64
+        let length: Int          // descriptor + ranges + padded payload
+        let payloadOffset: Int
+        let available: Int
+    }
+
+    /// Reads and validates the next descriptor against the bytes actually
+    /// available; nil when the ring is empty.
+    private func nextDescriptor() throws(RingError) -> Descriptor? {
         let write = try validIndex(load(Self.writeIndexOffset), "write_index")
         let available = used(write: write, read: readIndex)
         guard available > 0 else { return nil }
         guard available >= 24 else { throw RingError(reason: "\(available) bytes in the ring, too few for a packet") }
-        let header = copyOut(16, at: Int(readIndex))
-        let (rawKind, offset8, len8, flags, transaction) = header.withUnsafeBytes {
-            ($0.load(as: UInt16.self), $0.load(fromByteOffset: 2, as: UInt16.self), $0.load(fromByteOffset: 4, as: UInt16.self),
-             $0.load(fromByteOffset: 6, as: UInt16.self), $0.load(fromByteOffset: 8, as: UInt64.self))
-        }
-        let length = Int(len8) * 8, payloadOffset = Int(offset8) * 8
-        guard let kind = Packet.Kind(rawValue: rawKind) else { throw RingError(reason: "unknown packet type \(rawKind)") }
+        var raw = (UInt16(0), UInt16(0), UInt16(0), UInt16(0), UInt64(0))
+        withUnsafeMutableBytes(of: &raw) { copyOut(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<16]), at: Int(readIndex)) }
+        let length = Int(raw.2) * 8, payloadOffset = Int(raw.1) * 8
+        guard let kind = Packet.Kind(rawValue: raw.0) else { throw RingError(reason: "unknown packet type \(raw.0)") }
         guard length >= 16, length + 8 <= available else {
             throw RingError(reason: "packet length \(length) does not fit the \(available) bytes available")
         }
         guard payloadOffset >= 16, payloadOffset <= length else {
             throw RingError(reason: "payload offset \(payloadOffset) outside the \(length)-byte packet")
         }
-        let body = copyOut(length - 16, at: (Int(readIndex) + 16) % dataSize)
+        return Descriptor(kind: kind, flags: raw.3, transactionID: raw.4, length: length, payloadOffset: payloadOffset, available: available)
+    }
+
+    /// Moves the reader past `d`, publishing the index and working out
+    /// whether a blocked writer must now be signalled.
+    private func consume(_ d: Descriptor, signalWriter: inout Bool) {
+        let freeBefore = dataSize - d.available
+        readIndex = UInt32((Int(readIndex) + d.length + 8) % dataSize)
+        oy_shim_full_barrier()
+        store(Self.readIndexOffset, readIndex)
+        oy_shim_full_barrier()
+        let pending = Int(load(Self.pendingSendOffset))
+        let freeAfter = freeBefore + d.length + 8
+        if pending > 0 && freeBefore < pending && freeAfter >= pending {
+            signalWriter = true
+            pendingSignals.add(1, ordering: .relaxed)
+        }
+        readCount.add(1, ordering: .relaxed)
+    }
+
+    /// Takes the next packet, validating the descriptor against the bytes
+    /// actually available. Returns nil when the ring is empty; `signalWriter`
+    /// becomes true when this read freed the space a blocked writer waits for.
+    public func read(signalWriter: inout Bool) throws(RingError) -> Packet? {
+        guard let d = try nextDescriptor() else { return nil }
+        var body = [UInt8](repeating: 0, count: d.length - 16)
+        body.withUnsafeMutableBytes { copyOut(into: $0, at: (Int(readIndex) + 16) % dataSize) }
         var ranges: [GPARange] = []
-        if kind == .gpaDirect {
-            guard payloadOffset >= 24 else { throw RingError(reason: "GPA_DIRECT packet without a range header") }
+        if d.kind == .gpaDirect {
+            guard d.payloadOffset >= 24 else { throw RingError(reason: "GPA_DIRECT packet without a range header") }
             let count = Int(body.withUnsafeBytes { $0.load(as: UInt32.self) })
-            guard count <= 64, 24 + count * 16 <= payloadOffset else {
-                throw RingError(reason: "GPA_DIRECT packet claims \(count) ranges in a \(payloadOffset)-byte header")
+            guard count <= 64, 24 + count * 16 <= d.payloadOffset else {
+                throw RingError(reason: "GPA_DIRECT packet claims \(count) ranges in a \(d.payloadOffset)-byte header")
             }
             ranges = (0..<count).map { i in
                 body.withUnsafeBytes {
@@ -246,20 +275,21 @@ public final class Ring: @unchecked Sendable {
                 }
             }
         }
-        let payload = Array(body[(payloadOffset - 16)...])
-        let freeBefore = dataSize - available
-        readIndex = UInt32((Int(readIndex) + length + 8) % dataSize)
-        oy_shim_full_barrier()
-        store(Self.readIndexOffset, readIndex)
-        oy_shim_full_barrier()
-        let pending = Int(load(Self.pendingSendOffset))
-        let freeAfter = freeBefore + length + 8
-        if pending > 0 && freeBefore < pending && freeAfter >= pending {
-            signalWriter = true
-            counters.withLock { $0.readerSignalsForPendingSend += 1 }
-        }
-        counters.withLock { $0.packetsRead += 1 }
-        return Packet(kind: kind, flags: flags, transactionID: transaction, ranges: ranges, payload: payload)
+        let payload = Array(body[(d.payloadOffset - 16)...])
+        consume(d, signalWriter: &signalWriter)
+        return Packet(kind: d.kind, flags: d.flags, transactionID: d.transactionID, ranges: ranges, payload: payload)
+    }
+
+    /// Like `read`, without allocating: copies the (padded) payload into
+    /// `buffer` and returns its length, or nil when the ring is empty. A
+    /// payload larger than `buffer` is an error.
+    public func readPayload(into buffer: UnsafeMutableRawBufferPointer, signalWriter: inout Bool) throws(RingError) -> Int? {
+        guard let d = try nextDescriptor() else { return nil }
+        let length = d.length - d.payloadOffset
+        guard length <= buffer.count else { throw RingError(reason: "payload of \(length) bytes exceeds the \(buffer.count)-byte buffer") }
+        copyOut(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length]), at: (Int(readIndex) + d.payloadOffset) % dataSize)
+        consume(d, signalWriter: &signalWriter)
+        return length
     }
 
     /// Reader: ask the writer not to signal while draining.

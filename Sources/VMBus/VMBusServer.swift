@@ -186,6 +186,9 @@ public final class VMBusServer: @unchecked Sendable {
             guard let c = connection(child) else { return }
             for mapping in c.gpadls.values { try? hypercalls.unmapForeignPages(rootGPA: mapping.rootGPA, count: mapping.pfns.count) }
             c.gpadls.removeAll()
+            // The slot's ports in the root go too, so a later child can reuse it.
+            try? hypercalls.deletePort(in: root.id, portID: Topology.rootMessagePort(slot: c.slot))
+            try? hypercalls.deletePort(in: root.id, portID: Topology.rootEventPort(slot: c.slot))
             lock.withLock {
                 children[child] = nil
                 slotsByPort = slotsByPort.filter { $0.value != child }

@@ -130,7 +130,7 @@ public final class NetworkVSP: ChannelHandler, @unchecked Sendable {
                 stats.droppedNoBuffers += 1
                 if !warnedNoBuffers {
                     warnedNoBuffers = true
-                    logger.warning("child \(context.child) returns no receive sections; dropping its frames")
+                    logger.warning("child \(context.child) has no free receive sections (it is not returning them as fast as frames arrive); dropping frames for it")
                 }
                 return nil
             }

@@ -117,4 +117,30 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         let nvme = oyako(["driver", "call", try Fixtures.referenceDriver(), "block_count"])
         #expect(nvme.stdout == "32768\n", "\(nvme.output)")
     }
+
+    /// The benchmark's output contract (never its timings: those belong in
+    /// `oyako bench`, not in tests).
+    @Test func benchQuickJSONHasEveryFigureWithItsBaseline() throws {
+        let result = oyako(["bench", "--quick", "--json"])
+        #expect(result.status == 0, "\(result.stderr.suffix(500))")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        let machine = try #require(json["machine"] as? [String: Any])
+        #expect((machine["cpu_model"] as? String)?.isEmpty == false)
+        #expect((machine["cores"] as? Int ?? 0) >= 1)
+        #expect(["debug", "release"].contains(machine["build_configuration"] as? String ?? ""))
+        let figures = try #require(json["figures"] as? [[String: Any]])
+        let names = Set(figures.compactMap { $0["name"] as? String })
+        for expected in ["driver.load_to_attached.nvmelite", "driver.load_to_attached.e1klite", "driver.load_to_attached.uart16550",
+                         "host_call.noop", "host_call.reg_read32", "ring.packets_64B", "ring.bytes_4KiB",
+                         "block.4k_randread_qd1.bare", "block.4k_randread_qd32.child", "block.64k_seqwrite_qd8.root", "block.64k_seqread_qd8.child",
+                         "net.bare_nic", "net.child_to_child", "net.child_to_wire"] {
+            #expect(names.contains(expected), "missing \(expected)")
+        }
+        for figure in figures {
+            #expect(figure["value"] is Double || figure["value"] is Int, "\(figure)")
+            #expect(figure["unit"] is String)
+            if figure["baseline"] != nil { #expect(figure["ratio"] != nil, "\(figure["name"] ?? "") has a baseline but no ratio") }
+            if figure["target"] != nil { #expect(figure["met"] is Bool, "\(figure["name"] ?? "") has a target but no verdict") }
+        }
+    }
 }

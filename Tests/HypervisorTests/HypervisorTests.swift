@@ -45,6 +45,20 @@ func makeChild(_ hv: Hypervisor, pages: Int = 16) throws -> PartitionID {
         #expect(throws: HvStatus.accessDenied) { try calls.deletePartition(hv.root.id) }
     }
 
+    @Test func deletedPortsCanBeCreatedAgain() throws {
+        let hv = try makeHypervisor()
+        let child = try makeChild(hv)
+        let calls = hv.root.hypercalls!
+        try calls.createPort(in: hv.root.id, port: .init(id: 0x1001, kind: .message, vp: 0, sint: 2))
+        try calls.connectPort(from: child, connectionID: 1, to: hv.root.id, portID: 0x1001)
+        #expect(throws: HvStatus.invalidParameter) { try calls.createPort(in: hv.root.id, port: .init(id: 0x1001, kind: .message, vp: 0, sint: 2)) }
+        try calls.deletePort(in: hv.root.id, portID: 0x1001)
+        let childCalls = try #require(hv.partition(child)?.hypercalls)
+        #expect(throws: HvStatus.invalidConnectionID) { try childCalls.postMessage(connectionID: 1, type: 1, payload: []) }
+        try calls.createPort(in: hv.root.id, port: .init(id: 0x1001, kind: .message, vp: 0, sint: 2))
+        #expect(throws: HvStatus.invalidPortID) { try calls.deletePort(in: hv.root.id, portID: 0x7777) }
+    }
+
     @Test func hypercallsAreCountedByCode() throws {
         let hv = try makeHypervisor()
         _ = try makeChild(hv)

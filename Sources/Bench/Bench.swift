@@ -1,0 +1,168 @@
+import CBenchShims
+import Demo
+import Devices
+import DriverHost
+import Foundation
+import Guest
+import Histogram
+import Kernel
+import Machine
+import Synchronization
+import VirtualizationStack
+import VMBus
+
+/// One measured figure, next to the baseline it is judged against.
+public struct BenchFigure: Encodable, Sendable {
+    public let name: String
+    public let value: Double
+    public let unit: String
+    public var baseline: Double?
+    public var ratio: Double?
+    public var target: String?
+    public var met: Bool?
+    public var p50: Double?
+    public var p99: Double?
+    public var note: String?
+
+    init(_ name: String, _ value: Double, _ unit: String, baseline: Double? = nil, target: String? = nil, met: Bool? = nil,
+         p50: Double? = nil, p99: Double? = nil, note: String? = nil)
+    {
+        self.name = name
+        self.value = value
+        self.unit = unit
+        self.baseline = baseline
+        self.ratio = baseline.flatMap { $0 > 0 ? value / $0 : nil }
+        self.target = target
+        self.met = met
+        self.p50 = p50
+        self.p99 = p99
+        self.note = note
+    }
+}
+
+public struct BenchReport: Encodable, Sendable {
+    public struct MachineInfo: Encodable, Sendable {
+        public let cpuModel: String
+        public let cores: Int
+        public let buildConfiguration: String
+        public let quick: Bool
+
+        enum CodingKeys: String, CodingKey {
+            case cpuModel = "cpu_model", cores, buildConfiguration = "build_configuration", quick
+        }
+    }
+
+    public let machine: MachineInfo
+    public var figures: [BenchFigure]
+    public var durationSeconds: Double
+
+    enum CodingKeys: String, CodingKey {
+        case machine, figures, durationSeconds = "duration_seconds"
+    }
+}
+
+/// Runs every benchmark; each figure's baseline is measured in the same run.
+public struct BenchRunner {
+    public var sdk: SDKLocation
+    public var quick: Bool
+    public var progress: @Sendable (String) -> Void
+
+    public init(sdk: SDKLocation, quick: Bool, progress: @escaping @Sendable (String) -> Void) {
+        self.sdk = sdk
+        self.quick = quick
+        self.progress = progress
+    }
+
+    public static var machineInfo: (String, Int) {
+        let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let model = cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }?.split(separator: ":", maxSplits: 1).last
+            .map { $0.trimmingCharacters(in: .whitespaces) } ?? "unknown"
+        return (model, ProcessInfo.processInfo.activeProcessorCount)
+    }
+
+    public static var buildConfiguration: String {
+        #if DEBUG
+        return "debug"
+        #else
+        return "release"
+        #endif
+    }
+
+    public func run() throws -> BenchReport {
+        let started = Date()
+        let (model, cores) = Self.machineInfo
+        progress("machine: \(model), \(cores) cores, \(Self.buildConfiguration) build\(quick ? ", --quick" : "")")
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("oyako-bench-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        let drivers = try ReferenceDrivers.build(sdk: sdk, into: state + "/drivers")
+
+        var figures: [BenchFigure] = []
+        figures += try loadLatency(drivers: drivers, state: state)
+        figures += try hostCalls(drivers: drivers, state: state)
+        figures += RingBench(quick: quick, progress: progress).run()
+        figures += try BlockBench(quick: quick, progress: progress).run(drivers: drivers, state: state)
+        figures += try NetBench(quick: quick, progress: progress).run(drivers: drivers, state: state)
+        return BenchReport(machine: .init(cpuModel: model, cores: cores, buildConfiguration: Self.buildConfiguration, quick: quick),
+                           figures: figures, durationSeconds: Date().timeIntervalSince(started))
+    }
+
+    // MARK: 1. Driver load to attached
+
+    private func loadLatency(drivers: [String], state: String) throws -> [BenchFigure] {
+        var figures: [BenchFigure] = []
+        let iterations = quick ? 20 : 200
+        for path in drivers {
+            let name = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
+            let testbed = try Testbed.make(state: state + "/load-\(name)", diskSize: 8 << 20, memorySize: 64 << 20, nics: 1)
+            defer { testbed.machine.shutdown() }
+            let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [], logLevel: .error)
+            _ = kernel.boot()
+            let file = try DriverFile.inspect(path: path)
+            guard let slot = testbed.machine.bus.enumerate().first(where: { file.metadata.matches(vendorID: $0.device.identity.vendorID, deviceID: $0.device.identity.deviceID) }) else { continue }
+            var histogram = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+            for _ in 0..<iterations {
+                let start = DispatchTime.now().uptimeNanoseconds
+                let library = try kernel.loadDriver(path: path)
+                let instance = try kernel.attach(library, to: slot)
+                let elapsed = DispatchTime.now().uptimeNanoseconds - start
+                _ = histogram.record(elapsed)
+                instance.detach()
+                _ = kernel.unload(library)
+            }
+            let p50 = Double(histogram.valueAtPercentile(50)) / 1e6, p99 = Double(histogram.valueAtPercentile(99)) / 1e6
+            progress(String(format: "load+negotiate+probe+attach %@: median %.3f ms, p99 %.3f ms", name, p50, p99))
+            figures.append(BenchFigure("driver.load_to_attached.\(name)", p50, "ms", target: "median < 1 ms", met: p50 < 1, p50: p50, p99: p99,
+                                       note: "\(iterations) iterations, dlopen to attach returned"))
+        }
+        return figures
+    }
+
+    // MARK: 2. Host-service calls
+
+    private func hostCalls(drivers: [String], state: String) throws -> [BenchFigure] {
+        guard let nvme = drivers.first(where: { $0.hasSuffix("nvmelite.so") }) else { return [] }
+        let testbed = try Testbed.make(state: state + "/calls", diskSize: 8 << 20, memorySize: 64 << 20)
+        defer { testbed.machine.shutdown() }
+        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [nvme], logLevel: .error)
+        _ = kernel.boot()
+        defer { kernel.shutdown() }
+        guard let instance = kernel.instance(at: testbed.nvmeSlot.address) else { return [] }
+        let n: UInt64 = quick ? 2_000_000 : 20_000_000
+        let noop: @convention(c) (UnsafeMutableRawPointer?) -> Void = { _ in }
+        // Best of three, to keep a scheduling hiccup out of a nanosecond figure.
+        func best(_ body: () -> UInt64) -> Double { (0..<3).map { _ in Double(body()) / Double(n) }.min()! }
+        let direct = best { oy_bench_direct_calls(n) }
+        let bridged = best { oy_bench_pointer_calls(noop, nil, n) }
+        let (time, register) = instance.withHostServices { host, regs -> (Double, Double) in
+            (best { oy_bench_host_time_calls(host, n / 10) } * 10, best { oy_bench_register_reads(host, regs, 0x08, n / 10) } * 10)
+        }
+        progress(String(format: "direct C call %.2f ns; no-op host service %.2f ns (%.2fx); monotonic_ns %.1f ns; reg_read32 %.1f ns", direct, bridged, bridged / direct, time, register))
+        return [
+            BenchFigure("host_call.noop", bridged, "ns/call", baseline: direct, target: "≤ 3× a direct C call", met: bridged <= direct * 3,
+                        note: "a no-op Swift @convention(c) service through a function pointer, from C"),
+            BenchFigure("host_call.monotonic_ns", time, "ns/call", baseline: direct, note: "through the real host table"),
+            BenchFigure("host_call.reg_read32", register, "ns/call", baseline: direct, note: "through the host table: handle check, window bounds, device model"),
+        ]
+    }
+}

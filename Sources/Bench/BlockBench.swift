@@ -1,0 +1,213 @@
+import Demo
+import DriverHost
+import Foundation
+import Guest
+import Histogram
+import Kernel
+import Machine
+import Synchronization
+import VirtualizationStack
+import VMBus
+
+/// Block I/O on three paths in one run — bare OS, root partition local,
+/// child partition through VMBus — all through the same vendor driver.
+struct BlockBench {
+    let quick: Bool
+    let progress: @Sendable (String) -> Void
+
+    struct Workload: Sendable {
+        let name: String
+        let write: Bool
+        let blocks: Int        // 512-byte blocks per request
+        let sequential: Bool
+        let depth: Int
+        let count: Int
+        /// Target child/bare ratio, when the issue sets one.
+        let target: Double?
+    }
+
+    var workloads: [Workload] {
+        let scale = quick ? 1 : 5
+        return [
+            Workload(name: "4k_randread_qd1", write: false, blocks: 8, sequential: false, depth: 1, count: 1000 * scale, target: nil),
+            Workload(name: "4k_randwrite_qd1", write: true, blocks: 8, sequential: false, depth: 1, count: 1000 * scale, target: nil),
+            Workload(name: "4k_randread_qd32", write: false, blocks: 8, sequential: false, depth: 32, count: 4000 * scale, target: 0.60),
+            Workload(name: "4k_randwrite_qd32", write: true, blocks: 8, sequential: false, depth: 32, count: 4000 * scale, target: 0.60),
+            Workload(name: "64k_seqread_qd8", write: false, blocks: 128, sequential: true, depth: 8, count: 400 * scale, target: 0.90),
+            Workload(name: "64k_seqwrite_qd8", write: true, blocks: 128, sequential: true, depth: 8, count: 400 * scale, target: 0.90),
+        ]
+    }
+
+    /// Region every path uses: 64 MiB of the disk.
+    static let regionBlocks: UInt64 = 131072
+
+    struct Measured: Sendable {
+        let opsPerSecond: Double
+        let p50us: Double
+        let p99us: Double
+    }
+
+    func run(drivers: [String], state: String) throws -> [BenchFigure] {
+        guard let nvme = drivers.first(where: { $0.hasSuffix("nvmelite.so") }) else { return [] }
+        var bare: [String: Measured] = [:]
+        var root: [String: Measured] = [:]
+        var child: [String: Measured] = [:]
+
+        do {
+            let testbed = try Testbed.make(state: state + "/bare", diskSize: 256 << 20)
+            defer { testbed.machine.shutdown() }
+            let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [nvme], logLevel: .error)
+            _ = kernel.boot()
+            defer { kernel.shutdown() }
+            guard let disk = kernel.blockLayer.disks.first else { throw DemoError(message: "bench: no disk on bare metal") }
+            for w in workloads { bare[w.name] = try host(disk, w, start: 0) }
+        }
+        do {
+            let testbed = try Testbed.make(state: state + "/root", diskSize: 256 << 20, memorySize: 256 << 20, hypervisorRole: true)
+            defer { testbed.machine.shutdown() }
+            let partition = try RootPartition(machine: testbed.machine, memory: 96 << 20)
+            defer { partition.shutdown() }
+            let kernel = Kernel(platform: partition.platform, driverPaths: [nvme], logLevel: .error)
+            _ = kernel.boot()
+            defer { kernel.shutdown() }
+            guard let disk = kernel.blockLayer.disks.first else { throw DemoError(message: "bench: no disk in the root partition") }
+            for w in workloads { root[w.name] = try host(disk, w, start: 0) }
+            child = try children(partition: partition, disk: disk)
+        }
+
+        var figures: [BenchFigure] = []
+        for w in workloads {
+            guard let b = bare[w.name], let r = root[w.name] else { continue }
+            let unit = w.blocks >= 128 ? "MiB/s" : "IOPS"
+            let scale = w.blocks >= 128 ? Double(w.blocks * 512) / 1048576 : 1
+            figures.append(BenchFigure("block.\(w.name).bare", b.opsPerSecond * scale, unit, p50: b.p50us, p99: b.p99us))
+            figures.append(BenchFigure("block.\(w.name).root", r.opsPerSecond * scale, unit, baseline: b.opsPerSecond * scale, p50: r.p50us, p99: r.p99us))
+            if let c = child[w.name] {
+                let ratio = c.opsPerSecond / b.opsPerSecond
+                figures.append(BenchFigure(
+                    "block.\(w.name).child", c.opsPerSecond * scale, unit, baseline: b.opsPerSecond * scale,
+                    target: w.target.map { String(format: "child/bare ≥ %.2f", $0) }, met: w.target.map { ratio >= $0 }, p50: c.p50us, p99: c.p99us))
+                progress(String(format: "block %@: bare %.0f, root %.0f, child %.0f %@ (child/bare %.2f)", w.name, b.opsPerSecond * scale, r.opsPerSecond * scale, c.opsPerSecond * scale, unit, ratio))
+            }
+        }
+        return figures
+    }
+
+    /// Runs a workload on the OS's block layer at the workload's depth.
+    private func host(_ disk: Disk, _ w: Workload, start: UInt64) throws -> Measured {
+        let length = w.blocks * disk.geometry.blockSize
+        let buffers = (0..<w.depth).compactMap { _ in disk.allocateBuffer(length: length) }
+        guard buffers.count == w.depth else { throw DemoError(message: "bench: out of I/O memory") }
+        let slots = DispatchSemaphore(value: w.depth)
+        let free = Mutex<[Int]>(Array(0..<w.depth))
+        let histogram = Mutex(Histogram<UInt64>(numberOfSignificantValueDigits: .three))
+        let failures = Atomic<Int>(0)
+        let group = DispatchGroup()
+        var lba = LBAStream(blocks: UInt64(w.blocks), region: Self.regionBlocks, sequential: w.sequential)
+        let began = DispatchTime.now().uptimeNanoseconds
+        for _ in 0..<w.count {
+            slots.wait()
+            let index = free.withLock { $0.removeLast() }
+            group.enter()
+            let issued = DispatchTime.now().uptimeNanoseconds
+            disk.submit(w.write ? .write : .read, lba: start + lba.next(), blocks: w.blocks, buffer: buffers[index]) { status in
+                let latency = DispatchTime.now().uptimeNanoseconds - issued
+                histogram.withLock { _ = $0.record(latency) }
+                if !status.isOK { failures.add(1, ordering: .relaxed) }
+                free.withLock { $0.append(index) }
+                slots.signal()
+                group.leave()
+            }
+        }
+        group.wait()
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9
+        guard failures.load(ordering: .relaxed) == 0 else { throw DemoError(message: "bench: \(failures.load(ordering: .relaxed)) I/O errors in \(w.name)") }
+        return histogram.withLock { h in
+            Measured(opsPerSecond: Double(w.count) / seconds, p50us: Double(h.valueAtPercentile(50)) / 1000, p99us: Double(h.valueAtPercentile(99)) / 1000)
+        }
+    }
+
+    /// The same workloads from a child partition, on its virtual disk.
+    private func children(partition: RootPartition, disk: Disk) throws -> [String: Measured] {
+        let manager = VMManager(root: partition)
+        let vm = try manager.createChild(name: "bench", memorySize: 16 << 20)
+        defer { manager.destroy(vm) }
+        let regionStart = Self.regionBlocks
+        manager.offerStorage(to: vm, disk: disk, region: regionStart..<(regionStart + Self.regionBlocks))
+        let result = Mutex<Result<[String: Measured], DemoError>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let workloads = self.workloads
+        manager.start(vm) { p, vp in
+            let os = GuestOS(name: "bench", partition: p, vp: vp)
+            var measured: [String: Measured] = [:]
+            var disks: [StorageVSC] = []
+            do {
+                try os.boot()
+                disks = try os.openStorage()
+                guard let vsc = disks.first else { throw DemoError(message: "no storage offered") }
+                for w in workloads { measured[w.name] = try Self.guestRun(vsc, w) }
+                result.withLock { $0 = .success(measured) }
+            } catch {
+                result.withLock { $0 = .failure(DemoError(message: "child: \(error)")) }
+            }
+            done.signal()
+            _ = withExtendedLifetime((os, disks)) { vp.halt(until: { false }) }
+        }
+        guard done.wait(timeout: .now() + 300) == .success else { throw DemoError(message: "bench: the child did not finish") }
+        return try result.withLock { $0! }.get()
+    }
+
+    /// Runs on the child's VP: keeps `depth` SRBs in flight, each on its own
+    /// slice of the data buffer.
+    private static func guestRun(_ vsc: StorageVSC, _ w: Workload) throws -> Measured {
+        let length = w.blocks * vsc.blockSize
+        var free = Array(0..<w.depth)
+        var histogram = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+        var completed = 0, failed = 0, submitted = 0
+        var lba = LBAStream(blocks: UInt64(w.blocks), region: regionBlocks, sequential: w.sequential)
+        let began = DispatchTime.now().uptimeNanoseconds
+        while completed < w.count {
+            while submitted < w.count, let slot = free.popLast() {
+                let issued = DispatchTime.now().uptimeNanoseconds
+                try vsc.submit(w.write ? .write10 : .read10, lba: lba.next(), blocks: w.blocks, bufferOffset: slot * length) { status in
+                    _ = histogram.record(DispatchTime.now().uptimeNanoseconds - issued)
+                    if status != StorageProtocol.Status.success { failed += 1 }
+                    completed += 1
+                    free.append(slot)
+                }
+                submitted += 1
+            }
+            let before = completed
+            guard vsc.wait(until: { completed > before }, timeout: 30) else { throw DemoError(message: "child: I/O stalled in \(w.name)") }
+        }
+        guard failed == 0 else { throw DemoError(message: "child: \(failed) I/O errors in \(w.name)") }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9
+        return Measured(opsPerSecond: Double(w.count) / seconds, p50us: Double(histogram.valueAtPercentile(50)) / 1000,
+                        p99us: Double(histogram.valueAtPercentile(99)) / 1000)
+    }
+}
+
+/// LBAs for a workload: sequential, or a fixed pseudo-random sequence so
+/// that every path sees the same pattern.
+struct LBAStream {
+    let blocks: UInt64
+    let region: UInt64
+    let sequential: Bool
+    private var position: UInt64 = 0
+    private var state: UInt64 = 0x0A7A_2026
+
+    init(blocks: UInt64, region: UInt64, sequential: Bool) {
+        self.blocks = blocks
+        self.region = region
+        self.sequential = sequential
+    }
+
+    mutating func next() -> UInt64 {
+        if sequential {
+            defer { position = (position + blocks) % (region - blocks) }
+            return position
+        }
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        return (state >> 33) % (region / blocks) * blocks
+    }
+}

@@ -1,0 +1,50 @@
+#include "CBenchShims.h"
+
+#include <string.h>
+#include <time.h>
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+__attribute__((noinline)) void oy_bench_nop(void *arg) {
+    __asm__ volatile("" : : "r"(arg) : "memory");
+}
+
+uint64_t oy_bench_direct_calls(uint64_t n) {
+    uint64_t i, start = now_ns();
+    for (i = 0; i < n; i++) oy_bench_nop((void *)(uintptr_t)i);
+    return now_ns() - start;
+}
+
+uint64_t oy_bench_pointer_calls(void (*fn)(void *), void *arg, uint64_t n) {
+    void (*volatile target)(void *) = fn;
+    uint64_t i, start = now_ns();
+    for (i = 0; i < n; i++) target(arg);
+    return now_ns() - start;
+}
+
+uint64_t oy_bench_host_time_calls(const oy_host *host, uint64_t n) {
+    uint64_t i, sink = 0, start = now_ns();
+    for (i = 0; i < n; i++) sink += host->monotonic_ns(host);
+    __asm__ volatile("" : : "r"(sink));
+    return now_ns() - start;
+}
+
+uint64_t oy_bench_register_reads(const oy_host *host, oy_regs *regs, uint64_t offset, uint64_t n) {
+    uint64_t i, sink = 0, start = now_ns();
+    for (i = 0; i < n; i++) sink += host->reg_read32(regs, offset);
+    __asm__ volatile("" : : "r"(sink));
+    return now_ns() - start;
+}
+
+uint64_t oy_bench_memcpy(void *destination, const void *source, uint64_t length, uint64_t n) {
+    uint64_t i, start = now_ns();
+    for (i = 0; i < n; i++) {
+        memcpy(destination, source, length);
+        __asm__ volatile("" : : "r"(destination) : "memory");
+    }
+    return now_ns() - start;
+}

@@ -1,0 +1,25 @@
+/* Tight loops written in C, so that a benchmark measures the call it is
+ * about, not Swift's loop overhead. Each returns elapsed nanoseconds. */
+#ifndef CBENCHSHIMS_H
+#define CBENCHSHIMS_H
+
+#include <stdint.h>
+#include <oyako/oyako.h>
+
+/* Calls a plain C function that does nothing, n times (the baseline). */
+uint64_t oy_bench_direct_calls(uint64_t n);
+
+/* Calls fn(arg) through a function pointer, n times: with a Swift
+ * @convention(c) no-op this is the cost of crossing into the host. */
+uint64_t oy_bench_pointer_calls(void (*fn)(void *), void *arg, uint64_t n);
+
+/* host->monotonic_ns through the real host table, n times. */
+uint64_t oy_bench_host_time_calls(const oy_host *host, uint64_t n);
+
+/* host->reg_read32 on a mapped window, n times. */
+uint64_t oy_bench_register_reads(const oy_host *host, oy_regs *regs, uint64_t offset, uint64_t n);
+
+/* memcpy of `length` bytes, n times (the ring's copy baseline). */
+uint64_t oy_bench_memcpy(void *destination, const void *source, uint64_t length, uint64_t n);
+
+#endif

@@ -1,0 +1,65 @@
+import ArgumentParser
+import Bench
+import DriverHost
+import Foundation
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Measure driver loading, host calls, the VMBus ring, block I/O and networking, each next to its baseline.",
+        discussion: """
+            Every figure is measured in this run next to the baseline it is judged against (a direct \
+            C call, memcpy, the bare-metal path), and reported as a ratio where there is one. Latency \
+            figures are medians with p99 from HdrHistogram. Build with -c release for meaningful \
+            numbers (`swift run -c release oyako bench`); --quick is a smoke run for CI.
+            """)
+
+    @Flag(help: "Print one JSON object: machine and figures[].")
+    var json = false
+
+    @Flag(help: "Fewer iterations: finishes in under a minute.")
+    var quick = false
+
+    @Option(help: "SDK folder (default: found from the current folder, $OYAKO_SDK, or the source tree).")
+    var sdk: String?
+
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        global.bootstrapLogging()
+        let location: SDKLocation
+        do {
+            location = try SDKLocation.find(explicit: sdk)
+        } catch {
+            printError(error.description)
+            throw ExitCode.failure
+        }
+        let toStderr = json
+        let runner = BenchRunner(sdk: location, quick: quick) { line in
+            (toStderr ? FileHandle.standardError : FileHandle.standardOutput).write(Data((line + "\n").utf8))
+        }
+        let report: BenchReport
+        do {
+            report = try runner.run()
+        } catch {
+            printError("bench failed: \(error)")
+            throw ExitCode.failure
+        }
+        if json {
+            try printJSON(report)
+            return
+        }
+        print("")
+        print("figure".padding(toLength: 34, withPad: " ", startingAt: 0) + "value".padding(toLength: 22, withPad: " ", startingAt: 0)
+              + "baseline".padding(toLength: 14, withPad: " ", startingAt: 0) + "ratio   target")
+        for f in report.figures {
+            let value = String(format: "%.4g %@", f.value, f.unit)
+            let baseline = f.baseline.map { String(format: "%.4g", $0) } ?? "-"
+            let ratio = f.ratio.map { String(format: "%.2f", $0) } ?? "-"
+            let target = f.target.map { "\($0) \(f.met == true ? "met" : "MISSED")" } ?? ""
+            print(f.name.padding(toLength: 34, withPad: " ", startingAt: 0) + value.padding(toLength: 22, withPad: " ", startingAt: 0)
+                  + baseline.padding(toLength: 14, withPad: " ", startingAt: 0) + ratio.padding(toLength: 8, withPad: " ", startingAt: 0) + target)
+        }
+        print(String(format: "\n%@ build, %d cores, %@; took %.1f s", report.machine.buildConfiguration, report.machine.cores, report.machine.cpuModel, report.durationSeconds))
+    }
+}
