@@ -40,11 +40,13 @@ uint64_t oy_bench_register_reads(const oy_host *host, oy_regs *regs, uint64_t of
     return now_ns() - start;
 }
 
-uint64_t oy_bench_memcpy(void *destination, const void *source, uint64_t length, uint64_t n) {
-    uint64_t i, start = now_ns();
+uint64_t oy_bench_memcpy(void *destination, const void *source, uint64_t region, uint64_t length, uint64_t n) {
+    uint64_t i, offset = 0, start = now_ns();
     for (i = 0; i < n; i++) {
-        memcpy(destination, source, length);
+        memcpy((char *)destination + offset, (const char *)source + offset, length);
         __asm__ volatile("" : : "r"(destination) : "memory");
+        offset += length;
+        if (offset + length > region) offset = 0;
     }
     return now_ns() - start;
 }

@@ -40,6 +40,9 @@ public final class HostChannel: @unchecked Sendable {
     private let logger: Logger
 
     private let condition = NSCondition()
+    /// Serialises writers of the inbound ring (send's fast path and the
+    /// channel thread).
+    private let writeLock = NSLock()
     private var signalled = false
     private var sendQueue: [Packet] = []
     private var sendHead = 0
@@ -98,7 +101,18 @@ public final class HostChannel: @unchecked Sendable {
     /// the child has stopped draining (queue limit reached).
     @discardableResult
     public func send(_ packet: Packet) -> Bool {
-        condition.withLock {
+        // Fast path: nothing queued ahead, so write the ring now from this
+        // thread (a disk completion, say) instead of waking the channel thread.
+        if writeLock.try() {
+            defer { writeLock.unlock() }
+            let direct = condition.withLock { !closing && sendHead == sendQueue.count }
+            if direct, let result = try? inbound.write(packet), case .written(let signal) = result {
+                condition.withLock { stats.packetsSent += 1 }
+                if signal { notifyChild() }
+                return true
+            }
+        }
+        return condition.withLock {
             guard !closing, sendQueue.count - sendHead < Self.sendQueueLimit else { return false }
             sendQueue.append(packet)
             condition.signal()
@@ -182,6 +196,8 @@ public final class HostChannel: @unchecked Sendable {
 
     /// Writes queued packets while the ring has room. True if any was written.
     private func flushSends() -> Bool {
+        writeLock.lock()
+        defer { writeLock.unlock() }
         var wrote = false
         var needSignal = false
         while true {

@@ -97,6 +97,8 @@ public final class VMBusServer: @unchecked Sendable {
     private let lock = NSLock()
     private var children: [PartitionID: ChildConnection] = [:]
     private var slotsByPort: [UInt64: PartitionID] = [:]
+    /// Open channels by event flag, so the root VP signals them directly.
+    private var channelsByFlag: [Int: HostChannel] = [:]
     private var events: [String] = []
     private let queue = DispatchQueue(label: "oyako.vmbus.server")
     private let logger = Logger(label: "oyako.vmbus")
@@ -189,9 +191,11 @@ public final class VMBusServer: @unchecked Sendable {
             // The slot's ports in the root go too, so a later child can reuse it.
             try? hypercalls.deletePort(in: root.id, portID: Topology.rootMessagePort(slot: c.slot))
             try? hypercalls.deletePort(in: root.id, portID: Topology.rootEventPort(slot: c.slot))
+            let slot = c.slot
             lock.withLock {
                 children[child] = nil
                 slotsByPort = slotsByPort.filter { $0.value != child }
+                channelsByFlag = channelsByFlag.filter { $0.key / Topology.channelsPerChild != slot }
             }
         }
     }
@@ -219,14 +223,8 @@ public final class VMBusServer: @unchecked Sendable {
                 queue.async { self.handleMessage(message, from: child) }
             }
         } else if sint == Topology.rootEventSINT {
-            let flags = synic.takeEventFlags(sint: sint)
-            let table = lock.withLock { children.values.map { ($0.slot, $0.id) } }
-            for flag in flags {
-                let slot = flag / Topology.channelsPerChild, relid = UInt32(flag % Topology.channelsPerChild)
-                guard let child = table.first(where: { $0.0 == slot })?.1 else { continue }
-                queue.async {
-                    self.connection(child)?.channels[relid]?.signal()
-                }
+            for flag in synic.takeEventFlags(sint: sint) {
+                lock.withLock { channelsByFlag[flag] }?.signal()
             }
         }
     }
@@ -358,14 +356,19 @@ public final class VMBusServer: @unchecked Sendable {
         let connectionID = Topology.rootEventConnection(slot: c.slot)
         let hypercalls = self.hypercalls
         let childID = c.id
+        let flag = c.slot * Topology.channelsPerChild + Int(relid)
         let channel = HostChannel(
             relid: relid, child: c.id, name: "\(device.name)-p\(c.id)", outbound: outbound, inbound: inbound, handler: handler,
             logger: logger, signalChild: { try? hypercalls.signalEvent(connectionID: connectionID, flag: Int(relid)) },
             closed: { [weak self] reason in
-                guard let reason, let self else { return }
+                guard let self else { return }
+                // A newer channel on the same relid is open: leave it mapped.
+                lock.withLock { if let mapped = channelsByFlag[flag], !mapped.isOpen { channelsByFlag[flag] = nil } }
+                guard let reason else { return }
                 queue.async { self.closedOnViolation(child: childID, relid: relid, reason: reason) }
             })
         c.channels[relid] = channel
+        lock.withLock { channelsByFlag[flag] = channel }
         channel.start()
         post(c, .openResult(relid: relid, openID: openID, status: ChannelStatus.success))
         note("child \(c.id): opened \(device.name) on relid \(relid)")

@@ -19,7 +19,8 @@ uint64_t oy_bench_host_time_calls(const oy_host *host, uint64_t n);
 /* host->reg_read32 on a mapped window, n times. */
 uint64_t oy_bench_register_reads(const oy_host *host, oy_regs *regs, uint64_t offset, uint64_t n);
 
-/* memcpy of `length` bytes, n times (the ring's copy baseline). */
-uint64_t oy_bench_memcpy(void *destination, const void *source, uint64_t length, uint64_t n);
+/* n memcpy calls of `length` bytes walking through `region` bytes of
+ * source and destination (the ring's copy baseline, same footprint). */
+uint64_t oy_bench_memcpy(void *destination, const void *source, uint64_t region, uint64_t length, uint64_t n);
 
 #endif
