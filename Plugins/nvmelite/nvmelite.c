@@ -231,16 +231,19 @@ static int32_t nvl_admin(nvl_dev *d, nvl_sqe *cmd) {
     return nvl_status_to_error(d->admin_status);
 }
 
-/* [passive] Poll CSTS.RDY until it equals `ready`. */
+/* [passive] Poll CSTS.RDY until it equals `ready`, backing off from 2 µs
+ * to 1 ms: a controller is usually ready within microseconds. */
 static int32_t nvl_wait_ready(nvl_dev *d, uint32_t ready) {
     uint64_t deadline = d->host->monotonic_ns(d->host) + NVL_READY_TIMEOUT_NS;
+    uint64_t pause = 2000;
     for (;;) {
         uint32_t csts = d->host->reg_read32(d->regs, NVL_REG_CSTS);
         if (csts == 0xFFFFFFFFu) return OY_E_DEVICE_GONE;
         if (csts & NVL_CSTS_CFS) return OY_E_IO;
         if ((csts & NVL_CSTS_RDY) == ready) return OY_OK;
         if (d->host->monotonic_ns(d->host) >= deadline) return OY_E_TIMEOUT;
-        d->host->event_wait(d->admin_done, 100000); /* 100 µs back-off */
+        d->host->event_wait(d->admin_done, pause);
+        if (pause < 1000000) pause *= 2;
     }
 }
 

@@ -53,7 +53,14 @@ public final class DriverLibrary: @unchecked Sendable {
     public static func load(path: String, environment: any HostEnvironment, hostABI: ClosedRange<UInt32> = hostABI)
         throws(DriverLoadError) -> DriverLibrary
     {
-        let inspection = try DriverFile.inspect(path: path)
+        try load(file: try DriverFile.inspect(path: path), environment: environment, hostABI: hostABI)
+    }
+
+    /// Loads a file already inspected (its metadata and hash are reused).
+    public static func load(file inspection: DriverFile, environment: any HostEnvironment, hostABI: ClosedRange<UInt32> = hostABI)
+        throws(DriverLoadError) -> DriverLibrary
+    {
+        let path = inspection.path
         let dl: DynamicLibrary
         do {
             dl = try DynamicLibrary.open(inspection.resolvedPath)
@@ -96,7 +103,8 @@ public final class DriverLibrary: @unchecked Sendable {
         }
 
         let library = DriverLibrary(
-            path: path, mappedPath: mapped, sha256: sha256Hex(ofFile: mapped) ?? inspection.sha256,
+            path: path, mappedPath: mapped,
+            sha256: realPath(mapped) == inspection.resolvedPath ? inspection.sha256 : (sha256Hex(ofFile: mapped) ?? inspection.sha256),
             image: inspection.image, metadata: inspection.metadata, abiVersion: negotiation.version,
             environment: environment, driver: table, entry: entry.function, dl: dl)
         var context: UnsafeMutableRawPointer?

@@ -23,7 +23,9 @@ public struct ELFImage: Sendable {
     public let hasTextRelocations: Bool
     /// True when PT_GNU_STACK is missing or asks for an executable stack.
     public let hasExecutableStack: Bool
-    private let sections: [String: Data]
+    /// Section name -> (offset, size) in `data`; bytes are sliced on demand.
+    private let sections: [String: Range<Int>]
+    private let data: Data
 
     public static let hostMachine: UInt16 = {
         #if arch(x86_64)
@@ -65,7 +67,9 @@ public struct ELFImage: Sendable {
     }
 
     /// The bytes of the section named `name`, if present.
-    public func section(named name: String) -> Data? { sections[name] }
+    public func section(named name: String) -> Data? {
+        sections[name].map { data.subdata(in: (data.startIndex + $0.lowerBound)..<(data.startIndex + $0.upperBound)) }
+    }
 
     public init(path: String) throws(ParseError) {
         let data: Data
@@ -79,6 +83,7 @@ public struct ELFImage: Sendable {
 
     public init(path: String, data: Data) throws(ParseError) {
         self.path = path
+        self.data = data
         let r = Reader(data: data)
         guard data.count >= 64, r.u32(0) == 0x464C_457F else { throw .notELF(path: path) }
         guard r.u8(4) == 2 else { throw .unsupported(path: path, reason: "32-bit ELF; drivers must be 64-bit") }
@@ -121,8 +126,8 @@ public struct ELFImage: Sendable {
                 raw[i].name = r.cString(names.offset + nameOffset, limit: names.offset + names.size) ?? ""
             }
         }
-        var sections: [String: Data] = [:]
-        for s in raw where !s.name.isEmpty { sections[s.name] = data.subdata(in: (data.startIndex + s.offset)..<(data.startIndex + s.offset + s.size)) }
+        var sections: [String: Range<Int>] = [:]
+        for s in raw where !s.name.isEmpty { sections[s.name] = s.offset..<(s.offset + s.size) }
         self.sections = sections
 
         // Dynamic symbols.

@@ -134,7 +134,7 @@ public final class Kernel: @unchecked Sendable {
 
     private func loadLibrary(_ file: DriverFile) throws -> DriverLibrary {
         if let loaded = lock.withLock({ libraries[file.resolvedPath] }) { return loaded }
-        let library = try DriverLibrary.load(path: file.path, environment: environment)
+        let library = try DriverLibrary.load(file: file, environment: environment)
         lock.withLock { libraries[file.resolvedPath] = library }
         log.record(.info, "kernel", "loaded \(library.name) \(library.metadata.version) (ABI \(library.abiVersion)) from \(library.mappedPath)")
         return library

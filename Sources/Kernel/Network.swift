@@ -56,22 +56,31 @@ public final class NetInterface: NetReceiver, @unchecked Sendable {
             lock.withLock { counters_.txDropped += 1 }
             return false
         }
-        let (frame, dispatchNow) = lock.withLock { () -> (NetFrame?, Bool) in
+        // Take and fill a frame first; only a prepared frame may be queued,
+        // because a completion on another thread dispatches from the queue.
+        let taken = lock.withLock { () -> NetFrame? in
             guard !removed, queue.count < Self.queueLimit else {
                 counters_.txDropped += 1
-                return (nil, false)
+                return nil
             }
-            let frame = spare.popLast() ?? NetFrame()
-            if inflight < netdev.queueDepth && queue.isEmpty {
-                inflight += 1
-                return (frame, true)
-            }
-            queue.append(frame)
-            return (frame, false)
+            return spare.popLast() ?? NetFrame()
         }
-        guard let frame else { return false }
+        guard let frame = taken else { return false }
         let length = bytes.count
         frame.prepare(bytes) { [weak self] status in self?.finished(frame, length: length, status: status) }
+        let dispatchNow = lock.withLock { () -> Bool? in
+            if removed {
+                spare.append(frame)
+                return nil
+            }
+            if inflight < netdev.queueDepth && queue.isEmpty {
+                inflight += 1
+                return true
+            }
+            queue.append(frame)
+            return false
+        }
+        guard let dispatchNow else { return false }
         if dispatchNow { dispatch(frame) }
         return true
     }
