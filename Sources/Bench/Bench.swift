@@ -65,13 +65,19 @@ public struct BenchReport: Encodable, Sendable {
 public struct BenchRunner {
     public var sdk: SDKLocation
     public var quick: Bool
+    /// Parts to run (load, calls, ring, block, net); empty: all.
+    public var only: Set<String> = []
     public var progress: @Sendable (String) -> Void
+
+    public static let parts = ["load", "calls", "ring", "block", "net"]
 
     public init(sdk: SDKLocation, quick: Bool, progress: @escaping @Sendable (String) -> Void) {
         self.sdk = sdk
         self.quick = quick
         self.progress = progress
     }
+
+    private func wants(_ part: String) -> Bool { only.isEmpty || only.contains(part) }
 
     public static var machineInfo: (String, Int) {
         let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
@@ -98,11 +104,11 @@ public struct BenchRunner {
         let drivers = try ReferenceDrivers.build(sdk: sdk, into: state + "/drivers")
 
         var figures: [BenchFigure] = []
-        figures += try loadLatency(drivers: drivers, state: state)
-        figures += try hostCalls(drivers: drivers, state: state)
-        figures += RingBench(quick: quick, progress: progress).run()
-        figures += try BlockBench(quick: quick, progress: progress).run(drivers: drivers, state: state)
-        figures += try NetBench(quick: quick, progress: progress).run(drivers: drivers, state: state)
+        if wants("load") { figures += try loadLatency(drivers: drivers, state: state) }
+        if wants("calls") { figures += try hostCalls(drivers: drivers, state: state) }
+        if wants("ring") { figures += RingBench(quick: quick, progress: progress).run() }
+        if wants("block") { figures += try BlockBench(quick: quick, progress: progress).run(drivers: drivers, state: state) }
+        if wants("net") { figures += try NetBench(quick: quick, progress: progress).run(drivers: drivers, state: state) }
         return BenchReport(machine: .init(cpuModel: model, cores: cores, buildConfiguration: Self.buildConfiguration, quick: quick),
                            figures: figures, durationSeconds: Date().timeIntervalSince(started))
     }

@@ -1,4 +1,5 @@
 import Demo
+import Glibc
 import DriverHost
 import Foundation
 import Guest
@@ -45,6 +46,16 @@ struct BlockBench {
         let opsPerSecond: Double
         let p50us: Double
         let p99us: Double
+        /// Context switches (voluntary and not) in the whole process per
+        /// request: each is a thread handing work to another.
+        var switchesPerRequest: Double = 0
+    }
+
+    /// Context switches of the whole process so far (getrusage).
+    static func contextSwitches() -> Int {
+        var usage = rusage()
+        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+        return usage.ru_nvcsw + usage.ru_nivcsw
     }
 
     func run(drivers: [String], state: String) throws -> [BenchFigure] {
@@ -60,7 +71,7 @@ struct BlockBench {
             _ = kernel.boot()
             defer { kernel.shutdown() }
             guard let disk = kernel.blockLayer.disks.first else { throw DemoError(message: "bench: no disk on bare metal") }
-            for w in workloads { bare[w.name] = try host(disk, w, start: 0) }
+            for w in workloads { bare[w.name] = try counted(w.count) { try host(disk, w, start: 0) } }
         }
         do {
             let testbed = try Testbed.make(state: state + "/root", diskSize: 256 << 20, memorySize: 256 << 20, hypervisorRole: true)
@@ -71,7 +82,7 @@ struct BlockBench {
             _ = kernel.boot()
             defer { kernel.shutdown() }
             guard let disk = kernel.blockLayer.disks.first else { throw DemoError(message: "bench: no disk in the root partition") }
-            for w in workloads { root[w.name] = try host(disk, w, start: 0) }
+            for w in workloads { root[w.name] = try counted(w.count) { try host(disk, w, start: 0) } }
             child = try children(partition: partition, disk: disk)
         }
 
@@ -80,17 +91,28 @@ struct BlockBench {
             guard let b = bare[w.name], let r = root[w.name] else { continue }
             let unit = w.blocks >= 128 ? "MiB/s" : "IOPS"
             let scale = w.blocks >= 128 ? Double(w.blocks * 512) / 1048576 : 1
-            figures.append(BenchFigure("block.\(w.name).bare", b.opsPerSecond * scale, unit, p50: b.p50us, p99: b.p99us))
-            figures.append(BenchFigure("block.\(w.name).root", r.opsPerSecond * scale, unit, baseline: b.opsPerSecond * scale, p50: r.p50us, p99: r.p99us))
+            let switches = { (m: Measured) in String(format: "%.1f context switches per request; p50/p99 latency in µs", m.switchesPerRequest) }
+            figures.append(BenchFigure("block.\(w.name).bare", b.opsPerSecond * scale, unit, p50: b.p50us, p99: b.p99us, note: switches(b)))
+            figures.append(BenchFigure("block.\(w.name).root", r.opsPerSecond * scale, unit, baseline: b.opsPerSecond * scale, p50: r.p50us, p99: r.p99us, note: switches(r)))
             if let c = child[w.name] {
                 let ratio = c.opsPerSecond / b.opsPerSecond
                 figures.append(BenchFigure(
                     "block.\(w.name).child", c.opsPerSecond * scale, unit, baseline: b.opsPerSecond * scale,
-                    target: w.target.map { String(format: "child/bare ≥ %.2f", $0) }, met: w.target.map { ratio >= $0 }, p50: c.p50us, p99: c.p99us))
-                progress(String(format: "block %@: bare %.0f, root %.0f, child %.0f %@ (child/bare %.2f)", w.name, b.opsPerSecond * scale, r.opsPerSecond * scale, c.opsPerSecond * scale, unit, ratio))
+                    target: w.target.map { String(format: "child/bare ≥ %.2f", $0) }, met: w.target.map { ratio >= $0 }, p50: c.p50us, p99: c.p99us,
+                    note: switches(c)))
+                progress(String(format: "block %@: bare %.0f, root %.0f, child %.0f %@ (child/bare %.2f); context switches per request %.1f / %.1f / %.1f",
+                                w.name, b.opsPerSecond * scale, r.opsPerSecond * scale, c.opsPerSecond * scale, unit, ratio,
+                                b.switchesPerRequest, r.switchesPerRequest, c.switchesPerRequest))
             }
         }
         return figures
+    }
+
+    private func counted(_ count: Int, _ body: () throws -> Measured) throws -> Measured {
+        let before = Self.contextSwitches()
+        var measured = try body()
+        measured.switchesPerRequest = Double(Self.contextSwitches() - before) / Double(count)
+        return measured
     }
 
     /// Runs a workload on the OS's block layer at the workload's depth.
@@ -145,7 +167,12 @@ struct BlockBench {
                 try os.boot()
                 disks = try os.openStorage()
                 guard let vsc = disks.first else { throw DemoError(message: "no storage offered") }
-                for w in workloads { measured[w.name] = try Self.guestRun(vsc, w) }
+                for w in workloads {
+                    let before = Self.contextSwitches()
+                    var m = try Self.guestRun(vsc, w)
+                    m.switchesPerRequest = Double(Self.contextSwitches() - before) / Double(w.count)
+                    measured[w.name] = m
+                }
                 result.withLock { $0 = .success(measured) }
             } catch {
                 result.withLock { $0 = .failure(DemoError(message: "child: \(error)")) }

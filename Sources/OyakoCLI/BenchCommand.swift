@@ -23,7 +23,16 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "SDK folder (default: found from the current folder, $OYAKO_SDK, or the source tree).")
     var sdk: String?
 
+    @Option(name: .long, parsing: .upToNextOption, help: "Run only these parts: load, calls, ring, block, net.")
+    var only: [String] = []
+
     @OptionGroup var global: GlobalOptions
+
+    func validate() throws {
+        for part in only where !BenchRunner.parts.contains(part) {
+            throw ValidationError("unknown part \(part); choose from \(BenchRunner.parts.joined(separator: ", "))")
+        }
+    }
 
     func run() throws {
         global.bootstrapLogging()
@@ -35,9 +44,10 @@ struct BenchCommand: ParsableCommand {
             throw ExitCode.failure
         }
         let toStderr = json
-        let runner = BenchRunner(sdk: location, quick: quick) { line in
+        var runner = BenchRunner(sdk: location, quick: quick) { line in
             (toStderr ? FileHandle.standardError : FileHandle.standardOutput).write(Data((line + "\n").utf8))
         }
+        runner.only = Set(only)
         let report: BenchReport
         do {
             report = try runner.run()
