@@ -71,9 +71,9 @@ typedef struct nvl_dev {
     void *identify;
     oy_dma_addr identify_addr;
     nvl_queue admin, io;
-    /* admin completion, written by the admin interrupt handler */
-    volatile uint16_t admin_status;
-    volatile int admin_complete;
+    /* admin completions, written by the admin interrupt handler */
+    volatile uint16_t admin_status[NVL_ADMIN_ENTRIES];
+    volatile uint32_t admin_done_count;
     uint16_t admin_cid;
     nvl_slot slots[NVL_QUEUE_DEPTH];
     uint32_t outstanding;
@@ -162,10 +162,8 @@ static void nvl_admin_irq(void *arg) {
     nvl_cqe cqe;
     int any = 0;
     while (nvl_cq_pop(&d->admin, &cqe)) {
-        if (cqe.cid == d->admin_cid) {
-            d->admin_status = cqe.status;
-            d->admin_complete = 1;
-        }
+        d->admin_status[cqe.cid % NVL_ADMIN_ENTRIES] = cqe.status;
+        d->admin_done_count++;
         any = 1;
     }
     if (any) {
@@ -213,14 +211,22 @@ static void nvl_io_irq(void *arg) {
 
 /* ---- admin commands --------------------------------------------------------------- */
 
-/* [passive] Submit one admin command and wait for its completion. */
-static int32_t nvl_admin(nvl_dev *d, nvl_sqe *cmd) {
+/* [passive] Submit `n` admin commands at once and wait for all of them:
+ * the controller executes admin commands in order, so dependent commands
+ * (create the CQ, then the SQ on it) may share one round trip. Returns the
+ * first failure. */
+static int32_t nvl_admin_batch(nvl_dev *d, nvl_sqe *cmds, uint32_t n) {
     uint64_t deadline = d->host->monotonic_ns(d->host) + NVL_ADMIN_TIMEOUT_NS;
-    d->admin_cid = (uint16_t)(d->admin_cid + 1u);
-    cmd->cid = d->admin_cid;
-    d->admin_complete = 0;
-    nvl_sq_push(d, &d->admin, cmd);
-    while (!d->admin_complete) {
+    uint32_t i, target;
+    if (n == 0 || n >= NVL_ADMIN_ENTRIES) return OY_E_INVALID;
+    target = d->admin_done_count + n;
+    for (i = 0; i < n; i++) {
+        d->admin_cid = (uint16_t)(d->admin_cid + 1u);
+        cmds[i].cid = d->admin_cid;
+        d->admin_status[d->admin_cid % NVL_ADMIN_ENTRIES] = 0xFFFF;
+        nvl_sq_push(d, &d->admin, &cmds[i]);
+    }
+    while ((int32_t)(d->admin_done_count - target) < 0) {
         uint64_t now = d->host->monotonic_ns(d->host);
         if (now >= deadline) {
             nvl_log(d, OY_LOG_ERROR, "admin command timed out (no completion interrupt)");
@@ -228,7 +234,11 @@ static int32_t nvl_admin(nvl_dev *d, nvl_sqe *cmd) {
         }
         d->host->event_wait(d->admin_done, deadline - now);
     }
-    return nvl_status_to_error(d->admin_status);
+    for (i = 0; i < n; i++) {
+        int32_t rc = nvl_status_to_error(d->admin_status[cmds[i].cid % NVL_ADMIN_ENTRIES]);
+        if (rc != OY_OK) return rc;
+    }
+    return OY_OK;
 }
 
 /* [passive] Poll CSTS.RDY until it equals `ready`, backing off from 2 µs
@@ -247,27 +257,36 @@ static int32_t nvl_wait_ready(nvl_dev *d, uint32_t ready) {
     }
 }
 
-static int32_t nvl_identify(nvl_dev *d) {
-    nvl_sqe cmd;
+/* Identify the controller and the namespace (one 4 KiB page each) and create
+ * the I/O queue pair: one batch of four admin commands. */
+static int32_t nvl_bring_up(nvl_dev *d) {
+    nvl_sqe cmds[4];
     int32_t rc;
-    const uint8_t *id = (const uint8_t *)d->identify;
+    const uint8_t *controller = (const uint8_t *)d->identify;
+    const uint8_t *ns = controller + NVL_PAGE_SIZE;
     uint8_t mdts, lbads;
 
-    memset(&cmd, 0, sizeof(cmd));
-    cmd.opcode = NVL_ADM_IDENTIFY;
-    cmd.prp1 = d->identify_addr;
-    cmd.cdw10 = 1; /* CNS 1: controller */
-    if ((rc = nvl_admin(d, &cmd)) != OY_OK) return rc;
-    mdts = id[NVL_ID_CTRL_MDTS];
+    memset(cmds, 0, sizeof(cmds));
+    cmds[0].opcode = NVL_ADM_IDENTIFY;
+    cmds[0].prp1 = d->identify_addr;
+    cmds[0].cdw10 = 1; /* CNS 1: controller */
+    cmds[1].opcode = NVL_ADM_IDENTIFY;
+    cmds[1].nsid = 1;
+    cmds[1].prp1 = d->identify_addr + NVL_PAGE_SIZE;
+    cmds[1].cdw10 = 0; /* CNS 0: namespace 1 */
+    cmds[2].opcode = NVL_ADM_CREATE_CQ;
+    cmds[2].prp1 = d->io.cq_addr;
+    cmds[2].cdw10 = (uint32_t)d->io.qid | ((uint32_t)(d->io.entries - 1u) << 16);
+    cmds[2].cdw11 = 1u | 2u | (1u << 16); /* physically contiguous, interrupts on, vector 1 */
+    cmds[3].opcode = NVL_ADM_CREATE_SQ;
+    cmds[3].prp1 = d->io.sq_addr;
+    cmds[3].cdw10 = (uint32_t)d->io.qid | ((uint32_t)(d->io.entries - 1u) << 16);
+    cmds[3].cdw11 = 1u | ((uint32_t)d->io.qid << 16);
+    if ((rc = nvl_admin_batch(d, cmds, 4)) != OY_OK) return rc;
 
-    memset(&cmd, 0, sizeof(cmd));
-    cmd.opcode = NVL_ADM_IDENTIFY;
-    cmd.nsid = 1;
-    cmd.prp1 = d->identify_addr;
-    cmd.cdw10 = 0; /* CNS 0: namespace */
-    if ((rc = nvl_admin(d, &cmd)) != OY_OK) return rc;
-    memcpy(&d->block_count, id + NVL_ID_NS_NSZE, sizeof(d->block_count));
-    lbads = id[NVL_ID_NS_LBADS];
+    mdts = controller[NVL_ID_CTRL_MDTS];
+    memcpy(&d->block_count, ns + NVL_ID_NS_NSZE, sizeof(d->block_count));
+    lbads = ns[NVL_ID_NS_LBADS];
     if (lbads < 9 || lbads > 16 || d->block_count == 0 || mdts == 0 || mdts > 10) {
         nvl_log(d, OY_LOG_ERROR, "identify data out of range");
         return OY_E_IO;
@@ -275,24 +294,6 @@ static int32_t nvl_identify(nvl_dev *d) {
     d->block_size = 1u << lbads;
     d->max_blocks = (uint32_t)(((1u << mdts) * NVL_PAGE_SIZE) / d->block_size);
     return OY_OK;
-}
-
-static int32_t nvl_create_io_queues(nvl_dev *d) {
-    nvl_sqe cmd;
-    int32_t rc;
-    memset(&cmd, 0, sizeof(cmd));
-    cmd.opcode = NVL_ADM_CREATE_CQ;
-    cmd.prp1 = d->io.cq_addr;
-    cmd.cdw10 = (uint32_t)d->io.qid | ((uint32_t)(d->io.entries - 1u) << 16);
-    cmd.cdw11 = 1u | 2u | (1u << 16); /* physically contiguous, interrupts on, vector 1 */
-    if ((rc = nvl_admin(d, &cmd)) != OY_OK) return rc;
-
-    memset(&cmd, 0, sizeof(cmd));
-    cmd.opcode = NVL_ADM_CREATE_SQ;
-    cmd.prp1 = d->io.sq_addr;
-    cmd.cdw10 = (uint32_t)d->io.qid | ((uint32_t)(d->io.entries - 1u) << 16);
-    cmd.cdw11 = 1u | ((uint32_t)d->io.qid << 16);
-    return nvl_admin(d, &cmd);
 }
 
 /* ---- block class ------------------------------------------------------------------ */
@@ -500,7 +501,7 @@ static int32_t nvl_attach(void *ctx, oy_device *device, void **out_instance) {
     NVL_TRY(h->lock_create(h, device, &d->lock));
     NVL_TRY(h->event_create(h, device, &d->admin_done));
     NVL_TRY(h->event_create(h, device, &d->drained));
-    NVL_TRY(h->dma_alloc(device, NVL_PAGE_SIZE, &d->identify_buf, &d->identify, &d->identify_addr));
+    NVL_TRY(h->dma_alloc(device, 2 * NVL_PAGE_SIZE, &d->identify_buf, &d->identify, &d->identify_addr));
     NVL_TRY(h->dma_alloc(device, NVL_QUEUE_DEPTH * NVL_PAGE_SIZE, &d->prp_buf, &prp_cpu, &prp_addr));
     for (i = 0; i < NVL_QUEUE_DEPTH; i++) {
         d->slots[i].prp_list = (uint64_t *)((uint8_t *)prp_cpu + (size_t)i * NVL_PAGE_SIZE);
@@ -522,11 +523,10 @@ static int32_t nvl_attach(void *ctx, oy_device *device, void **out_instance) {
     d->enabled = 1;
     NVL_TRY(nvl_wait_ready(d, 1));
 
-    NVL_TRY(nvl_identify(d));
+    NVL_TRY(nvl_bring_up(d));
     if (d->max_blocks * d->block_size > NVL_PAGE_SIZE * (NVL_PAGE_SIZE / sizeof(uint64_t))) {
         d->max_blocks = (uint32_t)((NVL_PAGE_SIZE * (NVL_PAGE_SIZE / sizeof(uint64_t))) / d->block_size);
     }
-    NVL_TRY(nvl_create_io_queues(d));
 
     memset(&geo, 0, sizeof(geo));
     geo.struct_size = sizeof(geo);

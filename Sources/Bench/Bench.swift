@@ -101,7 +101,8 @@ public struct BenchRunner {
         let state = FileManager.default.temporaryDirectory.appendingPathComponent("oyako-bench-\(getpid())").path
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: state) }
-        let drivers = try ReferenceDrivers.build(sdk: sdk, into: state + "/drivers")
+        // Only the parts that load drivers need them built.
+        let drivers = ["load", "calls", "block", "net"].contains(where: wants) ? try ReferenceDrivers.build(sdk: sdk, into: state + "/drivers") : []
 
         var figures: [BenchFigure] = []
         if wants("load") { figures += try loadLatency(drivers: drivers, state: state) }
