@@ -73,6 +73,9 @@ extension BusDevice {
 public final class DevicePort: Sendable {
     public let address: BusAddress
     public let deviceName: String
+    /// "name@bus-address", as DMA faults name the device; built once, not
+    /// on every DMA.
+    private let faultLabel: String
     private let iommu: IOMMU
     private let interrupts: InterruptController
     private let vectors: Range<InterruptController.Vector>
@@ -82,6 +85,7 @@ public final class DevicePort: Sendable {
     init(address: BusAddress, deviceName: String, iommu: IOMMU, interrupts: InterruptController, vectors: Range<Int>) {
         self.address = address
         self.deviceName = deviceName
+        self.faultLabel = "\(deviceName)@\(address)"
         self.iommu = iommu
         self.interrupts = interrupts
         self.vectors = vectors
@@ -97,7 +101,7 @@ public final class DevicePort: Sendable {
         if removed.load(ordering: .acquiring) {
             throw DMAFault(device: deviceName, address: deviceAddress, length: length, write: write, reason: "device removed from the bus")
         }
-        return try iommu.translate(domain: domain, deviceName: "\(deviceName)@\(address)", deviceAddress: deviceAddress, length: length, write: write)
+        return try iommu.translate(domain: domain, deviceName: faultLabel, deviceAddress: deviceAddress, length: length, write: write)
     }
 
     /// Copies device-visible memory into `buffer`.

@@ -58,19 +58,26 @@ public final class IOMMU: Sendable {
         let firstMachinePage = machineAddress / Self.page
         let pages = (deviceAddress % Self.page + UInt64(length) + Self.page - 1) / Self.page
         state.withLock { s in
-            var table = s.domains[domain, default: [:]]
-            for i in 0..<pages {
-                let io = firstIOPage + i
-                if var entry = table[io] {
-                    precondition(entry.machinePage == firstMachinePage + i, "IOMMU page \(io) remapped from machine page \(entry.machinePage) to \(firstMachinePage + i) (domain \(domain), refs \(entry.references))")
-                    entry.references += 1
-                    entry.writable = entry.writable || writable
-                    table[io] = entry
-                } else {
-                    table[io] = Entry(machinePage: firstMachinePage + i, references: 1, writable: writable)
-                }
+            // Mutated in place through the dictionary's modify accessor: a
+            // `var table = s.domains[domain]` copy would duplicate the whole
+            // table on every map, which is every I/O request.
+            Self.mapPages(&s.domains[domain, default: [:]], firstIOPage: firstIOPage, firstMachinePage: firstMachinePage,
+                          pages: pages, writable: writable, domain: domain)
+        }
+    }
+
+    private static func mapPages(_ table: inout [UInt64: Entry], firstIOPage: UInt64, firstMachinePage: UInt64,
+                                 pages: UInt64, writable: Bool, domain: DomainID) {
+        for i in 0..<pages {
+            let io = firstIOPage + i
+            if var entry = table[io] {
+                precondition(entry.machinePage == firstMachinePage + i, "IOMMU page \(io) remapped from machine page \(entry.machinePage) to \(firstMachinePage + i) (domain \(domain), refs \(entry.references))")
+                entry.references += 1
+                entry.writable = entry.writable || writable
+                table[io] = entry
+            } else {
+                table[io] = Entry(machinePage: firstMachinePage + i, references: 1, writable: writable)
             }
-            s.domains[domain] = table
         }
     }
 
@@ -80,14 +87,17 @@ public final class IOMMU: Sendable {
         let firstIOPage = deviceAddress / Self.page
         let pages = (deviceAddress % Self.page + UInt64(length) + Self.page - 1) / Self.page
         state.withLock { s in
-            guard var table = s.domains[domain] else { return }
-            for i in 0..<pages {
-                let io = firstIOPage + i
-                guard var entry = table[io] else { continue }
-                entry.references -= 1
-                table[io] = entry.references > 0 ? entry : nil
-            }
-            s.domains[domain] = table
+            guard s.domains[domain] != nil else { return }
+            Self.unmapPages(&s.domains[domain]!, firstIOPage: firstIOPage, pages: pages)
+        }
+    }
+
+    private static func unmapPages(_ table: inout [UInt64: Entry], firstIOPage: UInt64, pages: UInt64) {
+        for i in 0..<pages {
+            let io = firstIOPage + i
+            guard var entry = table[io] else { continue }
+            entry.references -= 1
+            table[io] = entry.references > 0 ? entry : nil
         }
     }
 
