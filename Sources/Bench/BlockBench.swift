@@ -144,7 +144,7 @@ struct BlockBench {
         guard buffers.count == w.depth else { throw DemoError(message: "bench: out of I/O memory") }
         let slots = DispatchSemaphore(value: w.depth)
         let free = Mutex<[Int]>(Array(0..<w.depth))
-        let histogram = Mutex(Histogram<UInt64>(numberOfSignificantValueDigits: .three))
+        let histogram = Mutex(latencyHistogram())
         let failures = Atomic<Int>(0)
         let group = DispatchGroup()
         var lba = LBAStream(blocks: UInt64(w.blocks), region: Self.regionBlocks, sequential: w.sequential)
@@ -176,7 +176,7 @@ struct BlockBench {
     fileprivate static func guestRun(_ vsc: StorageVSC, _ w: Workload) throws -> Measured {
         let length = w.blocks * vsc.blockSize
         var free = Array(0..<w.depth)
-        var histogram = Histogram<UInt64>(numberOfSignificantValueDigits: .three)
+        var histogram = latencyHistogram()
         var completed = 0, failed = 0, submitted = 0
         var lba = LBAStream(blocks: UInt64(w.blocks), region: regionBlocks, sequential: w.sequential)
         let began = DispatchTime.now().uptimeNanoseconds
