@@ -88,7 +88,7 @@ public struct ControlMethod: Sendable {
     /// Nil when the declared signature does not parse.
     public let signature: ControlSignature?
     public let signatureProblem: String?
-    nonisolated(unsafe) let function: oy_control_fn?
+    let function: oy_control_fn?
 }
 
 /// Why a control call was refused or failed.

@@ -310,5 +310,19 @@ func realPath(_ path: String) -> String {
 /// Hex SHA-256 of a file's bytes, or nil when it cannot be read.
 public func sha256Hex(ofFile path: String) -> String? {
     guard let data = FileManager.default.contents(atPath: path) else { return nil }
-    return SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+    return lowercaseHex(SHA256.hash(data: data))
+}
+
+/// Two lowercase hex digits per byte, no separators. (`String(format:)` per
+/// byte went through CoreFoundation and showed up in driver load time.)
+public func lowercaseHex<Bytes: Sequence<UInt8>>(_ bytes: Bytes, separator: UInt8? = nil) -> String {
+    let digits = Array("0123456789abcdef".utf8)
+    var out: [UInt8] = []
+    out.reserveCapacity(bytes.underestimatedCount * 3)
+    for byte in bytes {
+        if let separator, !out.isEmpty { out.append(separator) }
+        out.append(digits[Int(byte >> 4)])
+        out.append(digits[Int(byte & 0x0F)])
+    }
+    return String(decoding: out, as: UTF8.self)
 }

@@ -84,7 +84,7 @@ public struct ELFImage: Sendable {
     public init(path: String, data: Data) throws(ParseError) {
         self.path = path
         self.data = data
-        let r = Reader(data: data)
+        let r = Reader(bytes: [UInt8](data))
         guard data.count >= 64, r.u32(0) == 0x464C_457F else { throw .notELF(path: path) }
         guard r.u8(4) == 2 else { throw .unsupported(path: path, reason: "32-bit ELF; drivers must be 64-bit") }
         guard r.u8(5) == 1 else { throw .unsupported(path: path, reason: "big-endian ELF") }
@@ -171,18 +171,20 @@ public struct ELFImage: Sendable {
     }
 
     /// Bounds-checked little-endian reads; out-of-range reads return 0.
+    /// Bounds-checked little-endian reads. An array, not `Data`: `Data`'s
+    /// per-byte subscript dominated driver load time in perf.
     private struct Reader {
-        let data: Data
-        func fits(_ offset: Int, _ length: Int) -> Bool { offset >= 0 && length >= 0 && offset <= data.count && length <= data.count - offset }
-        func u8(_ o: Int) -> UInt8 { fits(o, 1) ? data[data.startIndex + o] : 0 }
+        let bytes: [UInt8]
+        func fits(_ offset: Int, _ length: Int) -> Bool { offset >= 0 && length >= 0 && offset <= bytes.count && length <= bytes.count - offset }
+        func u8(_ o: Int) -> UInt8 { fits(o, 1) ? bytes[o] : 0 }
         func u16(_ o: Int) -> UInt16 { UInt16(u8(o)) | UInt16(u8(o + 1)) << 8 }
         func u32(_ o: Int) -> UInt32 { UInt32(u16(o)) | UInt32(u16(o + 2)) << 16 }
         func u64(_ o: Int) -> UInt64 { UInt64(u32(o)) | UInt64(u32(o + 4)) << 32 }
         func cString(_ o: Int, limit: Int) -> String? {
-            guard o >= 0, o < min(limit, data.count) else { return nil }
+            guard o >= 0, o < min(limit, bytes.count) else { return nil }
             var end = o
-            while end < min(limit, data.count), data[data.startIndex + end] != 0 { end += 1 }
-            return String(decoding: data[(data.startIndex + o)..<(data.startIndex + end)], as: UTF8.self)
+            while end < min(limit, bytes.count), bytes[end] != 0 { end += 1 }
+            return String(decoding: bytes[o..<end], as: UTF8.self)
         }
     }
 }

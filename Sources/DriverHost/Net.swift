@@ -94,7 +94,7 @@ public final class RegisteredNetdev: Resource, @unchecked Sendable {
         super.init(kind: "network interface", detail: Self.format(mac), owner: binding.owner)
     }
 
-    public static func format(_ mac: [UInt8]) -> String { mac.map { String(format: "%02x", $0) }.joined(separator: ":") }
+    public static func format(_ mac: [UInt8]) -> String { lowercaseHex(mac, separator: UInt8(ascii: ":")) }
 
     public var label: String { binding.label }
     public var linkUp: Bool { lock.withLock { link_ } }

@@ -160,3 +160,19 @@ import Testing
         #expect(OyStatus(-99).message == "unknown error code")
     }
 }
+
+@Suite struct HexFormattingTests {
+    @Test func fileDigestIsTheStandardLowercaseHexSHA256() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("oyako-sha-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try Data("abc".utf8).write(to: URL(fileURLWithPath: path))
+        // FIPS 180-2 test vector for "abc".
+        #expect(sha256Hex(ofFile: path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(sha256Hex(ofFile: path + ".missing") == nil)
+    }
+
+    @Test func macAddressesPrintWithColonsAndLeadingZeros() {
+        #expect(RegisteredNetdev.format([0x02, 0x00, 0x5E, 0x0A, 0xFF, 0x01]) == "02:00:5e:0a:ff:01")
+        #expect(lowercaseHex([]) == "")
+    }
+}
