@@ -65,15 +65,14 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
         public var oversizeTransmits = 0
     }
 
-    private let condition = NSCondition()
+    private let engine = DeviceThread()
+    private var condition: NSCondition { engine.condition }
     private var regs: [UInt64: UInt32] = [:]
     private var icr: UInt32 = 0
     private var ims: UInt32 = 0
     private var link = false
     private var rxFIFO: [[UInt8]] = []
     private var work = false
-    private var running = false
-    private var stopped = true
     private var port: DevicePort?
     private var stats = Statistics()
     /// Where transmitted frames go.
@@ -106,29 +105,18 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
     // MARK: Power
 
     public func powerOn(_ port: DevicePort) {
-        condition.withLock {
-            self.port = port
-            running = true
-            stopped = false
-        }
-        let thread = Thread { [self] in controllerLoop() }
-        thread.name = "e1klite@\(port.address)"
-        thread.start()
+        engine.start(name: "e1klite@\(port.address)", prepare: { self.port = port }) { [self] in controllerLoop() }
     }
 
     public func powerOff() {
-        condition.withLock {
-            running = false
-            condition.broadcast()
-            while !stopped { condition.wait() }
-        }
+        engine.stop()
     }
 
     // MARK: Wire side
 
     public func deliver(_ frame: [UInt8]) {
         condition.withLock {
-            guard running else { return }
+            guard engine.running else { return }
             if rxFIFO.count >= Self.rxFIFOLimit {
                 stats.receiveMissed += 1
                 raiseLocked(Cause.receiveOverrun)
@@ -195,11 +183,11 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
 
     // MARK: Controller thread
 
+    /// Runs on the device's thread, entered and left with `condition` held.
     private func controllerLoop() {
-        condition.lock()
-        while running {
-            while running && !work { condition.wait() }
-            guard running, let port else { break }
+        while engine.running {
+            while engine.running && !work { condition.wait() }
+            guard engine.running, let port else { break }
             work = false
             let transmitEnabled = (regs[Register.tctl] ?? 0) & 2 != 0
             let receiveEnabled = (regs[Register.rctl] ?? 0) & 2 != 0
@@ -211,9 +199,6 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
             condition.lock()
             if receiveEnabled { receiveLocked(port: port) }
         }
-        stopped = true
-        condition.broadcast()
-        condition.unlock()
     }
 
     private struct Ring {

@@ -65,7 +65,8 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
     }
 
     // Registers and doorbells (guarded by `condition`).
-    private let condition = NSCondition()
+    private let engine = DeviceThread()
+    private var condition: NSCondition { engine.condition }
     private var cc: UInt32 = 0
     private var csts: UInt32 = 0
     private var aqa: UInt32 = 0
@@ -74,8 +75,6 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
     private var sqTail: [UInt16] = [0, 0]
     private var cqHead: [UInt16] = [0, 0]
     private var work = false
-    private var running = false
-    private var stopped = true
     private var stats = Statistics()
     private var failIO = false
 
@@ -108,22 +107,11 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
     // MARK: Power
 
     public func powerOn(_ port: DevicePort) {
-        condition.lock()
-        self.port = port
-        running = true
-        stopped = false
-        condition.unlock()
-        let thread = Thread { [self] in controllerLoop() }
-        thread.name = "nvmelite@\(port.address)"
-        thread.start()
+        engine.start(name: "nvmelite@\(port.address)", prepare: { self.port = port }) { [self] in controllerLoop() }
     }
 
     public func powerOff() {
-        condition.lock()
-        running = false
-        condition.broadcast()
-        while !stopped { condition.wait() }
-        condition.unlock()
+        engine.stop()
     }
 
     // MARK: Registers (CPU thread)
@@ -174,11 +162,11 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
 
     // MARK: Controller thread
 
+    /// Runs on the device's thread, entered and left with `condition` held.
     private func controllerLoop() {
-        condition.lock()
-        while running {
-            while running && !work { condition.wait() }
-            guard running else { break }
+        while engine.running {
+            while engine.running && !work { condition.wait() }
+            guard engine.running else { break }
             work = false
             let enable = cc & 1 == 1
             let ready = csts & 1 == 1
@@ -194,9 +182,6 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
             for qid in 0..<2 { processQueue(qid, tail: Int(tails[qid]), cqHeads: heads, port: port) }
             condition.lock()
         }
-        stopped = true
-        condition.broadcast()
-        condition.unlock()
     }
 
     private func enableLocked() {

@@ -16,11 +16,10 @@ public final class RNGLite: BusDevice, @unchecked Sendable {
     public let bars: [BAR] = [.mmio(size: 0x1000)]
     public let interruptCount = 1
 
-    private let condition = NSCondition()
+    private let engine = DeviceThread()
+    private var condition: NSCondition { engine.condition }
     private var fifo: [UInt32] = []
     private var enabled = false
-    private var running = false
-    private var stopped = true
     private var port: DevicePort?
     private var generator = SystemRandomNumberGenerator()
     public private(set) var wordsDelivered = 0
@@ -28,22 +27,11 @@ public final class RNGLite: BusDevice, @unchecked Sendable {
     public init() {}
 
     public func powerOn(_ port: DevicePort) {
-        condition.withLock {
-            self.port = port
-            running = true
-            stopped = false
-        }
-        let thread = Thread { [self] in refillLoop() }
-        thread.name = "rnglite@\(port.address)"
-        thread.start()
+        engine.start(name: "rnglite@\(port.address)", prepare: { self.port = port }) { [self] in refillLoop() }
     }
 
     public func powerOff() {
-        condition.withLock {
-            running = false
-            condition.broadcast()
-            while !stopped { condition.wait() }
-        }
+        engine.stop()
     }
 
     public func mmioRead(bar: Int, offset: UInt64, width: Int) -> UInt64 {
@@ -71,17 +59,14 @@ public final class RNGLite: BusDevice, @unchecked Sendable {
         }
     }
 
+    /// Runs on the device's thread, entered and left with `condition` held.
     private func refillLoop() {
-        condition.lock()
-        while running {
-            while running && (!enabled || fifo.count >= 64) { condition.wait() }
-            guard running else { break }
+        while engine.running {
+            while engine.running && (!enabled || fifo.count >= 64) { condition.wait() }
+            guard engine.running else { break }
             let wasEmpty = fifo.isEmpty
             while fifo.count < 64 { fifo.append(UInt32.random(in: 0...UInt32.max, using: &generator)) }
             if wasEmpty { port?.raiseInterrupt(0) }
         }
-        stopped = true
-        condition.broadcast()
-        condition.unlock()
     }
 }

@@ -35,7 +35,8 @@ public final class UART16550: BusDevice, @unchecked Sendable {
         public var overruns = 0
     }
 
-    private let condition = NSCondition()
+    private let engine = DeviceThread()
+    private var condition: NSCondition { engine.condition }
     private var rxFIFO: [UInt8] = []
     private var txFIFO: [UInt8] = []
     private var ier: UInt8 = 0
@@ -45,8 +46,6 @@ public final class UART16550: BusDevice, @unchecked Sendable {
     private var divisor: UInt16 = 1
     private var overrun = false
     private var thrEmptyPending = false
-    private var running = false
-    private var stopped = true
     private var port: DevicePort?
     private var stats = Statistics()
     private weak var backend: (any SerialBackend)?
@@ -82,22 +81,11 @@ public final class UART16550: BusDevice, @unchecked Sendable {
     // MARK: Power
 
     public func powerOn(_ port: DevicePort) {
-        condition.withLock {
-            self.port = port
-            running = true
-            stopped = false
-        }
-        let thread = Thread { [self] in lineLoop() }
-        thread.name = "uart16550@\(port.address)"
-        thread.start()
+        engine.start(name: "uart16550@\(port.address)", prepare: { self.port = port }) { [self] in lineLoop() }
     }
 
     public func powerOff() {
-        condition.withLock {
-            running = false
-            condition.broadcast()
-            while !stopped { condition.wait() }
-        }
+        engine.stop()
     }
 
     public func mmioRead(bar: Int, offset: UInt64, width: Int) -> UInt64 { UInt64.max }
@@ -184,9 +172,9 @@ public final class UART16550: BusDevice, @unchecked Sendable {
     }
 
     /// Moves bytes at the line rate in both directions.
+    /// Runs on the device's thread, entered and left with `condition` held.
     private func lineLoop() {
-        condition.lock()
-        while running {
+        while engine.running {
             if txFIFO.isEmpty && lineBacklog.isEmpty {
                 condition.wait()
                 continue
@@ -225,8 +213,5 @@ public final class UART16550: BusDevice, @unchecked Sendable {
             Thread.sleep(forTimeInterval: byteTime)
             condition.lock()
         }
-        stopped = true
-        condition.broadcast()
-        condition.unlock()
     }
 }
