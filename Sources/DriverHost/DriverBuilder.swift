@@ -16,12 +16,17 @@ public struct SDKLocation: Sendable, Equatable {
         }
     }
 
-    /// Finds the SDK: `explicit`, then $OYAKO_SDK, then an `SDK` folder in the
+    /// Finds the SDK: `explicit` and nothing else when given (a folder the
+    /// user named that holds no SDK is an error, not a reason to build with
+    /// some other SDK); otherwise $OYAKO_SDK, then an `SDK` folder in the
     /// current directory or above, then above the running executable, then
     /// the source tree this was built from.
     public static func find(explicit: String? = nil) throws(NotFound) -> SDKLocation {
         var candidates: [String] = []
-        if let explicit { candidates.append(explicit) }
+        if let explicit {
+            guard FileManager.default.fileExists(atPath: explicit + "/include/oyako/oyako.h") else { throw NotFound(searched: [explicit]) }
+            return SDKLocation(root: URL(fileURLWithPath: explicit).standardizedFileURL.path)
+        }
         if let env = ProcessInfo.processInfo.environment["OYAKO_SDK"], !env.isEmpty { candidates.append(env) }
         for start in [FileManager.default.currentDirectoryPath,
                       (CommandLine.arguments.first.map { URL(fileURLWithPath: $0).resolvingSymlinksInPath().deletingLastPathComponent().path }) ?? "",
@@ -36,7 +41,7 @@ public struct SDKLocation: Sendable, Equatable {
         for candidate in candidates where FileManager.default.fileExists(atPath: candidate + "/include/oyako/oyako.h") {
             return SDKLocation(root: URL(fileURLWithPath: candidate).standardizedFileURL.path)
         }
-        throw NotFound(searched: explicit.map { [$0] } ?? Array(Set(candidates)).sorted().prefix(4) + ["…"])
+        throw NotFound(searched: Array(Set(candidates)).sorted().prefix(4) + ["…"])
     }
 
     /// The repository root when the SDK sits in a source checkout.

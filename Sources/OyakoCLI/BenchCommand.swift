@@ -36,17 +36,7 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         global.bootstrapLogging()
-        let location: SDKLocation
-        do {
-            location = try SDKLocation.find(explicit: sdk)
-        } catch {
-            printError(error.description)
-            throw ExitCode.failure
-        }
-        let toStderr = json
-        var runner = BenchRunner(sdk: location, quick: quick) { line in
-            (toStderr ? FileHandle.standardError : FileHandle.standardOutput).write(Data((line + "\n").utf8))
-        }
+        var runner = BenchRunner(sdk: try locateSDK(sdk), quick: quick, progress: progressPrinter(toStderr: json))
         runner.only = Set(only)
         let report: BenchReport
         do {

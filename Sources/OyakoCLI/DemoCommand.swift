@@ -22,18 +22,7 @@ struct DemoCommand: ParsableCommand {
 
     func run() throws {
         global.bootstrapLogging()
-        let location: SDKLocation
-        do {
-            location = try SDKLocation.find(explicit: sdk)
-        } catch {
-            printError(error.description)
-            throw ExitCode.failure
-        }
-        let toStderr = json
-        let runner = DemoRunner(sdk: location, stateDirectory: state) { line in
-            // Unbuffered, so progress shows as it happens even through a pipe.
-            (toStderr ? FileHandle.standardError : FileHandle.standardOutput).write(Data((line + "\n").utf8))
-        }
+        let runner = DemoRunner(sdk: try locateSDK(sdk), stateDirectory: state, progress: progressPrinter(toStderr: json))
         let report: DemoReport
         do {
             report = try runner.run()

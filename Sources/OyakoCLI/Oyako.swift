@@ -1,4 +1,5 @@
 import ArgumentParser
+import DriverHost
 import Foundation
 import Logging
 
@@ -45,4 +46,20 @@ func printJSON<T: Encodable>(_ value: T) throws {
 
 func printError(_ message: String) {
     FileHandle.standardError.write(Data(("oyako: " + message + "\n").utf8))
+}
+
+/// The SDK a command builds drivers with; a failure is printed and exits 1.
+func locateSDK(_ explicit: String?) throws -> SDKLocation {
+    do {
+        return try SDKLocation.find(explicit: explicit)
+    } catch {
+        printError(error.description)
+        throw ExitCode.failure
+    }
+}
+
+/// Prints progress lines unbuffered, so they show as they happen even through
+/// a pipe; on stderr when stdout carries JSON.
+func progressPrinter(toStderr: Bool) -> @Sendable (String) -> Void {
+    { line in (toStderr ? FileHandle.standardError : FileHandle.standardOutput).write(Data((line + "\n").utf8)) }
 }

@@ -40,6 +40,15 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(result.stderr.contains("no such file"))
     }
 
+    @Test(arguments: ["demo", "bench"])
+    func aMissingSDKIsAnErrorThatNamesIt(command: String) {
+        let result = oyako([command, "--sdk", "/nonexistent/oyako-sdk"])
+        #expect(result.status == 1, "\(result.output)")
+        #expect(result.stderr.hasPrefix("oyako: "), "\(result.stderr)")
+        #expect(result.stderr.contains("/nonexistent/oyako-sdk"), "\(result.stderr)")
+        #expect(result.stdout.isEmpty)
+    }
+
     @Test func unknownArgumentsAreAUsageError() {
         let result = oyako(["demo", "--no-such-flag"])
         #expect(result.status == 64)
