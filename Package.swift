@@ -137,7 +137,7 @@ let package = Package(
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices", "OyakoTestSupport"]),
         .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "Kernel", "Machine", "Devices", "OyakoTestSupport"]),
         .testTarget(name: "KernelTests", dependencies: ["Kernel", "DriverHost", "Machine", "Devices", "Demo", "Workloads", "OyakoTestSupport"]),
-        .testTarget(name: "CLITests", dependencies: ["OyakoCLI", "DriverHost", "OyakoTestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["OyakoCLI", "Demo", "DriverHost", "OyakoTestSupport"]),
         .testTarget(name: "ConformanceTests", dependencies: ["Conformance", "OyakoCLI", "DriverHost", "OyakoTestSupport"]),
     ]
 )

@@ -22,6 +22,11 @@
 #define NVL_READY_TIMEOUT_NS 2000000000ull
 #define NVL_DRAIN_TIMEOUT_NS 5000000000ull
 
+/* A build can stamp its own version: -DNVMELITE_VERSION=\"1.0.1\". */
+#ifndef NVMELITE_VERSION
+#define NVMELITE_VERSION "1.0.0"
+#endif
+
 OY_DRIVER_METADATA(nvl_meta) = {
     OY_META_MAGIC,
     sizeof(oy_driver_meta),
@@ -30,7 +35,7 @@ OY_DRIVER_METADATA(nvl_meta) = {
     1,
     "nvmelite",
     "Oyako Reference Devices",
-    "1.0.0",
+    NVMELITE_VERSION,
     "Driver for the nvmelite NVMe-style storage controller",
     OY_BLOCK_EXTENSION,
     {{NVL_VENDOR_ID, NVL_DEVICE_ID}},

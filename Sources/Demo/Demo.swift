@@ -31,6 +31,10 @@ public struct DemoRunner {
     /// Bytes moved by the throughput measurement on each disk.
     public var throughputBytes = 32 << 20
     public var progress: @Sendable (String) -> Void
+    /// Driver files the root partition loads instead of the bare OS's build
+    /// of the driver with the same metadata name: what a hypervisor-specific
+    /// driver looks like, and the report counts it.
+    public var rootDriverOverrides: [String] = []
 
     /// Where each run works on the 512-byte-block disk.
     static let bareRegion: Range<UInt64> = 0..<4096
@@ -63,7 +67,8 @@ public struct DemoRunner {
         for path in driverPaths { progress("  built \(path)") }
 
         let bare = try runBare(state: state, driverPaths: driverPaths)
-        let (root, children) = try runWithHypervisor(state: state, driverPaths: driverPaths)
+        let rootDriverPaths = try Self.replacing(driverPaths, with: rootDriverOverrides)
+        let (root, survived, children) = try runWithHypervisor(state: state, driverPaths: rootDriverPaths)
 
         // The claim, checked: the same files, byte for byte, everywhere.
         progress("")
@@ -77,14 +82,29 @@ public struct DemoRunner {
             let name = driver.name.padding(toLength: 13, withPad: " ", startingAt: 0)
             progress("\(name) \(driver.sha256.prefix(16))…  \((other?.sha256.prefix(16)).map { "\($0)…" } ?? "-")  \(same ? "yes" : "NO ")        \(verified ? "yes" : "NO")")
         }
-        let allVerified = bare.drivers.allSatisfy(\.verified) && root.drivers.allSatisfy(\.verified) && children.allSatisfy(\.verified)
-        let reusedUnmodified = reused == bare.drivers.count && !bare.drivers.isEmpty && allVerified
-        progress("\(reused) driver binar\(reused == 1 ? "y" : "ies") reused unmodified on bare metal, in the root partition and for \(children.count) child partitions; 0 hypervisor-specific drivers needed.")
-        if !temporary { progress("consoles: oyako console --state \(state) NAME   (bare, root, child0, child1)") }
-        return DemoReport(
-            environments: ["bare": bare, "root": root], children: children, reusedUnmodified: reusedUnmodified,
-            driverBinariesReused: reused, hypervisorSpecificDrivers: 0,
+        let report = DemoReport(
+            environments: ["bare": bare, "root": root], children: children, driverBinariesReused: reused, bareDataSurvivedReboot: survived,
             stateDirectory: temporary ? "(removed)" : state, durationSeconds: Date().timeIntervalSince(started))
+        let specific = report.hypervisorSpecificDrivers
+        progress("\(reused) driver binar\(reused == 1 ? "y" : "ies") reused unmodified on bare metal, in the root partition and for \(children.count) child partitions; "
+            + "\(specific.count) hypervisor-specific driver\(specific.count == 1 ? "" : "s") needed"
+            + (specific.isEmpty ? "." : ": " + specific.map { "\($0.name) (\($0.path), sha256 \($0.sha256.prefix(16))…, not loaded on bare metal)" }.joined(separator: ", ")))
+        if !temporary { progress("consoles: oyako console --state \(state) NAME   (bare, root, child0, child1)") }
+        return report
+    }
+
+    /// `paths` with each driver whose metadata name matches one of
+    /// `overrides` replaced by that file.
+    static func replacing(_ paths: [String], with overrides: [String]) throws -> [String] {
+        var result = paths
+        for override in overrides {
+            let name = try DriverFile.inspect(path: override).metadata.name
+            guard let index = try result.firstIndex(where: { try DriverFile.inspect(path: $0).metadata.name == name }) else {
+                throw DemoError(message: "\(override): its driver \"\(name)\" is not one the demo loads (\(paths.map { URL(fileURLWithPath: $0).lastPathComponent }.joined(separator: ", ")))")
+            }
+            result[index] = override
+        }
+        return result
     }
 
     // MARK: Bare metal
@@ -117,7 +137,7 @@ public struct DemoRunner {
 
     // MARK: Hypervisor role
 
-    private func runWithHypervisor(state: String, driverPaths: [String]) throws -> (DemoReport.Environment, [DemoReport.ChildEntry]) {
+    private func runWithHypervisor(state: String, driverPaths: [String]) throws -> (DemoReport.Environment, Bool, [DemoReport.ChildEntry]) {
         progress("")
         progress("[root] enabling the hypervisor role and rebooting the same machine (256 MiB RAM)")
         let testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: 256 << 20, hypervisorRole: true, nics: 1, consoleLog: state + "/console/root.log")
@@ -136,10 +156,14 @@ public struct DemoRunner {
         defer { kernel.shutdown() }
 
         let disks = try exercise(kernel: kernel, label: "root", boot: boot, region: Self.rootRegion, seed: 0x2007)
+        var survived = false
         if let disk = kernel.blockLayer.disks.first {
+            // The bare run's first transfer: its pattern, at the region's start.
             let expected = Pattern.bytes(seed: 0xBA2E, lba: Self.bareRegion.lowerBound, blockSize: disk.geometry.blockSize, count: disk.geometry.blockSize)
-            let survived = (try? disk.read(lba: Self.bareRegion.lowerBound, count: disk.geometry.blockSize)) == expected
+            survived = (try? disk.read(lba: Self.bareRegion.lowerBound, count: disk.geometry.blockSize)) == expected
             progress("[root] \(disk.name): data the bare OS wrote before the reboot \(survived ? "reads back intact" : "DID NOT SURVIVE")")
+        } else {
+            progress("[root] no disk: cannot check that the bare OS's data survived the reboot")
         }
         let serial = checkSerial(kernel: kernel, testbed: testbed, label: "root")
 
@@ -165,7 +189,7 @@ public struct DemoRunner {
                                        outside: outside, state: state, nic: testbed.nics[0])
         _ = rootStack
         let childrenReachedOutside = children.contains { $0.network?.pings.contains { $0.to == "192.0.2.1" && $0.answered == $0.sent } == true }
-        return (environment(boot: boot, disks: disks, network: rootNetwork && childrenReachedOutside, serial: serial), children)
+        return (environment(boot: boot, disks: disks, network: rootNetwork && childrenReachedOutside, serial: serial), survived, children)
     }
 
     private func runChildren(root: RootPartition, kernel: Kernel, privateSwitch: VirtualSwitch, externalSwitch: VirtualSwitch,

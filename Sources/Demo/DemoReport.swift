@@ -6,6 +6,14 @@ public struct DemoReport: Encodable, Sendable {
         public let sha256: String
         public let devices: [String]
         public let verified: Bool
+
+        public init(name: String, path: String, sha256: String, devices: [String], verified: Bool) {
+            self.name = name
+            self.path = path
+            self.sha256 = sha256
+            self.devices = devices
+            self.verified = verified
+        }
     }
 
     public struct DiskEntry: Encodable, Sendable {
@@ -29,6 +37,12 @@ public struct DemoReport: Encodable, Sendable {
         public let drivers: [DriverEntry]
         public let disks: [DiskEntry]
         public let problems: [String]
+
+        public init(drivers: [DriverEntry], disks: [DiskEntry], problems: [String]) {
+            self.drivers = drivers
+            self.disks = disks
+            self.problems = problems
+        }
     }
 
     public struct PingEntry: Encodable, Sendable {
@@ -93,25 +107,79 @@ public struct DemoReport: Encodable, Sendable {
         }
     }
 
+    /// A driver file the root loaded that the bare OS did not: its SHA-256
+    /// is not among those of the files the bare OS loaded.
+    public struct DriverFileEntry: Encodable, Sendable, Equatable {
+        public let name: String
+        public let path: String
+        public let sha256: String
+    }
+
     public var environments: [String: Environment]
     public var children: [ChildEntry]
-    /// True only when every driver's SHA-256 matches across environments and
-    /// all I/O (bare, root, children) was verified.
-    public var reusedUnmodified: Bool
+    /// Driver binaries whose file, byte for byte, served bare metal, the root
+    /// partition and the children, with all their I/O verified.
     public var driverBinariesReused: Int
-    public var hypervisorSpecificDrivers: Int
+    /// Data the bare OS wrote before the reboot read back intact in the root.
+    public var bareDataSurvivedReboot: Bool
     public var stateDirectory: String
     public var durationSeconds: Double
+
+    public init(environments: [String: Environment], children: [ChildEntry], driverBinariesReused: Int, bareDataSurvivedReboot: Bool,
+                stateDirectory: String, durationSeconds: Double)
+    {
+        self.environments = environments
+        self.children = children
+        self.driverBinariesReused = driverBinariesReused
+        self.bareDataSurvivedReboot = bareDataSurvivedReboot
+        self.stateDirectory = stateDirectory
+        self.durationSeconds = durationSeconds
+    }
+
+    /// Driver files the root loaded whose SHA-256 is not among those the bare
+    /// OS loaded: drivers the hypervisor role needed of its own.
+    public var hypervisorSpecificDrivers: [DriverFileEntry] {
+        Self.hypervisorSpecific(bare: environments["bare"]?.drivers ?? [], root: environments["root"]?.drivers ?? [])
+    }
+
+    static func hypervisorSpecific(bare: [DriverEntry], root: [DriverEntry]) -> [DriverFileEntry] {
+        let bareFiles = Set(bare.map(\.sha256))
+        return root.filter { !bareFiles.contains($0.sha256) }.map { DriverFileEntry(name: $0.name, path: $0.path, sha256: $0.sha256) }
+    }
+
+    /// True only when no hypervisor-specific driver was needed, every driver
+    /// was reused, and all I/O (bare, root, children, the reboot) verified.
+    public var reusedUnmodified: Bool {
+        let bare = environments["bare"]?.drivers ?? []
+        return !bare.isEmpty && driverBinariesReused == bare.count && hypervisorSpecificDrivers.isEmpty && allVerified
+    }
 
     enum CodingKeys: String, CodingKey {
         case environments, children
         case reusedUnmodified = "reused_unmodified", driverBinariesReused = "driver_binaries_reused"
-        case hypervisorSpecificDrivers = "hypervisor_specific_drivers"
+        case hypervisorSpecificDrivers = "hypervisor_specific_drivers", hypervisorSpecificDriverFiles = "hypervisor_specific_driver_files"
+        case bareDataSurvivedReboot = "bare_data_survived_reboot", verified
         case stateDirectory = "state_directory", durationSeconds = "duration_seconds"
     }
 
-    /// True when every driver in every environment and every child verified.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(environments, forKey: .environments)
+        try c.encode(children, forKey: .children)
+        try c.encode(allVerified, forKey: .verified)
+        try c.encode(bareDataSurvivedReboot, forKey: .bareDataSurvivedReboot)
+        try c.encode(reusedUnmodified, forKey: .reusedUnmodified)
+        try c.encode(driverBinariesReused, forKey: .driverBinariesReused)
+        try c.encode(hypervisorSpecificDrivers.count, forKey: .hypervisorSpecificDrivers)
+        try c.encode(hypervisorSpecificDrivers, forKey: .hypervisorSpecificDriverFiles)
+        try c.encode(stateDirectory, forKey: .stateDirectory)
+        try c.encode(durationSeconds, forKey: .durationSeconds)
+    }
+
+    /// Every driver in every environment and every child verified, and the
+    /// bare OS's data survived the reboot into the root.
     public var allVerified: Bool {
-        environments.values.allSatisfy { env in env.drivers.allSatisfy(\.verified) && env.problems.isEmpty } && children.allSatisfy(\.verified)
+        environments.values.allSatisfy { env in env.drivers.allSatisfy(\.verified) && env.problems.isEmpty }
+            && children.allSatisfy(\.verified) && bareDataSurvivedReboot
     }
 }

@@ -7,7 +7,10 @@ struct DemoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
         abstract: "Build the vendor drivers; boot bare, then as the root partition; run child partitions; verify all I/O.",
-        discussion: "Progress goes to standard output (standard error with --json). Exit status 1 if any I/O failed to verify.")
+        discussion: """
+            Progress goes to standard output (standard error with --json). Exit status 1 if any I/O failed to verify, \
+            or if the root partition needed a driver file the bare OS did not load.
+            """)
 
     @Option(help: "Keep disk images and built drivers in this folder (default: a temporary folder, removed afterwards).")
     var state: String?
@@ -18,11 +21,22 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "SDK folder (default: found from the current folder, $OYAKO_SDK, or the source tree).")
     var sdk: String?
 
+    @Option(name: .customLong("root-driver"),
+            help: ArgumentHelp("Load this build in the root partition instead of the bare OS's build of the same driver (repeatable); the report counts it as hypervisor-specific.", valueName: "path.so"))
+    var rootDrivers: [String] = []
+
     @OptionGroup var global: GlobalOptions
+
+    func validate() throws {
+        for path in rootDrivers where !FileManager.default.fileExists(atPath: path) {
+            throw ValidationError("--root-driver \(path): no such file")
+        }
+    }
 
     func run() throws {
         global.bootstrapLogging()
-        let runner = DemoRunner(sdk: try locateSDK(sdk), stateDirectory: state, progress: progressPrinter(toStderr: json))
+        var runner = DemoRunner(sdk: try locateSDK(sdk), stateDirectory: state, progress: progressPrinter(toStderr: json))
+        runner.rootDriverOverrides = rootDrivers
         let report: DemoReport
         do {
             report = try runner.run()
@@ -35,6 +49,6 @@ struct DemoCommand: ParsableCommand {
         } else {
             print(String(format: "done in %.1f s", report.durationSeconds))
         }
-        if !report.allVerified { throw ExitCode.failure }
+        if !report.allVerified || !report.reusedUnmodified { throw ExitCode.failure }
     }
 }

@@ -1,3 +1,4 @@
+import Demo
 import DriverHost
 import Foundation
 import OyakoTestSupport
@@ -107,6 +108,42 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(oyako(["console", "--state", state, "nosuch"]).status == 1)
         #expect(json["reused_unmodified"] as? Bool == true)
         #expect(json["hypervisor_specific_drivers"] as? Int == 0)
+        #expect((json["hypervisor_specific_driver_files"] as? [Any])?.isEmpty == true)
+        #expect(json["bare_data_survived_reboot"] as? Bool == true)
+        #expect(json["verified"] as? Bool == true)
+    }
+
+    /// The count of hypervisor-specific drivers is measured: a root that
+    /// loads another build of one driver needs one, by name and file, and
+    /// the claim fails.
+    @Test func aRootOnlyDriverBuildIsCountedAsHypervisorSpecific() throws {
+        let rebuilt = try Fixtures.referenceDriver("nvmelite", defines: ["NVMELITE_VERSION=\"1.0.1-root\""])
+        let result = oyako(["demo", "--json", "--root-driver", rebuilt])
+        #expect(result.status == 1, "a driver the bare OS did not load breaks the claim: \(result.stderr.suffix(400))")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        #expect(json["hypervisor_specific_drivers"] as? Int == 1)
+        let files = try #require(json["hypervisor_specific_driver_files"] as? [[String: Any]])
+        #expect(files.map { $0["name"] as? String } == ["nvmelite"])
+        #expect(files.first?["sha256"] as? String == sha256Hex(ofFile: rebuilt))
+        #expect(json["driver_binaries_reused"] as? Int == 2)
+        #expect(json["reused_unmodified"] as? Bool == false)
+        #expect(json["verified"] as? Bool == true, "the other build still does verified I/O")
+    }
+
+    @Test func aRootDriverThatIsNoFileIsAUsageError() {
+        let result = oyako(["demo", "--root-driver", "/nonexistent/nvmelite.so"])
+        #expect(result.status == 64)
+        #expect(result.stdout.isEmpty)
+    }
+
+    @Test func theReportIsUnverifiedWhenTheBareDataDidNotSurviveTheReboot() {
+        let driver = DemoReport.DriverEntry(name: "nvmelite", path: "/d/nvmelite.so", sha256: "ab", devices: ["00:01.0"], verified: true)
+        let environment = DemoReport.Environment(drivers: [driver], disks: [], problems: [])
+        var report = DemoReport(environments: ["bare": environment, "root": environment], children: [], driverBinariesReused: 1,
+                                bareDataSurvivedReboot: true, stateDirectory: "", durationSeconds: 0)
+        #expect(report.allVerified && report.reusedUnmodified && report.hypervisorSpecificDrivers.isEmpty)
+        report.bareDataSurvivedReboot = false
+        #expect(!report.allVerified && !report.reusedUnmodified)
     }
 
     @Test func controlMethodsAreCalledThroughLibffiWithCheckedArguments() throws {
