@@ -1,5 +1,6 @@
 #include "CBenchShims.h"
 
+#include <pthread.h>
 #include <string.h>
 #include <time.h>
 
@@ -30,6 +31,42 @@ uint64_t oy_bench_host_time_calls(const oy_host *host, uint64_t n) {
     uint64_t i, sink = 0, start = now_ns();
     for (i = 0; i < n; i++) sink += host->monotonic_ns(host);
     __asm__ volatile("" : : "r"(sink));
+    return now_ns() - start;
+}
+
+uint64_t oy_bench_clock_calls(uint64_t n) {
+    uint64_t i, sink = 0, start = now_ns();
+    for (i = 0; i < n; i++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        sink += (uint64_t)ts.tv_nsec;
+    }
+    __asm__ volatile("" : : "r"(sink));
+    return now_ns() - start;
+}
+
+uint64_t oy_bench_host_lock_pairs(const oy_host *host, oy_device *device, uint64_t n) {
+    oy_lock *lock = NULL;
+    uint64_t i, start;
+    if (host->lock_create(host, device, &lock) != OY_OK) return 0;
+    start = now_ns();
+    for (i = 0; i < n; i++) {
+        host->lock_acquire(lock);
+        host->lock_release(lock);
+    }
+    start = now_ns() - start;
+    host->lock_destroy(lock);
+    return start;
+}
+
+uint64_t oy_bench_mutex_pairs(uint64_t n) {
+    pthread_mutex_t mutex = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_t *volatile target = &mutex;
+    uint64_t i, start = now_ns();
+    for (i = 0; i < n; i++) {
+        pthread_mutex_lock(target);
+        pthread_mutex_unlock(target);
+    }
     return now_ns() - start;
 }
 

@@ -115,14 +115,15 @@ extension DriverInstance {
 }
 
 extension DriverInstance {
-    /// Runs `body` with the driver's real host table and a register window
-    /// of BAR `bar` mapped through it (for benchmarks of host services).
-    public func withHostServices<R>(bar: UInt32 = 0, _ body: (UnsafePointer<oy_host>, OpaquePointer?) -> R) -> R {
+    /// Runs `body` with the driver's real host table, this instance's device
+    /// handle and a register window of BAR `bar` mapped through the table
+    /// (for benchmarks of host services).
+    public func withHostServices<R>(bar: UInt32 = 0, _ body: (UnsafePointer<oy_host>, OpaquePointer?, OpaquePointer?) -> R) -> R {
         let host = UnsafePointer(library.hostTable)
         var regs: OpaquePointer?
         var size: UInt64 = 0
         _ = host.pointee.regs_map(binding.handle, bar, &regs, &size)
         defer { if regs != nil { host.pointee.regs_unmap(regs) } }
-        return body(host, regs)
+        return body(host, binding.handle, regs)
     }
 }

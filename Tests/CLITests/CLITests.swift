@@ -177,7 +177,7 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         let figures = try #require(json["figures"] as? [[String: Any]])
         let names = Set(figures.compactMap { $0["name"] as? String })
         for expected in ["driver.load_to_attached.nvmelite", "driver.load_to_attached.e1klite", "driver.load_to_attached.uart16550",
-                         "host_call.noop", "host_call.reg_read32", "ring.packets_64B", "ring.bytes_4KiB",
+                         "host_call.monotonic_ns", "host_call.lock_pair", "host_call.reg_read32", "host_call.c_to_swift_crossing", "ring.packets_64B", "ring.bytes_4KiB",
                          "block.4k_randread_qd1.bare", "block.4k_randread_qd32.child", "block.64k_seqwrite_qd8.root", "block.64k_seqread_qd8.child",
                          "net.bare_nic", "net.child_to_child", "net.child_to_wire"] {
             #expect(names.contains(expected), "missing \(expected)")
