@@ -18,12 +18,13 @@ public enum SuiteEnvironment: String, Codable, Sendable, CaseIterable {
 public struct CheckOutcome: Codable, Sendable {
     public var verdict: Verdict
     public var message: String
-    /// What the driver made observable (a digest of data read, counts...),
-    /// compared across environments by io.same-results.
+    /// What the driver made observable (`Observation.encoded`: device
+    /// counts, the disk image's digest, statuses returned), compared across
+    /// environments by io.same-results.
     public var observation: String?
 
-    public static func passed(_ message: String = "", observation: String? = nil) -> CheckOutcome {
-        CheckOutcome(verdict: .passed, message: message, observation: observation)
+    static func passed(_ message: String = "", observation: Observation? = nil) -> CheckOutcome {
+        CheckOutcome(verdict: .passed, message: message, observation: observation?.encoded)
     }
     public static func failed(_ message: String) -> CheckOutcome { CheckOutcome(verdict: .failed, message: message) }
     public static func skipped(_ reason: String) -> CheckOutcome { CheckOutcome(verdict: .skipped, message: reason) }
@@ -79,4 +80,7 @@ struct CheckDefinition: Sendable {
 public struct CheckContext: Sendable {
     public let driverPath: String
     public let environment: SuiteEnvironment
+    /// Seconds the whole load-to-unload cycle may take before
+    /// load.time-budget warns; nil: time budgets are not checked.
+    public var timeBudget: Double? = ConformanceSuite.Options.defaultTimeBudget
 }

@@ -19,6 +19,12 @@ public struct ConformanceSuite: Sendable {
         public var workerExecutable: String?
         /// Multiplies every check's timeout.
         public var timeoutScale = 1.0
+        /// Seconds load.time-budget allows a load-to-unload cycle before it
+        /// warns; nil turns time budgets off (the check is skipped), for
+        /// runs whose verdicts must not depend on the machine's load.
+        public var timeBudget: Double? = Options.defaultTimeBudget
+
+        public static let defaultTimeBudget = 1.0
 
         public init() {}
     }
@@ -41,11 +47,19 @@ public struct ConformanceSuite: Sendable {
     /// The catalogue: ID and one-line summary of every check, in run order.
     public static var catalogue: [(id: String, summary: String)] { Catalogue.all.map { ($0.id, $0.summary) } }
 
+    /// The checks that apply to a driver of `deviceClass` ("" for none):
+    /// those about the file (run once) and those run in each environment.
+    /// Every one of them should pass for a correct driver.
+    public static func applicableChecks(deviceClass: String) -> (file: [String], perEnvironment: [String]) {
+        let applicable = Catalogue.all.filter { $0.classes == nil || $0.classes!.contains(deviceClass) }
+        return (applicable.filter { $0.scope == .file }.map(\.id), applicable.filter { $0.scope == .environment }.map(\.id))
+    }
+
     /// Runs one check body in this process (what a worker does).
-    public static func runCheck(_ id: String, driver: String, environment: SuiteEnvironment) -> CheckOutcome {
+    public static func runCheck(_ id: String, driver: String, environment: SuiteEnvironment, timeBudget: Double? = Options.defaultTimeBudget) -> CheckOutcome {
         guard let check = Catalogue.all.first(where: { $0.id == id }) else { return .failed("no check \(id)") }
         do {
-            return try check.run(CheckContext(driverPath: driver, environment: environment))
+            return try check.run(CheckContext(driverPath: driver, environment: environment, timeBudget: timeBudget))
         } catch {
             return .failed("\(error)")
         }
@@ -78,7 +92,7 @@ public struct ConformanceSuite: Sendable {
             perEnvironment.withLock { $0[environment] = envResults }
         }
         for environment in environments { results += perEnvironment.withLock { $0[environment] ?? [] } }
-        if selected.contains("io.same-results") { results.append(sameResults(results)) }
+        if selected.contains("io.same-results") { results.append(Self.sameResults(results, environments: environments)) }
         return DriverReport(driver: driver, name: name, results: results)
     }
 
@@ -115,7 +129,7 @@ public struct ConformanceSuite: Sendable {
         let started = Date()
         let outcome: CheckOutcome
         if options.inProcess || environment == nil {
-            outcome = Self.runCheck(check.id, driver: driver, environment: environment ?? .bare)
+            outcome = Self.runCheck(check.id, driver: driver, environment: environment ?? .bare, timeBudget: options.timeBudget)
         } else {
             outcome = runInChild(check, driver: driver, environment: environment!)
         }
@@ -126,7 +140,8 @@ public struct ConformanceSuite: Sendable {
     private func runInChild(_ check: CheckDefinition, driver: String, environment: SuiteEnvironment) -> CheckOutcome {
         let executable = options.workerExecutable ?? Self.currentExecutable
         let timeout = check.timeout * options.timeoutScale
-        let run = ProcessRunner.run(executable, ["conformance-worker", "--check", check.id, "--env", environment.rawValue, driver], timeout: timeout)
+        let budget = options.timeBudget.map { ["--time-budget", "\($0)"] } ?? []
+        let run = ProcessRunner.run(executable, ["conformance-worker", "--check", check.id, "--env", environment.rawValue] + budget + [driver], timeout: timeout)
         if run.timedOut {
             return CheckOutcome(verdict: .timeout, message: String(format: "no verdict within %.0f s: a callback hangs (the watchdog killed it)", timeout))
         }
@@ -140,20 +155,34 @@ public struct ConformanceSuite: Sendable {
         return outcome
     }
 
-    /// io.same-results: each io check's observation must match across environments.
-    private func sameResults(_ results: [CheckResult]) -> CheckResult {
-        let observed = results.filter { $0.id.hasPrefix("io.") && $0.observation != nil && $0.verdict == .passed }
-        var byCheck: [String: [String: String]] = [:]
-        for r in observed { byCheck[r.id, default: [:]][r.environment] = r.observation }
+    /// io.same-results: every passed check's observation (device counts, the
+    /// disk image's digest, statuses returned) must match fact by fact across
+    /// environments.
+    static func sameResults(_ results: [CheckResult], environments: [SuiteEnvironment]) -> CheckResult {
+        var byCheck: [String: [String: Observation]] = [:]
+        for r in results where r.verdict == .passed {
+            guard let observed = r.observation else { continue }
+            byCheck[r.id, default: [:]][r.environment] = Observation(encoded: observed)
+        }
         let compared = byCheck.filter { $0.value.count > 1 }
-        let differing = compared.filter { Set($0.value.values).count > 1 }.map(\.key).sorted()
+        var differing: [String] = []
+        for (id, observations) in compared.sorted(by: { $0.key < $1.key }) {
+            let sides = observations.sorted { $0.key < $1.key }
+            let (first, second) = (sides[0], sides[1])
+            for key in first.value.differences(from: second.value) {
+                differing.append("\(id) \(key): \(first.key) \(first.value[key] ?? "(none)"), \(second.key) \(second.value[key] ?? "(none)")")
+            }
+        }
+        let facts = compared.values.reduce(0) { $0 + ($1.values.first?.facts.count ?? 0) }
         let outcome: CheckOutcome
         if compared.isEmpty {
-            outcome = .skipped("no I/O observations in two environments to compare")
+            outcome = .skipped("no observations from two environments to compare")
         } else if differing.isEmpty {
-            outcome = .passed("\(compared.count) I/O check(s) observed the same in \(options.environments.map(\.rawValue).joined(separator: " and "))")
+            outcome = .passed("\(facts) observed facts from \(compared.count) check(s) agree in \(environments.map(\.rawValue).joined(separator: " and "))")
         } else {
-            outcome = .failed("results differ between environments in \(differing.joined(separator: ", "))")
+            outcome = .failed("the driver behaved differently between environments: \(differing.prefix(4).joined(separator: "; "))"
+                + (differing.count > 4 ? " (and \(differing.count - 4) more)" : "")
+                + "; a driver must not depend on where it runs (DMA addresses, interrupt timing)")
         }
         return CheckResult(id: "io.same-results", summary: "the same observable results in both environments", environment: "both",
                            verdict: outcome.verdict, message: outcome.message, seconds: 0, observation: nil)

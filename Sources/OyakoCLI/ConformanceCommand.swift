@@ -35,6 +35,9 @@ struct ConformanceCommand: ParsableCommand {
     @Flag(help: "Run checks in this process (for debugging: a crash ends the run).")
     var inProcess = false
 
+    @Option(help: "Seconds a load-to-unload cycle may take before load.time-budget warns; 0 turns time budgets off.")
+    var timeBudget: Double = ConformanceSuite.Options.defaultTimeBudget
+
     @Flag(help: "List the checks and exit.")
     var list = false
 
@@ -44,6 +47,7 @@ struct ConformanceCommand: ParsableCommand {
         for path in paths where !FileManager.default.fileExists(atPath: path) {
             throw ValidationError("\(path): no such file")
         }
+        guard timeBudget >= 0, timeBudget.isFinite else { throw ValidationError("--time-budget takes seconds, 0 or more") }
         if let filter, (try? NSRegularExpression(pattern: filter)) == nil {
             throw ValidationError("--filter \(filter) is not a valid regular expression")
         }
@@ -58,6 +62,7 @@ struct ConformanceCommand: ParsableCommand {
         options.environments = env == .both ? SuiteEnvironment.allCases : [SuiteEnvironment(rawValue: env.rawValue)!]
         options.filter = filter
         options.inProcess = inProcess
+        options.timeBudget = timeBudget > 0 ? timeBudget : nil
         let suite = ConformanceSuite(options: options)
         let reports = paths.map { suite.run(driver: $0) }
         if json {
@@ -79,11 +84,13 @@ struct ConformanceWorkerCommand: ParsableCommand {
 
     @Option var check: String
     @Option var env: String
+    /// Absent: time budgets are off.
+    @Option var timeBudget: Double?
     @Argument var driver: String
 
     func run() throws {
         guard let environment = SuiteEnvironment(rawValue: env) else { throw ValidationError("unknown environment \(env)") }
-        let outcome = ConformanceSuite.runCheck(check, driver: driver, environment: environment)
+        let outcome = ConformanceSuite.runCheck(check, driver: driver, environment: environment, timeBudget: timeBudget)
         let data = try JSONEncoder().encode(outcome)
         print(String(decoding: data, as: UTF8.self))
     }

@@ -1,15 +1,39 @@
-import Conformance
+@testable import Conformance
 import DriverHost
 import Foundation
 import FoundationXML
 import OyakoTestSupport
 import Testing
 
-func suite(filter: String? = nil) -> ConformanceSuite {
+/// The suite as tests run it: time budgets off, so that no verdict depends
+/// on how loaded the machine is (load.time-budget has its own tests).
+func suite(filter: String? = nil, timeBudget: Double? = nil) -> ConformanceSuite {
     var options = ConformanceSuite.Options()
     options.workerExecutable = Fixtures.oyakoBinary
     options.filter = filter
+    options.timeBudget = timeBudget
     return ConformanceSuite(options: options)
+}
+
+/// Every check that applies to the driver's class passed: the file checks
+/// once, the rest in both environments; and nothing else ran. `skipped`
+/// lists checks allowed to be skipped, with the reason they may be.
+func expectEveryApplicableCheckPassed(_ report: ConformanceSuite.DriverReport, deviceClass: String, skipped: Set<String> = ["load.time-budget"],
+                                      sourceLocation: SourceLocation = #_sourceLocation)
+{
+    let (file, perEnvironment) = ConformanceSuite.applicableChecks(deviceClass: deviceClass)
+    var expected: [String: String] = [:]
+    for id in file { expected["\(id)@file"] = id }
+    for environment in ["bare", "root"] { for id in perEnvironment { expected["\(id)@\(environment)"] = id } }
+    var seen: Set<String> = []
+    for result in report.results where result.id != "io.same-results" {
+        let key = "\(result.id)@\(result.environment)"
+        seen.insert(key)
+        guard let id = expected[key] else { continue }
+        let allowed: Set<Verdict> = skipped.contains(id) ? [.passed, .skipped] : [.passed]
+        #expect(allowed.contains(result.verdict), "\(key): \(result.verdict) \(result.message)", sourceLocation: sourceLocation)
+    }
+    #expect(seen.isSuperset(of: expected.keys), "never ran: \(Set(expected.keys).subtracting(seen).sorted())", sourceLocation: sourceLocation)
 }
 
 func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
@@ -19,14 +43,61 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
 @Suite struct ReferenceDriverConformanceTests {
     @Test(arguments: ["nvmelite", "e1klite", "uart16550"])
     func referenceDriverPassesInBothEnvironments(_ name: String) throws {
-        let report = suite().run(driver: try Fixtures.referenceDriver(name))
+        let path = try Fixtures.referenceDriver(name)
+        let report = suite().run(driver: path)
         let problems = report.results.filter { $0.verdict.isFailure || $0.verdict == .warning }
         #expect(problems.isEmpty, "\(problems.map { "\($0.id)@\($0.environment): \($0.message)" })")
-        for environment in ["bare", "root"] {
-            let passed = report.results.filter { $0.environment == environment && $0.verdict == .passed }
-            #expect(passed.count >= 25, "\(environment): only \(passed.count) checks passed")
-        }
+        expectEveryApplicableCheckPassed(report, deviceClass: try DriverFile.inspect(path: path).metadata.deviceClass)
         #expect(report.results.contains { $0.id == "io.same-results" && $0.verdict == .passed })
+    }
+
+    /// io.same-results compares what the device itself saw, not strings fixed
+    /// by the check passing: device counts, the disk image's digest, the
+    /// statuses returned to bad input.
+    @Test func observationsAreWhatTheDeviceSaw() throws {
+        let report = suite(filter: "^io\\.basic$|^badinput\\.null-args$").run(driver: try Fixtures.referenceDriver())
+        let basic = try #require(report.results.first { $0.id == "io.basic" && $0.environment == "root" })
+        let facts = Set((basic.observation ?? "").split(separator: ";").map { String($0.split(separator: "=")[0]) })
+        #expect(facts.isSuperset(of: ["device.commands", "device.bytes_written", "device.bytes_read", "image.sha256", "driver.geometry"]), "\(facts)")
+        let bad = try #require(report.results.first { $0.id == "badinput.null-args" && $0.environment == "bare" })
+        #expect(bad.observation?.contains("block submit(op 99)=OY_E_INVALID") == true, "\(bad.observation ?? "")")
+    }
+
+    @Test func aLoadOverItsTimeBudgetWarnsAndOneWithinPasses() throws {
+        let driver = try Fixtures.referenceDriver("uart16550")
+        let tight = suite(filter: "^load\\.time-budget$", timeBudget: 1e-9).run(driver: driver)
+        #expect(tight.results.filter { $0.id == "load.time-budget" }.map(\.verdict) == [.warning, .warning])
+        let loose = suite(filter: "^load\\.time-budget$", timeBudget: 3600).run(driver: driver)
+        #expect(loose.results.filter { $0.id == "load.time-budget" }.map(\.verdict) == [.passed, .passed])
+        let off = suite(filter: "^load\\.time-budget$", timeBudget: nil).run(driver: driver)
+        #expect(off.results.filter { $0.id == "load.time-budget" }.map(\.verdict) == [.skipped, .skipped])
+    }
+}
+
+@Suite struct SameResultsTests {
+    static func result(_ environment: String, _ observation: String, id: String = "io.block.patterns") -> CheckResult {
+        CheckResult(id: id, summary: "", environment: environment, verdict: .passed, message: "", seconds: 0, observation: observation)
+    }
+
+    @Test func agreeingObservationsPass() {
+        let results = [Self.result("bare", "device.commands=64;image.sha256=ab"), Self.result("root", "device.commands=64;image.sha256=ab")]
+        #expect(ConformanceSuite.sameResults(results, environments: [.bare, .root]).verdict == .passed)
+    }
+
+    @Test func aFactThatDiffersFailsNamingItAndBothValues() {
+        let results = [Self.result("bare", "device.commands=64;image.sha256=ab"), Self.result("root", "device.commands=65;image.sha256=ab")]
+        let verdict = ConformanceSuite.sameResults(results, environments: [.bare, .root])
+        #expect(verdict.verdict == .failed)
+        #expect(verdict.message.contains("io.block.patterns device.commands: bare 64, root 65"), "\(verdict.message)")
+    }
+
+    @Test func aFactOnOneSideOnlyFails() {
+        let results = [Self.result("bare", "statuses=OY_E_RANGE", id: "io.block.out-of-range"), Self.result("root", "", id: "io.block.out-of-range")]
+        #expect(ConformanceSuite.sameResults(results, environments: [.bare, .root]).verdict == .failed)
+    }
+
+    @Test func nothingToCompareIsSkipped() {
+        #expect(ConformanceSuite.sameResults([Self.result("bare", "a=1")], environments: [.bare, .root]).verdict == .skipped)
     }
 }
 
@@ -63,6 +134,8 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
     @Test func theUnbrokenFixturePassesEverything() throws {
         let report = suite().run(driver: try Fixtures.fixtureDriver())
         #expect(failing(report).isEmpty, "\(report.results.filter { $0.verdict.isFailure }.map { "\($0.id): \($0.message)" })")
+        // The fixture has no device class: every check that applies to it ran and passed.
+        expectEveryApplicableCheckPassed(report, deviceClass: "")
     }
 
     @Test(arguments: cases)
