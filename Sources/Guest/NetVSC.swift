@@ -107,6 +107,9 @@ public final class NetVSC: @unchecked Sendable {
     /// Writes a packet as is (tests use it to play a hostile guest).
     public func sendRaw(_ packet: Packet) throws(VMBusError) { try channel.send(packet) }
 
+    /// False once the root closed or rescinded the channel.
+    public var isOpen: Bool { channel.isOpen }
+
     private func received(_ packet: Packet) {
         switch packet.kind {
         case .completion:

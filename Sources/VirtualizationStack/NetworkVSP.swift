@@ -34,10 +34,18 @@ public final class NetworkVSP: ChannelHandler, @unchecked Sendable {
         /// Frames for the child dropped because it returned no buffer sections.
         public var droppedNoBuffers = 0
         public var malformedFromChild = 0
+        /// Receive-buffer sections announced to the child and not yet returned.
+        public var sectionsWithChild = 0
     }
 
     private var stats = Statistics()
-    public var statistics: Statistics { lock.withLock { stats } }
+    public var statistics: Statistics {
+        lock.withLock {
+            var current = stats
+            current.sectionsWithChild = announced.count
+            return current
+        }
+    }
 
     init(mac: [UInt8], context: ChannelContext, vswitch: VirtualSwitch, portName: String) throws(VirtualSwitch.PortRefused) {
         self.mac = mac

@@ -1,7 +1,9 @@
+import Demo
 import Foundation
 import Guest
 import Hypervisor
 import OyakoTestSupport
+import Synchronization
 import Testing
 import VirtualizationStack
 import VMBus
@@ -108,7 +110,27 @@ func rootStillWorks(_ system: RootSystem) throws {
     @Test func rangeOutsideTheGPADLClosesOnlyThatChannelAndKeepsAcknowledgedData() throws {
         let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
         defer { system.shutdown() }
-        let hostileDone = GuestOutcome<UInt32?>()
+        // A sibling does verified I/O before, during and after the violation.
+        let siblingRunning = DispatchSemaphore(value: 0)
+        let violationSeen = Atomic<Bool>(false)
+        let sibling = GuestOutcome<(before: Int, after: Int)>()
+        try system.startChild(name: "good", start: 8192, blocks: 8192) { os in
+            sibling.finish {
+                try os.boot()
+                let disk = try #require(try os.openStorage().first)
+                var before = 0, after = 0
+                while after < 2 {
+                    let seen = violationSeen.load(ordering: .acquiring)
+                    _ = try VerifiedIO(seed: UInt64(9 + before + after), regionBlocks: 8192).run(on: disk)
+                    if seen { after += 1 } else { before += 1 }
+                    if before == 1 && after == 0 { siblingRunning.signal() }
+                }
+                return (before, after)
+            }
+        }
+        #expect(siblingRunning.wait(timeout: .now() + 20) == .success, "the sibling's I/O is under way")
+
+        let hostileDone = GuestOutcome<(acknowledged: UInt32?, closed: Bool, offerWithdrawn: Bool)>()
         let hostile = try system.startChild(name: "hostile", start: 0, blocks: 4096) { os in
             hostileDone.finish {
                 let g = try RawStorageGuest(os: os)
@@ -119,22 +141,22 @@ func rootStillWorks(_ system: RootSystem) throws {
                 _ = try g.srb(11, .synchronizeCache, lba: 0, blocks: 0, ranges: [])
                 // ...then a read into the child's ring pages, outside the data GPADL.
                 _ = try g.srb(12, .read10, lba: 0, blocks: 8, ranges: [GPARange(gpa: g.ringGPA, length: 4096)], wait: false)
-                return acknowledged
+                let closed = os.vp.halt(until: { !g.channel.isOpen }, timeout: 10)
+                return (acknowledged, closed, !os.vmbus.offers.contains { $0.relid == g.offer.relid })
             }
         }
-        let sibling = GuestOutcome<VerifiedIO.Result>()
-        try system.startChild(name: "good", start: 8192, blocks: 8192) { os in
-            sibling.finish {
-                try os.boot()
-                return try VerifiedIO(seed: 9, regionBlocks: 8192).run(on: try #require(try os.openStorage().first))
-            }
-        }
-        #expect(try hostileDone.wait() == StorageProtocol.Status.success)
         let reason = closeReason(system, hostile)
+        violationSeen.store(true, ordering: .releasing)
+        let outcome = try hostileDone.wait()
+        #expect(outcome.acknowledged == StorageProtocol.Status.success)
         #expect(reason?.contains("outside the data buffer GPADL") == true, "\(String(describing: reason))")
-        #expect(try sibling.wait().bytesRead > 0, "the other child is unaffected")
-        // The write acknowledged before the violation is on the disk.
-        #expect(try system.disk!.read(lba: 0, count: 4096) == [UInt8](repeating: 0x5A, count: 4096))
+        #expect(outcome.closed && outcome.offerWithdrawn, "the offending child sees its channel closed and its offer rescinded")
+        let (before, after) = try sibling.wait()
+        #expect(before >= 1 && after >= 2, "the sibling's verified I/O went on across the violation (\(before) rounds before, \(after) after)")
+        // The write acknowledged before the violation is in the disk image file.
+        let image = try FileHandle(forReadingFrom: URL(fileURLWithPath: system.state + "/" + Testbed.diskImageName))
+        defer { try? image.close() }
+        #expect(try image.read(upToCount: 4096) == Data(repeating: 0x5A, count: 4096))
         try rootStillWorks(system)
     }
 

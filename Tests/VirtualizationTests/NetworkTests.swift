@@ -119,47 +119,75 @@ func networkGuest(ip: [UInt8], outcome: GuestOutcome<Int>? = nil, ready: Dispatc
             children.append(child)
         }
         #expect(ready.wait(timeout: .now() + 10) == .success && ready.wait(timeout: .now() + 10) == .success)
+        let hog = try #require(system.vms.networkProviders(of: children[0]).first)
+        let z = try #require(system.vms.networkProviders(of: children[1]).first)
         let outcome = GuestOutcome<Int>()
         let y = try system.vms.createChild(name: "y", memorySize: 8 << 20)
         system.vms.offerNetwork(to: y, vswitch: vswitch)
         system.vms.start(y) { p, vp in
             networkGuest(ip: [192, 0, 2, 22], outcome: outcome, work: { os, stack in
-                // 300 broadcasts reach both the hog and z, paced so that a
-                // guest returning its sections keeps up...
+                // 300 broadcasts reach both the hog and z, in batches of 16:
+                // each batch waits until z has received the last one and
+                // returned every section, as a guest that keeps up does...
+                let start = z.statistics.framesToChild
                 for i in 0..<300 {
                     stack.sendUDP(to: [255, 255, 255, 255], from: 9, port: 9, [1])
-                    if i % 16 == 15 { os.vp.halt(until: { false }, timeout: 0.005) }
+                    if i % 16 == 15 || i == 299 {
+                        let delivered = start + i + 1
+                        // z's progress does not interrupt this VP: look again every millisecond.
+                        let deadline = Date(timeIntervalSinceNow: 10)
+                        while !(z.statistics.framesToChild >= delivered && z.statistics.sectionsWithChild == 0) {
+                            guard Date() < deadline else { return -1 }
+                            os.vp.halt(until: { false }, timeout: 0.001)
+                        }
+                    }
                 }
                 // ...and z still answers pings afterwards.
                 return os.ping(stack, [192, 0, 2, 21], count: 3)
             })(GuestOS(name: "y", partition: p, vp: vp))
         }
         #expect(try outcome.wait() == 3)
-        let hog = try #require(system.vms.networkProviders(of: children[0]).first)
-        #expect(eventually { hog.statistics.droppedNoBuffers > 0 }, "the VSP stopped delivering to the hog")
-        let z = try #require(system.vms.networkProviders(of: children[1]).first)
+        #expect(hog.statistics.droppedNoBuffers > 0, "the VSP stopped delivering to the hog")
         #expect(z.statistics.droppedNoBuffers == 0)
     }
 
-    @Test func sendSectionOutsideTheBufferClosesTheChannel() throws {
+    @Test func sendSectionOutsideTheBufferClosesOnlyThatChannel() throws {
         let system = try RootSystem(drivers: [])
         defer { system.shutdown() }
         let vswitch = VirtualSwitch(name: "private", kind: .private)
         defer { vswitch.shutdown() }
-        let child = try system.vms.createChild(name: "bad", memorySize: 8 << 20)
-        system.vms.offerNetwork(to: child, vswitch: vswitch)
-        let done = GuestOutcome<Void>()
-        system.vms.start(child) { p, vp in
+        let ready = DispatchSemaphore(value: 0)
+        let a = try system.vms.createChild(name: "a", memorySize: 8 << 20)
+        system.vms.offerNetwork(to: a, vswitch: vswitch)
+        system.vms.start(a) { p, vp in networkGuest(ip: [192, 0, 2, 30], ready: ready)(GuestOS(name: "a", partition: p, vp: vp)) }
+        #expect(ready.wait(timeout: .now() + 10) == .success)
+
+        let bad = try system.vms.createChild(name: "bad", memorySize: 8 << 20)
+        system.vms.offerNetwork(to: bad, vswitch: vswitch)
+        let done = GuestOutcome<Bool>()
+        system.vms.start(bad) { p, vp in
             let os = GuestOS(name: "bad", partition: p, vp: vp)
             done.finish {
                 try os.boot()
                 let nic = try #require(try os.openNetwork().first)
                 let payload = NetworkProtocol.encode(.sendRNDISPacket) { $0.u32(0); $0.u32(9999); $0.u32(100) }
                 try nic.sendRaw(Packet(kind: .inband, flags: Packet.completionRequested, transactionID: 777, payload: payload))
+                return os.vp.halt(until: { !nic.isOpen }, timeout: 10)
             }
         }
-        try done.wait()
-        #expect(eventually { system.root.vmbus.eventLog.contains { $0.contains("send section 9999 is outside the send buffer") } })
+        #expect(try done.wait(), "the offending child sees its channel closed")
+        let channel = try #require(system.root.vmbus.channels(of: bad.id).values.first)
+        #expect(channel.reasonClosed?.contains("send section 9999 is outside the send buffer") == true, "\(String(describing: channel.reasonClosed))")
+
+        // After the violation another child still reaches the first one.
+        let after = GuestOutcome<Int>()
+        let b = try system.vms.createChild(name: "b", memorySize: 8 << 20)
+        system.vms.offerNetwork(to: b, vswitch: vswitch)
+        system.vms.start(b) { p, vp in
+            networkGuest(ip: [192, 0, 2, 31], outcome: after, work: { os, stack in os.ping(stack, [192, 0, 2, 30], count: 3) })(GuestOS(name: "b", partition: p, vp: vp))
+        }
+        #expect(try after.wait() == 3)
+        #expect(system.root.vmbus.channels(of: a.id).values.allSatisfy { $0.reasonClosed == nil }, "the first child's channel stayed open")
     }
 }
 

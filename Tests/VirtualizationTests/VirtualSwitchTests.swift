@@ -43,8 +43,12 @@ func eventually(_ timeout: Double = 5, _ condition: () -> Bool) -> Bool {
         #expect(eventually { a.count == 1 })
         pa.input(ethernet(to: 2, from: 1))  // now b is known too
         #expect(eventually { b.count == 2 })
-        Thread.sleep(forTimeInterval: 0.05)
-        #expect(c.count == 1, "no more flooding to c")
+        // A barrier instead of a sleep: a frame for an unknown address is
+        // flooded to c after the one before it, so once it is there, c has
+        // seen everything a would have sent it.
+        pa.input(ethernet(to: 9, from: 1, tag: 0xEE))
+        #expect(eventually { c.count >= 2 })
+        #expect(c.frames.withLock { $0.map { $0[5] } } == [2, 9], "no more flooding to c of frames for b")
         #expect(vswitch.macTable == ["02:00:00:00:00:01": "a", "02:00:00:00:00:02": "b"])
     }
 
@@ -58,8 +62,11 @@ func eventually(_ timeout: Double = 5, _ condition: () -> Bool) -> Bool {
         port.input(ethernet(to: 2, from: 1, length: 1515))             // oversize
         port.input([0x02, 0, 0, 0, 0, 2, 0x01, 0, 0, 0, 0, 1, 0x88, 0xB5])  // multicast source
         #expect(vswitch.counters(of: port).malformed == 3)
-        Thread.sleep(forTimeInterval: 0.05)
-        #expect(sink.count == 0)
+        // Barrier: a good frame after the bad ones; once it arrives, nothing
+        // that came before it is still on its way.
+        port.input(ethernet(to: 2, from: 1, tag: 0x77))
+        #expect(eventually { sink.count >= 1 })
+        #expect(sink.frames.withLock { $0 } == [ethernet(to: 2, from: 1, tag: 0x77)])
     }
 
     /// A flooding port overflows only its own queue; another port's frames
