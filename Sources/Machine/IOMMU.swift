@@ -37,7 +37,23 @@ public final class IOMMU: Sendable {
         var domains: [DomainID: [UInt64: Entry]] = [:]
         var faults = 0
         var recent: [DMAFault] = []
+        /// Domains whose accesses are being recorded, and the record.
+        var traced: Set<DomainID> = []
+        var trace: [DMAAccess] = []
     }
+
+    /// One device access that the IOMMU let through, in machine addresses
+    /// (one entry per machine-contiguous run).
+    public struct DMAAccess: Sendable, Equatable {
+        public let domain: DomainID
+        public let machineAddress: UInt64
+        public let length: Int
+        /// True when the device wrote memory.
+        public let write: Bool
+    }
+
+    /// At most this many accesses are kept while tracing; later ones are dropped.
+    public static let traceLimit = 1 << 16
 
     public let memory: PhysicalMemory
     private let state = Mutex(State())
@@ -149,6 +165,11 @@ public final class IOMMU: Sendable {
                 remaining -= chunk
             }
             if runLength > 0 { pieces.append(UnsafeMutableRawBufferPointer(start: memory.base + Int(runStart), count: runLength)) }
+            if s.traced.contains(domain) {
+                for piece in pieces where s.trace.count < Self.traceLimit {
+                    s.trace.append(DMAAccess(domain: domain, machineAddress: UInt64(piece.baseAddress! - memory.base), length: piece.count, write: write))
+                }
+            }
             return nil
         }
         if let fault {
@@ -156,6 +177,22 @@ public final class IOMMU: Sendable {
             throw fault
         }
         return pieces
+    }
+
+    /// Starts recording every access devices in `domain` make (a debugging
+    /// aid, as a bus analyser would be: where did the data really go?).
+    public func startTracing(domain: DomainID) {
+        state.withLock { $0.traced.insert(domain) }
+    }
+
+    /// Stops recording `domain` and returns its accesses since it started.
+    public func stopTracing(domain: DomainID) -> [DMAAccess] {
+        state.withLock { s in
+            s.traced.remove(domain)
+            let mine = s.trace.filter { $0.domain == domain }
+            s.trace.removeAll { $0.domain == domain }
+            return mine
+        }
     }
 
     /// Total DMA faults since the machine started.

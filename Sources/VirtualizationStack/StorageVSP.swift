@@ -129,7 +129,8 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
             finish(packet, on: channel, status: status)
         case .flush:
             disk.submit(.flush, lba: 0, blocks: 0, memory: nil) { [self] status in
-                condition.withLock { stats.flushes += 1 }
+                // Counted only when the device flushed: a failed flush is an error.
+                if status.isOK { condition.withLock { stats.flushes += 1 } }
                 finish(packet, on: channel, status: status.isOK ? StorageProtocol.Status.success : StorageProtocol.Status.ioDeviceError)
             }
         case .transfer(let operation, let start, let pieces, let total):
