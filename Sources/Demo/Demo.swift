@@ -302,7 +302,7 @@ public struct DemoRunner {
             }
             return DemoReport.DriverEntry(name: record.name, path: record.mappedPath ?? record.path, sha256: record.sha256, devices: record.devices, verified: verified)
         }
-        return DemoReport.Environment(drivers: drivers, disks: disks, problems: boot.problems)
+        return DemoReport.Environment(drivers: drivers, disks: disks, problems: boot.problems.map(\.description))
     }
 
     /// The console carries the kernel's log out through the vendor UART

@@ -19,7 +19,7 @@ public enum DriverSession {
         let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [path])
         let report = kernel.boot()
         defer { kernel.shutdown() }
-        if let problem = report.problems.first { throw Failure(description: problem) }
+        if let problem = report.problems.first { throw Failure(description: problem.description) }
         guard let bound = report.devices.first(where: { $0.driver != nil }),
             let slot = testbed.machine.bus.enumerate().first(where: { $0.address.description == bound.location }),
             let instance = kernel.instance(at: slot.address)

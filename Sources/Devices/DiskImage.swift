@@ -2,10 +2,24 @@ import Glibc
 import SystemPackage
 
 /// Why a disk image could not be used, with what to do about it.
-public struct DiskImageError: Error, CustomStringConvertible, Sendable {
-    public let path: String
-    public let message: String
-    public var description: String { "disk image \(path): \(message)" }
+/// Why a disk image could not be opened, one case per failure.
+public enum DiskImageError: Error, CustomStringConvertible, Sendable, Equatable {
+    case zeroSize(path: String)
+    case cannotOpen(path: String, Errno)
+    case cannotStat(path: String, Errno)
+    case cannotGrow(path: String, size: UInt64, Errno)
+    case tooSmall(path: String, size: UInt64, required: UInt64)
+
+    public var description: String {
+        switch self {
+        case .zeroSize(let path): "disk image \(path): requested size is 0 bytes"
+        case .cannotOpen(let path, let e): "disk image \(path): cannot open or create: \(e); check the folder exists and is writable"
+        case .cannotStat(let path, let e): "disk image \(path): cannot stat: \(e)"
+        case .cannotGrow(let path, let size, let e): "disk image \(path): cannot grow to \(size) bytes: \(e)"
+        case .tooSmall(let path, let size, let required):
+            "disk image \(path): is \(size) bytes, smaller than the \(required) bytes required; delete it to have a new one created, or pass a smaller size"
+        }
+    }
 }
 
 /// A real file behind a virtual disk. Reads and writes go straight between
@@ -21,27 +35,27 @@ public final class DiskImage: Sendable {
     /// An existing image must be at least `size` bytes; its own size is used.
     public init(path: String, size: UInt64) throws(DiskImageError) {
         self.path = path
-        guard size > 0 else { throw DiskImageError(path: path, message: "requested size is 0 bytes") }
+        guard size > 0 else { throw .zeroSize(path: path) }
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
-            throw DiskImageError(path: path, message: "cannot open or create: \(Errno(rawValue: errno)); check the folder exists and is writable")
+            throw .cannotOpen(path: path, Errno(rawValue: errno))
         }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
             let e = Errno(rawValue: errno)
             close(fd)
-            throw DiskImageError(path: path, message: "cannot stat: \(e)")
+            throw .cannotStat(path: path, e)
         }
         if st.st_size == 0 {
             guard ftruncate(fd, off_t(size)) == 0 else {
                 let e = Errno(rawValue: errno)
                 close(fd)
-                throw DiskImageError(path: path, message: "cannot grow to \(size) bytes: \(e)")
+                throw .cannotGrow(path: path, size: size, e)
             }
             self.size = size
         } else if UInt64(st.st_size) < size {
             close(fd)
-            throw DiskImageError(path: path, message: "is \(st.st_size) bytes, smaller than the \(size) bytes required; delete it to have a new one created, or pass a smaller size")
+            throw .tooSmall(path: path, size: UInt64(st.st_size), required: size)
         } else {
             self.size = UInt64(st.st_size)
         }

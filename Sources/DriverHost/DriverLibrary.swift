@@ -87,7 +87,7 @@ public final class DriverLibrary: @unchecked Sendable {
                 throw .incompatible(path: path, driver: negotiation.driverRange, host: hostABI)
             }
             if negotiation.status.isOK {
-                throw .malformedDriverTable(path: path, reason: "oy_driver_entry returned OY_OK but no driver table")
+                throw .malformedDriverTable(path: path, problem: .missing)
             }
             throw .entryFailed(path: path, status: negotiation.status)
         }
@@ -95,11 +95,11 @@ public final class DriverLibrary: @unchecked Sendable {
             negotiation.driverRange.contains(negotiation.version)
         else {
             dl.close()
-            throw .malformedDriverTable(path: path, reason: "driver chose ABI \(negotiation.version), outside the common range of host \(DriverLoadError.range(hostABI)) and driver \(DriverLoadError.range(negotiation.driverRange))")
+            throw .malformedDriverTable(path: path, problem: .versionOutsideCommonRange(chosen: negotiation.version, host: hostABI, driver: negotiation.driverRange))
         }
         if let problem = validate(table, metadata: inspection.metadata) {
             dl.close()
-            throw .malformedDriverTable(path: path, reason: problem)
+            throw .malformedDriverTable(path: path, problem: problem)
         }
 
         let library = DriverLibrary(
@@ -161,21 +161,17 @@ public final class DriverLibrary: @unchecked Sendable {
     }
 
     /// Checks the driver table the entry returned; nil when it is sound.
-    static func validate(_ table: UnsafePointer<oy_driver>, metadata: DriverMetadata) -> String? {
+    static func validate(_ table: UnsafePointer<oy_driver>, metadata: DriverMetadata) -> DriverTableProblem? {
         let t = table.pointee
         guard t.struct_size >= UInt32(MemoryLayout<oy_driver>.size) else {
-            return "struct_size is \(t.struct_size), smaller than oy_driver v1 (\(MemoryLayout<oy_driver>.size) bytes)"
+            return .tooSmall(structSize: t.struct_size, required: MemoryLayout<oy_driver>.size)
         }
         let missing = [("meta", t.meta == nil), ("init", t.`init` == nil), ("deinit", t.deinit == nil),
                        ("probe", t.probe == nil), ("attach", t.attach == nil), ("detach", t.detach == nil)]
             .filter(\.1).map(\.0)
-        guard missing.isEmpty else {
-            return "mandatory callback\(missing.count > 1 ? "s" : "") \(missing.joined(separator: ", ")) \(missing.count > 1 ? "are" : "is") NULL"
-        }
+        guard missing.isEmpty else { return .nullCallbacks(missing) }
         let bytes = [UInt8](UnsafeRawBufferPointer(start: t.meta, count: MemoryLayout<oy_driver_meta>.size))
-        guard bytes == metadata.bytes else {
-            return "oy_driver.meta differs from the file's oyako_meta section; point meta at the OY_DRIVER_METADATA object"
-        }
+        guard bytes == metadata.bytes else { return .metadataMismatch }
         return nil
     }
 

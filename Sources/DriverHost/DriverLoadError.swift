@@ -1,5 +1,5 @@
 /// Why a driver file could not be loaded, in words a vendor can act on.
-public enum DriverLoadError: Error, CustomStringConvertible, Sendable {
+public enum DriverLoadError: Error, CustomStringConvertible, Sendable, Equatable {
     case fileNotFound(path: String)
     case invalidFile(path: String, reason: String)
     case wrongArchitecture(path: String, found: String, expected: String)
@@ -10,7 +10,7 @@ public enum DriverLoadError: Error, CustomStringConvertible, Sendable {
     case entryFromOtherObject(path: String, resolvedIn: String)
     case incompatible(path: String, driver: ClosedRange<UInt32>, host: ClosedRange<UInt32>)
     case entryFailed(path: String, status: OyStatus)
-    case malformedDriverTable(path: String, reason: String)
+    case malformedDriverTable(path: String, problem: DriverTableProblem)
     case initFailed(path: String, status: OyStatus)
 
     public var description: String {
@@ -38,8 +38,8 @@ public enum DriverLoadError: Error, CustomStringConvertible, Sendable {
                     : "rebuild the driver against the current SDK (ABI \(host.upperBound))")
         case .entryFailed(let path, let status):
             return "\(path): oy_driver_entry failed with \(status)"
-        case .malformedDriverTable(let path, let reason):
-            return "\(path): malformed driver table: \(reason)"
+        case .malformedDriverTable(let path, let problem):
+            return "\(path): malformed driver table: \(problem)"
         case .initFailed(let path, let status):
             return "\(path): driver init failed with \(status)"
         }
@@ -47,6 +47,33 @@ public enum DriverLoadError: Error, CustomStringConvertible, Sendable {
 
     static func range(_ r: ClosedRange<UInt32>) -> String {
         r.lowerBound == r.upperBound ? "ABI \(r.lowerBound)" : "ABI \(r.lowerBound)–\(r.upperBound)"
+    }
+}
+
+/// What is wrong with the `oy_driver` table an entry returned.
+public enum DriverTableProblem: Sendable, Equatable, CustomStringConvertible {
+    /// The entry returned OY_OK without a table.
+    case missing
+    /// The driver chose an ABI version outside the range both speak.
+    case versionOutsideCommonRange(chosen: UInt32, host: ClosedRange<UInt32>, driver: ClosedRange<UInt32>)
+    case tooSmall(structSize: UInt32, required: Int)
+    case nullCallbacks([String])
+    /// `meta` does not point at the file's OY_DRIVER_METADATA object.
+    case metadataMismatch
+
+    public var description: String {
+        switch self {
+        case .missing:
+            "oy_driver_entry returned OY_OK but no driver table"
+        case .versionOutsideCommonRange(let chosen, let host, let driver):
+            "driver chose ABI \(chosen), outside the common range of host \(DriverLoadError.range(host)) and driver \(DriverLoadError.range(driver))"
+        case .tooSmall(let size, let required):
+            "struct_size is \(size), smaller than oy_driver v1 (\(required) bytes)"
+        case .nullCallbacks(let names):
+            "mandatory callback\(names.count > 1 ? "s" : "") \(names.joined(separator: ", ")) \(names.count > 1 ? "are" : "is") NULL"
+        case .metadataMismatch:
+            "oy_driver.meta differs from the file's oyako_meta section; point meta at the OY_DRIVER_METADATA object"
+        }
     }
 }
 

@@ -36,12 +36,30 @@ public final class Kernel: @unchecked Sendable {
         public let outcome: String
     }
 
+    /// Something boot could not do, one case per kind of failure.
+    public enum BootProblem: Error, Sendable, CustomStringConvertible {
+        /// A driver file that could not be read or loaded.
+        case unloadable(DriverLoadError)
+        /// A driver that matched a device failed to attach to it.
+        case attachFailed(device: String, AttachError)
+        /// Anything else that failed while binding a device.
+        case bindFailed(device: String, String)
+
+        public var description: String {
+            switch self {
+            case .unloadable(let error): error.description
+            case .attachFailed(let device, let error): "\(device): \(error)"
+            case .bindFailed(let device, let message): "\(device): \(message)"
+            }
+        }
+    }
+
     public struct BootReport: Sendable {
         public let environment: String
         public let drivers: [DriverRecord]
         public let devices: [DeviceRecord]
         /// Problems a person should read: unloadable files, failed attaches.
-        public let problems: [String]
+        public let problems: [BootProblem]
     }
 
     public let platform: any Platform
@@ -71,13 +89,13 @@ public final class Kernel: @unchecked Sendable {
     public func boot() -> BootReport {
         lock.withLock { booted = true }
         log.record(.info, "kernel", "booting on \(environmentName) with \(driverPaths.count) driver file(s)")
-        var problems: [String] = []
+        var problems: [BootProblem] = []
         var files: [DriverFile] = []
         for path in driverPaths {
             do {
                 files.append(try DriverFile.inspect(path: path))
             } catch {
-                problems.append(error.description)
+                problems.append(.unloadable(error))
                 log.record(.error, "kernel", error.description)
             }
         }
@@ -97,8 +115,14 @@ public final class Kernel: @unchecked Sendable {
                     outcome = "probe declined by \(file.metadata.name)"
                 } catch {
                     outcome = "failed"
-                    problems.append("\(slot.address): \(error)")
-                    log.record(.error, "kernel", "\(slot.address): \(error)")
+                    let device = slot.address.description
+                    let problem: BootProblem = switch error {
+                    case let error as AttachError: .attachFailed(device: device, error)
+                    case let error as DriverLoadError: .unloadable(error)
+                    default: .bindFailed(device: device, "\(error)")
+                    }
+                    problems.append(problem)
+                    log.record(.error, "kernel", problem.description)
                 }
             }
             devices.append(DeviceRecord(location: slot.address.description, vendorID: identity.vendorID, deviceID: identity.deviceID,

@@ -20,8 +20,9 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         let path = try Fixtures.referenceDriver()
         let result = oyako(["driver", "inspect", path])
         #expect(result.status == 0, "\(result.stderr)")
-        #expect(result.stdout.contains("nvmelite 1.0.0 — Oyako Reference Devices"))
-        #expect(result.stdout.contains("exports      oy_driver_entry\n"))
+        for field in ["nvmelite", "1.0.0", "Oyako Reference Devices", "oyako.block/1", "0a7a:0001", "oy_driver_entry"] {
+            #expect(result.stdout.contains(field), "inspect shows \(field)")
+        }
         #expect(result.stdout.contains(sha256Hex(ofFile: path)!))
     }
 
@@ -38,7 +39,8 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
     @Test func inspectOfABadFileFailsWithAMessage() throws {
         let result = oyako(["driver", "inspect", "/nonexistent/driver.so"])
         #expect(result.status == 1)
-        #expect(result.stderr.contains("no such file"))
+        #expect(result.stderr.contains("/nonexistent/driver.so"), "the error names the file: \(result.stderr)")
+        #expect(result.stdout.isEmpty)
     }
 
     @Test(arguments: ["demo", "bench"])
@@ -61,7 +63,8 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         try "this is not C".write(toFile: dir + "/broken.c", atomically: true, encoding: .utf8)
         let result = oyako(["driver", "build", dir])
         #expect(result.status == 1)
-        #expect(result.stderr.contains("failed"), "\(result.stderr)")
+        #expect(result.stderr.contains("broken.c"), "the compiler's diagnostics for the file are shown: \(result.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/broken.so"))
     }
 
     @Test func demoJSONShowsTheMappedFileAndVerifiedIO() throws {
@@ -154,12 +157,13 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(ok.status == 0 && ok.stdout == "0\n", "\(ok.output)")
         let range = oyako(["driver", "call", uart, "set_baud", "57601"])
         #expect(range.stdout.contains("-11 (OY_E_RANGE"), "\(range.stdout)")
+        // Refused before the driver is called: the error names what is wrong.
         let count = oyako(["driver", "call", uart, "set_baud"])
-        #expect(count.status == 1 && count.stderr.contains("takes 1 argument(s) (i32(u32)), got 0"), "\(count.stderr)")
+        #expect(count.status == 1 && count.stdout.isEmpty && count.stderr.contains("set_baud"), "\(count.stderr)")
         let type = oyako(["driver", "call", uart, "set_baud", "-5"])
-        #expect(type.status == 1 && type.stderr.contains("is not a valid u32"), "\(type.stderr)")
+        #expect(type.status == 1 && type.stdout.isEmpty && type.stderr.contains("-5"), "\(type.stderr)")
         let unknown = oyako(["driver", "call", uart, "reboot"])
-        #expect(unknown.status == 1 && unknown.stderr.contains("has no control method \"reboot\""))
+        #expect(unknown.status == 1 && unknown.stdout.isEmpty && unknown.stderr.contains("reboot"), "\(unknown.stderr)")
         let nvme = oyako(["driver", "call", try Fixtures.referenceDriver(), "block_count"])
         #expect(nvme.stdout == "32768\n", "\(nvme.output)")
     }

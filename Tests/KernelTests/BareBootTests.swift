@@ -187,8 +187,9 @@ import Workloads
         defer { system.shutdown() }
         #expect(system.report.devices.first { $0.deviceID == 1 }?.outcome == "failed")
         let problem = try #require(system.report.problems.first)
-        #expect(problem.contains("attach to 00:01.0 failed with OY_E_IO: device reported an I/O error"), "\(problem)")
-        #expect(problem.contains("leaked: "), "\(problem)")
+        guard case .attachFailed(let device, let error) = problem else { Issue.record("expected .attachFailed, got \(problem)"); return }
+        #expect(device == "00:01.0" && error.status == .io, "\(problem)")
+        #expect(!error.leaked.isEmpty, "the failure path's leaks are reported: \(problem)")
         #expect(system.machine.iommu.mappedPages(domain: Bus.domain(of: system.testbed.nvmeSlot.address)) == 0)
     }
 
@@ -203,6 +204,10 @@ import Workloads
         let system = try Fixtures.bareSystem(drivers: ["/nonexistent/driver.so", try Fixtures.referenceDriver()])
         defer { system.shutdown() }
         #expect(system.report.problems.count == 1)
+        guard case .unloadable(.fileNotFound(path: "/nonexistent/driver.so"))? = system.report.problems.first else {
+            Issue.record("expected the missing file as .unloadable, got \(system.report.problems)")
+            return
+        }
         #expect(system.report.devices.first { $0.deviceID == 1 }?.outcome == "attached")
     }
 

@@ -129,12 +129,12 @@ import Testing
         let dir = Fixtures.temporaryDirectory()
         #expect(FileManager.default.createFile(atPath: dir + "/small.img", contents: Data(count: 4096)))
         let error = #expect(throws: DiskImageError.self) { try DiskImage(path: dir + "/small.img", size: 1 << 20) }
-        #expect(error?.description.contains("smaller than the 1048576 bytes required") == true)
+        #expect(error == .tooSmall(path: dir + "/small.img", size: 4096, required: 1 << 20))
     }
 
     @Test func reportsAFolderThatDoesNotExist() throws {
         let error = #expect(throws: DiskImageError.self) { try DiskImage(path: "/nonexistent-oyako-dir/d.img", size: 4096) }
-        #expect(error?.description.contains("cannot open or create") == true)
+        #expect(error == .cannotOpen(path: "/nonexistent-oyako-dir/d.img", .noSuchFileOrDirectory))
     }
 
     @Test func writesReachTheFileAndFlushSucceeds() throws {
