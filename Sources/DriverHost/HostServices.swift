@@ -63,7 +63,18 @@ final class ScheduledItem: Resource, @unchecked Sendable {
         self.item = item
         super.init(kind: kind, detail: "", owner: owner)
     }
-    override func reclaim() { Scheduler.shared.retire(item) }
+    /// Cancels the item for good and waits for a run in progress.
+    func retire() {
+        do {
+            try Scheduler.shared.retire(item)
+        } catch {
+            // Waiting would deadlock; the item is cancelled and its current
+            // run is its last.
+            owner.library?.recordViolation("\(kind) destroyed from its own callback, which cannot wait for itself to return; destroy it from another [passive] context")
+        }
+    }
+
+    override func reclaim() { retire() }
 }
 
 final class HostLock: Resource, @unchecked Sendable {
@@ -508,11 +519,16 @@ enum HostServices {
             unattributed("\(service) is [passive] but was called from [interrupt] context")
             return
         }
-        guard let item = ResourceOwner.release(handle, as: ScheduledItem.self) else {
-            unattributed("\(service) with an invalid handle")
+        guard let item = resource(handle, ScheduledItem.self, service: service) else { return }
+        // Cancel and wait first, with the handle still valid: a run in
+        // progress may queue (or arm) the item again, which is then dropped
+        // quietly, as Linux's cancel_work_sync allows. Then free.
+        item.retire()
+        guard let released = ResourceOwner.release(handle, as: ScheduledItem.self) else {
+            unattributed("\(service) of an item another thread destroyed meanwhile")
             return
         }
-        item.reclaim()
+        released.reclaim()
     }
 }
 

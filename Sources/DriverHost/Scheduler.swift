@@ -8,14 +8,21 @@ final class Scheduler: @unchecked Sendable {
     // @unchecked Sendable: all state is guarded by `condition`.
     static let shared = Scheduler(workers: 2)
 
+    /// A work item or timer. An item never runs on two workers at once:
+    /// queued while it runs, it runs again after the current run returns.
     final class Item: @unchecked Sendable {
         // Guarded by the scheduler's condition.
         let callback: @Sendable () -> Void
+        /// Wants a run: in `ready`, or (while running) to be put there when
+        /// the run returns.
         var queued = false
-        var running = false
+        /// The worker running the callback, while it runs.
+        var runner: pthread_t?
         var cancelled = false
         /// Timers only: the deadline while armed.
         var deadline: UInt64?
+
+        var running: Bool { runner != nil }
 
         init(callback: @escaping @Sendable () -> Void) { self.callback = callback }
     }
@@ -35,15 +42,22 @@ final class Scheduler: @unchecked Sendable {
         t.start()
     }
 
-    /// Queues `item` unless it is already queued. [any-thread]
+    /// Queues `item` unless it is already queued. Queued while it runs, it
+    /// runs once more after the current run. [any-thread]
     func queue(_ item: Item) {
         condition.lock()
-        if !item.queued && !item.cancelled {
-            item.queued = true
+        enqueueLocked(item)
+        condition.unlock()
+    }
+
+    private func enqueueLocked(_ item: Item) {
+        guard !item.queued && !item.cancelled else { return }
+        item.queued = true
+        // A running item goes to `ready` when its run returns (workerLoop).
+        if !item.running {
             ready.append(item)
             condition.broadcast()
         }
-        condition.unlock()
     }
 
     /// Arms a timer item to be queued after `delay` nanoseconds. [any-thread]
@@ -69,16 +83,24 @@ final class Scheduler: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// Cancels for good and waits until a running callback has returned.
-    func retire(_ item: Item) {
+    /// Why `retire` refused to wait.
+    enum RetireError: Error {
+        /// Called from the item's own callback, which would wait for itself.
+        case fromOwnCallback
+    }
+
+    /// Cancels for good and waits until a running callback has returned;
+    /// afterwards the callback never runs again.
+    func retire(_ item: Item) throws(RetireError) {
         condition.lock()
+        defer { condition.unlock() }
         item.cancelled = true
         item.deadline = nil
         timers.removeAll { $0 === item }
         ready.removeAll { $0 === item }
         item.queued = false
+        if let runner = item.runner, pthread_equal(runner, pthread_self()) != 0 { throw .fromOwnCallback }
         while item.running { condition.wait() }
-        condition.unlock()
     }
 
     private func workerLoop() {
@@ -87,12 +109,14 @@ final class Scheduler: @unchecked Sendable {
             while ready.isEmpty { condition.wait() }
             let item = ready.removeFirst()
             item.queued = false
-            item.running = true
+            item.runner = pthread_self()
             condition.unlock()
             oy_shim_set_context(0, nil)
             item.callback()
             condition.lock()
-            item.running = false
+            item.runner = nil
+            // Queued again while it ran: now it may run again.
+            if item.queued && !item.cancelled { ready.append(item) }
             condition.broadcast()
         }
     }

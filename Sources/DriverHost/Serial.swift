@@ -32,9 +32,11 @@ public final class RegisteredSerialPort: Resource, @unchecked Sendable {
     public let binding: DeviceBinding
     let ops: oy_serial_ops
     let instance: UnsafeMutableRawPointer?
-    private let lock = NSLock()
+    private let lock = NSCondition()
     private var line_: SerialLine
     private var unregistered = false
+    /// Calls into the driver's `write` in progress; unregister waits for them.
+    private var writesInProgress = 0
     private weak var receiver_: (any SerialReceiver)?
 
     init?(binding: DeviceBinding, line: oy_serial_line, ops: oy_serial_ops, instance: UnsafeMutableRawPointer?) {
@@ -56,7 +58,18 @@ public final class RegisteredSerialPort: Resource, @unchecked Sendable {
 
     /// Queues what fits; returns how many bytes the driver took.
     public func write(_ bytes: UnsafeRawBufferPointer) -> Result<Int, OyStatus> {
-        guard !lock.withLock({ unregistered }) else { return .failure(.deviceGone) }
+        let admitted = lock.withLock { () -> Bool in
+            guard !unregistered else { return false }
+            writesInProgress += 1
+            return true
+        }
+        guard admitted else { return .failure(.deviceGone) }
+        defer {
+            lock.withLock {
+                writesInProgress -= 1
+                lock.broadcast()
+            }
+        }
         var written: UInt32 = 0
         let status = OyStatus(ops.write(instance, bytes.baseAddress, UInt32(bytes.count), &written))
         guard status.isOK else { return .failure(status) }
@@ -82,10 +95,14 @@ public final class RegisteredSerialPort: Resource, @unchecked Sendable {
 
     fileprivate func target() -> (any SerialReceiver)? { lock.withLock { unregistered ? nil : receiver_ } }
 
+    /// No more writes reach the driver; one in progress is waited for, so
+    /// that after unregister_port returns the driver's `write` is not running.
     func unregister() {
         let first = lock.withLock { () -> Bool in
-            defer { unregistered = true }
-            return !unregistered
+            let first = !unregistered
+            unregistered = true
+            while writesInProgress > 0 { lock.wait() }
+            return first
         }
         if first { binding.library.environment.serialUnregistered(self) }
     }

@@ -299,7 +299,12 @@ public final class KernelLog: Sendable {
             $0.append(Entry(level: level, source: source, message: message))
             if $0.count > 4096 { $0.removeFirst(1024) }
         }
-        if level <= .info, let port = console.withLock({ $0 }) {
+        // Lines logged from inside a serial driver's write (on a port's
+        // transmit queue) are kept but not written to the console: writing
+        // them would feed the console driver its own output (Linux drops
+        // console recursion the same way). Other lines are queued, never
+        // written on the logging thread.
+        if level <= .info, !SerialPort.onTransmitQueue, let port = console.withLock({ $0 }) {
             port.write("[\(level)] [\(source)] \(message)\r\n")
         }
         guard level <= echoLevel else { return }

@@ -4,48 +4,99 @@ import Synchronization
 
 /// A serial port of the OS (ttyS0...): buffered output written as the
 /// driver takes it, input collected in order for readers.
+///
+/// Output goes to the driver from this port's own transmit queue, never on
+/// the thread that wrote it: a driver that logs from its own `write` while
+/// holding its own lock (the console is a serial port), or that reports
+/// `tx_ready` from its interrupt handler, is never called back into on that
+/// thread (as Linux defers console output to a context of its own).
 public final class SerialPort: SerialReceiver, @unchecked Sendable {
     // @unchecked Sendable: mutable state is guarded by `lock`.
     public let name: String
     public let port: RegisteredSerialPort
     private let lock = NSLock()
     private var pending: [UInt8] = []
+    /// A drain is queued or running on `transmitQueue`.
+    private var draining = false
+    /// The driver made room (tx_ready) while a drain ran.
+    private var kicked = false
     private var input: [UInt8] = []
     private var lostBytes = 0
     private let arrived = NSCondition()
     private var inputHandler: (@Sendable ([UInt8]) -> Void)?
+    private let transmitQueue: DispatchQueue
 
     /// Bytes kept unread before the oldest are dropped.
     public static let inputLimit = 1 << 20
+    /// Marks a port's transmit queue: code running there is inside a driver's
+    /// `write` for output the OS queued earlier.
+    static let transmitKey = DispatchSpecificKey<ObjectIdentifier>()
 
     init(name: String, port: RegisteredSerialPort) {
         self.name = name
         self.port = port
+        transmitQueue = DispatchQueue(label: "oyako.\(name).transmit")
+        transmitQueue.setSpecific(key: Self.transmitKey, value: ObjectIdentifier(port))
     }
 
     public var line: SerialLine { port.line }
     public var lost: Int { lock.withLock { lostBytes } }
 
-    /// Queues bytes for output; they leave as fast as the driver takes them.
+    /// True on a serial port's transmit queue, that is inside a serial
+    /// driver's `write`.
+    static var onTransmitQueue: Bool { DispatchQueue.getSpecific(key: transmitKey) != nil }
+
+    /// Queues bytes for output; they leave as fast as the driver takes them,
+    /// in order, from the port's transmit queue. [any-thread]
     public func write(_ bytes: [UInt8]) {
         lock.withLock { pending += bytes }
-        pump()
+        startDrain(driverMadeRoom: false)
     }
 
     public func write(_ text: String) { write(Array(text.utf8)) }
 
-    private func pump() {
-        lock.lock()
-        defer { lock.unlock() }
-        while !pending.isEmpty {
-            let result = pending.withUnsafeBytes { port.write($0) }
-            guard case .success(let n) = result, n > 0 else { return }
-            pending.removeFirst(n)
-        }
-    }
-
     /// Bytes not yet accepted by the driver.
     public var unsent: Int { lock.withLock { pending.count } }
+
+    /// Starts a drain unless one is under way; a running drain picks up new
+    /// output itself, and is told when the driver made room.
+    private func startDrain(driverMadeRoom: Bool) {
+        let start = lock.withLock { () -> Bool in
+            if draining {
+                if driverMadeRoom { kicked = true }
+                return false
+            }
+            draining = true
+            return true
+        }
+        if start { transmitQueue.async { self.drain() } }
+    }
+
+    /// Feeds the driver until it has everything or takes no more; a later
+    /// `transmitReady` or `write` starts the next drain.
+    private func drain() {
+        while true {
+            let chunk = lock.withLock { () -> [UInt8] in
+                kicked = false
+                if pending.isEmpty { draining = false }
+                return Array(pending.prefix(4096))
+            }
+            if chunk.isEmpty { return }
+            // No lock held: the driver may call any host service from here.
+            let result = chunk.withUnsafeBytes { port.write($0) }
+            let more = lock.withLock { () -> Bool in
+                if case .success(let n) = result, n > 0 {
+                    pending.removeFirst(n)
+                    return true
+                }
+                // Full or failed: wait for tx_ready, unless it came meanwhile.
+                if kicked { return true }
+                draining = false
+                return false
+            }
+            if !more { return }
+        }
+    }
 
     /// Also hands every received chunk to `handler` as it arrives.
     public func onInput(_ handler: (@Sendable ([UInt8]) -> Void)?) {
@@ -83,7 +134,7 @@ public final class SerialPort: SerialReceiver, @unchecked Sendable {
         handler?(chunk)
     }
 
-    public func transmitReady(on port: RegisteredSerialPort) { pump() }
+    public func transmitReady(on port: RegisteredSerialPort) { startDrain(driverMadeRoom: true) }
 
     public func lost(_ count: Int, on port: RegisteredSerialPort) {
         lock.withLock { lostBytes += count }

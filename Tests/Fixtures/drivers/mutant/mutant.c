@@ -172,9 +172,102 @@ static int32_t mutant_detach(void *instance) {
     return OY_OK;
 }
 
+/* ---- host-service stress, as control methods ---------------------------------------- */
+
+/* One work item's shared state: the worker and the caller both touch it. */
+typedef struct stress_state {
+    const oy_host *host;
+    oy_work *work;
+    int starts; /* runs of stress_fn started (atomic) */
+    int active; /* runs of stress_fn in progress (atomic) */
+    int runs;   /* runs completed (atomic) */
+    int requeue; /* the next run queues the item again (atomic) */
+} stress_state;
+
+static void stress_spin(const oy_host *h, uint64_t ns) {
+    uint64_t until = h->monotonic_ns(h) + ns;
+    while (h->monotonic_ns(h) < until) {
+    }
+}
+
+/* [passive] A bottom half that takes a little while. */
+static void stress_fn(void *arg) {
+    stress_state *s = (stress_state *)arg;
+    __atomic_add_fetch(&s->active, 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&s->starts, 1, __ATOMIC_SEQ_CST);
+    /* More work arrived while this ran, as an interrupt would announce it. */
+    if (__atomic_exchange_n(&s->requeue, 0, __ATOMIC_SEQ_CST)) s->host->work_queue(s->work);
+    stress_spin(s->host, 100000);
+    __atomic_add_fetch(&s->runs, 1, __ATOMIC_SEQ_CST);
+    __atomic_sub_fetch(&s->active, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Each round: queue an item that queues itself again when it starts; queue
+ * it again from this thread too while it runs (as an interrupt handler
+ * queuing its bottom half does); destroy it, at once or after a short sleep;
+ * and check the header's promise: when work_destroy returns, the function is
+ * not running and never runs again. Returns the number of rounds that broke it, or a negative
+ * error code. */
+static int32_t mutant_m_work_destroy_races(void *instance, uint32_t rounds) {
+    mutant_dev *d = (mutant_dev *)instance;
+    const oy_host *h;
+    stress_state s;
+    oy_event *pause = NULL;
+    int32_t broken = 0;
+    uint32_t round;
+    if (!oy_instance_contains(&mutant_instances, d)) return OY_E_STATE;
+    if (rounds > 1000) return OY_E_RANGE;
+    h = d->ctx->host;
+    if (h->event_create(h, d->device, &pause) != OY_OK) return OY_E_NOMEM;
+    for (round = 0; round < rounds; round++) {
+        uint64_t deadline;
+        int runs;
+        memset(&s, 0, sizeof(s));
+        s.host = h;
+        s.requeue = 1;
+        if (h->work_create(h, d->device, stress_fn, &s, &s.work) != OY_OK) {
+            h->event_destroy(pause);
+            return OY_E_NOMEM;
+        }
+        h->work_queue(s.work);
+        deadline = h->monotonic_ns(h) + 1000000000ull;
+        while (__atomic_load_n(&s.starts, __ATOMIC_SEQ_CST) == 0 && h->monotonic_ns(h) < deadline) {
+        }
+        h->work_queue(s.work);
+        /* Destroy at varying points of the run: at once, or after sleeping
+         * a little (so another worker has a processor and may pick the item
+         * up again). */
+        if (round % 10 != 0) (void)h->event_wait(pause, (uint64_t)(round % 10) * 20000);
+        h->work_destroy(s.work);
+        if (__atomic_load_n(&s.active, __ATOMIC_SEQ_CST) != 0) {
+            broken++;
+            /* s lives on this stack: let the stray run finish before reuse. */
+            while (__atomic_load_n(&s.active, __ATOMIC_SEQ_CST) != 0) {
+            }
+            continue;
+        }
+        runs = __atomic_load_n(&s.runs, __ATOMIC_SEQ_CST);
+        stress_spin(h, 200000);
+        if (__atomic_load_n(&s.runs, __ATOMIC_SEQ_CST) != runs || __atomic_load_n(&s.active, __ATOMIC_SEQ_CST) != 0) {
+            broken++;
+            while (__atomic_load_n(&s.active, __ATOMIC_SEQ_CST) != 0) {
+            }
+        }
+    }
+    h->event_destroy(pause);
+    return broken;
+}
+
+static const oy_control_method mutant_methods[] = {
+    {sizeof(oy_control_method), 0, "work_destroy_races", "i32(u32)",
+     "Rounds (at most 1000) in which work_destroy returned while the item ran or before its last run", (oy_control_fn)mutant_m_work_destroy_races},
+};
+
+static const oy_control_table mutant_control = {sizeof(oy_control_table), 1, mutant_methods};
+
 static const void *mutant_get_extension(void *instance, const char *id) {
     (void)instance;
-    (void)id;
+    if (id != NULL && strcmp(id, OY_CONTROL_EXTENSION) == 0) return &mutant_control;
     return NULL;
 }
 
