@@ -141,6 +141,39 @@ import Testing
     }
 }
 
+/// A console driver that logs from inside its own `write`, holding its own
+/// lock: the host must not feed that line back into the same driver on the
+/// same thread (which deadlocked), nor loop writing the driver's own chatter.
+@Suite struct ConsoleReentryTests {
+    static let logsInWrite = [(
+        "    if (d == NULL || written == NULL || (length > 0 && data == NULL)) return OY_E_INVALID;\n    d->host->lock_acquire(d->lock);\n",
+        "    if (d == NULL || written == NULL || (length > 0 && data == NULL)) return OY_E_INVALID;\n    d->host->lock_acquire(d->lock);\n"
+            + "    d->host->log(d->host, d->device, OY_LOG_INFO, \"u_write: queuing output\");\n"
+    )]
+
+    @Test func aConsoleDriverThatLogsInItsWriteNeitherDeadlocksNorFeedsItself() throws {
+        let s = try Fixtures.bareSystem(drivers: [try Fixtures.mutatedReferenceDriver("uart16550", Self.logsInWrite)])
+        defer { s.shutdown() }
+        let tty = try #require(s.kernel.serial.console)
+        // On a thread of its own, so that a deadlock fails this test instead
+        // of hanging the suite.
+        let out = (0..<600).map { UInt8(truncatingIfNeeded: $0 * 7 + 3) }
+        let delivered = DispatchSemaphore(value: 0)
+        let result = Mutex<Bool>(false)
+        Thread.detachNewThread {
+            result.withLock { $0 = NetChecks.serialOut(tty, s.testbed.console, out, timeout: 10) }
+            delivered.signal()
+        }
+        #expect(delivered.wait(timeout: .now() + 20) == .success, "writing to the console came back")
+        #expect(result.withLock { $0 }, "the bytes reached the line in order")
+        // The driver's lines were logged, and none reached its own console.
+        #expect(s.kernel.log.all.contains { $0.source.hasPrefix("uart16550") && $0.message == "u_write: queuing output" })
+        let line = String(decoding: s.testbed.console.contents, as: UTF8.self)
+        #expect(!line.contains("u_write: queuing output"), "the console driver's own lines are not written back into it")
+        #expect(tty.unsent == 0, "the console drained: no loop of the driver's own chatter")
+    }
+}
+
 /// A thread-safe list of link events for one test.
 final class GuestOutcomeBox: @unchecked Sendable {
     private let condition = NSCondition()

@@ -45,6 +45,34 @@ public enum Fixtures {
         try build(directory: repositoryRoot + "/Plugins/" + name, name: name, defines: defines)
     }
 
+    /// A copy of a reference driver from Plugins/ with source edits: each
+    /// `(original, replacement)` must match exactly once. The test corpus
+    /// uses these for defects that belong to no reference driver.
+    public static func mutatedReferenceDriver(_ name: String, _ edits: [(String, String)]) throws -> String {
+        let key = (["mutated", name] + edits.flatMap { [$0.0, $0.1] }).joined(separator: "|")
+        let digest = String(UInt32(truncatingIfNeeded: key.hashValue), radix: 16)
+        let directory = root + "/sources/\(name)-\(digest)"
+        try? FileManager.default.removeItem(atPath: directory)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let original = repositoryRoot + "/Plugins/" + name
+        for file in try FileManager.default.contentsOfDirectory(atPath: original) where file.hasSuffix(".c") || file.hasSuffix(".h") {
+            var text = try String(contentsOfFile: original + "/" + file, encoding: .utf8)
+            for (from, to) in edits where text.contains(from) {
+                let pieces = text.components(separatedBy: from)
+                guard pieces.count == 2 else { throw DriverBuilder.BuildError(message: "\(name)/\(file): the edit's original text occurs \(pieces.count - 1) times") }
+                text = pieces.joined(separator: to)
+            }
+            try text.write(toFile: directory + "/" + file, atomically: true, encoding: .utf8)
+        }
+        for (from, _) in edits {
+            let all = try FileManager.default.contentsOfDirectory(atPath: original).compactMap { try? String(contentsOfFile: original + "/" + $0, encoding: .utf8) }
+            guard all.contains(where: { $0.contains(from) }) else {
+                throw DriverBuilder.BuildError(message: "\(name): no source file contains the edit's original text: \(from.prefix(60))")
+            }
+        }
+        return try build(directory: directory, name: name, defines: ["OY_FIXTURE_MUTATION_\(digest)"])
+    }
+
     /// A fixture driver from Tests/Fixtures/drivers/, optionally with `defines`.
     public static func fixtureDriver(_ name: String = "mutant", defines: [String] = []) throws -> String {
         try build(directory: repositoryRoot + "/Tests/Fixtures/drivers/" + name, name: name, defines: defines)

@@ -82,7 +82,13 @@ struct oy_host {
 
     /* ---- logging and time ------------------------------------------------ */
 
-    /* Log one line. `device` may be NULL. `message` is copied. [any-thread] */
+    /* Log one line. `device` may be NULL. `message` is copied before this
+     * returns. [any-thread], also from [interrupt] and with the driver's own
+     * locks held: it never calls back into this driver on this thread. The
+     * host records the line and may show it on the console (a serial port,
+     * perhaps driven by this very driver) later, from a thread of its own;
+     * lines a console driver logs from inside its own `write` are recorded
+     * but not written back to that console. It does not block on I/O. */
     void (*log)(const oy_host *host, oy_device *device, int32_t level, const char *message);
 
     /* Monotonic time in nanoseconds. [any-thread] */

@@ -48,11 +48,15 @@ typedef struct oy_host_serial {
     uint32_t reserved;
     /* Register a port for `device`. `line` and `ops` are copied. [passive] */
     int32_t (*register_port)(oy_device *device, const oy_serial_line *line, const oy_serial_ops *ops, void *instance, oy_serial **out);
-    /* Unregister: the OS writes nothing more. [passive] */
+    /* Unregister: the OS writes nothing more. Waits for a `write` call in
+     * progress to return, so do not hold a lock your `write` takes while
+     * calling it. [passive] */
     void (*unregister_port)(oy_serial *port);
     /* Bytes arrived, in order; copied before return. [any-thread] */
     void (*receive)(oy_serial *port, const void *data, uint32_t length);
-    /* The transmit buffer has room again after a short write. [any-thread] */
+    /* The transmit buffer has room again after a short write. The OS
+     * writes more from a thread of its own, never from inside this call.
+     * [any-thread] */
     void (*tx_ready)(oy_serial *port);
     /* Bytes were lost (receive overrun, framing error). [any-thread] */
     void (*error)(oy_serial *port, uint32_t lost);
