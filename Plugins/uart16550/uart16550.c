@@ -69,12 +69,20 @@ static oy_instance_set u_instances;
 static uint8_t u_in(u_dev *d, uint32_t reg) { return d->host->port_in8(d->ports, reg); }
 static void u_out(u_dev *d, uint32_t reg, uint8_t v) { d->host->port_out8(d->ports, reg, v); }
 
+/* Reads LSR. Reading clears OE, so every read reports an overrun it shows:
+ * the hardware cannot count lost bytes, so each OE is one error report. */
+static uint8_t u_lsr(u_dev *d) {
+    uint8_t lsr = u_in(d, U_LSR);
+    if (lsr != 0xFFu && (lsr & U_LSR_OE) && d->port) d->ctx->serial->error(d->port, 1);
+    return lsr;
+}
+
 /* Moves up to a FIFO's worth from the ring to the transmitter. Caller holds
  * the lock. Returns nonzero if a writer was waiting for room. */
 static int u_fill_fifo(u_dev *d) {
     uint32_t n = 0;
     int wake;
-    if (!(u_in(d, U_LSR) & U_LSR_THRE)) return 0;
+    if (!(u_lsr(d) & U_LSR_THRE)) return 0;
     while (d->tx_count > 0 && n < U_FIFO) {
         u_out(d, U_THR, d->tx[d->tx_head]);
         d->tx_head = (d->tx_head + 1u) % U_TX_RING;
@@ -97,11 +105,11 @@ static void u_irq(void *arg) {
         if (iir == 0xFFu || (iir & 0x01u)) break; /* gone, or nothing pending */
         switch (iir & 0x0Eu) {
         case 0x06: /* line status */
-            if ((u_in(d, U_LSR) & U_LSR_OE) && d->port) d->ctx->serial->error(d->port, 1);
+            (void)u_lsr(d);
             break;
         case 0x04: /* received data */
         case 0x0C: /* character timeout */
-            while (n < sizeof(buffer) && (u_in(d, U_LSR) & U_LSR_DR)) buffer[n++] = u_in(d, U_RBR);
+            while (n < sizeof(buffer) && (u_lsr(d) & U_LSR_DR)) buffer[n++] = u_in(d, U_RBR);
             if (n > 0 && d->port) d->ctx->serial->receive(d->port, buffer, n);
             break;
         case 0x02: { /* transmitter empty */

@@ -60,7 +60,7 @@ final class Rig: @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
         machine = try Machine(configuration: .init(memorySize: environment == .root ? 160 << 20 : 64 << 20, hypervisorRole: environment == .root))
         let metadata = file.metadata
-        let wanted = Set([NVMeLite.deviceID, E1KLite.deviceID, UART16550.deviceID, RNGLite.deviceID].filter { metadata.matches(vendorID: 0x0A7A, deviceID: $0) })
+        let wanted = Set(Self.offeredDevices.filter { metadata.matches(vendorID: $0.vendorID, deviceID: $0.deviceID) }.map(\.deviceID))
         for copy in 0..<copies {
             if wanted.contains(NVMeLite.deviceID) {
                 let nvme = NVMeLite(disk: try DiskImage(path: "\(state)/disk\(copy).img", size: 8 << 20))
@@ -97,9 +97,20 @@ final class Rig: @unchecked Sendable {
         if load { library = try kernel.loadDriver(path: context.driverPath) }
     }
 
+    /// The devices a check can plug in for a driver, by the IDs it binds.
+    static let offeredDevices: [(name: String, vendorID: UInt16, deviceID: UInt16, what: String)] = [
+        ("nvmelite", NVMeLite.vendorID, NVMeLite.deviceID, "NVMe-style storage, oyako.block/1"),
+        ("e1klite", E1KLite.vendorID, E1KLite.deviceID, "Ethernet, oyako.net/1"),
+        ("uart16550", UART16550.vendorID, UART16550.deviceID, "16550A serial port, oyako.serial/1"),
+        ("rnglite", RNGLite.vendorID, RNGLite.deviceID, "entropy source"),
+    ]
+
     /// Attaches the driver to the `index`th device it binds.
     func attach(_ index: Int = 0) throws -> DriverInstance {
-        guard index < slots.count else { throw CheckFailure("the driver binds none of the suite's reference devices (it lists \(file.metadata.deviceIDs.map(\.description)))") }
+        guard index < slots.count else {
+            let offered = Self.offeredDevices.map { "\($0.name) \(String(format: "%04x:%04x", $0.vendorID, $0.deviceID)) (\($0.what), SDK/datasheets/\($0.name).md)" }
+            throw CheckFailure("the driver binds none of the devices the suite offers: \(offered.joined(separator: "; ")); its metadata lists \(file.metadata.deviceIDs.map(\.description).joined(separator: ", "))")
+        }
         do {
             return try kernel.attach(library, to: slots[index])
         } catch {
@@ -120,6 +131,26 @@ final class Rig: @unchecked Sendable {
             Thread.sleep(forTimeInterval: 0.005)
         } while Date() < deadline
         return false
+    }
+
+    /// Runs `written` (which writes `bytes` to the port) and measures the
+    /// line rate at the far end: bytes per second from the run's first byte
+    /// on the line to its last. nil when the bytes never appear there as one
+    /// run in order.
+    static func lineRate(of bytes: [UInt8], written: () -> Void, log: SerialLog, timeout: Double) -> Double? {
+        let before = log.contents.count
+        written()
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        repeat {
+            let seen = Array(log.waitFor(log.contents.count + 1, timeout: 0.2).dropFirst(before))
+            if seen.count >= bytes.count {
+                for i in 0...(seen.count - bytes.count) where seen[i] == bytes[0] && Array(seen[i..<(i + bytes.count)]) == bytes {
+                    guard let first = log.arrivalTime(ofByteAt: before + i), let last = log.arrivalTime(ofByteAt: before + i + bytes.count - 1), last > first else { return nil }
+                    return Double(bytes.count - 1) / (Double(last - first) / 1e9)
+                }
+            }
+        } while Date() < deadline
+        return nil
     }
 
     func shutdown() {

@@ -32,7 +32,11 @@ public final class UART16550: BusDevice, @unchecked Sendable {
     public struct Statistics: Sendable {
         public var transmitted = 0
         public var received = 0
+        /// Bytes lost because the receive FIFO was full.
         public var overruns = 0
+        /// LSR reads that reported OE to the driver (each clears it): the
+        /// overrun indications a driver saw and must report.
+        public var overrunIndications = 0
     }
 
     private let engine = DeviceThread()
@@ -102,6 +106,7 @@ public final class UART16550: BusDevice, @unchecked Sendable {
                 guard !rxFIFO.isEmpty else { return 0 }
                 let byte = rxFIFO.removeFirst()
                 updateInterruptLocked()
+                if rxFIFO.isEmpty { condition.broadcast() }  // for waitUntilReceiveFIFOEmpty
                 return byte
             case 1: return dlab ? UInt8(divisor >> 8) : ier
             case 2:
@@ -118,6 +123,7 @@ public final class UART16550: BusDevice, @unchecked Sendable {
                 // With FIFOs on, THRE means the whole transmit FIFO is
                 // empty: the driver may then write up to 16 bytes.
                 if txFIFO.isEmpty { lsr |= 0x20 | 0x40 }
+                if overrun { stats.overrunIndications += 1 }
                 overrun = false  // cleared on read
                 updateInterruptLocked()
                 return lsr
@@ -171,15 +177,44 @@ public final class UART16550: BusDevice, @unchecked Sendable {
         if identificationLocked() & 1 == 0 { port?.raiseInterrupt(0) }
     }
 
-    /// Moves bytes at the line rate in both directions.
+    /// Waits until the driver has read everything in the receive FIFO;
+    /// false on timeout.
+    public func waitUntilReceiveFIFOEmpty(timeout: Double) -> Bool {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        return condition.withLock {
+            while !rxFIFO.isEmpty {
+                if !condition.wait(until: deadline) { return rxFIFO.isEmpty }
+            }
+            return true
+        }
+    }
+
+    /// Waits until every byte sent from the far end has entered the receive
+    /// FIFO or been lost to an overrun; false on timeout.
+    public func waitUntilLineDrained(timeout: Double) -> Bool {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        return condition.withLock {
+            while !lineBacklog.isEmpty {
+                if !condition.wait(until: deadline) { return lineBacklog.isEmpty }
+            }
+            return true
+        }
+    }
+
+    /// Moves bytes at the line rate in both directions: one byte time per
+    /// byte, kept against a running clock so that the rate holds over a
+    /// transfer however long each sleep really takes (a late byte goes out
+    /// at once; an idle line restarts the clock).
     /// Runs on the device's thread, entered and left with `condition` held.
     private func lineLoop() {
+        var lineClock: UInt64?
         while engine.running {
             if txFIFO.isEmpty && lineBacklog.isEmpty {
+                lineClock = nil
                 condition.wait()
                 continue
             }
-            let byteTime = 10.0 / Double(Self.clock / 16 / max(1, Int(divisor)))
+            let byteNanoseconds = 10 * 16 * UInt64(max(1, Int(divisor))) * 1_000_000_000 / UInt64(Self.clock)
             var out: [UInt8] = []
             // One byte time per iteration, in each direction at once.
             if !txFIFO.isEmpty {
@@ -207,10 +242,16 @@ public final class UART16550: BusDevice, @unchecked Sendable {
                 if rxFIFO.count < Self.fifoSize { rxFIFO.append(byte) } else { overrun = true }
             }
             updateInterruptLocked()
+            condition.broadcast()  // for waitUntilLineDrained
             let target = backend
             condition.unlock()
             if mcr & 0x10 == 0, !out.isEmpty { target?.received(out) }
-            Thread.sleep(forTimeInterval: byteTime)
+            let now = DispatchTime.now().uptimeNanoseconds
+            // A thread that woke late catches up, but by no more than a
+            // FIFO's worth: the line never runs faster than that in a burst.
+            let next = max((lineClock ?? now) + byteNanoseconds, now &- UInt64(Self.fifoSize) * byteNanoseconds)
+            lineClock = next
+            if next > now { Thread.sleep(forTimeInterval: Double(next - now) / 1e9) }
             condition.lock()
         }
     }

@@ -22,6 +22,7 @@ public final class SerialPort: SerialReceiver, @unchecked Sendable {
     private var kicked = false
     private var input: [UInt8] = []
     private var lostBytes = 0
+    private var lossReportCount = 0
     private let arrived = NSCondition()
     private var inputHandler: (@Sendable ([UInt8]) -> Void)?
     private let transmitQueue: DispatchQueue
@@ -41,6 +42,8 @@ public final class SerialPort: SerialReceiver, @unchecked Sendable {
 
     public var line: SerialLine { port.line }
     public var lost: Int { lock.withLock { lostBytes } }
+    /// How many times the driver reported lost input (`error` calls).
+    public var lossReports: Int { lock.withLock { lossReportCount } }
 
     /// True on a serial port's transmit queue, that is inside a serial
     /// driver's `write`.
@@ -137,7 +140,10 @@ public final class SerialPort: SerialReceiver, @unchecked Sendable {
     public func transmitReady(on port: RegisteredSerialPort) { startDrain(driverMadeRoom: true) }
 
     public func lost(_ count: Int, on port: RegisteredSerialPort) {
-        lock.withLock { lostBytes += count }
+        lock.withLock {
+            lostBytes += count
+            lossReportCount += 1
+        }
     }
 }
 

@@ -129,6 +129,19 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
              expected: ["lifecycle.wrong-state": .crashed]),
         Case(defect: "no cleanup after allocation failure", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_NO_CLEANUP_ON_ALLOC_FAIL"]) },
              expected: ["fault.alloc-failure": .failed, "fault.dma-alloc-failure": .failed]),
+        // Mutated copies of the serial reference driver (SDK/CLASSES.md, Serial).
+        Case(defect: "divisor 16× off (forgets the clock's /16)", build: {
+            try Fixtures.mutatedReferenceDriver("uart16550", [("divisor = U_CLOCK / 16u / line->baud;", "divisor = U_CLOCK / line->baud;")])
+        }, expected: ["io.serial.roundtrip": .failed, "io.serial.set-line": .failed]),
+        Case(defect: "overruns never reported", build: {
+            try Fixtures.mutatedReferenceDriver("uart16550", [("if (lsr != 0xFFu && (lsr & U_LSR_OE) && d->port) d->ctx->serial->error(d->port, 1);", "")])
+        }, expected: ["io.serial.overflow": .failed]),
+        Case(defect: "set_line accepts bad framing", build: {
+            try Fixtures.mutatedReferenceDriver("uart16550", [(
+                "    if (line->data_bits < 5 || line->data_bits > 8 || line->parity > OY_PARITY_EVEN || line->stop_bits < 1 || line->stop_bits > 2) return OY_E_INVALID;\n",
+                "    if (line->data_bits < 5) return OY_E_INVALID;\n"
+            )])
+        }, expected: ["io.serial.set-line": .failed]),
     ]
 
     @Test func theUnbrokenFixturePassesEverything() throws {
