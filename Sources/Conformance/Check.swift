@@ -22,6 +22,18 @@ public struct CheckOutcome: Codable, Sendable {
     /// counts, the disk image's digest, statuses returned), compared across
     /// environments by io.same-results.
     public var observation: String?
+    /// Filled in by the suite from the worker's standard error.
+    var log: [String] = []
+    var backtrace: [String] = []
+    var coreFile: String?
+
+    enum CodingKeys: String, CodingKey { case verdict, message, observation }
+
+    init(verdict: Verdict, message: String, observation: String? = nil) {
+        self.verdict = verdict
+        self.message = message
+        self.observation = observation
+    }
 
     static func passed(_ message: String = "", observation: Observation? = nil) -> CheckOutcome {
         CheckOutcome(verdict: .passed, message: message, observation: observation?.encoded)
@@ -40,6 +52,28 @@ public struct CheckResult: Codable, Sendable {
     public let message: String
     public let seconds: Double
     public let observation: String?
+    /// What the driver logged through `host->log` during the check (worker
+    /// checks only), oldest first.
+    public var log: [String] = []
+    /// For a crash: the faulting thread's frames, innermost first.
+    public var backtrace: [String] = []
+    /// For a crash with `--keep-core`: where the core file is.
+    public var coreFile: String?
+
+    public init(id: String, summary: String, environment: String, verdict: Verdict, message: String, seconds: Double, observation: String?,
+                log: [String] = [], backtrace: [String] = [], coreFile: String? = nil)
+    {
+        self.id = id
+        self.summary = summary
+        self.environment = environment
+        self.verdict = verdict
+        self.message = message
+        self.seconds = seconds
+        self.observation = observation
+        self.log = log
+        self.backtrace = backtrace
+        self.coreFile = coreFile
+    }
 }
 
 /// A check failed on purpose: the message says what to fix.

@@ -2,7 +2,23 @@ import Foundation
 
 /// Output formats: a table for people, JSON for machines, JUnit XML for CI.
 public enum ConformanceReporter {
-    public static func table(_ reports: [ConformanceSuite.DriverReport]) -> String {
+    /// The driver's log lines (for checks that did not pass, or all with
+    /// `verbose`), a crash's backtrace and core file, indented under a row.
+    static func details(_ r: CheckResult, verbose: Bool) -> String {
+        var out = ""
+        if let core = r.coreFile { out += "          core file: \(core)\n" }
+        if !r.backtrace.isEmpty {
+            out += "          backtrace (faulting thread):\n"
+            for frame in r.backtrace { out += "            \(frame)\n" }
+        }
+        if !r.log.isEmpty && (verbose || r.verdict != .passed && r.verdict != .skipped) {
+            out += "          driver log:\n"
+            for line in r.log.suffix(verbose ? r.log.count : 40) { out += "            \(line)\n" }
+        }
+        return out
+    }
+
+    public static func table(_ reports: [ConformanceSuite.DriverReport], verbose: Bool = false) -> String {
         var out = ""
         for report in reports {
             out += "\(report.name) — \(report.driver)\n"
@@ -19,6 +35,7 @@ public enum ConformanceReporter {
                 let id = r.id.padding(toLength: 28, withPad: " ", startingAt: 0)
                 let env = r.environment.padding(toLength: 5, withPad: " ", startingAt: 0)
                 out += "  \(mark.padding(toLength: 7, withPad: " ", startingAt: 0)) \(id) \(env) \(r.message)\n"
+                out += details(r, verbose: verbose)
             }
             let counts = Dictionary(grouping: report.results, by: \.verdict).mapValues(\.count)
             let summary = [Verdict.passed, .warning, .skipped, .failed, .crashed, .timeout].compactMap { v in counts[v].map { "\($0) \(v.rawValue)" } }
@@ -54,11 +71,13 @@ public enum ConformanceReporter {
                 xml += "    <testcase classname=\"\(escape(report.name)).\(escape(r.environment))\" name=\"\(escape(r.id))\" time=\"\(String(format: "%.3f", r.seconds))\">"
                 switch r.verdict {
                 case .failed: xml += "\n      <failure message=\"\(escape(r.message))\">\(escape(r.summary))</failure>\n    "
-                case .crashed, .timeout: xml += "\n      <error type=\"\(r.verdict.rawValue)\" message=\"\(escape(r.message))\">\(escape(r.summary))</error>\n    "
+                case .crashed, .timeout:
+                    xml += "\n      <error type=\"\(r.verdict.rawValue)\" message=\"\(escape(r.message))\">\(escape(([r.summary] + r.backtrace).joined(separator: "\n")))</error>\n    "
                 case .skipped: xml += "\n      <skipped message=\"\(escape(r.message))\"/>\n    "
                 case .warning: xml += "\n      <system-out>\(escape("warning: " + r.message))</system-out>\n    "
                 case .passed: break
                 }
+                if !r.log.isEmpty && r.verdict != .passed { xml += "\n      <system-err>\(escape(r.log.joined(separator: "\n")))</system-err>\n    " }
                 xml += "</testcase>\n"
             }
             xml += "  </testsuite>\n"

@@ -19,6 +19,9 @@ public struct ConformanceSuite: Sendable {
         public var workerExecutable: String?
         /// Multiplies every check's timeout.
         public var timeoutScale = 1.0
+        /// Keep a crashed worker's core file in this folder (one subfolder
+        /// per check and environment), where the system writes cores there.
+        public var coreDirectory: String?
         /// Seconds load.time-budget allows a load-to-unload cycle before it
         /// warns; nil turns time budgets off (the check is skipped), for
         /// runs whose verdicts must not depend on the machine's load.
@@ -116,7 +119,8 @@ public struct ConformanceSuite: Sendable {
     private func execute(_ check: CheckDefinition, driver: String, environment: SuiteEnvironment?, prior: [String: Verdict], deviceClass: String) -> CheckResult {
         let label = environment?.rawValue ?? "file"
         func result(_ outcome: CheckOutcome, _ seconds: Double = 0) -> CheckResult {
-            CheckResult(id: check.id, summary: check.summary, environment: label, verdict: outcome.verdict, message: outcome.message, seconds: seconds, observation: outcome.observation)
+            CheckResult(id: check.id, summary: check.summary, environment: label, verdict: outcome.verdict, message: outcome.message, seconds: seconds,
+                        observation: outcome.observation, log: outcome.log, backtrace: outcome.backtrace, coreFile: outcome.coreFile)
         }
         if let classes = check.classes, !classes.contains(deviceClass) {
             return result(.skipped(deviceClass.isEmpty ? "the driver provides no device class" : "not applicable to \(deviceClass)"))
@@ -136,21 +140,61 @@ public struct ConformanceSuite: Sendable {
         return result(outcome, Date().timeIntervalSince(started))
     }
 
-    /// Runs a check in a worker process and reads its one JSON line.
+    /// Runs a check in a worker process and reads its one JSON line; the
+    /// driver's log lines and, after a crash, its backtrace come from the
+    /// worker's standard error.
     private func runInChild(_ check: CheckDefinition, driver: String, environment: SuiteEnvironment) -> CheckOutcome {
         let executable = options.workerExecutable ?? Self.currentExecutable
         let timeout = check.timeout * options.timeoutScale
-        let budget = options.timeBudget.map { ["--time-budget", "\($0)"] } ?? []
-        let run = ProcessRunner.run(executable, ["conformance-worker", "--check", check.id, "--env", environment.rawValue] + budget + [driver], timeout: timeout)
+        var arguments = ["conformance-worker", "--check", check.id, "--env", environment.rawValue]
+        if let budget = options.timeBudget { arguments += ["--time-budget", "\(budget)"] }
+        var coreFolder: String?
+        if let directory = options.coreDirectory {
+            let folder = directory + "/\(URL(fileURLWithPath: driver).deletingPathExtension().lastPathComponent)-\(check.id)-\(environment.rawValue)"
+            try? FileManager.default.removeItem(atPath: folder)
+            try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            coreFolder = folder
+            arguments.append("--keep-core")
+        }
+        let run = ProcessRunner.run(executable, arguments + [driver], timeout: timeout, currentDirectory: coreFolder)
+        var outcome: CheckOutcome
         if run.timedOut {
-            return CheckOutcome(verdict: .timeout, message: String(format: "no verdict within %.0f s: a callback hangs (the watchdog killed it)", timeout))
+            outcome = CheckOutcome(verdict: .timeout, message: String(format: "no verdict within %.0f s: a callback hangs (the watchdog killed it)", timeout))
+        } else if let signal = run.signal {
+            outcome = crashOutcome(signal: signal, stderr: run.stderr, coreFolder: coreFolder)
+        } else if let line = run.stdout.split(separator: "\n").last, let decoded = try? JSONDecoder().decode(CheckOutcome.self, from: Data(line.utf8)) {
+            outcome = decoded
+        } else {
+            let text = run.stderr.split(separator: "\n").filter { !$0.hasPrefix("\u{1}") }.joined(separator: "\n")
+            outcome = CheckOutcome(verdict: .crashed, message: "the worker exited \(run.status) without a verdict: \(text.suffix(300))")
         }
-        if let signal = run.signal {
-            let name = [4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 11: "SIGSEGV"][signal] ?? "signal \(signal)"
-            return CheckOutcome(verdict: .crashed, message: "the worker died with \(name) inside driver code; run with --in-process under a debugger to see where")
+        outcome.log = DriverLogMirror.lines(in: run.stderr)
+        if let coreFolder, outcome.coreFile == nil { try? FileManager.default.removeItem(atPath: coreFolder) }
+        return outcome
+    }
+
+    private func crashOutcome(signal: Int32, stderr: String, coreFolder: String?) -> CheckOutcome {
+        let name = CrashReport.signalName(signal)
+        var outcome: CheckOutcome
+        if let report = CrashReport.parse(stderr) {
+            let frames = report.symbolized()
+            let fault = report.signal == 11 || report.signal == 7 ? " at address 0x\(String(report.address, radix: 16))" : ""
+            let top = frames.first.map { " in \($0.drop { $0 != " " }.dropFirst())" } ?? ""
+            outcome = CheckOutcome(verdict: .crashed, message: "the worker died with \(name)\(fault)\(top); the backtrace and the driver's log follow")
+            outcome.backtrace = frames
+        } else {
+            outcome = CheckOutcome(verdict: .crashed, message: "the worker died with \(name) and left no backtrace (killed from outside, or its stack was gone)")
         }
-        guard let line = run.stdout.split(separator: "\n").last, let outcome = try? JSONDecoder().decode(CheckOutcome.self, from: Data(line.utf8)) else {
-            return CheckOutcome(verdict: .crashed, message: "the worker exited \(run.status) without a verdict: \(run.stderr.suffix(300))")
+        if let coreFolder {
+            let cores = ((try? FileManager.default.contentsOfDirectory(atPath: coreFolder)) ?? []).filter { $0.hasPrefix("core") }
+            if let core = cores.first {
+                outcome.coreFile = coreFolder + "/" + core
+            } else {
+                let pattern = ((try? String(contentsOfFile: "/proc/sys/kernel/core_pattern", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+                outcome.message += pattern.hasPrefix("|")
+                    ? "; no core in \(coreFolder): this system hands cores to \(pattern.dropFirst().split(separator: " ").first ?? "a helper") (kernel.core_pattern)"
+                    : "; no core in \(coreFolder) (kernel.core_pattern is \"\(pattern)\"; is the core size limit 0 for this user?)"
+            }
         }
         return outcome
     }

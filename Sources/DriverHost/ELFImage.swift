@@ -71,6 +71,30 @@ public struct ELFImage: Sendable {
         sections[name].map { data.subdata(in: (data.startIndex + $0.lowerBound)..<(data.startIndex + $0.upperBound)) }
     }
 
+    /// The function whose code holds `address` (an offset from the object's
+    /// load base), from the full symbol table (.symtab, which has the static
+    /// functions too) or else the dynamic one; nil when neither covers it.
+    /// Read on demand: loading a driver never pays for it.
+    public func function(containing address: UInt64) -> (name: String, offset: UInt64)? {
+        for (table, names) in [(".symtab", ".strtab"), (".dynsym", ".dynstr")] {
+            guard let symbols = sections[table], let strings = sections[names] else { continue }
+            let r = Reader(bytes: [UInt8](data))
+            var best: (name: String, offset: UInt64)?
+            var index = symbols.lowerBound + 24
+            while index + 24 <= symbols.upperBound {
+                let info = r.u8(index + 4), value = r.u64(index + 8), size = r.u64(index + 16)
+                if info & 0xF == 2, value <= address, address < value + max(size, 1),
+                    let name = r.cString(strings.lowerBound + Int(r.u32(index)), limit: strings.upperBound), !name.isEmpty
+                {
+                    if best == nil || address - value < best!.offset { best = (name, address - value) }
+                }
+                index += 24
+            }
+            if let best { return best }
+        }
+        return nil
+    }
+
     public init(path: String) throws(ParseError) {
         let data: Data
         do {

@@ -223,7 +223,9 @@ enum HostServices {
             guard let library = HostServices.library(host, service: "log") else { return }
             let text = message.map { String(cString: $0) } ?? "(NULL message)"
             let location = device.flatMap { HandleTable.shared.lookup($0, as: DeviceBinding.self)?.device.info.location }
-            library.environment.log(level: LogLevel(rawValue: level) ?? .info, driver: library.name, device: location, message: text)
+            let known = LogLevel(rawValue: level) ?? .info
+            library.environment.log(level: known, driver: library.name, device: location, message: text)
+            DriverLogMirror.record(level: known, driver: library.name, device: location, message: text)
         }
         t.pointee.monotonic_ns = { _ in monotonicNanoseconds() }
 

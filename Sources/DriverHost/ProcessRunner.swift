@@ -18,8 +18,10 @@ public enum ProcessRunner {
     }
 
     /// Runs `tool` (looked up on PATH unless it contains a slash).
-    public static func run(_ tool: String, _ arguments: [String], environment: [String: String]? = nil, timeout: Double? = nil) -> Result {
+    public static func run(_ tool: String, _ arguments: [String], environment: [String: String]? = nil, timeout: Double? = nil,
+                           currentDirectory: String? = nil) -> Result {
         let process = Process()
+        if let currentDirectory { process.currentDirectoryURL = URL(fileURLWithPath: currentDirectory) }
         if tool.contains("/") {
             process.executableURL = URL(fileURLWithPath: tool)
             process.arguments = arguments

@@ -182,7 +182,7 @@ public final class IOMMU: Sendable {
     /// Starts recording every access devices in `domain` make (a debugging
     /// aid, as a bus analyser would be: where did the data really go?).
     public func startTracing(domain: DomainID) {
-        state.withLock { $0.traced.insert(domain) }
+        _ = state.withLock { $0.traced.insert(domain) }
     }
 
     /// Stops recording `domain` and returns its accesses since it started.

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Conformance
+import CSystemShims
+import DriverHost
 import Foundation
 
 struct ConformanceCommand: ParsableCommand {
@@ -35,6 +37,12 @@ struct ConformanceCommand: ParsableCommand {
     @Flag(help: "Run checks in this process (for debugging: a crash ends the run).")
     var inProcess = false
 
+    @Flag(help: "Show the driver's log lines for every check, not only for those that did not pass.")
+    var verbose = false
+
+    @Option(help: ArgumentHelp("Keep the core file of a crashed worker in this folder (one subfolder per check).", valueName: "dir"))
+    var keepCores: String?
+
     @Option(help: "Seconds a load-to-unload cycle may take before load.time-budget warns; 0 turns time budgets off.")
     var timeBudget: Double = ConformanceSuite.Options.defaultTimeBudget
 
@@ -63,12 +71,16 @@ struct ConformanceCommand: ParsableCommand {
         options.filter = filter
         options.inProcess = inProcess
         options.timeBudget = timeBudget > 0 ? timeBudget : nil
+        if let keepCores {
+            try FileManager.default.createDirectory(atPath: keepCores, withIntermediateDirectories: true)
+            options.coreDirectory = URL(fileURLWithPath: keepCores).standardizedFileURL.path
+        }
         let suite = ConformanceSuite(options: options)
         let reports = paths.map { suite.run(driver: $0) }
         if json {
             print(try ConformanceReporter.json(reports))
         } else {
-            print(ConformanceReporter.table(reports), terminator: "")
+            print(ConformanceReporter.table(reports, verbose: verbose), terminator: "")
         }
         if let junit {
             try ConformanceReporter.junit(reports).write(toFile: junit, atomically: true, encoding: .utf8)
@@ -86,10 +98,23 @@ struct ConformanceWorkerCommand: ParsableCommand {
     @Option var env: String
     /// Absent: time budgets are off.
     @Option var timeBudget: Double?
+    /// Lift the core size limit, so a crash leaves a core file.
+    @Flag var keepCore = false
     @Argument var driver: String
 
     func run() throws {
         guard let environment = SuiteEnvironment(rawValue: env) else { throw ValidationError("unknown environment \(env)") }
+        // A crash prints the faulting thread's frames; the driver's log lines
+        // go to standard error as they are logged. The suite reads both.
+        _ = oy_shim_install_crash_reporter(STDERR_FILENO)
+        DriverLogMirror.mirror(to: STDERR_FILENO)
+        if keepCore {
+            // As large as this user may make it (unlimited for root).
+            var limit = rlimit()
+            _ = getrlimit(Int32(RLIMIT_CORE.rawValue), &limit)
+            limit.rlim_cur = limit.rlim_max
+            _ = setrlimit(Int32(RLIMIT_CORE.rawValue), &limit)
+        }
         let outcome = ConformanceSuite.runCheck(check, driver: driver, environment: environment, timeBudget: timeBudget)
         let data = try JSONEncoder().encode(outcome)
         print(String(decoding: data, as: UTF8.self))

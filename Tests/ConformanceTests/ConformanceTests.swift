@@ -199,6 +199,55 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         #expect(ProcessRunner.run(Fixtures.oyakoBinary, ["conformance", "--filter", "(", "/bin/true"]).status == 64)
     }
 
+    /// A crash is debuggable from the verdict alone: the faulting thread's
+    /// frames, named inside the driver, and what the driver logged first.
+    @Test func aCrashCarriesItsBacktraceAndTheDriversLog() throws {
+        let report = suite(filter: "^lifecycle\\.attach$").run(driver: try Fixtures.fixtureDriver(defines: ["MUTANT_CRASH_IN_PROBE"]))
+        let crashes = report.results.filter { $0.id == "lifecycle.attach" }
+        #expect(crashes.count == 2)
+        for crash in crashes {
+            #expect(crash.verdict == .crashed)
+            #expect(crash.backtrace.first?.contains("mutant_probe") == true, "the innermost frame is named: \(crash.backtrace.prefix(3))")
+            #expect(crash.backtrace.contains { $0.contains("DriverLibrary.probe") }, "the host's frames are there too")
+            #expect(crash.log.contains { $0.hasSuffix("mutant: probing, about to write through the revision") }, "\(crash.log)")
+        }
+        let table = ConformanceReporter.table([report])
+        #expect(table.contains("mutant_probe") && table.contains("about to write through the revision"))
+    }
+
+    @Test func logLinesOfPassingChecksShowOnlyWhenVerbose() throws {
+        let driver = try Fixtures.fixtureDriver()
+        let quiet = ProcessRunner.run(Fixtures.oyakoBinary, ["conformance", "--env", "bare", "--filter", "^lifecycle\\.attach$", driver], timeout: 60)
+        let verbose = ProcessRunner.run(Fixtures.oyakoBinary, ["conformance", "--verbose", "--env", "bare", "--filter", "^lifecycle\\.attach$", driver], timeout: 60)
+        #expect(quiet.status == 0 && verbose.status == 0)
+        #expect(!quiet.stdout.contains("mutant: attached"))
+        #expect(verbose.stdout.contains("mutant: attached"), "\(verbose.stdout)")
+    }
+
+    @Test func aCrashCanKeepItsCoreFile() throws {
+        let directory = Fixtures.temporaryDirectory("cores")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var options = ConformanceSuite.Options()
+        options.workerExecutable = Fixtures.oyakoBinary
+        options.filter = "^lifecycle\\.attach$"
+        options.environments = [.bare]
+        options.timeBudget = nil
+        options.coreDirectory = directory
+        let report = ConformanceSuite(options: options).run(driver: try Fixtures.fixtureDriver(defines: ["MUTANT_CRASH_IN_PROBE"]))
+        let crash = try #require(report.results.first { $0.id == "lifecycle.attach" })
+        #expect(crash.verdict == .crashed)
+        let pattern = (try? String(contentsOfFile: "/proc/sys/kernel/core_pattern", encoding: .utf8)) ?? ""
+        if pattern.hasPrefix("|") {
+            #expect(crash.coreFile == nil && crash.message.contains("core_pattern"), "says where cores go: \(crash.message)")
+        } else {
+            let core = try #require(crash.coreFile, "\(crash.message)")
+            #expect(FileManager.default.fileExists(atPath: core))
+        }
+        // Checks that did not crash leave no folders behind.
+        let folders = try FileManager.default.contentsOfDirectory(atPath: directory)
+        #expect(folders.allSatisfy { $0.contains("lifecycle.attach") }, "\(folders)")
+    }
+
     /// The suite's own documentation lists every check, so it cannot drift.
     @Test func everyCheckIsDocumented() throws {
         let docs = try String(contentsOfFile: Fixtures.sdk.root + "/CONFORMANCE-CHECKS.md", encoding: .utf8)

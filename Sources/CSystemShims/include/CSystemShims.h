@@ -35,6 +35,13 @@ void oy_shim_full_barrier(void);
  * information header). Returns the descriptor, or -1 with errno set. */
 int oy_shim_tap_open(const char *name);
 
+/* On SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT or SIGTRAP, write the faulting
+ * thread's frames to `fd` ("\1oycrash SIGNAL ADDR", then one "\1oyframe PC
+ * BASE PATH" line per frame, then "\1oycrash-end") and die of the same
+ * signal. sigaltstack covers stack overflows. Note: sigaltstack is per
+ * thread; other threads' overflows end without frames. Returns 0 or -1. */
+int oy_shim_install_crash_reporter(int fd);
+
 /* errno of the last failing call on this thread. */
 int oy_shim_errno(void);
 

@@ -92,8 +92,13 @@ static int32_t mutant_probe(void *ctx, const oy_device_info *info) {
     return OY_E_NOT_SUPPORTED;
 #endif
 #ifdef MUTANT_CRASH_IN_PROBE
-    /* Defect: dereferences a pointer it never set. */
-    { volatile int *nowhere = (volatile int *)(uintptr_t)info->revision; *nowhere = 1; }
+    /* Defect: dereferences a pointer it never set (after saying so). */
+    {
+        mutant_ctx *c = (mutant_ctx *)ctx;
+        volatile int *nowhere = (volatile int *)(uintptr_t)info->revision;
+        if (c != NULL) c->host->log(c->host, NULL, OY_LOG_INFO, "mutant: probing, about to write through the revision");
+        *nowhere = 1;
+    }
 #endif
 #ifdef MUTANT_BAD_ERROR_CODE
     /* Defect: answers bad input with a code from no list. */
@@ -137,6 +142,7 @@ static int32_t mutant_attach(void *ctx, oy_device *device, void **out) {
     return OY_E_IO;
 #endif
     oy_instance_add(&mutant_instances, d);
+    h->log(h, device, OY_LOG_DEBUG, "mutant: attached");
     *out = d;
     return OY_OK;
 fail:

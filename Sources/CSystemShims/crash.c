@@ -1,0 +1,125 @@
+/* The conformance worker's crash reporter: on a fatal signal, write the
+ * faulting thread's frames to a descriptor, then die of the same signal (so
+ * the parent sees it, and a core is written where the system allows). Only
+ * async-signal-tolerant work happens here: backtrace(3) (preloaded at
+ * install), dladdr(3) and write(2); symbolization happens in the parent. */
+#define _GNU_SOURCE
+#include "CSystemShims.h"
+
+#include <dlfcn.h>
+#include <execinfo.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+static int crash_fd = -1;
+
+static void put(const char *s) {
+    size_t n = strlen(s);
+    while (n > 0) {
+        ssize_t w = write(crash_fd, s, n);
+        if (w <= 0) return;
+        s += w;
+        n -= (size_t)w;
+    }
+}
+
+static void put_hex(uint64_t v) {
+    char buf[19];
+    int i = 18;
+    buf[i] = '\0';
+    do {
+        buf[--i] = "0123456789abcdef"[v & 0xF];
+        v >>= 4;
+    } while (v != 0 && i > 2);
+    buf[--i] = 'x';
+    buf[--i] = '0';
+    put(buf + i);
+}
+
+static void put_dec(uint64_t v) {
+    char buf[21];
+    int i = 20;
+    buf[i] = '\0';
+    do {
+        buf[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0 && i > 0);
+    put(buf + i);
+}
+
+/* One line per frame: "\1oyframe PC BASE PATH". */
+static void put_frame(void *pc) {
+    Dl_info info;
+    put("\001oyframe ");
+    put_hex((uint64_t)(uintptr_t)pc);
+    if (dladdr(pc, &info) != 0 && info.dli_fname != NULL) {
+        put(" ");
+        put_hex((uint64_t)(uintptr_t)info.dli_fbase);
+        put(" ");
+        put(info.dli_fname);
+    } else {
+        put(" 0x0 ?");
+    }
+    put("\n");
+}
+
+static void on_fatal(int signal, siginfo_t *info, void *context) {
+    void *frames[64];
+    int count, i, start;
+    ucontext_t *uc = (ucontext_t *)context;
+    void *pc = NULL;
+#if defined(__x86_64__)
+    pc = (void *)(uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
+#elif defined(__aarch64__)
+    pc = (void *)(uintptr_t)uc->uc_mcontext.pc;
+#else
+    (void)uc;
+#endif
+    put("\001oycrash ");
+    put_dec((uint64_t)signal);
+    put(" ");
+    put_hex((uint64_t)(uintptr_t)info->si_addr);
+    put("\n");
+    if (pc != NULL) put_frame(pc);
+    count = backtrace(frames, 64);
+    /* frames[] begins inside this handler and the kernel's signal
+     * trampoline: start after the faulting frame, or after those two. */
+    start = 2;
+    for (i = 0; i < count; i++) {
+        if (frames[i] == pc) {
+            start = i + 1;
+            break;
+        }
+    }
+    for (i = start; i < count; i++) put_frame(frames[i]);
+    put("\001oycrash-end\n");
+    /* SA_RESETHAND restored the default action: die of the same signal. */
+    raise(signal);
+}
+
+int oy_shim_install_crash_reporter(int fd) {
+    static char stack[64 * 1024];
+    stack_t alt;
+    struct sigaction action;
+    void *warm[2];
+    const int signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP};
+    size_t i;
+    crash_fd = fd;
+    /* The first backtrace() loads the unwinder (it may allocate): do it now. */
+    (void)backtrace(warm, 2);
+    alt.ss_sp = stack;
+    alt.ss_size = sizeof(stack);
+    alt.ss_flags = 0;
+    if (sigaltstack(&alt, NULL) != 0) return -1;
+    memset(&action, 0, sizeof(action));
+    action.sa_sigaction = on_fatal;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESETHAND;
+    sigemptyset(&action.sa_mask);
+    for (i = 0; i < sizeof(signals) / sizeof(signals[0]); i++) {
+        if (sigaction(signals[i], &action, NULL) != 0) return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,97 @@
+import DriverHost
+import Foundation
+
+/// What a worker that died of a signal left on its standard error (see
+/// `oy_shim_install_crash_reporter`): the signal, the faulting address and
+/// the faulting thread's frames, symbolized here, in the suite's process.
+struct CrashReport: Sendable {
+    struct Frame: Sendable {
+        let pc: UInt64
+        let base: UInt64
+        let object: String
+    }
+
+    let signal: Int32
+    let address: UInt64
+    let frames: [Frame]
+
+    static func parse(_ text: String) -> CrashReport? {
+        var signal: Int32?
+        var address: UInt64 = 0
+        var frames: [Frame] = []
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: " ", maxSplits: 3)
+            if fields.first == "\u{1}oycrash", fields.count >= 3 {
+                signal = Int32(fields[1])
+                address = hex(fields[2]) ?? 0
+            } else if fields.first == "\u{1}oyframe", fields.count >= 4, let pc = hex(fields[1]), let base = hex(fields[2]) {
+                frames.append(Frame(pc: pc, base: base, object: String(fields[3])))
+            }
+        }
+        return signal.map { CrashReport(signal: $0, address: address, frames: frames) }
+    }
+
+    private static func hex(_ text: Substring) -> UInt64? { UInt64(text.dropFirst(2), radix: 16) }
+
+    static func signalName(_ signal: Int32) -> String {
+        [4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 11: "SIGSEGV"][signal] ?? "signal \(signal)"
+    }
+
+    /// One line per frame, innermost first: function+offset and, where the
+    /// driver has debug information and addr2line is installed, file:line;
+    /// `object+0xoffset` for code without symbols.
+    func symbolized() -> [String] {
+        var lines: [String] = []
+        var sources: [String: [UInt64: String]] = [:]
+        for (object, offsets) in Dictionary(grouping: frames, by: \.object).mapValues({ $0.map { $0.pc &- $0.base } }) where object.hasPrefix("/") {
+            sources[object] = Self.addr2line(object, offsets)
+        }
+        var images: [String: ELFImage] = [:]
+        for (i, frame) in frames.enumerated() {
+            let offset = frame.pc &- frame.base
+            let name = URL(fileURLWithPath: frame.object).lastPathComponent
+            var text = "#\(i) "
+            if frame.object.hasPrefix("/") {
+                if images[frame.object] == nil { images[frame.object] = try? ELFImage(path: frame.object) }
+                // A return address points after the call: look up the call.
+                let lookup = i == 0 ? offset : offset &- 1
+                if let function = images[frame.object]?.function(containing: lookup) {
+                    text += "\(Self.demangled(function.name))+0x\(String(function.offset + (offset - lookup), radix: 16)) "
+                }
+            }
+            text += "(\(name)+0x\(String(offset, radix: 16)))"
+            if let source = sources[frame.object]?[offset] { text += " at \(source)" }
+            lines.append(text)
+        }
+        return lines
+    }
+
+    /// A Swift symbol in readable form (the host's own frames); others as is.
+    static func demangled(_ name: String) -> String {
+        guard name.hasPrefix("$s") || name.hasPrefix("_$s") else { return name }
+        return name.withCString { mangled in
+            guard let readable = swift_demangle(mangled, strlen(mangled), nil, nil, 0) else { return name }
+            defer { free(readable) }
+            return String(cString: readable)
+        }
+    }
+
+    /// file:line for each offset in `object`, from addr2line when it is
+    /// installed and the object has debug information.
+    private static func addr2line(_ object: String, _ offsets: [UInt64]) -> [UInt64: String] {
+        let unique = Array(Set(offsets))
+        let result = ProcessRunner.run("addr2line", ["-e", object] + unique.map { "0x" + String($0 &- ($0 > 0 ? 1 : 0), radix: 16) }, timeout: 10)
+        guard result.status == 0 else { return [:] }
+        let answers = result.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        var out: [UInt64: String] = [:]
+        for (offset, answer) in zip(unique, answers) where !answer.hasPrefix("??") && !answer.hasPrefix(":") && !answer.isEmpty {
+            out[offset] = URL(fileURLWithPath: answer).lastPathComponent
+        }
+        return out
+    }
+}
+
+/// The Swift runtime's demangler (exported by libswiftCore).
+@_silgen_name("swift_demangle")
+private func swift_demangle(_ mangled: UnsafePointer<CChar>?, _ length: Int, _ output: UnsafeMutablePointer<CChar>?,
+                            _ outputLength: UnsafeMutablePointer<Int>?, _ flags: UInt32) -> UnsafeMutablePointer<CChar>?
