@@ -215,6 +215,15 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         #expect(table.contains("mutant_probe") && table.contains("about to write through the revision"))
     }
 
+    @Test func aDriverForNoOfferedDeviceIsToldWhichDevicesThereAre() throws {
+        let report = suite(filter: "^lifecycle\\.attach$").run(driver: try Fixtures.fixtureDriver(defines: ["MUTANT_DEVICE_ID=0x0099u"]))
+        let attach = try #require(report.results.first { $0.id == "lifecycle.attach" })
+        #expect(attach.verdict == .failed)
+        for device in ["nvmelite 0a7a:0001", "e1klite 0a7a:0002", "uart16550 0a7a:0003", "rnglite 0a7a:0004", "0a7a:0099"] {
+            #expect(attach.message.contains(device), "\(attach.message)")
+        }
+    }
+
     @Test func logLinesOfPassingChecksShowOnlyWhenVerbose() throws {
         let driver = try Fixtures.fixtureDriver()
         let quiet = ProcessRunner.run(Fixtures.oyakoBinary, ["conformance", "--env", "bare", "--filter", "^lifecycle\\.attach$", driver], timeout: 60)

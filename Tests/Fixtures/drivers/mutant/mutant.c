@@ -15,12 +15,16 @@
 #ifndef MUTANT_ABI_MAX
 #define MUTANT_ABI_MAX OY_ABI_VERSION_1
 #endif
+/* The device ID the metadata lists (0x0001 is nvmelite's). */
+#ifndef MUTANT_DEVICE_ID
+#define MUTANT_DEVICE_ID 0x0001u
+#endif
 
 #ifndef MUTANT_NO_META
 OY_DRIVER_METADATA(mutant_meta) = {
     OY_META_MAGIC, sizeof(oy_driver_meta), MUTANT_ABI_MIN, MUTANT_ABI_MAX, 1,
     "mutant", "Oyako Test Corpus", "0.1.0", "Fixture driver with switchable defects", "",
-    {{0x0A7Au, 0x0001u}},
+    {{0x0A7Au, MUTANT_DEVICE_ID}},
 };
 #else
 static const oy_driver_meta mutant_meta = {
