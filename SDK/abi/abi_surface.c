@@ -28,6 +28,8 @@ OY_SURFACE(oy_host_net)
 OY_SURFACE(oy_serial_line)
 OY_SURFACE(oy_serial_ops)
 OY_SURFACE(oy_host_serial)
+OY_SURFACE(oy_rng_ops)
+OY_SURFACE(oy_host_rng)
 OY_SURFACE(oy_control_method)
 OY_SURFACE(oy_control_table)
 

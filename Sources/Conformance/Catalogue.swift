@@ -802,12 +802,8 @@ extension Rig {
 final class CountingEnvironment: HostEnvironment {
     let name = "conformance"
     func log(level: LogLevel, driver: String, device: String?, message: String) {}
-    func diskRegistered(_ disk: RegisteredDisk, device: any HostDevice) throws(OyStatus) {}
-    func diskUnregistered(_ disk: RegisteredDisk) {}
-    func netdevRegistered(_ netdev: RegisteredNetdev, device: any HostDevice) throws(OyStatus) {}
-    func netdevUnregistered(_ netdev: RegisteredNetdev) {}
-    func serialRegistered(_ port: RegisteredSerialPort, device: any HostDevice) throws(OyStatus) {}
-    func serialUnregistered(_ port: RegisteredSerialPort) {}
+    func registered(_ registration: ClassRegistration, device: any HostDevice) throws(OyStatus) {}
+    func unregistered(_ registration: ClassRegistration) {}
 }
 
 extension NSCondition {

@@ -74,10 +74,11 @@ public final class BlockRequest: @unchecked Sendable {
 
 /// A disk a driver registered with the OS (`register_disk`). The OS submits
 /// requests here; they go straight to the driver's `submit`.
-public final class RegisteredDisk: Resource, @unchecked Sendable {
+public final class RegisteredDisk: ClassRegistration, @unchecked Sendable {
     // @unchecked Sendable: `outstanding` and `unregistered` are guarded by `lock`.
+    /// The extension ID of this class.
+    public static let classID: String = OY_BLOCK_EXTENSION
     public let geometry: BlockGeometry
-    public let binding: DeviceBinding
     let submitFunction: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<oy_block_request>?) -> Int32
     let instance: UnsafeMutableRawPointer?
     private let lock = NSLock()
@@ -86,17 +87,13 @@ public final class RegisteredDisk: Resource, @unchecked Sendable {
 
     init?(binding: DeviceBinding, geometry g: oy_block_geometry, ops: oy_block_ops, instance: UnsafeMutableRawPointer?) {
         guard let submit = ops.submit else { return nil }
-        self.binding = binding
         self.geometry = BlockGeometry(
             blockSize: Int(g.block_size), blockCount: g.block_count, maxTransferBlocks: Int(g.max_transfer_blocks),
             queueDepth: Int(g.queue_depth), canFlush: g.flags & UInt32(OY_BLOCK_CAN_FLUSH.rawValue) != 0)
         self.submitFunction = submit
         self.instance = instance
-        super.init(kind: "disk", detail: "\(g.block_count) × \(g.block_size) B", owner: binding.owner)
+        super.init(binding: binding, deviceClass: Self.classID, kind: "disk", detail: "\(g.block_count) × \(g.block_size) B")
     }
-
-    /// Driver name and device, e.g. "nvmelite@00:01.0".
-    public var label: String { binding.label }
 
     /// Hands `request` to the driver. On `.ok` the completion runs later,
     /// exactly once, possibly on the interrupt thread; otherwise never.
@@ -134,12 +131,9 @@ public final class RegisteredDisk: Resource, @unchecked Sendable {
         request.finish(status)
     }
 
-    /// Requests the driver accepted and has not completed.
-    public var outstandingCount: Int { lock.withLock { outstanding.count } }
+    public override var outstandingCount: Int { lock.withLock { outstanding.count } }
 
-    /// Completes every outstanding request with OY_E_CANCELED; returns how
-    /// many there were. Used when a detach returns with work unfinished.
-    func cancelOutstanding() -> Int {
+    override func cancelOutstanding() -> Int {
         let pending = lock.withLock { Array(outstanding.values) }
         var count = 0
         for request in pending {
@@ -150,21 +144,13 @@ public final class RegisteredDisk: Resource, @unchecked Sendable {
         return count
     }
 
-    /// Unregisters (idempotent): the OS stops submitting.
-    func unregister() {
-        let first = lock.withLock { () -> Bool in
-            defer { unregistered = true }
-            return !unregistered
-        }
-        if first { binding.library.environment.diskUnregistered(self) }
-    }
-
-    override func reclaim() { unregister() }
+    override func willUnregister() { lock.withLock { unregistered = true } }
 }
 
 /// The host's "oyako.block/1" table.
 enum HostBlock {
     static let logger = Logger(label: "oyako.block")
+    static let deviceClass = DeviceClass(id: RegisteredDisk.classID, table: UnsafeRawPointer(table))
 
     /// Static for the life of the process; drivers hold a pointer to it.
     nonisolated(unsafe) static let table: UnsafeMutablePointer<oy_host_block> = {
@@ -190,24 +176,9 @@ enum HostBlock {
                 binding.library.recordViolation("register_disk with a NULL submit callback")
                 return OY_E_INVALID.rawValue
             }
-            let handle = binding.owner.adopt(disk)
-            binding.recordDisk(disk)
-            do throws(OyStatus) {
-                try binding.library.environment.diskRegistered(disk, device: binding.device)
-            } catch {
-                _ = ResourceOwner.release(handle, as: RegisteredDisk.self)
-                return error.rawValue
-            }
-            out.pointee = handle
-            return OY_OK.rawValue
+            return ClassRegistration.announce(disk, out: out)
         }
-        t.pointee.unregister_disk = { handle in
-            guard let disk = ResourceOwner.release(handle, as: RegisteredDisk.self) else {
-                HostServices.unattributed("unregister_disk with an invalid or already unregistered disk handle")
-                return
-            }
-            disk.unregister()
-        }
+        t.pointee.unregister_disk = { handle in ClassRegistration.withdraw(handle, as: RegisteredDisk.self, service: "unregister_disk") }
         t.pointee.complete = { raw, status in
             guard let raw, let request = BlockRequest.reclaim(raw) else {
                 HostServices.unattributed("complete() for a request that is not outstanding (completed twice, or never accepted)")

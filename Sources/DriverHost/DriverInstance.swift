@@ -12,8 +12,7 @@ public final class DeviceBinding: @unchecked Sendable {
     /// Interrupt indices with a hook, to refuse a second hook on one vector.
     private let hookLock = NSLock()
     private var hooked: Set<Int> = []
-    private var registeredDisks: [RegisteredDisk] = []
-    private var registeredNetdevs: [RegisteredNetdev] = []
+    private var registrations: [ClassRegistration] = []
 
     init(library: DriverLibrary, device: any HostDevice) {
         self.library = library
@@ -29,19 +28,13 @@ public final class DeviceBinding: @unchecked Sendable {
         hookLock.withLock { hooked.insert(index).inserted }
     }
 
-    /// Every disk registered for this device, including unregistered ones:
-    /// their accepted requests must still complete before detach returns.
-    var disks: [RegisteredDisk] { hookLock.withLock { registeredDisks } }
+    /// Everything registered for this device through a class, including
+    /// what was unregistered since: accepted work must still complete
+    /// before detach returns.
+    var registered: [ClassRegistration] { hookLock.withLock { registrations } }
 
-    func recordDisk(_ disk: RegisteredDisk) {
-        hookLock.withLock { registeredDisks.append(disk) }
-    }
-
-    /// Every interface registered for this device, including unregistered ones.
-    var netdevs: [RegisteredNetdev] { hookLock.withLock { registeredNetdevs } }
-
-    func recordNetdev(_ netdev: RegisteredNetdev) {
-        hookLock.withLock { registeredNetdevs.append(netdev) }
+    func record(_ registration: ClassRegistration) {
+        hookLock.withLock { registrations.append(registration) }
     }
 
     func releaseVector(_ index: Int) {
@@ -91,11 +84,14 @@ public final class DriverInstance: @unchecked Sendable {
     /// Resources the instance holds right now, oldest first.
     public var heldResources: [String] { binding.owner.held }
 
+    /// What the driver registered for this device through a class.
+    public var registrations: [ClassRegistration] { binding.registered }
+
     /// Disks the driver registered for this device.
-    public var disks: [RegisteredDisk] { binding.disks }
+    public var disks: [RegisteredDisk] { registrations.compactMap { $0 as? RegisteredDisk } }
 
     /// Network interfaces the driver registered for this device.
-    public var netdevs: [RegisteredNetdev] { binding.netdevs }
+    public var netdevs: [RegisteredNetdev] { registrations.compactMap { $0 as? RegisteredNetdev } }
 
     /// Looks up a driver extension ("oyako.block/1") of this instance.
     public func driverExtension(_ id: String) -> UnsafeRawPointer? {
@@ -130,8 +126,7 @@ public final class DriverInstance: @unchecked Sendable {
         guard proceed else { return DetachReport(status: .state, leaked: [], unfinishedRequests: 0) }
         let status = library.callDriver("detach") { OyStatus(library.driver.pointee.detach(instance)) }
         var unfinished = 0
-        for disk in disks { unfinished += disk.cancelOutstanding() }
-        for netdev in binding.netdevs { unfinished += netdev.cancelOutstanding() }
+        for registration in binding.registered { unfinished += registration.cancelOutstanding() }
         if unfinished > 0 {
             library.recordViolation("detach of \(binding.label) returned with \(unfinished) accepted request(s) not completed")
         }

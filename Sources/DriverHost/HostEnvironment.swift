@@ -6,16 +6,12 @@ public protocol HostEnvironment: AnyObject, Sendable {
     var name: String { get }
     /// A line a driver logged.
     func log(level: LogLevel, driver: String, device: String?, message: String)
-    /// A driver registered a disk for `device` (the block class).
-    func diskRegistered(_ disk: RegisteredDisk, device: any HostDevice) throws(OyStatus)
-    /// The disk is going away; submit nothing more to it.
-    func diskUnregistered(_ disk: RegisteredDisk)
-    /// A driver registered a network interface (the net class).
-    func netdevRegistered(_ netdev: RegisteredNetdev, device: any HostDevice) throws(OyStatus)
-    func netdevUnregistered(_ netdev: RegisteredNetdev)
-    /// A driver registered a serial port (the serial class).
-    func serialRegistered(_ port: RegisteredSerialPort, device: any HostDevice) throws(OyStatus)
-    func serialUnregistered(_ port: RegisteredSerialPort)
+    /// A driver registered a class object for `device` (a `RegisteredDisk`,
+    /// `RegisteredNetdev`, `RegisteredSerialPort`, `RegisteredRNG`; its
+    /// `deviceClass` says which). Throw to refuse it (the driver gets the code).
+    func registered(_ registration: ClassRegistration, device: any HostDevice) throws(OyStatus)
+    /// The object is going away: use it no more.
+    func unregistered(_ registration: ClassRegistration)
 }
 
 public enum LogLevel: Int32, Sendable, Comparable, CustomStringConvertible {

@@ -212,10 +212,7 @@ enum HostServices {
 
         t.pointee.get_extension = { host, id in
             guard HostServices.library(host, service: "get_extension") != nil, let id else { return nil }
-            if strcmp(id, OY_BLOCK_EXTENSION) == 0 { return UnsafeRawPointer(HostBlock.table) }
-            if strcmp(id, OY_NET_EXTENSION) == 0 { return UnsafeRawPointer(HostNet.table) }
-            if strcmp(id, OY_SERIAL_EXTENSION) == 0 { return UnsafeRawPointer(HostSerial.table) }
-            return nil
+            return DeviceClass.table(for: id)
         }
 
         // Logging and time

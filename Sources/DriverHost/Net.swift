@@ -66,9 +66,10 @@ public struct NetStatistics: Sendable, Equatable {
 }
 
 /// A network interface a driver registered with the OS (`register_netdev`).
-public final class RegisteredNetdev: Resource, @unchecked Sendable {
+public final class RegisteredNetdev: ClassRegistration, @unchecked Sendable {
     // @unchecked Sendable: mutable state is guarded by `lock`.
-    public let binding: DeviceBinding
+    /// The extension ID of this class.
+    public static let classID: String = OY_NET_EXTENSION
     public let mac: [UInt8]
     public let mtu: Int
     public let maxFrame: Int
@@ -83,7 +84,6 @@ public final class RegisteredNetdev: Resource, @unchecked Sendable {
 
     init?(binding: DeviceBinding, info: oy_net_info, ops: oy_net_ops, instance: UnsafeMutableRawPointer?) {
         guard ops.transmit != nil else { return nil }
-        self.binding = binding
         self.mac = withUnsafeBytes(of: info.mac) { Array($0) }
         self.mtu = Int(info.mtu)
         self.maxFrame = Int(info.max_frame)
@@ -91,12 +91,11 @@ public final class RegisteredNetdev: Resource, @unchecked Sendable {
         self.ops = ops
         self.instance = instance
         self.link_ = info.link == UInt32(OY_LINK_UP.rawValue)
-        super.init(kind: "network interface", detail: Self.format(mac), owner: binding.owner)
+        super.init(binding: binding, deviceClass: Self.classID, kind: "network interface", detail: lowercaseHex(withUnsafeBytes(of: info.mac) { Array($0) }, separator: UInt8(ascii: ":")))
     }
 
     public static func format(_ mac: [UInt8]) -> String { lowercaseHex(mac, separator: UInt8(ascii: ":")) }
 
-    public var label: String { binding.label }
     public var linkUp: Bool { lock.withLock { link_ } }
 
     /// Who gets received frames and link changes (set by the OS).
@@ -169,7 +168,7 @@ public final class RegisteredNetdev: Resource, @unchecked Sendable {
     }
 
     /// Completes frames the driver still holds with OY_E_CANCELED.
-    func cancelOutstanding() -> Int {
+    override func cancelOutstanding() -> Int {
         let pending = lock.withLock { Array(outstanding.values) }
         var count = 0
         for frame in pending {
@@ -180,19 +179,15 @@ public final class RegisteredNetdev: Resource, @unchecked Sendable {
         return count
     }
 
-    func unregister() {
-        let first = lock.withLock { () -> Bool in
-            defer { unregistered = true }
-            return !unregistered
-        }
-        if first { binding.library.environment.netdevUnregistered(self) }
-    }
+    public override var outstandingCount: Int { lock.withLock { outstanding.count } }
 
-    override func reclaim() { unregister() }
+    override func willUnregister() { lock.withLock { unregistered = true } }
 }
 
 /// The host's "oyako.net/1" table.
 enum HostNet {
+    static let deviceClass = DeviceClass(id: RegisteredNetdev.classID, table: UnsafeRawPointer(table))
+
     /// Static for the life of the process; drivers hold a pointer to it.
     nonisolated(unsafe) static let table: UnsafeMutablePointer<oy_host_net> = {
         let t = UnsafeMutablePointer<oy_host_net>.allocate(capacity: 1)
@@ -210,24 +205,9 @@ enum HostNet {
                 binding.library.recordViolation("register_netdev with a NULL transmit callback")
                 return OY_E_INVALID.rawValue
             }
-            let handle = binding.owner.adopt(netdev)
-            binding.recordNetdev(netdev)
-            do throws(OyStatus) {
-                try binding.library.environment.netdevRegistered(netdev, device: binding.device)
-            } catch {
-                _ = ResourceOwner.release(handle, as: RegisteredNetdev.self)
-                return error.rawValue
-            }
-            out.pointee = handle
-            return OY_OK.rawValue
+            return ClassRegistration.announce(netdev, out: out)
         }
-        t.pointee.unregister_netdev = { handle in
-            guard let netdev = ResourceOwner.release(handle, as: RegisteredNetdev.self) else {
-                HostServices.unattributed("unregister_netdev with an invalid or already unregistered handle")
-                return
-            }
-            netdev.unregister()
-        }
+        t.pointee.unregister_netdev = { handle in ClassRegistration.withdraw(handle, as: RegisteredNetdev.self, service: "unregister_netdev") }
         t.pointee.tx_complete = { raw, status in
             guard let raw, let frame = NetFrame.reclaim(raw) else {
                 HostServices.unattributed("tx_complete for a frame that is not outstanding (completed twice, or never accepted)")

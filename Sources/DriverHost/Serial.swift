@@ -27,9 +27,10 @@ public struct SerialLine: Sendable, Equatable {
 }
 
 /// A serial port a driver registered with the OS (`register_port`).
-public final class RegisteredSerialPort: Resource, @unchecked Sendable {
+public final class RegisteredSerialPort: ClassRegistration, @unchecked Sendable {
     // @unchecked Sendable: mutable state is guarded by `lock`.
-    public let binding: DeviceBinding
+    /// The extension ID of this class.
+    public static let classID: String = OY_SERIAL_EXTENSION
     let ops: oy_serial_ops
     let instance: UnsafeMutableRawPointer?
     private let lock = NSCondition()
@@ -41,14 +42,11 @@ public final class RegisteredSerialPort: Resource, @unchecked Sendable {
 
     init?(binding: DeviceBinding, line: oy_serial_line, ops: oy_serial_ops, instance: UnsafeMutableRawPointer?) {
         guard ops.write != nil else { return nil }
-        self.binding = binding
         self.ops = ops
         self.instance = instance
         self.line_ = SerialLine(baud: Int(line.baud), dataBits: Int(line.data_bits), parity: Int(line.parity), stopBits: Int(line.stop_bits))
-        super.init(kind: "serial port", detail: "\(line.baud) baud", owner: binding.owner)
+        super.init(binding: binding, deviceClass: Self.classID, kind: "serial port", detail: "\(line.baud) baud")
     }
-
-    public var label: String { binding.label }
     public var line: SerialLine { lock.withLock { line_ } }
 
     public var receiver: (any SerialReceiver)? {
@@ -97,21 +95,18 @@ public final class RegisteredSerialPort: Resource, @unchecked Sendable {
 
     /// No more writes reach the driver; one in progress is waited for, so
     /// that after unregister_port returns the driver's `write` is not running.
-    func unregister() {
-        let first = lock.withLock { () -> Bool in
-            let first = !unregistered
+    override func willUnregister() {
+        lock.withLock {
             unregistered = true
             while writesInProgress > 0 { lock.wait() }
-            return first
         }
-        if first { binding.library.environment.serialUnregistered(self) }
     }
-
-    override func reclaim() { unregister() }
 }
 
 /// The host's "oyako.serial/1" table.
 enum HostSerial {
+    static let deviceClass = DeviceClass(id: RegisteredSerialPort.classID, table: UnsafeRawPointer(table))
+
     /// Static for the life of the process; drivers hold a pointer to it.
     nonisolated(unsafe) static let table: UnsafeMutablePointer<oy_host_serial> = {
         let t = UnsafeMutablePointer<oy_host_serial>.allocate(capacity: 1)
@@ -128,23 +123,9 @@ enum HostSerial {
                 binding.library.recordViolation("register_port with a NULL write callback")
                 return OY_E_INVALID.rawValue
             }
-            let handle = binding.owner.adopt(port)
-            do throws(OyStatus) {
-                try binding.library.environment.serialRegistered(port, device: binding.device)
-            } catch {
-                _ = ResourceOwner.release(handle, as: RegisteredSerialPort.self)
-                return error.rawValue
-            }
-            out.pointee = handle
-            return OY_OK.rawValue
+            return ClassRegistration.announce(port, out: out)
         }
-        t.pointee.unregister_port = { handle in
-            guard let port = ResourceOwner.release(handle, as: RegisteredSerialPort.self) else {
-                HostServices.unattributed("unregister_port with an invalid or already unregistered handle")
-                return
-            }
-            port.unregister()
-        }
+        t.pointee.unregister_port = { handle in ClassRegistration.withdraw(handle, as: RegisteredSerialPort.self, service: "unregister_port") }
         t.pointee.receive = { handle, data, length in
             guard let port = HostServices.resource(handle, RegisteredSerialPort.self, service: "receive"), let data, length > 0 else { return }
             port.target()?.received(UnsafeRawBufferPointer(start: data, count: Int(length)), on: port)

@@ -251,33 +251,23 @@ public final class Disk: @unchecked Sendable {
 }
 
 /// The OS's registry of disks, named in order of registration.
-public final class BlockLayer: Sendable {
-    private struct State {
-        var disks: [Disk] = []
-        var next = 0
-    }
-
-    private let state = Mutex(State())
+public final class BlockLayer: ClassSubsystem {
+    private let named = NamedDevices<Disk>(prefix: "disk")
     let memory: KernelMemory
+    let deviceClass = RegisteredDisk.classID
 
     init(memory: KernelMemory) { self.memory = memory }
 
-    public var disks: [Disk] { state.withLock { $0.disks } }
+    public var disks: [Disk] { named.all }
 
-    func add(_ registered: RegisteredDisk) -> Disk {
-        state.withLock { s in
-            let disk = Disk(name: "disk\(s.next)", registered: registered, memory: memory)
-            s.next += 1
-            s.disks.append(disk)
-            return disk
-        }
+    func adopt(_ registration: ClassRegistration, log: KernelLog) throws(OyStatus) {
+        guard let registered = registration as? RegisteredDisk else { throw .invalid }
+        let disk = named.add { Disk(name: $0, registered: registered, memory: memory) }
+        let g = registered.geometry
+        log.record(.info, "block", "\(disk.name): \(g.blockCount) × \(g.blockSize) B via \(registered.label), queue depth \(g.queueDepth)")
     }
 
-    func remove(_ registered: RegisteredDisk) {
-        let disk = state.withLock { s -> Disk? in
-            guard let index = s.disks.firstIndex(where: { $0.registered === registered }) else { return nil }
-            return s.disks.remove(at: index)
-        }
-        disk?.markRemoved()
+    func release(_ registration: ClassRegistration, log: KernelLog) {
+        named.remove { $0.registered === registration }?.markRemoved()
     }
 }

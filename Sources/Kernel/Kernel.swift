@@ -66,6 +66,7 @@ public final class Kernel: @unchecked Sendable {
     public let blockLayer: BlockLayer
     public let network = NetworkSubsystem()
     public let serial = SerialSubsystem()
+    public let entropy = EntropySubsystem()
     public let log: KernelLog
     private let driverPaths: [String]
     private let environment: KernelEnvironment
@@ -79,7 +80,7 @@ public final class Kernel: @unchecked Sendable {
         self.driverPaths = driverPaths
         self.blockLayer = BlockLayer(memory: platform.memory)
         self.log = KernelLog(echoLevel: logLevel)
-        self.environment = KernelEnvironment(name: platform.environmentName, blockLayer: blockLayer, network: network, serial: serial, log: log)
+        self.environment = KernelEnvironment(name: platform.environmentName, subsystems: [blockLayer, network, serial, entropy], log: log)
         platform.bus.onSurpriseRemoval { [weak self] slot in self?.deviceRemoved(slot) }
     }
 
@@ -221,55 +222,33 @@ public final class Kernel: @unchecked Sendable {
     }
 }
 
-/// The Kernel's side of the driver host: logs, and the block subsystem
-/// drivers register disks with.
+/// The Kernel's side of the driver host: logs, and a subsystem per device
+/// class that takes what drivers register.
 final class KernelEnvironment: HostEnvironment {
     let name: String
-    let blockLayer: BlockLayer
-    let network: NetworkSubsystem
-    let serial: SerialSubsystem
     let log: KernelLog
+    private let subsystems: [String: any ClassSubsystem]
 
-    init(name: String, blockLayer: BlockLayer, network: NetworkSubsystem, serial: SerialSubsystem, log: KernelLog) {
+    init(name: String, subsystems: [any ClassSubsystem], log: KernelLog) {
         self.name = name
-        self.blockLayer = blockLayer
-        self.network = network
-        self.serial = serial
         self.log = log
+        self.subsystems = Dictionary(uniqueKeysWithValues: subsystems.map { ($0.deviceClass, $0) })
     }
 
     func log(level: LogLevel, driver: String, device: String?, message: String) {
         log.record(level, device.map { "\(driver)@\($0)" } ?? driver, message)
     }
 
-    func diskRegistered(_ disk: RegisteredDisk, device: any HostDevice) throws(OyStatus) {
-        let added = blockLayer.add(disk)
-        let g = disk.geometry
-        log.record(.info, "block", "\(added.name): \(g.blockCount) × \(g.blockSize) B via \(disk.label), queue depth \(g.queueDepth)")
+    func registered(_ registration: ClassRegistration, device: any HostDevice) throws(OyStatus) {
+        guard let subsystem = subsystems[registration.deviceClass] else {
+            log.record(.warning, "kernel", "\(registration.label) registered a \(registration.deviceClass) object; this OS has no subsystem for it")
+            throw .notSupported
+        }
+        try subsystem.adopt(registration, log: log)
     }
 
-    func diskUnregistered(_ disk: RegisteredDisk) {
-        blockLayer.remove(disk)
-    }
-
-    func netdevRegistered(_ netdev: RegisteredNetdev, device: any HostDevice) throws(OyStatus) {
-        let interface = network.add(netdev)
-        log.record(.info, "net", "\(interface.name): \(RegisteredNetdev.format(netdev.mac)) via \(netdev.label), link \(netdev.linkUp ? "up" : "down")")
-    }
-
-    func netdevUnregistered(_ netdev: RegisteredNetdev) {
-        network.remove(netdev)
-    }
-
-    func serialRegistered(_ port: RegisteredSerialPort, device: any HostDevice) throws(OyStatus) {
-        let added = serial.add(port)
-        if serial.console === added { log.attachConsole(added) }
-        log.record(.info, "serial", "\(added.name): \(port.line.baud) baud via \(port.label)")
-    }
-
-    func serialUnregistered(_ port: RegisteredSerialPort) {
-        if serial.console?.port === port { log.attachConsole(nil) }
-        serial.remove(port)
+    func unregistered(_ registration: ClassRegistration) {
+        subsystems[registration.deviceClass]?.release(registration, log: log)
     }
 }
 

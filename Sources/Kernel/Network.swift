@@ -141,33 +141,22 @@ public final class NetInterface: NetReceiver, @unchecked Sendable {
 }
 
 /// The OS's network interfaces, named eth0, eth1... in registration order.
-public final class NetworkSubsystem: Sendable {
-    private struct State {
-        var interfaces: [NetInterface] = []
-        var next = 0
-    }
+public final class NetworkSubsystem: ClassSubsystem {
+    private let named = NamedDevices<NetInterface>(prefix: "eth")
+    let deviceClass = RegisteredNetdev.classID
 
-    private let state = Mutex(State())
-
-    public var interfaces: [NetInterface] { state.withLock { $0.interfaces } }
+    public var interfaces: [NetInterface] { named.all }
 
     public func interface(named name: String) -> NetInterface? { interfaces.first { $0.name == name } }
 
-    func add(_ netdev: RegisteredNetdev) -> NetInterface {
-        state.withLock { s in
-            let interface = NetInterface(name: "eth\(s.next)", netdev: netdev)
-            s.next += 1
-            s.interfaces.append(interface)
-            netdev.receiver = interface
-            return interface
-        }
+    func adopt(_ registration: ClassRegistration, log: KernelLog) throws(OyStatus) {
+        guard let netdev = registration as? RegisteredNetdev else { throw .invalid }
+        let interface = named.add { NetInterface(name: $0, netdev: netdev) }
+        netdev.receiver = interface
+        log.record(.info, "net", "\(interface.name): \(RegisteredNetdev.format(netdev.mac)) via \(netdev.label), link \(netdev.linkUp ? "up" : "down")")
     }
 
-    func remove(_ netdev: RegisteredNetdev) {
-        let gone = state.withLock { s -> NetInterface? in
-            guard let i = s.interfaces.firstIndex(where: { $0.netdev === netdev }) else { return nil }
-            return s.interfaces.remove(at: i)
-        }
-        gone?.markRemoved()
+    func release(_ registration: ClassRegistration, log: KernelLog) {
+        named.remove { $0.netdev === registration }?.markRemoved()
     }
 }

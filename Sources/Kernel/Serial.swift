@@ -148,22 +148,23 @@ public final class SerialPort: SerialReceiver, @unchecked Sendable {
 }
 
 /// The OS's serial ports; the first is the console.
-public final class SerialSubsystem: Sendable {
-    private let state = Mutex<[SerialPort]>([])
+public final class SerialSubsystem: ClassSubsystem {
+    private let named = NamedDevices<SerialPort>(prefix: "ttyS")
+    let deviceClass = RegisteredSerialPort.classID
 
-    public var ports: [SerialPort] { state.withLock { $0 } }
+    public var ports: [SerialPort] { named.all }
     public var console: SerialPort? { ports.first }
 
-    func add(_ registered: RegisteredSerialPort) -> SerialPort {
-        state.withLock { ports in
-            let port = SerialPort(name: "ttyS\(ports.count)", port: registered)
-            ports.append(port)
-            registered.receiver = port
-            return port
-        }
+    func adopt(_ registration: ClassRegistration, log: KernelLog) throws(OyStatus) {
+        guard let registered = registration as? RegisteredSerialPort else { throw .invalid }
+        let port = named.add { SerialPort(name: $0, port: registered) }
+        registered.receiver = port
+        if console === port { log.attachConsole(port) }
+        log.record(.info, "serial", "\(port.name): \(registered.line.baud) baud via \(registered.label)")
     }
 
-    func remove(_ registered: RegisteredSerialPort) {
-        state.withLock { $0.removeAll { $0.port === registered } }
+    func release(_ registration: ClassRegistration, log: KernelLog) {
+        if console?.port === registration { log.attachConsole(nil) }
+        _ = named.remove { $0.port === registration }
     }
 }

@@ -145,10 +145,6 @@ public final class RecordingEnvironment: HostEnvironment {
     public func log(level: LogLevel, driver: String, device: String?, message: String) {
         lines.withLock { $0.append("\(level) \(driver): \(message)") }
     }
-    public func diskRegistered(_ disk: RegisteredDisk, device: any HostDevice) throws(OyStatus) {}
-    public func diskUnregistered(_ disk: RegisteredDisk) {}
-    public func netdevRegistered(_ netdev: RegisteredNetdev, device: any HostDevice) throws(OyStatus) {}
-    public func netdevUnregistered(_ netdev: RegisteredNetdev) {}
-    public func serialRegistered(_ port: RegisteredSerialPort, device: any HostDevice) throws(OyStatus) {}
-    public func serialUnregistered(_ port: RegisteredSerialPort) {}
+    public func registered(_ registration: ClassRegistration, device: any HostDevice) throws(OyStatus) {}
+    public func unregistered(_ registration: ClassRegistration) {}
 }

@@ -12,6 +12,7 @@
 #include <oyako/block.h>
 #include <oyako/net.h>
 #include <oyako/serial.h>
+#include <oyako/rng.h>
 #include <oyako/control.h>
 #include <oyako/instances.h>
 

@@ -67,6 +67,7 @@ typedef struct oy_event oy_event;
 typedef struct oy_disk oy_disk;             /* a block device registered with the OS */
 typedef struct oy_netdev oy_netdev;         /* a network interface registered with the OS */
 typedef struct oy_serial oy_serial;         /* a serial port registered with the OS */
+typedef struct oy_rng oy_rng;               /* an entropy source registered with the OS */
 
 /* An address as the device sees it (after the IOMMU), never a CPU pointer. */
 typedef uint64_t oy_dma_addr;

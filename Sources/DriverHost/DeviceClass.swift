@@ -1,0 +1,107 @@
+import COyakoSDK
+import Foundation
+
+/// A device class the host serves (block, net, serial, rng...): the
+/// extension a driver looks up by versioned ID, and the host table behind
+/// it. Each class lives in one file (Block.swift, Net.swift, Serial.swift,
+/// RNG.swift) that defines its table, its registration type and how that
+/// cancels outstanding work; `DeviceClass.all` lists them, and nothing else
+/// in the host switches on the class.
+public struct DeviceClass: Sendable {
+    /// The versioned extension ID, e.g. "oyako.block/1".
+    public let id: String
+    /// The host table `get_extension` returns: static for the life of the
+    /// process, starting with its `struct_size`.
+    nonisolated(unsafe) let table: UnsafeRawPointer
+
+    init(id: String, table: UnsafeRawPointer) {
+        self.id = id
+        self.table = table
+    }
+
+    /// Every class this host serves.
+    static let all: [DeviceClass] = [HostBlock.deviceClass, HostNet.deviceClass, HostSerial.deviceClass, HostRNG.deviceClass]
+
+    /// The host table for extension `id`, or nil for an unknown ID.
+    static func table(for id: UnsafePointer<CChar>) -> UnsafeRawPointer? {
+        all.first { strcmp($0.id, id) == 0 }?.table
+    }
+
+    /// The IDs of every class this host serves.
+    public static var ids: [String] { all.map(\.id) }
+}
+
+/// Something a driver registered with the OS through a class's host table
+/// (a disk, an interface, a port, an entropy source). The OS learns of it
+/// through `HostEnvironment.registered` and forgets it through `unregistered`;
+/// detach cancels what the driver accepted and did not finish.
+public class ClassRegistration: Resource, @unchecked Sendable {
+    // @unchecked Sendable: `unregistered` is guarded by `registrationLock`.
+    public let binding: DeviceBinding
+    /// The extension ID of the class ("oyako.block/1").
+    public let deviceClass: String
+    private let registrationLock = NSLock()
+    private var unregisteredFlag = false
+
+    init(binding: DeviceBinding, deviceClass: String, kind: String, detail: String) {
+        self.binding = binding
+        self.deviceClass = deviceClass
+        super.init(kind: kind, detail: detail, owner: binding.owner)
+    }
+
+    /// Driver name and device, e.g. "nvmelite@00:01.0".
+    public var label: String { binding.label }
+
+    /// True once unregistered: the OS sends nothing more.
+    public var isUnregistered: Bool { registrationLock.withLock { unregisteredFlag } }
+
+    /// Requests the driver accepted and has not completed.
+    public var outstandingCount: Int { 0 }
+
+    /// Completes whatever the driver accepted and did not finish with
+    /// OY_E_CANCELED; returns how many. Called after detach returned.
+    func cancelOutstanding() -> Int { 0 }
+
+    /// Called once, before the OS is told: stop new work, wait for a call
+    /// into the driver in progress.
+    func willUnregister() {}
+
+    /// Unregisters (idempotent): the OS stops using it.
+    func unregister() {
+        let first = registrationLock.withLock { () -> Bool in
+            defer { unregisteredFlag = true }
+            return !unregisteredFlag
+        }
+        guard first else { return }
+        willUnregister()
+        binding.library.environment.unregistered(self)
+    }
+
+    override func reclaim() { unregister() }
+
+    /// Adopts `registration` for its device, tells the OS, and writes the
+    /// handle to `out`; on refusal the handle is released again. The common
+    /// tail of every class's `register_*` service.
+    static func announce<T: ClassRegistration>(_ registration: T, out: UnsafeMutablePointer<OpaquePointer?>) -> Int32 {
+        let binding = registration.binding
+        let handle = binding.owner.adopt(registration)
+        binding.record(registration)
+        do throws(OyStatus) {
+            try binding.library.environment.registered(registration, device: binding.device)
+        } catch {
+            _ = ResourceOwner.release(handle, as: T.self)
+            return error.rawValue
+        }
+        out.pointee = handle
+        return OY_OK.rawValue
+    }
+
+    /// The common body of every class's `unregister_*` service.
+    static func withdraw<T: ClassRegistration>(_ handle: OpaquePointer?, as type: T.Type, service: String) {
+        guard let registration = ResourceOwner.release(handle, as: type) else {
+            HostServices.unattributed("\(service) with an invalid or already unregistered handle")
+            return
+        }
+        registration.unregister()
+    }
+}

@@ -1,0 +1,103 @@
+import COyakoSDK
+import Foundation
+
+/// An entropy source a driver registered with the OS (`register_rng`). The
+/// OS reads through it; one read at a time reaches the driver.
+public final class RegisteredRNG: ClassRegistration, @unchecked Sendable {
+    // @unchecked Sendable: `unregistered` and `reading` are guarded by `lock`.
+    /// The extension ID of this class.
+    public static let classID: String = OY_RNG_EXTENSION
+    let readFunction: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, UInt32, UnsafeMutablePointer<UInt32>?) -> Int32
+    let instance: UnsafeMutableRawPointer?
+    private let lock = NSCondition()
+    private var unregistered = false
+    private var reading = false
+
+    /// Largest read one call may ask for (OY_RNG_MAX_READ).
+    public static let maxRead = Int(OY_RNG_MAX_READ)
+
+    init?(binding: DeviceBinding, ops: oy_rng_ops, instance: UnsafeMutableRawPointer?) {
+        guard let read = ops.read else { return nil }
+        self.readFunction = read
+        self.instance = instance
+        super.init(binding: binding, deviceClass: Self.classID, kind: "entropy source", detail: "")
+    }
+
+    /// Asks the driver for up to `buffer.count` bytes; returns how many it
+    /// produced. Calls are serialised (the ABI promises one at a time).
+    public func read(into buffer: UnsafeMutableRawBufferPointer) -> Result<Int, OyStatus> {
+        let admitted = lock.withLock { () -> Bool in
+            while reading && !unregistered { lock.wait() }
+            guard !unregistered else { return false }
+            reading = true
+            return true
+        }
+        guard admitted else { return .failure(.deviceGone) }
+        defer {
+            lock.withLock {
+                reading = false
+                lock.broadcast()
+            }
+        }
+        var produced: UInt32 = 0
+        let status = binding.library.callDriver("rng read") {
+            OyStatus(readFunction(instance, buffer.baseAddress, UInt32(clamping: buffer.count), &produced))
+        }
+        guard status.isOK else {
+            if !status.isDefined { binding.library.recordViolation("rng read returned undefined code \(status.rawValue)") }
+            return .failure(status)
+        }
+        guard Int(produced) <= buffer.count else {
+            binding.library.recordViolation("rng read reported \(produced) bytes produced into a \(buffer.count)-byte buffer")
+            return .failure(.io)
+        }
+        return .success(Int(produced))
+    }
+
+    /// Raw reads for the conformance suite: NULL buffers and out-of-range
+    /// lengths the OS itself never sends.
+    @_spi(Conformance) public func readUnchecked(nullBuffer: Bool, length: UInt32, nullProduced: Bool = false) -> OyStatus {
+        var scratch = [UInt8](repeating: 0, count: Int(min(length, 16)))
+        var produced: UInt32 = 0
+        return scratch.withUnsafeMutableBytes { bytes in
+            withUnsafeMutablePointer(to: &produced) { out in
+                binding.library.callDriver("rng read") {
+                    OyStatus(readFunction(instance, nullBuffer ? nil : bytes.baseAddress, length, nullProduced ? nil : out))
+                }
+            }
+        }
+    }
+
+    /// No more reads reach the driver; one in progress is waited for.
+    override func willUnregister() {
+        lock.withLock {
+            unregistered = true
+            while reading { lock.wait() }
+            lock.broadcast()
+        }
+    }
+}
+
+/// The host's "oyako.rng/1" table.
+enum HostRNG {
+    static let deviceClass = DeviceClass(id: RegisteredRNG.classID, table: UnsafeRawPointer(table))
+
+    /// Static for the life of the process; drivers hold a pointer to it.
+    nonisolated(unsafe) static let table: UnsafeMutablePointer<oy_host_rng> = {
+        let t = UnsafeMutablePointer<oy_host_rng>.allocate(capacity: 1)
+        t.initialize(to: oy_host_rng())
+        t.pointee.struct_size = UInt32(MemoryLayout<oy_host_rng>.size)
+        t.pointee.register_rng = { device, ops, instance, out in
+            guard let binding = HostServices.binding(device, service: "register_rng") else { return OY_E_INVALID.rawValue }
+            guard HostServices.requirePassive("register_rng", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
+            guard let ops, let out, ops.pointee.struct_size >= UInt32(MemoryLayout<oy_rng_ops>.size) else { return OY_E_INVALID.rawValue }
+            guard let rng = RegisteredRNG(binding: binding, ops: ops.pointee, instance: instance) else {
+                binding.library.recordViolation("register_rng with a NULL read callback")
+                return OY_E_INVALID.rawValue
+            }
+            return ClassRegistration.announce(rng, out: out)
+        }
+        t.pointee.unregister_rng = { handle in ClassRegistration.withdraw(handle, as: RegisteredRNG.self, service: "unregister_rng") }
+        return t
+    }()
+}
