@@ -12,9 +12,10 @@ enum Catalogue {
     static let block: Set<String> = ["oyako.block/1"]
     static let net: Set<String> = ["oyako.net/1"]
     static let serial: Set<String> = ["oyako.serial/1"]
-    static let io: Set<String> = ["oyako.block/1", "oyako.net/1", "oyako.serial/1"]
+    static let rng: Set<String> = ["oyako.rng/1"]
+    static let io: Set<String> = ["oyako.block/1", "oyako.net/1", "oyako.serial/1", "oyako.rng/1"]
 
-    static let all: [CheckDefinition] = file + load + lifecycle + contextAndConcurrency + faults + ioChecks + badInput + control
+    static let all: [CheckDefinition] = file + load + lifecycle + contextAndConcurrency + faults + ioChecks + rngChecks + sameResults + badInput + control
 
     // MARK: File and symbols (no driver code runs)
 
@@ -605,6 +606,9 @@ enum Catalogue {
             let faults = rig.machine.iommu.recentFaults
             return faults.isEmpty ? .passed() : .failed("\(faults.count) DMA fault(s), first: \(faults[0]); give the device addresses from dma_alloc/dma_map, never CPU pointers")
         },
+    ]
+
+    static let sameResults: [CheckDefinition] = [
         CheckDefinition("io.same-results", "the same observable results in both environments", scope: .crossEnvironment) { _ in .passed() },
     ]
 
@@ -765,6 +769,14 @@ func startBackgroundIO(_ rig: Rig, pending: Pending, count: Int = 64) {
         for _ in 0..<count { _ = interface.send(frame) }
     } else if let tty = rig.kernel.serial.ports.first {
         tty.write([UInt8](repeating: 0x55, count: count * 16))
+    } else if let source = rig.kernel.entropy.sources.first {
+        for _ in 0..<4 {
+            pending.start()
+            Thread.detachNewThread {
+                for _ in 0..<(count / 4) { if (try? source.read(256, timeout: 1)) == nil { break } }
+                pending.finish()
+            }
+        }
     }
 }
 
@@ -791,6 +803,13 @@ extension Rig {
         case "oyako.serial/1":
             guard let tty = kernel.serial.ports.first else { throw CheckFailure("no port") }
             tty.write([UInt8](repeating: UInt8(0x30 + worker), count: 8))
+            return "ok"
+        case "oyako.rng/1":
+            do {
+                _ = try kernel.entropy.read(64)
+            } catch {
+                throw CheckFailure("worker \(worker): \(error)")
+            }
             return "ok"
         default:
             return "none"

@@ -74,6 +74,7 @@ extension Rig {
             let line = tty.line
             o["driver.line"] = "\(line.baud)/\(line.dataBits)\(line.parity)\(line.stopBits)"
         }
+        if let rng = rngs.first { o["device.words_delivered"] = "\(rng.wordsDelivered)" }
         return o
     }
 }

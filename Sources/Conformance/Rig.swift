@@ -50,6 +50,7 @@ final class Rig: @unchecked Sendable {
     private(set) var nvmes: [NVMeLite] = []
     private(set) var nics: [(E1KLite, FrameRecorder)] = []
     private(set) var uarts: [(UART16550, SerialLog)] = []
+    private(set) var rngs: [RNGLite] = []
 
     var deviceClass: String { file.metadata.deviceClass }
 
@@ -83,7 +84,11 @@ final class Rig: @unchecked Sendable {
                 uarts.append((uart, log))
                 slots.append(machine.bus.plug(uart))
             }
-            if wanted.contains(RNGLite.deviceID) { slots.append(machine.bus.plug(RNGLite())) }
+            if wanted.contains(RNGLite.deviceID) {
+                let rng = RNGLite()
+                rngs.append(rng)
+                slots.append(machine.bus.plug(rng))
+            }
         }
         if environment == .root {
             let root = try RootPartition(machine: machine, memory: 64 << 20)
@@ -201,6 +206,15 @@ final class Rig: @unchecked Sendable {
                 throw CheckFailure("the 64 bytes written never reached the line as one run in order")
             }
             return "serial:\(bytes.count)"
+        case "oyako.rng/1":
+            let bytes: [UInt8]
+            do {
+                bytes = try kernel.entropy.read(256)
+            } catch {
+                throw CheckFailure("reading 256 bytes of entropy failed: \(error)")
+            }
+            guard bytes.contains(where: { $0 != 0 }) else { throw CheckFailure("256 bytes of entropy were all zero: the driver did not fill the buffer") }
+            return "rng:\(bytes.count)"
         default:
             return "none"
         }

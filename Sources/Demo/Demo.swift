@@ -110,7 +110,7 @@ public struct DemoRunner {
     // MARK: Bare metal
 
     private func runBare(state: String, driverPaths: [String]) throws -> DemoReport.Environment {
-        progress("[bare] powering on: 128 MiB RAM, IOMMU, nvmelite, e1klite, uart16550")
+        progress("[bare] powering on: 128 MiB RAM, IOMMU, nvmelite, e1klite, uart16550, rnglite")
         let testbed = try Testbed.make(state: state, diskSize: diskSize, nics: 1, consoleLog: state + "/console/bare.log")
         let outside = Outside(nic: testbed.nics[0])
         defer {
@@ -123,6 +123,7 @@ public struct DemoRunner {
         defer { kernel.shutdown() }
         let disks = try exercise(kernel: kernel, label: "bare", boot: boot, region: Self.bareRegion, seed: 0xBA2E)
         let serial = checkSerial(kernel: kernel, testbed: testbed, label: "bare")
+        let entropy = checkEntropy(kernel: kernel, label: "bare")
         var network = false
         if let eth0 = kernel.network.interfaces.first {
             let stack = Self.hostStack(on: eth0, ip: Self.bareAddress)
@@ -132,7 +133,7 @@ public struct DemoRunner {
             progress("[bare] eth0 192.0.2.2: pinged the outside \(out)/3; the outside pinged us \(back)/3 (through e1klite)")
             eth0.setUpperLayer(nil)
         }
-        return environment(boot: boot, disks: disks, network: network, serial: serial)
+        return environment(boot: boot, disks: disks, network: network, serial: serial, entropy: entropy)
     }
 
     // MARK: Hypervisor role
@@ -166,6 +167,7 @@ public struct DemoRunner {
             progress("[root] no disk: cannot check that the bare OS's data survived the reboot")
         }
         let serial = checkSerial(kernel: kernel, testbed: testbed, label: "root")
+        let entropy = checkEntropy(kernel: kernel, label: "root")
 
         // Switches: a private one for the children, an external one on eth0
         // shared with the root.
@@ -189,7 +191,7 @@ public struct DemoRunner {
                                        outside: outside, state: state, nic: testbed.nics[0])
         _ = rootStack
         let childrenReachedOutside = children.contains { $0.network?.pings.contains { $0.to == "192.0.2.1" && $0.answered == $0.sent } == true }
-        return (environment(boot: boot, disks: disks, network: rootNetwork && childrenReachedOutside, serial: serial), survived, children)
+        return (environment(boot: boot, disks: disks, network: rootNetwork && childrenReachedOutside, serial: serial, entropy: entropy), survived, children)
     }
 
     private func runChildren(root: RootPartition, kernel: Kernel, privateSwitch: VirtualSwitch, externalSwitch: VirtualSwitch,
@@ -289,15 +291,16 @@ public struct DemoRunner {
 
     // MARK: Checks
 
-    private func environment(boot: Kernel.BootReport, disks: [DemoReport.DiskEntry], network: Bool, serial: Bool) -> DemoReport.Environment {
+    private func environment(boot: Kernel.BootReport, disks: [DemoReport.DiskEntry], network: Bool, serial: Bool, entropy: Bool) -> DemoReport.Environment {
         let drivers = boot.drivers.map { record -> DemoReport.DriverEntry in
             let verified: Bool
             switch record.deviceClass {
-            case "oyako.block/1":
+            case RegisteredDisk.classID:
                 let served = disks.filter { $0.driver == record.name }
                 verified = !served.isEmpty && served.allSatisfy(\.verified)
-            case "oyako.net/1": verified = network && !record.devices.isEmpty
-            case "oyako.serial/1": verified = serial && !record.devices.isEmpty
+            case RegisteredNetdev.classID: verified = network && !record.devices.isEmpty
+            case RegisteredSerialPort.classID: verified = serial && !record.devices.isEmpty
+            case RegisteredRNG.classID: verified = entropy && !record.devices.isEmpty
             default: verified = false
             }
             return DemoReport.DriverEntry(name: record.name, path: record.mappedPath ?? record.path, sha256: record.sha256, devices: record.devices, verified: verified)
@@ -322,6 +325,25 @@ public struct DemoRunner {
         let ok = sent && got == typed && tty.lost == 0
         progress("[\(label)] \(tty.name) (uart16550 @ \(tty.line.baud) baud): console out \(sent ? "ok" : "FAILED"), \(got.count)/\(typed.count) bytes in, in order \(got == typed ? "yes" : "NO")")
         return ok
+    }
+
+    /// The OS's /dev/random, served by the template's driver: two reads
+    /// that arrive, are not all zero, and differ.
+    private func checkEntropy(kernel: Kernel, label: String) -> Bool {
+        guard let source = kernel.entropy.sources.first else {
+            progress("[\(label)] no entropy source registered")
+            return false
+        }
+        do {
+            let first = try kernel.entropy.read(32), second = try kernel.entropy.read(32)
+            let ok = first != second && first.contains { $0 != 0 } && second.contains { $0 != 0 }
+            let sample = first.prefix(8).map { String(format: "%02x", $0) }.joined()
+            progress("[\(label)] \(source.name) via \(source.driverLabel): /dev/random gave 2 × 32 bytes, \(ok ? "fresh each time" : "NOT FRESH") (\(sample)…)")
+            return ok
+        } catch {
+            progress("[\(label)] \(source.name): /dev/random FAILED: \(error)")
+            return false
+        }
     }
 
     /// Verified I/O and a throughput run on every disk of `kernel`.

@@ -54,12 +54,18 @@ public struct Testbed {
     }
 }
 
-/// Builds every reference driver under Plugins/ with the SDK's flags.
+/// Builds every reference driver under Plugins/, and the SDK template's
+/// driver (rnglite), with the SDK's flags.
 public enum ReferenceDrivers {
     public static func pluginsDirectory(sdk: SDKLocation) -> String { sdk.repositoryRoot + "/Plugins" }
 
-    /// Builds each `Plugins/<name>` into `<output>/<name>.so`; returns the paths.
+    /// Builds each `Plugins/<name>` into `<output>/<name>.so`, and
+    /// `SDK/template` into `<output>/mydriver.so`; returns the paths.
     public static func build(sdk: SDKLocation, into output: String) throws -> [String] {
+        try buildPlugins(sdk: sdk, into: output) + [DriverBuilder.build(directory: sdk.root + "/template", output: output + "/mydriver.so", sdk: sdk)]
+    }
+
+    private static func buildPlugins(sdk: SDKLocation, into output: String) throws -> [String] {
         let plugins = pluginsDirectory(sdk: sdk)
         let names = try FileManager.default.contentsOfDirectory(atPath: plugins).filter {
             var isDirectory: ObjCBool = false

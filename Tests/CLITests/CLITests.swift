@@ -97,7 +97,7 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         // All three vendor drivers, the same files in both environments.
         let bareDrivers = try #require(bare["drivers"] as? [[String: Any]])
         let rootDrivers = try #require(root["drivers"] as? [[String: Any]])
-        #expect(Set(bareDrivers.compactMap { $0["name"] as? String }) == ["nvmelite", "e1klite", "uart16550"])
+        #expect(Set(bareDrivers.compactMap { $0["name"] as? String }) == ["nvmelite", "e1klite", "uart16550", "mydriver"])
         for driver in bareDrivers {
             let twin = rootDrivers.first { $0["name"] as? String == driver["name"] as? String }
             #expect(twin?["sha256"] as? String == driver["sha256"] as? String)
@@ -128,7 +128,7 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         let files = try #require(json["hypervisor_specific_driver_files"] as? [[String: Any]])
         #expect(files.map { $0["name"] as? String } == ["nvmelite"])
         #expect(files.first?["sha256"] as? String == sha256Hex(ofFile: rebuilt))
-        #expect(json["driver_binaries_reused"] as? Int == 2)
+        #expect(json["driver_binaries_reused"] as? Int == 3)
         #expect(json["reused_unmodified"] as? Bool == false)
         #expect(json["verified"] as? Bool == true, "the other build still does verified I/O")
     }
@@ -181,7 +181,7 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         let figures = try #require(json["figures"] as? [[String: Any]])
         let names = Set(figures.compactMap { $0["name"] as? String })
         for expected in ["driver.load_to_attached.nvmelite", "driver.load_to_attached.e1klite", "driver.load_to_attached.uart16550",
-                         "host_call.monotonic_ns", "host_call.lock_pair", "host_call.reg_read32", "host_call.c_to_swift_crossing", "ring.packets_64B", "ring.bytes_4KiB",
+                         "driver.load_to_attached.mydriver", "host_call.monotonic_ns", "host_call.lock_pair", "host_call.reg_read32", "host_call.c_to_swift_crossing", "ring.packets_64B", "ring.bytes_4KiB",
                          "block.4k_randread_qd1.bare", "block.4k_randread_qd32.child", "block.64k_seqwrite_qd8.root", "block.64k_seqread_qd8.child",
                          "net.bare_nic", "net.child_to_child", "net.child_to_wire"] {
             #expect(names.contains(expected), "missing \(expected)")

@@ -41,9 +41,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
 }
 
 @Suite struct ReferenceDriverConformanceTests {
-    @Test(arguments: ["nvmelite", "e1klite", "uart16550"])
+    @Test(arguments: ["nvmelite", "e1klite", "uart16550", "template"])
     func referenceDriverPassesInBothEnvironments(_ name: String) throws {
-        let path = try Fixtures.referenceDriver(name)
+        let path = name == "template" ? try Fixtures.templateDriver() : try Fixtures.referenceDriver(name)
         let report = suite().run(driver: path)
         let problems = report.results.filter { $0.verdict.isFailure || $0.verdict == .warning }
         #expect(problems.isEmpty, "\(problems.map { "\($0.id)@\($0.environment): \($0.message)" })")
@@ -142,6 +142,16 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "    if (line->data_bits < 5) return OY_E_INVALID;\n"
             )])
         }, expected: ["io.serial.set-line": .failed]),
+        // Mutated copies of the SDK template's entropy driver.
+        Case(defect: "entropy that repeats (one bit of each word used)", build: {
+            try Fixtures.mutatedTemplateDriver([("word = h->reg_read32(d->regs, RNG_DATA);", "word = 0x01020304u + (h->reg_read32(d->regs, RNG_DATA) & 1u);")])
+        }, expected: ["io.rng.bytes": .failed, "io.rng.distinct": .failed]),
+        Case(defect: "entropy reads without length checks", build: {
+            try Fixtures.mutatedTemplateDriver([
+                ("if (buffer == NULL || produced == NULL || length == 0) return OY_E_INVALID;", "if (buffer == NULL || produced == NULL) return OY_E_INVALID;"),
+                ("    if (length > OY_RNG_MAX_READ) return OY_E_RANGE;\n", ""),
+            ])
+        }, expected: ["io.rng.bad-length": .failed]),
     ]
 
     @Test func theUnbrokenFixturePassesEverything() throws {

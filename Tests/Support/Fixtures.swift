@@ -49,12 +49,25 @@ public enum Fixtures {
     /// `(original, replacement)` must match exactly once. The test corpus
     /// uses these for defects that belong to no reference driver.
     public static func mutatedReferenceDriver(_ name: String, _ edits: [(String, String)]) throws -> String {
-        let key = (["mutated", name] + edits.flatMap { [$0.0, $0.1] }).joined(separator: "|")
+        try mutatedDriver(source: repositoryRoot + "/Plugins/" + name, name: name, edits)
+    }
+
+    /// The SDK template's driver (`SDK/template`: rnglite, oyako.rng/1).
+    public static func templateDriver() throws -> String {
+        try build(directory: sdk.root + "/template", name: "mydriver", defines: [])
+    }
+
+    /// The SDK template (`SDK/template`, the rnglite driver) with source edits.
+    public static func mutatedTemplateDriver(_ edits: [(String, String)]) throws -> String {
+        try mutatedDriver(source: sdk.root + "/template", name: "mydriver", edits)
+    }
+
+    private static func mutatedDriver(source original: String, name: String, _ edits: [(String, String)]) throws -> String {
+        let key = (["mutated", original] + edits.flatMap { [$0.0, $0.1] }).joined(separator: "|")
         let digest = String(UInt32(truncatingIfNeeded: key.hashValue), radix: 16)
         let directory = root + "/sources/\(name)-\(digest)"
         try? FileManager.default.removeItem(atPath: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let original = repositoryRoot + "/Plugins/" + name
         for file in try FileManager.default.contentsOfDirectory(atPath: original) where file.hasSuffix(".c") || file.hasSuffix(".h") {
             var text = try String(contentsOfFile: original + "/" + file, encoding: .utf8)
             for (from, to) in edits where text.contains(from) {
