@@ -77,12 +77,12 @@ let package = Package(
         ),
         .target(
             name: "Kernel",
-            dependencies: ["DriverHost", "Machine", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["DriverHost", "Machine", "Workloads", .product(name: "Logging", package: "swift-log")]
         ),
         // The root's virtualization stack: root partition boot, VSPs, VM manager.
         .target(
             name: "VirtualizationStack",
-            dependencies: ["Hypervisor", "VMBus", "Kernel", "DriverHost", "Machine", "NetStack", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["Hypervisor", "VMBus", "Kernel", "Machine", "NetStack", .product(name: "Logging", package: "swift-log")]
         ),
         // The child-partition OS: VMBus client, VSCs, on its own VP.
         .target(

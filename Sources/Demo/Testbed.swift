@@ -5,14 +5,6 @@ import Kernel
 import Machine
 import Workloads
 
-extension Disk: BlockTarget {
-    public var blockSize: Int { geometry.blockSize }
-    public var blockCount: UInt64 { geometry.blockCount }
-    public func readBlocks(lba: UInt64, count: Int) throws -> [UInt8] { try read(lba: lba, count: count * geometry.blockSize) }
-    public func writeBlocks(lba: UInt64, bytes: [UInt8]) throws { try write(lba: lba, bytes: bytes) }
-    public func flushBlocks() throws { try flush() }
-}
-
 /// A machine with the reference devices: an nvmelite disk backed by a file
 /// in the state folder, e1klite NICs, a UART whose line is logged, and an
 /// rnglite entropy source.

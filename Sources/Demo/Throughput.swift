@@ -27,10 +27,10 @@ public enum Throughput {
             Pattern.bytes(seed: 0xB0B, lba: startLBA + UInt64(i * requestBlocks), blockSize: blockSize, count: chunk).withUnsafeBytes(checksum)
         }
 
-        func pass(_ operation: BlockRequest.Operation) throws -> (seconds: Double, verified: Bool) {
+        func pass(_ operation: DiskOperation) throws -> (seconds: Double, verified: Bool) {
             let slots = DispatchSemaphore(value: depth)
             let group = DispatchGroup()
-            let failure = Mutex<OyStatus?>(nil)
+            let failure = Mutex<DiskStatus?>(nil)
             let verified = Atomic<Bool>(true)
             let free = Mutex<[Int]>(Array(0..<depth))
             let start = DispatchTime.now()
@@ -58,7 +58,7 @@ public enum Throughput {
             group.wait()
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
             if let status = failure.withLock({ $0 }) {
-                throw BlockError(disk: disk.name, operation: "\(operation)", lba: 0, status: status)
+                throw BlockError(disk: disk.name, operation: operation, lba: 0, status: status)
             }
             return (seconds, verified.load(ordering: .relaxed))
         }

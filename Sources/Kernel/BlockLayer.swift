@@ -1,16 +1,84 @@
 import DriverHost
 import Foundation
 import Synchronization
+import Workloads
 
-/// A block I/O failure: which disk, what operation, where, and the driver's
-/// status code.
+/// What a block request asks of a disk, in the block layer's own terms.
+public enum DiskOperation: String, Sendable {
+    case read, write, flush
+
+    /// The driver ABI's operation, at the one place the layer hands a
+    /// request to a driver.
+    var driverOperation: BlockRequest.Operation {
+        switch self {
+        case .read: .read
+        case .write: .write
+        case .flush: .flush
+        }
+    }
+}
+
+/// How a block request ended, in the block layer's own terms: what a
+/// caller can act on, with the driver's code kept for the report.
+public enum DiskStatus: Sendable, Equatable, CustomStringConvertible {
+    case ok
+    /// Malformed: no blocks, more than the disk takes at once, no memory.
+    case invalid
+    /// Beyond the end of the disk.
+    case outOfRange
+    /// The disk's device was removed.
+    case deviceGone
+    /// No completion within the wait.
+    case timedOut
+    /// Withdrawn before the device did it (a driver detached with it).
+    case canceled
+    /// The OS ran out of I/O memory for it.
+    case noMemory
+    /// The device's DMA was refused by the IOMMU (the driver gave it a bad address).
+    case dmaFault
+    /// The device or its driver failed it; the driver's code, named.
+    case failed(String)
+
+    public var isOK: Bool { self == .ok }
+
+    /// The one mapping from the driver ABI's codes.
+    init(_ status: OyStatus) {
+        switch status {
+        case .ok: self = .ok
+        case .invalid: self = .invalid
+        case .range: self = .outOfRange
+        case .deviceGone: self = .deviceGone
+        case .timeout: self = .timedOut
+        case .canceled: self = .canceled
+        case .noMemory: self = .noMemory
+        case .dmaFault: self = .dmaFault
+        default: self = .failed(status.description)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .ok: "ok"
+        case .invalid: "invalid request"
+        case .outOfRange: "out of range"
+        case .deviceGone: "device gone"
+        case .timedOut: "timed out"
+        case .canceled: "canceled"
+        case .noMemory: "out of I/O memory"
+        case .dmaFault: "DMA fault"
+        case .failed(let driver): "device error (\(driver))"
+        }
+    }
+}
+
+/// A block I/O failure: which disk, what operation, where, and how it ended.
 public struct BlockError: Error, CustomStringConvertible, Sendable {
     public let disk: String
-    public let operation: String
+    public let operation: DiskOperation
     public let lba: UInt64
-    public let status: OyStatus
+    public let status: DiskStatus
 
-    public init(disk: String, operation: String, lba: UInt64, status: OyStatus) {
+    public init(disk: String, operation: DiskOperation, lba: UInt64, status: DiskStatus) {
         self.disk = disk
         self.operation = operation
         self.lba = lba
@@ -90,8 +158,8 @@ public final class Disk: @unchecked Sendable {
     /// Submits asynchronously. `completion` runs exactly once, possibly on
     /// the interrupt thread; keep it short. `buffer` must stay alive until
     /// then (the request holds it).
-    public func submit(_ operation: BlockRequest.Operation, lba: UInt64, blocks: Int, buffer: IOBuffer?, bufferOffset: Int = 0,
-                       completion: @escaping @Sendable (OyStatus) -> Void)
+    public func submit(_ operation: DiskOperation, lba: UInt64, blocks: Int, buffer: IOBuffer?, bufferOffset: Int = 0,
+                       completion: @escaping @Sendable (DiskStatus) -> Void)
     {
         if operation != .flush {
             guard let buffer, bufferOffset >= 0, bufferOffset + blocks * geometry.blockSize <= buffer.length else {
@@ -109,8 +177,8 @@ public final class Disk: @unchecked Sendable {
     /// bytes of the OS's own physical memory (an IOBuffer, or pages another
     /// partition granted and the OS mapped). The caller keeps it valid until
     /// `completion` runs.
-    public func submit(_ operation: BlockRequest.Operation, lba: UInt64, blocks: Int, memory: UnsafeMutableRawPointer?,
-                       completion: @escaping @Sendable (OyStatus) -> Void)
+    public func submit(_ operation: DiskOperation, lba: UInt64, blocks: Int, memory: UnsafeMutableRawPointer?,
+                       completion: @escaping @Sendable (DiskStatus) -> Void)
     {
         if let problem = check(operation, lba: lba, blocks: blocks, memory: memory) {
             completion(problem)
@@ -118,7 +186,8 @@ public final class Disk: @unchecked Sendable {
         }
         let request = lock.withLock { spare.popLast() } ?? BlockRequest()
         let length = blocks * geometry.blockSize
-        request.prepare(operation, lba: lba, blockCount: operation == .flush ? 0 : blocks, data: memory) { [weak self] status in
+        request.prepare(operation.driverOperation, lba: lba, blockCount: operation == .flush ? 0 : blocks, data: memory) { [weak self] status in
+            let status = DiskStatus(status)
             self?.finished(request, operation: operation, length: length, status: status)
             completion(status)
         }
@@ -135,11 +204,11 @@ public final class Disk: @unchecked Sendable {
         if dispatchNow { dispatch(request) }
     }
 
-    private func check(_ operation: BlockRequest.Operation, lba: UInt64, blocks: Int, memory: UnsafeMutableRawPointer?) -> OyStatus? {
+    private func check(_ operation: DiskOperation, lba: UInt64, blocks: Int, memory: UnsafeMutableRawPointer?) -> DiskStatus? {
         if lock.withLock({ removed }) { return .deviceGone }
         if operation == .flush { return nil }
         guard blocks > 0, blocks <= geometry.maxTransferBlocks, memory != nil else { return .invalid }
-        guard lba < geometry.blockCount, UInt64(blocks) <= geometry.blockCount - lba else { return .range }
+        guard lba < geometry.blockCount, UInt64(blocks) <= geometry.blockCount - lba else { return .outOfRange }
         return nil
     }
 
@@ -157,7 +226,7 @@ public final class Disk: @unchecked Sendable {
         }
     }
 
-    private func finished(_ request: BlockRequest, operation: BlockRequest.Operation, length: Int, status: OyStatus) {
+    private func finished(_ request: BlockRequest, operation: DiskOperation, length: Int, status: DiskStatus) {
         let next = lock.withLock { () -> BlockRequest? in
             if status.isOK {
                 stats.completed += 1
@@ -189,18 +258,18 @@ public final class Disk: @unchecked Sendable {
     // MARK: Synchronous convenience
 
     /// Runs one request and waits for it.
-    public func perform(_ operation: BlockRequest.Operation, lba: UInt64, blocks: Int, buffer: IOBuffer?, bufferOffset: Int = 0,
+    public func perform(_ operation: DiskOperation, lba: UInt64, blocks: Int, buffer: IOBuffer?, bufferOffset: Int = 0,
                         timeout: Duration = .seconds(30)) throws(BlockError)
     {
         let done = DispatchSemaphore(value: 0)
-        let result = Mutex<OyStatus>(.timeout)
+        let result = Mutex<DiskStatus>(.timedOut)
         submit(operation, lba: lba, blocks: blocks, buffer: buffer, bufferOffset: bufferOffset) { status in
             result.withLock { $0 = status }
             done.signal()
         }
         let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
-        let status: OyStatus = done.wait(timeout: .now() + seconds) == .timedOut ? .timeout : result.withLock { $0 }
-        guard status.isOK else { throw BlockError(disk: name, operation: "\(operation)", lba: lba, status: status) }
+        let status: DiskStatus = done.wait(timeout: .now() + seconds) == .timedOut ? .timedOut : result.withLock { $0 }
+        guard status.isOK else { throw BlockError(disk: name, operation: operation, lba: lba, status: status) }
     }
 
     /// Reads `count` bytes (a multiple of the block size) from `lba`.
@@ -226,16 +295,16 @@ public final class Disk: @unchecked Sendable {
 
     /// Splits a transfer into requests the driver accepts, bouncing through
     /// I/O memory (user memory is not DMA-able, as on a real OS).
-    private func transfer(_ operation: BlockRequest.Operation, lba: UInt64, count: Int,
+    private func transfer(_ operation: DiskOperation, lba: UInt64, count: Int,
                           copy: (UnsafeMutableRawBufferPointer, Int) -> Void) throws(BlockError)
     {
         let blockSize = geometry.blockSize
         guard count > 0, count % blockSize == 0 else {
-            throw BlockError(disk: name, operation: "\(operation)", lba: lba, status: .invalid)
+            throw BlockError(disk: name, operation: operation, lba: lba, status: .invalid)
         }
         let maxBytes = geometry.maxTransferBlocks * blockSize
         guard let buffer = allocateBuffer(length: min(count, maxBytes)) else {
-            throw BlockError(disk: name, operation: "\(operation)", lba: lba, status: .noMemory)
+            throw BlockError(disk: name, operation: operation, lba: lba, status: .noMemory)
         }
         var offset = 0
         while offset < count {
@@ -270,4 +339,14 @@ public final class BlockLayer: ClassSubsystem {
     func release(_ registration: ClassRegistration, log: KernelLog) {
         named.remove { $0.registered === registration }?.markRemoved()
     }
+}
+
+/// The OS's disks are block targets for its userland (verified I/O, the
+/// demo's workloads), as a guest's virtual disks are for the guest's.
+extension Disk: BlockTarget {
+    public var blockSize: Int { geometry.blockSize }
+    public var blockCount: UInt64 { geometry.blockCount }
+    public func readBlocks(lba: UInt64, count: Int) throws -> [UInt8] { try read(lba: lba, count: count * geometry.blockSize) }
+    public func writeBlocks(lba: UInt64, bytes: [UInt8]) throws { try write(lba: lba, bytes: bytes) }
+    public func flushBlocks() throws { try flush() }
 }

@@ -1,4 +1,3 @@
-import DriverHost
 import Foundation
 import Kernel
 import VMBus
@@ -112,7 +111,7 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
     private enum Plan {
         case flush
         case answer(UInt32)
-        case transfer(BlockRequest.Operation, lba: UInt64, pieces: [(UnsafeMutableRawPointer, Int)], bytes: Int)
+        case transfer(DiskOperation, lba: UInt64, pieces: [(UnsafeMutableRawPointer, Int)], bytes: Int)
     }
 
     /// Validates an SRB completely, then admits it as outstanding and acts.
@@ -219,12 +218,12 @@ final class Countdown: @unchecked Sendable {
     // @unchecked Sendable: guarded by `lock`.
     private let lock = NSLock()
     private var left: Int
-    private var result = OyStatus.ok
+    private var result = DiskStatus.ok
 
     init(_ count: Int) { left = count }
 
     /// Records one piece; returns the overall status when it was the last.
-    func done(_ status: OyStatus) -> OyStatus? {
+    func done(_ status: DiskStatus) -> DiskStatus? {
         lock.withLock {
             if !status.isOK && result.isOK { result = status }
             left -= 1

@@ -71,7 +71,7 @@ import Workloads
         #expect(throws: BlockError.self) { try disk.perform(.write, lba: 0, blocks: 0, buffer: buffer) }
         #expect(throws: BlockError.self) { try disk.perform(.write, lba: 0, blocks: 9, buffer: buffer) }  // buffer too short
         let error = #expect(throws: BlockError.self) { try disk.perform(.read, lba: UInt64.max, blocks: 1, buffer: buffer) }
-        #expect(error?.status == .range)
+        #expect(error?.status == .outOfRange)
     }
 
     @Test func manyThreadsIssuingIOAtOnceAllVerify() async throws {
@@ -220,7 +220,7 @@ import Workloads
         let slot = system.testbed.nvmeSlot
         let instance = try #require(system.kernel.instance(at: slot.address))
         let group = DispatchGroup()
-        let outcomes = Mutex<[OyStatus]>([])
+        let outcomes = Mutex<[DiskStatus]>([])
         let buffers = (0..<200).map { _ in disk.allocateBuffer(length: 64 << 10)! }
         for (i, buffer) in buffers.enumerated() {
             group.enter()
