@@ -65,7 +65,7 @@ let package = Package(
         // the root's server and the guest's client. On the hypervisor's SynIC.
         .target(
             name: "VMBus",
-            dependencies: ["Hypervisor", "CSystemShims", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["Hypervisor", "Machine", "CSystemShims", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "DriverHost",

@@ -25,7 +25,7 @@ public final class GuestOS: @unchecked Sendable {
         self.vp = vp
         self.vmbus = VMBusClient(partition: partition, vp: vp)
         // Page 0 stays unused so a zero GPA is never valid.
-        self.pages = PageAllocator(firstPage: 1, pageCount: partition.addressSpaceSize / 4096 - 1)
+        self.pages = PageAllocator(firstPage: 1, pageCount: partition.addressSpaceSize / GuestMemory.pageSize - 1)
         self.consoleSink = console
     }
 
@@ -40,14 +40,17 @@ public final class GuestOS: @unchecked Sendable {
     /// Contiguous guest-physical pages, zeroed: (GPA, CPU pointer).
     public func allocate(pages count: Int) -> (gpa: UInt64, pointer: UnsafeMutableRawPointer)? {
         guard let first = pages.allocate(count) else { return nil }
-        let gpa = first * 4096
-        let pointer = partition.memory.base + Int(gpa)
-        pointer.initializeMemory(as: UInt8.self, repeating: 0, count: count * 4096)
-        return (gpa, pointer)
+        let gpa = GuestAddress.page(first)
+        guard let bytes = partition.memory.guestMemory.bytes(at: gpa, count: count * GuestMemory.pageSize) else {
+            pages.free(first, count: count)
+            return nil
+        }
+        bytes.initializeMemory(as: UInt8.self, repeating: 0)
+        return (gpa.raw, bytes.baseAddress!)
     }
 
     public func free(gpa: UInt64, pages count: Int) {
-        pages.free(gpa / 4096, count: count)
+        pages.free(GuestAddress(gpa).pageNumber, count: count)
     }
 
     /// Opens every storage device offered.

@@ -1,4 +1,5 @@
 import Foundation
+import Machine
 import NetStack
 import VMBus
 
@@ -37,8 +38,8 @@ public final class NetVSC: @unchecked Sendable {
         guard let ring = os.allocate(pages: 2 * Self.ringPages), let rx = os.allocate(pages: Self.receivePages),
             let tx = os.allocate(pages: Self.sendPages)
         else { throw VMBusError("out of guest memory for the network channel") }
-        receive = (rx.gpa, rx.pointer, Self.receivePages * 4096)
-        let sections = Self.sendPages * 4096 / NetworkProtocol.sectionSize
+        receive = (rx.gpa, rx.pointer, Self.receivePages * GuestMemory.pageSize)
+        let sections = Self.sendPages * GuestMemory.pageSize / NetworkProtocol.sectionSize
         sendArea = (tx.gpa, tx.pointer, sections)
         freeSend = Array(0..<sections)
         channel = try os.vmbus.open(relid: offer.relid, ringGPA: ring.gpa, ringPages: 2 * Self.ringPages, outboundPages: Self.ringPages)

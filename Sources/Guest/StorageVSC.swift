@@ -1,4 +1,5 @@
 import Foundation
+import Machine
 import VMBus
 import Workloads
 
@@ -39,7 +40,7 @@ public final class StorageVSC: BlockTarget, @unchecked Sendable {
         channel = try os.vmbus.open(relid: offer.relid, ringGPA: ring.gpa, ringPages: 2 * Self.ringPages, outboundPages: Self.ringPages)
         dataGPA = data.gpa
         dataPointer = data.pointer
-        dataBufferSize = Self.dataPages * 4096
+        dataBufferSize = Self.dataPages * GuestMemory.pageSize
         channel.onPacket = { [weak self] packet in self?.received(packet) }
         channel.onRescind = { [weak self] in
             guard let self else { return }

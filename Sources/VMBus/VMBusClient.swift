@@ -1,5 +1,6 @@
 import Foundation
 import Hypervisor
+import Machine
 
 /// Why a guest-side VMBus operation failed.
 public struct VMBusError: Error, CustomStringConvertible, Sendable {
@@ -202,7 +203,7 @@ public final class VMBusClient: @unchecked Sendable {
     /// Grants the root access to `pages` pages at `gpa` (header, then body
     /// messages for what does not fit). Returns the GPADL id.
     public func createGPADL(relid: UInt32, gpa: UInt64, pages: Int) throws(VMBusError) -> UInt32 {
-        try createGPADL(relid: relid, pfns: (0..<UInt64(pages)).map { gpa / 4096 + $0 })
+        try createGPADL(relid: relid, pfns: (0..<UInt64(pages)).map { GuestAddress(gpa).pageNumber + $0 })
     }
 
     /// Grants an explicit page list (tests use it to name foreign pages).
@@ -237,9 +238,11 @@ public final class VMBusClient: @unchecked Sendable {
     /// Opens a channel whose rings live in `ringPages` pages at `ringGPA`:
     /// the first `outboundPages` for guest->root, the rest root->guest.
     public func open(relid: UInt32, ringGPA: UInt64, ringPages: Int, outboundPages: Int) throws(VMBusError) -> ClientChannel {
-        let base = partition.memory.base + Int(ringGPA)
-        guard let outbound = Ring(base: base, size: outboundPages * 4096),
-            let inbound = Ring(base: base + outboundPages * 4096, size: (ringPages - outboundPages) * 4096)
+        guard let base = partition.memory.guestMemory.pointer(at: GuestAddress(ringGPA), count: ringPages * GuestMemory.pageSize) else {
+            throw VMBusError("ring at \(GuestAddress(ringGPA)) (\(ringPages) pages) is outside this partition's memory")
+        }
+        guard let outbound = Ring(base: base, size: outboundPages * GuestMemory.pageSize),
+            let inbound = Ring(base: base + outboundPages * GuestMemory.pageSize, size: (ringPages - outboundPages) * GuestMemory.pageSize)
         else { throw VMBusError("ring of \(ringPages) pages split at \(outboundPages) is too small") }
         outbound.reset()
         inbound.reset()

@@ -1,5 +1,6 @@
 import Foundation
 import Hypervisor
+import Machine
 import Logging
 
 /// A device the root offers to a child over VMBus.
@@ -26,44 +27,6 @@ public struct ChannelContext: Sendable {
 
     /// The GPADL `id` of this child, if it was created and accepted.
     public func gpadl(_ id: UInt32) -> GPADLMapping? { server.gpadl(child: child, id: id) }
-}
-
-/// Child pages the root was granted, shown contiguously in the root's
-/// foreign window. The only way the root touches child memory.
-public final class GPADLMapping: @unchecked Sendable {
-    // @unchecked Sendable: immutable after creation.
-    public let id: UInt32
-    public let relid: UInt32
-    /// The child's page numbers, in grant order.
-    public let pfns: [UInt64]
-    /// Root guest-physical address of the first page, and its CPU view.
-    public let rootGPA: UInt64
-    public let base: UnsafeMutableRawPointer
-    private let index: [UInt64: Int]
-
-    init(id: UInt32, relid: UInt32, pfns: [UInt64], rootGPA: UInt64, base: UnsafeMutableRawPointer) {
-        self.id = id
-        self.relid = relid
-        self.pfns = pfns
-        self.rootGPA = rootGPA
-        self.base = base
-        var index: [UInt64: Int] = [:]
-        for (i, pfn) in pfns.enumerated() where index[pfn] == nil { index[pfn] = i }
-        self.index = index
-    }
-
-    public var length: Int { pfns.count * 4096 }
-
-    /// The root's pointer for child range [gpa, +length), or nil unless every
-    /// byte lies in this GPADL on pages granted consecutively.
-    public func pointer(gpa: UInt64, length: Int) -> UnsafeMutableRawPointer? {
-        guard length > 0, let first = index[gpa / 4096] else { return nil }
-        let last = (gpa + UInt64(length) - 1) / 4096
-        let count = Int(last - gpa / 4096) + 1
-        guard first + count <= pfns.count else { return nil }
-        for k in 0..<count where pfns[first + k] != gpa / 4096 + UInt64(k) { return nil }
-        return base + first * 4096 + Int(gpa % 4096)
-    }
 }
 
 /// The root side of VMBus: one connection per child, offers, GPADLs,
@@ -186,7 +149,7 @@ public final class VMBusServer: @unchecked Sendable {
         for channel in channels { channel.waitUntilFinished() }
         queue.sync {
             guard let c = connection(child) else { return }
-            for mapping in c.gpadls.values { try? hypercalls.unmapForeignPages(rootGPA: mapping.rootGPA, count: mapping.pfns.count) }
+            for mapping in c.gpadls.values { try? hypercalls.unmapForeignPages(rootGPA: mapping.rootGPA.raw, count: mapping.pfns.count) }
             c.gpadls.removeAll()
             // The slot's ports in the root go too, so a later child can reuse it.
             try? hypercalls.deletePort(in: root.id, portID: Topology.rootMessagePort(slot: c.slot))
@@ -325,7 +288,10 @@ public final class VMBusServer: @unchecked Sendable {
         c.pendingGPADL[gpadl] = nil
         do {
             let rootGPA = try hypercalls.mapForeignPages(from: c.id, gpaPages: pending.pfns, writable: true)
-            let mapping = GPADLMapping(id: gpadl, relid: pending.relid, pfns: pending.pfns, rootGPA: rootGPA, base: root.memory.base + Int(rootGPA))
+            guard let window = root.memory.guestMemory.window(at: GuestAddress(rootGPA), count: pending.pfns.count * GuestMemory.pageSize) else {
+                return refuseGPADL(c, relid: pending.relid, gpadl: gpadl, "GPADL \(gpadl) was mapped outside the root's view")
+            }
+            let mapping = GPADLMapping(id: gpadl, relid: pending.relid, pfns: pending.pfns, window: window)
             c.gpadls[gpadl] = mapping
             post(c, .gpadlCreated(relid: pending.relid, gpadl: gpadl, status: ChannelStatus.success))
         } catch {
@@ -345,11 +311,15 @@ public final class VMBusServer: @unchecked Sendable {
         guard downstreamPages >= 2, pages - downstreamPages >= 2 else {
             return refuse("ring split at page \(downstreamPages) of \(pages) leaves a ring without data pages")
         }
-        guard ring.pointer(gpa: ring.pfns[0] * 4096, length: ring.length) != nil else {
+        let page = GuestMemory.pageSize
+        guard ring.pointer(gpa: GuestAddress.page(ring.pfns[0]), length: ring.length) != nil,
+            let outboundBase = ring.pointer(offset: 0, length: downstreamPages * page),
+            let inboundBase = ring.pointer(offset: downstreamPages * page, length: (pages - downstreamPages) * page)
+        else {
             return refuse("ring GPADL pages are not consecutive")
         }
-        guard let outbound = Ring(base: ring.base, size: downstreamPages * 4096),
-            let inbound = Ring(base: ring.base + downstreamPages * 4096, size: (pages - downstreamPages) * 4096)
+        guard let outbound = Ring(base: outboundBase, size: downstreamPages * page),
+            let inbound = Ring(base: inboundBase, size: (pages - downstreamPages) * page)
         else { return refuse("ring control pages hold invalid indices") }
         let context = ChannelContext(child: c.id, relid: relid, server: self)
         let handler = device.open(context)
@@ -389,7 +359,7 @@ public final class VMBusServer: @unchecked Sendable {
         let hypercalls = self.hypercalls
         DispatchQueue.global().async {
             channel?.waitUntilFinished()
-            try? hypercalls.unmapForeignPages(rootGPA: mapping.rootGPA, count: mapping.pfns.count)
+            try? hypercalls.unmapForeignPages(rootGPA: mapping.rootGPA.raw, count: mapping.pfns.count)
         }
     }
 

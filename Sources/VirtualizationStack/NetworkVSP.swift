@@ -1,4 +1,5 @@
 import Foundation
+import Machine
 import Logging
 import VMBus
 
@@ -117,7 +118,9 @@ public final class NetworkVSP: ChannelHandler, @unchecked Sendable {
             guard Int(index) < lock.withLock({ sendSections }) else {
                 throw ProtocolViolation("send section \(index) is outside the send buffer")
             }
-            let section = buffer.base + Int(index) * NetworkProtocol.sectionSize
+            guard let section = buffer.pointer(offset: Int(index) * NetworkProtocol.sectionSize, length: NetworkProtocol.sectionSize) else {
+                throw ProtocolViolation("send section \(index) is outside the send buffer")
+            }
             guard let frame = NetworkProtocol.readRNDIS(section, length: Int(size)), frame.count >= 14, frame.count <= VirtualSwitch.maxFrame else {
                 lock.withLock { stats.malformedFromChild += 1 }
                 reply(packet, on: channel) { $0.u32(NetworkProtocol.Status.failure) }
@@ -142,10 +145,14 @@ public final class NetworkVSP: ChannelHandler, @unchecked Sendable {
                 }
                 return nil
             }
+            guard let memory = buffer.pointer(offset: section * NetworkProtocol.sectionSize, length: NetworkProtocol.sectionSize) else {
+                freeSections.append(section)
+                return nil
+            }
             let id = nextTransaction
             nextTransaction += 1
             announced[id] = section
-            return (channel, section, id, buffer.base + section * NetworkProtocol.sectionSize)
+            return (channel, section, id, memory)
         }
         guard let (channel, section, id, memory) = plan, frame.count <= NetworkProtocol.sectionSize else { return false }
         frame.withUnsafeBytes { memory.copyMemory(from: $0.baseAddress!, byteCount: frame.count) }

@@ -1,4 +1,5 @@
 import Foundation
+import Machine
 import Kernel
 import VMBus
 
@@ -174,7 +175,7 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
         var total = 0
         for range in packet.ranges {
             guard range.length > 0, Int(range.length) % blockSize == 0,
-                let pointer = buffer.pointer(gpa: range.gpa, length: Int(range.length))
+                let pointer = buffer.pointer(gpa: GuestAddress(range.gpa), length: Int(range.length))
             else {
                 throw ProtocolViolation("GPA range 0x\(String(range.gpa, radix: 16))+\(range.length) is outside the data buffer GPADL or not block-sized")
             }

@@ -147,3 +147,32 @@ import Testing
         #expect(onDisk[1024] == 0xAB && onDisk[1535] == 0xAB && onDisk[1023] == 0 && onDisk[1536] == 0)
     }
 }
+
+@Suite struct GuestMemoryTests {
+    @Test func accessesAreBoundsChecked() {
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: 3 * GuestMemory.pageSize, alignment: 4096)
+        defer { raw.deallocate() }
+        let memory = GuestMemory(base: raw, size: 3 * GuestMemory.pageSize)
+        #expect(memory.pointer(at: GuestAddress(0), count: 3 * 4096) == raw)
+        #expect(memory.pointer(at: GuestAddress(4096), count: 8) == raw + 4096)
+        #expect(memory.pointer(at: GuestAddress(3 * 4096 - 8), count: 9) == nil, "one byte past the end")
+        #expect(memory.pointer(at: GuestAddress(3 * 4096), count: 1) == nil)
+        #expect(memory.pointer(at: GuestAddress(UInt64.max - 2), count: 8) == nil, "wraps")
+        #expect(memory.pointer(at: GuestAddress(0), count: 0) == nil)
+        #expect(memory.write([1, 2, 3], at: GuestAddress(10)) && memory.read(at: GuestAddress(10), count: 3) == [1, 2, 3])
+        #expect(!memory.write([1, 2], at: GuestAddress(3 * 4096 - 1)), "nothing written past the end")
+        #expect(GuestAddress.page(2) == GuestAddress(8192) && GuestAddress(8195).pageNumber == 2 && GuestAddress(8195).pageOffset == 3)
+        #expect(GuestAddress(UInt64.max).adding(1) == nil)
+    }
+
+    @Test func aWindowSeesOnlyItsPart() throws {
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: 4 * 4096, alignment: 4096)
+        defer { raw.deallocate() }
+        let memory = GuestMemory(base: raw, size: 4 * 4096)
+        let window = try #require(memory.window(at: GuestAddress(4096), count: 2 * 4096))
+        #expect(window.pointer(at: GuestAddress(4096), count: 1) == raw + 4096)
+        #expect(window.pointer(at: GuestAddress(0), count: 1) == nil, "below the window")
+        #expect(window.pointer(at: GuestAddress(3 * 4096), count: 1) == nil, "above the window")
+        #expect(memory.window(at: GuestAddress(3 * 4096), count: 2 * 4096) == nil)
+    }
+}
