@@ -67,11 +67,19 @@ let package = Package(
             name: "VMBus",
             dependencies: ["Hypervisor", "Machine", "CSystemShims", .product(name: "Logging", package: "swift-log")]
         ),
+        // Reads driver files and never runs their code: ELF, metadata,
+        // SHA-256, the import policy. No dlopen, no libffi.
+        .target(
+            name: "DriverFile",
+            dependencies: ["COyakoSDK", .product(name: "Crypto", package: "swift-crypto")]
+        ),
+        // The vendor's tools: where the SDK is, building a driver, running a process.
+        .target(name: "SDKTools"),
+        // Loads and runs drivers: dlopen, negotiation, host services, class bridges, control methods.
         .target(
             name: "DriverHost",
             dependencies: [
-                "COyakoSDK", "CSystemShims", "CFFIShims",
-                .product(name: "Crypto", package: "swift-crypto"),
+                "DriverFile", "COyakoSDK", "CSystemShims", "CFFIShims",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -92,7 +100,7 @@ let package = Package(
         // The plugin conformance suite: checks, worker protocol, reporters.
         .target(
             name: "Conformance",
-            dependencies: ["DriverHost", "Kernel", "Machine", "Devices", "VirtualizationStack", "COyakoSDK"]
+            dependencies: ["DriverHost", "DriverFile", "SDKTools", "Kernel", "Machine", "Devices", "VirtualizationStack", "COyakoSDK"]
         ),
         // Benchmarks: every figure next to a baseline measured in the same run.
         .target(name: "CBenchShims", dependencies: ["COyakoSDK"]),
@@ -112,12 +120,12 @@ let package = Package(
         // for the demo; the CLI only parses arguments and prints.
         .target(
             name: "Demo",
-            dependencies: ["Kernel", "Devices", "DriverHost", "Machine", "Workloads", "NetStack", "Hypervisor", "VMBus", "VirtualizationStack", "Guest"]
+            dependencies: ["Kernel", "Devices", "DriverHost", "SDKTools", "Machine", "Workloads", "NetStack", "Hypervisor", "VMBus", "VirtualizationStack", "Guest"]
         ),
         .executableTarget(
             name: "OyakoCLI",
             dependencies: [
-                "Demo", "Conformance", "Bench", "Kernel", "Devices", "DriverHost", "Machine",
+                "Demo", "Conformance", "Bench", "Kernel", "Devices", "DriverHost", "DriverFile", "SDKTools", "Machine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -125,7 +133,7 @@ let package = Package(
         // Builds fixture drivers and test machines for the test targets.
         .target(
             name: "OyakoTestSupport",
-            dependencies: ["Demo", "Workloads", "NetStack", "VirtualizationStack", "Guest", "Hypervisor", "VMBus", "DriverHost", "Kernel", "Machine", "Devices"],
+            dependencies: ["Demo", "Workloads", "NetStack", "VirtualizationStack", "Guest", "Hypervisor", "VMBus", "DriverHost", "SDKTools", "Kernel", "Machine", "Devices"],
             path: "Tests/Support"
         ),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Machine"]),
@@ -135,9 +143,9 @@ let package = Package(
             dependencies: ["VirtualizationStack", "Guest", "VMBus", "Hypervisor", "Kernel", "Workloads", "NetStack", "Devices", "DriverHost", "Demo", "OyakoTestSupport"]
         ),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices", "OyakoTestSupport"]),
-        .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "Kernel", "Machine", "Devices", "OyakoTestSupport"]),
+        .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "DriverFile", "SDKTools", "Kernel", "Machine", "Devices", "OyakoTestSupport"]),
         .testTarget(name: "KernelTests", dependencies: ["Kernel", "DriverHost", "Machine", "Devices", "Demo", "Workloads", "OyakoTestSupport"]),
-        .testTarget(name: "CLITests", dependencies: ["OyakoCLI", "Demo", "DriverHost", "OyakoTestSupport"]),
-        .testTarget(name: "ConformanceTests", dependencies: ["Conformance", "OyakoCLI", "DriverHost", "OyakoTestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["OyakoCLI", "Demo", "DriverHost", "SDKTools", "OyakoTestSupport"]),
+        .testTarget(name: "ConformanceTests", dependencies: ["Conformance", "OyakoCLI", "DriverHost", "SDKTools", "OyakoTestSupport"]),
     ]
 )

@@ -1,8 +1,9 @@
 import CBenchShims
 import Demo
 import Devices
-import DriverHost
+@_spi(Conformance) import DriverHost
 import Foundation
+import SDKTools
 import Guest
 import Histogram
 import Kernel

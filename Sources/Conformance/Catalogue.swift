@@ -1,5 +1,5 @@
 import Devices
-import DriverHost
+@_spi(Conformance) import DriverHost
 import Foundation
 import Kernel
 import Machine

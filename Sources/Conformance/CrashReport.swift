@@ -1,5 +1,6 @@
 import DriverHost
 import Foundation
+import SDKTools
 
 /// What a worker that died of a signal left on its standard error (see
 /// `oy_shim_install_crash_reporter`): the signal, the faulting address and

@@ -1,5 +1,6 @@
 import DriverHost
 import Foundation
+import SDKTools
 import Synchronization
 
 /// The plugin conformance suite. Each check runs in a child process (the

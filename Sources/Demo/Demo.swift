@@ -1,6 +1,7 @@
 import Devices
 import DriverHost
 import Foundation
+import SDKTools
 import Guest
 import Hypervisor
 import Kernel

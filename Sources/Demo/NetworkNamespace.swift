@@ -1,5 +1,6 @@
 import DriverHost
 import Foundation
+import SDKTools
 
 /// A network namespace the test creates and always deletes. Addresses come
 /// from 192.0.2.0/24 (TEST-NET-1) only.

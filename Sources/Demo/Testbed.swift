@@ -1,6 +1,7 @@
 import Devices
 import DriverHost
 import Foundation
+import SDKTools
 import Kernel
 import Machine
 import Workloads

@@ -1,6 +1,8 @@
+/// The driver host's API speaks the file module's types (DriverFile,
+/// DriverMetadata, OyStatus, DriverLoadError): importers of DriverHost get them.
+@_exported import DriverFile
 import COyakoSDK
 import CSystemShims
-import Crypto
 import Foundation
 import Logging
 
@@ -31,7 +33,7 @@ public final class DriverLibrary: @unchecked Sendable {
     let entry: oy_driver_entry_fn?
     let hostTable: UnsafeMutablePointer<oy_host>
     /// Host-side fault injection for this driver (conformance suite).
-    public let faults = FaultPlan()
+    @_spi(Conformance) public let faults = FaultPlan()
     let globalOwner: ResourceOwner
     private let dl: DynamicLibrary
     private let lock = NSLock()
@@ -61,26 +63,9 @@ public final class DriverLibrary: @unchecked Sendable {
         throws(DriverLoadError) -> DriverLibrary
     {
         let path = inspection.path
-        let dl: DynamicLibrary
-        do {
-            dl = try DynamicLibrary.open(inspection.resolvedPath)
-        } catch {
-            throw .dlopenFailed(path: path, message: error.message)
-        }
-        guard let entry = dl.entryPoint() else {
-            dl.close()
-            throw .missingEntry(path: path)
-        }
-        guard let mapped = DynamicLibrary.objectPath(containing: entry.address) else {
-            dl.close()
-            throw .missingEntry(path: path)
-        }
-        guard realPath(mapped) == inspection.resolvedPath else {
-            dl.close()
-            throw .entryFromOtherObject(path: path, resolvedIn: mapped)
-        }
-
-        let negotiation = negotiate(entry.function, host: hostABI)
+        let opened = try DynamicLibrary.openDriver(inspection)
+        let (dl, mapped) = (opened.library, opened.mappedPath)
+        let negotiation = negotiate(opened.entry, host: hostABI)
         guard negotiation.status.isOK, let table = negotiation.driver else {
             dl.close()
             if negotiation.status == .incompatible {
@@ -104,9 +89,9 @@ public final class DriverLibrary: @unchecked Sendable {
 
         let library = DriverLibrary(
             path: path, mappedPath: mapped,
-            sha256: realPath(mapped) == inspection.resolvedPath ? inspection.sha256 : (sha256Hex(ofFile: mapped) ?? inspection.sha256),
+            sha256: inspection.sha256,  // openDriver proved the mapped object is this file
             image: inspection.image, metadata: inspection.metadata, abiVersion: negotiation.version,
-            environment: environment, driver: table, entry: entry.function, dl: dl)
+            environment: environment, driver: table, entry: opened.entry, dl: dl)
         var context: UnsafeMutableRawPointer?
         let status = library.callDriver("init") { OyStatus(table.pointee.`init`(library.hostTable, &context)) }
         guard status.isOK else {
@@ -263,62 +248,3 @@ public final class DriverLibrary: @unchecked Sendable {
     var driverContext: UnsafeMutableRawPointer? { lock.withLock { context } }
 }
 
-/// What `oyako driver inspect` and the loader learn from a file before any
-/// of its code runs.
-public struct DriverFile: Sendable {
-    public let path: String
-    public let resolvedPath: String
-    public let image: ELFImage
-    public let metadata: DriverMetadata
-    public let sha256: String
-
-    public static func inspect(path: String) throws(DriverLoadError) -> DriverFile {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
-            throw .fileNotFound(path: path)
-        }
-        let image: ELFImage
-        do {
-            image = try ELFImage(path: path)
-        } catch {
-            throw .invalidFile(path: path, reason: error.description)
-        }
-        guard image.machine == ELFImage.hostMachine else {
-            throw .wrongArchitecture(path: path, found: ELFImage.machineName(image.machine), expected: ELFImage.machineName(ELFImage.hostMachine))
-        }
-        guard image.isSharedObject else { throw .notSharedObject(path: path) }
-        let metadata: DriverMetadata
-        do {
-            metadata = try DriverMetadata(image: image)
-        } catch {
-            throw .badMetadata(path: path, problem: error.description)
-        }
-        return DriverFile(path: path, resolvedPath: realPath(path), image: image, metadata: metadata, sha256: sha256Hex(ofFile: path) ?? "")
-    }
-}
-
-func realPath(_ path: String) -> String {
-    guard let resolved = Glibc.realpath(path, nil) else { return path }
-    defer { Glibc.free(resolved) }
-    return String(cString: resolved)
-}
-
-/// Hex SHA-256 of a file's bytes, or nil when it cannot be read.
-public func sha256Hex(ofFile path: String) -> String? {
-    guard let data = FileManager.default.contents(atPath: path) else { return nil }
-    return lowercaseHex(SHA256.hash(data: data))
-}
-
-/// Two lowercase hex digits per byte, no separators. (`String(format:)` per
-/// byte went through CoreFoundation and showed up in driver load time.)
-public func lowercaseHex<Bytes: Sequence<UInt8>>(_ bytes: Bytes, separator: UInt8? = nil) -> String {
-    let digits = Array("0123456789abcdef".utf8)
-    var out: [UInt8] = []
-    out.reserveCapacity(bytes.underestimatedCount * 3)
-    for byte in bytes {
-        if let separator, !out.isEmpty { out.append(separator) }
-        out.append(digits[Int(byte >> 4)])
-        out.append(digits[Int(byte & 0x0F)])
-    }
-    return String(decoding: out, as: UTF8.self)
-}

@@ -1,5 +1,6 @@
 import COyakoSDK
 import CSystemShims
+import DriverFile
 import Glibc
 
 /// The DriverHost's one door to the dynamic loader: dlopen, dlsym, dladdr,
@@ -36,5 +37,34 @@ struct DynamicLibrary: @unchecked Sendable {
 
     func close() {
         dlclose(handle)
+    }
+
+    /// A driver file opened, with its entry found in the file itself.
+    struct OpenedDriver {
+        let library: DynamicLibrary
+        let entry: oy_driver_entry_fn
+        /// The object the entry resolved from, as the dynamic loader mapped it.
+        let mappedPath: String
+    }
+
+    /// The one dlopen → entry → dladdr sequence: opens `file`, finds
+    /// `oy_driver_entry` and proves it lives in `file` (not in an object the
+    /// driver pulled in). Closes again on failure. Runs no driver code.
+    static func openDriver(_ file: DriverFile) throws(DriverLoadError) -> OpenedDriver {
+        let dl: DynamicLibrary
+        do {
+            dl = try open(file.resolvedPath)
+        } catch {
+            throw .dlopenFailed(path: file.path, message: error.message)
+        }
+        guard let entry = dl.entryPoint(), let mapped = objectPath(containing: entry.address) else {
+            dl.close()
+            throw .missingEntry(path: file.path)
+        }
+        guard realPath(mapped) == file.resolvedPath else {
+            dl.close()
+            throw .entryFromOtherObject(path: file.path, resolvedIn: mapped)
+        }
+        return OpenedDriver(library: dl, entry: entry.function, mappedPath: mapped)
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Demo
 import DriverHost
 import Foundation
+import SDKTools
 
 struct DriverCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,6 +1,7 @@
 import ArgumentParser
 import DriverHost
 import Foundation
+import SDKTools
 import Logging
 
 @main

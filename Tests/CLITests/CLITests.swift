@@ -1,6 +1,7 @@
 import Demo
 import DriverHost
 import Foundation
+import SDKTools
 import OyakoTestSupport
 import Testing
 

@@ -1,6 +1,7 @@
 @testable import Conformance
 import DriverHost
 import Foundation
+import SDKTools
 import FoundationXML
 import OyakoTestSupport
 import Testing

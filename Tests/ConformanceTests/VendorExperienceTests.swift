@@ -1,6 +1,7 @@
 import Conformance
 import DriverHost
 import Foundation
+import SDKTools
 import OyakoTestSupport
 import Testing
 

@@ -1,5 +1,6 @@
 import DriverHost
 import Foundation
+import SDKTools
 import OyakoTestSupport
 import Testing
 
@@ -47,4 +48,23 @@ import Testing
 func run(_ tool: String, _ arguments: [String]) -> (status: Int32, output: String) {
     let result = ProcessRunner.run(tool, arguments)
     return (result.status, result.output)
+}
+
+/// The file-reading module reads files and never loads or calls a driver.
+@Suite struct DriverFileLayerTests {
+    @Test func theFileModuleNeitherLoadsNorCallsDrivers() throws {
+        let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Sources/DriverFile").standardizedFileURL
+        let files = try FileManager.default.contentsOfDirectory(atPath: sources.path).filter { $0.hasSuffix(".swift") }
+        #expect(files.count >= 5)
+        for file in files {
+            let text = try String(contentsOf: sources.appendingPathComponent(file), encoding: .utf8)
+            for forbidden in ["dlopen", "dlsym", "import DriverHost", "import CFFIShims", "ffi_call"] {
+                #expect(!text.contains(forbidden), "\(file) mentions \(forbidden)")
+            }
+        }
+        let manifest = try String(contentsOf: sources.appendingPathComponent("../../Package.swift"), encoding: .utf8).filter { !$0.isWhitespace }
+        let start = try #require(manifest.range(of: "name:\"DriverFile\","))
+        let declaration = manifest[start.upperBound...].prefix { $0 != ")" }
+        #expect(!declaration.contains("CFFIShims") && !declaration.contains("DriverHost"), "\(declaration)")
+    }
 }

@@ -1,6 +1,7 @@
 import Demo
 import DriverHost
 import Foundation
+import SDKTools
 import Kernel
 import Machine
 import Synchronization

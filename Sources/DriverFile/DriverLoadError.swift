@@ -1,3 +1,4 @@
+import COyakoSDK
 /// Why a driver file could not be loaded, in words a vendor can act on.
 public enum DriverLoadError: Error, CustomStringConvertible, Sendable, Equatable {
     case fileNotFound(path: String)
@@ -45,7 +46,7 @@ public enum DriverLoadError: Error, CustomStringConvertible, Sendable, Equatable
         }
     }
 
-    static func range(_ r: ClosedRange<UInt32>) -> String {
+    public static func range(_ r: ClosedRange<UInt32>) -> String {
         r.lowerBound == r.upperBound ? "ABI \(r.lowerBound)" : "ABI \(r.lowerBound)–\(r.upperBound)"
     }
 }
@@ -77,24 +78,3 @@ public enum DriverTableProblem: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// Why attaching a driver to a device failed.
-public struct AttachError: Error, CustomStringConvertible, Sendable {
-    public let driver: String
-    public let device: String
-    public let status: OyStatus
-    /// What the driver left behind on its failure path (reclaimed by the host).
-    public let leaked: [String]
-
-    public init(driver: String, device: String, status: OyStatus, leaked: [String]) {
-        self.driver = driver
-        self.device = device
-        self.status = status
-        self.leaked = leaked
-    }
-
-    public var description: String {
-        var text = "\(driver): attach to \(device) failed with \(status)"
-        if !leaked.isEmpty { text += "; the driver's failure path leaked: " + leaked.joined(separator: ", ") }
-        return text
-    }
-}

@@ -2,8 +2,8 @@
 /// Anything that reaches the environment (threads, files, sockets, clocks,
 /// environment variables, signals, dynamic loading) must go through the host
 /// table, so a driver that imports it is not portable between environments.
-enum ImportAllowlist {
-    static let libc: Set<String> = [
+public enum ImportAllowlist {
+    public static let libc: Set<String> = [
         // memory and strings
         "memcpy", "memmove", "memset", "memcmp", "memchr", "strlen", "strnlen", "strcmp", "strncmp", "strchr", "strrchr",
         "strstr", "strcpy", "strncpy", "strcat", "strncat", "strspn", "strcspn", "strpbrk",
@@ -20,11 +20,11 @@ enum ImportAllowlist {
         "posix_memalign", "free",
     ]
 
-    static let libm: Set<String> = [
+    public static let libm: Set<String> = [
         "sqrt", "sqrtf", "floor", "floorf", "ceil", "ceilf", "fabs", "fabsf", "fmod", "fmodf", "log2", "exp2", "pow", "round", "roundf",
     ]
 
-    static let libraries: Set<String> = ["libc.so.6", "libm.so.6"]
+    public static let libraries: Set<String> = ["libc.so.6", "libm.so.6"]
 
-    static func allows(_ symbol: String) -> Bool { libc.contains(symbol) || libm.contains(symbol) }
+    public static func allows(_ symbol: String) -> Bool { libc.contains(symbol) || libm.contains(symbol) }
 }

@@ -29,7 +29,8 @@ public struct DriverMetadata: Sendable, Equatable, Encodable {
     public let abiMax: UInt32
     public let deviceIDs: [DeviceID]
     /// The raw section bytes, for comparison with the loaded driver's copy.
-    let bytes: [UInt8]
+    /// The raw `oy_driver_meta` object, to compare with what the entry reports.
+    public let bytes: [UInt8]
 
     public enum Problem: Error, CustomStringConvertible, Sendable {
         case missing
