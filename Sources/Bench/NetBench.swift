@@ -33,27 +33,7 @@ struct NetBench {
         let count = quick ? 5_000 : 50_000
 
         // Bare: the OS sends straight through the vendor driver.
-        let bare: Double
-        do {
-            let testbed = try Testbed.make(state: state + "/net-bare", diskSize: 8 << 20, nics: 1)
-            defer { testbed.machine.shutdown() }
-            let wire = CountingWire()
-            testbed.nics[0].wire = wire
-            testbed.nics[0].setCarrier(true)
-            let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [e1k], logLevel: .error)
-            _ = kernel.boot()
-            defer { kernel.shutdown() }
-            guard let eth0 = kernel.network.interfaces.first else { throw DemoError(message: "bench: no interface") }
-            let frame = [UInt8](repeating: 0xFF, count: 6) + eth0.mac + [0x88, 0xB5] + [UInt8](repeating: 0x11, count: Self.frameSize - 14)
-            let began = DispatchTime.now().uptimeNanoseconds
-            var sent = 0
-            while sent < count {
-                if eth0.send(frame) { sent += 1 } else { usleep(20) }
-            }
-            let deadline = Date(timeIntervalSinceNow: 30)
-            while wire.frames.load(ordering: .relaxed) < count && Date() < deadline { usleep(100) }
-            bare = Double(wire.frames.load(ordering: .relaxed)) / (Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9)
-        }
+        let bare = try bareNIC(driver: e1k, state: state, count: count)
 
         // Root partition with two switches and three children.
         let testbed = try Testbed.make(state: state + "/net-root", diskSize: 8 << 20, memorySize: 256 << 20, hypervisorRole: true, nics: 1)
@@ -112,6 +92,28 @@ struct NetBench {
             BenchFigure("net.child_to_wire", childToWire.rate, "frames/s", baseline: bare,
                         note: String(format: "external switch -> e1klite in the root -> wire; %.0f MiB/s; %.1f%% delivered", mbps(childToWire.rate), childToWire.delivered * 100)),
         ]
+    }
+
+    /// Frames per second the bare OS sends through the vendor NIC driver.
+    private func bareNIC(driver e1k: String, state: String, count: Int) throws -> Double {
+        let testbed = try Testbed.make(state: state + "/net-bare", diskSize: 8 << 20, nics: 1)
+        defer { testbed.machine.shutdown() }
+        let wire = CountingWire()
+        testbed.nics[0].wire = wire
+        testbed.nics[0].setCarrier(true)
+        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [e1k], logLevel: .error)
+        _ = kernel.boot()
+        defer { kernel.shutdown() }
+        guard let eth0 = kernel.network.interfaces.first else { throw DemoError(message: "bench: no interface") }
+        let frame = [UInt8](repeating: 0xFF, count: 6) + eth0.mac + [0x88, 0xB5] + [UInt8](repeating: 0x11, count: Self.frameSize - 14)
+        let began = DispatchTime.now().uptimeNanoseconds
+        var sent = 0
+        while sent < count {
+            if eth0.send(frame) { sent += 1 } else { usleep(20) }
+        }
+        let deadline = Date(timeIntervalSinceNow: 30)
+        while wire.frames.load(ordering: .relaxed) < count && Date() < deadline { usleep(100) }
+        return Double(wire.frames.load(ordering: .relaxed)) / (Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9)
     }
 
     /// Starts a child that sends `count` frames to `destination` as fast as

@@ -230,37 +230,7 @@ public struct DemoRunner {
                     progress(line)
                     console.received(Array((line + "\n").utf8))
                 }
-                var entry = DemoReport.ChildEntry(name: name, partition: partition.id, virtualDisk: vdisk)
-                do {
-                    try os.boot()
-                    guard let storage = try os.openStorage().first else { throw DemoError(message: "no storage offered") }
-                    var io = VerifiedIO(seed: 0xC0 + UInt64(i), regionBlocks: storage.blockCount)
-                    io.sizesInBlocks = [1, 7, 8, 64, 255, 256, 512, 2048, 4096]
-                    let result = try io.run(on: storage)
-                    entry.bytesWritten = result.bytesWritten
-                    entry.bytesRead = result.bytesRead
-                    entry.storageVerified = true
-                    os.log("disk: verified \(result.transfers) transfers, \(result.bytesWritten >> 10) KiB written and read back through VMBus")
-                    let nics = try os.openNetwork()
-                    var network = DemoReport.NetworkEntry()
-                    let privateStack = os.bringUp(nics[0], ip: Self.privateAddresses[i])
-                    network.addresses.append(Self.dotted(Self.privateAddresses[i]))
-                    if i == 0, nics.count > 1 {
-                        let external = os.bringUp(nics[1], ip: Self.externalAddress)
-                        network.addresses.append(Self.dotted(Self.externalAddress))
-                        let answered = os.ping(external, Outside.address, count: 3)
-                        os.log("pinged the outside 192.0.2.1 through the external switch: \(answered)/3")
-                        network.pings.append(.init(from: name, to: "192.0.2.1", sent: 3, answered: answered))
-                    } else if i == 1 {
-                        let answered = os.ping(privateStack, Self.privateAddresses[0], count: 3)
-                        os.log("pinged child0 (192.0.2.10) over the private switch: \(answered)/3")
-                        network.pings.append(.init(from: name, to: "192.0.2.10", sent: 3, answered: answered))
-                    }
-                    entry.network = network
-                } catch {
-                    os.log("FAILED: \(error)")
-                    entry.error = "\(error)"
-                }
+                let entry = Self.childWorkload(os, index: i, name: name, partition: partition.id, virtualDisk: vdisk)
                 results.withLock { $0[i] = entry }
                 if i == 0 { child0Ready.signal() }
                 finished.leave()
@@ -288,6 +258,43 @@ public struct DemoRunner {
         return (0..<children.count).map { i in
             collected[i] ?? DemoReport.ChildEntry(name: "child\(i)", partition: 0, virtualDisk: "", error: "did not finish")
         }
+    }
+
+    /// What child `index` does once booted: verified I/O on its virtual disk
+    /// through VMBus, then pings (child0 the outside, child1 child0).
+    private static func childWorkload(_ os: GuestOS, index i: Int, name: String, partition: UInt64, virtualDisk: String) -> DemoReport.ChildEntry {
+        var entry = DemoReport.ChildEntry(name: name, partition: partition, virtualDisk: virtualDisk)
+        do {
+            try os.boot()
+            guard let storage = try os.openStorage().first else { throw DemoError(message: "no storage offered") }
+            var io = VerifiedIO(seed: 0xC0 + UInt64(i), regionBlocks: storage.blockCount)
+            io.sizesInBlocks = [1, 7, 8, 64, 255, 256, 512, 2048, 4096]
+            let result = try io.run(on: storage)
+            entry.bytesWritten = result.bytesWritten
+            entry.bytesRead = result.bytesRead
+            entry.storageVerified = true
+            os.log("disk: verified \(result.transfers) transfers, \(result.bytesWritten >> 10) KiB written and read back through VMBus")
+            let nics = try os.openNetwork()
+            var network = DemoReport.NetworkEntry()
+            let privateStack = os.bringUp(nics[0], ip: Self.privateAddresses[i])
+            network.addresses.append(Self.dotted(Self.privateAddresses[i]))
+            if i == 0, nics.count > 1 {
+                let external = os.bringUp(nics[1], ip: Self.externalAddress)
+                network.addresses.append(Self.dotted(Self.externalAddress))
+                let answered = os.ping(external, Outside.address, count: 3)
+                os.log("pinged the outside 192.0.2.1 through the external switch: \(answered)/3")
+                network.pings.append(.init(from: name, to: "192.0.2.1", sent: 3, answered: answered))
+            } else if i == 1 {
+                let answered = os.ping(privateStack, Self.privateAddresses[0], count: 3)
+                os.log("pinged child0 (192.0.2.10) over the private switch: \(answered)/3")
+                network.pings.append(.init(from: name, to: "192.0.2.10", sent: 3, answered: answered))
+            }
+            entry.network = network
+        } catch {
+            os.log("FAILED: \(error)")
+            entry.error = "\(error)"
+        }
+        return entry
     }
 
     // MARK: Checks

@@ -131,7 +131,6 @@ public struct ELFImage: Sendable {
         hasExecutableStack = !stackSeen || stackExec
 
         // Section headers.
-        struct Section { var name = ""; var type: UInt32; var offset: Int; var size: Int; var link: Int; var entsize: Int }
         var raw: [Section] = []
         if shnum > 0 {
             guard shentsize >= 64, r.fits(shoff, shentsize * shnum), shstrndx < shnum else { throw .malformed(path: path, reason: "section headers out of bounds") }
@@ -155,6 +154,17 @@ public struct ELFImage: Sendable {
         self.sections = sections
 
         // Dynamic symbols.
+        (exportedSymbols, importedSymbols) = try Self.dynamicSymbols(r, raw, path: path)
+
+        // Dynamic section: needed libraries and text relocations.
+        (neededLibraries, hasTextRelocations) = Self.dynamicSection(r, raw)
+    }
+
+    /// A section header, name resolved.
+    private struct Section { var name = ""; var type: UInt32; var offset: Int; var size: Int; var link: Int; var entsize: Int }
+
+    /// Defined global (exported) and undefined (imported) dynamic symbols.
+    private static func dynamicSymbols(_ r: Reader, _ raw: [Section], path: String) throws(ParseError) -> ([Symbol], [Symbol]) {
         var exported: [Symbol] = [], imported: [Symbol] = []
         if let dynsym = raw.first(where: { $0.type == 11 }) {
             guard dynsym.link < raw.count else { throw .malformed(path: path, reason: ".dynsym has no string table") }
@@ -174,10 +184,11 @@ public struct ELFImage: Sendable {
                 }
             }
         }
-        exportedSymbols = exported
-        importedSymbols = imported
+        return (exported, imported)
+    }
 
-        // Dynamic section: needed libraries and text relocations.
+    /// DT_NEEDED libraries, and whether the object needs text relocations.
+    private static func dynamicSection(_ r: Reader, _ raw: [Section]) -> ([String], Bool) {
         var needed: [String] = [], textrel = false
         if let dynamic = raw.first(where: { $0.type == 6 }), dynamic.link < raw.count {
             let strtab = raw[dynamic.link]
@@ -190,8 +201,7 @@ public struct ELFImage: Sendable {
                 offset += 16
             }
         }
-        neededLibraries = needed
-        hasTextRelocations = textrel
+        return (needed, textrel)
     }
 
     /// Bounds-checked little-endian reads; out-of-range reads return 0.

@@ -203,6 +203,7 @@ enum HostServices {
         return UnsafePointer(s)
     }()
 
+    /// A driver's host table: one small installer per service group.
     static func makeTable(abiVersion: UInt32) -> UnsafeMutablePointer<oy_host> {
         let t = UnsafeMutablePointer<oy_host>.allocate(capacity: 1)
         t.initialize(to: oy_host())
@@ -214,8 +215,18 @@ enum HostServices {
             guard HostServices.library(host, service: "get_extension") != nil, let id else { return nil }
             return DeviceClass.table(for: id)
         }
+        installLoggingAndTime(t)
+        installMemory(t)
+        installLocksAndEvents(t)
+        installWorkAndTimers(t)
+        installBusAccess(t)
+        installDMA(t)
+        installInterrupts(t)
+        return t
+    }
 
-        // Logging and time
+    /// Logging and time.
+    private static func installLoggingAndTime(_ t: UnsafeMutablePointer<oy_host>) {
         t.pointee.log = { host, device, level, message in
             guard let library = HostServices.library(host, service: "log") else { return }
             let text = message.map { String(cString: $0) } ?? "(NULL message)"
@@ -225,8 +236,10 @@ enum HostServices {
             DriverLogMirror.record(level: known, driver: library.name, device: location, message: text)
         }
         t.pointee.monotonic_ns = { _ in monotonicNanoseconds() }
+    }
 
-        // Memory
+    /// Memory (host allocations with owners and red tape).
+    private static func installMemory(_ t: UnsafeMutablePointer<oy_host>) {
         t.pointee.mem_alloc = { host, device, size in
             guard let library = HostServices.library(host, service: "mem_alloc"), size > 0,
                 let owner = HostServices.owner(library, device, service: "mem_alloc")
@@ -249,8 +262,10 @@ enum HostServices {
             allocation.owner.forget(key: UInt(bitPattern: pointer))
             allocation.reclaim()
         }
+    }
 
-        // Locks and events
+    /// Locks and events.
+    private static func installLocksAndEvents(_ t: UnsafeMutablePointer<oy_host>) {
         t.pointee.lock_create = { host, device, out in
             guard let library = HostServices.library(host, service: "lock_create") else { return OY_E_INVALID.rawValue }
             guard HostServices.requirePassive("lock_create", library) else { return OY_E_WRONG_CONTEXT.rawValue }
@@ -311,8 +326,10 @@ enum HostServices {
             event.signalled = false
             return signalled ? OY_OK.rawValue : OY_E_TIMEOUT.rawValue
         }
+    }
 
-        // Work and timers
+    /// Deferred work and timers.
+    private static func installWorkAndTimers(_ t: UnsafeMutablePointer<oy_host>) {
         t.pointee.work_create = { host, device, fn, arg, out in
             HostServices.createScheduled(host, device, fn, arg, out, kind: "work item", service: "work_create")
         }
@@ -333,8 +350,10 @@ enum HostServices {
             Scheduler.shared.cancel(timer.item)
         }
         t.pointee.timer_destroy = { handle in HostServices.destroyScheduled(handle, service: "timer_destroy") }
+    }
 
-        // Bus access
+    /// Bus access: config space, register windows, ports.
+    private static func installBusAccess(_ t: UnsafeMutablePointer<oy_host>) {
         t.pointee.config_read = { device, offset, width, value in
             guard let binding = HostServices.binding(device, service: "config_read"), let value else { return OY_E_INVALID.rawValue }
             do throws(OyStatus) {
@@ -407,8 +426,10 @@ enum HostServices {
             guard let p = HostServices.resource(handle, PortRange.self, service: "port_out8"), port < p.count else { return }
             p.binding.device.portWrite(bar: p.bar, port: port, value: value)
         }
+    }
 
-        // DMA
+    /// DMA memory and mappings.
+    private static func installDMA(_ t: UnsafeMutablePointer<oy_host>) {
         t.pointee.dma_alloc = { device, size, out, cpu, address in
             guard let binding = HostServices.binding(device, service: "dma_alloc") else { return OY_E_INVALID.rawValue }
             guard HostServices.requirePassive("dma_alloc", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
@@ -455,8 +476,10 @@ enum HostServices {
             }
             mapping.reclaim()
         }
+    }
 
-        // Interrupts
+    /// Interrupts.
+    private static func installInterrupts(_ t: UnsafeMutablePointer<oy_host>) {
         t.pointee.irq_hook = { device, index, fn, arg, out in
             guard let binding = HostServices.binding(device, service: "irq_hook") else { return OY_E_INVALID.rawValue }
             guard HostServices.requirePassive("irq_hook", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
@@ -496,7 +519,6 @@ enum HostServices {
             guard let hook = HostServices.resource(handle, InterruptHook.self, service: "irq_unmask") else { return }
             hook.binding.device.unmaskInterrupt(index: hook.index)
         }
-        return t
     }
 
     private static func createScheduled(

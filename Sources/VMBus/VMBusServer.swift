@@ -223,28 +223,9 @@ public final class VMBusServer: @unchecked Sendable {
             }
             post(c, .allOffersDelivered)
         case (.gpadlHeader(let relid, let gpadl, let total, let pfns), .offersSent):
-            guard c.offers[relid] != nil, c.gpadls[gpadl] == nil, c.pendingGPADL[gpadl] == nil,
-                total > 0, total <= 65536
-            else {
-                refuseGPADL(c, relid: relid, gpadl: gpadl, "GPADL header \(gpadl) for relid \(relid) is invalid, duplicate or too large (\(total) pages)")
-                return
-            }
-            c.pendingGPADL[gpadl] = (relid, Int(total), pfns, 1)
-            completeGPADLIfWhole(c, gpadl)
+            beginGPADL(c, relid: relid, gpadl: gpadl, total: total, pfns: pfns)
         case (.gpadlBody(let number, let gpadl, let pfns), .offersSent):
-            guard var pending = c.pendingGPADL[gpadl] else {
-                note("child \(child): GPADL body for unknown GPADL \(gpadl); ignored", warning: true)
-                return
-            }
-            guard number == pending.nextBody, pending.pfns.count + pfns.count <= pending.total else {
-                c.pendingGPADL[gpadl] = nil
-                refuseGPADL(c, relid: pending.relid, gpadl: gpadl, "GPADL \(gpadl) body \(number) out of order or beyond \(pending.total) pages")
-                return
-            }
-            pending.pfns += pfns
-            pending.nextBody += 1
-            c.pendingGPADL[gpadl] = pending
-            completeGPADLIfWhole(c, gpadl)
+            continueGPADL(c, number: number, gpadl: gpadl, pfns: pfns)
         case (.openChannel(let relid, let openID, let ringGPADL, let offset, _), .offersSent):
             openChannel(c, relid: relid, openID: openID, ringGPADL: ringGPADL, downstreamPages: Int(offset))
         case (.closeChannel(let relid), .offersSent):
@@ -253,18 +234,7 @@ public final class VMBusServer: @unchecked Sendable {
                 note("child \(child): closed relid \(relid)")
             }
         case (.gpadlTeardown(_, let gpadl), .offersSent):
-            guard let mapping = c.gpadls[gpadl] else {
-                note("child \(child): teardown of unknown GPADL \(gpadl); ignored", warning: true)
-                return
-            }
-            if let channel = c.channels[mapping.relid], channel.isOpen {
-                // Tearing down memory under an open channel: close it first.
-                c.channels[mapping.relid] = nil
-                channel.close(reason: "GPADL \(gpadl) torn down while its channel was open")
-            }
-            c.gpadls[gpadl] = nil
-            unmapWhenIdle(mapping, child: c)
-            post(c, .gpadlTorndown(gpadl: gpadl))
+            tearDownGPADL(c, gpadl: gpadl)
         case (.relidReleased(let relid), _):
             c.rescinded.remove(relid)
             c.offers[relid] = nil
@@ -276,6 +246,50 @@ public final class VMBusServer: @unchecked Sendable {
         default:
             note("child \(child): \(message) not valid in state \(c.state); ignored", warning: true)
         }
+    }
+
+    /// GPADL_HEADER: a GPADL begins; its body messages may follow.
+    private func beginGPADL(_ c: ChildConnection, relid: UInt32, gpadl: UInt32, total: UInt32, pfns: [UInt64]) {
+        guard c.offers[relid] != nil, c.gpadls[gpadl] == nil, c.pendingGPADL[gpadl] == nil, total > 0, total <= 65536 else {
+            refuseGPADL(c, relid: relid, gpadl: gpadl, "GPADL header \(gpadl) for relid \(relid) is invalid, duplicate or too large (\(total) pages)")
+            return
+        }
+        c.pendingGPADL[gpadl] = (relid, Int(total), pfns, 1)
+        completeGPADLIfWhole(c, gpadl)
+    }
+
+    /// GPADL_BODY: more pages of a GPADL, in order.
+    private func continueGPADL(_ c: ChildConnection, number: UInt32, gpadl: UInt32, pfns: [UInt64]) {
+        guard var pending = c.pendingGPADL[gpadl] else {
+            note("child \(c.id): GPADL body for unknown GPADL \(gpadl); ignored", warning: true)
+            return
+        }
+        guard number == pending.nextBody, pending.pfns.count + pfns.count <= pending.total else {
+            c.pendingGPADL[gpadl] = nil
+            refuseGPADL(c, relid: pending.relid, gpadl: gpadl, "GPADL \(gpadl) body \(number) out of order or beyond \(pending.total) pages")
+            return
+        }
+        pending.pfns += pfns
+        pending.nextBody += 1
+        c.pendingGPADL[gpadl] = pending
+        completeGPADLIfWhole(c, gpadl)
+    }
+
+    /// GPADL_TEARDOWN: the child takes its pages back (closing a channel
+    /// still using them first).
+    private func tearDownGPADL(_ c: ChildConnection, gpadl: UInt32) {
+        guard let mapping = c.gpadls[gpadl] else {
+            note("child \(c.id): teardown of unknown GPADL \(gpadl); ignored", warning: true)
+            return
+        }
+        if let channel = c.channels[mapping.relid], channel.isOpen {
+            // Tearing down memory under an open channel: close it first.
+            c.channels[mapping.relid] = nil
+            channel.close(reason: "GPADL \(gpadl) torn down while its channel was open")
+        }
+        c.gpadls[gpadl] = nil
+        unmapWhenIdle(mapping, child: c)
+        post(c, .gpadlTorndown(gpadl: gpadl))
     }
 
     private func refuseGPADL(_ c: ChildConnection, relid: UInt32, gpadl: UInt32, _ reason: String) {
