@@ -37,7 +37,7 @@ public final class NetVSC: @unchecked Sendable {
         self.offer = offer
         guard let ring = os.allocate(pages: 2 * Self.ringPages), let rx = os.allocate(pages: Self.receivePages),
             let tx = os.allocate(pages: Self.sendPages)
-        else { throw VMBusError("out of guest memory for the network channel") }
+        else { throw .outOfGuestMemory("the network channel") }
         receive = (rx.gpa, rx.pointer, Self.receivePages * GuestMemory.pageSize)
         let sections = Self.sendPages * GuestMemory.pageSize / NetworkProtocol.sectionSize
         sendArea = (tx.gpa, tx.pointer, sections)
@@ -52,7 +52,7 @@ public final class NetVSC: @unchecked Sendable {
         nextTransaction += 1
         try channel.send(Packet(kind: .inband, flags: Packet.completionRequested, transactionID: id, payload: payload))
         guard os.vp.halt(until: { self.completions[id] != nil || !self.channel.isOpen }, timeout: 10), let reply = completions.removeValue(forKey: id) else {
-            throw VMBusError("network provider did not answer")
+            throw .noAnswer("answer from the network provider", seconds: 10)
         }
         return reply
     }
@@ -60,29 +60,29 @@ public final class NetVSC: @unchecked Sendable {
     private func initialize() throws(VMBusError) {
         var r = ByteReader(try call(NetworkProtocol.encode(.initialize) { $0.u32(0x0002_0000); $0.u32(0x0006_0001) }))
         do {
-            guard try r.u32() == NetworkProtocol.Status.success else { throw VMBusError("no common network protocol version") }
+            guard try r.u32() == NetworkProtocol.Status.success else { throw VMBusError.noCommonVersion("network protocol") }
             version = try r.u32()
             mac = try (0..<6).map { _ throws(ChannelMessage.DecodeError) in try r.u8() }
         } catch let error as VMBusError {
             throw error
         } catch {
-            throw VMBusError("bad INIT completion: \(error)")
+            throw .malformedAnswer("INIT completion: \(error)")
         }
         let rxGPADL = try os.vmbus.createGPADL(relid: offer.relid, gpa: receive.gpa, pages: Self.receivePages)
         var rr = ByteReader(try call(NetworkProtocol.encode(.sendReceiveBuffer) { $0.u32(rxGPADL) }))
-        guard (try? rr.u32()) == NetworkProtocol.Status.success else { throw VMBusError("receive buffer refused") }
+        guard (try? rr.u32()) == NetworkProtocol.Status.success else { throw .refused("receive buffer") }
         let txGPADL = try os.vmbus.createGPADL(relid: offer.relid, gpa: sendArea.gpa, pages: Self.sendPages)
         var rs = ByteReader(try call(NetworkProtocol.encode(.sendSendBuffer) { $0.u32(txGPADL) }))
-        guard (try? rs.u32()) == NetworkProtocol.Status.success else { throw VMBusError("send buffer refused") }
+        guard (try? rs.u32()) == NetworkProtocol.Status.success else { throw .refused("send buffer") }
         os.log("network relid \(offer.relid): NVSP 0x\(String(version, radix: 16)), MAC \(mac.map { String(format: "%02x", $0) }.joined(separator: ":"))")
     }
 
     /// Sends a frame; waits for a free send section if all are in flight.
     public func send(_ frame: [UInt8]) throws(VMBusError) {
-        guard frame.count + NetworkProtocol.rndisHeader <= NetworkProtocol.sectionSize else { throw VMBusError("frame of \(frame.count) bytes too large") }
+        guard frame.count + NetworkProtocol.rndisHeader <= NetworkProtocol.sectionSize else { throw .frameTooLarge(frame.count) }
         if freeSend.isEmpty {
             guard os.vp.halt(until: { !self.freeSend.isEmpty || !self.channel.isOpen }, timeout: 5), !freeSend.isEmpty else {
-                throw VMBusError("no send section came back within 5 s")
+                throw .noAnswer("send section back", seconds: 5)
             }
         }
         let section = freeSend.removeLast()

@@ -35,7 +35,7 @@ public final class StorageVSC: BlockTarget, @unchecked Sendable {
         self.os = os
         self.offer = offer
         guard let ring = os.allocate(pages: 2 * Self.ringPages), let data = os.allocate(pages: Self.dataPages) else {
-            throw VMBusError("out of guest memory for the storage channel")
+            throw .outOfGuestMemory("the storage channel")
         }
         channel = try os.vmbus.open(relid: offer.relid, ringGPA: ring.gpa, ringPages: 2 * Self.ringPages, outboundPages: Self.ringPages)
         dataGPA = data.gpa
@@ -81,7 +81,7 @@ public final class StorageVSC: BlockTarget, @unchecked Sendable {
         let payload = StorageProtocol.encode(StorageProtocol.Header(operation: operation), body)
         try channel.send(Packet(kind: ranges.isEmpty ? .inband : .gpaDirect, flags: Packet.completionRequested, transactionID: id, ranges: ranges, payload: payload))
         guard os.vp.halt(until: { self.completions[id] != nil || !self.channel.isOpen }, timeout: timeout), let result = completions.removeValue(forKey: id) else {
-            throw VMBusError(channel.isOpen ? "no completion for \(operation) within \(timeout) s" : "storage channel closed")
+            throw channel.isOpen ? .noAnswer("completion for \(operation)", seconds: timeout) : .channelClosed(relid: channel.relid)
         }
         return result
     }
@@ -95,17 +95,17 @@ public final class StorageVSC: BlockTarget, @unchecked Sendable {
                 break
             }
         }
-        guard version != 0 else { throw VMBusError("the storage provider speaks none of \(StorageProtocol.guestVersions)") }
+        guard version != 0 else { throw .noCommonVersion("the storage provider speaks none of \(StorageProtocol.guestVersions)") }
         let (_, body) = try call(.queryProperties)
         var reader = ByteReader(body)
         do {
             properties = try StorageProtocol.decodeProperties(&reader)
         } catch {
-            throw VMBusError("bad properties: \(error.reason)")
+            throw .malformedAnswer("storage properties: \(error.reason)")
         }
         let gpadl = try os.vmbus.createGPADL(relid: offer.relid, gpa: dataGPA, pages: Self.dataPages)
         let (registered, _) = try call(.registerDataBuffer) { $0.u32(gpadl) }
-        guard registered == StorageProtocol.Status.success else { throw VMBusError("data buffer refused (0x\(String(registered, radix: 16)))") }
+        guard registered == StorageProtocol.Status.success else { throw .refused("data buffer (0x\(String(registered, radix: 16)))") }
         _ = try call(.endInitialization)
         os.log("storage relid \(offer.relid): protocol \(version >> 8).\(version & 0xFF), \(properties.blockCount) × \(properties.blockSize) B")
     }

@@ -14,11 +14,6 @@ public protocol ChannelHandler: AnyObject, Sendable {
 }
 
 /// A child broke the protocol. The reason is logged with the channel.
-public struct ProtocolViolation: Error, CustomStringConvertible, Sendable {
-    public let reason: String
-    public init(_ reason: String) { self.reason = reason }
-    public var description: String { reason }
-}
 
 /// The root's end of one channel: reads the child's outbound ring, writes
 /// the inbound ring, and runs on a thread of its own so that a slow or
@@ -48,7 +43,7 @@ public final class HostChannel: @unchecked Sendable {
     private var sendHead = 0
     private var closing = false
     private var finished = false
-    private(set) var closeReason: String?
+    private(set) var closeCause: ChannelCloseCause?
 
     /// Most packets that may wait to be written; beyond it the child is not
     /// draining its ring and only it pays.
@@ -86,7 +81,10 @@ public final class HostChannel: @unchecked Sendable {
 
     public var statistics: Statistics { condition.withLock { stats } }
     public var isOpen: Bool { condition.withLock { !closing } }
-    public var reasonClosed: String? { condition.withLock { closeReason } }
+    /// Why the root closed the channel (nil: still open, or an orderly close).
+    public var cause: ChannelCloseCause? { condition.withLock { closeCause } }
+    /// The cause, in words (logs, the event log).
+    public var reasonClosed: String? { cause?.description }
 
     /// The child signalled this channel (new data, or space it freed).
     func signal() {
@@ -122,16 +120,16 @@ public final class HostChannel: @unchecked Sendable {
 
     /// Closes the channel: the thread stops and the handler is told. Safe
     /// from any thread, including the channel's own.
-    public func close(reason: String?) {
+    public func close(_ cause: ChannelCloseCause?) {
         let first = condition.withLock { () -> Bool in
             guard !closing else { return false }
             closing = true
-            closeReason = reason
+            closeCause = cause
             condition.broadcast()
             return true
         }
         guard first else { return }
-        if let reason { logger.warning("channel \(name) closed: \(reason)") }
+        if let cause { logger.warning("channel \(name) closed: \(cause)") }
     }
 
     /// Waits until the channel thread has exited.
@@ -161,14 +159,14 @@ public final class HostChannel: @unchecked Sendable {
                     condition.withLock { stats.spuriousSignals += 1 }
                 }
             } catch let error as RingError {
-                close(reason: "ring: \(error.reason)")
+                close(.violation(.ring(error)))
             } catch let error as ProtocolViolation {
-                close(reason: error.reason)
+                close(.violation(error))
             } catch {
-                close(reason: "\(error)")
+                close(.violation(.notServed("\(error)")))
             }
         }
-        let reason = condition.withLock { closeReason }
+        let reason = condition.withLock { closeCause?.description }
         handler.channelClosed(self, reason: reason)
         condition.withLock {
             finished = true
@@ -207,7 +205,7 @@ public final class HostChannel: @unchecked Sendable {
             do {
                 result = try inbound.write(packet)
             } catch {
-                close(reason: "inbound ring: \(error.reason)")
+                close(.inboundRing(error))
                 return wrote
             }
             guard case .written(let signal) = result else { break } // full: the child signals when it frees space

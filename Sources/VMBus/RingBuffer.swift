@@ -3,9 +3,42 @@ import Synchronization
 
 /// Why a ring can no longer be trusted: the peer wrote something impossible.
 /// The channel is closed; nothing outside the ring was touched.
-public struct RingError: Error, CustomStringConvertible, Sendable {
-    public let reason: String
-    public var description: String { reason }
+/// Why a ring or a packet read from it cannot be trusted: one case per
+/// failure, each carrying the values that were wrong.
+public enum RingError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// A read or write index outside the data area, or not 8-byte aligned.
+    case indexOutOfRange(index: String, value: UInt32, ringSize: Int)
+    /// A packet larger than the whole ring (it can never be written).
+    case packetNeverFits(bytes: Int, ringSize: Int)
+    /// Fewer bytes than the smallest packet.
+    case tooFewBytes(available: Int)
+    case unknownPacketType(UInt16)
+    /// The descriptor's length runs past the bytes written.
+    case lengthBeyondData(length: Int, available: Int)
+    /// The payload offset lies outside the packet.
+    case payloadOffsetOutside(offset: Int, packetLength: Int)
+    case missingRangeHeader
+    /// A GPA_DIRECT header claiming more ranges than it holds.
+    case tooManyRanges(count: Int, headerBytes: Int)
+    /// A payload longer than the reader's buffer.
+    case payloadTooLarge(length: Int, buffer: Int)
+
+    public var description: String {
+        switch self {
+        case .indexOutOfRange(let index, let value, let size): "\(index) \(value) is outside the \(size)-byte ring or unaligned"
+        case .packetNeverFits(let bytes, let size): "packet of \(bytes) bytes can never fit a \(size)-byte ring"
+        case .tooFewBytes(let available): "\(available) bytes in the ring, too few for a packet"
+        case .unknownPacketType(let type): "unknown packet type \(type)"
+        case .lengthBeyondData(let length, let available): "packet length \(length) does not fit the \(available) bytes available"
+        case .payloadOffsetOutside(let offset, let length): "payload offset \(offset) outside the \(length)-byte packet"
+        case .missingRangeHeader: "GPA_DIRECT packet without a range header"
+        case .tooManyRanges(let count, let bytes): "GPA_DIRECT packet claims \(count) ranges in a \(bytes)-byte header"
+        case .payloadTooLarge(let length, let buffer): "payload of \(length) bytes exceeds the \(buffer)-byte buffer"
+        }
+    }
+
+    /// The description, for callers that log it.
+    public var reason: String { description }
 }
 
 /// A guest-physical range carried by a GPA_DIRECT packet.
@@ -122,7 +155,7 @@ public final class Ring: @unchecked Sendable {
     /// 8-byte aligned.
     private func validIndex(_ value: UInt32, _ name: String) throws(RingError) -> UInt32 {
         guard value < UInt32(dataSize), value % 8 == 0 else {
-            throw RingError(reason: "\(name) \(value) is outside the \(dataSize)-byte ring or unaligned")
+            throw .indexOutOfRange(index: name, value: value, ringSize: dataSize)
         }
         return value
     }
@@ -161,7 +194,7 @@ public final class Ring: @unchecked Sendable {
     /// ring is never filled to equality, so full and empty stay distinct).
     public func write(_ packet: Packet) throws(RingError) -> WriteResult {
         let total = packet.ringLength
-        guard total < dataSize else { throw RingError(reason: "packet of \(total) bytes can never fit a \(dataSize)-byte ring") }
+        guard total < dataSize else { throw RingError.packetNeverFits(bytes: total, ringSize: dataSize) }
         let read = try validIndex(load(Self.readIndexOffset), "read_index")
         let free = dataSize - used(write: writeIndex, read: read)
         if free <= total {
@@ -223,16 +256,16 @@ public final class Ring: @unchecked Sendable {
         let write = try validIndex(load(Self.writeIndexOffset), "write_index")
         let available = used(write: write, read: readIndex)
         guard available > 0 else { return nil }
-        guard available >= 24 else { throw RingError(reason: "\(available) bytes in the ring, too few for a packet") }
+        guard available >= 24 else { throw RingError.tooFewBytes(available: available) }
         var raw = (UInt16(0), UInt16(0), UInt16(0), UInt16(0), UInt64(0))
         withUnsafeMutableBytes(of: &raw) { copyOut(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<16]), at: Int(readIndex)) }
         let length = Int(raw.2) * 8, payloadOffset = Int(raw.1) * 8
-        guard let kind = Packet.Kind(rawValue: raw.0) else { throw RingError(reason: "unknown packet type \(raw.0)") }
+        guard let kind = Packet.Kind(rawValue: raw.0) else { throw RingError.unknownPacketType(raw.0) }
         guard length >= 16, length + 8 <= available else {
-            throw RingError(reason: "packet length \(length) does not fit the \(available) bytes available")
+            throw RingError.lengthBeyondData(length: length, available: available)
         }
         guard payloadOffset >= 16, payloadOffset <= length else {
-            throw RingError(reason: "payload offset \(payloadOffset) outside the \(length)-byte packet")
+            throw RingError.payloadOffsetOutside(offset: payloadOffset, packetLength: length)
         }
         return Descriptor(kind: kind, flags: raw.3, transactionID: raw.4, length: length, payloadOffset: payloadOffset, available: available)
     }
@@ -263,10 +296,10 @@ public final class Ring: @unchecked Sendable {
         body.withUnsafeMutableBytes { copyOut(into: $0, at: (Int(readIndex) + 16) % dataSize) }
         var ranges: [GPARange] = []
         if d.kind == .gpaDirect {
-            guard d.payloadOffset >= 24 else { throw RingError(reason: "GPA_DIRECT packet without a range header") }
+            guard d.payloadOffset >= 24 else { throw RingError.missingRangeHeader }
             let count = Int(body.withUnsafeBytes { $0.load(as: UInt32.self) })
             guard count <= 64, 24 + count * 16 <= d.payloadOffset else {
-                throw RingError(reason: "GPA_DIRECT packet claims \(count) ranges in a \(d.payloadOffset)-byte header")
+                throw RingError.tooManyRanges(count: count, headerBytes: d.payloadOffset)
             }
             ranges = (0..<count).map { i in
                 body.withUnsafeBytes {
@@ -286,7 +319,7 @@ public final class Ring: @unchecked Sendable {
     public func readPayload(into buffer: UnsafeMutableRawBufferPointer, signalWriter: inout Bool) throws(RingError) -> Int? {
         guard let d = try nextDescriptor() else { return nil }
         let length = d.length - d.payloadOffset
-        guard length <= buffer.count else { throw RingError(reason: "payload of \(length) bytes exceeds the \(buffer.count)-byte buffer") }
+        guard length <= buffer.count else { throw RingError.payloadTooLarge(length: length, buffer: buffer.count) }
         copyOut(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length]), at: (Int(readIndex) + d.payloadOffset) % dataSize)
         consume(d, signalWriter: &signalWriter)
         return length

@@ -3,10 +3,56 @@ import Hypervisor
 import Machine
 
 /// Why a guest-side VMBus operation failed.
-public struct VMBusError: Error, CustomStringConvertible, Sendable {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
+/// Why a guest's VMBus operation failed: one case per failure.
+public enum VMBusError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// The root closed or rescinded the channel.
+    case channelClosed(relid: UInt32)
+    /// The channel's ring could not be used.
+    case ring(relid: UInt32, RingError)
+    case ringFull(relid: UInt32, seconds: Double)
+    /// The hypervisor refused to post a message.
+    case cannotPost(String)
+    case messageQueueFull
+    /// No answer from the root (or a provider) in time.
+    case noAnswer(String, seconds: Double)
+    /// The two sides share no protocol version.
+    case noCommonVersion(String)
+    case offersIncomplete
+    case gpadlRefused(id: UInt32, status: UInt32)
+    case openRefused(relid: UInt32, status: UInt32)
+    case ringOutsideMemory(GuestAddress, pages: Int)
+    case ringTooSmall(pages: Int, split: Int)
+    case outOfGuestMemory(String)
+    /// A device provider refused a setup step.
+    case refused(String)
+    /// A provider's answer could not be decoded.
+    case malformedAnswer(String)
+    /// A frame larger than a send section.
+    case frameTooLarge(Int)
+    /// The root offered no device of the kind needed.
+    case noDevice(String)
+
+    public var description: String {
+        switch self {
+        case .channelClosed(let relid): "channel \(relid) is closed"
+        case .ring(let relid, let error): "channel \(relid): \(error)"
+        case .ringFull(let relid, let seconds): "channel \(relid): ring stayed full for \(seconds) s"
+        case .cannotPost(let what): "cannot post \(what)"
+        case .messageQueueFull: "the root's message queue stayed full"
+        case .noAnswer(let what, let seconds): "no \(what) within \(seconds) s"
+        case .noCommonVersion(let what): "no common version: \(what)"
+        case .offersIncomplete: "offers were not all delivered"
+        case .gpadlRefused(let id, let status): "the root refused GPADL \(id) (status 0x\(String(status, radix: 16)))"
+        case .openRefused(let relid, let status): "the root refused to open relid \(relid) (status 0x\(String(status, radix: 16)))"
+        case .ringOutsideMemory(let address, let pages): "ring at \(address) (\(pages) pages) is outside this partition's memory"
+        case .ringTooSmall(let pages, let split): "ring of \(pages) pages split at \(split) is too small"
+        case .outOfGuestMemory(let what): "out of guest memory for \(what)"
+        case .refused(let what): "\(what) refused"
+        case .malformedAnswer(let what): "malformed answer: \(what)"
+        case .frameTooLarge(let bytes): "frame of \(bytes) bytes too large"
+        case .noDevice(let what): "no \(what) offered"
+        }
+    }
 }
 
 /// A device the root offered.
@@ -51,12 +97,12 @@ public final class ClientChannel: @unchecked Sendable {
     public func send(_ packet: Packet, timeout: Double = 10) throws(VMBusError) {
         let deadline = Date(timeIntervalSinceNow: timeout)
         while true {
-            guard isOpen else { throw VMBusError("channel \(relid) is closed") }
+            guard isOpen else { throw .channelClosed(relid: relid) }
             let result: Ring.WriteResult
             do {
                 result = try outbound.write(packet)
             } catch {
-                throw VMBusError("channel \(relid): \(error.reason)")
+                throw .ring(relid: relid, error)
             }
             if case .written(let signal) = result {
                 if signal { signalRoot() }
@@ -65,7 +111,7 @@ public final class ClientChannel: @unchecked Sendable {
             spaceSignalled = false
             let remaining = deadline.timeIntervalSinceNow
             guard remaining > 0, client.vp.halt(until: { self.spaceSignalled || !self.isOpen }, timeout: remaining) else {
-                throw VMBusError("channel \(relid): ring stayed full for \(timeout) s")
+                throw .ringFull(relid: relid, seconds: timeout)
             }
         }
     }
@@ -159,10 +205,10 @@ public final class VMBusClient: @unchecked Sendable {
                 vp.halt(until: { false }, timeout: delay)
                 delay = min(delay * 2, 0.05)
             } catch {
-                throw VMBusError("cannot post \(message): \(error)")
+                throw .cannotPost("\(message): \(error)")
             }
         }
-        throw VMBusError("the root's message queue stayed full")
+        throw .messageQueueFull
     }
 
     /// Waits for the first response `match` accepts, and removes it.
@@ -175,7 +221,7 @@ public final class VMBusClient: @unchecked Sendable {
             }
             return false
         }, timeout: timeout)
-        guard done, let found else { throw VMBusError("no \(what) from the root within \(timeout) s") }
+        guard done, let found else { throw .noAnswer("\(what) from the root", seconds: timeout) }
         return found
     }
 
@@ -194,9 +240,9 @@ public final class VMBusClient: @unchecked Sendable {
                 break
             }
         }
-        guard let version else { throw VMBusError("the root speaks none of VMBus versions \(Self.guestVersions.map { String($0, radix: 16) })") }
+        guard let version else { throw .noCommonVersion("the root speaks none of VMBus versions \(Self.guestVersions.map { String($0, radix: 16) })") }
         try post(.requestOffers)
-        guard vp.halt(until: { self.allOffersDelivered }, timeout: timeout) else { throw VMBusError("offers were not all delivered") }
+        guard vp.halt(until: { self.allOffersDelivered }, timeout: timeout) else { throw .offersIncomplete }
         return version
     }
 
@@ -223,7 +269,7 @@ public final class VMBusClient: @unchecked Sendable {
             if case .gpadlCreated(_, id, let status) = m { return status }
             return nil
         }
-        guard status == ChannelStatus.success else { throw VMBusError("the root refused GPADL \(id) (status 0x\(String(status, radix: 16)))") }
+        guard status == ChannelStatus.success else { throw .gpadlRefused(id: id, status: status) }
         return id
     }
 
@@ -239,11 +285,11 @@ public final class VMBusClient: @unchecked Sendable {
     /// the first `outboundPages` for guest->root, the rest root->guest.
     public func open(relid: UInt32, ringGPA: UInt64, ringPages: Int, outboundPages: Int) throws(VMBusError) -> ClientChannel {
         guard let base = partition.memory.guestMemory.pointer(at: GuestAddress(ringGPA), count: ringPages * GuestMemory.pageSize) else {
-            throw VMBusError("ring at \(GuestAddress(ringGPA)) (\(ringPages) pages) is outside this partition's memory")
+            throw .ringOutsideMemory(GuestAddress(ringGPA), pages: ringPages)
         }
         guard let outbound = Ring(base: base, size: outboundPages * GuestMemory.pageSize),
             let inbound = Ring(base: base + outboundPages * GuestMemory.pageSize, size: (ringPages - outboundPages) * GuestMemory.pageSize)
-        else { throw VMBusError("ring of \(ringPages) pages split at \(outboundPages) is too small") }
+        else { throw .ringTooSmall(pages: ringPages, split: outboundPages) }
         outbound.reset()
         inbound.reset()
         let gpadl = try createGPADL(relid: relid, gpa: ringGPA, pages: ringPages)
@@ -254,7 +300,7 @@ public final class VMBusClient: @unchecked Sendable {
             if case .openResult(relid, openID, let status) = m { return status }
             return nil
         }
-        guard status == ChannelStatus.success else { throw VMBusError("the root refused to open relid \(relid) (status 0x\(String(status, radix: 16)))") }
+        guard status == ChannelStatus.success else { throw .openRefused(relid: relid, status: status) }
         let channel = ClientChannel(relid: relid, ringGPADL: gpadl, outbound: outbound, inbound: inbound, client: self)
         channels[relid] = channel
         return channel

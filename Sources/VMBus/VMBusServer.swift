@@ -129,7 +129,7 @@ public final class VMBusServer: @unchecked Sendable {
             guard let c = connection(child), c.offers[relid] != nil else { return }
             c.rescinded.insert(relid)
             if let channel = c.channels.removeValue(forKey: relid) {
-                channel.close(reason: "offer rescinded by the root")
+                channel.close(.rescinded)
             }
             post(c, .rescindOffer(relid: relid))
             note("child \(child): rescinded relid \(relid)")
@@ -142,7 +142,7 @@ public final class VMBusServer: @unchecked Sendable {
         let channels: [HostChannel] = queue.sync {
             guard let c = connection(child) else { return [] }
             let open = Array(c.channels.values)
-            for channel in open { channel.close(reason: nil) }
+            for channel in open { channel.close(nil) }
             c.channels.removeAll()
             return open
         }
@@ -230,7 +230,7 @@ public final class VMBusServer: @unchecked Sendable {
             openChannel(c, relid: relid, openID: openID, ringGPADL: ringGPADL, downstreamPages: Int(offset))
         case (.closeChannel(let relid), .offersSent):
             if let channel = c.channels.removeValue(forKey: relid) {
-                channel.close(reason: nil)
+                channel.close(nil)
                 note("child \(child): closed relid \(relid)")
             }
         case (.gpadlTeardown(_, let gpadl), .offersSent):
@@ -239,7 +239,7 @@ public final class VMBusServer: @unchecked Sendable {
             c.rescinded.remove(relid)
             c.offers[relid] = nil
         case (.unload, _):
-            for channel in c.channels.values { channel.close(reason: nil) }
+            for channel in c.channels.values { channel.close(nil) }
             c.channels.removeAll()
             c.state = .disconnected
             post(c, .unloadResponse)
@@ -285,7 +285,7 @@ public final class VMBusServer: @unchecked Sendable {
         if let channel = c.channels[mapping.relid], channel.isOpen {
             // Tearing down memory under an open channel: close it first.
             c.channels[mapping.relid] = nil
-            channel.close(reason: "GPADL \(gpadl) torn down while its channel was open")
+            channel.close(.gpadlTornDown(gpadl))
         }
         c.gpadls[gpadl] = nil
         unmapWhenIdle(mapping, child: c)

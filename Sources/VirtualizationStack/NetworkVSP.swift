@@ -61,20 +61,20 @@ public final class NetworkVSP: ChannelHandler, @unchecked Sendable {
         lock.withLock { self.channel = channel }
         if packet.kind == .completion {
             guard let section = lock.withLock({ announced.removeValue(forKey: packet.transactionID) }) else {
-                throw ProtocolViolation("completion for transaction \(packet.transactionID), which was never sent or already completed")
+                throw .unknownCompletion(transaction: packet.transactionID)
             }
             lock.withLock { freeSections.append(section) }
             return
         }
-        guard packet.kind == .inband else { throw ProtocolViolation("unexpected \(packet.kind) packet on the network channel") }
+        guard packet.kind == .inband else { throw .unexpectedPacket(packet.kind, channel: "network") }
         var reader = ByteReader(packet.payload)
         guard let raw = try? reader.u32(), let message = NetworkProtocol.Message(rawValue: raw) else {
-            throw ProtocolViolation("unknown or truncated network message")
+            throw .unknownOperation("or truncated network message")
         }
         switch message {
         case .initialize:
-            guard lock.withLock({ version }) == nil else { throw ProtocolViolation("INIT sent twice") }
-            guard let low = try? reader.u32(), let high = try? reader.u32(), low <= high else { throw ProtocolViolation("malformed INIT") }
+            guard lock.withLock({ version }) == nil else { throw .outOfOrder("INIT", state: "an initialized channel") }
+            guard let low = try? reader.u32(), let high = try? reader.u32(), low <= high else { throw .truncated("INIT (or its version range is empty)") }
             let range = NetworkProtocol.hostVersions
             let chosen = min(high, range.upperBound)
             guard chosen >= max(low, range.lowerBound) else {
@@ -88,7 +88,7 @@ public final class NetworkVSP: ChannelHandler, @unchecked Sendable {
                 for byte in mac { w.u8(byte) }
             }
         case .sendReceiveBuffer, .sendSendBuffer:
-            guard lock.withLock({ version }) != nil else { throw ProtocolViolation("\(message) before INIT") }
+            guard lock.withLock({ version }) != nil else { throw .outOfOrder("\(message)", state: "the time before INIT") }
             guard let id = try? reader.u32(), let mapping = context.gpadl(id), mapping.relid == context.relid,
                 mapping.length >= NetworkProtocol.sectionSize
             else {
@@ -112,14 +112,14 @@ public final class NetworkVSP: ChannelHandler, @unchecked Sendable {
             }
         case .sendRNDISPacket:
             guard let _ = try? reader.u32(), let index = try? reader.u32(), let size = try? reader.u32() else {
-                throw ProtocolViolation("truncated SEND_RNDIS_PACKET")
+                throw .truncated("SEND_RNDIS_PACKET")
             }
-            guard let buffer = lock.withLock({ sendBuffer }) else { throw ProtocolViolation("SEND_RNDIS_PACKET before a send buffer") }
+            guard let buffer = lock.withLock({ sendBuffer }) else { throw .outOfOrder("SEND_RNDIS_PACKET", state: "the time before a send buffer") }
             guard Int(index) < lock.withLock({ sendSections }) else {
-                throw ProtocolViolation("send section \(index) is outside the send buffer")
+                throw .sendSectionOutside(index: index)
             }
             guard let section = buffer.pointer(offset: Int(index) * NetworkProtocol.sectionSize, length: NetworkProtocol.sectionSize) else {
-                throw ProtocolViolation("send section \(index) is outside the send buffer")
+                throw .sendSectionOutside(index: index)
             }
             guard let frame = NetworkProtocol.readRNDIS(section, length: Int(size)), frame.count >= 14, frame.count <= VirtualSwitch.maxFrame else {
                 lock.withLock { stats.malformedFromChild += 1 }

@@ -51,24 +51,24 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
 
     public func packetReceived(_ packet: Packet, on channel: HostChannel) throws(ProtocolViolation) {
         guard packet.kind == .inband || packet.kind == .gpaDirect else {
-            throw ProtocolViolation("unexpected \(packet.kind) packet on the storage channel")
+            throw .unexpectedPacket(packet.kind, channel: "storage")
         }
         guard packet.flags & Packet.completionRequested != 0 else {
-            throw ProtocolViolation("request \(packet.transactionID) does not ask for a completion")
+            throw .completionNotRequested(transaction: packet.transactionID)
         }
         var reader = ByteReader(packet.payload)
         let header: StorageProtocol.Header
         do {
             header = try StorageProtocol.decodeHeader(&reader)
         } catch {
-            throw ProtocolViolation("truncated storage packet: \(error.reason)")
+            throw .truncated("storage packet: \(error.reason)")
         }
         guard let operation = StorageProtocol.Operation(rawValue: header.operation) else {
-            throw ProtocolViolation("unknown storage operation \(header.operation)")
+            throw .unknownOperation("storage operation \(header.operation)")
         }
         let current = condition.withLock { phase }
         if operation != .executeSRB && packet.kind != .inband {
-            throw ProtocolViolation("\(operation) sent with GPA ranges")
+            throw .rangesMismatch("\(operation) sent with GPA ranges")
         }
         switch (operation, current) {
         case (.beginInitialization, .fresh):
@@ -83,7 +83,7 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
                 reply(packet, on: channel, status: StorageProtocol.Status.revisionMismatch)
             }
         case (.queryProperties, .initializing):
-            guard condition.withLock({ version }) != nil else { throw ProtocolViolation("properties queried before a version was agreed") }
+            guard condition.withLock({ version }) != nil else { throw .outOfOrder("queryProperties", state: "the time before a version was agreed") }
             let properties = StorageProtocol.Properties(
                 maxTransferBytes: UInt32(Self.maxTransferBytes), channelCount: 1, blockSize: UInt32(disk.geometry.blockSize),
                 blockCount: UInt64(region.count))
@@ -97,14 +97,14 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
             reply(packet, on: channel)
         case (.endInitialization, .initializing):
             guard condition.withLock({ version != nil && dataBuffer != nil }) else {
-                throw ProtocolViolation("END_INITIALIZATION before a version and a data buffer")
+                throw .outOfOrder("endInitialization", state: "the time before a version and a data buffer")
             }
             condition.withLock { phase = .ready }
             reply(packet, on: channel)
         case (.executeSRB, .ready):
             try execute(packet, reader: &reader, on: channel)
         default:
-            throw ProtocolViolation("\(operation) is not valid during \(current)")
+            throw .outOfOrder("\(operation)", state: "\(current)")
         }
     }
 
@@ -156,28 +156,28 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
         do {
             srb = try StorageProtocol.decodeSRB(&reader)
         } catch {
-            throw ProtocolViolation("truncated SRB: \(error.reason)")
+            throw .truncated("SRB: \(error.reason)")
         }
         let transaction = packet.transactionID
-        let problem = condition.withLock { () -> String? in
-            if outstanding.contains(transaction) { return "transaction id \(transaction) reused while still outstanding" }
-            if outstanding.count >= Self.maxOutstanding { return "more than \(Self.maxOutstanding) requests outstanding" }
+        let problem = condition.withLock { () -> ProtocolViolation? in
+            if outstanding.contains(transaction) { return .transactionReused(transaction) }
+            if outstanding.count >= Self.maxOutstanding { return .tooManyOutstanding(limit: Self.maxOutstanding) }
             return nil
         }
-        if let problem { throw ProtocolViolation(problem) }
+        if let problem { throw problem }
         guard let command = StorageProtocol.Command(rawValue: srb.command) else { return .answer(StorageProtocol.Status.invalidParameter) }
         if command == .synchronizeCache { return .flush }
         // Ranges are checked before anything is submitted.
         let blockSize = disk.geometry.blockSize
-        guard packet.kind == .gpaDirect, !packet.ranges.isEmpty else { throw ProtocolViolation("read/write without GPA ranges") }
-        guard let buffer = condition.withLock({ dataBuffer }) else { throw ProtocolViolation("no data buffer") }
+        guard packet.kind == .gpaDirect, !packet.ranges.isEmpty else { throw .rangesMismatch("read/write without GPA ranges") }
+        guard let buffer = condition.withLock({ dataBuffer }) else { throw .outOfOrder("executeSRB", state: "the time before a data buffer") }
         var pieces: [(UnsafeMutableRawPointer, Int)] = []
         var total = 0
         for range in packet.ranges {
             guard range.length > 0, Int(range.length) % blockSize == 0,
                 let pointer = buffer.pointer(gpa: GuestAddress(range.gpa), length: Int(range.length))
             else {
-                throw ProtocolViolation("GPA range 0x\(String(range.gpa, radix: 16))+\(range.length) is outside the data buffer GPADL or not block-sized")
+                throw .rangeOutsideDataBuffer(gpa: range.gpa, length: range.length)
             }
             pieces.append((pointer, Int(range.length)))
             total += Int(range.length)

@@ -135,6 +135,6 @@ public final class VMManager: @unchecked Sendable {
 final class RefusingHandler: ChannelHandler, @unchecked Sendable {
     let reason: String
     init(reason: String) { self.reason = reason }
-    func packetReceived(_ packet: Packet, on channel: HostChannel) throws(ProtocolViolation) { throw ProtocolViolation(reason) }
+    func packetReceived(_ packet: Packet, on channel: HostChannel) throws(ProtocolViolation) { throw .notServed(reason) }
     func channelClosed(_ channel: HostChannel, reason: String?) {}
 }

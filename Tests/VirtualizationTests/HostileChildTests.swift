@@ -66,11 +66,11 @@ final class RawStorageGuest {
     }
 }
 
-/// Waits for the root to close a child's channel; returns the reason.
-func closeReason(_ system: RootSystem, _ child: VMManager.Child, timeout: Double = 10) -> String? {
+/// Waits for the root to close a child's channel; returns why.
+func closeCause(_ system: RootSystem, _ child: VMManager.Child, timeout: Double = 10) -> ChannelCloseCause? {
     let deadline = Date(timeIntervalSinceNow: timeout)
     while Date() < deadline {
-        if let channel = system.root.vmbus.channels(of: child.id).values.first, let reason = channel.reasonClosed { return reason }
+        if let channel = system.root.vmbus.channels(of: child.id).values.first, let cause = channel.cause { return cause }
         Thread.sleep(forTimeInterval: 0.01)
     }
     return nil
@@ -86,14 +86,14 @@ func rootStillWorks(_ system: RootSystem) throws {
     @Test func gpadlNamingPagesTheChildDoesNotOwnIsRefused() throws {
         let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
         defer { system.shutdown() }
-        let outcome = GuestOutcome<(String, Bool)>()
+        let outcome = GuestOutcome<(VMBusError?, Bool)>()
         try system.startChild(name: "hostile", start: 0, blocks: 2048) { os in
             outcome.finish {
                 try os.boot()
                 let relid = try #require(os.vmbus.offers.first).relid
-                var refusal = ""
+                var refusal: VMBusError?
                 // Page 100000 is far beyond this child's 8 MiB.
-                do { _ = try os.vmbus.createGPADL(relid: relid, pfns: [5, 6, 100_000]) } catch { refusal = "\(error)" }
+                do { _ = try os.vmbus.createGPADL(relid: relid, pfns: [5, 6, 100_000]) } catch { refusal = error as? VMBusError }
                 // The child can still use its storage normally afterwards.
                 let disk = try #require(try os.openStorage().first)
                 try disk.writeBlocks(lba: 0, bytes: [UInt8](repeating: 3, count: 512))
@@ -101,7 +101,10 @@ func rootStillWorks(_ system: RootSystem) throws {
             }
         }
         let (refusal, works) = try outcome.wait()
-        #expect(refusal.contains("refused GPADL"), "\(refusal)")
+        guard case .gpadlRefused? = refusal else {
+            Issue.record("expected the GPADL refused, got \(String(describing: refusal))")
+            return
+        }
         #expect(works)
         #expect(system.root.vmbus.eventLog.contains { $0.contains("names pages the child does not own") })
         try rootStillWorks(system)
@@ -145,11 +148,14 @@ func rootStillWorks(_ system: RootSystem) throws {
                 return (acknowledged, closed, !os.vmbus.offers.contains { $0.relid == g.offer.relid })
             }
         }
-        let reason = closeReason(system, hostile)
+        let cause = closeCause(system, hostile)
         violationSeen.store(true, ordering: .releasing)
         let outcome = try hostileDone.wait()
         #expect(outcome.acknowledged == StorageProtocol.Status.success)
-        #expect(reason?.contains("outside the data buffer GPADL") == true, "\(String(describing: reason))")
+        guard case .violation(.rangeOutsideDataBuffer(_, 4096))? = cause else {
+            Issue.record("expected the range outside the data buffer, got \(String(describing: cause))")
+            return
+        }
         #expect(outcome.closed && outcome.offerWithdrawn, "the offending child sees its channel closed and its offer rescinded")
         let (before, after) = try sibling.wait()
         #expect(before >= 1 && after >= 2, "the sibling's verified I/O went on across the violation (\(before) rounds before, \(after) after)")
@@ -172,8 +178,11 @@ func rootStillWorks(_ system: RootSystem) throws {
             }
         }
         try ready.wait()
-        let reason = closeReason(system, child)
-        #expect(reason?.hasPrefix("ring: write_index") == true, "\(String(describing: reason))")
+        let cause = closeCause(system, child)
+        guard case .violation(.ring(.indexOutOfRange("write_index", 0x7FFF_FFF8, _)))? = cause else {
+            Issue.record("expected write_index out of range, got \(String(describing: cause))")
+            return
+        }
         try rootStillWorks(system)
     }
 
@@ -192,8 +201,11 @@ func rootStillWorks(_ system: RootSystem) throws {
             }
         }
         try ready.wait()
-        let reason = closeReason(system, child)
-        #expect(reason?.contains("does not fit") == true, "\(String(describing: reason))")
+        let cause = closeCause(system, child)
+        guard case .violation(.ring(.lengthBeyondData))? = cause else {
+            Issue.record("expected a packet longer than the data, got \(String(describing: cause))")
+            return
+        }
         try rootStillWorks(system)
     }
 
@@ -213,8 +225,7 @@ func rootStillWorks(_ system: RootSystem) throws {
             }
         }
         try ready.wait()
-        let reason = closeReason(system, child)
-        #expect(reason?.contains("reused while still outstanding") == true, "\(String(describing: reason))")
+        #expect(closeCause(system, child) == .violation(.transactionReused(99)))
         try rootStillWorks(system)
     }
 
@@ -229,27 +240,29 @@ func rootStillWorks(_ system: RootSystem) throws {
             }
         }
         try ready.wait()
-        let reason = closeReason(system, child)
-        #expect(reason?.contains("executeSRB is not valid during fresh") == true, "\(String(describing: reason))")
+        #expect(closeCause(system, child) == .violation(.outOfOrder("executeSRB", state: "fresh")))
     }
 
     @Test func controlMessagesInTheWrongStateAreRefused() throws {
         let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
         defer { system.shutdown() }
-        let outcome = GuestOutcome<String>()
+        let outcome = GuestOutcome<VMBusError?>()
         try system.startChild(name: "hostile", start: 0, blocks: 1024) { os in
             outcome.finish {
                 try os.boot()
                 try os.vmbus.sendRaw(.gpadlBody(message: 1, gpadl: 4242, pfns: [1]))
                 try os.vmbus.sendRaw(.openChannel(relid: 9, openID: 1, ringGPADL: 1, downstreamPageOffset: 2, targetVP: 0))
                 let ring = try #require(os.allocate(pages: 8))
-                var refusal = ""
-                do { _ = try os.vmbus.open(relid: 33, ringGPA: ring.gpa, ringPages: 8, outboundPages: 4) } catch { refusal = "\(error)" }
+                var refusal: VMBusError?
+                do { _ = try os.vmbus.open(relid: 33, ringGPA: ring.gpa, ringPages: 8, outboundPages: 4) } catch { refusal = error as? VMBusError }
                 return refusal
             }
         }
         let refusal = try outcome.wait()
-        #expect(refusal.contains("refused"), "\(refusal)")
+        guard case .gpadlRefused? = refusal else {
+            Issue.record("expected the ring GPADL for an unknown relid refused, got \(String(describing: refusal))")
+            return
+        }
         let log = system.root.vmbus.eventLog
         #expect(log.contains { $0.contains("GPADL body for unknown GPADL 4242") })
         #expect(log.contains { $0.contains("open of relid 9 refused: no such offer") })

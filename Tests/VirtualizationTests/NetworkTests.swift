@@ -19,7 +19,7 @@ func networkGuest(ip: [UInt8], outcome: GuestOutcome<Int>? = nil, ready: Dispatc
     return { os in
         do {
             try os.boot()
-            guard let nic = try os.openNetwork().first else { throw VMBusError("no NIC offered") }
+            guard let nic = try os.openNetwork().first else { throw VMBusError.noDevice("NIC") }
             configure(nic)
             let stack = os.bringUp(nic, ip: ip)
             ready?.signal()
@@ -177,7 +177,7 @@ func networkGuest(ip: [UInt8], outcome: GuestOutcome<Int>? = nil, ready: Dispatc
         }
         #expect(try done.wait(), "the offending child sees its channel closed")
         let channel = try #require(system.root.vmbus.channels(of: bad.id).values.first)
-        #expect(channel.reasonClosed?.contains("send section 9999 is outside the send buffer") == true, "\(String(describing: channel.reasonClosed))")
+        #expect(channel.cause == .violation(.sendSectionOutside(index: 9999)), "\(String(describing: channel.cause))")
 
         // After the violation another child still reaches the first one.
         let after = GuestOutcome<Int>()
@@ -187,7 +187,7 @@ func networkGuest(ip: [UInt8], outcome: GuestOutcome<Int>? = nil, ready: Dispatc
             networkGuest(ip: [192, 0, 2, 31], outcome: after, work: { os, stack in os.ping(stack, [192, 0, 2, 30], count: 3) })(GuestOS(name: "b", partition: p, vp: vp))
         }
         #expect(try after.wait() == 3)
-        #expect(system.root.vmbus.channels(of: a.id).values.allSatisfy { $0.reasonClosed == nil }, "the first child's channel stayed open")
+        #expect(system.root.vmbus.channels(of: a.id).values.allSatisfy { $0.cause == nil }, "the first child's channel stayed open")
     }
 }
 
