@@ -1,13 +1,10 @@
 // swift-tools-version:6.0
 //
-// Oyako's module graph mirrors the layer picture in ARCHITECTURE.md:
-//
-//   OyakoCLI -> Kernel -> DriverHost -> COyakoSDK (the C ABI, SDK/include)
-//            \        \-> Machine
-//             \-> Devices -> Machine
-//
-// The Kernel knows devices only through the Machine's bus; device models
-// (Devices) are plugged into a machine by whoever builds it (the CLI, tests).
+// Oyako's module graph mirrors the layer picture in ARCHITECTURE.md (see the
+// README's layout table): each target below names only the layers under it.
+// The hypervisor sees only the Machine; the virtualization stack sees the
+// Kernel's block layer but never the driver ABI; DriverFile reads driver
+// files without loading them.
 import PackageDescription
 
 let package = Package(
@@ -107,7 +104,7 @@ let package = Package(
         .target(
             name: "Bench",
             dependencies: [
-                "CBenchShims", "Demo", "DriverHost", "Kernel", "Machine", "Devices", "VirtualizationStack", "Guest", "VMBus",
+                "CBenchShims", "SystemAssembly", "DriverHost", "Kernel", "Machine", "Devices", "VirtualizationStack", "Guest", "VMBus",
                 "Workloads", "NetStack",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
@@ -117,15 +114,15 @@ let package = Package(
         // A minimal IPv4 host (ARP, ICMP echo, UDP echo) any OS here can run.
         .target(name: "NetStack"),
         // Assembles whole systems (machine, devices, OS, drivers, workloads)
-        // for the demo; the CLI only parses arguments and prints.
+        // for the demo, the bench and the tests; the CLI only parses and prints.
         .target(
-            name: "Demo",
+            name: "SystemAssembly",
             dependencies: ["Kernel", "Devices", "DriverHost", "SDKTools", "Machine", "Workloads", "NetStack", "Hypervisor", "VMBus", "VirtualizationStack", "Guest"]
         ),
         .executableTarget(
             name: "OyakoCLI",
             dependencies: [
-                "Demo", "Conformance", "Bench", "Kernel", "Devices", "DriverHost", "DriverFile", "SDKTools", "Machine",
+                "SystemAssembly", "Conformance", "Bench", "Kernel", "Devices", "DriverHost", "DriverFile", "SDKTools", "Machine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -133,19 +130,19 @@ let package = Package(
         // Builds fixture drivers and test machines for the test targets.
         .target(
             name: "OyakoTestSupport",
-            dependencies: ["Demo", "Workloads", "NetStack", "VirtualizationStack", "Guest", "Hypervisor", "VMBus", "DriverHost", "SDKTools", "Kernel", "Machine", "Devices"],
+            dependencies: ["SystemAssembly", "Workloads", "NetStack", "VirtualizationStack", "Guest", "Hypervisor", "VMBus", "DriverHost", "SDKTools", "Kernel", "Machine", "Devices"],
             path: "Tests/Support"
         ),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Machine"]),
         .testTarget(name: "VMBusTests", dependencies: ["VMBus", "Hypervisor", "Machine"]),
         .testTarget(
             name: "VirtualizationTests",
-            dependencies: ["VirtualizationStack", "Guest", "VMBus", "Hypervisor", "Kernel", "Workloads", "NetStack", "Devices", "DriverHost", "Demo", "OyakoTestSupport"]
+            dependencies: ["VirtualizationStack", "Guest", "VMBus", "Hypervisor", "Kernel", "Workloads", "NetStack", "Devices", "DriverHost", "SystemAssembly", "OyakoTestSupport"]
         ),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices", "OyakoTestSupport"]),
         .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "DriverFile", "SDKTools", "Kernel", "Machine", "Devices", "OyakoTestSupport"]),
-        .testTarget(name: "KernelTests", dependencies: ["Kernel", "DriverHost", "Machine", "Devices", "Demo", "Workloads", "OyakoTestSupport"]),
-        .testTarget(name: "CLITests", dependencies: ["OyakoCLI", "Demo", "DriverHost", "SDKTools", "OyakoTestSupport"]),
+        .testTarget(name: "KernelTests", dependencies: ["Kernel", "DriverHost", "Machine", "Devices", "SystemAssembly", "Workloads", "OyakoTestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["OyakoCLI", "SystemAssembly", "DriverHost", "SDKTools", "OyakoTestSupport"]),
         .testTarget(name: "ConformanceTests", dependencies: ["Conformance", "OyakoCLI", "DriverHost", "SDKTools", "OyakoTestSupport"]),
     ]
 )

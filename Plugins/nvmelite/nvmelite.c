@@ -363,11 +363,6 @@ static int32_t nvl_submit(void *instance, oy_block_request *req) {
             d->host->lock_release(d->lock);
             return rc;
         }
-#ifdef NVMELITE_FIXTURE_DMA_BUG
-        /* Deliberate defect for the test corpus: hand the device the CPU
-         * pointer instead of the mapped device address. */
-        addr = (oy_dma_addr)(uintptr_t)req->data;
-#endif
         /* PRP1 covers up to the end of its page; PRP2 is either the second
          * page or a list of the remaining pages. */
         {

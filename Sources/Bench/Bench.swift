@@ -1,5 +1,5 @@
 import CBenchShims
-import Demo
+import SystemAssembly
 import Devices
 @_spi(Conformance) import DriverHost
 import Foundation

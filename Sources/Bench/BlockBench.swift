@@ -1,4 +1,4 @@
-import Demo
+import SystemAssembly
 import Glibc
 import DriverHost
 import Foundation
@@ -78,7 +78,7 @@ struct BlockBench {
         defer { bareKernel.shutdown() }
         guard let bareDisk = bareKernel.blockLayer.disks.first else { throw DemoError(message: "bench: no disk on bare metal") }
 
-        let rootBed = try Testbed.make(state: state + "/root", diskSize: 256 << 20, memorySize: 256 << 20, hypervisorRole: true)
+        let rootBed = try Testbed.make(state: state + "/root", diskSize: 256 << 20, memorySize: 256 << 20)
         defer { rootBed.machine.shutdown() }
         let partition = try RootPartition(machine: rootBed.machine, memory: 96 << 20)
         defer { partition.shutdown() }

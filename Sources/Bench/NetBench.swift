@@ -1,4 +1,4 @@
-import Demo
+import SystemAssembly
 import Devices
 import Foundation
 import Guest
@@ -36,7 +36,7 @@ struct NetBench {
         let bare = try bareNIC(driver: e1k, state: state, count: count)
 
         // Root partition with two switches and three children.
-        let testbed = try Testbed.make(state: state + "/net-root", diskSize: 8 << 20, memorySize: 256 << 20, hypervisorRole: true, nics: 1)
+        let testbed = try Testbed.make(state: state + "/net-root", diskSize: 8 << 20, memorySize: 256 << 20, nics: 1)
         defer { testbed.machine.shutdown() }
         let wire = CountingWire()
         testbed.nics[0].wire = wire

@@ -585,10 +585,3 @@ final class CountingEnvironment: HostEnvironment {
     func unregistered(_ registration: ClassRegistration) {}
 }
 
-extension NSCondition {
-    func withLock<R>(_ body: () throws -> R) rethrows -> R {
-        lock()
-        defer { unlock() }
-        return try body()
-    }
-}

@@ -59,7 +59,7 @@ final class Rig: @unchecked Sendable {
         file = try DriverFile.inspect(path: context.driverPath)
         state = FileManager.default.temporaryDirectory.appendingPathComponent("oyako-conf-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
-        machine = try Machine(configuration: .init(memorySize: environment == .root ? 160 << 20 : 64 << 20, hypervisorRole: environment == .root))
+        machine = try Machine(configuration: .init(memorySize: environment == .root ? 160 << 20 : 64 << 20))
         let metadata = file.metadata
         let wanted = Set(Self.offeredDevices.filter { metadata.matches(vendorID: $0.vendorID, deviceID: $0.deviceID) }.map(\.deviceID))
         for copy in 0..<copies {

@@ -318,10 +318,3 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
     }
 }
 
-extension NSCondition {
-    func withLock<R>(_ body: () throws -> R) rethrows -> R {
-        lock()
-        defer { unlock() }
-        return try body()
-    }
-}

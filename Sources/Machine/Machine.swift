@@ -7,13 +7,9 @@ public final class Machine: Sendable {
     public struct Configuration: Sendable {
         /// Bytes of RAM.
         public var memorySize: Int
-        /// When on, the next boot starts the hypervisor and runs the OS as the
-        /// root partition instead of on bare metal.
-        public var hypervisorRole: Bool
 
-        public init(memorySize: Int = 128 << 20, hypervisorRole: Bool = false) {
+        public init(memorySize: Int = 128 << 20) {
             self.memorySize = memorySize
-            self.hypervisorRole = hypervisorRole
         }
     }
 

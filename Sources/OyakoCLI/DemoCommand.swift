@@ -1,5 +1,5 @@
 import ArgumentParser
-import Demo
+import SystemAssembly
 import DriverHost
 import Foundation
 

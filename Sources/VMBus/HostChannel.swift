@@ -230,10 +230,3 @@ public final class HostChannel: @unchecked Sendable {
     }
 }
 
-extension NSCondition {
-    func withLock<R>(_ body: () throws -> R) rethrows -> R {
-        lock()
-        defer { unlock() }
-        return try body()
-    }
-}

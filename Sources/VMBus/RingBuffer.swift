@@ -148,6 +148,11 @@ public final class Ring: @unchecked Sendable {
                    writesRefusedFull: refused.load(ordering: .relaxed), readerSignalsForPendingSend: pendingSignals.load(ordering: .relaxed))
     }
 
+    /// Control-page words are shared with the other partition. An acquire
+    /// load keeps later reads of ring data after it (we never read bytes an
+    /// index has not yet published); a release store keeps earlier accesses
+    /// before it. The full barriers below order what these alone do not:
+    /// a store followed by a load of another word.
     private func load(_ offset: Int) -> UInt32 { oy_shim_load_acquire_u32(control + offset) }
     private func store(_ offset: Int, _ value: UInt32) { oy_shim_store_release_u32(control + offset, value) }
 
@@ -200,6 +205,10 @@ public final class Ring: @unchecked Sendable {
         if free <= total {
             // A write needs free > total, so ask to be woken at total + 1.
             store(Self.pendingSendOffset, UInt32(total + 1))
+            // Store pending_send_sz before loading read_index again (store ->
+            // load): without it the re-check could read a stale index while
+            // the reader, not yet seeing our request, drains without
+            // signalling us, and both would wait forever.
             oy_shim_full_barrier()
             // The reader may have drained meanwhile: check once more.
             let again = try validIndex(load(Self.readIndexOffset), "read_index")
@@ -227,9 +236,16 @@ public final class Ring: @unchecked Sendable {
         if padding > 0 { index = withUnsafeBytes(of: &zeros) { copyIn(UnsafeRawBufferPointer(rebasing: $0[0..<padding]), at: index) } }
         var trailer = UInt64(old) << 32
         index = withUnsafeBytes(of: &trailer) { copyIn($0, at: index) }
+        // The packet's bytes before the write_index that publishes them
+        // (store -> store): else the reader could see the new index and read
+        // a packet not yet written.
         oy_shim_full_barrier()
         writeIndex = UInt32(index)
         store(Self.writeIndexOffset, writeIndex)
+        // Publish write_index before loading interrupt_mask and read_index
+        // (store -> load): else a reader that just unmasked and found the
+        // ring empty would never be signalled for this packet (the
+        // lost-wakeup Linux's hv_ringbuffer_write guards against).
         oy_shim_full_barrier()
         // Signal only on empty -> non-empty, and only if the reader asked.
         let signal = load(Self.interruptMaskOffset) == 0 && old == load(Self.readIndexOffset)
@@ -275,8 +291,14 @@ public final class Ring: @unchecked Sendable {
     private func consume(_ d: Descriptor, signalWriter: inout Bool) {
         let freeBefore = dataSize - d.available
         readIndex = UInt32((Int(readIndex) + d.length + 8) % dataSize)
+        // Finish reading the packet before read_index gives its space back
+        // (load -> store): else the writer could overwrite bytes still
+        // being read.
         oy_shim_full_barrier()
         store(Self.readIndexOffset, readIndex)
+        // Publish read_index before loading pending_send_sz (store -> load),
+        // as Linux's hv_pkt_iter_close does: else a writer that set it after
+        // our load would block while we skip its signal.
         oy_shim_full_barrier()
         let pending = Int(load(Self.pendingSendOffset))
         let freeAfter = freeBefore + d.length + 8
@@ -333,6 +355,9 @@ public final class Ring: @unchecked Sendable {
     /// saw the mask set and did not signal).
     public func unmaskInterrupts() -> Bool {
         store(Self.interruptMaskOffset, 0)
+        // Clear the mask before re-reading write_index (store -> load): a
+        // writer that saw the mask still set did not signal, so its packet
+        // must be found here.
         oy_shim_full_barrier()
         return load(Self.writeIndexOffset) != readIndex
     }

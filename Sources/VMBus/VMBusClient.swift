@@ -196,19 +196,17 @@ public final class VMBusClient: @unchecked Sendable {
     }
 
     private func post(_ message: ChannelMessage) throws(VMBusError) {
-        var delay = 0.0005
-        for _ in 0..<40 {
-            do {
+        do {
+            // The guest waits by halting its VP, so it still takes interrupts.
+            try PostWithBackoff.run({ () throws(HvStatus) in
                 try partition.hypercalls.postMessage(connectionID: Topology.childMessageConnection, type: ChannelMessage.synicMessageType, payload: message.encode())
-                return
-            } catch .insufficientBuffers {
-                vp.halt(until: { false }, timeout: delay)
-                delay = min(delay * 2, 0.05)
-            } catch {
-                throw .cannotPost("\(message): \(error)")
+            }, wait: { _ = vp.halt(until: { false }, timeout: $0) })
+        } catch {
+            switch error {
+            case .queueFull: throw .messageQueueFull
+            case .refused(let status): throw .cannotPost("\(message): \(status)")
             }
         }
-        throw .messageQueueFull
     }
 
     /// Waits for the first response `match` accepts, and removes it.

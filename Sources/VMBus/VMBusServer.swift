@@ -384,19 +384,15 @@ public final class VMBusServer: @unchecked Sendable {
     /// Posts to the child, backing off while its message queue is full.
     private func post(_ c: ChildConnection, _ message: ChannelMessage) {
         let connection = Topology.rootMessageConnection(slot: c.slot)
-        var delay = 0.0005
-        for _ in 0..<40 {
-            do {
+        do {
+            try PostWithBackoff.run({ () throws(HvStatus) in
                 try hypercalls.postMessage(connectionID: connection, type: ChannelMessage.synicMessageType, payload: message.encode())
-                return
-            } catch .insufficientBuffers {
-                Thread.sleep(forTimeInterval: delay)
-                delay = min(delay * 2, 0.05)
-            } catch {
-                note("child \(c.id): cannot post \(message): \(error)", warning: true)
-                return
+            }, wait: { Thread.sleep(forTimeInterval: $0) })
+        } catch {
+            switch error {
+            case .queueFull: note("child \(c.id): message queue stayed full; dropped \(message)", warning: true)
+            case .refused(let status): note("child \(c.id): cannot post \(message): \(status)", warning: true)
             }
         }
-        note("child \(c.id): message queue stayed full; dropped \(message)", warning: true)
     }
 }

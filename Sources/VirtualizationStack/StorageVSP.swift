@@ -233,10 +233,3 @@ final class Countdown: @unchecked Sendable {
     }
 }
 
-extension NSCondition {
-    func withLock<R>(_ body: () throws -> R) rethrows -> R {
-        lock()
-        defer { unlock() }
-        return try body()
-    }
-}

@@ -1,4 +1,4 @@
-import Demo
+import SystemAssembly
 import DriverHost
 import Foundation
 import SDKTools

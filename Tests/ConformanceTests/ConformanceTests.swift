@@ -120,7 +120,7 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         Case(defect: "crash in probe", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_CRASH_IN_PROBE"]) }, expected: ["lifecycle.attach": .crashed]),
         Case(defect: "hang in attach", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_HANG_IN_ATTACH"]) }, expected: ["lifecycle.attach": .timeout]),
         Case(defect: "leak on detach", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_LEAK_ON_DETACH"]) }, expected: ["lifecycle.detach-releases": .failed]),
-        Case(defect: "DMA outside the mapping", build: { try Fixtures.referenceDriver(defines: ["NVMELITE_FIXTURE_DMA_BUG"]) },
+        Case(defect: "DMA outside the mapping", build: { try Fixtures.nvmeliteWithDMABug() },
              expected: ["io.dma-faults": .failed, "io.basic": .failed]),
         Case(defect: "blocking call from interrupt context", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_BLOCK_IN_IRQ"]) },
              expected: ["context.interrupt-services": .failed]),

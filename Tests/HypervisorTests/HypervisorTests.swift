@@ -4,7 +4,7 @@ import Machine
 import Testing
 
 func makeHypervisor(memory: Int = 64 << 20, root: Int = 16 << 20) throws -> Hypervisor {
-    let machine = try Machine(configuration: .init(memorySize: memory, hypervisorRole: true))
+    let machine = try Machine(configuration: .init(memorySize: memory))
     return try Hypervisor(machine: machine, rootMemory: root, foreignWindow: 4 << 20)
 }
 

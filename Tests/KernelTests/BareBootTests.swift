@@ -1,4 +1,4 @@
-import Demo
+import SystemAssembly
 import DriverHost
 import Foundation
 import Kernel
@@ -116,7 +116,7 @@ import Workloads
     /// A driver that hands its device the CPU pointer instead of the device
     /// address: the IOMMU refuses, the request fails, nothing is written.
     @Test func buggyDriverGetsADMAFaultNotASilentWrite() throws {
-        let path = try Fixtures.referenceDriver(defines: ["NVMELITE_FIXTURE_DMA_BUG"])
+        let path = try Fixtures.nvmeliteWithDMABug()
         let system = try Fixtures.bareSystem(drivers: [path])
         defer { system.shutdown() }
         let disk = try #require(system.disk)

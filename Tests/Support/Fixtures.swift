@@ -1,4 +1,4 @@
-import Demo
+import SystemAssembly
 import DriverHost
 import Foundation
 import SDKTools
@@ -51,6 +51,13 @@ public enum Fixtures {
     /// uses these for defects that belong to no reference driver.
     public static func mutatedReferenceDriver(_ name: String, _ edits: [(String, String)]) throws -> String {
         try mutatedDriver(source: repositoryRoot + "/Plugins/" + name, name: name, edits)
+    }
+
+    /// nvmelite with a classic defect: it hands its device the CPU pointer
+    /// of a request's data instead of the address dma_map returned.
+    public static func nvmeliteWithDMABug() throws -> String {
+        let anchor = "        /* PRP1 covers up to the end of its page; PRP2 is either the second"
+        return try mutatedReferenceDriver("nvmelite", [(anchor, "        addr = (oy_dma_addr)(uintptr_t)req->data; /* the defect */\n" + anchor)])
     }
 
     /// The SDK template's driver (`SDK/template`: rnglite, oyako.rng/1).

@@ -1,4 +1,4 @@
-import Demo
+import SystemAssembly
 import Devices
 import Foundation
 import Guest
@@ -23,7 +23,7 @@ public final class RootSystem: @unchecked Sendable {
 
     public init(drivers: [String], diskSize: UInt64 = 32 << 20, nics: Int = 0, wire: (Testbed) -> Void = { _ in }) throws {
         state = Fixtures.temporaryDirectory("root")
-        testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: 160 << 20, hypervisorRole: true, nics: nics)
+        testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: 160 << 20, nics: nics)
         wire(testbed)
         root = try RootPartition(machine: testbed.machine, memory: 64 << 20)
         kernel = Kernel(platform: root.platform, driverPaths: drivers)

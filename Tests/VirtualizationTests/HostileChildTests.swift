@@ -1,4 +1,4 @@
-import Demo
+import SystemAssembly
 import Foundation
 import Guest
 import Hypervisor

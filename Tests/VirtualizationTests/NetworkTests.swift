@@ -1,4 +1,4 @@
-import Demo
+import SystemAssembly
 import Devices
 import DriverHost
 import Foundation

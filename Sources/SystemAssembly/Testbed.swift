@@ -28,11 +28,11 @@ public struct Testbed {
     ///   - diskSize: bytes for a new disk image.
     ///   - nics: how many e1klite NICs to plug (wire them up yourself).
     ///   - consoleLog: file the UART's output is appended to, if any.
-    public static func make(state: String, diskSize: UInt64 = 64 << 20, memorySize: Int = 128 << 20, hypervisorRole: Bool = false,
+    public static func make(state: String, diskSize: UInt64 = 64 << 20, memorySize: Int = 128 << 20,
                             nics: Int = 0, consoleLog: String? = nil) throws -> Testbed
     {
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
-        let machine = try Machine(configuration: .init(memorySize: memorySize, hypervisorRole: hypervisorRole))
+        let machine = try Machine(configuration: .init(memorySize: memorySize))
         let image = try DiskImage(path: state + "/" + diskImageName, size: diskSize)
         let nvme = NVMeLite(disk: image)
         let slot = machine.bus.plug(nvme)

@@ -142,7 +142,7 @@ public struct DemoRunner {
     private func runWithHypervisor(state: String, driverPaths: [String]) throws -> (DemoReport.Environment, Bool, [DemoReport.ChildEntry]) {
         progress("")
         progress("[root] enabling the hypervisor role and rebooting the same machine (256 MiB RAM)")
-        let testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: 256 << 20, hypervisorRole: true, nics: 1, consoleLog: state + "/console/root.log")
+        let testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: 256 << 20, nics: 1, consoleLog: state + "/console/root.log")
         let outside = Outside(nic: testbed.nics[0])
         defer {
             outside.close()
