@@ -125,10 +125,8 @@ public final class Disk: @unchecked Sendable {
 
     private let memory: KernelMemory
     private let lock = NSLock()
-    private var inflight = 0
-    private var waiting: [BlockRequest] = []
     private var spare: [BlockRequest] = []
-    private var removed = false
+    private let queue: SubmissionQueue<BlockRequest>
 
     public struct Statistics: Sendable {
         public var submitted = 0
@@ -145,6 +143,7 @@ public final class Disk: @unchecked Sendable {
         self.name = name
         self.registered = registered
         self.memory = memory
+        queue = SubmissionQueue(depth: registered.geometry.queueDepth, submit: { registered.submit($0) }, fail: { $0.finishUnsubmitted($1) })
     }
 
     public var statistics: Statistics { lock.withLock { stats } }
@@ -191,43 +190,24 @@ public final class Disk: @unchecked Sendable {
             self?.finished(request, operation: operation, length: length, status: status)
             completion(status)
         }
-        let dispatchNow = lock.withLock { () -> Bool in
-            stats.submitted += 1
-            if inflight < geometry.queueDepth && waiting.isEmpty {
-                inflight += 1
-                return true
-            }
-            stats.queuedInSoftware += 1
-            waiting.append(request)
-            return false
+        lock.withLock { stats.submitted += 1 }
+        switch queue.enqueue(request) {
+        case .dispatched: break
+        case .queued: lock.withLock { stats.queuedInSoftware += 1 }
+        case .refused: request.finishUnsubmitted(.deviceGone)
         }
-        if dispatchNow { dispatch(request) }
     }
 
     private func check(_ operation: DiskOperation, lba: UInt64, blocks: Int, memory: UnsafeMutableRawPointer?) -> DiskStatus? {
-        if lock.withLock({ removed }) { return .deviceGone }
+        if queue.isRemoved { return .deviceGone }
         if operation == .flush { return nil }
         guard blocks > 0, blocks <= geometry.maxTransferBlocks, memory != nil else { return .invalid }
         guard lba < geometry.blockCount, UInt64(blocks) <= geometry.blockCount - lba else { return .outOfRange }
         return nil
     }
 
-    /// Hands a request to the driver; on BUSY it goes back to the head of
-    /// the software queue until a completion frees a slot.
-    private func dispatch(_ request: BlockRequest) {
-        let status = registered.submit(request)
-        if status == .busy {
-            lock.withLock {
-                inflight -= 1
-                waiting.insert(request, at: 0)
-            }
-        } else if !status.isOK {
-            request.finishUnsubmitted(status)
-        }
-    }
-
     private func finished(_ request: BlockRequest, operation: DiskOperation, length: Int, status: DiskStatus) {
-        let next = lock.withLock { () -> BlockRequest? in
+        lock.withLock {
             if status.isOK {
                 stats.completed += 1
                 if operation == .read { stats.bytesRead += UInt64(length) }
@@ -235,25 +215,13 @@ public final class Disk: @unchecked Sendable {
             } else {
                 stats.failed += 1
             }
-            inflight -= 1
             spare.append(request)
-            guard !waiting.isEmpty, inflight < geometry.queueDepth else { return nil }
-            inflight += 1
-            return waiting.removeFirst()
         }
-        if let next { dispatch(next) }
+        queue.completed()
     }
 
     /// The device went away: fail everything still queued in software.
-    func markRemoved() {
-        let queued = lock.withLock { () -> [BlockRequest] in
-            removed = true
-            inflight += waiting.count
-            defer { waiting.removeAll() }
-            return waiting
-        }
-        for request in queued { request.finishUnsubmitted(.deviceGone) }
-    }
+    func markRemoved() { queue.markRemoved() }
 
     // MARK: Synchronous convenience
 

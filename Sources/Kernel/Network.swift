@@ -25,16 +25,15 @@ public final class NetInterface: NetReceiver, @unchecked Sendable {
 
     private let lock = NSLock()
     private var counters_ = Counters()
-    private var inflight = 0
-    private var queue: [NetFrame] = []
     private var spare: [NetFrame] = []
-    private var removed = false
+    private let queue: SubmissionQueue<NetFrame>
     private var handler: Handler?
     private var linkHandler: (@Sendable (Bool) -> Void)?
 
     init(name: String, netdev: RegisteredNetdev) {
         self.name = name
         self.netdev = netdev
+        queue = SubmissionQueue(depth: netdev.queueDepth, limit: Self.queueLimit, submit: { netdev.transmit($0) }, fail: { $0.finishUnsubmitted($1) })
     }
 
     public var counters: Counters { lock.withLock { counters_ } }
@@ -56,64 +55,34 @@ public final class NetInterface: NetReceiver, @unchecked Sendable {
             lock.withLock { counters_.txDropped += 1 }
             return false
         }
-        // Take and fill a frame first; only a prepared frame may be queued,
-        // because a completion on another thread dispatches from the queue.
-        let taken = lock.withLock { () -> NetFrame? in
-            guard !removed, queue.count < Self.queueLimit else {
-                counters_.txDropped += 1
-                return nil
-            }
-            return spare.popLast() ?? NetFrame()
-        }
-        guard let frame = taken else { return false }
-        let length = bytes.count
-        frame.prepare(bytes) { [weak self] status in self?.finished(frame, length: length, status: status) }
-        let dispatchNow = lock.withLock { () -> Bool? in
-            if removed {
-                spare.append(frame)
-                return nil
-            }
-            if inflight < netdev.queueDepth && queue.isEmpty {
-                inflight += 1
-                return true
-            }
-            queue.append(frame)
+        guard !queue.isRemoved else {
+            lock.withLock { counters_.txDropped += 1 }
             return false
         }
-        guard let dispatchNow else { return false }
-        if dispatchNow { dispatch(frame) }
-        return true
+        let frame = lock.withLock { spare.popLast() } ?? NetFrame()
+        let length = bytes.count
+        frame.prepare(bytes) { [weak self] status in self?.finished(frame, length: length, status: status) }
+        guard case .refused = queue.enqueue(frame) else { return true }
+        lock.withLock {
+            counters_.txDropped += 1
+            spare.append(frame)
+        }
+        return false
     }
 
     public func send(_ bytes: [UInt8]) -> Bool { bytes.withUnsafeBytes { send($0) } }
 
-    private func dispatch(_ frame: NetFrame) {
-        let status = netdev.transmit(frame)
-        if status == .busy {
-            lock.withLock {
-                inflight -= 1
-                queue.insert(frame, at: 0)
-            }
-        } else if !status.isOK {
-            frame.finishUnsubmitted(status)
-        }
-    }
-
     private func finished(_ frame: NetFrame, length: Int, status: OyStatus) {
-        let next = lock.withLock { () -> NetFrame? in
+        lock.withLock {
             if status.isOK {
                 counters_.txFrames += 1
                 counters_.txBytes += length
             } else {
                 counters_.txErrors += 1
             }
-            inflight -= 1
             spare.append(frame)
-            guard !queue.isEmpty, inflight < netdev.queueDepth else { return nil }
-            inflight += 1
-            return queue.removeFirst()
         }
-        if let next { dispatch(next) }
+        queue.completed()
     }
 
     public func received(_ frame: UnsafeRawBufferPointer, on netdev: RegisteredNetdev) {
@@ -129,15 +98,7 @@ public final class NetInterface: NetReceiver, @unchecked Sendable {
         lock.withLock { linkHandler }?(up)
     }
 
-    func markRemoved() {
-        let dropped = lock.withLock { () -> [NetFrame] in
-            removed = true
-            inflight += queue.count
-            defer { queue.removeAll() }
-            return queue
-        }
-        for frame in dropped { frame.finishUnsubmitted(.deviceGone) }
-    }
+    func markRemoved() { queue.markRemoved() }
 }
 
 /// The OS's network interfaces, named eth0, eth1... in registration order.

@@ -1,0 +1,95 @@
+import DriverHost
+import Foundation
+
+/// The software queue above a driver's depth, shared by the block and
+/// network layers: at most `depth` items are with the driver, the rest wait
+/// in order. A driver's OY_E_BUSY puts the item back at the head until a
+/// completion frees a slot; any other refusal completes it with that code;
+/// removal fails everything still waiting with OY_E_DEVICE_GONE.
+final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
+    // @unchecked Sendable: state is guarded by `lock`; the closures are the
+    // owner's and thread-safe.
+    enum Admission {
+        /// Handed to the driver now.
+        case dispatched
+        /// Waiting behind `depth` items already with the driver.
+        case queued
+        /// Not taken: the queue is full or the device gone.
+        case refused
+    }
+
+    private let lock = NSLock()
+    private let depth: Int
+    private let limit: Int
+    private var inflight = 0
+    private var waiting: [Item] = []
+    private var removed = false
+    /// Hands an item to the driver; returns its status.
+    private let submit: (Item) -> OyStatus
+    /// Completes an item the driver did not take (never called with OK).
+    private let fail: (Item, OyStatus) -> Void
+
+    /// - Parameters:
+    ///   - depth: items the driver accepts at once.
+    ///   - limit: items that may wait in software (beyond that: refused).
+    init(depth: Int, limit: Int = .max, submit: @escaping (Item) -> OyStatus, fail: @escaping (Item, OyStatus) -> Void) {
+        self.depth = max(1, depth)
+        self.limit = limit
+        self.submit = submit
+        self.fail = fail
+    }
+
+    /// Admits `item`: to the driver if a slot is free and nothing waits
+    /// ahead of it, else to the back of the queue.
+    func enqueue(_ item: Item) -> Admission {
+        let admission = lock.withLock { () -> Admission in
+            if removed || waiting.count >= limit { return .refused }
+            if inflight < depth && waiting.isEmpty {
+                inflight += 1
+                return .dispatched
+            }
+            waiting.append(item)
+            return .queued
+        }
+        if case .dispatched = admission { dispatch(item) }
+        return admission
+    }
+
+    /// One item the driver had came back: its slot goes to the next waiting.
+    func completed() {
+        let next = lock.withLock { () -> Item? in
+            inflight -= 1
+            guard !waiting.isEmpty, inflight < depth else { return nil }
+            inflight += 1
+            return waiting.removeFirst()
+        }
+        if let next { dispatch(next) }
+    }
+
+    /// The device went away: fail everything still waiting.
+    func markRemoved() {
+        let dropped = lock.withLock { () -> [Item] in
+            removed = true
+            // They complete through `fail` -> the owner's completion path,
+            // which calls `completed()` for each: count them as in flight.
+            inflight += waiting.count
+            defer { waiting.removeAll() }
+            return waiting
+        }
+        for item in dropped { fail(item, .deviceGone) }
+    }
+
+    var isRemoved: Bool { lock.withLock { removed } }
+
+    private func dispatch(_ item: Item) {
+        let status = submit(item)
+        if status == .busy {
+            lock.withLock {
+                inflight -= 1
+                waiting.insert(item, at: 0)
+            }
+        } else if !status.isOK {
+            fail(item, status)
+        }
+    }
+}
