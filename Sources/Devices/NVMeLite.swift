@@ -20,6 +20,8 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
 
     public static let vendorID: UInt16 = 0x0A7A
     public static let deviceID: UInt16 = 0x0001
+    /// The controller's memory page size for PRPs (CC.MPS 0): a property of
+    /// the device, documented in its datasheet, not the machine's page size.
     public static let pageSize = 4096
 
     enum Register {

@@ -25,7 +25,7 @@ public final class GuestOS: @unchecked Sendable {
         self.vp = vp
         self.vmbus = VMBusClient(partition: partition, vp: vp)
         // Page 0 stays unused so a zero GPA is never valid.
-        self.pages = PageAllocator(firstPage: 1, pageCount: partition.addressSpaceSize / GuestMemory.pageSize - 1)
+        self.pages = PageAllocator(firstPage: 1, pageCount: partition.addressSpaceSize / PhysicalMemory.pageSize - 1)
         self.consoleSink = console
     }
 
@@ -41,7 +41,7 @@ public final class GuestOS: @unchecked Sendable {
     public func allocate(pages count: Int) -> (gpa: UInt64, pointer: UnsafeMutableRawPointer)? {
         guard let first = pages.allocate(count) else { return nil }
         let gpa = GuestAddress.page(first)
-        guard let bytes = partition.memory.guestMemory.bytes(at: gpa, count: count * GuestMemory.pageSize) else {
+        guard let bytes = partition.memory.guestMemory.bytes(at: gpa, count: count * PhysicalMemory.pageSize) else {
             pages.free(first, count: count)
             return nil
         }

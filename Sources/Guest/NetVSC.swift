@@ -38,8 +38,8 @@ public final class NetVSC: @unchecked Sendable {
         guard let ring = os.allocate(pages: 2 * Self.ringPages), let rx = os.allocate(pages: Self.receivePages),
             let tx = os.allocate(pages: Self.sendPages)
         else { throw .outOfGuestMemory("the network channel") }
-        receive = (rx.gpa, rx.pointer, Self.receivePages * GuestMemory.pageSize)
-        let sections = Self.sendPages * GuestMemory.pageSize / NetworkProtocol.sectionSize
+        receive = (rx.gpa, rx.pointer, Self.receivePages * PhysicalMemory.pageSize)
+        let sections = Self.sendPages * PhysicalMemory.pageSize / NetworkProtocol.sectionSize
         sendArea = (tx.gpa, tx.pointer, sections)
         freeSend = Array(0..<sections)
         channel = try os.vmbus.open(relid: offer.relid, ringGPA: ring.gpa, ringPages: 2 * Self.ringPages, outboundPages: Self.ringPages)

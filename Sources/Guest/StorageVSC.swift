@@ -26,9 +26,19 @@ public final class StorageVSC: BlockTarget, @unchecked Sendable {
     static let ringPages = 1 + 16   // control page + 64 KiB data, per direction
     static let dataPages = 256      // 1 MiB data buffer
 
-    public struct StorageError: Error, CustomStringConvertible {
-        public let message: String
-        public var description: String { message }
+    /// A storage request the root completed with a failure status.
+    public enum StorageError: Error, Equatable, CustomStringConvertible {
+        case readFailed(lba: UInt64, status: UInt32)
+        case writeFailed(lba: UInt64, status: UInt32)
+        case flushFailed(status: UInt32)
+
+        public var description: String {
+            switch self {
+            case .readFailed(let lba, let status): "read at LBA \(lba) failed: 0x\(String(status, radix: 16))"
+            case .writeFailed(let lba, let status): "write at LBA \(lba) failed: 0x\(String(status, radix: 16))"
+            case .flushFailed(let status): "flush failed: 0x\(String(status, radix: 16))"
+            }
+        }
     }
 
     init(os: GuestOS, offer: Offer) throws(VMBusError) {
@@ -40,7 +50,7 @@ public final class StorageVSC: BlockTarget, @unchecked Sendable {
         channel = try os.vmbus.open(relid: offer.relid, ringGPA: ring.gpa, ringPages: 2 * Self.ringPages, outboundPages: Self.ringPages)
         dataGPA = data.gpa
         dataPointer = data.pointer
-        dataBufferSize = Self.dataPages * GuestMemory.pageSize
+        dataBufferSize = Self.dataPages * PhysicalMemory.pageSize
         channel.onPacket = { [weak self] packet in self?.received(packet) }
         channel.onRescind = { [weak self] in
             guard let self else { return }
@@ -133,7 +143,7 @@ public final class StorageVSC: BlockTarget, @unchecked Sendable {
         while done < count {
             let n = min(chunkBlocks, count - done)
             let status = try srb(.read10, lba: lba + UInt64(done), blocks: n, offset: 0)
-            guard status == StorageProtocol.Status.success else { throw StorageError(message: "read at LBA \(lba + UInt64(done)) failed: 0x\(String(status, radix: 16))") }
+            guard status == StorageProtocol.Status.success else { throw StorageError.readFailed(lba: lba + UInt64(done), status: status) }
             out.withUnsafeMutableBytes { ($0.baseAddress! + done * blockSize).copyMemory(from: dataPointer, byteCount: n * blockSize) }
             done += n
         }
@@ -147,14 +157,14 @@ public final class StorageVSC: BlockTarget, @unchecked Sendable {
             let n = min(chunkBlocks, count - done)
             bytes.withUnsafeBytes { dataPointer.copyMemory(from: $0.baseAddress! + done * blockSize, byteCount: n * blockSize) }
             let status = try srb(.write10, lba: lba + UInt64(done), blocks: n, offset: 0)
-            guard status == StorageProtocol.Status.success else { throw StorageError(message: "write at LBA \(lba + UInt64(done)) failed: 0x\(String(status, radix: 16))") }
+            guard status == StorageProtocol.Status.success else { throw StorageError.writeFailed(lba: lba + UInt64(done), status: status) }
             done += n
         }
     }
 
     public func flushBlocks() throws {
         let status = try srb(.synchronizeCache, lba: 0, blocks: 0, offset: 0)
-        guard status == StorageProtocol.Status.success else { throw StorageError(message: "flush failed: 0x\(String(status, radix: 16))") }
+        guard status == StorageProtocol.Status.success else { throw StorageError.flushFailed(status: status) }
     }
 
     // MARK: Asynchronous I/O (benchmarks)

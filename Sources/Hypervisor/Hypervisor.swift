@@ -11,7 +11,6 @@ import Machine
 /// root guest-physical addresses are never machine addresses.
 public final class Hypervisor: @unchecked Sendable {
     // @unchecked Sendable: every mutable structure is guarded by `lock`.
-    public static let pageSize = PhysicalMemory.pageSize
     static let chunkPages = 512
 
     struct Connection {
@@ -38,10 +37,10 @@ public final class Hypervisor: @unchecked Sendable {
     /// `foreignWindow` bytes above it.
     public init(machine: Machine, rootMemory: Int, foreignWindow: Int = 64 << 20) throws {
         self.machine = machine
-        let chunk = Self.chunkPages * Self.pageSize
+        let chunk = Self.chunkPages * PhysicalMemory.pageSize
         let ramSize = (rootMemory + chunk - 1) / chunk * chunk
         self.foreignWindow = UInt64(ramSize)..<UInt64(ramSize + foreignWindow)
-        self.foreignPages = PageAllocator(firstPage: UInt64(ramSize / Self.pageSize), pageCount: foreignWindow / Self.pageSize)
+        self.foreignPages = PageAllocator(firstPage: UInt64(ramSize / PhysicalMemory.pageSize), pageCount: foreignWindow / PhysicalMemory.pageSize)
         let root = try Partition(id: nextPartition, isRoot: true, addressSpaceSize: ramSize + foreignWindow, memory: machine.memory, hypervisor: self)
         nextPartition += 1
         let chunks = ramSize / chunk
@@ -74,8 +73,8 @@ public final class Hypervisor: @unchecked Sendable {
     /// The machine address behind `gpa` in `partition`, if mapped.
     public func machineAddress(partition id: PartitionID, gpa: UInt64) -> PhysicalAddress? {
         lock.withLock {
-            guard let entry = partitions[id]?.map[gpa / UInt64(Self.pageSize)] else { return nil }
-            return entry.machinePage * UInt64(Self.pageSize) + gpa % UInt64(Self.pageSize)
+            guard let entry = partitions[id]?.map[gpa / UInt64(PhysicalMemory.pageSize)] else { return nil }
+            return entry.machinePage * UInt64(PhysicalMemory.pageSize) + gpa % UInt64(PhysicalMemory.pageSize)
         }
     }
 
@@ -87,7 +86,7 @@ public final class Hypervisor: @unchecked Sendable {
             var runs: [(PhysicalAddress, Int)] = []
             var address = gpa
             var remaining = length
-            let page = UInt64(Self.pageSize)
+            let page = UInt64(PhysicalMemory.pageSize)
             while remaining > 0 {
                 guard let entry = p.map[address / page] else { return nil }
                 let offset = address % page
@@ -113,7 +112,7 @@ public final class Hypervisor: @unchecked Sendable {
         while i < machinePages.count {
             var run = 1
             while i + run < machinePages.count && machinePages[i + run] == machinePages[i] + UInt64(run) { run += 1 }
-            try p.memory.map(offset: Int(gpaPage + UInt64(i)) * Self.pageSize, machineAddress: machinePages[i] * UInt64(Self.pageSize), length: run * Self.pageSize)
+            try p.memory.map(offset: Int(gpaPage + UInt64(i)) * PhysicalMemory.pageSize, machineAddress: machinePages[i] * UInt64(PhysicalMemory.pageSize), length: run * PhysicalMemory.pageSize)
             i += run
         }
         for (k, spa) in machinePages.enumerated() {
@@ -126,7 +125,7 @@ public final class Hypervisor: @unchecked Sendable {
         for k in 0..<count {
             if let entry = p.map.removeValue(forKey: gpaPage + UInt64(k)) { freed.append(entry.machinePage) }
         }
-        try? p.memory.unmap(offset: Int(gpaPage) * Self.pageSize, length: count * Self.pageSize)
+        try? p.memory.unmap(offset: Int(gpaPage) * PhysicalMemory.pageSize, length: count * PhysicalMemory.pageSize)
         return freed
     }
 
@@ -136,7 +135,7 @@ public final class Hypervisor: @unchecked Sendable {
         try lock.locked { () throws(HvStatus) -> PartitionID in
             count(.createPartition)
             try requireRoot(caller)
-            guard memorySize > 0, memorySize % Self.pageSize == 0, memorySize <= 1 << 32 else { throw .invalidParameter }
+            guard memorySize > 0, memorySize % PhysicalMemory.pageSize == 0, memorySize <= 1 << 32 else { throw .invalidParameter }
             let id = nextPartition
             do {
                 let p = try Partition(id: id, isRoot: false, addressSpaceSize: memorySize, memory: machine.memory, hypervisor: self)
@@ -238,7 +237,7 @@ public final class Hypervisor: @unchecked Sendable {
             try requireRoot(caller)
             let p = try child(id)
             guard p.state == .initialized else { throw .invalidPartitionState }
-            guard pages > 0, (gpaPage + UInt64(pages)) * UInt64(Self.pageSize) <= UInt64(p.addressSpaceSize) else { throw .invalidParameter }
+            guard pages > 0, (gpaPage + UInt64(pages)) * UInt64(PhysicalMemory.pageSize) <= UInt64(p.addressSpaceSize) else { throw .invalidParameter }
             guard (0..<pages).allSatisfy({ p.map[gpaPage + UInt64($0)] == nil }) else { throw .invalidParameter }
             guard p.deposited.count >= pages else { throw .insufficientMemory }
             let spa = Array(p.deposited.suffix(pages))
@@ -282,7 +281,7 @@ public final class Hypervisor: @unchecked Sendable {
                 foreignPages.free(window, count: gpaPages.count)
                 throw .insufficientMemory
             }
-            return window * UInt64(Self.pageSize)
+            return window * UInt64(PhysicalMemory.pageSize)
         }
     }
 
@@ -290,7 +289,7 @@ public final class Hypervisor: @unchecked Sendable {
         try lock.locked { () throws(HvStatus) in
             count(.unmapGpaPages)
             try requireRoot(caller)
-            let first = rootGPA / UInt64(Self.pageSize)
+            let first = rootGPA / UInt64(PhysicalMemory.pageSize)
             guard foreignWindow.contains(rootGPA), (0..<pages).allSatisfy({ root.map[first + UInt64($0)]?.foreignOwner != nil }) else {
                 throw .invalidParameter
             }

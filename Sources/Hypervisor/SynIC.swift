@@ -1,4 +1,5 @@
 import Foundation
+import Machine
 
 /// One SynIC message: the 256-byte slot format of the TLFS.
 public struct HvMessage: Sendable, Equatable {
@@ -36,16 +37,16 @@ public final class SynIC: @unchecked Sendable {
     public static let queueLimit = 16
 
     private let lock = NSLock()
-    private let messagePage = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
-    private let eventPage = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+    private let messagePage = UnsafeMutableRawPointer.allocate(byteCount: PhysicalMemory.pageSize, alignment: PhysicalMemory.pageSize)
+    private let eventPage = UnsafeMutableRawPointer.allocate(byteCount: PhysicalMemory.pageSize, alignment: PhysicalMemory.pageSize)
     private var queues = [[HvMessage]](repeating: [], count: SynIC.sintCount)
     /// Raises the SINT on the owning VP.
     private let raise: @Sendable (Int) -> Void
 
     init(raise: @escaping @Sendable (Int) -> Void) {
         self.raise = raise
-        messagePage.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
-        eventPage.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+        messagePage.initializeMemory(as: UInt8.self, repeating: 0, count: PhysicalMemory.pageSize)
+        eventPage.initializeMemory(as: UInt8.self, repeating: 0, count: PhysicalMemory.pageSize)
     }
 
     deinit {

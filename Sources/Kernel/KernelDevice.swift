@@ -55,14 +55,14 @@ final class KernelDevice: HostDevice, @unchecked Sendable {
         guard let (physical, pages) = platform.memory.allocate(bytes: size), let cpu = platform.memory.pointer(physical) else {
             throw .noMemory
         }
-        let address = platform.mapForDevice(slot, physical: physical, length: pages * KernelMemory.pageSize, writable: true)
+        let address = platform.mapForDevice(slot, physical: physical, length: pages * PhysicalMemory.pageSize, writable: true)
         lock.withLock { allocations[address] = (physical, pages) }
         return DMARegion(cpu: cpu, deviceAddress: address, length: size)
     }
 
     func dmaFree(_ region: DMARegion) {
         guard let allocation = lock.withLock({ allocations.removeValue(forKey: region.deviceAddress) }) else { return }
-        platform.unmapForDevice(slot, deviceAddress: region.deviceAddress, length: allocation.pages * KernelMemory.pageSize)
+        platform.unmapForDevice(slot, deviceAddress: region.deviceAddress, length: allocation.pages * PhysicalMemory.pageSize)
         platform.memory.free(physical: allocation.physical, pages: allocation.pages)
     }
 

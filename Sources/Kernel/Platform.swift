@@ -28,7 +28,6 @@ public protocol Platform: AnyObject, Sendable {
 /// The OS's view of its physical memory: a contiguous CPU mapping of its
 /// physical address space and a page allocator over it.
 public final class KernelMemory: Sendable {
-    public static let pageSize = PhysicalMemory.pageSize
 
     /// CPU address of physical address 0. Sendable: fixed for the lifetime.
     public nonisolated(unsafe) let base: UnsafeMutableRawPointer
@@ -55,15 +54,15 @@ public final class KernelMemory: Sendable {
 
     /// Allocates zeroed, contiguous pages; nil when memory is exhausted.
     public func allocate(bytes: Int) -> (physical: UInt64, pages: Int)? {
-        let count = max(1, (bytes + Self.pageSize - 1) / Self.pageSize)
+        let count = max(1, (bytes + PhysicalMemory.pageSize - 1) / PhysicalMemory.pageSize)
         guard let first = pages.allocate(count) else { return nil }
-        let physical = first * UInt64(Self.pageSize)
-        (base + Int(physical)).initializeMemory(as: UInt8.self, repeating: 0, count: count * Self.pageSize)
+        let physical = first * UInt64(PhysicalMemory.pageSize)
+        (base + Int(physical)).initializeMemory(as: UInt8.self, repeating: 0, count: count * PhysicalMemory.pageSize)
         return (physical, count)
     }
 
     public func free(physical: UInt64, pages count: Int) {
-        pages.free(physical / UInt64(Self.pageSize), count: count)
+        pages.free(physical / UInt64(PhysicalMemory.pageSize), count: count)
     }
 }
 

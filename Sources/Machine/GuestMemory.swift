@@ -7,12 +7,12 @@ public struct GuestAddress: Hashable, Comparable, Sendable, CustomStringConverti
     public init(_ raw: UInt64) { self.raw = raw }
 
     /// The first byte of guest page `number`.
-    public static func page(_ number: UInt64) -> GuestAddress { GuestAddress(number &* UInt64(GuestMemory.pageSize)) }
+    public static func page(_ number: UInt64) -> GuestAddress { GuestAddress(number &* UInt64(PhysicalMemory.pageSize)) }
 
     /// The number of the page this address lies in.
-    public var pageNumber: UInt64 { raw / UInt64(GuestMemory.pageSize) }
+    public var pageNumber: UInt64 { raw / UInt64(PhysicalMemory.pageSize) }
     /// The offset into that page.
-    public var pageOffset: Int { Int(raw % UInt64(GuestMemory.pageSize)) }
+    public var pageOffset: Int { Int(raw % UInt64(PhysicalMemory.pageSize)) }
 
     /// `bytes` further on; nil on overflow.
     public func adding(_ bytes: Int) -> GuestAddress? {
@@ -35,7 +35,6 @@ public struct GuestMemory: @unchecked Sendable {
     // synchronise on the bytes, as the guest does.
 
     /// The page size of every guest here (4 KiB, as on x86 and Hyper-V).
-    public static let pageSize = PhysicalMemory.pageSize
 
     private let base: UnsafeMutableRawPointer
     /// Bytes of guest-physical space the view covers.

@@ -58,7 +58,6 @@ public final class IOMMU: Sendable {
     public let memory: PhysicalMemory
     private let state = Mutex(State())
     private let logger = Logger(label: "oyako.iommu")
-    private static let page = UInt64(PhysicalMemory.pageSize)
 
     public init(memory: PhysicalMemory) {
         self.memory = memory
@@ -68,11 +67,11 @@ public final class IOMMU: Sendable {
     /// covering [`machineAddress`, +`length`). Both must have the same offset
     /// within a page.
     public func map(domain: DomainID, deviceAddress: UInt64, machineAddress: PhysicalAddress, length: Int, writable: Bool = true) {
-        precondition(deviceAddress % Self.page == machineAddress % Self.page, "IOMMU maps whole pages")
+        precondition(deviceAddress % UInt64(PhysicalMemory.pageSize) == machineAddress % UInt64(PhysicalMemory.pageSize), "IOMMU maps whole pages")
         guard length > 0 else { return }
-        let firstIOPage = deviceAddress / Self.page
-        let firstMachinePage = machineAddress / Self.page
-        let pages = (deviceAddress % Self.page + UInt64(length) + Self.page - 1) / Self.page
+        let firstIOPage = deviceAddress / UInt64(PhysicalMemory.pageSize)
+        let firstMachinePage = machineAddress / UInt64(PhysicalMemory.pageSize)
+        let pages = (deviceAddress % UInt64(PhysicalMemory.pageSize) + UInt64(length) + UInt64(PhysicalMemory.pageSize) - 1) / UInt64(PhysicalMemory.pageSize)
         state.withLock { s in
             // Mutated in place through the dictionary's modify accessor: a
             // `var table = s.domains[domain]` copy would duplicate the whole
@@ -100,8 +99,8 @@ public final class IOMMU: Sendable {
     /// Drops one reference to each page covering the range.
     public func unmap(domain: DomainID, deviceAddress: UInt64, length: Int) {
         guard length > 0 else { return }
-        let firstIOPage = deviceAddress / Self.page
-        let pages = (deviceAddress % Self.page + UInt64(length) + Self.page - 1) / Self.page
+        let firstIOPage = deviceAddress / UInt64(PhysicalMemory.pageSize)
+        let pages = (deviceAddress % UInt64(PhysicalMemory.pageSize) + UInt64(length) + UInt64(PhysicalMemory.pageSize) - 1) / UInt64(PhysicalMemory.pageSize)
         state.withLock { s in
             guard s.domains[domain] != nil else { return }
             Self.unmapPages(&s.domains[domain]!, firstIOPage: firstIOPage, pages: pages)
@@ -145,15 +144,15 @@ public final class IOMMU: Sendable {
             var runStart: UInt64 = 0
             var runLength = 0
             while remaining > 0 {
-                let offset = address % Self.page
-                let chunk = min(remaining, Int(Self.page - offset))
-                guard let entry = table[address / Self.page] else {
+                let offset = address % UInt64(PhysicalMemory.pageSize)
+                let chunk = min(remaining, Int(UInt64(PhysicalMemory.pageSize) - offset))
+                guard let entry = table[address / UInt64(PhysicalMemory.pageSize)] else {
                     return Self.record(&s, DMAFault(device: deviceName, address: address, length: length, write: write, reason: "page not mapped for this device"))
                 }
                 if write && !entry.writable {
                     return Self.record(&s, DMAFault(device: deviceName, address: address, length: length, write: write, reason: "page mapped read-only"))
                 }
-                let machine = entry.machinePage * Self.page + offset
+                let machine = entry.machinePage * UInt64(PhysicalMemory.pageSize) + offset
                 if runLength > 0 && runStart + UInt64(runLength) == machine {
                     runLength += chunk
                 } else {

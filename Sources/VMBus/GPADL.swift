@@ -28,7 +28,7 @@ public final class GPADLMapping: @unchecked Sendable {
     public var rootGPA: GuestAddress { window.start }
 
     /// Bytes granted.
-    public var length: Int { pfns.count * GuestMemory.pageSize }
+    public var length: Int { pfns.count * PhysicalMemory.pageSize }
 
     /// The root's pointer for child range [gpa, +length), or nil unless every
     /// byte lies in this GPADL on pages granted consecutively.
@@ -37,7 +37,7 @@ public final class GPADLMapping: @unchecked Sendable {
         let count = Int(end.pageNumber - gpa.pageNumber) + 1
         guard first + count <= pfns.count else { return nil }
         for k in 0..<count where pfns[first + k] != gpa.pageNumber + UInt64(k) { return nil }
-        return pointer(offset: first * GuestMemory.pageSize + gpa.pageOffset, length: length)
+        return pointer(offset: first * PhysicalMemory.pageSize + gpa.pageOffset, length: length)
     }
 
     /// The root's pointer for [offset, +length) of the granted bytes, in

@@ -1,4 +1,5 @@
 import CSystemShims
+import Machine
 import Synchronization
 
 /// Why a ring can no longer be trusted: the peer wrote something impossible.
@@ -94,7 +95,7 @@ public struct Packet: Sendable, Equatable {
 public final class Ring: @unchecked Sendable {
     // @unchecked Sendable: one writer and one reader, each used from one
     // thread at a time; shared-memory words are accessed atomically.
-    public static let controlSize = 4096
+    public static let controlSize = PhysicalMemory.pageSize
     static let writeIndexOffset = 0
     static let readIndexOffset = 4
     static let interruptMaskOffset = 8

@@ -282,11 +282,11 @@ public final class VMBusClient: @unchecked Sendable {
     /// Opens a channel whose rings live in `ringPages` pages at `ringGPA`:
     /// the first `outboundPages` for guest->root, the rest root->guest.
     public func open(relid: UInt32, ringGPA: UInt64, ringPages: Int, outboundPages: Int) throws(VMBusError) -> ClientChannel {
-        guard let base = partition.memory.guestMemory.pointer(at: GuestAddress(ringGPA), count: ringPages * GuestMemory.pageSize) else {
+        guard let base = partition.memory.guestMemory.pointer(at: GuestAddress(ringGPA), count: ringPages * PhysicalMemory.pageSize) else {
             throw .ringOutsideMemory(GuestAddress(ringGPA), pages: ringPages)
         }
-        guard let outbound = Ring(base: base, size: outboundPages * GuestMemory.pageSize),
-            let inbound = Ring(base: base + outboundPages * GuestMemory.pageSize, size: (ringPages - outboundPages) * GuestMemory.pageSize)
+        guard let outbound = Ring(base: base, size: outboundPages * PhysicalMemory.pageSize),
+            let inbound = Ring(base: base + outboundPages * PhysicalMemory.pageSize, size: (ringPages - outboundPages) * PhysicalMemory.pageSize)
         else { throw .ringTooSmall(pages: ringPages, split: outboundPages) }
         outbound.reset()
         inbound.reset()

@@ -302,7 +302,7 @@ public final class VMBusServer: @unchecked Sendable {
         c.pendingGPADL[gpadl] = nil
         do {
             let rootGPA = try hypercalls.mapForeignPages(from: c.id, gpaPages: pending.pfns, writable: true)
-            guard let window = root.memory.guestMemory.window(at: GuestAddress(rootGPA), count: pending.pfns.count * GuestMemory.pageSize) else {
+            guard let window = root.memory.guestMemory.window(at: GuestAddress(rootGPA), count: pending.pfns.count * PhysicalMemory.pageSize) else {
                 return refuseGPADL(c, relid: pending.relid, gpadl: gpadl, "GPADL \(gpadl) was mapped outside the root's view")
             }
             let mapping = GPADLMapping(id: gpadl, relid: pending.relid, pfns: pending.pfns, window: window)
@@ -325,7 +325,7 @@ public final class VMBusServer: @unchecked Sendable {
         guard downstreamPages >= 2, pages - downstreamPages >= 2 else {
             return refuse("ring split at page \(downstreamPages) of \(pages) leaves a ring without data pages")
         }
-        let page = GuestMemory.pageSize
+        let page = PhysicalMemory.pageSize
         guard ring.pointer(gpa: GuestAddress.page(ring.pfns[0]), length: ring.length) != nil,
             let outboundBase = ring.pointer(offset: 0, length: downstreamPages * page),
             let inboundBase = ring.pointer(offset: downstreamPages * page, length: (pages - downstreamPages) * page)

@@ -45,11 +45,11 @@ public final class VMManager: @unchecked Sendable {
     /// Creates a child with `memorySize` bytes of RAM at GPA 0 and one VP,
     /// and connects it to VMBus. It runs nothing until `start`.
     public func createChild(name: String, memorySize: Int) throws(Failure) -> Child {
-        let pages = memorySize / GuestMemory.pageSize
+        let pages = memorySize / PhysicalMemory.pageSize
         func call<T>(_ what: String, _ body: () throws(HvStatus) -> T) throws(Failure) -> T {
             do { return try body() } catch { throw .hypercall(what, error) }
         }
-        let id = try call("CreatePartition") { () throws(HvStatus) in try hypercalls.createPartition(memorySize: pages * GuestMemory.pageSize) }
+        let id = try call("CreatePartition") { () throws(HvStatus) in try hypercalls.createPartition(memorySize: pages * PhysicalMemory.pageSize) }
         do throws(Failure) {
             try call("InitializePartition") { () throws(HvStatus) in try hypercalls.initializePartition(id) }
             try call("DepositMemory") { () throws(HvStatus) in try hypercalls.depositMemory(id, pages: pages) }
@@ -57,7 +57,7 @@ public final class VMManager: @unchecked Sendable {
             let vp = try call("CreateVp") { () throws(HvStatus) in try hypercalls.createVp(id, index: 0) }
             try call("VMBus ports") { () throws(HvStatus) in try root.vmbus.attach(child: id) }
             guard let partition = root.hypervisor.partition(id) else { throw Failure.noSuchChild(id) }
-            let child = Child(id: id, name: name, memorySize: pages * GuestMemory.pageSize, partition: partition, vp: vp)
+            let child = Child(id: id, name: name, memorySize: pages * PhysicalMemory.pageSize, partition: partition, vp: vp)
             lock.withLock { children[id] = child }
             return child
         } catch {

@@ -150,9 +150,9 @@ import Testing
 
 @Suite struct GuestMemoryTests {
     @Test func accessesAreBoundsChecked() {
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: 3 * GuestMemory.pageSize, alignment: 4096)
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: 3 * PhysicalMemory.pageSize, alignment: 4096)
         defer { raw.deallocate() }
-        let memory = GuestMemory(base: raw, size: 3 * GuestMemory.pageSize)
+        let memory = GuestMemory(base: raw, size: 3 * PhysicalMemory.pageSize)
         #expect(memory.pointer(at: GuestAddress(0), count: 3 * 4096) == raw)
         #expect(memory.pointer(at: GuestAddress(4096), count: 8) == raw + 4096)
         #expect(memory.pointer(at: GuestAddress(3 * 4096 - 8), count: 9) == nil, "one byte past the end")

@@ -124,20 +124,20 @@ import Workloads
     @Test func childOutOfRangeLBAIsAnErrorNotAViolation() throws {
         let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
         defer { system.shutdown() }
-        let outcome = GuestOutcome<(String, Bool)>()
+        let outcome = GuestOutcome<(StorageVSC.StorageError?, Bool)>()
         try system.startChild(name: "c", start: 0, blocks: 128) { os in
             outcome.finish {
                 try os.boot()
                 let disk = try #require(try os.openStorage().first)
-                var message = ""
-                do { _ = try disk.readBlocks(lba: 127, count: 2) } catch { message = "\(error)" }
+                var message: StorageVSC.StorageError?
+                do { _ = try disk.readBlocks(lba: 127, count: 2) } catch { message = error as? StorageVSC.StorageError }
                 // Still usable afterwards.
                 try disk.writeBlocks(lba: 0, bytes: [UInt8](repeating: 9, count: 512))
                 return (message, try disk.readBlocks(lba: 0, count: 1) == [UInt8](repeating: 9, count: 512))
             }
         }
         let (message, stillWorks) = try outcome.wait()
-        #expect(message.contains("0xc000000d"), "\(message)")
+        #expect(message == .readFailed(lba: 127, status: StorageProtocol.Status.invalidParameter), "\(String(describing: message))")
         #expect(stillWorks)
     }
 }
