@@ -7,46 +7,42 @@ import Synchronization
 extension Catalogue {
     static let blockChecks: [CheckDefinition] = [
         CheckDefinition("io.block.patterns", "write/read/verify every size and alignment", requires: ["io.basic"], classes: block, timeout: 60) { c in
-            let rig = try Rig(c)
-            defer { rig.shutdown() }
-            let instance = try rig.attach()
-            defer { instance.detach() }
-            guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
-            let g = disk.geometry
-            var digest: UInt64 = 0
-            let sizes = Array(Set([1, 2, 3, 7, 8, 9, g.maxTransferBlocks / 2, g.maxTransferBlocks].filter { $0 >= 1 && $0 <= g.maxTransferBlocks })).sorted()
-            for blocks in sizes {
-                for offset in [0, 8, 512, 4000] {
-                    let length = blocks * g.blockSize
-                    guard let out = disk.allocateBuffer(length: length, offset: offset), let back = disk.allocateBuffer(length: length, offset: offset) else {
-                        return .failed("out of I/O memory")
+            try withAttached(c) { rig, instance in
+                guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
+                let g = disk.geometry
+                var digest: UInt64 = 0
+                let sizes = Array(Set([1, 2, 3, 7, 8, 9, g.maxTransferBlocks / 2, g.maxTransferBlocks].filter { $0 >= 1 && $0 <= g.maxTransferBlocks })).sorted()
+                for blocks in sizes {
+                    for offset in [0, 8, 512, 4000] {
+                        let length = blocks * g.blockSize
+                        guard let out = disk.allocateBuffer(length: length, offset: offset), let back = disk.allocateBuffer(length: length, offset: offset) else {
+                            return .failed("out of I/O memory")
+                        }
+                        let lba = UInt64(blocks * 13 + offset / 8) % (g.blockCount - UInt64(blocks))
+                        for i in 0..<length { out.bytes[i] = UInt8(truncatingIfNeeded: i &* 7 &+ blocks &+ offset) }
+                        do {
+                            try disk.perform(.write, lba: lba, blocks: blocks, buffer: out)
+                            try disk.perform(.read, lba: lba, blocks: blocks, buffer: back)
+                        } catch {
+                            return .failed("\(blocks) block(s) at buffer offset \(offset): \(error)")
+                        }
+                        guard out.bytes.elementsEqual(back.bytes) else { return .failed("\(blocks) block(s) at buffer offset \(offset): data read back differs") }
+                        digest = digest &* 131 &+ UInt64(back.bytes.reduce(0) { $0 &+ UInt64($1) })
                     }
-                    let lba = UInt64(blocks * 13 + offset / 8) % (g.blockCount - UInt64(blocks))
-                    for i in 0..<length { out.bytes[i] = UInt8(truncatingIfNeeded: i &* 7 &+ blocks &+ offset) }
-                    do {
-                        try disk.perform(.write, lba: lba, blocks: blocks, buffer: out)
-                        try disk.perform(.read, lba: lba, blocks: blocks, buffer: back)
-                    } catch {
-                        return .failed("\(blocks) block(s) at buffer offset \(offset): \(error)")
-                    }
-                    guard out.bytes.elementsEqual(back.bytes) else { return .failed("\(blocks) block(s) at buffer offset \(offset): data read back differs") }
-                    digest = digest &* 131 &+ UInt64(back.bytes.reduce(0) { $0 &+ UInt64($1) })
                 }
+                var observation = rig.deviceObservation()
+                observation["io.digest"] = "\(digest)"
+                return .passed("\(sizes.count) sizes × 4 alignments", observation: observation)
             }
-            var observation = rig.deviceObservation()
-            observation["io.digest"] = "\(digest)"
-            return .passed("\(sizes.count) sizes × 4 alignments", observation: observation)
         },
         CheckDefinition("io.block.flush", "flush completes", requires: ["io.basic"], classes: block) { c in
-            let rig = try Rig(c)
-            defer { rig.shutdown() }
-            let instance = try rig.attach()
-            defer { instance.detach() }
-            guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
-            guard disk.geometry.canFlush else { return .passed("the device has no volatile cache") }
-            try disk.write(lba: 0, bytes: [UInt8](repeating: 5, count: disk.geometry.blockSize))
-            do { try disk.flush() } catch { return .failed("flush: \(error)") }
-            return .passed(observation: rig.deviceObservation())
+            try withAttached(c) { rig, instance in
+                guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
+                guard disk.geometry.canFlush else { return .passed("the device has no volatile cache") }
+                try disk.write(lba: 0, bytes: [UInt8](repeating: 5, count: disk.geometry.blockSize))
+                do { try disk.flush() } catch { return .failed("flush: \(error)") }
+                return .passed(observation: rig.deviceObservation())
+            }
         },
         CheckDefinition("io.block.out-of-range", "out-of-range LBA rejected", requires: ["io.basic"], classes: block) { c in
             try withDisk(c) { disk, buffer in

@@ -130,15 +130,13 @@ enum Catalogue {
             return .passed("\(rig.file.metadata.name) on \(instance.device.info.location)")
         },
         CheckDefinition("io.basic", "a verified burst of the class's I/O works", requires: ["lifecycle.attach"]) { c in
-            let rig = try Rig(c)
-            defer { rig.shutdown() }
-            let instance = try rig.attach()
-            defer { instance.detach() }
-            let observed = try rig.exerciseIO()
-            guard observed != "none" else { return .passed("the driver provides no I/O class") }
-            var observation = rig.deviceObservation()
-            observation["io"] = observed
-            return .passed(observation: observation)
+            try withAttached(c) { rig, instance in
+                let observed = try rig.exerciseIO()
+                guard observed != "none" else { return .passed("the driver provides no I/O class") }
+                var observation = rig.deviceObservation()
+                observation["io"] = observed
+                return .passed(observation: observation)
+            }
         },
         CheckDefinition("load.time-budget", "load, init, attach, detach, deinit, unload within the time budget (1 s)", requires: ["lifecycle.attach"]) { c in
             guard let budget = c.timeBudget else { return .skipped("time budgets are off (--time-budget 0)") }
@@ -261,20 +259,18 @@ enum Catalogue {
             return wrong.isEmpty ? .passed() : .failed(wrong.prefix(3).joined(separator: "; "))
         },
         CheckDefinition("concurrency.io", "thread-safe class operations survive many threads, data verified", requires: ["io.basic"], classes: io) { c in
-            let rig = try Rig(c)
-            defer { rig.shutdown() }
-            let instance = try rig.attach()
-            defer { instance.detach() }
-            let failures = Mutex<[String]>([])
-            DispatchQueue.concurrentPerform(iterations: 4) { worker in
-                do {
-                    for round in 0..<5 { _ = try rig.exerciseIOConcurrently(worker: worker, round: round) }
-                } catch {
-                    failures.withLock { $0.append("\(error)") }
+            try withAttached(c) { rig, instance in
+                let failures = Mutex<[String]>([])
+                DispatchQueue.concurrentPerform(iterations: 4) { worker in
+                    do {
+                        for round in 0..<5 { _ = try rig.exerciseIOConcurrently(worker: worker, round: round) }
+                    } catch {
+                        failures.withLock { $0.append("\(error)") }
+                    }
                 }
+                let found = failures.withLock { $0 }
+                return found.isEmpty ? .passed("4 threads × 5 rounds") : .failed(found.prefix(2).joined(separator: "; "))
             }
-            let found = failures.withLock { $0 }
-            return found.isEmpty ? .passed("4 threads × 5 rounds") : .failed(found.prefix(2).joined(separator: "; "))
         },
     ]
 
@@ -325,17 +321,15 @@ enum Catalogue {
             }
         },
         CheckDefinition("fault.device-error", "the device reports an error status: the request fails, the next works", requires: ["io.basic"], classes: block) { c in
-            let rig = try Rig(c)
-            defer { rig.shutdown() }
-            let instance = try rig.attach()
-            defer { instance.detach() }
-            guard let disk = rig.kernel.blockLayer.disks.first, let nvme = rig.nvmes.first else { return .failed("no disk registered") }
-            nvme.injectErrors(true)
-            let failed = (try? disk.write(lba: 1, bytes: [UInt8](repeating: 1, count: disk.geometry.blockSize))) == nil
-            nvme.injectErrors(false)
-            guard failed else { return .failed("a write the device failed was reported as successful") }
-            _ = try rig.exerciseIO()
-            return .passed()
+            try withAttached(c) { rig, instance in
+                guard let disk = rig.kernel.blockLayer.disks.first, let nvme = rig.nvmes.first else { return .failed("no disk registered") }
+                nvme.injectErrors(true)
+                let failed = (try? disk.write(lba: 1, bytes: [UInt8](repeating: 1, count: disk.geometry.blockSize))) == nil
+                nvme.injectErrors(false)
+                guard failed else { return .failed("a write the device failed was reported as successful") }
+                _ = try rig.exerciseIO()
+                return .passed()
+            }
         },
         CheckDefinition("fault.lost-interrupts", "interrupts never arrive: timeouts fire, no hang", requires: ["lifecycle.attach"], timeout: 30) { c in
             let rig = try Rig(c)
@@ -358,13 +352,11 @@ enum Catalogue {
 
     static let ioChecks: [CheckDefinition] = [
         CheckDefinition("io.dma-faults", "I/O makes no DMA access outside mapped memory", requires: ["lifecycle.attach"], classes: io) { c in
-            let rig = try Rig(c)
-            defer { rig.shutdown() }
-            let instance = try rig.attach()
-            defer { instance.detach() }
-            _ = try? rig.exerciseIO()
-            let faults = rig.machine.iommu.recentFaults
-            return faults.isEmpty ? .passed() : .failed("\(faults.count) DMA fault(s), first: \(faults[0]); give the device addresses from dma_alloc/dma_map, never CPU pointers")
+            try withAttached(c) { rig, instance in
+                _ = try? rig.exerciseIO()
+                let faults = rig.machine.iommu.recentFaults
+                return faults.isEmpty ? .passed() : .failed("\(faults.count) DMA fault(s), first: \(faults[0]); give the device addresses from dma_alloc/dma_map, never CPU pointers")
+            }
         },
     ]
 
@@ -392,37 +384,33 @@ enum Catalogue {
 
     static let control: [CheckDefinition] = [
         CheckDefinition("control.signatures", "control-method signatures are well formed", requires: ["lifecycle.attach"]) { c in
-            let rig = try Rig(c)
-            defer { rig.shutdown() }
-            let instance = try rig.attach()
-            defer { instance.detach() }
-            let methods = try instance.controlMethods()
-            if methods.isEmpty { return .passed("no control methods") }
-            var names = Set<String>()
-            for m in methods {
-                if let problem = m.signatureProblem { return .failed("\(m.name): \(problem)") }
-                guard !m.name.isEmpty, m.name.allSatisfy({ $0.isLowercase || $0.isNumber || $0 == "_" }) else { return .failed("method name \"\(m.name)\" is not [a-z0-9_]+") }
-                guard names.insert(m.name).inserted else { return .failed("method \(m.name) is declared twice") }
+            try withAttached(c) { rig, instance in
+                let methods = try instance.controlMethods()
+                if methods.isEmpty { return .passed("no control methods") }
+                var names = Set<String>()
+                for m in methods {
+                    if let problem = m.signatureProblem { return .failed("\(m.name): \(problem)") }
+                    guard !m.name.isEmpty, m.name.allSatisfy({ $0.isLowercase || $0.isNumber || $0 == "_" }) else { return .failed("method name \"\(m.name)\" is not [a-z0-9_]+") }
+                    guard names.insert(m.name).inserted else { return .failed("method \(m.name) is declared twice") }
+                }
+                return .passed(methods.map { "\($0.name) \($0.signatureText)" }.joined(separator: ", "))
             }
-            return .passed(methods.map { "\($0.name) \($0.signatureText)" }.joined(separator: ", "))
         },
         CheckDefinition("control.boundary-calls", "boundary-value calls do not crash", requires: ["control.signatures"], timeout: 30) { c in
-            let rig = try Rig(c)
-            defer { rig.shutdown() }
-            let instance = try rig.attach()
-            defer { instance.detach() }
-            var calls = 0
-            for method in try instance.controlMethods() {
-                guard let signature = method.signature else { continue }
-                let columns = signature.arguments.map(\.boundaryValues)
-                let rows = max(1, columns.map(\.count).max() ?? 1)
-                for row in 0..<rows {
-                    let arguments = columns.map { $0[row % $0.count] }
-                    _ = try instance.callControl(method.name, arguments: arguments)
-                    calls += 1
+            try withAttached(c) { rig, instance in
+                var calls = 0
+                for method in try instance.controlMethods() {
+                    guard let signature = method.signature else { continue }
+                    let columns = signature.arguments.map(\.boundaryValues)
+                    let rows = max(1, columns.map(\.count).max() ?? 1)
+                    for row in 0..<rows {
+                        let arguments = columns.map { $0[row % $0.count] }
+                        _ = try instance.callControl(method.name, arguments: arguments)
+                        calls += 1
+                    }
                 }
+                return .passed("\(calls) call(s)")
             }
-            return .passed("\(calls) call(s)")
         },
     ]
 
@@ -430,15 +418,23 @@ enum Catalogue {
 
     static func hex(_ v: UInt16) -> String { String(format: "%04x", v) }
 
-    static func withDisk(_ c: CheckContext, _ body: (Disk, IOBuffer) throws -> CheckOutcome) throws -> CheckOutcome {
+    /// A rig with the driver attached to its first device; detached and
+    /// shut down afterwards, whatever the body returns or throws.
+    static func withAttached(_ c: CheckContext, _ body: (Rig, DriverInstance) throws -> CheckOutcome) throws -> CheckOutcome {
         let rig = try Rig(c)
         defer { rig.shutdown() }
         let instance = try rig.attach()
         defer { instance.detach() }
-        guard let disk = rig.kernel.blockLayer.disks.first, let buffer = disk.allocateBuffer(length: 4 * disk.geometry.blockSize) else {
-            return .failed("no disk registered")
+        return try body(rig, instance)
+    }
+
+    static func withDisk(_ c: CheckContext, _ body: (Disk, IOBuffer) throws -> CheckOutcome) throws -> CheckOutcome {
+        try withAttached(c) { rig, _ in
+            guard let disk = rig.kernel.blockLayer.disks.first, let buffer = disk.allocateBuffer(length: 4 * disk.geometry.blockSize) else {
+                return .failed("no disk registered")
+            }
+            return try body(disk, buffer)
         }
-        return try body(disk, buffer)
     }
 
     /// Submits straight to the driver (no kernel checks); the status it

@@ -62,11 +62,9 @@ extension Catalogue {
 
     /// A rig with the driver attached and its entropy source registered.
     static func withEntropySource(_ c: CheckContext, _ body: (Rig, EntropySource) throws -> CheckOutcome) throws -> CheckOutcome {
-        let rig = try Rig(c)
-        defer { rig.shutdown() }
-        let instance = try rig.attach()
-        defer { instance.detach() }
-        guard let source = rig.kernel.entropy.sources.first else { return .failed("the driver registered no entropy source (register_rng in attach)") }
-        return try body(rig, source)
+        try withAttached(c) { rig, _ in
+            guard let source = rig.kernel.entropy.sources.first else { return .failed("the driver registered no entropy source (register_rng in attach)") }
+            return try body(rig, source)
+        }
     }
 }

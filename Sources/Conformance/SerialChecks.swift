@@ -8,130 +8,124 @@ extension Catalogue {
     static let serialChecks: [CheckDefinition] = [serialRoundtrip, serialSetLine, serialOverflow]
 
     static let serialRoundtrip = CheckDefinition("io.serial.roundtrip", "bytes round-trip in order at the configured rate", requires: ["io.basic"], classes: serial) { c in
-        let rig = try Rig(c)
-        defer { rig.shutdown() }
-        let instance = try rig.attach()
-        defer { instance.detach() }
-        guard let tty = rig.kernel.serial.ports.first, let (uart, log) = rig.uarts.first else { return .failed("no port registered") }
-        let baud = tty.line.baud
-        guard uart.baud == baud else {
-            return .failed("the port says \(baud) baud but the device was programmed for \(uart.baud) (divisor latch); program DLL/DLM for 1843200 / 16 / baud (SDK/datasheets/uart16550.md)")
+        try withAttached(c) { rig, instance in
+            guard let tty = rig.kernel.serial.ports.first, let (uart, log) = rig.uarts.first else { return .failed("no port registered") }
+            let baud = tty.line.baud
+            guard uart.baud == baud else {
+                return .failed("the port says \(baud) baud but the device was programmed for \(uart.baud) (divisor latch); program DLL/DLM for 1843200 / 16 / baud (SDK/datasheets/uart16550.md)")
+            }
+            // About 100 ms of output at the configured rate.
+            let out = (0..<max(64, baud / 100)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+            let rate: Double
+            switch Rig.lineRate(of: out, written: { tty.write(out) }, log: log, timeout: 10 + Double(out.count * 20) / Double(baud)) {
+            case .none: return .failed("output did not reach the line intact and in order")
+            case .some(let measured): rate = measured
+            }
+            let expected = Double(baud) / 10
+            if rate > expected * 1.15 {
+                return .failed(String(format: "%.0f bytes/s left on the line, faster than %d baud allows (%.0f bytes/s with 8N1)", rate, baud, expected))
+            }
+            // Too slow is a time budget (a loaded machine is slow too); too
+            // fast cannot happen on a correctly programmed line.
+            if c.timeBudget != nil, rate < expected * 0.6 {
+                return .failed(String(format: "only %.0f bytes/s left on the line at %d baud (%.0f expected): keep the transmitter busy, refill the FIFO on THR-empty (a loaded machine? --time-budget 0 skips this bound)", rate, baud, expected))
+            }
+            let typed = (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 3 &+ 1) }
+            uart.send(typed)
+            var back: [UInt8] = []
+            let deadline = Date(timeIntervalSinceNow: 10)
+            while back.count < typed.count && Date() < deadline { back += tty.read(typed.count - back.count, timeout: 0.5) }
+            guard back == typed else { return .failed("input: \(back.count) of \(typed.count) bytes, or out of order") }
+            return .passed(String(format: "%d baud, %d bytes out at %.0f bytes/s (%.0f%% of the line rate)", baud, out.count, rate, 100 * rate / expected),
+                           observation: rig.deviceObservation())
         }
-        // About 100 ms of output at the configured rate.
-        let out = (0..<max(64, baud / 100)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
-        let rate: Double
-        switch Rig.lineRate(of: out, written: { tty.write(out) }, log: log, timeout: 10 + Double(out.count * 20) / Double(baud)) {
-        case .none: return .failed("output did not reach the line intact and in order")
-        case .some(let measured): rate = measured
-        }
-        let expected = Double(baud) / 10
-        if rate > expected * 1.15 {
-            return .failed(String(format: "%.0f bytes/s left on the line, faster than %d baud allows (%.0f bytes/s with 8N1)", rate, baud, expected))
-        }
-        // Too slow is a time budget (a loaded machine is slow too); too
-        // fast cannot happen on a correctly programmed line.
-        if c.timeBudget != nil, rate < expected * 0.6 {
-            return .failed(String(format: "only %.0f bytes/s left on the line at %d baud (%.0f expected): keep the transmitter busy, refill the FIFO on THR-empty (a loaded machine? --time-budget 0 skips this bound)", rate, baud, expected))
-        }
-        let typed = (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 3 &+ 1) }
-        uart.send(typed)
-        var back: [UInt8] = []
-        let deadline = Date(timeIntervalSinceNow: 10)
-        while back.count < typed.count && Date() < deadline { back += tty.read(typed.count - back.count, timeout: 0.5) }
-        guard back == typed else { return .failed("input: \(back.count) of \(typed.count) bytes, or out of order") }
-        return .passed(String(format: "%d baud, %d bytes out at %.0f bytes/s (%.0f%% of the line rate)", baud, out.count, rate, 100 * rate / expected),
-                       observation: rig.deviceObservation())
     }
 
     static let serialSetLine = CheckDefinition("io.serial.set-line", "set_line: rates the clock can make take effect; bad rates and framing are refused", requires: ["io.basic"], classes: serial, timeout: 30) { c in
-        let rig = try Rig(c)
-        defer { rig.shutdown() }
-        let instance = try rig.attach()
-        defer { instance.detach() }
-        guard let tty = rig.kernel.serial.ports.first, let (uart, log) = rig.uarts.first else { return .failed("no port registered") }
-        let original = tty.line
-        var statuses: [OyStatus] = []
-        for baud in [57_600, 38_400, 19_200, 9_600, 115_200] {
-            let status = tty.port.setLine(SerialLine(baud: baud))
-            guard status == .ok else { return .failed("set_line to \(baud) baud (115200 / \(115_200 / baud)) returned \(status); the device can make this rate") }
-            guard uart.baud == baud else { return .failed("set_line to \(baud) returned OY_OK but the device runs at \(uart.baud) baud") }
-        }
-        // The rate holds on the line at a slow rate too.
-        guard tty.port.setLine(SerialLine(baud: 9_600)) == .ok else { return .failed("set_line to 9600 baud failed the second time") }
-        let out = (0..<96).map { UInt8(truncatingIfNeeded: $0 &* 5 &+ 2) }
-        guard let rate = Rig.lineRate(of: out, written: { tty.write(out) }, log: log, timeout: 10) else {
-            return .failed("after set_line to 9600 baud, output did not reach the line intact and in order")
-        }
-        if rate > 960 * 1.15 || (c.timeBudget != nil && rate < 960 * 0.6) {
-            return .failed(String(format: "at 9600 baud %.0f bytes/s left on the line; expected about 960", rate))
-        }
-        guard tty.port.setLine(original) == .ok else { return .failed("set_line back to \(original.baud) baud failed") }
-        let before = (tty.line, uart.baud)
-        for (line, expected, what) in [
-            (SerialLine(baud: 115_201), OyStatus.range, "115201 baud (no integer divisor)"),
-            (SerialLine(baud: 0), .range, "0 baud"),
-            (SerialLine(baud: 4_000_000), .range, "4000000 baud (above the clock)"),
-            (SerialLine(baud: 9_600, dataBits: 4), .invalid, "4 data bits"),
-            (SerialLine(baud: 9_600, dataBits: 9), .invalid, "9 data bits"),
-            (SerialLine(baud: 9_600, parity: 3), .invalid, "parity 3"),
-            (SerialLine(baud: 9_600, stopBits: 0), .invalid, "0 stop bits"),
-            (SerialLine(baud: 9_600, stopBits: 3), .invalid, "3 stop bits"),
-        ] {
-            let status = tty.port.setLine(line)
-            guard status == expected else {
-                return .failed("set_line with \(what) returned \(status); answer \(expected.name ?? "") (SDK/CLASSES.md, Serial)")
+        try withAttached(c) { rig, instance in
+            guard let tty = rig.kernel.serial.ports.first, let (uart, log) = rig.uarts.first else { return .failed("no port registered") }
+            let original = tty.line
+            var statuses: [OyStatus] = []
+            for baud in [57_600, 38_400, 19_200, 9_600, 115_200] {
+                let status = tty.port.setLine(SerialLine(baud: baud))
+                guard status == .ok else { return .failed("set_line to \(baud) baud (115200 / \(115_200 / baud)) returned \(status); the device can make this rate") }
+                guard uart.baud == baud else { return .failed("set_line to \(baud) returned OY_OK but the device runs at \(uart.baud) baud") }
             }
-            guard tty.line == before.0, uart.baud == before.1 else { return .failed("a refused set_line (\(what)) still changed the line") }
-            statuses.append(status)
+            // The rate holds on the line at a slow rate too.
+            guard tty.port.setLine(SerialLine(baud: 9_600)) == .ok else { return .failed("set_line to 9600 baud failed the second time") }
+            let out = (0..<96).map { UInt8(truncatingIfNeeded: $0 &* 5 &+ 2) }
+            guard let rate = Rig.lineRate(of: out, written: { tty.write(out) }, log: log, timeout: 10) else {
+                return .failed("after set_line to 9600 baud, output did not reach the line intact and in order")
+            }
+            if rate > 960 * 1.15 || (c.timeBudget != nil && rate < 960 * 0.6) {
+                return .failed(String(format: "at 9600 baud %.0f bytes/s left on the line; expected about 960", rate))
+            }
+            guard tty.port.setLine(original) == .ok else { return .failed("set_line back to \(original.baud) baud failed") }
+            let before = (tty.line, uart.baud)
+            for (line, expected, what) in [
+                (SerialLine(baud: 115_201), OyStatus.range, "115201 baud (no integer divisor)"),
+                (SerialLine(baud: 0), .range, "0 baud"),
+                (SerialLine(baud: 4_000_000), .range, "4000000 baud (above the clock)"),
+                (SerialLine(baud: 9_600, dataBits: 4), .invalid, "4 data bits"),
+                (SerialLine(baud: 9_600, dataBits: 9), .invalid, "9 data bits"),
+                (SerialLine(baud: 9_600, parity: 3), .invalid, "parity 3"),
+                (SerialLine(baud: 9_600, stopBits: 0), .invalid, "0 stop bits"),
+                (SerialLine(baud: 9_600, stopBits: 3), .invalid, "3 stop bits"),
+            ] {
+                let status = tty.port.setLine(line)
+                guard status == expected else {
+                    return .failed("set_line with \(what) returned \(status); answer \(expected.name ?? "") (SDK/CLASSES.md, Serial)")
+                }
+                guard tty.line == before.0, uart.baud == before.1 else { return .failed("a refused set_line (\(what)) still changed the line") }
+                statuses.append(status)
+            }
+            return .passed("5 rates applied, 9600 baud measured at \(Int(rate)) bytes/s, 8 bad settings refused",
+                           observation: Observation(["statuses": Observation.statuses(statuses)]))
         }
-        return .passed("5 rates applied, 9600 baud measured at \(Int(rate)) bytes/s, 8 bad settings refused",
-                       observation: Observation(["statuses": Observation.statuses(statuses)]))
     }
 
     static let serialOverflow = CheckDefinition("io.serial.overflow", "every receive overrun the device indicated is reported; the rest stays in order", requires: ["io.basic"], classes: serial, timeout: 30) { c in
-        let rig = try Rig(c)
-        defer { rig.shutdown() }
-        let instance = try rig.attach()
-        defer { instance.detach() }
-        guard let tty = rig.kernel.serial.ports.first, let (uart, _) = rig.uarts.first else { return .failed("no port registered") }
-        // With its interrupts lost the driver cannot drain the FIFO, and
-        // this far end ignores flow control.
-        uart.ignoreFlowControl(true)
-        rig.slots[0].loseInterrupts(true)
-        let burst = (0..<200).map { UInt8(truncatingIfNeeded: $0) }
-        uart.send(burst)
-        guard uart.waitUntilLineDrained(timeout: 10) else { return .failed("the far end could not send its burst") }
-        rig.slots[0].loseInterrupts(false)
-        // The next byte finds the FIFO still full: it is lost as well, but
-        // its overrun interrupts the driver, which must drain the FIFO.
-        // Once it has, a marker must arrive.
-        uart.send([0xAA])
-        guard uart.waitUntilReceiveFIFOEmpty(timeout: 5) else {
-            return .failed("after an overrun interrupt the driver did not drain the receive FIFO; read RBR while LSR.DR is set")
+        try withAttached(c) { rig, instance in
+            guard let tty = rig.kernel.serial.ports.first, let (uart, _) = rig.uarts.first else { return .failed("no port registered") }
+            // With its interrupts lost the driver cannot drain the FIFO, and
+            // this far end ignores flow control.
+            uart.ignoreFlowControl(true)
+            rig.slots[0].loseInterrupts(true)
+            let burst = (0..<200).map { UInt8(truncatingIfNeeded: $0) }
+            uart.send(burst)
+            guard uart.waitUntilLineDrained(timeout: 10) else { return .failed("the far end could not send its burst") }
+            rig.slots[0].loseInterrupts(false)
+            // The next byte finds the FIFO still full: it is lost as well, but
+            // its overrun interrupts the driver, which must drain the FIFO.
+            // Once it has, a marker must arrive.
+            uart.send([0xAA])
+            guard uart.waitUntilReceiveFIFOEmpty(timeout: 5) else {
+                return .failed("after an overrun interrupt the driver did not drain the receive FIFO; read RBR while LSR.DR is set")
+            }
+            var got: [UInt8] = []
+            let deadline = Date(timeIntervalSinceNow: 5)
+            uart.send([0xAB])
+            while Date() < deadline, !got.contains(0xAB) { got += tty.read(256, timeout: 0.2) }
+            guard got.last == 0xAB else {
+                let d = uart.statistics
+                return .failed("after the overrun, new input never arrived (\(got.count) bytes read; the device received \(d.received), lost \(d.overruns)); drain the receive FIFO on every received-data interrupt")
+            }
+            var it = (burst + [0xAA]).makeIterator()
+            let inOrder = got.dropLast().allSatisfy { byte in
+                while let next = it.next() { if next == byte { return true } }
+                return false
+            }
+            guard inOrder else { return .failed("bytes after an overrun arrived out of order") }
+            let device = uart.statistics
+            guard device.overruns > 0 else { return .passed("no overrun happened (the FIFO kept up)") }
+            let indicated = device.overrunIndications
+            guard indicated > 0 else {
+                return .failed("the device lost \(device.overruns) byte(s) but the driver never read LSR with OE set; check LSR on the line-status interrupt (IER bit 2)")
+            }
+            guard tty.lossReports >= indicated else {
+                return .failed("the device indicated \(indicated) overrun(s) (LSR reads with OE set) but the driver reported \(tty.lossReports); reading LSR clears OE, so report error(port, 1) for every OE you read")
+            }
+            return .passed("\(device.overruns) byte(s) lost in \(indicated) overrun indication(s), \(tty.lossReports) report(s), \(tty.lost) byte(s) reported lost")
         }
-        var got: [UInt8] = []
-        let deadline = Date(timeIntervalSinceNow: 5)
-        uart.send([0xAB])
-        while Date() < deadline, !got.contains(0xAB) { got += tty.read(256, timeout: 0.2) }
-        guard got.last == 0xAB else {
-            let d = uart.statistics
-            return .failed("after the overrun, new input never arrived (\(got.count) bytes read; the device received \(d.received), lost \(d.overruns)); drain the receive FIFO on every received-data interrupt")
-        }
-        var it = (burst + [0xAA]).makeIterator()
-        let inOrder = got.dropLast().allSatisfy { byte in
-            while let next = it.next() { if next == byte { return true } }
-            return false
-        }
-        guard inOrder else { return .failed("bytes after an overrun arrived out of order") }
-        let device = uart.statistics
-        guard device.overruns > 0 else { return .passed("no overrun happened (the FIFO kept up)") }
-        let indicated = device.overrunIndications
-        guard indicated > 0 else {
-            return .failed("the device lost \(device.overruns) byte(s) but the driver never read LSR with OE set; check LSR on the line-status interrupt (IER bit 2)")
-        }
-        guard tty.lossReports >= indicated else {
-            return .failed("the device indicated \(indicated) overrun(s) (LSR reads with OE set) but the driver reported \(tty.lossReports); reading LSR clears OE, so report error(port, 1) for every OE you read")
-        }
-        return .passed("\(device.overruns) byte(s) lost in \(indicated) overrun indication(s), \(tty.lossReports) report(s), \(tty.lost) byte(s) reported lost")
     }
 }

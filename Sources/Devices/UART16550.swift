@@ -179,23 +179,18 @@ public final class UART16550: BusDevice, @unchecked Sendable {
 
     /// Waits until the driver has read everything in the receive FIFO;
     /// false on timeout.
-    public func waitUntilReceiveFIFOEmpty(timeout: Double) -> Bool {
-        let deadline = Date(timeIntervalSinceNow: timeout)
-        return condition.withLock {
-            while !rxFIFO.isEmpty {
-                if !condition.wait(until: deadline) { return rxFIFO.isEmpty }
-            }
-            return true
-        }
-    }
+    public func waitUntilReceiveFIFOEmpty(timeout: Double) -> Bool { waitUntil(timeout: timeout) { rxFIFO.isEmpty } }
 
     /// Waits until every byte sent from the far end has entered the receive
     /// FIFO or been lost to an overrun; false on timeout.
-    public func waitUntilLineDrained(timeout: Double) -> Bool {
+    public func waitUntilLineDrained(timeout: Double) -> Bool { waitUntil(timeout: timeout) { lineBacklog.isEmpty } }
+
+    /// Waits on the device's condition until `done` holds (checked with it held).
+    private func waitUntil(timeout: Double, _ done: () -> Bool) -> Bool {
         let deadline = Date(timeIntervalSinceNow: timeout)
         return condition.withLock {
-            while !lineBacklog.isEmpty {
-                if !condition.wait(until: deadline) { return lineBacklog.isEmpty }
+            while !done() {
+                if !condition.wait(until: deadline) { return done() }
             }
             return true
         }

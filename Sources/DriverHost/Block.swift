@@ -158,25 +158,16 @@ enum HostBlock {
         t.initialize(to: oy_host_block())
         t.pointee.struct_size = UInt32(MemoryLayout<oy_host_block>.size)
         t.pointee.register_disk = { device, geometry, ops, instance, out in
-            guard let binding = HostServices.binding(device, service: "register_disk"),
-                HostServices.requirePassive("register_disk", binding.library)
-            else { return OY_E_WRONG_CONTEXT.rawValue }
-            guard let geometry, let ops, let out,
-                geometry.pointee.struct_size >= UInt32(MemoryLayout<oy_block_geometry>.size),
-                ops.pointee.struct_size >= UInt32(MemoryLayout<oy_block_ops>.size)
-            else { return OY_E_INVALID.rawValue }
-            let g = geometry.pointee
-            guard g.block_size >= 512, g.block_size & (g.block_size - 1) == 0, g.block_count > 0,
-                g.max_transfer_blocks > 0, g.queue_depth > 0
-            else {
-                binding.library.recordViolation("register_disk with an impossible geometry (block size \(g.block_size), \(g.block_count) blocks, max transfer \(g.max_transfer_blocks), depth \(g.queue_depth))")
-                return OY_E_INVALID.rawValue
+            ClassRegistration.register(device, out: out, service: "register_disk") { binding in
+                guard let geometry, let ops, geometry.pointee.struct_size >= UInt32(MemoryLayout<oy_block_geometry>.size),
+                    ops.pointee.struct_size >= UInt32(MemoryLayout<oy_block_ops>.size)
+                else { return .invalid }
+                let g = geometry.pointee
+                guard g.block_size >= 512, g.block_size & (g.block_size - 1) == 0, g.block_count > 0, g.max_transfer_blocks > 0, g.queue_depth > 0 else {
+                    return .violation("an impossible geometry (block size \(g.block_size), \(g.block_count) blocks, max transfer \(g.max_transfer_blocks), depth \(g.queue_depth))")
+                }
+                return RegisteredDisk(binding: binding, geometry: g, ops: ops.pointee, instance: instance).map { .made($0) } ?? .violation("a NULL submit callback")
             }
-            guard let disk = RegisteredDisk(binding: binding, geometry: g, ops: ops.pointee, instance: instance) else {
-                binding.library.recordViolation("register_disk with a NULL submit callback")
-                return OY_E_INVALID.rawValue
-            }
-            return ClassRegistration.announce(disk, out: out)
         }
         t.pointee.unregister_disk = { handle in ClassRegistration.withdraw(handle, as: RegisteredDisk.self, service: "unregister_disk") }
         t.pointee.complete = { raw, status in

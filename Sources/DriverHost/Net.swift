@@ -194,18 +194,12 @@ enum HostNet {
         t.initialize(to: oy_host_net())
         t.pointee.struct_size = UInt32(MemoryLayout<oy_host_net>.size)
         t.pointee.register_netdev = { device, info, ops, instance, out in
-            guard let binding = HostServices.binding(device, service: "register_netdev") else { return OY_E_INVALID.rawValue }
-            guard HostServices.requirePassive("register_netdev", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
-            guard let info, let ops, let out,
-                info.pointee.struct_size >= UInt32(MemoryLayout<oy_net_info>.size),
-                ops.pointee.struct_size >= UInt32(MemoryLayout<oy_net_ops>.size),
-                info.pointee.max_frame >= 60, info.pointee.tx_queue_depth > 0
-            else { return OY_E_INVALID.rawValue }
-            guard let netdev = RegisteredNetdev(binding: binding, info: info.pointee, ops: ops.pointee, instance: instance) else {
-                binding.library.recordViolation("register_netdev with a NULL transmit callback")
-                return OY_E_INVALID.rawValue
+            ClassRegistration.register(device, out: out, service: "register_netdev") { binding in
+                guard let info, let ops, info.pointee.struct_size >= UInt32(MemoryLayout<oy_net_info>.size),
+                    ops.pointee.struct_size >= UInt32(MemoryLayout<oy_net_ops>.size), info.pointee.max_frame >= 60, info.pointee.tx_queue_depth > 0
+                else { return .invalid }
+                return RegisteredNetdev(binding: binding, info: info.pointee, ops: ops.pointee, instance: instance).map { .made($0) } ?? .violation("a NULL transmit callback")
             }
-            return ClassRegistration.announce(netdev, out: out)
         }
         t.pointee.unregister_netdev = { handle in ClassRegistration.withdraw(handle, as: RegisteredNetdev.self, service: "unregister_netdev") }
         t.pointee.tx_complete = { raw, status in

@@ -88,14 +88,10 @@ enum HostRNG {
         t.initialize(to: oy_host_rng())
         t.pointee.struct_size = UInt32(MemoryLayout<oy_host_rng>.size)
         t.pointee.register_rng = { device, ops, instance, out in
-            guard let binding = HostServices.binding(device, service: "register_rng") else { return OY_E_INVALID.rawValue }
-            guard HostServices.requirePassive("register_rng", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
-            guard let ops, let out, ops.pointee.struct_size >= UInt32(MemoryLayout<oy_rng_ops>.size) else { return OY_E_INVALID.rawValue }
-            guard let rng = RegisteredRNG(binding: binding, ops: ops.pointee, instance: instance) else {
-                binding.library.recordViolation("register_rng with a NULL read callback")
-                return OY_E_INVALID.rawValue
+            ClassRegistration.register(device, out: out, service: "register_rng") { binding in
+                guard let ops, ops.pointee.struct_size >= UInt32(MemoryLayout<oy_rng_ops>.size) else { return .invalid }
+                return RegisteredRNG(binding: binding, ops: ops.pointee, instance: instance).map { .made($0) } ?? .violation("a NULL read callback")
             }
-            return ClassRegistration.announce(rng, out: out)
         }
         t.pointee.unregister_rng = { handle in ClassRegistration.withdraw(handle, as: RegisteredRNG.self, service: "unregister_rng") }
         return t

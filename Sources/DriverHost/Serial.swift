@@ -113,17 +113,12 @@ enum HostSerial {
         t.initialize(to: oy_host_serial())
         t.pointee.struct_size = UInt32(MemoryLayout<oy_host_serial>.size)
         t.pointee.register_port = { device, line, ops, instance, out in
-            guard let binding = HostServices.binding(device, service: "register_port") else { return OY_E_INVALID.rawValue }
-            guard HostServices.requirePassive("register_port", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
-            guard let line, let ops, let out,
-                line.pointee.struct_size >= UInt32(MemoryLayout<oy_serial_line>.size),
-                ops.pointee.struct_size >= UInt32(MemoryLayout<oy_serial_ops>.size)
-            else { return OY_E_INVALID.rawValue }
-            guard let port = RegisteredSerialPort(binding: binding, line: line.pointee, ops: ops.pointee, instance: instance) else {
-                binding.library.recordViolation("register_port with a NULL write callback")
-                return OY_E_INVALID.rawValue
+            ClassRegistration.register(device, out: out, service: "register_port") { binding in
+                guard let line, let ops, line.pointee.struct_size >= UInt32(MemoryLayout<oy_serial_line>.size),
+                    ops.pointee.struct_size >= UInt32(MemoryLayout<oy_serial_ops>.size)
+                else { return .invalid }
+                return RegisteredSerialPort(binding: binding, line: line.pointee, ops: ops.pointee, instance: instance).map { .made($0) } ?? .violation("a NULL write callback")
             }
-            return ClassRegistration.announce(port, out: out)
         }
         t.pointee.unregister_port = { handle in ClassRegistration.withdraw(handle, as: RegisteredSerialPort.self, service: "unregister_port") }
         t.pointee.receive = { handle, data, length in
