@@ -15,22 +15,24 @@ public struct BlockGeometry: Sendable, Equatable {
 }
 
 /// One block request, reusable. The C struct the driver sees lives as long
-/// as this object; while the driver owns it, `host_private` holds a retained
-/// reference back here, taken exactly once by `complete`.
-public final class BlockRequest: @unchecked Sendable {
-    // @unchecked Sendable: owned by one submitter at a time; the driver's
-    // completion hands it back through an atomic exchange.
+/// as this object; while the driver owns it, it is out on loan (`Loans`).
+public final class BlockRequest: LentRequest, @unchecked Sendable {
     public enum Operation: UInt32, Sendable {
         case read = 1, write = 2, flush = 3
     }
 
     let raw: UnsafeMutablePointer<oy_block_request>
-    private var completion: (@Sendable (OyStatus) -> Void)?
-    fileprivate weak var disk: RegisteredDisk?
 
     public init() {
-        raw = .allocate(capacity: 1)
+        let raw = UnsafeMutablePointer<oy_block_request>.allocate(capacity: 1)
         raw.initialize(to: oy_block_request())
+        self.raw = raw
+        super.init(hostPrivate: Self.hostPrivate(raw))
+    }
+
+    /// The `host_private` field of a C request.
+    static func hostPrivate(_ raw: UnsafeMutablePointer<oy_block_request>) -> UnsafeMutablePointer<UnsafeMutableRawPointer?> {
+        UnsafeMutableRawPointer(raw).advanced(by: MemoryLayout<oy_block_request>.offset(of: \.host_private)!).assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
     }
 
     deinit { raw.deallocate() }
@@ -46,29 +48,7 @@ public final class BlockRequest: @unchecked Sendable {
         raw.pointee.lba = lba
         raw.pointee.block_count = UInt32(clamping: blockCount)
         raw.pointee.data = data
-        self.completion = completion
-    }
-
-    /// Completes a request that no driver holds (refused by submit, or
-    /// failed while still queued in the OS).
-    public func finishUnsubmitted(_ status: OyStatus) {
-        finish(status)
-    }
-
-    fileprivate func finish(_ status: OyStatus) {
-        let done = completion
-        completion = nil
-        done?(status)
-    }
-
-    /// Takes the request back from the driver; nil if it was already taken
-    /// (a second completion, or a completion racing a cancel).
-    fileprivate static func reclaim(_ raw: UnsafeMutablePointer<oy_block_request>) -> BlockRequest? {
-        let previous = withUnsafeMutablePointer(to: &raw.pointee.host_private) { slot in
-            oy_shim_exchange_pointer(slot, nil)
-        }
-        guard let previous else { return nil }
-        return Unmanaged<BlockRequest>.fromOpaque(previous).takeRetainedValue()
+        setCompletion(completion)
     }
 }
 
@@ -81,9 +61,7 @@ public final class RegisteredDisk: ClassRegistration, @unchecked Sendable {
     public let geometry: BlockGeometry
     let submitFunction: @convention(c) (UnsafeMutableRawPointer?, UnsafeMutablePointer<oy_block_request>?) -> Int32
     let instance: UnsafeMutableRawPointer?
-    private let lock = NSLock()
-    private var outstanding: [ObjectIdentifier: BlockRequest] = [:]
-    private var unregistered = false
+    private let loans: Loans
 
     init?(binding: DeviceBinding, geometry g: oy_block_geometry, ops: oy_block_ops, instance: UnsafeMutableRawPointer?) {
         guard let submit = ops.submit else { return nil }
@@ -92,59 +70,21 @@ public final class RegisteredDisk: ClassRegistration, @unchecked Sendable {
             queueDepth: Int(g.queue_depth), canFlush: g.flags & UInt32(OY_BLOCK_CAN_FLUSH.rawValue) != 0)
         self.submitFunction = submit
         self.instance = instance
+        self.loans = Loans(library: binding.library)
         super.init(binding: binding, deviceClass: Self.classID, kind: "disk", detail: "\(g.block_count) × \(g.block_size) B")
     }
 
     /// Hands `request` to the driver. On `.ok` the completion runs later,
     /// exactly once, possibly on the interrupt thread; otherwise never.
     public func submit(_ request: BlockRequest) -> OyStatus {
-        let key = ObjectIdentifier(request)
-        let accepted = lock.withLock { () -> Bool in
-            guard !unregistered else { return false }
-            outstanding[key] = request
-            return true
-        }
-        guard accepted else { return .deviceGone }
-        request.disk = self
-        request.raw.pointee.host_private = Unmanaged.passRetained(request).toOpaque()
-        let status = OyStatus(submitFunction(instance, request.raw))
-        if !status.isOK {
-            // Refused: the driver must not complete it. Take it back.
-            if BlockRequest.reclaim(request.raw) == nil {
-                binding.library.recordViolation("submit returned \(status) but completed the request anyway")
-            }
-            lock.withLock { _ = outstanding.removeValue(forKey: key) }
-            if !status.isDefined {
-                binding.library.recordViolation("submit returned undefined error code \(status.rawValue)")
-            }
-        }
-        return status
+        loans.lend(request, service: "submit") { OyStatus(submitFunction(instance, request.raw)) }
     }
 
-    fileprivate func completed(_ request: BlockRequest, status: OyStatus) {
-        _ = lock.withLock { outstanding.removeValue(forKey: ObjectIdentifier(request)) }
-        var status = status
-        if !status.isDefined {
-            binding.library.recordViolation("complete() with undefined status code \(status.rawValue)")
-            status = .io
-        }
-        request.finish(status)
-    }
+    public override var outstandingCount: Int { loans.count }
 
-    public override var outstandingCount: Int { lock.withLock { outstanding.count } }
+    override func cancelOutstanding() -> Int { loans.cancelAll() }
 
-    override func cancelOutstanding() -> Int {
-        let pending = lock.withLock { Array(outstanding.values) }
-        var count = 0
-        for request in pending {
-            guard let taken = BlockRequest.reclaim(request.raw) else { continue }
-            count += 1
-            completed(taken, status: .canceled)
-        }
-        return count
-    }
-
-    override func willUnregister() { lock.withLock { unregistered = true } }
+    override func willUnregister() { loans.close() }
 }
 
 /// The host's "oyako.block/1" table.
@@ -171,15 +111,7 @@ enum HostBlock {
         }
         t.pointee.unregister_disk = { handle in ClassRegistration.withdraw(handle, as: RegisteredDisk.self, service: "unregister_disk") }
         t.pointee.complete = { raw, status in
-            guard let raw, let request = BlockRequest.reclaim(raw) else {
-                HostServices.unattributed("complete() for a request that is not outstanding (completed twice, or never accepted)")
-                return
-            }
-            guard let disk = request.disk else {
-                request.finish(OyStatus(status))
-                return
-            }
-            disk.completed(request, status: OyStatus(status))
+            LentRequest.completed(raw.map(BlockRequest.hostPrivate), status: status, service: "complete()")
         }
         return t
     }()

@@ -9,26 +9,29 @@ public protocol NetReceiver: AnyObject, Sendable {
     func linkChanged(up: Bool, on netdev: RegisteredNetdev)
 }
 
-/// A frame to transmit, reusable. Owns its bytes; while the driver holds it,
-/// `host_private` carries a retained reference taken back exactly once.
-public final class NetFrame: @unchecked Sendable {
-    // @unchecked Sendable: owned by one sender at a time; handed back by an
-    // atomic exchange on completion.
+/// A frame to transmit, reusable. Owns its bytes; while the driver holds
+/// it, it is out on loan (`Loans`).
+public final class NetFrame: LentRequest, @unchecked Sendable {
     public static let capacity = 2048
     let raw: UnsafeMutablePointer<oy_net_frame>
     public let storage: UnsafeMutableRawPointer
-    private var completion: (@Sendable (OyStatus) -> Void)?
-    fileprivate weak var netdev: RegisteredNetdev?
 
     public init() {
-        raw = .allocate(capacity: 1)
+        let raw = UnsafeMutablePointer<oy_net_frame>.allocate(capacity: 1)
         raw.initialize(to: oy_net_frame())
+        self.raw = raw
         storage = .allocate(byteCount: Self.capacity, alignment: 16)
+        super.init(hostPrivate: Self.hostPrivate(raw))
     }
 
     deinit {
         raw.deallocate()
         storage.deallocate()
+    }
+
+    /// The `host_private` field of a C frame.
+    static func hostPrivate(_ raw: UnsafeMutablePointer<oy_net_frame>) -> UnsafeMutablePointer<UnsafeMutableRawPointer?> {
+        UnsafeMutableRawPointer(raw).advanced(by: MemoryLayout<oy_net_frame>.offset(of: \.host_private)!).assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
     }
 
     /// Copies `bytes` in (at most `capacity`) and sets the completion.
@@ -39,24 +42,10 @@ public final class NetFrame: @unchecked Sendable {
         raw.pointee.struct_size = UInt32(MemoryLayout<oy_net_frame>.size)
         raw.pointee.length = UInt32(bytes.count)
         raw.pointee.data = storage
-        self.completion = completion
+        setCompletion(completion)
     }
 
     public var length: Int { Int(raw.pointee.length) }
-
-    public func finishUnsubmitted(_ status: OyStatus) { finish(status) }
-
-    fileprivate func finish(_ status: OyStatus) {
-        let done = completion
-        completion = nil
-        done?(status)
-    }
-
-    fileprivate static func reclaim(_ raw: UnsafeMutablePointer<oy_net_frame>) -> NetFrame? {
-        let previous = withUnsafeMutablePointer(to: &raw.pointee.host_private) { oy_shim_exchange_pointer($0, nil) }
-        guard let previous else { return nil }
-        return Unmanaged<NetFrame>.fromOpaque(previous).takeRetainedValue()
-    }
 }
 
 /// Interface counters as the driver reports them.
@@ -77,7 +66,7 @@ public final class RegisteredNetdev: ClassRegistration, @unchecked Sendable {
     let ops: oy_net_ops
     let instance: UnsafeMutableRawPointer?
     private let lock = NSLock()
-    private var outstanding: [ObjectIdentifier: NetFrame] = [:]
+    private let loans: Loans
     private var unregistered = false
     private var link_: Bool
     private weak var receiver_: (any NetReceiver)?
@@ -91,6 +80,7 @@ public final class RegisteredNetdev: ClassRegistration, @unchecked Sendable {
         self.ops = ops
         self.instance = instance
         self.link_ = info.link == UInt32(OY_LINK_UP.rawValue)
+        self.loans = Loans(library: binding.library)
         super.init(binding: binding, deviceClass: Self.classID, kind: "network interface", detail: lowercaseHex(withUnsafeBytes(of: info.mac) { Array($0) }, separator: UInt8(ascii: ":")))
     }
 
@@ -107,23 +97,7 @@ public final class RegisteredNetdev: ClassRegistration, @unchecked Sendable {
     /// Hands `frame` to the driver; on `.ok` the completion runs later,
     /// exactly once, possibly on the interrupt thread.
     public func transmit(_ frame: NetFrame) -> OyStatus {
-        let key = ObjectIdentifier(frame)
-        guard lock.withLock({ () -> Bool in
-            guard !unregistered else { return false }
-            outstanding[key] = frame
-            return true
-        }) else { return .deviceGone }
-        frame.netdev = self
-        frame.raw.pointee.host_private = Unmanaged.passRetained(frame).toOpaque()
-        let status = OyStatus(ops.transmit(instance, frame.raw))
-        if !status.isOK {
-            if NetFrame.reclaim(frame.raw) == nil {
-                binding.library.recordViolation("transmit returned \(status) but completed the frame anyway")
-            }
-            _ = lock.withLock { outstanding.removeValue(forKey: key) }
-            if !status.isDefined { binding.library.recordViolation("transmit returned undefined error code \(status.rawValue)") }
-        }
-        return status
+        loans.lend(frame, service: "transmit") { OyStatus(ops.transmit(instance, frame.raw)) }
     }
 
     /// The driver's counters, or nil if it has no get_stats.
@@ -144,16 +118,6 @@ public final class RegisteredNetdev: ClassRegistration, @unchecked Sendable {
         return binding.library.callDriver("set_filter") { flat.withUnsafeBufferPointer { OyStatus(setFilter(instance, $0.baseAddress, UInt32(macs.count), flags)) } }
     }
 
-    fileprivate func completed(_ frame: NetFrame, status: OyStatus) {
-        _ = lock.withLock { outstanding.removeValue(forKey: ObjectIdentifier(frame)) }
-        var status = status
-        if !status.isDefined {
-            binding.library.recordViolation("tx_complete with undefined status \(status.rawValue)")
-            status = .io
-        }
-        frame.finish(status)
-    }
-
     fileprivate func deliver(_ data: UnsafeRawBufferPointer) {
         let target = lock.withLock { unregistered ? nil : receiver_ }
         target?.received(data, on: self)
@@ -168,20 +132,14 @@ public final class RegisteredNetdev: ClassRegistration, @unchecked Sendable {
     }
 
     /// Completes frames the driver still holds with OY_E_CANCELED.
-    override func cancelOutstanding() -> Int {
-        let pending = lock.withLock { Array(outstanding.values) }
-        var count = 0
-        for frame in pending {
-            guard let taken = NetFrame.reclaim(frame.raw) else { continue }
-            count += 1
-            completed(taken, status: .canceled)
-        }
-        return count
+    override func cancelOutstanding() -> Int { loans.cancelAll() }
+
+    public override var outstandingCount: Int { loans.count }
+
+    override func willUnregister() {
+        lock.withLock { unregistered = true }
+        loans.close()
     }
-
-    public override var outstandingCount: Int { lock.withLock { outstanding.count } }
-
-    override func willUnregister() { lock.withLock { unregistered = true } }
 }
 
 /// The host's "oyako.net/1" table.
@@ -203,15 +161,7 @@ enum HostNet {
         }
         t.pointee.unregister_netdev = { handle in ClassRegistration.withdraw(handle, as: RegisteredNetdev.self, service: "unregister_netdev") }
         t.pointee.tx_complete = { raw, status in
-            guard let raw, let frame = NetFrame.reclaim(raw) else {
-                HostServices.unattributed("tx_complete for a frame that is not outstanding (completed twice, or never accepted)")
-                return
-            }
-            guard let netdev = frame.netdev else {
-                frame.finish(OyStatus(status))
-                return
-            }
-            netdev.completed(frame, status: OyStatus(status))
+            LentRequest.completed(raw.map(NetFrame.hostPrivate), status: status, service: "tx_complete")
         }
         t.pointee.receive = { handle, data, length in
             guard let netdev = HostServices.resource(handle, RegisteredNetdev.self, service: "receive"), let data else { return }

@@ -1,0 +1,117 @@
+import CSystemShims
+import Foundation
+
+/// Something the host lends a driver for one operation (a block request, a
+/// frame to transmit). While the driver holds it, the C struct's
+/// `host_private` carries a retained reference back here, taken back exactly
+/// once: by the driver's completion, or by the host when the driver refused
+/// it or a detach cancels it.
+public class LentRequest: @unchecked Sendable {
+    // @unchecked Sendable: owned by one submitter at a time; handed back by
+    // an atomic exchange on `host_private`.
+    private var completion: (@Sendable (OyStatus) -> Void)?
+    /// The loans it is out on, while the driver holds it.
+    fileprivate weak var loans: Loans?
+    /// The C struct's `host_private` field.
+    private let hostPrivate: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+
+    init(hostPrivate: UnsafeMutablePointer<UnsafeMutableRawPointer?>) { self.hostPrivate = hostPrivate }
+
+    func setCompletion(_ completion: @escaping @Sendable (OyStatus) -> Void) { self.completion = completion }
+
+    /// Completes a request that no driver holds (refused, or failed while
+    /// still queued in the OS).
+    public func finishUnsubmitted(_ status: OyStatus) { finish(status) }
+
+    fileprivate func finish(_ status: OyStatus) {
+        let done = completion
+        completion = nil
+        done?(status)
+    }
+
+    /// Takes the request whose `host_private` slot is `slot` back from the
+    /// driver; nil if it was already taken (a second completion, or one that
+    /// raced a cancel).
+    static func reclaim(_ slot: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> LentRequest? {
+        guard let previous = oy_shim_exchange_pointer(slot, nil) else { return nil }
+        return Unmanaged<LentRequest>.fromOpaque(previous).takeRetainedValue()
+    }
+
+    fileprivate func lend() { hostPrivate.pointee = Unmanaged.passRetained(self).toOpaque() }
+    fileprivate func takeBack() -> LentRequest? { Self.reclaim(hostPrivate) }
+
+    /// The driver's completion callback: `complete()` or `tx_complete()`.
+    static func completed(_ slot: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, status: Int32, service: String) {
+        guard let slot, let request = reclaim(slot) else {
+            HostServices.unattributed("\(service) for a request that is not outstanding (completed twice, or never accepted)")
+            return
+        }
+        guard let loans = request.loans else {
+            request.finish(OyStatus(status))
+            return
+        }
+        loans.returned(request, status: OyStatus(status), service: service)
+    }
+}
+
+/// What one registration (a disk, an interface) has lent its driver.
+final class Loans: @unchecked Sendable {
+    // @unchecked Sendable: guarded by `lock`.
+    private let lock = NSLock()
+    private var outstanding: [ObjectIdentifier: LentRequest] = [:]
+    private var closed = false
+    private unowned let library: DriverLibrary
+
+    init(library: DriverLibrary) { self.library = library }
+
+    var count: Int { lock.withLock { outstanding.count } }
+
+    /// Lends `request` for `call` (the driver's submit or transmit). On OK
+    /// the completion runs later, exactly once, possibly on the interrupt
+    /// thread; on a refusal the request is taken back and never completed.
+    func lend(_ request: LentRequest, service: String, _ call: () -> OyStatus) -> OyStatus {
+        let key = ObjectIdentifier(request)
+        let admitted = lock.withLock { () -> Bool in
+            guard !closed else { return false }
+            outstanding[key] = request
+            return true
+        }
+        guard admitted else { return .deviceGone }
+        request.loans = self
+        request.lend()
+        let status = call()
+        if !status.isOK {
+            if request.takeBack() == nil { library.recordViolation("\(service) returned \(status) but completed the request anyway") }
+            _ = lock.withLock { outstanding.removeValue(forKey: key) }
+            if !status.isDefined { library.recordViolation("\(service) returned undefined error code \(status.rawValue)") }
+        }
+        return status
+    }
+
+    /// The driver completed `request` (already taken back).
+    func returned(_ request: LentRequest, status: OyStatus, service: String) {
+        _ = lock.withLock { outstanding.removeValue(forKey: ObjectIdentifier(request)) }
+        var status = status
+        if !status.isDefined {
+            library.recordViolation("\(service) with undefined status code \(status.rawValue)")
+            status = .io
+        }
+        request.finish(status)
+    }
+
+    /// Completes everything the driver still holds with OY_E_CANCELED;
+    /// returns how many there were.
+    func cancelAll() -> Int {
+        let pending = lock.withLock { Array(outstanding.values) }
+        var count = 0
+        for request in pending {
+            guard let taken = request.takeBack() else { continue }
+            count += 1
+            returned(taken, status: .canceled, service: "cancel")
+        }
+        return count
+    }
+
+    /// Nothing more is lent (the registration is going away).
+    func close() { lock.withLock { closed = true } }
+}
