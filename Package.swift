@@ -89,6 +89,10 @@ let package = Package(
             name: "VirtualizationStack",
             dependencies: ["Hypervisor", "VMBus", "Kernel", "Machine", "NetStack", .product(name: "Logging", package: "swift-log")]
         ),
+        // The root as a driver domain for real VMs: the vhost-user back-end's
+        // view of a VM's memory and its split virtqueues, every guest address
+        // validated. On the virtualization-stack layer.
+        .target(name: "VhostUser", dependencies: ["Machine", "CSystemShims"]),
         // The child-partition OS: VMBus client, VSCs, on its own VP.
         .target(
             name: "Guest",
@@ -135,6 +139,7 @@ let package = Package(
         ),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Machine"]),
         .testTarget(name: "VMBusTests", dependencies: ["VMBus", "Hypervisor", "Machine"]),
+        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Machine"]),
         .testTarget(
             name: "VirtualizationTests",
             dependencies: ["VirtualizationStack", "Guest", "VMBus", "Hypervisor", "Kernel", "Workloads", "NetStack", "Devices", "DriverHost", "SystemAssembly", "OyakoTestSupport"]

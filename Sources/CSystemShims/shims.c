@@ -51,6 +51,14 @@ void oy_shim_store_release_u32(void *address, uint32_t value) {
     __atomic_store_n((uint32_t *)address, value, __ATOMIC_RELEASE);
 }
 
+uint16_t oy_shim_load_acquire_u16(const void *address) {
+    return __atomic_load_n((const uint16_t *)address, __ATOMIC_ACQUIRE);
+}
+
+void oy_shim_store_release_u16(void *address, uint16_t value) {
+    __atomic_store_n((uint16_t *)address, value, __ATOMIC_RELEASE);
+}
+
 void oy_shim_full_barrier(void) {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
