@@ -1,0 +1,231 @@
+import Glibc
+import Machine
+
+/// What a vhost-user device (blk, net) adds to the generic protocol.
+public protocol VhostUserDevice: AnyObject {
+    /// Virtio device features offered (the back-end adds the transport's).
+    var deviceFeatures: UInt64 { get }
+    var queueCount: Int { get }
+    /// The device's virtio config space.
+    func configSpace() -> [UInt8]
+    /// Queue `index` is ready: serve it (kick is the driver's doorbell,
+    /// call the interrupt to raise, either -1 when the front-end polls).
+    func start(queue index: Int, _ queue: SplitVirtqueue, kick: Int32, call: Int32)
+    /// Stop serving queue `index` and return when nothing touches it.
+    func stop(queue index: Int)
+}
+
+/// The generic half of a vhost-user back-end: feature and protocol-feature
+/// negotiation, the memory table, ring setup, kick and call descriptors, and
+/// config space. It is driven message by message (`handle`), so a test or a
+/// fuzzer can play a front-end without a socket or a VMM; every message is
+/// validated before it changes anything.
+public final class VhostUserBackend {
+    public enum ProtocolFeature: UInt64 { case mq = 0, replyAck = 3, config = 9 }
+    public static let protocolFeaturesBit: UInt64 = 1 << 30
+    /// Transport features every device here has: VERSION_1, EVENT_IDX, INDIRECT_DESC.
+    public static let transportFeatures: UInt64 = 1 << 32 | 1 << 29 | 1 << 28
+    static let eventIndexBit: UInt64 = 1 << 29
+
+    private struct QueueState {
+        var size = 0
+        var descriptor: UInt64?, used: UInt64?, avail: UInt64?
+        var base: UInt16 = 0
+        var kick: Int32 = -1, call: Int32 = -1
+        /// The running ring, while the device serves it.
+        var ring: SplitVirtqueue?
+        var enabled = false
+    }
+
+    public let device: any VhostUserDevice
+    private var owner = false
+    private var features: UInt64 = 0
+    private var protocolFeatures: UInt64 = 0
+    private var memory: GuestMemoryMap?
+    private var queues: [QueueState]
+
+    public init(device: any VhostUserDevice) {
+        self.device = device
+        queues = Array(repeating: QueueState(), count: device.queueCount)
+    }
+
+    deinit {
+        for i in queues.indices { stopQueue(i) }
+        for q in queues { closeFD(q.kick); closeFD(q.call) }
+    }
+
+    public var offeredFeatures: UInt64 { device.deviceFeatures | Self.transportFeatures | Self.protocolFeaturesBit }
+    public static var offeredProtocolFeatures: UInt64 { ProtocolFeature.allBits }
+
+    /// Handles one message with the descriptors that came with it (taken
+    /// over: kept or closed). Returns the reply to send, if any.
+    public func handle(_ message: VhostUserMessage, fds: [Int32]) throws(VhostUserError) -> VhostUserMessage? {
+        var unused = fds
+        defer { for fd in unused { closeFD(fd) } }
+        guard let request = VhostUserMessage.Request(rawValue: message.request) else { throw .unknownRequest(message.request) }
+        let name = "\(request)"
+        func expectFDs(_ n: Int) throws(VhostUserError) {
+            guard fds.count == n else { throw .fileDescriptors(request: name, expected: "\(n)", got: fds.count) }
+        }
+        func payload(_ size: Int) throws(VhostUserError) {
+            guard message.payload.count == size else { throw .badPayload(request: name, size: message.payload.count) }
+        }
+        let p = message.payload
+        var reply: [UInt8]?
+        switch request {
+        case .getFeatures:
+            try expectFDs(0)
+            reply = VhostUserMessage.bytes(offeredFeatures)
+        case .setFeatures:
+            try expectFDs(0); try payload(8)
+            let wanted = VhostUserMessage.u64(p, 0)
+            guard wanted & ~offeredFeatures == 0 else { throw .features("the front-end acked 0x\(String(wanted & ~offeredFeatures, radix: 16)), never offered") }
+            features = wanted
+        case .getProtocolFeatures:
+            try expectFDs(0)
+            reply = VhostUserMessage.bytes(Self.offeredProtocolFeatures)
+        case .setProtocolFeatures:
+            try expectFDs(0); try payload(8)
+            let wanted = VhostUserMessage.u64(p, 0)
+            guard wanted & ~Self.offeredProtocolFeatures == 0 else { throw .features("unknown protocol features 0x\(String(wanted & ~Self.offeredProtocolFeatures, radix: 16))") }
+            protocolFeatures = wanted
+        case .setOwner:
+            try expectFDs(0)
+            owner = true
+        case .resetOwner:
+            try expectFDs(0)
+            for i in queues.indices { stopQueue(i) }
+            owner = false
+        case .getQueueNum:
+            try expectFDs(0)
+            reply = VhostUserMessage.bytes(UInt64(queues.count))
+        case .setMemTable:
+            try setMemTable(p, fds: fds)
+            unused = []  // mapped (or refused) and closed there
+        case .setVringNum, .setVringBase, .setVringEnable:
+            try expectFDs(0); try payload(8)
+            try vringState(request, index: VhostUserMessage.u32(p, 0), value: VhostUserMessage.u32(p, 4))
+        case .getVringBase:
+            try expectFDs(0); try payload(8)
+            let index = try queueIndex(VhostUserMessage.u32(p, 0))
+            stopQueue(index)
+            reply = Array(p[0..<4]) + withUnsafeBytes(of: UInt32(queues[index].base).littleEndian) { Array($0) }
+        case .setVringAddr:
+            try expectFDs(0); try payload(40)
+            guard memory != nil else { throw .outOfOrder(request: name, missing: "SET_MEM_TABLE") }
+            let index = try queueIndex(VhostUserMessage.u32(p, 0))
+            queues[index].descriptor = VhostUserMessage.u64(p, 8)
+            queues[index].used = VhostUserMessage.u64(p, 16)
+            queues[index].avail = VhostUserMessage.u64(p, 24)
+        case .setVringKick, .setVringCall, .setVringErr:
+            try payload(8)
+            let value = VhostUserMessage.u64(p, 0)
+            let polling = value & 0x100 != 0
+            try expectFDs(polling ? 0 : 1)
+            let index = try queueIndex(UInt32(value & 0xFF))
+            let fd = polling ? -1 : fds[0]
+            unused = []
+            if request == .setVringKick {
+                closeFD(queues[index].kick)
+                queues[index].kick = fd
+                try startIfReady(index)
+            } else if request == .setVringCall {
+                closeFD(queues[index].call)
+                queues[index].call = fd
+            } else {
+                closeFD(fd)
+            }
+        case .getConfig:
+            try expectFDs(0)
+            guard p.count >= 12 else { throw .badPayload(request: name, size: p.count) }
+            let offset = VhostUserMessage.u32(p, 0), size = VhostUserMessage.u32(p, 4)
+            let config = device.configSpace()
+            guard p.count == 12 + Int(size), UInt64(offset) + UInt64(size) <= UInt64(config.count) else { throw .config(offset: offset, size: size) }
+            reply = Array(p[0..<12]) + Array(config[Int(offset)..<Int(offset + size)])
+        case .setConfig:
+            try expectFDs(0)
+            // Config space here is read-only (capacity, MAC): accepted, ignored.
+        case .setLogBase, .setLogFD:
+            throw .features("dirty logging was not offered")
+        }
+        if let reply { return message.reply(reply) }
+        if message.needsReply && protocolFeatures & ProtocolFeature.replyAck.bit != 0 { return message.reply(VhostUserMessage.bytes(0)) }
+        return nil
+    }
+
+    private func queueIndex(_ index: UInt32) throws(VhostUserError) -> Int {
+        guard Int(index) < queues.count else { throw .queueIndex(index, queues: queues.count) }
+        return Int(index)
+    }
+
+    private func vringState(_ request: VhostUserMessage.Request, index raw: UInt32, value: UInt32) throws(VhostUserError) {
+        let index = try queueIndex(raw)
+        switch request {
+        case .setVringNum:
+            guard value >= 1, value <= 32768, value & (value - 1) == 0 else { throw .queue(index: index, .badSize(Int(value))) }
+            queues[index].size = Int(value)
+        case .setVringBase:
+            guard value <= 0xFFFF else { throw .badPayload(request: "setVringBase", size: 8) }
+            queues[index].base = UInt16(value)
+        default:
+            queues[index].enabled = value != 0
+            if value == 0 { stopQueue(index) } else { try startIfReady(index) }
+        }
+    }
+
+    private func setMemTable(_ p: [UInt8], fds: [Int32]) throws(VhostUserError) {
+        defer { for fd in fds { closeFD(fd) } }
+        guard p.count >= 8 else { throw .badPayload(request: "setMemTable", size: p.count) }
+        let count = Int(VhostUserMessage.u32(p, 0))
+        guard count <= GuestMemoryMap.regionLimit, p.count == 8 + 32 * count else { throw .badPayload(request: "setMemTable", size: p.count) }
+        guard fds.count == count else { throw .fileDescriptors(request: "setMemTable", expected: "\(count) (one per region)", got: fds.count) }
+        let table = (0..<count).map { i in
+            GuestMemoryMap.Description(guestAddress: VhostUserMessage.u64(p, 8 + 32 * i), size: VhostUserMessage.u64(p, 16 + 32 * i),
+                                       userAddress: VhostUserMessage.u64(p, 24 + 32 * i), mmapOffset: VhostUserMessage.u64(p, 32 + 32 * i),
+                                       fileDescriptor: fds[i])
+        }
+        let map: GuestMemoryMap
+        do { map = try GuestMemoryMap(table) } catch { throw .memoryTable(error) }
+        // Rings set up on the old table must be set up again.
+        for i in queues.indices { stopQueue(i) }
+        memory = map
+    }
+
+    /// Starts queue `index` once it has a size, addresses and a kick
+    /// descriptor, and (with protocol features) was enabled.
+    private func startIfReady(_ index: Int) throws(VhostUserError) {
+        let q = queues[index]
+        let needsEnable = features & Self.protocolFeaturesBit != 0
+        guard q.ring == nil, q.size > 0, q.kick >= 0, !needsEnable || q.enabled, let memory,
+            let d = q.descriptor, let u = q.used, let a = q.avail
+        else { return }
+        guard let table = memory.guestAddress(ofUser: d, length: 16 * q.size) else { throw .queue(index: index, .ringOutsideMemory("descriptor table")) }
+        guard let avail = memory.guestAddress(ofUser: a, length: 6 + 2 * q.size) else { throw .queue(index: index, .ringOutsideMemory("avail ring")) }
+        guard let used = memory.guestAddress(ofUser: u, length: 6 + 8 * q.size) else { throw .queue(index: index, .ringOutsideMemory("used ring")) }
+        let queue: SplitVirtqueue
+        do {
+            queue = try SplitVirtqueue(memory: memory, size: q.size, descriptorTable: table, availRing: avail, usedRing: used,
+                                       eventIndex: features & Self.eventIndexBit != 0, lastAvail: q.base)
+        } catch {
+            throw .queue(index: index, error)
+        }
+        queues[index].ring = queue
+        device.start(queue: index, queue, kick: q.kick, call: q.call)
+    }
+
+    /// Stops queue `index`; where it stood becomes the base GET_VRING_BASE
+    /// reports and a restart resumes from.
+    private func stopQueue(_ index: Int) {
+        guard let ring = queues[index].ring else { return }
+        device.stop(queue: index)
+        queues[index].base = ring.lastAvail
+        queues[index].ring = nil
+    }
+
+    private func closeFD(_ fd: Int32) { if fd >= 0 { _ = Glibc.close(fd) } }
+}
+
+extension VhostUserBackend.ProtocolFeature: CaseIterable {
+    var bit: UInt64 { 1 << rawValue }
+    static var allBits: UInt64 { allCases.reduce(0) { $0 | $1.bit } }
+}
