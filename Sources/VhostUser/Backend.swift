@@ -100,8 +100,8 @@ public final class VhostUserBackend {
             try expectFDs(0)
             reply = VhostUserMessage.bytes(UInt64(queues.count))
         case .setMemTable:
+            unused = []  // mapped (or refused), and closed, there
             try setMemTable(p, fds: fds)
-            unused = []  // mapped (or refused) and closed there
         case .setVringNum, .setVringBase, .setVringEnable:
             try expectFDs(0); try payload(8)
             try vringState(request, index: VhostUserMessage.u32(p, 0), value: VhostUserMessage.u32(p, 4))

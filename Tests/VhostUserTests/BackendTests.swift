@@ -33,7 +33,31 @@ struct FrontEnd {
     static func descriptor() -> Int32 { dup(STDERR_FILENO) }
 }
 
-func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
+/// A descriptor to hand over, and a way to tell whether the receiver
+/// closed it that does not depend on descriptor numbers (which other
+/// threads reuse): the write end of a pipe whose read end sees end-of-file
+/// once the last write end is closed.
+struct ClosureProbe {
+    let handed: Int32
+    private let watch: Int32
+
+    init() {
+        var ends: [Int32] = [0, 0]
+        precondition(pipe(&ends) == 0)
+        watch = ends[0]
+        handed = ends[1]
+        _ = fcntl(watch, F_SETFL, fcntl(watch, F_GETFL) | O_NONBLOCK)
+    }
+
+    /// True when the handed end was closed (the read end sees EOF).
+    var closed: Bool {
+        var byte: UInt8 = 0
+        let n = read(watch, &byte, 1)
+        return n == 0
+    }
+
+    func release() { _ = close(watch) }
+}
 
 @Suite struct BackendTests {
     static let user: UInt64 = 0x7F00_0000_0000, ram: UInt64 = 0x4000_0000
@@ -71,23 +95,26 @@ func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
         let device = RecordingDevice()
         let backend = VhostUserBackend(device: device)
         let memory = try PhysicalMemory(size: 1 << 20)
-        func refuse(_ message: VhostUserMessage, fds: [Int32] = [], _ expected: VhostUserError, sourceLocation: SourceLocation = #_sourceLocation) {
-            #expect(throws: expected, sourceLocation: sourceLocation) { try backend.handle(message, fds: fds) }
-            for fd in fds { #expect(!isOpen(fd), "descriptor \(fd) was closed", sourceLocation: sourceLocation) }
+        func refuse(_ message: VhostUserMessage, fds count: Int = 0, _ expected: VhostUserError, sourceLocation: SourceLocation = #_sourceLocation) {
+            let probes = (0..<count).map { _ in ClosureProbe() }
+            defer { for probe in probes { probe.release() } }
+            #expect(throws: expected, sourceLocation: sourceLocation) { try backend.handle(message, fds: probes.map(\.handed)) }
+            let allClosed = probes.allSatisfy { $0.closed }
+            #expect(allClosed, "every descriptor sent was closed", sourceLocation: sourceLocation)
         }
         refuse(VhostUserMessage(request: 99), .unknownRequest(99))
         refuse(FrontEnd.message(.setVringAddr, FrontEnd.addresses(0, descriptor: 0, used: 0, avail: 0)), .outOfOrder(request: "setVringAddr", missing: "SET_MEM_TABLE"))
-        refuse(FrontEnd.message(.setOwner), fds: [FrontEnd.descriptor()], .fileDescriptors(request: "setOwner", expected: "0", got: 1))
-        refuse(FrontEnd.message(.setMemTable, FrontEnd.memTable([(Self.ram, 1 << 20, Self.user, 0), (0, 4096, 0, 0)])), fds: [dup(memory.fileDescriptor)],
+        refuse(FrontEnd.message(.setOwner), fds: 1, .fileDescriptors(request: "setOwner", expected: "0", got: 1))
+        refuse(FrontEnd.message(.setMemTable, FrontEnd.memTable([(Self.ram, 1 << 20, Self.user, 0), (0, 4096, 0, 0)])), fds: 1,
                .fileDescriptors(request: "setMemTable", expected: "2 (one per region)", got: 1))
-        refuse(FrontEnd.message(.setMemTable, FrontEnd.memTable([(Self.ram, 1 << 20, Self.user, 0)]) + [0]), fds: [dup(memory.fileDescriptor)],
+        refuse(FrontEnd.message(.setMemTable, FrontEnd.memTable([(Self.ram, 1 << 20, Self.user, 0)]) + [0]), fds: 1,
                .badPayload(request: "setMemTable", size: 41))
         refuse(FrontEnd.message(.setFeatures, FrontEnd.u64(1 << 60)), .features("the front-end acked 0x1000000000000000, never offered"))
         refuse(FrontEnd.message(.setVringNum, FrontEnd.state(7, 16)), .queueIndex(7, queues: 2))
         refuse(FrontEnd.message(.setVringNum, FrontEnd.state(0, 12)), .queue(index: 0, .badSize(12)))
         refuse(FrontEnd.message(.setVringKick, FrontEnd.u64(0)), .fileDescriptors(request: "setVringKick", expected: "1", got: 0))
         refuse(FrontEnd.message(.getConfig, FrontEnd.u32(30) + FrontEnd.u32(4) + FrontEnd.u32(0) + [0, 0, 0, 0]), .config(offset: 30, size: 4))
-        refuse(FrontEnd.message(.setLogBase, FrontEnd.u64(0)), fds: [FrontEnd.descriptor()], .features("dirty logging was not offered"))
+        refuse(FrontEnd.message(.setLogBase, FrontEnd.u64(0)), fds: 1, .features("dirty logging was not offered"))
         #expect(device.started.isEmpty)
 
         // Rings outside the guest's memory: refused when the queue would start.
