@@ -78,3 +78,93 @@ int oy_shim_tap_open(const char *name) {
     }
     return fd;
 }
+
+#include <sys/socket.h>
+#include <sys/un.h>
+
+ssize_t oy_shim_recv_fds(int socket, void *buffer, size_t length, int *fds, int max_fds, int *fd_count, int *truncated) {
+    char control[CMSG_SPACE(sizeof(int) * 32)];
+    struct iovec iov = {buffer, length};
+    struct msghdr msg;
+    struct cmsghdr *c;
+    ssize_t n;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    *fd_count = 0;
+    *truncated = 0;
+    do {
+        n = recvmsg(socket, &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return n;
+    if (msg.msg_flags & MSG_CTRUNC) *truncated = 1;
+    for (c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        int i, count;
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            if (*fd_count < max_fds) {
+                fds[(*fd_count)++] = fd;
+            } else {
+                close(fd);
+                *truncated = 1;
+            }
+        }
+    }
+    return n;
+}
+
+ssize_t oy_shim_send_fds(int socket, const void *buffer, size_t length, const int *fds, int fd_count) {
+    char control[CMSG_SPACE(sizeof(int) * 32)];
+    struct iovec iov = {(void *)buffer, length};
+    struct msghdr msg;
+    ssize_t n;
+    if (fd_count < 0 || fd_count > 32) {
+        errno = EINVAL;
+        return -1;
+    }
+    memset(&msg, 0, sizeof(msg));
+    memset(control, 0, sizeof(control));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (fd_count > 0) {
+        struct cmsghdr *c;
+        msg.msg_control = control;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)fd_count);
+        c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)fd_count);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)fd_count);
+    }
+    do {
+        n = sendmsg(socket, &msg, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+int oy_shim_unix_listen(const char *path) {
+    struct sockaddr_un address;
+    int fd;
+    if (strlen(path) >= sizeof(address.sun_path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    memset(&address, 0, sizeof(address));
+    address.sun_family = AF_UNIX;
+    strcpy(address.sun_path, path);
+    unlink(path);
+    if (bind(fd, (struct sockaddr *)&address, sizeof(address)) != 0 || listen(fd, 8) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}

@@ -20,7 +20,9 @@ public protocol VhostUserDevice: AnyObject {
 /// config space. It is driven message by message (`handle`), so a test or a
 /// fuzzer can play a front-end without a socket or a VMM; every message is
 /// validated before it changes anything.
-public final class VhostUserBackend {
+public final class VhostUserBackend: @unchecked Sendable {
+    // @unchecked Sendable: handed to the one connection thread that drives
+    // it; it is never used from two threads at once.
     public enum ProtocolFeature: UInt64 { case mq = 0, replyAck = 3, config = 9 }
     public static let protocolFeaturesBit: UInt64 = 1 << 30
     /// Transport features every device here has: VERSION_1, EVENT_IDX, INDIRECT_DESC.

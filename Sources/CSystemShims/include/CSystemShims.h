@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 
 /* memfd_create(2) with MFD_CLOEXEC; returns -1 with errno set. */
@@ -44,6 +45,21 @@ int oy_shim_tap_open(const char *name);
  * signal. sigaltstack covers stack overflows. Note: sigaltstack is per
  * thread; other threads' overflows end without frames. Returns 0 or -1. */
 int oy_shim_install_crash_reporter(int fd);
+
+/* recvmsg(2) with SCM_RIGHTS: up to `length` bytes and up to `max_fds`
+ * descriptors (close-on-exec). Returns the bytes read (0 at end of file) or
+ * -1 with errno; `*fd_count` descriptors are stored in `fds`. Descriptors
+ * beyond `max_fds`, or a truncated control message, set `*truncated` (the
+ * extra descriptors are closed). */
+ssize_t oy_shim_recv_fds(int socket, void *buffer, size_t length, int *fds, int max_fds, int *fd_count, int *truncated);
+
+/* sendmsg(2) of `length` bytes with `fd_count` descriptors (at most 32);
+ * never raises SIGPIPE. Returns the bytes sent or -1 with errno. */
+ssize_t oy_shim_send_fds(int socket, const void *buffer, size_t length, const int *fds, int fd_count);
+
+/* A listening Unix stream socket at `path` (an old socket file there is
+ * removed first). Returns the descriptor or -1 with errno. */
+int oy_shim_unix_listen(const char *path);
 
 /* errno of the last failing call on this thread. */
 int oy_shim_errno(void);

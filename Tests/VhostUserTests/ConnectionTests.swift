@@ -1,0 +1,103 @@
+import Foundation
+import Glibc
+import Machine
+import Synchronization
+import Testing
+import VhostUser
+
+/// A back-end serving one end of a socket pair on a thread; the test is the
+/// front-end on the other end.
+final class ServedPair: @unchecked Sendable {
+    let frontEnd: Int32
+    let device = RecordingDevice()
+    private let ended = DispatchSemaphore(value: 0)
+    private let end = Mutex<VhostUserConnection.End?>(nil)
+
+    init() {
+        var ends: [Int32] = [0, 0]
+        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0)
+        frontEnd = ends[0]
+        let backend = VhostUserBackend(device: device)
+        let socket = ends[1]
+        Thread.detachNewThread { [self] in
+            let why = VhostUserConnection.serve(socket: socket, backend: backend)
+            end.withLock { $0 = why }
+            ended.signal()
+        }
+    }
+
+    /// Why the connection ended (nil if it had not within `timeout`).
+    func waitForEnd(timeout: Double = 5) -> VhostUserConnection.End? {
+        guard ended.wait(timeout: .now() + timeout) == .success else { return nil }
+        return end.withLock { $0 }
+    }
+
+    func send(_ message: VhostUserMessage, fds: [Int32] = []) { #expect(VhostUserConnection.send(frontEnd, message, fds: fds)) }
+
+    func sendRaw(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { write(frontEnd, $0.baseAddress, $0.count) } }
+
+    /// Reads one reply (header and payload).
+    func reply() -> [UInt8]? {
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while out.count < 12 || out.count < 12 + Int(out.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self) }) {
+            let n = buffer.withUnsafeMutableBytes { read(frontEnd, $0.baseAddress, $0.count) }
+            guard n > 0 else { return nil }
+            out += buffer.prefix(n)
+        }
+        return Array(out.dropFirst(12))
+    }
+
+    deinit { _ = close(frontEnd) }
+}
+
+@Suite struct ConnectionTests {
+    @Test func aFrontEndSetsUpAQueueOverTheSocketWithDescriptors() throws {
+        let pair = ServedPair()
+        let memory = try PhysicalMemory(size: 1 << 20)
+        pair.send(FrontEnd.message(.getFeatures))
+        let features = try #require(pair.reply())
+        #expect(features.count == 8)
+        pair.send(FrontEnd.message(.setMemTable, FrontEnd.memTable([(BackendTests.ram, 1 << 20, BackendTests.user, 0)])), fds: [memory.fileDescriptor])
+        pair.send(FrontEnd.message(.setVringNum, FrontEnd.state(0, 16)))
+        pair.send(FrontEnd.message(.setVringAddr, FrontEnd.addresses(0, descriptor: BackendTests.user + 0x1000, used: BackendTests.user + 0x5000, avail: BackendTests.user + 0x3000)))
+        pair.send(FrontEnd.message(.setVringKick, FrontEnd.u64(0)), fds: [FrontEnd.descriptor()].map { $0 })
+        pair.send(FrontEnd.message(.getQueueNum))
+        #expect(pair.reply() == FrontEnd.u64(2), "the connection is alive after the setup")
+        #expect(pair.device.started == [0], "without protocol features a ring starts with its kick descriptor")
+        _ = close(pair.frontEnd)
+        #expect(pair.waitForEnd() == .frontEndClosed)
+    }
+
+    @Test func aHeaderClaimingAHugePayloadEndsTheConnection() {
+        let pair = ServedPair()
+        pair.sendRaw(FrontEnd.u32(1) + FrontEnd.u32(1) + FrontEnd.u32(1 << 20))
+        #expect(pair.waitForEnd() == .refused(.payloadTooLarge(1 << 20)))
+    }
+
+    @Test func aPayloadCutShortEndsTheConnection() {
+        let pair = ServedPair()
+        pair.sendRaw(FrontEnd.u32(2) + FrontEnd.u32(1) + FrontEnd.u32(8) + [1, 2, 3])
+        shutdown(pair.frontEnd, Int32(SHUT_WR))
+        #expect(pair.waitForEnd() == .refused(.truncated(expected: 8, got: 3)))
+    }
+
+    @Test func tooManyDescriptorsEndTheConnectionAndAreClosed() {
+        let pair = ServedPair()
+        let probes = (0..<9).map { _ in ClosureProbe() }
+        defer { for probe in probes { probe.release() } }
+        pair.send(FrontEnd.message(.setOwner), fds: probes.map(\.handed))
+        for probe in probes { _ = close(probe.handed) }  // the test's own copies
+        #expect(pair.waitForEnd() == .refused(.fileDescriptors(request: "a message", expected: "at most 8", got: 9)))
+        let allClosed = probes.allSatisfy { $0.closed }
+        #expect(allClosed, "the back-end kept none of them")
+    }
+
+    @Test func oneBadFrontEndDoesNotDisturbAnother() {
+        let bad = ServedPair(), good = ServedPair()
+        bad.sendRaw(FrontEnd.u32(77) + FrontEnd.u32(1) + FrontEnd.u32(0))
+        #expect(bad.waitForEnd() == .refused(.unknownRequest(77)))
+        good.send(FrontEnd.message(.getQueueNum))
+        #expect(good.reply() == FrontEnd.u64(2))
+    }
+}
