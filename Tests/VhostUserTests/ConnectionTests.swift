@@ -9,6 +9,7 @@ import VhostUser
 /// front-end on the other end.
 final class ServedPair: @unchecked Sendable {
     let frontEnd: Int32
+    private var frontEndOpen = true
     let device = RecordingDevice()
     private let ended = DispatchSemaphore(value: 0)
     private let end = Mutex<VhostUserConnection.End?>(nil)
@@ -48,7 +49,15 @@ final class ServedPair: @unchecked Sendable {
         return Array(out.dropFirst(12))
     }
 
-    deinit { _ = close(frontEnd) }
+    /// Closes the front-end's end (once: a second close could hit a
+    /// descriptor another test's thread has just been given).
+    func closeFrontEnd() {
+        guard frontEndOpen else { return }
+        frontEndOpen = false
+        _ = close(frontEnd)
+    }
+
+    deinit { closeFrontEnd() }
 }
 
 @Suite struct ConnectionTests {
@@ -61,11 +70,13 @@ final class ServedPair: @unchecked Sendable {
         pair.send(FrontEnd.message(.setMemTable, FrontEnd.memTable([(BackendTests.ram, 1 << 20, BackendTests.user, 0)])), fds: [memory.fileDescriptor])
         pair.send(FrontEnd.message(.setVringNum, FrontEnd.state(0, 16)))
         pair.send(FrontEnd.message(.setVringAddr, FrontEnd.addresses(0, descriptor: BackendTests.user + 0x1000, used: BackendTests.user + 0x5000, avail: BackendTests.user + 0x3000)))
-        pair.send(FrontEnd.message(.setVringKick, FrontEnd.u64(0)), fds: [FrontEnd.descriptor()].map { $0 })
+        let kick = FrontEnd.descriptor()
+        defer { _ = close(kick) }
+        pair.send(FrontEnd.message(.setVringKick, FrontEnd.u64(0)), fds: [kick])
         pair.send(FrontEnd.message(.getQueueNum))
         #expect(pair.reply() == FrontEnd.u64(2), "the connection is alive after the setup")
         #expect(pair.device.started == [0], "without protocol features a ring starts with its kick descriptor")
-        _ = close(pair.frontEnd)
+        pair.closeFrontEnd()
         #expect(pair.waitForEnd() == .frontEndClosed)
     }
 
