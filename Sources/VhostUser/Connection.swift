@@ -29,10 +29,9 @@ public enum VhostUserConnection {
     /// Most descriptors one message carries (a memory table of 8 regions).
     static let maxFDs = 8
 
-    /// Serves `socket` until it ends; closes it. Blocking: run it on a thread
-    /// of its own.
+    /// Serves `socket` until it ends. Blocking: run it on a thread of its
+    /// own. The caller closes the socket afterwards.
     public static func serve(socket: Int32, backend: VhostUserBackend) -> End {
-        defer { _ = Glibc.close(socket) }
         while true {
             let message: VhostUserMessage, fds: [Int32]
             do {

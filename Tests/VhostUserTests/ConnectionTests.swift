@@ -22,6 +22,7 @@ final class ServedPair: @unchecked Sendable {
         let socket = ends[1]
         Thread.detachNewThread { [self] in
             let why = VhostUserConnection.serve(socket: socket, backend: backend)
+            _ = close(socket)
             end.withLock { $0 = why }
             ended.signal()
         }
@@ -110,5 +111,52 @@ final class ServedPair: @unchecked Sendable {
         #expect(bad.waitForEnd() == .refused(.unknownRequest(77)))
         good.send(FrontEnd.message(.getQueueNum))
         #expect(good.reply() == FrontEnd.u64(2))
+    }
+}
+
+@Suite struct ServerTests {
+    /// A front-end connecting to the socket file, as QEMU's chardev does.
+    static func connect(_ path: String) -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, byte) in path.utf8.enumerated() where i < raw.count - 1 { raw[i] = byte }
+        }
+        let status = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        #expect(status == 0)
+        return fd
+    }
+
+    @Test func eachConnectionIsServedAloneAndStopEndsThemAll() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("oyako-vhost-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let ends = Mutex<[VhostUserConnection.End]>([])
+        let server = try VhostUserServer(path: directory + "/blk.sock", makeBackend: { VhostUserBackend(device: RecordingDevice()) },
+                                         ended: { why in ends.withLock { $0.append(why) } })
+        let bad = Self.connect(server.path), good = Self.connect(server.path)
+        defer { _ = close(bad); _ = close(good) }
+        #expect(VhostUserConnection.send(bad, VhostUserMessage(request: 4242)))
+        #expect(VhostUserConnection.send(good, FrontEnd.message(.getQueueNum)))
+        var reply = [UInt8](repeating: 0, count: 20)
+        var got = 0
+        while got < 20 {
+            let n = reply.withUnsafeMutableBytes { read(good, $0.baseAddress! + got, 20 - got) }
+            guard n > 0 else { break }
+            got += n
+        }
+        #expect(Array(reply.suffix(8)) == FrontEnd.u64(2), "the good front-end is served while the bad one is refused")
+        server.stop()
+        #expect(!FileManager.default.fileExists(atPath: server.path))
+        let seen = ends.withLock { $0 }
+        #expect(seen.contains(.refused(.unknownRequest(4242))))
+        #expect(seen.count == 2, "both connections ended by the time stop returned: \(seen)")
+    }
+
+    @Test func aPathThatCannotBeBoundIsAnError() {
+        #expect(throws: VhostUserServer.ListenError.self) {
+            try VhostUserServer(path: "/nonexistent-oyako-dir/x.sock", makeBackend: { VhostUserBackend(device: RecordingDevice()) })
+        }
     }
 }
