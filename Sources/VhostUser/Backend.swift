@@ -66,64 +66,87 @@ public final class VhostUserBackend: @unchecked Sendable {
         defer { for fd in unused { closeFD(fd) } }
         guard let request = VhostUserMessage.Request(rawValue: message.request) else { throw .unknownRequest(message.request) }
         let name = "\(request)"
-        func expectFDs(_ n: Int) throws(VhostUserError) {
-            guard fds.count == n else { throw .fileDescriptors(request: name, expected: "\(n)", got: fds.count) }
-        }
-        func payload(_ size: Int) throws(VhostUserError) {
-            guard message.payload.count == size else { throw .badPayload(request: name, size: message.payload.count) }
-        }
         let p = message.payload
         var reply: [UInt8]?
         switch request {
         case .getFeatures:
-            try expectFDs(0)
+            try Self.expectFDs(fds, 0, name)
             reply = VhostUserMessage.bytes(offeredFeatures)
         case .setFeatures:
-            try expectFDs(0); try payload(8)
+            try Self.expectFDs(fds, 0, name); try Self.expectPayload(p, 8, name)
             let wanted = VhostUserMessage.u64(p, 0)
             guard wanted & ~offeredFeatures == 0 else { throw .features("the front-end acked 0x\(String(wanted & ~offeredFeatures, radix: 16)), never offered") }
             features = wanted
         case .getProtocolFeatures:
-            try expectFDs(0)
+            try Self.expectFDs(fds, 0, name)
             reply = VhostUserMessage.bytes(Self.offeredProtocolFeatures)
         case .setProtocolFeatures:
-            try expectFDs(0); try payload(8)
+            try Self.expectFDs(fds, 0, name); try Self.expectPayload(p, 8, name)
             let wanted = VhostUserMessage.u64(p, 0)
             guard wanted & ~Self.offeredProtocolFeatures == 0 else { throw .features("unknown protocol features 0x\(String(wanted & ~Self.offeredProtocolFeatures, radix: 16))") }
             protocolFeatures = wanted
         case .setOwner:
-            try expectFDs(0)
+            try Self.expectFDs(fds, 0, name)
             owner = true
         case .resetOwner:
-            try expectFDs(0)
+            try Self.expectFDs(fds, 0, name)
             for i in queues.indices { stopQueue(i) }
             owner = false
         case .getQueueNum:
-            try expectFDs(0)
+            try Self.expectFDs(fds, 0, name)
             reply = VhostUserMessage.bytes(UInt64(queues.count))
         case .setMemTable:
             unused = []  // mapped (or refused), and closed, there
             try setMemTable(p, fds: fds)
+        case .setVringNum, .setVringBase, .setVringEnable, .getVringBase, .setVringAddr, .setVringKick, .setVringCall, .setVringErr:
+            unused = []  // the ring handler keeps or closes them
+            reply = try ringRequest(request, p, fds: fds)
+        case .getConfig:
+            try Self.expectFDs(fds, 0, name)
+            guard p.count >= 12 else { throw .badPayload(request: name, size: p.count) }
+            let offset = VhostUserMessage.u32(p, 0), size = VhostUserMessage.u32(p, 4)
+            let config = device.configSpace()
+            guard p.count == 12 + Int(size), UInt64(offset) + UInt64(size) <= UInt64(config.count) else { throw .config(offset: offset, size: size) }
+            reply = Array(p[0..<12]) + Array(config[Int(offset)..<Int(offset + size)])
+        case .setConfig:
+            try Self.expectFDs(fds, 0, name)
+            // Config space here is read-only (capacity, MAC): accepted, ignored.
+        case .setLogBase, .setLogFD:
+            throw .features("dirty logging was not offered")
+        }
+        if let reply { return message.reply(reply) }
+        if message.needsReply && protocolFeatures & ProtocolFeature.replyAck.bit != 0 { return message.reply(VhostUserMessage.bytes(0)) }
+        return nil
+    }
+
+    /// The ring requests: size, base, enable, addresses, kick/call/err
+    /// descriptors. Takes over `fds` (kept or closed).
+    private func ringRequest(_ request: VhostUserMessage.Request, _ p: [UInt8], fds: [Int32]) throws(VhostUserError) -> [UInt8]? {
+        var unused = fds
+        defer { for fd in unused { closeFD(fd) } }
+        let name = "\(request)"
+        var reply: [UInt8]?
+        switch request {
         case .setVringNum, .setVringBase, .setVringEnable:
-            try expectFDs(0); try payload(8)
+            try Self.expectFDs(fds, 0, name); try Self.expectPayload(p, 8, name)
             try vringState(request, index: VhostUserMessage.u32(p, 0), value: VhostUserMessage.u32(p, 4))
         case .getVringBase:
-            try expectFDs(0); try payload(8)
+            try Self.expectFDs(fds, 0, name); try Self.expectPayload(p, 8, name)
             let index = try queueIndex(VhostUserMessage.u32(p, 0))
             stopQueue(index)
             reply = Array(p[0..<4]) + withUnsafeBytes(of: UInt32(queues[index].base).littleEndian) { Array($0) }
         case .setVringAddr:
-            try expectFDs(0); try payload(40)
+            try Self.expectFDs(fds, 0, name); try Self.expectPayload(p, 40, name)
             guard memory != nil else { throw .outOfOrder(request: name, missing: "SET_MEM_TABLE") }
             let index = try queueIndex(VhostUserMessage.u32(p, 0))
             queues[index].descriptor = VhostUserMessage.u64(p, 8)
             queues[index].used = VhostUserMessage.u64(p, 16)
             queues[index].avail = VhostUserMessage.u64(p, 24)
         case .setVringKick, .setVringCall, .setVringErr:
-            try payload(8)
+            try Self.expectPayload(p, 8, name)
             let value = VhostUserMessage.u64(p, 0)
             let polling = value & 0x100 != 0
-            try expectFDs(polling ? 0 : 1)
+            try Self.expectFDs(fds, polling ? 0 : 1, name)
             let index = try queueIndex(UInt32(value & 0xFF))
             let fd = polling ? -1 : fds[0]
             unused = []
@@ -137,22 +160,18 @@ public final class VhostUserBackend: @unchecked Sendable {
             } else {
                 closeFD(fd)
             }
-        case .getConfig:
-            try expectFDs(0)
-            guard p.count >= 12 else { throw .badPayload(request: name, size: p.count) }
-            let offset = VhostUserMessage.u32(p, 0), size = VhostUserMessage.u32(p, 4)
-            let config = device.configSpace()
-            guard p.count == 12 + Int(size), UInt64(offset) + UInt64(size) <= UInt64(config.count) else { throw .config(offset: offset, size: size) }
-            reply = Array(p[0..<12]) + Array(config[Int(offset)..<Int(offset + size)])
-        case .setConfig:
-            try expectFDs(0)
-            // Config space here is read-only (capacity, MAC): accepted, ignored.
-        case .setLogBase, .setLogFD:
-            throw .features("dirty logging was not offered")
+        default:
+            break
         }
-        if let reply { return message.reply(reply) }
-        if message.needsReply && protocolFeatures & ProtocolFeature.replyAck.bit != 0 { return message.reply(VhostUserMessage.bytes(0)) }
-        return nil
+        return reply
+    }
+
+    private static func expectFDs(_ fds: [Int32], _ n: Int, _ name: String) throws(VhostUserError) {
+        guard fds.count == n else { throw .fileDescriptors(request: name, expected: "\(n)", got: fds.count) }
+    }
+
+    private static func expectPayload(_ p: [UInt8], _ size: Int, _ name: String) throws(VhostUserError) {
+        guard p.count == size else { throw .badPayload(request: name, size: p.count) }
     }
 
     private func queueIndex(_ index: UInt32) throws(VhostUserError) -> Int {
