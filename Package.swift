@@ -139,7 +139,7 @@ let package = Package(
         ),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Machine"]),
         .testTarget(name: "VMBusTests", dependencies: ["VMBus", "Hypervisor", "Machine"]),
-        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Machine"]),
+        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Machine", "CSystemShims"]),
         .testTarget(
             name: "VirtualizationTests",
             dependencies: ["VirtualizationStack", "Guest", "VMBus", "Hypervisor", "Kernel", "Workloads", "NetStack", "Devices", "DriverHost", "SystemAssembly", "OyakoTestSupport"]

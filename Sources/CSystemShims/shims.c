@@ -168,3 +168,9 @@ int oy_shim_unix_listen(const char *path) {
     }
     return fd;
 }
+
+#include <sys/eventfd.h>
+
+int oy_shim_eventfd(void) {
+    return eventfd(0, EFD_CLOEXEC);
+}

@@ -150,13 +150,18 @@ public final class VhostUserBackend: @unchecked Sendable {
             let index = try queueIndex(UInt32(value & 0xFF))
             let fd = polling ? -1 : fds[0]
             unused = []
-            if request == .setVringKick {
-                closeFD(queues[index].kick)
-                queues[index].kick = fd
+            if request == .setVringKick || request == .setVringCall {
+                // The device thread waits on these: stop it before the old
+                // descriptor is closed (its number may be reused at once).
+                stopQueue(index)
+                if request == .setVringKick {
+                    closeFD(queues[index].kick)
+                    queues[index].kick = fd
+                } else {
+                    closeFD(queues[index].call)
+                    queues[index].call = fd
+                }
                 try startIfReady(index)
-            } else if request == .setVringCall {
-                closeFD(queues[index].call)
-                queues[index].call = fd
             } else {
                 closeFD(fd)
             }

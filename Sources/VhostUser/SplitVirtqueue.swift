@@ -182,6 +182,21 @@ public final class SplitVirtqueue: @unchecked Sendable {
         oy_shim_store_release_u16(used + 2, usedIndex)
     }
 
+    /// Asks the driver to kick for the next chain it posts, then reports
+    /// whether one arrived meanwhile (serve it before waiting for a kick,
+    /// or it waits for ever). With EVENT_IDX the wish is avail_event, the
+    /// slot after the used ring; without, the used ring's NO_NOTIFY flag
+    /// stays clear (this device never sets it).
+    public func armKick() -> Bool {
+        if eventIndex {
+            (used + 4 + 8 * size).storeBytes(of: lastAvail, as: UInt16.self)
+        }
+        // The wish is visible before the index is read again (store -> load):
+        // else a chain posted in between is neither seen nor kicked.
+        oy_shim_full_barrier()
+        return oy_shim_load_acquire_u16(avail + 2) != lastAvail
+    }
+
     /// Whether the driver wants an interrupt for what was used since the
     /// last call: its used_event index (EVENT_IDX) or its NO_INTERRUPT flag.
     public func needsNotification() -> Bool {
