@@ -87,7 +87,7 @@ let package = Package(
         // The root's virtualization stack: root partition boot, VSPs, VM manager.
         .target(
             name: "VirtualizationStack",
-            dependencies: ["Hypervisor", "VMBus", "Kernel", "Machine", "NetStack", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["Hypervisor", "VMBus", "VhostUser", "Kernel", "Machine", "NetStack", .product(name: "Logging", package: "swift-log")]
         ),
         // The root as a driver domain for real VMs: the vhost-user back-end's
         // view of a VM's memory and its split virtqueues, every guest address
@@ -134,7 +134,7 @@ let package = Package(
         // Builds fixture drivers and test machines for the test targets.
         .target(
             name: "OyakoTestSupport",
-            dependencies: ["SystemAssembly", "Workloads", "NetStack", "VirtualizationStack", "Guest", "Hypervisor", "VMBus", "DriverHost", "SDKTools", "Kernel", "Machine", "Devices"],
+            dependencies: ["VhostUser", "CSystemShims", "SystemAssembly", "Workloads", "NetStack", "VirtualizationStack", "Guest", "Hypervisor", "VMBus", "DriverHost", "SDKTools", "Kernel", "Machine", "Devices"],
             path: "Tests/Support"
         ),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Machine"]),
@@ -142,7 +142,7 @@ let package = Package(
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Machine", "CSystemShims"]),
         .testTarget(
             name: "VirtualizationTests",
-            dependencies: ["VirtualizationStack", "Guest", "VMBus", "Hypervisor", "Kernel", "Workloads", "NetStack", "Devices", "DriverHost", "SystemAssembly", "OyakoTestSupport"]
+            dependencies: ["VirtualizationStack", "VhostUser", "Guest", "VMBus", "Hypervisor", "Kernel", "Workloads", "NetStack", "Devices", "DriverHost", "SystemAssembly", "OyakoTestSupport"]
         ),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices", "OyakoTestSupport"]),
         .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "DriverFile", "SDKTools", "Kernel", "Machine", "Devices", "OyakoTestSupport"]),

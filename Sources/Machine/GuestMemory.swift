@@ -34,8 +34,6 @@ public struct GuestMemory: @unchecked Sendable {
     // @unchecked Sendable: a fixed window onto shared memory; callers
     // synchronise on the bytes, as the guest does.
 
-    /// The page size of every guest here (4 KiB, as on x86 and Hyper-V).
-
     private let base: UnsafeMutableRawPointer
     /// Bytes of guest-physical space the view covers.
     public let size: Int

@@ -15,6 +15,7 @@ public struct Testbed {
     public let nvmeSlot: BusSlot
     public let nics: [E1KLite]
     public let uart: UART16550
+    public let rng: RNGLite
     /// The far end of the UART: what the OS wrote to its console.
     public let console: SerialLog
 
@@ -42,8 +43,9 @@ public struct Testbed {
         let console = SerialLog(path: consoleLog)
         uart.connect(console)
         machine.bus.plug(uart)
-        machine.bus.plug(RNGLite())
-        return Testbed(machine: machine, nvme: nvme, nvmeSlot: slot, nics: cards, uart: uart, console: console)
+        let rng = RNGLite()
+        machine.bus.plug(rng)
+        return Testbed(machine: machine, nvme: nvme, nvmeSlot: slot, nics: cards, uart: uart, rng: rng, console: console)
     }
 }
 

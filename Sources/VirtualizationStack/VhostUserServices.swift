@@ -1,0 +1,44 @@
+import Foundation
+import Kernel
+import Logging
+import VhostUser
+
+/// The root's vhost-user back-ends: the devices a real VM (QEMU with
+/// `-chardev socket,path=… -device vhost-user-…`) gets, each served from
+/// the root OS's own device class, so the vendor's driver file that runs
+/// bare serves the guest too.
+public enum VhostUserServices {
+    /// Most entropy one request gets: Linux's virtio-rng posts buffers of
+    /// a cache line or so; a guest asking for megabytes gets this much per
+    /// chain and asks again, so it cannot tie up the source.
+    public static let entropyPerChain = 4096
+
+    /// A virtio-rng device whose bytes come from the root's entropy
+    /// subsystem (its first hwrng, i.e. the vendor's rng driver).
+    public static func rng(entropy: EntropySubsystem) -> VhostUserRNG {
+        let logger = Logger(label: "oyako.vhost-user.rng")
+        return VhostUserRNG(source: { buffer in
+            let count = min(buffer.count, entropyPerChain)
+            do {
+                let bytes = try entropy.read(count, timeout: 1)
+                buffer.copyBytes(from: bytes)
+                return count
+            } catch {
+                // The guest's driver gets nothing for this request and asks again.
+                logger.warning("entropy for a guest: \(error)")
+                return 0
+            }
+        }, failure: { error in
+            logger.error("a guest corrupted its rng queue; the queue is no longer served: \(error)")
+        })
+    }
+
+    /// Serves virtio-rng on the Unix socket `path`, one device per
+    /// connecting VMM. Stop the returned server to end every connection.
+    public static func serveRNG(at path: String, entropy: EntropySubsystem) throws(VhostUserServer.ListenError) -> VhostUserServer {
+        let logger = Logger(label: "oyako.vhost-user.rng")
+        return try VhostUserServer(path: path, makeBackend: { VhostUserBackend(device: rng(entropy: entropy)) }, ended: { why in
+            logger.info("a VMM's rng connection ended: \(why)")
+        })
+    }
+}

@@ -1,0 +1,142 @@
+import CSystemShims
+import Foundation
+import Glibc
+import Machine
+import VhostUser
+
+/// What QEMU and a guest's virtio driver do to a vhost-user back-end,
+/// played over a real Unix socket: the set-up messages QEMU sends (with
+/// the guest's RAM as a memfd, and eventfd doorbells), then one split
+/// virtqueue (queue 0) driven the way Linux's virtio_ring drives it.
+public final class VirtioFrontEnd {
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    static let ramBase: UInt64 = 0, userBase: UInt64 = 0x7F00_0000_0000
+    static let table: UInt64 = 0x1000, avail: UInt64 = 0x3000, used: UInt64 = 0x5000
+    /// Where request buffers live in the guest's RAM.
+    public static let buffers: UInt64 = 0x10000
+
+    public let ram: PhysicalMemory
+    public let size = 16
+    private let socket: Int32
+    public let kick = oy_shim_eventfd(), call = oy_shim_eventfd()
+    private var availIndex: UInt16 = 0
+    /// REPLY_ACK is in force (only once SET_PROTOCOL_FEATURES agreed it).
+    private var acknowledged = false
+    private var guestRAM: GuestMemory { GuestMemory(base: ram.base, size: ram.size) }
+
+    /// Connects to `path` and sets up queue 0 as QEMU would.
+    public init(path: String) throws {
+        ram = try PhysicalMemory(size: 1 << 20)
+        socket = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(socket, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else { throw Failure(description: "connect \(path): \(String(cString: strerror(errno)))") }
+        try negotiate()
+    }
+
+    deinit {
+        _ = close(socket)
+        _ = close(kick)
+        _ = close(call)
+    }
+
+    private func negotiate() throws {
+        let offered = Self.u64(try request(.getFeatures)?.payload ?? [])
+        try send(.setFeatures, Self.bytes(offered & (VhostUserBackend.transportFeatures | VhostUserBackend.protocolFeaturesBit)))
+        _ = try request(.getProtocolFeatures)
+        try send(.setProtocolFeatures, Self.bytes(UInt64(1 << 3)))  // REPLY_ACK
+        acknowledged = true
+        try send(.setOwner)
+        let table = Self.bytes(UInt32(1)) + Self.bytes(UInt32(0)) + Self.bytes(Self.ramBase) + Self.bytes(UInt64(ram.size)) + Self.bytes(Self.userBase) + Self.bytes(UInt64(0))
+        try send(.setMemTable, table, fds: [ram.fileDescriptor])
+        try send(.setVringNum, Self.bytes(UInt32(0)) + Self.bytes(UInt32(size)))
+        try send(.setVringBase, Self.bytes(UInt32(0)) + Self.bytes(UInt32(0)))
+        try send(.setVringAddr, Self.bytes(UInt32(0)) + Self.bytes(UInt32(0)) + Self.bytes(Self.userBase + Self.table)
+                 + Self.bytes(Self.userBase + Self.used) + Self.bytes(Self.userBase + Self.avail) + Self.bytes(UInt64(0)))
+        try send(.setVringKick, Self.bytes(UInt64(0)), fds: [kick])
+        try send(.setVringCall, Self.bytes(UInt64(0)), fds: [call])
+        try send(.setVringEnable, Self.bytes(UInt32(0)) + Self.bytes(UInt32(1)))
+    }
+
+    /// Sends a message and returns its reply: a GET's answer, or the
+    /// acknowledgement every other message asks for once REPLY_ACK is in
+    /// force (nil before then: nothing comes back).
+    @discardableResult
+    private func request(_ request: VhostUserMessage.Request, _ payload: [UInt8] = [], fds: [Int32] = []) throws -> VhostUserMessage? {
+        let isGet = request == .getFeatures || request == .getProtocolFeatures
+        let needsAck = !isGet && acknowledged
+        let flags = VhostUserMessage.version | (needsAck ? VhostUserMessage.needReplyFlag : 0)
+        guard VhostUserConnection.send(socket, VhostUserMessage(request: request.rawValue, flags: flags, payload: payload), fds: fds) else {
+            throw Failure(description: "\(request): the back-end closed the socket")
+        }
+        guard isGet || needsAck else { return nil }
+        var header = [UInt8](repeating: 0, count: VhostUserMessage.headerSize)
+        try readExactly(&header)
+        var payload = [UInt8](repeating: 0, count: try VhostUserMessage.payloadSize(ofHeader: header))
+        try readExactly(&payload)
+        let reply = try VhostUserMessage.decode(header: header, payload: payload)
+        if needsAck && Self.u64(reply.payload) != 0 { throw Failure(description: "\(request): the back-end answered \(Self.u64(reply.payload))") }
+        return reply
+    }
+
+    private func send(_ request: VhostUserMessage.Request, _ payload: [UInt8] = [], fds: [Int32] = []) throws {
+        try self.request(request, payload, fds: fds)
+    }
+
+    private func readExactly(_ buffer: inout [UInt8]) throws {
+        var offset = 0
+        while offset < buffer.count {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(socket, $0.baseAddress! + offset, $0.count - offset) }
+            guard n > 0 else { throw Failure(description: "the back-end closed the socket mid-reply") }
+            offset += n
+        }
+    }
+
+    /// Posts one writable buffer of `length` bytes as descriptor `slot`
+    /// and kicks; returns its guest address.
+    @discardableResult
+    public func postWritable(slot: Int, length: UInt32) -> UInt64 {
+        let address = Self.buffers + UInt64(slot) * 0x1000
+        var descriptor = Self.bytes(address) + Self.bytes(length) + Self.bytes(UInt16(2)) + Self.bytes(UInt16(0))
+        _ = guestRAM.write(descriptor, at: GuestAddress(Self.table + 16 * UInt64(slot)))
+        descriptor = Self.bytes(UInt16(slot))
+        _ = guestRAM.write(descriptor, at: GuestAddress(Self.avail + 4 + 2 * UInt64(Int(availIndex) % size)))
+        // used_event (EVENT_IDX): interrupt once this entry is used.
+        _ = guestRAM.write(Self.bytes(availIndex), at: GuestAddress(Self.avail + 4 + 2 * UInt64(size)))
+        availIndex &+= 1
+        _ = guestRAM.write(Self.bytes(availIndex), at: GuestAddress(Self.avail + 2))
+        var one: UInt64 = 1
+        _ = write(kick, &one, 8)
+        return address
+    }
+
+    /// Waits for the device's interrupt (a hang guard, not a timing check).
+    public func waitForInterrupt(timeout: Int32 = 10_000) -> Bool {
+        var fd = pollfd(fd: call, events: Int16(POLLIN), revents: 0)
+        guard poll(&fd, 1, timeout) == 1 else { return false }
+        var value: UInt64 = 0
+        return Glibc.read(call, &value, 8) == 8
+    }
+
+    /// Used-ring entries so far, as (descriptor, bytes written).
+    public var used: [(head: UInt32, written: UInt32)] {
+        let index = Self.u16(guestRAM.read(at: GuestAddress(Self.used + 2), count: 2)!)
+        return (0..<Int(index)).map { i in
+            let entry = guestRAM.read(at: GuestAddress(Self.used + 4 + 8 * UInt64(i % size)), count: 8)!
+            return (UInt32(Self.u64(entry) & 0xFFFF_FFFF), UInt32(Self.u64(entry) >> 32))
+        }
+    }
+
+    public func read(_ address: UInt64, count: Int) -> [UInt8] { guestRAM.read(at: GuestAddress(address), count: count) ?? [] }
+
+    static func bytes<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+    static func u64(_ b: [UInt8]) -> UInt64 { b.prefix(8).enumerated().reduce(0) { $0 | UInt64($1.element) << (8 * $1.offset) } }
+    static func u16(_ b: [UInt8]) -> UInt16 { UInt16(b[0]) | UInt16(b[1]) << 8 }
+}
