@@ -10,7 +10,8 @@ public protocol VhostUserDevice: AnyObject {
     func configSpace() -> [UInt8]
     /// Queue `index` is ready: serve it (kick is the driver's doorbell,
     /// call the interrupt to raise, either -1 when the front-end polls).
-    func start(queue index: Int, _ queue: SplitVirtqueue, kick: Int32, call: Int32)
+    /// Throws `.deviceStart` when the root lacks what serving it takes.
+    func start(queue index: Int, _ queue: SplitVirtqueue, kick: Int32, call: Int32) throws(VhostUserError)
     /// Stop serving queue `index` and return when nothing touches it.
     func stop(queue index: Int)
 }
@@ -235,8 +236,8 @@ public final class VhostUserBackend: @unchecked Sendable {
         } catch {
             throw .queue(index: index, error)
         }
+        try device.start(queue: index, queue, kick: q.kick, call: q.call)
         queues[index].ring = queue
-        device.start(queue: index, queue, kick: q.kick, call: q.call)
     }
 
     /// Stops queue `index`; where it stood becomes the base GET_VRING_BASE

@@ -1,3 +1,5 @@
+import Glibc
+
 /// One vhost-user message (QEMU's docs/interop/vhost-user.rst): a 12-byte
 /// header — request, flags, payload size — then the payload, with file
 /// descriptors passed alongside (SCM_RIGHTS). Little-endian.
@@ -82,6 +84,9 @@ public enum VhostUserError: Error, Equatable, CustomStringConvertible, Sendable 
     case memoryTable(MemoryTableError)
     case queue(index: Int, VirtqueueError)
     case config(offset: UInt32, size: UInt32)
+    /// The device could not start serving a queue (the root ran out of a
+    /// resource, e.g. descriptors); errno says which.
+    case deviceStart(queue: Int, errno: Int32)
 
     public var description: String {
         switch self {
@@ -97,6 +102,7 @@ public enum VhostUserError: Error, Equatable, CustomStringConvertible, Sendable 
         case .memoryTable(let error): "memory table: \(error)"
         case .queue(let index, let error): "queue \(index): \(error)"
         case .config(let offset, let size): "config access at \(offset)+\(size) is outside config space"
+        case .deviceStart(let queue, let errno): "queue \(queue) could not start: \(String(cString: strerror(errno)))"
         }
     }
 }

@@ -24,16 +24,19 @@ final class QueueWorker: @unchecked Sendable {
     private let serve: Serve
     private let failed: Failed
 
-    init(queue: SplitVirtqueue, kick: Int32, call: Int32, serve: @escaping Serve, failed: @escaping Failed) {
+    /// Throws the errno when the stop doorbell cannot be made.
+    init(queue: SplitVirtqueue, kick: Int32, call: Int32, serve: @escaping Serve, failed: @escaping Failed) throws(Errno) {
+        stopEvent = oy_shim_eventfd()
+        guard stopEvent >= 0 else { throw Errno(code: oy_shim_errno()) }
         self.queue = queue
         self.kick = kick
         self.call = call
         self.serve = serve
         self.failed = failed
-        stopEvent = oy_shim_eventfd()
-        precondition(stopEvent >= 0, "eventfd: \(String(cString: strerror(errno)))")
         Thread.detachNewThread { [self] in run() }
     }
+
+    struct Errno: Error { let code: Int32 }
 
     /// Returns once the thread no longer touches the queue.
     func stop() {

@@ -27,17 +27,25 @@ public final class VhostUserRNG: VhostUserDevice, @unchecked Sendable {
 
     public func configSpace() -> [UInt8] { [] }
 
-    public func start(queue index: Int, _ queue: SplitVirtqueue, kick: Int32, call: Int32) {
-        worker = QueueWorker(queue: queue, kick: kick, call: call, serve: { [source] chain in
-            // A chain with no writable buffer gets nothing (and says so).
-            var written = 0
-            for buffer in chain.writable {
-                let produced = min(max(source(buffer), 0), buffer.count)
-                written += produced
-                if produced < buffer.count { break }
-            }
-            return UInt32(written)
-        }, failed: failure)
+    public func start(queue index: Int, _ queue: SplitVirtqueue, kick: Int32, call: Int32) throws(VhostUserError) {
+        let source = self.source
+        do {
+            worker = try QueueWorker(queue: queue, kick: kick, call: call, serve: { Self.fill($0, from: source) }, failed: failure)
+        } catch {
+            throw .deviceStart(queue: index, errno: error.code)
+        }
+    }
+
+    /// Fills a chain's writable buffers in order until the source runs
+    /// short; a chain with no writable buffer gets nothing.
+    private static func fill(_ chain: DescriptorChain, from source: Source) -> UInt32 {
+        var written = 0
+        for buffer in chain.writable {
+            let produced = min(max(source(buffer), 0), buffer.count)
+            written += produced
+            if produced < buffer.count { break }
+        }
+        return UInt32(written)
     }
 
     public func stop(queue index: Int) {

@@ -11,7 +11,12 @@ final class RecordingDevice: VhostUserDevice {
     var started: [Int] = []
     var stopped: [Int] = []
     func configSpace() -> [UInt8] { Array(0..<32) }
-    func start(queue index: Int, _ queue: SplitVirtqueue, kick: Int32, call: Int32) { started.append(index) }
+    /// Set to make the next start fail, as a root out of descriptors would.
+    var startFailure: VhostUserError?
+    func start(queue index: Int, _ queue: SplitVirtqueue, kick: Int32, call: Int32) throws(VhostUserError) {
+        if let startFailure { throw startFailure }
+        started.append(index)
+    }
     func stop(queue index: Int) { stopped.append(index) }
 }
 
@@ -89,6 +94,15 @@ struct ClosureProbe {
         #expect(device.stopped == [0] && device.started == [0, 0], "stopped before the old call descriptor was closed, then restarted")
         let base = try #require(try backend.handle(FrontEnd.message(.getVringBase, FrontEnd.state(0, 0)), fds: []))
         #expect(base.payload == FrontEnd.state(0, 5) && device.stopped == [0, 0], "stopped, and where it stood")
+        // A device that cannot start a queue: the front-end is refused with
+        // the reason, and the ring is not left half-started.
+        device.startFailure = .deviceStart(queue: 0, errno: EMFILE)
+        _ = try backend.handle(FrontEnd.message(.setVringEnable, FrontEnd.state(0, 0)), fds: [])
+        #expect(throws: VhostUserError.deviceStart(queue: 0, errno: EMFILE)) {
+            try backend.handle(FrontEnd.message(.setVringEnable, FrontEnd.state(0, 1)), fds: [])
+        }
+        _ = try backend.handle(FrontEnd.message(.getVringBase, FrontEnd.state(0, 0)), fds: [])
+        #expect(device.stopped == [0, 0], "a queue that never started is not stopped")
         let config = try #require(try backend.handle(FrontEnd.message(.getConfig, FrontEnd.u32(8) + FrontEnd.u32(4) + FrontEnd.u32(0) + [0, 0, 0, 0]), fds: []))
         #expect(config.payload.suffix(4) == [8, 9, 10, 11])
     }

@@ -64,7 +64,7 @@ struct Doorbells {
         defer { bells.close() }
         let source = CountingSource()
         let device = VhostUserRNG(source: { source.fill($0) })
-        device.start(queue: 0, try g.queue(eventIndex: true), kick: bells.kick, call: bells.call)
+        try device.start(queue: 0, try g.queue(eventIndex: true), kick: bells.kick, call: bells.call)
         defer { device.stop(queue: 0) }
 
         g.descriptor(0, at: Self.buffers, length: 64, flags: 2)
@@ -95,7 +95,7 @@ struct Doorbells {
         defer { bells.close() }
         let source = CountingSource()
         let device = VhostUserRNG(source: { source.fill($0) })
-        device.start(queue: 0, try g.queue(), kick: bells.kick, call: bells.call)
+        try device.start(queue: 0, try g.queue(), kick: bells.kick, call: bells.call)
         defer { device.stop(queue: 0) }
         for round in 0..<20 {
             g.descriptor(round % 16, at: Self.buffers + UInt64(round) * 8, length: 8, flags: 2)
@@ -112,7 +112,7 @@ struct Doorbells {
         let bells = Doorbells()
         defer { bells.close() }
         let device = VhostUserRNG(source: { _ in 0 })
-        device.start(queue: 0, try g.queue(), kick: bells.kick, call: bells.call)
+        try device.start(queue: 0, try g.queue(), kick: bells.kick, call: bells.call)
         defer { device.stop(queue: 0) }
         g.descriptor(0, at: Self.buffers, length: 32, flags: 2)
         g.descriptor(1, at: Self.buffers + 0x100, length: 32)  // nothing writable
@@ -130,7 +130,7 @@ struct Doorbells {
         let failures = Reports<VirtqueueError>()
         let source = CountingSource()
         let device = VhostUserRNG(source: { source.fill($0) }, failure: { failures.add($0) })
-        device.start(queue: 0, try g.queue(), kick: bells.kick, call: bells.call)
+        try device.start(queue: 0, try g.queue(), kick: bells.kick, call: bells.call)
         g.post(99)  // a head beyond the table
         bells.ring()
         #expect(failures.next())
@@ -148,9 +148,9 @@ struct Doorbells {
         let bells = Doorbells()
         defer { bells.close() }
         let device = VhostUserRNG(source: { _ in 0 })
-        device.start(queue: 0, try g.queue(), kick: bells.kick, call: bells.call)
+        try device.start(queue: 0, try g.queue(), kick: bells.kick, call: bells.call)
         device.stop(queue: 0)
-        device.start(queue: 0, try g.queue(), kick: -1, call: -1)  // a front-end that polls
+        try device.start(queue: 0, try g.queue(), kick: -1, call: -1)  // a front-end that polls
         g.descriptor(0, at: Self.buffers, length: 8, flags: 2)
         g.post(0)
         let deadline = Date(timeIntervalSinceNow: 10)
