@@ -143,6 +143,20 @@ public final class IPStack: @unchecked Sendable {
         lock.withLock { replies.contains(UInt32(id) << 16 | UInt32(sequence)) }
     }
 
+    /// Pings `target` `count` times from an ordinary thread (not a VP,
+    /// which halts instead), waiting up to `timeout` seconds for each
+    /// reply; returns how many were answered.
+    public func pingAndWait(_ target: [UInt8], id: UInt16, count: Int, timeout: Double = 2) -> Int {
+        var answered = 0
+        for sequence in 1...UInt16(count) {
+            ping(target, id: id, sequence: sequence)
+            let deadline = Date(timeIntervalSinceNow: timeout)
+            while !hasReply(id: id, sequence: sequence) && Date() < deadline { Thread.sleep(forTimeInterval: 0.002) }
+            if hasReply(id: id, sequence: sequence) { answered += 1 }
+        }
+        return answered
+    }
+
     public func sendUDP(to target: [UInt8], from sourcePort: UInt16, port: UInt16, _ data: [UInt8]) {
         let length = 8 + data.count
         let udp: [UInt8] = [UInt8(sourcePort >> 8), UInt8(sourcePort & 0xFF), UInt8(port >> 8), UInt8(port & 0xFF),

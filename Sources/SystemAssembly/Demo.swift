@@ -128,7 +128,7 @@ public struct DemoRunner {
         var network = false
         if let eth0 = kernel.network.interfaces.first {
             let stack = Self.hostStack(on: eth0, ip: Self.bareAddress)
-            let out = Self.ping(stack, Outside.address, count: 3)
+            let out = stack.pingAndWait(Outside.address, id: 0xBA, count: 3)
             let back = outside.ping(Self.bareAddress, count: 3)
             network = out == 3 && back == 3
             progress("[bare] eth0 192.0.2.2: pinged the outside \(out)/3; the outside pinged us \(back)/3 (through e1klite)")
@@ -392,18 +392,6 @@ public struct DemoRunner {
         let stack = IPStack(mac: interface.mac, ip: ip) { frame in _ = interface.send(frame) }
         interface.setUpperLayer { bytes in stack.received(Array(bytes)) }
         return stack
-    }
-
-    /// Pings from a thread of the OS (not a VP): polls for each reply.
-    static func ping(_ stack: IPStack, _ target: [UInt8], count: Int) -> Int {
-        var answered = 0
-        for sequence in 1...UInt16(count) {
-            stack.ping(target, id: 0xBA, sequence: sequence)
-            let deadline = Date(timeIntervalSinceNow: 2)
-            while !stack.hasReply(id: 0xBA, sequence: sequence) && Date() < deadline { Thread.sleep(forTimeInterval: 0.002) }
-            if stack.hasReply(id: 0xBA, sequence: sequence) { answered += 1 }
-        }
-        return answered
     }
 
     static func dotted(_ ip: [UInt8]) -> String { ip.map(String.init).joined(separator: ".") }

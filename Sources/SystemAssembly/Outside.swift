@@ -80,14 +80,5 @@ final class SimulatedHost: Wire, WireEnd, @unchecked Sendable {
     func deliver(_ frame: [UInt8]) { stack.received(frame) }
     func setCarrier(_ up: Bool) {}
 
-    func ping(_ target: [UInt8], count: Int) -> Int {
-        var answered = 0
-        for sequence in 1...UInt16(count) {
-            stack.ping(target, id: 0xEE, sequence: sequence)
-            let deadline = Date(timeIntervalSinceNow: 2)
-            while !stack.hasReply(id: 0xEE, sequence: sequence) && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
-            if stack.hasReply(id: 0xEE, sequence: sequence) { answered += 1 }
-        }
-        return answered
-    }
+    func ping(_ target: [UInt8], count: Int) -> Int { stack.pingAndWait(target, id: 0xEE, count: count) }
 }
