@@ -29,6 +29,8 @@ public final class VhostUserBackend: @unchecked Sendable {
     /// Transport features every device here has: VERSION_1, EVENT_IDX, INDIRECT_DESC.
     public static let transportFeatures: UInt64 = 1 << 32 | 1 << 29 | 1 << 28
     static let eventIndexBit: UInt64 = 1 << 29
+    /// VHOST_USER_MAX_CONFIG_SIZE: the most config space a message carries.
+    static let configLimit = 256
 
     private struct QueueState {
         var size = 0
@@ -106,8 +108,12 @@ public final class VhostUserBackend: @unchecked Sendable {
             try Self.expectFDs(fds, 0, name)
             guard p.count >= 12 else { throw .badPayload(request: name, size: p.count) }
             let offset = VhostUserMessage.u32(p, 0), size = VhostUserMessage.u32(p, 4)
-            let config = device.configSpace()
-            guard p.count == 12 + Int(size), UInt64(offset) + UInt64(size) <= UInt64(config.count) else { throw .config(offset: offset, size: size) }
+            // A VMM asks for its own idea of the config struct's size (newer
+            // headers have more fields): what the device does not define reads
+            // as zero, up to the protocol's limit.
+            var config = device.configSpace()
+            guard p.count == 12 + Int(size), UInt64(offset) + UInt64(size) <= UInt64(Self.configLimit) else { throw .config(offset: offset, size: size) }
+            config += [UInt8](repeating: 0, count: max(0, Self.configLimit - config.count))
             reply = Array(p[0..<12]) + Array(config[Int(offset)..<Int(offset + size)])
         case .setConfig:
             try Self.expectFDs(fds, 0, name)

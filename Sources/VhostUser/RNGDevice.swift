@@ -30,7 +30,7 @@ public final class VhostUserRNG: VhostUserDevice, @unchecked Sendable {
     public func start(queue index: Int, _ queue: SplitVirtqueue, kick: Int32, call: Int32) throws(VhostUserError) {
         let source = self.source
         do {
-            worker = try QueueWorker(queue: queue, kick: kick, call: call, serve: { Self.fill($0, from: source) }, failed: failure)
+            worker = try QueueWorker(queue: queue, kick: kick, call: call, serve: { chain, done in done(written: Self.fill(chain, from: source)) }, failed: failure)
         } catch {
             throw .deviceStart(queue: index, errno: error.code)
         }

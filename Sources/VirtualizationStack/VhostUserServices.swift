@@ -36,9 +36,30 @@ public enum VhostUserServices {
     /// Serves virtio-rng on the Unix socket `path`, one device per
     /// connecting VMM. Stop the returned server to end every connection.
     public static func serveRNG(at path: String, entropy: EntropySubsystem) throws(VhostUserServer.ListenError) -> VhostUserServer {
-        let logger = Logger(label: "oyako.vhost-user.rng")
-        return try VhostUserServer(path: path, makeBackend: { VhostUserBackend(device: rng(entropy: entropy)) }, ended: { why in
-            logger.info("a VMM's rng connection ended: \(why)")
+        try serve("rng", at: path) { rng(entropy: entropy) }
+    }
+
+    /// A virtio-blk device on `region` (a region of a Kernel disk, so the
+    /// vendor's block driver does its I/O).
+    public static func block(region: DiskRegion) -> VhostUserBlock {
+        let logger = Logger(label: "oyako.vhost-user.blk")
+        return VhostUserBlock(target: region, failure: { error in
+            logger.error("a guest corrupted its queue on \(region.disk.name); the queue is no longer served: \(error)")
+        })
+    }
+
+    /// Serves virtio-blk on `region` at the Unix socket `path`. One VMM
+    /// at a time should use a region: two would share its blocks.
+    public static func serveBlock(at path: String, region: DiskRegion) throws(VhostUserServer.ListenError) -> VhostUserServer {
+        try serve("blk", at: path) { block(region: region) }
+    }
+
+    private static func serve(_ kind: String, at path: String, device: @escaping @Sendable () -> any VhostUserDevice) throws(VhostUserServer.ListenError)
+        -> VhostUserServer
+    {
+        let logger = Logger(label: "oyako.vhost-user.\(kind)")
+        return try VhostUserServer(path: path, makeBackend: { VhostUserBackend(device: device()) }, ended: { why in
+            logger.info("a VMM's \(kind) connection ended: \(why)")
         })
     }
 }

@@ -105,6 +105,9 @@ struct ClosureProbe {
         #expect(device.stopped == [0, 0], "a queue that never started is not stopped")
         let config = try #require(try backend.handle(FrontEnd.message(.getConfig, FrontEnd.u32(8) + FrontEnd.u32(4) + FrontEnd.u32(0) + [0, 0, 0, 0]), fds: []))
         #expect(config.payload.suffix(4) == [8, 9, 10, 11])
+        // A VMM whose headers know a longer config struct reads zeros past the device's fields.
+        let longer = try #require(try backend.handle(FrontEnd.message(.getConfig, FrontEnd.u32(28) + FrontEnd.u32(8) + FrontEnd.u32(0) + [UInt8](repeating: 0xEE, count: 8)), fds: []))
+        #expect(longer.payload.suffix(8) == [28, 29, 30, 31, 0, 0, 0, 0])
     }
 
     /// A hostile or broken front-end: every message is refused with its
@@ -131,7 +134,7 @@ struct ClosureProbe {
         refuse(FrontEnd.message(.setVringNum, FrontEnd.state(7, 16)), .queueIndex(7, queues: 2))
         refuse(FrontEnd.message(.setVringNum, FrontEnd.state(0, 12)), .queue(index: 0, .badSize(12)))
         refuse(FrontEnd.message(.setVringKick, FrontEnd.u64(0)), .fileDescriptors(request: "setVringKick", expected: "1", got: 0))
-        refuse(FrontEnd.message(.getConfig, FrontEnd.u32(30) + FrontEnd.u32(4) + FrontEnd.u32(0) + [0, 0, 0, 0]), .config(offset: 30, size: 4))
+        refuse(FrontEnd.message(.getConfig, FrontEnd.u32(254) + FrontEnd.u32(4) + FrontEnd.u32(0) + [0, 0, 0, 0]), .config(offset: 254, size: 4))
         refuse(FrontEnd.message(.setLogBase, FrontEnd.u64(0)), fds: 1, .features("dirty logging was not offered"))
         #expect(device.started.isEmpty)
 
