@@ -93,6 +93,9 @@ let package = Package(
         // view of a VM's memory and its split virtqueues, every guest address
         // validated. On the virtualization-stack layer.
         .target(name: "VhostUser", dependencies: ["Machine", "CSystemShims"]),
+        // Real VMs under an external VMM: the guest image from Debian's
+        // packages and the QEMU processes the root supervises.
+        .target(name: "ExternalVMM", dependencies: ["CSystemShims", "SDKTools", .product(name: "Crypto", package: "swift-crypto")]),
         // The child-partition OS: VMBus client, VSCs, on its own VP.
         .target(
             name: "Guest",
@@ -142,7 +145,7 @@ let package = Package(
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Machine", "CSystemShims"]),
         .testTarget(
             name: "VirtualizationTests",
-            dependencies: ["VirtualizationStack", "VhostUser", "Guest", "VMBus", "Hypervisor", "Kernel", "Workloads", "NetStack", "Devices", "DriverHost", "SystemAssembly", "OyakoTestSupport"]
+            dependencies: ["ExternalVMM", .product(name: "Crypto", package: "swift-crypto"), "VirtualizationStack", "VhostUser", "Guest", "VMBus", "Hypervisor", "Kernel", "Workloads", "NetStack", "Devices", "DriverHost", "SystemAssembly", "OyakoTestSupport"]
         ),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices", "OyakoTestSupport"]),
         .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "DriverFile", "SDKTools", "Kernel", "Machine", "Devices", "OyakoTestSupport"]),

@@ -174,3 +174,22 @@ int oy_shim_unix_listen(const char *path) {
 int oy_shim_eventfd(void) {
     return eventfd(0, EFD_CLOEXEC);
 }
+
+#include <signal.h>
+#include <sys/prctl.h>
+
+int oy_shim_spawn_tethered(const char *path, char *const argv[], int output_fd) {
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid != 0) return pid;  /* the parent, or -1 with errno */
+    /* The child: only async-signal-safe calls until exec. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(127);
+    setpgid(0, 0);
+    int in = open("/dev/null", O_RDONLY);
+    if (in < 0 || dup2(in, 0) < 0 || dup2(output_fd, 1) < 0 || dup2(output_fd, 2) < 0) _exit(127);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execv(path, argv);
+    _exit(127);
+}

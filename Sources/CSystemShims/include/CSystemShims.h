@@ -65,6 +65,13 @@ int oy_shim_unix_listen(const char *path);
  * doorbells of vhost-user queues). Returns the descriptor or -1 with errno. */
 int oy_shim_eventfd(void);
 
+/* Starts `path` with `argv` (NULL-terminated) in its own process group,
+ * stdin from /dev/null, stdout and stderr to `output_fd`, and tethered: the
+ * kernel sends it SIGKILL when the thread that started it ends, so a VMM
+ * never outlives the process supervising it (call from a thread that lives
+ * as long as the process). Returns the pid or -1 with errno. */
+int oy_shim_spawn_tethered(const char *path, char *const argv[], int output_fd);
+
 /* errno of the last failing call on this thread. */
 int oy_shim_errno(void);
 
