@@ -187,6 +187,8 @@ int oy_shim_spawn_tethered(const char *path, char *const argv[], int output_fd) 
     setpgid(0, 0);
     int in = open("/dev/null", O_RDONLY);
     if (in < 0 || dup2(in, 0) < 0 || dup2(output_fd, 1) < 0 || dup2(output_fd, 2) < 0) _exit(127);
+    /* Nothing else of the supervisor's leaks in (sockets, pipes, memfds). */
+    close_range(3, ~0U, 0);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);

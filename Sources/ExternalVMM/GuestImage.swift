@@ -46,6 +46,9 @@ public struct GuestImage: Codable, Sendable, Equatable {
     public let busyboxVersion: String
     public let kernelPath: String
     public let initramfsPath: String
+    /// The same busybox, for the host's end of a guest's checks (a TCP
+    /// listener in a test's network namespace).
+    public let busyboxPath: String
     /// Which init and module list built it: a change rebuilds the initramfs.
     let recipe: String
 
@@ -89,7 +92,7 @@ public struct GuestImage: Codable, Sendable, Equatable {
     static func cached(in cache: String) -> GuestImage? {
         guard let data = FileManager.default.contents(atPath: cache + "/image.json"),
             let image = try? JSONDecoder().decode(GuestImage.self, from: data), image.recipe == recipe,
-            FileManager.default.fileExists(atPath: image.initramfsPath),
+            FileManager.default.fileExists(atPath: image.initramfsPath), FileManager.default.isExecutableFile(atPath: image.busyboxPath),
             let kernel = FileManager.default.contents(atPath: image.kernelPath), sha256(kernel) == image.kernel.sha256
         else { return nil }
         return image
@@ -123,8 +126,11 @@ public struct GuestImage: Codable, Sendable, Equatable {
         let image = GuestImage(kernel: Kernel(package: package, version: try DebianPackages.field("Version", of: kernelDeb), release: release,
                                               sha256: sha256(kernelBytes)),
                                busyboxVersion: try DebianPackages.field("Version", of: busyboxDeb),
-                               kernelPath: cache + "/vmlinuz-\(release)", initramfsPath: cache + "/initramfs-oyako.cpio", recipe: recipe)
+                               kernelPath: cache + "/vmlinuz-\(release)", initramfsPath: cache + "/initramfs-oyako.cpio",
+                               busyboxPath: cache + "/busybox", recipe: recipe)
         do {
+            try? FileManager.default.removeItem(atPath: image.busyboxPath)
+            try FileManager.default.copyItem(atPath: scratch + "/bin/busybox", toPath: image.busyboxPath)
             try kernelBytes.write(to: URL(fileURLWithPath: image.kernelPath), options: .atomic)
             try initramfs.write(to: URL(fileURLWithPath: image.initramfsPath), options: .atomic)
             try JSONEncoder().encode(image).write(to: URL(fileURLWithPath: cache + "/image.json"), options: .atomic)

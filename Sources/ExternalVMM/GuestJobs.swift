@@ -11,7 +11,8 @@ public enum GuestJobs {
     /// makes an ext2 file system on `/dev/<fs>` (busybox mke2fs, mounted by
     /// the kernel's ext4), writes a file, reports `fs-made <sha>` and asks
     /// for a reboot. Boot 2 finds the file system, reports `fs-verified <sha>`.
-    public static func storage(seed: UInt32, pattern: String = "vda", fs: String = "vdb") -> String {
+    /// `firstBoot` runs after the storage checks on boot 1 only.
+    public static func storage(seed: UInt32, pattern: String = "vda", fs: String = "vdb", firstBoot: String = "") -> String {
         var writes = "", offset = 0
         for (size, mebibytes) in writeSizes {
             let blocks = mebibytes << 20 / size, skip = offset << 20 / size
@@ -44,8 +45,53 @@ public enum GuestJobs {
             cp /tmp/block /mnt/payload && echo 1 > /mnt/written-at-boot || fail copy
             umount /mnt || fail umount
             echo "OYAKO fs-made $(sha256sum /tmp/block | cut -d' ' -f1)"
+            \(firstBoot)
             touch /tmp/reboot
 
             """
+    }
+
+    /// A guest NIC, found by its MAC, and the address (CIDR) it gets.
+    public struct NIC: Sendable {
+        public let mac: String
+        public let address: String
+        public init(mac: String, address: String) { self.mac = mac; self.address = address }
+    }
+
+    /// Brings up `nics`, pings each of `pings` three times (reports
+    /// `ping-<name> <received>`), and sends `transferMebibytes` MiB of random
+    /// bytes over TCP to `transfer` (reports `tcp-sent <sha256> <start> <end>`).
+    public static func network(nics: [NIC], pings: [(name: String, address: String)], transfer: (address: String, port: Int)?,
+                               transferMebibytes: Int = 16) -> String {
+        var script = """
+            fail() { echo "OYAKO error $1"; exit 1; }
+            nic() { for n in /sys/class/net/*; do [ "$(cat $n/address)" = "$1" ] && basename $n; done; }
+            ip link set lo up
+
+            """
+        for nic in nics {
+            script += """
+                dev=$(nic \(nic.mac)); [ -n "$dev" ] || fail "no NIC \(nic.mac)"
+                ip addr add \(nic.address) dev $dev && ip link set $dev up || fail "cannot configure $dev"
+
+                """
+        }
+        for ping in pings {
+            script += """
+                echo "OYAKO ping-\(ping.name) $(ping -c 3 -W 3 \(ping.address) | sed -n 's/.* \\([0-9]*\\) packets received.*/\\1/p')"
+
+                """
+        }
+        if let transfer {
+            script += """
+                dd if=/dev/urandom of=/tmp/payload bs=1048576 count=\(transferMebibytes) 2>/dev/null || fail payload
+                start=$(cut -d' ' -f1 /proc/uptime)
+                nc \(transfer.address) \(transfer.port) < /tmp/payload || fail "tcp to \(transfer.address)"
+                echo "OYAKO tcp-sent $(sha256sum /tmp/payload | cut -d' ' -f1) $start $(cut -d' ' -f1 /proc/uptime)"
+                rm /tmp/payload
+
+                """
+        }
+        return script
     }
 }

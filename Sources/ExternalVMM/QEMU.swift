@@ -94,17 +94,7 @@ public final class QEMUMachine: @unchecked Sendable {
         }
     }
 
-    public enum Exit: Sendable, Equatable, CustomStringConvertible {
-        case exited(Int32)
-        case signaled(Int32)
-
-        public var description: String {
-            switch self {
-            case .exited(let code): "exited with status \(code)"
-            case .signaled(let signal): "killed by signal \(signal)"
-            }
-        }
-    }
+    public typealias Exit = SupervisedProcess.Exit
 
     public enum StartError: Error, CustomStringConvertible, Sendable {
         case io(String)
@@ -119,13 +109,14 @@ public final class QEMUMachine: @unchecked Sendable {
     }
 
     public let configuration: Configuration
-    public let pid: pid_t
+    /// The QEMU process.
+    public let process: SupervisedProcess
+    public var pid: pid_t { process.pid }
     public var consolePath: String { configuration.directory + "/console.log" }
     public let startedAt = Date()
 
     private let lock = NSCondition()
     private var reports: [(key: String, value: String)] = []
-    private var exitStatus: Exit?
 
     public init(_ configuration: Configuration) throws(StartError) {
         self.configuration = configuration
@@ -146,16 +137,17 @@ public final class QEMUMachine: @unchecked Sendable {
         // Neither end may leak into other children (the VMM gets its end as stdout).
         for fd in pipeFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         let arguments = Self.arguments(configuration, job: jobPath)
-        let pid = Tether.shared.spawn(configuration.vmm.path, [configuration.vmm.path] + arguments, output: pipeFDs[1])
+        let started = SupervisedProcess.start(configuration.vmm.path, arguments, output: pipeFDs[1])
         close(pipeFDs[1])
-        guard pid > 0 else {
+        switch started {
+        case .success(let process): self.process = process
+        case .failure(let error):
             close(pipeFDs[0])
-            throw .spawn(errno: -pid)
+            throw .spawn(errno: error.errno)
         }
-        self.pid = pid
         let readEnd = pipeFDs[0]
         Thread.detachNewThread { [self] in readConsole(readEnd, into: log) }
-        Thread.detachNewThread { [self] in reap() }
+        process.onExit { [weak self] _ in self?.lock.withLock { self?.lock.broadcast() } }
     }
 
     deinit { stop() }
@@ -174,9 +166,12 @@ public final class QEMUMachine: @unchecked Sendable {
         for (i, disk) in c.disks.enumerated() {
             a += ["-chardev", "socket,id=disk\(i),path=\(disk)", "-device", "vhost-user-blk-pci,chardev=disk\(i),num-queues=1"]
         }
+        // QEMU 7.2 (Debian 12) crashes in msix_set_vector_notifiers when a
+        // vhost-user NIC starts under TCG (no irqfd): such NICs use INTx.
+        let vectors = c.vmm.accelerator == .tcg ? ",vectors=0" : ""
         for (i, nic) in c.nics.enumerated() {
             a += ["-chardev", "socket,id=nic\(i),path=\(nic.socket)", "-netdev", "vhost-user,id=net\(i),chardev=nic\(i)",
-                  "-device", "virtio-net-pci,netdev=net\(i),mac=\(nic.mac)"]
+                  "-device", "virtio-net-pci,netdev=net\(i),mac=\(nic.mac)\(vectors)"]
         }
         if let rng = c.rng { a += ["-chardev", "socket,id=rng0,path=\(rng)", "-device", "vhost-user-rng-pci,chardev=rng0"] }
         return a
@@ -188,37 +183,24 @@ public final class QEMUMachine: @unchecked Sendable {
     /// The last value reported for `key`.
     public func report(_ key: String) -> String? { lock.withLock { reports.last { $0.key == key }?.value } }
 
-    public var exit: Exit? { lock.withLock { exitStatus } }
+    public var exit: Exit? { process.exit }
 
     /// Waits until the guest reports `key` (true) or QEMU exits or `timeout` passes (false).
     public func waitForReport(_ key: String, count: Int = 1, timeout: TimeInterval) -> Bool {
         let deadline = Date(timeIntervalSinceNow: timeout)
         return lock.withLock {
             while reports.filter({ $0.key == key }).count < count {
-                if exitStatus != nil || !lock.wait(until: deadline) { return reports.filter { $0.key == key }.count >= count }
+                if process.exit != nil || !lock.wait(until: deadline) { return reports.filter { $0.key == key }.count >= count }
             }
             return true
         }
     }
 
     /// Waits for QEMU to exit; nil when it outlived `timeout`.
-    public func waitForExit(timeout: TimeInterval) -> Exit? {
-        let deadline = Date(timeIntervalSinceNow: timeout)
-        return lock.withLock {
-            while exitStatus == nil { if !lock.wait(until: deadline) { break } }
-            return exitStatus
-        }
-    }
+    public func waitForExit(timeout: TimeInterval) -> Exit? { process.waitForExit(timeout: timeout) }
 
     /// Ends the VM: SIGTERM (QEMU shuts down), then SIGKILL if it lingers.
-    public func stop() {
-        guard exit == nil else { return }
-        kill(pid, SIGTERM)
-        if waitForExit(timeout: 5) == nil {
-            kill(pid, SIGKILL)
-            _ = waitForExit(timeout: 10)
-        }
-    }
+    public func stop() { process.stop() }
 
     /// The console: copied to the log file line by line, `OYAKO` lines parsed.
     private func readConsole(_ fd: Int32, into log: FileHandle) {
@@ -250,71 +232,4 @@ public final class QEMUMachine: @unchecked Sendable {
         }
     }
 
-    private func reap() {
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let exit: Exit = status & 0x7F == 0 ? .exited((status >> 8) & 0xFF) : .signaled(status & 0x7F)
-        lock.withLock {
-            exitStatus = exit
-            lock.broadcast()
-        }
-    }
-}
-
-/// The one long-lived thread that starts VMM processes: PR_SET_PDEATHSIG
-/// fires when the *thread* that forked the child ends, so children are
-/// forked from a thread that lives as long as the process.
-final class Tether: @unchecked Sendable {
-    // @unchecked Sendable: requests pass through `lock`.
-    static let shared = Tether()
-
-    private final class Request: @unchecked Sendable {
-        // @unchecked Sendable: `pid` is written before `done` is signalled, read after.
-        let path: String
-        let arguments: [String]
-        let output: Int32
-        let done = DispatchSemaphore(value: 0)
-        var pid: pid_t = 0
-
-        init(path: String, arguments: [String], output: Int32) {
-            self.path = path
-            self.arguments = arguments
-            self.output = output
-        }
-    }
-
-    private let lock = NSCondition()
-    private var requests: [Request] = []
-
-    private init() {
-        let thread = Thread { [self] in serve() }
-        thread.name = "oyako-vmm-tether"
-        thread.start()
-    }
-
-    /// The child's pid, or -errno.
-    func spawn(_ path: String, _ arguments: [String], output: Int32) -> pid_t {
-        let request = Request(path: path, arguments: arguments, output: output)
-        lock.withLock {
-            requests.append(request)
-            lock.signal()
-        }
-        request.done.wait()
-        return request.pid
-    }
-
-    private func serve() {
-        while true {
-            let request = lock.withLock { () -> Request in
-                while requests.isEmpty { lock.wait() }
-                return requests.removeFirst()
-            }
-            var cArguments = request.arguments.map { strdup($0) }
-            cArguments.append(nil)
-            let pid = oy_shim_spawn_tethered(request.path, cArguments, request.output)
-            request.pid = pid > 0 ? pid : -oy_shim_errno()
-            for pointer in cArguments { free(pointer) }
-            request.done.signal()
-        }
-    }
 }

@@ -14,6 +14,12 @@ public protocol VhostUserDevice: AnyObject {
     func start(queue index: Int, _ queue: SplitVirtqueue, kick: Int32, call: Int32) throws(VhostUserError)
     /// Stop serving queue `index` and return when nothing touches it.
     func stop(queue index: Int)
+    /// Whether the VMM reads config space from the back-end (GET_CONFIG).
+    var configSpaceFromBackEnd: Bool { get }
+}
+
+extension VhostUserDevice {
+    public var configSpaceFromBackEnd: Bool { true }
 }
 
 /// The generic half of a vhost-user back-end: feature and protocol-feature
@@ -60,7 +66,11 @@ public final class VhostUserBackend: @unchecked Sendable {
     }
 
     public var offeredFeatures: UInt64 { device.deviceFeatures | Self.transportFeatures | Self.protocolFeaturesBit }
-    public static var offeredProtocolFeatures: UInt64 { ProtocolFeature.allBits }
+    /// MQ and REPLY_ACK always; CONFIG when the device's config space is
+    /// the back-end's to give (a NIC's is QEMU's: it sets the MAC itself).
+    public var offeredProtocolFeatures: UInt64 {
+        device.configSpaceFromBackEnd ? ProtocolFeature.allBits : ProtocolFeature.allBits & ~ProtocolFeature.config.bit
+    }
 
     /// Handles one message with the descriptors that came with it (taken
     /// over: kept or closed). Returns the reply to send, if any.
@@ -82,11 +92,11 @@ public final class VhostUserBackend: @unchecked Sendable {
             features = wanted
         case .getProtocolFeatures:
             try Self.expectFDs(fds, 0, name)
-            reply = VhostUserMessage.bytes(Self.offeredProtocolFeatures)
+            reply = VhostUserMessage.bytes(offeredProtocolFeatures)
         case .setProtocolFeatures:
             try Self.expectFDs(fds, 0, name); try Self.expectPayload(p, 8, name)
             let wanted = VhostUserMessage.u64(p, 0)
-            guard wanted & ~Self.offeredProtocolFeatures == 0 else { throw .features("unknown protocol features 0x\(String(wanted & ~Self.offeredProtocolFeatures, radix: 16))") }
+            guard wanted & ~offeredProtocolFeatures == 0 else { throw .features("unknown protocol features 0x\(String(wanted & ~offeredProtocolFeatures, radix: 16))") }
             protocolFeatures = wanted
         case .setOwner:
             try Self.expectFDs(fds, 0, name)

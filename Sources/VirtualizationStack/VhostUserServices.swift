@@ -54,6 +54,38 @@ public enum VhostUserServices {
         try serve("blk", at: path) { block(region: region) }
     }
 
+    /// A virtio-net device on a new port of `vswitch` named `port`; the
+    /// port goes when the device does (its VMM disconnected).
+    public static func network(vswitch: VirtualSwitch, port name: String, mac: [UInt8]) throws(VirtualSwitch.PortRefused) -> VhostUserNet {
+        let logger = Logger(label: "oyako.vhost-user.net")
+        let link = NICLink()
+        let port = try vswitch.addPort(name: name, role: .child) { frame in link.device?.receive(frame) ?? false }
+        let device = VhostUserNet(mac: mac, transmit: { port.input($0) }, failure: { error in
+            logger.error("a guest corrupted a queue of its NIC on \(vswitch.name); the queue is no longer served: \(error)")
+        }, closed: { vswitch.removePort(port) })
+        link.device = device
+        return device
+    }
+
+    /// Serves virtio-net at the Unix socket `path`: each VMM that connects
+    /// gets a port on `vswitch` for as long as it stays connected.
+    public static func serveNetwork(at path: String, vswitch: VirtualSwitch, port name: String, mac: [UInt8]) throws(VhostUserServer.ListenError)
+        -> VhostUserServer
+    {
+        let logger = Logger(label: "oyako.vhost-user.net")
+        return try VhostUserServer(path: path, makeBackend: {
+            do {
+                return VhostUserBackend(device: try network(vswitch: vswitch, port: name, mac: mac))
+            } catch {
+                // The switch refused the port: the VMM gets a NIC whose frames go nowhere.
+                logger.error("\(name): \(error)")
+                return VhostUserBackend(device: VhostUserNet(mac: mac, transmit: { _ in }))
+            }
+        }, ended: { why in
+            logger.info("\(name): the VMM's connection ended: \(why)")
+        })
+    }
+
     private static func serve(_ kind: String, at path: String, device: @escaping @Sendable () -> any VhostUserDevice) throws(VhostUserServer.ListenError)
         -> VhostUserServer
     {
@@ -62,4 +94,11 @@ public enum VhostUserServices {
             logger.info("a VMM's \(kind) connection ended: \(why)")
         })
     }
+}
+
+/// The switch port's way to the device made after it (weak: the device
+/// owns the port, not the other way round).
+private final class NICLink: @unchecked Sendable {
+    // @unchecked Sendable: set once, before the port can deliver a frame to it.
+    weak var device: VhostUserNet?
 }

@@ -1,4 +1,7 @@
 import Crypto
+import Devices
+import Guest
+import SystemAssembly
 import ExternalVMM
 import Foundation
 import Kernel
@@ -21,27 +24,17 @@ enum LinuxVMAvailability {
 /// served by the root from regions of the root's NVMe disk, so every guest
 /// block goes through the vendor's nvmelite.so.
 @Suite(.serialized) struct LinuxVMTests {
-    static let mebibyte = 1 << 20
-
     @Test(.enabled(if: LinuxVMAvailability.available, LinuxVMAvailability.reason), .timeLimit(.minutes(3)))
     func aLinuxGuestsDisksAreServedByTheVendorsDriverInTheRoot() throws {
         let vmm = try LinuxVMAvailability.vmm.get()
         let image = try GuestImage.prepare()
         let system = try RootSystem(drivers: [try Fixtures.referenceDriver("nvmelite")], diskSize: 128 << 20)
         defer { system.shutdown() }
-        let disk = try #require(system.disk, "\(system.report.problems)")
-        let blocksPerMiB = UInt64(Self.mebibyte / disk.geometry.blockSize)
-        // vda: the pattern (and some slack); vdb: a file system, from 80 MiB.
-        let patternRegion = try DiskRegion(disk: disk, firstBlock: 0, blockCount: 72 * blocksPerMiB)
-        let fsRegion = try DiskRegion(disk: disk, firstBlock: 80 * blocksPerMiB, blockCount: 16 * blocksPerMiB)
-        let a = try VhostUserServices.serveBlock(at: system.state + "/vda.sock", region: patternRegion)
-        defer { a.stop() }
-        let b = try VhostUserServices.serveBlock(at: system.state + "/vdb.sock", region: fsRegion)
-        defer { b.stop() }
-
+        let disks = try StorageRig(system)
+        defer { disks.stop() }
         var configuration = QEMUMachine.Configuration(name: "linux0", image: image, vmm: vmm, job: GuestJobs.storage(seed: 4242),
                                                       directory: system.state + "/linux0")
-        configuration.disks = [a.path, b.path]
+        configuration.disks = disks.sockets
         configuration.allowReboot = true
         let vm = try QEMUMachine(configuration)
         defer { vm.stop() }
@@ -49,9 +42,33 @@ enum LinuxVMAvailability {
         let console = (try? String(contentsOfFile: vm.consolePath, encoding: .utf8)) ?? ""
         #expect(exit == .exited(0), "QEMU: \(exit.map(\.description) ?? "still running"); console:\n\(console.suffix(3000))")
         #expect(vm.report("error") == nil)
+        try disks.verify(vm, image: image)
+    }
+}
+
+/// Two vhost-user-blk devices on regions of the root's NVMe disk (vda: the
+/// pattern, vdb: a file system from 80 MiB), and the checks of what the
+/// guest's storage job reported against what the root reads through nvmelite.so.
+struct StorageRig {
+    static let mebibyte = 1 << 20
+    let disk: Disk
+    let servers: [VhostUserServer]
+    var sockets: [String] { servers.map(\.path) }
+
+    init(_ system: RootSystem) throws {
+        disk = try #require(system.disk, "\(system.report.problems)")
+        let blocksPerMiB = UInt64(Self.mebibyte / disk.geometry.blockSize)
+        let pattern = try DiskRegion(disk: disk, firstBlock: 0, blockCount: 72 * blocksPerMiB)
+        let fs = try DiskRegion(disk: disk, firstBlock: 80 * blocksPerMiB, blockCount: 16 * blocksPerMiB)
+        servers = [try VhostUserServices.serveBlock(at: system.state + "/vda.sock", region: pattern),
+                   try VhostUserServices.serveBlock(at: system.state + "/vdb.sock", region: fs)]
+    }
+
+    func stop() { for server in servers { server.stop() } }
+
+    func verify(_ vm: QEMUMachine, image: GuestImage) throws {
         #expect(vm.allReports.filter { $0.key == "boot" }.count == 2, "booted, rebooted")
         #expect(vm.report("boot")?.hasPrefix(image.kernel.release) == true)
-
         // The guest's pattern, read back in the guest and by the root through nvmelite.so.
         let written = try #require(vm.report("pattern-written")?.split(separator: " ").first.map(String.init))
         #expect(vm.report("pattern-read")?.split(separator: " ").first.map(String.init) == written)
@@ -60,9 +77,91 @@ enum LinuxVMAvailability {
         #expect(SHA256.hash(data: rootRead).map { String(format: "%02x", $0) }.joined() == written, "the root reads what the guest wrote")
         #expect(Array(rootRead[0..<16]) == Array("0000000000000000".utf8) && Array(rootRead[Self.mebibyte..<(Self.mebibyte + 16)]) == Array("0000000000000001".utf8),
                 "each MiB where the guest put it")
-
         // The file system made on boot 1 verified on boot 2.
         let made = try #require(vm.report("fs-made"))
         #expect(vm.report("fs-verified") == made + " 1")
     }
+}
+
+/// The whole VM: its disks as above, and on the root's switches a vhost-user-net port on a private
+/// switch it shares with a simulated child, and one on the external switch
+/// whose uplink is the vendor's e1klite.so in front of a TAP in a network
+/// namespace the test made (the "outside"). Addresses: 192.0.2.0/26 outside,
+/// 192.0.2.64/26 private.
+@Suite(.serialized) struct LinuxVMNetworkTests {
+    static var unavailable: String? {
+        if case .failure(let problem) = LinuxVMAvailability.vmm { return "\(problem)" }
+        return TAPWire.unavailableReason ?? NetworkNamespace.unavailableReason
+    }
+
+    @Test(.enabled(if: unavailable == nil, Comment(rawValue: "skipped: \(unavailable ?? "")")), .timeLimit(.minutes(3)))
+    func aLinuxGuestsDisksAndNICsAreServedByTheVendorsDriversInTheRoot() throws {
+        let vmm = try LinuxVMAvailability.vmm.get()
+        let image = try GuestImage.prepare()
+        let namespace = try NetworkNamespace()
+        let tapName = "oytap\(UInt16.random(in: 0...UInt16.max))"
+        let tap = try TAPWire(name: tapName)
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver("nvmelite"), try Fixtures.referenceDriver("e1klite")],
+                                    diskSize: 128 << 20, nics: 1) { testbed in
+            testbed.nics[0].wire = tap
+            tap.connect(testbed.nics[0])
+        }
+        defer {
+            system.shutdown()
+            tap.stop()
+        }
+        try namespace.adopt(tapName, address: "192.0.2.1/26")
+        let eth0 = try #require(system.kernel.network.interfaces.first)
+        let external = VirtualSwitch(name: "external", kind: .external)
+        defer { external.shutdown() }
+        try external.attachUplink(eth0)
+        let privateSwitch = VirtualSwitch(name: "private", kind: .private)
+        defer { privateSwitch.shutdown() }
+
+        // A simulated child on the private switch.
+        let ready = DispatchSemaphore(value: 0)
+        let child = try system.vms.createChild(name: "peer", memorySize: 8 << 20)
+        system.vms.offerNetwork(to: child, vswitch: privateSwitch)
+        system.vms.start(child) { p, vp in networkGuest(ip: [192, 0, 2, 65], ready: ready)(GuestOS(name: "peer", partition: p, vp: vp)) }
+        #expect(ready.wait(timeout: .now() + 10) == .success)
+
+        // The outside's end of the TCP transfer: busybox from the same Debian package.
+        let received = system.state + "/received.sha256"
+        let busybox = image.busyboxPath
+        let listener = try SupervisedProcess.start("/usr/bin/env", ["ip", "netns", "exec", namespace.name, busybox, "nc", "-l", "-p", "5001", "-e",
+                                                                    busybox, "sh", "-c", "'\(busybox)' sha256sum > '\(received).part' && mv '\(received).part' '\(received)'"]).get()
+        defer { listener.stop() }
+
+        let privateMAC = "52:54:00:0a:00:01", externalMAC = "52:54:00:0a:00:02"
+        let p = try VhostUserServices.serveNetwork(at: system.state + "/net0.sock", vswitch: privateSwitch, port: "linux0:net0", mac: Self.bytes(privateMAC))
+        defer { p.stop() }
+        let e = try VhostUserServices.serveNetwork(at: system.state + "/net1.sock", vswitch: external, port: "linux0:net1", mac: Self.bytes(externalMAC))
+        defer { e.stop() }
+        let disks = try StorageRig(system)
+        defer { disks.stop() }
+        let network = GuestJobs.network(nics: [.init(mac: privateMAC, address: "192.0.2.66/26"), .init(mac: externalMAC, address: "192.0.2.2/26")],
+                                    pings: [("child", "192.0.2.65"), ("outside", "192.0.2.1")], transfer: ("192.0.2.1", 5001))
+        var configuration = QEMUMachine.Configuration(name: "linux0", image: image, vmm: vmm, job: GuestJobs.storage(seed: 77, firstBoot: network),
+                                                      directory: system.state + "/linux0")
+        configuration.disks = disks.sockets
+        configuration.allowReboot = true
+        configuration.nics = [.init(socket: p.path, mac: privateMAC), .init(socket: e.path, mac: externalMAC)]
+        let vm = try QEMUMachine(configuration)
+        defer { vm.stop() }
+        let exit = vm.waitForExit(timeout: 150)
+        let console = (try? String(contentsOfFile: vm.consolePath, encoding: .utf8)) ?? ""
+        #expect(exit == .exited(0), "QEMU: \(exit.map(\.description) ?? "still running"); console:\n\(console.suffix(3000))")
+        #expect(vm.report("error") == nil)
+        #expect(vm.report("ping-child") == "3", "the private switch: VM to simulated child")
+        #expect(vm.report("ping-outside") == "3", "the external switch: VM to the namespace through e1klite.so")
+        let sent = try #require(vm.report("tcp-sent")?.split(separator: " ").first.map(String.init))
+        let deadline = Date(timeIntervalSinceNow: 10)
+        while !FileManager.default.fileExists(atPath: received) && Date() < deadline { usleep(10_000) }
+        let got = (try? String(contentsOfFile: received, encoding: .utf8))?.split(separator: " ").first.map(String.init)
+        #expect(got == sent, "16 MiB over TCP arrived intact outside")
+        #expect(eth0.counters.txFrames > 16 << 20 / 1514, "the transfer left through the vendor's NIC driver")
+        try disks.verify(vm, image: image)
+    }
+
+    static func bytes(_ mac: String) -> [UInt8] { mac.split(separator: ":").map { UInt8($0, radix: 16)! } }
 }

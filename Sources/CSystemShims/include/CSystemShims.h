@@ -66,7 +66,8 @@ int oy_shim_unix_listen(const char *path);
 int oy_shim_eventfd(void);
 
 /* Starts `path` with `argv` (NULL-terminated) in its own process group,
- * stdin from /dev/null, stdout and stderr to `output_fd`, and tethered: the
+ * stdin from /dev/null, stdout and stderr to `output_fd`, no other
+ * descriptor inherited, and tethered: the
  * kernel sends it SIGKILL when the thread that started it ends, so a VMM
  * never outlives the process supervising it (call from a thread that lives
  * as long as the process). Returns the pid or -1 with errno. */
