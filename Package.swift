@@ -124,7 +124,8 @@ let package = Package(
         // for the demo, the bench and the tests; the CLI only parses and prints.
         .target(
             name: "SystemAssembly",
-            dependencies: ["Kernel", "Devices", "DriverHost", "SDKTools", "Machine", "Workloads", "NetStack", "Hypervisor", "VMBus", "VirtualizationStack", "Guest"]
+            dependencies: ["Kernel", "Devices", "DriverHost", "SDKTools", "Machine", "Workloads", "NetStack", "Hypervisor", "VMBus", "VirtualizationStack", "Guest",
+                           "ExternalVMM", .product(name: "Crypto", package: "swift-crypto")]
         ),
         .executableTarget(
             name: "OyakoCLI",

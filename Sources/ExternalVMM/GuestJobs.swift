@@ -51,11 +51,17 @@ public enum GuestJobs {
             """
     }
 
-    /// A guest NIC, found by its MAC, and the address (CIDR) it gets.
+    /// A guest NIC, found by its MAC, the address (CIDR) it gets, and
+    /// host routes through it (two NICs on one subnet need them).
     public struct NIC: Sendable {
         public let mac: String
         public let address: String
-        public init(mac: String, address: String) { self.mac = mac; self.address = address }
+        public let routes: [String]
+        public init(mac: String, address: String, routes: [String] = []) {
+            self.mac = mac
+            self.address = address
+            self.routes = routes
+        }
     }
 
     /// Brings up `nics`, pings each of `pings` three times (reports
@@ -73,7 +79,7 @@ public enum GuestJobs {
             script += """
                 dev=$(nic \(nic.mac)); [ -n "$dev" ] || fail "no NIC \(nic.mac)"
                 ip addr add \(nic.address) dev $dev && ip link set $dev up || fail "cannot configure $dev"
-
+                \(nic.routes.map { "ip route add \($0) dev $dev || fail \"cannot route \($0)\"\n" }.joined())
                 """
         }
         for ping in pings {

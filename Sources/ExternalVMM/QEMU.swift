@@ -20,6 +20,8 @@ public struct VMMInfo: Sendable, Equatable, Codable {
         case missing(searched: [String])
         case unusable(path: String, output: String)
 
+        public var isMissing: Bool { if case .missing = self { true } else { false } }
+
         public var description: String {
             switch self {
             case .missing(let searched):
@@ -82,8 +84,9 @@ public final class QEMUMachine: @unchecked Sendable {
         public var job: String
         /// Whether a guest reboot restarts it (else QEMU exits).
         public var allowReboot = false
-        /// Where the console goes (and the job script is written next to it).
+        /// Where the job script is written, and the console unless `consoleLog` says otherwise.
         public var directory: String
+        public var consoleLog: String?
 
         public init(name: String, image: GuestImage, vmm: VMMInfo, job: String, directory: String) {
             self.name = name
@@ -112,7 +115,7 @@ public final class QEMUMachine: @unchecked Sendable {
     /// The QEMU process.
     public let process: SupervisedProcess
     public var pid: pid_t { process.pid }
-    public var consolePath: String { configuration.directory + "/console.log" }
+    public var consolePath: String { configuration.consoleLog ?? configuration.directory + "/console.log" }
     public let startedAt = Date()
 
     private let lock = NSCondition()
@@ -121,7 +124,7 @@ public final class QEMUMachine: @unchecked Sendable {
     public init(_ configuration: Configuration) throws(StartError) {
         self.configuration = configuration
         let jobPath = configuration.directory + "/job.sh"
-        let console = configuration.directory + "/console.log"
+        let console = configuration.consoleLog ?? configuration.directory + "/console.log"
         do {
             try FileManager.default.createDirectory(atPath: configuration.directory, withIntermediateDirectories: true)
             try Data(configuration.job.utf8).write(to: URL(fileURLWithPath: jobPath))

@@ -9,7 +9,9 @@ struct DemoCommand: ParsableCommand {
         abstract: "Build the vendor drivers; boot bare, then as the root partition; run child partitions; verify all I/O.",
         discussion: """
             Progress goes to standard output (standard error with --json). Exit status 1 if any I/O failed to verify, \
-            or if the root partition needed a driver file the bare OS did not load.
+            or if the root partition needed a driver file the bare OS did not load. \
+            A real VM (Debian's Linux kernel under QEMU) runs beside the child partitions; the first run installs \
+            QEMU with apt when it is missing (as root) and builds the guest image from Debian's packages.
             """)
 
     @Option(help: "Keep disk images and built drivers in this folder (default: a temporary folder, removed afterwards).")
@@ -25,6 +27,12 @@ struct DemoCommand: ParsableCommand {
             help: ArgumentHelp("Load this build in the root partition instead of the bare OS's build of the same driver (repeatable); the report counts it as hypervisor-specific.", valueName: "path.so"))
     var rootDrivers: [String] = []
 
+    @Flag(name: .customLong("no-vm"), help: "Skip the real Linux VM (QEMU); it is then not part of the verdict.")
+    var noVM = false
+
+    @Flag(name: .customLong("no-install"), help: "Do not install a missing QEMU with apt; say why the VM cannot run instead.")
+    var noInstall = false
+
     @OptionGroup var global: GlobalOptions
 
     func validate() throws {
@@ -37,6 +45,8 @@ struct DemoCommand: ParsableCommand {
         global.bootstrapLogging()
         var runner = DemoRunner(sdk: try locateSDK(sdk), stateDirectory: state, progress: progressPrinter(toStderr: json))
         runner.rootDriverOverrides = rootDrivers
+        runner.linuxVM = !noVM
+        runner.installVMM = !noInstall
         let report: DemoReport
         do {
             report = try runner.run()

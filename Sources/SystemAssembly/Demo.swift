@@ -28,7 +28,8 @@ public struct DemoRunner {
     /// Keep state here (disk images, built drivers, consoles); nil: a
     /// temporary folder removed afterwards.
     public var stateDirectory: String?
-    public var diskSize: UInt64 = 128 << 20
+    /// Room for every run's region, the real VM's disks included (from 128 MiB).
+    public var diskSize: UInt64 = 256 << 20
     /// Bytes moved by the throughput measurement on each disk.
     public var throughputBytes = 32 << 20
     public var progress: @Sendable (String) -> Void
@@ -36,6 +37,10 @@ public struct DemoRunner {
     /// of the driver with the same metadata name: what a hypervisor-specific
     /// driver looks like, and the report counts it.
     public var rootDriverOverrides: [String] = []
+    /// Run a real Linux VM under QEMU beside the child partitions.
+    public var linuxVM = true
+    /// Install a missing QEMU with apt (as root) rather than skip the VM.
+    public var installVMM = true
 
     /// Where each run works on the 512-byte-block disk.
     static let bareRegion: Range<UInt64> = 0..<4096
@@ -86,11 +91,19 @@ public struct DemoRunner {
         let report = DemoReport(
             environments: ["bare": bare, "root": root], children: children, driverBinariesReused: reused, bareDataSurvivedReboot: survived,
             stateDirectory: temporary ? "(removed)" : state, durationSeconds: Date().timeIntervalSince(started))
+        for vm in children where vm.kind == .linuxVM {
+            let bareFiles = Dictionary(bare.drivers.map { ($0.name, $0.sha256) }, uniquingKeysWith: { a, _ in a })
+            let served = vm.servedBy.map { "\($0.driver) \($0.sha256.prefix(16))… (\(bareFiles[$0.driver] == $0.sha256 ? "the bare OS's file" : "NOT the bare OS's file"))" }
+            progress("\(vm.name) (\(vm.kernel.map { "\($0.package) \($0.version)" } ?? "Linux"), \(vm.vmm.map { "QEMU \($0.accelerator.uppercased())" } ?? "no VMM")): "
+                + (vm.error.map { "did not run: \($0)" } ?? "served by \(served.joined(separator: ", ")); verified \(vm.verified ? "yes" : "NO")"))
+        }
         let specific = report.hypervisorSpecificDrivers
-        progress("\(reused) driver binar\(reused == 1 ? "y" : "ies") reused unmodified on bare metal, in the root partition and for \(children.count) child partitions; "
+        let partitions = children.filter { $0.kind == .partition }.count, vms = children.count - partitions
+        progress("\(reused) driver binar\(reused == 1 ? "y" : "ies") reused unmodified on bare metal, in the root partition, for \(partitions) child partitions"
+            + (vms > 0 ? " and \(vms) Linux VM\(vms == 1 ? "" : "s")" : "") + "; "
             + "\(specific.count) hypervisor-specific driver\(specific.count == 1 ? "" : "s") needed"
             + (specific.isEmpty ? "." : ": " + specific.map { "\($0.name) (\($0.path), sha256 \($0.sha256.prefix(16))…, not loaded on bare metal)" }.joined(separator: ", ")))
-        if !temporary { progress("consoles: oyako console --state \(state) NAME   (bare, root, child0, child1)") }
+        if !temporary { progress("consoles: oyako console --state \(state) NAME   (bare, root, child0, child1\(linuxVM ? ", linux0" : ""))") }
         return report
     }
 
@@ -248,6 +261,16 @@ public struct DemoRunner {
         let privateFrames = privateSwitch.allPorts.reduce(0) { $0 + privateSwitch.counters(of: $1).outFrames }
         let nicAfter = nic.statistics
         progress("[root] private switch forwarded \(privateFrames) frames; the physical NIC sent \(nicAfter.framesSent - nicBefore.framesSent) meanwhile (child1's pings never left the box)")
+        // The real VM joins while child0 still answers on the private switch.
+        var vm: DemoReport.ChildEntry?
+        if linuxVM {
+            progress("")
+            progress("[root] a real VM: Debian's Linux under QEMU, its disks and NICs served by the root over vhost-user")
+            vm = LinuxVMRun(kernel: kernel, privateSwitch: privateSwitch, externalSwitch: externalSwitch, outside: outside, state: state,
+                            installVMM: installVMM, progress: progress).run()
+        } else {
+            progress("[root] no real VM (--no-vm)")
+        }
         for child in children {
             let served = manager.storageProviders(of: child).reduce(0) { $0 + $1.statistics.requests }
             let frames = manager.networkProviders(of: child).reduce(0) { $0 + $1.statistics.framesFromChild }
@@ -257,7 +280,7 @@ public struct DemoRunner {
         let collected = results.withLock { $0 }
         return (0..<children.count).map { i in
             collected[i] ?? DemoReport.ChildEntry(name: "child\(i)", partition: 0, virtualDisk: "", error: "did not finish")
-        }
+        } + (vm.map { [$0] } ?? [])
     }
 
     /// What child `index` does once booted: verified I/O on its virtual disk

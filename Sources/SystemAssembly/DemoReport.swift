@@ -52,25 +52,80 @@ public struct DemoReport: Encodable, Sendable {
         public let answered: Int
     }
 
+    /// Bytes sent over TCP and checked at the far end by SHA-256.
+    public struct TransferEntry: Encodable, Sendable {
+        public let to: String
+        public let bytes: Int
+        public let sentSHA256: String
+        public let receivedSHA256: String?
+        public var verified: Bool { receivedSHA256 == sentSHA256 }
+
+        enum CodingKeys: String, CodingKey { case to, bytes, verified, sentSHA256 = "sent_sha256", receivedSHA256 = "received_sha256" }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(to, forKey: .to)
+            try c.encode(bytes, forKey: .bytes)
+            try c.encode(sentSHA256, forKey: .sentSHA256)
+            try c.encode(receivedSHA256, forKey: .receivedSHA256)
+            try c.encode(verified, forKey: .verified)
+        }
+    }
+
     public struct NetworkEntry: Encodable, Sendable {
         public var addresses: [String] = []
         public var pings: [PingEntry] = []
-        public var verified: Bool { !pings.isEmpty && pings.allSatisfy { $0.answered == $0.sent } }
+        public var transfers: [TransferEntry] = []
+        public var verified: Bool { !pings.isEmpty && pings.allSatisfy { $0.answered == $0.sent } && transfers.allSatisfy(\.verified) }
 
-        enum CodingKeys: String, CodingKey { case addresses, pings, verified }
+        enum CodingKeys: String, CodingKey { case addresses, pings, transfers, verified }
 
         public func encode(to encoder: any Encoder) throws {
             var c = encoder.container(keyedBy: CodingKeys.self)
             try c.encode(addresses, forKey: .addresses)
             try c.encode(pings, forKey: .pings)
+            if !transfers.isEmpty { try c.encode(transfers, forKey: .transfers) }
             try c.encode(verified, forKey: .verified)
         }
     }
 
-    public struct ChildEntry: Encodable, Sendable {
+    /// A real VM's kernel: Debian's package, as shipped.
+    public struct KernelEntry: Encodable, Sendable {
+        public let package: String
+        public let version: String
+        public let sha256: String
+    }
+
+    /// The VMM that ran a real VM, and how it executed the guest.
+    public struct VMMEntry: Encodable, Sendable {
         public let name: String
+        public let version: String
+        public let accelerator: String
+        public let why: String
+    }
+
+    /// The driver files that served a real VM's devices in the root.
+    public struct ServedBy: Encodable, Sendable {
+        public let device: String
+        public let driver: String
+        public let sha256: String
+    }
+
+    public struct ChildEntry: Encodable, Sendable {
+        public enum Kind: String, Encodable, Sendable {
+            /// A child partition of Oyako's hypervisor, over VMBus.
+            case partition
+            /// A real VM under an external VMM, over vhost-user.
+            case linuxVM = "linux-vm"
+        }
+
+        public let name: String
+        public var kind = Kind.partition
         public let partition: UInt64
-        public let virtualDisk: String
+        public var virtualDisk: String
+        public var kernel: KernelEntry?
+        public var vmm: VMMEntry?
+        public var servedBy: [ServedBy] = []
         public var bytesWritten: UInt64 = 0
         public var bytesRead: UInt64 = 0
         public var storageVerified = false
@@ -88,15 +143,19 @@ public struct DemoReport: Encodable, Sendable {
         public var verified: Bool { error == nil && storageVerified && (network?.verified ?? false) }
 
         enum CodingKeys: String, CodingKey {
-            case name, partition, verified, error, network
+            case name, kind, partition, verified, error, network, kernel, vmm
             case virtualDisk = "virtual_disk", bytesWritten = "bytes_written", bytesRead = "bytes_read"
-            case storageVerified = "storage_verified"
+            case storageVerified = "storage_verified", servedBy = "served_by"
         }
 
         public func encode(to encoder: any Encoder) throws {
             var c = encoder.container(keyedBy: CodingKeys.self)
             try c.encode(name, forKey: .name)
-            try c.encode(partition, forKey: .partition)
+            try c.encode(kind, forKey: .kind)
+            if kind == .partition { try c.encode(partition, forKey: .partition) }
+            try c.encodeIfPresent(kernel, forKey: .kernel)
+            try c.encodeIfPresent(vmm, forKey: .vmm)
+            if kind == .linuxVM { try c.encode(servedBy, forKey: .servedBy) }
             try c.encode(virtualDisk, forKey: .virtualDisk)
             try c.encode(bytesWritten, forKey: .bytesWritten)
             try c.encode(bytesRead, forKey: .bytesRead)

@@ -12,7 +12,8 @@ public final class Outside: @unchecked Sendable {
     public static let address: [UInt8] = [192, 0, 2, 1]
     public let description: String
     public let wire: any Wire
-    private let namespace: NetworkNamespace?
+    /// The real namespace at 192.0.2.1, when there is one (nil: a simulated host).
+    public let namespace: NetworkNamespace?
     private let tap: TAPWire?
     private let host: SimulatedHost?
 
