@@ -151,7 +151,7 @@ let package = Package(
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices", "OyakoTestSupport"]),
         .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "DriverFile", "SDKTools", "Kernel", "Machine", "Devices", "OyakoTestSupport"]),
         .testTarget(name: "KernelTests", dependencies: ["Kernel", "DriverHost", "Machine", "Devices", "SystemAssembly", "Workloads", "OyakoTestSupport"]),
-        .testTarget(name: "CLITests", dependencies: ["OyakoCLI", "SystemAssembly", "DriverHost", "SDKTools", "OyakoTestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["ExternalVMM", "OyakoCLI", "SystemAssembly", "DriverHost", "SDKTools", "OyakoTestSupport"]),
         .testTarget(name: "ConformanceTests", dependencies: ["Conformance", "OyakoCLI", "DriverHost", "SDKTools", "OyakoTestSupport"]),
     ]
 )
