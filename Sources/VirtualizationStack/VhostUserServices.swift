@@ -6,8 +6,13 @@ import VhostUser
 /// The root's vhost-user back-ends: the devices a real VM (QEMU with
 /// `-chardev socket,path=… -device vhost-user-…`) gets, each served from
 /// the root OS's own device class, so the vendor's driver file that runs
-/// bare serves the guest too.
+/// bare serves the guest too. What goes wrong with a VMM or a guest (a
+/// refused message, a corrupted queue) is logged with the reason and, when
+/// asked, passed to `events` too.
 public enum VhostUserServices {
+    /// Told each thing worth a log line about a VMM or its guest, in words.
+    public typealias Events = @Sendable (String) -> Void
+
     /// Most entropy one request gets: Linux's virtio-rng posts buffers of
     /// a cache line or so; a guest asking for megabytes gets this much per
     /// chain and asks again, so it cannot tie up the source.
@@ -15,8 +20,8 @@ public enum VhostUserServices {
 
     /// A virtio-rng device whose bytes come from the root's entropy
     /// subsystem (its first hwrng, i.e. the vendor's rng driver).
-    public static func rng(entropy: EntropySubsystem) -> VhostUserRNG {
-        let logger = Logger(label: "oyako.vhost-user.rng")
+    public static func rng(entropy: EntropySubsystem, events: Events? = nil) -> VhostUserRNG {
+        let log = Log("rng", events)
         return VhostUserRNG(source: { buffer in
             let count = min(buffer.count, entropyPerChain)
             do {
@@ -25,43 +30,43 @@ public enum VhostUserServices {
                 return count
             } catch {
                 // The guest's driver gets nothing for this request and asks again.
-                logger.warning("entropy for a guest: \(error)")
+                log.warning("entropy for a guest: \(error)")
                 return 0
             }
-        }, failure: { error in
-            logger.error("a guest corrupted its rng queue; the queue is no longer served: \(error)")
-        })
+        }, failure: { error in log.error("a guest corrupted its rng queue; the queue is no longer served: \(error)") })
     }
 
     /// Serves virtio-rng on the Unix socket `path`, one device per
     /// connecting VMM. Stop the returned server to end every connection.
-    public static func serveRNG(at path: String, entropy: EntropySubsystem) throws(VhostUserServer.ListenError) -> VhostUserServer {
-        try serve("rng", at: path) { rng(entropy: entropy) }
+    public static func serveRNG(at path: String, entropy: EntropySubsystem, events: Events? = nil) throws(VhostUserServer.ListenError) -> VhostUserServer {
+        try serve(Log("rng", events), at: path) { rng(entropy: entropy, events: events) }
     }
 
     /// A virtio-blk device on `region` (a region of a Kernel disk, so the
     /// vendor's block driver does its I/O).
-    public static func block(region: DiskRegion) -> VhostUserBlock {
-        let logger = Logger(label: "oyako.vhost-user.blk")
+    public static func block(region: DiskRegion, events: Events? = nil) -> VhostUserBlock {
+        let log = Log("blk", events)
         return VhostUserBlock(target: region, failure: { error in
-            logger.error("a guest corrupted its queue on \(region.disk.name); the queue is no longer served: \(error)")
+            log.error("a guest corrupted its queue on \(region.disk.name); the queue is no longer served: \(error)")
         })
     }
 
     /// Serves virtio-blk on `region` at the Unix socket `path`. One VMM
     /// at a time should use a region: two would share its blocks.
-    public static func serveBlock(at path: String, region: DiskRegion) throws(VhostUserServer.ListenError) -> VhostUserServer {
-        try serve("blk", at: path) { block(region: region) }
+    public static func serveBlock(at path: String, region: DiskRegion, events: Events? = nil) throws(VhostUserServer.ListenError) -> VhostUserServer {
+        try serve(Log("blk", events), at: path) { block(region: region, events: events) }
     }
 
     /// A virtio-net device on a new port of `vswitch` named `port`; the
     /// port goes when the device does (its VMM disconnected).
-    public static func network(vswitch: VirtualSwitch, port name: String, mac: [UInt8]) throws(VirtualSwitch.PortRefused) -> VhostUserNet {
-        let logger = Logger(label: "oyako.vhost-user.net")
+    public static func network(vswitch: VirtualSwitch, port name: String, mac: [UInt8], events: Events? = nil) throws(VirtualSwitch.PortRefused)
+        -> VhostUserNet
+    {
+        let log = Log("net", events)
         let link = NICLink()
         let port = try vswitch.addPort(name: name, role: .child) { frame in link.device?.receive(frame) ?? false }
         let device = VhostUserNet(mac: mac, transmit: { port.input($0) }, failure: { error in
-            logger.error("a guest corrupted a queue of its NIC on \(vswitch.name); the queue is no longer served: \(error)")
+            log.error("\(name): a guest corrupted a queue of its NIC; the queue is no longer served: \(error)")
         }, closed: { vswitch.removePort(port) })
         link.device = device
         return device
@@ -69,31 +74,45 @@ public enum VhostUserServices {
 
     /// Serves virtio-net at the Unix socket `path`: each VMM that connects
     /// gets a port on `vswitch` for as long as it stays connected.
-    public static func serveNetwork(at path: String, vswitch: VirtualSwitch, port name: String, mac: [UInt8]) throws(VhostUserServer.ListenError)
-        -> VhostUserServer
+    public static func serveNetwork(at path: String, vswitch: VirtualSwitch, port name: String, mac: [UInt8], events: Events? = nil)
+        throws(VhostUserServer.ListenError) -> VhostUserServer
     {
-        let logger = Logger(label: "oyako.vhost-user.net")
-        return try VhostUserServer(path: path, makeBackend: {
+        let log = Log("net", events)
+        return try serve(log, at: path) {
             do {
-                return VhostUserBackend(device: try network(vswitch: vswitch, port: name, mac: mac))
+                return try network(vswitch: vswitch, port: name, mac: mac, events: events)
             } catch {
                 // The switch refused the port: the VMM gets a NIC whose frames go nowhere.
-                logger.error("\(name): \(error)")
-                return VhostUserBackend(device: VhostUserNet(mac: mac, transmit: { _ in }))
+                log.error("\(name): \(error)")
+                return VhostUserNet(mac: mac, transmit: { _ in })
             }
-        }, ended: { why in
-            logger.info("\(name): the VMM's connection ended: \(why)")
-        })
+        }
     }
 
-    private static func serve(_ kind: String, at path: String, device: @escaping @Sendable () -> any VhostUserDevice) throws(VhostUserServer.ListenError)
+    private static func serve(_ log: Log, at path: String, device: @escaping @Sendable () -> any VhostUserDevice) throws(VhostUserServer.ListenError)
         -> VhostUserServer
     {
-        let logger = Logger(label: "oyako.vhost-user.\(kind)")
-        return try VhostUserServer(path: path, makeBackend: { VhostUserBackend(device: device()) }, ended: { why in
-            logger.info("a VMM's \(kind) connection ended: \(why)")
+        try VhostUserServer(path: path, makeBackend: { VhostUserBackend(device: device()) }, ended: { why in
+            if case .frontEndClosed = why { log.info("a VMM's connection ended: \(why)") } else { log.error("a VMM's connection was ended: \(why)") }
         })
     }
+}
+
+/// One kind of back-end's log, mirrored to an observer.
+private struct Log: Sendable {
+    let logger: Logger
+    let kind: String
+    let events: VhostUserServices.Events?
+
+    init(_ kind: String, _ events: VhostUserServices.Events?) {
+        logger = Logger(label: "oyako.vhost-user.\(kind)")
+        self.kind = kind
+        self.events = events
+    }
+
+    func info(_ message: String) { logger.info("\(message)"); events?("\(kind): \(message)") }
+    func warning(_ message: String) { logger.warning("\(message)"); events?("\(kind): \(message)") }
+    func error(_ message: String) { logger.error("\(message)"); events?("\(kind): \(message)") }
 }
 
 /// The switch port's way to the device made after it (weak: the device

@@ -27,8 +27,9 @@ public final class VirtioFrontEnd {
     private var acknowledged = false
     private var guestRAM: GuestMemory { GuestMemory(base: ram.base, size: ram.size) }
 
-    /// Connects to `path` and sets up queue 0 as QEMU would.
-    public init(path: String) throws {
+    /// Connects to `path` and, unless `setUp` is false (a hostile
+    /// front-end sends what it likes with `sendRaw`), sets up queue 0 as QEMU would.
+    public init(path: String, setUp: Bool = true) throws {
         ram = try PhysicalMemory(size: 1 << 20)
         socket = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_un()
@@ -38,7 +39,22 @@ public final class VirtioFrontEnd {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(socket, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard connected == 0 else { throw Failure(description: "connect \(path): \(String(cString: strerror(errno)))") }
-        try negotiate()
+        if setUp { try negotiate() }
+    }
+
+    /// Sends `payload` under `request`'s header with `fds`, expecting nothing back.
+    public func sendRaw(_ request: UInt32, _ payload: [UInt8] = [], fds: [Int32] = [], size: UInt32? = nil) {
+        var message = VhostUserMessage(request: request, flags: VhostUserMessage.version, payload: payload).encoded()
+        if let size { message.replaceSubrange(8..<12, with: Self.bytes(size)) }
+        _ = message.withUnsafeBytes { oy_shim_send_fds(socket, $0.baseAddress, $0.count, fds, Int32(fds.count)) }
+    }
+
+    /// Whether the back-end closed the connection within `timeout` ms.
+    public func closedByBackEnd(timeout: Int32 = 10_000) -> Bool {
+        var fd = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+        guard poll(&fd, 1, timeout) == 1 else { return false }
+        var byte: UInt8 = 0
+        return Glibc.recv(socket, &byte, 1, Int32(MSG_PEEK)) == 0 || fd.revents & Int16(POLLHUP) != 0
     }
 
     deinit {
@@ -104,17 +120,56 @@ public final class VirtioFrontEnd {
     @discardableResult
     public func postWritable(slot: Int, length: UInt32) -> UInt64 {
         let address = Self.buffers + UInt64(slot) * 0x1000
-        var descriptor = Self.bytes(address) + Self.bytes(length) + Self.bytes(UInt16(2)) + Self.bytes(UInt16(0))
-        _ = guestRAM.write(descriptor, at: GuestAddress(Self.table + 16 * UInt64(slot)))
-        descriptor = Self.bytes(UInt16(slot))
-        _ = guestRAM.write(descriptor, at: GuestAddress(Self.avail + 4 + 2 * UInt64(Int(availIndex) % size)))
-        // used_event (EVENT_IDX): interrupt once this entry is used.
+        post([Descriptor(address: address, length: length, flags: 2)], at: slot)
+        return address
+    }
+
+    /// One descriptor as the guest's driver writes it.
+    public struct Descriptor {
+        public let address: UInt64
+        public let length: UInt32
+        public let flags: UInt16
+        public let next: UInt16
+        public init(address: UInt64, length: UInt32, flags: UInt16 = 0, next: UInt16 = 0) {
+            self.address = address
+            self.length = length
+            self.flags = flags
+            self.next = next
+        }
+    }
+
+    /// Writes `descriptors` into the table from `slot`, posts `head` (slot
+    /// by default) and kicks: anything a driver, or a hostile guest, may do.
+    public func post(_ descriptors: [Descriptor], at slot: Int, head: Int? = nil) {
+        for (i, d) in descriptors.enumerated() {
+            let bytes = Self.bytes(d.address) + Self.bytes(d.length) + Self.bytes(d.flags) + Self.bytes(d.next)
+            _ = guestRAM.write(bytes, at: GuestAddress(Self.table + 16 * UInt64(slot + i)))
+        }
+        _ = guestRAM.write(Self.bytes(UInt16(head ?? slot)), at: GuestAddress(Self.avail + 4 + 2 * UInt64(Int(availIndex) % size)))
         _ = guestRAM.write(Self.bytes(availIndex), at: GuestAddress(Self.avail + 4 + 2 * UInt64(size)))
         availIndex &+= 1
         _ = guestRAM.write(Self.bytes(availIndex), at: GuestAddress(Self.avail + 2))
         var one: UInt64 = 1
-        _ = write(kick, &one, 8)
-        return address
+        _ = Glibc.write(kick, &one, 8)
+    }
+
+    /// A buffer chain in order: each (address, length, device-writable).
+    public func postChain(_ parts: [(address: UInt64, length: UInt32, writable: Bool)], at slot: Int) {
+        post(parts.enumerated().map { i, part in
+            Descriptor(address: part.address, length: part.length, flags: (part.writable ? 2 : 0) | (i < parts.count - 1 ? 1 : 0), next: UInt16(slot + i + 1))
+        }, at: slot)
+    }
+
+    public func write(_ bytes: [UInt8], at address: UInt64) { _ = guestRAM.write(bytes, at: GuestAddress(address)) }
+
+    /// Waits until `count` chains are used (a hang guard, not a timing check).
+    public func waitForUsed(_ count: Int, timeout: TimeInterval = 10) -> Bool {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        while used.count < count {
+            guard Date() < deadline else { return false }
+            _ = waitForInterrupt(timeout: 50)
+        }
+        return true
     }
 
     /// Waits for the device's interrupt (a hang guard, not a timing check).
@@ -136,7 +191,7 @@ public final class VirtioFrontEnd {
 
     public func read(_ address: UInt64, count: Int) -> [UInt8] { guestRAM.read(at: GuestAddress(address), count: count) ?? [] }
 
-    static func bytes<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+    public static func bytes<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
     static func u64(_ b: [UInt8]) -> UInt64 { b.prefix(8).enumerated().reduce(0) { $0 | UInt64($1.element) << (8 * $1.offset) } }
     static func u16(_ b: [UInt8]) -> UInt16 { UInt16(b[0]) | UInt16(b[1]) << 8 }
 }
