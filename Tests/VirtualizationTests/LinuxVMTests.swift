@@ -44,6 +44,46 @@ enum LinuxVMAvailability {
         #expect(vm.report("error") == nil)
         try disks.verify(vm, image: image)
     }
+
+    /// QEMU killed in the middle of the guest's writes ends that VM only:
+    /// the root and its disk go on, and a new VM on the same sockets runs.
+    @Test(.enabled(if: LinuxVMAvailability.available, LinuxVMAvailability.reason), .timeLimit(.minutes(3)))
+    func aVMMKilledMidIOEndsOnlyThatVM() throws {
+        let vmm = try LinuxVMAvailability.vmm.get()
+        let image = try GuestImage.prepare()
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver("nvmelite")], diskSize: 128 << 20)
+        defer { system.shutdown() }
+        let disks = try StorageRig(system)
+        defer { disks.stop() }
+        let writing = """
+            echo "OYAKO writing"
+            while true; do dd if=/dev/urandom of=/dev/vda bs=65536 count=64 oflag=direct 2>/dev/null; done
+            """
+        var doomed = QEMUMachine.Configuration(name: "doomed", image: image, vmm: vmm, job: writing, directory: system.state + "/doomed")
+        doomed.disks = disks.sockets
+        let first = try QEMUMachine(doomed)
+        defer { first.stop() }
+        #expect(first.waitForReport("writing", timeout: 60))
+        let before = disks.disk.statistics.bytesWritten
+        let deadline = Date(timeIntervalSinceNow: 30)
+        while disks.disk.statistics.bytesWritten < before + (4 << 20) && Date() < deadline { usleep(10_000) }
+        kill(first.pid, SIGKILL)
+        #expect(first.waitForExit(timeout: 30) == .signaled(SIGKILL))
+
+        // The root's disk still serves, and the next VM gets the same devices.
+        #expect(throws: Never.self) { try disks.disk.write(lba: 200_000, bytes: [UInt8](repeating: 7, count: 4096)) }
+        let check = """
+            dd if=/dev/urandom of=/tmp/x bs=1048576 count=1 2>/dev/null
+            dd if=/tmp/x of=/dev/vdb bs=1048576 oflag=direct 2>/dev/null || echo "OYAKO error write"
+            echo "OYAKO same $( [ "$(sha256sum < /tmp/x)" = "$(dd if=/dev/vdb bs=1048576 count=1 iflag=direct 2>/dev/null | sha256sum)" ] && echo yes || echo no)"
+            """
+        var next = QEMUMachine.Configuration(name: "next", image: image, vmm: vmm, job: check, directory: system.state + "/next")
+        next.disks = disks.sockets
+        let second = try QEMUMachine(next)
+        defer { second.stop() }
+        #expect(second.waitForExit(timeout: 90) == .exited(0))
+        #expect(second.report("same") == "yes" && second.report("error") == nil, "\(second.allReports)")
+    }
 }
 
 /// Two vhost-user-blk devices on regions of the root's NVMe disk (vda: the
