@@ -143,6 +143,7 @@ let package = Package(
         ),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Machine"]),
         .testTarget(name: "VMBusTests", dependencies: ["VMBus", "Hypervisor", "Machine"]),
+        .testTarget(name: "ExternalVMMTests", dependencies: ["ExternalVMM"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Machine", "CSystemShims"]),
         .testTarget(
             name: "VirtualizationTests",

@@ -7,12 +7,12 @@ import SDKTools
 enum DebianPackages {
     /// Downloads `package` into `directory` unless a .deb of it is there,
     /// and returns the .deb's path. Refreshes the package lists once (as
-    /// root) when apt does not know the package.
-    static func download(_ package: String, into directory: String, progress: (String) -> Void) throws(GuestImageError) -> String {
+    /// root, unless `refresh` is false) when apt does not know the package.
+    static func download(_ package: String, into directory: String, refresh: Bool = true, progress: (String) -> Void) throws(GuestImageError) -> String {
         if let cached = find(package, in: directory) { return cached }
         progress("downloading \(package) with apt-get")
         var result = ProcessRunner.run("apt-get", ["download", "-q", package], timeout: 600, currentDirectory: directory)
-        if result.status != 0, getuid() == 0, result.output.contains("Unable to locate") || result.output.contains("has no installation candidate") {
+        if result.status != 0, refresh, getuid() == 0, result.output.contains("Unable to locate") || result.output.contains("has no installation candidate") {
             progress("apt does not know \(package): refreshing the package lists (apt-get update)")
             _ = ProcessRunner.run("apt-get", ["update", "-qq"], timeout: 600)
             result = ProcessRunner.run("apt-get", ["download", "-q", package], timeout: 600, currentDirectory: directory)
