@@ -9,10 +9,6 @@ import VhostUser
 /// the guest's RAM as a memfd, and eventfd doorbells), then one split
 /// virtqueue (queue 0) driven the way Linux's virtio_ring drives it.
 public final class VirtioFrontEnd {
-    public struct Failure: Error, CustomStringConvertible {
-        public let description: String
-    }
-
     static let ramBase: UInt64 = 0, userBase: UInt64 = 0x7F00_0000_0000
     static let table: UInt64 = 0x1000, avail: UInt64 = 0x3000, used: UInt64 = 0x5000
     /// Where request buffers live in the guest's RAM.
@@ -20,100 +16,34 @@ public final class VirtioFrontEnd {
 
     public let ram: PhysicalMemory
     public let size = 16
-    private let socket: Int32
+    /// The protocol side: what QEMU sends.
+    public let connection: VhostUserFrontEnd
     public let kick = oy_shim_eventfd(), call = oy_shim_eventfd()
     private var availIndex: UInt16 = 0
-    /// REPLY_ACK is in force (only once SET_PROTOCOL_FEATURES agreed it).
-    private var acknowledged = false
     private var guestRAM: GuestMemory { GuestMemory(base: ram.base, size: ram.size) }
 
     /// Connects to `path` and, unless `setUp` is false (a hostile
     /// front-end sends what it likes with `sendRaw`), sets up queue 0 as QEMU would.
     public init(path: String, setUp: Bool = true) throws {
         ram = try PhysicalMemory(size: 1 << 20)
-        socket = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(socket, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard connected == 0 else { throw Failure(description: "connect \(path): \(String(cString: strerror(errno)))") }
-        if setUp { try negotiate() }
-    }
-
-    /// Sends `payload` under `request`'s header with `fds`, expecting nothing back.
-    public func sendRaw(_ request: UInt32, _ payload: [UInt8] = [], fds: [Int32] = [], size: UInt32? = nil) {
-        var message = VhostUserMessage(request: request, flags: VhostUserMessage.version, payload: payload).encoded()
-        if let size { message.replaceSubrange(8..<12, with: Self.bytes(size)) }
-        _ = message.withUnsafeBytes { oy_shim_send_fds(socket, $0.baseAddress, $0.count, fds, Int32(fds.count)) }
-    }
-
-    /// Whether the back-end closed the connection within `timeout` ms.
-    public func closedByBackEnd(timeout: Int32 = 10_000) -> Bool {
-        var fd = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
-        guard poll(&fd, 1, timeout) == 1 else { return false }
-        var byte: UInt8 = 0
-        return Glibc.recv(socket, &byte, 1, Int32(MSG_PEEK)) == 0 || fd.revents & Int16(POLLHUP) != 0
+        connection = try VhostUserFrontEnd(path: path)
+        guard setUp else { return }
+        try connection.negotiate(wanted: VhostUserBackend.transportFeatures)
+        try connection.setMemoryTable([.init(guestAddress: Self.ramBase, size: UInt64(ram.size), userAddress: Self.userBase, fileDescriptor: ram.fileDescriptor)])
+        try connection.setUpRing(0, size: size, descriptors: Self.userBase + Self.table, avail: Self.userBase + Self.avail, used: Self.userBase + Self.used,
+                                 kick: kick, call: call)
     }
 
     deinit {
-        _ = close(socket)
         _ = close(kick)
         _ = close(call)
     }
 
-    private func negotiate() throws {
-        let offered = Self.u64(try request(.getFeatures)?.payload ?? [])
-        try send(.setFeatures, Self.bytes(offered & (VhostUserBackend.transportFeatures | VhostUserBackend.protocolFeaturesBit)))
-        _ = try request(.getProtocolFeatures)
-        try send(.setProtocolFeatures, Self.bytes(UInt64(1 << 3)))  // REPLY_ACK
-        acknowledged = true
-        try send(.setOwner)
-        let table = Self.bytes(UInt32(1)) + Self.bytes(UInt32(0)) + Self.bytes(Self.ramBase) + Self.bytes(UInt64(ram.size)) + Self.bytes(Self.userBase) + Self.bytes(UInt64(0))
-        try send(.setMemTable, table, fds: [ram.fileDescriptor])
-        try send(.setVringNum, Self.bytes(UInt32(0)) + Self.bytes(UInt32(size)))
-        try send(.setVringBase, Self.bytes(UInt32(0)) + Self.bytes(UInt32(0)))
-        try send(.setVringAddr, Self.bytes(UInt32(0)) + Self.bytes(UInt32(0)) + Self.bytes(Self.userBase + Self.table)
-                 + Self.bytes(Self.userBase + Self.used) + Self.bytes(Self.userBase + Self.avail) + Self.bytes(UInt64(0)))
-        try send(.setVringKick, Self.bytes(UInt64(0)), fds: [kick])
-        try send(.setVringCall, Self.bytes(UInt64(0)), fds: [call])
-        try send(.setVringEnable, Self.bytes(UInt32(0)) + Self.bytes(UInt32(1)))
+    public func sendRaw(_ request: UInt32, _ payload: [UInt8] = [], fds: [Int32] = [], size: UInt32? = nil) {
+        connection.sendRaw(request, payload, fds: fds, size: size)
     }
 
-    /// Sends a message and returns its reply: a GET's answer, or the
-    /// acknowledgement every other message asks for once REPLY_ACK is in
-    /// force (nil before then: nothing comes back).
-    @discardableResult
-    private func request(_ request: VhostUserMessage.Request, _ payload: [UInt8] = [], fds: [Int32] = []) throws -> VhostUserMessage? {
-        let isGet = request == .getFeatures || request == .getProtocolFeatures
-        let needsAck = !isGet && acknowledged
-        let flags = VhostUserMessage.version | (needsAck ? VhostUserMessage.needReplyFlag : 0)
-        guard VhostUserConnection.send(socket, VhostUserMessage(request: request.rawValue, flags: flags, payload: payload), fds: fds) else {
-            throw Failure(description: "\(request): the back-end closed the socket")
-        }
-        guard isGet || needsAck else { return nil }
-        var header = [UInt8](repeating: 0, count: VhostUserMessage.headerSize)
-        try readExactly(&header)
-        var payload = [UInt8](repeating: 0, count: try VhostUserMessage.payloadSize(ofHeader: header))
-        try readExactly(&payload)
-        let reply = try VhostUserMessage.decode(header: header, payload: payload)
-        if needsAck && Self.u64(reply.payload) != 0 { throw Failure(description: "\(request): the back-end answered \(Self.u64(reply.payload))") }
-        return reply
-    }
-
-    private func send(_ request: VhostUserMessage.Request, _ payload: [UInt8] = [], fds: [Int32] = []) throws {
-        try self.request(request, payload, fds: fds)
-    }
-
-    private func readExactly(_ buffer: inout [UInt8]) throws {
-        var offset = 0
-        while offset < buffer.count {
-            let n = buffer.withUnsafeMutableBytes { Glibc.read(socket, $0.baseAddress! + offset, $0.count - offset) }
-            guard n > 0 else { throw Failure(description: "the back-end closed the socket mid-reply") }
-            offset += n
-        }
-    }
+    public func closedByBackEnd(timeout: Int32 = 10_000) -> Bool { connection.closedByBackEnd(timeout: timeout) }
 
     /// Posts one writable buffer of `length` bytes as descriptor `slot`
     /// and kicks; returns its guest address.
