@@ -10,8 +10,9 @@ import Synchronization
 import VirtualizationStack
 import VMBus
 
-/// Block I/O on three paths in one run — bare OS, root partition local,
-/// child partition through VMBus — all through the same vendor driver.
+/// Block I/O on four paths in one run — bare OS, root partition local,
+/// child partition through VMBus, a VM's vhost-user-blk device served by
+/// the root — all through the same vendor driver.
 struct BlockBench {
     let quick: Bool
     let progress: @Sendable (String) -> Void
@@ -25,6 +26,8 @@ struct BlockBench {
         let count: Int
         /// Target child/bare ratio, when the issue sets one.
         let target: Double?
+        /// Target vhost-user/bare ratio, when the issue sets one.
+        var vhostTarget: Double? = nil
     }
 
     var workloads: [Workload] {
@@ -32,10 +35,10 @@ struct BlockBench {
         return [
             Workload(name: "4k_randread_qd1", write: false, blocks: 8, sequential: false, depth: 1, count: 1000 * scale, target: nil),
             Workload(name: "4k_randwrite_qd1", write: true, blocks: 8, sequential: false, depth: 1, count: 1000 * scale, target: nil),
-            Workload(name: "4k_randread_qd32", write: false, blocks: 8, sequential: false, depth: 32, count: 4000 * scale, target: 0.60),
-            Workload(name: "4k_randwrite_qd32", write: true, blocks: 8, sequential: false, depth: 32, count: 4000 * scale, target: 0.60),
-            Workload(name: "64k_seqread_qd8", write: false, blocks: 128, sequential: true, depth: 8, count: 400 * scale, target: 0.90),
-            Workload(name: "64k_seqwrite_qd8", write: true, blocks: 128, sequential: true, depth: 8, count: 400 * scale, target: 0.90),
+            Workload(name: "4k_randread_qd32", write: false, blocks: 8, sequential: false, depth: 32, count: 4000 * scale, target: 0.60, vhostTarget: 0.60),
+            Workload(name: "4k_randwrite_qd32", write: true, blocks: 8, sequential: false, depth: 32, count: 4000 * scale, target: 0.60, vhostTarget: 0.60),
+            Workload(name: "64k_seqread_qd8", write: false, blocks: 128, sequential: true, depth: 8, count: 400 * scale, target: 0.90, vhostTarget: 0.80),
+            Workload(name: "64k_seqwrite_qd8", write: true, blocks: 128, sequential: true, depth: 8, count: 400 * scale, target: 0.90, vhostTarget: 0.80),
         ]
     }
 
@@ -69,6 +72,7 @@ struct BlockBench {
         var bare: [String: [Measured]] = [:]
         var root: [String: [Measured]] = [:]
         var child: [String: [Measured]] = [:]
+        var vhost: [String: [Measured]] = [:]
 
         // All three paths stay up for the whole run.
         let bareBed = try Testbed.make(state: state + "/bare", diskSize: 256 << 20)
@@ -94,11 +98,19 @@ struct BlockBench {
         let guest = try ChildRunner(manager: manager, vm: vm)
         defer { guest.finish() }
 
+        // A VM's disk: vhost-user-blk on the next region, driven by the bench's own front-end.
+        let region = try DiskRegion(disk: rootDisk, firstBlock: 2 * Self.regionBlocks, blockCount: Self.regionBlocks)
+        let server = try VhostUserServices.serveBlock(at: state + "/vhost-blk.sock", region: region)
+        defer { server.stop() }
+        let vmm = try VirtioBlockBenchDriver(path: server.path, depth: workloads.map(\.depth).max() ?? 1,
+                                             slotBytes: (workloads.map(\.blocks).max() ?? 8) * 512)
+
         for _ in 0..<rounds {
             for w in workloads {
                 bare[w.name, default: []].append(try counted(w.count) { try host(bareDisk, w, start: 0) })
                 root[w.name, default: []].append(try counted(w.count) { try host(rootDisk, w, start: 0) })
                 child[w.name, default: []].append(try counted(w.count) { try guest.run(w) })
+                vhost[w.name, default: []].append(try counted(w.count) { try vmm.run(w) })
             }
         }
 
@@ -118,6 +130,14 @@ struct BlockBench {
                 "block.\(w.name).child", c.opsPerSecond * scale, unit, baseline: b.opsPerSecond * scale,
                 target: w.target.map { String(format: "child/bare ≥ %.2f", $0) }, met: w.target.map { ratio >= $0 }, p50: c.p50us, p99: c.p99us,
                 note: note(c)))
+            if let v = vhost[w.name].map(Self.median) {
+                let vratio = v.opsPerSecond / b.opsPerSecond
+                figures.append(BenchFigure(
+                    "block.\(w.name).vhost_user", v.opsPerSecond * scale, unit, baseline: b.opsPerSecond * scale,
+                    target: w.vhostTarget.map { String(format: "vhost-user/bare ≥ %.2f", $0) }, met: w.vhostTarget.map { vratio >= $0 }, p50: v.p50us, p99: v.p99us,
+                    note: note(v) + "; a vhost-user front-end in this process (its own memfd, split virtqueue, eventfd kicks) against the root's vhost-user-blk back-end, data bounced through the root's I/O memory"))
+                progress(String(format: "block %@: vhost-user %.0f %@ (vhost-user/bare %.2f); context switches per request %.1f", w.name, v.opsPerSecond * scale, unit, vratio, v.switchesPerRequest))
+            }
             progress(String(format: "block %@: bare %.0f, root %.0f, child %.0f %@ (child/bare %.2f); context switches per request %.1f / %.1f / %.1f",
                             w.name, b.opsPerSecond * scale, r.opsPerSecond * scale, c.opsPerSecond * scale, unit, ratio,
                             b.switchesPerRequest, r.switchesPerRequest, c.switchesPerRequest))
