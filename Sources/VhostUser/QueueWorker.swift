@@ -35,8 +35,8 @@ final class QueueWorker: @unchecked Sendable {
     private let serve: Serve
     private let failed: Failed
     /// Chains the device finished, not yet returned used; and how many it holds.
-    private let pending = Mutex<(done: [(UInt16, UInt32)], outstanding: Int)>(([], 0))
-    private var thread: pthread_t?
+    /// `sleeping`: the worker is (about to be) in poll and must be woken.
+    private let pending = Mutex<(done: [(UInt16, UInt32)], outstanding: Int, sleeping: Bool)>(([], 0, false))
 
     /// Throws the errno when a doorbell cannot be made.
     init(queue: SplitVirtqueue, kick: Int32, call: Int32, serve: @escaping Serve, failed: @escaping Failed) throws(Errno) {
@@ -70,16 +70,20 @@ final class QueueWorker: @unchecked Sendable {
     }
 
     private func complete(head: UInt16, written: UInt32) {
-        pending.withLock { $0.done.append((head, written)) }
-        // The worker returns what it completed itself after serving; any
-        // other thread rings the done doorbell.
-        if let thread, pthread_equal(thread, pthread_self()) != 0 { return }
-        var one: UInt64 = 1
-        _ = write(doneEvent, &one, 8)
+        // Only a sleeping worker needs the doorbell; an awake one looks at
+        // `pending` before it sleeps again.
+        let wake = pending.withLock { state -> Bool in
+            state.done.append((head, written))
+            defer { state.sleeping = false }
+            return state.sleeping
+        }
+        if wake {
+            var one: UInt64 = 1
+            _ = write(doneEvent, &one, 8)
+        }
     }
 
     private func run() {
-        thread = pthread_self()
         defer { finished.signal() }
         do {
             while true {
@@ -121,6 +125,14 @@ final class QueueWorker: @unchecked Sendable {
 
     /// Waits for a kick or a completion (true) or for stop (false).
     private func waitForKick() -> Bool {
+        // Completions that arrived since the last look are returned first.
+        let idle = pending.withLock { state -> Bool in
+            guard state.done.isEmpty else { return false }
+            state.sleeping = true
+            return true
+        }
+        guard idle else { return true }
+        defer { pending.withLock { $0.sleeping = false } }
         var fds = [pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0), pollfd(fd: doneEvent, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: kick, events: Int16(POLLIN), revents: 0)]
         let count: nfds_t = kick >= 0 ? 3 : 2
@@ -140,12 +152,13 @@ final class QueueWorker: @unchecked Sendable {
     private func finishOutstanding() {
         while true {
             returnCompleted()
-            if pending.withLock({ $0.outstanding }) == 0 { return }
-            var fd = pollfd(fd: doneEvent, events: Int16(POLLIN), revents: 0)
-            if poll(&fd, 1, -1) > 0 {
-                var value: UInt64 = 0
-                _ = read(doneEvent, &value, 8)
+            let waiting = pending.withLock { state -> Bool in
+                guard state.outstanding > state.done.count else { return false }
+                if state.done.isEmpty { state.sleeping = true }
+                return true
             }
+            if !waiting && pending.withLock({ $0.outstanding }) == 0 { return }
+            if waiting { waitForDone() }
         }
     }
 
@@ -153,19 +166,26 @@ final class QueueWorker: @unchecked Sendable {
     /// the device holds still point into guest memory, so stop waits for
     /// the device to let go of them.
     private func waitForStop() {
-        var fds = [pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0), pollfd(fd: doneEvent, events: Int16(POLLIN), revents: 0)]
-        var stopping = false
+        var fd = pollfd(fd: stopEvent, events: Int16(POLLIN), revents: 0)
+        while poll(&fd, 1, -1) < 0 && errno == EINTR {}
         while true {
             let held = pending.withLock { state -> Int in
                 state.outstanding -= state.done.count
                 state.done.removeAll()
+                state.sleeping = state.outstanding > 0
                 return state.outstanding
             }
-            if stopping && held == 0 { return }
-            if poll(&fds, 2, -1) < 0 { continue }
-            var value: UInt64 = 0
-            if fds[1].revents != 0 { _ = read(doneEvent, &value, 8) }
-            if fds[0].revents != 0 { stopping = true; fds[0].events = 0 }
+            if held == 0 { return }
+            waitForDone()
         }
+    }
+
+    /// Sleeps until a completion rings the done doorbell (`sleeping` set).
+    private func waitForDone() {
+        var fd = pollfd(fd: doneEvent, events: Int16(POLLIN), revents: 0)
+        while poll(&fd, 1, -1) < 0 && errno == EINTR {}
+        var value: UInt64 = 0
+        _ = read(doneEvent, &value, 8)
+        pending.withLock { $0.sleeping = false }
     }
 }

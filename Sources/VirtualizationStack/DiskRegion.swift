@@ -15,6 +15,11 @@ public final class DiskRegion: VirtioBlockTarget, @unchecked Sendable {
     public let blockCount: UInt64
     public let identifier: String
     public var blockSize: Int { disk.geometry.blockSize }
+    /// Bounce buffers kept for reuse, by length: a request does not pay
+    /// for allocating and zeroing I/O memory (every byte of a reused buffer
+    /// a request reads is one the device wrote, or one the guest wrote).
+    private let spare = Mutex<[Int: [IOBuffer]]>([:])
+    static let spareLimit = 64
 
     public struct OutOfDisk: Error, CustomStringConvertible {
         public let description: String
@@ -57,16 +62,27 @@ public final class DiskRegion: VirtioBlockTarget, @unchecked Sendable {
                 }
                 if last { completion(state.withLock { $0.ok }) }
             }
-            guard let bounce = disk.allocateBuffer(length: count * size) else {
+            guard let bounce = buffer(length: count * size) else {
                 finished(false)
                 continue
             }
             let reading = operation == .read
             if !reading { range.copy(from: 0, into: bounce.bytes) }
-            disk.submit(reading ? .read : .write, lba: firstBlock + block + UInt64(start), blocks: count, buffer: bounce) { status in
+            disk.submit(reading ? .read : .write, lba: firstBlock + block + UInt64(start), blocks: count, buffer: bounce) { [self] status in
                 if reading && status.isOK { range.copy(UnsafeRawBufferPointer(bounce.bytes), to: 0) }
+                recycle(bounce)
                 finished(status.isOK)
             }
+        }
+    }
+
+    private func buffer(length: Int) -> IOBuffer? {
+        spare.withLock { $0[length]?.popLast() } ?? disk.allocateBuffer(length: length)
+    }
+
+    private func recycle(_ buffer: IOBuffer) {
+        spare.withLock { pool in
+            if pool[buffer.length, default: []].count < Self.spareLimit { pool[buffer.length, default: []].append(buffer) }
         }
     }
 }
