@@ -111,7 +111,7 @@ let package = Package(
         .target(
             name: "Bench",
             dependencies: [
-                "CBenchShims", "CSystemShims", "VhostUser", "SystemAssembly", "DriverHost", "Kernel", "Machine", "Devices", "VirtualizationStack", "Guest", "VMBus",
+                "CBenchShims", "CSystemShims", "VhostUser", "ExternalVMM", "SystemAssembly", "DriverHost", "Kernel", "Machine", "Devices", "VirtualizationStack", "Guest", "VMBus",
                 "Workloads", "NetStack",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]

@@ -73,11 +73,11 @@ public struct BenchReport: Encodable, Sendable {
 public struct BenchRunner {
     public var sdk: SDKLocation
     public var quick: Bool
-    /// Parts to run (load, calls, ring, block, net); empty: all.
+    /// Parts to run (load, calls, ring, block, net, vm); empty: all.
     public var only: Set<String> = []
     public var progress: @Sendable (String) -> Void
 
-    public static let parts = ["load", "calls", "ring", "block", "net"]
+    public static let parts = ["load", "calls", "ring", "block", "net", "vm"]
 
     public init(sdk: SDKLocation, quick: Bool, progress: @escaping @Sendable (String) -> Void) {
         self.sdk = sdk
@@ -110,7 +110,7 @@ public struct BenchRunner {
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: state) }
         // Only the parts that load drivers need them built.
-        let drivers = ["load", "calls", "block", "net"].contains(where: wants) ? try ReferenceDrivers.build(sdk: sdk, into: state + "/drivers") : []
+        let drivers = ["load", "calls", "block", "net", "vm"].contains(where: wants) ? try ReferenceDrivers.build(sdk: sdk, into: state + "/drivers") : []
 
         var figures: [BenchFigure] = []
         if wants("load") { figures += try loadLatency(drivers: drivers, state: state) }
@@ -118,6 +118,7 @@ public struct BenchRunner {
         if wants("ring") { figures += RingBench(quick: quick, progress: progress).run() }
         if wants("block") { figures += try BlockBench(quick: quick, progress: progress).run(drivers: drivers, state: state) }
         if wants("net") { figures += try NetBench(quick: quick, progress: progress).run(drivers: drivers, state: state) }
+        if wants("vm") { figures += try VMBench(quick: quick, progress: progress).run(drivers: drivers, state: state) }
         return BenchReport(machine: .init(cpuModel: model, cores: cores, buildConfiguration: Self.buildConfiguration, quick: quick),
                            figures: figures, durationSeconds: Date().timeIntervalSince(started))
     }

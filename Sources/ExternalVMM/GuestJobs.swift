@@ -51,6 +51,13 @@ public enum GuestJobs {
             """
     }
 
+    /// MiB/s from a timed report `<sha256> <start> <end>` (guest uptimes), as
+    /// the storage job prints `pattern-written` and `pattern-read`.
+    public static func rate(_ report: String?, mebibytes: Int) -> Double? {
+        guard let parts = report?.split(separator: " "), parts.count == 3, let start = Double(parts[1]), let end = Double(parts[2]), end > start else { return nil }
+        return Double(mebibytes) / (end - start)
+    }
+
     /// A guest NIC, found by its MAC, the address (CIDR) it gets, and
     /// host routes through it (two NICs on one subnet need them).
     public struct NIC: Sendable {

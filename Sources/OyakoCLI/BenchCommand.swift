@@ -23,7 +23,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "SDK folder (default: found from the current folder, $OYAKO_SDK, or the source tree).")
     var sdk: String?
 
-    @Option(name: .long, parsing: .upToNextOption, help: "Run only these parts: load, calls, ring, block, net.")
+    @Option(name: .long, parsing: .upToNextOption, help: "Run only these parts: load, calls, ring, block, net, vm (a real VM's dd figures; skipped, with the reason, without QEMU).")
     var only: [String] = []
 
     @OptionGroup var global: GlobalOptions

@@ -143,7 +143,7 @@ struct LinuxVMRun {
             + "root read through \(disk.driverLabel) \(rootSHA.prefix(16))… — \(rootSHA == written && readInGuest == written ? "the same" : "MISMATCH")")
         progress("[\(Self.name)] ext2 made on vdb before the reboot \(fsOK ? "verified after it" : "DID NOT VERIFY after it")")
         for (size, mebibytes) in GuestJobs.writeSizes { progress("[\(Self.name)]   dd oflag=direct bs=\(size): \(mebibytes) MiB") }
-        if let w = Self.rate(vm.report("pattern-written"), mebibytes: GuestJobs.patternMebibytes), let r = Self.rate(vm.report("pattern-read"), mebibytes: GuestJobs.patternMebibytes) {
+        if let w = GuestJobs.rate(vm.report("pattern-written"), mebibytes: GuestJobs.patternMebibytes), let r = GuestJobs.rate(vm.report("pattern-read"), mebibytes: GuestJobs.patternMebibytes) {
             progress("[\(Self.name)] guest dd (\(entry.vmm?.accelerator.uppercased() ?? "?"), emulation included): write \(String(format: "%.1f", w)) MiB/s, read \(String(format: "%.1f", r)) MiB/s")
         }
 
@@ -172,12 +172,6 @@ struct LinuxVMRun {
             served.append(.init(device: "net1 (external switch uplink)", driver: nic.netdev.binding.library.name, sha256: nic.netdev.binding.library.sha256))
         }
         return served
-    }
-
-    /// MiB/s from a report `<sha> <start> <end>` (guest uptimes).
-    static func rate(_ report: String?, mebibytes: Int) -> Double? {
-        guard let parts = report?.split(separator: " "), parts.count == 3, let start = Double(parts[1]), let end = Double(parts[2]), end > start else { return nil }
-        return Double(mebibytes) / (end - start)
     }
 
     static func mac(_ text: String) -> [UInt8] { text.split(separator: ":").compactMap { UInt8($0, radix: 16) } }
