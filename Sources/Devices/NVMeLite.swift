@@ -83,6 +83,17 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
     /// Fault injection: I/O commands complete with an internal-error status.
     public func injectErrors(_ on: Bool) { condition.withLock { failIO = on } }
 
+    /// A stalled controller: while held, doorbells are noted but no command
+    /// is fetched; releasing it processes what was rung meanwhile. Tests use
+    /// it to keep requests outstanding for as long as they need.
+    public func holdCommands(_ on: Bool) {
+        condition.withLock {
+            held = on
+            condition.signal()
+        }
+    }
+    private var held = false
+
     // Controller-thread state.
     private struct SubmissionQueue { var base: UInt64; var entries: Int; var head: Int; var cq: Int }
     private struct CompletionQueue { var base: UInt64; var entries: Int; var tail: Int; var phase: UInt16; var vector: Int; var interrupts: Bool }
@@ -167,7 +178,7 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
     /// Runs on the device's thread, entered and left with `condition` held.
     private func controllerLoop() {
         while engine.running {
-            while engine.running && !work { condition.wait() }
+            while engine.running && (!work || held) { condition.wait() }
             guard engine.running else { break }
             work = false
             let enable = cc & 1 == 1

@@ -217,9 +217,16 @@ func rootStillWorks(_ system: RootSystem) throws {
             ready.finish {
                 let g = try RawStorageGuest(os: os)
                 try g.initialize()
-                for _ in 0..<32 {
+                // The device holds the first request, so the second with
+                // its id is a reuse whatever the machine's timing.
+                system.nvme.holdCommands(true)
+                for _ in 0..<2 {
                     _ = try g.srb(99, .write10, lba: 0, blocks: 128, ranges: [GPARange(gpa: g.data.gpa, length: 65536)], wait: false)
                 }
+                // Once the root has seen the reuse, the held request may finish.
+                let deadline = Date(timeIntervalSinceNow: 10)
+                while system.root.vmbus.channels(of: os.partition.id).values.first?.cause == nil && Date() < deadline { usleep(1000) }
+                system.nvme.holdCommands(false)
                 // The root rescinds the channel after the violation.
                 #expect(os.vp.halt(until: { !g.channel.isOpen }, timeout: 10))
             }
