@@ -94,11 +94,17 @@ struct CheckDefinition: Sendable {
     /// Device classes this applies to ("oyako.block/1"...); nil: all drivers.
     let classes: Set<String>?
     let timeout: Double
+    /// Violations the check provokes on purpose and a correct driver may
+    /// still cause (it passes a NULL device to attach, and the driver hands
+    /// it on to a host service, which refuses it): substrings of their text.
+    /// Every other violation during the check fails it.
+    let tolerates: [String]
     let run: @Sendable (CheckContext) throws -> CheckOutcome
 
     init(_ id: String, _ summary: String, scope: Scope = .environment, requires: [String] = [], classes: Set<String>? = nil,
-         timeout: Double = 20, run: @escaping @Sendable (CheckContext) throws -> CheckOutcome)
+         timeout: Double = 20, tolerates: [String] = [], run: @escaping @Sendable (CheckContext) throws -> CheckOutcome)
     {
+        self.tolerates = tolerates
         self.id = id
         self.summary = summary
         self.scope = scope

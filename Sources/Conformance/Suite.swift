@@ -1,4 +1,4 @@
-import DriverHost
+@_spi(Conformance) import DriverHost
 import Foundation
 import SDKTools
 import Synchronization
@@ -62,10 +62,35 @@ public struct ConformanceSuite: Sendable {
     /// Runs one check body in this process (what a worker does).
     public static func runCheck(_ id: String, driver: String, environment: SuiteEnvironment, timeBudget: Double? = Options.defaultTimeBudget) -> CheckOutcome {
         guard let check = Catalogue.all.first(where: { $0.id == id }) else { return .failed("no check \(id)") }
+        let mark = ViolationLog.mark
+        var outcome: CheckOutcome
         do {
-            return try check.run(CheckContext(driverPath: driver, environment: environment, timeBudget: timeBudget))
+            outcome = try check.run(CheckContext(driverPath: driver, environment: environment, timeBudget: timeBudget))
         } catch {
-            return .failed("\(error)")
+            outcome = .failed("\(error)")
+        }
+        let violations = ViolationLog.since(mark).filter { entry in !check.tolerates.contains { entry.message.contains($0) } }
+        return Self.withViolations(outcome, violations)
+    }
+
+    /// Every ABI violation the host recorded during a check fails it, with
+    /// the violations' text (the check's own finding, if any, first).
+    static func withViolations(_ outcome: CheckOutcome, _ violations: [ViolationLog.Entry]) -> CheckOutcome {
+        guard !violations.isEmpty else { return outcome }
+        let shown = violations.prefix(3).map(\.description).joined(separator: "; ")
+        let more = violations.count > 3 ? " and \(violations.count - 3) more" : ""
+        let text = "the host recorded \(violations.count) ABI violation\(violations.count == 1 ? "" : "s") during this check: \(shown)\(more)"
+        switch outcome.verdict {
+        case .passed, .warning:
+            var failed = CheckOutcome.failed(text)
+            failed.observation = outcome.observation
+            return failed
+        case .failed:
+            var failed = outcome
+            if !violations.contains(where: { outcome.message.contains($0.message) }) { failed.message += "; " + text }
+            return failed
+        case .crashed, .timeout, .skipped:
+            return outcome
         }
     }
 

@@ -239,7 +239,9 @@ public final class DriverLibrary: @unchecked Sendable {
             violationLog.append(message)
             if violationLog.count > 256 { violationLog.removeFirst() }
         }
-        logger.warning("ABI violation by \(name): \(message)")
+        let callback = oy_shim_context_callback().map { String(cString: $0) }
+        ViolationLog.record(.init(driver: name, callback: callback, message: message))
+        logger.warning("ABI violation by \(name): \(message)\(callback.map { " (in \($0))" } ?? "")")
     }
 
     /// ABI violations seen so far, oldest first.

@@ -131,7 +131,7 @@ enum HostServices {
 
     static func binding(_ device: OpaquePointer?, service: String) -> DeviceBinding? {
         guard let binding = HandleTable.shared.lookup(device, as: DeviceBinding.self) else {
-            unattributed("\(service) called with an invalid oy_device handle")
+            unattributed("\(service) called with \(device == nil ? "a NULL" : "an invalid (stale or forged)") oy_device handle")
             return nil
         }
         return binding
@@ -148,14 +148,20 @@ enum HostServices {
     /// A violation that cannot be pinned on one driver from its arguments.
     static func unattributed(_ message: String) {
         unattributedCount.add(1, ordering: .relaxed)
-        let callback = oy_shim_context_callback().map { " (during \(String(cString: $0)))" } ?? ""
-        logger.warning("ABI violation: \(message)\(callback)")
+        let callback = oy_shim_context_callback().map { String(cString: $0) }
+        ViolationLog.record(.init(driver: nil, callback: callback, message: message))
+        logger.warning("ABI violation: \(message)\(callback.map { " (during \($0))" } ?? "")")
     }
 
     /// Violations that could not be attributed to a driver, since start.
     static var unattributedViolations: Int { unattributedCount.load(ordering: .relaxed) }
 
     static var inInterrupt: Bool { oy_shim_context() == 1 }
+
+    /// What reports name the [interrupt] context by (static storage, NUL-terminated).
+    static var interruptHandlerName: UnsafePointer<CChar> {
+        UnsafeRawPointer(("interrupt handler" as StaticString).utf8Start).assumingMemoryBound(to: CChar.self)
+    }
 
     /// False (and a recorded violation) when a [passive] service is called
     /// from an interrupt handler.
@@ -488,7 +494,8 @@ enum HostServices {
             let call = InterruptCall(function: fn, argument: arg)
             do throws(OyStatus) {
                 try binding.device.hookInterrupt(index: Int(index)) {
-                    oy_shim_set_context(1, "interrupt handler")
+                    // The name must outlive the call: a static string, not a temporary C copy.
+                    oy_shim_set_context(1, HostServices.interruptHandlerName)
                     call.function(call.argument)
                     oy_shim_set_context(0, nil)
                 }

@@ -1,0 +1,41 @@
+import Synchronization
+
+/// Every ABI violation the host recorded in this process, attributed or
+/// not, numbered in order: what the conformance suite reads to turn each
+/// violation during a check into that check's verdict (Driver Verifier's
+/// rule: a violation the host can see is a failure, attributed to the
+/// driver, the callback and the service).
+@_spi(Conformance) public enum ViolationLog {
+    public struct Entry: Sendable, Equatable {
+        /// The driver's metadata name, or nil when the host could not tell
+        /// which driver broke the rule (a forged handle, a dead table).
+        public let driver: String?
+        /// The driver callback that was running, when the call came from one.
+        public let callback: String?
+        public let message: String
+
+        public var description: String {
+            "\(driver.map { "\($0): " } ?? "")\(message)\(callback.map { " (in \($0))" } ?? "")"
+        }
+    }
+
+    /// The last `limit` entries are kept; `mark` keeps counting.
+    static let limit = 512
+    private static let log = Mutex<(count: Int, entries: [Entry])>((0, []))
+
+    static func record(_ entry: Entry) {
+        log.withLock { state in
+            state.count += 1
+            state.entries.append(entry)
+            if state.entries.count > limit { state.entries.removeFirst(state.entries.count - limit) }
+        }
+    }
+
+    /// How many violations were recorded so far: pass it to `since` later.
+    public static var mark: Int { log.withLock { $0.count } }
+
+    /// The violations recorded after `mark` (at most the last `limit`).
+    public static func since(_ mark: Int) -> [Entry] {
+        log.withLock { state in Array(state.entries.suffix(max(0, min(state.count - mark, state.entries.count)))) }
+    }
+}
