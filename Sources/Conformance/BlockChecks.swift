@@ -56,6 +56,21 @@ extension Catalogue {
                 return .passed(observation: Observation(["statuses": Observation.statuses(statuses)]))
             }
         },
+        CheckDefinition("io.block.accounting", "every accepted request completes: 2000 reads and writes in flight at the driver's depth, none lost",
+                        requires: ["io.basic"], classes: block, timeout: 60) { c in
+            try withAttached(c) { rig, instance in
+                guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
+                let accounting = accountRequests(disk, total: accountingRequests, deadline: 10)
+                guard accounting.lost == 0 else {
+                    return .failed("\(accounting.lost) of \(accountingRequests) requests never completed within 10 s of the last one's submission: "
+                        + "the driver accepted \(accounting.heldByDriver) it never completed"
+                        + (accounting.lost > accounting.heldByDriver ? ", and the rest waited behind them" : "") + "; "
+                        + "every accepted request must be completed exactly once, with an error if the device failed it")
+                }
+                guard accounting.failed == 0 else { return .failed("\(accounting.failed) of \(accountingRequests) in-range requests completed with an error") }
+                return .passed("\(accountingRequests) requests, each completed once")
+            }
+        },
         CheckDefinition("io.block.zero-length", "zero-length request rejected", requires: ["io.basic"], classes: block) { c in
             try withDisk(c) { disk, buffer in
                 let status = submitDirect(disk, .read, lba: 0, blocks: 0, data: buffer.pointer)
@@ -63,4 +78,45 @@ extension Catalogue {
             }
         },
     ]
+
+    static let accountingRequests = 2000
+
+    /// Submits `total` reads and writes of 1 to 8 blocks with as many in
+    /// flight as the driver takes at once, then waits up to `deadline`
+    /// seconds for the last completions: what never came back is lost.
+    static func accountRequests(_ disk: Disk, total: Int, deadline: Double) -> (lost: Int, heldByDriver: Int, failed: Int) {
+        let g = disk.geometry
+        let depth = max(1, g.queueDepth)
+        let slots = DispatchSemaphore(value: depth)
+        let counts = Mutex((completed: 0, failed: 0))
+        let finished = DispatchSemaphore(value: 0)
+        let buffers = (0..<depth).compactMap { _ in disk.allocateBuffer(length: min(8, g.maxTransferBlocks) * g.blockSize) }
+        guard buffers.count == depth else { return (total, 0, 0) }
+        let free = Mutex(Array(0..<depth))
+        var submitted = 0
+        var random = SystemRandomNumberGenerator()
+        let endOfWaiting = { DispatchTime.now() + deadline }
+        for i in 0..<total {
+            // A slot frees when a completion arrives; one that never does is a lost request.
+            guard slots.wait(timeout: endOfWaiting()) == .success else { break }
+            let index = free.withLock { $0.removeLast() }
+            let blocks = Int.random(in: 1...min(8, g.maxTransferBlocks), using: &random)
+            let lba = UInt64.random(in: 0...(g.blockCount - UInt64(blocks)), using: &random)
+            submitted += 1
+            disk.submit(i % 3 == 0 ? .write : .read, lba: lba, blocks: blocks, buffer: buffers[index]) { status in
+                let done = counts.withLock { c -> Int in
+                    c.completed += 1
+                    if !status.isOK { c.failed += 1 }
+                    return c.completed
+                }
+                free.withLock { $0.append(index) }
+                slots.signal()
+                if done == total { finished.signal() }
+            }
+        }
+        if submitted == total { _ = finished.wait(timeout: endOfWaiting()) }
+        let (completed, failed) = counts.withLock { ($0.completed, $0.failed) }
+        let lost = total - completed
+        return (lost, min(lost, depth, submitted - completed), failed)
+    }
 }

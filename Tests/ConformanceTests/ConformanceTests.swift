@@ -143,6 +143,12 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "    for (i = 0; i < n; i++) { d->ctx->block->complete(done[i], status[i]); d->ctx->block->complete(done[i], status[i]); }"
             )])
         }, expected: ["io.basic": .failed, "context.interrupt-services": .failed, "io.dma-faults": .failed]),
+        Case(defect: "a completion now and then forgotten (lost request)", build: {
+            try Fixtures.mutatedReferenceDriver("nvmelite", [(
+                "    for (i = 0; i < n; i++) d->ctx->block->complete(done[i], status[i]);",
+                "    { static unsigned lost; for (i = 0; i < n; i++) if (++lost % 700 != 0) d->ctx->block->complete(done[i], status[i]); }"
+            )])
+        }, expected: ["io.block.accounting": .failed]),
         // Mutated copies of the serial reference driver (SDK/CLASSES.md, Serial).
         Case(defect: "divisor 16× off (forgets the clock's /16)", build: {
             try Fixtures.mutatedReferenceDriver("uart16550", [("divisor = U_CLOCK / 16u / line->baud;", "divisor = U_CLOCK / line->baud;")])
