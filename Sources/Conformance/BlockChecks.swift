@@ -44,12 +44,23 @@ extension Catalogue {
                 return .passed(observation: rig.deviceObservation())
             }
         },
-        CheckDefinition("io.block.out-of-range", "out-of-range LBA rejected", requires: ["io.basic"], classes: block) { c in
-            try withDisk(c) { disk, buffer in
+        CheckDefinition("io.block.out-of-range", "out-of-range LBA rejected by the driver (the device does not check)", requires: ["io.basic"], classes: block) { c in
+            try withAttached(c) { rig, _ in
+                guard let disk = rig.kernel.blockLayer.disks.first, let buffer = disk.allocateBuffer(length: 4 * disk.geometry.blockSize) else {
+                    return .failed("no disk registered")
+                }
+                // The driver validates, not the device: this controller performs what it is given.
+                for nvme in rig.nvmes { nvme.checksLBARange = false }
+                defer { for nvme in rig.nvmes { nvme.checksLBARange = true } }
                 var statuses: [OyStatus] = []
                 for lba in [disk.geometry.blockCount, disk.geometry.blockCount - 1, UInt64.max] {
                     let status = submitDirect(disk, .read, lba: lba, blocks: 2, data: buffer.pointer)
-                    guard !status.isOK else { return .failed("a read of 2 blocks at LBA \(lba) of \(disk.geometry.blockCount) succeeded; answer OY_E_RANGE") }
+                    let reachedDevice = rig.nvmes.reduce(0) { $0 + $1.statistics.uncheckedOutOfRange }
+                    guard !status.isOK, reachedDevice == 0 else {
+                        return .failed("a read of 2 blocks at LBA \(lba) of \(disk.geometry.blockCount) "
+                            + (reachedDevice > 0 ? "reached the device, which (like some hardware) does not check and read other blocks" : "succeeded")
+                            + "; check the range in the driver and answer OY_E_RANGE without touching the device")
+                    }
                     guard status.isDefined else { return .failed("out-of-range read returned undefined code \(status.rawValue)") }
                     statuses.append(status)
                 }

@@ -64,6 +64,8 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
         public var flushes = 0
         public var dmaFaults = 0
         public var errors = 0
+        /// Out-of-range commands performed anyway (with `checksLBARange` off).
+        public var uncheckedOutOfRange = 0
     }
 
     // Registers and doorbells (guarded by `condition`).
@@ -93,6 +95,16 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
         }
     }
     private var held = false
+
+    /// Whether the controller refuses LBAs beyond the namespace (real ones
+    /// do; some hardware does not). Off, an out-of-range transfer lands on
+    /// wrapped-around blocks and counts in `uncheckedOutOfRange`: the
+    /// conformance suite turns it off to see that the driver checks itself.
+    public var checksLBARange: Bool {
+        get { condition.withLock { checksRange } }
+        set { condition.withLock { checksRange = newValue } }
+    }
+    private var checksRange = true
 
     // Controller-thread state.
     private struct SubmissionQueue { var base: UInt64; var entries: Int; var head: Int; var cq: Int }
@@ -363,10 +375,19 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
             return (.success, 0)
         case 0x01, 0x02: // WRITE, READ
             let write = opcode == 0x01
-            let lba = UInt64(dword(command, 40)) | UInt64(dword(command, 44)) << 32
+            var lba = UInt64(dword(command, 40)) | UInt64(dword(command, 44)) << 32
             let blocks = Int(dword(command, 48) & 0xFFFF) + 1
             let length = blocks * blockSize
-            guard lba < blockCount, UInt64(blocks) <= blockCount - lba else { return (.lbaOutOfRange, 0) }
+            if !(lba < blockCount && UInt64(blocks) <= blockCount - lba) {
+                let trusting = condition.withLock { () -> Bool in
+                    if !checksRange { stats.uncheckedOutOfRange += 1 }
+                    return !checksRange
+                }
+                guard trusting else { return (.lbaOutOfRange, 0) }
+                // Hardware that trusts its driver: the address wraps (its
+                // upper bits dropped) and the transfer lands on other blocks.
+                lba = (lba % blockCount) > blockCount - UInt64(min(UInt64(blocks), blockCount)) ? 0 : lba % blockCount
+            }
             guard length <= (1 << Int(mdts)) * Self.pageSize else { return (.invalidField, 0) }
             let pieces: [UnsafeMutableRawBufferPointer]
             do {

@@ -149,6 +149,11 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "    { static unsigned lost; for (i = 0; i < n; i++) if (++lost % 700 != 0) d->ctx->block->complete(done[i], status[i]); }"
             )])
         }, expected: ["io.block.accounting": .failed]),
+        Case(defect: "relies on the device to refuse out-of-range LBAs", build: {
+            try Fixtures.mutatedReferenceDriver("nvmelite", [(
+                "        if (req->lba >= d->block_count || req->block_count > d->block_count - req->lba) return OY_E_RANGE;\n", ""
+            )])
+        }, expected: ["io.block.out-of-range": .failed]),
         // Mutated copies of the serial reference driver (SDK/CLASSES.md, Serial).
         Case(defect: "divisor 16× off (forgets the clock's /16)", build: {
             try Fixtures.mutatedReferenceDriver("uart16550", [("divisor = U_CLOCK / 16u / line->baud;", "divisor = U_CLOCK / line->baud;")])
