@@ -195,3 +195,13 @@ int oy_shim_spawn_tethered(const char *path, char *const argv[], int output_fd) 
     execv(path, argv);
     _exit(127);
 }
+
+static _Thread_local uint64_t os_time_ns;
+
+void oy_shim_os_time_add(uint64_t ns) { os_time_ns += ns; }
+
+uint64_t oy_shim_os_time_take(void) {
+    uint64_t spent = os_time_ns;
+    os_time_ns = 0;
+    return spent;
+}

@@ -69,8 +69,19 @@ public struct ConformanceSuite: Sendable {
         } catch {
             outcome = .failed("\(error)")
         }
-        let violations = ViolationLog.since(mark).filter { entry in !check.tolerates.contains { entry.message.contains($0) } }
-        return Self.withViolations(outcome, violations)
+        let recorded = ViolationLog.since(mark).filter { entry in !check.tolerates.contains { entry.message.contains($0) } }
+        return Self.withWarnings(Self.withViolations(outcome, recorded.filter { $0.severity == .violation }), recorded.filter { $0.severity == .warning })
+    }
+
+    /// Soft limits exceeded during a check (a slow callback): a pass becomes
+    /// a warning that says by how much.
+    static func withWarnings(_ outcome: CheckOutcome, _ warnings: [ViolationLog.Entry]) -> CheckOutcome {
+        guard !warnings.isEmpty, outcome.verdict == .passed || outcome.verdict == .warning else { return outcome }
+        var warned = outcome
+        warned.verdict = .warning
+        let shown = warnings.prefix(2).map(\.description).joined(separator: "; ")
+        warned.message = (outcome.message.isEmpty ? "" : outcome.message + "; ") + shown + (warnings.count > 2 ? " and \(warnings.count - 2) more" : "")
+        return warned
     }
 
     /// Every ABI violation the host recorded during a check fails it, with

@@ -244,6 +244,13 @@ public final class DriverLibrary: @unchecked Sendable {
         logger.warning("ABI violation by \(name): \(message)\(callback.map { " (in \($0))" } ?? "")")
     }
 
+    /// A callback slower than it should be, short of a violation: kept for
+    /// the conformance suite's verdict, logged.
+    func recordWarning(_ message: String) {
+        ViolationLog.record(.init(severity: .warning, driver: name, callback: oy_shim_context_callback().map { String(cString: $0) }, message: message))
+        logger.warning("\(name): \(message)")
+    }
+
     /// ABI violations seen so far, oldest first.
     public var violations: [String] { lock.withLock { violationLog } }
 

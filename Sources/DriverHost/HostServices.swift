@@ -493,10 +493,12 @@ enum HostServices {
             guard binding.claimVector(Int(index)) else { return OY_E_BUSY.rawValue }
             let call = InterruptCall(function: fn, argument: arg)
             do throws(OyStatus) {
+                let library = binding.library, label = binding.label
                 try binding.device.hookInterrupt(index: Int(index)) {
                     // The name must outlive the call: a static string, not a temporary C copy.
                     oy_shim_set_context(1, HostServices.interruptHandlerName)
-                    call.function(call.argument)
+                    let spent = CallbackBudget.measure { call.function(call.argument) }
+                    CallbackBudget.interrupt.judge(spent, what: "the interrupt handler of \(label) (vector \(index))", library: library)
                     oy_shim_set_context(0, nil)
                 }
             } catch {

@@ -46,11 +46,13 @@ public class LentRequest: @unchecked Sendable {
             HostServices.unattributed("\(service) for a request that is not outstanding (completed twice, or never accepted)")
             return
         }
-        guard let loans = request.loans else {
-            request.finish(OyStatus(status))
-            return
+        CallbackBudget.inOS {
+            guard let loans = request.loans else {
+                request.finish(OyStatus(status))
+                return
+            }
+            loans.returned(request, status: OyStatus(status), service: service)
         }
-        loans.returned(request, status: OyStatus(status), service: service)
     }
 }
 

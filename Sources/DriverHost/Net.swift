@@ -169,7 +169,7 @@ enum HostNet {
                 netdev.binding.library.recordViolation("receive with an impossible frame length \(length)")
                 return
             }
-            netdev.deliver(UnsafeRawBufferPointer(start: data, count: Int(length)))
+            CallbackBudget.inOS { netdev.deliver(UnsafeRawBufferPointer(start: data, count: Int(length))) }
         }
         t.pointee.link_changed = { handle, state in
             HostServices.resource(handle, RegisteredNetdev.self, service: "link_changed")?.setLink(state == UInt32(OY_LINK_UP.rawValue))

@@ -6,7 +6,16 @@ import Synchronization
 /// rule: a violation the host can see is a failure, attributed to the
 /// driver, the callback and the service).
 @_spi(Conformance) public enum ViolationLog {
+    public enum Severity: Sendable, Equatable {
+        /// A rule broken: fails the check it happened in.
+        case violation
+        /// Beyond a soft limit (a callback slower than it should be): the
+        /// check passes with a warning.
+        case warning
+    }
+
     public struct Entry: Sendable, Equatable {
+        public var severity = Severity.violation
         /// The driver's metadata name, or nil when the host could not tell
         /// which driver broke the rule (a forged handle, a dead table).
         public let driver: String?

@@ -149,6 +149,8 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "    { static unsigned lost; for (i = 0; i < n; i++) if (++lost % 700 != 0) d->ctx->block->complete(done[i], status[i]); }"
             )])
         }, expected: ["io.block.accounting": .failed]),
+        Case(defect: "30 ms of work in the interrupt handler", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_SLOW_IRQ"]) },
+             expected: ["context.interrupt-services": .failed]),
         Case(defect: "relies on the device to refuse out-of-range LBAs", build: {
             try Fixtures.mutatedReferenceDriver("nvmelite", [(
                 "        if (req->lba >= d->block_count || req->block_count > d->block_count - req->lba) return OY_E_RANGE;\n", ""

@@ -73,6 +73,13 @@ int oy_shim_eventfd(void);
  * as long as the process). Returns the pid or -1 with errno. */
 int oy_shim_spawn_tethered(const char *path, char *const argv[], int output_fd);
 
+/* CPU nanoseconds this thread spent in the OS on a driver's behalf (its
+ * completions and received frames), so that a callback's budget counts the
+ * driver's own time: add after each such upcall, take (and reset) around
+ * the callback. */
+void oy_shim_os_time_add(uint64_t ns);
+uint64_t oy_shim_os_time_take(void);
+
 /* errno of the last failing call on this thread. */
 int oy_shim_errno(void);
 

@@ -118,6 +118,14 @@ static void mutant_irq(void *arg) {
 #ifdef MUTANT_BLOCK_IN_IRQ
     d->ctx->host->event_wait(d->event, 1000000);
 #endif
+#ifdef MUTANT_SLOW_IRQ
+    /* Defect: 30 ms of work in the interrupt handler. */
+    {
+        volatile uint64_t spin = 0;
+        uint64_t until = d->ctx->host->monotonic_ns(d->ctx->host) + 30000000u;
+        while (d->ctx->host->monotonic_ns(d->ctx->host) < until) spin++;
+    }
+#endif
     d->ctx->host->event_signal(d->event);
 }
 
