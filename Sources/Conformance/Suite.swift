@@ -62,6 +62,7 @@ public struct ConformanceSuite: Sendable {
     /// Runs one check body in this process (what a worker does).
     public static func runCheck(_ id: String, driver: String, environment: SuiteEnvironment, timeBudget: Double? = Options.defaultTimeBudget) -> CheckOutcome {
         guard let check = Catalogue.all.first(where: { $0.id == id }) else { return .failed("no check \(id)") }
+        BorrowedPool.enable()
         let mark = ViolationLog.mark
         var outcome: CheckOutcome
         do {
@@ -216,8 +217,11 @@ public struct ConformanceSuite: Sendable {
         if let report = CrashReport.parse(stderr) {
             let frames = report.symbolized()
             let fault = report.signal == 11 || report.signal == 7 ? " at address 0x\(String(report.address, radix: 16))" : ""
+            let borrowed = report.signal == 11 && BorrowedPool.contains(report.address)
+                ? "; that is memory the host lent for one call (a borrowed argument such as probe's device info), used after the call returned: copy what you need during the call"
+                : ""
             let top = frames.first.map { " in \($0.drop { $0 != " " }.dropFirst())" } ?? ""
-            outcome = CheckOutcome(verdict: .crashed, message: "the worker died with \(name)\(fault)\(top); the backtrace and the driver's log follow")
+            outcome = CheckOutcome(verdict: .crashed, message: "the worker died with \(name)\(fault)\(top)\(borrowed); the backtrace and the driver's log follow")
             outcome.backtrace = frames
         } else {
             outcome = CheckOutcome(verdict: .crashed, message: "the worker died with \(name) and left no backtrace (killed from outside, or its stack was gone)")

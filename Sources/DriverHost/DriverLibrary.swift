@@ -164,8 +164,10 @@ public final class DriverLibrary: @unchecked Sendable {
 
     /// Asks the driver whether it drives `device`. Does not touch hardware.
     public func probe(_ device: any HostDevice) -> OyStatus {
-        var info = HostServices.deviceInfo(device.info)
-        return callDriver("probe") { OyStatus(driver.pointee.probe(context, &info)) }
+        // Borrowed for the call only: revoked when probe returns.
+        BorrowedPool.lend(HostServices.deviceInfo(device.info)) { info in
+            callDriver("probe") { OyStatus(driver.pointee.probe(context, info)) }
+        }
     }
 
     /// Attaches the driver to `device`. On failure the host reclaims whatever

@@ -149,7 +149,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "    { static unsigned lost; for (i = 0; i < n; i++) if (++lost % 700 != 0) d->ctx->block->complete(done[i], status[i]); }"
             )])
         }, expected: ["io.block.accounting": .failed]),
-        Case(defect: "30 ms of work in the interrupt handler", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_SLOW_IRQ"]) },
+        Case(defect: "keeps probe's borrowed device info", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_KEEPS_PROBE_INFO"]) },
+             expected: ["lifecycle.attach": .crashed]),
+        Case(defect: "100 ms of work in the interrupt handler", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_SLOW_IRQ"]) },
              expected: ["context.interrupt-services": .failed]),
         Case(defect: "relies on the device to refuse out-of-range LBAs", build: {
             try Fixtures.mutatedReferenceDriver("nvmelite", [(
@@ -196,6 +198,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
             let results = report.results.filter { $0.id == id }
             #expect(!results.isEmpty && results.allSatisfy { $0.verdict == verdict }, "\(id): \(results.map { "\($0.environment) \($0.verdict)" })")
             #expect(results.allSatisfy { !$0.message.isEmpty }, "a failure says what to fix")
+            if fixture.defect == "keeps probe's borrowed device info" {
+                #expect(results.allSatisfy { $0.message.contains("used after the call returned") }, "\(results.map(\.message))")
+            }
             if fixture.defect == "request completed twice" {
                 #expect(results.allSatisfy { $0.message.contains("completed twice") && $0.message.contains("interrupt handler") }, "\(results.map(\.message))")
             }

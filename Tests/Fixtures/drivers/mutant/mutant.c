@@ -89,8 +89,16 @@ static void mutant_deinit(void *ctx) {
 #endif
 }
 
+#ifdef MUTANT_KEEPS_PROBE_INFO
+/* Defect: keeps the device info probe borrowed, to read it in attach. */
+static const oy_device_info *mutant_kept_info;
+#endif
+
 static int32_t mutant_probe(void *ctx, const oy_device_info *info) {
     (void)ctx;
+#ifdef MUTANT_KEEPS_PROBE_INFO
+    mutant_kept_info = info;
+#endif
 #ifdef MUTANT_PROBE_FAILS
     (void)info;
     return OY_E_NOT_SUPPORTED;
@@ -119,10 +127,10 @@ static void mutant_irq(void *arg) {
     d->ctx->host->event_wait(d->event, 1000000);
 #endif
 #ifdef MUTANT_SLOW_IRQ
-    /* Defect: 30 ms of work in the interrupt handler. */
+    /* Defect: 100 ms of work in the interrupt handler. */
     {
         volatile uint64_t spin = 0;
-        uint64_t until = d->ctx->host->monotonic_ns(d->ctx->host) + 30000000u;
+        uint64_t until = d->ctx->host->monotonic_ns(d->ctx->host) + 100000000u;
         while (d->ctx->host->monotonic_ns(d->ctx->host) < until) spin++;
     }
 #endif
@@ -132,8 +140,12 @@ static void mutant_irq(void *arg) {
 static int32_t mutant_attach(void *ctx, oy_device *device, void **out) {
     mutant_ctx *c = (mutant_ctx *)ctx;
     const oy_host *h = c->host;
-    mutant_dev *d = (mutant_dev *)h->mem_alloc(h, device, sizeof(*d));
+    mutant_dev *d;
     uint64_t size = 0;
+#ifdef MUTANT_KEEPS_PROBE_INFO
+    if (mutant_kept_info != NULL && mutant_kept_info->irq_count == 0) return OY_E_NOT_SUPPORTED;
+#endif
+    d = (mutant_dev *)h->mem_alloc(h, device, sizeof(*d));
     void *cpu = NULL;
     oy_dma_addr addr = 0;
     int32_t rc;

@@ -1,0 +1,60 @@
+import Foundation
+import Glibc
+import Synchronization
+
+/// Special-pool memory for arguments a driver borrows for one call (the
+/// device info passed to probe): each lives on pages of its own in a
+/// reserved region, and when the call returns the pages are made
+/// inaccessible, so a driver that kept the pointer faults at its next use —
+/// deterministically, with the address telling what it was — instead of
+/// reading stale memory in the field.
+@_spi(Conformance) public enum BorrowedPool {
+    /// The reserved region: a fault address inside it is a borrowed pointer
+    /// used after its call returned.
+    public static let base: UInt64 = 0x6F00_0000_0000
+    static let slots = 256
+    /// Two pages: the struct sits at the end of them, so an overread faults too.
+    static let slotSize = 2 * 4096
+
+    public static func contains(_ address: UInt64) -> Bool { address >= base && address < base + UInt64(slots * slotSize) }
+
+    private static let next = Mutex(0)
+    private static let enabled = Atomic<Bool>(false)
+
+    /// Turns the pool on for this process (the conformance suite's workers,
+    /// as Driver Verifier's special pool is on only where it verifies).
+    public static func enable() { enabled.store(true, ordering: .relaxed) }
+    private static var region: UnsafeMutableRawPointer? { regionAddress.flatMap { UnsafeMutableRawPointer(bitPattern: $0) } }
+    private static let regionAddress: UInt? = {
+        // MAP_FIXED_NOREPLACE: at `base`, or not at all (then plain memory is used).
+        let fixedNoReplace: Int32 = 0x100000
+        let p = mmap(UnsafeMutableRawPointer(bitPattern: UInt(base)), slots * slotSize, PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | fixedNoReplace, -1, 0)
+        guard let p, p != MAP_FAILED, UInt64(UInt(bitPattern: p)) == base else { return nil }
+        return UInt(bitPattern: p)
+    }()
+
+    /// Runs `body` with a copy of `value` on borrowed pages, then revokes them.
+    static func lend<T, R>(_ value: T, _ body: (UnsafeMutablePointer<T>) -> R) -> R {
+        precondition(MemoryLayout<T>.size <= slotSize)
+        guard enabled.load(ordering: .relaxed), let region else {
+            var copy = value
+            return body(&copy)
+        }
+        let slot = next.withLock { n -> Int in
+            defer { n = (n + 1) % slots }
+            return n
+        }
+        let page = region + slot * slotSize
+        mprotect(page, slotSize, PROT_READ | PROT_WRITE)
+        // At the end of the slot, so that reading past the struct faults too.
+        let at = page + slotSize - MemoryLayout<T>.stride
+        let pointer = at.bindMemory(to: T.self, capacity: 1)
+        pointer.initialize(to: value)
+        defer {
+            pointer.deinitialize(count: 1)
+            mprotect(page, slotSize, PROT_NONE)
+        }
+        return body(pointer)
+    }
+}
