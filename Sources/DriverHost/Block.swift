@@ -35,13 +35,43 @@ public final class BlockRequest: LentRequest, @unchecked Sendable {
         UnsafeMutableRawPointer(raw).advanced(by: MemoryLayout<oy_block_request>.offset(of: \.host_private)!).assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
     }
 
-    deinit { raw.deallocate() }
+    deinit {
+        checkPoison()
+        raw.deallocate()
+    }
+
+    /// Who completed it last, while its struct holds the poison pattern.
+    private weak var poisonedBy: DriverLibrary?
+    static let poison: UInt8 = 0xA5
+
+    /// Completed: every byte but `host_private` is poisoned, and checked
+    /// when the host uses the request again, so a driver that writes to a
+    /// request after completing it is caught (Driver Verifier's I/O
+    /// verification does the same with freed IRPs).
+    override func retired(from library: DriverLibrary) {
+        let bytes = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(raw), count: MemoryLayout<oy_block_request>.size)
+        let slot = MemoryLayout<oy_block_request>.offset(of: \.host_private)!
+        for i in bytes.indices where !(slot..<(slot + 8)).contains(i) { bytes[i] = Self.poison }
+        poisonedBy = library
+    }
+
+    private func checkPoison() {
+        guard let library = poisonedBy else { return }
+        poisonedBy = nil
+        let bytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(raw), count: MemoryLayout<oy_block_request>.size)
+        let slot = MemoryLayout<oy_block_request>.offset(of: \.host_private)!
+        if let changed = bytes.indices.first(where: { !(slot..<(slot + 8)).contains($0) && bytes[$0] != Self.poison }) {
+            library.recordViolation("a block request was written after the driver completed it (byte \(changed) of oy_block_request); "
+                + "once complete() is called the request is the host's: touch nothing of it afterwards", inCallback: false)
+        }
+    }
 
     /// Fills the request. `data` must be memory the OS allocated for I/O
     /// (reachable by dma_map); nil for flush.
     public func prepare(_ operation: Operation, lba: UInt64, blockCount: Int, data: UnsafeMutableRawPointer?,
                         completion: @escaping @Sendable (OyStatus) -> Void)
     {
+        checkPoison()
         raw.pointee = oy_block_request()
         raw.pointee.struct_size = UInt32(MemoryLayout<oy_block_request>.size)
         raw.pointee.op = operation.rawValue

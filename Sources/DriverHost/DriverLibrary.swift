@@ -236,12 +236,14 @@ public final class DriverLibrary: @unchecked Sendable {
 
     /// A rule of the ABI the driver broke (a service from the wrong context,
     /// a stale handle, a request completed twice). Logged and kept.
-    func recordViolation(_ message: String) {
+    /// `inCallback` false: found later than it happened (the callback
+    /// running now is not the one that broke the rule).
+    func recordViolation(_ message: String, inCallback: Bool = true) {
         lock.withLock {
             violationLog.append(message)
             if violationLog.count > 256 { violationLog.removeFirst() }
         }
-        let callback = oy_shim_context_callback().map { String(cString: $0) }
+        let callback = inCallback ? oy_shim_context_callback().map { String(cString: $0) } : nil
         ViolationLog.record(.init(driver: name, callback: callback, message: message))
         logger.warning("ABI violation by \(name): \(message)\(callback.map { " (in \($0))" } ?? "")")
     }

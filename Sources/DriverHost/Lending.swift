@@ -38,6 +38,10 @@ public class LentRequest: @unchecked Sendable {
     }
 
     fileprivate func lend() { hostPrivate.pointee = Unmanaged.passRetained(self).toOpaque() }
+
+    /// The driver gave it back: from now on it is the host's alone.
+    /// Subclasses poison what the driver may no longer touch.
+    func retired(from library: DriverLibrary) {}
     fileprivate func takeBack() -> LentRequest? { Self.reclaim(hostPrivate) }
 
     /// The driver's completion callback: `complete()` or `tx_complete()`.
@@ -93,6 +97,7 @@ final class Loans: @unchecked Sendable {
     /// The driver completed `request` (already taken back).
     func returned(_ request: LentRequest, status: OyStatus, service: String) {
         _ = lock.withLock { outstanding.removeValue(forKey: ObjectIdentifier(request)) }
+        request.retired(from: library)
         var status = status
         if !status.isDefined {
             library.recordViolation("\(service) with undefined status code \(status.rawValue)")

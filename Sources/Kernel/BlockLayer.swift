@@ -126,6 +126,8 @@ public final class Disk: @unchecked Sendable {
     private let memory: KernelMemory
     private let lock = NSLock()
     private var spare: [BlockRequest] = []
+    /// Completed requests kept out of use before they are reused.
+    static let quarantine = 32
     private let queue: SubmissionQueue<BlockRequest>
 
     public struct Statistics: Sendable {
@@ -183,7 +185,10 @@ public final class Disk: @unchecked Sendable {
             completion(problem)
             return
         }
-        let request = lock.withLock { spare.popLast() } ?? BlockRequest()
+        // Completed requests rest in quarantine before reuse, oldest first:
+        // a driver's late second complete() then finds the request not
+        // outstanding instead of completing someone else's.
+        let request = lock.withLock { spare.count > Self.quarantine ? spare.removeFirst() : nil } ?? BlockRequest()
         let length = blocks * geometry.blockSize
         request.prepare(operation.driverOperation, lba: lba, blockCount: operation == .flush ? 0 : blocks, data: memory) { [weak self] status in
             let status = DiskStatus(status)

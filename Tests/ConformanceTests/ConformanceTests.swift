@@ -143,6 +143,12 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "    for (i = 0; i < n; i++) { d->ctx->block->complete(done[i], status[i]); d->ctx->block->complete(done[i], status[i]); }"
             )])
         }, expected: ["io.basic": .failed, "context.interrupt-services": .failed, "io.dma-faults": .failed]),
+        Case(defect: "writes to a request after completing it", build: {
+            try Fixtures.mutatedReferenceDriver("nvmelite", [(
+                "    for (i = 0; i < n; i++) d->ctx->block->complete(done[i], status[i]);",
+                "    for (i = 0; i < n; i++) { d->ctx->block->complete(done[i], status[i]); done[i]->block_count = 0; }"
+            )])
+        }, expected: ["io.basic": .failed, "context.interrupt-services": .failed, "io.dma-faults": .failed]),
         Case(defect: "a completion now and then forgotten (lost request)", build: {
             try Fixtures.mutatedReferenceDriver("nvmelite", [(
                 "    for (i = 0; i < n; i++) d->ctx->block->complete(done[i], status[i]);",
