@@ -82,6 +82,34 @@ extension Catalogue {
                 return .passed("\(accountingRequests) requests, each completed once")
             }
         },
+        CheckDefinition("io.block.durability", "writes acknowledged before a completed flush survive a power cut", requires: ["io.block.flush"], classes: block) { c in
+            try withAttached(c, writeCache: true) { rig, _ in
+                guard let disk = rig.kernel.blockLayer.disks.first, let nvme = rig.nvmes.first else { return .failed("no disk registered") }
+                let g = disk.geometry
+                guard g.canFlush else {
+                    return .failed("the device has a volatile write cache, but the disk was registered without OY_BLOCK_CAN_FLUSH: its writes are lost at a power cut; register it flushable and send the device's FLUSH")
+                }
+                let blocks = min(64, g.maxTransferBlocks), length = blocks * g.blockSize
+                let flushed = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+                let later = [UInt8](repeating: 0x5A, count: length)
+                do {
+                    try disk.write(lba: 0, bytes: flushed)
+                    try disk.flush()
+                    try disk.write(lba: UInt64(2 * blocks), bytes: later)
+                } catch {
+                    return .failed("\(error)")
+                }
+                // Power lost; the rebooted machine finds what is on the medium.
+                let lost = nvme.powerCut()
+                guard let medium = FileHandle(forReadingAtPath: rig.state + "/disk0.img")?.readData(ofLength: length) else { return .failed("cannot read the disk image") }
+                guard [UInt8](medium) == flushed else {
+                    let differ = zip([UInt8](medium), flushed).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? 0
+                    return .failed("\(blocks) blocks written and then flushed (the flush completed OK) were not on the medium after a power cut "
+                        + "(first difference at byte \(differ)): the driver acknowledged a flush the device never did; send FLUSH and complete on its completion")
+                }
+                return .passed("\(blocks) flushed blocks survived; \(lost) unflushed block\(lost == 1 ? "" : "s") lost, as a power cut loses them")
+            }
+        },
         CheckDefinition("io.block.zero-length", "zero-length request rejected", requires: ["io.basic"], classes: block) { c in
             try withDisk(c) { disk, buffer in
                 let status = submitDirect(disk, .read, lba: 0, blocks: 0, data: buffer.pointer)

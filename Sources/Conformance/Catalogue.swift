@@ -424,8 +424,8 @@ enum Catalogue {
 
     /// A rig with the driver attached to its first device; detached and
     /// shut down afterwards, whatever the body returns or throws.
-    static func withAttached(_ c: CheckContext, _ body: (Rig, DriverInstance) throws -> CheckOutcome) throws -> CheckOutcome {
-        let rig = try Rig(c)
+    static func withAttached(_ c: CheckContext, writeCache: Bool = false, _ body: (Rig, DriverInstance) throws -> CheckOutcome) throws -> CheckOutcome {
+        let rig = try Rig(c, writeCache: writeCache)
         defer { rig.shutdown() }
         let instance = try rig.attach()
         defer { instance.detach() }

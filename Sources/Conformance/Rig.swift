@@ -54,7 +54,9 @@ final class Rig: @unchecked Sendable {
 
     var deviceClass: String { file.metadata.deviceClass }
 
-    init(_ context: CheckContext, copies: Int = 1, load: Bool = true) throws {
+    /// - Parameter writeCache: storage with a volatile write cache that a
+    ///   power cut empties (`NVMeLite.powerCut`).
+    init(_ context: CheckContext, copies: Int = 1, load: Bool = true, writeCache: Bool = false) throws {
         environment = context.environment
         file = try DriverFile.inspect(path: context.driverPath)
         state = FileManager.default.temporaryDirectory.appendingPathComponent("oyako-conf-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
@@ -64,7 +66,7 @@ final class Rig: @unchecked Sendable {
         let wanted = Set(Self.offeredDevices.filter { metadata.matches(vendorID: $0.vendorID, deviceID: $0.deviceID) }.map(\.deviceID))
         for copy in 0..<copies {
             if wanted.contains(NVMeLite.deviceID) {
-                let nvme = NVMeLite(disk: try DiskImage(path: "\(state)/disk\(copy).img", size: 8 << 20))
+                let nvme = NVMeLite(disk: try DiskImage(path: "\(state)/disk\(copy).img", size: 8 << 20), writeCache: writeCache)
                 nvmes.append(nvme)
                 slots.append(machine.bus.plug(nvme))
             }

@@ -117,11 +117,25 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
     /// - Parameters:
     ///   - disk: the backing image; its size sets the namespace size.
     ///   - blockSize: logical block size, a power of two from 512 to 4096.
-    public init(disk: DiskImage, blockSize: Int = 512) {
+    /// - Parameter writeCache: a volatile write cache (NVMe's VWC): writes
+    ///   complete into it, FLUSH puts them on the medium, `powerCut` loses
+    ///   what was not flushed.
+    public init(disk: DiskImage, blockSize: Int = 512, writeCache: Bool = false) {
         precondition(blockSize >= 512 && blockSize <= 4096 && blockSize & (blockSize - 1) == 0)
         self.disk = disk
         self.blockSize = blockSize
+        cache = writeCache ? VolatileWriteCache(blockSize: blockSize) : nil
     }
+
+    private let cache: VolatileWriteCache?
+
+    /// Power lost: the write cache's contents are gone (the medium keeps
+    /// what was flushed). Returns how many blocks were lost.
+    @discardableResult
+    public func powerCut() -> Int { cache?.discard() ?? 0 }
+
+    /// Blocks written but not yet flushed to the medium.
+    public var unflushedBlocks: Int { cache?.dirtyBlocks ?? 0 }
 
     public var statistics: Statistics {
         condition.lock()
@@ -364,6 +378,7 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
         switch opcode {
         case 0x00: // FLUSH
             do {
+                try cache?.flush(to: disk)
                 try disk.flush()
             } catch {
                 logger.error("nvmelite: fdatasync of \(disk.path) failed: \(error)")
@@ -400,10 +415,13 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
                 return (.invalidField, 0)
             }
             do {
-                if write {
+                if write, let cache {
+                    cache.write(pieces, lba: lba)
+                } else if write {
                     try disk.write(from: pieces, at: lba * UInt64(blockSize))
                 } else {
                     try disk.read(into: pieces, at: lba * UInt64(blockSize))
+                    cache?.overlay(pieces, lba: lba)
                 }
             } catch {
                 logger.error("nvmelite: \(write ? "write" : "read") of \(disk.path) failed: \(error)")

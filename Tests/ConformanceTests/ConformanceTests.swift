@@ -149,6 +149,12 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "    for (i = 0; i < n; i++) { d->ctx->block->complete(done[i], status[i]); done[i]->block_count = 0; }"
             )])
         }, expected: ["io.basic": .failed, "context.interrupt-services": .failed, "io.dma-faults": .failed]),
+        Case(defect: "acknowledges a flush without flushing", build: {
+            try Fixtures.mutatedReferenceDriver("nvmelite", [(
+                "    case OY_BLOCK_FLUSH:\n        cmd.opcode = NVL_CMD_FLUSH;\n        break;",
+                "    case OY_BLOCK_FLUSH:\n        d->ctx->block->complete(req, OY_OK);\n        return OY_OK;"
+            )])
+        }, expected: ["io.block.durability": .failed]),
         Case(defect: "a completion now and then forgotten (lost request)", build: {
             try Fixtures.mutatedReferenceDriver("nvmelite", [(
                 "    for (i = 0; i < n; i++) d->ctx->block->complete(done[i], status[i]);",
