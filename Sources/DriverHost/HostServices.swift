@@ -90,12 +90,46 @@ final class HostEvent: Resource, @unchecked Sendable {
 }
 
 final class MemoryAllocation: Resource, @unchecked Sendable {
+    /// Bytes of red zone on each side of every block, filled with `guardByte`
+    /// and checked when the block is freed or reclaimed at detach: a driver
+    /// that wrote past either end of what it asked for is caught then.
+    static let redZone = 32
+    static let guardByte: UInt8 = 0xFD
+
+    /// What the driver got (inside the red zones).
     let pointer: UnsafeMutableRawPointer
-    init(pointer: UnsafeMutableRawPointer, size: Int, owner: ResourceOwner) {
-        self.pointer = pointer
+    let size: Int
+    private let base: UnsafeMutableRawPointer
+
+    /// A zeroed block of `size` bytes between red zones; nil when out of memory.
+    init?(size: Int, owner: ResourceOwner) {
+        var base: UnsafeMutableRawPointer?
+        guard posix_memalign(&base, 16, size + 2 * Self.redZone) == 0, let base else { return nil }
+        memset(base, Int32(Self.guardByte), Self.redZone)
+        memset(base + Self.redZone, 0, size)
+        memset(base + Self.redZone + size, Int32(Self.guardByte), Self.redZone)
+        self.base = base
+        self.pointer = base + Self.redZone
+        self.size = size
         super.init(kind: "memory", detail: "\(size) bytes", owner: owner)
     }
-    override func reclaim() { free(pointer) }
+
+    override func reclaim() {
+        checkRedZones()
+        free(base)
+    }
+
+    private func checkRedZones() {
+        let before = UnsafeRawBufferPointer(start: base, count: Self.redZone)
+        let after = UnsafeRawBufferPointer(start: pointer + size, count: Self.redZone)
+        let overrun = after.lastIndex { $0 != Self.guardByte }.map { $0 + 1 }
+        let underrun = before.firstIndex { $0 != Self.guardByte }.map { Self.redZone - $0 }
+        guard overrun != nil || underrun != nil else { return }
+        let what = [overrun.map { "\($0) byte\($0 == 1 ? "" : "s") past its end" }, underrun.map { "\($0) byte\($0 == 1 ? "" : "s") before its start" }]
+            .compactMap { $0 }.joined(separator: " and ")
+        owner.library?.recordViolation("a \(size)-byte mem_alloc block was written \(what) (heap overflow, found by its red zones when it was freed)",
+                                       inCallback: false)
+    }
 }
 
 /// The C host-services table, built from non-capturing `@convention(c)`
@@ -251,10 +285,8 @@ enum HostServices {
                 let owner = HostServices.owner(library, device, service: "mem_alloc")
             else { return nil }
             if library.faults.shouldFail() { return nil }
-            var pointer: UnsafeMutableRawPointer?
-            guard posix_memalign(&pointer, 16, size) == 0, let pointer else { return nil }
-            memset(pointer, 0, size)
-            let allocation = MemoryAllocation(pointer: pointer, size: size, owner: owner)
+            guard let allocation = MemoryAllocation(size: size, owner: owner) else { return nil }
+            let pointer = allocation.pointer
             owner.adopt(allocation, key: UInt(bitPattern: pointer))
             HostServices.allocations.withLock { $0[UInt(bitPattern: pointer)] = allocation }
             return pointer

@@ -161,6 +161,8 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "    { static unsigned lost; for (i = 0; i < n; i++) if (++lost % 700 != 0) d->ctx->block->complete(done[i], status[i]); }"
             )])
         }, expected: ["io.block.accounting": .failed]),
+        Case(defect: "writes one byte past a mem_alloc block", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_HEAP_OVERFLOW"]) },
+             expected: ["lifecycle.attach": .failed]),
         Case(defect: "keeps probe's borrowed device info", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_KEEPS_PROBE_INFO"]) },
              expected: ["lifecycle.attach": .crashed]),
         Case(defect: "100 ms of work in the interrupt handler", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_SLOW_IRQ"]) },

@@ -146,6 +146,10 @@ static int32_t mutant_attach(void *ctx, oy_device *device, void **out) {
     if (mutant_kept_info != NULL && mutant_kept_info->irq_count == 0) return OY_E_NOT_SUPPORTED;
 #endif
     d = (mutant_dev *)h->mem_alloc(h, device, sizeof(*d));
+#ifdef MUTANT_HEAP_OVERFLOW
+    /* Defect: writes one byte past the block it asked for. */
+    if (d != NULL) ((unsigned char *)d)[sizeof(*d)] = 1;
+#endif
     void *cpu = NULL;
     oy_dma_addr addr = 0;
     int32_t rc;
