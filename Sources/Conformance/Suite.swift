@@ -27,10 +27,33 @@ public struct ConformanceSuite: Sendable {
         /// warns; nil turns time budgets off (the check is skipped), for
         /// runs whose verdicts must not depend on the machine's load.
         public var timeBudget: Double? = Options.defaultTimeBudget
+        /// Run the workers with this sanitizer's runtime loaded, for a driver
+        /// built with it (`make SANITIZE=address`): its reports become verdicts.
+        public var sanitizer: Sanitizer?
 
         public static let defaultTimeBudget = 1.0
 
         public init() {}
+    }
+
+    /// A sanitizer whose runtime the workers load (the host's own code is not
+    /// instrumented; the driver is, when its vendor built it so).
+    public enum Sanitizer: String, Sendable, CaseIterable {
+        case address
+
+        /// The runtime library, from the system C compiler.
+        var runtime: String? {
+            let result = ProcessRunner.run("cc", ["-print-file-name=libasan.so"], timeout: 30)
+            let path = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            return result.status == 0 && path.hasPrefix("/") && FileManager.default.fileExists(atPath: path) ? path : nil
+        }
+
+        /// What the worker's environment gains.
+        func environment(runtime: String) -> [String: String] {
+            ["LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1:exitcode=86:print_summary=1:symbolize=0"]
+        }
+
+        static let exitCode: Int32 = 86
     }
 
     public struct DriverReport: Codable, Sendable {
@@ -194,9 +217,18 @@ public struct ConformanceSuite: Sendable {
             coreFolder = folder
             arguments.append("--keep-core")
         }
-        let run = ProcessRunner.run(executable, arguments + [driver], timeout: timeout, currentDirectory: coreFolder)
+        var environment: [String: String]?
+        if let sanitizer = options.sanitizer {
+            guard let runtime = sanitizer.runtime else {
+                return .failed("--sanitize \(sanitizer.rawValue): the system C compiler has no lib\(sanitizer == .address ? "asan" : sanitizer.rawValue).so (install gcc's sanitizer runtime)")
+            }
+            environment = ProcessInfo.processInfo.environment.merging(sanitizer.environment(runtime: runtime)) { $1 }
+        }
+        let run = ProcessRunner.run(executable, arguments + [driver], environment: environment, timeout: timeout, currentDirectory: coreFolder)
         var outcome: CheckOutcome
-        if run.timedOut {
+        if let report = Self.sanitizerReport(run) {
+            outcome = .failed(report)
+        } else if run.timedOut {
             outcome = CheckOutcome(verdict: .timeout, message: String(format: "no verdict within %.0f s: a callback hangs (the watchdog killed it)", timeout))
         } else if let signal = run.signal {
             outcome = crashOutcome(signal: signal, stderr: run.stderr, coreFolder: coreFolder)
@@ -209,6 +241,21 @@ public struct ConformanceSuite: Sendable {
         outcome.log = DriverLogMirror.lines(in: run.stderr)
         if let coreFolder, outcome.coreFile == nil { try? FileManager.default.removeItem(atPath: coreFolder) }
         return outcome
+    }
+
+    /// A sanitizer's report in a worker's output, as a verdict message: the
+    /// error, where in the driver, and the summary line.
+    static func sanitizerReport(_ run: ProcessRunner.Result) -> String? {
+        let lines = run.stderr.split(separator: "\n").map(String.init)
+        guard let error = lines.first(where: { $0.contains("ERROR: AddressSanitizer:") }) else { return nil }
+        let kind = error.components(separatedBy: "AddressSanitizer: ").last?.split(separator: " ").first.map(String.init) ?? "error"
+        let access = lines.first { $0.hasPrefix("READ of size") || $0.hasPrefix("WRITE of size") } ?? ""
+        // The first frame in the driver (its module is the .so).
+        let frame = lines.first { $0.trimmingCharacters(in: .whitespaces).hasPrefix("#") && $0.contains(".so+") && !$0.contains("libasan") }?
+            .trimmingCharacters(in: .whitespaces) ?? ""
+        let summary = lines.first { $0.hasPrefix("SUMMARY: AddressSanitizer") } ?? ""
+        return "AddressSanitizer: \(kind)" + (access.isEmpty ? "" : " (\(access.split(separator: " ").prefix(4).joined(separator: " ")))")
+            + (frame.isEmpty ? "" : " at \(frame)") + (summary.isEmpty ? "" : "; \(summary)")
     }
 
     private func crashOutcome(signal: Int32, stderr: String, coreFolder: String?) -> CheckOutcome {

@@ -46,6 +46,9 @@ struct ConformanceCommand: ParsableCommand {
     @Option(help: "Seconds a load-to-unload cycle may take before load.time-budget warns; 0 turns time budgets off.")
     var timeBudget: Double = ConformanceSuite.Options.defaultTimeBudget
 
+    @Option(help: ArgumentHelp("Run the workers with this sanitizer's runtime, for a driver built with it (make SANITIZE=address); its reports are verdicts.", valueName: "address"))
+    var sanitize: String?
+
     @Flag(help: "List the checks and exit.")
     var list = false
 
@@ -56,6 +59,10 @@ struct ConformanceCommand: ParsableCommand {
             throw ValidationError("\(path): no such file")
         }
         guard timeBudget >= 0, timeBudget.isFinite else { throw ValidationError("--time-budget takes seconds, 0 or more") }
+        if let sanitize, ConformanceSuite.Sanitizer(rawValue: sanitize) == nil {
+            throw ValidationError("--sanitize \(sanitize): the suite knows \(ConformanceSuite.Sanitizer.allCases.map(\.rawValue).joined(separator: ", ")) (ThreadSanitizer would need an instrumented host)")
+        }
+        if sanitize != nil && inProcess { throw ValidationError("--sanitize needs worker processes; drop --in-process") }
         if let filter, (try? NSRegularExpression(pattern: filter)) == nil {
             throw ValidationError("--filter \(filter) is not a valid regular expression")
         }
@@ -71,6 +78,7 @@ struct ConformanceCommand: ParsableCommand {
         options.filter = filter
         options.inProcess = inProcess
         options.timeBudget = timeBudget > 0 ? timeBudget : nil
+        options.sanitizer = sanitize.flatMap(ConformanceSuite.Sanitizer.init(rawValue:))
         if let keepCores {
             try FileManager.default.createDirectory(atPath: keepCores, withIntermediateDirectories: true)
             options.coreDirectory = URL(fileURLWithPath: keepCores).standardizedFileURL.path

@@ -222,6 +222,33 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
     }
 }
 
+/// `--sanitize address`: a driver built with AddressSanitizer runs in
+/// workers with its runtime loaded, and a report is the check's verdict.
+@Suite struct SanitizerTests {
+    @Test func aStackOverflowInvisibleOtherwiseFailsUnderAddressSanitizer() throws {
+        let plain = try Fixtures.fixtureDriver(defines: ["MUTANT_STACK_OVERFLOW"])
+        var options = ConformanceSuite.Options()
+        options.environments = [.bare]
+        options.filter = "^lifecycle.attach$"
+        options.workerExecutable = Fixtures.oyakoBinary
+        options.timeBudget = nil
+        let unseen = ConformanceSuite(options: options).run(driver: plain)
+        #expect(unseen.results.first { $0.id == "lifecycle.attach" }?.verdict == .passed, "without the sanitizer the overflow goes unnoticed")
+
+        options.sanitizer = .address
+        let report = ConformanceSuite(options: options).run(driver: try Fixtures.sanitizedFixtureDriver(defines: ["MUTANT_STACK_OVERFLOW"]))
+        let attach = try #require(report.results.first { $0.id == "lifecycle.attach" })
+        #expect(attach.verdict == .failed && attach.message.contains("AddressSanitizer: stack-buffer-overflow") && attach.message.contains("mutant.so+"),
+                "\(attach.verdict): \(attach.message)")
+    }
+
+    @Test func anUnknownSanitizerIsAUsageError() throws {
+        let driver = try Fixtures.fixtureDriver()
+        let result = ProcessRunner.run(Fixtures.oyakoBinary, ["conformance", "--sanitize", "thread", driver], timeout: 60)
+        #expect(result.status == 64 && result.stderr.contains("--sanitize thread"), "\(result.status) \(result.stderr)")
+    }
+}
+
 @Suite struct ConformanceOutputTests {
     @Test func junitOutputIsValidXMLWithOneCasePerResult() throws {
         let directory = Fixtures.temporaryDirectory("junit")

@@ -109,6 +109,17 @@ public enum Fixtures {
         return output
     }
 
+    /// The fixture built with AddressSanitizer (for `--sanitize address`; it
+    /// needs libasan and loads nowhere else).
+    public static func sanitizedFixtureDriver(_ name: String = "mutant", defines: [String] = []) throws -> String {
+        let source = repositoryRoot + "/Tests/Fixtures/drivers/\(name)/\(name).c"
+        let output = temporaryDirectory("asan") + "/\(name).so"
+        let result = ProcessRunner.run("cc", ["-shared", "-fPIC", "-fvisibility=hidden", "-fsanitize=address", "-fno-omit-frame-pointer", "-g", "-I", sdk.includeDirectory]
+            + defines.map { "-D" + $0 } + [source, "-o", output])
+        guard result.status == 0 else { throw DriverBuilder.BuildError(message: result.output) }
+        return output
+    }
+
     private static func build(directory: String, name: String, defines: [String]) throws -> String {
         let key = ([directory] + defines).joined(separator: "|")
         buildLock.lock()

@@ -146,6 +146,16 @@ static int32_t mutant_attach(void *ctx, oy_device *device, void **out) {
     if (mutant_kept_info != NULL && mutant_kept_info->irq_count == 0) return OY_E_NOT_SUPPORTED;
 #endif
     d = (mutant_dev *)h->mem_alloc(h, device, sizeof(*d));
+#ifdef MUTANT_STACK_OVERFLOW
+    /* Defect: one element past a local array; unnoticed unless the driver
+     * is built with AddressSanitizer and run under --sanitize address. */
+    {
+        volatile unsigned char scratch[8];
+        volatile int index = 8;
+        scratch[index] = 1;
+        (void)scratch[0];
+    }
+#endif
 #ifdef MUTANT_HEAP_OVERFLOW
     /* Defect: writes one byte past the block it asked for. */
     if (d != NULL) ((unsigned char *)d)[sizeof(*d)] = 1;
