@@ -37,6 +37,12 @@ int32_t oy_shim_context(void) { return current_context; }
 
 const char *oy_shim_context_callback(void) { return current_callback; }
 
+static _Thread_local void *current_owner;
+
+void oy_shim_set_context_owner(void *owner) { current_owner = owner; }
+
+void *oy_shim_context_owner(void) { return current_owner; }
+
 int oy_shim_errno(void) { return errno; }
 
 void *oy_shim_exchange_pointer(void **slot, void *value) {

@@ -228,9 +228,14 @@ public final class DriverLibrary: @unchecked Sendable {
     func callDriver<R>(_ callback: StaticString, _ body: () -> R) -> R {
         let previous = oy_shim_context()
         let previousName = oy_shim_context_callback()
+        let previousOwner = oy_shim_context_owner()
         // StaticString storage is static and NUL-terminated, so the pointer outlives the call.
         oy_shim_set_context(0, UnsafeRawPointer(callback.utf8Start).assumingMemoryBound(to: CChar.self))
-        defer { oy_shim_set_context(previous, previousName) }
+        oy_shim_set_context_owner(Unmanaged.passUnretained(self).toOpaque())
+        defer {
+            oy_shim_set_context(previous, previousName)
+            oy_shim_set_context_owner(previousOwner)
+        }
         return body()
     }
 

@@ -181,6 +181,12 @@ enum HostServices {
 
     /// A violation that cannot be pinned on one driver from its arguments.
     static func unattributed(_ message: String) {
+        // Inside one of its callbacks, the driver is known even when the
+        // handle it passed leads nowhere.
+        if let owner = oy_shim_context_owner() {
+            Unmanaged<DriverLibrary>.fromOpaque(owner).takeUnretainedValue().recordViolation(message)
+            return
+        }
         unattributedCount.add(1, ordering: .relaxed)
         let callback = oy_shim_context_callback().map { String(cString: $0) }
         ViolationLog.record(.init(driver: nil, callback: callback, message: message))
@@ -529,8 +535,10 @@ enum HostServices {
                 try binding.device.hookInterrupt(index: Int(index)) {
                     // The name must outlive the call: a static string, not a temporary C copy.
                     oy_shim_set_context(1, HostServices.interruptHandlerName)
+                    oy_shim_set_context_owner(Unmanaged.passUnretained(library).toOpaque())
                     let spent = CallbackBudget.measure { call.function(call.argument) }
                     CallbackBudget.interrupt.judge(spent, what: "the interrupt handler of \(label) (vector \(index))", library: library)
+                    oy_shim_set_context_owner(nil)
                     oy_shim_set_context(0, nil)
                 }
             } catch {

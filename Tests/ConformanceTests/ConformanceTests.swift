@@ -161,6 +161,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "    { static unsigned lost; for (i = 0; i < n; i++) if (++lost % 700 != 0) d->ctx->block->complete(done[i], status[i]); }"
             )])
         }, expected: ["io.block.accounting": .failed]),
+        // The handle leads nowhere, but the violation happened in its attach: it is the driver's.
+        Case(defect: "a forged device handle", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_FORGED_HANDLE"]) },
+             expected: ["lifecycle.attach": .failed]),
         Case(defect: "writes one byte past a mem_alloc block", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_HEAP_OVERFLOW"]) },
              expected: ["lifecycle.attach": .failed]),
         Case(defect: "keeps probe's borrowed device info", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_KEEPS_PROBE_INFO"]) },
@@ -212,6 +215,10 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
             let results = report.results.filter { $0.id == id }
             #expect(!results.isEmpty && results.allSatisfy { $0.verdict == verdict }, "\(id): \(results.map { "\($0.environment) \($0.verdict)" })")
             #expect(results.allSatisfy { !$0.message.isEmpty }, "a failure says what to fix")
+            if fixture.defect == "a forged device handle" {
+                #expect(results.allSatisfy { $0.message.contains("mutant: regs_map called with an invalid (stale or forged) oy_device handle (in attach)") },
+                        "attributed to the driver and its callback: \(results.map(\.message))")
+            }
             if fixture.defect == "keeps probe's borrowed device info" {
                 #expect(results.allSatisfy { $0.message.contains("used after the call returned") }, "\(results.map(\.message))")
             }

@@ -20,6 +20,11 @@ int oy_shim_dladdr_path(const void *address, char *buf, size_t length);
 void oy_shim_set_context(int32_t context, const char *callback);
 int32_t oy_shim_context(void);
 const char *oy_shim_context_callback(void);
+/* The driver whose callback the thread is running (an unretained reference
+ * the host sets around the call), so that a violation with a handle the host
+ * cannot trace is still attributed. NULL outside driver callbacks. */
+void oy_shim_set_context_owner(void *owner);
+void *oy_shim_context_owner(void);
 
 /* Atomically swap *slot with value; returns the previous value. Used where
  * a driver may race with itself (completing one request twice). */

@@ -170,6 +170,14 @@ static int32_t mutant_attach(void *ctx, oy_device *device, void **out) {
     /* Defect: waits for something that never happens, without a timeout. */
     { volatile int forever = 1; while (forever) {} }
 #endif
+#ifdef MUTANT_FORGED_HANDLE
+    /* Defect: a device handle of its own making (the host refuses it). */
+    {
+        oy_regs *bogus = NULL;
+        uint64_t bogus_size = 0;
+        (void)h->regs_map((oy_device *)(uintptr_t)0xDEAD0000u, 0, &bogus, &bogus_size);
+    }
+#endif
     if ((rc = h->regs_map(device, 0, &d->regs, &size)) != OY_OK) goto fail;
     if ((rc = h->dma_alloc(device, 4096, &d->dma, &cpu, &addr)) != OY_OK) goto fail;
     if ((rc = h->lock_create(h, device, &d->lock)) != OY_OK) goto fail;
