@@ -18,6 +18,11 @@ struct CallbackBudget: Sendable {
     /// loose because the host's own services run in the same measurement.)
     static let interrupt = CallbackBudget(soft: 0.002, hard: 0.020)
 
+    /// [any-thread] class operations the OS calls on its I/O path (a block
+    /// request's submit, a frame's transmit): the same limits, since the OS
+    /// may call them from its interrupt thread.
+    static let anyThread = CallbackBudget(soft: 0.002, hard: 0.020)
+
     struct Spent { let cpu: Double; let wall: Double }
 
     /// The callback's own CPU time: what the OS spent inside it on the
@@ -43,7 +48,7 @@ struct CallbackBudget: Sendable {
         guard spent.cpu > soft else { return }
         let text = String(format: "%@ ran %.2f ms of CPU (%.2f ms wall)", what, spent.cpu * 1000, spent.wall * 1000)
         if spent.cpu > hard {
-            library.recordViolation(text + String(format: "; the limit is %.0f ms: do the work in a work item, not in the handler", hard * 1000))
+            library.recordViolation(text + String(format: "; the limit is %.0f ms: do the work in a work item, not in the callback", hard * 1000))
         } else {
             library.recordWarning(text + String(format: "; more than %.0f ms slows every device sharing the interrupt thread", soft * 1000))
         }

@@ -85,7 +85,9 @@ final class Loans: @unchecked Sendable {
         guard admitted else { return .deviceGone }
         request.loans = self
         request.lend()
-        let status = call()
+        var status = OyStatus.ok
+        let spent = CallbackBudget.measure { status = call() }
+        CallbackBudget.anyThread.judge(spent, what: service, library: library)
         if !status.isOK {
             if request.takeBack() == nil { library.recordViolation("\(service) returned \(status) but completed the request anyway") }
             _ = lock.withLock { outstanding.removeValue(forKey: key) }

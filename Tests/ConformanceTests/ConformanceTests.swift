@@ -149,6 +149,12 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "    for (i = 0; i < n; i++) { d->ctx->block->complete(done[i], status[i]); done[i]->block_count = 0; }"
             )])
         }, expected: ["io.basic": .failed, "context.interrupt-services": .failed, "io.dma-faults": .failed]),
+        Case(defect: "100 ms of work in submit", build: {
+            try Fixtures.mutatedReferenceDriver("nvmelite", [(
+                "    case OY_BLOCK_FLUSH:\n        cmd.opcode = NVL_CMD_FLUSH;",
+                "    case OY_BLOCK_FLUSH:\n        { uint64_t until = d->host->monotonic_ns(d->host) + 100000000u; while (d->host->monotonic_ns(d->host) < until) {} }\n        cmd.opcode = NVL_CMD_FLUSH;"
+            )])
+        }, expected: ["io.block.flush": .failed]),
         Case(defect: "acknowledges a flush without flushing", build: {
             try Fixtures.mutatedReferenceDriver("nvmelite", [(
                 "    case OY_BLOCK_FLUSH:\n        cmd.opcode = NVL_CMD_FLUSH;\n        break;",
