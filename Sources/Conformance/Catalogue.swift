@@ -263,7 +263,11 @@ enum Catalogue {
                 let failures = Mutex<[String]>([])
                 DispatchQueue.concurrentPerform(iterations: 4) { worker in
                     do {
-                        for round in 0..<5 { _ = try rig.exerciseIOConcurrently(worker: worker, round: round) }
+                        for round in 0..<5 {
+                            // Randomized timing: the submitters meet at different points each round.
+                            usleep(UInt32.random(in: 0...2000))
+                            _ = try rig.exerciseIOConcurrently(worker: worker, round: round)
+                        }
                     } catch {
                         failures.withLock { $0.append("\(error)") }
                     }
