@@ -265,7 +265,7 @@ public struct ConformanceSuite: Sendable {
             let frames = report.symbolized()
             let fault = report.signal == 11 || report.signal == 7 ? " at address 0x\(String(report.address, radix: 16))" : ""
             let borrowed = report.signal == 11 && BorrowedPool.contains(report.address)
-                ? "; that is memory the host lent for one call (a borrowed argument such as probe's device info), used after the call returned: copy what you need during the call"
+                ? "; that is memory the host lent for one call (a borrowed argument: probe's device info, a control call's string), used after the call returned: copy what you need during the call"
                 : ""
             let top = frames.first.map { " in \($0.drop { $0 != " " }.dropFirst())" } ?? ""
             outcome = CheckOutcome(verdict: .crashed, message: "the worker died with \(name)\(fault)\(top)\(borrowed); the backtrace and the driver's log follow")

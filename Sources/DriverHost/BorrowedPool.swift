@@ -34,6 +34,33 @@ import Synchronization
         return UInt(bitPattern: p)
     }()
 
+    /// A C string lent for one call: on revocable pages when the pool is on,
+    /// else a plain copy. `release` revokes or frees it.
+    struct CString {
+        let pointer: UnsafeMutablePointer<CChar>
+        let release: () -> Void
+    }
+
+    static func lend(_ text: String) -> CString? {
+        let bytes = Array(text.utf8) + [0]
+        guard enabled.load(ordering: .relaxed), bytes.count <= slotSize, let region else {
+            guard let copy = strdup(text) else { return nil }
+            return CString(pointer: copy, release: { free(copy) })
+        }
+        let page = region + nextSlot() * slotSize
+        mprotect(page, slotSize, PROT_READ | PROT_WRITE)
+        let at = page + slotSize - bytes.count
+        bytes.withUnsafeBytes { at.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        return CString(pointer: at.assumingMemoryBound(to: CChar.self), release: { mprotect(page, slotSize, PROT_NONE) })
+    }
+
+    private static func nextSlot() -> Int {
+        next.withLock { n -> Int in
+            defer { n = (n + 1) % slots }
+            return n
+        }
+    }
+
     /// Runs `body` with a copy of `value` on borrowed pages, then revokes them.
     static func lend<T, R>(_ value: T, _ body: (UnsafeMutablePointer<T>) -> R) -> R {
         precondition(MemoryLayout<T>.size <= slotSize)
@@ -41,11 +68,7 @@ import Synchronization
             var copy = value
             return body(&copy)
         }
-        let slot = next.withLock { n -> Int in
-            defer { n = (n + 1) % slots }
-            return n
-        }
-        let page = region + slot * slotSize
+        let page = region + nextSlot() * slotSize
         mprotect(page, slotSize, PROT_READ | PROT_WRITE)
         // At the end of the slot, so that reading past the struct faults too.
         let at = page + slotSize - MemoryLayout<T>.stride

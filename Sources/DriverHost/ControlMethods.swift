@@ -147,8 +147,10 @@ extension DriverInstance {
         }
         // Argument storage: 8 bytes per scalar, C strings kept alive.
         var storage = [UInt64](repeating: 0, count: signature.arguments.count + 1)
-        var strings: [UnsafeMutablePointer<CChar>] = []
-        defer { for s in strings { free(s) } }
+        // Strings are borrowed for the call: revoked (in the conformance
+        // suite's special pool) or freed when it returns.
+        var strings: [BorrowedPool.CString] = []
+        defer { for s in strings { s.release() } }
         storage[0] = UInt64(UInt(bitPattern: instance))
         for (i, (type, text)) in zip(signature.arguments, arguments).enumerated() {
             guard let bits = Self.encode(text, as: type, strings: &strings) else {
@@ -169,7 +171,7 @@ extension DriverInstance {
     }
 
     /// Text to the 8-byte slot libffi reads (little-endian, low bytes).
-    static func encode(_ text: String, as type: ControlType, strings: inout [UnsafeMutablePointer<CChar>]) -> UInt64? {
+    static func encode(_ text: String, as type: ControlType, strings: inout [BorrowedPool.CString]) -> UInt64? {
         switch type {
         case .void: return nil
         case .bool:
@@ -189,9 +191,9 @@ extension DriverInstance {
         case .f32: return Float(text).map { UInt64($0.bitPattern) }
         case .f64: return Double(text).map { $0.bitPattern }
         case .str:
-            guard let copy = strdup(text) else { return nil }
+            guard let copy = BorrowedPool.lend(text) else { return nil }
             strings.append(copy)
-            return UInt64(UInt(bitPattern: copy))
+            return UInt64(UInt(bitPattern: copy.pointer))
         }
     }
 

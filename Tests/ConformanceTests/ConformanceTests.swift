@@ -172,6 +172,8 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
              expected: ["lifecycle.attach": .failed]),
         Case(defect: "writes one byte past a mem_alloc block", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_HEAP_OVERFLOW"]) },
              expected: ["lifecycle.attach": .failed]),
+        Case(defect: "keeps a control call's borrowed string", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_KEEPS_STRING_ARG"]) },
+             expected: ["control.boundary-calls": .crashed]),
         Case(defect: "keeps probe's borrowed device info", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_KEEPS_PROBE_INFO"]) },
              expected: ["lifecycle.attach": .crashed]),
         Case(defect: "100 ms of work in the interrupt handler", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_SLOW_IRQ"]) },
@@ -225,7 +227,7 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 #expect(results.allSatisfy { $0.message.contains("mutant: regs_map called with an invalid (stale or forged) oy_device handle (in attach)") },
                         "attributed to the driver and its callback: \(results.map(\.message))")
             }
-            if fixture.defect == "keeps probe's borrowed device info" {
+            if fixture.defect == "keeps probe's borrowed device info" || fixture.defect == "keeps a control call's borrowed string" {
                 #expect(results.allSatisfy { $0.message.contains("used after the call returned") }, "\(results.map(\.message))")
             }
             if fixture.defect == "request completed twice" {

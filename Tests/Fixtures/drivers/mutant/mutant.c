@@ -310,12 +310,32 @@ static int32_t mutant_m_work_destroy_races(void *instance, uint32_t rounds) {
     return broken;
 }
 
+#ifdef MUTANT_KEEPS_STRING_ARG
+/* Defect: keeps the string a control call borrowed, to read it in the next call. */
+static const char *mutant_kept_name;
+
+static int32_t mutant_m_remember(void *instance, const char *name) {
+    (void)instance;
+    mutant_kept_name = name;
+    return 0;
+}
+
+static int32_t mutant_m_recall(void *instance) {
+    (void)instance;
+    return mutant_kept_name != NULL ? (int32_t)strlen(mutant_kept_name) : -1;
+}
+#endif
+
 static const oy_control_method mutant_methods[] = {
     {sizeof(oy_control_method), 0, "work_destroy_races", "i32(u32)",
      "Rounds (at most 1000) in which work_destroy returned while the item ran or before its last run", (oy_control_fn)mutant_m_work_destroy_races},
+#ifdef MUTANT_KEEPS_STRING_ARG
+    {sizeof(oy_control_method), 0, "remember", "i32(str)", "Keeps a name", (oy_control_fn)mutant_m_remember},
+    {sizeof(oy_control_method), 0, "recall", "i32()", "Length of the kept name", (oy_control_fn)mutant_m_recall},
+#endif
 };
 
-static const oy_control_table mutant_control = {sizeof(oy_control_table), 1, mutant_methods};
+static const oy_control_table mutant_control = {sizeof(oy_control_table), sizeof(mutant_methods) / sizeof(mutant_methods[0]), mutant_methods};
 
 static const void *mutant_get_extension(void *instance, const char *id) {
     (void)instance;
