@@ -42,7 +42,7 @@ public enum HypercallCode: UInt16, Sendable, CaseIterable {
     case signalEvent = 0x5D
     case createPort = 0x95
     case connectPort = 0x96
-    case deletePort = 0x97
+    case deletePort = 0x58
 }
 
 public typealias PartitionID = UInt64

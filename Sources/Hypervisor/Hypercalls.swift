@@ -75,7 +75,7 @@ public final class Hypercalls: Sendable {
         try hypervisor.createPort(caller: caller, id: id, port: port)
     }
 
-    /// HvCallDeletePort (0x97). Root only: removes a port and its connections.
+    /// HvCallDeletePort (0x58). Root only: removes a port and its connections.
     public func deletePort(in id: PartitionID, portID: UInt32) throws(HvStatus) {
         try hypervisor.deletePort(caller: caller, id: id, portID: portID)
     }

@@ -131,7 +131,10 @@ public struct ByteWriter: Sendable {
     public mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
     public mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
     public mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
-    public mutating func uuid(_ v: UUID) { withUnsafeBytes(of: v.uuid) { bytes.append(contentsOf: $0) } }
+    /// A GUID as Hyper-V puts it on the wire: Microsoft's mixed-endian
+    /// order, the first three fields (4, 2 and 2 bytes) little-endian and
+    /// the last eight bytes as written.
+    public mutating func uuid(_ v: UUID) { withUnsafeBytes(of: v.uuid) { bytes.append(contentsOf: GUIDOrder.swap(Array($0))) } }
     public mutating func raw(_ v: [UInt8]) { bytes.append(contentsOf: v) }
 }
 
@@ -160,7 +163,14 @@ public struct ByteReader: Sendable {
     public mutating func u32() throws(ChannelMessage.DecodeError) -> UInt32 { try integer(UInt32.self) }
     public mutating func u64() throws(ChannelMessage.DecodeError) -> UInt64 { try integer(UInt64.self) }
     public mutating func uuid() throws(ChannelMessage.DecodeError) -> UUID {
-        let s = Array(try take(16))
+        let s = GUIDOrder.swap(Array(try take(16)))
         return UUID(uuid: (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], s[13], s[14], s[15]))
+    }
+}
+
+/// RFC 4122 byte order <-> Microsoft's GUID wire order (the swap is its own inverse).
+enum GUIDOrder {
+    static func swap(_ b: [UInt8]) -> [UInt8] {
+        [b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6]] + b[8..<16]
     }
 }

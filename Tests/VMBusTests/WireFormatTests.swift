@@ -1,0 +1,41 @@
+import Foundation
+import Hypervisor
+import Testing
+import VMBus
+
+/// Bytes as Hyper-V puts them on the wire (VMBUS.md; Linux hyperv.h).
+@Suite struct WireFormatTests {
+    /// GUIDs in Microsoft's mixed-endian order: the first three fields
+    /// little-endian, the last eight bytes as written.
+    @Test(arguments: [
+        (StorageProtocol.interfaceType, [0xD9, 0x63, 0x61, 0xBA, 0xA1, 0x04, 0x29, 0x4D, 0xB6, 0x05, 0x72, 0xE2, 0xFF, 0xB1, 0xDC, 0x7F] as [UInt8]),
+        (NetworkProtocol.interfaceType, [0x63, 0x51, 0x61, 0xF8, 0x3E, 0xDF, 0xC5, 0x46, 0x91, 0x3F, 0xF2, 0xD2, 0xF9, 0x65, 0xED, 0x0E] as [UInt8]),
+    ])
+    func interfaceGUIDsAreInMicrosoftsByteOrder(_ guid: UUID, _ wire: [UInt8]) throws {
+        var w = ByteWriter()
+        w.uuid(guid)
+        #expect(w.bytes == wire)
+        var r = ByteReader(wire)
+        #expect(try r.uuid() == guid, "and read back")
+    }
+
+    @Test func anOfferCarriesTheGUIDsInWireOrder() throws {
+        let instance = UUID(uuidString: "00112233-4455-6677-8899-AABBCCDDEEFF")!
+        let message = ChannelMessage.offerChannel(interfaceType: StorageProtocol.interfaceType, instance: instance, relid: 7, connectionID: 0x2001)
+        let bytes = message.encode()
+        let body = Array(bytes.dropFirst(bytes.count - 40))
+        #expect(Array(body[0..<4]) == [0xD9, 0x63, 0x61, 0xBA])
+        #expect(Array(body[16..<32]) == [0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF])
+        guard case .offerChannel(let type, let decodedInstance, 7, 0x2001) = try ChannelMessage.decode(bytes) else {
+            Issue.record("the offer did not round-trip")
+            return
+        }
+        #expect(type == StorageProtocol.interfaceType && decodedInstance == instance)
+    }
+
+    @Test func hypercallCallCodesAreTheTLFSs() {
+        #expect(HypercallCode.deletePort.rawValue == 0x58)
+        #expect(HypercallCode.createPort.rawValue == 0x95 && HypercallCode.connectPort.rawValue == 0x96)
+        #expect(HypercallCode.postMessage.rawValue == 0x5C && HypercallCode.signalEvent.rawValue == 0x5D)
+    }
+}
