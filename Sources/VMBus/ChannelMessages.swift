@@ -49,6 +49,10 @@ public enum ChannelMessage: Equatable, Sendable {
         }
     }
 
+    /// sizeof(struct vmbus_channel_offer_channel), header included.
+    public static let offerSize = 196
+    static let offerUserDefinedBytes = 120
+
     public struct DecodeError: Error, CustomStringConvertible, Sendable {
         public let reason: String
         public var description: String { reason }
@@ -60,7 +64,21 @@ public enum ChannelMessage: Equatable, Sendable {
         w.u32(0)
         switch self {
         case .offerChannel(let type, let instance, let relid, let connection):
-            w.uuid(type); w.uuid(instance); w.u32(relid); w.u32(connection)
+            // struct vmbus_channel_offer_channel (196 bytes with the header):
+            // the offer proper (interface and instance GUIDs, two reserved
+            // u64, channel flags, MMIO megabytes, 120 bytes of user-defined
+            // data, sub-channel index, reserved), then the child relid, the
+            // monitor id and its allocated bit (no monitor pages: 0), the
+            // dedicated-interrupt bit and the connection id.
+            w.uuid(type); w.uuid(instance)
+            w.u64(0); w.u64(0)
+            w.u16(0); w.u16(0)
+            w.raw([UInt8](repeating: 0, count: Self.offerUserDefinedBytes))
+            w.u16(0); w.u16(0)
+            w.u32(relid)
+            w.u8(0); w.u8(0)
+            w.u16(0)
+            w.u32(connection)
         case .rescindOffer(let relid), .closeChannel(let relid), .relidReleased(let relid):
             w.u32(relid)
         case .requestOffers, .allOffersDelivered, .unload, .unloadResponse:
@@ -94,7 +112,13 @@ public enum ChannelMessage: Equatable, Sendable {
         let type = try r.u32()
         _ = try r.u32()
         switch type {
-        case 1: return .offerChannel(interfaceType: try r.uuid(), instance: try r.uuid(), relid: try r.u32(), connectionID: try r.u32())
+        case 1:
+            guard bytes.count >= offerSize else { throw DecodeError(reason: "offer of \(bytes.count) bytes; vmbus_channel_offer_channel is \(offerSize)") }
+            let type = try r.uuid(), instance = try r.uuid()
+            try r.skip(16 + 4 + offerUserDefinedBytes + 4)
+            let relid = try r.u32()
+            try r.skip(4)
+            return .offerChannel(interfaceType: type, instance: instance, relid: relid, connectionID: try r.u32())
         case 2: return .rescindOffer(relid: try r.u32())
         case 3: return .requestOffers
         case 4: return .allOffersDelivered
@@ -159,6 +183,7 @@ public struct ByteReader: Sendable {
     }
 
     public mutating func u8() throws(ChannelMessage.DecodeError) -> UInt8 { try integer(UInt8.self) }
+    public mutating func skip(_ n: Int) throws(ChannelMessage.DecodeError) { _ = try take(n) }
     public mutating func u16() throws(ChannelMessage.DecodeError) -> UInt16 { try integer(UInt16.self) }
     public mutating func u32() throws(ChannelMessage.DecodeError) -> UInt32 { try integer(UInt32.self) }
     public mutating func u64() throws(ChannelMessage.DecodeError) -> UInt64 { try integer(UInt64.self) }

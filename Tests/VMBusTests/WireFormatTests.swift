@@ -23,9 +23,16 @@ import VMBus
         let instance = UUID(uuidString: "00112233-4455-6677-8899-AABBCCDDEEFF")!
         let message = ChannelMessage.offerChannel(interfaceType: StorageProtocol.interfaceType, instance: instance, relid: 7, connectionID: 0x2001)
         let bytes = message.encode()
-        let body = Array(bytes.dropFirst(bytes.count - 40))
-        #expect(Array(body[0..<4]) == [0xD9, 0x63, 0x61, 0xBA])
-        #expect(Array(body[16..<32]) == [0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF])
+        // struct vmbus_channel_offer_channel: 196 bytes; Linux ignores a shorter offer.
+        #expect(bytes.count == 196)
+        #expect(Array(bytes[0..<8]) == [1, 0, 0, 0, 0, 0, 0, 0], "message type OFFERCHANNEL, padding")
+        #expect(Array(bytes[8..<12]) == [0xD9, 0x63, 0x61, 0xBA], "if_type at offset 8")
+        #expect(Array(bytes[24..<40]) == [0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99, 0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF], "if_instance at 24")
+        #expect(bytes[40..<184].allSatisfy { $0 == 0 }, "reserved, flags, MMIO size, user data, sub-channel index")
+        #expect(Array(bytes[184..<188]) == [7, 0, 0, 0], "child_relid at 184")
+        #expect(bytes[188] == 0 && bytes[189] == 0, "monitor id, monitor_allocated = 0")
+        #expect(Array(bytes[192..<196]) == [0x01, 0x20, 0, 0], "connection_id at 192")
+        #expect(throws: ChannelMessage.DecodeError.self) { try ChannelMessage.decode(Array(bytes.prefix(48))) }
         guard case .offerChannel(let type, let decodedInstance, 7, 0x2001) = try ChannelMessage.decode(bytes) else {
             Issue.record("the offer did not round-trip")
             return
