@@ -52,6 +52,8 @@ public enum ChannelMessage: Equatable, Sendable {
     /// sizeof(struct vmbus_channel_offer_channel), header included.
     public static let offerSize = 196
     static let offerUserDefinedBytes = 120
+    /// sizeof(struct vmbus_channel_open_channel), header included.
+    public static let openChannelSize = 148
 
     public struct DecodeError: Error, CustomStringConvertible, Sendable {
         public let reason: String
@@ -84,7 +86,11 @@ public enum ChannelMessage: Equatable, Sendable {
         case .requestOffers, .allOffersDelivered, .unload, .unloadResponse:
             break
         case .openChannel(let relid, let openID, let ring, let offset, let vp):
-            w.u32(relid); w.u32(openID); w.u32(ring); w.u32(offset); w.u32(vp)
+            // struct vmbus_channel_open_channel: relid, open id, ring GPADL,
+            // target VP, then the downstream ring's page offset, then 120
+            // bytes of user data (148 bytes with the header).
+            w.u32(relid); w.u32(openID); w.u32(ring); w.u32(vp); w.u32(offset)
+            w.raw([UInt8](repeating: 0, count: Self.offerUserDefinedBytes))
         case .openResult(let relid, let openID, let status):
             w.u32(relid); w.u32(openID); w.u32(status)
         case .gpadlHeader(let relid, let gpadl, let total, let pfns):
@@ -122,7 +128,10 @@ public enum ChannelMessage: Equatable, Sendable {
         case 2: return .rescindOffer(relid: try r.u32())
         case 3: return .requestOffers
         case 4: return .allOffersDelivered
-        case 5: return .openChannel(relid: try r.u32(), openID: try r.u32(), ringGPADL: try r.u32(), downstreamPageOffset: try r.u32(), targetVP: try r.u32())
+        case 5:
+            guard bytes.count >= openChannelSize else { throw DecodeError(reason: "open-channel of \(bytes.count) bytes; vmbus_channel_open_channel is \(openChannelSize)") }
+            let relid = try r.u32(), openID = try r.u32(), ring = try r.u32(), vp = try r.u32()
+            return .openChannel(relid: relid, openID: openID, ringGPADL: ring, downstreamPageOffset: try r.u32(), targetVP: vp)
         case 6: return .openResult(relid: try r.u32(), openID: try r.u32(), status: try r.u32())
         case 7: return .closeChannel(relid: try r.u32())
         case 8:

@@ -40,6 +40,19 @@ import VMBus
         #expect(type == StorageProtocol.interfaceType && decodedInstance == instance)
     }
 
+    @Test func openChannelHasTheTargetVPBeforeTheRingOffsetAndItsUserData() throws {
+        let bytes = ChannelMessage.openChannel(relid: 3, openID: 9, ringGPADL: 0xE1E10, downstreamPageOffset: 17, targetVP: 1).encode()
+        #expect(bytes.count == 148)
+        #expect(Array(bytes[0..<4]) == [5, 0, 0, 0])
+        #expect(Array(bytes[8..<28]) == [3, 0, 0, 0, 9, 0, 0, 0, 0x10, 0x1E, 0x0E, 0, 1, 0, 0, 0, 17, 0, 0, 0],
+                "child_relid, openid, ringbuffer_gpadlhandle, target_vp, downstream_ringbuffer_pageoffset")
+        #expect(bytes[28..<148].allSatisfy { $0 == 0 }, "userdata[120]")
+        guard case .openChannel(3, 9, 0xE1E10, 17, 1) = try ChannelMessage.decode(bytes) else {
+            Issue.record("did not round-trip")
+            return
+        }
+    }
+
     @Test func hypercallCallCodesAreTheTLFSs() {
         #expect(HypercallCode.deletePort.rawValue == 0x58)
         #expect(HypercallCode.createPort.rawValue == 0x95 && HypercallCode.connectPort.rawValue == 0x96)
