@@ -7,7 +7,13 @@ import Foundation
 public enum ChannelMessage: Equatable, Sendable {
     public static let synicMessageType: UInt32 = 1
     /// PFNs that fit in one GPADL header or body message.
+    /// PFNs a GPADL_HEADER carries: (240 - 20 - 8) / 8, as Linux computes it.
     public static let pfnsPerMessage = 26
+    /// PFNs a GPADL_BODY carries: (240 - 16) / 8.
+    public static let pfnsPerBody = 28
+    /// struct gpa_range without its PFNs: byte_count, byte_offset.
+    static let gpaRangeHeader = 8
+    static let pageSize = 4096
 
     case offerChannel(interfaceType: UUID, instance: UUID, relid: UInt32, connectionID: UInt32)
     case rescindOffer(relid: UInt32)
@@ -94,10 +100,17 @@ public enum ChannelMessage: Equatable, Sendable {
         case .openResult(let relid, let openID, let status):
             w.u32(relid); w.u32(openID); w.u32(status)
         case .gpadlHeader(let relid, let gpadl, let total, let pfns):
-            w.u32(relid); w.u32(gpadl); w.u32(total); w.u32(UInt32(pfns.count))
+            // struct vmbus_channel_gpadl_header: relid, gpadl, range_buflen,
+            // rangecount (one range, as Linux grants rings), then the
+            // gpa_range {byte_count, byte_offset, pfn_array[]} with the PFNs
+            // that fit; the rest follow in GPADL_BODY messages.
+            w.u32(relid); w.u32(gpadl)
+            w.u16(UInt16(clamping: Self.gpaRangeHeader + 8 * Int(total))); w.u16(1)
+            w.u32(total &* UInt32(Self.pageSize)); w.u32(0)
             for pfn in pfns { w.u64(pfn) }
         case .gpadlBody(let message, let gpadl, let pfns):
-            w.u32(message); w.u32(gpadl); w.u32(UInt32(pfns.count)); w.u32(0)
+            // struct vmbus_channel_gpadl_body: message number, gpadl, PFNs.
+            w.u32(message); w.u32(gpadl)
             for pfn in pfns { w.u64(pfn) }
         case .gpadlCreated(let relid, let gpadl, let status):
             w.u32(relid); w.u32(gpadl); w.u32(status)
@@ -135,13 +148,23 @@ public enum ChannelMessage: Equatable, Sendable {
         case 6: return .openResult(relid: try r.u32(), openID: try r.u32(), status: try r.u32())
         case 7: return .closeChannel(relid: try r.u32())
         case 8:
-            let relid = try r.u32(), gpadl = try r.u32(), total = try r.u32(), count = try r.u32()
-            guard count <= UInt32(pfnsPerMessage), count <= total else { throw DecodeError(reason: "GPADL header with \(count) of \(total) PFNs") }
+            let relid = try r.u32(), gpadl = try r.u32(), bufferLength = Int(try r.u16()), ranges = try r.u16()
+            let byteCount = try r.u32(), byteOffset = try r.u32()
+            guard ranges == 1, bufferLength >= gpaRangeHeader + 8, (bufferLength - gpaRangeHeader) % 8 == 0 else {
+                throw DecodeError(reason: "GPADL header with \(ranges) ranges in \(bufferLength) bytes; one whole-page range is supported")
+            }
+            let total = UInt32((bufferLength - gpaRangeHeader) / 8)
+            guard byteOffset == 0, byteCount == total &* UInt32(pageSize) else {
+                throw DecodeError(reason: "GPADL range of \(byteCount) bytes at offset \(byteOffset) over \(total) pages; whole pages only")
+            }
+            // The PFNs this message carries: what its length holds.
+            let count = min(UInt32(r.remaining / 8), total)
+            guard count <= UInt32(pfnsPerMessage) else { throw DecodeError(reason: "GPADL header with \(count) PFNs") }
             return .gpadlHeader(relid: relid, gpadl: gpadl, totalPages: total, pfns: try (0..<count).map { _ throws(DecodeError) in try r.u64() })
         case 9:
-            let message = try r.u32(), gpadl = try r.u32(), count = try r.u32()
-            _ = try r.u32()
-            guard count <= UInt32(pfnsPerMessage) else { throw DecodeError(reason: "GPADL body with \(count) PFNs") }
+            let message = try r.u32(), gpadl = try r.u32()
+            let count = r.remaining / 8
+            guard count <= pfnsPerBody else { throw DecodeError(reason: "GPADL body with \(count) PFNs") }
             return .gpadlBody(message: message, gpadl: gpadl, pfns: try (0..<count).map { _ throws(DecodeError) in try r.u64() })
         case 10: return .gpadlCreated(relid: try r.u32(), gpadl: try r.u32(), status: try r.u32())
         case 11: return .gpadlTeardown(relid: try r.u32(), gpadl: try r.u32())

@@ -254,10 +254,10 @@ public final class VMBusClient: @unchecked Sendable {
     public func createGPADL(relid: UInt32, pfns: [UInt64]) throws(VMBusError) -> UInt32 {
         let id = nextGPADL
         nextGPADL += 1
-        let per = ChannelMessage.pfnsPerMessage
-        try post(.gpadlHeader(relid: relid, gpadl: id, totalPages: UInt32(pfns.count), pfns: Array(pfns.prefix(per))))
+        let first = ChannelMessage.pfnsPerMessage, per = ChannelMessage.pfnsPerBody
+        try post(.gpadlHeader(relid: relid, gpadl: id, totalPages: UInt32(pfns.count), pfns: Array(pfns.prefix(first))))
         var message: UInt32 = 1
-        var offset = per
+        var offset = first
         while offset < pfns.count {
             try post(.gpadlBody(message: message, gpadl: id, pfns: Array(pfns[offset..<min(offset + per, pfns.count)])))
             message += 1

@@ -53,6 +53,23 @@ import VMBus
         }
     }
 
+    @Test func aGPADLIsAHeaderWithOneGPARangeAndBodiesOfPFNs() throws {
+        let pfns = (0..<30).map { UInt64(0x1000 + $0) }
+        let header = ChannelMessage.gpadlHeader(relid: 2, gpadl: 0xE1E10, totalPages: 30, pfns: Array(pfns.prefix(26))).encode()
+        #expect(header.count == 8 + 20 - 8 + 8 + 26 * 8, "header, relid, gpadl, range_buflen, rangecount, gpa_range, 26 PFNs: 236 bytes")
+        #expect(Array(header[0..<4]) == [8, 0, 0, 0])
+        #expect(Array(header[16..<20]) == [0xF8, 0, 1, 0], "range_buflen = 8 + 8 × 30 = 248, rangecount = 1")
+        #expect(Array(header[20..<28]) == [0, 0xE0, 1, 0, 0, 0, 0, 0], "byte_count = 30 pages, byte_offset = 0")
+        #expect(Array(header[28..<36]) == [0x00, 0x10, 0, 0, 0, 0, 0, 0], "pfn_array[0]")
+        let body = ChannelMessage.gpadlBody(message: 1, gpadl: 0xE1E10, pfns: Array(pfns.suffix(4))).encode()
+        #expect(body.count == 16 + 4 * 8 && Array(body[8..<16]) == [1, 0, 0, 0, 0x10, 0x1E, 0x0E, 0], "msgnumber, gpadl, then PFNs only")
+        guard case .gpadlHeader(2, 0xE1E10, 30, let first) = try ChannelMessage.decode(header), case .gpadlBody(1, 0xE1E10, let rest) = try ChannelMessage.decode(body) else {
+            Issue.record("did not round-trip")
+            return
+        }
+        #expect(first + rest == pfns)
+    }
+
     @Test func hypercallCallCodesAreTheTLFSs() {
         #expect(HypercallCode.deletePort.rawValue == 0x58)
         #expect(HypercallCode.createPort.rawValue == 0x95 && HypercallCode.connectPort.rawValue == 0x96)
