@@ -51,6 +51,12 @@ public struct GPARange: Sendable, Equatable {
         self.gpa = gpa
         self.length = length
     }
+
+    static let pageSize: UInt64 = 4096
+    /// byte_offset on the wire: where in its first page the range starts.
+    var pageOffset: UInt32 { UInt32(gpa % Self.pageSize) }
+    /// Pages the range touches (its pfn_array's length).
+    var pageCount: Int { Int((UInt64(pageOffset) + UInt64(length) + Self.pageSize - 1) / Self.pageSize) }
 }
 
 /// One VMBus packet: a 16-byte descriptor {type, offset8, len8, flags,
@@ -77,8 +83,10 @@ public struct Packet: Sendable, Equatable {
         self.payload = payload
     }
 
-    /// Bytes of descriptor and range header before the payload.
-    var headerLength: Int { 16 + (kind == .gpaDirect ? 8 + ranges.count * 16 : 0) }
+    /// Bytes of descriptor and range header before the payload: for
+    /// GPA_DIRECT, `reserved` and `range_cnt`, then per range {byte_count,
+    /// byte_offset, pfn_array[]} (Linux's vmbus_packet_mpb_array).
+    var headerLength: Int { 16 + (kind == .gpaDirect ? 8 + ranges.reduce(0) { $0 + 8 + 8 * $1.pageCount } : 0) }
     /// Bytes the packet takes in the ring, trailer included.
     public var ringLength: Int { headerLength + (payload.count + 7) / 8 * 8 + 8 }
 }
@@ -224,11 +232,15 @@ public final class Ring: @unchecked Sendable {
         var descriptor = (packet.kind.rawValue, UInt16(packet.headerLength / 8), UInt16((total - 8) / 8), packet.flags, packet.transactionID)
         index = withUnsafeBytes(of: &descriptor) { copyIn(UnsafeRawBufferPointer(rebasing: $0[0..<16]), at: index) }
         if packet.kind == .gpaDirect {
-            var count = (UInt32(packet.ranges.count), UInt32(0))
+            var count = (UInt32(0), UInt32(packet.ranges.count))  // reserved, range_cnt
             index = withUnsafeBytes(of: &count) { copyIn($0, at: index) }
             for range in packet.ranges {
-                var entry = (range.gpa, range.length, UInt32(0))
-                index = withUnsafeBytes(of: &entry) { copyIn(UnsafeRawBufferPointer(rebasing: $0[0..<16]), at: index) }
+                var entry = (range.length, range.pageOffset)  // byte_count, byte_offset
+                index = withUnsafeBytes(of: &entry) { copyIn($0, at: index) }
+                for page in 0..<range.pageCount {
+                    var pfn = range.gpa / GPARange.pageSize + UInt64(page)
+                    index = withUnsafeBytes(of: &pfn) { copyIn($0, at: index) }
+                }
             }
         }
         if !packet.payload.isEmpty { index = packet.payload.withUnsafeBytes { copyIn($0, at: index) } }
@@ -320,20 +332,54 @@ public final class Ring: @unchecked Sendable {
         var ranges: [GPARange] = []
         if d.kind == .gpaDirect {
             guard d.payloadOffset >= 24 else { throw RingError.missingRangeHeader }
-            let count = Int(body.withUnsafeBytes { $0.load(as: UInt32.self) })
-            guard count <= 64, 24 + count * 16 <= d.payloadOffset else {
-                throw RingError.tooManyRanges(count: count, headerBytes: d.payloadOffset)
-            }
-            ranges = (0..<count).map { i in
-                body.withUnsafeBytes {
-                    GPARange(gpa: $0.loadUnaligned(fromByteOffset: 8 + i * 16, as: UInt64.self),
-                             length: $0.loadUnaligned(fromByteOffset: 16 + i * 16, as: UInt32.self))
-                }
-            }
+            ranges = try Self.gpaRanges(in: body, headerBytes: d.payloadOffset)
         }
         let payload = Array(body[(d.payloadOffset - 16)...])
         consume(d, signalWriter: &signalWriter)
         return Packet(kind: d.kind, flags: d.flags, transactionID: d.transactionID, ranges: ranges, payload: payload)
+    }
+
+    /// The ranges of a GPA_DIRECT header (`body` starts after the 16-byte
+    /// descriptor): `reserved`, `range_cnt`, then per range {byte_count,
+    /// byte_offset, pfn_array[]}. Runs of consecutive PFNs become one
+    /// guest-physical range each, so a range over scattered pages is a
+    /// list of pieces in order. Everything is checked against the header's
+    /// own length.
+    static func gpaRanges(in body: [UInt8], headerBytes: Int) throws(RingError) -> [GPARange] {
+        let end = headerBytes - 16
+        func u32(_ at: Int) -> UInt32 { body.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: UInt32.self) } }
+        func u64(_ at: Int) -> UInt64 { body.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: UInt64.self) } }
+        let count = Int(u32(4))
+        guard count <= 64 else { throw RingError.tooManyRanges(count: count, headerBytes: headerBytes) }
+        var ranges: [GPARange] = []
+        var at = 8
+        for _ in 0..<count {
+            guard at + 8 <= end else { throw RingError.tooManyRanges(count: count, headerBytes: headerBytes) }
+            let byteCount = u32(at), byteOffset = u32(at + 4)
+            at += 8
+            guard byteOffset < UInt32(GPARange.pageSize) else { throw RingError.tooManyRanges(count: count, headerBytes: headerBytes) }
+            let pages = Int((UInt64(byteOffset) + UInt64(byteCount) + GPARange.pageSize - 1) / GPARange.pageSize)
+            guard pages >= 1, at + 8 * pages <= end else { throw RingError.tooManyRanges(count: count, headerBytes: headerBytes) }
+            var left = UInt64(byteCount), offset = UInt64(byteOffset)
+            var run: (start: UInt64, length: UInt64)?
+            var previous: UInt64?
+            for page in 0..<pages {
+                let pfn = u64(at + 8 * page)
+                let take = min(left, GPARange.pageSize - offset)
+                if let p = previous, pfn == p &+ 1, let r = run {
+                    run = (r.start, r.length + take)
+                } else {
+                    if let r = run { ranges.append(GPARange(gpa: r.start, length: UInt32(r.length))) }
+                    run = (pfn &* GPARange.pageSize &+ offset, take)
+                }
+                previous = pfn
+                left -= take
+                offset = 0
+            }
+            if let r = run { ranges.append(GPARange(gpa: r.start, length: UInt32(r.length))) }
+            at += 8 * pages
+        }
+        return ranges
     }
 
     /// Like `read`, without allocating: copies the (padded) payload into

@@ -76,3 +76,42 @@ import VMBus
         #expect(HypercallCode.postMessage.rawValue == 0x5C && HypercallCode.signalEvent.rawValue == 0x5D)
     }
 }
+
+/// GPA_DIRECT packets as Linux's vmbus_packet_mpb_array lays them out.
+@Suite struct GPADirectWireTests {
+    @Test func rangesAreByteCountOffsetAndPFNsAfterReservedAndRangeCount() throws {
+        let pair = RingPair()
+        let range = GPARange(gpa: 0x12_3200, length: 0x1000)  // two pages from offset 0x200
+        try pair.writer.write(Packet(kind: .gpaDirect, transactionID: 5, ranges: [range], payload: [1, 2, 3, 4]))
+        let data = pair.memory + Ring.controlSize
+        func u16(_ o: Int) -> UInt16 { data.loadUnaligned(fromByteOffset: o, as: UInt16.self) }
+        func u32(_ o: Int) -> UInt32 { data.loadUnaligned(fromByteOffset: o, as: UInt32.self) }
+        func u64(_ o: Int) -> UInt64 { data.loadUnaligned(fromByteOffset: o, as: UInt64.self) }
+        #expect(u16(0) == 9 && u16(2) == (16 + 8 + 8 + 16) / 8, "type GPA_DIRECT, offset8 past the range header")
+        #expect(u32(16) == 0 && u32(20) == 1, "reserved, then range_cnt")
+        #expect(u32(24) == 0x1000 && u32(28) == 0x200, "byte_count, byte_offset")
+        #expect(u64(32) == 0x123 && u64(40) == 0x124, "pfn_array")
+        #expect(try pair.read()?.ranges == [range], "and read back")
+    }
+
+    /// A range over pages that are not consecutive is read as its pieces, in order.
+    @Test func scatteredPagesBecomePiecesInOrder() throws {
+        var body = [UInt8](repeating: 0, count: 8 + 8 + 3 * 8)
+        body.withUnsafeMutableBytes { p in
+            p.storeBytes(of: UInt32(1), toByteOffset: 4, as: UInt32.self)
+            p.storeBytes(of: UInt32(0x2000), toByteOffset: 8, as: UInt32.self)
+            p.storeBytes(of: UInt32(0x800), toByteOffset: 12, as: UInt32.self)
+            for (i, pfn) in [UInt64(0x50), 0x51, 0x90].enumerated() { p.storeBytes(of: pfn, toByteOffset: 16 + 8 * i, as: UInt64.self) }
+        }
+        let pair = RingPair()
+        // Write the descriptor and this header by hand, as a guest would.
+        var descriptor = (UInt16(9), UInt16((16 + body.count) / 8), UInt16((16 + body.count) / 8), UInt16(0), UInt64(1))
+        let data = pair.memory + Ring.controlSize
+        withUnsafeBytes(of: &descriptor) { data.copyMemory(from: $0.baseAddress!, byteCount: 16) }
+        body.withUnsafeBytes { (data + 16).copyMemory(from: $0.baseAddress!, byteCount: body.count) }
+        (data + 16 + body.count).storeBytes(of: UInt64(0), as: UInt64.self)
+        pair.poke(0, UInt32(16 + body.count + 8))
+        let read = try #require(try pair.read())
+        #expect(read.ranges == [GPARange(gpa: 0x50800, length: 0x1800), GPARange(gpa: 0x90000, length: 0x800)])
+    }
+}
