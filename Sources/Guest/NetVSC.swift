@@ -120,7 +120,7 @@ public final class NetVSC: @unchecked Sendable {
                 completions[packet.transactionID] = packet.payload
             }
         case .transferPages:
-            guard let ranges = try? NetworkProtocol.decodeTransfer(packet.payload) else {
+            guard let ranges = try? NetworkProtocol.transferRanges(packet) else {
                 malformedTransfers += 1
                 return
             }

@@ -50,23 +50,31 @@ public enum NetworkProtocol {
         return w.bytes
     }
 
-    /// Payload of a TRANSFER_PAGES packet: the message type, then the ranges.
-    public static func encodeTransfer(_ ranges: [Range]) -> [UInt8] {
-        encode(.sendRNDISPacket) { w in
-            w.u32(UInt32(ranges.count))
-            for range in ranges {
-                w.u32(range.offset)
-                w.u32(range.length)
-            }
-        }
+    /// The transfer-page set id of the receive buffer (what Linux's netvsc
+    /// and Hyper-V use: NETVSC_RECEIVE_BUFFER_ID).
+    public static let receivePageSetID: UInt16 = 0xCAFE
+
+    /// A TRANSFER_PAGES packet for frames in the receive buffer: the ranges
+    /// go in the packet header; the payload is NVSP's SEND_RNDIS_PKT (data
+    /// channel, no send-buffer section: 0xFFFFFFFF, size 0).
+    public static func transferPacket(_ ranges: [Range], transactionID: UInt64) -> Packet {
+        Packet(kind: .transferPages, flags: Packet.completionRequested, transactionID: transactionID,
+               transfer: .init(pageSetID: receivePageSetID, ranges: ranges.map { .init(byteCount: $0.length, byteOffset: $0.offset) }),
+               payload: encode(.sendRNDISPacket) { w in
+                   w.u32(0)
+                   w.u32(0xFFFF_FFFF)
+                   w.u32(0)
+               })
     }
 
-    public static func decodeTransfer(_ payload: [UInt8]) throws(ChannelMessage.DecodeError) -> [Range] {
-        var r = ByteReader(payload)
+    /// The ranges a TRANSFER_PAGES packet names, if it is one of ours.
+    public static func transferRanges(_ packet: Packet) throws(ChannelMessage.DecodeError) -> [Range] {
+        var r = ByteReader(packet.payload)
         guard try r.u32() == Message.sendRNDISPacket.rawValue else { throw .init(reason: "transfer packet of the wrong type") }
-        let count = try r.u32()
-        guard count <= 64 else { throw .init(reason: "transfer packet with \(count) ranges") }
-        return try (0..<count).map { _ throws(ChannelMessage.DecodeError) in Range(offset: try r.u32(), length: try r.u32()) }
+        guard let transfer = packet.transfer, transfer.pageSetID == receivePageSetID else {
+            throw .init(reason: "transfer packet for page set \(packet.transfer?.pageSetID ?? 0), not the receive buffer's")
+        }
+        return transfer.ranges.map { Range(offset: $0.byteOffset, length: $0.byteCount) }
     }
 
     /// Writes an RNDIS packet message with `frame` at `section`.

@@ -59,6 +59,10 @@ public struct GPARange: Sendable, Equatable {
     var pageCount: Int { Int((UInt64(pageOffset) + UInt64(length) + Self.pageSize - 1) / Self.pageSize) }
 }
 
+enum TransferPagesHeader {
+    static let empty = Packet.TransferPages(pageSetID: 0, ranges: [])
+}
+
 /// One VMBus packet: a 16-byte descriptor {type, offset8, len8, flags,
 /// transaction id}, GPA ranges for GPA_DIRECT, then the payload padded to 8
 /// bytes, then an 8-byte trailer.
@@ -69,24 +73,60 @@ public struct Packet: Sendable, Equatable {
 
     public static let completionRequested: UInt16 = 1
 
+    /// A TRANSFER_PAGES packet's header (vmtransfer_page_packet_header):
+    /// which transfer-page set (a receive buffer's GPADL) and the byte
+    /// ranges of it the packet names.
+    public struct TransferPages: Sendable, Equatable {
+        public struct Range: Sendable, Equatable {
+            public let byteCount: UInt32
+            public let byteOffset: UInt32
+            public init(byteCount: UInt32, byteOffset: UInt32) {
+                self.byteCount = byteCount
+                self.byteOffset = byteOffset
+            }
+        }
+
+        public let pageSetID: UInt16
+        public let senderOwnsSet: Bool
+        public let ranges: [Range]
+
+        public init(pageSetID: UInt16, senderOwnsSet: Bool = false, ranges: [Range]) {
+            self.pageSetID = pageSetID
+            self.senderOwnsSet = senderOwnsSet
+            self.ranges = ranges
+        }
+
+        static let maxRanges = 64
+    }
+
     public var kind: Kind
     public var flags: UInt16
     public var transactionID: UInt64
     public var ranges: [GPARange]
+    /// For `.transferPages`: the page set and ranges in its header.
+    public var transfer: TransferPages?
     public var payload: [UInt8]
 
-    public init(kind: Kind, flags: UInt16 = 0, transactionID: UInt64, ranges: [GPARange] = [], payload: [UInt8]) {
+    public init(kind: Kind, flags: UInt16 = 0, transactionID: UInt64, ranges: [GPARange] = [], transfer: TransferPages? = nil, payload: [UInt8]) {
         self.kind = kind
         self.flags = flags
         self.transactionID = transactionID
         self.ranges = ranges
+        self.transfer = transfer
         self.payload = payload
     }
 
     /// Bytes of descriptor and range header before the payload: for
     /// GPA_DIRECT, `reserved` and `range_cnt`, then per range {byte_count,
     /// byte_offset, pfn_array[]} (Linux's vmbus_packet_mpb_array).
-    var headerLength: Int { 16 + (kind == .gpaDirect ? 8 + ranges.reduce(0) { $0 + 8 + 8 * $1.pageCount } : 0) }
+    var headerLength: Int {
+        switch kind {
+        case .gpaDirect: 16 + 8 + ranges.reduce(0) { $0 + 8 + 8 * $1.pageCount }
+        // xfer_pageset_id, sender_owns_set, reserved, range_cnt, then {byte_count, byte_offset}s.
+        case .transferPages: 16 + 8 + 8 * (transfer?.ranges.count ?? 0)
+        default: 16
+        }
+    }
     /// Bytes the packet takes in the ring, trailer included.
     public var ringLength: Int { headerLength + (payload.count + 7) / 8 * 8 + 8 }
 }
@@ -243,6 +283,15 @@ public final class Ring: @unchecked Sendable {
                 }
             }
         }
+        if packet.kind == .transferPages {
+            let transfer = packet.transfer ?? TransferPagesHeader.empty
+            var head = (transfer.pageSetID, UInt8(transfer.senderOwnsSet ? 1 : 0), UInt8(0), UInt32(transfer.ranges.count))
+            index = withUnsafeBytes(of: &head) { copyIn(UnsafeRawBufferPointer(rebasing: $0[0..<8]), at: index) }
+            for range in transfer.ranges {
+                var entry = (range.byteCount, range.byteOffset)
+                index = withUnsafeBytes(of: &entry) { copyIn($0, at: index) }
+            }
+        }
         if !packet.payload.isEmpty { index = packet.payload.withUnsafeBytes { copyIn($0, at: index) } }
         let padding = (8 - packet.payload.count % 8) % 8
         var zeros: UInt64 = 0
@@ -330,13 +379,18 @@ public final class Ring: @unchecked Sendable {
         var body = [UInt8](repeating: 0, count: d.length - 16)
         body.withUnsafeMutableBytes { copyOut(into: $0, at: (Int(readIndex) + 16) % dataSize) }
         var ranges: [GPARange] = []
+        var transfer: Packet.TransferPages?
         if d.kind == .gpaDirect {
             guard d.payloadOffset >= 24 else { throw RingError.missingRangeHeader }
             ranges = try Self.gpaRanges(in: body, headerBytes: d.payloadOffset)
         }
+        if d.kind == .transferPages {
+            guard d.payloadOffset >= 24 else { throw RingError.missingRangeHeader }
+            transfer = try Self.transferPages(in: body, headerBytes: d.payloadOffset)
+        }
         let payload = Array(body[(d.payloadOffset - 16)...])
         consume(d, signalWriter: &signalWriter)
-        return Packet(kind: d.kind, flags: d.flags, transactionID: d.transactionID, ranges: ranges, payload: payload)
+        return Packet(kind: d.kind, flags: d.flags, transactionID: d.transactionID, ranges: ranges, transfer: transfer, payload: payload)
     }
 
     /// The ranges of a GPA_DIRECT header (`body` starts after the 16-byte
@@ -380,6 +434,20 @@ public final class Ring: @unchecked Sendable {
             at += 8 * pages
         }
         return ranges
+    }
+
+    /// A TRANSFER_PAGES header (`body` starts after the descriptor), its
+    /// range count checked against the header's own length.
+    static func transferPages(in body: [UInt8], headerBytes: Int) throws(RingError) -> Packet.TransferPages {
+        let count = Int(body.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) })
+        guard count <= Packet.TransferPages.maxRanges, 16 + 8 + 8 * count <= headerBytes else {
+            throw RingError.tooManyRanges(count: count, headerBytes: headerBytes)
+        }
+        return body.withUnsafeBytes { p in
+            Packet.TransferPages(pageSetID: p.loadUnaligned(as: UInt16.self), senderOwnsSet: p[2] & 1 != 0, ranges: (0..<count).map { i in
+                .init(byteCount: p.loadUnaligned(fromByteOffset: 8 + 8 * i, as: UInt32.self), byteOffset: p.loadUnaligned(fromByteOffset: 12 + 8 * i, as: UInt32.self))
+            })
+        }
     }
 
     /// Like `read`, without allocating: copies the (padded) payload into

@@ -157,7 +157,7 @@ public final class NetworkVSP: ChannelHandler, @unchecked Sendable {
         guard let (channel, section, id, memory) = plan, frame.count <= NetworkProtocol.sectionSize else { return false }
         frame.withUnsafeBytes { memory.copyMemory(from: $0.baseAddress!, byteCount: frame.count) }
         let ranges = [NetworkProtocol.Range(offset: UInt32(section * NetworkProtocol.sectionSize), length: UInt32(frame.count))]
-        guard channel.send(Packet(kind: .transferPages, flags: Packet.completionRequested, transactionID: id, payload: NetworkProtocol.encodeTransfer(ranges))) else {
+        guard channel.send(NetworkProtocol.transferPacket(ranges, transactionID: id)) else {
             lock.withLock {
                 announced[id] = nil
                 freeSections.append(section)

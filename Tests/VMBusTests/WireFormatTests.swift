@@ -115,3 +115,28 @@ import VMBus
         #expect(read.ranges == [GPARange(gpa: 0x50800, length: 0x1800), GPARange(gpa: 0x90000, length: 0x800)])
     }
 }
+
+/// TRANSFER_PAGES packets as vmtransfer_page_packet_header lays them out.
+@Suite struct TransferPagesWireTests {
+    @Test func thePageSetAndRangesAreInTheHeaderAndThePayloadIsNVSP() throws {
+        let pair = RingPair()
+        let packet = NetworkProtocol.transferPacket([.init(offset: 4096, length: 60), .init(offset: 6144, length: 1514)], transactionID: 9)
+        try pair.writer.write(packet)
+        let data = pair.memory + Ring.controlSize
+        func u16(_ o: Int) -> UInt16 { data.loadUnaligned(fromByteOffset: o, as: UInt16.self) }
+        func u32(_ o: Int) -> UInt32 { data.loadUnaligned(fromByteOffset: o, as: UInt32.self) }
+        #expect(u16(0) == 7 && u16(2) == (16 + 8 + 2 * 8) / 8, "type TRANSFER_PAGES, offset8 past the ranges")
+        #expect(u16(16) == 0xCAFE && data.load(fromByteOffset: 18, as: UInt8.self) == 0 && u32(20) == 2, "xfer_pageset_id, sender_owns_set, range_cnt")
+        #expect(u32(24) == 60 && u32(28) == 4096 && u32(32) == 1514 && u32(36) == 6144, "{byte_count, byte_offset}")
+        #expect(u32(40) == 107 && u32(44) == 0 && u32(48) == 0xFFFF_FFFF && u32(52) == 0, "NVSP SEND_RNDIS_PKT: data channel, no section")
+        let read = try #require(try pair.read())
+        #expect(try NetworkProtocol.transferRanges(read) == [.init(offset: 4096, length: 60), .init(offset: 6144, length: 1514)])
+    }
+
+    @Test func aRangeCountBeyondTheHeaderIsRefused() throws {
+        let pair = RingPair()
+        try pair.writer.write(Packet(kind: .transferPages, transactionID: 1, transfer: .init(pageSetID: 0xCAFE, ranges: [.init(byteCount: 1, byteOffset: 0)]), payload: []))
+        (pair.memory + Ring.controlSize).storeBytes(of: UInt32(50), toByteOffset: 20, as: UInt32.self)
+        #expect(throws: RingError.tooManyRanges(count: 50, headerBytes: 32)) { try pair.read() }
+    }
+}
