@@ -28,8 +28,13 @@ public enum ChannelMessage: Equatable, Sendable {
     case gpadlTeardown(relid: UInt32, gpadl: UInt32)
     case gpadlTorndown(gpadl: UInt32)
     case relidReleased(relid: UInt32)
-    case initiateContact(version: UInt32)
-    case versionResponse(supported: Bool, version: UInt32)
+    /// struct vmbus_channel_initiate_contact: the version asked for, the
+    /// VP to interrupt, the message SINT (from 5.0; in the interrupt-page
+    /// union) and the two monitor pages (none here: 0).
+    case initiateContact(version: UInt32, targetVP: UInt32 = 0, messageSINT: UInt8 = 2)
+    /// struct vmbus_channel_version_response: supported, the connection
+    /// state, and (from 5.0) the connection id the guest posts messages to.
+    case versionResponse(supported: Bool, connectionState: UInt8 = 0, messageConnectionID: UInt32 = 0)
     case unload
     case unloadResponse
 
@@ -118,10 +123,12 @@ public enum ChannelMessage: Equatable, Sendable {
             w.u32(relid); w.u32(gpadl)
         case .gpadlTorndown(let gpadl):
             w.u32(gpadl)
-        case .initiateContact(let version):
-            w.u32(version)
-        case .versionResponse(let supported, let version):
-            w.u32(supported ? 1 : 0); w.u32(version)
+        case .initiateContact(let version, let vp, let sint):
+            w.u32(version); w.u32(vp)
+            w.u8(sint); w.u8(0); w.u16(0); w.u32(0)  // msg_sint, msg_vtl, reserved, feature_flags
+            w.u64(0); w.u64(0)  // monitor_page1, monitor_page2
+        case .versionResponse(let supported, let state, let connection):
+            w.u8(supported ? 1 : 0); w.u8(state); w.u16(0); w.u32(connection)
         }
         return w.bytes
     }
@@ -170,8 +177,14 @@ public enum ChannelMessage: Equatable, Sendable {
         case 11: return .gpadlTeardown(relid: try r.u32(), gpadl: try r.u32())
         case 12: return .gpadlTorndown(gpadl: try r.u32())
         case 13: return .relidReleased(relid: try r.u32())
-        case 14: return .initiateContact(version: try r.u32())
-        case 15: return .versionResponse(supported: try r.u32() != 0, version: try r.u32())
+        case 14:
+            let version = try r.u32(), vp = try r.u32(), sint = try r.u8()
+            try r.skip(7 + 16)
+            return .initiateContact(version: version, targetVP: vp, messageSINT: sint)
+        case 15:
+            let supported = try r.u8() != 0, state = try r.u8()
+            try r.skip(2)
+            return .versionResponse(supported: supported, connectionState: state, messageConnectionID: try r.u32())
         case 16: return .unload
         case 17: return .unloadResponse
         default: throw DecodeError(reason: "unknown channel message type \(type)")

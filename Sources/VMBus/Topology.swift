@@ -28,8 +28,10 @@ public enum Topology {
     public static func rootMessageConnection(slot: Int) -> UInt32 { 0x3000 + UInt32(slot) }
     public static func rootEventConnection(slot: Int) -> UInt32 { 0x4000 + UInt32(slot) }
 
-    /// VMBus protocol versions (major << 16 | minor), newest first.
-    public static let hostVersions: [UInt32] = [0x0005_0000, 0x0004_0001, 0x0004_0000]
+    /// VMBus protocol versions (major << 16 | minor) the root accepts, newest
+    /// first, as Hyper-V does: 5.3, 5.2, 5.1, 5.0 and 4.0 (Linux tries the
+    /// newest first).
+    public static let hostVersions: [UInt32] = [0x0005_0003, 0x0005_0002, 0x0005_0001, 0x0005_0000, 0x0004_0000]
 }
 
 /// Status in GPADL_CREATED and OPENCHANNEL_RESULT: 0 success.

@@ -166,7 +166,7 @@ public final class VMBusClient: @unchecked Sendable {
     public var timeout: Double = 10
 
     /// Versions the guest asks for, newest first.
-    public static let guestVersions: [UInt32] = [0x0005_0002, 0x0005_0000, 0x0004_0000]
+    public static let guestVersions: [UInt32] = [0x0005_0003, 0x0005_0002, 0x0005_0001, 0x0005_0000, 0x0004_0000]
 
     public init(partition: Partition, vp: VirtualProcessor) {
         self.partition = partition
@@ -228,9 +228,9 @@ public final class VMBusClient: @unchecked Sendable {
     @discardableResult
     public func connect() throws(VMBusError) -> UInt32 {
         for candidate in Self.guestVersions {
-            try post(.initiateContact(version: candidate))
+            try post(.initiateContact(version: candidate, targetVP: 0, messageSINT: UInt8(Topology.messageSINT)))
             let accepted = try waitFor("version response") { message -> Bool? in
-                if case .versionResponse(let supported, _) = message { return supported }
+                if case .versionResponse(let supported, _, _) = message { return supported }
                 return nil
             }
             if accepted {

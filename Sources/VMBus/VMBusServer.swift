@@ -208,13 +208,14 @@ public final class VMBusServer: @unchecked Sendable {
             return
         }
         switch (message, c.state) {
-        case (.initiateContact(let version), _):
+        case (.initiateContact(let version, _, _), _):
             if let supported = Topology.hostVersions.first(where: { $0 == version }) {
                 c.state = .connected(version: supported)
-                post(c, .versionResponse(supported: true, version: supported))
+                // From 5.0 the response names the connection to post messages to.
+                post(c, .versionResponse(supported: true, messageConnectionID: supported >= 0x0005_0000 ? Topology.childMessageConnection : 0))
                 note("child \(child): VMBus version \(version >> 16).\(version & 0xFFFF)")
             } else {
-                post(c, .versionResponse(supported: false, version: Topology.hostVersions[0]))
+                post(c, .versionResponse(supported: false))
             }
         case (.requestOffers, .connected), (.requestOffers, .offersSent):
             c.state = .offersSent

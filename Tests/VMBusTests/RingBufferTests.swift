@@ -149,7 +149,7 @@ final class RingPair {
             .closeChannel(relid: 1), .gpadlHeader(relid: 1, gpadl: 9, totalPages: 30, pfns: Array(0..<26)),
             .gpadlBody(message: 1, gpadl: 9, pfns: [26, 27, 28, 29]), .gpadlCreated(relid: 1, gpadl: 9, status: 0),
             .gpadlTeardown(relid: 1, gpadl: 9), .gpadlTorndown(gpadl: 9), .relidReleased(relid: 1),
-            .initiateContact(version: 0x50000), .versionResponse(supported: true, version: 0x50000), .unload, .unloadResponse,
+            .initiateContact(version: 0x50000), .versionResponse(supported: true, messageConnectionID: 1), .unload, .unloadResponse,
         ]
         for m in messages {
             #expect(m.encode().count <= 240)

@@ -70,6 +70,22 @@ import VMBus
         #expect(first + rest == pfns)
     }
 
+    @Test func contactAndVersionResponseAreTheRealStructs() throws {
+        let contact = ChannelMessage.initiateContact(version: 0x0005_0003, targetVP: 1, messageSINT: 2).encode()
+        #expect(contact.count == 40, "vmbus_channel_initiate_contact")
+        #expect(Array(contact[8..<20]) == [3, 0, 5, 0, 1, 0, 0, 0, 2, 0, 0, 0], "version, target_vcpu, msg_sint")
+        #expect(contact[20..<40].allSatisfy { $0 == 0 }, "feature flags and monitor pages")
+        let response = ChannelMessage.versionResponse(supported: true, connectionState: 0, messageConnectionID: 4).encode()
+        #expect(response == [15, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 0], "vmbus_channel_version_response")
+        guard case .initiateContact(0x0005_0003, 1, 2) = try ChannelMessage.decode(contact),
+            case .versionResponse(true, 0, 4) = try ChannelMessage.decode(response)
+        else {
+            Issue.record("did not round-trip")
+            return
+        }
+        #expect(Topology.hostVersions == [0x0005_0003, 0x0005_0002, 0x0005_0001, 0x0005_0000, 0x0004_0000])
+    }
+
     @Test func hypercallCallCodesAreTheTLFSs() {
         #expect(HypercallCode.deletePort.rawValue == 0x58)
         #expect(HypercallCode.createPort.rawValue == 0x95 && HypercallCode.connectPort.rawValue == 0x96)
