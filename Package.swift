@@ -142,7 +142,9 @@ let package = Package(
             path: "Tests/Support"
         ),
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Machine"]),
-        .testTarget(name: "VMBusTests", dependencies: ["VMBus", "Hypervisor", "Machine"]),
+        // Linux's VMBus message structs in C with _Static_asserts, for the wire-format tests.
+        .target(name: "CVMBusLayouts", path: "Tests/CVMBusLayouts"),
+        .testTarget(name: "VMBusTests", dependencies: ["VMBus", "Hypervisor", "Machine", "CVMBusLayouts"]),
         .testTarget(name: "ExternalVMMTests", dependencies: ["ExternalVMM"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Machine", "CSystemShims"]),
         .testTarget(

@@ -2,6 +2,7 @@ import Foundation
 import Hypervisor
 import Testing
 import VMBus
+import CVMBusLayouts
 
 /// Bytes as Hyper-V puts them on the wire (VMBUS.md; Linux hyperv.h).
 @Suite struct WireFormatTests {
@@ -154,5 +155,44 @@ import VMBus
         try pair.writer.write(Packet(kind: .transferPages, transactionID: 1, transfer: .init(pageSetID: 0xCAFE, ranges: [.init(byteCount: 1, byteOffset: 0)]), payload: []))
         (pair.memory + Ring.controlSize).storeBytes(of: UInt32(50), toByteOffset: 20, as: UInt32.self)
         #expect(throws: RingError.tooManyRanges(count: 50, headerBytes: 32)) { try pair.read() }
+    }
+}
+
+/// The Swift encoders against Linux's structs declared in C (with their
+/// sizes and offsets asserted at compile time in Tests/CVMBusLayouts).
+@Suite struct CLayoutTests {
+    static func c(_ fill: (UnsafeMutablePointer<UInt8>) -> UInt32) -> [UInt8] {
+        var out = [UInt8](repeating: 0xEE, count: 256)
+        let n = out.withUnsafeMutableBufferPointer { fill($0.baseAddress!) }
+        return Array(out.prefix(Int(n)))
+    }
+
+    static func wire(_ guid: UUID) -> [UInt8] {
+        var w = ByteWriter()
+        w.uuid(guid)
+        return w.bytes
+    }
+
+    @Test func offer() {
+        let instance = UUID(uuidString: "00112233-4455-6677-8899-AABBCCDDEEFF")!
+        let type = Self.wire(StorageProtocol.interfaceType), inst = Self.wire(instance)
+        let expected = Self.c { oy_layout_offer($0, type, inst, 7, 0x2001) }
+        #expect(ChannelMessage.offerChannel(interfaceType: StorageProtocol.interfaceType, instance: instance, relid: 7, connectionID: 0x2001).encode() == expected)
+    }
+
+    @Test func openChannel() {
+        let expected = Self.c { oy_layout_open_channel($0, 3, 9, 0xE1E10, 1, 17) }
+        #expect(ChannelMessage.openChannel(relid: 3, openID: 9, ringGPADL: 0xE1E10, downstreamPageOffset: 17, targetVP: 1).encode() == expected)
+    }
+
+    @Test func gpadlHeader() {
+        let pfns = (0..<26).map { UInt64(0x4000 + $0) }
+        let expected = Self.c { out in pfns.withUnsafeBufferPointer { oy_layout_gpadl_header(out, 2, 0xE1E10, 40, $0.baseAddress, 26) } }
+        #expect(ChannelMessage.gpadlHeader(relid: 2, gpadl: 0xE1E10, totalPages: 40, pfns: pfns).encode() == expected)
+    }
+
+    @Test func contactAndVersion() {
+        #expect(ChannelMessage.initiateContact(version: 0x0005_0002, targetVP: 0, messageSINT: 2).encode() == Self.c { oy_layout_initiate_contact($0, 0x0005_0002, 0, 2) })
+        #expect(ChannelMessage.versionResponse(supported: true, connectionState: 0, messageConnectionID: 4).encode() == Self.c { oy_layout_version_response($0, 1, 0, 4) })
     }
 }

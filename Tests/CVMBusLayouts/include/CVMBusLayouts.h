@@ -1,0 +1,17 @@
+/* The VMBus channel messages as Linux declares them (include/linux/hyperv.h),
+ * written from the documented field order and checked with _Static_assert:
+ * the tests fill these structs in C and compare the bytes with what the
+ * Swift encoders produce. Test-only; nothing here ships. */
+#ifndef CVMBUS_LAYOUTS_H
+#define CVMBUS_LAYOUTS_H
+
+#include <stdint.h>
+
+/* Fill `out` with the message, built through the C struct; return its size. */
+uint32_t oy_layout_offer(uint8_t *out, const uint8_t if_type[16], const uint8_t if_instance[16], uint32_t relid, uint32_t connection_id);
+uint32_t oy_layout_open_channel(uint8_t *out, uint32_t relid, uint32_t openid, uint32_t gpadl, uint32_t target_vp, uint32_t downstream_offset);
+uint32_t oy_layout_gpadl_header(uint8_t *out, uint32_t relid, uint32_t gpadl, uint32_t total_pages, const uint64_t *pfns, uint32_t pfn_count);
+uint32_t oy_layout_initiate_contact(uint8_t *out, uint32_t version, uint32_t target_vp, uint8_t msg_sint);
+uint32_t oy_layout_version_response(uint8_t *out, uint8_t supported, uint8_t state, uint32_t msg_conn_id);
+
+#endif
