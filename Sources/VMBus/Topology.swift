@@ -19,7 +19,17 @@ public enum Topology {
     public static let childMessagePort: UInt32 = 1
     public static let childEventPort: UInt32 = 2
     // The child's connections to the root.
+    /// Where a guest posts VMBus messages: VMBUS_MESSAGE_CONNECTION_ID (1)
+    /// before version 5.0; from 5.0, INITIATE_CONTACT goes to
+    /// VMBUS_MESSAGE_CONNECTION_ID_4 and the version response names the
+    /// connection to use afterwards.
     public static let childMessageConnection: UInt32 = 1
+    public static let childMessageConnectionV5: UInt32 = 4
+
+    /// The connection a guest asking for `version` starts with.
+    public static func contactConnection(for version: UInt32) -> UInt32 {
+        version >= 0x0005_0000 ? childMessageConnectionV5 : childMessageConnection
+    }
     public static let childEventConnection: UInt32 = 2
 
     // Ports in the root and the root's connections to a child, by slot.

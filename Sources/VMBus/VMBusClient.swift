@@ -157,6 +157,8 @@ public final class VMBusClient: @unchecked Sendable {
     public let partition: Partition
     public let vp: VirtualProcessor
     public private(set) var version: UInt32?
+    /// Where messages go: by version at contact, then what the root named.
+    public private(set) var messageConnection = Topology.childMessageConnection
     public private(set) var offers: [Offer] = []
     private var allOffersDelivered = false
     private var responses: [ChannelMessage] = []
@@ -199,7 +201,7 @@ public final class VMBusClient: @unchecked Sendable {
         do {
             // The guest waits by halting its VP, so it still takes interrupts.
             try PostWithBackoff.run({ () throws(HvStatus) in
-                try partition.hypercalls.postMessage(connectionID: Topology.childMessageConnection, type: ChannelMessage.synicMessageType, payload: message.encode())
+                try partition.hypercalls.postMessage(connectionID: messageConnection, type: ChannelMessage.synicMessageType, payload: message.encode())
             }, wait: { _ = vp.halt(until: { false }, timeout: $0) })
         } catch {
             switch error {
@@ -228,11 +230,14 @@ public final class VMBusClient: @unchecked Sendable {
     @discardableResult
     public func connect() throws(VMBusError) -> UInt32 {
         for candidate in Self.guestVersions {
+            messageConnection = Topology.contactConnection(for: candidate)
             try post(.initiateContact(version: candidate, targetVP: 0, messageSINT: UInt8(Topology.messageSINT)))
-            let accepted = try waitFor("version response") { message -> Bool? in
-                if case .versionResponse(let supported, _, _) = message { return supported }
+            let answer = try waitFor("version response") { message -> (Bool, UInt32)? in
+                if case .versionResponse(let supported, _, let connection) = message { return (supported, connection) }
                 return nil
             }
+            let accepted = answer.0
+            if accepted && candidate >= 0x0005_0000 && answer.1 != 0 { messageConnection = answer.1 }
             if accepted {
                 version = candidate
                 break

@@ -98,6 +98,7 @@ public final class VMBusServer: @unchecked Sendable {
         try hypercalls.createPort(in: root.id, port: .init(id: Topology.rootMessagePort(slot: slot), kind: .message, vp: 0, sint: Topology.messageSINT))
         try hypercalls.createPort(in: root.id, port: .init(id: Topology.rootEventPort(slot: slot), kind: .event(baseFlag: base, flagCount: Topology.channelsPerChild), vp: 0, sint: Topology.rootEventSINT))
         try hypercalls.connectPort(from: child, connectionID: Topology.childMessageConnection, to: root.id, portID: Topology.rootMessagePort(slot: slot))
+        try hypercalls.connectPort(from: child, connectionID: Topology.childMessageConnectionV5, to: root.id, portID: Topology.rootMessagePort(slot: slot))
         try hypercalls.connectPort(from: child, connectionID: Topology.childEventConnection, to: root.id, portID: Topology.rootEventPort(slot: slot))
         try hypercalls.connectPort(from: root.id, connectionID: Topology.rootMessageConnection(slot: slot), to: child, portID: Topology.childMessagePort)
         try hypercalls.connectPort(from: root.id, connectionID: Topology.rootEventConnection(slot: slot), to: child, portID: Topology.childEventPort)
@@ -212,7 +213,7 @@ public final class VMBusServer: @unchecked Sendable {
             if let supported = Topology.hostVersions.first(where: { $0 == version }) {
                 c.state = .connected(version: supported)
                 // From 5.0 the response names the connection to post messages to.
-                post(c, .versionResponse(supported: true, messageConnectionID: supported >= 0x0005_0000 ? Topology.childMessageConnection : 0))
+                post(c, .versionResponse(supported: true, messageConnectionID: supported >= 0x0005_0000 ? Topology.childMessageConnectionV5 : 0))
                 note("child \(child): VMBus version \(version >> 16).\(version & 0xFFFF)")
             } else {
                 post(c, .versionResponse(supported: false))

@@ -141,3 +141,24 @@ import Workloads
         #expect(stillWorks)
     }
 }
+
+/// The connection handshake as Hyper-V's: the newest version (5.3) wins,
+/// INITIATE_CONTACT goes to connection 4, and the guest then posts where
+/// the version response says.
+@Suite struct VMBusContactTests {
+    @Test func aChildContactsAt53OnConnection4() throws {
+        let system = try RootSystem(drivers: [])
+        defer { system.shutdown() }
+        let outcome = GuestOutcome<(UInt32?, UInt32)>()
+        try system.startChild(name: "c", start: 0, blocks: 0) { os in
+            outcome.finish {
+                try os.boot()
+                return (os.vmbus.version, os.vmbus.messageConnection)
+            }
+        }
+        let (version, connection) = try outcome.wait()
+        #expect(version == 0x0005_0003)
+        #expect(connection == Topology.childMessageConnectionV5 && Topology.childMessageConnectionV5 == 4)
+        #expect(Topology.contactConnection(for: 0x0004_0000) == 1 && Topology.contactConnection(for: 0x0005_0000) == 4)
+    }
+}
