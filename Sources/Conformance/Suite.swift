@@ -85,7 +85,7 @@ public struct ConformanceSuite: Sendable {
     /// Runs one check body in this process (what a worker does).
     public static func runCheck(_ id: String, driver: String, environment: SuiteEnvironment, timeBudget: Double? = Options.defaultTimeBudget) -> CheckOutcome {
         guard let check = Catalogue.all.first(where: { $0.id == id }) else { return .failed("no check \(id)") }
-        BorrowedPool.enable()
+        Verifier.enable()
         let mark = ViolationLog.mark
         var outcome: CheckOutcome
         do {

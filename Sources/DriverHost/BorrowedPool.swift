@@ -2,12 +2,25 @@ import Foundation
 import Glibc
 import Synchronization
 
-/// Special-pool memory for arguments a driver borrows for one call (the
+/// Special-pool memory (with `Verifier` on) for arguments a driver borrows for one call (the
 /// device info passed to probe): each lives on pages of its own in a
 /// reserved region, and when the call returns the pages are made
 /// inaccessible, so a driver that kept the pointer faults at its next use —
 /// deterministically, with the address telling what it was — instead of
 /// reading stale memory in the field.
+/// The checks that cost something on every call — special-pool lending,
+/// callback timing — run only where drivers are being verified (the
+/// conformance suite's workers), as Driver Verifier's do; red zones and
+/// request poisoning are cheap and always on.
+@_spi(Conformance) public enum Verifier {
+    private static let on = Atomic<Bool>(false)
+
+    /// Turns verification on for this process.
+    public static func enable() { on.store(true, ordering: .relaxed) }
+
+    static var isOn: Bool { on.load(ordering: .relaxed) }
+}
+
 @_spi(Conformance) public enum BorrowedPool {
     /// The reserved region: a fault address inside it is a borrowed pointer
     /// used after its call returned.
@@ -19,11 +32,6 @@ import Synchronization
     public static func contains(_ address: UInt64) -> Bool { address >= base && address < base + UInt64(slots * slotSize) }
 
     private static let next = Mutex(0)
-    private static let enabled = Atomic<Bool>(false)
-
-    /// Turns the pool on for this process (the conformance suite's workers,
-    /// as Driver Verifier's special pool is on only where it verifies).
-    public static func enable() { enabled.store(true, ordering: .relaxed) }
     private static var region: UnsafeMutableRawPointer? { regionAddress.flatMap { UnsafeMutableRawPointer(bitPattern: $0) } }
     private static let regionAddress: UInt? = {
         // MAP_FIXED_NOREPLACE: at `base`, or not at all (then plain memory is used).
@@ -43,7 +51,7 @@ import Synchronization
 
     static func lend(_ text: String) -> CString? {
         let bytes = Array(text.utf8) + [0]
-        guard enabled.load(ordering: .relaxed), bytes.count <= slotSize, let region else {
+        guard Verifier.isOn, bytes.count <= slotSize, let region else {
             guard let copy = strdup(text) else { return nil }
             return CString(pointer: copy, release: { free(copy) })
         }
@@ -64,7 +72,7 @@ import Synchronization
     /// Runs `body` with a copy of `value` on borrowed pages, then revokes them.
     static func lend<T, R>(_ value: T, _ body: (UnsafeMutablePointer<T>) -> R) -> R {
         precondition(MemoryLayout<T>.size <= slotSize)
-        guard enabled.load(ordering: .relaxed), let region else {
+        guard Verifier.isOn, let region else {
             var copy = value
             return body(&copy)
         }

@@ -67,11 +67,9 @@ struct LinuxVMRun {
         progress("[\(Self.name)] root serves vhost-user: vda, vdb (\(disk.driverLabel)), net0 (private switch), net1 (external switch) in \(sockets)")
 
         // The outside's end of the TCP transfer, when the outside is a real namespace.
-        let received = sockets + "/received.sha256"
-        var listener: SupervisedProcess?
+        var listener: TCPDigestSink?
         if let namespace = outside.namespace {
-            listener = try SupervisedProcess.start("/usr/bin/env", ["ip", "netns", "exec", namespace.name, image.busyboxPath, "nc", "-l", "-p", "\(Self.transferPort)",
-                                                                    "-e", image.busyboxPath, "sh", "-c", "'\(image.busyboxPath)' sha256sum > '\(received).part' && mv '\(received).part' '\(received)'"]).get()
+            listener = try TCPDigestSink(namespace: namespace, port: Self.transferPort, busybox: image.busyboxPath, directory: sockets)
         } else {
             progress("[\(Self.name)] the outside is simulated (no TCP there): the 16 MiB transfer is skipped")
         }
@@ -97,7 +95,7 @@ struct LinuxVMRun {
                 + "its console: oyako console --state STATE \(Self.name)")
         }
         entry.servedBy = servedBy(disk: disk)
-        try verify(vm, disk: disk, pattern: pattern, received: listener == nil ? nil : received, into: &entry)
+        try verify(vm, disk: disk, pattern: pattern, received: listener, into: &entry)
     }
 
     /// QEMU, installed with apt when missing and allowed (root only).
@@ -129,7 +127,7 @@ struct LinuxVMRun {
         }
     }
 
-    private func verify(_ vm: QEMUMachine, disk: Disk, pattern: DiskRegion, received: String?, into entry: inout DemoReport.ChildEntry) throws {
+    private func verify(_ vm: QEMUMachine, disk: Disk, pattern: DiskRegion, received: TCPDigestSink?, into entry: inout DemoReport.ChildEntry) throws {
         let bytes = GuestJobs.patternMebibytes * Self.mebibyte
         let written = vm.report("pattern-written")?.split(separator: " ").first.map(String.init) ?? "none"
         let readInGuest = vm.report("pattern-read")?.split(separator: " ").first.map(String.init)
@@ -154,9 +152,7 @@ struct LinuxVMRun {
             progress("[\(Self.name)] pinged \(target) (\(address)) \(answered)/3 over the \(target == "child0" ? "private" : "external") switch")
         }
         if let received, let sent = vm.report("tcp-sent")?.split(separator: " ").first.map(String.init) {
-            let deadline = Date(timeIntervalSinceNow: 10)
-            while !FileManager.default.fileExists(atPath: received) && Date() < deadline { usleep(20_000) }
-            let got = (try? String(contentsOfFile: received, encoding: .utf8))?.split(separator: " ").first.map(String.init)
+            let got = received.digest(timeout: 10)
             network.transfers.append(.init(to: "192.0.2.1:\(Self.transferPort)", bytes: Self.transferMebibytes * Self.mebibyte, sentSHA256: sent, receivedSHA256: got))
             progress("[\(Self.name)] \(Self.transferMebibytes) MiB over TCP to the outside: sent \(sent.prefix(16))…, received \(got?.prefix(16) ?? "nothing")…")
         } else if received != nil {

@@ -59,10 +59,6 @@ public struct GPARange: Sendable, Equatable {
     var pageCount: Int { Int((UInt64(pageOffset) + UInt64(length) + Self.pageSize - 1) / Self.pageSize) }
 }
 
-enum TransferPagesHeader {
-    static let empty = Packet.TransferPages(pageSetID: 0, ranges: [])
-}
-
 /// One VMBus packet: a 16-byte descriptor {type, offset8, len8, flags,
 /// transaction id}, GPA ranges for GPA_DIRECT, then the payload padded to 8
 /// bytes, then an 8-byte trailer.
@@ -284,7 +280,7 @@ public final class Ring: @unchecked Sendable {
             }
         }
         if packet.kind == .transferPages {
-            let transfer = packet.transfer ?? TransferPagesHeader.empty
+            let transfer = packet.transfer ?? .init(pageSetID: 0, ranges: [])
             var head = (transfer.pageSetID, UInt8(transfer.senderOwnsSet ? 1 : 0), UInt8(0), UInt32(transfer.ranges.count))
             index = withUnsafeBytes(of: &head) { copyIn(UnsafeRawBufferPointer(rebasing: $0[0..<8]), at: index) }
             for range in transfer.ranges {

@@ -15,6 +15,15 @@ import VirtualizationStack
 enum LinuxVMAvailability {
     static let vmm: Result<VMMInfo, VMMInfo.Problem> = Result { () throws(VMMInfo.Problem) in try VMMInfo.detect() }
     static var available: Bool { (try? vmm.get()) != nil }
+
+    /// The VM ran its job to the end: QEMU exited 0 and the guest reported
+    /// no error (the console's tail in the message when not).
+    static func expectCleanExit(_ vm: QEMUMachine, timeout: TimeInterval = 150, sourceLocation: SourceLocation = #_sourceLocation) {
+        let exit = vm.waitForExit(timeout: timeout)
+        let console = (try? String(contentsOfFile: vm.consolePath, encoding: .utf8)) ?? ""
+        #expect(exit == .exited(0), "QEMU: \(exit.map(\.description) ?? "still running"); console:\n\(console.suffix(3000))", sourceLocation: sourceLocation)
+        #expect(vm.report("error") == nil, "the guest reported: \(vm.report("error") ?? "")", sourceLocation: sourceLocation)
+    }
     static var reason: Comment {
         if case .failure(let problem) = vmm { Comment(rawValue: "skipped: \(problem)") } else { "QEMU is present" }
     }
@@ -38,10 +47,7 @@ enum LinuxVMAvailability {
         configuration.allowReboot = true
         let vm = try QEMUMachine(configuration)
         defer { vm.stop() }
-        let exit = vm.waitForExit(timeout: 150)
-        let console = (try? String(contentsOfFile: vm.consolePath, encoding: .utf8)) ?? ""
-        #expect(exit == .exited(0), "QEMU: \(exit.map(\.description) ?? "still running"); console:\n\(console.suffix(3000))")
-        #expect(vm.report("error") == nil)
+        LinuxVMAvailability.expectCleanExit(vm)
         try disks.verify(vm, image: image)
     }
 
@@ -166,10 +172,7 @@ struct StorageRig {
         #expect(ready.wait(timeout: .now() + 10) == .success)
 
         // The outside's end of the TCP transfer: busybox from the same Debian package.
-        let received = system.state + "/received.sha256"
-        let busybox = image.busyboxPath
-        let listener = try SupervisedProcess.start("/usr/bin/env", ["ip", "netns", "exec", namespace.name, busybox, "nc", "-l", "-p", "5001", "-e",
-                                                                    busybox, "sh", "-c", "'\(busybox)' sha256sum > '\(received).part' && mv '\(received).part' '\(received)'"]).get()
+        let listener = try TCPDigestSink(namespace: namespace, port: 5001, busybox: image.busyboxPath, directory: system.state)
         defer { listener.stop() }
 
         let privateMAC = "52:54:00:0a:00:01", externalMAC = "52:54:00:0a:00:02"
@@ -188,16 +191,11 @@ struct StorageRig {
         configuration.nics = [.init(socket: p.path, mac: privateMAC), .init(socket: e.path, mac: externalMAC)]
         let vm = try QEMUMachine(configuration)
         defer { vm.stop() }
-        let exit = vm.waitForExit(timeout: 150)
-        let console = (try? String(contentsOfFile: vm.consolePath, encoding: .utf8)) ?? ""
-        #expect(exit == .exited(0), "QEMU: \(exit.map(\.description) ?? "still running"); console:\n\(console.suffix(3000))")
-        #expect(vm.report("error") == nil)
+        LinuxVMAvailability.expectCleanExit(vm)
         #expect(vm.report("ping-child") == "3", "the private switch: VM to simulated child")
         #expect(vm.report("ping-outside") == "3", "the external switch: VM to the namespace through e1klite.so")
         let sent = try #require(vm.report("tcp-sent")?.split(separator: " ").first.map(String.init))
-        let deadline = Date(timeIntervalSinceNow: 10)
-        while !FileManager.default.fileExists(atPath: received) && Date() < deadline { usleep(10_000) }
-        let got = (try? String(contentsOfFile: received, encoding: .utf8))?.split(separator: " ").first.map(String.init)
+        let got = listener.digest(timeout: 10)
         #expect(got == sent, "16 MiB over TCP arrived intact outside")
         #expect(eth0.counters.txFrames > 16 << 20 / 1514, "the transfer left through the vendor's NIC driver")
         try disks.verify(vm, image: image)
