@@ -203,9 +203,9 @@ struct BlockBench {
         while completed < w.count {
             while submitted < w.count, let slot = free.popLast() {
                 let issued = DispatchTime.now().uptimeNanoseconds
-                try vsc.submit(w.write ? .write10 : .read10, lba: lba.next(), blocks: w.blocks, bufferOffset: slot * length) { status in
+                try vsc.submit(write: w.write, lba: lba.next(), blocks: w.blocks, bufferOffset: slot * length) { outcome in
                     _ = histogram.record(DispatchTime.now().uptimeNanoseconds - issued)
-                    if status != StorageProtocol.Status.success { failed += 1 }
+                    if !outcome.isGood { failed += 1 }
                     completed += 1
                     free.append(slot)
                 }

@@ -35,7 +35,7 @@ public final class Hypervisor: @unchecked Sendable {
     /// Takes over `machine` and creates the root partition with `rootMemory`
     /// bytes of RAM (whole 2 MiB chunks) and a foreign window of
     /// `foreignWindow` bytes above it.
-    public init(machine: Machine, rootMemory: Int, foreignWindow: Int = 64 << 20) throws {
+    public init(machine: Machine, rootMemory: Int, foreignWindow: Int = 256 << 20) throws {
         self.machine = machine
         let chunk = Self.chunkPages * PhysicalMemory.pageSize
         let ramSize = (rootMemory + chunk - 1) / chunk * chunk

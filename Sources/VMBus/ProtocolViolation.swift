@@ -16,8 +16,12 @@ public enum ProtocolViolation: Error, Equatable, CustomStringConvertible, Sendab
     case rangesMismatch(String)
     case transactionReused(UInt64)
     case tooManyOutstanding(limit: Int)
-    /// A storage data range outside the data-buffer GPADL, or not whole blocks.
-    case rangeOutsideDataBuffer(gpa: UInt64, length: UInt32)
+    /// A data range naming pages that are not the child's own memory.
+    case rangeOutsideChildMemory(gpa: UInt64, length: UInt32)
+    /// An SRB whose data length is not what its page list covers.
+    case dataLengthMismatch(srb: UInt32, pageList: Int)
+    /// An SRB whose CDB length is 0 or more than 16 bytes.
+    case badCDBLength(UInt8)
     /// A network send section beyond the send buffer.
     case sendSectionOutside(index: UInt32)
     /// The ring itself was corrupt.
@@ -36,7 +40,9 @@ public enum ProtocolViolation: Error, Equatable, CustomStringConvertible, Sendab
         case .rangesMismatch(let what): what
         case .transactionReused(let id): "transaction id \(id) reused while still outstanding"
         case .tooManyOutstanding(let limit): "more than \(limit) requests outstanding"
-        case .rangeOutsideDataBuffer(let gpa, let length): "GPA range 0x\(String(gpa, radix: 16))+\(length) is outside the data buffer GPADL or not block-sized"
+        case .rangeOutsideChildMemory(let gpa, let length): "GPA range 0x\(String(gpa, radix: 16))+\(length) is not the child's memory"
+        case .dataLengthMismatch(let srb, let pageList): "SRB data_transfer_length \(srb) disagrees with its page list of \(pageList) bytes"
+        case .badCDBLength(let length): "SRB cdb_length \(length) is not 1 to 16"
         case .sendSectionOutside(let index): "send section \(index) is outside the send buffer"
         case .ring(let error): "ring: \(error)"
         case .notServed(let reason): reason

@@ -27,6 +27,13 @@ public struct ChannelContext: Sendable {
 
     /// The GPADL `id` of this child, if it was created and accepted.
     public func gpadl(_ id: UInt32) -> GPADLMapping? { server.gpadl(child: child, id: id) }
+
+    /// Maps the child pages a request names (its GPA_DIRECT ranges) into the
+    /// root's view until `release()`; `writable` when the device writes them.
+    public func mapRequest(_ ranges: [GPARange], writable: Bool) throws(RequestMapping.Refusal) -> RequestMapping {
+        try RequestMapping(ranges: ranges, child: child, writable: writable, hypercalls: server.hypercalls,
+                           view: server.root.memory.guestMemory)
+    }
 }
 
 /// The root side of VMBus: one connection per child, offers, GPADLs,

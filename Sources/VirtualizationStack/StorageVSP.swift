@@ -3,23 +3,28 @@ import Machine
 import Kernel
 import VMBus
 
-/// The root's storage virtualization service provider for one channel: a
-/// child's virtual disk is a region of a disk of the root's OS, so every
-/// child I/O goes through the vendor driver that serves that disk.
+/// The root's storage virtualization service provider for one channel,
+/// speaking Hyper-V's StorVSP protocol: a child's virtual disk is a region of
+/// a disk of the root's OS behind a small SCSI target, so every child I/O
+/// goes through the vendor driver that serves that disk.
 ///
-/// Data moves without copies: I/O ranges must lie in the data buffer the
-/// child granted (a GPADL), which the root sees in its foreign window, and
-/// the disk's driver maps those pages for its device like any OS memory.
+/// Data moves without copies, as on a real root: each SRB names its data as
+/// a GPA_DIRECT page list anywhere in the child's memory; the root maps those
+/// pages for the duration of the request (the hypervisor refuses pages the
+/// child does not own) and the disk's driver maps them for its device like
+/// any OS memory.
 ///
-/// The child is untrusted. A malformed packet, a range outside the data
-/// buffer, a duplicate transaction id or I/O before initialisation closes
-/// this channel with the reason; an out-of-range LBA is an ordinary error
-/// answered with a status. A completion is sent only after the disk
+/// The child is untrusted. A malformed packet, pages that are not the
+/// child's, a data length that disagrees with the page list, a duplicate
+/// transaction id or I/O before initialisation closes this channel with the
+/// reason; a bad CDB or an out-of-range LBA is an ordinary SCSI error
+/// (CHECK CONDITION with sense). A completion is sent only after the disk
 /// completed, so acknowledged writes and flushes are on the disk.
 public final class StorageVSP: ChannelHandler, @unchecked Sendable {
     // @unchecked Sendable: mutable state is guarded by `condition`.
     public let disk: Disk
     public let region: Range<UInt64>
+    public let target: SCSITarget
     let context: ChannelContext
     public static let maxTransferBytes = 256 << 10
     public static let maxOutstanding = 256
@@ -37,7 +42,6 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
     private let condition = NSCondition()
     private var phase = Phase.fresh
     private var version: UInt16?
-    private var dataBuffer: GPADLMapping?
     private var outstanding: Set<UInt64> = []
     private var stats = Statistics()
 
@@ -45,6 +49,8 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
         self.disk = disk
         self.region = region
         self.context = context
+        target = SCSITarget(store: DiskSlice(disk: disk, region: region), serial: "oyako-\(context.child)-\(context.relid)",
+                            identifier: UUID())
     }
 
     public var statistics: Statistics { condition.withLock { stats } }
@@ -56,108 +62,64 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
         guard packet.flags & Packet.completionRequested != 0 else {
             throw .completionNotRequested(transaction: packet.transactionID)
         }
-        var reader = ByteReader(packet.payload)
-        let header: StorageProtocol.Header
+        let message: StorageProtocol.Message
         do {
-            header = try StorageProtocol.decodeHeader(&reader)
+            message = try StorageProtocol.Message.decode(packet.payload)
         } catch {
-            throw .truncated("storage packet: \(error.reason)")
+            throw .truncated("vstor_packet: \(error.reason)")
         }
-        guard let operation = StorageProtocol.Operation(rawValue: header.operation) else {
-            throw .unknownOperation("storage operation \(header.operation)")
+        guard let operation = message.knownOperation else {
+            throw .unknownOperation("storage operation \(message.operation)")
         }
-        let current = condition.withLock { phase }
         if operation != .executeSRB && packet.kind != .inband {
             throw .rangesMismatch("\(operation) sent with GPA ranges")
         }
+        let current = condition.withLock { phase }
         switch (operation, current) {
         case (.beginInitialization, .fresh):
             condition.withLock { phase = .initializing }
             reply(packet, on: channel)
         case (.queryProtocolVersion, .initializing):
-            let asked = (try? reader.u16()) ?? 0
-            if StorageProtocol.hostVersions.contains(asked) {
-                condition.withLock { version = asked }
-                reply(packet, on: channel)
-            } else {
-                reply(packet, on: channel, status: StorageProtocol.Status.revisionMismatch)
+            let asked = message.versionNumber
+            guard StorageProtocol.hostVersions.contains(asked) else {
+                return reply(packet, on: channel, StorageProtocol.Message(.completeIO, flags: 0, status: StorageProtocol.Status.revisionMismatch))
             }
+            condition.withLock { version = asked }
+            reply(packet, on: channel, .version(asked).answered())
         case (.queryProperties, .initializing):
             guard condition.withLock({ version }) != nil else { throw .outOfOrder("queryProperties", state: "the time before a version was agreed") }
-            let properties = StorageProtocol.Properties(
-                maxTransferBytes: UInt32(Self.maxTransferBytes), channelCount: 1, blockSize: UInt32(disk.geometry.blockSize),
-                blockCount: UInt64(region.count))
-            reply(packet, on: channel) { StorageProtocol.encode(properties, into: &$0) }
-        case (.registerDataBuffer, .initializing):
-            guard let id = try? reader.u32(), let mapping = context.gpadl(id), mapping.relid == context.relid else {
-                reply(packet, on: channel, status: StorageProtocol.Status.invalidParameter)
-                return
-            }
-            condition.withLock { dataBuffer = mapping }
-            reply(packet, on: channel)
+            let properties = StorageProtocol.ChannelProperties(maxChannelCount: 1, flags: 0, maxTransferBytes: UInt32(Self.maxTransferBytes))
+            reply(packet, on: channel, .properties(properties))
         case (.endInitialization, .initializing):
-            guard condition.withLock({ version != nil && dataBuffer != nil }) else {
-                throw .outOfOrder("endInitialization", state: "the time before a version and a data buffer")
-            }
+            guard condition.withLock({ version != nil }) else { throw .outOfOrder("endInitialization", state: "the time before a version was agreed") }
             condition.withLock { phase = .ready }
             reply(packet, on: channel)
         case (.executeSRB, .ready):
-            try execute(packet, reader: &reader, on: channel)
+            try execute(packet, message, on: channel)
+        case (.resetLUN, .ready), (.resetBus, .ready), (.resetAdapter, .ready):
+            // Nothing is held back: every accepted request completes on its own.
+            reply(packet, on: channel)
+        case (.createSubChannels, _), (.fcHBAData, _):
+            // Not offered (no multi-channel flag, not a Fibre Channel HBA).
+            reply(packet, on: channel, StorageProtocol.Message(.completeIO, flags: 0, status: StorageProtocol.Status.invalidDeviceState))
         default:
             throw .outOfOrder("\(operation)", state: "\(current)")
         }
     }
 
-    /// What an SRB asks for, once fully validated.
-    private enum Plan {
-        case flush
-        case answer(UInt32)
-        case transfer(DiskOperation, lba: UInt64, pieces: [(UnsafeMutableRawPointer, Int)], bytes: Int)
-    }
-
-    /// Validates an SRB completely, then admits it as outstanding and acts.
-    /// A request that breaks the protocol is refused before admission, so it
-    /// never holds anything up.
-    private func execute(_ packet: Packet, reader: inout ByteReader, on channel: HostChannel) throws(ProtocolViolation) {
-        let plan = try plan(packet, reader: &reader)
-        condition.withLock {
-            outstanding.insert(packet.transactionID)
-            stats.requests += 1
-        }
-        switch plan {
-        case .answer(let status):
-            finish(packet, on: channel, status: status)
-        case .flush:
-            disk.submit(.flush, lba: 0, blocks: 0, memory: nil) { [self] status in
-                // Counted only when the device flushed: a failed flush is an error.
-                if status.isOK { condition.withLock { stats.flushes += 1 } }
-                finish(packet, on: channel, status: status.isOK ? StorageProtocol.Status.success : StorageProtocol.Status.ioDeviceError)
-            }
-        case .transfer(let operation, let start, let pieces, let total):
-            let remaining = Countdown(pieces.count)
-            var lba = start
-            for (pointer, length) in pieces {
-                disk.submit(operation, lba: lba, blocks: length / disk.geometry.blockSize, memory: pointer) { [self] status in
-                    guard let result = remaining.done(status) else { return }
-                    if result.isOK {
-                        condition.withLock {
-                            if operation == .read { stats.bytesRead += UInt64(total) } else { stats.bytesWritten += UInt64(total) }
-                        }
-                    }
-                    finish(packet, on: channel, status: result.isOK ? StorageProtocol.Status.success : StorageProtocol.Status.ioDeviceError)
-                }
-                lba += UInt64(length / disk.geometry.blockSize)
-            }
-        }
-    }
-
-    private func plan(_ packet: Packet, reader: inout ByteReader) throws(ProtocolViolation) -> Plan {
-        let srb: StorageProtocol.SRB
+    /// Validates an SRB against the protocol, maps its pages, admits it as
+    /// outstanding and hands its CDB to the target. A request that breaks
+    /// the protocol is refused before admission, so it never holds anything up.
+    private func execute(_ packet: Packet, _ message: StorageProtocol.Message, on channel: HostChannel) throws(ProtocolViolation) {
+        let srb: StorageProtocol.SCSIRequest
         do {
-            srb = try StorageProtocol.decodeSRB(&reader)
+            srb = try message.srbRequest()
         } catch {
-            throw .truncated("SRB: \(error.reason)")
+            throw .truncated("vmscsi_request: \(error.reason)")
         }
+        guard let cdb = srb.cdb else { throw .badCDBLength(srb.cdbLength) }
+        let pageListBytes = packet.kind == .gpaDirect ? packet.ranges.reduce(0) { $0 + Int($1.length) } : 0
+        guard Int(srb.dataTransferLength) == pageListBytes else { throw .dataLengthMismatch(srb: srb.dataTransferLength, pageList: pageListBytes) }
         let transaction = packet.transactionID
         let problem = condition.withLock { () -> ProtocolViolation? in
             if outstanding.contains(transaction) { return .transactionReused(transaction) }
@@ -165,43 +127,75 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
             return nil
         }
         if let problem { throw problem }
-        guard let command = StorageProtocol.Command(rawValue: srb.command) else { return .answer(StorageProtocol.Status.invalidParameter) }
-        if command == .synchronizeCache { return .flush }
-        // Ranges are checked before anything is submitted.
-        let blockSize = disk.geometry.blockSize
-        guard packet.kind == .gpaDirect, !packet.ranges.isEmpty else { throw .rangesMismatch("read/write without GPA ranges") }
-        guard let buffer = condition.withLock({ dataBuffer }) else { throw .outOfOrder("executeSRB", state: "the time before a data buffer") }
-        var pieces: [(UnsafeMutableRawPointer, Int)] = []
-        var total = 0
-        for range in packet.ranges {
-            guard range.length > 0, Int(range.length) % blockSize == 0,
-                let pointer = buffer.pointer(gpa: GuestAddress(range.gpa), length: Int(range.length))
-            else {
-                throw .rangeOutsideDataBuffer(gpa: range.gpa, length: range.length)
+        guard srb.path == 0, srb.target == 0, srb.lun == 0 else {
+            return reply(packet, on: channel, answer(srb, srbStatus: StorageProtocol.SRBStatus.invalidLUN))
+        }
+        let direction = StorageProtocol.DataDirection(rawValue: srb.dataIn) ?? .none
+        let mapping: RequestMapping?
+        do {
+            mapping = pageListBytes > 0 ? try context.mapRequest(packet.ranges, writable: direction != .write) : nil
+        } catch {
+            switch error {
+            case .notChildMemory(let gpa, let length): throw .rangeOutsideChildMemory(gpa: gpa, length: length)
+            case .windowFull: return reply(packet, on: channel, answer(srb, srbStatus: StorageProtocol.SRBStatus.busy, scsiStatus: SCSI.Status.busy))
             }
-            pieces.append((pointer, Int(range.length)))
-            total += Int(range.length)
         }
-        guard srb.blocks > 0, total == Int(srb.blocks) * blockSize, total <= Self.maxTransferBytes,
-            srb.lba < UInt64(region.count), UInt64(srb.blocks) <= UInt64(region.count) - srb.lba
-        else { return .answer(StorageProtocol.Status.invalidParameter) }
-        return .transfer(command == .read10 ? .read : .write, lba: region.lowerBound + srb.lba, pieces: pieces, bytes: total)
-    }
-
-    private func finish(_ packet: Packet, on channel: HostChannel, status: UInt32) {
-        reply(packet, on: channel, status: status)
         condition.withLock {
-            if status != StorageProtocol.Status.success { stats.errors += 1 }
-            outstanding.remove(packet.transactionID)
-            condition.broadcast()
+            outstanding.insert(transaction)
+            stats.requests += 1
+        }
+        target.execute(cdb: cdb, direction: direction, data: SCSIData(mapping?.pieces ?? [])) { [self] result in
+            mapping?.release()
+            condition.withLock { count(cdb[0], result) }
+            reply(packet, on: channel, answer(srb, result))
+            condition.withLock {
+                outstanding.remove(transaction)
+                condition.broadcast()
+            }
         }
     }
 
-    private func reply(_ packet: Packet, on channel: HostChannel, status: UInt32 = StorageProtocol.Status.success,
-                       body: (inout ByteWriter) -> Void = { _ in })
+    /// Counts a finished command (under `condition`).
+    private func count(_ opcode: UInt8, _ result: SCSIResult) {
+        guard result.status == SCSI.Status.good else { return stats.errors += 1 }
+        switch opcode {
+        case SCSI.Opcode.read10, SCSI.Opcode.read16: stats.bytesRead += UInt64(result.transferred)
+        case SCSI.Opcode.write10, SCSI.Opcode.write16: stats.bytesWritten += UInt64(result.transferred)
+        case SCSI.Opcode.synchronizeCache10, SCSI.Opcode.synchronizeCache16: stats.flushes += 1
+        default: break
+        }
+    }
+
+    /// The completion of an SRB: the request echoed with its outcome.
+    private func answer(_ request: StorageProtocol.SCSIRequest, _ result: SCSIResult) -> StorageProtocol.Message {
+        guard let sense = result.sense else {
+            var srb = request
+            srb.dataTransferLength = UInt32(result.transferred)
+            return answer(srb, srbStatus: StorageProtocol.SRBStatus.success, scsiStatus: result.status)
+        }
+        var srb = request
+        srb.dataTransferLength = 0
+        let bytes = sense.fixedFormat
+        srb.area = bytes + [UInt8](repeating: 0, count: StorageProtocol.SCSIRequest.cdbAreaSize - bytes.count)
+        srb.senseInfoLength = UInt8(bytes.count)
+        return answer(srb, srbStatus: StorageProtocol.SRBStatus.error | StorageProtocol.SRBStatus.autosenseValid, scsiStatus: result.status)
+    }
+
+    private func answer(_ request: StorageProtocol.SCSIRequest, srbStatus: UInt8, scsiStatus: UInt8 = SCSI.Status.good) -> StorageProtocol.Message {
+        var srb = request
+        srb.srbStatus = srbStatus
+        srb.scsiStatus = scsiStatus
+        if srbStatus != StorageProtocol.SRBStatus.success && scsiStatus != SCSI.Status.checkCondition {
+            srb.dataTransferLength = 0
+            srb.senseInfoLength = 0
+        }
+        return .srb(srb, operation: .completeIO, flags: 0)
+    }
+
+    private func reply(_ packet: Packet, on channel: HostChannel,
+                       _ message: StorageProtocol.Message = StorageProtocol.Message(.completeIO, flags: 0))
     {
-        let payload = StorageProtocol.encode(StorageProtocol.Header(operation: .completeIO, status: status), body)
-        channel.send(Packet(kind: .completion, transactionID: packet.transactionID, payload: payload))
+        channel.send(Packet(kind: .completion, transactionID: packet.transactionID, payload: message.encoded))
     }
 
     /// The channel closed: the child's pages stay mapped until every request

@@ -132,3 +132,105 @@ uint32_t oy_layout_version_response(uint8_t *out, uint8_t supported, uint8_t sta
     memcpy(out, &m, sizeof m);
     return sizeof m;
 }
+
+struct vmscsi_win8_extension {
+    uint16_t reserve;
+    uint8_t queue_tag;
+    uint8_t queue_action;
+    uint32_t srb_flags;
+    uint32_t time_out_value;
+    uint32_t queue_sort_ey;
+} __attribute__((packed));
+
+struct vmscsi_request {
+    uint16_t length;
+    uint8_t srb_status;
+    uint8_t scsi_status;
+    uint8_t port_number;
+    uint8_t path_id;
+    uint8_t target_id;
+    uint8_t lun;
+    uint8_t cdb_length;
+    uint8_t sense_info_length;
+    uint8_t data_in;
+    uint8_t reserved;
+    uint32_t data_transfer_length;
+    union { uint8_t cdb[16]; uint8_t sense_data[20]; uint8_t reserved_array[20]; };
+    struct vmscsi_win8_extension win8_extension;
+} __attribute__((packed));
+_Static_assert(sizeof(struct vmscsi_request) == 52, "vmscsi_request (Win8) is 52 bytes");
+_Static_assert(offsetof(struct vmscsi_request, data_transfer_length) == 12, "data_transfer_length");
+_Static_assert(offsetof(struct vmscsi_request, cdb) == 16, "cdb");
+_Static_assert(offsetof(struct vmscsi_request, win8_extension) == 36, "win8_extension");
+
+struct vmstorage_channel_properties {
+    uint32_t reserved;
+    uint16_t max_channel_cnt;
+    uint16_t reserved1;
+    uint32_t flags;
+    uint32_t max_transfer_bytes;
+    uint64_t reserved2;
+} __attribute__((packed));
+_Static_assert(sizeof(struct vmstorage_channel_properties) == 24, "vmstorage_channel_properties");
+
+struct vmstorage_protocol_version { uint16_t major_minor; uint16_t revision; } __attribute__((packed));
+
+struct vstor_packet {
+    uint32_t operation;
+    uint32_t flags;
+    uint32_t status;
+    union {
+        struct vmscsi_request vm_srb;
+        struct vmstorage_channel_properties storage_channel_properties;
+        struct vmstorage_protocol_version version;
+        uint16_t sub_channel_count;
+        uint8_t buffer[0x34];
+    };
+} __attribute__((packed));
+_Static_assert(sizeof(struct vstor_packet) == 64, "vstor_packet is 64 bytes");
+_Static_assert(offsetof(struct vstor_packet, vm_srb) == 12, "the union follows operation, flags, status");
+
+uint32_t oy_layout_vstor_srb(uint8_t *out, uint32_t operation, uint32_t flags, uint32_t status,
+                             uint8_t srb_status, uint8_t scsi_status, uint8_t lun, uint8_t data_in,
+                             uint32_t data_transfer_length, const uint8_t *cdb_or_sense, uint8_t cdb_length,
+                             uint8_t sense_info_length, uint32_t srb_flags, uint32_t time_out_value) {
+    struct vstor_packet p;
+    memset(&p, 0, sizeof p);
+    p.operation = operation;
+    p.flags = flags;
+    p.status = status;
+    p.vm_srb.length = sizeof(struct vmscsi_request);
+    p.vm_srb.srb_status = srb_status;
+    p.vm_srb.scsi_status = scsi_status;
+    p.vm_srb.lun = lun;
+    p.vm_srb.data_in = data_in;
+    p.vm_srb.data_transfer_length = data_transfer_length;
+    memcpy(p.vm_srb.reserved_array, cdb_or_sense, 20);
+    p.vm_srb.cdb_length = cdb_length;
+    p.vm_srb.sense_info_length = sense_info_length;
+    p.vm_srb.win8_extension.srb_flags = srb_flags;
+    p.vm_srb.win8_extension.time_out_value = time_out_value;
+    memcpy(out, &p, sizeof p);
+    return sizeof p;
+}
+
+uint32_t oy_layout_vstor_properties(uint8_t *out, uint16_t max_channel_cnt, uint32_t flags, uint32_t max_transfer_bytes) {
+    struct vstor_packet p;
+    memset(&p, 0, sizeof p);
+    p.operation = 1; /* VSTOR_OPERATION_COMPLETE_IO */
+    p.storage_channel_properties.max_channel_cnt = max_channel_cnt;
+    p.storage_channel_properties.flags = flags;
+    p.storage_channel_properties.max_transfer_bytes = max_transfer_bytes;
+    memcpy(out, &p, sizeof p);
+    return sizeof p;
+}
+
+uint32_t oy_layout_vstor_version(uint8_t *out, uint16_t major_minor) {
+    struct vstor_packet p;
+    memset(&p, 0, sizeof p);
+    p.operation = 9; /* VSTOR_OPERATION_QUERY_PROTOCOL_VERSION */
+    p.flags = 1;     /* REQUEST_COMPLETION_FLAG */
+    p.version.major_minor = major_minor;
+    memcpy(out, &p, sizeof p);
+    return sizeof p;
+}

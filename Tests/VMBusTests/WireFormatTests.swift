@@ -196,3 +196,46 @@ import CVMBusLayouts
         #expect(ChannelMessage.versionResponse(supported: true, connectionState: 0, messageConnectionID: 4).encode() == Self.c { oy_layout_version_response($0, 1, 0, 4) })
     }
 }
+
+/// The storage packets against Linux's storvsc structs declared in C.
+@Suite struct StorageLayoutTests {
+    @Test func anSRBIsTheVstorPacketLinuxSends() throws {
+        // READ(10) of 8 blocks at LBA 0x1234, as storvsc_queuecommand fills it.
+        let cdb = SCSI.read10(lba: 0x1234, blocks: 8)
+        let area = cdb + [UInt8](repeating: 0, count: 20 - cdb.count)
+        let expected = CLayoutTests.c { out in
+            area.withUnsafeBufferPointer { oy_layout_vstor_srb(out, 3, 1, 0, 0, 0, 0, 1, 4096, $0.baseAddress, 10, 20, 0x48, 60) }
+        }
+        let message = StorageProtocol.Message.srb(StorageProtocol.SCSIRequest(cdb: cdb, direction: .read, dataTransferLength: 4096))
+        #expect(message.encoded == expected)
+        #expect(expected.count == 64)
+        #expect(try StorageProtocol.Message.decode(expected) == message, "and it decodes back")
+    }
+
+    @Test func aCheckConditionCompletionCarriesSenseInTheUnion() throws {
+        let sense = SCSI.Sense.lbaOutOfRange.fixedFormat
+        let area = sense + [0, 0]
+        let expected = CLayoutTests.c { out in
+            area.withUnsafeBufferPointer { oy_layout_vstor_srb(out, 1, 0, 0, 0x84, 0x02, 0, 1, 0, $0.baseAddress, 10, 18, 0x48, 60) }
+        }
+        var srb = StorageProtocol.SCSIRequest(cdb: SCSI.read10(lba: 9999, blocks: 1), direction: .read, dataTransferLength: 0)
+        srb.srbStatus = 0x84
+        srb.scsiStatus = 0x02
+        srb.area = area
+        srb.senseInfoLength = 18
+        #expect(StorageProtocol.Message.srb(srb, operation: .completeIO, flags: 0).encoded == expected)
+        #expect(try StorageProtocol.Message.decode(expected).srbRequest().sense == sense)
+    }
+
+    @Test func propertiesAndVersionAreTheRealStructs() throws {
+        let properties = StorageProtocol.ChannelProperties(maxChannelCount: 1, flags: 0, maxTransferBytes: 256 << 10)
+        let expected = CLayoutTests.c { oy_layout_vstor_properties($0, 1, 0, 256 << 10) }
+        #expect(StorageProtocol.Message.properties(properties).encoded == expected)
+        #expect(try StorageProtocol.Message.decode(expected).channelProperties() == properties)
+        #expect(StorageProtocol.Message.version(0x0602).encoded == CLayoutTests.c { oy_layout_vstor_version($0, 0x0602) })
+    }
+
+    @Test func aShortVstorPacketDoesNotDecode() {
+        #expect(throws: ChannelMessage.DecodeError.self) { try StorageProtocol.Message.decode([UInt8](repeating: 0, count: 63)) }
+    }
+}

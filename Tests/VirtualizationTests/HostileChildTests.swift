@@ -17,7 +17,7 @@ final class RawStorageGuest {
     let ringGPA: UInt64
     let ringPointer: UnsafeMutableRawPointer
     let data: (gpa: UInt64, pointer: UnsafeMutableRawPointer)
-    var completions: [UInt64: UInt32] = [:]
+    var completions: [UInt64: StorageProtocol.Message] = [:]
     static let ringPages = 17
 
     init(os: GuestOS) throws {
@@ -30,34 +30,46 @@ final class RawStorageGuest {
         ringPointer = ring.pointer
         channel = try os.vmbus.open(relid: offer.relid, ringGPA: ring.gpa, ringPages: 2 * Self.ringPages, outboundPages: Self.ringPages)
         channel.onPacket = { [unowned self] packet in
-            var reader = ByteReader(packet.payload)
-            completions[packet.transactionID] = (try? StorageProtocol.decodeHeader(&reader))?.status
+            completions[packet.transactionID] = try? StorageProtocol.Message.decode(packet.payload)
         }
     }
 
-    func request(_ id: UInt64, _ operation: StorageProtocol.Operation, ranges: [GPARange] = [], wait: Bool = true,
-                 _ body: (inout ByteWriter) -> Void = { _ in }) throws -> UInt32? {
-        let payload = StorageProtocol.encode(StorageProtocol.Header(operation: operation), body)
+    /// Sends a raw payload; returns the answer when asked to wait.
+    @discardableResult
+    func send(_ id: UInt64, payload: [UInt8], ranges: [GPARange] = [], wait: Bool = true) throws -> StorageProtocol.Message? {
         try channel.send(Packet(kind: ranges.isEmpty ? .inband : .gpaDirect, flags: Packet.completionRequested, transactionID: id, ranges: ranges, payload: payload))
         guard wait else { return nil }
         _ = os.vp.halt(until: { self.completions[id] != nil || !self.channel.isOpen }, timeout: 5)
         return completions[id]
     }
 
-    /// The full, correct handshake.
-    func initialize() throws {
-        _ = try request(1, .beginInitialization)
-        _ = try request(2, .queryProtocolVersion) { $0.u16(0x0602); $0.u16(0) }
-        _ = try request(3, .queryProperties)
-        let gpadl = try os.vmbus.createGPADL(relid: offer.relid, gpa: data.gpa, pages: 64)
-        #expect(try request(4, .registerDataBuffer) { $0.u32(gpadl) } == StorageProtocol.Status.success)
-        #expect(try request(5, .endInitialization) == StorageProtocol.Status.success)
+    @discardableResult
+    func request(_ id: UInt64, _ message: StorageProtocol.Message, ranges: [GPARange] = [], wait: Bool = true) throws -> StorageProtocol.Message? {
+        try send(id, payload: message.encoded, ranges: ranges, wait: wait)
     }
 
-    func srb(_ id: UInt64, _ command: StorageProtocol.Command, lba: UInt64, blocks: Int, ranges: [GPARange], wait: Bool = true) throws -> UInt32? {
-        try request(id, .executeSRB, ranges: ranges, wait: wait) {
-            StorageProtocol.encode(StorageProtocol.SRB(command: command, blocks: UInt32(blocks), lba: lba), into: &$0)
-        }
+    /// The full, correct handshake, as Linux's storvsc does it.
+    func initialize() throws {
+        #expect(try request(1, StorageProtocol.Message(.beginInitialization))?.status == StorageProtocol.Status.success)
+        #expect(try request(2, .version(StorageProtocol.Version.win10))?.status == StorageProtocol.Status.success)
+        _ = try request(3, StorageProtocol.Message(.queryProperties))
+        #expect(try request(5, StorageProtocol.Message(.endInitialization))?.status == StorageProtocol.Status.success)
+    }
+
+    /// One SRB with `cdb`; data is the page list `ranges` (length from the ranges).
+    func srb(_ id: UInt64, _ cdb: [UInt8], direction: StorageProtocol.DataDirection, ranges: [GPARange], dataLength: Int? = nil,
+             wait: Bool = true) throws -> StorageVSC.Outcome? {
+        let length = dataLength ?? ranges.reduce(0) { $0 + Int($1.length) }
+        let message = StorageProtocol.Message.srb(StorageProtocol.SCSIRequest(cdb: cdb, direction: direction, dataTransferLength: length))
+        return try request(id, message, ranges: ranges, wait: wait).map(StorageVSC.Outcome.init)
+    }
+
+    func write(_ id: UInt64, lba: UInt64, blocks: Int, ranges: [GPARange], wait: Bool = true) throws -> StorageVSC.Outcome? {
+        try srb(id, SCSI.transfer(write: true, lba: lba, blocks: blocks), direction: .write, ranges: ranges, wait: wait)
+    }
+
+    func read(_ id: UInt64, lba: UInt64, blocks: Int, ranges: [GPARange], wait: Bool = true) throws -> StorageVSC.Outcome? {
+        try srb(id, SCSI.transfer(write: false, lba: lba, blocks: blocks), direction: .read, ranges: ranges, wait: wait)
     }
 
     /// Signal the root as if new packets were there.
@@ -110,7 +122,7 @@ func rootStillWorks(_ system: RootSystem) throws {
         try rootStillWorks(system)
     }
 
-    @Test func rangeOutsideTheGPADLClosesOnlyThatChannelAndKeepsAcknowledgedData() throws {
+    @Test func rangeOutsideTheChildsMemoryClosesOnlyThatChannelAndKeepsAcknowledgedData() throws {
         let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
         defer { system.shutdown() }
         // A sibling does verified I/O before, during and after the violation.
@@ -133,17 +145,17 @@ func rootStillWorks(_ system: RootSystem) throws {
         }
         #expect(siblingRunning.wait(timeout: .now() + 20) == .success, "the sibling's I/O is under way")
 
-        let hostileDone = GuestOutcome<(acknowledged: UInt32?, closed: Bool, offerWithdrawn: Bool)>()
+        let hostileDone = GuestOutcome<(acknowledged: StorageVSC.Outcome?, closed: Bool, offerWithdrawn: Bool)>()
         let hostile = try system.startChild(name: "hostile", start: 0, blocks: 4096) { os in
             hostileDone.finish {
                 let g = try RawStorageGuest(os: os)
                 try g.initialize()
                 // An acknowledged write first...
                 g.data.pointer.initializeMemory(as: UInt8.self, repeating: 0x5A, count: 4096)
-                let acknowledged = try g.srb(10, .write10, lba: 0, blocks: 8, ranges: [GPARange(gpa: g.data.gpa, length: 4096)])
-                _ = try g.srb(11, .synchronizeCache, lba: 0, blocks: 0, ranges: [])
-                // ...then a read into the child's ring pages, outside the data GPADL.
-                _ = try g.srb(12, .read10, lba: 0, blocks: 8, ranges: [GPARange(gpa: g.ringGPA, length: 4096)], wait: false)
+                let acknowledged = try g.write(10, lba: 0, blocks: 8, ranges: [GPARange(gpa: g.data.gpa, length: 4096)])
+                _ = try g.srb(11, SCSI.synchronizeCache10, direction: .none, ranges: [])
+                // ...then a read into page 100000, far beyond this child's memory.
+                _ = try g.read(12, lba: 0, blocks: 8, ranges: [GPARange(gpa: 100_000 * 4096, length: 4096)], wait: false)
                 let closed = os.vp.halt(until: { !g.channel.isOpen }, timeout: 10)
                 return (acknowledged, closed, !os.vmbus.offers.contains { $0.relid == g.offer.relid })
             }
@@ -151,9 +163,9 @@ func rootStillWorks(_ system: RootSystem) throws {
         let cause = closeCause(system, hostile)
         violationSeen.store(true, ordering: .releasing)
         let outcome = try hostileDone.wait()
-        #expect(outcome.acknowledged == StorageProtocol.Status.success)
-        guard case .violation(.rangeOutsideDataBuffer(_, 4096))? = cause else {
-            Issue.record("expected the range outside the data buffer, got \(String(describing: cause))")
+        #expect(outcome.acknowledged?.isGood == true)
+        guard case .violation(.rangeOutsideChildMemory(100_000 * 4096, 4096))? = cause else {
+            Issue.record("expected the range outside the child's memory, got \(String(describing: cause))")
             return
         }
         #expect(outcome.closed && outcome.offerWithdrawn, "the offending child sees its channel closed and its offer rescinded")
@@ -221,7 +233,7 @@ func rootStillWorks(_ system: RootSystem) throws {
                 // its id is a reuse whatever the machine's timing.
                 system.nvme.holdCommands(true)
                 for _ in 0..<2 {
-                    _ = try g.srb(99, .write10, lba: 0, blocks: 128, ranges: [GPARange(gpa: g.data.gpa, length: 65536)], wait: false)
+                    _ = try g.write(99, lba: 0, blocks: 128, ranges: [GPARange(gpa: g.data.gpa, length: 65536)], wait: false)
                 }
                 // Once the root has seen the reuse, the held request may finish.
                 let deadline = Date(timeIntervalSinceNow: 10)
@@ -243,7 +255,7 @@ func rootStillWorks(_ system: RootSystem) throws {
         let child = try system.startChild(name: "hostile", start: 0, blocks: 1024) { os in
             ready.finish {
                 let g = try RawStorageGuest(os: os)
-                _ = try g.srb(1, .read10, lba: 0, blocks: 1, ranges: [GPARange(gpa: g.data.gpa, length: 512)], wait: false)
+                _ = try g.read(1, lba: 0, blocks: 1, ranges: [GPARange(gpa: g.data.gpa, length: 512)], wait: false)
             }
         }
         try ready.wait()
@@ -308,5 +320,126 @@ func rootStillWorks(_ system: RootSystem) throws {
         #expect(!error.isEmpty, "the child noticed the rescind")
         #expect(system.root.vmbus.channels(of: child.id).isEmpty)
         try rootStillWorks(system)
+    }
+}
+
+/// The storage VSP's SRB parser against hostile children: each breach closes
+/// that child's channel with its reason; the root's disk keeps working.
+@Suite(.serialized) struct HostileSRBTests {
+    /// Runs `attack` on an initialised raw guest and returns why the root closed the channel.
+    func closed(by attack: @escaping @Sendable (RawStorageGuest) throws -> Void) throws -> ChannelCloseCause? {
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let ready = GuestOutcome<Bool>()
+        let child = try system.startChild(name: "hostile", start: 0, blocks: 1024) { os in
+            ready.finish {
+                let g = try RawStorageGuest(os: os)
+                try g.initialize()
+                try attack(g)
+                return os.vp.halt(until: { !g.channel.isOpen }, timeout: 10)
+            }
+        }
+        let cause = closeCause(system, child)
+        #expect(try ready.wait(), "the child sees its channel closed")
+        try rootStillWorks(system)
+        return cause
+    }
+
+    static func request(cdbLength: UInt8, dataLength: Int) -> StorageProtocol.Message {
+        var srb = StorageProtocol.SCSIRequest(cdb: SCSI.read10(lba: 0, blocks: 1), direction: .read, dataTransferLength: dataLength)
+        srb.cdbLength = cdbLength
+        return .srb(srb)
+    }
+
+    @Test(arguments: [0, 17, 255] as [UInt8])
+    func aCDBLengthOutsideOneToSixteenClosesTheChannel(_ length: UInt8) throws {
+        let cause = try closed { g in
+            try g.request(7, Self.request(cdbLength: length, dataLength: 512), ranges: [GPARange(gpa: g.data.gpa, length: 512)], wait: false)
+        }
+        #expect(cause == .violation(.badCDBLength(length)))
+    }
+
+    @Test func anSRBDataLengthThatDisagreesWithItsPageListClosesTheChannel() throws {
+        let longer = try closed { g in
+            _ = try g.srb(7, SCSI.read10(lba: 0, blocks: 16), direction: .read, ranges: [GPARange(gpa: g.data.gpa, length: 4096)], dataLength: 8192, wait: false)
+        }
+        #expect(longer == .violation(.dataLengthMismatch(srb: 8192, pageList: 4096)))
+        let withoutPages = try closed { g in
+            _ = try g.srb(7, SCSI.read10(lba: 0, blocks: 1), direction: .read, ranges: [], dataLength: 512, wait: false)
+        }
+        #expect(withoutPages == .violation(.dataLengthMismatch(srb: 512, pageList: 0)))
+    }
+
+    @Test func aTruncatedVstorPacketClosesTheChannel() throws {
+        let cause = try closed { g in
+            try g.send(7, payload: Array(StorageProtocol.Message.srb(StorageProtocol.SCSIRequest(cdb: SCSI.testUnitReady, direction: .none, dataTransferLength: 0)).encoded.prefix(40)), wait: false)
+        }
+        guard case .violation(.truncated)? = cause else {
+            Issue.record("expected a truncated vstor_packet, got \(String(describing: cause))")
+            return
+        }
+    }
+
+    @Test func aBadCDBOrAnotherLUNIsAnAnswerNotAViolation() throws {
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let outcome = GuestOutcome<(unknown: StorageVSC.Outcome?, short: StorageVSC.Outcome?, lun: StorageVSC.Outcome?, works: Bool)>()
+        try system.startChild(name: "c", start: 0, blocks: 1024) { os in
+            outcome.finish {
+                let g = try RawStorageGuest(os: os)
+                try g.initialize()
+                let unknown = try g.srb(10, [0xC1, 0, 0, 0, 0, 0], direction: .none, ranges: [])
+                let short = try g.srb(11, [SCSI.Opcode.read16, 0, 0, 0], direction: .read, ranges: [GPARange(gpa: g.data.gpa, length: 512)])
+                var other = StorageProtocol.SCSIRequest(cdb: SCSI.testUnitReady, direction: .none, dataTransferLength: 0, lun: 1)
+                other.target = 0
+                let lun = try g.request(12, .srb(other)).map(StorageVSC.Outcome.init)
+                let works = try g.write(13, lba: 3, blocks: 1, ranges: [GPARange(gpa: g.data.gpa, length: 512)])?.isGood == true
+                return (unknown, short, lun, works && g.channel.isOpen)
+            }
+        }
+        let result = try outcome.wait()
+        #expect(result.unknown?.scsiStatus == SCSI.Status.checkCondition && result.unknown?.sense == .invalidOpcode)
+        #expect(result.unknown.map { StorageProtocol.SRBStatus.code($0.srbStatus) } == StorageProtocol.SRBStatus.error)
+        #expect(result.short?.sense == .invalidFieldInCDB)
+        #expect(result.lun?.srbStatus == StorageProtocol.SRBStatus.invalidLUN)
+        #expect(result.works, "the channel stays open and serves I/O")
+    }
+}
+
+/// One INQUIRY through the whole path — guest packet, VMBus ring, the root's
+/// VSP and SCSI target — with every byte that crosses VMBus fixed.
+@Suite struct StorageRoundTripTests {
+    static func hex(_ s: String) -> [UInt8] {
+        let digits = Array(s.filter(\.isHexDigit))
+        return stride(from: 0, to: digits.count, by: 2).map { UInt8(String(digits[$0...$0 + 1]), radix: 16)! }
+    }
+
+    @Test func inquiryRoundTripIsByteExact() throws {
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let outcome = GuestOutcome<(request: [UInt8], completion: [UInt8], data: [UInt8])>()
+        try system.startChild(name: "c", start: 0, blocks: 1024) { os in
+            outcome.finish {
+                let g = try RawStorageGuest(os: os)
+                try g.initialize()
+                let request = StorageProtocol.Message.srb(StorageProtocol.SCSIRequest(cdb: SCSI.inquiry(allocationLength: 96), direction: .read, dataTransferLength: 96))
+                let answer = try #require(try g.request(20, request, ranges: [GPARange(gpa: g.data.gpa + 0x100, length: 96)]))
+                return (request.encoded, answer.encoded, Array(UnsafeRawBufferPointer(start: g.data.pointer + 0x100, count: 36)))
+            }
+        }
+        let r = try outcome.wait()
+        // vstor_packet EXECUTE_SRB(3), REQUEST_COMPLETION_FLAG; vmscsi_request length 52, cdb_length 6,
+        // sense_info_length 20, data_in READ, 96 bytes; CDB INQUIRY alloc 96; srb_flags 0x48, timeout 60.
+        #expect(r.request == Self.hex("""
+            03000000 01000000 00000000  3400 00 00  00 00 00 00  06 14 01 00  60000000
+            12 00 00 00 60 00  0000000000000000 000000000000  0000 00 00 48000000 3c000000 00000000
+            """))
+        // COMPLETE_IO(1), status 0; SRB_STATUS_SUCCESS, GOOD, 36 bytes moved, the request echoed.
+        #expect(r.completion == Self.hex("""
+            01000000 00000000 00000000  3400 01 00  00 00 00 00  06 14 01 00  24000000
+            12 00 00 00 60 00  0000000000000000 000000000000  0000 00 00 48000000 3c000000 00000000
+            """))
+        // Standard INQUIRY data: direct access, SPC-4, format 2, 31 more bytes, CMDQUE; vendor, product, revision.
+        #expect(r.data == Self.hex("00 00 06 02 1f 00 00 02") + Array("Oyako   Virtual Disk    1.0 ".utf8))
     }
 }

@@ -14,4 +14,14 @@ uint32_t oy_layout_gpadl_header(uint8_t *out, uint32_t relid, uint32_t gpadl, ui
 uint32_t oy_layout_initiate_contact(uint8_t *out, uint32_t version, uint32_t target_vp, uint8_t msg_sint);
 uint32_t oy_layout_version_response(uint8_t *out, uint8_t supported, uint8_t state, uint32_t msg_conn_id);
 
+/* Storage (drivers/scsi/storvsc_drv.c): a vstor_packet carrying a vmscsi_request. */
+uint32_t oy_layout_vstor_srb(uint8_t *out, uint32_t operation, uint32_t flags, uint32_t status,
+                             uint8_t srb_status, uint8_t scsi_status, uint8_t lun, uint8_t data_in,
+                             uint32_t data_transfer_length, const uint8_t *cdb_or_sense, uint8_t cdb_length,
+                             uint8_t sense_info_length, uint32_t srb_flags, uint32_t time_out_value);
+/* A vstor_packet carrying vmstorage_channel_properties. */
+uint32_t oy_layout_vstor_properties(uint8_t *out, uint16_t max_channel_cnt, uint32_t flags, uint32_t max_transfer_bytes);
+/* A QUERY_PROTOCOL_VERSION vstor_packet. */
+uint32_t oy_layout_vstor_version(uint8_t *out, uint16_t major_minor);
+
 #endif
