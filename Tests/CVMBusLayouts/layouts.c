@@ -234,3 +234,130 @@ uint32_t oy_layout_vstor_version(uint8_t *out, uint16_t major_minor) {
     memcpy(out, &p, sizeof p);
     return sizeof p;
 }
+
+/* ---- NVSP ---- */
+struct nvsp_message_init { uint32_t min_protocol_ver; uint32_t max_protocol_ver; } __attribute__((packed));
+struct nvsp_message_init_complete { uint32_t negotiated_protocol_ver; uint32_t max_mdl_chain_len; uint32_t status; } __attribute__((packed));
+struct nvsp_1_message_send_receive_buffer { uint32_t gpadl_handle; uint16_t id; } __attribute__((packed));
+struct nvsp_1_receive_buffer_section { uint32_t offset; uint32_t sub_alloc_size; uint32_t num_sub_allocs; uint32_t end_offset; } __attribute__((packed));
+struct nvsp_1_message_send_receive_buffer_complete {
+    uint32_t status;
+    uint32_t num_sections;
+    struct nvsp_1_receive_buffer_section sections[1];
+} __attribute__((packed));
+struct nvsp_1_message_send_send_buffer_complete { uint32_t status; uint32_t section_size; } __attribute__((packed));
+struct nvsp_1_message_send_rndis_packet { uint32_t channel_type; uint32_t send_buf_section_index; uint32_t send_buf_section_size; } __attribute__((packed));
+_Static_assert(sizeof(struct nvsp_1_message_send_receive_buffer) == 6, "send_receive_buffer is packed to 6 bytes");
+_Static_assert(sizeof(struct nvsp_1_message_send_receive_buffer_complete) == 24, "one section");
+
+struct nvsp_message {
+    uint32_t msg_type;
+    union {
+        struct nvsp_message_init init;
+        struct nvsp_message_init_complete init_complete;
+        struct nvsp_1_message_send_receive_buffer send_recv_buf;
+        struct nvsp_1_message_send_receive_buffer_complete send_recv_buf_complete;
+        struct nvsp_1_message_send_send_buffer_complete send_send_buf_complete;
+        struct nvsp_1_message_send_rndis_packet send_rndis_pkt;
+        uint8_t pad[28]; /* Hyper-V answers nothing shorter than 32 bytes */
+    } msg;
+} __attribute__((packed));
+_Static_assert(sizeof(struct nvsp_message) == 32, "NVSP messages go out as 32 bytes");
+_Static_assert(offsetof(struct nvsp_message, msg) == 4, "the message follows its type");
+
+static uint32_t nvsp(uint8_t *out, struct nvsp_message *m) { memcpy(out, m, sizeof *m); return sizeof *m; }
+
+uint32_t oy_layout_nvsp_init(uint8_t *out, uint32_t min_ver, uint32_t max_ver) {
+    struct nvsp_message m; memset(&m, 0, sizeof m);
+    m.msg_type = 1; m.msg.init.min_protocol_ver = min_ver; m.msg.init.max_protocol_ver = max_ver;
+    return nvsp(out, &m);
+}
+uint32_t oy_layout_nvsp_init_complete(uint8_t *out, uint32_t version, uint32_t status) {
+    struct nvsp_message m; memset(&m, 0, sizeof m);
+    m.msg_type = 2; m.msg.init_complete.negotiated_protocol_ver = version; m.msg.init_complete.status = status;
+    return nvsp(out, &m);
+}
+uint32_t oy_layout_nvsp_send_receive_buffer(uint8_t *out, uint32_t gpadl, uint16_t id) {
+    struct nvsp_message m; memset(&m, 0, sizeof m);
+    m.msg_type = 101; m.msg.send_recv_buf.gpadl_handle = gpadl; m.msg.send_recv_buf.id = id;
+    return nvsp(out, &m);
+}
+uint32_t oy_layout_nvsp_receive_buffer_complete(uint8_t *out, uint32_t status, uint32_t section_size, uint32_t sections) {
+    struct nvsp_message m; memset(&m, 0, sizeof m);
+    m.msg_type = 102;
+    m.msg.send_recv_buf_complete.status = status;
+    m.msg.send_recv_buf_complete.num_sections = 1;
+    m.msg.send_recv_buf_complete.sections[0].offset = 0;
+    m.msg.send_recv_buf_complete.sections[0].sub_alloc_size = section_size;
+    m.msg.send_recv_buf_complete.sections[0].num_sub_allocs = sections;
+    m.msg.send_recv_buf_complete.sections[0].end_offset = section_size * sections;
+    return nvsp(out, &m);
+}
+uint32_t oy_layout_nvsp_send_buffer_complete(uint8_t *out, uint32_t status, uint32_t section_size) {
+    struct nvsp_message m; memset(&m, 0, sizeof m);
+    m.msg_type = 105; m.msg.send_send_buf_complete.status = status; m.msg.send_send_buf_complete.section_size = section_size;
+    return nvsp(out, &m);
+}
+uint32_t oy_layout_nvsp_send_rndis_packet(uint8_t *out, uint32_t channel_type, uint32_t index, uint32_t size) {
+    struct nvsp_message m; memset(&m, 0, sizeof m);
+    m.msg_type = 107;
+    m.msg.send_rndis_pkt.channel_type = channel_type;
+    m.msg.send_rndis_pkt.send_buf_section_index = index;
+    m.msg.send_rndis_pkt.send_buf_section_size = size;
+    return nvsp(out, &m);
+}
+
+/* ---- RNDIS ---- */
+struct rndis_header { uint32_t ndis_msg_type; uint32_t msg_len; } __attribute__((packed));
+struct rndis_packet {
+    uint32_t data_offset, data_len, oob_data_offset, oob_data_len, num_oob_data_elements;
+    uint32_t per_pkt_info_offset, per_pkt_info_len, vc_handle, reserved;
+} __attribute__((packed));
+struct rndis_initialize_request { uint32_t req_id, major_ver, minor_ver, max_xfer_size; } __attribute__((packed));
+struct rndis_initialize_complete {
+    uint32_t req_id, status, major_ver, minor_ver, dev_flags, medium, max_pkt_per_msg, max_xfer_size;
+    uint32_t pkt_alignment_factor, af_list_offset, af_list_size;
+} __attribute__((packed));
+struct rndis_query_request { uint32_t req_id, oid, info_buflen, info_buf_offset, dev_vc_handle; } __attribute__((packed));
+struct rndis_query_complete { uint32_t req_id, status, info_buflen, info_buf_offset; } __attribute__((packed));
+_Static_assert(sizeof(struct rndis_header) + sizeof(struct rndis_packet) == 44, "an RNDIS packet's data starts 44 bytes in");
+_Static_assert(sizeof(struct rndis_initialize_complete) == 44, "rndis_initialize_complete");
+_Static_assert(sizeof(struct rndis_query_request) == 20, "rndis_query_request");
+
+uint32_t oy_layout_rndis_packet(uint8_t *out, const uint8_t *frame, uint32_t frame_len) {
+    struct rndis_header h = { 1, (uint32_t)(sizeof h + sizeof(struct rndis_packet) + frame_len) };
+    struct rndis_packet p; memset(&p, 0, sizeof p);
+    p.data_offset = sizeof p; /* counted from the start of struct rndis_packet */
+    p.data_len = frame_len;
+    memcpy(out, &h, sizeof h);
+    memcpy(out + sizeof h, &p, sizeof p);
+    memcpy(out + sizeof h + sizeof p, frame, frame_len);
+    return h.msg_len;
+}
+uint32_t oy_layout_rndis_initialize(uint8_t *out, uint32_t req_id, uint32_t max_xfer) {
+    struct rndis_header h = { 2, sizeof h + sizeof(struct rndis_initialize_request) };
+    struct rndis_initialize_request r = { req_id, 1, 0, max_xfer };
+    memcpy(out, &h, sizeof h); memcpy(out + sizeof h, &r, sizeof r);
+    return h.msg_len;
+}
+uint32_t oy_layout_rndis_initialize_complete(uint8_t *out, uint32_t req_id, uint32_t status, uint32_t max_pkt, uint32_t max_xfer, uint32_t align) {
+    struct rndis_header h = { 0x80000002, sizeof h + sizeof(struct rndis_initialize_complete) };
+    struct rndis_initialize_complete c; memset(&c, 0, sizeof c);
+    c.req_id = req_id; c.status = status; c.major_ver = 1; c.minor_ver = 0;
+    c.dev_flags = 1; /* RNDIS_DF_CONNECTIONLESS */ c.medium = 0; /* NdisMedium802_3 */
+    c.max_pkt_per_msg = max_pkt; c.max_xfer_size = max_xfer; c.pkt_alignment_factor = align;
+    memcpy(out, &h, sizeof h); memcpy(out + sizeof h, &c, sizeof c);
+    return h.msg_len;
+}
+uint32_t oy_layout_rndis_query(uint8_t *out, uint32_t req_id, uint32_t oid) {
+    struct rndis_header h = { 4, sizeof h + sizeof(struct rndis_query_request) };
+    struct rndis_query_request q = { req_id, oid, 0, 0, 0 };
+    memcpy(out, &h, sizeof h); memcpy(out + sizeof h, &q, sizeof q);
+    return h.msg_len;
+}
+uint32_t oy_layout_rndis_query_complete(uint8_t *out, uint32_t req_id, uint32_t status, const uint8_t *info, uint32_t info_len) {
+    struct rndis_header h = { 0x80000004, (uint32_t)(sizeof h + sizeof(struct rndis_query_complete) + info_len) };
+    struct rndis_query_complete c = { req_id, status, info_len, info_len ? (uint32_t)sizeof c : 0 };
+    memcpy(out, &h, sizeof h); memcpy(out + sizeof h, &c, sizeof c); memcpy(out + sizeof h + sizeof c, info, info_len);
+    return h.msg_len;
+}

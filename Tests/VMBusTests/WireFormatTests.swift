@@ -239,3 +239,67 @@ import CVMBusLayouts
         #expect(throws: ChannelMessage.DecodeError.self) { try StorageProtocol.Message.decode([UInt8](repeating: 0, count: 63)) }
     }
 }
+
+/// NVSP and RNDIS against the structs declared in C from hyperv_net.h.
+@Suite struct NetworkLayoutTests {
+    static func c(_ fill: (UnsafeMutablePointer<UInt8>) -> UInt32) -> [UInt8] {
+        var out = [UInt8](repeating: 0xEE, count: 2048)
+        let n = out.withUnsafeMutableBufferPointer { fill($0.baseAddress!) }
+        return Array(out.prefix(Int(n)))
+    }
+
+    @Test func nvspMessagesAreTheRealStructs() {
+        #expect(NetworkProtocol.encode(.initialize) { $0.u32(0x6_0001); $0.u32(0x6_0001) } == Self.c { oy_layout_nvsp_init($0, 0x6_0001, 0x6_0001) })
+        #expect(NetworkProtocol.encode(.initializeComplete) { $0.u32(0x6_0001); $0.u32(0); $0.u32(1) } == Self.c { oy_layout_nvsp_init_complete($0, 0x6_0001, 1) })
+        #expect(NetworkProtocol.encode(.sendReceiveBuffer) { $0.u32(0xE1E10); $0.u16(0xCAFE) } == Self.c { oy_layout_nvsp_send_receive_buffer($0, 0xE1E10, 0xCAFE) })
+        #expect(NetworkProtocol.encode(.sendReceiveBufferComplete) { w in
+            w.u32(1); w.u32(1); w.u32(0); w.u32(2048); w.u32(128); w.u32(128 * 2048)
+        } == Self.c { oy_layout_nvsp_receive_buffer_complete($0, 1, 2048, 128) })
+        #expect(NetworkProtocol.encode(.sendSendBufferComplete) { $0.u32(1); $0.u32(6144) } == Self.c { oy_layout_nvsp_send_buffer_complete($0, 1, 6144) })
+        #expect(NetworkProtocol.encode(.sendRNDISPacket) { $0.u32(1); $0.u32(NetworkProtocol.noSection); $0.u32(0) }
+            == Self.c { oy_layout_nvsp_send_rndis_packet($0, 1, 0xFFFF_FFFF, 0) })
+    }
+
+    @Test func rndisMessagesAreTheRealStructs() {
+        let frame = (0..<60).map { UInt8($0) }
+        #expect(RNDIS.packet(frame) == Self.c { out in frame.withUnsafeBufferPointer { oy_layout_rndis_packet(out, $0.baseAddress, 60) } })
+        #expect(RNDIS.initialize(requestID: 7) == Self.c { oy_layout_rndis_initialize($0, 7, 0x4000) })
+        #expect(RNDIS.initializeComplete(requestID: 7, status: 0, maxPacketsPerMessage: 8, maxTransfer: 6144, alignmentShift: 3)
+            == Self.c { oy_layout_rndis_initialize_complete($0, 7, 0, 8, 6144, 3) })
+        #expect(RNDIS.request(RNDIS.MessageType.query, requestID: 9, oid: RNDIS.OID.permanentAddress) == Self.c { oy_layout_rndis_query($0, 9, 0x0101_0101) })
+        let mac: [UInt8] = [0x00, 0x15, 0x5D, 1, 2, 3]
+        #expect(RNDIS.queryComplete(requestID: 9, status: 0, information: mac)
+            == Self.c { out in mac.withUnsafeBufferPointer { oy_layout_rndis_query_complete(out, 9, 0, $0.baseAddress, 6) } })
+    }
+
+    /// RNDIS INITIALIZE and its completion, byte for byte.
+    @Test func rndisInitializeGoldenBytes() {
+        #expect(RNDIS.initialize(requestID: 1) == GoldenBytes.hex("""
+            02000000 18000000  01000000 01000000 00000000 00400000
+            """))
+        #expect(RNDIS.initializeComplete(requestID: 1, status: 0, maxPacketsPerMessage: 8, maxTransfer: 6144, alignmentShift: 3) == GoldenBytes.hex("""
+            02000080 34000000  01000000 00000000 01000000 00000000 01000000 00000000
+            08000000 00180000 03000000 00000000 00000000
+            """))
+    }
+
+    @Test func rndisParsingRefusesLengthsAndOffsetsOutsideTheMessage() throws {
+        var packet = RNDIS.packet([UInt8](repeating: 1, count: 60))
+        #expect(try packet.withUnsafeBytes { try RNDIS.messages(in: $0) }.first?.frame() == [UInt8](repeating: 1, count: 60))
+        packet.replaceSubrange(4..<8, with: [0xFF, 0, 0, 0])
+        #expect(throws: RNDIS.ParseError.lengthBeyondBuffer(messageLength: 255, buffer: 104)) { try packet.withUnsafeBytes { try RNDIS.messages(in: $0) } }
+        var offset = RNDIS.packet([1, 2, 3])
+        offset.replaceSubrange(8..<12, with: [0xF0, 0xFF, 0xFF, 0xFF])
+        let message = try offset.withUnsafeBytes { try RNDIS.messages(in: $0) }[0]
+        #expect(throws: RNDIS.ParseError.self) { try message.frame() }
+        #expect(throws: RNDIS.ParseError.truncated(have: 4)) { try [UInt8](repeating: 0, count: 4).withUnsafeBytes { try RNDIS.messages(in: $0) } }
+    }
+}
+
+/// Hex literals for golden bytes.
+enum GoldenBytes {
+    static func hex(_ s: String) -> [UInt8] {
+        let digits = Array(s.filter(\.isHexDigit))
+        return stride(from: 0, to: digits.count, by: 2).map { UInt8(String(digits[$0...$0 + 1]), radix: 16)! }
+    }
+}

@@ -24,4 +24,18 @@ uint32_t oy_layout_vstor_properties(uint8_t *out, uint16_t max_channel_cnt, uint
 /* A QUERY_PROTOCOL_VERSION vstor_packet. */
 uint32_t oy_layout_vstor_version(uint8_t *out, uint16_t major_minor);
 
+/* Network (drivers/net/hyperv/hyperv_net.h): NVSP messages, padded to 32 bytes. */
+uint32_t oy_layout_nvsp_init(uint8_t *out, uint32_t min_ver, uint32_t max_ver);
+uint32_t oy_layout_nvsp_init_complete(uint8_t *out, uint32_t version, uint32_t status);
+uint32_t oy_layout_nvsp_send_receive_buffer(uint8_t *out, uint32_t gpadl, uint16_t id);
+uint32_t oy_layout_nvsp_receive_buffer_complete(uint8_t *out, uint32_t status, uint32_t section_size, uint32_t sections);
+uint32_t oy_layout_nvsp_send_buffer_complete(uint8_t *out, uint32_t status, uint32_t section_size);
+uint32_t oy_layout_nvsp_send_rndis_packet(uint8_t *out, uint32_t channel_type, uint32_t index, uint32_t size);
+/* RNDIS messages. */
+uint32_t oy_layout_rndis_packet(uint8_t *out, const uint8_t *frame, uint32_t frame_len);
+uint32_t oy_layout_rndis_initialize(uint8_t *out, uint32_t req_id, uint32_t max_xfer);
+uint32_t oy_layout_rndis_initialize_complete(uint8_t *out, uint32_t req_id, uint32_t status, uint32_t max_pkt, uint32_t max_xfer, uint32_t align);
+uint32_t oy_layout_rndis_query(uint8_t *out, uint32_t req_id, uint32_t oid);
+uint32_t oy_layout_rndis_query_complete(uint8_t *out, uint32_t req_id, uint32_t status, const uint8_t *info, uint32_t info_len);
+
 #endif
