@@ -30,11 +30,18 @@ public enum Topology {
     public static func contactConnection(for version: UInt32) -> UInt32 {
         version >= 0x0005_0000 ? childMessageConnectionV5 : childMessageConnection
     }
-    public static let childEventConnection: UInt32 = 2
+    /// The connection a channel's guest signals the root on (the offer's
+    /// `connection_id`; the guest signals it with flag 0, as Linux's
+    /// `vmbus_set_event` does with `sig_event`).
+    public static func channelEventConnection(relid: UInt32) -> UInt32 { 0x0001_0000 + relid }
 
     // Ports in the root and the root's connections to a child, by slot.
     public static func rootMessagePort(slot: Int) -> UInt32 { 0x1000 + UInt32(slot) }
-    public static func rootEventPort(slot: Int) -> UInt32 { 0x2000 + UInt32(slot) }
+    /// The root's event port for one channel: one flag, the channel's bit
+    /// (slot × channelsPerChild + relid) in the root's event SINT.
+    public static func rootChannelEventPort(slot: Int, relid: UInt32) -> UInt32 {
+        0x0010_0000 + UInt32(slot * channelsPerChild) + relid
+    }
     public static func rootMessageConnection(slot: Int) -> UInt32 { 0x3000 + UInt32(slot) }
     public static func rootEventConnection(slot: Int) -> UInt32 { 0x4000 + UInt32(slot) }
 

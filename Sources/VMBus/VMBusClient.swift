@@ -60,6 +60,8 @@ public struct Offer: Sendable, Equatable {
     public let interfaceType: UUID
     public let instance: UUID
     public let relid: UInt32
+    /// Where to signal the root for this channel (flag 0).
+    public let connectionID: UInt32
 }
 
 /// The guest's end of a channel: writes the outbound ring, reads the
@@ -68,6 +70,8 @@ public final class ClientChannel: @unchecked Sendable {
     // @unchecked Sendable: confined to the guest VP thread.
     public let relid: UInt32
     public let ringGPADL: UInt32
+    /// The offer's connection id: the channel's signals to the root.
+    public let connectionID: UInt32
     let outbound: Ring
     let inbound: Ring
     private unowned let client: VMBusClient
@@ -80,8 +84,9 @@ public final class ClientChannel: @unchecked Sendable {
     public private(set) var signalsSent = 0
     public private(set) var spuriousSignals = 0
 
-    init(relid: UInt32, ringGPADL: UInt32, outbound: Ring, inbound: Ring, client: VMBusClient) {
+    init(relid: UInt32, connectionID: UInt32, ringGPADL: UInt32, outbound: Ring, inbound: Ring, client: VMBusClient) {
         self.relid = relid
+        self.connectionID = connectionID
         self.ringGPADL = ringGPADL
         self.outbound = outbound
         self.inbound = inbound
@@ -118,7 +123,7 @@ public final class ClientChannel: @unchecked Sendable {
 
     func signalRoot() {
         signalsSent += 1
-        try? client.partition.hypercalls.signalEvent(connectionID: Topology.childEventConnection, flag: Int(relid))
+        try? client.partition.hypercalls.signalEvent(connectionID: connectionID, flag: 0)
     }
 
     /// The root signalled: new packets, or space it freed for us.
@@ -182,8 +187,8 @@ public final class VMBusClient: @unchecked Sendable {
             vp.synic.completeMessage(sint: sint)
             guard raw.type == ChannelMessage.synicMessageType, let message = try? ChannelMessage.decode(raw.payload) else { continue }
             switch message {
-            case .offerChannel(let type, let instance, let relid, _):
-                offers.append(Offer(interfaceType: type, instance: instance, relid: relid))
+            case .offerChannel(let type, let instance, let relid, let connection):
+                offers.append(Offer(interfaceType: type, instance: instance, relid: relid, connectionID: connection))
             case .allOffersDelivered:
                 allOffersDelivered = true
             case .rescindOffer(let relid):
@@ -304,7 +309,8 @@ public final class VMBusClient: @unchecked Sendable {
             return nil
         }
         guard status == ChannelStatus.success else { throw .openRefused(relid: relid, status: status) }
-        let channel = ClientChannel(relid: relid, ringGPADL: gpadl, outbound: outbound, inbound: inbound, client: self)
+        let connection = offers.first { $0.relid == relid }?.connectionID ?? Topology.channelEventConnection(relid: relid)
+        let channel = ClientChannel(relid: relid, connectionID: connection, ringGPADL: gpadl, outbound: outbound, inbound: inbound, client: self)
         channels[relid] = channel
         return channel
     }

@@ -99,14 +99,11 @@ public final class VMBusServer: @unchecked Sendable {
             return (0..<Topology.maxChildren).first { !used.contains($0) } ?? -1
         }
         guard slot >= 0 else { throw .insufficientBuffers }
-        let base = slot * Topology.channelsPerChild
         try hypercalls.createPort(in: child, port: .init(id: Topology.childMessagePort, kind: .message, vp: 0, sint: Topology.messageSINT))
         try hypercalls.createPort(in: child, port: .init(id: Topology.childEventPort, kind: .event(baseFlag: 0, flagCount: Topology.channelsPerChild), vp: 0, sint: Topology.childEventSINT))
         try hypercalls.createPort(in: root.id, port: .init(id: Topology.rootMessagePort(slot: slot), kind: .message, vp: 0, sint: Topology.messageSINT))
-        try hypercalls.createPort(in: root.id, port: .init(id: Topology.rootEventPort(slot: slot), kind: .event(baseFlag: base, flagCount: Topology.channelsPerChild), vp: 0, sint: Topology.rootEventSINT))
         try hypercalls.connectPort(from: child, connectionID: Topology.childMessageConnection, to: root.id, portID: Topology.rootMessagePort(slot: slot))
         try hypercalls.connectPort(from: child, connectionID: Topology.childMessageConnectionV5, to: root.id, portID: Topology.rootMessagePort(slot: slot))
-        try hypercalls.connectPort(from: child, connectionID: Topology.childEventConnection, to: root.id, portID: Topology.rootEventPort(slot: slot))
         try hypercalls.connectPort(from: root.id, connectionID: Topology.rootMessageConnection(slot: slot), to: child, portID: Topology.childMessagePort)
         try hypercalls.connectPort(from: root.id, connectionID: Topology.rootEventConnection(slot: slot), to: child, portID: Topology.childEventPort)
         lock.withLock {
@@ -122,6 +119,18 @@ public final class VMBusServer: @unchecked Sendable {
         let relid: UInt32? = queue.sync {
             guard let c = connection(child), c.nextRelid < UInt32(Topology.channelsPerChild) else { return nil }
             let relid = c.nextRelid
+            // The channel's own event port in the root, reached by the
+            // connection id the offer names.
+            let port = Topology.rootChannelEventPort(slot: c.slot, relid: relid)
+            do {
+                try hypercalls.createPort(in: root.id, port: .init(id: port, kind: .event(baseFlag: c.slot * Topology.channelsPerChild + Int(relid), flagCount: 1),
+                                                                  vp: 0, sint: Topology.rootEventSINT))
+                try hypercalls.connectPort(from: child, connectionID: Topology.channelEventConnection(relid: relid), to: root.id, portID: port)
+            } catch {
+                try? hypercalls.deletePort(in: root.id, portID: port)
+                note("child \(child): no event port for relid \(relid) (\(error)); not offered", warning: true)
+                return nil
+            }
             c.nextRelid += 1
             c.offers[relid] = device
             if case .offersSent = c.state { post(c, offerMessage(device, relid: relid)) }
@@ -161,7 +170,7 @@ public final class VMBusServer: @unchecked Sendable {
             c.gpadls.removeAll()
             // The slot's ports in the root go too, so a later child can reuse it.
             try? hypercalls.deletePort(in: root.id, portID: Topology.rootMessagePort(slot: c.slot))
-            try? hypercalls.deletePort(in: root.id, portID: Topology.rootEventPort(slot: c.slot))
+            for relid in c.offers.keys { try? hypercalls.deletePort(in: root.id, portID: Topology.rootChannelEventPort(slot: c.slot, relid: relid)) }
             let slot = c.slot
             lock.withLock {
                 children[child] = nil
@@ -387,7 +396,7 @@ public final class VMBusServer: @unchecked Sendable {
     }
 
     private func offerMessage(_ device: DeviceOffer, relid: UInt32) -> ChannelMessage {
-        .offerChannel(interfaceType: device.interfaceType, instance: device.instance, relid: relid, connectionID: Topology.childEventConnection)
+        .offerChannel(interfaceType: device.interfaceType, instance: device.instance, relid: relid, connectionID: Topology.channelEventConnection(relid: relid))
     }
 
     /// Posts to the child, backing off while its message queue is full.

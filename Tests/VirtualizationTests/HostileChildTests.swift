@@ -74,7 +74,7 @@ final class RawStorageGuest {
 
     /// Signal the root as if new packets were there.
     func signalRoot() throws {
-        try os.partition.hypercalls.signalEvent(connectionID: Topology.childEventConnection, flag: Int(offer.relid))
+        try os.partition.hypercalls.signalEvent(connectionID: offer.connectionID, flag: 0)
     }
 }
 

@@ -165,4 +165,37 @@ import Workloads
         #expect(connection == Topology.childMessageConnectionV5 && Topology.childMessageConnectionV5 == 4)
         #expect(Topology.contactConnection(for: 0x0004_0000) == 1 && Topology.contactConnection(for: 0x0005_0000) == 4)
     }
+
+    /// Each channel's offer names its own connection id; the guest signals
+    /// the root on it with flag 0, and a signal on another channel's
+    /// connection wakes only that channel.
+    @Test func eachChannelSignalsOnItsOffersConnectionWithFlagZero() throws {
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let vswitch = VirtualSwitch(name: "private", kind: .private)
+        defer { vswitch.shutdown() }
+        let outcome = GuestOutcome<(offers: [Offer], storageSignals: Int, flagOne: HvStatus?, oldShared: HvStatus?, works: Bool)>()
+        let child = try system.vms.createChild(name: "c", memorySize: 8 << 20)
+        system.vms.offerStorage(to: child, disk: try #require(system.disk), region: 0..<1024)
+        system.vms.offerNetwork(to: child, vswitch: vswitch)
+        system.vms.start(child) { partition, vp in
+            let os = GuestOS(name: "c", partition: partition, vp: vp)
+            outcome.finish {
+                try os.boot()
+                let disk = try #require(try os.openStorage().first)
+                try disk.writeBlocks(lba: 0, bytes: [UInt8](repeating: 4, count: 512))
+                let works = try disk.readBlocks(lba: 0, count: 1) == [UInt8](repeating: 4, count: 512)
+                var flagOne: HvStatus?, oldShared: HvStatus?
+                // A channel's port has one flag; the old shared connection is gone.
+                do throws(HvStatus) { try os.partition.hypercalls.signalEvent(connectionID: disk.offer.connectionID, flag: 1) } catch { flagOne = error }
+                do throws(HvStatus) { try os.partition.hypercalls.signalEvent(connectionID: 2, flag: 1) } catch { oldShared = error }
+                return (os.vmbus.offers, disk.ringStatistics.signalsSent, flagOne, oldShared, works)
+            }
+        }
+        let r = try outcome.wait()
+        #expect(r.works && r.storageSignals > 0)
+        #expect(r.offers.count == 2 && Set(r.offers.map(\.connectionID)).count == 2, "one connection per channel")
+        #expect(r.offers.allSatisfy { $0.connectionID == Topology.channelEventConnection(relid: $0.relid) })
+        #expect(r.flagOne == .invalidParameter && r.oldShared != nil)
+    }
 }
