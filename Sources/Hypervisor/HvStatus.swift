@@ -6,6 +6,7 @@ public struct HvStatus: Error, Equatable, Hashable, Sendable, CustomStringConver
 
     public static let success = HvStatus(0x0000)
     public static let invalidHypercallCode = HvStatus(0x0002)
+    public static let invalidHypercallInput = HvStatus(0x0003)
     public static let invalidParameter = HvStatus(0x0005)
     public static let accessDenied = HvStatus(0x0006)
     public static let invalidPartitionState = HvStatus(0x0007)
@@ -18,7 +19,7 @@ public struct HvStatus: Error, Equatable, Hashable, Sendable, CustomStringConver
 
     public var description: String {
         let names: [UInt16: String] = [
-            0x0: "HV_STATUS_SUCCESS", 0x2: "HV_STATUS_INVALID_HYPERCALL_CODE", 0x5: "HV_STATUS_INVALID_PARAMETER",
+            0x0: "HV_STATUS_SUCCESS", 0x2: "HV_STATUS_INVALID_HYPERCALL_CODE", 0x3: "HV_STATUS_INVALID_HYPERCALL_INPUT", 0x5: "HV_STATUS_INVALID_PARAMETER",
             0x6: "HV_STATUS_ACCESS_DENIED", 0x7: "HV_STATUS_INVALID_PARTITION_STATE", 0xB: "HV_STATUS_INSUFFICIENT_MEMORY",
             0xD: "HV_STATUS_INVALID_PARTITION_ID", 0xE: "HV_STATUS_INVALID_VP_INDEX", 0x11: "HV_STATUS_INVALID_PORT_ID",
             0x12: "HV_STATUS_INVALID_CONNECTION_ID", 0x13: "HV_STATUS_INSUFFICIENT_BUFFERS",

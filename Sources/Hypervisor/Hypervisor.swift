@@ -41,7 +41,7 @@ public final class Hypervisor: @unchecked Sendable {
         let ramSize = (rootMemory + chunk - 1) / chunk * chunk
         self.foreignWindow = UInt64(ramSize)..<UInt64(ramSize + foreignWindow)
         self.foreignPages = PageAllocator(firstPage: UInt64(ramSize / PhysicalMemory.pageSize), pageCount: foreignWindow / PhysicalMemory.pageSize)
-        let root = try Partition(id: nextPartition, isRoot: true, addressSpaceSize: ramSize + foreignWindow, memory: machine.memory, hypervisor: self)
+        let root = try Partition(id: nextPartition, privileges: .root, addressSpaceSize: ramSize + foreignWindow, memory: machine.memory, hypervisor: self)
         nextPartition += 1
         let chunks = ramSize / chunk
         for i in 0..<chunks {
@@ -133,12 +133,11 @@ public final class Hypervisor: @unchecked Sendable {
 
     func createPartition(caller: PartitionID, memorySize: Int) throws(HvStatus) -> PartitionID {
         try lock.locked { () throws(HvStatus) -> PartitionID in
-            count(.createPartition)
-            try requireRoot(caller)
+            try admit(.createPartition, caller)
             guard memorySize > 0, memorySize % PhysicalMemory.pageSize == 0, memorySize <= 1 << 32 else { throw .invalidParameter }
             let id = nextPartition
             do {
-                let p = try Partition(id: id, isRoot: false, addressSpaceSize: memorySize, memory: machine.memory, hypervisor: self)
+                let p = try Partition(id: id, privileges: .guest, addressSpaceSize: memorySize, memory: machine.memory, hypervisor: self)
                 partitions[id] = p
             } catch {
                 throw .insufficientMemory
@@ -150,8 +149,7 @@ public final class Hypervisor: @unchecked Sendable {
 
     func initializePartition(caller: PartitionID, id: PartitionID) throws(HvStatus) {
         try lock.locked { () throws(HvStatus) in
-            count(.initializePartition)
-            try requireRoot(caller)
+            try admit(.initializePartition, caller)
             let p = try child(id)
             guard p.state == .created else { throw .invalidPartitionState }
             p.state = .initialized
@@ -161,8 +159,7 @@ public final class Hypervisor: @unchecked Sendable {
     /// Stops the partition's VPs: no partition code runs after this.
     func finalizePartition(caller: PartitionID, id: PartitionID) throws(HvStatus) {
         let vps = try lock.locked { () throws(HvStatus) -> [VirtualProcessor] in
-            count(.finalizePartition)
-            try requireRoot(caller)
+            try admit(.finalizePartition, caller)
             let p = try child(id)
             guard p.state == .initialized else { throw .invalidPartitionState }
             p.state = .finalized
@@ -175,8 +172,7 @@ public final class Hypervisor: @unchecked Sendable {
     /// and every view of its pages in the root's foreign window.
     func deletePartition(caller: PartitionID, id: PartitionID) throws(HvStatus) {
         try lock.locked { () throws(HvStatus) in
-            count(.deletePartition)
-            try requireRoot(caller)
+            try admit(.deletePartition, caller)
             let p = try child(id)
             guard p.state == .finalized || p.state == .created else { throw .invalidPartitionState }
             // Revoke the root's views of this child's pages first.
@@ -202,8 +198,7 @@ public final class Hypervisor: @unchecked Sendable {
 
     func depositMemory(caller: PartitionID, id: PartitionID, pages: Int) throws(HvStatus) {
         try lock.locked { () throws(HvStatus) in
-            count(.depositMemory)
-            try requireRoot(caller)
+            try admit(.depositMemory, caller)
             let p = try child(id)
             guard pages > 0 else { throw .invalidParameter }
             var taken: [UInt64] = []
@@ -220,8 +215,7 @@ public final class Hypervisor: @unchecked Sendable {
 
     func withdrawMemory(caller: PartitionID, id: PartitionID, pages: Int) throws(HvStatus) -> Int {
         try lock.locked { () throws(HvStatus) -> Int in
-            count(.withdrawMemory)
-            try requireRoot(caller)
+            try admit(.withdrawMemory, caller)
             let p = try child(id)
             let n = min(pages, p.deposited.count)
             for spa in p.deposited.suffix(n) { machine.pages.free(spa, count: 1) }
@@ -231,32 +225,46 @@ public final class Hypervisor: @unchecked Sendable {
     }
 
     /// Maps deposited pages at GPA pages [gpaPage, +count) of the child.
-    func mapGpaPages(caller: PartitionID, id: PartitionID, gpaPage: UInt64, count pages: Int, writable: Bool) throws(HvStatus) {
-        try lock.locked { () throws(HvStatus) in
-            count(.mapGpaPages)
-            try requireRoot(caller)
+    /// Reps one call does before it returns to its caller, as Hyper-V ends a
+    /// rep hypercall when its time slice is up; the caller resumes it.
+    public static let repsPerCall = 256
+
+    /// HvCallMapGpaPages as a rep hypercall: maps deposited pages at GPA pages
+    /// gpaBase + [start, repCount); does at most `repsPerCall` of them and
+    /// returns the reps completed so far.
+    func mapGpaPages(caller: PartitionID, id: PartitionID, gpaBase: UInt64, repCount: Int, repStart: Int, writable: Bool) throws(HvStatus) -> Int {
+        try lock.locked { () throws(HvStatus) -> Int in
+            try admit(.mapGpaPages, caller)
             let p = try child(id)
             guard p.state == .initialized else { throw .invalidPartitionState }
-            guard pages > 0, (gpaPage + UInt64(pages)) * UInt64(PhysicalMemory.pageSize) <= UInt64(p.addressSpaceSize) else { throw .invalidParameter }
-            guard (0..<pages).allSatisfy({ p.map[gpaPage + UInt64($0)] == nil }) else { throw .invalidParameter }
+            guard repCount > 0, repStart >= 0, repStart < repCount,
+                (gpaBase + UInt64(repCount)) * UInt64(PhysicalMemory.pageSize) <= UInt64(p.addressSpaceSize)
+            else { throw .invalidParameter }
+            let pages = min(Self.repsPerCall, repCount - repStart)
+            let first = gpaBase + UInt64(repStart)
+            guard (0..<pages).allSatisfy({ p.map[first + UInt64($0)] == nil }) else { throw .invalidParameter }
             guard p.deposited.count >= pages else { throw .insufficientMemory }
             let spa = Array(p.deposited.suffix(pages))
             p.deposited.removeLast(pages)
             do {
-                try installLocked(p, gpaPage: gpaPage, machinePages: spa, writable: writable)
+                try installLocked(p, gpaPage: first, machinePages: spa, writable: writable)
             } catch {
                 p.deposited += spa
                 throw .insufficientMemory
             }
+            return repStart + pages
         }
     }
 
-    func unmapGpaPages(caller: PartitionID, id: PartitionID, gpaPage: UInt64, count pages: Int) throws(HvStatus) {
-        try lock.locked { () throws(HvStatus) in
-            count(.unmapGpaPages)
-            try requireRoot(caller)
+    /// HvCallUnmapGpaPages as a rep hypercall; the pages go back to the deposit.
+    func unmapGpaPages(caller: PartitionID, id: PartitionID, gpaBase: UInt64, repCount: Int, repStart: Int) throws(HvStatus) -> Int {
+        try lock.locked { () throws(HvStatus) -> Int in
+            try admit(.unmapGpaPages, caller)
             let p = try child(id)
-            p.deposited += removeLocked(p, gpaPage: gpaPage, count: pages)
+            guard repCount > 0, repStart >= 0, repStart < repCount else { throw .invalidParameter }
+            let pages = min(Self.repsPerCall, repCount - repStart)
+            p.deposited += removeLocked(p, gpaPage: gpaBase + UInt64(repStart), count: pages)
+            return repStart + pages
         }
     }
 
@@ -264,8 +272,7 @@ public final class Hypervisor: @unchecked Sendable {
     /// them (a GPADL). Refused unless every page is mapped in the child.
     func mapForeign(caller: PartitionID, id: PartitionID, gpaPages: [UInt64], writable: Bool) throws(HvStatus) -> UInt64 {
         try lock.locked { () throws(HvStatus) -> UInt64 in
-            count(.mapGpaPages)
-            try requireRoot(caller)
+            try admit(.mapGpaPages, caller)
             let p = try child(id)
             guard !gpaPages.isEmpty else { throw .invalidParameter }
             var spa: [UInt64] = []
@@ -287,8 +294,7 @@ public final class Hypervisor: @unchecked Sendable {
 
     func unmapForeign(caller: PartitionID, rootGPA: UInt64, pages: Int) throws(HvStatus) {
         try lock.locked { () throws(HvStatus) in
-            count(.unmapGpaPages)
-            try requireRoot(caller)
+            try admit(.unmapGpaPages, caller)
             let first = rootGPA / UInt64(PhysicalMemory.pageSize)
             guard foreignWindow.contains(rootGPA), (0..<pages).allSatisfy({ root.map[first + UInt64($0)]?.foreignOwner != nil }) else {
                 throw .invalidParameter
@@ -300,8 +306,7 @@ public final class Hypervisor: @unchecked Sendable {
 
     func createVp(caller: PartitionID, id: PartitionID, index: Int) throws(HvStatus) -> VirtualProcessor {
         try lock.locked { () throws(HvStatus) -> VirtualProcessor in
-            count(.createVp)
-            try requireRoot(caller)
+            try admit(.createVp, caller)
             let p = try child(id)
             guard p.state == .initialized else { throw .invalidPartitionState }
             guard index == p.vps.count, index < 64 else { throw .invalidVPIndex }
@@ -313,8 +318,7 @@ public final class Hypervisor: @unchecked Sendable {
 
     func createPort(caller: PartitionID, id: PartitionID, port: Partition.Port) throws(HvStatus) {
         try lock.locked { () throws(HvStatus) in
-            count(.createPort)
-            try requireRoot(caller)
+            try admit(.createPort, caller)
             guard let p = partitions[id] else { throw .invalidPartitionID }
             guard port.vp < p.vps.count else { throw .invalidVPIndex }
             guard port.sint >= 0, port.sint < SynIC.sintCount, p.ports[port.id] == nil else { throw .invalidParameter }
@@ -328,8 +332,7 @@ public final class Hypervisor: @unchecked Sendable {
     /// Deletes a port and every connection to it.
     func deletePort(caller: PartitionID, id: PartitionID, portID: UInt32) throws(HvStatus) {
         try lock.locked { () throws(HvStatus) in
-            count(.deletePort)
-            try requireRoot(caller)
+            try admit(.deletePort, caller)
             guard let p = partitions[id] else { throw .invalidPartitionID }
             guard p.ports.removeValue(forKey: portID) != nil else { throw .invalidPortID }
             for (from, table) in connections {
@@ -340,8 +343,7 @@ public final class Hypervisor: @unchecked Sendable {
 
     func connectPort(caller: PartitionID, from: PartitionID, connectionID: UInt32, portPartition: PartitionID, portID: UInt32) throws(HvStatus) {
         try lock.locked { () throws(HvStatus) in
-            count(.connectPort)
-            try requireRoot(caller)
+            try admit(.connectPort, caller)
             guard partitions[from] != nil else { throw .invalidPartitionID }
             guard let target = partitions[portPartition] else { throw .invalidPartitionID }
             guard target.ports[portID] != nil else { throw .invalidPortID }
@@ -352,7 +354,7 @@ public final class Hypervisor: @unchecked Sendable {
 
     func postMessage(caller: PartitionID, connectionID: UInt32, type: UInt32, payload: [UInt8]) throws(HvStatus) {
         let (synic, sint, origin) = try lock.locked { () throws(HvStatus) -> (SynIC, Int, UInt64) in
-            count(.postMessage)
+            try admit(.postMessage, caller)
             guard type != 0, type & 0x8000_0000 == 0, payload.count <= HvMessage.maxPayload else { throw .invalidParameter }
             let (target, port) = try resolve(caller, connectionID)
             guard port.kind == .message else { throw .invalidPortID }
@@ -363,7 +365,7 @@ public final class Hypervisor: @unchecked Sendable {
 
     func signalEvent(caller: PartitionID, connectionID: UInt32, flag: Int) throws(HvStatus) {
         let (synic, sint, bit) = try lock.locked { () throws(HvStatus) -> (SynIC, Int, Int) in
-            count(.signalEvent)
+            try admit(.signalEvent, caller)
             let (target, port) = try resolve(caller, connectionID)
             guard case .event(let base, let flags) = port.kind else { throw .invalidPortID }
             guard flag >= 0, flag < flags else { throw .invalidParameter }
@@ -387,9 +389,12 @@ public final class Hypervisor: @unchecked Sendable {
 
     // MARK: Checks
 
-    private func requireRoot(_ caller: PartitionID) throws(HvStatus) {
+    /// Counts a hypercall and checks the caller holds the privilege it needs
+    /// (HV_STATUS_ACCESS_DENIED otherwise).
+    private func admit(_ code: HypercallCode, _ caller: PartitionID) throws(HvStatus) {
+        count(code)
         guard let p = partitions[caller] else { throw .invalidPartitionID }
-        guard p.isRoot else { throw .accessDenied }
+        guard p.privileges.contains(code.privilege) else { throw .accessDenied }
     }
 
     private func child(_ id: PartitionID) throws(HvStatus) -> Partition {

@@ -39,7 +39,10 @@ public final class Partition: @unchecked Sendable {
     }
 
     public let id: PartitionID
-    public let isRoot: Bool
+    /// What this partition may do (HV_PARTITION_PRIVILEGE_MASK).
+    public let privileges: PartitionPrivileges
+    /// The root is the partition that may create partitions.
+    public var isRoot: Bool { privileges.contains(.createPartitions) }
     /// Size of the guest-physical address space (RAM plus, for the root, the
     /// window where granted child pages are shown).
     public let addressSpaceSize: Int
@@ -54,9 +57,9 @@ public final class Partition: @unchecked Sendable {
     var vps: [VirtualProcessor] = []
     var ports: [UInt32: Port] = [:]
 
-    init(id: PartitionID, isRoot: Bool, addressSpaceSize: Int, memory: PhysicalMemory, hypervisor: Hypervisor) throws(SystemCallError) {
+    init(id: PartitionID, privileges: PartitionPrivileges, addressSpaceSize: Int, memory: PhysicalMemory, hypervisor: Hypervisor) throws(SystemCallError) {
         self.id = id
-        self.isRoot = isRoot
+        self.privileges = privileges
         self.addressSpaceSize = addressSpaceSize
         self.memory = try MemoryView(memory: memory, size: addressSpaceSize)
         self.hypercalls = Hypercalls(caller: id, hypervisor: hypervisor)

@@ -361,3 +361,45 @@ uint32_t oy_layout_rndis_query_complete(uint8_t *out, uint32_t req_id, uint32_t 
     memcpy(out, &h, sizeof h); memcpy(out + sizeof h, &c, sizeof c); memcpy(out + sizeof h + sizeof c, info, info_len);
     return h.msg_len;
 }
+
+/* ---- The other channel messages ---- */
+struct rescind_offer { struct hdr header; uint32_t child_relid; } __attribute__((packed));
+struct close_channel { struct hdr header; uint32_t child_relid; } __attribute__((packed));
+struct relid_released { struct hdr header; uint32_t child_relid; } __attribute__((packed));
+struct open_result { struct hdr header; uint32_t child_relid; uint32_t openid; uint32_t status; } __attribute__((packed));
+struct gpadl_created { struct hdr header; uint32_t child_relid; uint32_t gpadl; uint32_t creation_status; } __attribute__((packed));
+struct gpadl_teardown { struct hdr header; uint32_t child_relid; uint32_t gpadl; } __attribute__((packed));
+struct gpadl_torndown { struct hdr header; uint32_t gpadl; } __attribute__((packed));
+struct gpadl_body { struct hdr header; uint32_t msgnumber; uint32_t gpadl; uint64_t pfn[]; } __attribute__((packed));
+_Static_assert(sizeof(struct open_result) == 20, "vmbus_channel_open_result");
+_Static_assert(sizeof(struct gpadl_created) == 20, "vmbus_channel_gpadl_created");
+_Static_assert(sizeof(struct gpadl_body) == 16, "vmbus_channel_gpadl_body without its PFNs");
+
+uint32_t oy_layout_small_message(uint8_t *out, uint32_t type, const uint32_t *f) {
+    switch (type) {
+    case 2: { struct rescind_offer m = { { 2, 0 }, f[0] }; memcpy(out, &m, sizeof m); return sizeof m; }
+    case 7: { struct close_channel m = { { 7, 0 }, f[0] }; memcpy(out, &m, sizeof m); return sizeof m; }
+    case 13: { struct relid_released m = { { 13, 0 }, f[0] }; memcpy(out, &m, sizeof m); return sizeof m; }
+    case 6: { struct open_result m = { { 6, 0 }, f[0], f[1], f[2] }; memcpy(out, &m, sizeof m); return sizeof m; }
+    case 10: { struct gpadl_created m = { { 10, 0 }, f[0], f[1], f[2] }; memcpy(out, &m, sizeof m); return sizeof m; }
+    case 11: { struct gpadl_teardown m = { { 11, 0 }, f[0], f[1] }; memcpy(out, &m, sizeof m); return sizeof m; }
+    case 12: { struct gpadl_torndown m = { { 12, 0 }, f[0] }; memcpy(out, &m, sizeof m); return sizeof m; }
+    default: { struct hdr m = { type, 0 }; memcpy(out, &m, sizeof m); return sizeof m; } /* 3, 4, 16, 17: header only */
+    }
+}
+
+uint32_t oy_layout_gpadl_body(uint8_t *out, uint32_t msgnumber, uint32_t gpadl, const uint64_t *pfns, uint32_t pfn_count) {
+    struct gpadl_body b = { { 9, 0 }, msgnumber, gpadl };
+    memcpy(out, &b, sizeof b);
+    memcpy(out + sizeof b, pfns, pfn_count * sizeof(uint64_t));
+    return (uint32_t)(sizeof b + pfn_count * sizeof(uint64_t));
+}
+
+struct vmpacket_descriptor { uint16_t type; uint16_t offset8; uint16_t len8; uint16_t flags; uint64_t trans_id; } __attribute__((packed));
+_Static_assert(sizeof(struct vmpacket_descriptor) == 16, "vmpacket_descriptor");
+
+uint32_t oy_layout_packet_descriptor(uint8_t *out, uint16_t type, uint16_t offset8, uint16_t len8, uint16_t flags, uint64_t trans_id) {
+    struct vmpacket_descriptor d = { type, offset8, len8, flags, trans_id };
+    memcpy(out, &d, sizeof d);
+    return sizeof d;
+}

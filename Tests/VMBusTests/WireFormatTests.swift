@@ -303,3 +303,38 @@ enum GoldenBytes {
         return stride(from: 0, to: digits.count, by: 2).map { UInt8(String(digits[$0...$0 + 1]), radix: 16)! }
     }
 }
+
+/// The remaining channel messages and the packet descriptor against their C structs.
+@Suite struct SmallMessageLayoutTests {
+    @Test(arguments: [
+        (ChannelMessage.rescindOffer(relid: 7), 2 as UInt32, [7] as [UInt32]),
+        (.closeChannel(relid: 7), 7, [7]),
+        (.relidReleased(relid: 7), 13, [7]),
+        (.openResult(relid: 7, openID: 3, status: 0xC000_0001), 6, [7, 3, 0xC000_0001]),
+        (.gpadlCreated(relid: 7, gpadl: 0xE1E10, status: 0), 10, [7, 0xE1E10, 0]),
+        (.gpadlTeardown(relid: 7, gpadl: 0xE1E10), 11, [7, 0xE1E10]),
+        (.gpadlTorndown(gpadl: 0xE1E10), 12, [0xE1E10]),
+        (.requestOffers, 3, []),
+        (.allOffersDelivered, 4, []),
+        (.unload, 16, []),
+        (.unloadResponse, 17, []),
+    ])
+    func theyAreLinuxsStructs(_ message: ChannelMessage, _ type: UInt32, _ fields: [UInt32]) {
+        let padded = fields + [0, 0, 0]
+        #expect(message.encode() == CLayoutTests.c { out in padded.withUnsafeBufferPointer { oy_layout_small_message(out, type, $0.baseAddress) } })
+    }
+
+    @Test func aGPADLBodyIsItsNumberHandleAndPFNs() {
+        let pfns = (0..<28).map { UInt64(0x9000 + $0) }
+        let expected = NetworkLayoutTests.c { out in pfns.withUnsafeBufferPointer { oy_layout_gpadl_body(out, 1, 0xE1E10, $0.baseAddress, 28) } }
+        #expect(ChannelMessage.gpadlBody(message: 1, gpadl: 0xE1E10, pfns: pfns).encode() == expected)
+    }
+
+    @Test func everyRingPacketStartsWithAVmpacketDescriptor() throws {
+        let pair = RingPair()
+        try pair.writer.write(Packet(kind: .inband, flags: Packet.completionRequested, transactionID: 0x1122_3344_5566_7788, payload: [UInt8](repeating: 9, count: 20)))
+        let head = Array(UnsafeRawBufferPointer(start: pair.memory + Ring.controlSize, count: 16))
+        // Inband (6), data 16 bytes in, 16 + 20 padded to 40 bytes = 5 quadwords, completion requested.
+        #expect(head == CLayoutTests.c { oy_layout_packet_descriptor($0, 6, 2, 5, 1, 0x1122_3344_5566_7788) })
+    }
+}

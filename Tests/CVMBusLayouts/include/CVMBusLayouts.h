@@ -13,6 +13,14 @@ uint32_t oy_layout_open_channel(uint8_t *out, uint32_t relid, uint32_t openid, u
 uint32_t oy_layout_gpadl_header(uint8_t *out, uint32_t relid, uint32_t gpadl, uint32_t total_pages, const uint64_t *pfns, uint32_t pfn_count);
 uint32_t oy_layout_initiate_contact(uint8_t *out, uint32_t version, uint32_t target_vp, uint8_t msg_sint);
 uint32_t oy_layout_version_response(uint8_t *out, uint8_t supported, uint8_t state, uint32_t msg_conn_id);
+/* The small channel messages: those that carry only u32 fields after the
+ * header (rescind, close, relid released, open result, GPADL created,
+ * teardown, torndown, and the header-only ones). `fields` are the u32s in
+ * struct order; `type` picks the struct. */
+uint32_t oy_layout_small_message(uint8_t *out, uint32_t type, const uint32_t *fields);
+uint32_t oy_layout_gpadl_body(uint8_t *out, uint32_t msgnumber, uint32_t gpadl, const uint64_t *pfns, uint32_t pfn_count);
+/* struct vmpacket_descriptor: the 16 bytes before every ring packet. */
+uint32_t oy_layout_packet_descriptor(uint8_t *out, uint16_t type, uint16_t offset8, uint16_t len8, uint16_t flags, uint64_t trans_id);
 
 /* Storage (drivers/scsi/storvsc_drv.c): a vstor_packet carrying a vmscsi_request. */
 uint32_t oy_layout_vstor_srb(uint8_t *out, uint32_t operation, uint32_t flags, uint32_t status,
