@@ -162,8 +162,10 @@ public enum HypercallInput {
         }
 
         mutating func value<T: FixedWidthInteger>(_: T.Type) throws(HvStatus) -> T {
-            let b = try bytes(MemoryLayout<T>.size)
-            return b.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(as: T.self)) }
+            let n = MemoryLayout<T>.size
+            guard at + n <= bytes.count else { throw .invalidHypercallInput }
+            defer { at += n }
+            return bytes.withUnsafeBytes { [at] in T(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: T.self)) }
         }
 
         mutating func u16() throws(HvStatus) -> UInt16 { try value(UInt16.self) }

@@ -209,7 +209,7 @@ public struct ByteWriter: Sendable {
 
 /// Bounds-checked little-endian field reader: running off the end throws.
 public struct ByteReader: Sendable {
-    private let bytes: [UInt8]
+    public let bytes: [UInt8]
     public private(set) var offset = 0
 
     public init(_ bytes: [UInt8]) { self.bytes = bytes }

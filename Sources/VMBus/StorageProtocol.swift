@@ -163,8 +163,10 @@ public enum StorageProtocol {
             s.cdbLength = try r.u8(); s.senseInfoLength = try r.u8(); s.dataIn = try r.u8()
             try r.skip(1)
             s.dataTransferLength = try r.u32()
-            s.area = try (0..<cdbAreaSize).map { _ throws(ChannelMessage.DecodeError) in try r.u8() }
-            try r.skip(2)
+            guard r.remaining >= cdbAreaSize else { throw .init(reason: "vmscsi_request cut short") }
+            let at = r.offset
+            s.area = Array(r.bytes[at..<at + cdbAreaSize])
+            try r.skip(cdbAreaSize + 2)
             s.queueTag = try r.u8(); s.queueAction = try r.u8()
             s.srbFlags = try r.u32(); s.timeoutSeconds = try r.u32(); s.queueSortKey = try r.u32()
             return s
@@ -236,8 +238,8 @@ public enum StorageProtocol {
         public static func decode(_ payload: [UInt8]) throws(ChannelMessage.DecodeError) -> Message {
             var r = ByteReader(payload)
             let operation = try r.u32(), flags = try r.u32(), status = try r.u32()
-            let union = try (0..<SCSIRequest.size).map { _ throws(ChannelMessage.DecodeError) in try r.u8() }
-            var m = Message(.completeIO, flags: flags, status: status, union: union)
+            guard r.remaining >= SCSIRequest.size else { throw .init(reason: "vstor_packet of \(payload.count) bytes; it is \(packetSize)") }
+            var m = Message(.completeIO, flags: flags, status: status, union: Array(payload[unionOffset..<packetSize]))
             m.operation = operation
             return m
         }

@@ -31,8 +31,8 @@ public struct ChannelContext: Sendable {
     /// Maps the child pages a request names (its GPA_DIRECT ranges) into the
     /// root's view until `release()`; `writable` when the device writes them.
     public func mapRequest(_ ranges: [GPARange], writable: Bool) throws(RequestMapping.Refusal) -> RequestMapping {
-        try RequestMapping(ranges: ranges, child: child, writable: writable, hypercalls: server.hypercalls,
-                           view: server.root.memory.guestMemory)
+        guard let cache = server.requestMappings(child: child) else { throw .notChildMemory(gpa: ranges.first?.gpa ?? 0, length: ranges.first?.length ?? 0) }
+        return try cache.map(ranges, writable: writable)
     }
 }
 
@@ -55,10 +55,13 @@ public final class VMBusServer: @unchecked Sendable {
         var gpadls: [UInt32: GPADLMapping] = [:]
         var channels: [UInt32: HostChannel] = [:]
         var nextRelid: UInt32 = 1
+        /// Views of the child's pages that requests named (storage data, network page lists).
+        let requestMappings: ForeignMappingCache
 
-        init(id: PartitionID, slot: Int) {
+        init(id: PartitionID, slot: Int, requestMappings: ForeignMappingCache) {
             self.id = id
             self.slot = slot
+            self.requestMappings = requestMappings
         }
     }
 
@@ -107,7 +110,7 @@ public final class VMBusServer: @unchecked Sendable {
         try hypercalls.connectPort(from: root.id, connectionID: Topology.rootMessageConnection(slot: slot), to: child, portID: Topology.childMessagePort)
         try hypercalls.connectPort(from: root.id, connectionID: Topology.rootEventConnection(slot: slot), to: child, portID: Topology.childEventPort)
         lock.withLock {
-            children[child] = ChildConnection(id: child, slot: slot)
+            children[child] = ChildConnection(id: child, slot: slot, requestMappings: ForeignMappingCache(child: child, hypercalls: hypercalls, view: root.memory.guestMemory))
             slotsByPort[UInt64(Topology.rootMessagePort(slot: slot))] = child
         }
     }
@@ -168,6 +171,7 @@ public final class VMBusServer: @unchecked Sendable {
             guard let c = connection(child) else { return }
             for mapping in c.gpadls.values { try? hypercalls.unmapForeignPages(rootGPA: mapping.rootGPA.raw, count: mapping.pfns.count) }
             c.gpadls.removeAll()
+            c.requestMappings.removeAll()
             // The slot's ports in the root go too, so a later child can reuse it.
             try? hypercalls.deletePort(in: root.id, portID: Topology.rootMessagePort(slot: c.slot))
             for relid in c.offers.keys { try? hypercalls.deletePort(in: root.id, portID: Topology.rootChannelEventPort(slot: c.slot, relid: relid)) }
@@ -184,6 +188,11 @@ public final class VMBusServer: @unchecked Sendable {
     public func channels(of child: PartitionID) -> [UInt32: HostChannel] {
         queue.sync { connection(child)?.channels ?? [:] }
     }
+
+    func requestMappings(child: PartitionID) -> ForeignMappingCache? { lock.withLock { children[child]?.requestMappings } }
+
+    /// Pages of `child` the root keeps mapped for requests now.
+    public func requestPagesMapped(child: PartitionID) -> Int { requestMappings(child: child)?.pagesMapped ?? 0 }
 
     func gpadl(child: PartitionID, id: UInt32) -> GPADLMapping? {
         lock.withLock { children[child] }.flatMap { c in queue.sync { c.gpadls[id] } }

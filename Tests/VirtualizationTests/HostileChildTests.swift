@@ -443,3 +443,35 @@ func rootStillWorks(_ system: RootSystem) throws {
         #expect(r.data == Self.hex("00 00 06 02 1f 00 00 02") + Array("Oyako   Virtual Disk    1.0 ".utf8))
     }
 }
+
+/// The root keeps request mappings of a child's pages for reuse, but never
+/// more than its cache holds, however many pages a child names.
+@Suite struct RequestMappingCacheTests {
+    @Test func aChildNamingManyPagesKeepsTheRootsViewBounded() throws {
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let mapped = Mutex<[Int]>([])
+        let outcome = GuestOutcome<Bool>()
+        try system.startChild(name: "c", start: 0, blocks: 4096, memory: 16 << 20) { os in
+            outcome.finish {
+                let g = try RawStorageGuest(os: os)
+                try g.initialize()
+                let area = try #require(os.allocate(pages: 1500))
+                var ok = true
+                // The same page ten times, then 1500 different ones.
+                for i in 0..<10 { ok = try g.write(UInt64(100 + i), lba: 0, blocks: 8, ranges: [GPARange(gpa: area.gpa, length: 4096)])?.isGood == true && ok }
+                mapped.withLock { $0.append(system.root.vmbus.requestPagesMapped(child: os.partition.id)) }
+                for page in 0..<1500 {
+                    let gpa = area.gpa + UInt64(page) * 4096
+                    ok = try g.write(UInt64(1000 + page), lba: UInt64(page % 500) * 8, blocks: 8, ranges: [GPARange(gpa: gpa, length: 4096)])?.isGood == true && ok
+                }
+                mapped.withLock { $0.append(system.root.vmbus.requestPagesMapped(child: os.partition.id)) }
+                return ok
+            }
+        }
+        #expect(try outcome.wait())
+        let counts = mapped.withLock { $0 }
+        #expect(counts.first == 1, "ten requests on one page share one view")
+        #expect((counts.last ?? .max) <= 1024 && (counts.last ?? 0) > 100, "the view stays within the cache: \(counts)")
+    }
+}
