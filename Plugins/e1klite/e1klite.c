@@ -336,6 +336,16 @@ static void e1k_fail_tx(e1k_dev *d, int32_t status) {
     }
 }
 
+/* [passive] Transmits still with the device; read under the lock, since the
+ * interrupt handler changes it. */
+static uint32_t e1k_tx_pending(e1k_dev *d) {
+    uint32_t n;
+    d->host->lock_acquire(d->lock);
+    n = d->tx_count;
+    d->host->lock_release(d->lock);
+    return n;
+}
+
 static int32_t e1k_detach(void *instance) {
     e1k_dev *d = (e1k_dev *)instance;
     oy_event *wait = NULL;
@@ -348,7 +358,7 @@ static int32_t e1k_detach(void *instance) {
     d->host->lock_release(d->lock);
     /* Give queued transmits a moment to leave, then cancel the rest. */
     if (!d->gone && d->host->event_create(d->host, d->device, &wait) == OY_OK) {
-        for (tries = 0; tries < 100 && d->tx_count > 0; tries++) {
+        for (tries = 0; tries < 100 && e1k_tx_pending(d) > 0; tries++) {
             e1k_reclaim_tx(d);
             d->host->event_wait(wait, 1000000);
         }

@@ -78,7 +78,10 @@ typedef struct nvl_dev {
     nvl_queue admin, io;
     /* admin completions, written by the admin interrupt handler */
     volatile uint16_t admin_status[NVL_ADMIN_ENTRIES];
-    volatile uint32_t admin_done_count;
+    /* Admin completions reaped so far. The interrupt handler publishes each
+     * status and then the count (release); the waiter reads the count
+     * (acquire) before the statuses. A volatile would not order them. */
+    uint32_t admin_done_count;
     uint16_t admin_cid;
     nvl_slot slots[NVL_QUEUE_DEPTH];
     uint32_t outstanding;
@@ -168,7 +171,7 @@ static void nvl_admin_irq(void *arg) {
     int any = 0;
     while (nvl_cq_pop(&d->admin, &cqe)) {
         d->admin_status[cqe.cid % NVL_ADMIN_ENTRIES] = cqe.status;
-        d->admin_done_count++;
+        __atomic_add_fetch(&d->admin_done_count, 1u, __ATOMIC_RELEASE);
         any = 1;
     }
     if (any) {
@@ -224,14 +227,14 @@ static int32_t nvl_admin_batch(nvl_dev *d, nvl_sqe *cmds, uint32_t n) {
     uint64_t deadline = d->host->monotonic_ns(d->host) + NVL_ADMIN_TIMEOUT_NS;
     uint32_t i, target;
     if (n == 0 || n >= NVL_ADMIN_ENTRIES) return OY_E_INVALID;
-    target = d->admin_done_count + n;
+    target = __atomic_load_n(&d->admin_done_count, __ATOMIC_ACQUIRE) + n;
     for (i = 0; i < n; i++) {
         d->admin_cid = (uint16_t)(d->admin_cid + 1u);
         cmds[i].cid = d->admin_cid;
         d->admin_status[d->admin_cid % NVL_ADMIN_ENTRIES] = 0xFFFF;
         nvl_sq_push(d, &d->admin, &cmds[i]);
     }
-    while ((int32_t)(d->admin_done_count - target) < 0) {
+    while ((int32_t)(__atomic_load_n(&d->admin_done_count, __ATOMIC_ACQUIRE) - target) < 0) {
         uint64_t now = d->host->monotonic_ns(d->host);
         if (now >= deadline) {
             nvl_log(d, OY_LOG_ERROR, "admin command timed out (no completion interrupt)");
