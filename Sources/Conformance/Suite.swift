@@ -36,21 +36,53 @@ public struct ConformanceSuite: Sendable {
         public init() {}
     }
 
-    /// A sanitizer whose runtime the workers load (the host's own code is not
-    /// instrumented; the driver is, when its vendor built it so).
+    /// A sanitizer the workers run under, for a driver built with it. For
+    /// AddressSanitizer the workers load the system compiler's runtime (the
+    /// host's own code is not instrumented; the driver is). ThreadSanitizer
+    /// needs the host instrumented too: the workers are a ThreadSanitizer
+    /// build of oyako, whose runtime the driver's instrumentation calls.
     public enum Sanitizer: String, Sendable, CaseIterable {
         case address
+        case thread
 
-        /// The runtime library, from the system C compiler.
+        /// What the workers need: the runtime library (address) or the
+        /// instrumented oyako (thread); nil when it is not there.
         var runtime: String? {
-            let result = ProcessRunner.run("cc", ["-print-file-name=libasan.so"], timeout: 30)
-            let path = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-            return result.status == 0 && path.hasPrefix("/") && FileManager.default.fileExists(atPath: path) ? path : nil
+            switch self {
+            case .address:
+                let result = ProcessRunner.run("cc", ["-print-file-name=libasan.so"], timeout: 30)
+                let path = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+                return result.status == 0 && path.hasPrefix("/") && FileManager.default.fileExists(atPath: path) ? path : nil
+            case .thread:
+                return Self.threadWorker
+            }
+        }
+
+        /// A ThreadSanitizer build of oyako: $OYAKO_TSAN_WORKER, or this
+        /// process when it is one.
+        static var threadWorker: String? {
+            if let path = ProcessInfo.processInfo.environment["OYAKO_TSAN_WORKER"], FileManager.default.isExecutableFile(atPath: path) { return path }
+            return dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") != nil ? ConformanceSuite.currentExecutable : nil
+        }
+
+        /// Whether this machine has what the mode needs.
+        public var isAvailable: Bool { runtime != nil }
+
+        /// What to do when the runtime is missing.
+        public var missing: String {
+            switch self {
+            case .address: "--sanitize address: the system C compiler has no libasan.so (install gcc's sanitizer runtime)"
+            case .thread: "--sanitize thread needs a ThreadSanitizer build of oyako to run the checks in: swift build --sanitize=thread --scratch-path .build-tsan --product oyako, then set OYAKO_TSAN_WORKER=.build-tsan/debug/oyako (or run that oyako itself)"
+            }
         }
 
         /// What the worker's environment gains.
         func environment(runtime: String) -> [String: String] {
-            ["LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1:exitcode=86:print_summary=1:symbolize=0"]
+            switch self {
+            case .address: ["LD_PRELOAD": runtime, "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1:exitcode=86:print_summary=1:symbolize=0"]
+            // Every report is read, not just the first; the worker's own verdict stands beside them.
+            case .thread: ["TSAN_OPTIONS": "halt_on_error=0:exitcode=0:report_signal_unsafe=0:second_deadlock_stack=1"]
+            }
         }
 
         static let exitCode: Int32 = 86
@@ -191,6 +223,9 @@ public struct ConformanceSuite: Sendable {
                 return result(.skipped("requires \(needed), which \(verdict == .skipped ? "was skipped" : "did not pass")"))
             }
         }
+        if let sanitizer = options.sanitizer, Self.judgesTheReleaseBuild.contains(check.id) {
+            return result(.skipped("a \(sanitizer.rawValue)-sanitizer build imports and exports its runtime's symbols: run this check on the release build"))
+        }
         let started = Date()
         let outcome: CheckOutcome
         if options.inProcess || environment == nil {
@@ -200,6 +235,10 @@ public struct ConformanceSuite: Sendable {
         }
         return result(outcome, Date().timeIntervalSince(started))
     }
+
+    /// File checks a sanitizer build cannot pass by construction (its
+    /// instrumentation calls into the sanitizer's runtime).
+    static let judgesTheReleaseBuild: Set<String> = ["file.exports", "file.imports", "file.needed"]
 
     /// Runs a check in a worker process and reads its one JSON line; the
     /// driver's log lines and, after a crash, its backtrace come from the
@@ -218,15 +257,17 @@ public struct ConformanceSuite: Sendable {
             arguments.append("--keep-core")
         }
         var environment: [String: String]?
+        var worker = executable
         if let sanitizer = options.sanitizer {
-            guard let runtime = sanitizer.runtime else {
-                return .failed("--sanitize \(sanitizer.rawValue): the system C compiler has no lib\(sanitizer == .address ? "asan" : sanitizer.rawValue).so (install gcc's sanitizer runtime)")
-            }
+            guard let runtime = sanitizer.runtime else { return .failed(sanitizer.missing) }
             environment = ProcessInfo.processInfo.environment.merging(sanitizer.environment(runtime: runtime)) { $1 }
+            if sanitizer == .thread { worker = runtime }
         }
-        let run = ProcessRunner.run(executable, arguments + [driver], environment: environment, timeout: timeout, currentDirectory: coreFolder)
+        // Sanitizers slow everything down several times over.
+        let run = ProcessRunner.run(worker, arguments + [driver], environment: environment,
+                                    timeout: options.sanitizer == nil ? timeout : timeout * 5, currentDirectory: coreFolder)
         var outcome: CheckOutcome
-        if let report = Self.sanitizerReport(run) {
+        if let report = Self.sanitizerReport(run) ?? Self.threadSanitizerReport(run.stderr, driver: driver) {
             outcome = .failed(report)
         } else if run.timedOut {
             outcome = CheckOutcome(verdict: .timeout, message: String(format: "no verdict within %.0f s: a callback hangs (the watchdog killed it)", timeout))
@@ -256,6 +297,41 @@ public struct ConformanceSuite: Sendable {
         let summary = lines.first { $0.hasPrefix("SUMMARY: AddressSanitizer") } ?? ""
         return "AddressSanitizer: \(kind)" + (access.isEmpty ? "" : " (\(access.split(separator: " ").prefix(4).joined(separator: " ")))")
             + (frame.isEmpty ? "" : " at \(frame)") + (summary.isEmpty ? "" : "; \(summary)")
+    }
+
+    /// ThreadSanitizer's reports in a worker's output, as a verdict message:
+    /// those where the driver's own code made one of the two accesses. (The
+    /// host's Swift locks are invisible to ThreadSanitizer, so reports about
+    /// the host's own memory are not the driver's and are left out.)
+    static func threadSanitizerReport(_ stderr: String, driver: String) -> String? {
+        let module = URL(fileURLWithPath: driver).lastPathComponent + "+0x"
+        var races: [String] = []
+        var total = 0
+        for block in stderr.components(separatedBy: "WARNING: ThreadSanitizer: ").dropFirst() {
+            let lines = block.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            let kind = lines.first.map { $0.components(separatedBy: " (pid").first ?? $0 } ?? "report"
+            // Each access is a line ("Write of size 4 at 0x… by thread T3:") and its frames.
+            var accesses: [(what: String, top: String)] = []
+            for (i, line) in lines.enumerated() where line.hasPrefix("  ") && line.contains(" at 0x") && line.contains(" by ") {
+                let top = lines[(i + 1)...].first { $0.trimmingCharacters(in: .whitespaces).hasPrefix("#0") } ?? ""
+                accesses.append((line.trimmingCharacters(in: .whitespaces).components(separatedBy: " at 0x").first ?? line, top))
+            }
+            guard accesses.contains(where: { $0.top.contains(module) }) else { continue }
+            total += 1
+            if races.count < 2 {
+                let described = accesses.prefix(2).map { access in
+                    // "#0 function /path/file.c:339:27 (module+0x…)" -> "function (file.c:339)"
+                    let parts = access.top.trimmingCharacters(in: .whitespaces).split(separator: " ").dropFirst().map(String.init)
+                    let place = parts.dropFirst().first.map { URL(fileURLWithPath: $0).lastPathComponent.split(separator: ":").prefix(2).joined(separator: ":") }
+                    let frame = (parts.first ?? "?") + (place.map { " (\($0))" } ?? "")
+                    return "\(access.what.lowercased()) in \(frame)"
+                }
+                races.append("\(kind): \(described.joined(separator: " vs "))")
+            }
+        }
+        guard total > 0 else { return nil }
+        return "ThreadSanitizer: \(races.joined(separator: "; "))" + (total > races.count ? " (and \(total - races.count) more)" : "")
+            + "; guard the memory with one lock on every path that touches it"
     }
 
     private func crashOutcome(signal: Int32, stderr: String, coreFolder: String?) -> CheckOutcome {

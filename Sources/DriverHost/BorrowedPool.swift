@@ -19,17 +19,30 @@ import Synchronization
     public static func enable() { on.store(true, ordering: .relaxed) }
 
     static var isOn: Bool { on.load(ordering: .relaxed) }
+
+    /// A sanitizer runtime is in this process: it slows every instruction,
+    /// so callback time budgets would judge the sanitizer, not the driver.
+    public static let underSanitizer: Bool = (["__tsan_init", "__asan_init"] as [String]).contains { (name: String) in
+        dlsym(UnsafeMutableRawPointer(bitPattern: 0), name) != nil
+    }
 }
 
 @_spi(Conformance) public enum BorrowedPool {
     /// The reserved region: a fault address inside it is a borrowed pointer
-    /// used after its call returned.
-    public static let base: UInt64 = 0x6F00_0000_0000
+    /// used after its call returned. High (where AddressSanitizer leaves
+    /// application memory) unless ThreadSanitizer's runtime is in the
+    /// process, which allows application mappings only low or near the top.
+    public static let base: UInt64 = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") == nil ? highBase : lowBase
+    static let highBase: UInt64 = 0x6F00_0000_0000
+    static let lowBase: UInt64 = 0x006F_0000_0000
     static let slots = 256
     /// Two pages: the struct sits at the end of them, so an overread faults too.
     static let slotSize = 2 * 4096
 
-    public static func contains(_ address: UInt64) -> Bool { address >= base && address < base + UInt64(slots * slotSize) }
+    /// Whether `address` is in the region, wherever a worker (sanitized or not) put it.
+    public static func contains(_ address: UInt64) -> Bool {
+        [highBase, lowBase].contains { address >= $0 && address < $0 + UInt64(slots * slotSize) }
+    }
 
     private static let next = Mutex(0)
     private static var region: UnsafeMutableRawPointer? { regionAddress.flatMap { UnsafeMutableRawPointer(bitPattern: $0) } }

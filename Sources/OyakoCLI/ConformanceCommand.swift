@@ -46,7 +46,7 @@ struct ConformanceCommand: ParsableCommand {
     @Option(help: "Seconds a load-to-unload cycle may take before load.time-budget warns; 0 turns time budgets off.")
     var timeBudget: Double = ConformanceSuite.Options.defaultTimeBudget
 
-    @Option(help: ArgumentHelp("Run the workers with this sanitizer's runtime, for a driver built with it (make SANITIZE=address); its reports are verdicts.", valueName: "address"))
+    @Option(help: ArgumentHelp("Run the workers under this sanitizer, for a driver built with it: address (gcc or clang -fsanitize=address) or thread (clang -fsanitize=thread; the workers are a ThreadSanitizer build of oyako, named by OYAKO_TSAN_WORKER). Its reports are verdicts.", valueName: "address|thread"))
     var sanitize: String?
 
     @Flag(help: "List the checks and exit.")
@@ -60,9 +60,10 @@ struct ConformanceCommand: ParsableCommand {
         }
         guard timeBudget >= 0, timeBudget.isFinite else { throw ValidationError("--time-budget takes seconds, 0 or more") }
         if let sanitize, ConformanceSuite.Sanitizer(rawValue: sanitize) == nil {
-            throw ValidationError("--sanitize \(sanitize): the suite knows \(ConformanceSuite.Sanitizer.allCases.map(\.rawValue).joined(separator: ", ")) (ThreadSanitizer would need an instrumented host)")
+            throw ValidationError("--sanitize \(sanitize): the suite knows \(ConformanceSuite.Sanitizer.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         if sanitize != nil && inProcess { throw ValidationError("--sanitize needs worker processes; drop --in-process") }
+        if let mode = sanitize.flatMap(ConformanceSuite.Sanitizer.init(rawValue:)), !mode.isAvailable { throw ValidationError(mode.missing) }
         if let filter, (try? NSRegularExpression(pattern: filter)) == nil {
             throw ValidationError("--filter \(filter) is not a valid regular expression")
         }

@@ -257,10 +257,54 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "\(attach.verdict): \(attach.message)")
     }
 
-    @Test func anUnknownSanitizerIsAUsageError() throws {
+    @Test func anUnknownSanitizerOrAMissingThreadSanitizerWorkerIsAUsageError() throws {
         let driver = try Fixtures.fixtureDriver()
-        let result = ProcessRunner.run(Fixtures.oyakoBinary, ["conformance", "--sanitize", "thread", driver], timeout: 60)
-        #expect(result.status == 64 && result.stderr.contains("--sanitize thread"), "\(result.status) \(result.stderr)")
+        let unknown = ProcessRunner.run(Fixtures.oyakoBinary, ["conformance", "--sanitize", "memory", driver], timeout: 60)
+        #expect(unknown.status == 64 && unknown.stderr.contains("--sanitize memory"), "\(unknown.status) \(unknown.stderr)")
+        // This oyako is not a ThreadSanitizer build and none is named: say how to make one.
+        var environment = ProcessInfo.processInfo.environment
+        environment["OYAKO_TSAN_WORKER"] = nil
+        let thread = ProcessRunner.run(Fixtures.oyakoBinary, ["conformance", "--sanitize", "thread", driver], environment: environment, timeout: 60)
+        #expect(thread.status == 64 && thread.stderr.contains("swift build --sanitize=thread"), "\(thread.status) \(thread.stderr)")
+    }
+}
+
+/// `--sanitize thread`: the checks run in a ThreadSanitizer build of oyako,
+/// against a driver built with clang -fsanitize=thread. A data race in the
+/// driver's own code fails the check it happened in; the clean reference
+/// driver passes (the host's own memory is not judged).
+@Suite(.serialized) struct ThreadSanitizerTests {
+    /// nvmelite reserving a command slot without its lock, while the
+    /// interrupt handler frees slots under it.
+    static let unlockedSlotReservation = (
+        "    d->host->lock_acquire(d->lock);\n    if (d->gone) {\n        d->host->lock_release(d->lock);\n        return OY_E_DEVICE_GONE;\n    }\n"
+            + "    if (d->draining || d->disk == NULL) {\n        d->host->lock_release(d->lock);\n        return OY_E_STATE;\n    }\n",
+        "    if (d->gone) return OY_E_DEVICE_GONE;\n    if (d->draining || d->disk == NULL) return OY_E_STATE;\n")
+    static let unlockedSlotRelease = ("    d->host->lock_release(d->lock);\n    if (slot == NULL) return OY_E_BUSY;", "    if (slot == NULL) return OY_E_BUSY;")
+
+    func run(_ driver: String) throws -> ConformanceSuite.DriverReport {
+        setenv("OYAKO_TSAN_WORKER", try Fixtures.threadSanitizerWorker(), 1)
+        var options = ConformanceSuite.Options()
+        options.sanitizer = .thread
+        options.environments = [.bare]
+        options.filter = "^(lifecycle\\.attach|io\\.basic|concurrency\\.io)$"
+        return ConformanceSuite(options: options).run(driver: driver)
+    }
+
+    @Test func aDataRaceInTheDriverFailsTheCheckWithBothAccesses() throws {
+        let racy = try Fixtures.threadSanitizedDriver("nvmelite", [Self.unlockedSlotReservation, Self.unlockedSlotRelease])
+        let report = try run(racy)
+        let concurrency = try #require(report.results.first { $0.id == "concurrency.io" })
+        #expect(concurrency.verdict == .failed && concurrency.message.contains("ThreadSanitizer: data race") && concurrency.message.contains("nvl_submit"),
+                "\(concurrency.verdict): \(concurrency.message)")
+        #expect(concurrency.message.contains("guard the memory with one lock"), "what to fix")
+    }
+
+    @Test func theCleanReferenceDriverPassesUnderThreadSanitizer() throws {
+        let report = try run(try Fixtures.threadSanitizedDriver("nvmelite"))
+        let run = report.results.filter { $0.environment == "bare" }
+        let verdicts = run.map { "\($0.id) \($0.verdict): \($0.message)" }
+        #expect(run.contains { $0.id == "concurrency.io" } && run.allSatisfy { $0.verdict == .passed }, "\(verdicts)")
     }
 }
 

@@ -71,6 +71,12 @@ public enum Fixtures {
     }
 
     private static func mutatedDriver(source original: String, name: String, _ edits: [(String, String)]) throws -> String {
+        let (directory, digest) = try editedSources(source: original, name: name, edits)
+        return try build(directory: directory, name: name, defines: ["OY_FIXTURE_MUTATION_\(digest)"])
+    }
+
+    /// A copy of a driver's sources with `edits` applied (each original text must occur once).
+    private static func editedSources(source original: String, name: String, _ edits: [(String, String)]) throws -> (String, String) {
         let key = (["mutated", original] + edits.flatMap { [$0.0, $0.1] }).joined(separator: "|")
         let digest = String(UInt32(truncatingIfNeeded: key.hashValue), radix: 16)
         let directory = root + "/sources/\(name)-\(digest)"
@@ -91,8 +97,45 @@ public enum Fixtures {
                 throw DriverBuilder.BuildError(message: "\(name): no source file contains the edit's original text: \(from.prefix(60))")
             }
         }
-        return try build(directory: directory, name: name, defines: ["OY_FIXTURE_MUTATION_\(digest)"])
+        return (directory, digest)
     }
+
+    /// A reference driver (optionally edited) built with ThreadSanitizer by
+    /// clang, as a vendor builds one for `--sanitize thread`: no runtime of
+    /// its own (the ThreadSanitizer worker provides it), so no -z defs.
+    public static func threadSanitizedDriver(_ name: String = "nvmelite", _ edits: [(String, String)] = []) throws -> String {
+        let (directory, digest) = try editedSources(source: repositoryRoot + "/Plugins/" + name, name: name, edits)
+        let output = temporaryDirectory("tsan") + "/\(name)-\(digest).so"
+        let sources = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".c") }.map { directory + "/" + $0 }
+        let result = ProcessRunner.run(clang, ["-std=c11", "-shared", "-fPIC", "-fvisibility=hidden", "-fsanitize=thread", "-g", "-O1", "-I", sdk.includeDirectory]
+            + sources + ["-o", output], timeout: 120)
+        guard result.status == 0 else { throw DriverBuilder.BuildError(message: result.output) }
+        return output
+    }
+
+    /// The toolchain's clang (beside swift), else the one on PATH.
+    static var clang: String {
+        let swift = ProcessRunner.run("/bin/sh", ["-c", "command -v swift"], timeout: 10).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let beside = URL(fileURLWithPath: swift).resolvingSymlinksInPath().deletingLastPathComponent().path + "/clang"
+        return FileManager.default.isExecutableFile(atPath: beside) ? beside : "clang"
+    }
+
+    /// A ThreadSanitizer build of oyako, made once in .build-tsan (a couple
+    /// of minutes the first time): the workers `--sanitize thread` runs.
+    public static func threadSanitizerWorker() throws -> String {
+        tsanLock.lock()
+        defer { tsanLock.unlock() }
+        let scratch = repositoryRoot + "/.build-tsan"
+        let result = ProcessRunner.run("swift", ["build", "--package-path", repositoryRoot, "--sanitize=thread", "--scratch-path", scratch, "--product", "oyako"],
+                                       timeout: 1200)
+        let binary = scratch + "/debug/oyako"
+        guard result.status == 0, FileManager.default.isExecutableFile(atPath: binary) else {
+            throw DriverBuilder.BuildError(message: "swift build --sanitize=thread failed: \(result.output.suffix(2000))")
+        }
+        return binary
+    }
+
+    private static let tsanLock = NSLock()
 
     /// A fixture driver from Tests/Fixtures/drivers/, optionally with `defines`.
     public static func fixtureDriver(_ name: String = "mutant", defines: [String] = []) throws -> String {
