@@ -118,7 +118,12 @@ public final class IOBuffer: @unchecked Sendable {
 public final class Disk: @unchecked Sendable {
     // @unchecked Sendable: queue state is guarded by `lock`.
     public let name: String
-    public let registered: RegisteredDisk
+    /// The driver's registration serving the disk now (a replacement changes it).
+    public var registered: RegisteredDisk { lock.withLock { current } }
+    private var current: RegisteredDisk
+    /// Set while the driver behind the disk is being replaced: its
+    /// unregistration then leaves the disk in place for the next driver.
+    private var replacing = false
     public var geometry: BlockGeometry { registered.geometry }
     /// Which driver and device serve it ("nvmelite@00:01.0").
     public var driverLabel: String { registered.label }
@@ -143,10 +148,42 @@ public final class Disk: @unchecked Sendable {
 
     init(name: String, registered: RegisteredDisk, memory: KernelMemory) {
         self.name = name
-        self.registered = registered
+        self.current = registered
         self.memory = memory
         queue = SubmissionQueue(depth: registered.geometry.queueDepth, submit: { registered.submit($0) }, fail: { $0.finishUnsubmitted($1) })
     }
+
+    // MARK: Live replacement
+
+    /// Holds new requests in software and waits until the driver has
+    /// completed everything it accepted; false if it has not by `deadline`.
+    func beginReplacement(deadline: Date) -> Bool {
+        lock.withLock { replacing = true }
+        return queue.hold(until: deadline)
+    }
+
+    var isBeingReplaced: Bool { lock.withLock { replacing } }
+
+    /// The next driver registered the same device: requests go to it.
+    /// Refused (false) when its geometry is not the disk's.
+    func rebind(_ registration: RegisteredDisk) -> Bool {
+        let g = registration.geometry, old = geometry
+        guard g.blockSize == old.blockSize, g.blockCount == old.blockCount else { return false }
+        lock.withLock { current = registration }
+        return true
+    }
+
+    /// Ends a replacement: held requests go to whichever driver is current.
+    func endReplacement() {
+        let registration = lock.withLock { () -> RegisteredDisk in
+            replacing = false
+            return current
+        }
+        queue.resume(submit: { registration.submit($0) }, depth: registration.geometry.queueDepth)
+    }
+
+    /// Requests held in software now.
+    public var heldRequests: Int { queue.waitingCount }
 
     public var statistics: Statistics { lock.withLock { stats } }
 
@@ -304,13 +341,36 @@ public final class BlockLayer: ClassSubsystem {
 
     func adopt(_ registration: ClassRegistration, log: KernelLog) throws(OyStatus) {
         guard let registered = registration as? RegisteredDisk else { throw .invalid }
+        // A replacement driver takes over its device's disk.
+        let location = registered.binding.device.info.location
+        if let disk = named.all.first(where: { $0.isBeingReplaced && $0.registered.binding.device.info.location == location }) {
+            guard disk.rebind(registered) else {
+                log.record(.warning, "block", "\(disk.name): \(registered.label) registered a different geometry; refused")
+                throw .invalid
+            }
+            log.record(.info, "block", "\(disk.name): now served by \(registered.label)")
+            return
+        }
         let disk = named.add { Disk(name: $0, registered: registered, memory: memory) }
         let g = registered.geometry
         log.record(.info, "block", "\(disk.name): \(g.blockCount) × \(g.blockSize) B via \(registered.label), queue depth \(g.queueDepth)")
     }
 
     func release(_ registration: ClassRegistration, log: KernelLog) {
-        named.remove { $0.registered === registration }?.markRemoved()
+        // A disk whose driver is being replaced stays for the next one.
+        named.remove { $0.registered === registration && !$0.isBeingReplaced }?.markRemoved()
+    }
+
+    /// Forgets a disk whose device is left without a driver; what waits fails.
+    func remove(_ disk: Disk) -> Bool {
+        guard let removed = named.remove(where: { $0 === disk }) else { return false }
+        removed.markRemoved()
+        return true
+    }
+
+    /// The disk the device at `location` ("00:01.0") serves, if any.
+    public func disk(at location: String) -> Disk? {
+        named.all.first { $0.registered.binding.device.info.location == location }
     }
 }
 

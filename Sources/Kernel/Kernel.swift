@@ -188,6 +188,80 @@ public final class Kernel: @unchecked Sendable {
         return instance.detach()
     }
 
+    // MARK: Live replacement
+
+    /// What a live replacement did.
+    public struct Replacement: Sendable {
+        public let device: String
+        public let old: String
+        public let new: String
+        /// From holding new requests to handing them to the new driver.
+        public let pause: Duration
+        /// Requests that waited in software meanwhile (none lost).
+        public let heldRequests: Int
+    }
+
+    /// Why a live replacement did not happen (the device is then served as before, when it can be).
+    public enum ReplaceError: Error, CustomStringConvertible {
+        case noDriver(String)
+        case notADisk(String)
+        case drainTimedOut(String)
+        case attachFailed(String, reason: String, restored: Bool)
+
+        public var description: String {
+            switch self {
+            case .noDriver(let device): "no driver is bound to \(device)"
+            case .notADisk(let device): "\(device) serves no disk; live replacement covers block devices"
+            case .drainTimedOut(let device): "the driver of \(device) did not complete what it had accepted in time; it stays bound"
+            case .attachFailed(let device, let reason, let restored):
+                "the new driver did not attach to \(device): \(reason); " + (restored ? "the old driver serves it again" : "the old driver could not be re-attached either, and the disk is gone")
+            }
+        }
+    }
+
+    /// Swaps the driver of the disk at `address` for `library` while the OS
+    /// (and anything above its disk: VSPs, vhost-user back-ends) keeps
+    /// submitting: new requests are held, the old driver completes what it
+    /// accepted and detaches, the new one attaches and registers the same
+    /// geometry, and the held requests go to it. Nothing is lost; if the new
+    /// driver fails to attach, the old one is attached again.
+    public func replaceDriver(at address: BusAddress, with library: DriverLibrary, drainTimeout: Double = 10) throws(ReplaceError) -> Replacement {
+        let device = address.description
+        guard let old = instance(at: address), let slot = platform.bus.enumerate().first(where: { $0.address == address }) else { throw .noDriver(device) }
+        guard let disk = blockLayer.disk(at: device) else { throw .notADisk(device) }
+        let started = ContinuousClock.now
+        guard disk.beginReplacement(deadline: Date(timeIntervalSinceNow: drainTimeout)) else {
+            disk.endReplacement()
+            throw .drainTimedOut(device)
+        }
+        let held = disk.heldRequests
+        let previous = disk.registered
+        lock.withLock { instances[address] = nil }
+        old.detach()
+        /// Attaches `candidate`; true once it has taken the disk over.
+        func takeOver(_ candidate: DriverLibrary) -> String? {
+            do {
+                let instance = try attach(candidate, to: slot)
+                if disk.registered !== previous { return nil }
+                lock.withLock { instances[address] = nil }
+                instance.detach()
+                return "it registered no disk of the same geometry"
+            } catch {
+                return "\(error)"
+            }
+        }
+        if let failure = takeOver(library) {
+            let restored = takeOver(old.library) == nil
+            if !restored { _ = blockLayer.remove(disk) }
+            disk.endReplacement()
+            throw .attachFailed(device, reason: failure, restored: restored)
+        }
+        disk.endReplacement()
+        let pause = ContinuousClock.now - started
+        log.record(.info, "kernel", "\(device): \(old.library.name) replaced by \(library.name) in \(pause), \(held) request(s) held")
+        return Replacement(device: device, old: old.library.name, new: library.name, pause: pause, heldRequests: held)
+    }
+
     /// Detaches every device and unloads every driver.
     public func shutdown() {
         let (bound, loaded) = lock.withLock { () -> ([DriverInstance], [DriverLibrary]) in

@@ -18,14 +18,16 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
         case refused
     }
 
-    private let lock = NSLock()
-    private let depth: Int
+    private let lock = NSCondition()
+    private var depth: Int
+    /// While held (a driver is being replaced), nothing goes to the driver.
+    private var held = false
     private let limit: Int
     private var inflight = 0
     private var waiting: [Item] = []
     private var removed = false
     /// Hands an item to the driver; returns its status.
-    private let submit: (Item) -> OyStatus
+    private var submit: (Item) -> OyStatus
     /// Completes an item the driver did not take (never called with OK).
     private let fail: (Item, OyStatus) -> Void
 
@@ -44,7 +46,7 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
     func enqueue(_ item: Item) -> Admission {
         let admission = lock.withLock { () -> Admission in
             if removed || waiting.count >= limit { return .refused }
-            if inflight < depth && waiting.isEmpty {
+            if !held && inflight < depth && waiting.isEmpty {
                 inflight += 1
                 return .dispatched
             }
@@ -59,7 +61,8 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
     func completed() {
         let next = lock.withLock { () -> Item? in
             inflight -= 1
-            guard !waiting.isEmpty, inflight < depth else { return nil }
+            if inflight == 0 { lock.broadcast() }
+            guard !held, !waiting.isEmpty, inflight < depth else { return nil }
             inflight += 1
             return waiting.removeFirst()
         }
@@ -81,8 +84,35 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
 
     var isRemoved: Bool { lock.withLock { removed } }
 
+    /// Stops handing items to the driver (they wait in order) and waits
+    /// until the driver has none; false if it still has some at `deadline`.
+    func hold(until deadline: Date) -> Bool {
+        lock.withLock {
+            held = true
+            while inflight > 0 { if !lock.wait(until: deadline) { return inflight == 0 } }
+            return true
+        }
+    }
+
+    /// Hands items to the driver again (a new one, `submit`, if given), up to `depth`.
+    func resume(submit newSubmit: ((Item) -> OyStatus)? = nil, depth newDepth: Int? = nil) {
+        let ready = lock.withLock { () -> [Item] in
+            if let newSubmit { submit = newSubmit }
+            if let newDepth { depth = max(1, newDepth) }
+            held = false
+            let n = min(waiting.count, max(0, depth - inflight))
+            inflight += n
+            defer { waiting.removeFirst(n) }
+            return Array(waiting.prefix(n))
+        }
+        for item in ready { dispatch(item) }
+    }
+
+    /// Items waiting in software now.
+    var waitingCount: Int { lock.withLock { waiting.count } }
+
     private func dispatch(_ item: Item) {
-        let status = submit(item)
+        let status = lock.withLock { submit }(item)
         if status == .busy {
             lock.withLock {
                 inflight -= 1

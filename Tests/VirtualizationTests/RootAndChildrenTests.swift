@@ -5,6 +5,7 @@ import Hypervisor
 import Kernel
 import Machine
 import OyakoTestSupport
+import Synchronization
 import Testing
 import VirtualizationStack
 import VMBus
@@ -197,5 +198,42 @@ import Workloads
         #expect(r.offers.count == 2 && Set(r.offers.map(\.connectionID)).count == 2, "one connection per channel")
         #expect(r.offers.allSatisfy { $0.connectionID == Topology.channelEventConnection(relid: $0.relid) })
         #expect(r.flagOne == .invalidParameter && r.oldShared != nil)
+    }
+}
+
+/// The root replaces the disk driver under a child's running I/O: the
+/// child's verified reads and writes through VMBus never see an error.
+@Suite struct LiveReplacementUnderAChildTests {
+    @Test func aChildsVerifiedIOContinuesAcrossDriverReplacements() throws {
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let address = system.testbed.nvmeSlot.address
+        let next = try system.kernel.loadDriver(path: try Fixtures.mutatedReferenceDriver("nvmelite", [("#define NVMELITE_VERSION \"1.0.0\"", "#define NVMELITE_VERSION \"1.0.1\"")]))
+        let original = try #require(system.kernel.instance(at: address)?.library)
+        let stop = Atomic<Bool>(false)
+        let started = DispatchSemaphore(value: 0)
+        let outcome = GuestOutcome<Int>()
+        try system.startChild(name: "c", start: 0, blocks: 8192) { os in
+            outcome.finish {
+                try os.boot()
+                let disk = try #require(try os.openStorage().first)
+                var rounds = 0
+                while !stop.load(ordering: .relaxed) || rounds < 3 {
+                    _ = try VerifiedIO(seed: UInt64(rounds), regionBlocks: 8192).run(on: disk)
+                    try disk.flushBlocks()
+                    rounds += 1
+                    if rounds == 1 { started.signal() }
+                }
+                return rounds
+            }
+        }
+        #expect(started.wait(timeout: .now() + 20) == .success)
+        for i in 0..<20 {
+            _ = try system.kernel.replaceDriver(at: address, with: i % 2 == 0 ? next : original)
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        stop.store(true, ordering: .relaxed)
+        #expect(try outcome.wait() >= 3, "the child's verified I/O ran on across 20 replacements")
+        #expect(system.disk?.statistics.failed == 0)
     }
 }
