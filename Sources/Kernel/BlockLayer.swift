@@ -124,7 +124,9 @@ public final class Disk: @unchecked Sendable {
     /// Set while the driver behind the disk is being replaced: its
     /// unregistration then leaves the disk in place for the next driver.
     private var replacing = false
-    public var geometry: BlockGeometry { registered.geometry }
+    /// Fixed for the disk's life: a replacement driver must serve the same
+    /// block size and count, at least the same transfer size and flushing.
+    public let geometry: BlockGeometry
     /// Which driver and device serve it ("nvmelite@00:01.0").
     public var driverLabel: String { registered.label }
 
@@ -149,6 +151,7 @@ public final class Disk: @unchecked Sendable {
     init(name: String, registered: RegisteredDisk, memory: KernelMemory) {
         self.name = name
         self.current = registered
+        self.geometry = registered.geometry
         self.memory = memory
         queue = SubmissionQueue(depth: registered.geometry.queueDepth, submit: { registered.submit($0) }, fail: { $0.finishUnsubmitted($1) })
     }
@@ -168,7 +171,9 @@ public final class Disk: @unchecked Sendable {
     /// Refused (false) when its geometry is not the disk's.
     func rebind(_ registration: RegisteredDisk) -> Bool {
         let g = registration.geometry, old = geometry
-        guard g.blockSize == old.blockSize, g.blockCount == old.blockCount else { return false }
+        guard g.blockSize == old.blockSize, g.blockCount == old.blockCount, g.maxTransferBlocks >= old.maxTransferBlocks,
+            g.canFlush == old.canFlush
+        else { return false }
         lock.withLock { current = registration }
         return true
     }

@@ -234,7 +234,6 @@ public final class Kernel: @unchecked Sendable {
             disk.endReplacement()
             throw .drainTimedOut(device)
         }
-        let held = disk.heldRequests
         let previous = disk.registered
         lock.withLock { instances[address] = nil }
         old.detach()
@@ -256,6 +255,8 @@ public final class Kernel: @unchecked Sendable {
             disk.endReplacement()
             throw .attachFailed(device, reason: failure, restored: restored)
         }
+        // Everything that arrived while the disk had no driver waited for this one.
+        let held = disk.heldRequests
         disk.endReplacement()
         let pause = ContinuousClock.now - started
         log.record(.info, "kernel", "\(device): \(old.library.name) replaced by \(library.name) in \(pause), \(held) request(s) held")

@@ -197,12 +197,13 @@ final class ForeignMappingCache: @unchecked Sendable {
     }
 
     func release(_ entry: Entry) {
-        lock.withLock {
+        let over = lock.withLock { () -> Bool in
             entry.users -= 1
             clock += 1
             entry.lastUse = clock
+            return mappedPages > capacityPages
         }
-        _ = evictUnused(all: false)
+        if over { _ = evictUnused(all: false) }
     }
 
     /// Unmaps unused views, oldest first, until the cache fits (or all of

@@ -40,13 +40,19 @@ import Workloads
                 }
             }
         }
+        // Replace only once every worker's I/O is flowing, and keep it flowing in between.
+        let deadline = Date(timeIntervalSinceNow: 60)
+        while rounds.load(ordering: .relaxed) < 3 && failures.withLock({ $0.isEmpty }) && Date() < deadline { usleep(1000) }
         var pauses: [Duration] = []
         var held = 0
         for i in 0..<100 {
             let replacement = try system.kernel.replaceDriver(at: address, with: i % 2 == 0 ? rebuilt : original)
             pauses.append(replacement.pause)
             held += replacement.heldRequests
+            usleep(2000)
         }
+        let before = rounds.load(ordering: .relaxed)
+        while rounds.load(ordering: .relaxed) < before + 3 && failures.withLock({ $0.isEmpty }) && Date() < deadline { usleep(1000) }
         stop.store(true, ordering: .relaxed)
         workers.wait()
         #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0 })")

@@ -71,6 +71,9 @@ public enum Fixtures {
     }
 
     private static func mutatedDriver(source original: String, name: String, _ edits: [(String, String)]) throws -> String {
+        // Tests in parallel may ask for the same mutation: one writes and builds it.
+        editLock.lock()
+        defer { editLock.unlock() }
         let (directory, digest) = try editedSources(source: original, name: name, edits)
         return try build(directory: directory, name: name, defines: ["OY_FIXTURE_MUTATION_\(digest)"])
     }
@@ -104,6 +107,8 @@ public enum Fixtures {
     /// clang, as a vendor builds one for `--sanitize thread`: no runtime of
     /// its own (the ThreadSanitizer worker provides it), so no -z defs.
     public static func threadSanitizedDriver(_ name: String = "nvmelite", _ edits: [(String, String)] = []) throws -> String {
+        editLock.lock()
+        defer { editLock.unlock() }
         let (directory, digest) = try editedSources(source: repositoryRoot + "/Plugins/" + name, name: name, edits)
         let output = temporaryDirectory("tsan") + "/\(name)-\(digest).so"
         let sources = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.hasSuffix(".c") }.map { directory + "/" + $0 }
@@ -136,6 +141,7 @@ public enum Fixtures {
     }
 
     private static let tsanLock = NSLock()
+    private static let editLock = NSLock()
 
     /// A fixture driver from Tests/Fixtures/drivers/, optionally with `defines`.
     public static func fixtureDriver(_ name: String = "mutant", defines: [String] = []) throws -> String {
