@@ -274,13 +274,17 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
 /// driver's own code fails the check it happened in; the clean reference
 /// driver passes (the host's own memory is not judged).
 @Suite(.serialized) struct ThreadSanitizerTests {
-    /// nvmelite reserving a command slot without its lock, while the
-    /// interrupt handler frees slots under it.
-    static let unlockedSlotReservation = (
-        "    d->host->lock_acquire(d->lock);\n    if (d->gone) {\n        d->host->lock_release(d->lock);\n        return OY_E_DEVICE_GONE;\n    }\n"
-            + "    if (d->draining || d->disk == NULL) {\n        d->host->lock_release(d->lock);\n        return OY_E_STATE;\n    }\n",
-        "    if (d->gone) return OY_E_DEVICE_GONE;\n    if (d->draining || d->disk == NULL) return OY_E_STATE;\n")
-    static let unlockedSlotRelease = ("    d->host->lock_release(d->lock);\n    if (slot == NULL) return OY_E_BUSY;", "    if (slot == NULL) return OY_E_BUSY;")
+    /// nvmelite with a field every submitter writes and reads back outside
+    /// the lock — a "last LBA" hint kept the way drivers keep statistics —
+    /// with enough work in between that concurrent submitters meet in it.
+    static let unlockedSharedField = [
+        ("    uint32_t admin_done_count;", "    uint32_t admin_done_count;\n    uint64_t last_lba; /* shared by every submitter */"),
+        ("    d->host->lock_acquire(d->lock);\n    if (d->gone) {\n        d->host->lock_release(d->lock);\n        return OY_E_DEVICE_GONE;\n    }\n    if (d->draining || d->disk == NULL) {",
+         "    d->last_lba = req->lba; /* the defect: written and read back without the lock */\n"
+            + "    { uint64_t until = d->host->monotonic_ns(d->host) + 200000u; while (d->host->monotonic_ns(d->host) < until) {} }\n"
+            + "    if (d->last_lba != req->lba) nvl_log(d, OY_LOG_DEBUG, \"another submitter was here\");\n"
+            + "    d->host->lock_acquire(d->lock);\n    if (d->gone) {\n        d->host->lock_release(d->lock);\n        return OY_E_DEVICE_GONE;\n    }\n    if (d->draining || d->disk == NULL) {"),
+    ]
 
     func run(_ driver: String) throws -> ConformanceSuite.DriverReport {
         setenv("OYAKO_TSAN_WORKER", try Fixtures.threadSanitizerWorker(), 1)
@@ -292,7 +296,7 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
     }
 
     @Test func aDataRaceInTheDriverFailsTheCheckWithBothAccesses() throws {
-        let racy = try Fixtures.threadSanitizedDriver("nvmelite", [Self.unlockedSlotReservation, Self.unlockedSlotRelease])
+        let racy = try Fixtures.threadSanitizedDriver("nvmelite", Self.unlockedSharedField)
         let report = try run(racy)
         let concurrency = try #require(report.results.first { $0.id == "concurrency.io" })
         #expect(concurrency.verdict == .failed && concurrency.message.contains("ThreadSanitizer: data race") && concurrency.message.contains("nvl_submit"),
