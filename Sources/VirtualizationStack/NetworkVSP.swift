@@ -274,8 +274,22 @@ public final class NetworkVSP: ChannelHandler, @unchecked Sendable {
         case RNDIS.OID.linkSpeed: return (RNDIS.Status.success, u32(Self.linkSpeed))
         case RNDIS.OID.mediaConnectStatus: return (RNDIS.Status.success, u32(lock.withLock { linkUp } ? 0 : 1))
         case RNDIS.OID.currentPacketFilter: return (RNDIS.Status.success, u32(lock.withLock { packetFilter }))
+        case RNDIS.OID.offloadHardwareCapabilities: return (RNDIS.Status.success, Self.noOffloads(ndis630: lock.withLock { version ?? 0 } >= NetworkProtocol.Version.v5))
         default: return (RNDIS.Status.notSupported, [])
         }
+    }
+
+    /// NDIS_OFFLOAD with every capability zero: no checksum, LSO, IPsec or
+    /// RSC offload. Header {type NDIS_OBJECT_TYPE_OFFLOAD, revision, size};
+    /// the NDIS 6.30 layout (164 bytes, revision 3) from NVSP 5 on, else 6.0's (112).
+    static func noOffloads(ndis630: Bool) -> [UInt8] {
+        let size = ndis630 ? 164 : 112
+        var bytes = [UInt8](repeating: 0, count: size)
+        bytes[0] = 0xA7
+        bytes[1] = ndis630 ? 3 : 1
+        bytes[2] = UInt8(size & 0xFF)
+        bytes[3] = UInt8(size >> 8)
+        return bytes
     }
 
     private func set(oid: UInt32, _ information: [UInt8]) -> UInt32 {
@@ -285,8 +299,16 @@ public final class NetworkVSP: ChannelHandler, @unchecked Sendable {
             let filter = information.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self).littleEndian }
             lock.withLock { packetFilter = filter }
             return RNDIS.Status.success
+        case RNDIS.OID.offloadParameters:
+            // NDIS_OFFLOAD_PARAMETERS: a header, then one byte per offload
+            // (0 no change, 1 disabled, more: enable in some direction) and,
+            // after the flags, IPsec v2 and RSC. Turning offloads off is
+            // granted; turning any on is not supported.
+            guard information.count >= 15 else { return RNDIS.Status.invalidLength }
+            let requests = Array(information[4..<15]) + Array(information.dropFirst(20).prefix(4))
+            return requests.allSatisfy { $0 <= 1 } ? RNDIS.Status.success : RNDIS.Status.notSupported
         default:
-            // No offloads (checksum, LSO, RSS) and no other settable OIDs.
+            // No other settable OIDs (RSS, configuration parameters...).
             return RNDIS.Status.notSupported
         }
     }

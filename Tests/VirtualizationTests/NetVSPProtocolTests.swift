@@ -34,7 +34,7 @@ import VMBus
         struct Seen: Sendable {
             var version: UInt32 = 0, limits: [UInt32] = [], mac: [UInt8] = [], vspMAC: [UInt8] = []
             var current: [UInt8] = [], frameSize: [UInt8] = [], speed: [UInt8] = [], media: [UInt8] = [], filter: [UInt8] = []
-            var offloadSet: UInt32 = 0, unknownQuery: UInt32 = 0, badFilter: UInt32 = 0
+            var offloadSet: UInt32 = 0, offloadsOff: UInt32 = 0, unknownQuery: UInt32 = 0, badFilter: UInt32 = 0, hwcaps: [UInt8] = []
             var keepalive: (type: UInt32, id: UInt32, status: UInt32) = (0, 0, 0)
             var reset: (type: UInt32, status: UInt32) = (0, 0)
         }
@@ -49,8 +49,14 @@ import VMBus
             s.speed = try nic.query(RNDIS.OID.linkSpeed).1
             s.media = try nic.query(RNDIS.OID.mediaConnectStatus).1
             s.filter = try nic.query(RNDIS.OID.currentPacketFilter).1
-            s.unknownQuery = try nic.query(RNDIS.OID.offloadHardwareCapabilities).0
-            s.offloadSet = try nic.set(RNDIS.OID.offloadParameters, information: [UInt8](repeating: 0, count: 28))
+            s.unknownQuery = try nic.query(0x0001_0203).0  // OID_GEN_RECEIVE_SCALE_CAPABILITIES: no RSS
+            s.hwcaps = try nic.query(RNDIS.OID.offloadHardwareCapabilities).1
+            var params = [UInt8](repeating: 0, count: 28)
+            params[0] = 0x80; params[1] = 3; params[2] = 28
+            params[4...14] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1][...]  // everything disabled, as netvsc asks when it finds none
+            s.offloadsOff = try nic.set(RNDIS.OID.offloadParameters, information: params)
+            params[5] = 4  // TCP/IPv4 checksum on in both directions
+            s.offloadSet = try nic.set(RNDIS.OID.offloadParameters, information: params)
             s.badFilter = try nic.set(RNDIS.OID.currentPacketFilter, information: [1, 2])
             let alive = try nic.rndis(RNDIS.simple(RNDIS.MessageType.keepalive, requestID: 4242))
             s.keepalive = (alive.type, alive.field(0), alive.field(4))
@@ -65,6 +71,9 @@ import VMBus
         #expect(u32(seen.frameSize) == 1500 && u32(seen.speed) == 100_000_000 && u32(seen.media) == 0)
         #expect(u32(seen.filter) == RNDIS.defaultPacketFilter, "the filter the guest set reads back")
         #expect(seen.unknownQuery == RNDIS.Status.notSupported && seen.offloadSet == RNDIS.Status.notSupported, "no offloads")
+        // NDIS_OFFLOAD 6.30 (NVSP 6.1): type 0xA7, revision 3, 164 bytes, no capability set.
+        #expect(seen.hwcaps.count == 164 && Array(seen.hwcaps.prefix(4)) == [0xA7, 3, 164, 0] && seen.hwcaps.dropFirst(4).allSatisfy { $0 == 0 })
+        #expect(seen.offloadsOff == RNDIS.Status.success, "turning offloads off is granted")
         #expect(seen.badFilter == RNDIS.Status.invalidLength)
         #expect(seen.keepalive == (RNDIS.MessageType.keepalive | RNDIS.MessageType.completion, 4242, RNDIS.Status.success))
         #expect(seen.reset == (RNDIS.MessageType.reset | RNDIS.MessageType.completion, RNDIS.Status.success))
