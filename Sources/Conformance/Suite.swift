@@ -62,7 +62,7 @@ public struct ConformanceSuite: Sendable {
         /// process when it is one.
         static var threadWorker: String? {
             if let path = ProcessInfo.processInfo.environment["OYAKO_TSAN_WORKER"], FileManager.default.isExecutableFile(atPath: path) { return path }
-            return dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") != nil ? ConformanceSuite.currentExecutable : nil
+            return Verifier.underThreadSanitizer ? ConformanceSuite.currentExecutable : nil
         }
 
         /// Whether this machine has what the mode needs.

@@ -22,9 +22,12 @@ import Synchronization
 
     /// A sanitizer runtime is in this process: it slows every instruction,
     /// so callback time budgets would judge the sanitizer, not the driver.
-    public static let underSanitizer: Bool = (["__tsan_init", "__asan_init"] as [String]).contains { (name: String) in
-        dlsym(UnsafeMutableRawPointer(bitPattern: 0), name) != nil
-    }
+    public static let underSanitizer: Bool = underThreadSanitizer || present("__asan_init")
+
+    /// ThreadSanitizer's runtime is in this process (an instrumented oyako).
+    public static let underThreadSanitizer: Bool = present("__tsan_init")
+
+    private static func present(_ symbol: String) -> Bool { dlsym(UnsafeMutableRawPointer(bitPattern: 0), symbol) != nil }
 }
 
 @_spi(Conformance) public enum BorrowedPool {
@@ -32,7 +35,7 @@ import Synchronization
     /// used after its call returned. High (where AddressSanitizer leaves
     /// application memory) unless ThreadSanitizer's runtime is in the
     /// process, which allows application mappings only low or near the top.
-    public static let base: UInt64 = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") == nil ? highBase : lowBase
+    public static let base: UInt64 = Verifier.underThreadSanitizer ? lowBase : highBase
     static let highBase: UInt64 = 0x6F00_0000_0000
     static let lowBase: UInt64 = 0x006F_0000_0000
     static let slots = 256

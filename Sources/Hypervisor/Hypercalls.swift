@@ -46,13 +46,13 @@ public final class Hypercalls: Sendable {
     /// HvCallMapGpaPages (0x4B), a rep hypercall. Root only: maps deposited
     /// pages into a child at [gpaPage, +count), resuming until every rep is done.
     public func mapGpaPages(_ id: PartitionID, gpaPage: UInt64, count: Int, writable: Bool = true) throws(HvStatus) {
-        try repeatRep(.mapGpaPages, count: count,
-                      header: Self.mapHeader(id, gpaBase: gpaPage, flags: HypercallInput.mapReadable | (writable ? HypercallInput.mapWritable : 0)))
+        try repeatRep(.mapGpaPages, id, gpaBase: gpaPage, count: count,
+                      flags: HypercallInput.mapReadable | (writable ? HypercallInput.mapWritable : 0))
     }
 
     /// HvCallUnmapGpaPages (0x4C), a rep hypercall. Root only.
     public func unmapGpaPages(_ id: PartitionID, gpaPage: UInt64, count: Int) throws(HvStatus) {
-        try repeatRep(.unmapGpaPages, count: count, header: Self.mapHeader(id, gpaBase: gpaPage, flags: 0))
+        try repeatRep(.unmapGpaPages, id, gpaBase: gpaPage, count: count, flags: 0)
     }
 
     /// Maps pages a child granted into the root's foreign window (MapGpaPages
@@ -157,35 +157,23 @@ public final class Hypercalls: Sendable {
         }
     }
 
-    /// Issues a rep hypercall of `count` reps in calls of at most 4095,
-    /// resuming each from the reps completed until all are done.
-    private func repeatRep(_ code: HypercallCode, count: Int, header: [UInt8]) throws(HvStatus) {
+    /// Issues a GPA-page rep hypercall over [gpaBase, +count) in calls of at
+    /// most 4095 reps, resuming each from the reps completed until all are done.
+    private func repeatRep(_ code: HypercallCode, _ id: PartitionID, gpaBase: UInt64, count: Int, flags: UInt32) throws(HvStatus) {
         guard count > 0 else { throw .invalidParameter }
         var done = 0
         while done < count {
             let batch = min(count - done, Int(HypercallControl.maxReps))
-            var batchHeader = header
-            // The batch starts `done` pages further on.
-            let base = header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self) } + UInt64(done)
-            withUnsafeBytes(of: base.littleEndian) { batchHeader.replaceSubrange(8..<16, with: $0) }
+            let header = HypercallInput.gpaPages(partition: id, gpaBase: gpaBase + UInt64(done), flags: flags)
             var start = 0
             while start < batch {
-                let result = HypercallResult(rawValue: invoke(HypercallControl(code: code.rawValue, repCount: UInt16(batch), repStartIndex: UInt16(start)).rawValue,
-                                                              input: batchHeader).result)
+                let control = HypercallControl(code: code.rawValue, repCount: UInt16(batch), repStartIndex: UInt16(start))
+                let result = HypercallResult(rawValue: invoke(control.rawValue, input: header).result)
                 try result.check()
                 guard Int(result.repsCompleted) > start else { throw .invalidParameter }
                 start = Int(result.repsCompleted)
             }
             done += batch
         }
-    }
-
-    private static func mapHeader(_ id: PartitionID, gpaBase: UInt64, flags: UInt32) -> [UInt8] {
-        var bytes: [UInt8] = []
-        HypercallInput.append(&bytes, id)
-        HypercallInput.append(&bytes, gpaBase)
-        HypercallInput.append(&bytes, flags)
-        HypercallInput.append(&bytes, UInt32(0))
-        return bytes
     }
 }

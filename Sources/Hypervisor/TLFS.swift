@@ -136,6 +136,17 @@ public enum HypercallInput {
         return bytes + payload + [UInt8](repeating: 0, count: HvMessage.maxPayload - payload.count)
     }
 
+    /// The header of HvCallMapGpaPages and HvCallUnmapGpaPages:
+    /// {target partition, target GPA page base, map flags, reserved}.
+    public static func gpaPages(partition: UInt64, gpaBase: UInt64, flags: UInt32) -> [UInt8] {
+        var bytes: [UInt8] = []
+        append(&bytes, partition)
+        append(&bytes, gpaBase)
+        append(&bytes, flags)
+        append(&bytes, UInt32(0))
+        return bytes
+    }
+
     /// HV_INPUT_SIGNAL_EVENT in RDX: {connection id, flag number, reserved}.
     public static func signalEvent(connectionID: UInt32, flag: UInt16) -> [UInt8] {
         var bytes: [UInt8] = []

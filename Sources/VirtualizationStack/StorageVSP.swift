@@ -146,9 +146,9 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
         }
         target.execute(cdb: cdb, direction: direction, data: SCSIData(mapping?.pieces ?? [])) { [self] result in
             mapping?.release()
-            condition.withLock { count(cdb[0], result) }
             reply(packet, on: channel, answer(srb, result))
             condition.withLock {
+                count(cdb[0], result)
                 outstanding.remove(transaction)
                 condition.broadcast()
             }

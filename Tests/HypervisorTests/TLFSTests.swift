@@ -49,9 +49,8 @@ import Testing
         let id = try calls.createPartition(memorySize: 1024 * 4096)
         try calls.initializePartition(id)
         try calls.depositMemory(id, pages: 600)
-        var header: [UInt8] = []
-        for v in [id, 0] as [UInt64] { withUnsafeBytes(of: v.littleEndian) { header += $0 } }
-        header += [3, 0, 0, 0, 0, 0, 0, 0]  // readable | writable, reserved
+        let header = HypercallInput.gpaPages(partition: id, gpaBase: 0, flags: 3)  // readable | writable
+        #expect(header == [UInt8](withUnsafeBytes(of: id.littleEndian) { Array($0) }) + [UInt8](repeating: 0, count: 8) + [3, 0, 0, 0, 0, 0, 0, 0])
         var start: UInt16 = 0
         var results: [HypercallResult] = []
         while start < 600 {

@@ -124,7 +124,7 @@ final class MemoryBlockStore: SCSIBlockStore, @unchecked Sendable {
         #expect(ten.0 == .good(8) && ten.1 == SCSI.bigEndian(UInt32(2047)) + SCSI.bigEndian(UInt32(512)))
         let sixteen = run(SCSI.readCapacity16(), length: 32)
         #expect(sixteen.0 == .good(32) && Array(sixteen.1[0..<12]) == SCSI.bigEndian(UInt64(2047)) + SCSI.bigEndian(UInt32(512)))
-        // Another service action of SERVICE ACTION IN(16) is not implemented.
+        // SERVICE ACTION IN(16) serves READ CAPACITY(16) only; other service actions (GET LBA STATUS...) are refused.
         var other = SCSI.readCapacity16()
         other[1] = 0x12
         #expect(run(other, length: 32).0 == .check(.invalidFieldInCDB))
@@ -215,7 +215,7 @@ final class MemoryBlockStore: SCSIBlockStore, @unchecked Sendable {
     }
 
     @Test func unknownOpcodesAndShortCDBsAreRefused() {
-        #expect(run([0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0]).0 == .check(.invalidOpcode), "UNMAP is not implemented")
+        #expect(run([0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0]).0 == .check(.invalidOpcode), "UNMAP is refused: VPD B0/B2 advertise no unmap")
         #expect(run([SCSI.Opcode.read10, 0, 0, 0]).0 == .check(.invalidFieldInCDB), "a READ(10) CDB of 4 bytes")
         #expect(run([]).0 == .check(.invalidOpcode))
     }
