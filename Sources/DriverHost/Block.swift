@@ -123,15 +123,10 @@ enum HostBlock {
     static let deviceClass = DeviceClass(id: RegisteredDisk.classID, table: UnsafeRawPointer(table))
 
     /// Static for the life of the process; drivers hold a pointer to it.
-    nonisolated(unsafe) static let table: UnsafeMutablePointer<oy_host_block> = {
-        let t = UnsafeMutablePointer<oy_host_block>.allocate(capacity: 1)
-        t.initialize(to: oy_host_block())
-        t.pointee.struct_size = UInt32(MemoryLayout<oy_host_block>.size)
-        t.pointee.register_disk = { device, geometry, ops, instance, out in
+    nonisolated(unsafe) static let table = oy_host_block.hostTable { t in
+        t.register_disk = { device, geometry, ops, instance, out in
             ClassRegistration.register(device, out: out, service: "register_disk") { binding in
-                guard let geometry, let ops, geometry.pointee.struct_size >= UInt32(MemoryLayout<oy_block_geometry>.size),
-                    ops.pointee.struct_size >= UInt32(MemoryLayout<oy_block_ops>.size)
-                else { return .invalid }
+                guard let geometry, let ops, oy_block_geometry.isComplete(geometry), oy_block_ops.isComplete(ops) else { return .invalid }
                 let g = geometry.pointee
                 guard g.block_size >= 512, g.block_size & (g.block_size - 1) == 0, g.block_count > 0, g.max_transfer_blocks > 0, g.queue_depth > 0 else {
                     return .violation("an impossible geometry (block size \(g.block_size), \(g.block_count) blocks, max transfer \(g.max_transfer_blocks), depth \(g.queue_depth))")
@@ -139,10 +134,9 @@ enum HostBlock {
                 return RegisteredDisk(binding: binding, geometry: g, ops: ops.pointee, instance: instance).map { .made($0) } ?? .violation("a NULL submit callback")
             }
         }
-        t.pointee.unregister_disk = { handle in ClassRegistration.withdraw(handle, as: RegisteredDisk.self, service: "unregister_disk") }
-        t.pointee.complete = { raw, status in
+        t.unregister_disk = { handle in ClassRegistration.withdraw(handle, as: RegisteredDisk.self, service: "unregister_disk") }
+        t.complete = { raw, status in
             LentRequest.completed(raw.map(BlockRequest.hostPrivate), status: status, service: "complete()")
         }
-        return t
-    }()
+    }
 }

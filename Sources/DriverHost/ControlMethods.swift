@@ -6,41 +6,29 @@ import Foundation
 public enum ControlType: String, Sendable, CaseIterable {
     case void, bool, i8, i16, i32, i64, u8, u16, u32, u64, f32, f64, str
 
-    var ffiKind: Int32 {
+    /// How libffi passes the type, and values at the edges of its range.
+    private var traits: (ffi: UInt32, boundaries: [String]) {
         switch self {
-        case .void: Int32(OY_FFI_VOID.rawValue)
-        case .bool: Int32(OY_FFI_BOOL.rawValue)
-        case .i8: Int32(OY_FFI_I8.rawValue)
-        case .i16: Int32(OY_FFI_I16.rawValue)
-        case .i32: Int32(OY_FFI_I32.rawValue)
-        case .i64: Int32(OY_FFI_I64.rawValue)
-        case .u8: Int32(OY_FFI_U8.rawValue)
-        case .u16: Int32(OY_FFI_U16.rawValue)
-        case .u32: Int32(OY_FFI_U32.rawValue)
-        case .u64: Int32(OY_FFI_U64.rawValue)
-        case .f32: Int32(OY_FFI_F32.rawValue)
-        case .f64: Int32(OY_FFI_F64.rawValue)
-        case .str: Int32(OY_FFI_POINTER.rawValue)
+        case .void: (OY_FFI_VOID.rawValue, [])
+        case .bool: (OY_FFI_BOOL.rawValue, ["false", "true"])
+        case .i8: (OY_FFI_I8.rawValue, ["\(Int8.min)", "-1", "0", "1", "\(Int8.max)"])
+        case .i16: (OY_FFI_I16.rawValue, ["\(Int16.min)", "-1", "0", "\(Int16.max)"])
+        case .i32: (OY_FFI_I32.rawValue, ["\(Int32.min)", "-1", "0", "1", "\(Int32.max)"])
+        case .i64: (OY_FFI_I64.rawValue, ["\(Int64.min)", "-1", "0", "\(Int64.max)"])
+        case .u8: (OY_FFI_U8.rawValue, ["0", "1", "\(UInt8.max)"])
+        case .u16: (OY_FFI_U16.rawValue, ["0", "1", "\(UInt16.max)"])
+        case .u32: (OY_FFI_U32.rawValue, ["0", "1", "\(UInt32.max)"])
+        case .u64: (OY_FFI_U64.rawValue, ["0", "1", "\(UInt64.max)"])
+        case .f32: (OY_FFI_F32.rawValue, ["0", "-0", "1e-300", "1e300", "-1"])
+        case .f64: (OY_FFI_F64.rawValue, ["0", "-0", "1e-300", "1e300", "-1"])
+        case .str: (OY_FFI_POINTER.rawValue, ["", "x", String(repeating: "A", count: 4096)])
         }
     }
 
+    var ffiKind: Int32 { Int32(traits.ffi) }
+
     /// Values at the edges of the type, for boundary-value calls.
-    public var boundaryValues: [String] {
-        switch self {
-        case .void: []
-        case .bool: ["false", "true"]
-        case .i8: ["\(Int8.min)", "-1", "0", "1", "\(Int8.max)"]
-        case .i16: ["\(Int16.min)", "-1", "0", "\(Int16.max)"]
-        case .i32: ["\(Int32.min)", "-1", "0", "1", "\(Int32.max)"]
-        case .i64: ["\(Int64.min)", "-1", "0", "\(Int64.max)"]
-        case .u8: ["0", "1", "\(UInt8.max)"]
-        case .u16: ["0", "1", "\(UInt16.max)"]
-        case .u32: ["0", "1", "\(UInt32.max)"]
-        case .u64: ["0", "1", "\(UInt64.max)"]
-        case .f32, .f64: ["0", "-0", "1e-300", "1e300", "-1"]
-        case .str: ["", "x", String(repeating: "A", count: 4096)]
-        }
-    }
+    public var boundaryValues: [String] { traits.boundaries }
 }
 
 /// A parsed signature: RET(ARG,...).

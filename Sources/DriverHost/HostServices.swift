@@ -6,27 +6,30 @@ import Synchronization
 
 // The resources behind the handles the host table hands out.
 
-final class RegisterWindow: Resource, @unchecked Sendable {
+/// A BAR a driver claimed: a register window or a port range.
+class ClaimedBAR: Resource, @unchecked Sendable {
     let binding: DeviceBinding
     let bar: Int
-    let size: UInt64
-    init(binding: DeviceBinding, bar: Int, size: UInt64) {
+    init(binding: DeviceBinding, bar: Int, kind: String, extent: String) {
         self.binding = binding
         self.bar = bar
-        self.size = size
-        super.init(kind: "register window", detail: "BAR \(bar), \(size) bytes", owner: binding.owner)
+        super.init(kind: kind, detail: "BAR \(bar), \(extent)", owner: binding.owner)
     }
 }
 
-final class PortRange: Resource, @unchecked Sendable {
-    let binding: DeviceBinding
-    let bar: Int
+final class RegisterWindow: ClaimedBAR, @unchecked Sendable {
+    let size: UInt64
+    init(binding: DeviceBinding, bar: Int, size: UInt64) {
+        self.size = size
+        super.init(binding: binding, bar: bar, kind: "register window", extent: "\(size) bytes")
+    }
+}
+
+final class PortRange: ClaimedBAR, @unchecked Sendable {
     let count: UInt32
     init(binding: DeviceBinding, bar: Int, count: UInt32) {
-        self.binding = binding
-        self.bar = bar
         self.count = count
-        super.init(kind: "port range", detail: "BAR \(bar), \(count) ports", owner: binding.owner)
+        super.init(binding: binding, bar: bar, kind: "port range", extent: "\(count) ports")
     }
 }
 
@@ -249,31 +252,81 @@ enum HostServices {
         return UnsafePointer(s)
     }()
 
+    /// regs_map and ports_claim: BAR `bar` of the device, when `extent` accepts
+    /// its kind, becomes a resource of the driver (`make(binding, bar, extent)`).
+    static func claimBAR<Extent>(
+        _ device: OpaquePointer?, _ bar: UInt32, service: String, out: UnsafeMutablePointer<OpaquePointer?>?,
+        extent extentOut: UnsafeMutablePointer<Extent>?, accepting extent: (BARKind) -> Extent?,
+        make: (DeviceBinding, Int, Extent) -> Resource
+    ) -> Int32 {
+        guard let binding = binding(device, service: service) else { return OY_E_INVALID.rawValue }
+        guard requirePassive(service, binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
+        let bars = binding.device.info.bars
+        guard let out, Int(bar) < bars.count, let length = extent(bars[Int(bar)]) else { return OY_E_INVALID.rawValue }
+        out.pointee = binding.owner.adopt(make(binding, Int(bar), length))
+        extentOut?.pointee = length
+        return OY_OK.rawValue
+    }
+
+    /// reg_read32/64: all ones (what a missing device reads) for a bad handle.
+    static func registerRead(_ handle: OpaquePointer?, _ offset: UInt64, width: Int, service: String) -> UInt64 {
+        guard let w = resource(handle, RegisterWindow.self, service: service) else { return .max }
+        return w.binding.device.mmioRead(bar: w.bar, offset: offset, width: width)
+    }
+
+    /// reg_write32/64: ignored for a bad handle (reported).
+    static func registerWrite(_ handle: OpaquePointer?, _ offset: UInt64, _ value: UInt64, width: Int, service: String) {
+        guard let w = resource(handle, RegisterWindow.self, service: service) else { return }
+        w.binding.device.mmioWrite(bar: w.bar, offset: offset, width: width, value: value)
+    }
+
+    /// The `*_destroy`/`*_release` services: the resource behind `handle`,
+    /// no longer the driver's, or nil (reported) for an invalid handle.
+    @discardableResult
+    static func release<T: Resource>(_ handle: OpaquePointer?, as type: T.Type, service: String) -> T? {
+        guard let resource = ResourceOwner.release(handle, as: type) else {
+            unattributed("\(service) with an invalid handle")
+            return nil
+        }
+        return resource
+    }
+
+    /// The `*_create` services: a [passive] call that gives the driver a new
+    /// resource owned by the device (or the library), unless the arguments
+    /// are not `valid` or fault injection fails it.
+    static func create(_ host: UnsafePointer<oy_host>?, _ device: OpaquePointer?, _ out: UnsafeMutablePointer<OpaquePointer?>?,
+                       service: String, valid: Bool = true, make: (ResourceOwner) -> Resource) -> Int32 {
+        guard let library = library(host, service: service) else { return OY_E_INVALID.rawValue }
+        guard requirePassive(service, library) else { return OY_E_WRONG_CONTEXT.rawValue }
+        guard valid, let out, let owner = owner(library, device, service: service) else { return OY_E_INVALID.rawValue }
+        if library.faults.shouldFail() { return OY_E_NOMEM.rawValue }
+        out.pointee = owner.adopt(make(owner))
+        return OY_OK.rawValue
+    }
+
     /// A driver's host table: one small installer per service group.
     static func makeTable(abiVersion: UInt32) -> UnsafeMutablePointer<oy_host> {
-        let t = UnsafeMutablePointer<oy_host>.allocate(capacity: 1)
-        t.initialize(to: oy_host())
-        t.pointee.struct_size = UInt32(MemoryLayout<oy_host>.size)
-        t.pointee.abi_version = abiVersion
-        t.pointee.host_name = hostName
+        oy_host.hostTable { t in
+            t.abi_version = abiVersion
+            t.host_name = hostName
 
-        t.pointee.get_extension = { host, id in
-            guard HostServices.library(host, service: "get_extension") != nil, let id else { return nil }
-            return DeviceClass.table(for: id)
+            t.get_extension = { host, id in
+                guard HostServices.library(host, service: "get_extension") != nil, let id else { return nil }
+                return DeviceClass.table(for: id)
+            }
+            installLoggingAndTime(&t)
+            installMemory(&t)
+            installLocksAndEvents(&t)
+            installWorkAndTimers(&t)
+            installBusAccess(&t)
+            installDMA(&t)
+            installInterrupts(&t)
         }
-        installLoggingAndTime(t)
-        installMemory(t)
-        installLocksAndEvents(t)
-        installWorkAndTimers(t)
-        installBusAccess(t)
-        installDMA(t)
-        installInterrupts(t)
-        return t
     }
 
     /// Logging and time.
-    private static func installLoggingAndTime(_ t: UnsafeMutablePointer<oy_host>) {
-        t.pointee.log = { host, device, level, message in
+    private static func installLoggingAndTime(_ t: inout oy_host) {
+        t.log = { host, device, level, message in
             guard let library = HostServices.library(host, service: "log") else { return }
             let text = message.map { String(cString: $0) } ?? "(NULL message)"
             let location = device.flatMap { HandleTable.shared.lookup($0, as: DeviceBinding.self)?.device.info.location }
@@ -281,12 +334,12 @@ enum HostServices {
             library.environment.log(level: known, driver: library.name, device: location, message: text)
             DriverLogMirror.record(level: known, driver: library.name, device: location, message: text)
         }
-        t.pointee.monotonic_ns = { _ in monotonicNanoseconds() }
+        t.monotonic_ns = { _ in monotonicNanoseconds() }
     }
 
     /// Memory (host allocations with owners and red tape).
-    private static func installMemory(_ t: UnsafeMutablePointer<oy_host>) {
-        t.pointee.mem_alloc = { host, device, size in
+    private static func installMemory(_ t: inout oy_host) {
+        t.mem_alloc = { host, device, size in
             guard let library = HostServices.library(host, service: "mem_alloc"), size > 0,
                 let owner = HostServices.owner(library, device, service: "mem_alloc")
             else { return nil }
@@ -297,7 +350,7 @@ enum HostServices {
             HostServices.allocations.withLock { $0[UInt(bitPattern: pointer)] = allocation }
             return pointer
         }
-        t.pointee.mem_free = { host, pointer in
+        t.mem_free = { host, pointer in
             guard let library = HostServices.library(host, service: "mem_free"), let pointer else { return }
             guard let allocation = HostServices.allocations.withLock({ $0.removeValue(forKey: UInt(bitPattern: pointer)) }) else {
                 library.recordViolation("mem_free of a pointer the host did not allocate, or freed twice")
@@ -309,50 +362,31 @@ enum HostServices {
     }
 
     /// Locks and events.
-    private static func installLocksAndEvents(_ t: UnsafeMutablePointer<oy_host>) {
-        t.pointee.lock_create = { host, device, out in
-            guard let library = HostServices.library(host, service: "lock_create") else { return OY_E_INVALID.rawValue }
-            guard HostServices.requirePassive("lock_create", library) else { return OY_E_WRONG_CONTEXT.rawValue }
-            guard let out, let owner = HostServices.owner(library, device, service: "lock_create") else { return OY_E_INVALID.rawValue }
-            if library.faults.shouldFail() { return OY_E_NOMEM.rawValue }
-            out.pointee = owner.adopt(HostLock(owner: owner))
-            return OY_OK.rawValue
+    private static func installLocksAndEvents(_ t: inout oy_host) {
+        t.lock_create = { host, device, out in
+            HostServices.create(host, device, out, service: "lock_create") { HostLock(owner: $0) }
         }
-        t.pointee.lock_destroy = { handle in
-            guard let lock = ResourceOwner.release(handle, as: HostLock.self) else {
-                HostServices.unattributed("lock_destroy with an invalid handle")
-                return
-            }
-            lock.reclaim()
+        t.lock_destroy = { handle in
+            HostServices.release(handle, as: HostLock.self, service: "lock_destroy")?.reclaim()
         }
-        t.pointee.lock_acquire = { handle in
+        t.lock_acquire = { handle in
             HostServices.resource(handle, HostLock.self, service: "lock_acquire")?.lock.lock()
         }
-        t.pointee.lock_release = { handle in
+        t.lock_release = { handle in
             HostServices.resource(handle, HostLock.self, service: "lock_release")?.lock.unlock()
         }
-        t.pointee.event_create = { host, device, out in
-            guard let library = HostServices.library(host, service: "event_create") else { return OY_E_INVALID.rawValue }
-            guard HostServices.requirePassive("event_create", library) else { return OY_E_WRONG_CONTEXT.rawValue }
-            guard let out, let owner = HostServices.owner(library, device, service: "event_create") else { return OY_E_INVALID.rawValue }
-            if library.faults.shouldFail() { return OY_E_NOMEM.rawValue }
-            out.pointee = owner.adopt(HostEvent(owner: owner))
-            return OY_OK.rawValue
+        t.event_create = { host, device, out in
+            HostServices.create(host, device, out, service: "event_create") { HostEvent(owner: $0) }
         }
-        t.pointee.event_destroy = { handle in
-            guard ResourceOwner.release(handle, as: HostEvent.self) != nil else {
-                HostServices.unattributed("event_destroy with an invalid handle")
-                return
-            }
-        }
-        t.pointee.event_signal = { handle in
+        t.event_destroy = { handle in HostServices.release(handle, as: HostEvent.self, service: "event_destroy") }
+        t.event_signal = { handle in
             guard let event = HostServices.resource(handle, HostEvent.self, service: "event_signal") else { return }
             event.condition.lock()
             event.signalled = true
             event.condition.signal()
             event.condition.unlock()
         }
-        t.pointee.event_wait = { handle, timeout in
+        t.event_wait = { handle, timeout in
             guard let event = HostServices.resource(handle, HostEvent.self, service: "event_wait") else { return OY_E_INVALID.rawValue }
             if HostServices.inInterrupt {
                 let callback = oy_shim_context_callback().map { String(cString: $0) } ?? "an interrupt handler"
@@ -373,32 +407,32 @@ enum HostServices {
     }
 
     /// Deferred work and timers.
-    private static func installWorkAndTimers(_ t: UnsafeMutablePointer<oy_host>) {
-        t.pointee.work_create = { host, device, fn, arg, out in
+    private static func installWorkAndTimers(_ t: inout oy_host) {
+        t.work_create = { host, device, fn, arg, out in
             HostServices.createScheduled(host, device, fn, arg, out, kind: "work item", service: "work_create")
         }
-        t.pointee.work_queue = { handle in
+        t.work_queue = { handle in
             guard let work = HostServices.resource(handle, ScheduledItem.self, service: "work_queue") else { return }
             Scheduler.shared.queue(work.item)
         }
-        t.pointee.work_destroy = { handle in HostServices.destroyScheduled(handle, service: "work_destroy") }
-        t.pointee.timer_create = { host, device, fn, arg, out in
+        t.work_destroy = { handle in HostServices.destroyScheduled(handle, service: "work_destroy") }
+        t.timer_create = { host, device, fn, arg, out in
             HostServices.createScheduled(host, device, fn, arg, out, kind: "timer", service: "timer_create")
         }
-        t.pointee.timer_arm = { handle, delay in
+        t.timer_arm = { handle, delay in
             guard let timer = HostServices.resource(handle, ScheduledItem.self, service: "timer_arm") else { return }
             Scheduler.shared.arm(timer.item, delayNanoseconds: delay)
         }
-        t.pointee.timer_cancel = { handle in
+        t.timer_cancel = { handle in
             guard let timer = HostServices.resource(handle, ScheduledItem.self, service: "timer_cancel") else { return }
             Scheduler.shared.cancel(timer.item)
         }
-        t.pointee.timer_destroy = { handle in HostServices.destroyScheduled(handle, service: "timer_destroy") }
+        t.timer_destroy = { handle in HostServices.destroyScheduled(handle, service: "timer_destroy") }
     }
 
     /// Bus access: config space, register windows, ports.
-    private static func installBusAccess(_ t: UnsafeMutablePointer<oy_host>) {
-        t.pointee.config_read = { device, offset, width, value in
+    private static func installBusAccess(_ t: inout oy_host) {
+        t.config_read = { device, offset, width, value in
             guard let binding = HostServices.binding(device, service: "config_read"), let value else { return OY_E_INVALID.rawValue }
             do throws(OyStatus) {
                 value.pointee = try binding.device.configRead(offset: offset, width: Int(width))
@@ -407,7 +441,7 @@ enum HostServices {
                 return error.rawValue
             }
         }
-        t.pointee.config_write = { device, offset, width, value in
+        t.config_write = { device, offset, width, value in
             guard let binding = HostServices.binding(device, service: "config_write") else { return OY_E_INVALID.rawValue }
             do throws(OyStatus) {
                 try binding.device.configWrite(offset: offset, width: Int(width), value: value)
@@ -416,65 +450,37 @@ enum HostServices {
                 return error.rawValue
             }
         }
-        t.pointee.regs_map = { device, bar, out, size in
-            guard let binding = HostServices.binding(device, service: "regs_map") else { return OY_E_INVALID.rawValue }
-            guard HostServices.requirePassive("regs_map", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
-            let bars = binding.device.info.bars
-            guard let out, Int(bar) < bars.count, case .mmio(let length) = bars[Int(bar)] else { return OY_E_INVALID.rawValue }
-            out.pointee = binding.owner.adopt(RegisterWindow(binding: binding, bar: Int(bar), size: length))
-            size?.pointee = length
-            return OY_OK.rawValue
+        t.regs_map = { device, bar, out, size in
+            HostServices.claimBAR(device, bar, service: "regs_map", out: out, extent: size) { kind in
+                guard case .mmio(let length) = kind else { return nil }
+                return length
+            } make: { RegisterWindow(binding: $0, bar: $1, size: $2) }
         }
-        t.pointee.regs_unmap = { handle in
-            guard ResourceOwner.release(handle, as: RegisterWindow.self) != nil else {
-                HostServices.unattributed("regs_unmap with an invalid handle")
-                return
-            }
+        t.regs_unmap = { handle in HostServices.release(handle, as: RegisterWindow.self, service: "regs_unmap") }
+        t.reg_read32 = { handle, offset in UInt32(truncatingIfNeeded: HostServices.registerRead(handle, offset, width: 4, service: "reg_read32")) }
+        t.reg_write32 = { handle, offset, value in HostServices.registerWrite(handle, offset, UInt64(value), width: 4, service: "reg_write32") }
+        t.reg_read64 = { handle, offset in HostServices.registerRead(handle, offset, width: 8, service: "reg_read64") }
+        t.reg_write64 = { handle, offset, value in HostServices.registerWrite(handle, offset, value, width: 8, service: "reg_write64") }
+        t.ports_claim = { device, bar, out, count in
+            HostServices.claimBAR(device, bar, service: "ports_claim", out: out, extent: count) { kind in
+                guard case .ports(let n) = kind else { return nil }
+                return n
+            } make: { PortRange(binding: $0, bar: $1, count: $2) }
         }
-        t.pointee.reg_read32 = { handle, offset in
-            guard let w = HostServices.resource(handle, RegisterWindow.self, service: "reg_read32") else { return .max }
-            return UInt32(truncatingIfNeeded: w.binding.device.mmioRead(bar: w.bar, offset: offset, width: 4))
-        }
-        t.pointee.reg_write32 = { handle, offset, value in
-            guard let w = HostServices.resource(handle, RegisterWindow.self, service: "reg_write32") else { return }
-            w.binding.device.mmioWrite(bar: w.bar, offset: offset, width: 4, value: UInt64(value))
-        }
-        t.pointee.reg_read64 = { handle, offset in
-            guard let w = HostServices.resource(handle, RegisterWindow.self, service: "reg_read64") else { return .max }
-            return w.binding.device.mmioRead(bar: w.bar, offset: offset, width: 8)
-        }
-        t.pointee.reg_write64 = { handle, offset, value in
-            guard let w = HostServices.resource(handle, RegisterWindow.self, service: "reg_write64") else { return }
-            w.binding.device.mmioWrite(bar: w.bar, offset: offset, width: 8, value: value)
-        }
-        t.pointee.ports_claim = { device, bar, out, count in
-            guard let binding = HostServices.binding(device, service: "ports_claim") else { return OY_E_INVALID.rawValue }
-            guard HostServices.requirePassive("ports_claim", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
-            let bars = binding.device.info.bars
-            guard let out, Int(bar) < bars.count, case .ports(let n) = bars[Int(bar)] else { return OY_E_INVALID.rawValue }
-            out.pointee = binding.owner.adopt(PortRange(binding: binding, bar: Int(bar), count: n))
-            count?.pointee = n
-            return OY_OK.rawValue
-        }
-        t.pointee.ports_release = { handle in
-            guard ResourceOwner.release(handle, as: PortRange.self) != nil else {
-                HostServices.unattributed("ports_release with an invalid handle")
-                return
-            }
-        }
-        t.pointee.port_in8 = { handle, port in
+        t.ports_release = { handle in HostServices.release(handle, as: PortRange.self, service: "ports_release") }
+        t.port_in8 = { handle, port in
             guard let p = HostServices.resource(handle, PortRange.self, service: "port_in8"), port < p.count else { return 0xFF }
             return p.binding.device.portRead(bar: p.bar, port: port)
         }
-        t.pointee.port_out8 = { handle, port, value in
+        t.port_out8 = { handle, port, value in
             guard let p = HostServices.resource(handle, PortRange.self, service: "port_out8"), port < p.count else { return }
             p.binding.device.portWrite(bar: p.bar, port: port, value: value)
         }
     }
 
     /// DMA memory and mappings.
-    private static func installDMA(_ t: UnsafeMutablePointer<oy_host>) {
-        t.pointee.dma_alloc = { device, size, out, cpu, address in
+    private static func installDMA(_ t: inout oy_host) {
+        t.dma_alloc = { device, size, out, cpu, address in
             guard let binding = HostServices.binding(device, service: "dma_alloc") else { return OY_E_INVALID.rawValue }
             guard HostServices.requirePassive("dma_alloc", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
             guard let out, let cpu, let address, size > 0, size <= 64 << 20 else { return OY_E_INVALID.rawValue }
@@ -489,7 +495,7 @@ enum HostServices {
                 return error.rawValue
             }
         }
-        t.pointee.dma_free = { handle in
+        t.dma_free = { handle in
             if let binding = HandleTable.shared.lookup(handle, as: DMABuffer.self)?.binding,
                 !HostServices.requirePassive("dma_free", binding.library)
             {
@@ -501,7 +507,7 @@ enum HostServices {
             }
             buffer.reclaim()
         }
-        t.pointee.dma_map = { device, cpu, length, direction, out, address in
+        t.dma_map = { device, cpu, length, direction, out, address in
             guard let binding = HostServices.binding(device, service: "dma_map") else { return OY_E_INVALID.rawValue }
             guard let cpu, let out, let address, length > 0, let dir = DMADirection(rawValue: direction) else { return OY_E_INVALID.rawValue }
             do throws(OyStatus) {
@@ -513,7 +519,7 @@ enum HostServices {
                 return error.rawValue
             }
         }
-        t.pointee.dma_unmap = { handle in
+        t.dma_unmap = { handle in
             guard let mapping = ResourceOwner.release(handle, as: DMABuffer.self), mapping.kind == "DMA mapping" else {
                 HostServices.unattributed("dma_unmap with an invalid handle (or a dma_alloc handle)")
                 return
@@ -523,8 +529,8 @@ enum HostServices {
     }
 
     /// Interrupts.
-    private static func installInterrupts(_ t: UnsafeMutablePointer<oy_host>) {
-        t.pointee.irq_hook = { device, index, fn, arg, out in
+    private static func installInterrupts(_ t: inout oy_host) {
+        t.irq_hook = { device, index, fn, arg, out in
             guard let binding = HostServices.binding(device, service: "irq_hook") else { return OY_E_INVALID.rawValue }
             guard HostServices.requirePassive("irq_hook", binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
             guard let fn, let out, Int(index) < binding.device.info.interruptCount else { return OY_E_INVALID.rawValue }
@@ -548,23 +554,19 @@ enum HostServices {
             out.pointee = binding.owner.adopt(InterruptHook(binding: binding, index: Int(index)))
             return OY_OK.rawValue
         }
-        t.pointee.irq_unhook = { handle in
+        t.irq_unhook = { handle in
             if let binding = HandleTable.shared.lookup(handle, as: InterruptHook.self)?.binding,
                 !HostServices.requirePassive("irq_unhook", binding.library)
             {
                 return
             }
-            guard let hook = ResourceOwner.release(handle, as: InterruptHook.self) else {
-                HostServices.unattributed("irq_unhook with an invalid handle")
-                return
-            }
-            hook.reclaim()
+            HostServices.release(handle, as: InterruptHook.self, service: "irq_unhook")?.reclaim()
         }
-        t.pointee.irq_mask = { handle in
+        t.irq_mask = { handle in
             guard let hook = HostServices.resource(handle, InterruptHook.self, service: "irq_mask") else { return }
             hook.binding.device.maskInterrupt(index: hook.index)
         }
-        t.pointee.irq_unmask = { handle in
+        t.irq_unmask = { handle in
             guard let hook = HostServices.resource(handle, InterruptHook.self, service: "irq_unmask") else { return }
             hook.binding.device.unmaskInterrupt(index: hook.index)
         }
@@ -574,14 +576,10 @@ enum HostServices {
         _ host: UnsafePointer<oy_host>?, _ device: OpaquePointer?, _ fn: oy_work_fn?, _ arg: UnsafeMutableRawPointer?,
         _ out: UnsafeMutablePointer<OpaquePointer?>?, kind: String, service: String
     ) -> Int32 {
-        guard let library = library(host, service: service) else { return OY_E_INVALID.rawValue }
-        guard requirePassive(service, library) else { return OY_E_WRONG_CONTEXT.rawValue }
-        guard let fn, let out, let owner = owner(library, device, service: service) else { return OY_E_INVALID.rawValue }
-        if library.faults.shouldFail() { return OY_E_NOMEM.rawValue }
-        let call = InterruptCall(function: fn, argument: arg)
-        let item = Scheduler.Item { call.function(call.argument) }
-        out.pointee = owner.adopt(ScheduledItem(item: item, kind: kind, owner: owner))
-        return OY_OK.rawValue
+        create(host, device, out, service: service, valid: fn != nil) { owner in
+            let call = InterruptCall(function: fn!, argument: arg)  // `valid` checked it
+            return ScheduledItem(item: Scheduler.Item { call.function(call.argument) }, kind: kind, owner: owner)
+        }
     }
 
     private static func destroyScheduled(_ handle: OpaquePointer?, service: String) {

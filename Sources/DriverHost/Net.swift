@@ -147,23 +147,20 @@ enum HostNet {
     static let deviceClass = DeviceClass(id: RegisteredNetdev.classID, table: UnsafeRawPointer(table))
 
     /// Static for the life of the process; drivers hold a pointer to it.
-    nonisolated(unsafe) static let table: UnsafeMutablePointer<oy_host_net> = {
-        let t = UnsafeMutablePointer<oy_host_net>.allocate(capacity: 1)
-        t.initialize(to: oy_host_net())
-        t.pointee.struct_size = UInt32(MemoryLayout<oy_host_net>.size)
-        t.pointee.register_netdev = { device, info, ops, instance, out in
+    nonisolated(unsafe) static let table = oy_host_net.hostTable { t in
+        t.register_netdev = { device, info, ops, instance, out in
             ClassRegistration.register(device, out: out, service: "register_netdev") { binding in
-                guard let info, let ops, info.pointee.struct_size >= UInt32(MemoryLayout<oy_net_info>.size),
-                    ops.pointee.struct_size >= UInt32(MemoryLayout<oy_net_ops>.size), info.pointee.max_frame >= 60, info.pointee.tx_queue_depth > 0
+                guard let info, let ops, oy_net_info.isComplete(info), oy_net_ops.isComplete(ops),
+                    info.pointee.max_frame >= 60, info.pointee.tx_queue_depth > 0
                 else { return .invalid }
                 return RegisteredNetdev(binding: binding, info: info.pointee, ops: ops.pointee, instance: instance).map { .made($0) } ?? .violation("a NULL transmit callback")
             }
         }
-        t.pointee.unregister_netdev = { handle in ClassRegistration.withdraw(handle, as: RegisteredNetdev.self, service: "unregister_netdev") }
-        t.pointee.tx_complete = { raw, status in
+        t.unregister_netdev = { handle in ClassRegistration.withdraw(handle, as: RegisteredNetdev.self, service: "unregister_netdev") }
+        t.tx_complete = { raw, status in
             LentRequest.completed(raw.map(NetFrame.hostPrivate), status: status, service: "tx_complete")
         }
-        t.pointee.receive = { handle, data, length in
+        t.receive = { handle, data, length in
             guard let netdev = HostServices.resource(handle, RegisteredNetdev.self, service: "receive"), let data else { return }
             guard length >= 14, Int(length) <= max(netdev.maxFrame, 1514) + 4 else {
                 netdev.binding.library.recordViolation("receive with an impossible frame length \(length)")
@@ -171,9 +168,8 @@ enum HostNet {
             }
             CallbackBudget.inOS { netdev.deliver(UnsafeRawBufferPointer(start: data, count: Int(length))) }
         }
-        t.pointee.link_changed = { handle, state in
+        t.link_changed = { handle, state in
             HostServices.resource(handle, RegisteredNetdev.self, service: "link_changed")?.setLink(state == UInt32(OY_LINK_UP.rawValue))
         }
-        return t
-    }()
+    }
 }

@@ -83,17 +83,13 @@ enum HostRNG {
     static let deviceClass = DeviceClass(id: RegisteredRNG.classID, table: UnsafeRawPointer(table))
 
     /// Static for the life of the process; drivers hold a pointer to it.
-    nonisolated(unsafe) static let table: UnsafeMutablePointer<oy_host_rng> = {
-        let t = UnsafeMutablePointer<oy_host_rng>.allocate(capacity: 1)
-        t.initialize(to: oy_host_rng())
-        t.pointee.struct_size = UInt32(MemoryLayout<oy_host_rng>.size)
-        t.pointee.register_rng = { device, ops, instance, out in
+    nonisolated(unsafe) static let table = oy_host_rng.hostTable { t in
+        t.register_rng = { device, ops, instance, out in
             ClassRegistration.register(device, out: out, service: "register_rng") { binding in
-                guard let ops, ops.pointee.struct_size >= UInt32(MemoryLayout<oy_rng_ops>.size) else { return .invalid }
+                guard let ops, oy_rng_ops.isComplete(ops) else { return .invalid }
                 return RegisteredRNG(binding: binding, ops: ops.pointee, instance: instance).map { .made($0) } ?? .violation("a NULL read callback")
             }
         }
-        t.pointee.unregister_rng = { handle in ClassRegistration.withdraw(handle, as: RegisteredRNG.self, service: "unregister_rng") }
-        return t
-    }()
+        t.unregister_rng = { handle in ClassRegistration.withdraw(handle, as: RegisteredRNG.self, service: "unregister_rng") }
+    }
 }

@@ -108,31 +108,25 @@ enum HostSerial {
     static let deviceClass = DeviceClass(id: RegisteredSerialPort.classID, table: UnsafeRawPointer(table))
 
     /// Static for the life of the process; drivers hold a pointer to it.
-    nonisolated(unsafe) static let table: UnsafeMutablePointer<oy_host_serial> = {
-        let t = UnsafeMutablePointer<oy_host_serial>.allocate(capacity: 1)
-        t.initialize(to: oy_host_serial())
-        t.pointee.struct_size = UInt32(MemoryLayout<oy_host_serial>.size)
-        t.pointee.register_port = { device, line, ops, instance, out in
+    nonisolated(unsafe) static let table = oy_host_serial.hostTable { t in
+        t.register_port = { device, line, ops, instance, out in
             ClassRegistration.register(device, out: out, service: "register_port") { binding in
-                guard let line, let ops, line.pointee.struct_size >= UInt32(MemoryLayout<oy_serial_line>.size),
-                    ops.pointee.struct_size >= UInt32(MemoryLayout<oy_serial_ops>.size)
-                else { return .invalid }
+                guard let line, let ops, oy_serial_line.isComplete(line), oy_serial_ops.isComplete(ops) else { return .invalid }
                 return RegisteredSerialPort(binding: binding, line: line.pointee, ops: ops.pointee, instance: instance).map { .made($0) } ?? .violation("a NULL write callback")
             }
         }
-        t.pointee.unregister_port = { handle in ClassRegistration.withdraw(handle, as: RegisteredSerialPort.self, service: "unregister_port") }
-        t.pointee.receive = { handle, data, length in
+        t.unregister_port = { handle in ClassRegistration.withdraw(handle, as: RegisteredSerialPort.self, service: "unregister_port") }
+        t.receive = { handle, data, length in
             guard let port = HostServices.resource(handle, RegisteredSerialPort.self, service: "receive"), let data, length > 0 else { return }
             port.target()?.received(UnsafeRawBufferPointer(start: data, count: Int(length)), on: port)
         }
-        t.pointee.tx_ready = { handle in
+        t.tx_ready = { handle in
             guard let port = HostServices.resource(handle, RegisteredSerialPort.self, service: "tx_ready") else { return }
             port.target()?.transmitReady(on: port)
         }
-        t.pointee.error = { handle, lost in
+        t.error = { handle, lost in
             guard let port = HostServices.resource(handle, RegisteredSerialPort.self, service: "error") else { return }
             port.target()?.lost(Int(lost), on: port)
         }
-        return t
-    }()
+    }
 }
