@@ -80,33 +80,26 @@ public final class VhostUserBackend: @unchecked Sendable {
         guard let request = VhostUserMessage.Request(rawValue: message.request) else { throw .unknownRequest(message.request) }
         let name = "\(request)"
         let p = message.payload
+        if let shape = Self.fixedShape(of: request) {
+            guard fds.count == shape.fds else { throw .fileDescriptors(request: name, expected: "\(shape.fds)", got: fds.count) }
+            if let size = shape.payload, p.count != size { throw .badPayload(request: name, size: p.count) }
+        }
         var reply: [UInt8]?
         switch request {
         case .getFeatures:
-            try Self.expectFDs(fds, 0, name)
             reply = VhostUserMessage.bytes(offeredFeatures)
         case .setFeatures:
-            try Self.expectFDs(fds, 0, name); try Self.expectPayload(p, 8, name)
-            let wanted = VhostUserMessage.u64(p, 0)
-            guard wanted & ~offeredFeatures == 0 else { throw .features("the front-end acked 0x\(String(wanted & ~offeredFeatures, radix: 16)), never offered") }
-            features = wanted
+            features = try Self.acknowledged(p, offered: offeredFeatures, what: "")
         case .getProtocolFeatures:
-            try Self.expectFDs(fds, 0, name)
             reply = VhostUserMessage.bytes(offeredProtocolFeatures)
         case .setProtocolFeatures:
-            try Self.expectFDs(fds, 0, name); try Self.expectPayload(p, 8, name)
-            let wanted = VhostUserMessage.u64(p, 0)
-            guard wanted & ~offeredProtocolFeatures == 0 else { throw .features("unknown protocol features 0x\(String(wanted & ~offeredProtocolFeatures, radix: 16))") }
-            protocolFeatures = wanted
+            protocolFeatures = try Self.acknowledged(p, offered: offeredProtocolFeatures, what: "protocol features ")
         case .setOwner:
-            try Self.expectFDs(fds, 0, name)
             owner = true
         case .resetOwner:
-            try Self.expectFDs(fds, 0, name)
             for i in queues.indices { stopQueue(i) }
             owner = false
         case .getQueueNum:
-            try Self.expectFDs(fds, 0, name)
             reply = VhostUserMessage.bytes(UInt64(queues.count))
         case .setMemTable:
             unused = []  // mapped (or refused), and closed, there
@@ -115,7 +108,6 @@ public final class VhostUserBackend: @unchecked Sendable {
             unused = []  // the ring handler keeps or closes them
             reply = try ringRequest(request, p, fds: fds)
         case .getConfig:
-            try Self.expectFDs(fds, 0, name)
             guard p.count >= 12 else { throw .badPayload(request: name, size: p.count) }
             let offset = VhostUserMessage.u32(p, 0), size = VhostUserMessage.u32(p, 4)
             // A VMM asks for its own idea of the config struct's size (newer
@@ -126,8 +118,7 @@ public final class VhostUserBackend: @unchecked Sendable {
             config += [UInt8](repeating: 0, count: max(0, Self.configLimit - config.count))
             reply = Array(p[0..<12]) + Array(config[Int(offset)..<Int(offset + size)])
         case .setConfig:
-            try Self.expectFDs(fds, 0, name)
-            // Config space here is read-only (capacity, MAC): accepted, ignored.
+            break  // Config space here is read-only (capacity, MAC): accepted, ignored.
         case .setLogBase, .setLogFD:
             throw .features("dirty logging was not offered")
         }
@@ -145,25 +136,22 @@ public final class VhostUserBackend: @unchecked Sendable {
         var reply: [UInt8]?
         switch request {
         case .setVringNum, .setVringBase, .setVringEnable:
-            try Self.expectFDs(fds, 0, name); try Self.expectPayload(p, 8, name)
             try vringState(request, index: VhostUserMessage.u32(p, 0), value: VhostUserMessage.u32(p, 4))
         case .getVringBase:
-            try Self.expectFDs(fds, 0, name); try Self.expectPayload(p, 8, name)
             let index = try queueIndex(VhostUserMessage.u32(p, 0))
             stopQueue(index)
             reply = Array(p[0..<4]) + withUnsafeBytes(of: UInt32(queues[index].base).littleEndian) { Array($0) }
         case .setVringAddr:
-            try Self.expectFDs(fds, 0, name); try Self.expectPayload(p, 40, name)
             guard memory != nil else { throw .outOfOrder(request: name, missing: "SET_MEM_TABLE") }
             let index = try queueIndex(VhostUserMessage.u32(p, 0))
             queues[index].descriptor = VhostUserMessage.u64(p, 8)
             queues[index].used = VhostUserMessage.u64(p, 16)
             queues[index].avail = VhostUserMessage.u64(p, 24)
         case .setVringKick, .setVringCall, .setVringErr:
-            try Self.expectPayload(p, 8, name)
+            guard p.count == 8 else { throw .badPayload(request: name, size: p.count) }
             let value = VhostUserMessage.u64(p, 0)
             let polling = value & 0x100 != 0
-            try Self.expectFDs(fds, polling ? 0 : 1, name)
+            guard fds.count == (polling ? 0 : 1) else { throw .fileDescriptors(request: name, expected: polling ? "0" : "1", got: fds.count) }
             let index = try queueIndex(UInt32(value & 0xFF))
             let fd = polling ? -1 : fds[0]
             unused = []
@@ -188,12 +176,25 @@ public final class VhostUserBackend: @unchecked Sendable {
         return reply
     }
 
-    private static func expectFDs(_ fds: [Int32], _ n: Int, _ name: String) throws(VhostUserError) {
-        guard fds.count == n else { throw .fileDescriptors(request: name, expected: "\(n)", got: fds.count) }
+    /// The feature bits a SET_(PROTOCOL_)FEATURES payload acknowledges, when
+    /// all of them were offered.
+    private static func acknowledged(_ p: [UInt8], offered: UInt64, what: String) throws(VhostUserError) -> UInt64 {
+        let wanted = VhostUserMessage.u64(p, 0)
+        guard wanted & ~offered == 0 else { throw .features("the front-end acked \(what)0x\(String(wanted & ~offered, radix: 16)), never offered") }
+        return wanted
     }
 
-    private static func expectPayload(_ p: [UInt8], _ size: Int, _ name: String) throws(VhostUserError) {
-        guard p.count == size else { throw .badPayload(request: name, size: p.count) }
+    /// The descriptors a request carries and its payload size, where the
+    /// request alone fixes them (nil payload: checked by its handler). Nil
+    /// for SET_MEM_TABLE, the kick/call/err descriptors (their count depends
+    /// on the payload) and the refused dirty-log requests.
+    private static func fixedShape(of request: VhostUserMessage.Request) -> (fds: Int, payload: Int?)? {
+        switch request {
+        case .getFeatures, .getProtocolFeatures, .setOwner, .resetOwner, .getQueueNum, .getConfig, .setConfig: (0, nil)
+        case .setFeatures, .setProtocolFeatures, .setVringNum, .setVringBase, .setVringEnable, .getVringBase: (0, 8)
+        case .setVringAddr: (0, 40)
+        case .setMemTable, .setVringKick, .setVringCall, .setVringErr, .setLogBase, .setLogFD: nil
+        }
     }
 
     private func queueIndex(_ index: UInt32) throws(VhostUserError) -> Int {
