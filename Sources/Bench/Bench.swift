@@ -130,10 +130,9 @@ public struct BenchRunner {
         let iterations = quick ? 20 : 200
         for path in drivers {
             let name = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
-            let testbed = try Testbed.make(state: state + "/load-\(name)", diskSize: 8 << 20, memorySize: 64 << 20, nics: 1)
-            defer { testbed.machine.shutdown() }
-            let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [], logLevel: .error)
-            _ = kernel.boot()
+            let system = try BootedSystem(.bareMetal, state: state + "/load-\(name)", diskSize: 8 << 20, memorySize: 64 << 20, nics: 1, drivers: [])
+            defer { system.shutdown() }
+            let testbed = system.testbed, kernel = system.kernel
             let file = try DriverFile.inspect(path: path)
             guard let slot = testbed.machine.bus.enumerate().first(where: { file.metadata.matches(vendorID: $0.device.identity.vendorID, deviceID: $0.device.identity.deviceID) }) else { continue }
             var histogram = latencyHistogram()
@@ -158,12 +157,9 @@ public struct BenchRunner {
 
     private func hostCalls(drivers: [String], state: String) throws -> [BenchFigure] {
         guard let nvme = drivers.first(where: { $0.hasSuffix("nvmelite.so") }) else { return [] }
-        let testbed = try Testbed.make(state: state + "/calls", diskSize: 8 << 20, memorySize: 64 << 20)
-        defer { testbed.machine.shutdown() }
-        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [nvme], logLevel: .error)
-        _ = kernel.boot()
-        defer { kernel.shutdown() }
-        guard let instance = kernel.instance(at: testbed.nvmeSlot.address) else { return [] }
+        let system = try BootedSystem(.bareMetal, state: state + "/calls", diskSize: 8 << 20, memorySize: 64 << 20, drivers: [nvme])
+        defer { system.shutdown() }
+        guard let instance = system.kernel.instance(at: system.testbed.nvmeSlot.address) else { return [] }
         let n: UInt64 = quick ? 2_000_000 : 20_000_000
         let noop: @convention(c) (UnsafeMutableRawPointer?) -> Void = { _ in }
         // Best of three, to keep a scheduling hiccup out of a nanosecond figure.

@@ -75,21 +75,15 @@ struct BlockBench {
         var vhost: [String: [Measured]] = [:]
 
         // All three paths stay up for the whole run.
-        let bareBed = try Testbed.make(state: state + "/bare", diskSize: 256 << 20)
-        defer { bareBed.machine.shutdown() }
-        let bareKernel = Kernel(platform: BarePlatform(machine: bareBed.machine), driverPaths: [nvme], logLevel: .error)
-        _ = bareKernel.boot()
-        defer { bareKernel.shutdown() }
-        guard let bareDisk = bareKernel.blockLayer.disks.first else { throw DemoError(message: "bench: no disk on bare metal") }
+        let bareSystem = try BootedSystem(.bareMetal, state: state + "/bare", diskSize: 256 << 20, drivers: [nvme])
+        defer { bareSystem.shutdown() }
+        guard let bareDisk = bareSystem.kernel.blockLayer.disks.first else { throw DemoError(message: "bench: no disk on bare metal") }
 
-        let rootBed = try Testbed.make(state: state + "/root", diskSize: 256 << 20, memorySize: 256 << 20)
-        defer { rootBed.machine.shutdown() }
-        let partition = try RootPartition(machine: rootBed.machine, memory: 96 << 20)
-        defer { partition.shutdown() }
-        let rootKernel = Kernel(platform: partition.platform, driverPaths: [nvme], logLevel: .error)
-        _ = rootKernel.boot()
-        defer { rootKernel.shutdown() }
-        guard let rootDisk = rootKernel.blockLayer.disks.first else { throw DemoError(message: "bench: no disk in the root partition") }
+        let rootSystem = try BootedSystem(.rootPartition(memory: 96 << 20), state: state + "/root", diskSize: 256 << 20, memorySize: 256 << 20, drivers: [nvme])
+        defer { rootSystem.shutdown() }
+        guard let partition = rootSystem.partition, let rootDisk = rootSystem.kernel.blockLayer.disks.first else {
+            throw DemoError(message: "bench: no disk in the root partition")
+        }
 
         let manager = VMManager(root: partition)
         let vm = try manager.createChild(name: "bench", memorySize: 16 << 20)

@@ -36,17 +36,11 @@ struct NetBench {
         let bare = try bareNIC(driver: e1k, state: state, count: count)
 
         // Root partition with two switches and three children.
-        let testbed = try Testbed.make(state: state + "/net-root", diskSize: 8 << 20, memorySize: 256 << 20, nics: 1)
-        defer { testbed.machine.shutdown() }
         let wire = CountingWire()
-        testbed.nics[0].wire = wire
-        testbed.nics[0].setCarrier(true)
-        let partition = try RootPartition(machine: testbed.machine, memory: 96 << 20)
-        defer { partition.shutdown() }
-        let kernel = Kernel(platform: partition.platform, driverPaths: [e1k], logLevel: .error)
-        _ = kernel.boot()
-        defer { kernel.shutdown() }
-        guard let eth0 = kernel.network.interfaces.first else { throw DemoError(message: "bench: no interface in the root") }
+        let system = try BootedSystem(.rootPartition(memory: 96 << 20), state: state + "/net-root", diskSize: 8 << 20, memorySize: 256 << 20, nics: 1,
+                                      drivers: [e1k]) { Self.connect($0, to: wire) }
+        defer { system.shutdown() }
+        guard let partition = system.partition, let eth0 = system.kernel.network.interfaces.first else { throw DemoError(message: "bench: no interface in the root") }
         let privateSwitch = VirtualSwitch(name: "bench-private", kind: .private)
         let externalSwitch = VirtualSwitch(name: "bench-external", kind: .external)
         defer {
@@ -94,17 +88,18 @@ struct NetBench {
         ]
     }
 
-    /// Frames per second the bare OS sends through the vendor NIC driver.
-    private func bareNIC(driver e1k: String, state: String, count: Int) throws -> Double {
-        let testbed = try Testbed.make(state: state + "/net-bare", diskSize: 8 << 20, nics: 1)
-        defer { testbed.machine.shutdown() }
-        let wire = CountingWire()
+    /// The testbed's NIC on `wire`, with carrier.
+    private static func connect(_ testbed: Testbed, to wire: CountingWire) {
         testbed.nics[0].wire = wire
         testbed.nics[0].setCarrier(true)
-        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [e1k], logLevel: .error)
-        _ = kernel.boot()
-        defer { kernel.shutdown() }
-        guard let eth0 = kernel.network.interfaces.first else { throw DemoError(message: "bench: no interface") }
+    }
+
+    /// Frames per second the bare OS sends through the vendor NIC driver.
+    private func bareNIC(driver e1k: String, state: String, count: Int) throws -> Double {
+        let wire = CountingWire()
+        let system = try BootedSystem(.bareMetal, state: state + "/net-bare", diskSize: 8 << 20, nics: 1, drivers: [e1k]) { Self.connect($0, to: wire) }
+        defer { system.shutdown() }
+        guard let eth0 = system.kernel.network.interfaces.first else { throw DemoError(message: "bench: no interface") }
         let frame = [UInt8](repeating: 0xFF, count: 6) + eth0.mac + [0x88, 0xB5] + [UInt8](repeating: 0x11, count: Self.frameSize - 14)
         let began = DispatchTime.now().uptimeNanoseconds
         var sent = 0

@@ -23,14 +23,9 @@ struct VMBench {
             return []
         }
         let image = try GuestImage.prepare { progress("vm: \($0)") }
-        let testbed = try Testbed.make(state: state + "/vm", diskSize: 256 << 20, memorySize: 256 << 20)
-        defer { testbed.machine.shutdown() }
-        let partition = try RootPartition(machine: testbed.machine, memory: 96 << 20)
-        defer { partition.shutdown() }
-        let kernel = Kernel(platform: partition.platform, driverPaths: [nvme], logLevel: .error)
-        _ = kernel.boot()
-        defer { kernel.shutdown() }
-        guard let disk = kernel.blockLayer.disks.first else { throw DemoError(message: "bench: no disk in the root partition") }
+        let system = try BootedSystem(.rootPartition(memory: 96 << 20), state: state + "/vm", diskSize: 256 << 20, memorySize: 256 << 20, drivers: [nvme])
+        defer { system.shutdown() }
+        guard let disk = system.kernel.blockLayer.disks.first else { throw DemoError(message: "bench: no disk in the root partition") }
         let perMiB = UInt64((1 << 20) / disk.geometry.blockSize)
         let servers = [try VhostUserServices.serveBlock(at: state + "/vm/vda.sock", region: try DiskRegion(disk: disk, firstBlock: 0, blockCount: 72 * perMiB)),
                        try VhostUserServices.serveBlock(at: state + "/vm/vdb.sock", region: try DiskRegion(disk: disk, firstBlock: 80 * perMiB, blockCount: 16 * perMiB))]

@@ -160,6 +160,19 @@ final class Rig: @unchecked Sendable {
         return nil
     }
 
+    /// Attaches and detaches under an injected fault: passes when attach
+    /// works anyway (`ifAttached`) or fails without leaking; fails when a
+    /// failed attach left anything behind (`leakContext` says under what).
+    func attachMayFailCleanly(ifAttached: String, leakContext: String) throws -> CheckOutcome {
+        do {
+            try kernel.attach(library, to: slots[0]).detach()
+            return .passed(ifAttached)
+        } catch let error as AttachError {
+            if !error.leaked.isEmpty { return .failed("attach leaked \(error.leaked.joined(separator: ", ")) \(leakContext)") }
+            return .passed("attach failed cleanly with \(error.status.name ?? "\(error.status.rawValue)")")
+        }
+    }
+
     func shutdown() {
         kernel.shutdown()
         root?.shutdown()

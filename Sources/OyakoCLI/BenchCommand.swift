@@ -38,13 +38,7 @@ struct BenchCommand: ParsableCommand {
         global.bootstrapLogging()
         var runner = BenchRunner(sdk: try locateSDK(sdk), quick: quick, progress: progressPrinter(toStderr: json))
         runner.only = Set(only)
-        let report: BenchReport
-        do {
-            report = try runner.run()
-        } catch {
-            printError("bench failed: \(error)")
-            throw ExitCode.failure
-        }
+        let report = try runJob("bench") { try runner.run() }
         if json {
             try printJSON(report)
             return

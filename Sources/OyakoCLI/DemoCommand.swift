@@ -47,13 +47,7 @@ struct DemoCommand: ParsableCommand {
         runner.rootDriverOverrides = rootDrivers
         runner.linuxVM = !noVM
         runner.installVMM = !noInstall
-        let report: DemoReport
-        do {
-            report = try runner.run()
-        } catch {
-            printError("demo failed: \(error)")
-            throw ExitCode.failure
-        }
+        let report = try runJob("demo") { try runner.run() }
         if json {
             try printJSON(report)
         } else {

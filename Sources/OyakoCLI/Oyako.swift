@@ -49,6 +49,17 @@ func printError(_ message: String) {
     FileHandle.standardError.write(Data(("oyako: " + message + "\n").utf8))
 }
 
+/// Runs a whole job (demo, bench); a failure is printed as "`job` failed: ..."
+/// and exits 1.
+func runJob<Report>(_ job: String, _ body: () throws -> Report) throws -> Report {
+    do {
+        return try body()
+    } catch {
+        printError("\(job) failed: \(error)")
+        throw ExitCode.failure
+    }
+}
+
 /// The SDK a command builds drivers with; a failure is printed and exits 1.
 func locateSDK(_ explicit: String?) throws -> SDKLocation {
     do {

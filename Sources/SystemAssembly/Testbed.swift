@@ -2,6 +2,7 @@ import Devices
 import DriverHost
 import Foundation
 import SDKTools
+import VirtualizationStack
 import Kernel
 import Machine
 import Workloads
@@ -78,3 +79,46 @@ func hex(_ v: UInt16) -> String {
 }
 
 func format(_ v: Double) -> String { String(format: "%.1f", v) }
+
+/// A testbed with the OS booted on it, on bare metal or as the root
+/// partition; `shutdown()` takes it down in the reverse order.
+public final class BootedSystem {
+    public enum Place: Sendable {
+        case bareMetal
+        /// The root partition, with this much of the machine's memory.
+        case rootPartition(memory: Int)
+    }
+
+    public let testbed: Testbed
+    public let partition: RootPartition?
+    public let kernel: Kernel
+
+    /// Boots the OS on a new testbed with `drivers`. `wireUp` runs on the
+    /// testbed first (connect NICs, set carriers).
+    public init(_ place: Place, state: String, diskSize: UInt64 = 64 << 20, memorySize: Int = 128 << 20, nics: Int = 0,
+                drivers: [String], wireUp: (Testbed) -> Void = { _ in }) throws {
+        testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: memorySize, nics: nics)
+        wireUp(testbed)
+        switch place {
+        case .bareMetal:
+            partition = nil
+            kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: drivers, logLevel: .error)
+        case .rootPartition(let memory):
+            do {
+                let root = try RootPartition(machine: testbed.machine, memory: memory)
+                partition = root
+                kernel = Kernel(platform: root.platform, driverPaths: drivers, logLevel: .error)
+            } catch {
+                testbed.machine.shutdown()
+                throw error
+            }
+        }
+        _ = kernel.boot()
+    }
+
+    public func shutdown() {
+        kernel.shutdown()
+        partition?.shutdown()
+        testbed.machine.shutdown()
+    }
+}
