@@ -57,12 +57,13 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
     public let mac: [UInt8]
 
     public struct Statistics: Sendable {
-        public var framesSent = 0
-        public var framesReceived = 0
-        public var receiveFiltered = 0
-        public var receiveMissed = 0
-        public var dmaFaults = 0
-        public var oversizeTransmits = 0
+        public var framesSent = 0, framesReceived = 0
+        /// Received frames the address filter dropped, and those lost because
+        /// the receive FIFO was full.
+        public var receiveFiltered = 0, receiveMissed = 0
+        /// Descriptors or buffers the device could not reach by DMA, and
+        /// transmits longer than a frame or shorter than its header.
+        public var dmaFaults = 0, oversizeTransmits = 0
     }
 
     private let engine = DeviceThread()

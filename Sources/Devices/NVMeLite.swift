@@ -58,12 +58,11 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
 
     /// Counters, readable any time.
     public struct Statistics: Sendable {
-        public var commands = 0
-        public var bytesRead: UInt64 = 0
-        public var bytesWritten: UInt64 = 0
-        public var flushes = 0
-        public var dmaFaults = 0
-        public var errors = 0
+        public var commands = 0, flushes = 0
+        public var bytesRead: UInt64 = 0, bytesWritten: UInt64 = 0
+        /// Commands whose memory the device could not reach by DMA, and all
+        /// commands completed with an error (DMA faults and I/O errors).
+        public var dmaFaults = 0, errors = 0
         /// Out-of-range commands performed anyway (with `checksLBARange` off).
         public var uncheckedOutOfRange = 0
     }

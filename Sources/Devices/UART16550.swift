@@ -30,8 +30,7 @@ public final class UART16550: BusDevice, @unchecked Sendable {
     public let interruptCount = 1
 
     public struct Statistics: Sendable {
-        public var transmitted = 0
-        public var received = 0
+        public var transmitted = 0, received = 0
         /// Bytes lost because the receive FIFO was full.
         public var overruns = 0
         /// LSR reads that reported OE to the driver (each clears it): the

@@ -10,12 +10,6 @@ public struct HvMessage: Sendable, Equatable {
     /// The port the message arrived on (the sender's connection's port).
     public let origin: UInt64
     public let payload: [UInt8]
-
-    public init(type: UInt32, origin: UInt64 = 0, payload: [UInt8]) {
-        self.type = type
-        self.origin = origin
-        self.payload = payload
-    }
 }
 
 /// The synthetic interrupt controller of one virtual processor: 16 SINTs,

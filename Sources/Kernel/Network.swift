@@ -13,12 +13,11 @@ public final class NetInterface: NetReceiver, @unchecked Sendable {
     public static let queueLimit = 1024
 
     public struct Counters: Sendable, Equatable {
-        public var txFrames = 0
-        public var txBytes = 0
-        public var txErrors = 0
-        public var txDropped = 0
-        public var rxFrames = 0
-        public var rxBytes = 0
+        public var txFrames = 0, txBytes = 0
+        /// Frames the driver completed with an error, and frames never
+        /// handed to it (bad length, interface gone, transmit queue full).
+        public var txErrors = 0, txDropped = 0
+        public var rxFrames = 0, rxBytes = 0
     }
 
     public typealias Handler = @Sendable (UnsafeRawBufferPointer) -> Void

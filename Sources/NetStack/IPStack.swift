@@ -16,13 +16,14 @@ public final class IPStack: @unchecked Sendable {
     private var udpEchoes: [[UInt8]] = []
 
     public struct Counters: Sendable, Equatable {
+        /// ARP requests answered.
         public var arpAnswered = 0
-        public var echoAnswered = 0
-        public var echoRepliesReceived = 0
-        public var udpEchoed = 0
-        public var udpRepliesReceived = 0
-        public var malformed = 0
-        public var ignored = 0
+        /// ICMP echo: requests answered, replies to our pings.
+        public var echoAnswered = 0, echoRepliesReceived = 0
+        /// UDP echo (port 7): datagrams echoed, replies to ours.
+        public var udpEchoed = 0, udpRepliesReceived = 0
+        /// Frames dropped: malformed, or for someone else.
+        public var malformed = 0, ignored = 0
     }
 
     private var counters_ = Counters()

@@ -6,14 +6,6 @@ public struct DemoReport: Encodable, Sendable {
         public let sha256: String
         public let devices: [String]
         public let verified: Bool
-
-        public init(name: String, path: String, sha256: String, devices: [String], verified: Bool) {
-            self.name = name
-            self.path = path
-            self.sha256 = sha256
-            self.devices = devices
-            self.verified = verified
-        }
     }
 
     public struct DiskEntry: Encodable, Sendable {
@@ -21,10 +13,8 @@ public struct DemoReport: Encodable, Sendable {
         public let driver: String
         public let capacityBytes: UInt64
         public let verified: Bool
-        public let bytesWritten: UInt64
-        public let bytesRead: UInt64
-        public let writeMiBPerSecond: Double
-        public let readMiBPerSecond: Double
+        public let bytesWritten: UInt64, bytesRead: UInt64
+        public let writeMiBPerSecond: Double, readMiBPerSecond: Double
 
         enum CodingKeys: String, CodingKey {
             case name, driver, verified
@@ -37,27 +27,20 @@ public struct DemoReport: Encodable, Sendable {
         public let drivers: [DriverEntry]
         public let disks: [DiskEntry]
         public let problems: [String]
-
-        public init(drivers: [DriverEntry], disks: [DiskEntry], problems: [String]) {
-            self.drivers = drivers
-            self.disks = disks
-            self.problems = problems
-        }
     }
 
     public struct PingEntry: Encodable, Sendable {
-        public let from: String
-        public let to: String
-        public let sent: Int
-        public let answered: Int
+        public let from: String, to: String
+        /// Echo requests sent, and replies that came back.
+        public let sent: Int, answered: Int
     }
 
     /// Bytes sent over TCP and checked at the far end by SHA-256.
     public struct TransferEntry: Encodable, Sendable {
         public let to: String
         public let bytes: Int
-        public let sentSHA256: String
-        public let receivedSHA256: String?
+        /// SHA-256 of what was sent, and of what the far end received (nil if nothing arrived).
+        public let sentSHA256: String, receivedSHA256: String?
         public var verified: Bool { receivedSHA256 == sentSHA256 }
 
         enum CodingKeys: String, CodingKey { case to, bytes, verified, sentSHA256 = "sent_sha256", receivedSHA256 = "received_sha256" }

@@ -50,10 +50,9 @@ public final class HostChannel: @unchecked Sendable {
     public static let sendQueueLimit = 4096
 
     public struct Statistics: Sendable {
-        public var signalsReceived = 0
-        public var spuriousSignals = 0
-        public var packetsReceived = 0
-        public var packetsSent = 0
+        /// Signals from the child, and those that found nothing to read.
+        public var signalsReceived = 0, spuriousSignals = 0
+        public var packetsReceived = 0, packetsSent = 0
         public var signalsToChild = 0
     }
 

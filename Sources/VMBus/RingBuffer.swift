@@ -153,11 +153,11 @@ public final class Ring: @unchecked Sendable {
 
     /// Counters for interrupt mitigation, visible to tests and benchmarks.
     public struct Statistics: Sendable {
-        public var packetsWritten = 0
-        public var packetsRead = 0
-        public var signalsSent = 0
-        public var signalsSuppressed = 0
+        public var packetsWritten = 0, packetsRead = 0
+        /// Writer signals sent, and those the reader's interrupt mask made unnecessary.
+        public var signalsSent = 0, signalsSuppressed = 0
         public var writesRefusedFull = 0
+        /// Reader signals for a writer waiting on `pending_send_sz`.
         public var readerSignalsForPendingSend = 0
     }
 

@@ -57,14 +57,6 @@ public final class GuestMemoryMap: @unchecked Sendable {
         public var userAddress: UInt64
         public var mmapOffset: UInt64
         public var fileDescriptor: Int32
-
-        public init(guestAddress: UInt64, size: UInt64, userAddress: UInt64, mmapOffset: UInt64, fileDescriptor: Int32) {
-            self.guestAddress = guestAddress
-            self.size = size
-            self.userAddress = userAddress
-            self.mmapOffset = mmapOffset
-            self.fileDescriptor = fileDescriptor
-        }
     }
 
     /// Validates the table and maps every region (the descriptors stay the

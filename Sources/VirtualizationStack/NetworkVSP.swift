@@ -47,12 +47,10 @@ public final class NetworkVSP: ChannelHandler, @unchecked Sendable {
     public static let maximumFrameSize: UInt32 = 1500
 
     public struct Statistics: Sendable, Equatable {
-        public var framesFromChild = 0
-        public var framesToChild = 0
-        /// Frames for the child dropped because it returned no buffer sections.
-        public var droppedNoBuffers = 0
-        /// Frames for the child dropped because its RNDIS device is not open (no packet filter).
-        public var droppedNotOpen = 0
+        public var framesFromChild = 0, framesToChild = 0
+        /// Frames for the child dropped because it returned no buffer
+        /// sections, or because its RNDIS device is not open (no packet filter).
+        public var droppedNoBuffers = 0, droppedNotOpen = 0
         public var malformedFromChild = 0
         /// RNDIS control messages answered.
         public var controlMessages = 0

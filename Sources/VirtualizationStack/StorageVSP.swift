@@ -32,11 +32,8 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
     private enum Phase { case fresh, initializing, ready }
 
     public struct Statistics: Sendable {
-        public var requests = 0
-        public var bytesRead: UInt64 = 0
-        public var bytesWritten: UInt64 = 0
-        public var flushes = 0
-        public var errors = 0
+        public var requests = 0, flushes = 0, errors = 0
+        public var bytesRead: UInt64 = 0, bytesWritten: UInt64 = 0
     }
 
     private let condition = NSCondition()

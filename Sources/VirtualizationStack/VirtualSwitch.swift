@@ -25,9 +25,8 @@ public final class VirtualSwitch: @unchecked Sendable {
     public struct Counters: Sendable, Equatable {
         /// Frames the port handed to the switch and the switch accepted.
         public var inFrames = 0
-        /// Frames the switch delivered out of the port.
-        public var outFrames = 0
-        public var outBytes = 0
+        /// Frames (and their bytes) the switch delivered out of the port.
+        public var outFrames = 0, outBytes = 0
         /// Dropped because the port's ingress queue was full.
         public var ingressDrops = 0
         /// Dropped because the port's owner could not take them.

@@ -1,4 +1,4 @@
-import SystemAssembly
+@testable import SystemAssembly
 import DriverHost
 import ExternalVMM
 import Foundation

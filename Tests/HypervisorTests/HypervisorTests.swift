@@ -1,5 +1,5 @@
 import Foundation
-import Hypervisor
+@testable import Hypervisor
 import Machine
 import Testing
 

@@ -1,6 +1,6 @@
 import Machine
 import Testing
-import VhostUser
+@testable import VhostUser
 
 /// A guest's RAM (a memfd, as QEMU's memory backend is) and a driver that
 /// lays out one split virtqueue in it, as Linux's virtio_ring does.
