@@ -121,9 +121,17 @@ public final class Disk: @unchecked Sendable {
     /// The driver's registration serving the disk now (a replacement changes it).
     public var registered: RegisteredDisk { lock.withLock { current } }
     private var current: RegisteredDisk
-    /// Set while the driver behind the disk is being replaced: its
-    /// unregistration then leaves the disk in place for the next driver.
-    private var replacing = false
+    /// Set while the driver behind the disk is being replaced or restarted:
+    /// its unregistration then leaves the disk in place for the next driver.
+    private var awaitingDriver = false
+    /// Set while the driver is restarted after a failure: what it accepted
+    /// and gives back unfinished is kept for the next driver, not failed.
+    private var recovering = false
+    private var toReissue: [Issued] = []
+    /// When each request the driver has now was handed to it.
+    private var handedOver: [ObjectIdentifier: ContinuousClock.Instant] = [:]
+    private var nextSequence: UInt64 = 0
+    private var removalObservers: [@Sendable (String) -> Void] = []
     /// Fixed for the disk's life: a replacement driver must serve the same
     /// block size and count, at least the same transfer size and flushing.
     public let geometry: BlockGeometry
@@ -144,6 +152,21 @@ public final class Disk: @unchecked Sendable {
         public var bytesRead: UInt64 = 0
         public var bytesWritten: UInt64 = 0
         public var queuedInSoftware = 0
+        /// Requests a failed driver had accepted and not finished, handed
+        /// again to its restarted successor.
+        public var reissued = 0
+    }
+
+    /// A request as its caller made it: enough to hand it to another driver.
+    private struct Issued: @unchecked Sendable {
+        // @unchecked Sendable: `memory` stays valid until `completion` runs (the caller's promise).
+        let request: BlockRequest
+        let operation: DiskOperation
+        let lba: UInt64
+        let blocks: Int
+        let memory: UnsafeMutableRawPointer?
+        let sequence: UInt64
+        let completion: @Sendable (DiskStatus) -> Void
     }
 
     private var stats = Statistics()
@@ -153,19 +176,53 @@ public final class Disk: @unchecked Sendable {
         self.current = registered
         self.geometry = registered.geometry
         self.memory = memory
-        queue = SubmissionQueue(depth: registered.geometry.queueDepth, submit: { registered.submit($0) }, fail: { $0.finishUnsubmitted($1) })
+        queue = SubmissionQueue(depth: registered.geometry.queueDepth, submit: { _ in .deviceGone }, fail: { $0.finishUnsubmitted($1) })
+        queue.resume(submit: handOver(to: registered))
     }
 
-    // MARK: Live replacement
+    /// The queue's way to the driver: notes when each request went, for
+    /// `oldestWithDriver`.
+    private func handOver(to registration: RegisteredDisk) -> (BlockRequest) -> OyStatus {
+        { [weak self] request in
+            self?.lock.withLock { self?.handedOver[ObjectIdentifier(request)] = .now }
+            let status = registration.submit(request)
+            if !status.isOK { self?.lock.withLock { _ = self?.handedOver.removeValue(forKey: ObjectIdentifier(request)) } }
+            return status
+        }
+    }
+
+    /// How long the oldest request the driver has now has been with it
+    /// (nil when it has none): what a hang watchdog looks at.
+    public var oldestWithDriver: Duration? {
+        lock.withLock { handedOver.values.min().map { ContinuousClock.now - $0 } }
+    }
+
+    // MARK: Live replacement and recovery
 
     /// Holds new requests in software and waits until the driver has
     /// completed everything it accepted; false if it has not by `deadline`.
     func beginReplacement(deadline: Date) -> Bool {
-        lock.withLock { replacing = true }
+        lock.withLock { awaitingDriver = true }
         return queue.hold(until: deadline)
     }
 
-    var isBeingReplaced: Bool { lock.withLock { replacing } }
+    /// The driver failed (hung, or its host died): new requests wait in
+    /// software, and what it gives back unfinished (canceled, failed) is
+    /// kept to hand to the next driver, in the order callers submitted it.
+    func beginRecovery() {
+        lock.withLock {
+            awaitingDriver = true
+            recovering = true
+        }
+        _ = queue.hold(until: .distantPast)
+    }
+
+    /// Requests a failed driver gave back, waiting for the next one.
+    var pendingReissue: Int { lock.withLock { toReissue.count } }
+
+    /// Whether a driver is being replaced or restarted: a new registration
+    /// of the same device takes the disk over.
+    var awaitsDriver: Bool { lock.withLock { awaitingDriver } }
 
     /// The next driver registered the same device: requests go to it.
     /// Refused (false) when its geometry is not the disk's.
@@ -178,13 +235,38 @@ public final class Disk: @unchecked Sendable {
         return true
     }
 
-    /// Ends a replacement: held requests go to whichever driver is current.
+    /// Ends a replacement or recovery: what the failed driver gave back goes
+    /// first, in submission order, then what was held, to whichever driver
+    /// is current.
     func endReplacement() {
-        let registration = lock.withLock { () -> RegisteredDisk in
-            replacing = false
-            return current
+        let (registration, reissue) = lock.withLock { () -> (RegisteredDisk, [Issued]) in
+            awaitingDriver = false
+            recovering = false
+            defer { toReissue = [] }
+            stats.reissued += toReissue.count
+            return (current, toReissue.sorted { $0.sequence < $1.sequence })
         }
-        queue.resume(submit: { registration.submit($0) }, depth: registration.geometry.queueDepth)
+        for issued in reissue { prepare(issued) }
+        queue.putBack(reissue.map(\.request))
+        queue.resume(submit: handOver(to: registration), depth: registration.geometry.queueDepth)
+    }
+
+    /// Recovery gave up: what the failed driver gave back fails with
+    /// `.deviceGone`, and so does everything held (the disk is removed).
+    func abandonRecovery() {
+        let reissue = lock.withLock { () -> [Issued] in
+            awaitingDriver = false
+            recovering = false
+            defer { toReissue = [] }
+            return toReissue
+        }
+        for issued in reissue { deliver(issued, .deviceGone) }
+    }
+
+    /// Calls `observer` once, with the reason, when the disk is removed
+    /// (its device gone, or its driver beyond recovery).
+    public func onRemoval(_ observer: @escaping @Sendable (String) -> Void) {
+        lock.withLock { removalObservers.append(observer) }
     }
 
     /// Requests held in software now.
@@ -230,14 +312,14 @@ public final class Disk: @unchecked Sendable {
         // Completed requests rest in quarantine before reuse, oldest first:
         // a driver's late second complete() then finds the request not
         // outstanding instead of completing someone else's.
-        let request = lock.withLock { spare.count > Self.quarantine ? spare.removeFirst() : nil } ?? BlockRequest()
-        let length = blocks * geometry.blockSize
-        request.prepare(operation.driverOperation, lba: lba, blockCount: operation == .flush ? 0 : blocks, data: memory) { [weak self] status in
-            let status = DiskStatus(status)
-            self?.finished(request, operation: operation, length: length, status: status)
-            completion(status)
+        let issued = lock.withLock { () -> Issued in
+            let request = spare.count > Self.quarantine ? spare.removeFirst() : BlockRequest()
+            stats.submitted += 1
+            nextSequence += 1
+            return Issued(request: request, operation: operation, lba: lba, blocks: blocks, memory: memory, sequence: nextSequence, completion: completion)
         }
-        lock.withLock { stats.submitted += 1 }
+        prepare(issued)
+        let request = issued.request
         switch queue.enqueue(request) {
         case .dispatched: break
         case .queued: lock.withLock { stats.queuedInSoftware += 1 }
@@ -253,22 +335,58 @@ public final class Disk: @unchecked Sendable {
         return nil
     }
 
-    private func finished(_ request: BlockRequest, operation: DiskOperation, length: Int, status: DiskStatus) {
+    /// Fills the request for the driver; its completion comes to `driverFinished`.
+    private func prepare(_ issued: Issued) {
+        let blocks = issued.operation == .flush ? 0 : issued.blocks
+        issued.request.prepare(issued.operation.driverOperation, lba: issued.lba, blockCount: blocks, data: issued.memory) { [weak self] status in
+            guard let self else { return issued.completion(DiskStatus(status)) }
+            self.driverFinished(issued, DiskStatus(status))
+        }
+    }
+
+    /// The driver finished a request, or it never reached one. During a
+    /// recovery, anything but success is kept for the next driver.
+    private func driverFinished(_ issued: Issued, _ status: DiskStatus) {
+        let kept = lock.withLock { () -> Bool in
+            handedOver.removeValue(forKey: ObjectIdentifier(issued.request))
+            guard recovering, !status.isOK else { return false }
+            toReissue.append(issued)
+            return true
+        }
+        if kept {
+            queue.completed()
+        } else {
+            deliver(issued, status)
+        }
+    }
+
+    /// Counts the request, frees its slot and tells the caller.
+    private func deliver(_ issued: Issued, _ status: DiskStatus) {
+        let length = UInt64(issued.blocks * geometry.blockSize)
         lock.withLock {
             if status.isOK {
                 stats.completed += 1
-                if operation == .read { stats.bytesRead += UInt64(length) }
-                if operation == .write { stats.bytesWritten += UInt64(length) }
+                if issued.operation == .read { stats.bytesRead += length }
+                if issued.operation == .write { stats.bytesWritten += length }
             } else {
                 stats.failed += 1
             }
-            spare.append(request)
+            spare.append(issued.request)
         }
         queue.completed()
+        issued.completion(status)
     }
 
-    /// The device went away: fail everything still queued in software.
-    func markRemoved() { queue.markRemoved() }
+    /// The disk is gone (device removed, or its driver beyond recovery):
+    /// everything still queued in software fails, and observers hear why.
+    func markRemoved(reason: String) {
+        queue.markRemoved()
+        let observers = lock.withLock { () -> [@Sendable (String) -> Void] in
+            defer { removalObservers = [] }
+            return removalObservers
+        }
+        for observer in observers { observer(reason) }
+    }
 
     // MARK: Synchronous convenience
 
@@ -348,7 +466,7 @@ public final class BlockLayer: ClassSubsystem {
         guard let registered = registration as? RegisteredDisk else { throw .invalid }
         // A replacement driver takes over its device's disk.
         let location = registered.binding.device.info.location
-        if let disk = named.all.first(where: { $0.isBeingReplaced && $0.registered.binding.device.info.location == location }) {
+        if let disk = named.all.first(where: { $0.awaitsDriver && $0.registered.binding.device.info.location == location }) {
             guard disk.rebind(registered) else {
                 log.record(.warning, "block", "\(disk.name): \(registered.label) registered a different geometry; refused")
                 throw .invalid
@@ -362,14 +480,14 @@ public final class BlockLayer: ClassSubsystem {
     }
 
     func release(_ registration: ClassRegistration, log: KernelLog) {
-        // A disk whose driver is being replaced stays for the next one.
-        named.remove { $0.registered === registration && !$0.isBeingReplaced }?.markRemoved()
+        // A disk whose driver is being replaced or restarted stays for the next one.
+        named.remove { $0.registered === registration && !$0.awaitsDriver }?.markRemoved(reason: "\(registration.label) unregistered it")
     }
 
     /// Forgets a disk whose device is left without a driver; what waits fails.
-    func remove(_ disk: Disk) -> Bool {
+    func remove(_ disk: Disk, reason: String) -> Bool {
         guard let removed = named.remove(where: { $0 === disk }) else { return false }
-        removed.markRemoved()
+        removed.markRemoved(reason: reason)
         return true
     }
 

@@ -68,6 +68,8 @@ public final class Kernel: @unchecked Sendable {
     public let serial = SerialSubsystem()
     public let entropy = EntropySubsystem()
     public let log: KernelLog
+    /// Restarts drivers that fail, under `supervisor.policy`.
+    public let supervisor = DriverSupervisor()
     private let driverPaths: [String]
     private let environment: KernelEnvironment
     private let lock = NSLock()
@@ -82,6 +84,7 @@ public final class Kernel: @unchecked Sendable {
         self.log = KernelLog(echoLevel: logLevel)
         self.environment = KernelEnvironment(name: platform.environmentName, subsystems: [blockLayer, network, serial, entropy], log: log)
         platform.bus.onSurpriseRemoval { [weak self] slot in self?.deviceRemoved(slot) }
+        supervisor.kernel = self
     }
 
     public var environmentName: String { platform.environmentName }
@@ -89,6 +92,7 @@ public final class Kernel: @unchecked Sendable {
     /// Enumerates the bus and binds a driver to every device one matches.
     public func boot() -> BootReport {
         lock.withLock { booted = true }
+        supervisor.start()
         log.record(.info, "kernel", "booting on \(environmentName) with \(driverPaths.count) driver file(s)")
         var problems: [BootProblem] = []
         var files: [DriverFile] = []
@@ -251,7 +255,7 @@ public final class Kernel: @unchecked Sendable {
         }
         if let failure = takeOver(library) {
             let restored = takeOver(old.library) == nil
-            if !restored { _ = blockLayer.remove(disk) }
+            if !restored { _ = blockLayer.remove(disk, reason: "\(device) has no driver: \(library.name) failed to attach (\(failure)) and \(old.library.name) could not be restored") }
             disk.endReplacement()
             throw .attachFailed(device, reason: failure, restored: restored)
         }
@@ -265,6 +269,7 @@ public final class Kernel: @unchecked Sendable {
 
     /// Detaches every device and unloads every driver.
     public func shutdown() {
+        supervisor.stop()
         let (bound, loaded) = lock.withLock { () -> ([DriverInstance], [DriverLibrary]) in
             defer {
                 instances.removeAll()

@@ -108,6 +108,13 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
         for item in ready { dispatch(item) }
     }
 
+    /// Puts `items` (which the driver gave back unfinished) at the head of
+    /// the queue, in the given order, ahead of everything waiting.
+    func putBack(_ items: [Item]) {
+        guard !items.isEmpty else { return }
+        lock.withLock { waiting.insert(contentsOf: items, at: 0) }
+    }
+
     /// Items waiting in software now.
     var waitingCount: Int { lock.withLock { waiting.count } }
 

@@ -281,6 +281,16 @@ public final class Bus: Sendable {
         state.withLock { $0.observers.append(observer) }
     }
 
+    /// Stops the device (no DMA or interrupt from it after the stop) and
+    /// starts it again, as the OS does before it restarts a failed driver.
+    /// Its registers keep their values: the driver's attach resets the
+    /// controller, as every reference driver's does.
+    public func restart(_ slot: BusSlot) {
+        guard !slot.isRemoved else { return }
+        slot.device.powerOff()
+        slot.device.powerOn(slot.port)
+    }
+
     /// Pulls the device out: it stops, its registers read all ones, its DMA
     /// mappings vanish, and observers (the OS) are told.
     public func surpriseRemove(_ slot: BusSlot) {

@@ -143,8 +143,8 @@ public final class VMBusServer: @unchecked Sendable {
     }
 
     /// Withdraws a device: the channel closes now, whatever the child does;
-    /// the child tears down and answers RELID_RELEASED.
-    public func rescind(relid: UInt32, child: PartitionID) {
+    /// the child tears down and answers RELID_RELEASED. `reason` is logged.
+    public func rescind(relid: UInt32, child: PartitionID, reason: String? = nil) {
         queue.sync {
             guard let c = connection(child), c.offers[relid] != nil else { return }
             c.rescinded.insert(relid)
@@ -152,7 +152,7 @@ public final class VMBusServer: @unchecked Sendable {
                 channel.close(.rescinded)
             }
             post(c, .rescindOffer(relid: relid))
-            note("child \(child): rescinded relid \(relid)")
+            note("child \(child): rescinded relid \(relid)" + (reason.map { ": \($0)" } ?? ""))
         }
     }
 

@@ -75,7 +75,11 @@ public final class VMManager: @unchecked Sendable {
             self?.lock.withLock { self?.vsps[child.id, default: []].append(vsp) }
             return vsp
         }
-        return root.vmbus.offer(offer, to: child.id)
+        guard let relid = root.vmbus.offer(offer, to: child.id) else { return nil }
+        // A disk that goes away (its device removed, its driver beyond
+        // restart) takes the child's channel with it, as Hyper-V rescinds.
+        disk.onRemoval { [weak self] reason in self?.root.vmbus.rescind(relid: relid, child: child.id, reason: reason) }
+        return relid
     }
 
     /// The MAC the root assigns to a child's virtual NIC number `index`.

@@ -60,6 +60,23 @@ public enum Fixtures {
         return try mutatedReferenceDriver("nvmelite", [(anchor, "        addr = (oy_dma_addr)(uintptr_t)req->data; /* the defect */\n" + anchor)])
     }
 
+    /// nvmelite that loses the completion of its `n`th I/O command (a lost
+    /// completion: the request stays with the driver forever); with
+    /// `failRestarts`, every attach after the first fails. The counts are
+    /// the library's statics, so they span restarts of the driver; each `n`
+    /// is its own file, so give each test its own.
+    public static func nvmeliteLosingCompletion(_ n: Int, failRestarts: Bool = false) throws -> String {
+        var edits = [
+            ("static oy_instance_set nvl_instances;", "static oy_instance_set nvl_instances;\nstatic uint32_t fixture_completions, fixture_attaches;"),
+            ("        s = &d->slots[cqe.cid];", "        if (++fixture_completions == \(n)u) continue; /* the defect: a completion lost */\n        s = &d->slots[cqe.cid];"),
+        ]
+        if failRestarts {
+            edits.append(("    if (c == NULL || device == NULL || out_instance == NULL) return OY_E_INVALID;",
+                          "    if (c == NULL || device == NULL || out_instance == NULL) return OY_E_INVALID;\n    if (++fixture_attaches > 1) return OY_E_IO; /* the defect */"))
+        }
+        return try mutatedReferenceDriver("nvmelite", edits)
+    }
+
     /// The SDK template's driver (`SDK/template`: rnglite, oyako.rng/1).
     public static func templateDriver() throws -> String {
         try build(directory: sdk.root + "/template", name: "mydriver", defines: [])

@@ -237,3 +237,78 @@ import Workloads
         #expect(system.disk?.statistics.failed == 0)
     }
 }
+
+/// The root's driver fails while a child does I/O over VMBus.
+@Suite(.serialized) struct DriverRecoveryUnderAChildTests {
+    final class Flag: Sendable {
+        private let value = Atomic<Bool>(false)
+        var isSet: Bool { value.load(ordering: .relaxed) }
+        func set() { value.store(true, ordering: .relaxed) }
+    }
+
+    static func quickPolicy() -> RestartPolicy {
+        var policy = RestartPolicy()
+        policy.hangTimeout = .seconds(1)
+        policy.backoff = .milliseconds(10)
+        return policy
+    }
+
+    /// Runs verified I/O in a child until `stop`; returns its rounds or its error.
+    static func startVerifiedChild(_ system: RootSystem, stop: Flag, started: DispatchSemaphore) throws -> GuestOutcome<Int> {
+        let outcome = GuestOutcome<Int>()
+        try system.startChild(name: "c", start: 0, blocks: 4096) { os in
+            outcome.finish {
+                try os.boot()
+                let disk = try #require(try os.openStorage().first)
+                var rounds = 0
+                while !stop.isSet {
+                    _ = try VerifiedIO(seed: UInt64(rounds), regionBlocks: 4096).run(on: disk)
+                    try disk.flushBlocks()
+                    rounds += 1
+                    if rounds == 1 { started.signal() }
+                }
+                return rounds
+            }
+        }
+        return outcome
+    }
+
+    @Test func theChildSeesLatencyNotErrorsWhenTheRootsDriverHangs() throws {
+        let system = try RootSystem(drivers: [try Fixtures.nvmeliteLosingCompletion(400)])
+        defer { system.shutdown() }
+        system.kernel.supervisor.policy = Self.quickPolicy()
+        let stop = Flag()
+        let started = DispatchSemaphore(value: 0)
+        let outcome = try Self.startVerifiedChild(system, stop: stop, started: started)
+        #expect(started.wait(timeout: .now() + 30) == .success)
+        let deadline = Date(timeIntervalSinceNow: 60)
+        while system.kernel.supervisor.events.isEmpty && Date() < deadline { usleep(10_000) }
+        Thread.sleep(forTimeInterval: 0.5)  // and some I/O after the restart
+        stop.set()
+        #expect(try outcome.wait() >= 1, "the child's verified I/O ran on")
+        let events = system.kernel.supervisor.events
+        guard case .restarted(_, let reissued)? = events.first?.outcome, events.count == 1 else {
+            Issue.record("expected one restart, got \(events)")
+            return
+        }
+        #expect(reissued >= 1)
+        #expect(system.disk?.statistics.failed == 0)
+    }
+
+    @Test func aDeviceTheRootGivesUpOnIsRescindedFromTheChild() throws {
+        let system = try RootSystem(drivers: [try Fixtures.nvmeliteLosingCompletion(300, failRestarts: true)])
+        defer { system.shutdown() }
+        system.kernel.supervisor.policy = Self.quickPolicy()
+        let stop = Flag()
+        let started = DispatchSemaphore(value: 0)
+        let outcome = try Self.startVerifiedChild(system, stop: stop, started: started)
+        #expect(started.wait(timeout: .now() + 30) == .success)
+        // The child's I/O ends with an error once its channel is rescinded: not a hang.
+        #expect(throws: (any Error).self) { try outcome.wait(timeout: 60) }
+        stop.set()
+        #expect(system.kernel.supervisor.events.first?.outcome.gaveUp == true)
+        #expect(system.kernel.blockLayer.disks.isEmpty)
+        let log = system.root.vmbus.eventLog.joined(separator: "\n")
+        #expect(log.contains("rescinded relid") && log.contains("gave up on nvmelite"), "the rescind names the reason:\n\(log)")
+    }
+}
