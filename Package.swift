@@ -124,7 +124,7 @@ let package = Package(
         // for the demo, the bench and the tests; the CLI only parses and prints.
         .target(
             name: "SystemAssembly",
-            dependencies: ["Kernel", "Devices", "DriverHost", "SDKTools", "Machine", "Workloads", "NetStack", "Hypervisor", "VMBus", "VirtualizationStack", "Guest",
+            dependencies: ["Kernel", "Devices", "DriverHost", "SDKTools", "Machine", "Workloads", "NetStack", "Hypervisor", "VMBus", "VirtualizationStack", "Guest", "CSystemShims", "VhostUser",
                            "ExternalVMM", .product(name: "Crypto", package: "swift-crypto")]
         ),
         .executableTarget(

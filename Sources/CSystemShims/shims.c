@@ -175,6 +175,27 @@ int oy_shim_unix_listen(const char *path) {
     return fd;
 }
 
+int oy_shim_unix_connect(const char *path) {
+    struct sockaddr_un address;
+    int fd;
+    if (strlen(path) >= sizeof(address.sun_path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    memset(&address, 0, sizeof(address));
+    address.sun_family = AF_UNIX;
+    strcpy(address.sun_path, path);
+    if (connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
 #include <sys/eventfd.h>
 
 int oy_shim_eventfd(void) {

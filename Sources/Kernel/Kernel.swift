@@ -192,6 +192,58 @@ public final class Kernel: @unchecked Sendable {
         return instance.detach()
     }
 
+    // MARK: Loading and unloading at runtime
+
+    /// Loads a driver file while the system runs and attaches it to every
+    /// device it matches that has no driver; returns those devices. A device
+    /// whose attach fails is reported in the thrown error after the others
+    /// were tried.
+    @discardableResult
+    public func loadAndAttach(path: String) throws -> [String] {
+        let file = try DriverFile.inspect(path: path)
+        let library = try loadLibrary(file)
+        var attached: [String] = [], failures: [String] = []
+        for slot in platform.bus.enumerate() where instance(at: slot.address) == nil && !slot.isRemoved {
+            let identity = slot.device.identity
+            guard file.metadata.matches(vendorID: identity.vendorID, deviceID: identity.deviceID) else { continue }
+            do {
+                try attach(library, to: slot)
+                attached.append(slot.address.description)
+            } catch {
+                failures.append("\(slot.address): \(error)")
+            }
+        }
+        if !failures.isEmpty { throw RuntimeLoadError(driver: library.name, attached: attached, failures: failures) }
+        return attached
+    }
+
+    public struct RuntimeLoadError: Error, CustomStringConvertible {
+        public let driver: String
+        public let attached: [String]
+        public let failures: [String]
+        public var description: String {
+            "\(driver) did not attach to \(failures.joined(separator: "; "))" + (attached.isEmpty ? "" : " (attached to \(attached.joined(separator: ", ")))")
+        }
+    }
+
+    /// Detaches the loaded driver named `name` from every device it serves
+    /// and unloads it; returns those devices, or nil when no driver of that
+    /// name is loaded. What the devices served goes away with it (a disk's
+    /// callers get device-gone, children's offers are rescinded).
+    public func unloadDriver(named name: String) -> [String]? {
+        guard let library = lock.withLock({ libraries.values.first { $0.name == name } }) else { return nil }
+        let devices = lock.withLock { instances.filter { $0.value.library === library }.map(\.key) }.sorted()
+        for address in devices { detach(address) }
+        _ = unload(library)
+        log.record(.info, "kernel", "unloaded \(name)" + (devices.isEmpty ? "" : " from \(devices.map(\.description).joined(separator: ", "))"))
+        return devices.map(\.description)
+    }
+
+    /// The devices the loaded driver named `name` serves now.
+    public func devices(servedBy name: String) -> [BusAddress] {
+        lock.withLock { instances.filter { $0.value.library.name == name }.map(\.key) }.sorted()
+    }
+
     // MARK: Live replacement
 
     /// What a live replacement did.

@@ -7,8 +7,8 @@ import SDKTools
 struct DriverCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "driver",
-        abstract: "Inspect and build driver plugins.",
-        subcommands: [Inspect.self, Build.self, Call.self]
+        abstract: "Inspect and build driver plugins; list, load, unload and replace them in a running system.",
+        subcommands: [Inspect.self, Build.self, Call.self, List.self, Load.self, Unload.self, Replace.self]
     )
 
     struct Inspect: ParsableCommand {

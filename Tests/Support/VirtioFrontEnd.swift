@@ -39,6 +39,21 @@ public final class VirtioFrontEnd {
         _ = close(call)
     }
 
+    /// Where a virtio-blk request's header, 4 KiB of data and status byte go.
+    public static let blockHeader: UInt64 = buffers, blockData: UInt64 = buffers + 0x1000, blockStatus: UInt64 = buffers + 0x3000
+
+    /// One 4 KiB virtio-blk request at `sector`, as a well-behaved guest
+    /// makes it (descriptors from `slot`); true when it completed OK. A read's
+    /// data is then at `blockData`.
+    public func blockRequest(write: Bool, sector: UInt64, slot: Int, bytes: [UInt8]? = nil, timeout: TimeInterval = 10) -> Bool {
+        let before = used.count
+        self.write(Self.bytes(UInt32(write ? 1 : 0)) + [0, 0, 0, 0] + Self.bytes(sector), at: Self.blockHeader)
+        if let bytes { self.write(bytes, at: Self.blockData) }
+        self.write([0xFF], at: Self.blockStatus)
+        postChain([(Self.blockHeader, 16, false), (Self.blockData, 4096, !write), (Self.blockStatus, 1, true)], at: slot)
+        return waitForUsed(before + 1, timeout: timeout) && read(Self.blockStatus, count: 1) == [0]
+    }
+
     public func sendRaw(_ request: UInt32, _ payload: [UInt8] = [], fds: [Int32] = [], size: UInt32? = nil) {
         connection.sendRaw(request, payload, fds: fds, size: size)
     }

@@ -70,16 +70,10 @@ import Workloads
         }
     }
 
-    static let header: UInt64 = VirtioFrontEnd.buffers, data: UInt64 = VirtioFrontEnd.buffers + 0x1000, status: UInt64 = VirtioFrontEnd.buffers + 0x3000
+    static let header = VirtioFrontEnd.blockHeader, data = VirtioFrontEnd.blockData, status = VirtioFrontEnd.blockStatus
 
-    /// One block request from a well-behaved guest; true when it completed OK.
     static func request(_ vm: VirtioFrontEnd, write: Bool, sector: UInt64, slot: Int, bytes: [UInt8]? = nil) -> Bool {
-        let before = vm.used.count
-        vm.write(VirtioFrontEnd.bytes(UInt32(write ? 1 : 0)) + [0, 0, 0, 0] + VirtioFrontEnd.bytes(sector), at: header)
-        if let bytes { vm.write(bytes, at: data) }
-        vm.write([0xFF], at: status)
-        vm.postChain([(header, 16, false), (data, 4096, !write), (status, 1, true)], at: slot)
-        return vm.waitForUsed(before + 1) && vm.read(status, count: 1) == [0]
+        vm.blockRequest(write: write, sector: sector, slot: slot, bytes: bytes)
     }
 
     @Test func hostileFrontEndsAreRefusedWhileAGoodVMAndAChildKeepWorking() throws {

@@ -66,6 +66,10 @@ ssize_t oy_shim_send_fds(int socket, const void *buffer, size_t length, const in
  * removed first). Returns the descriptor or -1 with errno. */
 int oy_shim_unix_listen(const char *path);
 
+/* A Unix stream socket connected to `path`. Returns the descriptor or -1
+ * with errno. */
+int oy_shim_unix_connect(const char *path);
+
 /* A close-on-exec eventfd counting from 0 (the kick, call and stop
  * doorbells of vhost-user queues). Returns the descriptor or -1 with errno. */
 int oy_shim_eventfd(void);

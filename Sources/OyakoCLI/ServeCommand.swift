@@ -1,0 +1,73 @@
+import ArgumentParser
+import Foundation
+import Glibc
+import SDKTools
+import SystemAssembly
+
+struct ServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Boot the root partition with the vendor drivers and keep serving: vhost-user-blk for real VMs, and a control socket.",
+        discussion: """
+            The first disk is served at STATE/vda.sock (point QEMU's vhost-user-blk-pci at it). Drivers are listed, \
+            loaded, unloaded and replaced live through STATE/control.sock with `oyako driver list|load|unload|replace \
+            --control STATE/control.sock`. Runs until SIGINT, SIGTERM or a shutdown request.
+            """)
+
+    @Option(help: "Folder for the disk image, the built drivers and the sockets (created when missing).")
+    var state: String
+
+    @Option(name: .customLong("driver"), help: ArgumentHelp("Load this driver file (repeatable; default: build and load the reference drivers).", valueName: "path.so"))
+    var drivers: [String] = []
+
+    @Flag(help: "Boot the OS on bare metal instead of as the root partition.")
+    var bare = false
+
+    @Option(name: .customLong("disk-mib"), help: "Size of a new disk image, in MiB.")
+    var diskMiB: UInt64 = 256
+
+    @Option(help: "SDK folder (default: found from the current folder, $OYAKO_SDK, or the source tree).")
+    var sdk: String?
+
+    @OptionGroup var global: GlobalOptions
+
+    func validate() throws {
+        for path in drivers where !FileManager.default.fileExists(atPath: path) {
+            throw ValidationError("--driver \(path): no such file")
+        }
+        guard (1...65536).contains(diskMiB) else { throw ValidationError("--disk-mib must be between 1 and 65536") }
+    }
+
+    func run() throws {
+        global.bootstrapLogging()
+        let state = URL(fileURLWithPath: self.state).standardizedFileURL.path
+        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+        let files = try drivers.isEmpty ? runJob("building the reference drivers") {
+            try ReferenceDrivers.build(sdk: try locateSDK(sdk), into: state + "/drivers")
+        } : drivers
+        var options = ServeSession.Options(state: state, drivers: files)
+        options.diskSize = diskMiB << 20
+        options.bareMetal = bare
+        let session = try runJob("serve") { try ServeSession(options) }
+        // SIGINT and SIGTERM end the session cleanly.
+        let signals = [SIGINT, SIGTERM].map { number -> DispatchSourceSignal in
+            Glibc.signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number)
+            source.setEventHandler { session.requestShutdown() }
+            source.resume()
+            return source
+        }
+        var banner = "serving on \(bare ? "bare metal" : "the root partition"):\n"
+        for library in session.kernel.loadedDrivers.sorted(by: { $0.name < $1.name }) {
+            banner += "  driver \(library.name) \(library.metadata.version) sha256 \(library.sha256.prefix(16))\n"
+        }
+        if let block = session.blockServer { banner += "  vhost-user-blk: \(block.path)\n" }
+        banner += "  control: \(session.control.path) (oyako driver list|load|unload|replace --control \(session.control.path))\n"
+        // Unbuffered: whoever started us waits for this line.
+        FileHandle.standardOutput.write(Data(banner.utf8))
+        session.wait()
+        for source in signals { source.cancel() }
+        session.shutdown()
+        print("stopped")
+    }
+}

@@ -1,0 +1,254 @@
+import CSystemShims
+import DriverHost
+import Foundation
+import Glibc
+import Kernel
+import Synchronization
+
+/// One request to a running system's control socket: a line of JSON.
+public struct ControlRequest: Codable, Sendable, Equatable {
+    public enum Command: String, Codable, Sendable {
+        /// The loaded drivers and the devices they serve.
+        case list
+        /// Load `file` and attach it to the devices it matches that have no driver.
+        case load
+        /// Detach the driver named `driver` from its devices and unload it.
+        case unload
+        /// Swap the driver named `driver` for the build in `file` on every
+        /// disk it serves, live.
+        case replace
+        /// End the running system.
+        case shutdown
+    }
+
+    public var command: Command
+    public var driver: String?
+    public var file: String?
+
+    public init(_ command: Command, driver: String? = nil, file: String? = nil) {
+        self.command = command
+        self.driver = driver
+        self.file = file
+    }
+}
+
+/// The answer: a line of JSON.
+public struct ControlResponse: Codable, Sendable {
+    public struct Driver: Codable, Sendable, Equatable {
+        public let name: String
+        public let version: String
+        public let sha256: String
+        public let devices: [String]
+    }
+
+    public struct Replacement: Codable, Sendable, Equatable {
+        public let device: String
+        public let old: String
+        public let new: String
+        /// From holding new requests to handing them to the new driver.
+        public let pauseMilliseconds: Double
+        public let heldRequests: Int
+    }
+
+    public var ok: Bool
+    public var message: String
+    public var drivers: [Driver]?
+    public var replacements: [Replacement]?
+
+    static func failed(_ message: String) -> ControlResponse { ControlResponse(ok: false, message: message) }
+}
+
+/// Serves a running Kernel's control socket: each connection sends one
+/// request line and gets one response line. Loading, unloading and live
+/// replacement happen one at a time, in the order requests arrive.
+public final class ControlServer: @unchecked Sendable {
+    // @unchecked Sendable: `listening` is guarded by its Mutex; requests run one at a time under `serial`.
+    public let path: String
+    private let kernel: Kernel
+    private let listener: Int32
+    private let listening = Mutex(true)
+    private let serial = NSLock()
+    private let onShutdown: @Sendable () -> Void
+    private let stopped = DispatchGroup()
+    /// Longest request line taken.
+    static let maxRequest = 64 << 10
+
+    public init(path: String, kernel: Kernel, onShutdown: @escaping @Sendable () -> Void) throws(SocketError) {
+        let fd = oy_shim_unix_listen(path)
+        guard fd >= 0 else { throw SocketError(what: "listen on", path: path, errno: oy_shim_errno()) }
+        self.path = path
+        self.kernel = kernel
+        self.listener = fd
+        self.onShutdown = onShutdown
+        stopped.enter()
+        Thread.detachNewThread { [self] in acceptLoop() }
+    }
+
+    public struct SocketError: Error, CustomStringConvertible {
+        public let what: String
+        public let path: String
+        public let errno: Int32
+        public var description: String { "cannot \(what) \(path): \(String(cString: strerror(errno)))" }
+    }
+
+    /// Stops listening and removes the socket file; a request being served finishes first.
+    public func stop() {
+        let first = listening.withLock { was -> Bool in
+            defer { was = false }
+            return was
+        }
+        guard first else { return }
+        _ = shutdown(listener, Int32(SHUT_RDWR))
+        stopped.wait()
+        _ = close(listener)
+        unlink(path)
+    }
+
+    private func acceptLoop() {
+        defer { stopped.leave() }
+        while listening.withLock({ $0 }) {
+            let connection = accept(listener, nil, nil)
+            if connection < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            let response = ControlWire.readLine(connection, limit: Self.maxRequest).map(handle) ?? .failed("no request line (or one over \(Self.maxRequest) bytes)")
+            ControlWire.writeLine(connection, response)
+            _ = close(connection)
+        }
+    }
+
+    /// Decodes and runs one request line.
+    func handle(_ line: [UInt8]) -> ControlResponse {
+        guard let request = try? JSONDecoder().decode(ControlRequest.self, from: Data(line)) else {
+            return .failed("not a control request: expected one line of JSON such as {\"command\":\"list\"}")
+        }
+        return serial.withLock { run(request) }
+    }
+
+    private func run(_ request: ControlRequest) -> ControlResponse {
+        switch request.command {
+        case .list:
+            return ControlResponse(ok: true, message: "\(kernel.loadedDrivers.count) driver(s) loaded", drivers: drivers())
+        case .load:
+            guard let file = request.file else { return .failed("load needs the driver file") }
+            do {
+                let devices = try kernel.loadAndAttach(path: file)
+                return ControlResponse(ok: true, message: devices.isEmpty ? "loaded; it matches no device without a driver" : "attached to \(devices.joined(separator: ", "))",
+                                       drivers: drivers())
+            } catch {
+                return .failed("\(error)")
+            }
+        case .unload:
+            guard let name = request.driver else { return .failed("unload needs the driver's name") }
+            guard let devices = kernel.unloadDriver(named: name) else { return .failed("no driver named \(name) is loaded; loaded: \(loadedNames)") }
+            return ControlResponse(ok: true, message: devices.isEmpty ? "unloaded \(name)" : "unloaded \(name) from \(devices.joined(separator: ", "))", drivers: drivers())
+        case .replace:
+            return replace(request)
+        case .shutdown:
+            onShutdown()
+            return ControlResponse(ok: true, message: "shutting down")
+        }
+    }
+
+    private func replace(_ request: ControlRequest) -> ControlResponse {
+        guard let name = request.driver, let file = request.file else { return .failed("replace needs the driver's name and the new file") }
+        let devices = kernel.devices(servedBy: name)
+        guard !devices.isEmpty else { return .failed("no device is served by a driver named \(name); loaded: \(loadedNames)") }
+        let library: DriverLibrary
+        do {
+            library = try kernel.loadDriver(path: file)
+        } catch {
+            return .failed("\(error)")
+        }
+        guard library.name == name else {
+            if kernel.devices(servedBy: library.name).isEmpty { _ = kernel.unload(library) }
+            return .failed("\(file) is the driver \(library.name), not \(name)")
+        }
+        let old = kernel.instance(at: devices[0])?.library
+        var done: [ControlResponse.Replacement] = []
+        for address in devices {
+            do {
+                let r = try kernel.replaceDriver(at: address, with: library)
+                done.append(.init(device: r.device, old: old.map { "\($0.name) \($0.metadata.version)" } ?? r.old,
+                                  new: "\(library.name) \(library.metadata.version)", pauseMilliseconds: r.pause.milliseconds, heldRequests: r.heldRequests))
+            } catch Kernel.ReplaceError.notADisk {
+                if kernel.devices(servedBy: library.name).isEmpty, library !== old { _ = kernel.unload(library) }
+                return ControlResponse(ok: false, message: "\(name) serves no disk at \(address); live replacement covers disk drivers: unload and load it instead",
+                                       replacements: done)
+            } catch {
+                return ControlResponse(ok: false, message: "\(error)", replacements: done)
+            }
+        }
+        // The old build serves nothing now: unload it, as a new one is loaded.
+        if let old, old !== library, !devicesServed(by: old) { _ = kernel.unload(old) }
+        return ControlResponse(ok: true, message: "replaced \(name) on \(done.map(\.device).joined(separator: ", "))", drivers: drivers(), replacements: done)
+    }
+
+    private func devicesServed(by library: DriverLibrary) -> Bool {
+        kernel.platform.bus.enumerate().contains { kernel.instance(at: $0.address)?.library === library }
+    }
+
+    private var loadedNames: String {
+        let names = kernel.loadedDrivers.map(\.name).sorted()
+        return names.isEmpty ? "none" : names.joined(separator: ", ")
+    }
+
+    private func drivers() -> [ControlResponse.Driver] {
+        kernel.loadedDrivers.map { library in
+            let devices = kernel.platform.bus.enumerate().filter { kernel.instance(at: $0.address)?.library === library }.map(\.address.description)
+            return ControlResponse.Driver(name: library.name, version: library.metadata.version, sha256: library.sha256, devices: devices)
+        }.sorted { ($0.name, $0.sha256) < ($1.name, $1.sha256) }
+    }
+}
+
+/// Sends one request to a control socket and returns the response.
+public enum ControlClient {
+    public static func send(_ request: ControlRequest, to path: String) throws -> ControlResponse {
+        let fd = oy_shim_unix_connect(path)
+        guard fd >= 0 else {
+            throw ControlServer.SocketError(what: "connect to", path: path, errno: oy_shim_errno())
+        }
+        defer { _ = close(fd) }
+        ControlWire.writeLine(fd, request)
+        guard let line = ControlWire.readLine(fd, limit: 16 << 20) else {
+            throw ControlServer.SocketError(what: "read an answer from", path: path, errno: EPIPE)
+        }
+        return try JSONDecoder().decode(ControlResponse.self, from: Data(line))
+    }
+}
+
+/// Lines of JSON on a stream socket.
+enum ControlWire {
+    /// Bytes up to the first newline, or nil at end of stream first or past `limit`.
+    static func readLine(_ fd: Int32, limit: Int) -> [UInt8]? {
+        var line: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while line.count <= limit {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return nil }
+            if let newline = chunk[0..<n].firstIndex(of: UInt8(ascii: "\n")) {
+                return line + chunk[0..<newline]
+            }
+            line += chunk[0..<n]
+        }
+        return nil
+    }
+
+    static func writeLine<T: Encodable>(_ fd: Int32, _ value: T) {
+        guard var bytes = try? JSONEncoder().encode(value) else { return }
+        bytes.append(UInt8(ascii: "\n"))
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return }
+            offset += n
+        }
+    }
+}
+
+extension Duration {
+    var milliseconds: Double { Double(components.seconds) * 1000 + Double(components.attoseconds) / 1e15 }
+}

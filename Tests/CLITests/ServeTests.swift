@@ -1,0 +1,111 @@
+import Foundation
+import Glibc
+import OyakoTestSupport
+import Synchronization
+import SystemAssembly
+import Testing
+
+/// `oyako serve` keeps a root partition running; `oyako driver list|load|
+/// unload|replace --control` change its drivers while a VM does I/O.
+@Suite(.serialized) struct ServeTests {
+    /// A running `oyako serve`, ended (SIGTERM, then SIGKILL) by `stop`.
+    final class Server {
+        let process = Process()
+        let state = Fixtures.temporaryDirectory("serve")
+        var control: String { state + "/control.sock" }
+        private let output = Pipe()
+
+        init(drivers: [String]) throws {
+            process.executableURL = URL(fileURLWithPath: Fixtures.oyakoBinary)
+            process.arguments = ["serve", "--state", state, "--disk-mib", "32"] + drivers.flatMap { ["--driver", $0] }
+            process.standardOutput = output
+            process.standardError = output
+            try process.run()
+            let deadline = Date(timeIntervalSinceNow: 60)
+            while !FileManager.default.fileExists(atPath: control) && process.isRunning && Date() < deadline { usleep(50_000) }
+        }
+
+        /// Everything it printed, once it has ended.
+        func stop() -> String {
+            if process.isRunning { process.terminate() }
+            let deadline = Date(timeIntervalSinceNow: 20)
+            while process.isRunning && Date() < deadline { usleep(50_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+            return String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        }
+    }
+
+    @Test func driversAreReplacedLoadedAndUnloadedWhileAVMDoesIO() throws {
+        let nvme = try Fixtures.referenceDriver("nvmelite"), e1k = try Fixtures.referenceDriver("e1klite")
+        let rebuilt = try Fixtures.mutatedReferenceDriver("nvmelite", [("#define NVMELITE_VERSION \"1.0.0\"", "#define NVMELITE_VERSION \"1.0.1\"")])
+        let server = try Server(drivers: [nvme, e1k])
+        var printed = ""
+        defer { if server.process.isRunning { printed = server.stop() } }
+        #expect(FileManager.default.fileExists(atPath: server.control), "the control socket appeared")
+
+        // A VM's virtio-blk front-end writes and reads back patterns throughout.
+        // Used by the I/O thread alone once it starts.
+        nonisolated(unsafe) let vm = try VirtioFrontEnd(path: server.state + "/vda.sock")
+        let stop = Mutex(false), rounds = Mutex(0), failures = Mutex<[String]>([])
+        let io = Thread {
+            var round = 0
+            while !stop.withLock({ $0 }) {
+                round += 1
+                let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ round) }
+                let sector = UInt64(round % 512) * 8
+                guard vm.blockRequest(write: true, sector: sector, slot: 0, bytes: pattern, timeout: 30),
+                      vm.blockRequest(write: false, sector: sector, slot: 3, timeout: 30), vm.read(VirtioFrontEnd.blockData, count: 4096) == pattern
+                else {
+                    failures.withLock { $0.append("round \(round) at sector \(sector)") }
+                    return
+                }
+                rounds.withLock { $0 += 1 }
+            }
+        }
+        io.start()
+        defer { stop.withLock { $0 = true } }
+        func ioRuns(_ more: Int) {
+            let target = rounds.withLock { $0 } + more
+            let deadline = Date(timeIntervalSinceNow: 30)
+            while rounds.withLock({ $0 }) < target && failures.withLock({ $0.isEmpty }) && Date() < deadline { usleep(2000) }
+        }
+        ioRuns(5)
+
+        for i in 0..<10 {
+            let result = oyako(["driver", "replace", "nvmelite", i % 2 == 0 ? rebuilt : nvme, "--control", server.control])
+            #expect(result.status == 0, "\(result.output)")
+            #expect(result.stdout.contains("00:01.0: nvmelite \(i % 2 == 0 ? "1.0.0 -> nvmelite 1.0.1" : "1.0.1 -> nvmelite 1.0.0"), paused"), "\(result.stdout)")
+            ioRuns(2)
+        }
+        let listed = oyako(["driver", "list", "--control", server.control])
+        #expect(listed.status == 0 && listed.stdout.contains("nvmelite 1.0.0") && !listed.stdout.contains("1.0.1"), "the old build was unloaded:\n\(listed.output)")
+
+        // A driver without a disk: unloaded and loaded again at runtime.
+        let unloaded = oyako(["driver", "unload", "e1klite", "--control", server.control])
+        #expect(unloaded.status == 0 && unloaded.stdout.contains("unloaded e1klite from 00:02.0"), "\(unloaded.output)")
+        #expect(!oyako(["driver", "list", "--control", server.control]).stdout.contains("e1klite"))
+        let loaded = oyako(["driver", "load", e1k, "--control", server.control])
+        #expect(loaded.status == 0 && loaded.stdout.contains("attached to 00:02.0"), "\(loaded.output)")
+
+        // What it refuses, with a reason.
+        let unknown = oyako(["driver", "unload", "nope", "--control", server.control])
+        #expect(unknown.status == 1 && unknown.stderr.contains("no driver named nope is loaded"), "\(unknown.output)")
+        let notADisk = oyako(["driver", "replace", "e1klite", e1k, "--control", server.control])
+        #expect(notADisk.status == 1 && notADisk.stderr.contains("unload and load it instead"), "\(notADisk.output)")
+        let wrongFile = oyako(["driver", "replace", "nvmelite", e1k, "--control", server.control])
+        #expect(wrongFile.status == 1 && wrongFile.stderr.contains("is the driver e1klite, not nvmelite"), "\(wrongFile.output)")
+        let noServer = oyako(["driver", "list", "--control", server.state + "/nothing.sock"])
+        #expect(noServer.status == 1 && noServer.stderr.contains("is `oyako serve` running"), "\(noServer.output)")
+
+        ioRuns(5)
+        stop.withLock { $0 = true }
+        io.cancel()
+        while !io.isFinished { usleep(1000) }
+        #expect(failures.withLock { $0 }.isEmpty, "the VM's I/O verified throughout: \(failures.withLock { $0 })")
+        #expect(rounds.withLock { $0 } > 25)
+        printed = server.stop()
+        #expect(server.process.terminationStatus == 0, "SIGTERM ends it cleanly:\n\(printed)")
+        #expect(printed.contains("vhost-user-blk: \(server.state)/vda.sock") && printed.contains("stopped"), "\(printed)")
+    }
+}
