@@ -213,6 +213,7 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
                          "driver.load_to_attached.mydriver", "host_call.monotonic_ns", "host_call.lock_pair", "host_call.reg_read32", "host_call.c_to_swift_crossing", "ring.packets_64B", "ring.bytes_4KiB",
                          "block.4k_randread_qd1.bare", "block.4k_randread_qd32.child", "block.64k_seqwrite_qd8.root", "block.64k_seqread_qd8.child",
                          "block.64k_seqwrite_qd8.vhost_user", "block.4k_randread_qd32.vhost_user",
+                         "driver.detach_attach.nvmelite", "driver.live_replace_pause.nvmelite", "driver.restart.nvmelite",
                          "net.bare_nic", "net.child_to_child", "net.child_to_wire"] + (vm ? ["vm.\(accelerator).dd_write_direct", "vm.\(accelerator).dd_read_direct"] : []) {
             #expect(names.contains(expected), "missing \(expected)")
         }
