@@ -52,7 +52,8 @@ public struct RecoveryEvent: Sendable, CustomStringConvertible {
     public var description: String {
         switch outcome {
         case .restarted(let attempts, let reissued):
-            "\(device): \(driver) restarted after \(cause) (attempt \(attempts), \(reissued) request(s) re-issued, \(duration))"
+            "\(device): \(driver) restarted after \(cause) (attempt \(attempts), \(reissued) request(s) re-issued, "
+                + String(format: "serving again %.2f s after the decision)", duration.seconds)
         case .gaveUp(let attempts):
             "\(device): gave up on \(driver) after \(cause) (\(attempts) failed restart(s) in the window); the device failed"
         }
@@ -128,7 +129,7 @@ public final class DriverSupervisor: @unchecked Sendable {
                     guard let age = disk.oldestWithDriver, age > timeout else { continue }
                     let address = disk.registered.binding.device.info.location
                     guard let slot = kernel.platform.bus.enumerate().first(where: { $0.address.description == address }) else { continue }
-                    let cause = "a request was with it for \(age.formatted(.units(allowed: [.seconds, .milliseconds], width: .abbreviated)))"
+                    let cause = String(format: "a request was with it for %.1f s", age.seconds)
                     // Off the watchdog's thread: one slow recovery must not stop it watching the others.
                     Thread.detachNewThread { [weak self] in _ = self?.recover(slot.address, cause: cause) }
                 }

@@ -33,6 +33,9 @@ struct DemoCommand: ParsableCommand {
     @Flag(name: .customLong("no-install"), help: "Do not install a missing QEMU with apt; say why the VM cannot run instead.")
     var noInstall = false
 
+    @Flag(help: "While the children do I/O, replace the root's disk driver with a rebuilt copy and make it hang (its interrupts lost) for the Kernel to restart; their I/O must still verify.")
+    var chaos = false
+
     @OptionGroup var global: GlobalOptions
 
     func validate() throws {
@@ -47,6 +50,7 @@ struct DemoCommand: ParsableCommand {
         runner.rootDriverOverrides = rootDrivers
         runner.linuxVM = !noVM
         runner.installVMM = !noInstall
+        runner.chaos = chaos
         let report = try runJob("demo") { try runner.run() }
         if json {
             try printJSON(report)

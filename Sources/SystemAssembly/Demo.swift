@@ -41,6 +41,10 @@ public struct DemoRunner {
     public var linuxVM = true
     /// Install a missing QEMU with apt (as root) rather than skip the VM.
     public var installVMM = true
+    /// While the children do I/O, replace the root's disk driver with a
+    /// rebuilt copy and make it hang (its device's interrupts lost), for the
+    /// Kernel to restart it; the children's I/O must still verify.
+    public var chaos = false
 
     /// Where each run works on the 512-byte-block disk.
     static let bareRegion: Range<UInt64> = 0..<4096
@@ -72,9 +76,12 @@ public struct DemoRunner {
         let driverPaths = try ReferenceDrivers.build(sdk: sdk, into: state + "/drivers")
         for path in driverPaths { progress("  built \(path)") }
 
+        let rebuilt = chaos ? try DemoChaos.rebuild(sdk: sdk, into: state + "/drivers/rebuilt") : nil
+        if let rebuilt { progress("  built \(rebuilt) (a rebuilt copy of nvmelite for --chaos)") }
+
         let bare = try runBare(state: state, driverPaths: driverPaths)
         let rootDriverPaths = try Self.replacing(driverPaths, with: rootDriverOverrides)
-        let (root, survived, children) = try runWithHypervisor(state: state, driverPaths: rootDriverPaths)
+        let (root, survived, children, chaosEntry) = try runWithHypervisor(state: state, driverPaths: rootDriverPaths, rebuilt: rebuilt)
 
         // The claim, checked: the same files, byte for byte, everywhere.
         progress("")
@@ -88,9 +95,15 @@ public struct DemoRunner {
             let name = driver.name.padding(toLength: 13, withPad: " ", startingAt: 0)
             progress("\(name) \(driver.sha256.prefix(16))…  \((other?.sha256.prefix(16)).map { "\($0)…" } ?? "-")  \(same ? "yes" : "NO ")        \(verified ? "yes" : "NO")")
         }
-        let report = DemoReport(
+        var report = DemoReport(
             environments: ["bare": bare, "root": root], children: children, driverBinariesReused: reused, bareDataSurvivedReboot: survived,
             stateDirectory: temporary ? "(removed)" : state, durationSeconds: Date().timeIntervalSince(started))
+        report.chaos = chaosEntry
+        if let c = chaosEntry {
+            let partitionsVerified = children.filter { $0.kind == .partition }.allSatisfy(\.verified)
+            progress("chaos: \(c.replacements) live replacement(s) and \(c.restarts) restart(s) of nvmelite (\(c.reissued) request(s) re-issued) "
+                + "under the children's I/O; their I/O verified: \(partitionsVerified ? "yes" : "NO")")
+        }
         for vm in children where vm.kind == .linuxVM {
             let bareFiles = Dictionary(bare.drivers.map { ($0.name, $0.sha256) }, uniquingKeysWith: { a, _ in a })
             let served = vm.servedBy.map { "\($0.driver) \($0.sha256.prefix(16))… (\(bareFiles[$0.driver] == $0.sha256 ? "the bare OS's file" : "NOT the bare OS's file"))" }
@@ -152,7 +165,9 @@ public struct DemoRunner {
 
     // MARK: Hypervisor role
 
-    private func runWithHypervisor(state: String, driverPaths: [String]) throws -> (DemoReport.Environment, Bool, [DemoReport.ChildEntry]) {
+    private func runWithHypervisor(state: String, driverPaths: [String], rebuilt: String?) throws
+        -> (DemoReport.Environment, Bool, [DemoReport.ChildEntry], DemoReport.ChaosEntry?)
+    {
         progress("")
         progress("[root] enabling the hypervisor role and rebooting the same machine (256 MiB RAM)")
         let testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: 256 << 20, nics: 1, consoleLog: state + "/console/root.log")
@@ -201,15 +216,17 @@ public struct DemoRunner {
             rootNetwork = back == 3
             progress("[root] the outside pinged the root's switch port \(back)/3")
         }
+        let chaos = rebuilt.map { DemoChaos(kernel: kernel, slot: testbed.nvmeSlot, rebuilt: $0, progress: progress) }
         let children = try runChildren(root: root, kernel: kernel, privateSwitch: privateSwitch, externalSwitch: externalSwitch,
-                                       outside: outside, state: state, nic: testbed.nics[0])
+                                       outside: outside, state: state, nic: testbed.nics[0], chaos: chaos)
         _ = rootStack
         let childrenReachedOutside = children.contains { $0.network?.pings.contains { $0.to == "192.0.2.1" && $0.answered == $0.sent } == true }
-        return (environment(boot: boot, disks: disks, network: rootNetwork && childrenReachedOutside, serial: serial, entropy: entropy), survived, children)
+        return (environment(boot: boot, disks: disks, network: rootNetwork && childrenReachedOutside, serial: serial, entropy: entropy), survived, children,
+                chaos?.report())
     }
 
     private func runChildren(root: RootPartition, kernel: Kernel, privateSwitch: VirtualSwitch, externalSwitch: VirtualSwitch,
-                             outside: Outside, state: String, nic: E1KLite) throws -> [DemoReport.ChildEntry]
+                             outside: Outside, state: String, nic: E1KLite, chaos: DemoChaos?) throws -> [DemoReport.ChildEntry]
     {
         guard let disk = kernel.blockLayer.disks.first else { return [] }
         let manager = VMManager(root: root)
@@ -230,6 +247,7 @@ public struct DemoRunner {
             children.append(child)
         }
 
+        chaos?.start()
         // child0 first: it serves; child1 pings it once it is up.
         var nicBefore = nic.statistics
         for (i, child) in children.enumerated() {
@@ -243,7 +261,7 @@ public struct DemoRunner {
                     progress(line)
                     console.received(Array((line + "\n").utf8))
                 }
-                let entry = Self.childWorkload(os, index: i, name: name, partition: partition.id, virtualDisk: vdisk)
+                let entry = Self.childWorkload(os, index: i, name: name, partition: partition.id, virtualDisk: vdisk, chaos: chaos)
                 results.withLock { $0[i] = entry }
                 if i == 0 { child0Ready.signal() }
                 finished.leave()
@@ -285,18 +303,26 @@ public struct DemoRunner {
 
     /// What child `index` does once booted: verified I/O on its virtual disk
     /// through VMBus, then pings (child0 the outside, child1 child0).
-    private static func childWorkload(_ os: GuestOS, index i: Int, name: String, partition: UInt64, virtualDisk: String) -> DemoReport.ChildEntry {
+    private static func childWorkload(_ os: GuestOS, index i: Int, name: String, partition: UInt64, virtualDisk: String, chaos: DemoChaos?)
+        -> DemoReport.ChildEntry
+    {
         var entry = DemoReport.ChildEntry(name: name, partition: partition, virtualDisk: virtualDisk)
         do {
             try os.boot()
             guard let storage = try os.openStorage().first else { throw DemoError(message: "no storage offered") }
             var io = VerifiedIO(seed: 0xC0 + UInt64(i), regionBlocks: storage.blockCount)
             io.sizesInBlocks = [1, 7, 8, 64, 255, 256, 512, 2048, 4096]
-            let result = try io.run(on: storage)
-            entry.bytesWritten = result.bytesWritten
-            entry.bytesRead = result.bytesRead
+            chaos?.childStartedIO()
+            var transfers = 0
+            repeat {  // under --chaos, until the chaos is over
+                let result = try io.run(on: storage)
+                entry.bytesWritten += result.bytesWritten
+                entry.bytesRead += result.bytesRead
+                transfers += result.transfers
+                io.seed += 1
+            } while chaos?.running == true
             entry.storageVerified = true
-            os.log("disk: verified \(result.transfers) transfers, \(result.bytesWritten >> 10) KiB written and read back through VMBus")
+            os.log("disk: verified \(transfers) transfers, \(entry.bytesWritten >> 10) KiB written and read back through VMBus")
             let nics = try os.openNetwork()
             var network = DemoReport.NetworkEntry()
             let privateStack = os.bringUp(nics[0], ip: Self.privateAddresses[i])

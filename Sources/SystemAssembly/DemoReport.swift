@@ -166,6 +166,8 @@ public struct DemoReport: Encodable, Sendable {
     public var bareDataSurvivedReboot: Bool
     public var stateDirectory: String
     public var durationSeconds: Double
+    /// What `--chaos` did (nil without it).
+    public var chaos: ChaosEntry?
 
     public init(environments: [String: Environment], children: [ChildEntry], driverBinariesReused: Int, bareDataSurvivedReboot: Bool,
                 stateDirectory: String, durationSeconds: Double)
@@ -201,7 +203,7 @@ public struct DemoReport: Encodable, Sendable {
         case reusedUnmodified = "reused_unmodified", driverBinariesReused = "driver_binaries_reused"
         case hypervisorSpecificDrivers = "hypervisor_specific_drivers", hypervisorSpecificDriverFiles = "hypervisor_specific_driver_files"
         case bareDataSurvivedReboot = "bare_data_survived_reboot", verified
-        case stateDirectory = "state_directory", durationSeconds = "duration_seconds"
+        case stateDirectory = "state_directory", durationSeconds = "duration_seconds", chaos
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -216,12 +218,13 @@ public struct DemoReport: Encodable, Sendable {
         try c.encode(hypervisorSpecificDrivers, forKey: .hypervisorSpecificDriverFiles)
         try c.encode(stateDirectory, forKey: .stateDirectory)
         try c.encode(durationSeconds, forKey: .durationSeconds)
+        try c.encodeIfPresent(chaos, forKey: .chaos)
     }
 
     /// Every driver in every environment and every child verified, and the
     /// bare OS's data survived the reboot into the root.
     public var allVerified: Bool {
         environments.values.allSatisfy { env in env.drivers.allSatisfy(\.verified) && env.problems.isEmpty }
-            && children.allSatisfy(\.verified) && bareDataSurvivedReboot
+            && children.allSatisfy(\.verified) && bareDataSurvivedReboot && chaos?.verified != false
     }
 }

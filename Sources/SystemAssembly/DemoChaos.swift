@@ -1,0 +1,139 @@
+import Foundation
+import Kernel
+import Machine
+import SDKTools
+import Synchronization
+
+extension DemoReport {
+    /// What `oyako demo --chaos` did to the root's disk driver while the
+    /// children did verified I/O through it.
+    public struct ChaosEntry: Encodable, Sendable {
+        /// Live replacements of nvmelite by a rebuilt copy.
+        public var replacements = 0
+        /// Supervised restarts of a hung driver.
+        public var restarts = 0
+        /// Requests the hung driver had accepted, re-issued to its restart.
+        public var reissued = 0
+        /// What happened, in order.
+        public var events: [String] = []
+        /// Both happened (the children's I/O verifies on its own).
+        public var verified: Bool { replacements > 0 && restarts > 0 }
+
+        enum CodingKeys: String, CodingKey { case replacements, restarts, reissued, events, verified }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(replacements, forKey: .replacements)
+            try c.encode(restarts, forKey: .restarts)
+            try c.encode(reissued, forKey: .reissued)
+            try c.encode(events, forKey: .events)
+            try c.encode(verified, forKey: .verified)
+        }
+    }
+}
+
+/// The chaos `oyako demo --chaos` plays on the root's disk driver while the
+/// children do I/O: a live replacement by a rebuilt copy of nvmelite, then
+/// its device's interrupts lost for a while (a misrouted MSI: the driver
+/// never hears of completions, and its requests stall), which the Kernel's
+/// supervisor takes for a hang and cures by restarting the driver and
+/// re-issuing what it had accepted. Children keep doing I/O until it is over.
+final class DemoChaos: @unchecked Sendable {
+    // @unchecked Sendable: `entry` is guarded by its Mutex; the rest is fixed.
+    private let kernel: Kernel
+    private let slot: BusSlot
+    private let rebuilt: String
+    private let progress: @Sendable (String) -> Void
+    private let ioStarted = DispatchSemaphore(value: 0)
+    private let over = Atomic<Bool>(false)
+    private let entry = Mutex(DemoReport.ChaosEntry())
+    private let finished = DispatchSemaphore(value: 0)
+
+    /// How long the device's interrupts stay lost.
+    static let silence = 1.5
+
+    init(kernel: Kernel, slot: BusSlot, rebuilt: String, progress: @escaping @Sendable (String) -> Void) {
+        self.kernel = kernel
+        self.slot = slot
+        self.rebuilt = rebuilt
+        self.progress = progress
+        var policy = kernel.supervisor.policy
+        policy.hangTimeout = .seconds(1)
+        policy.backoff = .milliseconds(50)
+        kernel.supervisor.policy = policy
+    }
+
+    /// Builds the copy of nvmelite the chaos swaps in.
+    static func rebuild(sdk: SDKLocation, into folder: String) throws -> String {
+        try DriverBuilder.build(directory: ReferenceDrivers.pluginsDirectory(sdk: sdk) + "/nvmelite", output: folder + "/nvmelite.so", sdk: sdk)
+    }
+
+    /// A child's I/O has begun.
+    func childStartedIO() { ioStarted.signal() }
+
+    /// Children keep their I/O going while this is true.
+    var running: Bool { !over.load(ordering: .acquiring) }
+
+    /// Starts the chaos once a child's I/O runs.
+    func start() {
+        Thread.detachNewThread { [self] in
+            defer {
+                over.store(true, ordering: .releasing)
+                finished.signal()
+            }
+            guard ioStarted.wait(timeout: .now() + 60) == .success else {
+                note("[chaos] no child started I/O within 60 s; nothing done")
+                return
+            }
+            Thread.sleep(forTimeInterval: 0.3)
+            replace()
+            Thread.sleep(forTimeInterval: 0.3)
+            hang()
+            Thread.sleep(forTimeInterval: 0.5)  // and some I/O through the restarted driver
+        }
+    }
+
+    /// Waits for the chaos to be over; what it did.
+    func report() -> DemoReport.ChaosEntry {
+        _ = finished.wait(timeout: .now() + 120)
+        return entry.withLock { $0 }
+    }
+
+    private func replace() {
+        do {
+            let library = try kernel.loadDriver(path: rebuilt)
+            let r = try kernel.replaceDriver(at: slot.address, with: library)
+            entry.withLock { $0.replacements += 1 }
+            note(String(format: "[chaos] %@: %@ replaced by a rebuilt copy (%@, sha256 %@…) under the children's I/O: paused %.2f ms, %d request(s) held",
+                        r.device, r.old, rebuilt, String(library.sha256.prefix(16)), r.pause.milliseconds, r.heldRequests))
+        } catch {
+            note("[chaos] the live replacement failed: \(error)")
+        }
+    }
+
+    private func hang() {
+        let before = kernel.supervisor.events.count
+        note(String(format: "[chaos] %@: the device's interrupts are lost for %.1f s (a misrouted MSI): nvmelite's requests stall", slot.address.description, Self.silence))
+        slot.loseInterrupts(true)
+        Thread.sleep(forTimeInterval: Self.silence)
+        slot.loseInterrupts(false)
+        let deadline = Date(timeIntervalSinceNow: 60)
+        while kernel.supervisor.events.count == before && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        guard let event = kernel.supervisor.events.dropFirst(before).first else {
+            note("[chaos] the supervisor did not notice the hang within 60 s")
+            return
+        }
+        if case .restarted(_, let reissued) = event.outcome {
+            entry.withLock {
+                $0.restarts += 1
+                $0.reissued += reissued
+            }
+        }
+        note("[chaos] \(event)")
+    }
+
+    private func note(_ line: String) {
+        entry.withLock { $0.events.append(line) }
+        progress(line)
+    }
+}
