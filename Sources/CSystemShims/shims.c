@@ -153,18 +153,23 @@ ssize_t oy_shim_send_fds(int socket, const void *buffer, size_t length, const in
     return n;
 }
 
-int oy_shim_unix_listen(const char *path) {
-    struct sockaddr_un address;
-    int fd;
-    if (strlen(path) >= sizeof(address.sun_path)) {
+/* A close-on-exec Unix stream socket and `path` as its address; -1 with
+ * errno for a path too long. */
+static int unix_socket(const char *path, struct sockaddr_un *address) {
+    if (strlen(path) >= sizeof(address->sun_path)) {
         errno = ENAMETOOLONG;
         return -1;
     }
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    memset(address, 0, sizeof(*address));
+    address->sun_family = AF_UNIX;
+    strcpy(address->sun_path, path);
+    return socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+}
+
+int oy_shim_unix_listen(const char *path) {
+    struct sockaddr_un address;
+    int fd = unix_socket(path, &address);
     if (fd < 0) return -1;
-    memset(&address, 0, sizeof(address));
-    address.sun_family = AF_UNIX;
-    strcpy(address.sun_path, path);
     unlink(path);
     if (bind(fd, (struct sockaddr *)&address, sizeof(address)) != 0 || listen(fd, 8) != 0) {
         int saved = errno;
@@ -177,16 +182,8 @@ int oy_shim_unix_listen(const char *path) {
 
 int oy_shim_unix_connect(const char *path) {
     struct sockaddr_un address;
-    int fd;
-    if (strlen(path) >= sizeof(address.sun_path)) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = unix_socket(path, &address);
     if (fd < 0) return -1;
-    memset(&address, 0, sizeof(address));
-    address.sun_family = AF_UNIX;
-    strcpy(address.sun_path, path);
     if (connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0) {
         int saved = errno;
         close(fd);

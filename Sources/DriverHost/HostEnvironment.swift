@@ -25,6 +25,16 @@ public enum BARKind: Sendable, Equatable {
     case none
     case mmio(size: UInt64)
     case ports(count: UInt32)
+
+    /// The register window's size, when this is one.
+    public var mmioSize: UInt64? {
+        if case .mmio(let size) = self { size } else { nil }
+    }
+
+    /// The number of ports, when this is a port range.
+    public var portCount: UInt32? {
+        if case .ports(let count) = self { count } else { nil }
+    }
 }
 
 /// A device as the OS offers it to a driver.

@@ -451,10 +451,7 @@ enum HostServices {
             }
         }
         t.regs_map = { device, bar, out, size in
-            HostServices.claimBAR(device, bar, service: "regs_map", out: out, extent: size) { kind in
-                guard case .mmio(let length) = kind else { return nil }
-                return length
-            } make: { RegisterWindow(binding: $0, bar: $1, size: $2) }
+            HostServices.claimBAR(device, bar, service: "regs_map", out: out, extent: size, accepting: \.mmioSize) { RegisterWindow(binding: $0, bar: $1, size: $2) }
         }
         t.regs_unmap = { handle in HostServices.release(handle, as: RegisterWindow.self, service: "regs_unmap") }
         t.reg_read32 = { handle, offset in UInt32(truncatingIfNeeded: HostServices.registerRead(handle, offset, width: 4, service: "reg_read32")) }
@@ -462,10 +459,7 @@ enum HostServices {
         t.reg_read64 = { handle, offset in HostServices.registerRead(handle, offset, width: 8, service: "reg_read64") }
         t.reg_write64 = { handle, offset, value in HostServices.registerWrite(handle, offset, value, width: 8, service: "reg_write64") }
         t.ports_claim = { device, bar, out, count in
-            HostServices.claimBAR(device, bar, service: "ports_claim", out: out, extent: count) { kind in
-                guard case .ports(let n) = kind else { return nil }
-                return n
-            } make: { PortRange(binding: $0, bar: $1, count: $2) }
+            HostServices.claimBAR(device, bar, service: "ports_claim", out: out, extent: count, accepting: \.portCount) { PortRange(binding: $0, bar: $1, count: $2) }
         }
         t.ports_release = { handle in HostServices.release(handle, as: PortRange.self, service: "ports_release") }
         t.port_in8 = { handle, port in

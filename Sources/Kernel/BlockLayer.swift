@@ -184,11 +184,16 @@ public final class Disk: @unchecked Sendable {
     /// `oldestWithDriver`.
     private func handOver(to registration: RegisteredDisk) -> (BlockRequest) -> OyStatus {
         { [weak self] request in
-            self?.lock.withLock { self?.handedOver[ObjectIdentifier(request)] = .now }
+            let key = ObjectIdentifier(request)
+            self?.noteHandedOver(key, at: .now)
             let status = registration.submit(request)
-            if !status.isOK { self?.lock.withLock { _ = self?.handedOver.removeValue(forKey: ObjectIdentifier(request)) } }
+            if !status.isOK { self?.noteHandedOver(key, at: nil) }  // not taken: never with the driver
             return status
         }
+    }
+
+    private func noteHandedOver(_ key: ObjectIdentifier, at time: ContinuousClock.Instant?) {
+        lock.withLock { handedOver[key] = time }
     }
 
     /// How long the oldest request the driver has now has been with it
