@@ -229,7 +229,7 @@ enum ControlWire {
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { return nil }
             if let newline = chunk[0..<n].firstIndex(of: UInt8(ascii: "\n")) {
-                return line + chunk[0..<newline]
+                return line.count + newline <= limit ? line + chunk[0..<newline] : nil
             }
             line += chunk[0..<n]
         }

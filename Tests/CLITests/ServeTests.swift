@@ -1,8 +1,9 @@
 import Foundation
+import CSystemShims
 import Glibc
 import OyakoTestSupport
 import Synchronization
-import SystemAssembly
+@testable import SystemAssembly
 import Testing
 
 /// `oyako serve` keeps a root partition running; `oyako driver list|load|
@@ -107,5 +108,39 @@ import Testing
         printed = server.stop()
         #expect(server.process.terminationStatus == 0, "SIGTERM ends it cleanly:\n\(printed)")
         #expect(printed.contains("vhost-user-blk: \(server.state)/vda.sock") && printed.contains("stopped"), "\(printed)")
+    }
+
+    @Test func malformedControlRequestsGetAReasonAndTheServerGoesOn() throws {
+        let system = try BootedSystem(.bareMetal, state: Fixtures.temporaryDirectory("control"), drivers: [try Fixtures.referenceDriver("nvmelite")])
+        defer { system.shutdown() }
+        let path = Fixtures.temporaryDirectory("sock") + "/control.sock"
+        let server = try ControlServer(path: path, kernel: system.kernel) {}
+        defer { server.stop() }
+        let cases: [(String, String)] = [
+            ("not json", "not a control request"),
+            (#"{"command":"reboot"}"#, "not a control request"),
+            (#"{"command":"load"}"#, "load needs the driver file"),
+            (#"{"command":"replace","driver":"nvmelite"}"#, "replace needs the driver's name and the new file"),
+            (#"{"command":"unload"}"#, "unload needs the driver's name"),
+            (#"{"command":"load","file":"/nonexistent.so"}"#, "/nonexistent.so"),
+            (#"{"command":"replace","driver":"ghost","file":"/x.so"}"#, "no device is served by a driver named ghost"),
+        ]
+        for (line, reason) in cases {
+            let response = server.handle(Array(line.utf8))
+            #expect(!response.ok && response.message.contains(reason), "\(line): \(response.message)")
+        }
+        // A line past the limit, over the socket: refused, and the next request is served.
+        let fd = oy_shim_unix_connect(path)
+        #expect(fd >= 0)
+        let huge = [UInt8](repeating: UInt8(ascii: "x"), count: ControlServer.maxRequest + 10) + [UInt8(ascii: "\n")]
+        _ = huge.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        let answer = ControlWire.readLine(fd, limit: 1 << 20).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        _ = close(fd)
+        #expect(answer.contains("no request line (or one over"), "\(answer)")
+        let listed = try ControlClient.send(ControlRequest(.list), to: path)
+        #expect(listed.ok && listed.drivers?.map(\.name) == ["nvmelite"])
+        // And on the command line.
+        let missing = oyako(["serve", "--state", Fixtures.temporaryDirectory("serve"), "--driver", "/nonexistent/nvmelite.so"])
+        #expect(missing.status == 64 && missing.stderr.contains("--driver /nonexistent/nvmelite.so: no such file"), "\(missing.output)")
     }
 }
