@@ -542,7 +542,9 @@ extension Rig {
         switch deviceClass {
         case "oyako.block/1":
             guard let disk = kernel.blockLayer.disks.first else { throw CheckFailure("no disk registered") }
-            let lba = UInt64(worker * 2048 + round * 64)
+            // Each worker keeps to its own 2048 blocks, however many rounds it runs
+            // (40 under a sanitizer: 40 × 64 would reach into the next worker's).
+            let lba = UInt64(worker * 2048 + (round % 32) * 64)
             let data = (0..<(16 * disk.geometry.blockSize)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ worker &* 7 &+ round) }
             do {
                 try disk.write(lba: lba, bytes: data)

@@ -228,12 +228,14 @@ import Workloads
             }
         }
         #expect(started.wait(timeout: .now() + 20) == .success)
-        for i in 0..<20 {
-            _ = try system.kernel.replaceDriver(at: address, with: i % 2 == 0 ? next : original)
-            Thread.sleep(forTimeInterval: 0.01)
+        var held = 0
+        for i in 0..<100 {
+            held += try system.kernel.replaceDriver(at: address, with: i % 2 == 0 ? next : original).heldRequests
+            Thread.sleep(forTimeInterval: 0.005)
         }
         stop.store(true, ordering: .relaxed)
-        #expect(try outcome.wait() >= 3, "the child's verified I/O ran on across 20 replacements")
+        #expect(try outcome.wait() >= 3, "the child's verified I/O ran on across 100 replacements")
+        #expect(held > 0, "some of the child's requests waited for the next driver")
         #expect(system.disk?.statistics.failed == 0)
     }
 }
