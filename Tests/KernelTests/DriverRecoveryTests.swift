@@ -29,15 +29,15 @@ import Workloads
         let result = ledger.run(workers: 3, on: disk, until: { system.kernel.supervisor.events.count >= 1 }, thenWrites: 100)
 
         #expect(result.errors.isEmpty, "callers saw latency, not errors: \(result.errors)")
+        // On a loaded machine a flush can outlast the 1 s hang timeout too: a
+        // needless restart is allowed, a failed one is not.
         let events = system.kernel.supervisor.events
-        #expect(events.count == 1, "\(events)")
-        guard case .restarted(let attempts, let reissued)? = events.first?.outcome else {
-            Issue.record("expected one restart, got \(events)")
-            return
+        let reissuedInAll = events.reduce(0) { sum, event in
+            if case .restarted(_, let n) = event.outcome { return sum + n } else { return sum }
         }
-        #expect(attempts == 1)
-        #expect(reissued >= 1, "the request whose completion was lost went to the restarted driver")
-        #expect(disk.statistics.reissued == reissued)
+        #expect(!events.isEmpty && events.allSatisfy { !$0.outcome.gaveUp }, "\(events)")
+        #expect(reissuedInAll >= 1, "the request whose completion was lost went to the restarted driver: \(events)")
+        #expect(disk.statistics.reissued == reissuedInAll)
         #expect(disk.statistics.failed == 0)
         #expect(system.kernel.blockLayer.disks.count == 1 && system.kernel.blockLayer.disks.first === disk, "the same disk throughout")
         try disk.flush()

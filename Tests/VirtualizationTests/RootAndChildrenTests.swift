@@ -288,12 +288,10 @@ import Workloads
         Thread.sleep(forTimeInterval: 0.5)  // and some I/O after the restart
         stop.set()
         #expect(try outcome.wait() >= 1, "the child's verified I/O ran on")
+        // A needless restart (a slow flush on a loaded machine) is allowed, a failed one is not.
         let events = system.kernel.supervisor.events
-        guard case .restarted(_, let reissued)? = events.first?.outcome, events.count == 1 else {
-            Issue.record("expected one restart, got \(events)")
-            return
-        }
-        #expect(reissued >= 1)
+        #expect(!events.isEmpty && events.allSatisfy { !$0.outcome.gaveUp }, "\(events)")
+        #expect(events.contains { if case .restarted(_, let n) = $0.outcome { n >= 1 } else { false } }, "\(events)")
         #expect(system.disk?.statistics.failed == 0)
     }
 
