@@ -35,6 +35,13 @@ extension Catalogue {
                 return .passed("\(sizes.count) sizes × 4 alignments", observation: observation)
             }
         },
+        CheckDefinition("lifecycle.restart", "restarted as the OS restarts a hung driver: detach bounded, attach anew, accepted writes re-issued and verified",
+                        requires: ["io.basic"], classes: block, timeout: 25) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            _ = try rig.attach()
+            return try Catalogue.restartHungDriver(rig)
+        },
         CheckDefinition("io.block.flush", "flush completes", requires: ["io.basic"], classes: block) { c in
             try withAttached(c) { rig, instance in
                 guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
@@ -157,5 +164,50 @@ extension Catalogue {
         let (completed, failed) = counts.withLock { ($0.completed, $0.failed) }
         let lost = total - completed
         return (lost, min(lost, depth, submitted - completed), failed)
+    }
+
+    /// The device's interrupts vanish under four writes (the driver hears of
+    /// none of their completions), then the OS restarts the driver as its
+    /// supervisor does a hung one: detach, device restarted, attach, the
+    /// writes re-issued. They must all complete and read back.
+    static func restartHungDriver(_ rig: Rig) throws -> CheckOutcome {
+        guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
+        let slot = rig.slots[0], g = disk.geometry
+        let blocks = min(8, g.maxTransferBlocks), pending = Pending(), failures = Mutex<[String]>([])
+        var written: [(lba: UInt64, buffer: IOBuffer)] = []
+        slot.loseInterrupts(true)
+        for i in 0..<4 {
+            guard let buffer = disk.allocateBuffer(length: blocks * g.blockSize) else { break }
+            for j in 0..<buffer.length { buffer.bytes[j] = UInt8(truncatingIfNeeded: j &* 5 &+ i &* 31 &+ 1) }
+            let lba = UInt64(i * blocks * 2) % (g.blockCount - UInt64(blocks))
+            written.append((lba, buffer))
+            pending.start()
+            disk.submit(.write, lba: lba, blocks: blocks, buffer: buffer) { status in
+                if !status.isOK { failures.withLock { $0.append("the write at LBA \(lba) failed: \(status)") } }
+                pending.finish()
+            }
+        }
+        usleep(200_000)  // the device has done them; the driver has not heard
+        slot.loseInterrupts(false)
+        guard let event = rig.kernel.supervisor.recover(slot.address, cause: "the conformance suite made its interrupts vanish") else {
+            return .failed("there was nothing to restart: no driver bound, or no disk")
+        }
+        guard case .restarted(_, let reissued) = event.outcome else {
+            return .failed("the driver could not be attached again after its detach (\(event)); reset the controller in attach and keep no state in globals")
+        }
+        guard pending.waitAll(timeout: 10) else {
+            return .failed("\(pending.outstanding) write(s) never completed after the restart")
+        }
+        if let first = failures.withLock({ $0.first }) { return .failed(first + "; callers must see the restart as latency, not errors") }
+        for (lba, buffer) in written {
+            guard let back = disk.allocateBuffer(length: buffer.length) else { return .failed("out of I/O memory") }
+            do {
+                try disk.perform(.read, lba: lba, blocks: blocks, buffer: back)
+            } catch {
+                return .failed("reading back after the restart: \(error)")
+            }
+            guard back.bytes.elementsEqual(buffer.bytes) else { return .failed("LBA \(lba) reads back other data after the restart") }
+        }
+        return .passed(String(format: "restarted %.1f s after the decision, %d request(s) re-issued, all read back", Double(event.duration.components.seconds) + Double(event.duration.components.attoseconds) / 1e18, reissued))
     }
 }

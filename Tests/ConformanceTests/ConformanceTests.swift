@@ -167,6 +167,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "    { static unsigned lost; for (i = 0; i < n; i++) if (++lost % 700 != 0) d->ctx->block->complete(done[i], status[i]); }"
             )])
         }, expected: ["io.block.accounting": .failed]),
+        Case(defect: "detach waits without a bound for completions that never come", build: {
+            try Fixtures.mutatedReferenceDriver("nvmelite", [("#define NVL_DRAIN_TIMEOUT_NS 5000000000ull", "#define NVL_DRAIN_TIMEOUT_NS 3600000000000ull")])
+        }, expected: ["lifecycle.restart": .timeout]),
         // The handle leads nowhere, but the violation happened in its attach: it is the driver's.
         Case(defect: "a forged device handle", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_FORGED_HANDLE"]) },
              expected: ["lifecycle.attach": .failed]),
