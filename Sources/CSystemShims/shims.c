@@ -180,6 +180,10 @@ int oy_shim_unix_listen(const char *path) {
     return fd;
 }
 
+int oy_shim_seqpacket_pair(int fds[2]) {
+    return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds);
+}
+
 int oy_shim_unix_connect(const char *path) {
     struct sockaddr_un address;
     int fd = unix_socket(path, &address);
@@ -212,6 +216,22 @@ int oy_shim_spawn_tethered(const char *path, char *const argv[], int output_fd) 
     int in = open("/dev/null", O_RDONLY);
     if (in < 0 || dup2(in, 0) < 0 || dup2(output_fd, 1) < 0 || dup2(output_fd, 2) < 0) _exit(127);
     /* Nothing else of the supervisor's leaks in (sockets, pipes, memfds). */
+    close_range(3, ~0U, 0);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execv(path, argv);
+    _exit(127);
+}
+
+int oy_shim_spawn_driver_host(const char *path, char *const argv[], int socket_fd) {
+    pid_t pid = fork();
+    if (pid != 0) return pid;  /* the parent, or -1 with errno */
+    /* The child: only async-signal-safe calls until exec. Its line to the
+     * Kernel becomes its standard input; standard output and error stay
+     * the Kernel's; nothing else is inherited. */
+    setpgid(0, 0);
+    if (dup2(socket_fd, 0) < 0) _exit(127);
     close_range(3, ~0U, 0);
     sigset_t none;
     sigemptyset(&none);

@@ -447,7 +447,7 @@ enum Catalogue {
             result.withLock { $0 = status }
             done.signal()
         }
-        let status = disk.registered.submit(request)
+        let status = disk.driver.submit(request)
         guard status.isOK else { return status }
         _ = done.wait(timeout: .now() + 5)
         return result.withLock { $0 }

@@ -11,6 +11,14 @@ public struct BlockGeometry: Sendable, Equatable {
     public let queueDepth: Int
     public let canFlush: Bool
 
+    public init(blockSize: Int, blockCount: UInt64, maxTransferBlocks: Int, queueDepth: Int, canFlush: Bool) {
+        self.blockSize = blockSize
+        self.blockCount = blockCount
+        self.maxTransferBlocks = maxTransferBlocks
+        self.queueDepth = queueDepth
+        self.canFlush = canFlush
+    }
+
     public var capacity: UInt64 { blockCount * UInt64(blockSize) }
 }
 
@@ -65,6 +73,13 @@ public final class BlockRequest: LentRequest, @unchecked Sendable {
                 + "once complete() is called the request is the host's: touch nothing of it afterwards", inCallback: false)
         }
     }
+
+    /// What the request asks, as filled by `prepare` (for a driver host's
+    /// proxy, which sends it to another process).
+    public var operation: Operation? { Operation(rawValue: raw.pointee.op) }
+    public var lba: UInt64 { raw.pointee.lba }
+    public var blockCount: Int { Int(raw.pointee.block_count) }
+    public var data: UnsafeMutableRawPointer? { raw.pointee.data }
 
     /// Fills the request. `data` must be memory the OS allocated for I/O
     /// (reachable by dma_map); nil for flush.

@@ -112,15 +112,39 @@ public final class IOBuffer: @unchecked Sendable {
     public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: pointer, count: length) }
 }
 
+/// Whoever serves a disk now: a driver's registration in the OS's own
+/// process, or one in a driver-host process.
+public protocol DiskDriverBinding: AnyObject, Sendable {
+    var geometry: BlockGeometry { get }
+    /// Driver name and device, e.g. "nvmelite@00:01.0".
+    var label: String { get }
+    /// The device's bus location ("00:01.0").
+    var location: String { get }
+    /// The driver's name and the SHA-256 of its file.
+    var driverName: String { get }
+    var driverSHA256: String { get }
+    /// Hands `request` to the driver: on `.ok` its completion runs later,
+    /// exactly once; `.busy` puts it back at the head of the queue.
+    func submit(_ request: BlockRequest) -> OyStatus
+}
+
+extension RegisteredDisk: DiskDriverBinding {
+    public var location: String { binding.device.info.location }
+    public var driverName: String { binding.library.name }
+    public var driverSHA256: String { binding.library.sha256 }
+}
+
 /// A disk as the OS's block layer presents it: asynchronous submission with
 /// a software queue above the driver's depth, and a synchronous convenience
 /// API for workloads.
 public final class Disk: @unchecked Sendable {
     // @unchecked Sendable: queue state is guarded by `lock`.
     public let name: String
-    /// The driver's registration serving the disk now (a replacement changes it).
-    public var registered: RegisteredDisk { lock.withLock { current } }
-    private var current: RegisteredDisk
+    /// Whoever serves the disk now (a replacement or a restart changes it).
+    public var driver: any DiskDriverBinding { lock.withLock { current } }
+    /// The in-process registration serving the disk, if that is what serves it.
+    public var registered: RegisteredDisk? { driver as? RegisteredDisk }
+    private var current: any DiskDriverBinding
     /// Set while the driver behind the disk is being replaced or restarted:
     /// its unregistration then leaves the disk in place for the next driver.
     private var awaitingDriver = false
@@ -136,7 +160,7 @@ public final class Disk: @unchecked Sendable {
     /// block size and count, at least the same transfer size and flushing.
     public let geometry: BlockGeometry
     /// Which driver and device serve it ("nvmelite@00:01.0").
-    public var driverLabel: String { registered.label }
+    public var driverLabel: String { driver.label }
 
     private let memory: KernelMemory
     private let lock = NSLock()
@@ -171,7 +195,7 @@ public final class Disk: @unchecked Sendable {
 
     private var stats = Statistics()
 
-    init(name: String, registered: RegisteredDisk, memory: KernelMemory) {
+    init(name: String, registered: any DiskDriverBinding, memory: KernelMemory) {
         self.name = name
         self.current = registered
         self.geometry = registered.geometry
@@ -182,7 +206,7 @@ public final class Disk: @unchecked Sendable {
 
     /// The queue's way to the driver: notes when each request went, for
     /// `oldestWithDriver`.
-    private func handOver(to registration: RegisteredDisk) -> (BlockRequest) -> OyStatus {
+    private func handOver(to registration: any DiskDriverBinding) -> (BlockRequest) -> OyStatus {
         { [weak self] request in
             let key = ObjectIdentifier(request)
             self?.noteHandedOver(key, at: .now)
@@ -231,7 +255,7 @@ public final class Disk: @unchecked Sendable {
 
     /// The next driver registered the same device: requests go to it.
     /// Refused (false) when its geometry is not the disk's.
-    func rebind(_ registration: RegisteredDisk) -> Bool {
+    func rebind(_ registration: any DiskDriverBinding) -> Bool {
         let g = registration.geometry, old = geometry
         guard g.blockSize == old.blockSize, g.blockCount == old.blockCount, g.maxTransferBlocks >= old.maxTransferBlocks,
             g.canFlush == old.canFlush
@@ -244,7 +268,7 @@ public final class Disk: @unchecked Sendable {
     /// first, in submission order, then what was held, to whichever driver
     /// is current.
     func endReplacement() {
-        let (registration, reissue) = lock.withLock { () -> (RegisteredDisk, [Issued]) in
+        let (registration, reissue) = lock.withLock { () -> (any DiskDriverBinding, [Issued]) in
             awaitingDriver = false
             recovering = false
             defer { toReissue = [] }
@@ -469,9 +493,14 @@ public final class BlockLayer: ClassSubsystem {
 
     func adopt(_ registration: ClassRegistration, log: KernelLog) throws(OyStatus) {
         guard let registered = registration as? RegisteredDisk else { throw .invalid }
+        try adopt(disk: registered, log: log)
+    }
+
+    /// A disk registered by a driver, here or in a driver-host process.
+    func adopt(disk registered: any DiskDriverBinding, log: KernelLog) throws(OyStatus) {
         // A replacement driver takes over its device's disk.
-        let location = registered.binding.device.info.location
-        if let disk = named.all.first(where: { $0.awaitsDriver && $0.registered.binding.device.info.location == location }) {
+        let location = registered.location
+        if let disk = named.all.first(where: { $0.awaitsDriver && $0.driver.location == location }) {
             guard disk.rebind(registered) else {
                 log.record(.warning, "block", "\(disk.name): \(registered.label) registered a different geometry; refused")
                 throw .invalid
@@ -485,8 +514,13 @@ public final class BlockLayer: ClassSubsystem {
     }
 
     func release(_ registration: ClassRegistration, log: KernelLog) {
+        guard let registered = registration as? RegisteredDisk else { return }
+        release(disk: registered, log: log)
+    }
+
+    func release(disk registered: any DiskDriverBinding, log: KernelLog) {
         // A disk whose driver is being replaced or restarted stays for the next one.
-        named.remove { $0.registered === registration && !$0.awaitsDriver }?.markRemoved(reason: "\(registration.label) unregistered it")
+        named.remove { $0.driver === registered && !$0.awaitsDriver }?.markRemoved(reason: "\(registered.label) unregistered it")
     }
 
     /// Forgets a disk whose device is left without a driver; what waits fails.
@@ -498,7 +532,7 @@ public final class BlockLayer: ClassSubsystem {
 
     /// The disk the device at `location` ("00:01.0") serves, if any.
     public func disk(at location: String) -> Disk? {
-        named.all.first { $0.registered.binding.device.info.location == location }
+        named.all.first { $0.driver.location == location }
     }
 }
 

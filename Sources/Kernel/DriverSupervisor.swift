@@ -127,7 +127,7 @@ public final class DriverSupervisor: @unchecked Sendable {
             do {
                 for disk in kernel.blockLayer.disks {
                     guard let age = disk.oldestWithDriver, age > timeout else { continue }
-                    let address = disk.registered.binding.device.info.location
+                    let address = disk.driver.location
                     guard let slot = kernel.platform.bus.enumerate().first(where: { $0.address.description == address }) else { continue }
                     let cause = String(format: "a request was with it for %.1f s", age.seconds)
                     // Off the watchdog's thread: one slow recovery must not stop it watching the others.
@@ -147,16 +147,16 @@ public final class DriverSupervisor: @unchecked Sendable {
     /// of that device already running).
     @discardableResult
     public func recover(_ address: BusAddress, cause: String) -> RecoveryEvent? {
-        guard let kernel, let old = kernel.instance(at: address),
-            let slot = kernel.platform.bus.enumerate().first(where: { $0.address == address }),
+        guard let kernel, let slot = kernel.platform.bus.enumerate().first(where: { $0.address == address }),
+            let bound = kernel.restartable(at: address, slot: slot),
             let disk = kernel.blockLayer.disk(at: address.description),
             state.withLock({ $0.recovering.insert(address).inserted })
         else { return nil }
         defer { _ = state.withLock { $0.recovering.remove(address) } }
         let started = ContinuousClock.now
-        let library = old.library
-        kernel.log.record(.warning, "kernel", "\(address): \(library.name) failed (\(cause)); restarting it")
-        let previous = disk.registered
+        let name = bound.name
+        kernel.log.record(.warning, "kernel", "\(address): \(name) failed (\(cause)); restarting it")
+        let previous = disk.driver
         disk.beginRecovery()
         kernel.detach(address)
         kernel.platform.bus.restart(slot)
@@ -164,17 +164,17 @@ public final class DriverSupervisor: @unchecked Sendable {
         while let delay = nextRestart(of: address) {
             attempts += 1
             Thread.sleep(forTimeInterval: delay.seconds)
-            if let failure = reattach(library, to: slot, disk: disk, replacing: previous, kernel: kernel) {
-                kernel.log.record(.warning, "kernel", "\(address): restart \(attempts) of \(library.name) failed: \(failure)")
+            if let failure = reattach(bound.attachAgain, to: slot, disk: disk, replacing: previous, kernel: kernel) {
+                kernel.log.record(.warning, "kernel", "\(address): restart \(attempts) of \(name) failed: \(failure)")
                 continue
             }
             let reissued = disk.pendingReissue
             disk.endReplacement()
-            return record(RecoveryEvent(device: address.description, driver: library.name, cause: cause,
+            return record(RecoveryEvent(device: address.description, driver: name, cause: cause,
                                         outcome: .restarted(attempts: attempts, reissued: reissued), duration: .now - started), kernel)
         }
         disk.abandonRecovery()
-        let event = RecoveryEvent(device: address.description, driver: library.name, cause: cause, outcome: .gaveUp(attempts: attempts),
+        let event = RecoveryEvent(device: address.description, driver: name, cause: cause, outcome: .gaveUp(attempts: attempts),
                                   duration: .now - started)
         _ = kernel.blockLayer.remove(disk, reason: event.description)
         return record(event, kernel)
@@ -196,14 +196,14 @@ public final class DriverSupervisor: @unchecked Sendable {
         }
     }
 
-    /// Attaches `library` again; nil once it serves the disk, else why not.
-    private func reattach(_ library: DriverLibrary, to slot: BusSlot, disk: Disk, replacing previous: RegisteredDisk, kernel: Kernel) -> String? {
+    /// Attaches the driver again; nil once it serves the disk, else why not.
+    private func reattach(_ attach: () throws -> Void, to slot: BusSlot, disk: Disk, replacing previous: any DiskDriverBinding, kernel: Kernel) -> String? {
         do {
-            try kernel.attach(library, to: slot)
+            try attach()
         } catch {
             return "\(error)"
         }
-        if disk.registered !== previous { return nil }
+        if disk.driver !== previous { return nil }
         kernel.detach(slot.address)
         return "it registered no disk of the same geometry"
     }

@@ -75,6 +75,15 @@ public final class Kernel: @unchecked Sendable {
     private let lock = NSLock()
     private var libraries: [String: DriverLibrary] = [:]
     private var instances: [BusAddress: DriverInstance] = [:]
+    /// Disk drivers running in driver-host processes.
+    private var isolated: [BusAddress: IsolatedDriver] = [:]
+    /// When set (before boot), disk drivers run in driver-host processes
+    /// started from this executable (`oyako driver-host`); others stay in process.
+    public var driverHostExecutable: String? {
+        get { lock.withLock { hostExecutable } }
+        set { lock.withLock { hostExecutable = newValue } }
+    }
+    private var hostExecutable: String?
     private var booted = false
 
     public init(platform: any Platform, driverPaths: [String], logLevel: LogLevel = .warning) {
@@ -112,9 +121,13 @@ public final class Kernel: @unchecked Sendable {
             var boundDriver: String?
             for file in candidates {
                 do {
-                    let instance = try attach(file: file, to: slot)
-                    boundDriver = instance.library.name
-                    outcome = "attached"
+                    if let executable = driverHostExecutable, file.metadata.deviceClass == RegisteredDisk.classID {
+                        boundDriver = try attachIsolated(file: file, to: slot, executable: executable).name
+                        outcome = "attached in a driver host"
+                    } else {
+                        boundDriver = try attach(file: file, to: slot).library.name
+                        outcome = "attached"
+                    }
                     break
                 } catch let error as AttachError where error.status == .notSupported {
                     outcome = "probe declined by \(file.metadata.name)"
@@ -141,6 +154,33 @@ public final class Kernel: @unchecked Sendable {
     public func attach(file: DriverFile, to slot: BusSlot) throws -> DriverInstance {
         try attach(try loadLibrary(file), to: slot)
     }
+
+    /// Starts a driver host for `file` and attaches it to the device in `slot`.
+    @discardableResult
+    func attachIsolated(file: DriverFile, to slot: BusSlot, executable: String) throws -> IsolatedDriver {
+        let driver = try IsolatedDriver.start(file: file, slot: slot, kernel: self, executable: executable)
+        lock.withLock { isolated[slot.address] = driver }
+        log.record(.info, "kernel", "\(file.metadata.name) attached to \(slot.address) in driver host \(driver.pid)")
+        return driver
+    }
+
+    /// The driver bound to `address` (in process or in a driver host), and
+    /// how to attach it again: what the supervisor restarts.
+    func restartable(at address: BusAddress, slot: BusSlot) -> (name: String, attachAgain: () throws -> Void)? {
+        lock.withLock {
+            if let library = instances[address]?.library {
+                return (library.name, { try self.attach(library, to: slot) })
+            }
+            if let driver = isolated[address], let executable = hostExecutable {
+                let file = driver.file
+                return (file.metadata.name, { try self.attachIsolated(file: file, to: slot, executable: executable) })
+            }
+            return nil
+        }
+    }
+
+    /// The process of the driver host serving `address`, if one does.
+    public func driverHostProcess(at address: BusAddress) -> pid_t? { lock.withLock { isolated[address]?.pid } }
 
     /// Loads a driver file (once per file) without attaching it.
     public func loadDriver(path: String) throws -> DriverLibrary {
@@ -188,6 +228,10 @@ public final class Kernel: @unchecked Sendable {
     /// Detaches the driver from one device (the device stays).
     @discardableResult
     public func detach(_ address: BusAddress) -> DriverInstance.DetachReport? {
+        if let driver = lock.withLock({ isolated.removeValue(forKey: address) }) {
+            driver.detach()
+            return nil
+        }
         guard let instance = lock.withLock({ instances.removeValue(forKey: address) }) else { return nil }
         return instance.detach()
     }
@@ -290,14 +334,14 @@ public final class Kernel: @unchecked Sendable {
             disk.endReplacement()
             throw .drainTimedOut(device)
         }
-        let previous = disk.registered
+        let previous = disk.driver
         lock.withLock { instances[address] = nil }
         old.detach()
         /// Attaches `candidate`; true once it has taken the disk over.
         func takeOver(_ candidate: DriverLibrary) -> String? {
             do {
                 let instance = try attach(candidate, to: slot)
-                if disk.registered !== previous { return nil }
+                if disk.driver !== previous { return nil }
                 lock.withLock { instances[address] = nil }
                 instance.detach()
                 return "it registered no disk of the same geometry"
@@ -322,19 +366,26 @@ public final class Kernel: @unchecked Sendable {
     /// Detaches every device and unloads every driver.
     public func shutdown() {
         supervisor.stop()
-        let (bound, loaded) = lock.withLock { () -> ([DriverInstance], [DriverLibrary]) in
+        let (bound, loaded, hosts) = lock.withLock { () -> ([DriverInstance], [DriverLibrary], [IsolatedDriver]) in
             defer {
                 instances.removeAll()
                 libraries.removeAll()
+                isolated.removeAll()
             }
-            return (Array(instances.values), Array(libraries.values))
+            return (Array(instances.values), Array(libraries.values), Array(isolated.values))
         }
+        for host in hosts { host.detach() }
         for instance in bound { instance.detach() }
         for library in loaded { library.unload() }
         log.record(.info, "kernel", "shut down")
     }
 
     private func deviceRemoved(_ slot: BusSlot) {
+        if let driver = lock.withLock({ isolated.removeValue(forKey: slot.address) }) {
+            log.record(.warning, "kernel", "\(slot.address) surprise-removed; its driver host is ended")
+            driver.end()
+            return
+        }
         guard let instance = lock.withLock({ instances.removeValue(forKey: slot.address) }) else { return }
         log.record(.warning, "kernel", "\(slot.address) surprise-removed; \(instance.library.name) told to fail outstanding I/O")
         let report = instance.surpriseRemove()

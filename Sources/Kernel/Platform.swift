@@ -23,6 +23,12 @@ public protocol Platform: AnyObject, Sendable {
     func routeInterrupt(_ slot: BusSlot, index: Int, handler: (@Sendable () -> Void)?)
     func maskInterrupt(_ slot: BusSlot, index: Int)
     func unmaskInterrupt(_ slot: BusSlot, index: Int)
+
+    /// The memfd of the machine's RAM, and where [physical, +length) of the
+    /// OS's memory lies in it (nil when any of it is not RAM): what a
+    /// driver-host process maps to share the OS's memory.
+    var machineMemoryFile: Int32 { get }
+    func machineRuns(physical: UInt64, length: Int) -> [(offset: UInt64, length: Int)]?
 }
 
 /// The OS's view of its physical memory: a contiguous CPU mapping of its
@@ -99,5 +105,11 @@ public final class BarePlatform: Platform {
 
     public func unmaskInterrupt(_ slot: BusSlot, index: Int) {
         machine.interrupts.unmask(slot.vectors.lowerBound + index)
+    }
+
+    public var machineMemoryFile: Int32 { machine.memory.fileDescriptor }
+
+    public func machineRuns(physical: UInt64, length: Int) -> [(offset: UInt64, length: Int)]? {
+        physical + UInt64(length) <= UInt64(machine.memory.size) ? [(physical, length)] : nil
     }
 }

@@ -413,7 +413,7 @@ public struct DemoRunner {
         }
         var entries: [DemoReport.DiskEntry] = []
         for disk in kernel.blockLayer.disks {
-            let driver = disk.registered.binding.library.name
+            let driver = disk.driver.driverName
             progress("[\(label)] \(disk.name): \(disk.geometry.capacity >> 20) MiB, \(disk.geometry.blockSize)-byte blocks, via \(disk.driverLabel)")
             var verified = true
             var moved = VerifiedIO.Result()

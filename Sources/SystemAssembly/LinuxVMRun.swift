@@ -163,7 +163,7 @@ struct LinuxVMRun {
 
     /// The root's driver files behind the VM's devices.
     private func servedBy(disk: Disk) -> [DemoReport.ServedBy] {
-        var served = [DemoReport.ServedBy(device: "vda, vdb", driver: disk.registered.binding.library.name, sha256: disk.registered.binding.library.sha256)]
+        var served = [DemoReport.ServedBy(device: "vda, vdb", driver: disk.driver.driverName, sha256: disk.driver.driverSHA256)]
         if let nic = kernel.network.interfaces.first {
             served.append(.init(device: "net1 (external switch uplink)", driver: nic.netdev.binding.library.name, sha256: nic.netdev.binding.library.sha256))
         }

@@ -99,6 +99,12 @@ public final class RootPlatform: Platform, @unchecked Sendable {
         hypervisor.machine.interrupts.mask(slot.vectors.lowerBound + index)
     }
 
+    public var machineMemoryFile: Int32 { hypervisor.machine.memory.fileDescriptor }
+
+    public func machineRuns(physical: UInt64, length: Int) -> [(offset: UInt64, length: Int)]? {
+        hypervisor.machineRuns(partition: hypervisor.root.id, gpa: physical, length: length)?.map { ($0.machine, $0.length) }
+    }
+
     public func unmaskInterrupt(_ slot: BusSlot, index: Int) {
         hypervisor.machine.interrupts.unmask(slot.vectors.lowerBound + index)
     }

@@ -77,6 +77,24 @@ public enum Fixtures {
         return try mutatedReferenceDriver("nvmelite", edits)
     }
 
+    /// nvmelite that crashes (a NULL store) on its `n`th submit, once: the
+    /// crash leaves `marker` behind, and a driver that finds it does not
+    /// crash again. With `crashRestarts`, every attach that finds the marker
+    /// crashes instead (a driver that cannot come back). For driver hosts:
+    /// the counts are per process.
+    public static func nvmeliteCrashing(afterSubmits n: Int, marker: String, crashRestarts: Bool = false) throws -> String {
+        var edits = [
+            ("#include <string.h>", "#include <string.h>\n#include <fcntl.h>\n#include <unistd.h>\nstatic unsigned fixture_submits;"),
+            ("    nvl_dev *d = (nvl_dev *)instance;\n    nvl_sqe cmd;",
+             "    nvl_dev *d = (nvl_dev *)instance;\n    nvl_sqe cmd;\n    if (++fixture_submits == \(n)u && access(\"\(marker)\", F_OK) != 0) { close(open(\"\(marker)\", O_CREAT | O_WRONLY, 0600)); *(volatile int *)0 = 0; } /* the defect */"),
+        ]
+        if crashRestarts {
+            edits.append(("    if (c == NULL || device == NULL || out_instance == NULL) return OY_E_INVALID;",
+                          "    if (c == NULL || device == NULL || out_instance == NULL) return OY_E_INVALID;\n    if (access(\"\(marker)\", F_OK) == 0) *(volatile int *)0 = 0; /* the defect */"))
+        }
+        return try mutatedReferenceDriver("nvmelite", edits)
+    }
+
     /// The SDK template's driver (`SDK/template`: rnglite, oyako.rng/1).
     public static func templateDriver() throws -> String {
         try build(directory: sdk.root + "/template", name: "mydriver", defines: [])

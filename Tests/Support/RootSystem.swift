@@ -21,12 +21,14 @@ public final class RootSystem: @unchecked Sendable {
     public let report: Kernel.BootReport
     public let state: String
 
-    public init(drivers: [String], diskSize: UInt64 = 32 << 20, nics: Int = 0, wire: (Testbed) -> Void = { _ in }) throws {
+    /// `driverHost`: run disk drivers in driver-host processes of that executable.
+    public init(drivers: [String], diskSize: UInt64 = 32 << 20, nics: Int = 0, driverHost: String? = nil, wire: (Testbed) -> Void = { _ in }) throws {
         state = Fixtures.temporaryDirectory("root")
         testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: 160 << 20, nics: nics)
         wire(testbed)
         root = try RootPartition(machine: testbed.machine, memory: 64 << 20)
         kernel = Kernel(platform: root.platform, driverPaths: drivers)
+        kernel.driverHostExecutable = driverHost
         report = kernel.boot()
         vms = VMManager(root: root)
     }

@@ -311,4 +311,26 @@ import Workloads
         let log = system.root.vmbus.eventLog.joined(separator: "\n")
         #expect(log.contains("rescinded relid") && log.contains("gave up on nvmelite"), "the rescind names the reason:\n\(log)")
     }
+
+    @Test func aChildSeesLatencyNotErrorsWhenTheRootsDriverHostCrashes() throws {
+        let marker = Fixtures.temporaryDirectory("crash") + "/crashed"
+        let system = try RootSystem(drivers: [try Fixtures.nvmeliteCrashing(afterSubmits: 500, marker: marker)], driverHost: Fixtures.oyakoBinary)
+        defer { system.shutdown() }
+        system.kernel.supervisor.policy.backoff = .milliseconds(10)  // the default hang timeout: only the crash restarts it
+        let first = try #require(system.kernel.driverHostProcess(at: system.testbed.nvmeSlot.address), "the root's disk driver runs in a driver host")
+        let stop = Flag()
+        let started = DispatchSemaphore(value: 0)
+        let outcome = try Self.startVerifiedChild(system, stop: stop, started: started)
+        #expect(started.wait(timeout: .now() + 30) == .success)
+        let deadline = Date(timeIntervalSinceNow: 60)
+        while system.kernel.supervisor.events.isEmpty && Date() < deadline { usleep(10_000) }
+        Thread.sleep(forTimeInterval: 0.5)  // and some I/O through the new host
+        stop.set()
+        #expect(try outcome.wait() >= 1, "the child's verified I/O ran on")
+        let events = system.kernel.supervisor.events
+        #expect(events.contains { $0.cause.contains("SIGSEGV") } && events.allSatisfy { !$0.outcome.gaveUp }, "\(events)")
+        #expect(FileManager.default.fileExists(atPath: marker), "the driver did crash")
+        #expect(system.kernel.driverHostProcess(at: system.testbed.nvmeSlot.address) != first)
+        #expect(system.disk?.statistics.failed == 0)
+    }
 }

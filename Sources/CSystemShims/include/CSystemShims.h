@@ -66,6 +66,10 @@ ssize_t oy_shim_send_fds(int socket, const void *buffer, size_t length, const in
  * removed first). Returns the descriptor or -1 with errno. */
 int oy_shim_unix_listen(const char *path);
 
+/* A connected pair of close-on-exec Unix SOCK_SEQPACKET sockets (message
+ * boundaries kept): a driver host's line to the Kernel. 0 or -1 with errno. */
+int oy_shim_seqpacket_pair(int fds[2]);
+
 /* A Unix stream socket connected to `path`. Returns the descriptor or -1
  * with errno. */
 int oy_shim_unix_connect(const char *path);
@@ -81,6 +85,12 @@ int oy_shim_eventfd(void);
  * never outlives the process supervising it (call from a thread that lives
  * as long as the process). Returns the pid or -1 with errno. */
 int oy_shim_spawn_tethered(const char *path, char *const argv[], int output_fd);
+
+/* Starts a driver-host process: `socket_fd` becomes its standard input,
+ * standard output and error are inherited, no other descriptor is. It ends
+ * itself when the socket closes (the Kernel's process went away). Returns
+ * the pid or -1 with errno. */
+int oy_shim_spawn_driver_host(const char *path, char *const argv[], int socket_fd);
 
 /* CPU nanoseconds this thread spent in the OS on a driver's behalf (its
  * completions and received frames), so that a callback's budget counts the

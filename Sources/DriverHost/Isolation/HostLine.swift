@@ -1,0 +1,208 @@
+import CSystemShims
+import Foundation
+import Glibc
+import Synchronization
+
+/// What the Kernel and a driver-host process say to each other over one
+/// SOCK_SEQPACKET socket. Every message is [kind u32][sequence u32][body],
+/// little-endian; a reply has its request's sequence and kind | `replyBit`.
+/// File descriptors (the machine's memory, interrupt eventfds) travel with
+/// the message that needs them (SCM_RIGHTS).
+public enum HostMessage: UInt32, Sendable {
+    // The Kernel asks the host.
+    case attach = 1, submit, detach
+    // The host asks the Kernel (its device, its memory, its registrations).
+    case log = 16, configRead, configWrite, mmioRead, mmioWrite, portRead, portWrite
+    case dmaAllocate, dmaFree, dmaMap, dmaUnmap
+    case hookInterrupt, unhookInterrupt, maskInterrupt, unmaskInterrupt
+    case registerDisk, unregisterDisk, complete
+
+    public static let replyBit: UInt32 = 0x8000_0000
+    /// Largest message either side sends.
+    public static let maxSize = 64 << 10
+}
+
+/// A message's body, built field by field.
+public struct WireWriter: Sendable {
+    public private(set) var bytes: [UInt8] = []
+    public init() {}
+    public mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+    public mutating func i32(_ v: Int32) { u32(UInt32(bitPattern: v)) }
+    public mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
+    public mutating func string(_ s: String) {
+        let utf8 = Array(s.utf8.prefix(8192))
+        u32(UInt32(utf8.count))
+        bytes += utf8
+    }
+    /// Runs of machine memory: count, then (offset, length) pairs.
+    public mutating func runs(_ runs: [(offset: UInt64, length: Int)]) {
+        u32(UInt32(runs.count))
+        for run in runs {
+            u64(run.offset)
+            u64(UInt64(run.length))
+        }
+    }
+}
+
+/// A message's body, read field by field; a short body is an error.
+public struct WireReader: Sendable {
+    public struct Short: Error, CustomStringConvertible {
+        public var description: String { "a message ended before its fields did" }
+    }
+
+    let bytes: [UInt8]
+    var offset = 0
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    public mutating func u32() throws(Short) -> UInt32 {
+        guard offset + 4 <= bytes.count else { throw Short() }
+        defer { offset += 4 }
+        return (0..<4).reduce(0) { $0 | UInt32(bytes[offset + $1]) << (8 * $1) }
+    }
+    public mutating func i32() throws(Short) -> Int32 { Int32(bitPattern: try u32()) }
+    public mutating func u64() throws(Short) -> UInt64 {
+        guard offset + 8 <= bytes.count else { throw Short() }
+        defer { offset += 8 }
+        return (0..<8).reduce(0) { $0 | UInt64(bytes[offset + $1]) << (8 * $1) }
+    }
+    public mutating func string() throws(Short) -> String {
+        let count = Int(try u32())
+        guard count <= 8192, offset + count <= bytes.count else { throw Short() }
+        defer { offset += count }
+        return String(decoding: bytes[offset..<(offset + count)], as: UTF8.self)
+    }
+    public mutating func runs() throws(Short) -> [(offset: UInt64, length: Int)] {
+        let count = Int(try u32())
+        guard count <= 4096 else { throw Short() }
+        var runs: [(offset: UInt64, length: Int)] = []
+        for _ in 0..<count { runs.append((try u64(), Int(try u64()))) }
+        return runs
+    }
+}
+
+/// One end of the line: requests with replies, one-way messages, and a
+/// reader thread that hands replies to their callers and everything else to
+/// `received`. When the other end goes away every caller waiting for a reply
+/// gets `Closed`, and `closed` runs once.
+public final class HostLine: @unchecked Sendable {
+    // @unchecked Sendable: `state` is guarded by its Mutex; `socket` is fixed.
+    public struct Closed: Error, CustomStringConvertible {
+        public let reason: String
+        public var description: String { "the driver host's line is closed: \(reason)" }
+    }
+
+    /// An incoming request or one-way message.
+    public struct Incoming: @unchecked Sendable {
+        // @unchecked Sendable: handed from the reader thread to one handler.
+        public let kind: UInt32
+        public let sequence: UInt32
+        public var body: WireReader
+        public let fds: [Int32]
+    }
+
+    private final class Waiter: @unchecked Sendable {
+        // @unchecked Sendable: written once before `done` is signalled.
+        let done = DispatchSemaphore(value: 0)
+        var reply: (WireReader, [Int32])?
+    }
+
+    public let socket: Int32
+    private let state = Mutex<(next: UInt32, waiting: [UInt32: Waiter], closed: String?)>((1, [:], nil))
+    private let sendLock = NSLock()
+
+    public init(socket: Int32) { self.socket = socket }
+
+    /// Starts the reader thread.
+    public func start(received: @escaping @Sendable (Incoming) -> Void, closed: @escaping @Sendable (String) -> Void) {
+        Thread.detachNewThread { [self] in
+            let reason = readLoop(received)
+            let waiters = state.withLock { s -> [Waiter] in
+                s.closed = reason
+                defer { s.waiting.removeAll() }
+                return Array(s.waiting.values)
+            }
+            for waiter in waiters { waiter.done.signal() }
+            closed(reason)
+        }
+    }
+
+    public var isClosed: Bool { state.withLock { $0.closed != nil } }
+
+    /// Sends a request and waits for its reply.
+    public func call(_ kind: HostMessage, _ body: WireWriter = WireWriter(), fds: [Int32] = []) throws(Closed) -> (WireReader, [Int32]) {
+        let waiter = Waiter()
+        let sequence = try state.withLock { s throws(Closed) -> UInt32 in
+            if let reason = s.closed { throw Closed(reason: reason) }
+            defer { s.next = s.next &+ 1 == 0 ? 1 : s.next &+ 1 }
+            s.waiting[s.next] = waiter
+            return s.next
+        }
+        guard write(kind.rawValue, sequence, body, fds: fds) else {
+            _ = state.withLock { $0.waiting.removeValue(forKey: sequence) }
+            throw Closed(reason: "the other end is gone")
+        }
+        waiter.done.wait()
+        guard let reply = waiter.reply else { throw Closed(reason: state.withLock { $0.closed } ?? "closed") }
+        return reply
+    }
+
+    /// Sends a message that has no reply. False once the line is closed.
+    @discardableResult
+    public func post(_ kind: HostMessage, _ body: WireWriter = WireWriter(), fds: [Int32] = []) -> Bool {
+        write(kind.rawValue, 0, body, fds: fds)
+    }
+
+    /// Answers `request`.
+    @discardableResult
+    public func reply(to request: Incoming, _ body: WireWriter = WireWriter(), fds: [Int32] = []) -> Bool {
+        write(request.kind | HostMessage.replyBit, request.sequence, body, fds: fds)
+    }
+
+    /// Shuts the line down both ways (the reader thread then ends).
+    public func shutDown() { _ = Glibc.shutdown(socket, Int32(SHUT_RDWR)) }
+
+    private func write(_ kind: UInt32, _ sequence: UInt32, _ body: WireWriter, fds: [Int32]) -> Bool {
+        var message = WireWriter()
+        message.u32(kind)
+        message.u32(sequence)
+        let bytes = message.bytes + body.bytes
+        guard bytes.count <= HostMessage.maxSize else { return false }
+        return sendLock.withLock {
+            bytes.withUnsafeBytes { raw in
+                fds.withUnsafeBufferPointer { oy_shim_send_fds(socket, raw.baseAddress, raw.count, $0.baseAddress, Int32(fds.count)) == raw.count }
+            }
+        }
+    }
+
+    private func readLoop(_ received: @Sendable (Incoming) -> Void) -> String {
+        var buffer = [UInt8](repeating: 0, count: HostMessage.maxSize)
+        var fds = [Int32](repeating: -1, count: 8)
+        while true {
+            var fdCount: Int32 = 0, truncated: Int32 = 0
+            let n = buffer.withUnsafeMutableBytes { raw in
+                fds.withUnsafeMutableBufferPointer { oy_shim_recv_fds(socket, raw.baseAddress, raw.count, $0.baseAddress, 8, &fdCount, &truncated) }
+            }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return n == 0 ? "the other end closed the line" : "recv failed: \(String(cString: strerror(errno)))" }
+            let received_fds = Array(fds.prefix(Int(fdCount)))
+            guard n >= 8, truncated == 0 else {
+                for fd in received_fds { _ = close(fd) }
+                return "a malformed message (\(n) bytes)"
+            }
+            var header = WireReader(Array(buffer[0..<n]))
+            let kind = (try? header.u32()) ?? 0, sequence = (try? header.u32()) ?? 0
+            let body = WireReader(Array(buffer[8..<n]))
+            if kind & HostMessage.replyBit != 0 {
+                let waiter = state.withLock { $0.waiting.removeValue(forKey: sequence) }
+                guard let waiter else {
+                    for fd in received_fds { _ = close(fd) }
+                    continue
+                }
+                waiter.reply = (body, received_fds)
+                waiter.done.signal()
+            } else {
+                received(Incoming(kind: kind, sequence: sequence, body: body, fds: received_fds))
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+import CSystemShims
+import Foundation
+import Glibc
+import Synchronization
+
+/// A driver-host process: one driver file serving one device for the
+/// Kernel in another process, over the line on its standard input. The
+/// driver gets the same host-services table as in process; its device (the
+/// registers, config space, DMA mappings, interrupts) stays the Kernel's and
+/// is reached over the line, and the OS's memory it does I/O on is the
+/// machine's memory file, mapped here at the same physical offsets. A crash
+/// of the driver ends this process only; the Kernel notices and restarts it.
+public enum DriverHostProcess {
+    /// Serves until the Kernel asks to detach or the line closes; returns
+    /// the exit status.
+    public static func run(socket: Int32 = 0) -> Int32 {
+        HostSide(line: HostLine(socket: socket)).run()
+    }
+}
+
+/// The OS's memory, mapped from the machine's memory file at the same
+/// offsets as the OS's physical addresses, page runs as the Kernel shares them.
+final class SharedMemory: @unchecked Sendable {
+    // @unchecked Sendable: `mapped` is guarded by its Mutex; the rest is fixed.
+    let base: UnsafeMutableRawPointer
+    let size: Int
+    let file: Int32
+    private let mapped = Mutex(Set<UInt64>())
+    static let page = 4096
+
+    init(file: Int32, size: Int) throws(OyStatus) {
+        guard let base = mmap(nil, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), base != MAP_FAILED else { throw .noMemory }
+        self.base = base
+        self.size = size
+        self.file = file
+    }
+
+    /// Maps [physical, +length), which lies at `runs` of the machine's memory.
+    func map(physical: UInt64, runs: [(offset: UInt64, length: Int)]) throws(OyStatus) {
+        var at = physical
+        for run in runs {
+            guard at % UInt64(Self.page) == 0, run.offset % UInt64(Self.page) == 0, run.length % Self.page == 0,
+                at + UInt64(run.length) <= UInt64(size)
+            else { throw .invalid }
+            let fresh = mapped.withLock { set in (0..<(run.length / Self.page)).contains { !set.contains(at / UInt64(Self.page) + UInt64($0)) } }
+            if fresh {
+                guard let result = mmap(base + Int(at), run.length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, file, off_t(run.offset)), result != MAP_FAILED else {
+                    throw .noMemory
+                }
+                mapped.withLock { set in for i in 0..<(run.length / Self.page) { set.insert(at / UInt64(Self.page) + UInt64(i)) } }
+            }
+            at += UInt64(run.length)
+        }
+    }
+
+    /// The physical address of `length` bytes at `pointer`, when they are the OS's shared memory.
+    func physical(of pointer: UnsafeRawPointer, length: Int) -> UInt64? {
+        let offset = pointer - UnsafeRawPointer(base)
+        guard offset >= 0, length >= 0, offset + length <= size else { return nil }
+        let first = UInt64(offset / Self.page), last = UInt64((offset + max(length, 1) - 1) / Self.page)
+        return mapped.withLock { set in (first...last).allSatisfy(set.contains) } ? UInt64(offset) : nil
+    }
+}
+
+/// The device as the driver sees it here: every access goes to the Kernel,
+/// which checks it against the real device as it does in process.
+final class RemoteDevice: HostDevice, @unchecked Sendable {
+    // @unchecked Sendable: `hooks` is guarded by its Mutex; the rest is fixed.
+    let info: HostDeviceInfo
+    private let line: HostLine
+    private let memory: SharedMemory
+    private let hooks = Mutex<[Int: (fd: Int32, stop: Int32, thread: DispatchGroup)]>([:])
+
+    init(info: HostDeviceInfo, line: HostLine, memory: SharedMemory) {
+        self.info = info
+        self.line = line
+        self.memory = memory
+    }
+
+    private func status(_ reply: (WireReader, [Int32])) throws(OyStatus) -> WireReader {
+        var body = reply.0
+        for fd in reply.1 { _ = close(fd) }
+        let code = (try? body.i32()) ?? OyStatus.deviceGone.rawValue
+        guard code == 0 else { throw OyStatus(code) }
+        return body
+    }
+
+    private func call(_ kind: HostMessage, _ fill: (inout WireWriter) -> Void) throws(OyStatus) -> WireReader {
+        var body = WireWriter()
+        fill(&body)
+        do {
+            return try status(try line.call(kind, body))
+        } catch let error as OyStatus {
+            throw error
+        } catch {
+            throw .deviceGone
+        }
+    }
+
+    func configRead(offset: UInt32, width: Int) throws(OyStatus) -> UInt32 {
+        var reply = try call(.configRead) { $0.u32(offset); $0.u32(UInt32(width)) }
+        return (try? reply.u32()) ?? .max
+    }
+
+    func configWrite(offset: UInt32, width: Int, value: UInt32) throws(OyStatus) {
+        _ = try call(.configWrite) { $0.u32(offset); $0.u32(UInt32(width)); $0.u32(value) }
+    }
+
+    func mmioRead(bar: Int, offset: UInt64, width: Int) -> UInt64 {
+        // A line gone reads as a device gone: all ones.
+        guard var reply = try? call(.mmioRead, { $0.u32(UInt32(bar)); $0.u64(offset); $0.u32(UInt32(width)) }) else { return .max }
+        return (try? reply.u64()) ?? .max
+    }
+
+    func mmioWrite(bar: Int, offset: UInt64, width: Int, value: UInt64) {
+        var body = WireWriter()
+        body.u32(UInt32(bar)); body.u64(offset); body.u32(UInt32(width)); body.u64(value)
+        line.post(.mmioWrite, body)  // posted, as on PCIe; the line keeps the order
+    }
+
+    func portRead(bar: Int, port: UInt32) -> UInt8 {
+        guard var reply = try? call(.portRead, { $0.u32(UInt32(bar)); $0.u32(port) }) else { return 0xFF }
+        return UInt8(truncatingIfNeeded: (try? reply.u32()) ?? 0xFF)
+    }
+
+    func portWrite(bar: Int, port: UInt32, value: UInt8) {
+        var body = WireWriter()
+        body.u32(UInt32(bar)); body.u32(port); body.u32(UInt32(value))
+        line.post(.portWrite, body)
+    }
+
+    func dmaAllocate(size: Int) throws(OyStatus) -> DMARegion {
+        var reply = try call(.dmaAllocate) { $0.u64(UInt64(size)) }
+        guard let deviceAddress = try? reply.u64(), let physical = try? reply.u64(), let runs = try? reply.runs() else { throw .deviceGone }
+        try memory.map(physical: physical, runs: runs)
+        return DMARegion(cpu: memory.base + Int(physical), deviceAddress: deviceAddress, length: size)
+    }
+
+    func dmaFree(_ region: DMARegion) {
+        _ = try? call(.dmaFree) { $0.u64(region.deviceAddress) }
+    }
+
+    func dmaMap(_ pointer: UnsafeMutableRawPointer, length: Int, direction: DMADirection) throws(OyStatus) -> DMARegion {
+        // Out of process only the OS's memory is shared with the device's
+        // side: a request's data or a dma_alloc buffer, never the driver's own heap.
+        guard let physical = memory.physical(of: pointer, length: length) else { throw .invalid }
+        var reply = try call(.dmaMap) { $0.u64(physical); $0.u64(UInt64(length)); $0.u32(direction.rawValue) }
+        guard let deviceAddress = try? reply.u64() else { throw .deviceGone }
+        return DMARegion(cpu: pointer, deviceAddress: deviceAddress, length: length)
+    }
+
+    func dmaUnmap(_ region: DMARegion) {
+        var body = WireWriter()
+        body.u64(region.deviceAddress); body.u64(UInt64(region.length))
+        line.post(.dmaUnmap, body)
+    }
+
+    func hookInterrupt(index: Int, handler: @escaping @Sendable () -> Void) throws(OyStatus) {
+        let (reply, fds) = try hookCall(index)
+        _ = reply
+        guard let fd = fds.first else { throw .deviceGone }
+        let stop = oy_shim_eventfd()
+        let running = DispatchGroup()
+        running.enter()
+        Thread.detachNewThread {
+            defer { running.leave() }
+            var polls = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stop, events: Int16(POLLIN), revents: 0)]
+            while true {
+                if poll(&polls, 2, -1) < 0 { if errno == EINTR { continue } else { return } }
+                if polls[1].revents != 0 { return }
+                var count: UInt64 = 0
+                if read(fd, &count, 8) == 8 { handler() }
+            }
+        }
+        hooks.withLock { $0[index] = (fd, stop, running) }
+    }
+
+    private func hookCall(_ index: Int) throws(OyStatus) -> (WireReader, [Int32]) {
+        var body = WireWriter()
+        body.u32(UInt32(index))
+        let reply: (WireReader, [Int32])
+        do {
+            reply = try line.call(.hookInterrupt, body)
+        } catch {
+            throw .deviceGone
+        }
+        var fields = reply.0
+        let code = (try? fields.i32()) ?? OyStatus.deviceGone.rawValue
+        guard code == 0 else {
+            for fd in reply.1 { _ = close(fd) }
+            throw OyStatus(code)
+        }
+        return (fields, reply.1)
+    }
+
+    func unhookInterrupt(index: Int) {
+        _ = try? call(.unhookInterrupt) { $0.u32(UInt32(index)) }
+        guard let hook = hooks.withLock({ $0.removeValue(forKey: index) }) else { return }
+        var one: UInt64 = 1
+        _ = write(hook.stop, &one, 8)
+        hook.thread.wait()  // a running handler has returned
+        _ = close(hook.fd)
+        _ = close(hook.stop)
+    }
+
+    func maskInterrupt(index: Int) {
+        var body = WireWriter()
+        body.u32(UInt32(index))
+        line.post(.maskInterrupt, body)
+    }
+
+    func unmaskInterrupt(index: Int) {
+        var body = WireWriter()
+        body.u32(UInt32(index))
+        line.post(.unmaskInterrupt, body)
+    }
+}
+
+/// The host side of the Kernel's environment: logs and registrations go
+/// over the line. Only disks are served out of process so far.
+final class RemoteEnvironment: HostEnvironment, @unchecked Sendable {
+    // @unchecked Sendable: `disk` is guarded by its Mutex.
+    let name: String
+    private let line: HostLine
+    let disk = Mutex<RegisteredDisk?>(nil)
+
+    init(name: String, line: HostLine) {
+        self.name = name
+        self.line = line
+    }
+
+    func log(level: LogLevel, driver: String, device: String?, message: String) {
+        var body = WireWriter()
+        body.u32(UInt32(level.rawValue))
+        body.string(message)
+        line.post(.log, body)
+    }
+
+    func registered(_ registration: ClassRegistration, device: any HostDevice) throws(OyStatus) {
+        guard let registered = registration as? RegisteredDisk else { throw .notSupported }
+        let g = registered.geometry
+        var body = WireWriter()
+        body.u32(UInt32(g.blockSize)); body.u64(g.blockCount); body.u32(UInt32(g.maxTransferBlocks)); body.u32(UInt32(g.queueDepth))
+        body.u32(g.canFlush ? 1 : 0)
+        guard var reply = try? line.call(.registerDisk, body).0 else { throw .deviceGone }
+        let code = (try? reply.i32()) ?? OyStatus.deviceGone.rawValue
+        guard code == 0 else { throw OyStatus(code) }
+        disk.withLock { $0 = registered }
+    }
+
+    func unregistered(_ registration: ClassRegistration) {
+        guard disk.withLock({ current -> Bool in
+            defer { if current === registration { current = nil } }
+            return current === registration
+        }) else { return }
+        _ = try? line.call(.unregisterDisk)
+    }
+}
+
+/// Runs the Kernel's requests one at a time, off the line's reader thread
+/// (the driver's calls into the device need that thread for their replies).
+final class HostSide: @unchecked Sendable {
+    // @unchecked Sendable: the driver state is touched only on `requests`; `inFlight` is guarded by its Mutex.
+    let line: HostLine
+    private let requests = DispatchQueue(label: "oyako.driver-host")
+    private let ended = DispatchSemaphore(value: 0)
+    private var environment: RemoteEnvironment?
+    private var library: DriverLibrary?
+    private var instance: DriverInstance?
+    private var memory: SharedMemory?
+    private let inFlight = Mutex<[UInt64: BlockRequest]>([:])
+
+    init(line: HostLine) { self.line = line }
+
+    func run() -> Int32 {
+        line.start(received: { [self] message in requests.async { self.handle(message) } }, closed: { [ended] _ in ended.signal() })
+        ended.wait()
+        return 0
+    }
+
+    private func handle(_ message: HostLine.Incoming) {
+        var message = message
+        var reply = WireWriter()
+        switch HostMessage(rawValue: message.kind) {
+        case .attach:
+            let (status, text) = attach(&message)
+            reply.i32(status.rawValue)
+            reply.string(text)
+        case .submit:
+            reply.i32(submit(&message).rawValue)
+        case .detach:
+            let report = instance?.detach()
+            instance = nil
+            reply.i32((report?.status ?? .state).rawValue)
+            line.reply(to: message, reply)
+            line.shutDown()
+            return
+        default:
+            for fd in message.fds { _ = close(fd) }
+            reply.i32(OyStatus.invalid.rawValue)
+        }
+        line.reply(to: message, reply)
+    }
+
+    private func attach(_ message: inout HostLine.Incoming) -> (OyStatus, String) {
+        guard instance == nil, let file = message.fds.first else { return (.state, "already attached, or no memory file") }
+        do {
+            let path = try message.body.string(), environmentName = try message.body.string(), ramSize = Int(try message.body.u64())
+            let vendor = UInt16(try message.body.u32()), device = UInt16(try message.body.u32()), classCode = try message.body.u32()
+            let revision = UInt8(try message.body.u32()), interrupts = Int(try message.body.u32()), location = try message.body.string()
+            var bars: [BARKind] = []
+            for _ in 0..<min(6, Int(try message.body.u32())) {
+                let kind = try message.body.u32(), extent = try message.body.u64()
+                bars.append(kind == 1 ? .mmio(size: extent) : kind == 2 ? .ports(count: UInt32(extent)) : .none)
+            }
+            let memory = try SharedMemory(file: file, size: ramSize)
+            self.memory = memory
+            let environment = RemoteEnvironment(name: environmentName, line: line)
+            self.environment = environment
+            let library = try DriverLibrary.load(path: path, environment: environment)
+            self.library = library
+            let info = HostDeviceInfo(vendorID: vendor, deviceID: device, classCode: classCode, revision: revision, bars: bars,
+                                      interruptCount: interrupts, location: location)
+            let remote = RemoteDevice(info: info, line: line, memory: memory)
+            let probe = library.probe(remote)
+            guard probe.isOK else { return (probe, "probe answered \(probe)") }
+            instance = try library.attach(remote)
+            return (.ok, "\(library.name) \(library.metadata.version) attached in process \(getpid())")
+        } catch let error as AttachError {
+            return (error.status, error.description)
+        } catch let error as OyStatus {
+            return (error, "\(error)")
+        } catch {
+            return (.invalid, "\(error)")
+        }
+    }
+
+    private func submit(_ message: inout HostLine.Incoming) -> OyStatus {
+        guard let disk = environment?.disk.withLock({ $0 }), let memory else { return .deviceGone }
+        guard let tag = try? message.body.u64(), let op = try? message.body.u32(), let lba = try? message.body.u64(),
+            let blocks = try? message.body.u32(), let physical = try? message.body.u64(), let mapStart = try? message.body.u64(),
+            let runs = try? message.body.runs(),
+            let operation = BlockRequest.Operation(rawValue: op)
+        else { return .invalid }
+        do {
+            if !runs.isEmpty { try memory.map(physical: mapStart, runs: runs) }
+        } catch {
+            return error
+        }
+        let request = BlockRequest()
+        let line = self.line
+        inFlight.withLock { $0[tag] = request }
+        request.prepare(operation, lba: lba, blockCount: Int(blocks), data: operation == .flush ? nil : memory.base + Int(physical)) { [self] status in
+            inFlight.withLock { _ = $0.removeValue(forKey: tag) }
+            var body = WireWriter()
+            body.u64(tag)
+            body.i32(status.rawValue)
+            line.post(.complete, body)
+        }
+        let status = disk.submit(request)
+        if !status.isOK { inFlight.withLock { _ = $0.removeValue(forKey: tag) } }
+        return status
+    }
+}

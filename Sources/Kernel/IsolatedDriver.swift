@@ -1,0 +1,375 @@
+import CSystemShims
+import DriverHost
+import Foundation
+import Glibc
+import Machine
+import Synchronization
+
+/// A disk driver running in a driver-host process (`oyako driver-host`,
+/// `DriverHostProcess`): the Kernel's end of its line. It serves the
+/// driver's device calls against the real device, checked as in process
+/// (a `KernelDevice`); it shares with the host the pages of the OS's memory
+/// the driver does I/O on (the machine's memory file, page runs sent as
+/// needed); it is the disk's driver binding, sending each request to the
+/// host and finishing it when the host reports its completion. When the
+/// host process dies, the Kernel's supervisor restarts it.
+final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
+    // @unchecked Sendable: `state` is guarded by its Mutex; the rest is fixed after start.
+    let file: DriverFile
+    let slot: BusSlot
+    let pid: pid_t
+    private let device: KernelDevice
+    private let platform: any Platform
+    private let line: HostLine
+    private let log: KernelLog
+    private weak var kernel: Kernel?
+    /// Completions run here, never on the line's reader thread: a caller's
+    /// completion may submit again, and the submit needs the reader for its reply.
+    private let completions = DispatchQueue(label: "oyako.driver-host.completions")
+
+    private struct InFlight {
+        let request: BlockRequest
+        /// OS pages the data went through, when the caller's memory was not
+        /// the OS's own RAM (a child's pages mapped for the request).
+        let bounce: (physical: UInt64, pages: Int)?
+        let isRead: Bool
+        let length: Int
+    }
+
+    private struct State {
+        var geometry = BlockGeometry(blockSize: 512, blockCount: 0, maxTransferBlocks: 1, queueDepth: 1, canFlush: false)
+        var shared = Set<UInt64>()
+        var inFlight: [UInt64: InFlight] = [:]
+        var nextTag: UInt64 = 1
+        var hooks: [Int: Int32] = [:]
+        var dma: [UInt64: DMARegion] = [:]
+        /// Set when the Kernel detaches it on purpose: its end is no failure.
+        var leaving = false
+        /// Set once attached: a host that dies while attaching is a failed attach, not a crash to recover.
+        var attached = false
+    }
+
+    private let state = Mutex(State())
+
+    var geometry: BlockGeometry { state.withLock { $0.geometry } }
+    var label: String { "\(file.metadata.name)@\(slot.address) (driver host \(pid))" }
+    var location: String { slot.address.description }
+    var name: String { file.metadata.name }
+    var driverName: String { file.metadata.name }
+    var driverSHA256: String { file.sha256 }
+
+    private init(file: DriverFile, slot: BusSlot, pid: pid_t, line: HostLine, kernel: Kernel) {
+        self.file = file
+        self.slot = slot
+        self.pid = pid
+        self.line = line
+        self.kernel = kernel
+        self.platform = kernel.platform
+        self.log = kernel.log
+        self.device = KernelDevice(slot: slot, platform: kernel.platform)
+    }
+
+    /// Starts a driver host for `file` and attaches it to `slot`'s device.
+    static func start(file: DriverFile, slot: BusSlot, kernel: Kernel, executable: String) throws -> IsolatedDriver {
+        var pair: [Int32] = [-1, -1]
+        guard oy_shim_seqpacket_pair(&pair) == 0 else { throw AttachError(driver: file.metadata.name, device: slot.address.description, status: .noMemory, leaked: []) }
+        let arguments = [executable, "driver-host"]
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { for arg in argv { free(arg) } }
+        let pid = oy_shim_spawn_driver_host(executable, &argv, pair[1])
+        _ = close(pair[1])
+        guard pid > 0 else {
+            _ = close(pair[0])
+            throw AttachError(driver: file.metadata.name, device: slot.address.description, status: .notSupported, leaked: [])
+        }
+        let driver = IsolatedDriver(file: file, slot: slot, pid: pid, line: HostLine(socket: pair[0]), kernel: kernel)
+        driver.line.start(received: { [weak driver] message in driver?.serve(message) }, closed: { [weak driver] reason in driver?.lineClosed(reason) })
+        var body = WireWriter()
+        body.string(file.resolvedPath)
+        body.string(kernel.environmentName)
+        body.u64(UInt64(kernel.platform.memory.size))
+        let info = driver.device.info
+        body.u32(UInt32(info.vendorID)); body.u32(UInt32(info.deviceID)); body.u32(info.classCode); body.u32(UInt32(info.revision))
+        body.u32(UInt32(info.interruptCount)); body.string(info.location)
+        body.u32(UInt32(info.bars.count))
+        for bar in info.bars {
+            switch bar {
+            case .none: body.u32(0); body.u64(0)
+            case .mmio(let size): body.u32(1); body.u64(size)
+            case .ports(let count): body.u32(2); body.u64(UInt64(count))
+            }
+        }
+        do {
+            var reply = try driver.line.call(.attach, body, fds: [kernel.platform.machineMemoryFile]).0
+            let status = OyStatus((try? reply.i32()) ?? OyStatus.deviceGone.rawValue), text = (try? reply.string()) ?? ""
+            guard status.isOK else {
+                driver.end()
+                kernel.log.record(.warning, "kernel", "\(file.metadata.name) in its driver host did not attach to \(slot.address): \(text)")
+                throw AttachError(driver: file.metadata.name, device: slot.address.description, status: status, leaked: [])
+            }
+            kernel.log.record(.info, "kernel", text)
+            driver.state.withLock { $0.attached = true }
+            if driver.line.isClosed { driver.lineClosed("it ended right after attaching") }
+            return driver
+        } catch let error as HostLine.Closed {
+            driver.end()
+            kernel.log.record(.warning, "kernel", "\(file.metadata.name)'s driver host ended while attaching: \(error)")
+            throw AttachError(driver: file.metadata.name, device: slot.address.description, status: .deviceGone, leaked: [])
+        }
+    }
+
+    // MARK: The disk
+
+    func submit(_ request: BlockRequest) -> OyStatus {
+        guard let operation = request.operation else { return .invalid }
+        let length = operation == .flush ? 0 : request.blockCount * geometry.blockSize
+        var physical: UInt64 = 0
+        var bounce: (physical: UInt64, pages: Int)?
+        if operation != .flush, let data = request.data {
+            if let own = platform.memory.physical(of: data, length: length), platform.machineRuns(physical: own, length: length) != nil {
+                physical = own
+            } else {
+                // Not the OS's RAM (a child's page mapped for the request): through OS pages.
+                guard let pages = platform.memory.allocate(bytes: length), let copy = platform.memory.pointer(pages.physical) else { return .noMemory }
+                if operation == .write { copy.copyMemory(from: data, byteCount: length) }
+                bounce = pages
+                physical = pages.physical
+            }
+        }
+        let (tag, runs) = state.withLock { s -> (UInt64, [(offset: UInt64, length: Int)]) in
+            defer { s.nextTag += 1 }
+            s.inFlight[s.nextTag] = InFlight(request: request, bounce: bounce, isRead: operation == .read, length: length)
+            return (s.nextTag, length > 0 ? newlyShared(&s, physical: physical, length: length) : [])
+        }
+        var body = WireWriter()
+        body.u64(tag); body.u32(operation.rawValue); body.u64(request.lba); body.u32(UInt32(request.blockCount))
+        body.u64(physical)
+        body.u64(physical / UInt64(SharedPage.size) * UInt64(SharedPage.size))  // where `runs` start
+        body.runs(runs)
+        let status: OyStatus
+        do {
+            var reply = try line.call(.submit, body).0
+            status = OyStatus((try? reply.i32()) ?? OyStatus.deviceGone.rawValue)
+        } catch {
+            // The host is gone. Unless its completion came first, the
+            // request waits in the OS for the restarted driver.
+            guard let taken = take(tag) else { return .ok }
+            release(taken)
+            return .busy
+        }
+        if !status.isOK, let taken = take(tag) { release(taken) }
+        return status
+    }
+
+    /// Page runs of [physical, +length) the host has not mapped yet, whole pages.
+    private func newlyShared(_ s: inout State, physical: UInt64, length: Int) -> [(offset: UInt64, length: Int)] {
+        let first = physical / UInt64(SharedPage.size), last = (physical + UInt64(length) - 1) / UInt64(SharedPage.size)
+        guard (first...last).contains(where: { !s.shared.contains($0) }) else { return [] }
+        let start = first * UInt64(SharedPage.size), span = Int(last - first + 1) * SharedPage.size
+        guard let runs = platform.machineRuns(physical: start, length: span) else { return [] }
+        for page in first...last { s.shared.insert(page) }
+        return runs
+    }
+
+    private func take(_ tag: UInt64) -> InFlight? { state.withLock { $0.inFlight.removeValue(forKey: tag) } }
+
+    private func release(_ flight: InFlight) {
+        if let bounce = flight.bounce { platform.memory.free(physical: bounce.physical, pages: bounce.pages) }
+    }
+
+    private func finish(_ flight: InFlight, _ status: OyStatus) {
+        if let bounce = flight.bounce, flight.isRead, status.isOK, let data = flight.request.data, let copy = platform.memory.pointer(bounce.physical) {
+            data.copyMemory(from: copy, byteCount: flight.length)
+        }
+        release(flight)
+        flight.request.finishUnsubmitted(status)
+    }
+
+    // MARK: The host's calls
+
+    private func serve(_ message: HostLine.Incoming) {
+        var message = message
+        guard let kind = HostMessage(rawValue: message.kind) else {
+            for fd in message.fds { _ = close(fd) }
+            return
+        }
+        var reply = WireWriter()
+        do {
+            switch kind {
+            case .log:
+                let level = LogLevel(rawValue: Int32(try message.body.u32())) ?? .info
+                log.record(level, name, try message.body.string())
+                return
+            case .complete:
+                let tag = try message.body.u64(), status = OyStatus(try message.body.i32())
+                if let flight = take(tag) { completions.async { self.finish(flight, status) } }
+                return
+            case .mmioWrite:
+                let bar = Int(try message.body.u32()), offset = try message.body.u64(), width = Int(try message.body.u32()), value = try message.body.u64()
+                device.mmioWrite(bar: bar, offset: offset, width: width, value: value)
+                return
+            case .portWrite:
+                device.portWrite(bar: Int(try message.body.u32()), port: try message.body.u32(), value: UInt8(truncatingIfNeeded: try message.body.u32()))
+                return
+            case .dmaUnmap:
+                let address = try message.body.u64(), length = Int(try message.body.u64())
+                device.dmaUnmap(DMARegion(cpu: platform.memory.base, deviceAddress: address, length: length))
+                return
+            case .maskInterrupt: device.maskInterrupt(index: Int(try message.body.u32())); return
+            case .unmaskInterrupt: device.unmaskInterrupt(index: Int(try message.body.u32())); return
+            default:
+                let fds = try answer(kind, &message.body, into: &reply)
+                line.reply(to: message, reply, fds: fds)
+            }
+        } catch let error as OyStatus {
+            var refusal = WireWriter()
+            refusal.i32(error.rawValue)
+            line.reply(to: message, refusal)
+        } catch {
+            var refusal = WireWriter()
+            refusal.i32(OyStatus.invalid.rawValue)
+            line.reply(to: message, refusal)
+        }
+    }
+
+    /// Calls with an answer: status first, then what the call returns.
+    private func answer(_ kind: HostMessage, _ body: inout WireReader, into reply: inout WireWriter) throws -> [Int32] {
+        switch kind {
+        case .configRead:
+            let value = try device.configRead(offset: try body.u32(), width: Int(try body.u32()))
+            reply.i32(0); reply.u32(value)
+        case .configWrite:
+            try device.configWrite(offset: try body.u32(), width: Int(try body.u32()), value: try body.u32())
+            reply.i32(0)
+        case .mmioRead:
+            let value = device.mmioRead(bar: Int(try body.u32()), offset: try body.u64(), width: Int(try body.u32()))
+            reply.i32(0); reply.u64(value)
+        case .portRead:
+            let value = device.portRead(bar: Int(try body.u32()), port: try body.u32())
+            reply.i32(0); reply.u32(UInt32(value))
+        case .dmaAllocate:
+            let size = Int(try body.u64())
+            guard size > 0, size <= 64 << 20 else { throw OyStatus.invalid }
+            let region = try device.dmaAllocate(size: size)
+            guard let physical = platform.memory.physical(of: region.cpu, length: size) else { throw OyStatus.noMemory }
+            let runs = state.withLock { s -> [(offset: UInt64, length: Int)] in
+                s.dma[region.deviceAddress] = region
+                return newlyShared(&s, physical: physical, length: size)
+            }
+            reply.i32(0); reply.u64(region.deviceAddress); reply.u64(physical); reply.runs(runs)
+        case .dmaFree:
+            let address = try body.u64()
+            if let region = state.withLock({ $0.dma.removeValue(forKey: address) }) { device.dmaFree(region) }
+            reply.i32(0)
+        case .dmaMap:
+            let physical = try body.u64(), length = Int(try body.u64())
+            guard let direction = DMADirection(rawValue: try body.u32()), let pointer = platform.memory.pointer(physical) else { throw OyStatus.invalid }
+            let region = try device.dmaMap(pointer, length: length, direction: direction)
+            reply.i32(0); reply.u64(region.deviceAddress)
+        case .hookInterrupt:
+            let index = Int(try body.u32())
+            let doorbell = oy_shim_eventfd()
+            guard doorbell >= 0 else { throw OyStatus.noMemory }
+            do {
+                try device.hookInterrupt(index: index) {
+                    var one: UInt64 = 1
+                    _ = write(doorbell, &one, 8)
+                }
+            } catch {
+                _ = close(doorbell)
+                throw error
+            }
+            if let old = state.withLock({ s -> Int32? in defer { s.hooks[index] = doorbell }; return s.hooks[index] }) { _ = close(old) }
+            reply.i32(0)
+            return [doorbell]
+        case .unhookInterrupt:
+            let index = Int(try body.u32())
+            device.unhookInterrupt(index: index)
+            if let doorbell = state.withLock({ $0.hooks.removeValue(forKey: index) }) { _ = close(doorbell) }
+            reply.i32(0)
+        case .registerDisk:
+            let g = BlockGeometry(blockSize: Int(try body.u32()), blockCount: try body.u64(), maxTransferBlocks: Int(try body.u32()),
+                                  queueDepth: Int(try body.u32()), canFlush: try body.u32() != 0)
+            state.withLock { $0.geometry = g }
+            guard let kernel else { throw OyStatus.deviceGone }
+            try kernel.blockLayer.adopt(disk: self, log: log)
+            reply.i32(0)
+        case .unregisterDisk:
+            kernel?.blockLayer.release(disk: self, log: log)
+            reply.i32(0)
+        default:
+            throw OyStatus.invalid
+        }
+        return []
+    }
+
+    // MARK: Ending
+
+    /// Detaches the driver in its host and lets the host end (bounded);
+    /// anything still in flight afterwards is canceled.
+    func detach(timeout: Double = 10) {
+        state.withLock { $0.leaving = true }
+        let done = DispatchSemaphore(value: 0)
+        let line = self.line
+        Thread.detachNewThread {
+            _ = try? line.call(.detach)
+            done.signal()
+        }
+        if done.wait(timeout: .now() + timeout) == .timedOut {
+            log.record(.warning, "kernel", "\(label): detach did not return within \(Int(timeout)) s; the host is ended")
+        }
+        end()
+    }
+
+    /// Ends the host (SIGKILL if needed), releases what it had of the
+    /// device, and cancels what it had accepted (the disk keeps it for the
+    /// next driver while it is being recovered).
+    func end() {
+        state.withLock { $0.leaving = true }
+        line.shutDown()
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, 0)
+        let (flights, hooks, regions) = state.withLock { s -> ([InFlight], [Int], [DMARegion]) in
+            defer {
+                s.inFlight.removeAll()
+                s.dma.removeAll()
+            }
+            return (Array(s.inFlight.values), Array(s.hooks.keys), Array(s.dma.values))
+        }
+        for index in hooks {
+            device.unhookInterrupt(index: index)
+            if let doorbell = state.withLock({ $0.hooks.removeValue(forKey: index) }) { _ = close(doorbell) }
+        }
+        for region in regions { device.dmaFree(region) }
+        kernel?.blockLayer.release(disk: self, log: log)
+        for flight in flights { finish(flight, .canceled) }
+    }
+
+    /// The host's end of the line went away. Unless the Kernel ended it, the
+    /// driver died: its supervisor restarts it.
+    private func lineClosed(_ reason: String) {
+        let report = state.withLock { s -> Bool in
+            defer { s.leaving = true }  // reported once
+            return !s.leaving && s.attached
+        }
+        guard report else { return }
+        var status: Int32 = 0
+        let waited = waitpid(pid, &status, WNOHANG)
+        let how = waited == pid ? Self.describe(status) : reason
+        log.record(.error, "kernel", "\(label) ended: \(how)")
+        guard let kernel else { return }
+        let address = slot.address
+        Thread.detachNewThread { _ = kernel.supervisor.recover(address, cause: "its driver host ended (\(how))") }
+    }
+
+    static func describe(_ status: Int32) -> String {
+        let signal = status & 0x7F
+        if signal == 0 { return "exit status \((status >> 8) & 0xFF)" }
+        return "killed by signal \(signal)" + (signal == SIGSEGV ? " (SIGSEGV)" : signal == SIGKILL ? " (SIGKILL)" : signal == SIGABRT ? " (SIGABRT)" : "")
+    }
+}
+
+enum SharedPage {
+    static let size = PhysicalMemory.pageSize
+}

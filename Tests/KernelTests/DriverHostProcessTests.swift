@@ -1,0 +1,98 @@
+import Devices
+import DriverHost
+import Foundation
+import Glibc
+import Kernel
+import Machine
+import OyakoTestSupport
+import Synchronization
+import SystemAssembly
+import Testing
+import Workloads
+
+/// Disk drivers in driver-host processes: the same driver file, its device
+/// reached over a line, its crash ending only its own process.
+@Suite(.serialized) struct DriverHostProcessTests {
+    static func isolatedSystem(driver: String, state: String = Fixtures.temporaryDirectory("isolated")) throws -> (Testbed, Kernel) {
+        let testbed = try Testbed.make(state: state, diskSize: 8 << 20, memorySize: 64 << 20)
+        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [driver])
+        kernel.driverHostExecutable = Fixtures.oyakoBinary
+        _ = kernel.boot()
+        return (testbed, kernel)
+    }
+
+    @Test func aDiskDriverServesFromItsOwnProcess() throws {
+        let (testbed, kernel) = try Self.isolatedSystem(driver: try Fixtures.referenceDriver())
+        defer {
+            kernel.shutdown()
+            testbed.machine.shutdown()
+        }
+        let disk = try #require(kernel.blockLayer.disks.first)
+        let pid = try #require(kernel.driverHostProcess(at: testbed.nvmeSlot.address))
+        #expect(pid != getpid() && kill(pid, 0) == 0, "a process of its own")
+        #expect(disk.driverLabel.contains("driver host \(pid)"))
+        let result = try VerifiedIO(seed: 3, regionBlocks: 4096).run(on: disk)
+        #expect(result.transfers > 0)
+        try disk.flush()
+    }
+
+    static func quickPolicy() -> RestartPolicy {
+        var policy = RestartPolicy()
+        policy.backoff = .milliseconds(10)
+        return policy
+    }
+
+    @Test func aDriverThatCrashesIsRestartedAndNoAcknowledgedWriteIsLost() throws {
+        let state = Fixtures.temporaryDirectory("crash")
+        let driver = try Fixtures.nvmeliteCrashing(afterSubmits: 400, marker: state + "/crashed")
+        let (testbed, kernel) = try Self.isolatedSystem(driver: driver, state: state)
+        defer {
+            kernel.shutdown()
+            testbed.machine.shutdown()
+        }
+        kernel.supervisor.policy = Self.quickPolicy()
+        let disk = try #require(kernel.blockLayer.disks.first)
+        let first = try #require(kernel.driverHostProcess(at: testbed.nvmeSlot.address))
+        let ledger = WriteLedger(blockSize: disk.geometry.blockSize)
+        let result = ledger.run(workers: 3, on: disk, until: { !kernel.supervisor.events.isEmpty }, thenWrites: 100)
+
+        #expect(result.errors.isEmpty, "callers saw latency, not errors: \(result.errors)")
+        let events = kernel.supervisor.events
+        #expect(events.count == 1 && events.first?.cause.contains("SIGSEGV") == true, "\(events)")
+        guard case .restarted(let attempts, _)? = events.first?.outcome else {
+            Issue.record("expected a restart, got \(events)")
+            return
+        }
+        #expect(attempts == 1)
+        let second = try #require(kernel.driverHostProcess(at: testbed.nvmeSlot.address))
+        #expect(second != first, "a new driver host serves the disk")
+        #expect(FileManager.default.fileExists(atPath: state + "/crashed"), "the driver did crash")
+        #expect(kernel.blockLayer.disks.first === disk && disk.statistics.failed == 0)
+        try disk.flush()
+        #expect(try ledger.verify(image: state + "/" + Testbed.diskImageName) == [], "every acknowledged write is in the disk image")
+    }
+
+    @Test func aDriverThatCrashesOnEveryRestartFailsItsDeviceAndNothingElse() throws {
+        let state = Fixtures.temporaryDirectory("crash-attach")
+        let testbed = try Testbed.make(state: state, diskSize: 8 << 20, memorySize: 64 << 20)
+        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine),
+                            driverPaths: [try Fixtures.nvmeliteCrashing(afterSubmits: 200, marker: state + "/crashed", crashRestarts: true), try Fixtures.templateDriver()])
+        kernel.driverHostExecutable = Fixtures.oyakoBinary
+        _ = kernel.boot()
+        defer {
+            kernel.shutdown()
+            testbed.machine.shutdown()
+        }
+        kernel.supervisor.policy = Self.quickPolicy()
+        let disk = try #require(kernel.blockLayer.disks.first)
+        let ledger = WriteLedger(blockSize: disk.geometry.blockSize)
+        let result = ledger.run(workers: 2, on: disk, until: { kernel.blockLayer.disks.isEmpty }, thenWrites: 0)
+
+        let events = kernel.supervisor.events
+        #expect(events.count == 1 && events.first?.outcome == .gaveUp(attempts: 5), "five restarts crashed in attach, then the policy gave up: \(events)")
+        #expect(kernel.blockLayer.disks.isEmpty && kernel.driverHostProcess(at: testbed.nvmeSlot.address) == nil)
+        #expect(!result.errors.isEmpty && result.errors.allSatisfy { $0.status == .deviceGone }, "callers were told the device is gone: \(result.errors)")
+        #expect(try kernel.entropy.read(64).count == 64, "the rest of the system runs on")
+        #expect(try ledger.verify(image: state + "/" + Testbed.diskImageName) == [], "writes acknowledged before the crash are in the image")
+    }
+}
