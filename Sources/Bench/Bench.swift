@@ -77,7 +77,7 @@ public struct BenchRunner {
     public var only: Set<String> = []
     public var progress: @Sendable (String) -> Void
 
-    public static let parts = ["load", "calls", "ring", "block", "restart", "net", "vm"]
+    public static let parts = ["load", "calls", "ring", "block", "restart", "isolation", "net", "vm"]
 
     public init(sdk: SDKLocation, quick: Bool, progress: @escaping @Sendable (String) -> Void) {
         self.sdk = sdk
@@ -110,7 +110,7 @@ public struct BenchRunner {
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: state) }
         // Only the parts that load drivers need them built.
-        let drivers = ["load", "calls", "block", "restart", "net", "vm"].contains(where: wants) ? try ReferenceDrivers.build(sdk: sdk, into: state + "/drivers") : []
+        let drivers = ["load", "calls", "block", "restart", "isolation", "net", "vm"].contains(where: wants) ? try ReferenceDrivers.build(sdk: sdk, into: state + "/drivers") : []
 
         var figures: [BenchFigure] = []
         if wants("load") { figures += try loadLatency(drivers: drivers, state: state) }
@@ -118,6 +118,7 @@ public struct BenchRunner {
         if wants("ring") { figures += RingBench(quick: quick, progress: progress).run() }
         if wants("block") { figures += try BlockBench(quick: quick, progress: progress).run(drivers: drivers, state: state) }
         if wants("restart") { figures += try RestartBench(quick: quick, progress: progress).run(drivers: drivers, state: state) }
+        if wants("isolation") { figures += try IsolationBench(quick: quick, progress: progress).run(drivers: drivers, state: state) }
         if wants("net") { figures += try NetBench(quick: quick, progress: progress).run(drivers: drivers, state: state) }
         if wants("vm") { figures += try VMBench(quick: quick, progress: progress).run(drivers: drivers, state: state) }
         return BenchReport(machine: .init(cpuModel: model, cores: cores, buildConfiguration: Self.buildConfiguration, quick: quick),

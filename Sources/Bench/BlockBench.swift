@@ -101,8 +101,8 @@ struct BlockBench {
 
         for _ in 0..<rounds {
             for w in workloads {
-                bare[w.name, default: []].append(try counted(w.count) { try host(bareDisk, w, start: 0) })
-                root[w.name, default: []].append(try counted(w.count) { try host(rootDisk, w, start: 0) })
+                bare[w.name, default: []].append(try counted(w.count) { try Self.host(bareDisk, w, start: 0) })
+                root[w.name, default: []].append(try counted(w.count) { try Self.host(rootDisk, w, start: 0) })
                 child[w.name, default: []].append(try counted(w.count) { try guest.run(w) })
                 vhost[w.name, default: []].append(try counted(w.count) { try vmm.run(w) })
             }
@@ -152,7 +152,7 @@ struct BlockBench {
     }
 
     /// Runs a workload on the OS's block layer at the workload's depth.
-    private func host(_ disk: Disk, _ w: Workload, start: UInt64) throws -> Measured {
+    static func host(_ disk: Disk, _ w: Workload, start: UInt64) throws -> Measured {
         let length = w.blocks * disk.geometry.blockSize
         let buffers = (0..<w.depth).compactMap { _ in disk.allocateBuffer(length: length) }
         guard buffers.count == w.depth else { throw DemoError(message: "bench: out of I/O memory") }

@@ -34,6 +34,9 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
         let bounce: (physical: UInt64, pages: Int)?
         let isRead: Bool
         let length: Int
+        /// The device address the Kernel mapped the data at for the driver
+        /// (its dma_map of the request's data then needs no round trip).
+        let deviceAddress: UInt64
     }
 
     private struct State {
@@ -136,9 +139,10 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
                 physical = pages.physical
             }
         }
+        let deviceAddress = length > 0 ? platform.mapForDevice(slot, physical: physical, length: length, writable: operation == .read) : 0
         let (tag, runs) = state.withLock { s -> (UInt64, [(offset: UInt64, length: Int)]) in
             defer { s.nextTag += 1 }
-            s.inFlight[s.nextTag] = InFlight(request: request, bounce: bounce, isRead: operation == .read, length: length)
+            s.inFlight[s.nextTag] = InFlight(request: request, bounce: bounce, isRead: operation == .read, length: length, deviceAddress: deviceAddress)
             return (s.nextTag, length > 0 ? newlyShared(&s, physical: physical, length: length) : [])
         }
         var body = WireWriter()
@@ -146,19 +150,16 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
         body.u64(physical)
         body.u64(physical / UInt64(SharedPage.size) * UInt64(SharedPage.size))  // where `runs` start
         body.runs(runs)
-        let status: OyStatus
-        do {
-            var reply = try line.call(.submit, body).0
-            status = OyStatus((try? reply.i32()) ?? OyStatus.deviceGone.rawValue)
-        } catch {
-            // The host is gone. Unless its completion came first, the
-            // request waits in the OS for the restarted driver.
+        body.u64(deviceAddress)
+        // Posted: the host reports a refusal as a completion, and the line
+        // keeps this before anything sent after it.
+        guard line.post(.submit, body) else {
+            // The host is gone: the request waits in the OS for the restarted driver.
             guard let taken = take(tag) else { return .ok }
             release(taken)
             return .busy
         }
-        if !status.isOK, let taken = take(tag) { release(taken) }
-        return status
+        return .ok
     }
 
     /// Page runs of [physical, +length) the host has not mapped yet, whole pages.
@@ -174,6 +175,7 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
     private func take(_ tag: UInt64) -> InFlight? { state.withLock { $0.inFlight.removeValue(forKey: tag) } }
 
     private func release(_ flight: InFlight) {
+        if flight.length > 0 { platform.unmapForDevice(slot, deviceAddress: flight.deviceAddress, length: flight.length) }
         if let bounce = flight.bounce { platform.memory.free(physical: bounce.physical, pages: bounce.pages) }
     }
 
@@ -354,8 +356,14 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
             return !s.leaving && s.attached
         }
         guard report else { return }
-        var status: Int32 = 0
-        let waited = waitpid(pid, &status, WNOHANG)
+        // The line closes as the process ends; its status follows (a crash
+        // report being written first can take a moment).
+        var status: Int32 = 0, waited: pid_t = 0
+        let deadline = Date(timeIntervalSinceNow: 5)
+        while waited == 0 && Date() < deadline {
+            waited = waitpid(pid, &status, WNOHANG)
+            if waited == 0 { usleep(2000) }
+        }
         let how = waited == pid ? Self.describe(status) : reason
         log.record(.error, "kernel", "\(label) ended: \(how)")
         guard let kernel else { return }

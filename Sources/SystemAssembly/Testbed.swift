@@ -94,9 +94,10 @@ public final class BootedSystem {
     public let kernel: Kernel
 
     /// Boots the OS on a new testbed with `drivers`. `wireUp` runs on the
-    /// testbed first (connect NICs, set carriers).
+    /// testbed first (connect NICs, set carriers). `driverHost`: run disk
+    /// drivers in driver-host processes of that executable (`oyako`).
     public init(_ place: Place, state: String, diskSize: UInt64 = 64 << 20, memorySize: Int = 128 << 20, nics: Int = 0,
-                drivers: [String], wireUp: (Testbed) -> Void = { _ in }) throws {
+                drivers: [String], driverHost: String? = nil, wireUp: (Testbed) -> Void = { _ in }) throws {
         testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: memorySize, nics: nics)
         wireUp(testbed)
         switch place {
@@ -113,6 +114,7 @@ public final class BootedSystem {
                 throw error
             }
         }
+        kernel.driverHostExecutable = driverHost
         _ = kernel.boot()
     }
 

@@ -214,6 +214,8 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
                          "block.4k_randread_qd1.bare", "block.4k_randread_qd32.child", "block.64k_seqwrite_qd8.root", "block.64k_seqread_qd8.child",
                          "block.64k_seqwrite_qd8.vhost_user", "block.4k_randread_qd32.vhost_user",
                          "driver.detach_attach.nvmelite", "driver.live_replace_pause.nvmelite", "driver.restart.nvmelite",
+                         "block.4k_randread_qd1.driver_host", "block.4k_randread_qd1.driver_host_latency", "block.4k_randread_qd32.driver_host",
+                         "driver_host.restart_after_kill.nvmelite",
                          "net.bare_nic", "net.child_to_child", "net.child_to_wire"] + (vm ? ["vm.\(accelerator).dd_write_direct", "vm.\(accelerator).dd_read_direct"] : []) {
             #expect(names.contains(expected), "missing \(expected)")
         }

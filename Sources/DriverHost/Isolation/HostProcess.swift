@@ -70,6 +70,17 @@ final class RemoteDevice: HostDevice, @unchecked Sendable {
     private let line: HostLine
     private let memory: SharedMemory
     private let hooks = Mutex<[Int: (fd: Int32, stop: Int32, thread: DispatchGroup)]>([:])
+    /// Request data the Kernel already mapped for the device, by tag:
+    /// (physical, length, device address). The driver's dma_map of it is
+    /// answered here; the Kernel unmaps it when the request completes.
+    let premapped = Mutex<[UInt64: (physical: UInt64, length: Int, deviceAddress: UInt64)]>([:])
+
+    private func premapping(_ physical: UInt64, _ length: Int) -> UInt64? {
+        premapped.withLock { table in
+            table.values.first { physical >= $0.physical && physical + UInt64(length) <= $0.physical + UInt64($0.length) }
+                .map { $0.deviceAddress + (physical - $0.physical) }
+        }
+    }
 
     init(info: HostDeviceInfo, line: HostLine, memory: SharedMemory) {
         self.info = info
@@ -144,12 +155,14 @@ final class RemoteDevice: HostDevice, @unchecked Sendable {
         // Out of process only the OS's memory is shared with the device's
         // side: a request's data or a dma_alloc buffer, never the driver's own heap.
         guard let physical = memory.physical(of: pointer, length: length) else { throw .invalid }
+        if let deviceAddress = premapping(physical, length) { return DMARegion(cpu: pointer, deviceAddress: deviceAddress, length: length) }
         var reply = try call(.dmaMap) { $0.u64(physical); $0.u64(UInt64(length)); $0.u32(direction.rawValue) }
         guard let deviceAddress = try? reply.u64() else { throw .deviceGone }
         return DMARegion(cpu: pointer, deviceAddress: deviceAddress, length: length)
     }
 
     func dmaUnmap(_ region: DMARegion) {
+        if let physical = memory.physical(of: region.cpu, length: region.length), premapping(physical, region.length) == region.deviceAddress { return }
         var body = WireWriter()
         body.u64(region.deviceAddress); body.u64(UInt64(region.length))
         line.post(.dmaUnmap, body)
@@ -268,7 +281,9 @@ final class HostSide: @unchecked Sendable {
     private var library: DriverLibrary?
     private var instance: DriverInstance?
     private var memory: SharedMemory?
+    private var device: RemoteDevice?
     private let inFlight = Mutex<[UInt64: BlockRequest]>([:])
+    private let backlog = Mutex<[(UInt64, HostLine.Incoming)]>([])
 
     init(line: HostLine) { self.line = line }
 
@@ -287,7 +302,8 @@ final class HostSide: @unchecked Sendable {
             reply.i32(status.rawValue)
             reply.string(text)
         case .submit:
-            reply.i32(submit(&message).rawValue)
+            submit(&message)  // posted: a refusal goes back as a completion
+            return
         case .detach:
             let report = instance?.detach()
             instance = nil
@@ -322,6 +338,7 @@ final class HostSide: @unchecked Sendable {
             let info = HostDeviceInfo(vendorID: vendor, deviceID: device, classCode: classCode, revision: revision, bars: bars,
                                       interruptCount: interrupts, location: location)
             let remote = RemoteDevice(info: info, line: line, memory: memory)
+            self.device = remote
             let probe = library.probe(remote)
             guard probe.isOK else { return (probe, "probe answered \(probe)") }
             instance = try library.attach(remote)
@@ -335,27 +352,52 @@ final class HostSide: @unchecked Sendable {
         }
     }
 
-    private func submit(_ message: inout HostLine.Incoming) -> OyStatus {
-        guard let disk = environment?.disk.withLock({ $0 }), let memory else { return .deviceGone }
-        guard let tag = try? message.body.u64(), let op = try? message.body.u32(), let lba = try? message.body.u64(),
+    private func submit(_ message: inout HostLine.Incoming) {
+        guard let tag = try? message.body.u64() else { return }
+        let status = submit(tag: tag, &message)
+        guard !status.isOK else { return }
+        if status == .busy {
+            // Full for now: again after the next completion.
+            backlog.withLock { $0.append((tag, message)) }
+            return
+        }
+        completed(tag, status)
+    }
+
+    private func completed(_ tag: UInt64, _ status: OyStatus) {
+        device?.premapped.withLock { _ = $0.removeValue(forKey: tag) }
+        var body = WireWriter()
+        body.u64(tag)
+        body.i32(status.rawValue)
+        line.post(.complete, body)
+        if let retry = backlog.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
+            requests.async { [self] in
+                var message = retry.1
+                let again = submit(tag: retry.0, &message)
+                if again == .busy { backlog.withLock { $0.insert(retry, at: 0) } } else if !again.isOK { completed(retry.0, again) }
+            }
+        }
+    }
+
+    private func submit(tag: UInt64, _ message: inout HostLine.Incoming) -> OyStatus {
+        guard let disk = environment?.disk.withLock({ $0 }), let memory, let device else { return .deviceGone }
+        guard let op = try? message.body.u32(), let lba = try? message.body.u64(),
             let blocks = try? message.body.u32(), let physical = try? message.body.u64(), let mapStart = try? message.body.u64(),
-            let runs = try? message.body.runs(),
+            let runs = try? message.body.runs(), let deviceAddress = try? message.body.u64(),
             let operation = BlockRequest.Operation(rawValue: op)
         else { return .invalid }
+        let length = operation == .flush ? 0 : Int(blocks) * disk.geometry.blockSize
+        if length > 0 { device.premapped.withLock { $0[tag] = (physical, length, deviceAddress) } }
         do {
             if !runs.isEmpty { try memory.map(physical: mapStart, runs: runs) }
         } catch {
             return error
         }
         let request = BlockRequest()
-        let line = self.line
         inFlight.withLock { $0[tag] = request }
         request.prepare(operation, lba: lba, blockCount: Int(blocks), data: operation == .flush ? nil : memory.base + Int(physical)) { [self] status in
             inFlight.withLock { _ = $0.removeValue(forKey: tag) }
-            var body = WireWriter()
-            body.u64(tag)
-            body.i32(status.rawValue)
-            line.post(.complete, body)
+            completed(tag, status)
         }
         let status = disk.submit(request)
         if !status.isOK { inFlight.withLock { _ = $0.removeValue(forKey: tag) } }
