@@ -122,6 +122,7 @@ public protocol DiskDriverBinding: AnyObject, Sendable {
     var location: String { get }
     /// The driver's name and the SHA-256 of its file.
     var driverName: String { get }
+    var driverVersion: String { get }
     var driverSHA256: String { get }
     /// Hands `request` to the driver: on `.ok` its completion runs later,
     /// exactly once; `.busy` puts it back at the head of the queue.
@@ -131,6 +132,7 @@ public protocol DiskDriverBinding: AnyObject, Sendable {
 extension RegisteredDisk: DiskDriverBinding {
     public var location: String { binding.device.info.location }
     public var driverName: String { binding.library.name }
+    public var driverVersion: String { binding.library.metadata.version }
     public var driverSHA256: String { binding.library.sha256 }
 }
 

@@ -59,6 +59,7 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
     var location: String { slot.address.description }
     var name: String { file.metadata.name }
     var driverName: String { file.metadata.name }
+    var driverVersion: String { file.metadata.version }
     var driverSHA256: String { file.sha256 }
 
     private init(file: DriverFile, slot: BusSlot, pid: pid_t, line: HostLine, kernel: Kernel) {

@@ -41,6 +41,7 @@ extension DriverCommand {
             try options.send(ControlRequest(.list)) { response in
                 (response.drivers ?? []).map { d in
                     "\(d.name) \(d.version) sha256 \(d.sha256.prefix(16)): " + (d.devices.isEmpty ? "no device" : d.devices.joined(separator: ", "))
+                        + (d.process.map { " (driver host \($0))" } ?? "")
                 }
             }
         }

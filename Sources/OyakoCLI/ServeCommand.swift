@@ -23,6 +23,9 @@ struct ServeCommand: ParsableCommand {
     @Flag(help: "Boot the OS on bare metal instead of as the root partition.")
     var bare = false
 
+    @Flag(name: .customLong("driver-hosts"), help: "Run disk drivers in processes of their own: a crash ends only that process, and the driver is restarted.")
+    var driverHosts = false
+
     @Option(name: .customLong("disk-mib"), help: "Size of a new disk image, in MiB.")
     var diskMiB: UInt64 = 256
 
@@ -48,6 +51,7 @@ struct ServeCommand: ParsableCommand {
         var options = ServeSession.Options(state: state, drivers: files)
         options.diskSize = diskMiB << 20
         options.bareMetal = bare
+        if driverHosts { options.driverHost = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path }
         let session = try runJob("serve") { try ServeSession(options) }
         // SIGINT and SIGTERM end the session cleanly.
         let signals = [SIGINT, SIGTERM].map { number -> DispatchSourceSignal in
@@ -60,6 +64,9 @@ struct ServeCommand: ParsableCommand {
         var banner = "serving on \(bare ? "bare metal" : "the root partition"):\n"
         for library in session.kernel.loadedDrivers.sorted(by: { $0.name < $1.name }) {
             banner += "  driver \(library.name) \(library.metadata.version) sha256 \(library.sha256.prefix(16))\n"
+        }
+        for disk in session.kernel.blockLayer.disks where disk.registered == nil {
+            banner += "  driver \(disk.driverLabel)\n"
         }
         if let block = session.blockServer { banner += "  vhost-user-blk: \(block.path)\n" }
         banner += "  control: \(session.control.path) (oyako driver list|load|unload|replace --control \(session.control.path))\n"

@@ -39,6 +39,8 @@ public struct ControlResponse: Codable, Sendable {
         public let version: String
         public let sha256: String
         public let devices: [String]
+        /// The driver-host process running it, when it has one.
+        public var process: Int32?
     }
 
     public struct Replacement: Codable, Sendable, Equatable {
@@ -195,10 +197,16 @@ public final class ControlServer: @unchecked Sendable {
     }
 
     private func drivers() -> [ControlResponse.Driver] {
-        kernel.loadedDrivers.map { library in
+        let inProcess = kernel.loadedDrivers.map { library in
             let devices = kernel.platform.bus.enumerate().filter { kernel.instance(at: $0.address)?.library === library }.map(\.address.description)
             return ControlResponse.Driver(name: library.name, version: library.metadata.version, sha256: library.sha256, devices: devices)
-        }.sorted { ($0.name, $0.sha256) < ($1.name, $1.sha256) }
+        }
+        let hosted = kernel.platform.bus.enumerate().compactMap { slot -> ControlResponse.Driver? in
+            guard let pid = kernel.driverHostProcess(at: slot.address), let disk = kernel.blockLayer.disk(at: slot.address.description) else { return nil }
+            let d = disk.driver
+            return ControlResponse.Driver(name: d.driverName, version: d.driverVersion, sha256: d.driverSHA256, devices: [slot.address.description], process: pid)
+        }
+        return (inProcess + hosted).sorted { ($0.name, $0.sha256) < ($1.name, $1.sha256) }
     }
 }
 

@@ -14,6 +14,8 @@ public final class ServeSession: @unchecked Sendable {
         public var drivers: [String]
         public var diskSize: UInt64 = 256 << 20
         public var bareMetal = false
+        /// Run disk drivers in driver-host processes of this executable (`oyako`).
+        public var driverHost: String?
 
         public init(state: String, drivers: [String]) {
             self.state = state
@@ -32,7 +34,7 @@ public final class ServeSession: @unchecked Sendable {
 
     public init(_ options: Options) throws {
         system = try BootedSystem(options.bareMetal ? .bareMetal : .rootPartition(memory: 96 << 20), state: options.state,
-                                  diskSize: options.diskSize, memorySize: 256 << 20, nics: 1, drivers: options.drivers)
+                                  diskSize: options.diskSize, memorySize: 256 << 20, nics: 1, drivers: options.drivers, driverHost: options.driverHost)
         do {
             if let disk = system.kernel.blockLayer.disks.first {
                 let region = try DiskRegion(disk: disk, firstBlock: 0, blockCount: disk.geometry.blockCount)

@@ -16,9 +16,9 @@ import Testing
         var control: String { state + "/control.sock" }
         private let output = Pipe()
 
-        init(drivers: [String]) throws {
+        init(drivers: [String], options: [String] = []) throws {
             process.executableURL = URL(fileURLWithPath: Fixtures.oyakoBinary)
-            process.arguments = ["serve", "--state", state, "--disk-mib", "32"] + drivers.flatMap { ["--driver", $0] }
+            process.arguments = ["serve", "--state", state, "--disk-mib", "32"] + drivers.flatMap { ["--driver", $0] } + options
             process.standardOutput = output
             process.standardError = output
             try process.run()
@@ -142,5 +142,52 @@ import Testing
         // And on the command line.
         let missing = oyako(["serve", "--state", Fixtures.temporaryDirectory("serve"), "--driver", "/nonexistent/nvmelite.so"])
         #expect(missing.status == 64 && missing.stderr.contains("--driver /nonexistent/nvmelite.so: no such file"), "\(missing.output)")
+    }
+
+    @Test func aKilledDriverHostIsReplacedWhileAVMDoesIO() throws {
+        let server = try Server(drivers: [try Fixtures.referenceDriver("nvmelite")], options: ["--driver-hosts"])
+        var printed = ""
+        defer { if server.process.isRunning { printed = server.stop() } }
+        func hostProcess() -> Int32? {
+            let listed = oyako(["driver", "list", "--control", server.control, "--json"])
+            guard let json = try? JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [String: Any],
+                let drivers = json["drivers"] as? [[String: Any]] else { return nil }
+            return drivers.first { $0["name"] as? String == "nvmelite" }?["process"] as? Int32
+        }
+        let first = try #require(hostProcess(), "nvmelite runs in a driver host")
+        nonisolated(unsafe) let vm = try VirtioFrontEnd(path: server.state + "/vda.sock")
+        let stop = Mutex(false), rounds = Mutex(0), failures = Mutex<[String]>([])
+        let io = Thread {
+            var round = 0
+            while !stop.withLock({ $0 }) {
+                round += 1
+                let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 17 &+ round) }
+                let sector = UInt64(round % 512) * 8
+                guard vm.blockRequest(write: true, sector: sector, slot: 0, bytes: pattern, timeout: 30),
+                      vm.blockRequest(write: false, sector: sector, slot: 3, timeout: 30), vm.read(VirtioFrontEnd.blockData, count: 4096) == pattern
+                else {
+                    failures.withLock { $0.append("round \(round)") }
+                    return
+                }
+                rounds.withLock { $0 += 1 }
+            }
+        }
+        io.start()
+        defer { stop.withLock { $0 = true } }
+        func ioRuns(_ more: Int) {
+            let target = rounds.withLock { $0 } + more
+            let deadline = Date(timeIntervalSinceNow: 30)
+            while rounds.withLock({ $0 }) < target && failures.withLock({ $0.isEmpty }) && Date() < deadline { usleep(2000) }
+        }
+        ioRuns(5)
+        kill(first, SIGKILL)
+        ioRuns(20)
+        stop.withLock { $0 = true }
+        while !io.isFinished { usleep(1000) }
+        #expect(failures.withLock { $0 }.isEmpty, "the VM's I/O verified across the crash: \(failures.withLock { $0 })")
+        let second = try #require(hostProcess())
+        #expect(second != first, "a new driver host serves the disk")
+        printed = server.stop()
+        #expect(printed.contains("driver host \(first)) ended: killed by signal 9 (SIGKILL)"), "\(printed)")
     }
 }
