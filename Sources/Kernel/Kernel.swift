@@ -326,8 +326,43 @@ public final class Kernel: @unchecked Sendable {
     /// geometry, and the held requests go to it. Nothing is lost; if the new
     /// driver fails to attach, the old one is attached again.
     public func replaceDriver(at address: BusAddress, with library: DriverLibrary, drainTimeout: Double = 10) throws(ReplaceError) -> Replacement {
+        guard let old = instance(at: address) else { throw .noDriver(address.description) }
+        return try swapDriver(at: address, old: old.library.name, new: library.name, drainTimeout: drainTimeout) { slot in
+            if let instance = lock.withLock({ instances.removeValue(forKey: address) }) { instance.detach() }
+        } attachNew: { slot in
+            try attach(library, to: slot)
+        } attachOld: { slot in
+            try attach(old.library, to: slot)
+        }
+    }
+
+    /// Swaps the driver-host process serving the disk at `address` for one
+    /// running the driver file at `path`, live, as `replaceDriver(at:with:)`
+    /// does in process.
+    public func replaceDriver(at address: BusAddress, withFile path: String, drainTimeout: Double = 10) throws(ReplaceError) -> Replacement {
+        guard let old = lock.withLock({ isolated[address] }), let executable = driverHostExecutable else { throw .noDriver(address.description) }
+        let file: DriverFile
+        do {
+            file = try DriverFile.inspect(path: path)
+        } catch {
+            throw .attachFailed(address.description, reason: "\(error)", restored: true)
+        }
+        return try swapDriver(at: address, old: old.name, new: file.metadata.name, drainTimeout: drainTimeout) { slot in
+            if let driver = lock.withLock({ isolated.removeValue(forKey: address) }) { driver.detach() }
+        } attachNew: { slot in
+            try attachIsolated(file: file, to: slot, executable: executable)
+        } attachOld: { slot in
+            try attachIsolated(file: old.file, to: slot, executable: executable)
+        }
+    }
+
+    /// The live swap both kinds of replacement share: hold the disk, drain
+    /// and detach the old driver, attach the new one (the old one again if
+    /// the new fails), hand over what was held.
+    private func swapDriver(at address: BusAddress, old: String, new: String, drainTimeout: Double, detachOld: (BusSlot) -> Void,
+                            attachNew: (BusSlot) throws -> Void, attachOld: (BusSlot) throws -> Void) throws(ReplaceError) -> Replacement {
         let device = address.description
-        guard let old = instance(at: address), let slot = platform.bus.enumerate().first(where: { $0.address == address }) else { throw .noDriver(device) }
+        guard let slot = platform.bus.enumerate().first(where: { $0.address == address }) else { throw .noDriver(device) }
         guard let disk = blockLayer.disk(at: device) else { throw .notADisk(device) }
         let started = ContinuousClock.now
         guard disk.beginReplacement(deadline: Date(timeIntervalSinceNow: drainTimeout)) else {
@@ -335,23 +370,21 @@ public final class Kernel: @unchecked Sendable {
             throw .drainTimedOut(device)
         }
         let previous = disk.driver
-        lock.withLock { instances[address] = nil }
-        old.detach()
-        /// Attaches `candidate`; true once it has taken the disk over.
-        func takeOver(_ candidate: DriverLibrary) -> String? {
+        detachOld(slot)
+        /// Attaches with `attach`; nil once it has taken the disk over.
+        func takeOver(_ attach: (BusSlot) throws -> Void) -> String? {
             do {
-                let instance = try attach(candidate, to: slot)
+                try attach(slot)
                 if disk.driver !== previous { return nil }
-                lock.withLock { instances[address] = nil }
-                instance.detach()
+                detachOld(slot)
                 return "it registered no disk of the same geometry"
             } catch {
                 return "\(error)"
             }
         }
-        if let failure = takeOver(library) {
-            let restored = takeOver(old.library) == nil
-            if !restored { _ = blockLayer.remove(disk, reason: "\(device) has no driver: \(library.name) failed to attach (\(failure)) and \(old.library.name) could not be restored") }
+        if let failure = takeOver(attachNew) {
+            let restored = takeOver(attachOld) == nil
+            if !restored { _ = blockLayer.remove(disk, reason: "\(device) has no driver: \(new) failed to attach (\(failure)) and \(old) could not be restored") }
             disk.endReplacement()
             throw .attachFailed(device, reason: failure, restored: restored)
         }
@@ -359,8 +392,8 @@ public final class Kernel: @unchecked Sendable {
         let held = disk.heldRequests
         disk.endReplacement()
         let pause = ContinuousClock.now - started
-        log.record(.info, "kernel", "\(device): \(old.library.name) replaced by \(library.name) in \(pause), \(held) request(s) held")
-        return Replacement(device: device, old: old.library.name, new: library.name, pause: pause, heldRequests: held)
+        log.record(.info, "kernel", "\(device): \(old) replaced by \(new) in \(pause), \(held) request(s) held")
+        return Replacement(device: device, old: old, new: new, pause: pause, heldRequests: held)
     }
 
     /// Detaches every device and unloads every driver.

@@ -3,6 +3,7 @@ import DriverHost
 import Foundation
 import Glibc
 import Kernel
+import Machine
 import Synchronization
 
 /// One request to a running system's control socket: a line of JSON.
@@ -155,6 +156,10 @@ public final class ControlServer: @unchecked Sendable {
 
     private func replace(_ request: ControlRequest) -> ControlResponse {
         guard let name = request.driver, let file = request.file else { return .failed("replace needs the driver's name and the new file") }
+        let hosted = kernel.platform.bus.enumerate().map(\.address).filter {
+            kernel.driverHostProcess(at: $0) != nil && kernel.blockLayer.disk(at: $0.description)?.driver.driverName == name
+        }
+        if !hosted.isEmpty { return replaceInDriverHosts(name: name, file: file, at: hosted) }
         let devices = kernel.devices(servedBy: name)
         guard !devices.isEmpty else { return .failed("no device is served by a driver named \(name); loaded: \(loadedNames)") }
         let library: DriverLibrary
@@ -185,6 +190,22 @@ public final class ControlServer: @unchecked Sendable {
         // The old build serves nothing now: unload it, as a new one is loaded.
         if let old, old !== library, !devicesServed(by: old) { _ = kernel.unload(old) }
         return ControlResponse(ok: true, message: "replaced \(name) on \(done.map(\.device).joined(separator: ", "))", drivers: drivers(), replacements: done)
+    }
+
+    /// Replacement of a driver that runs in driver-host processes: a new host with the new file.
+    private func replaceInDriverHosts(name: String, file: String, at devices: [BusAddress]) -> ControlResponse {
+        var done: [ControlResponse.Replacement] = []
+        for address in devices {
+            let old = kernel.blockLayer.disk(at: address.description).map { "\($0.driver.driverName) \($0.driver.driverVersion)" } ?? name
+            do {
+                let r = try kernel.replaceDriver(at: address, withFile: file)
+                let new = kernel.blockLayer.disk(at: address.description).map { "\($0.driver.driverName) \($0.driver.driverVersion)" } ?? r.new
+                done.append(.init(device: r.device, old: old, new: new, pauseMilliseconds: r.pause.milliseconds, heldRequests: r.heldRequests))
+            } catch {
+                return ControlResponse(ok: false, message: "\(error)", replacements: done)
+            }
+        }
+        return ControlResponse(ok: true, message: "replaced \(name) on \(done.map(\.device).joined(separator: ", ")) (driver hosts)", drivers: drivers(), replacements: done)
     }
 
     private func devicesServed(by library: DriverLibrary) -> Bool {

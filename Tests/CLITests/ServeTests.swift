@@ -182,6 +182,11 @@ import Testing
         ioRuns(5)
         kill(first, SIGKILL)
         ioRuns(20)
+        // And a live replacement of the hosted driver by a rebuilt one.
+        let rebuilt = try Fixtures.mutatedReferenceDriver("nvmelite", [("#define NVMELITE_VERSION \"1.0.0\"", "#define NVMELITE_VERSION \"1.0.1\"")])
+        let replaced = oyako(["driver", "replace", "nvmelite", rebuilt, "--control", server.control])
+        #expect(replaced.status == 0 && replaced.stdout.contains("nvmelite 1.0.0 -> nvmelite 1.0.1, paused"), "\(replaced.output)")
+        ioRuns(20)
         stop.withLock { $0 = true }
         while !io.isFinished { usleep(1000) }
         #expect(failures.withLock { $0 }.isEmpty, "the VM's I/O verified across the crash: \(failures.withLock { $0 })")

@@ -95,4 +95,32 @@ import Workloads
         #expect(try kernel.entropy.read(64).count == 64, "the rest of the system runs on")
         #expect(try ledger.verify(image: state + "/" + Testbed.diskImageName) == [], "writes acknowledged before the crash are in the image")
     }
+
+    @Test func aDriverHostIsReplacedLiveWithARebuiltDriver() throws {
+        let state = Fixtures.temporaryDirectory("host-replace")
+        let (testbed, kernel) = try Self.isolatedSystem(driver: try Fixtures.referenceDriver(), state: state)
+        defer {
+            kernel.shutdown()
+            testbed.machine.shutdown()
+        }
+        let rebuilt = try Fixtures.mutatedReferenceDriver("nvmelite", [("#define NVMELITE_VERSION \"1.0.0\"", "#define NVMELITE_VERSION \"1.0.1\"")])
+        let original = try Fixtures.referenceDriver()
+        let disk = try #require(kernel.blockLayer.disks.first)
+        let address = testbed.nvmeSlot.address
+        let ledger = WriteLedger(blockSize: disk.geometry.blockSize)
+        let swaps = Mutex(0), done = Atomic<Bool>(false)
+        Thread.detachNewThread {
+            for i in 0..<20 {
+                if (try? kernel.replaceDriver(at: address, withFile: i % 2 == 0 ? rebuilt : original)) != nil { swaps.withLock { $0 += 1 } }
+                usleep(5000)
+            }
+            done.store(true, ordering: .releasing)
+        }
+        let result = ledger.run(workers: 2, on: disk, until: { done.load(ordering: .acquiring) }, thenWrites: 20)
+        #expect(result.errors.isEmpty, "\(result.errors)")
+        #expect(swaps.withLock { $0 } == 20, "every replacement took")
+        #expect(disk.driver.driverVersion == "1.0.0" && kernel.driverHostProcess(at: address) != nil)
+        try disk.flush()
+        #expect(try ledger.verify(image: state + "/" + Testbed.diskImageName) == [])
+    }
 }
