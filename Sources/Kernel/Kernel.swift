@@ -428,10 +428,11 @@ public final class Kernel: @unchecked Sendable {
     }
 
     private func driverRecords(files: [DriverFile]) -> [DriverRecord] {
-        let (loaded, bound) = lock.withLock { (libraries, instances) }
+        let (loaded, bound, hosted) = lock.withLock { (libraries, instances, isolated) }
         return files.map { file in
             let library = loaded[file.resolvedPath]
-            let devices = bound.filter { $0.value.library === library }.map { $0.key.description }.sorted()
+            let devices = (bound.filter { library != nil && $0.value.library === library }.map { $0.key.description }
+                + hosted.filter { $0.value.file.resolvedPath == file.resolvedPath }.map { $0.key.description }).sorted()
             return DriverRecord(name: file.metadata.name, deviceClass: file.metadata.deviceClass, path: file.path, mappedPath: library?.mappedPath,
                                 sha256: library?.sha256 ?? file.sha256, abiVersion: library?.abiVersion, devices: devices)
         }

@@ -33,7 +33,7 @@ struct DemoCommand: ParsableCommand {
     @Flag(name: .customLong("no-install"), help: "Do not install a missing QEMU with apt; say why the VM cannot run instead.")
     var noInstall = false
 
-    @Flag(help: "While the children do I/O, replace the root's disk driver with a rebuilt copy and make it hang (its interrupts lost) for the Kernel to restart; their I/O must still verify.")
+    @Flag(help: "Run the root's disk driver in a driver host; while the children do I/O, replace it with a rebuilt copy and kill its host with SIGKILL for the Kernel to restart; their I/O must still verify.")
     var chaos = false
 
     @OptionGroup var global: GlobalOptions

@@ -41,9 +41,9 @@ public struct DemoRunner {
     public var linuxVM = true
     /// Install a missing QEMU with apt (as root) rather than skip the VM.
     public var installVMM = true
-    /// While the children do I/O, replace the root's disk driver with a
-    /// rebuilt copy and make it hang (its device's interrupts lost), for the
-    /// Kernel to restart it; the children's I/O must still verify.
+    /// Run the root's disk driver in a driver-host process; while the
+    /// children do I/O, replace it with a rebuilt copy and kill its host with
+    /// SIGKILL, for the Kernel to restart; the children's I/O must still verify.
     public var chaos = false
 
     /// Where each run works on the 512-byte-block disk.
@@ -182,6 +182,10 @@ public struct DemoRunner {
         let sample = hv.machineAddress(partition: hv.root.id, gpa: 0x10_0000) ?? 0
         progress("[root] hypervisor started; root partition \(hv.root.id) with 96 MiB; root GPA 0x100000 is machine address 0x\(String(sample, radix: 16))")
         let kernel = Kernel(platform: root.platform, driverPaths: driverPaths)
+        if rebuilt != nil {
+            // --chaos: the disk driver runs in a driver-host process, to be killed.
+            kernel.driverHostExecutable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        }
         let boot = kernel.boot()
         defer { kernel.shutdown() }
 

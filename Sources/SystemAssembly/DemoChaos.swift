@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import Kernel
 import Machine
 import SDKTools
@@ -10,9 +11,9 @@ extension DemoReport {
     public struct ChaosEntry: Encodable, Sendable {
         /// Live replacements of nvmelite by a rebuilt copy.
         public var replacements = 0
-        /// Supervised restarts of a hung driver.
+        /// Supervised restarts of a driver whose host was killed.
         public var restarts = 0
-        /// Requests the hung driver had accepted, re-issued to its restart.
+        /// Requests the dead host had accepted, re-issued to the next one.
         public var reissued = 0
         /// What happened, in order.
         public var events: [String] = []
@@ -21,12 +22,12 @@ extension DemoReport {
     }
 }
 
-/// The chaos `oyako demo --chaos` plays on the root's disk driver while the
-/// children do I/O: a live replacement by a rebuilt copy of nvmelite, then
-/// its device's interrupts lost for a while (a misrouted MSI: the driver
-/// never hears of completions, and its requests stall), which the Kernel's
-/// supervisor takes for a hang and cures by restarting the driver and
-/// re-issuing what it had accepted. Children keep doing I/O until it is over.
+/// The chaos `oyako demo --chaos` plays on the root's disk driver, which
+/// then runs in a driver-host process of its own, while the children do
+/// I/O: a live replacement by a rebuilt copy of nvmelite (a new host), then
+/// SIGKILL to that host, which the Kernel's supervisor notices and cures by
+/// starting another and re-issuing what the dead one had accepted. Children
+/// keep doing I/O until it is over.
 final class DemoChaos: @unchecked Sendable {
     // @unchecked Sendable: `entry` is guarded by its Mutex; the rest is fixed.
     private let kernel: Kernel
@@ -38,18 +39,12 @@ final class DemoChaos: @unchecked Sendable {
     private let entry = Mutex(DemoReport.ChaosEntry())
     private let finished = DispatchSemaphore(value: 0)
 
-    /// How long the device's interrupts stay lost.
-    static let silence = 1.5
-
     init(kernel: Kernel, slot: BusSlot, rebuilt: String, progress: @escaping @Sendable (String) -> Void) {
         self.kernel = kernel
         self.slot = slot
         self.rebuilt = rebuilt
         self.progress = progress
-        var policy = kernel.supervisor.policy
-        policy.hangTimeout = .seconds(1)
-        policy.backoff = .milliseconds(50)
-        kernel.supervisor.policy = policy
+        kernel.supervisor.policy.backoff = .milliseconds(50)
     }
 
     /// Builds the copy of nvmelite the chaos swaps in.
@@ -77,8 +72,8 @@ final class DemoChaos: @unchecked Sendable {
             Thread.sleep(forTimeInterval: 0.3)
             replace()
             Thread.sleep(forTimeInterval: 0.3)
-            hang()
-            Thread.sleep(forTimeInterval: 0.5)  // and some I/O through the restarted driver
+            killHost()
+            Thread.sleep(forTimeInterval: 0.5)  // and some I/O through the new host
         }
     }
 
@@ -93,26 +88,28 @@ final class DemoChaos: @unchecked Sendable {
 
     private func replace() {
         do {
-            let library = try kernel.loadDriver(path: rebuilt)
-            let r = try kernel.replaceDriver(at: slot.address, with: library)
+            let r = try kernel.replaceDriver(at: slot.address, withFile: rebuilt)
             entry.withLock { $0.replacements += 1 }
-            note(String(format: "[chaos] %@: %@ replaced by a rebuilt copy (%@, sha256 %@…) under the children's I/O: paused %.2f ms, %d request(s) held",
-                        r.device, r.old, rebuilt, String(library.sha256.prefix(16)), r.pause.milliseconds, r.heldRequests))
+            let sha = kernel.blockLayer.disk(at: slot.address.description)?.driver.driverSHA256.prefix(16) ?? "?"
+            note(String(format: "[chaos] %@: %@ replaced by a rebuilt copy (%@, sha256 %@…, driver host %d) under the children's I/O: paused %.2f ms, %d request(s) held",
+                        r.device, r.old, rebuilt, String(sha), kernel.driverHostProcess(at: slot.address) ?? 0, r.pause.milliseconds, r.heldRequests))
         } catch {
             note("[chaos] the live replacement failed: \(error)")
         }
     }
 
-    private func hang() {
+    private func killHost() {
         let before = kernel.supervisor.events.count
-        note(String(format: "[chaos] %@: the device's interrupts are lost for %.1f s (a misrouted MSI): nvmelite's requests stall", slot.address.description, Self.silence))
-        slot.loseInterrupts(true)
-        Thread.sleep(forTimeInterval: Self.silence)
-        slot.loseInterrupts(false)
+        guard let pid = kernel.driverHostProcess(at: slot.address) else {
+            note("[chaos] nvmelite does not run in a driver host; nothing to kill")
+            return
+        }
+        note("[chaos] \(slot.address): SIGKILL to nvmelite's driver host \(pid) in the middle of the children's I/O")
+        kill(pid, SIGKILL)
         let deadline = Date(timeIntervalSinceNow: 60)
-        while kernel.supervisor.events.count == before && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        while kernel.supervisor.events.count == before && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
         guard let event = kernel.supervisor.events.dropFirst(before).first else {
-            note("[chaos] the supervisor did not notice the hang within 60 s")
+            note("[chaos] the supervisor did not notice the death within 60 s")
             return
         }
         if case .restarted(_, let reissued) = event.outcome {
@@ -121,7 +118,7 @@ final class DemoChaos: @unchecked Sendable {
                 $0.reissued += reissued
             }
         }
-        note("[chaos] \(event)")
+        note("[chaos] \(event); now driver host \(kernel.driverHostProcess(at: slot.address) ?? 0)")
     }
 
     private func note(_ line: String) {

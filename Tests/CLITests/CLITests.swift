@@ -228,8 +228,9 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
     }
 }
 
-/// `oyako demo --chaos`: the root's disk driver is replaced live and made
-/// to hang while the children do I/O; their I/O still verifies.
+/// `oyako demo --chaos`: the root's disk driver, in a driver host, is
+/// replaced live and its host killed with SIGKILL while the children do I/O;
+/// their I/O still verifies.
 @Suite struct DemoChaosTests {
     @Test func theChildrenVerifyThroughAReplacementAndARestart() throws {
         let result = oyako(["demo", "--json", "--no-vm", "--chaos"])
@@ -237,10 +238,10 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
         let chaos = try #require(json["chaos"] as? [String: Any], "the report says what the chaos did")
         #expect(chaos["replacements"] as? Int == 1 && chaos["restarts"] as? Int == 1, "\(chaos)")
-        #expect((chaos["reissued"] as? Int ?? 0) >= 1, "the hung driver's requests went to its restart: \(chaos)")
+        #expect(chaos["reissued"] is Int, "\(chaos)")  // how many were in flight at the kill is chance
         #expect(chaos["verified"] as? Bool == true && json["verified"] as? Bool == true)
         let children = try #require(json["children"] as? [[String: Any]])
         #expect(children.count == 2 && children.allSatisfy { $0["storage_verified"] as? Bool == true }, "\(children)")
-        #expect(result.stderr.contains("[chaos] 00:01.0: nvmelite restarted after a request was with it"), "\(result.stderr.suffix(2000))")
+        #expect(result.stderr.contains("[chaos] 00:01.0: nvmelite restarted after its driver host ended (killed by signal 9 (SIGKILL))"), "\(result.stderr.suffix(2000))")
     }
 }
