@@ -59,22 +59,8 @@ struct IsolationBench {
         kernel.supervisor.policy.backoff = .zero
         kernel.supervisor.policy.maxRestarts = times + 1
         guard let disk = kernel.blockLayer.disks.first else { throw DemoError(message: "bench: no disk in a driver host") }
-        let stop = Atomic<Bool>(false), failures = Atomic<Int>(0)
-        let writers = DispatchGroup()
-        for worker in 0..<2 {
-            DispatchQueue.global().async(group: writers) {
-                let block = [UInt8](repeating: UInt8(worker + 1), count: 4096)
-                var lba = UInt64(worker) * 4096
-                while !stop.load(ordering: .relaxed) {
-                    do { try disk.write(lba: lba, bytes: block) } catch { failures.add(1, ordering: .relaxed) }
-                    lba = UInt64(worker) * 4096 + (lba + 8) % 4096
-                }
-            }
-        }
-        defer {
-            stop.store(true, ordering: .relaxed)
-            writers.wait()
-        }
+        let writers = BackgroundWriters(2, on: disk)
+        defer { writers.finish() }
         var restarts: [Double] = []
         for _ in 0..<times {
             let before = kernel.supervisor.events.count
@@ -88,9 +74,8 @@ struct IsolationBench {
             }
             restarts.append(Double(event.duration.components.seconds) * 1000 + Double(event.duration.components.attoseconds) / 1e15)
         }
-        stop.store(true, ordering: .relaxed)
-        writers.wait()
-        guard failures.load(ordering: .relaxed) == 0 else { throw DemoError(message: "bench: \(failures.load(ordering: .relaxed)) writes failed across host deaths") }
+        let failures = writers.finish()
+        guard failures == 0 else { throw DemoError(message: "bench: \(failures) writes failed across host deaths") }
         let median = restarts.sorted()[restarts.count / 2]
         progress(String(format: "isolation: a killed driver host is replaced and serving again in %.1f ms (median of %d)", median, times))
         return BenchFigure("driver_host.restart_after_kill.nvmelite", median, "ms",

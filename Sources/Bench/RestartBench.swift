@@ -35,22 +35,8 @@ struct RestartBench {
         guard let disk = kernel.blockLayer.disks.first else { throw DemoError(message: "bench: no disk after re-attaching nvmelite") }
 
         // Under I/O: two writers of 4 KiB blocks, each on its own region.
-        let stop = Atomic<Bool>(false), failures = Atomic<Int>(0)
-        let writers = DispatchGroup()
-        for worker in 0..<2 {
-            DispatchQueue.global().async(group: writers) {
-                let block = [UInt8](repeating: UInt8(worker + 1), count: 4096)
-                var lba = UInt64(worker) * 4096
-                while !stop.load(ordering: .relaxed) {
-                    do { try disk.write(lba: lba, bytes: block) } catch { failures.add(1, ordering: .relaxed) }
-                    lba = UInt64(worker) * 4096 + (lba + 8) % 4096
-                }
-            }
-        }
-        defer {
-            stop.store(true, ordering: .relaxed)
-            writers.wait()
-        }
+        let writers = BackgroundWriters(2, on: disk)
+        defer { writers.finish() }
         var pauses: [Double] = [], restarts: [Double] = []
         for _ in 0..<times {
             pauses.append(try kernel.replaceDriver(at: address, with: library).pause.bench)
@@ -61,9 +47,8 @@ struct RestartBench {
             restarts.append(event.duration.bench)
             usleep(2000)
         }
-        stop.store(true, ordering: .relaxed)
-        writers.wait()
-        guard failures.load(ordering: .relaxed) == 0 else { throw DemoError(message: "bench: \(failures.load(ordering: .relaxed)) writes failed across restarts") }
+        let failures = writers.finish()
+        guard failures == 0 else { throw DemoError(message: "bench: \(failures) writes failed across restarts") }
 
         let cycle = median(cycles), pause = median(pauses), restart = median(restarts)
         progress(String(format: "restart: detach+attach %.2f ms idle; live replacement pause %.2f ms, supervised restart %.2f ms under I/O (medians of %d)",

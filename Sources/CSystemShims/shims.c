@@ -206,6 +206,17 @@ int oy_shim_eventfd(void) {
 #include <signal.h>
 #include <sys/prctl.h>
 
+/* In a forked child: inherit no descriptor above 2, unblock every signal,
+ * and exec `path` (or end with 127). Async-signal-safe. */
+static void exec_clean(const char *path, char *const argv[]) {
+    close_range(3, ~0U, 0);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execv(path, argv);
+    _exit(127);
+}
+
 int oy_shim_spawn_tethered(const char *path, char *const argv[], int output_fd) {
     pid_t parent = getpid();
     pid_t pid = fork();
@@ -216,12 +227,8 @@ int oy_shim_spawn_tethered(const char *path, char *const argv[], int output_fd) 
     int in = open("/dev/null", O_RDONLY);
     if (in < 0 || dup2(in, 0) < 0 || dup2(output_fd, 1) < 0 || dup2(output_fd, 2) < 0) _exit(127);
     /* Nothing else of the supervisor's leaks in (sockets, pipes, memfds). */
-    close_range(3, ~0U, 0);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    execv(path, argv);
-    _exit(127);
+    exec_clean(path, argv);
+    return -1;
 }
 
 int oy_shim_spawn_driver_host(const char *path, char *const argv[], int socket_fd) {
@@ -232,12 +239,8 @@ int oy_shim_spawn_driver_host(const char *path, char *const argv[], int socket_f
      * the Kernel's; nothing else is inherited. */
     setpgid(0, 0);
     if (dup2(socket_fd, 0) < 0) _exit(127);
-    close_range(3, ~0U, 0);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    execv(path, argv);
-    _exit(127);
+    exec_clean(path, argv);
+    return -1;
 }
 
 static _Thread_local uint64_t os_time_ns;
