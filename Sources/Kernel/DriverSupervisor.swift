@@ -173,11 +173,14 @@ public final class DriverSupervisor: @unchecked Sendable {
             return record(RecoveryEvent(device: address.description, driver: name, cause: cause,
                                         outcome: .restarted(attempts: attempts, reissued: reissued), duration: .now - started), kernel)
         }
-        disk.abandonRecovery()
         let event = RecoveryEvent(device: address.description, driver: name, cause: cause, outcome: .gaveUp(attempts: attempts),
                                   duration: .now - started)
+        // Recorded before anyone can see the device fail: whoever learns of
+        // it from the disk's removal finds the reason here.
+        _ = record(event, kernel)
+        disk.abandonRecovery()
         _ = kernel.blockLayer.remove(disk, reason: event.description)
-        return record(event, kernel)
+        return event
     }
 
     /// The wait before the next restart of the device, or nil when the

@@ -23,9 +23,6 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
     private let line: HostLine
     private let log: KernelLog
     private weak var kernel: Kernel?
-    /// Completions run here, never on the line's reader thread: a caller's
-    /// completion may submit again, and the submit needs the reader for its reply.
-    private let completions = DispatchQueue(label: "oyako.driver-host.completions")
 
     private struct InFlight {
         let request: BlockRequest
@@ -205,7 +202,9 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
                 return
             case .complete:
                 let tag = try message.body.u64(), status = OyStatus(try message.body.i32())
-                if let flight = take(tag) { completions.async { self.finish(flight, status) } }
+                // On the reader thread: a caller's completion may submit
+                // again, and a submit is posted, so it needs no reply.
+                if let flight = take(tag) { finish(flight, status) }
                 return
             case .mmioWrite:
                 let bar = Int(try message.body.u32()), offset = try message.body.u64(), width = Int(try message.body.u32()), value = try message.body.u64()
