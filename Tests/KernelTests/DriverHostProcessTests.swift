@@ -123,4 +123,26 @@ import Workloads
         try disk.flush()
         #expect(try ledger.verify(image: state + "/" + Testbed.diskImageName) == [])
     }
+
+    @Test func aHungDriverInADriverHostIsRestarted() throws {
+        let state = Fixtures.temporaryDirectory("host-hang")
+        let (testbed, kernel) = try Self.isolatedSystem(driver: try Fixtures.nvmeliteLosingCompletion(250), state: state)
+        defer {
+            kernel.shutdown()
+            testbed.machine.shutdown()
+        }
+        var policy = Self.quickPolicy()
+        policy.hangTimeout = .seconds(1)
+        kernel.supervisor.policy = policy
+        let disk = try #require(kernel.blockLayer.disks.first)
+        let first = try #require(kernel.driverHostProcess(at: testbed.nvmeSlot.address))
+        let ledger = WriteLedger(blockSize: disk.geometry.blockSize)
+        let result = ledger.run(workers: 2, on: disk, until: { !kernel.supervisor.events.isEmpty }, thenWrites: 50)
+        #expect(result.errors.isEmpty, "\(result.errors)")
+        let events = kernel.supervisor.events
+        #expect(events.contains { $0.cause.contains("a request was with it") } && events.allSatisfy { !$0.outcome.gaveUp }, "\(events)")
+        #expect(kernel.driverHostProcess(at: testbed.nvmeSlot.address) != first, "the hung host was ended and another started")
+        try disk.flush()
+        #expect(try ledger.verify(image: state + "/" + Testbed.diskImageName) == [])
+    }
 }
