@@ -245,19 +245,21 @@ public final class Kernel: @unchecked Sendable {
     @discardableResult
     public func loadAndAttach(path: String) throws -> [String] {
         let file = try DriverFile.inspect(path: path)
-        let library = try loadLibrary(file)
+        // Disk drivers go to driver hosts when the Kernel runs them there.
+        let hosted = driverHostExecutable.flatMap { file.metadata.deviceClass == RegisteredDisk.classID ? $0 : nil }
+        let library = hosted == nil ? try loadLibrary(file) : nil
         var attached: [String] = [], failures: [String] = []
-        for slot in platform.bus.enumerate() where instance(at: slot.address) == nil && !slot.isRemoved {
+        for slot in platform.bus.enumerate() where instance(at: slot.address) == nil && driverHostProcess(at: slot.address) == nil && !slot.isRemoved {
             let identity = slot.device.identity
             guard file.metadata.matches(vendorID: identity.vendorID, deviceID: identity.deviceID) else { continue }
             do {
-                try attach(library, to: slot)
+                if let library { try attach(library, to: slot) } else if let hosted { try attachIsolated(file: file, to: slot, executable: hosted) }
                 attached.append(slot.address.description)
             } catch {
                 failures.append("\(slot.address): \(error)")
             }
         }
-        if !failures.isEmpty { throw RuntimeLoadError(driver: library.name, attached: attached, failures: failures) }
+        if !failures.isEmpty { throw RuntimeLoadError(driver: file.metadata.name, attached: attached, failures: failures) }
         return attached
     }
 
@@ -275,6 +277,12 @@ public final class Kernel: @unchecked Sendable {
     /// name is loaded. What the devices served goes away with it (a disk's
     /// callers get device-gone, children's offers are rescinded).
     public func unloadDriver(named name: String) -> [String]? {
+        let hosted = lock.withLock { isolated.filter { $0.value.name == name }.map(\.key) }.sorted()
+        if !hosted.isEmpty {
+            for address in hosted { detach(address) }
+            log.record(.info, "kernel", "stopped the driver hosts of \(name) at \(hosted.map(\.description).joined(separator: ", "))")
+            return hosted.map(\.description)
+        }
         guard let library = lock.withLock({ libraries.values.first { $0.name == name } }) else { return nil }
         let devices = lock.withLock { instances.filter { $0.value.library === library }.map(\.key) }.sorted()
         for address in devices { detach(address) }

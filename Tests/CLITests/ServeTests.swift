@@ -192,6 +192,12 @@ import Testing
         #expect(failures.withLock { $0 }.isEmpty, "the VM's I/O verified across the crash: \(failures.withLock { $0 })")
         let second = try #require(hostProcess())
         #expect(second != first, "a new driver host serves the disk")
+        // Unloaded and loaded again at runtime: another host.
+        let unloaded = oyako(["driver", "unload", "nvmelite", "--control", server.control])
+        #expect(unloaded.status == 0 && unloaded.stdout.contains("unloaded nvmelite from 00:01.0") && hostProcess() == nil, "\(unloaded.output)")
+        let loaded = oyako(["driver", "load", try Fixtures.referenceDriver("nvmelite"), "--control", server.control])
+        #expect(loaded.status == 0 && loaded.stdout.contains("attached to 00:01.0"), "\(loaded.output)")
+        #expect(hostProcess().map { $0 != second } == true, "in a driver host of its own")
         printed = server.stop()
         #expect(printed.contains("driver host \(first)) ended: killed by signal 9 (SIGKILL)"), "\(printed)")
     }
