@@ -180,6 +180,12 @@ int oy_shim_unix_listen(const char *path) {
     return fd;
 }
 
+#include <sys/prctl.h>
+
+void oy_shim_name_thread(const char *name) {
+    prctl(PR_SET_NAME, name, 0, 0, 0);
+}
+
 int oy_shim_seqpacket_pair(int fds[2]) {
     return socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds);
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Machine
 
 /// A device model's own thread — hardware has its own engine, so every model
 /// runs on one: started at power-on, told to stop and waited for at
@@ -23,6 +24,7 @@ final class DeviceThread: @unchecked Sendable {
             stopped = false
         }
         let thread = Thread { [self] in
+            nameCurrentThread(name)
             condition.lock()
             body()
             stopped = true

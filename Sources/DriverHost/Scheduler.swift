@@ -33,7 +33,10 @@ final class Scheduler: @unchecked Sendable {
 
     private init(workers: Int) {
         for i in 0..<workers {
-            let t = Thread { [unowned self] in self.workerLoop() }
+            let t = Thread { [unowned self] in
+                oy_shim_name_thread("oy-worker")
+                self.workerLoop()
+            }
             t.name = "oyako-worker-\(i)"
             t.start()
         }

@@ -1,4 +1,5 @@
 import Foundation
+import Machine
 
 /// A virtual processor: a thread that runs partition code, halts, and wakes
 /// on interrupts. Interrupts (SynIC SINTs and, for the root, forwarded
@@ -45,6 +46,7 @@ public final class VirtualProcessor: @unchecked Sendable {
         finished = false
         condition.unlock()
         let thread = Thread { [self] in
+            nameCurrentThread(name)
             body(self)
             condition.lock()
             finished = true

@@ -36,7 +36,10 @@ public final class InterruptController: @unchecked Sendable {
     /// Starts the interrupt thread. It keeps the controller alive until
     /// `shutdown()`, as a powered CPU would.
     public init(name: String = "cpu0-irq") {
-        let thread = Thread { [self] in self.deliveryLoop() }
+        let thread = Thread { [self] in
+            nameCurrentThread(name)
+            self.deliveryLoop()
+        }
         thread.name = name
         self.thread = thread
         thread.start()

@@ -17,6 +17,10 @@ public struct SystemCallError: Error, CustomStringConvertible, Sendable {
     }
 }
 
+/// The calling thread's name as the OS shows it (ps, perf): the first 15
+/// bytes. Foundation's `Thread.name` does not reach the OS on Linux.
+public func nameCurrentThread(_ name: String) { oy_shim_name_thread(name) }
+
 enum System {
     static func memfdCreate(name: String, size: Int) throws(SystemCallError) -> Int32 {
         let fd = oy_shim_memfd_create(name)

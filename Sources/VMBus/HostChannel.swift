@@ -1,6 +1,7 @@
 import Foundation
 import Hypervisor
 import Logging
+import Machine
 
 /// What a virtualization service provider does with one open channel. The
 /// server calls these on the channel's own thread.
@@ -73,7 +74,10 @@ public final class HostChannel: @unchecked Sendable {
     }
 
     func start() {
-        let thread = Thread { [self] in run() }
+        let thread = Thread { [self] in
+            nameCurrentThread("ch-\(name)")
+            run()
+        }
         thread.name = "vmbus-\(name)"
         thread.start()
     }

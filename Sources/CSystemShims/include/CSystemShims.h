@@ -66,6 +66,10 @@ ssize_t oy_shim_send_fds(int socket, const void *buffer, size_t length, const in
  * removed first). Returns the descriptor or -1 with errno. */
 int oy_shim_unix_listen(const char *path);
 
+/* Names the calling thread for the OS (ps, perf, /proc): its first 15
+ * bytes. Foundation's Thread.name does not reach the OS on Linux. */
+void oy_shim_name_thread(const char *name);
+
 /* A connected pair of close-on-exec Unix SOCK_SEQPACKET sockets (message
  * boundaries kept): a driver host's line to the Kernel. 0 or -1 with errno. */
 int oy_shim_seqpacket_pair(int fds[2]);
