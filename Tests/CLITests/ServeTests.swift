@@ -46,38 +46,15 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: server.control), "the control socket appeared")
 
         // A VM's virtio-blk front-end writes and reads back patterns throughout.
-        // Used by the I/O thread alone once it starts.
-        nonisolated(unsafe) let vm = try VirtioFrontEnd(path: server.state + "/vda.sock")
-        let stop = Mutex(false), rounds = Mutex(0), failures = Mutex<[String]>([])
-        let io = Thread {
-            var round = 0
-            while !stop.withLock({ $0 }) {
-                round += 1
-                let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ round) }
-                let sector = UInt64(round % 512) * 8
-                guard vm.blockRequest(write: true, sector: sector, slot: 0, bytes: pattern, timeout: 30),
-                      vm.blockRequest(write: false, sector: sector, slot: 3, timeout: 30), vm.read(VirtioFrontEnd.blockData, count: 4096) == pattern
-                else {
-                    failures.withLock { $0.append("round \(round) at sector \(sector)") }
-                    return
-                }
-                rounds.withLock { $0 += 1 }
-            }
-        }
-        io.start()
-        defer { stop.withLock { $0 = true } }
-        func ioRuns(_ more: Int) {
-            let target = rounds.withLock { $0 } + more
-            let deadline = Date(timeIntervalSinceNow: 30)
-            while rounds.withLock({ $0 }) < target && failures.withLock({ $0.isEmpty }) && Date() < deadline { usleep(2000) }
-        }
-        ioRuns(5)
+        let vm = try VerifyingVM(socket: server.state + "/vda.sock")
+        defer { _ = vm.stop() }
+        #expect(vm.runs(5), "the VM's I/O runs before anything changes")
 
         for i in 0..<10 {
             let result = oyako(["driver", "replace", "nvmelite", i % 2 == 0 ? rebuilt : nvme, "--control", server.control])
             #expect(result.status == 0, "\(result.output)")
             #expect(result.stdout.contains("00:01.0: nvmelite \(i % 2 == 0 ? "1.0.0 -> nvmelite 1.0.1" : "1.0.1 -> nvmelite 1.0.0"), paused"), "\(result.stdout)")
-            ioRuns(2)
+            #expect(vm.runs(2), "the VM's I/O goes on after replacement \(i + 1)")
         }
         let listed = oyako(["driver", "list", "--control", server.control])
         #expect(listed.status == 0 && listed.stdout.contains("nvmelite 1.0.0") && !listed.stdout.contains("1.0.1"), "the old build was unloaded:\n\(listed.output)")
@@ -99,12 +76,10 @@ import Testing
         let noServer = oyako(["driver", "list", "--control", server.state + "/nothing.sock"])
         #expect(noServer.status == 1 && noServer.stderr.contains("is `oyako serve` running"), "\(noServer.output)")
 
-        ioRuns(5)
-        stop.withLock { $0 = true }
-        io.cancel()
-        while !io.isFinished { usleep(1000) }
-        #expect(failures.withLock { $0 }.isEmpty, "the VM's I/O verified throughout: \(failures.withLock { $0 })")
-        #expect(rounds.withLock { $0 } > 25)
+        #expect(vm.runs(5), "the VM's I/O goes on after all of it")
+        let failures = vm.stop()
+        #expect(failures.isEmpty, "the VM's I/O verified throughout: \(failures)")
+        #expect(vm.rounds > 25)
         printed = server.stop()
         #expect(server.process.terminationStatus == 0, "SIGTERM ends it cleanly:\n\(printed)")
         #expect(printed.contains("vhost-user-blk: \(server.state)/vda.sock") && printed.contains("stopped"), "\(printed)")
@@ -155,41 +130,18 @@ import Testing
             return drivers.first { $0["name"] as? String == "nvmelite" }?["process"] as? Int32
         }
         let first = try #require(hostProcess(), "nvmelite runs in a driver host")
-        nonisolated(unsafe) let vm = try VirtioFrontEnd(path: server.state + "/vda.sock")
-        let stop = Mutex(false), rounds = Mutex(0), failures = Mutex<[String]>([])
-        let io = Thread {
-            var round = 0
-            while !stop.withLock({ $0 }) {
-                round += 1
-                let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 17 &+ round) }
-                let sector = UInt64(round % 512) * 8
-                guard vm.blockRequest(write: true, sector: sector, slot: 0, bytes: pattern, timeout: 30),
-                      vm.blockRequest(write: false, sector: sector, slot: 3, timeout: 30), vm.read(VirtioFrontEnd.blockData, count: 4096) == pattern
-                else {
-                    failures.withLock { $0.append("round \(round)") }
-                    return
-                }
-                rounds.withLock { $0 += 1 }
-            }
-        }
-        io.start()
-        defer { stop.withLock { $0 = true } }
-        func ioRuns(_ more: Int) {
-            let target = rounds.withLock { $0 } + more
-            let deadline = Date(timeIntervalSinceNow: 30)
-            while rounds.withLock({ $0 }) < target && failures.withLock({ $0.isEmpty }) && Date() < deadline { usleep(2000) }
-        }
-        ioRuns(5)
+        let vm = try VerifyingVM(socket: server.state + "/vda.sock")
+        defer { _ = vm.stop() }
+        #expect(vm.runs(5))
         kill(first, SIGKILL)
-        ioRuns(20)
+        #expect(vm.runs(20), "the VM's I/O goes on after the host's death")
         // And a live replacement of the hosted driver by a rebuilt one.
         let rebuilt = try Fixtures.mutatedReferenceDriver("nvmelite", [("#define NVMELITE_VERSION \"1.0.0\"", "#define NVMELITE_VERSION \"1.0.1\"")])
         let replaced = oyako(["driver", "replace", "nvmelite", rebuilt, "--control", server.control])
         #expect(replaced.status == 0 && replaced.stdout.contains("nvmelite 1.0.0 -> nvmelite 1.0.1, paused"), "\(replaced.output)")
-        ioRuns(20)
-        stop.withLock { $0 = true }
-        while !io.isFinished { usleep(1000) }
-        #expect(failures.withLock { $0 }.isEmpty, "the VM's I/O verified across the crash: \(failures.withLock { $0 })")
+        #expect(vm.runs(20), "and after the replacement")
+        let failures = vm.stop()
+        #expect(failures.isEmpty, "the VM's I/O verified across the crash: \(failures)")
         let second = try #require(hostProcess())
         #expect(second != first, "a new driver host serves the disk")
         // Unloaded and loaded again at runtime: another host.
@@ -200,5 +152,55 @@ import Testing
         #expect(hostProcess().map { $0 != second } == true, "in a driver host of its own")
         printed = server.stop()
         #expect(printed.contains("driver host \(first)) ended: killed by signal 9 (SIGKILL)"), "\(printed)")
+    }
+}
+
+/// A VM's virtio-blk front-end on its own thread, writing a pattern block
+/// and reading it back, round after round, until stopped or until a round
+/// fails to verify.
+final class VerifyingVM: @unchecked Sendable {
+    // @unchecked Sendable: the front-end is used by the I/O thread alone; the counts are Mutexes.
+    private let vm: VirtioFrontEnd
+    private let stopping = Mutex(false), count = Mutex(0), failures = Mutex<[String]>([])
+    private let finished = DispatchSemaphore(value: 0)
+
+    init(socket: String) throws {
+        vm = try VirtioFrontEnd(path: socket)
+        Thread.detachNewThread { [self] in
+            defer { finished.signal() }
+            var round = 0
+            while !stopping.withLock({ $0 }) {
+                round += 1
+                let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ round) }
+                let sector = UInt64(round % 512) * 8
+                guard vm.blockRequest(write: true, sector: sector, slot: 0, bytes: pattern, timeout: 30),
+                      vm.blockRequest(write: false, sector: sector, slot: 3, timeout: 30), vm.read(VirtioFrontEnd.blockData, count: 4096) == pattern
+                else {
+                    failures.withLock { $0.append("round \(round) at sector \(sector)") }
+                    return
+                }
+                count.withLock { $0 += 1 }
+            }
+        }
+    }
+
+    var rounds: Int { count.withLock { $0 } }
+
+    /// Waits for `more` rounds to verify; false when one failed or they did not come in 30 s.
+    func runs(_ more: Int) -> Bool {
+        let target = rounds + more
+        let deadline = Date(timeIntervalSinceNow: 30)
+        while rounds < target && failures.withLock({ $0.isEmpty }) && Date() < deadline { usleep(2000) }
+        return rounds >= target
+    }
+
+    /// Stops the rounds (idempotent); the failures seen.
+    func stop() -> [String] {
+        let first = stopping.withLock { was -> Bool in
+            defer { was = true }
+            return !was
+        }
+        if first { finished.wait() }
+        return failures.withLock { $0 }
     }
 }

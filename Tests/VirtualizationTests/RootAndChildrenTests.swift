@@ -210,44 +210,53 @@ import Workloads
         let address = system.testbed.nvmeSlot.address
         let next = try system.kernel.loadDriver(path: try Fixtures.mutatedReferenceDriver("nvmelite", [("#define NVMELITE_VERSION \"1.0.0\"", "#define NVMELITE_VERSION \"1.0.1\"")]))
         let original = try #require(system.kernel.instance(at: address)?.library)
-        let stop = Atomic<Bool>(false)
+        let stop = StopFlag()
         let started = DispatchSemaphore(value: 0)
-        let outcome = GuestOutcome<Int>()
-        try system.startChild(name: "c", start: 0, blocks: 8192) { os in
-            outcome.finish {
-                try os.boot()
-                let disk = try #require(try os.openStorage().first)
-                var rounds = 0
-                while !stop.load(ordering: .relaxed) || rounds < 3 {
-                    _ = try VerifiedIO(seed: UInt64(rounds), regionBlocks: 8192).run(on: disk)
-                    try disk.flushBlocks()
-                    rounds += 1
-                    if rounds == 1 { started.signal() }
-                }
-                return rounds
-            }
-        }
+        let outcome = try startVerifiedChild(system, blocks: 8192, minimumRounds: 3, stop: stop, started: started)
         #expect(started.wait(timeout: .now() + 20) == .success)
         var held = 0
         for i in 0..<100 {
             held += try system.kernel.replaceDriver(at: address, with: i % 2 == 0 ? next : original).heldRequests
             Thread.sleep(forTimeInterval: 0.005)
         }
-        stop.store(true, ordering: .relaxed)
+        stop.set()
         #expect(try outcome.wait() >= 3, "the child's verified I/O ran on across 100 replacements")
         #expect(held > 0, "some of the child's requests waited for the next driver")
         #expect(system.disk?.statistics.failed == 0)
     }
 }
 
+final class StopFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    var isSet: Bool { value.load(ordering: .relaxed) }
+    func set() { value.store(true, ordering: .relaxed) }
+}
+
+/// Runs verified I/O in a child on `blocks` of the root's disk until `stop`
+/// (and at least `minimumRounds` rounds); signals `started` after the first.
+/// Returns its rounds, or its error.
+func startVerifiedChild(_ system: RootSystem, blocks: UInt64 = 4096, minimumRounds: Int = 0, stop: StopFlag,
+                        started: DispatchSemaphore) throws -> GuestOutcome<Int> {
+    let outcome = GuestOutcome<Int>()
+    try system.startChild(name: "c", start: 0, blocks: blocks) { os in
+        outcome.finish {
+            try os.boot()
+            let disk = try #require(try os.openStorage().first)
+            var rounds = 0
+            while !stop.isSet || rounds < minimumRounds {
+                _ = try VerifiedIO(seed: UInt64(rounds), regionBlocks: blocks).run(on: disk)
+                try disk.flushBlocks()
+                rounds += 1
+                if rounds == 1 { started.signal() }
+            }
+            return rounds
+        }
+    }
+    return outcome
+}
+
 /// The root's driver fails while a child does I/O over VMBus.
 @Suite(.serialized) struct DriverRecoveryUnderAChildTests {
-    final class Flag: Sendable {
-        private let value = Atomic<Bool>(false)
-        var isSet: Bool { value.load(ordering: .relaxed) }
-        func set() { value.store(true, ordering: .relaxed) }
-    }
-
     static func quickPolicy() -> RestartPolicy {
         var policy = RestartPolicy()
         policy.hangTimeout = .seconds(1)
@@ -255,33 +264,13 @@ import Workloads
         return policy
     }
 
-    /// Runs verified I/O in a child until `stop`; returns its rounds or its error.
-    static func startVerifiedChild(_ system: RootSystem, stop: Flag, started: DispatchSemaphore) throws -> GuestOutcome<Int> {
-        let outcome = GuestOutcome<Int>()
-        try system.startChild(name: "c", start: 0, blocks: 4096) { os in
-            outcome.finish {
-                try os.boot()
-                let disk = try #require(try os.openStorage().first)
-                var rounds = 0
-                while !stop.isSet {
-                    _ = try VerifiedIO(seed: UInt64(rounds), regionBlocks: 4096).run(on: disk)
-                    try disk.flushBlocks()
-                    rounds += 1
-                    if rounds == 1 { started.signal() }
-                }
-                return rounds
-            }
-        }
-        return outcome
-    }
-
     @Test func theChildSeesLatencyNotErrorsWhenTheRootsDriverHangs() throws {
         let system = try RootSystem(drivers: [try Fixtures.nvmeliteLosingCompletion(400)])
         defer { system.shutdown() }
         system.kernel.supervisor.policy = Self.quickPolicy()
-        let stop = Flag()
+        let stop = StopFlag()
         let started = DispatchSemaphore(value: 0)
-        let outcome = try Self.startVerifiedChild(system, stop: stop, started: started)
+        let outcome = try startVerifiedChild(system, stop: stop, started: started)
         #expect(started.wait(timeout: .now() + 30) == .success)
         let deadline = Date(timeIntervalSinceNow: 60)
         while system.kernel.supervisor.events.isEmpty && Date() < deadline { usleep(10_000) }
@@ -299,9 +288,9 @@ import Workloads
         let system = try RootSystem(drivers: [try Fixtures.nvmeliteLosingCompletion(300, failRestarts: true)])
         defer { system.shutdown() }
         system.kernel.supervisor.policy = Self.quickPolicy()
-        let stop = Flag()
+        let stop = StopFlag()
         let started = DispatchSemaphore(value: 0)
-        let outcome = try Self.startVerifiedChild(system, stop: stop, started: started)
+        let outcome = try startVerifiedChild(system, stop: stop, started: started)
         #expect(started.wait(timeout: .now() + 30) == .success)
         // The child's I/O ends with an error once its channel is rescinded: not a hang.
         #expect(throws: (any Error).self) { try outcome.wait(timeout: 60) }
@@ -318,9 +307,9 @@ import Workloads
         defer { system.shutdown() }
         system.kernel.supervisor.policy.backoff = .milliseconds(10)  // the default hang timeout: only the crash restarts it
         let first = try #require(system.kernel.driverHostProcess(at: system.testbed.nvmeSlot.address), "the root's disk driver runs in a driver host")
-        let stop = Flag()
+        let stop = StopFlag()
         let started = DispatchSemaphore(value: 0)
-        let outcome = try Self.startVerifiedChild(system, stop: stop, started: started)
+        let outcome = try startVerifiedChild(system, stop: stop, started: started)
         #expect(started.wait(timeout: .now() + 30) == .success)
         let deadline = Date(timeIntervalSinceNow: 60)
         while system.kernel.supervisor.events.isEmpty && Date() < deadline { usleep(10_000) }
