@@ -81,7 +81,8 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
         _ = close(pair[1])
         guard pid > 0 else {
             _ = close(pair[0])
-            throw AttachError(driver: file.metadata.name, device: slot.address.description, status: .notSupported, leaked: [])
+            // Not .notSupported: boot reads that as a probe declining the device.
+            throw AttachError(driver: file.metadata.name, device: slot.address.description, status: .noMemory, leaked: [])
         }
         let driver = IsolatedDriver(file: file, slot: slot, pid: pid, line: HostLine(socket: pair[0]), kernel: kernel)
         driver.line.start(received: { [weak driver] message in driver?.serve(message) }, closed: { [weak driver] reason in driver?.lineClosed(reason) })
@@ -113,8 +114,9 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
             if driver.line.isClosed { driver.lineClosed("it ended right after attaching") }
             return driver
         } catch let error as HostLine.Closed {
-            driver.end()
-            kernel.log.record(.warning, "kernel", "\(file.metadata.name)'s driver host ended while attaching: \(error)")
+            let how = driver.end().map(describe) ?? "\(error)"
+            let hint = how == "exit status 127" ? " (\(executable) could not be run as a driver host)" : ""
+            kernel.log.record(.warning, "kernel", "\(file.metadata.name)'s driver host ended while attaching: \(how)\(hint)")
             throw AttachError(driver: file.metadata.name, device: slot.address.description, status: .deviceGone, leaked: [])
         }
     }
@@ -326,12 +328,17 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
     /// Ends the host (SIGKILL if needed), releases what it had of the
     /// device, and cancels what it had accepted (the disk keeps it for the
     /// next driver while it is being recovered).
-    func end() {
+    @discardableResult
+    func end() -> Int32? {
         state.withLock { $0.leaving = true }
         line.shutDown()
-        kill(pid, SIGKILL)
         var status: Int32 = 0
-        _ = waitpid(pid, &status, 0)
+        // A host that already ended keeps its own status; else it is killed.
+        var waited = waitpid(pid, &status, WNOHANG)
+        if waited == 0 {
+            kill(pid, SIGKILL)
+            waited = waitpid(pid, &status, 0)
+        }
         let (flights, hooks, regions) = state.withLock { s -> ([InFlight], [Int], [DMARegion]) in
             defer {
                 s.inFlight.removeAll()
@@ -346,6 +353,7 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
         for region in regions { device.dmaFree(region) }
         kernel?.blockLayer.release(disk: self, log: log)
         for flight in flights { finish(flight, .canceled) }
+        return waited == pid ? status : nil
     }
 
     /// The host's end of the line went away. Unless the Kernel ended it, the

@@ -145,4 +145,20 @@ import Workloads
         try disk.flush()
         #expect(try ledger.verify(image: state + "/" + Testbed.diskImageName) == [])
     }
+
+    @Test func aDriverHostThatCannotStartIsAFailedAttachNotAHang() throws {
+        let testbed = try Testbed.make(state: Fixtures.temporaryDirectory("no-host"), diskSize: 8 << 20, memorySize: 64 << 20)
+        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [try Fixtures.referenceDriver(), try Fixtures.templateDriver()])
+        kernel.driverHostExecutable = "/nonexistent/oyako"
+        let report = kernel.boot()
+        defer {
+            kernel.shutdown()
+            testbed.machine.shutdown()
+        }
+        #expect(kernel.blockLayer.disks.isEmpty && kernel.driverHostProcess(at: testbed.nvmeSlot.address) == nil)
+        #expect(report.devices.first { $0.location == testbed.nvmeSlot.address.description }?.outcome == "failed", "\(report.devices)")
+        #expect(report.problems.contains { "\($0)".contains("nvmelite") }, "\(report.problems)")
+        #expect(kernel.log.all.contains { $0.message.contains("could not be run as a driver host") }, "the log says why: \(kernel.log.all.map(\.message))")
+        #expect(try kernel.entropy.read(16).count == 16, "drivers in process are unaffected")
+    }
 }
