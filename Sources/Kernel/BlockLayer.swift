@@ -246,6 +246,9 @@ public final class Disk: @unchecked Sendable {
             recovering = true
         }
         _ = queue.hold(until: .distantPast)
+        // A submit under way when the hold began is let return (bounded:
+        // the driver may be hung in it) before the driver is detached.
+        _ = queue.waitForCalls(until: Date(timeIntervalSinceNow: 1))
     }
 
     /// Requests a failed driver gave back, waiting for the next one.

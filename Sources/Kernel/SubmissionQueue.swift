@@ -26,6 +26,8 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
     private var inflight = 0
     private var waiting: [Item] = []
     private var removed = false
+    /// Calls into the driver's submit in progress.
+    private var calling = 0
     /// Hands an item to the driver; returns its status.
     private var submit: (Item) -> OyStatus
     /// Completes an item the driver did not take (never called with OK).
@@ -118,8 +120,27 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
     /// Items waiting in software now.
     var waitingCount: Int { lock.withLock { waiting.count } }
 
+    /// Waits until no call into the driver's submit is in progress (a hold
+    /// stops new ones); false if one still is at `deadline`. The OS detaches
+    /// a driver only then: a submit racing its detach is an accepted request
+    /// the detach cannot see.
+    func waitForCalls(until deadline: Date) -> Bool {
+        lock.withLock {
+            while calling > 0 { if !lock.wait(until: deadline) { return calling == 0 } }
+            return true
+        }
+    }
+
     private func dispatch(_ item: Item) {
-        let status = lock.withLock { submit }(item)
+        let submit = lock.withLock { () -> (Item) -> OyStatus in
+            calling += 1
+            return self.submit
+        }
+        let status = submit(item)
+        lock.withLock {
+            calling -= 1
+            if calling == 0 { lock.broadcast() }
+        }
         if status == .busy {
             lock.withLock {
                 inflight -= 1
