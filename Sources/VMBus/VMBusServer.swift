@@ -147,12 +147,13 @@ public final class VMBusServer: @unchecked Sendable {
     public func rescind(relid: UInt32, child: PartitionID, reason: String? = nil) {
         queue.sync {
             guard let c = connection(child), c.offers[relid] != nil else { return }
+            // Noted first: whoever sees the channel close can find why.
+            note("child \(child): rescinded relid \(relid)" + (reason.map { ": \($0)" } ?? ""))
             c.rescinded.insert(relid)
             if let channel = c.channels.removeValue(forKey: relid) {
                 channel.close(.rescinded)
             }
             post(c, .rescindOffer(relid: relid))
-            note("child \(child): rescinded relid \(relid)" + (reason.map { ": \($0)" } ?? ""))
         }
     }
 
