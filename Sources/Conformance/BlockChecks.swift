@@ -6,8 +6,8 @@ import Synchronization
 /// Checks of the block class, "oyako.block/1".
 extension Catalogue {
     static let blockChecks: [CheckDefinition] = [
-        CheckDefinition("io.block.patterns", "write/read/verify every size and alignment", requires: ["io.basic"], classes: block, timeout: 60) { c in
-            try withAttached(c) { rig, instance in
+        CheckDefinition("io.block.patterns", "write/read/verify every size and alignment", requires: ["io.basic"], classes: block, timeout: 60, hostable: true) { c in
+            try withDriver(c) { rig in
                 guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
                 let g = disk.geometry
                 var digest: UInt64 = 0
@@ -42,8 +42,8 @@ extension Catalogue {
             _ = try rig.attach()
             return try Catalogue.restartHungDriver(rig)
         },
-        CheckDefinition("io.block.flush", "flush completes", requires: ["io.basic"], classes: block) { c in
-            try withAttached(c) { rig, instance in
+        CheckDefinition("io.block.flush", "flush completes", requires: ["io.basic"], classes: block, hostable: true) { c in
+            try withDriver(c) { rig in
                 guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
                 guard disk.geometry.canFlush else { return .passed("the device has no volatile cache") }
                 try disk.write(lba: 0, bytes: [UInt8](repeating: 5, count: disk.geometry.blockSize))
@@ -51,8 +51,8 @@ extension Catalogue {
                 return .passed(observation: rig.deviceObservation())
             }
         },
-        CheckDefinition("io.block.out-of-range", "out-of-range LBA rejected by the driver (the device does not check)", requires: ["io.basic"], classes: block) { c in
-            try withAttached(c) { rig, _ in
+        CheckDefinition("io.block.out-of-range", "out-of-range LBA rejected by the driver (the device does not check)", requires: ["io.basic"], classes: block, hostable: true) { c in
+            try withDriver(c) { rig in
                 guard let disk = rig.kernel.blockLayer.disks.first, let buffer = disk.allocateBuffer(length: 4 * disk.geometry.blockSize) else {
                     return .failed("no disk registered")
                 }
@@ -75,8 +75,8 @@ extension Catalogue {
             }
         },
         CheckDefinition("io.block.accounting", "every accepted request completes: 2000 reads and writes in flight at the driver's depth, none lost",
-                        requires: ["io.basic"], classes: block, timeout: 60) { c in
-            try withAttached(c) { rig, instance in
+                        requires: ["io.basic"], classes: block, timeout: 60, hostable: true) { c in
+            try withDriver(c) { rig in
                 guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
                 let accounting = accountRequests(disk, total: accountingRequests, deadline: 10)
                 guard accounting.lost == 0 else {
@@ -89,8 +89,8 @@ extension Catalogue {
                 return .passed("\(accountingRequests) requests, each completed once")
             }
         },
-        CheckDefinition("io.block.durability", "writes acknowledged before a completed flush survive a power cut", requires: ["io.block.flush"], classes: block) { c in
-            try withAttached(c, writeCache: true) { rig, _ in
+        CheckDefinition("io.block.durability", "writes acknowledged before a completed flush survive a power cut", requires: ["io.block.flush"], classes: block, hostable: true) { c in
+            try withDriver(c, writeCache: true) { rig in
                 guard let disk = rig.kernel.blockLayer.disks.first, let nvme = rig.nvmes.first else { return .failed("no disk registered") }
                 let g = disk.geometry
                 guard g.canFlush else {
@@ -117,7 +117,7 @@ extension Catalogue {
                 return .passed("\(blocks) flushed blocks survived; \(lost) unflushed block\(lost == 1 ? "" : "s") lost, as a power cut loses them")
             }
         },
-        CheckDefinition("io.block.zero-length", "zero-length request rejected", requires: ["io.basic"], classes: block) { c in
+        CheckDefinition("io.block.zero-length", "zero-length request rejected", requires: ["io.basic"], classes: block, hostable: true) { c in
             try withDisk(c) { disk, buffer in
                 let status = submitDirect(disk, .read, lba: 0, blocks: 0, data: buffer.pointer)
                 return status == .invalid ? .passed(observation: Observation(["status": Observation.statuses([status])])) : .failed("a zero-block read returned \(status); answer OY_E_INVALID")

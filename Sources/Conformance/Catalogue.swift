@@ -15,7 +15,7 @@ enum Catalogue {
     static let rng: Set<String> = ["oyako.rng/1"]
     static let io: Set<String> = ["oyako.block/1", "oyako.net/1", "oyako.serial/1", "oyako.rng/1"]
 
-    static let all: [CheckDefinition] = file + load + lifecycle + lifecycleAfterIO + contextAndConcurrency + faults + blockChecks + netChecks + serialChecks + ioChecks + rngChecks + sameResults + badInput + control
+    static let all: [CheckDefinition] = file + load + lifecycle + lifecycleAfterIO + contextAndConcurrency + faults + blockChecks + netChecks + serialChecks + ioChecks + rngChecks + hostChecks + sameResults + badInput + control
 
     // MARK: File and symbols (no driver code runs)
 
@@ -129,8 +129,8 @@ enum Catalogue {
             guard report.status.isOK else { return .failed("detach returned \(report.status)") }
             return .passed("\(rig.file.metadata.name) on \(instance.device.info.location)")
         },
-        CheckDefinition("io.basic", "a verified burst of the class's I/O works", requires: ["lifecycle.attach"]) { c in
-            try withAttached(c) { rig, instance in
+        CheckDefinition("io.basic", "a verified burst of the class's I/O works", requires: ["lifecycle.attach"], hostable: true) { c in
+            try withDriver(c) { rig in
                 let observed = try rig.exerciseIO()
                 guard observed != "none" else { return .passed("the driver provides no I/O class") }
                 var observation = rig.deviceObservation()
@@ -258,8 +258,8 @@ enum Catalogue {
             let wrong = rig.library.violations.filter { $0.contains("context") }
             return wrong.isEmpty ? .passed() : .failed(wrong.prefix(3).joined(separator: "; "))
         },
-        CheckDefinition("concurrency.io", "thread-safe class operations survive many threads, data verified", requires: ["io.basic"], classes: io) { c in
-            try withAttached(c) { rig, instance in
+        CheckDefinition("concurrency.io", "thread-safe class operations survive many threads, data verified", requires: ["io.basic"], classes: io, hostable: true) { c in
+            try withDriver(c) { rig in
                 let failures = Mutex<[String]>([])
                 // Under ThreadSanitizer a race is seen only where two accesses
                 // meet without the host's locks ordering them: more rounds,
@@ -428,8 +428,17 @@ enum Catalogue {
         return try body(rig, instance)
     }
 
+    /// A rig with the driver attached to its first device, in the suite's
+    /// process or, when the context says so, in a driver host (the body may
+    /// use only what the Kernel's subsystems offer); detached and shut down
+    /// afterwards.
+    static func withDriver(_ c: CheckContext, writeCache: Bool = false, _ body: (Rig) throws -> CheckOutcome) throws -> CheckOutcome {
+        if c.hosted { return try withHostedDriver(c, writeCache: writeCache) { rig, _, _ in try body(rig) } }
+        return try withAttached(c, writeCache: writeCache) { rig, _ in try body(rig) }
+    }
+
     static func withDisk(_ c: CheckContext, _ body: (Disk, IOBuffer) throws -> CheckOutcome) throws -> CheckOutcome {
-        try withAttached(c) { rig, _ in
+        try withDriver(c) { rig in
             guard let disk = rig.kernel.blockLayer.disks.first, let buffer = disk.allocateBuffer(length: 4 * disk.geometry.blockSize) else {
                 return .failed("no disk registered")
             }
@@ -476,7 +485,7 @@ enum Catalogue {
             if let s = netdev.setFilterUnchecked(count: 3, nullAddresses: true) { out.append(("net set_filter(NULL, 3)", s)) }
             if let s = netdev.setFilterUnchecked(count: 4096, nullAddresses: false) { out.append(("net set_filter(4096 addresses)", s)) }
         }
-        if let port = rig.kernel.serial.ports.first?.port {
+        if let port = rig.kernel.serial.ports.first?.port as? RegisteredSerialPort {
             out.append(("serial write(NULL, 5)", port.writeUnchecked(nullData: true)))
             out.append(("serial write(written NULL)", port.writeUnchecked(nullData: false)))
             if let s = port.setLineUnchecked() { out.append(("serial set_line(NULL)", s)) }

@@ -91,6 +91,9 @@ struct CheckDefinition: Sendable {
     let scope: Scope
     /// Checks that must pass (or warn) first, in the same environment.
     let requires: [String]
+    /// Its body uses only what the Kernel's subsystems offer, so host.io runs
+    /// it again with the driver in a driver host.
+    let hostable: Bool
     /// Device classes this applies to ("oyako.block/1"...); nil: all drivers.
     let classes: Set<String>?
     let timeout: Double
@@ -102,8 +105,9 @@ struct CheckDefinition: Sendable {
     let run: @Sendable (CheckContext) throws -> CheckOutcome
 
     init(_ id: String, _ summary: String, scope: Scope = .environment, requires: [String] = [], classes: Set<String>? = nil,
-         timeout: Double = 20, tolerates: [String] = [], run: @escaping @Sendable (CheckContext) throws -> CheckOutcome)
+         timeout: Double = 20, tolerates: [String] = [], hostable: Bool = false, run: @escaping @Sendable (CheckContext) throws -> CheckOutcome)
     {
+        self.hostable = hostable
         self.tolerates = tolerates
         self.id = id
         self.summary = summary
@@ -123,4 +127,10 @@ public struct CheckContext: Sendable {
     /// Seconds the whole load-to-unload cycle may take before
     /// load.time-budget warns; nil: time budgets are not checked.
     public var timeBudget: Double? = ConformanceSuite.Options.defaultTimeBudget
+    /// The `oyako` executable driver hosts are started from (the host.* checks).
+    public var hostExecutable: String?
+    /// Attach the driver in a driver host (host.io reruns hostable checks so).
+    var hosted = false
+    /// The checks that passed earlier in this environment (nil: not known).
+    public var passedBefore: Set<String>?
 }

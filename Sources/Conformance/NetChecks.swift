@@ -6,8 +6,8 @@ import Synchronization
 /// Checks of the network class, "oyako.net/1".
 extension Catalogue {
     static let netChecks: [CheckDefinition] = [
-        CheckDefinition("io.net.frames", "minimum and maximum frames round-trip", requires: ["io.basic"], classes: net) { c in
-            try withAttached(c) { rig, instance in
+        CheckDefinition("io.net.frames", "minimum and maximum frames round-trip", requires: ["io.basic"], classes: net, hostable: true) { c in
+            try withDriver(c) { rig in
                 guard let interface = rig.kernel.network.interfaces.first, let (_, recorder) = rig.nics.first else { return .failed("no interface registered") }
                 var sent: [[UInt8]] = []
                 for length in [60, 61, 1000, 1514] {
@@ -45,8 +45,8 @@ extension Catalogue {
                 return .passed(observation: observation)
             }
         },
-        CheckDefinition("io.net.link", "link down and up observed", requires: ["io.basic"], classes: net) { c in
-            try withAttached(c) { rig, instance in
+        CheckDefinition("io.net.link", "link down and up observed", requires: ["io.basic"], classes: net, hostable: true) { c in
+            try withDriver(c) { rig in
                 guard let interface = rig.kernel.network.interfaces.first, let (nic, _) = rig.nics.first else { return .failed("no interface registered") }
                 let events = Mutex<[Bool]>([])
                 interface.setUpperLayer(nil) { up in events.withLock { $0.append(up) } }

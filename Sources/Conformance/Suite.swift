@@ -115,13 +115,19 @@ public struct ConformanceSuite: Sendable {
     }
 
     /// Runs one check body in this process (what a worker does).
-    public static func runCheck(_ id: String, driver: String, environment: SuiteEnvironment, timeBudget: Double? = Options.defaultTimeBudget) -> CheckOutcome {
+    /// `hostExecutable`: the `oyako` that driver hosts start from (by
+    /// default this process's executable, as in a worker).
+    /// `passedBefore`: the checks that passed earlier in this environment
+    /// (nil: not known), for checks that build on their results.
+    public static func runCheck(_ id: String, driver: String, environment: SuiteEnvironment, timeBudget: Double? = Options.defaultTimeBudget,
+                                hostExecutable: String? = currentExecutable, passedBefore: Set<String>? = nil) -> CheckOutcome {
         guard let check = Catalogue.all.first(where: { $0.id == id }) else { return .failed("no check \(id)") }
         Verifier.enable()
         let mark = ViolationLog.mark
         var outcome: CheckOutcome
         do {
-            outcome = try check.run(CheckContext(driverPath: driver, environment: environment, timeBudget: timeBudget))
+            outcome = try check.run(CheckContext(driverPath: driver, environment: environment, timeBudget: timeBudget, hostExecutable: hostExecutable,
+                                                 passedBefore: passedBefore))
         } catch {
             outcome = .failed("\(error)")
         }
@@ -228,10 +234,12 @@ public struct ConformanceSuite: Sendable {
         }
         let started = Date()
         let outcome: CheckOutcome
+        let passed = Set(prior.filter { $0.value == .passed || $0.value == .warning }.keys)
         if options.inProcess || environment == nil {
-            outcome = Self.runCheck(check.id, driver: driver, environment: environment ?? .bare, timeBudget: options.timeBudget)
+            outcome = Self.runCheck(check.id, driver: driver, environment: environment ?? .bare, timeBudget: options.timeBudget,
+                                    hostExecutable: options.workerExecutable ?? Self.currentExecutable, passedBefore: passed)
         } else {
-            outcome = runInChild(check, driver: driver, environment: environment!)
+            outcome = runInChild(check, driver: driver, environment: environment!, passed: passed)
         }
         return result(outcome, Date().timeIntervalSince(started))
     }
@@ -243,11 +251,12 @@ public struct ConformanceSuite: Sendable {
     /// Runs a check in a worker process and reads its one JSON line; the
     /// driver's log lines and, after a crash, its backtrace come from the
     /// worker's standard error.
-    private func runInChild(_ check: CheckDefinition, driver: String, environment: SuiteEnvironment) -> CheckOutcome {
+    private func runInChild(_ check: CheckDefinition, driver: String, environment: SuiteEnvironment, passed: Set<String>) -> CheckOutcome {
         let executable = options.workerExecutable ?? Self.currentExecutable
         let timeout = check.timeout * options.timeoutScale
         var arguments = ["conformance-worker", "--check", check.id, "--env", environment.rawValue]
         if let budget = options.timeBudget { arguments += ["--time-budget", "\(budget)"] }
+        arguments += ["--passed", passed.sorted().joined(separator: ",")]
         var coreFolder: String?
         if let directory = options.coreDirectory {
             let folder = directory + "/\(URL(fileURLWithPath: driver).deletingPathExtension().lastPathComponent)-\(check.id)-\(environment.rawValue)"

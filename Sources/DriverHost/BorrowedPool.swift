@@ -14,11 +14,21 @@ import Synchronization
 /// request poisoning are cheap and always on.
 @_spi(Conformance) public enum Verifier {
     private static let on = Atomic<Bool>(false)
+    private static let timing = Atomic<Bool>(false)
 
-    /// Turns verification on for this process.
-    public static func enable() { on.store(true, ordering: .relaxed) }
+    /// Turns verification on for this process. `timeCallbacks`: judge
+    /// callbacks against their time budgets too (not in a driver host, where
+    /// every register access is a message and the time says more about the
+    /// line than about the driver; the in-process checks judge it).
+    public static func enable(timeCallbacks: Bool = true) {
+        timing.store(timeCallbacks, ordering: .relaxed)
+        on.store(true, ordering: .relaxed)
+    }
 
     static var isOn: Bool { on.load(ordering: .relaxed) }
+    static var timesCallbacks: Bool { timing.load(ordering: .relaxed) && isOn }
+    /// Whether this process verifies drivers (it then has a driver host do so too).
+    public static var isEnabled: Bool { isOn }
 
     /// A sanitizer runtime is in this process: it slows every instruction,
     /// so callback time budgets would judge the sanitizer, not the driver.

@@ -30,7 +30,7 @@ struct CallbackBudget: Sendable {
     /// driver's behalf (completions it reported, frames it received, and
     /// whatever the OS submitted from there) is the OS's, not the driver's.
     static func measure(_ body: () -> Void) -> Spent {
-        guard Verifier.isOn, !Verifier.underSanitizer else {
+        guard Verifier.timesCallbacks, !Verifier.underSanitizer else {
             body()
             return Spent(cpu: 0, wall: 0)
         }
@@ -43,11 +43,11 @@ struct CallbackBudget: Sendable {
     }
 
     /// Runs an upcall into the OS and books its CPU time as the OS's.
-    static func inOS<R>(_ body: () -> R) -> R {
-        guard Verifier.isOn else { return body() }
+    static func inOS<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        guard Verifier.timesCallbacks else { return try body() }
         let cpu0 = clock(CLOCK_THREAD_CPUTIME_ID)
         defer { oy_shim_os_time_add(UInt64(max(0, clock(CLOCK_THREAD_CPUTIME_ID) - cpu0) * 1e9)) }
-        return body()
+        return try body()
     }
 
     func judge(_ spent: Spent, what: String, library: DriverLibrary) {

@@ -64,6 +64,13 @@ public final class DriverInstance: @unchecked Sendable {
         public let unfinishedRequests: Int
 
         public var isClean: Bool { status.isOK && leaked.isEmpty && unfinishedRequests == 0 }
+
+        /// A report from elsewhere (a driver host's detach, sent over its line).
+        public init(status: OyStatus, leaked: [String], unfinishedRequests: Int) {
+            self.status = status
+            self.leaked = leaked
+            self.unfinishedRequests = unfinishedRequests
+        }
     }
 
     public let library: DriverLibrary

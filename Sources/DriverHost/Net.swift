@@ -45,6 +45,16 @@ public final class NetFrame: LentRequest, @unchecked Sendable {
         setCompletion(completion)
     }
 
+    /// Prepares the frame over `length` bytes that live elsewhere (in a
+    /// driver host: the OS's memory, which the driver may dma_map).
+    func prepare(at data: UnsafeMutableRawPointer, length: Int, completion: @escaping @Sendable (OyStatus) -> Void) {
+        raw.pointee = oy_net_frame()
+        raw.pointee.struct_size = UInt32(MemoryLayout<oy_net_frame>.size)
+        raw.pointee.length = UInt32(length)
+        raw.pointee.data = data
+        setCompletion(completion)
+    }
+
     public var length: Int { Int(raw.pointee.length) }
 }
 
@@ -52,6 +62,17 @@ public final class NetFrame: LentRequest, @unchecked Sendable {
 public struct NetStatistics: Sendable, Equatable {
     public var txPackets: UInt64 = 0, txBytes: UInt64 = 0, txErrors: UInt64 = 0, txDropped: UInt64 = 0
     public var rxPackets: UInt64 = 0, rxBytes: UInt64 = 0, rxErrors: UInt64 = 0, rxDropped: UInt64 = 0
+}
+
+extension NetStatistics {
+    /// The counters in `fields` order (missing ones are 0).
+    public init(counters: [UInt64]) {
+        self.init()
+        for (field, value) in zip(Self.fields, counters) { self[keyPath: field] = value }
+    }
+
+    /// Every counter, in the order oy_net_stats has them (for a wire format).
+    public static var fields: [WritableKeyPath<NetStatistics, UInt64>] { [\.txPackets, \.txBytes, \.txErrors, \.txDropped, \.rxPackets, \.rxBytes, \.rxErrors, \.rxDropped] }
 }
 
 /// A network interface a driver registered with the OS (`register_netdev`).

@@ -23,6 +23,13 @@ import Synchronization
         public let callback: String?
         public let message: String
 
+        public init(severity: Severity = .violation, driver: String?, callback: String?, message: String) {
+            self.severity = severity
+            self.driver = driver
+            self.callback = callback
+            self.message = message
+        }
+
         public var description: String {
             "\(driver.map { "\($0): " } ?? "")\(message)\(callback.map { " (in \($0))" } ?? "")"
         }
@@ -32,13 +39,23 @@ import Synchronization
     static let limit = 512
     private static let log = Mutex<(count: Int, entries: [Entry])>((0, []))
 
+    private static let sink = Mutex<(@Sendable (Entry) -> Void)?>(nil)
+
     static func record(_ entry: Entry) {
         log.withLock { state in
             state.count += 1
             state.entries.append(entry)
             if state.entries.count > limit { state.entries.removeFirst(state.entries.count - limit) }
         }
+        sink.withLock { $0 }?(entry)
     }
+
+    /// Also hands every entry to `forward` (a driver host sends them to the
+    /// OS that runs it, where they count as they would in process).
+    public static func forwardEntries(to forward: (@Sendable (Entry) -> Void)?) { sink.withLock { $0 = forward } }
+
+    /// An entry recorded in another process (a driver host's), counted here.
+    public static func recordForwarded(_ entry: Entry) { record(entry) }
 
     /// How many violations were recorded so far: pass it to `since` later.
     public static var mark: Int { log.withLock { $0.count } }

@@ -141,7 +141,7 @@ public final class DriverSupervisor: @unchecked Sendable {
 
     // MARK: Recovery
 
-    /// Restarts the driver of the disk at `address` after a failure
+    /// Restarts the driver of the device at `address` after a failure
     /// (`cause` says which), under the policy. Returns what happened, or nil
     /// when there is nothing to recover (no driver, no disk, or a recovery
     /// of that device already running).
@@ -149,15 +149,17 @@ public final class DriverSupervisor: @unchecked Sendable {
     public func recover(_ address: BusAddress, cause: String) -> RecoveryEvent? {
         guard let kernel, let slot = kernel.platform.bus.enumerate().first(where: { $0.address == address }),
             let bound = kernel.restartable(at: address, slot: slot),
-            let disk = kernel.blockLayer.disk(at: address.description),
             state.withLock({ $0.recovering.insert(address).inserted })
         else { return nil }
         defer { _ = state.withLock { $0.recovering.remove(address) } }
+        // A disk holds its requests across the restart; other classes' devices
+        // (an entropy source) are simply registered again by the new driver.
+        let disk = kernel.blockLayer.disk(at: address.description)
         let started = ContinuousClock.now
         let name = bound.name
         kernel.log.record(.warning, "kernel", "\(address): \(name) failed (\(cause)); restarting it")
-        let previous = disk.driver
-        disk.beginRecovery()
+        let previous = disk?.driver
+        disk?.beginRecovery()
         kernel.detach(address)
         kernel.platform.bus.restart(slot)
         var attempts = 0
@@ -168,8 +170,8 @@ public final class DriverSupervisor: @unchecked Sendable {
                 kernel.log.record(.warning, "kernel", "\(address): restart \(attempts) of \(name) failed: \(failure)")
                 continue
             }
-            let reissued = disk.pendingReissue
-            disk.endReplacement()
+            let reissued = disk?.pendingReissue ?? 0
+            disk?.endReplacement()
             return record(RecoveryEvent(device: address.description, driver: name, cause: cause,
                                         outcome: .restarted(attempts: attempts, reissued: reissued), duration: .now - started), kernel)
         }
@@ -178,8 +180,13 @@ public final class DriverSupervisor: @unchecked Sendable {
         // Recorded before anyone can see the device fail: whoever learns of
         // it from the disk's removal finds the reason here.
         _ = record(event, kernel)
-        disk.abandonRecovery()
-        _ = kernel.blockLayer.remove(disk, reason: event.description)
+        if let disk {
+            // Removed (children's offers rescinded with the reason) before
+            // the requests it kept fail, so a caller that sees the failure
+            // finds the device gone and why.
+            _ = kernel.blockLayer.remove(disk, reason: event.description)
+            disk.abandonRecovery()
+        }
         return event
     }
 
@@ -199,13 +206,15 @@ public final class DriverSupervisor: @unchecked Sendable {
         }
     }
 
-    /// Attaches the driver again; nil once it serves the disk, else why not.
-    private func reattach(_ attach: () throws -> Void, to slot: BusSlot, disk: Disk, replacing previous: any DiskDriverBinding, kernel: Kernel) -> String? {
+    /// Attaches the driver again; nil once it serves the device (and its
+    /// disk, if it had one), else why not.
+    private func reattach(_ attach: () throws -> Void, to slot: BusSlot, disk: Disk?, replacing previous: (any DiskDriverBinding)?, kernel: Kernel) -> String? {
         do {
             try attach()
         } catch {
             return "\(error)"
         }
+        guard let disk else { return nil }
         if disk.driver !== previous { return nil }
         kernel.detach(slot.address)
         return "it registered no disk of the same geometry"

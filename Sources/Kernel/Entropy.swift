@@ -19,12 +19,24 @@ public enum EntropyError: Error, Equatable, CustomStringConvertible, Sendable {
     }
 }
 
+/// What serves an entropy source: the driver's registration in process
+/// (`RegisteredRNG`), or its driver-host process's end of the line.
+public protocol EntropyDriverBinding: AnyObject, Sendable {
+    /// Which driver and device, for logs.
+    var label: String { get }
+    /// Up to `buffer.count` bytes (at most `RegisteredRNG.maxRead`) from the
+    /// driver; how many it produced.
+    func read(into buffer: UnsafeMutableRawBufferPointer) -> Result<Int, OyStatus>
+}
+
+extension RegisteredRNG: EntropyDriverBinding {}
+
 /// One entropy source of the OS ("hwrng0"), through its driver.
 public final class EntropySource: Sendable {
     public let name: String
-    public let registered: RegisteredRNG
+    public let registered: any EntropyDriverBinding
 
-    init(name: String, registered: RegisteredRNG) {
+    init(name: String, registered: any EntropyDriverBinding) {
         self.name = name
         self.registered = registered
     }
@@ -66,11 +78,20 @@ public final class EntropySubsystem: ClassSubsystem {
 
     func adopt(_ registration: ClassRegistration, log: KernelLog) throws(OyStatus) {
         guard let registered = registration as? RegisteredRNG else { throw .invalid }
+        adopt(source: registered, log: log)
+    }
+
+    /// Adds a source, in process or served by a driver host.
+    func adopt(source registered: any EntropyDriverBinding, log: KernelLog) {
         let source = named.add { EntropySource(name: $0, registered: registered) }
         log.record(.info, "entropy", "\(source.name): entropy source via \(registered.label)")
     }
 
     func release(_ registration: ClassRegistration, log: KernelLog) {
         _ = named.remove { $0.registered === registration }
+    }
+
+    func release(source: any EntropyDriverBinding) {
+        _ = named.remove { $0.registered === source }
     }
 }

@@ -1,12 +1,13 @@
 import CSystemShims
-import DriverHost
+@_spi(Conformance) import DriverHost
 import Foundation
 import Glibc
 import Machine
 import Synchronization
 
-/// A disk driver running in a driver-host process (`oyako driver-host`,
-/// `DriverHostProcess`): the Kernel's end of its line. It serves the
+/// A driver running in a driver-host process (`oyako driver-host`,
+/// `DriverHostProcess`): the Kernel's end of its line. Disk drivers and
+/// entropy sources run there so far (`servedClasses`). It serves the
 /// driver's device calls against the real device, checked as in process
 /// (a `KernelDevice`); it shares with the host the pages of the OS's memory
 /// the driver does I/O on (the machine's memory file, page runs sent as
@@ -47,9 +48,18 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
         var leaving = false
         /// Set once attached: a host that dies while attaching is a failed attach, not a crash to recover.
         var attached = false
+        /// The entropy source the driver registered, if it is an rng driver.
+        var entropy: HostedEntropySource?
+        /// The serial port it registered, and the OS's port it serves.
+        var serial: (binding: HostedSerialPort, port: SerialPort)?
+        /// The network interface it registered, and the OS's interface it serves.
+        var net: (binding: HostedNetdev, interface: NetInterface)?
     }
 
     private let state = Mutex(State())
+
+    /// The device classes whose drivers can run in a driver host.
+    static let servedClasses: Set<String> = [RegisteredDisk.classID, RegisteredRNG.classID, RegisteredSerialPort.classID, RegisteredNetdev.classID]
 
     var geometry: BlockGeometry { state.withLock { $0.geometry } }
     var label: String { "\(file.metadata.name)@\(slot.address) (driver host \(pid))" }
@@ -93,6 +103,8 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
         let info = driver.device.info
         body.u32(UInt32(info.vendorID)); body.u32(UInt32(info.deviceID)); body.u32(info.classCode); body.u32(UInt32(info.revision))
         body.u32(UInt32(info.interruptCount)); body.string(info.location)
+        // The host verifies the driver as this process does (the conformance suite's workers).
+        body.u32(Verifier.isEnabled ? 1 : 0)
         body.u32(UInt32(info.bars.count))
         for bar in info.bars {
             switch bar {
@@ -219,6 +231,39 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
                 let address = try message.body.u64(), length = Int(try message.body.u64())
                 device.dmaUnmap(DMARegion(cpu: platform.memory.base, deviceAddress: address, length: length))
                 return
+            case .serialReceived:
+                let bytes = try message.body.data()
+                let port = state.withLock { $0.serial?.port }
+                bytes.withUnsafeBytes { port?.deliver($0) }
+                return
+            case .serialReady: state.withLock { $0.serial?.port }?.driverMadeRoom(); return
+            case .serialLost:
+                let lost = Int(clamping: try message.body.u64())
+                state.withLock { $0.serial?.port }?.driverLost(lost)
+                return
+            case .violation:
+                let warning = try message.body.u32() != 0
+                let driver = try message.body.string(), callback = try message.body.string(), text = try message.body.string()
+                let entry = ViolationLog.Entry(severity: warning ? .warning : .violation, driver: driver.isEmpty ? nil : driver,
+                                               callback: callback.isEmpty ? nil : callback, message: text)
+                ViolationLog.recordForwarded(entry)
+                log.record(warning ? .warning : .error, name, "in its driver host: \(entry.description)")
+                return
+            case .netTxComplete:
+                let tag = try message.body.u64(), status = OyStatus(try message.body.i32())
+                state.withLock { $0.net?.binding }?.completed(tag: tag, status: status)
+                return
+            case .netReceived:
+                let frame = try message.body.data()
+                let interface = state.withLock { $0.net?.interface }
+                frame.withUnsafeBytes { interface?.deliver($0) }
+                return
+            case .netLink:
+                let up = try message.body.u32() != 0
+                guard let net = state.withLock({ $0.net }) else { return }
+                net.binding.setLink(up)
+                net.interface.linkChanged(up: up)
+                return
             case .maskInterrupt: device.maskInterrupt(index: Int(try message.body.u32())); return
             case .unmaskInterrupt: device.unmaskInterrupt(index: Int(try message.body.u32())); return
             default:
@@ -301,6 +346,44 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
         case .unregisterDisk:
             kernel?.blockLayer.release(disk: self, log: log)
             reply.i32(0)
+        case .registerRNG:
+            guard let kernel else { throw OyStatus.deviceGone }
+            let source = HostedEntropySource(label: label, line: line)
+            guard state.withLock({ s -> Bool in
+                defer { if s.entropy == nil { s.entropy = source } }
+                return s.entropy == nil
+            }) else { throw OyStatus.busy }
+            kernel.entropy.adopt(source: source, log: log)
+            reply.i32(0)
+        case .unregisterRNG:
+            releaseEntropy()
+            reply.i32(0)
+        case .registerSerial:
+            guard let kernel else { throw OyStatus.deviceGone }
+            let binding = HostedSerialPort(label: label, line: self.line, settings: try body.serialLine())
+            guard state.withLock({ $0.serial == nil }) else { throw OyStatus.busy }
+            let port = kernel.serial.adopt(port: binding, log: log)
+            state.withLock { $0.serial = (binding, port) }
+            reply.i32(0)
+        case .unregisterSerial:
+            releaseSerial()
+            reply.i32(0)
+        case .registerNetdev:
+            guard let kernel else { throw OyStatus.deviceGone }
+            let mac = try body.data()
+            _ = try body.u32()  // the MTU: the OS's interfaces go by the largest frame
+            let maxFrame = Int(try body.u32()), depth = Int(try body.u32()), linkUp = try body.u32() != 0
+            guard mac.count == 6, maxFrame >= 60, maxFrame <= 65_535, depth > 0, depth <= 4096 else { throw OyStatus.invalid }
+            guard state.withLock({ $0.net == nil }) else { throw OyStatus.busy }
+            guard let binding = HostedNetdev(label: label, line: line, file: file, platform: platform, slot: slot, mac: mac, maxFrame: maxFrame,
+                                             queueDepth: depth, linkUp: linkUp, share: { physical, length in self.state.withLock { self.newlyShared(&$0, physical: physical, length: length) } })
+            else { throw OyStatus.noMemory }
+            let interface = kernel.network.adopt(netdev: binding, log: log)
+            state.withLock { $0.net = (binding, interface) }
+            reply.i32(0)
+        case .unregisterNetdev:
+            releaseNet()
+            reply.i32(0)
         default:
             throw OyStatus.invalid
         }
@@ -309,32 +392,48 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
 
     // MARK: Ending
 
-    /// Detaches the driver in its host and lets the host end (bounded);
-    /// anything still in flight afterwards is canceled.
-    func detach(timeout: Double = 10) {
+    /// Detaches the driver in its host (which then unloads it and ends),
+    /// bounded by `timeout`; anything still in flight afterwards is
+    /// canceled. What the host found on the way, or nil when it never said.
+    @discardableResult
+    func detach(timeout: Double = 10) -> DriverInstance.DetachReport? {
         state.withLock { $0.leaving = true }
         let done = DispatchSemaphore(value: 0)
         let line = self.line
+        let answer = Mutex<DriverInstance.DetachReport?>(nil)
         Thread.detachNewThread {
-            _ = try? line.call(.detach)
+            if var reply = try? line.call(.detach).0, let status = try? reply.i32(), let unfinished = try? reply.u32(), let count = try? reply.u32() {
+                let leaked = (0..<min(count, 256)).compactMap { _ in try? reply.string() }
+                answer.withLock { $0 = DriverInstance.DetachReport(status: OyStatus(status), leaked: leaked, unfinishedRequests: Int(unfinished)) }
+            }
             done.signal()
         }
         if done.wait(timeout: .now() + timeout) == .timedOut {
             log.record(.warning, "kernel", "\(label): detach did not return within \(Int(timeout)) s; the host is ended")
         }
-        end()
+        if let status = end(grace: answer.withLock({ $0 }) == nil ? 0 : 2), status != 0 {
+            log.record(.warning, "kernel", "\(label): the driver host ended with \(Self.describe(status)) after detaching")
+        }
+        return answer.withLock { $0 }
     }
 
     /// Ends the host (SIGKILL if needed), releases what it had of the
     /// device, and cancels what it had accepted (the disk keeps it for the
     /// next driver while it is being recovered).
+    /// `grace`: seconds a host that is ending by itself (it detached) gets
+    /// to exit before it is killed.
     @discardableResult
-    func end() -> Int32? {
+    func end(grace: Double = 0) -> Int32? {
         state.withLock { $0.leaving = true }
         line.shutDown()
         var status: Int32 = 0
         // A host that already ended keeps its own status; else it is killed.
         var waited = waitpid(pid, &status, WNOHANG)
+        let deadline = Date(timeIntervalSinceNow: grace)
+        while waited == 0 && Date() < deadline {
+            usleep(1000)
+            waited = waitpid(pid, &status, WNOHANG)
+        }
         if waited == 0 {
             kill(pid, SIGKILL)
             waited = waitpid(pid, &status, 0)
@@ -352,8 +451,28 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
         }
         for region in regions { device.dmaFree(region) }
         kernel?.blockLayer.release(disk: self, log: log)
+        releaseEntropy()
+        releaseSerial()
+        releaseNet()
         for flight in flights { finish(flight, .canceled) }
         return waited == pid ? status : nil
+    }
+
+    private func releaseEntropy() {
+        if let source = state.withLock({ s -> HostedEntropySource? in defer { s.entropy = nil }; return s.entropy }) { kernel?.entropy.release(source: source) }
+    }
+
+    private func releaseNet() {
+        if let net = state.withLock({ s -> (binding: HostedNetdev, interface: NetInterface)? in defer { s.net = nil }; return s.net }) {
+            kernel?.network.release(netdev: net.binding)
+            net.binding.close()
+        }
+    }
+
+    private func releaseSerial() {
+        if let serial = state.withLock({ s -> (binding: HostedSerialPort, port: SerialPort)? in defer { s.serial = nil }; return s.serial }) {
+            kernel?.serial.release(port: serial.binding, log: log)
+        }
     }
 
     /// The host's end of the line went away. Unless the Kernel ended it, the

@@ -75,10 +75,11 @@ public final class Kernel: @unchecked Sendable {
     private let lock = NSLock()
     private var libraries: [String: DriverLibrary] = [:]
     private var instances: [BusAddress: DriverInstance] = [:]
-    /// Disk drivers running in driver-host processes.
+    /// Drivers running in driver-host processes.
     private var isolated: [BusAddress: IsolatedDriver] = [:]
-    /// When set (before boot), disk drivers run in driver-host processes
-    /// started from this executable (`oyako driver-host`); others stay in process.
+    /// When set (before boot), drivers of the classes driver hosts serve
+    /// (`IsolatedDriver.servedClasses`) run in driver-host processes started
+    /// from this executable (`oyako driver-host`); others stay in process.
     public var driverHostExecutable: String? {
         get { lock.withLock { hostExecutable } }
         set { lock.withLock { hostExecutable = newValue } }
@@ -121,7 +122,7 @@ public final class Kernel: @unchecked Sendable {
             var boundDriver: String?
             for file in candidates {
                 do {
-                    if let executable = driverHostExecutable, file.metadata.deviceClass == RegisteredDisk.classID {
+                    if let executable = hostExecutable(for: file) {
                         boundDriver = try attachIsolated(file: file, to: slot, executable: executable).name
                         outcome = "attached in a driver host"
                     } else {
@@ -153,6 +154,15 @@ public final class Kernel: @unchecked Sendable {
     @discardableResult
     public func attach(file: DriverFile, to slot: BusSlot) throws -> DriverInstance {
         try attach(try loadLibrary(file), to: slot)
+    }
+
+    /// The device classes whose drivers run in driver hosts when
+    /// `driverHostExecutable` is set.
+    public static var hostedClasses: Set<String> { IsolatedDriver.servedClasses }
+
+    /// The driver host to run `file` in, when drivers of its class go to one.
+    private func hostExecutable(for file: DriverFile) -> String? {
+        driverHostExecutable.flatMap { IsolatedDriver.servedClasses.contains(file.metadata.deviceClass) ? $0 : nil }
     }
 
     /// Starts a driver host for `file` and attaches it to the device in `slot`.
@@ -229,8 +239,7 @@ public final class Kernel: @unchecked Sendable {
     @discardableResult
     public func detach(_ address: BusAddress) -> DriverInstance.DetachReport? {
         if let driver = lock.withLock({ isolated.removeValue(forKey: address) }) {
-            driver.detach()
-            return nil
+            return driver.detach()
         }
         guard let instance = lock.withLock({ instances.removeValue(forKey: address) }) else { return nil }
         return instance.detach()
@@ -246,7 +255,7 @@ public final class Kernel: @unchecked Sendable {
     public func loadAndAttach(path: String) throws -> [String] {
         let file = try DriverFile.inspect(path: path)
         // Disk drivers go to driver hosts when the Kernel runs them there.
-        let hosted = driverHostExecutable.flatMap { file.metadata.deviceClass == RegisteredDisk.classID ? $0 : nil }
+        let hosted = hostExecutable(for: file)
         let library = hosted == nil ? try loadLibrary(file) : nil
         var attached: [String] = [], failures: [String] = []
         for slot in platform.bus.enumerate() where instance(at: slot.address) == nil && driverHostProcess(at: slot.address) == nil && !slot.isRemoved {

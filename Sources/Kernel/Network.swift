@@ -2,13 +2,41 @@ import DriverHost
 import Foundation
 import Synchronization
 
+/// What serves a network interface: the driver's registration in process
+/// (`RegisteredNetdev`), or its driver-host process's end of the line. What
+/// the driver reports (frames received, link changes) reaches the interface
+/// (`NetInterface.deliver`, `.linkChanged`).
+public protocol NetDriverBinding: AnyObject, Sendable {
+    /// Which driver and device, for logs.
+    var label: String { get }
+    var mac: [UInt8] { get }
+    var maxFrame: Int { get }
+    var queueDepth: Int { get }
+    var linkUp: Bool { get }
+    var driverName: String { get }
+    var driverSHA256: String { get }
+    /// Hands a frame to the driver: OK and a completion later, or a refusal.
+    func transmit(_ frame: NetFrame) -> OyStatus
+    func statistics() -> NetStatistics?
+    func setFilter(_ macs: [[UInt8]], broadcast: Bool, promiscuous: Bool) -> OyStatus
+}
+
+extension NetDriverBinding {
+    public func setFilter(_ macs: [[UInt8]]) -> OyStatus { setFilter(macs, broadcast: true, promiscuous: false) }
+}
+
+extension RegisteredNetdev: NetDriverBinding {
+    public var driverName: String { binding.library.name }
+    public var driverSHA256: String { binding.library.sha256 }
+}
+
 /// A network interface of the OS, over a driver's registered netdev: a
 /// bounded software transmit queue above the driver's depth, counters, and
 /// one upper layer (a switch port or a protocol stack) that gets its frames.
 public final class NetInterface: NetReceiver, @unchecked Sendable {
     // @unchecked Sendable: mutable state is guarded by `lock`.
     public let name: String
-    public let netdev: RegisteredNetdev
+    public let netdev: any NetDriverBinding
     public var mac: [UInt8] { netdev.mac }
     public static let queueLimit = 1024
 
@@ -29,7 +57,7 @@ public final class NetInterface: NetReceiver, @unchecked Sendable {
     private var handler: Handler?
     private var linkHandler: (@Sendable (Bool) -> Void)?
 
-    init(name: String, netdev: RegisteredNetdev) {
+    init(name: String, netdev: any NetDriverBinding) {
         self.name = name
         self.netdev = netdev
         queue = SubmissionQueue(depth: netdev.queueDepth, limit: Self.queueLimit, submit: { netdev.transmit($0) }, fail: { $0.finishUnsubmitted($1) })
@@ -84,7 +112,11 @@ public final class NetInterface: NetReceiver, @unchecked Sendable {
         queue.completed()
     }
 
-    public func received(_ frame: UnsafeRawBufferPointer, on netdev: RegisteredNetdev) {
+    public func received(_ frame: UnsafeRawBufferPointer, on netdev: RegisteredNetdev) { deliver(frame) }
+    public func linkChanged(up: Bool, on netdev: RegisteredNetdev) { linkChanged(up: up) }
+
+    /// A frame the driver received.
+    func deliver(_ frame: UnsafeRawBufferPointer) {
         let upper = lock.withLock { () -> Handler? in
             counters_.rxFrames += 1
             counters_.rxBytes += frame.count
@@ -93,7 +125,8 @@ public final class NetInterface: NetReceiver, @unchecked Sendable {
         upper?(frame)
     }
 
-    public func linkChanged(up: Bool, on netdev: RegisteredNetdev) {
+    /// The driver saw the link go up or down.
+    func linkChanged(up: Bool) {
         lock.withLock { linkHandler }?(up)
     }
 
@@ -111,12 +144,23 @@ public final class NetworkSubsystem: ClassSubsystem {
 
     func adopt(_ registration: ClassRegistration, log: KernelLog) throws(OyStatus) {
         guard let netdev = registration as? RegisteredNetdev else { throw .invalid }
+        netdev.receiver = adopt(netdev: netdev, log: log)
+    }
+
+    /// Adds an interface, in process or served by a driver host; the caller
+    /// routes what the driver reports to it.
+    @discardableResult
+    func adopt(netdev: any NetDriverBinding, log: KernelLog) -> NetInterface {
         let interface = named.add { NetInterface(name: $0, netdev: netdev) }
-        netdev.receiver = interface
         log.record(.info, "net", "\(interface.name): \(RegisteredNetdev.format(netdev.mac)) via \(netdev.label), link \(netdev.linkUp ? "up" : "down")")
+        return interface
     }
 
     func release(_ registration: ClassRegistration, log: KernelLog) {
         named.remove { $0.netdev === registration }?.markRemoved()
+    }
+
+    func release(netdev: any NetDriverBinding) {
+        named.remove { $0.netdev === netdev }?.markRemoved()
     }
 }

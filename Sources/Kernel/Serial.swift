@@ -2,6 +2,20 @@ import DriverHost
 import Foundation
 import Synchronization
 
+/// What serves a serial port: the driver's registration in process
+/// (`RegisteredSerialPort`), or its driver-host process's end of the line.
+/// Either hands what the driver reports to the port (`SerialPort.deliver`...).
+public protocol SerialDriverBinding: AnyObject, Sendable {
+    /// Which driver and device, for logs.
+    var label: String { get }
+    var line: SerialLine { get }
+    /// Queues what fits; how many bytes the driver took.
+    func write(_ bytes: UnsafeRawBufferPointer) -> Result<Int, OyStatus>
+    func setLine(_ line: SerialLine) -> OyStatus
+}
+
+extension RegisteredSerialPort: SerialDriverBinding {}
+
 /// A serial port of the OS (ttyS0...): buffered output written as the
 /// driver takes it, input collected in order for readers.
 ///
@@ -13,7 +27,7 @@ import Synchronization
 public final class SerialPort: SerialReceiver, @unchecked Sendable {
     // @unchecked Sendable: mutable state is guarded by `lock`.
     public let name: String
-    public let port: RegisteredSerialPort
+    public let port: any SerialDriverBinding
     private let lock = NSLock()
     private var pending: [UInt8] = []
     /// A drain is queued or running on `transmitQueue`.
@@ -33,7 +47,7 @@ public final class SerialPort: SerialReceiver, @unchecked Sendable {
     /// `write` for output the OS queued earlier.
     static let transmitKey = DispatchSpecificKey<ObjectIdentifier>()
 
-    init(name: String, port: RegisteredSerialPort) {
+    init(name: String, port: any SerialDriverBinding) {
         self.name = name
         self.port = port
         transmitQueue = DispatchQueue(label: "oyako.\(name).transmit")
@@ -121,7 +135,12 @@ public final class SerialPort: SerialReceiver, @unchecked Sendable {
         }
     }
 
-    public func received(_ bytes: UnsafeRawBufferPointer, on port: RegisteredSerialPort) {
+    public func received(_ bytes: UnsafeRawBufferPointer, on port: RegisteredSerialPort) { deliver(bytes) }
+    public func transmitReady(on port: RegisteredSerialPort) { startDrain(driverMadeRoom: true) }
+    public func lost(_ count: Int, on port: RegisteredSerialPort) { driverLost(count) }
+
+    /// Bytes the driver received, in order.
+    func deliver(_ bytes: UnsafeRawBufferPointer) {
         let chunk = Array(bytes)
         let handler = lock.withLock { () -> (@Sendable ([UInt8]) -> Void)? in
             input += chunk
@@ -137,9 +156,11 @@ public final class SerialPort: SerialReceiver, @unchecked Sendable {
         handler?(chunk)
     }
 
-    public func transmitReady(on port: RegisteredSerialPort) { startDrain(driverMadeRoom: true) }
+    /// The driver has room for more output.
+    func driverMadeRoom() { startDrain(driverMadeRoom: true) }
 
-    public func lost(_ count: Int, on port: RegisteredSerialPort) {
+    /// The driver lost `count` received bytes (overrun).
+    func driverLost(_ count: Int) {
         lock.withLock {
             lostBytes += count
             lossReportCount += 1
@@ -157,14 +178,27 @@ public final class SerialSubsystem: ClassSubsystem {
 
     func adopt(_ registration: ClassRegistration, log: KernelLog) throws(OyStatus) {
         guard let registered = registration as? RegisteredSerialPort else { throw .invalid }
-        let port = named.add { SerialPort(name: $0, port: registered) }
+        let port = adopt(port: registered, log: log)
         registered.receiver = port
+    }
+
+    /// Adds a port, in process or served by a driver host; the caller
+    /// routes what the driver reports to it.
+    @discardableResult
+    func adopt(port registered: any SerialDriverBinding, log: KernelLog) -> SerialPort {
+        let port = named.add { SerialPort(name: $0, port: registered) }
         if console === port { log.attachConsole(port) }
         log.record(.info, "serial", "\(port.name): \(registered.line.baud) baud via \(registered.label)")
+        return port
     }
 
     func release(_ registration: ClassRegistration, log: KernelLog) {
-        if console?.port === registration { log.attachConsole(nil) }
-        _ = named.remove { $0.port === registration }
+        release(port: registration as? RegisteredSerialPort, log: log)
+    }
+
+    func release(port registered: (any SerialDriverBinding)?, log: KernelLog) {
+        guard let registered else { return }
+        if console?.port === registered { log.attachConsole(nil) }
+        _ = named.remove { $0.port === registered }
     }
 }

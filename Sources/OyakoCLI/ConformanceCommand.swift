@@ -107,6 +107,8 @@ struct ConformanceWorkerCommand: ParsableCommand {
     @Option var env: String
     /// Absent: time budgets are off.
     @Option var timeBudget: Double?
+    /// Checks that passed before this one in the same environment (comma-separated).
+    @Option var passed: String?
     /// Lift the core size limit, so a crash leaves a core file.
     @Flag var keepCore = false
     @Argument var driver: String
@@ -124,7 +126,8 @@ struct ConformanceWorkerCommand: ParsableCommand {
             limit.rlim_cur = limit.rlim_max
             _ = setrlimit(Int32(RLIMIT_CORE.rawValue), &limit)
         }
-        let outcome = ConformanceSuite.runCheck(check, driver: driver, environment: environment, timeBudget: timeBudget)
+        let outcome = ConformanceSuite.runCheck(check, driver: driver, environment: environment, timeBudget: timeBudget,
+                                                passedBefore: passed.map { Set($0.split(separator: ",").map(String.init)) })
         let data = try JSONEncoder().encode(outcome)
         print(String(decoding: data, as: UTF8.self))
     }

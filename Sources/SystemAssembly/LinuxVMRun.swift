@@ -165,7 +165,7 @@ struct LinuxVMRun {
     private func servedBy(disk: Disk) -> [DemoReport.ServedBy] {
         var served = [DemoReport.ServedBy(device: "vda, vdb", driver: disk.driver.driverName, sha256: disk.driver.driverSHA256)]
         if let nic = kernel.network.interfaces.first {
-            served.append(.init(device: "net1 (external switch uplink)", driver: nic.netdev.binding.library.name, sha256: nic.netdev.binding.library.sha256))
+            served.append(.init(device: "net1 (external switch uplink)", driver: nic.netdev.driverName, sha256: nic.netdev.driverSHA256))
         }
         return served
     }

@@ -199,6 +199,28 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "    if (line->data_bits < 5) return OY_E_INVALID;\n"
             )])
         }, expected: ["io.serial.set-line": .failed]),
+        // A driver that works in the suite's process but not in a driver host
+        // (it tells by its process's command line: a stand-in for anything
+        // only that process has). The libc calls it needs fail file.imports.
+        Case(defect: "crashes in a driver host", build: {
+            try Fixtures.mutatedReferenceDriver("nvmelite", [
+                ("#include <string.h>", """
+                #include <string.h>
+                #include <fcntl.h>
+                #include <unistd.h>
+                static int fixture_in_driver_host(void) {
+                    char text[512];
+                    int fd = open("/proc/self/cmdline", O_RDONLY), i;
+                    long n = fd < 0 ? 0 : (long)read(fd, text, sizeof text);
+                    if (fd >= 0) close(fd);
+                    for (i = 0; i + 11 <= n; i++) if (memcmp(text + i, "driver-host", 11) == 0) return 1;
+                    return 0;
+                }
+                """),
+                ("    if (c == NULL || device == NULL || out_instance == NULL) return OY_E_INVALID;",
+                 "    if (c == NULL || device == NULL || out_instance == NULL) return OY_E_INVALID;\n    if (fixture_in_driver_host()) *(volatile int *)0 = 0; /* the defect */"),
+            ])
+        }, expected: ["file.imports": .failed, "host.attach": .failed]),
         // Mutated copies of the SDK template's entropy driver.
         Case(defect: "entropy that repeats (one bit of each word used)", build: {
             try Fixtures.mutatedTemplateDriver([("word = h->reg_read32(d->regs, RNG_DATA);", "word = 0x01020304u + (h->reg_read32(d->regs, RNG_DATA) & 1u);")])
@@ -232,6 +254,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
             }
             if fixture.defect == "keeps probe's borrowed device info" || fixture.defect == "keeps a control call's borrowed string" {
                 #expect(results.allSatisfy { $0.message.contains("used after the call returned") }, "\(results.map(\.message))")
+            }
+            if fixture.defect == "crashes in a driver host" && id == "host.attach" {
+                #expect(results.allSatisfy { $0.message.contains("SIGSEGV") }, "the host's death is named: \(results.map(\.message))")
             }
             if fixture.defect == "request completed twice" {
                 #expect(results.allSatisfy { $0.message.contains("completed twice") && $0.message.contains("interrupt handler") }, "\(results.map(\.message))")

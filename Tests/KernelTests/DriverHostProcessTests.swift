@@ -36,6 +36,37 @@ import Workloads
         try disk.flush()
     }
 
+    @Test func anEntropyDriverServesFromItsOwnProcessAndIsRestartedAfterSIGKILL() throws {
+        let testbed = try Testbed.make(state: Fixtures.temporaryDirectory("isolated-rng"), diskSize: 1 << 20, memorySize: 64 << 20)
+        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [try Fixtures.templateDriver()])
+        kernel.driverHostExecutable = Fixtures.oyakoBinary
+        _ = kernel.boot()
+        defer {
+            kernel.shutdown()
+            testbed.machine.shutdown()
+        }
+        kernel.supervisor.policy = Self.quickPolicy()
+        let address = try #require(testbed.machine.bus.enumerate().first { $0.device.identity.deviceID == RNGLite.deviceID }?.address)
+        let first = try #require(kernel.driverHostProcess(at: address), "the entropy driver runs in a driver host")
+        #expect(kernel.entropy.sources.first?.driverLabel.contains("driver host \(first)") == true)
+        // More than one reply carries (each register read is a round trip:
+        // slow, so with time to spare): the OS asks again for the rest.
+        let big = try kernel.entropy.read(66_000, timeout: 120)
+        #expect(big.count == 66_000 && Set(big).count > 200, "bytes from the device, not zeros")
+
+        kill(first, SIGKILL)
+        let deadline = Date(timeIntervalSinceNow: 10)
+        while kernel.supervisor.events.isEmpty && Date() < deadline { usleep(5000) }
+        guard case .restarted? = kernel.supervisor.events.first?.outcome else {
+            Issue.record("expected a restart, got \(kernel.supervisor.events)")
+            return
+        }
+        let second = try #require(kernel.driverHostProcess(at: address))
+        #expect(second != first && kernel.entropy.sources.count == 1)
+        let after = try kernel.entropy.read(64)
+        #expect(after.count == 64 && Array(big.prefix(64)) != after)
+    }
+
     static func quickPolicy() -> RestartPolicy {
         var policy = RestartPolicy()
         policy.backoff = .milliseconds(10)
@@ -148,7 +179,7 @@ import Workloads
 
     @Test func aDriverHostThatCannotStartIsAFailedAttachNotAHang() throws {
         let testbed = try Testbed.make(state: Fixtures.temporaryDirectory("no-host"), diskSize: 8 << 20, memorySize: 64 << 20)
-        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [try Fixtures.referenceDriver(), try Fixtures.templateDriver()])
+        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [try Fixtures.referenceDriver(), try Fixtures.templateDriver(), try Fixtures.referenceDriver("uart16550")])
         kernel.driverHostExecutable = "/nonexistent/oyako"
         let report = kernel.boot()
         defer {
@@ -159,6 +190,7 @@ import Workloads
         #expect(report.devices.first { $0.location == testbed.nvmeSlot.address.description }?.outcome == "failed", "\(report.devices)")
         #expect(report.problems.contains { "\($0)".contains("nvmelite") }, "\(report.problems)")
         #expect(kernel.log.all.contains { $0.message.contains("could not be run as a driver host") }, "the log says why: \(kernel.log.all.map(\.message))")
-        #expect(try kernel.entropy.read(16).count == 16, "drivers in process are unaffected")
+        #expect(kernel.entropy.sources.isEmpty && kernel.serial.ports.isEmpty, "no driver's host could start")
+        #expect(report.devices.filter { $0.outcome == "failed" }.count == 3, "each device failed to attach, none hung: \(report.devices)")
     }
 }

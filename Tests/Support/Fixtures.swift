@@ -218,12 +218,14 @@ public enum Fixtures {
 
     /// A machine with an nvmelite disk, a kernel on bare metal with `drivers`,
     /// booted. The caller shuts both down (`System.shutdown`).
-    public static func bareSystem(drivers: [String], diskSize: UInt64 = 16 << 20, nics: Int = 0,
+    /// `hosted`: drivers run in driver-host processes (`oyako driver-host`).
+    public static func bareSystem(drivers: [String], diskSize: UInt64 = 16 << 20, nics: Int = 0, hosted: Bool = false,
                                   wire: (Testbed) -> Void = { _ in }) throws -> TestSystem {
         let state = temporaryDirectory("machine")
         let testbed = try Testbed.make(state: state, diskSize: diskSize, memorySize: 64 << 20, nics: nics)
         wire(testbed)
         let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: drivers)
+        if hosted { kernel.driverHostExecutable = oyakoBinary }
         let report = kernel.boot()
         return TestSystem(testbed: testbed, kernel: kernel, report: report, state: state)
     }

@@ -11,11 +11,27 @@ import Synchronization
 public enum HostMessage: UInt32, Sendable {
     // The Kernel asks the host.
     case attach = 1, submit, detach
+    /// Up to a length of entropy from the driver's source.
+    case rngRead
+    /// Output for the serial port (what fits); new line settings.
+    case serialWrite, serialSetLine
+    /// A frame to transmit (posted; completed by netTxComplete); the
+    /// receive filter; the driver's counters.
+    case netTransmit, netSetFilter, netStatistics
     // The host asks the Kernel (its device, its memory, its registrations).
     case log = 16, configRead, configWrite, mmioRead, mmioWrite, portRead, portWrite
     case dmaAllocate, dmaFree, dmaMap, dmaUnmap
     case hookInterrupt, unhookInterrupt, maskInterrupt, unmaskInterrupt
     case registerDisk, unregisterDisk, complete
+    case registerRNG, unregisterRNG
+    case registerSerial, unregisterSerial
+    /// What the serial driver reports: input, room for output, lost input.
+    case serialReceived, serialReady, serialLost
+    case registerNetdev, unregisterNetdev
+    /// What the NIC driver reports: a frame sent, a frame received, the link.
+    case netTxComplete, netReceived, netLink
+    /// An ABI violation (or soft-limit warning) the host recorded for the driver.
+    case violation
 
     public static let replyBit: UInt32 = 0x8000_0000
     /// Largest message either side sends.
@@ -33,6 +49,15 @@ public struct WireWriter: Sendable {
         let utf8 = Array(s.utf8.prefix(8192))
         u32(UInt32(utf8.count))
         bytes += utf8
+    }
+    /// Bytes as they are: count, then the bytes.
+    public mutating func data(_ data: UnsafeRawBufferPointer) {
+        u32(UInt32(data.count))
+        bytes += data
+    }
+    /// Serial line settings.
+    public mutating func serialLine(_ line: SerialLine) {
+        u32(UInt32(clamping: line.baud)); u32(UInt32(clamping: line.dataBits)); u32(UInt32(clamping: line.parity)); u32(UInt32(clamping: line.stopBits))
     }
     /// Runs of machine memory: count, then (offset, length) pairs.
     public mutating func runs(_ runs: [(offset: UInt64, length: Int)]) {
@@ -70,6 +95,25 @@ public struct WireReader: Sendable {
         guard count <= 8192, offset + count <= bytes.count else { throw Short() }
         defer { offset += count }
         return String(decoding: bytes[offset..<(offset + count)], as: UTF8.self)
+    }
+    /// Bytes written by `WireWriter.data`, copied to `into` (at most its count).
+    public mutating func data(into buffer: UnsafeMutableRawBufferPointer) throws(Short) -> Int {
+        let count = Int(try u32())
+        guard count <= buffer.count, offset + count <= bytes.count else { throw Short() }
+        guard count > 0 else { return 0 }
+        defer { offset += count }
+        bytes.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + offset, byteCount: count) }
+        return count
+    }
+    public mutating func serialLine() throws(Short) -> SerialLine {
+        SerialLine(baud: Int(try u32()), dataBits: Int(try u32()), parity: Int(try u32()), stopBits: Int(try u32()))
+    }
+    /// Bytes written by `WireWriter.data`, as an array.
+    public mutating func data() throws(Short) -> [UInt8] {
+        let count = Int(try u32())
+        guard offset + count <= bytes.count else { throw Short() }
+        defer { offset += count }
+        return Array(bytes[offset..<(offset + count)])
     }
     public mutating func runs() throws(Short) -> [(offset: UInt64, length: Int)] {
         let count = Int(try u32())

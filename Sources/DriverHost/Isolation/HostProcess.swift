@@ -96,15 +96,30 @@ final class RemoteDevice: HostDevice, @unchecked Sendable {
         return body
     }
 
+    /// A call to the Kernel and its answer. The whole exchange is the OS
+    /// serving the driver, so its CPU time is booked as the OS's, not the
+    /// driver callback's (CallbackBudget): out of process only the driver's
+    /// own code counts against its budgets.
     private func call(_ kind: HostMessage, _ fill: (inout WireWriter) -> Void) throws(OyStatus) -> WireReader {
-        var body = WireWriter()
-        fill(&body)
-        do {
-            return try status(try line.call(kind, body))
-        } catch let error as OyStatus {
-            throw error
-        } catch {
-            throw .deviceGone
+        try CallbackBudget.inOS { () throws(OyStatus) -> WireReader in
+            var body = WireWriter()
+            fill(&body)
+            let reply: (WireReader, [Int32])
+            do {
+                reply = try line.call(kind, body)
+            } catch {
+                throw .deviceGone
+            }
+            return try status(reply)
+        }
+    }
+
+    /// A posted message (booked as the OS's time, as a call is).
+    private func post(_ kind: HostMessage, _ fill: (inout WireWriter) -> Void) {
+        CallbackBudget.inOS {
+            var body = WireWriter()
+            fill(&body)
+            _ = line.post(kind, body)
         }
     }
 
@@ -124,9 +139,8 @@ final class RemoteDevice: HostDevice, @unchecked Sendable {
     }
 
     func mmioWrite(bar: Int, offset: UInt64, width: Int, value: UInt64) {
-        var body = WireWriter()
-        body.u32(UInt32(bar)); body.u64(offset); body.u32(UInt32(width)); body.u64(value)
-        line.post(.mmioWrite, body)  // posted, as on PCIe; the line keeps the order
+        // Posted, as on PCIe; the line keeps the order.
+        post(.mmioWrite) { $0.u32(UInt32(bar)); $0.u64(offset); $0.u32(UInt32(width)); $0.u64(value) }
     }
 
     func portRead(bar: Int, port: UInt32) -> UInt8 {
@@ -135,9 +149,7 @@ final class RemoteDevice: HostDevice, @unchecked Sendable {
     }
 
     func portWrite(bar: Int, port: UInt32, value: UInt8) {
-        var body = WireWriter()
-        body.u32(UInt32(bar)); body.u32(port); body.u32(UInt32(value))
-        line.post(.portWrite, body)
+        post(.portWrite) { $0.u32(UInt32(bar)); $0.u32(port); $0.u32(UInt32(value)) }
     }
 
     func dmaAllocate(size: Int) throws(OyStatus) -> DMARegion {
@@ -163,9 +175,7 @@ final class RemoteDevice: HostDevice, @unchecked Sendable {
 
     func dmaUnmap(_ region: DMARegion) {
         if let physical = memory.physical(of: region.cpu, length: region.length), premapping(physical, region.length) == region.deviceAddress { return }
-        var body = WireWriter()
-        body.u64(region.deviceAddress); body.u64(UInt64(region.length))
-        line.post(.dmaUnmap, body)
+        post(.dmaUnmap) { $0.u64(region.deviceAddress); $0.u64(UInt64(region.length)) }
     }
 
     func hookInterrupt(index: Int, handler: @escaping @Sendable () -> Void) throws(OyStatus) {
@@ -193,7 +203,7 @@ final class RemoteDevice: HostDevice, @unchecked Sendable {
         body.u32(UInt32(index))
         let reply: (WireReader, [Int32])
         do {
-            reply = try line.call(.hookInterrupt, body)
+            reply = try CallbackBudget.inOS { () throws(HostLine.Closed) in try line.call(.hookInterrupt, body) }
         } catch {
             throw .deviceGone
         }
@@ -217,30 +227,38 @@ final class RemoteDevice: HostDevice, @unchecked Sendable {
     }
 
     func maskInterrupt(index: Int) {
-        var body = WireWriter()
-        body.u32(UInt32(index))
-        line.post(.maskInterrupt, body)
+        post(.maskInterrupt) { $0.u32(UInt32(index)) }
     }
 
     func unmaskInterrupt(index: Int) {
-        var body = WireWriter()
-        body.u32(UInt32(index))
-        line.post(.unmaskInterrupt, body)
+        post(.unmaskInterrupt) { $0.u32(UInt32(index)) }
     }
 }
 
 /// The host side of the Kernel's environment: logs and registrations go
-/// over the line. Only disks are served out of process so far.
+/// over the line. Disks and entropy sources are served out of process so
+/// far; one of each per host (it serves one device).
 final class RemoteEnvironment: HostEnvironment, @unchecked Sendable {
-    // @unchecked Sendable: `disk` is guarded by its Mutex.
+    // @unchecked Sendable: `registrations` is guarded by its Mutex.
     let name: String
     private let line: HostLine
-    let disk = Mutex<RegisteredDisk?>(nil)
+    private let registrations = Mutex<[ClassRegistration]>([])
+    /// Hand what a serial or NIC driver reports to the Kernel (the class
+    /// objects hold their receivers weakly).
+    private let serialReceiver: SerialForwarder
+    private let netReceiver: NetForwarder
 
     init(name: String, line: HostLine) {
         self.name = name
         self.line = line
+        serialReceiver = SerialForwarder(line: line)
+        netReceiver = NetForwarder(line: line)
     }
+
+    var netdev: RegisteredNetdev? { registrations.withLock { $0.lazy.compactMap { $0 as? RegisteredNetdev }.first } }
+    var serialPort: RegisteredSerialPort? { registrations.withLock { $0.lazy.compactMap { $0 as? RegisteredSerialPort }.first } }
+    var disk: RegisteredDisk? { registrations.withLock { $0.lazy.compactMap { $0 as? RegisteredDisk }.first } }
+    var rng: RegisteredRNG? { registrations.withLock { $0.lazy.compactMap { $0 as? RegisteredRNG }.first } }
 
     func log(level: LogLevel, driver: String, device: String?, message: String) {
         var body = WireWriter()
@@ -249,24 +267,97 @@ final class RemoteEnvironment: HostEnvironment, @unchecked Sendable {
         line.post(.log, body)
     }
 
-    func registered(_ registration: ClassRegistration, device: any HostDevice) throws(OyStatus) {
-        guard let registered = registration as? RegisteredDisk else { throw .notSupported }
-        let g = registered.geometry
+    /// The message that registers `registration` with the Kernel and the one
+    /// that withdraws it; nil for a class not served out of process.
+    private static func messages(for registration: ClassRegistration) -> (register: HostMessage, unregister: HostMessage, body: WireWriter)? {
         var body = WireWriter()
-        body.u32(UInt32(g.blockSize)); body.u64(g.blockCount); body.u32(UInt32(g.maxTransferBlocks)); body.u32(UInt32(g.queueDepth))
-        body.u32(g.canFlush ? 1 : 0)
-        guard var reply = try? line.call(.registerDisk, body).0 else { throw .deviceGone }
+        switch registration {
+        case let disk as RegisteredDisk:
+            let g = disk.geometry
+            body.u32(UInt32(g.blockSize)); body.u64(g.blockCount); body.u32(UInt32(g.maxTransferBlocks)); body.u32(UInt32(g.queueDepth))
+            body.u32(g.canFlush ? 1 : 0)
+            return (.registerDisk, .unregisterDisk, body)
+        case is RegisteredRNG:
+            return (.registerRNG, .unregisterRNG, body)
+        case let port as RegisteredSerialPort:
+            body.serialLine(port.line)
+            return (.registerSerial, .unregisterSerial, body)
+        case let netdev as RegisteredNetdev:
+            netdev.mac.withUnsafeBytes { body.data($0) }
+            body.u32(UInt32(netdev.mtu)); body.u32(UInt32(netdev.maxFrame)); body.u32(UInt32(netdev.queueDepth)); body.u32(netdev.linkUp ? 1 : 0)
+            return (.registerNetdev, .unregisterNetdev, body)
+        default:
+            return nil
+        }
+    }
+
+    func registered(_ registration: ClassRegistration, device: any HostDevice) throws(OyStatus) {
+        guard let messages = Self.messages(for: registration) else { throw .notSupported }
+        guard registrations.withLock({ all in !all.contains { type(of: $0) == type(of: registration) } }) else { throw .busy }
+        guard var reply = try? line.call(messages.register, messages.body).0 else { throw .deviceGone }
         let code = (try? reply.i32()) ?? OyStatus.deviceGone.rawValue
         guard code == 0 else { throw OyStatus(code) }
-        disk.withLock { $0 = registered }
+        registrations.withLock { $0.append(registration) }
+        (registration as? RegisteredSerialPort)?.receiver = serialReceiver
+        (registration as? RegisteredNetdev)?.receiver = netReceiver
     }
 
     func unregistered(_ registration: ClassRegistration) {
-        guard disk.withLock({ current -> Bool in
-            defer { if current === registration { current = nil } }
-            return current === registration
-        }) else { return }
-        _ = try? line.call(.unregisterDisk)
+        let known = registrations.withLock { all -> Bool in
+            guard let index = all.firstIndex(where: { $0 === registration }) else { return false }
+            all.remove(at: index)
+            return true
+        }
+        guard known, let messages = Self.messages(for: registration) else { return }
+        _ = try? line.call(messages.unregister)
+    }
+}
+
+/// A serial driver's reports (input, room for output, lost input), posted
+/// to the Kernel in the order the driver made them.
+final class SerialForwarder: SerialReceiver {
+    private let line: HostLine
+
+    init(line: HostLine) { self.line = line }
+
+    func received(_ bytes: UnsafeRawBufferPointer, on port: RegisteredSerialPort) {
+        // Large input goes in pieces a message holds.
+        var at = 0
+        while at < bytes.count {
+            let piece = min(bytes.count - at, HostSide.largestDataReply)
+            var body = WireWriter()
+            body.data(UnsafeRawBufferPointer(rebasing: bytes[at..<(at + piece)]))
+            CallbackBudget.inOS { _ = line.post(.serialReceived, body) }
+            at += piece
+        }
+    }
+
+    func transmitReady(on port: RegisteredSerialPort) { CallbackBudget.inOS { _ = line.post(.serialReady) } }
+
+    func lost(_ count: Int, on port: RegisteredSerialPort) {
+        var body = WireWriter()
+        body.u64(UInt64(count))
+        CallbackBudget.inOS { _ = line.post(.serialLost, body) }
+    }
+}
+
+/// A NIC driver's reports (frames received, link changes), posted to the
+/// Kernel in the order the driver made them.
+final class NetForwarder: NetReceiver {
+    private let line: HostLine
+
+    init(line: HostLine) { self.line = line }
+
+    func received(_ frame: UnsafeRawBufferPointer, on netdev: RegisteredNetdev) {
+        var body = WireWriter()
+        body.data(UnsafeRawBufferPointer(rebasing: frame.prefix(HostSide.largestDataReply)))
+        CallbackBudget.inOS { _ = line.post(.netReceived, body) }
+    }
+
+    func linkChanged(up: Bool, on netdev: RegisteredNetdev) {
+        var body = WireWriter()
+        body.u32(up ? 1 : 0)
+        CallbackBudget.inOS { _ = line.post(.netLink, body) }
     }
 }
 
@@ -283,11 +374,19 @@ final class HostSide: @unchecked Sendable {
     private var memory: SharedMemory?
     private var device: RemoteDevice?
     private let inFlight = Mutex<[UInt64: BlockRequest]>([:])
-    private let backlog = Mutex<[(UInt64, HostLine.Incoming)]>([])
+    private let backlog = Mutex<[(kind: HostMessage, tag: UInt64, message: HostLine.Incoming)]>([])
+    private let spareFrames = Mutex<[NetFrame]>([])
 
     init(line: HostLine) { self.line = line }
 
     func run() -> Int32 {
+        let line = self.line
+        ViolationLog.forwardEntries { entry in
+            var body = WireWriter()
+            body.u32(entry.severity == .violation ? 0 : 1)
+            body.string(entry.driver ?? ""); body.string(entry.callback ?? ""); body.string(entry.message)
+            line.post(.violation, body)
+        }
         line.start(received: { [self] message in requests.async { self.handle(message) } }, closed: { [ended] _ in ended.signal() })
         ended.wait()
         return 0
@@ -301,13 +400,54 @@ final class HostSide: @unchecked Sendable {
             let (status, text) = attach(&message)
             reply.i32(status.rawValue)
             reply.string(text)
-        case .submit:
-            submit(&message)  // posted: a refusal goes back as a completion
+        case .submit, .netTransmit:
+            start(HostMessage(rawValue: message.kind)!, message)  // posted: a refusal goes back as a completion
             return
+        case .netSetFilter:
+            if let netdev = environment?.netdev, let count = try? message.body.u32(), let macs = try? message.body.data(), let flags = try? message.body.u32(),
+                macs.count == Int(count) * 6
+            {
+                let list = stride(from: 0, to: macs.count, by: 6).map { Array(macs[$0..<($0 + 6)]) }
+                reply.i32(netdev.setFilter(list, broadcast: flags & 1 != 0, promiscuous: flags & 2 != 0).rawValue)
+            } else {
+                reply.i32((environment?.netdev == nil ? OyStatus.deviceGone : .invalid).rawValue)
+            }
+        case .netStatistics:
+            if let statistics = environment?.netdev?.statistics() {
+                reply.i32(0)
+                for field in NetStatistics.fields { reply.u64(statistics[keyPath: field]) }
+            } else {
+                reply.i32((environment?.netdev == nil ? OyStatus.deviceGone : .notSupported).rawValue)
+            }
+        case .rngRead:
+            readEntropy(&message, into: &reply)
+        case .serialWrite:
+            if let port = environment?.serialPort, let bytes = try? message.body.data() {
+                switch bytes.withUnsafeBytes({ port.write($0) }) {
+                case .success(let written): reply.i32(0); reply.u32(UInt32(written))
+                case .failure(let status): reply.i32(status.rawValue)
+                }
+            } else {
+                reply.i32((environment?.serialPort == nil ? OyStatus.deviceGone : .invalid).rawValue)
+            }
+        case .serialSetLine:
+            if let port = environment?.serialPort, let settings = try? message.body.serialLine() {
+                reply.i32(port.setLine(settings).rawValue)
+            } else {
+                reply.i32((environment?.serialPort == nil ? OyStatus.deviceGone : .invalid).rawValue)
+            }
         case .detach:
+            // Detach, then deinit and unload as in process: the Kernel learns
+            // what either left behind.
             let report = instance?.detach()
             instance = nil
+            let unloaded = library?.unload()
+            library = nil
             reply.i32((report?.status ?? .state).rawValue)
+            reply.u32(UInt32(report?.unfinishedRequests ?? 0))
+            let leaked = (report?.leaked ?? []) + (unloaded?.leaked ?? []).map { "\($0) (after deinit)" }
+            reply.u32(UInt32(leaked.count))
+            for item in leaked { reply.string(item) }
             line.reply(to: message, reply)
             line.shutDown()
             return
@@ -324,6 +464,7 @@ final class HostSide: @unchecked Sendable {
             let path = try message.body.string(), environmentName = try message.body.string(), ramSize = Int(try message.body.u64())
             let vendor = UInt16(try message.body.u32()), device = UInt16(try message.body.u32()), classCode = try message.body.u32()
             let revision = UInt8(try message.body.u32()), interrupts = Int(try message.body.u32()), location = try message.body.string()
+            if try message.body.u32() != 0 { Verifier.enable(timeCallbacks: false) }
             var bars: [BARKind] = []
             for _ in 0..<min(6, Int(try message.body.u32())) {
                 let kind = try message.body.u32(), extent = try message.body.u64()
@@ -352,35 +493,87 @@ final class HostSide: @unchecked Sendable {
         }
     }
 
-    private func submit(_ message: inout HostLine.Incoming) {
+    /// Entropy for the Kernel: status, then the bytes (as many as fit a message).
+    private func readEntropy(_ message: inout HostLine.Incoming, into reply: inout WireWriter) {
+        guard let rng = environment?.rng else { return reply.i32(OyStatus.deviceGone.rawValue) }
+        guard let asked = try? message.body.u32() else { return reply.i32(OyStatus.invalid.rawValue) }
+        var buffer = [UInt8](repeating: 0, count: min(Int(asked), Self.largestDataReply))
+        let result = buffer.withUnsafeMutableBytes { rng.read(into: $0) }
+        switch result {
+        case .failure(let status):
+            reply.i32(status.rawValue)
+        case .success(let produced):
+            reply.i32(0)
+            buffer.withUnsafeBytes { reply.data(UnsafeRawBufferPointer(rebasing: $0[..<produced])) }
+        }
+    }
+
+    /// The most data (entropy, serial input) one message carries: a message less its header and fields.
+    static let largestDataReply = HostMessage.maxSize - 64
+
+    /// Starts posted work (a disk request, a frame to send); a refusal goes
+    /// back as its completion, and BUSY waits for the next completion.
+    private func start(_ kind: HostMessage, _ message: HostLine.Incoming) {
+        var message = message
         guard let tag = try? message.body.u64() else { return }
-        let status = submit(tag: tag, &message)
+        let fields = message  // read again from here on a retry
+        let status = perform(kind, tag: tag, &message)
         guard !status.isOK else { return }
         if status == .busy {
             // Full for now: again after the next completion.
-            backlog.withLock { $0.append((tag, message)) }
+            backlog.withLock { $0.append((kind, tag, fields)) }
             return
         }
-        completed(tag, status)
+        completed(kind, tag, status)
     }
 
-    private func completed(_ tag: UInt64, _ status: OyStatus) {
+    private func perform(_ kind: HostMessage, tag: UInt64, _ message: inout HostLine.Incoming) -> OyStatus {
+        kind == .netTransmit ? transmit(tag: tag, &message) : submit(tag: tag, &message)
+    }
+
+    private func completed(_ kind: HostMessage, _ tag: UInt64, _ status: OyStatus) {
         device?.premapped.withLock { _ = $0.removeValue(forKey: tag) }
         var body = WireWriter()
         body.u64(tag)
         body.i32(status.rawValue)
-        line.post(.complete, body)
+        CallbackBudget.inOS { _ = line.post(kind == .netTransmit ? .netTxComplete : .complete, body) }
         if let retry = backlog.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
             requests.async { [self] in
-                var message = retry.1
-                let again = submit(tag: retry.0, &message)
-                if again == .busy { backlog.withLock { $0.insert(retry, at: 0) } } else if !again.isOK { completed(retry.0, again) }
+                var message = retry.message
+                let again = perform(retry.kind, tag: retry.tag, &message)
+                if again == .busy { backlog.withLock { $0.insert(retry, at: 0) } } else if !again.isOK { completed(retry.kind, retry.tag, again) }
             }
         }
     }
 
+    /// A frame to send, in the OS's memory the Kernel shares (mapped for the device already).
+    private func transmit(tag: UInt64, _ message: inout HostLine.Incoming) -> OyStatus {
+        guard let netdev = environment?.netdev, let memory, let device else { return .deviceGone }
+        guard let physical = try? message.body.u64(), let length = try? message.body.u32(), let mapStart = try? message.body.u64(),
+            let runs = try? message.body.runs(), let deviceAddress = try? message.body.u64()
+        else { return .invalid }
+        do {
+            if !runs.isEmpty { try memory.map(physical: mapStart, runs: runs) }
+        } catch {
+            return error
+        }
+        guard memory.physical(of: memory.base + Int(physical), length: Int(length)) != nil else { return .invalid }
+        device.premapped.withLock { $0[tag] = (physical, Int(length), deviceAddress) }
+        let frame = spareFrames.withLock { $0.popLast() } ?? NetFrame()
+        frame.prepare(at: memory.base + Int(physical), length: Int(length)) { [self] status in
+            spareFrames.withLock { $0.append(frame) }
+            completed(.netTransmit, tag, status)
+        }
+        let status = netdev.transmit(frame)
+        if !status.isOK {
+            device.premapped.withLock { _ = $0.removeValue(forKey: tag) }
+            spareFrames.withLock { $0.append(frame) }
+        }
+        return status
+    }
+
     private func submit(tag: UInt64, _ message: inout HostLine.Incoming) -> OyStatus {
-        guard let disk = environment?.disk.withLock({ $0 }), let memory, let device else { return .deviceGone }
+        guard let disk = environment?.disk, let memory, let device else { return .deviceGone }
         guard let op = try? message.body.u32(), let lba = try? message.body.u64(),
             let blocks = try? message.body.u32(), let physical = try? message.body.u64(), let mapStart = try? message.body.u64(),
             let runs = try? message.body.runs(), let deviceAddress = try? message.body.u64(),
@@ -397,7 +590,7 @@ final class HostSide: @unchecked Sendable {
         inFlight.withLock { $0[tag] = request }
         request.prepare(operation, lba: lba, blockCount: Int(blocks), data: operation == .flush ? nil : memory.base + Int(physical)) { [self] status in
             inFlight.withLock { _ = $0.removeValue(forKey: tag) }
-            completed(tag, status)
+            completed(.submit, tag, status)
         }
         let status = disk.submit(request)
         if !status.isOK { inFlight.withLock { _ = $0.removeValue(forKey: tag) } }
