@@ -130,7 +130,6 @@ public protocol DiskDriverBinding: AnyObject, Sendable {
 }
 
 extension RegisteredDisk: DiskDriverBinding {
-    public var location: String { binding.device.info.location }
     public var driverName: String { binding.library.name }
     public var driverVersion: String { binding.library.metadata.version }
     public var driverSHA256: String { binding.library.sha256 }
@@ -522,6 +521,10 @@ public final class BlockLayer: ClassSubsystem {
         guard let registered = registration as? RegisteredDisk else { return }
         release(disk: registered, log: log)
     }
+
+    // A disk parks itself (Disk.beginRecovery) and is handed on by the supervisor.
+    func park(location: String, drainUntil: Date) {}
+    func unpark(location: String, failure: String?, log: KernelLog) {}
 
     func release(disk registered: any DiskDriverBinding, log: KernelLog) {
         // A disk whose driver is being replaced or restarted stays for the next one.

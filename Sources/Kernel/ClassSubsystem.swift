@@ -1,4 +1,5 @@
 import DriverHost
+import Foundation
 import Synchronization
 
 /// The Kernel's side of one device class: it takes what drivers register
@@ -13,6 +14,28 @@ protocol ClassSubsystem: Sendable {
     func adopt(_ registration: ClassRegistration, log: KernelLog) throws(OyStatus)
     /// It is going away: fail what is queued for it, and forget it.
     func release(_ registration: ClassRegistration, log: KernelLog)
+    /// The driver of the device at `location` is being restarted or
+    /// replaced: keep the OS's device (its name, its users) for the driver
+    /// that registers the same device next, holding what is sent to it
+    /// meanwhile; what the driver has is let finish until `drainUntil`.
+    func park(location: String, drainUntil: Date)
+    /// The restart is over; `failure` when it failed: a device no driver
+    /// took over goes (what waits for it fails).
+    func unpark(location: String, failure: String?, log: KernelLog)
+}
+
+extension ClassRegistration {
+    /// The device's bus location ("00:01.0").
+    public var location: String { binding.device.info.location }
+}
+
+/// The locations whose devices are parked while their drivers restart.
+final class Parking: Sendable {
+    private let locations = Mutex(Set<String>())
+
+    func park(_ location: String) { _ = locations.withLock { $0.insert(location) } }
+    func unpark(_ location: String) { _ = locations.withLock { $0.remove(location) } }
+    func contains(_ location: String) -> Bool { locations.withLock { $0.contains(location) } }
 }
 
 /// The named devices of one subsystem ("disk0", "eth1"...), in the order

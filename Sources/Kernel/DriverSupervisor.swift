@@ -160,6 +160,7 @@ public final class DriverSupervisor: @unchecked Sendable {
         kernel.log.record(.warning, "kernel", "\(address): \(name) failed (\(cause)); restarting it")
         let previous = disk?.driver
         disk?.beginRecovery()
+        kernel.parkDevices(at: address)
         kernel.detach(address)
         kernel.platform.bus.restart(slot)
         var attempts = 0
@@ -172,6 +173,7 @@ public final class DriverSupervisor: @unchecked Sendable {
             }
             let reissued = disk?.pendingReissue ?? 0
             disk?.endReplacement()
+            kernel.unparkDevices(at: address, failure: nil)
             return record(RecoveryEvent(device: address.description, driver: name, cause: cause,
                                         outcome: .restarted(attempts: attempts, reissued: reissued), duration: .now - started), kernel)
         }
@@ -180,6 +182,7 @@ public final class DriverSupervisor: @unchecked Sendable {
         // Recorded before anyone can see the device fail: whoever learns of
         // it from the disk's removal finds the reason here.
         _ = record(event, kernel)
+        kernel.unparkDevices(at: address, failure: event.description)
         if let disk {
             // Removed (children's offers rescinded with the reason) before
             // the requests it kept fail, so a caller that sees the failure
@@ -189,6 +192,9 @@ public final class DriverSupervisor: @unchecked Sendable {
         }
         return event
     }
+
+    /// Whether a restart of the device at `address` is under way.
+    func isRecovering(_ address: BusAddress) -> Bool { state.withLock { $0.recovering.contains(address) } }
 
     /// The wait before the next restart of the device, or nil when the
     /// policy allows no more within its window. Counts the restart.

@@ -1,5 +1,6 @@
 import DriverHost
 import Foundation
+import Synchronization
 
 /// Why the OS could not read entropy.
 public enum EntropyError: Error, Equatable, CustomStringConvertible, Sendable {
@@ -24,6 +25,8 @@ public enum EntropyError: Error, Equatable, CustomStringConvertible, Sendable {
 public protocol EntropyDriverBinding: AnyObject, Sendable {
     /// Which driver and device, for logs.
     var label: String { get }
+    /// The device's bus location ("00:01.0").
+    var location: String { get }
     /// Up to `buffer.count` bytes (at most `RegisteredRNG.maxRead`) from the
     /// driver; how many it produced.
     func read(into buffer: UnsafeMutableRawBufferPointer) -> Result<Int, OyStatus>
@@ -31,15 +34,24 @@ public protocol EntropyDriverBinding: AnyObject, Sendable {
 
 extension RegisteredRNG: EntropyDriverBinding {}
 
-/// One entropy source of the OS ("hwrng0"), through its driver.
+/// One entropy source of the OS ("hwrng0"), through its driver. While its
+/// driver restarts, reads wait for the next one.
 public final class EntropySource: Sendable {
     public let name: String
-    public let registered: any EntropyDriverBinding
+    public let location: String
+    private let state: Mutex<(binding: any EntropyDriverBinding, awaitingDriver: Bool)>
 
     init(name: String, registered: any EntropyDriverBinding) {
         self.name = name
-        self.registered = registered
+        self.location = registered.location
+        state = Mutex((registered, false))
     }
+
+    /// The driver serving it now.
+    public var registered: any EntropyDriverBinding { state.withLock { $0.binding } }
+    var awaitsDriver: Bool { state.withLock { $0.awaitingDriver } }
+    func awaitDriver() { state.withLock { $0.awaitingDriver = true } }
+    func rebind(_ binding: any EntropyDriverBinding) { state.withLock { $0 = (binding, false) } }
 
     /// Which driver and device serve it.
     public var driverLabel: String { registered.label }
@@ -52,8 +64,13 @@ public final class EntropySource: Sendable {
         let deadline = Date(timeIntervalSinceNow: timeout)
         while filled < count {
             let want = min(count - filled, RegisteredRNG.maxRead)
-            let result = out.withUnsafeMutableBytes { registered.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[filled..<(filled + want)])) }
+            let (driver, restarting) = state.withLock { ($0.binding, $0.awaitingDriver) }
+            let result = out.withUnsafeMutableBytes { driver.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[filled..<(filled + want)])) }
             switch result {
+            case .failure(.deviceGone) where restarting || awaitsDriver:
+                // Its driver is being restarted: the next one answers.
+                if Date() > deadline { throw .starved(source: name, produced: filled, wanted: count) }
+                usleep(2000)
             case .failure(let status): throw .device(source: name, status)
             case .success(let produced): filled += produced
             }
@@ -66,6 +83,7 @@ public final class EntropySource: Sendable {
 /// The OS's entropy sources; `read` is its /dev/random, served by the first.
 public final class EntropySubsystem: ClassSubsystem {
     private let named = NamedDevices<EntropySource>(prefix: "hwrng")
+    private let parking = Parking()
     let deviceClass = RegisteredRNG.classID
 
     public var sources: [EntropySource] { named.all }
@@ -81,17 +99,38 @@ public final class EntropySubsystem: ClassSubsystem {
         adopt(source: registered, log: log)
     }
 
-    /// Adds a source, in process or served by a driver host.
+    /// Adds a source, in process or served by a driver host; a restarted
+    /// driver takes its device's source over.
     func adopt(source registered: any EntropyDriverBinding, log: KernelLog) {
+        if parking.contains(registered.location), let source = sources.first(where: { $0.location == registered.location }) {
+            source.rebind(registered)
+            log.record(.info, "entropy", "\(source.name): now served by \(registered.label)")
+            return
+        }
         let source = named.add { EntropySource(name: $0, registered: registered) }
         log.record(.info, "entropy", "\(source.name): entropy source via \(registered.label)")
     }
 
     func release(_ registration: ClassRegistration, log: KernelLog) {
-        _ = named.remove { $0.registered === registration }
+        guard let source = registration as? RegisteredRNG else { return }
+        release(source: source)
     }
 
     func release(source: any EntropyDriverBinding) {
-        _ = named.remove { $0.registered === source }
+        // A parked source stays for the restarted driver.
+        _ = named.remove { $0.registered === source && !parking.contains($0.location) }
+    }
+
+    func park(location: String, drainUntil: Date) {
+        parking.park(location)
+        for source in sources where source.location == location { source.awaitDriver() }
+    }
+
+    func unpark(location: String, failure: String?, log: KernelLog) {
+        parking.unpark(location)
+        // No driver took it over: it goes.
+        if let gone = named.remove(where: { $0.location == location && $0.awaitsDriver }) {
+            log.record(.warning, "entropy", "\(gone.name) is gone: \(failure ?? "its driver did not come back")")
+        }
     }
 }

@@ -12,10 +12,12 @@ import Synchronization
 /// call over the host's line, the bytes in the reply.
 final class HostedEntropySource: EntropyDriverBinding, Sendable {
     let label: String
+    let location: String
     private let line: HostLine
 
-    init(label: String, line: HostLine) {
+    init(label: String, location: String, line: HostLine) {
         self.label = label
+        self.location = location
         self.line = line
     }
 
@@ -42,11 +44,13 @@ final class HostedEntropySource: EntropyDriverBinding, Sendable {
 /// the OS's port.
 final class HostedSerialPort: SerialDriverBinding, Sendable {
     let label: String
+    let location: String
     private let channel: HostLine
     private let settings: Mutex<SerialLine>
 
-    init(label: String, line: HostLine, settings: SerialLine) {
+    init(label: String, location: String, line: HostLine, settings: SerialLine) {
         self.label = label
+        self.location = location
         self.channel = line
         self.settings = Mutex(settings)
     }
@@ -87,6 +91,7 @@ final class HostedSerialPort: SerialDriverBinding, Sendable {
 final class HostedNetdev: NetDriverBinding, @unchecked Sendable {
     // @unchecked Sendable: `state` is guarded by its Mutex; the rest is fixed.
     let label: String
+    let location: String
     let mac: [UInt8]
     let maxFrame: Int
     let queueDepth: Int
@@ -118,6 +123,7 @@ final class HostedNetdev: NetDriverBinding, @unchecked Sendable {
         let slotSize = (maxFrame + 63) / 64 * 64
         guard let region = platform.memory.allocate(bytes: slotSize * queueDepth) else { return nil }
         self.label = label
+        self.location = slot.address.description
         self.line = line
         self.mac = mac
         self.maxFrame = maxFrame

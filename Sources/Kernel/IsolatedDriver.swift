@@ -348,7 +348,7 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
             reply.i32(0)
         case .registerRNG:
             guard let kernel else { throw OyStatus.deviceGone }
-            let source = HostedEntropySource(label: label, line: line)
+            let source = HostedEntropySource(label: label, location: location, line: line)
             guard state.withLock({ s -> Bool in
                 defer { if s.entropy == nil { s.entropy = source } }
                 return s.entropy == nil
@@ -360,7 +360,7 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
             reply.i32(0)
         case .registerSerial:
             guard let kernel else { throw OyStatus.deviceGone }
-            let binding = HostedSerialPort(label: label, line: self.line, settings: try body.serialLine())
+            let binding = HostedSerialPort(label: label, location: location, line: self.line, settings: try body.serialLine())
             guard state.withLock({ $0.serial == nil }) else { throw OyStatus.busy }
             let port = kernel.serial.adopt(port: binding, log: log)
             state.withLock { $0.serial = (binding, port) }
@@ -483,6 +483,9 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
             return !s.leaving && s.attached
         }
         guard report else { return }
+        // Its NIC, port or entropy source waits for the restarted driver
+        // from now on, not from when the supervisor gets to it.
+        kernel?.parkDevices(at: slot.address)
         // The line closes as the process ends; its status follows (a crash
         // report being written first can take a moment).
         var status: Int32 = 0, waited: pid_t = 0
@@ -495,7 +498,11 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
         log.record(.error, "kernel", "\(label) ended: \(how)")
         guard let kernel else { return }
         let address = slot.address
-        Thread.detachNewThread { _ = kernel.supervisor.recover(address, cause: "its driver host ended (\(how))") }
+        Thread.detachNewThread {
+            if kernel.supervisor.recover(address, cause: "its driver host ended (\(how))") == nil, !kernel.supervisor.isRecovering(address) {
+                kernel.unparkDevices(at: address, failure: "its driver host ended (\(how)) and could not be restarted")
+            }
+        }
     }
 
     static func describe(_ status: Int32) -> String {

@@ -156,6 +156,20 @@ public final class Kernel: @unchecked Sendable {
         try attach(try loadLibrary(file), to: slot)
     }
 
+    /// The driver of the device at `address` is being restarted: its NIC,
+    /// serial port or entropy source stays for the next driver (a disk
+    /// holds by itself, `Disk.beginRecovery`).
+    func parkDevices(at address: BusAddress, drainUntil: Date = .distantPast) {
+        for subsystem in classSubsystems { subsystem.park(location: address.description, drainUntil: drainUntil) }
+    }
+
+    /// The restart is over; `failure`: it failed, and parked devices go.
+    func unparkDevices(at address: BusAddress, failure: String?) {
+        for subsystem in classSubsystems { subsystem.unpark(location: address.description, failure: failure, log: log) }
+    }
+
+    private var classSubsystems: [any ClassSubsystem] { [blockLayer, network, serial, entropy] }
+
     /// The device classes whose drivers run in driver hosts when
     /// `driverHostExecutable` is set.
     public static var hostedClasses: Set<String> { IsolatedDriver.servedClasses }
@@ -191,6 +205,11 @@ public final class Kernel: @unchecked Sendable {
 
     /// The process of the driver host serving `address`, if one does.
     public func driverHostProcess(at address: BusAddress) -> pid_t? { lock.withLock { isolated[address]?.pid } }
+
+    /// The driver a driver host runs for `address`: its file and process.
+    public func hostedDriver(at address: BusAddress) -> (file: DriverFile, process: pid_t)? {
+        lock.withLock { isolated[address].map { ($0.file, $0.pid) } }
+    }
 
     /// Loads a driver file (once per file) without attaching it.
     public func loadDriver(path: String) throws -> DriverLibrary {
@@ -321,14 +340,12 @@ public final class Kernel: @unchecked Sendable {
     /// Why a live replacement did not happen (the device is then served as before, when it can be).
     public enum ReplaceError: Error, CustomStringConvertible {
         case noDriver(String)
-        case notADisk(String)
         case drainTimedOut(String)
         case attachFailed(String, reason: String, restored: Bool)
 
         public var description: String {
             switch self {
             case .noDriver(let device): "no driver is bound to \(device)"
-            case .notADisk(let device): "\(device) serves no disk; live replacement covers block devices"
             case .drainTimedOut(let device): "the driver of \(device) did not complete what it had accepted in time; it stays bound"
             case .attachFailed(let device, let reason, let restored):
                 "the new driver did not attach to \(device): \(reason); " + (restored ? "the old driver serves it again" : "the old driver could not be re-attached either, and the disk is gone")
@@ -380,7 +397,9 @@ public final class Kernel: @unchecked Sendable {
                             attachNew: (BusSlot) throws -> Void, attachOld: (BusSlot) throws -> Void) throws(ReplaceError) -> Replacement {
         let device = address.description
         guard let slot = platform.bus.enumerate().first(where: { $0.address == address }) else { throw .noDriver(device) }
-        guard let disk = blockLayer.disk(at: device) else { throw .notADisk(device) }
+        guard let disk = blockLayer.disk(at: device) else {
+            return try swapParked(slot, old: old, new: new, drainTimeout: drainTimeout, detachOld: detachOld, attachNew: attachNew, attachOld: attachOld)
+        }
         let started = ContinuousClock.now
         guard disk.beginReplacement(deadline: Date(timeIntervalSinceNow: drainTimeout)) else {
             disk.endReplacement()
@@ -411,6 +430,34 @@ public final class Kernel: @unchecked Sendable {
         let pause = ContinuousClock.now - started
         log.record(.info, "kernel", "\(device): \(old) replaced by \(new) in \(pause), \(held) request(s) held")
         return Replacement(device: device, old: old, new: new, pause: pause, heldRequests: held)
+    }
+
+    /// The swap for a NIC, serial port or entropy source: its OS device is
+    /// parked (frames wait, the old driver's drain), the old driver detached
+    /// and the new one attached, which takes the device over.
+    private func swapParked(_ slot: BusSlot, old: String, new: String, drainTimeout: Double, detachOld: (BusSlot) -> Void,
+                            attachNew: (BusSlot) throws -> Void, attachOld: (BusSlot) throws -> Void) throws(ReplaceError) -> Replacement {
+        let device = slot.address.description
+        let started = ContinuousClock.now
+        parkDevices(at: slot.address, drainUntil: Date(timeIntervalSinceNow: drainTimeout))
+        detachOld(slot)
+        func failure(_ attach: (BusSlot) throws -> Void) -> String? {
+            do {
+                try attach(slot)
+                return nil
+            } catch {
+                return "\(error)"
+            }
+        }
+        if let failed = failure(attachNew) {
+            let restored = failure(attachOld) == nil
+            unparkDevices(at: slot.address, failure: restored ? nil : "\(device) has no driver: \(new) failed to attach (\(failed)) and \(old) could not be restored")
+            throw .attachFailed(device, reason: failed, restored: restored)
+        }
+        unparkDevices(at: slot.address, failure: nil)
+        let pause = ContinuousClock.now - started
+        log.record(.info, "kernel", "\(device): \(old) replaced by \(new) in \(pause)")
+        return Replacement(device: device, old: old, new: new, pause: pause, heldRequests: 0)
     }
 
     /// Detaches every device and unloads every driver.

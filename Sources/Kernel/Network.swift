@@ -9,6 +9,8 @@ import Synchronization
 public protocol NetDriverBinding: AnyObject, Sendable {
     /// Which driver and device, for logs.
     var label: String { get }
+    /// The device's bus location ("00:01.0").
+    var location: String { get }
     var mac: [UInt8] { get }
     var maxFrame: Int { get }
     var queueDepth: Int { get }
@@ -36,8 +38,8 @@ extension RegisteredNetdev: NetDriverBinding {
 public final class NetInterface: NetReceiver, @unchecked Sendable {
     // @unchecked Sendable: mutable state is guarded by `lock`.
     public let name: String
-    public let netdev: any NetDriverBinding
-    public var mac: [UInt8] { netdev.mac }
+    public let location: String
+    public let mac: [UInt8]
     public static let queueLimit = 1024
 
     public struct Counters: Sendable, Equatable {
@@ -56,11 +58,40 @@ public final class NetInterface: NetReceiver, @unchecked Sendable {
     private let queue: SubmissionQueue<NetFrame>
     private var handler: Handler?
     private var linkHandler: (@Sendable (Bool) -> Void)?
+    private var netdev_: any NetDriverBinding
+    /// Its driver is being restarted: frames wait for the next one.
+    private var awaitingDriver = false
 
     init(name: String, netdev: any NetDriverBinding) {
         self.name = name
-        self.netdev = netdev
+        self.location = netdev.location
+        self.mac = netdev.mac
+        self.netdev_ = netdev
         queue = SubmissionQueue(depth: netdev.queueDepth, limit: Self.queueLimit, submit: { netdev.transmit($0) }, fail: { $0.finishUnsubmitted($1) })
+    }
+
+    /// The driver serving it now.
+    public var netdev: any NetDriverBinding { lock.withLock { netdev_ } }
+    var awaitsDriver: Bool { lock.withLock { awaitingDriver } }
+
+    /// Its driver is being restarted or replaced: frames to send wait in
+    /// software (up to `queueLimit`); those the old driver has are let
+    /// complete until `drainUntil`, then canceled by its detach.
+    func awaitDriver(drainUntil: Date) {
+        lock.withLock { awaitingDriver = true }
+        _ = queue.hold(until: drainUntil)
+    }
+
+    /// The restarted driver serves it (the same MAC): waiting frames go to it.
+    func rebind(_ netdev: any NetDriverBinding) -> Bool {
+        guard netdev.mac == mac else { return false }
+        lock.withLock {
+            netdev_ = netdev
+            awaitingDriver = false
+        }
+        queue.resume(submit: { netdev.transmit($0) }, depth: netdev.queueDepth)
+        if let link = lock.withLock({ linkHandler }) { link(netdev.linkUp) }
+        return true
     }
 
     public var counters: Counters { lock.withLock { counters_ } }
@@ -78,7 +109,7 @@ public final class NetInterface: NetReceiver, @unchecked Sendable {
     /// interface gone, or a size the interface cannot send).
     @discardableResult
     public func send(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard bytes.count >= 14, bytes.count <= netdev.maxFrame else {
+        guard bytes.count >= 14, bytes.count <= lock.withLock({ netdev_.maxFrame }) else {
             lock.withLock { counters_.txDropped += 1 }
             return false
         }
@@ -136,6 +167,7 @@ public final class NetInterface: NetReceiver, @unchecked Sendable {
 /// The OS's network interfaces, named eth0, eth1... in registration order.
 public final class NetworkSubsystem: ClassSubsystem {
     private let named = NamedDevices<NetInterface>(prefix: "eth")
+    private let parking = Parking()
     let deviceClass = RegisteredNetdev.classID
 
     public var interfaces: [NetInterface] { named.all }
@@ -147,20 +179,41 @@ public final class NetworkSubsystem: ClassSubsystem {
         netdev.receiver = adopt(netdev: netdev, log: log)
     }
 
-    /// Adds an interface, in process or served by a driver host; the caller
+    /// Adds an interface, in process or served by a driver host (a
+    /// restarted driver takes its device's interface over); the caller
     /// routes what the driver reports to it.
     @discardableResult
     func adopt(netdev: any NetDriverBinding, log: KernelLog) -> NetInterface {
+        if parking.contains(netdev.location), let interface = interfaces.first(where: { $0.location == netdev.location && $0.awaitsDriver }),
+            interface.rebind(netdev)
+        {
+            log.record(.info, "net", "\(interface.name): now served by \(netdev.label)")
+            return interface
+        }
         let interface = named.add { NetInterface(name: $0, netdev: netdev) }
         log.record(.info, "net", "\(interface.name): \(RegisteredNetdev.format(netdev.mac)) via \(netdev.label), link \(netdev.linkUp ? "up" : "down")")
         return interface
     }
 
     func release(_ registration: ClassRegistration, log: KernelLog) {
-        named.remove { $0.netdev === registration }?.markRemoved()
+        guard let netdev = registration as? RegisteredNetdev else { return }
+        release(netdev: netdev)
     }
 
     func release(netdev: any NetDriverBinding) {
-        named.remove { $0.netdev === netdev }?.markRemoved()
+        // A parked interface stays for the restarted driver.
+        named.remove { $0.netdev === netdev && !parking.contains($0.location) }?.markRemoved()
+    }
+
+    func park(location: String, drainUntil: Date) {
+        parking.park(location)
+        for interface in interfaces where interface.location == location { interface.awaitDriver(drainUntil: drainUntil) }
+    }
+
+    func unpark(location: String, failure: String?, log: KernelLog) {
+        parking.unpark(location)
+        guard let gone = named.remove(where: { $0.location == location && $0.awaitsDriver }) else { return }
+        gone.markRemoved()
+        log.record(.warning, "net", "\(gone.name) is gone: \(failure ?? "its driver did not come back")")
     }
 }

@@ -8,6 +8,8 @@ import Synchronization
 public protocol SerialDriverBinding: AnyObject, Sendable {
     /// Which driver and device, for logs.
     var label: String { get }
+    /// The device's bus location ("00:01.0").
+    var location: String { get }
     var line: SerialLine { get }
     /// Queues what fits; how many bytes the driver took.
     func write(_ bytes: UnsafeRawBufferPointer) -> Result<Int, OyStatus>
@@ -27,7 +29,10 @@ extension RegisteredSerialPort: SerialDriverBinding {}
 public final class SerialPort: SerialReceiver, @unchecked Sendable {
     // @unchecked Sendable: mutable state is guarded by `lock`.
     public let name: String
-    public let port: any SerialDriverBinding
+    public let location: String
+    private var port_: any SerialDriverBinding
+    /// Its driver is being restarted: output waits for the next one.
+    private var awaitingDriver = false
     private let lock = NSLock()
     private var pending: [UInt8] = []
     /// A drain is queued or running on `transmitQueue`.
@@ -49,12 +54,26 @@ public final class SerialPort: SerialReceiver, @unchecked Sendable {
 
     init(name: String, port: any SerialDriverBinding) {
         self.name = name
-        self.port = port
+        self.location = port.location
+        self.port_ = port
         transmitQueue = DispatchQueue(label: "oyako.\(name).transmit")
         transmitQueue.setSpecific(key: Self.transmitKey, value: ObjectIdentifier(port))
     }
 
+    /// The driver serving it now.
+    public var port: any SerialDriverBinding { lock.withLock { port_ } }
     public var line: SerialLine { port.line }
+    var awaitsDriver: Bool { lock.withLock { awaitingDriver } }
+    func awaitDriver() { lock.withLock { awaitingDriver = true } }
+
+    /// The restarted driver serves it: output that waited goes to it.
+    func rebind(_ port: any SerialDriverBinding) {
+        lock.withLock {
+            port_ = port
+            awaitingDriver = false
+        }
+        startDrain(driverMadeRoom: true)
+    }
     public var lost: Int { lock.withLock { lostBytes } }
     /// How many times the driver reported lost input (`error` calls).
     public var lossReports: Int { lock.withLock { lossReportCount } }
@@ -171,6 +190,7 @@ public final class SerialPort: SerialReceiver, @unchecked Sendable {
 /// The OS's serial ports; the first is the console.
 public final class SerialSubsystem: ClassSubsystem {
     private let named = NamedDevices<SerialPort>(prefix: "ttyS")
+    private let parking = Parking()
     let deviceClass = RegisteredSerialPort.classID
 
     public var ports: [SerialPort] { named.all }
@@ -182,10 +202,16 @@ public final class SerialSubsystem: ClassSubsystem {
         registered.receiver = port
     }
 
-    /// Adds a port, in process or served by a driver host; the caller
-    /// routes what the driver reports to it.
+    /// Adds a port, in process or served by a driver host (a restarted
+    /// driver takes its device's port over); the caller routes what the
+    /// driver reports to it.
     @discardableResult
     func adopt(port registered: any SerialDriverBinding, log: KernelLog) -> SerialPort {
+        if parking.contains(registered.location), let port = ports.first(where: { $0.location == registered.location }) {
+            port.rebind(registered)
+            log.record(.info, "serial", "\(port.name): now served by \(registered.label)")
+            return port
+        }
         let port = named.add { SerialPort(name: $0, port: registered) }
         if console === port { log.attachConsole(port) }
         log.record(.info, "serial", "\(port.name): \(registered.line.baud) baud via \(registered.label)")
@@ -197,8 +223,26 @@ public final class SerialSubsystem: ClassSubsystem {
     }
 
     func release(port registered: (any SerialDriverBinding)?, log: KernelLog) {
-        guard let registered else { return }
-        if console?.port === registered { log.attachConsole(nil) }
-        _ = named.remove { $0.port === registered }
+        // A parked port stays for the restarted driver.
+        guard let registered, !parking.contains(registered.location) else { return }
+        remove(log: log) { $0.port === registered }
+    }
+
+    private func remove(log: KernelLog, where matches: (SerialPort) -> Bool) {
+        let console = self.console
+        guard let gone = named.remove(where: matches) else { return }
+        if gone === console { log.attachConsole(nil) }
+    }
+
+    func park(location: String, drainUntil: Date) {
+        parking.park(location)
+        for port in ports where port.location == location { port.awaitDriver() }
+    }
+
+    func unpark(location: String, failure: String?, log: KernelLog) {
+        parking.unpark(location)
+        guard let gone = ports.first(where: { $0.location == location && $0.awaitsDriver }) else { return }
+        remove(log: log) { $0 === gone }
+        log.record(.warning, "serial", "\(gone.name) is gone: \(failure ?? "its driver did not come back")")
     }
 }

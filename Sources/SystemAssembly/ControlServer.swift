@@ -156,9 +156,7 @@ public final class ControlServer: @unchecked Sendable {
 
     private func replace(_ request: ControlRequest) -> ControlResponse {
         guard let name = request.driver, let file = request.file else { return .failed("replace needs the driver's name and the new file") }
-        let hosted = kernel.platform.bus.enumerate().map(\.address).filter {
-            kernel.driverHostProcess(at: $0) != nil && kernel.blockLayer.disk(at: $0.description)?.driver.driverName == name
-        }
+        let hosted = kernel.platform.bus.enumerate().map(\.address).filter { kernel.hostedDriver(at: $0)?.file.metadata.name == name }
         if !hosted.isEmpty { return replaceInDriverHosts(name: name, file: file, at: hosted) }
         let devices = kernel.devices(servedBy: name)
         guard !devices.isEmpty else { return .failed("no device is served by a driver named \(name); loaded: \(loadedNames)") }
@@ -179,10 +177,6 @@ public final class ControlServer: @unchecked Sendable {
                 let r = try kernel.replaceDriver(at: address, with: library)
                 done.append(.init(device: r.device, old: old.map { "\($0.name) \($0.metadata.version)" } ?? r.old,
                                   new: "\(library.name) \(library.metadata.version)", pauseMilliseconds: r.pause.milliseconds, heldRequests: r.heldRequests))
-            } catch Kernel.ReplaceError.notADisk {
-                if kernel.devices(servedBy: library.name).isEmpty, library !== old { _ = kernel.unload(library) }
-                return ControlResponse(ok: false, message: "\(name) serves no disk at \(address); live replacement covers disk drivers: unload and load it instead",
-                                       replacements: done)
             } catch {
                 return ControlResponse(ok: false, message: "\(error)", replacements: done)
             }
@@ -195,11 +189,12 @@ public final class ControlServer: @unchecked Sendable {
     /// Replacement of a driver that runs in driver-host processes: a new host with the new file.
     private func replaceInDriverHosts(name: String, file: String, at devices: [BusAddress]) -> ControlResponse {
         var done: [ControlResponse.Replacement] = []
+        func running(_ address: BusAddress) -> String? { kernel.hostedDriver(at: address).map { "\($0.file.metadata.name) \($0.file.metadata.version)" } }
         for address in devices {
-            let old = kernel.blockLayer.disk(at: address.description).map { "\($0.driver.driverName) \($0.driver.driverVersion)" } ?? name
+            let old = running(address) ?? name
             do {
                 let r = try kernel.replaceDriver(at: address, withFile: file)
-                let new = kernel.blockLayer.disk(at: address.description).map { "\($0.driver.driverName) \($0.driver.driverVersion)" } ?? r.new
+                let new = running(address) ?? r.new
                 done.append(.init(device: r.device, old: old, new: new, pauseMilliseconds: r.pause.milliseconds, heldRequests: r.heldRequests))
             } catch {
                 return ControlResponse(ok: false, message: "\(error)", replacements: done)
@@ -223,9 +218,8 @@ public final class ControlServer: @unchecked Sendable {
             return ControlResponse.Driver(name: library.name, version: library.metadata.version, sha256: library.sha256, devices: devices)
         }
         let hosted = kernel.platform.bus.enumerate().compactMap { slot -> ControlResponse.Driver? in
-            guard let pid = kernel.driverHostProcess(at: slot.address), let disk = kernel.blockLayer.disk(at: slot.address.description) else { return nil }
-            let d = disk.driver
-            return ControlResponse.Driver(name: d.driverName, version: d.driverVersion, sha256: d.driverSHA256, devices: [slot.address.description], process: pid)
+            guard let (file, pid) = kernel.hostedDriver(at: slot.address) else { return nil }
+            return ControlResponse.Driver(name: file.metadata.name, version: file.metadata.version, sha256: file.sha256, devices: [slot.address.description], process: pid)
         }
         return (inProcess + hosted).sorted { ($0.name, $0.sha256) < ($1.name, $1.sha256) }
     }

@@ -54,17 +54,90 @@ import Workloads
         let big = try kernel.entropy.read(66_000, timeout: 120)
         #expect(big.count == 66_000 && Set(big).count > 200, "bytes from the device, not zeros")
 
+        // A reader keeps reading across the restart: it waits, it does not fail.
+        let stop = Atomic<Bool>(false), failures = Mutex<[String]>([]), reads = Atomic<Int>(0)
+        let reader = DispatchGroup()
+        reader.enter()
+        Thread.detachNewThread {
+            defer { reader.leave() }
+            while !stop.load(ordering: .acquiring) {
+                do {
+                    _ = try kernel.entropy.read(32)
+                    reads.add(1, ordering: .relaxed)
+                } catch {
+                    failures.withLock { $0.append("\(error)") }
+                }
+            }
+        }
+        while reads.load(ordering: .relaxed) < 3 { usleep(1000) }
         kill(first, SIGKILL)
         let deadline = Date(timeIntervalSinceNow: 10)
         while kernel.supervisor.events.isEmpty && Date() < deadline { usleep(5000) }
+        let before = reads.load(ordering: .relaxed)
+        while reads.load(ordering: .relaxed) < before + 3 && Date() < deadline { usleep(1000) }
+        stop.store(true, ordering: .releasing)
+        reader.wait()
         guard case .restarted? = kernel.supervisor.events.first?.outcome else {
             Issue.record("expected a restart, got \(kernel.supervisor.events)")
             return
         }
+        #expect(failures.withLock { $0 }.isEmpty, "readers saw latency, not errors: \(failures.withLock { $0 })")
         let second = try #require(kernel.driverHostProcess(at: address))
-        #expect(second != first && kernel.entropy.sources.count == 1)
+        #expect(second != first && kernel.entropy.sources.map(\.name) == ["hwrng0"], "the same source, served by the new host")
         let after = try kernel.entropy.read(64)
         #expect(after.count == 64 && Array(big.prefix(64)) != after)
+    }
+
+    /// Waits for the supervisor's first event and returns the new host's
+    /// process, or nil when the driver was not restarted.
+    static func awaitRestart(_ kernel: Kernel, at address: BusAddress, replacing first: pid_t) -> pid_t? {
+        let deadline = Date(timeIntervalSinceNow: 10)
+        while kernel.supervisor.events.isEmpty && Date() < deadline { usleep(5000) }
+        guard case .restarted? = kernel.supervisor.events.first?.outcome, let second = kernel.driverHostProcess(at: address), second != first else { return nil }
+        return second
+    }
+
+    @Test func aNICKeepsItsInterfaceWhenItsDriverHostIsKilled() throws {
+        let s = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver("e1klite")], nics: 2, hosted: true) { testbed in
+            let cable = Crossover(testbed.nics[0], testbed.nics[1])
+            testbed.nics[0].wire = cable
+            testbed.nics[1].wire = cable
+            cable.setConnected(true)
+        }
+        defer { s.shutdown() }
+        s.kernel.supervisor.policy = Self.quickPolicy()
+        let net = s.kernel.network.interfaces
+        let address = try #require(s.machine.bus.enumerate().first { $0.device === s.testbed.nics[0] }?.address)
+        let first = try #require(s.kernel.driverHostProcess(at: address))
+        let frames = (0..<4).map { NetChecks.frame(from: net[0].mac, to: net[1].mac, length: 600, seed: $0) }
+        #expect(NetChecks.roundTrip(from: net[0], to: net[1], frames: frames) == frames)
+
+        kill(first, SIGKILL)
+        #expect(Self.awaitRestart(s.kernel, at: address, replacing: first) != nil, "\(s.kernel.supervisor.events)")
+        #expect(s.kernel.network.interfaces.map(\.name) == ["eth0", "eth1"] && s.kernel.network.interfaces[0] === net[0],
+                "the same interface, served by the new host")
+        #expect(NetChecks.roundTrip(from: net[0], to: net[1], frames: frames) == frames, "frames flow again through the same interface")
+        #expect(NetChecks.roundTrip(from: net[1], to: net[0], frames: frames.map { NetChecks.frame(from: net[1].mac, to: net[0].mac, length: $0.count, seed: 7) }).count == 4)
+    }
+
+    @Test func aSerialPortKeepsItsOutputWhenItsDriverHostIsKilled() throws {
+        let s = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver("uart16550")], hosted: true)
+        defer { s.shutdown() }
+        s.kernel.supervisor.policy = Self.quickPolicy()
+        let tty = try #require(s.kernel.serial.console)
+        let address = try #require(s.machine.bus.enumerate().first { $0.device === s.testbed.uart }?.address)
+        let first = try #require(s.kernel.driverHostProcess(at: address))
+        #expect(NetChecks.serialOut(tty, s.testbed.console, Array("before\n".utf8)))
+
+        kill(first, SIGKILL)
+        // Written while the driver is gone: it waits for the next one.
+        tty.write(Array("while restarting\n".utf8))
+        #expect(Self.awaitRestart(s.kernel, at: address, replacing: first) != nil, "\(s.kernel.supervisor.events)")
+        #expect(s.kernel.serial.console === tty && s.kernel.serial.ports.count == 1, "the same port, still the console")
+        #expect(NetChecks.serialOut(tty, s.testbed.console, Array("after\n".utf8)))
+        #expect(String(decoding: s.testbed.console.contents, as: UTF8.self).contains("while restarting\n"), "nothing written meanwhile was lost")
+        let back = (0..<200).map { UInt8(truncatingIfNeeded: $0 * 13 + 1) }
+        #expect(NetChecks.serialIn(tty, s.testbed.uart, back) == back, "input arrives through the new host")
     }
 
     static func quickPolicy() -> RestartPolicy {

@@ -108,6 +108,43 @@ import Testing
         }
     }
 
+    /// Live replacement of a NIC's driver under a sender: the interface
+    /// stays, frames wait while no driver has it, and none fails.
+    @Test(arguments: [false, true]) func aNICsDriverIsReplacedLiveUnderTraffic(hosted: Bool) throws {
+        let s = try system(hosted: hosted)
+        defer { s.shutdown() }
+        let net = s.kernel.network.interfaces
+        let address = try #require(s.machine.bus.enumerate().first { $0.device === s.testbed.nics[0] }?.address)
+        let path = try Fixtures.referenceDriver("e1klite")
+        let stop = Atomic<Bool>(false), accepted = Atomic<Int>(0)
+        let sender = DispatchGroup()
+        sender.enter()
+        Thread.detachNewThread {
+            defer { sender.leave() }
+            var i = 0
+            while !stop.load(ordering: .acquiring) {
+                if net[0].send(NetChecks.frame(from: net[0].mac, to: net[1].mac, length: 200, seed: i)) { accepted.add(1, ordering: .relaxed) }
+                i += 1
+                if i % 16 == 0 { usleep(200) }
+            }
+        }
+        for _ in 0..<5 {
+            let replacement = hosted ? try s.kernel.replaceDriver(at: address, withFile: path)
+                : try s.kernel.replaceDriver(at: address, with: try s.kernel.loadDriver(path: path))
+            #expect(replacement.device == address.description)
+            usleep(20_000)
+        }
+        stop.store(true, ordering: .releasing)
+        sender.wait()
+        let total = accepted.load(ordering: .relaxed)
+        #expect(total > 0)
+        #expect(eventually(10) { net[0].counters.txFrames + net[0].counters.txErrors == total }, "\(net[0].counters) of \(total) accepted")
+        #expect(net[0].counters.txErrors == 0, "no frame failed across the replacements: \(net[0].counters)")
+        #expect(s.kernel.network.interfaces.map(\.name) == ["eth0", "eth1"] && s.kernel.network.interfaces[0] === net[0])
+        let frames = (0..<3).map { NetChecks.frame(from: net[0].mac, to: net[1].mac, length: 300, seed: $0) }
+        #expect(NetChecks.roundTrip(from: net[0], to: net[1], frames: frames) == frames)
+    }
+
     @Test(arguments: [false, true]) func detachCancelsQueuedFramesAndReleasesEverything(hosted: Bool) throws {
         let s = try system(hosted: hosted)
         defer { s.shutdown() }

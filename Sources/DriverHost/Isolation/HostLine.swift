@@ -165,8 +165,10 @@ public final class HostLine: @unchecked Sendable {
                 defer { s.waiting.removeAll() }
                 return Array(s.waiting.values)
             }
-            for waiter in waiters { waiter.done.signal() }
+            // `closed` first: callers that learn of the end from their call
+            // find its consequences (a restart begun) already in place.
             closed(reason)
+            for waiter in waiters { waiter.done.signal() }
         }
     }
 
