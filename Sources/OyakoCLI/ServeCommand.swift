@@ -23,8 +23,7 @@ struct ServeCommand: ParsableCommand {
     @Flag(help: "Boot the OS on bare metal instead of as the root partition.")
     var bare = false
 
-    @Flag(name: .customLong("driver-hosts"), help: "Run disk drivers in processes of their own: a crash ends only that process, and the driver is restarted.")
-    var driverHosts = false
+    @Flag var placement: DriverPlacement = .driverHosts
 
     @Option(name: .customLong("disk-mib"), help: "Size of a new disk image, in MiB.")
     var diskMiB: UInt64 = 256
@@ -51,7 +50,7 @@ struct ServeCommand: ParsableCommand {
         var options = ServeSession.Options(state: state, drivers: files)
         options.diskSize = diskMiB << 20
         options.bareMetal = bare
-        if driverHosts { options.driverHost = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path }
+        if placement == .driverHosts { options.driverHost = DriverPlacement.hostExecutable }
         let session = try runJob("serve") { try ServeSession(options) }
         // SIGINT and SIGTERM end the session cleanly.
         let signals = [SIGINT, SIGTERM].map { number -> DispatchSourceSignal in
@@ -65,8 +64,9 @@ struct ServeCommand: ParsableCommand {
         for library in session.kernel.loadedDrivers.sorted(by: { $0.name < $1.name }) {
             banner += "  driver \(library.name) \(library.metadata.version) sha256 \(library.sha256.prefix(16))\n"
         }
-        for disk in session.kernel.blockLayer.disks where disk.registered == nil {
-            banner += "  driver \(disk.driverLabel)\n"
+        for slot in session.kernel.platform.bus.enumerate() {
+            guard let (file, pid) = session.kernel.hostedDriver(at: slot.address) else { continue }
+            banner += "  driver \(file.metadata.name) \(file.metadata.version) sha256 \(file.sha256.prefix(16)) on \(slot.address) in driver host \(pid)\n"
         }
         if let block = session.blockServer { banner += "  vhost-user-blk: \(block.path)\n" }
         banner += "  control: \(session.control.path) (oyako driver list|load|unload|replace --control \(session.control.path))\n"
@@ -77,4 +77,20 @@ struct ServeCommand: ParsableCommand {
         session.shutdown()
         print("stopped")
     }
+}
+
+/// Where the drivers run: each in a driver-host process of its own (the
+/// default), or in oyako's own process.
+enum DriverPlacement: String, EnumerableFlag {
+    case driverHosts, inProcess
+
+    static func help(for value: DriverPlacement) -> ArgumentHelp? {
+        switch value {
+        case .driverHosts: "Run each driver in a driver-host process of its own (the default): a crash ends only that process, and the driver is restarted."
+        case .inProcess: "Run the drivers in this process (to debug a driver; a crash ends everything)."
+        }
+    }
+
+    /// This executable, which runs driver hosts (`oyako driver-host`).
+    static var hostExecutable: String { URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path }
 }

@@ -157,7 +157,17 @@ public final class ControlServer: @unchecked Sendable {
     private func replace(_ request: ControlRequest) -> ControlResponse {
         guard let name = request.driver, let file = request.file else { return .failed("replace needs the driver's name and the new file") }
         let hosted = kernel.platform.bus.enumerate().map(\.address).filter { kernel.hostedDriver(at: $0)?.file.metadata.name == name }
-        if !hosted.isEmpty { return replaceInDriverHosts(name: name, file: file, at: hosted) }
+        if !hosted.isEmpty {
+            // Read, not loaded: the new file runs only in its driver hosts.
+            let new: DriverFile
+            do {
+                new = try DriverFile.inspect(path: file)
+            } catch {
+                return .failed("\(error)")
+            }
+            guard new.metadata.name == name else { return .failed("\(file) is the driver \(new.metadata.name), not \(name)") }
+            return replaceInDriverHosts(name: name, file: file, at: hosted)
+        }
         let devices = kernel.devices(servedBy: name)
         guard !devices.isEmpty else { return .failed("no device is served by a driver named \(name); loaded: \(loadedNames)") }
         let library: DriverLibrary
