@@ -33,6 +33,8 @@ struct DemoCommand: ParsableCommand {
     @Flag(name: .customLong("no-install"), help: "Do not install a missing QEMU with apt; say why the VM cannot run instead.")
     var noInstall = false
 
+    @Flag var placement: DriverPlacement = .driverHosts
+
     @Flag(help: "Run the root's disk driver in a driver host; while the children do I/O, replace it with a rebuilt copy and kill its host with SIGKILL for the Kernel to restart; their I/O must still verify.")
     var chaos = false
 
@@ -51,6 +53,7 @@ struct DemoCommand: ParsableCommand {
         runner.linuxVM = !noVM
         runner.installVMM = !noInstall
         runner.chaos = chaos
+        runner.driverHost = placement == .driverHosts ? DriverPlacement.hostExecutable : nil
         let report = try runJob("demo") { try runner.run() }
         if json {
             try printJSON(report)

@@ -45,6 +45,11 @@ public struct DemoRunner {
     /// children do I/O, replace it with a rebuilt copy and kill its host with
     /// SIGKILL, for the Kernel to restart; the children's I/O must still verify.
     public var chaos = false
+    /// Run each driver, bare and in the root, in a driver-host process of
+    /// this executable (`oyako driver-host`); nil: in the OS's process
+    /// (under --chaos the root's drivers go to hosts of this process's
+    /// executable anyway).
+    public var driverHost: String?
 
     /// Where each run works on the 512-byte-block disk.
     static let bareRegion: Range<UInt64> = 0..<4096
@@ -146,6 +151,7 @@ public struct DemoRunner {
         }
         progress("[bare] eth0's cable leads to \(outside.description)")
         let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: driverPaths)
+        kernel.driverHostExecutable = driverHost
         let boot = kernel.boot()
         defer { kernel.shutdown() }
         let disks = try exercise(kernel: kernel, label: "bare", boot: boot, region: Self.bareRegion, seed: 0xBA2E)
@@ -182,10 +188,8 @@ public struct DemoRunner {
         let sample = hv.machineAddress(partition: hv.root.id, gpa: 0x10_0000) ?? 0
         progress("[root] hypervisor started; root partition \(hv.root.id) with 96 MiB; root GPA 0x100000 is machine address 0x\(String(sample, radix: 16))")
         let kernel = Kernel(platform: root.platform, driverPaths: driverPaths)
-        if rebuilt != nil {
-            // --chaos: the disk driver runs in a driver-host process, to be killed.
-            kernel.driverHostExecutable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-        }
+        // --chaos: the disk driver runs in a driver-host process, to be killed.
+        kernel.driverHostExecutable = driverHost ?? (rebuilt != nil ? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path : nil)
         let boot = kernel.boot()
         defer { kernel.shutdown() }
 
@@ -414,6 +418,11 @@ public struct DemoRunner {
         for library in kernel.loadedDrivers.sorted(by: { $0.name < $1.name }) {
             progress("[\(label)] loaded \(library.name) \(library.metadata.version), ABI \(library.abiVersion), mapped file \(library.mappedPath)")
             progress("[\(label)]   sha256 \(library.sha256)")
+        }
+        for slot in kernel.platform.bus.enumerate() {
+            guard let (file, pid) = kernel.hostedDriver(at: slot.address) else { continue }
+            progress("[\(label)] \(slot.address): \(file.metadata.name) \(file.metadata.version) in driver host \(pid), file \(file.resolvedPath)")
+            progress("[\(label)]   sha256 \(file.sha256)")
         }
         var entries: [DemoReport.DiskEntry] = []
         for disk in kernel.blockLayer.disks {
