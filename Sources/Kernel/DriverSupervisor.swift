@@ -14,7 +14,8 @@ public struct RestartPolicy: Sendable, Equatable {
     public var backoff: Duration = .milliseconds(100)
     public var maxBackoff: Duration = .seconds(2)
     /// A request with the driver for longer than this means the driver is
-    /// hung (blk-mq's request timeout plays the same part in Linux).
+    /// hung (blk-mq's request timeout plays the same part in Linux); so does
+    /// a driver host that answers no heartbeat for as long.
     public var hangTimeout: Duration = .seconds(30)
 
     public init() {}
@@ -132,6 +133,12 @@ public final class DriverSupervisor: @unchecked Sendable {
                     let cause = String(format: "a request was with it for %.1f s", age.seconds)
                     // Off the watchdog's thread: one slow recovery must not stop it watching the others.
                     Thread.detachNewThread { [weak self] in _ = self?.recover(slot.address, cause: cause) }
+                }
+                // Every driver host answers heartbeats from its request loop.
+                for (address, driver) in kernel.hostedDrivers {
+                    guard let silent = driver.heartbeat(), silent > timeout else { continue }
+                    let cause = String(format: "its driver host answered no heartbeat for %.1f s", silent.seconds)
+                    Thread.detachNewThread { [weak self] in _ = self?.recover(address, cause: cause) }
                 }
             }
             let period = min(timeout / 4, .seconds(1))

@@ -54,6 +54,9 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
         var serial: (binding: HostedSerialPort, port: SerialPort)?
         /// The network interface it registered, and the OS's interface it serves.
         var net: (binding: HostedNetdev, interface: NetInterface)?
+        /// The heartbeat sent and not yet answered: its number and when.
+        var beat: (number: UInt64, sent: ContinuousClock.Instant)?
+        var beats: UInt64 = 0
     }
 
     private let state = Mutex(State())
@@ -241,6 +244,10 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
                 let lost = Int(clamping: try message.body.u64())
                 state.withLock { $0.serial?.port }?.driverLost(lost)
                 return
+            case .alive:
+                let number = try message.body.u64()
+                state.withLock { s in if s.beat?.number == number { s.beat = nil } }
+                return
             case .violation:
                 let warning = try message.body.u32() != 0
                 let driver = try message.body.string(), callback = try message.body.string(), text = try message.body.string()
@@ -336,6 +343,18 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
             device.unhookInterrupt(index: index)
             if let doorbell = state.withLock({ $0.hooks.removeValue(forKey: index) }) { _ = close(doorbell) }
             reply.i32(0)
+        case .registerDisk, .unregisterDisk, .registerRNG, .unregisterRNG, .registerSerial, .unregisterSerial, .registerNetdev, .unregisterNetdev:
+            try answerRegistration(kind, &body, into: &reply)
+        default:
+            throw OyStatus.invalid
+        }
+        return []
+    }
+
+    /// A class object the driver registered or withdrew: the Kernel's
+    /// subsystem adopts a binding that reaches it over the line.
+    private func answerRegistration(_ kind: HostMessage, _ body: inout WireReader, into reply: inout WireWriter) throws {
+        switch kind {
         case .registerDisk:
             let g = BlockGeometry(blockSize: Int(try body.u32()), blockCount: try body.u64(), maxTransferBlocks: Int(try body.u32()),
                                   queueDepth: Int(try body.u32()), canFlush: try body.u32() != 0)
@@ -387,7 +406,28 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
         default:
             throw OyStatus.invalid
         }
-        return []
+    }
+
+    // MARK: Heartbeat
+
+    /// How long the host has left a heartbeat unanswered (nil: it answered
+    /// the last one); sends the next when none is outstanding. The host
+    /// answers from its request loop, so a driver call that never returns
+    /// (a hung read, write or transmit) stops the answers.
+    func heartbeat() -> Duration? {
+        let (silent, next) = state.withLock { s -> (Duration?, UInt64?) in
+            guard s.attached, !s.leaving else { return (nil, nil) }
+            if let beat = s.beat { return (.now - beat.sent, nil) }
+            s.beats += 1
+            s.beat = (s.beats, .now)
+            return (nil, s.beats)
+        }
+        if let next {
+            var body = WireWriter()
+            body.u64(next)
+            line.post(.heartbeat, body)
+        }
+        return silent
     }
 
     // MARK: Ending
@@ -397,7 +437,16 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
     /// canceled. What the host found on the way, or nil when it never said.
     @discardableResult
     func detach(timeout: Double = 10) -> DriverInstance.DetachReport? {
-        state.withLock { $0.leaving = true }
+        // A host that answers no heartbeat would not answer detach either.
+        let silent = state.withLock { s -> Bool in
+            defer { s.leaving = true }
+            return s.beat.map { .now - $0.sent > .seconds(1) } ?? false
+        }
+        if silent {
+            log.record(.warning, "kernel", "\(label): its host answers no heartbeat; ended without a detach")
+            end()
+            return nil
+        }
         let done = DispatchSemaphore(value: 0)
         let line = self.line
         let answer = Mutex<DriverInstance.DetachReport?>(nil)

@@ -206,6 +206,9 @@ public final class Kernel: @unchecked Sendable {
     /// The process of the driver host serving `address`, if one does.
     public func driverHostProcess(at address: BusAddress) -> pid_t? { lock.withLock { isolated[address]?.pid } }
 
+    /// The drivers running in driver hosts, by device.
+    var hostedDrivers: [BusAddress: IsolatedDriver] { lock.withLock { isolated } }
+
     /// The driver a driver host runs for `address`: its file and process.
     public func hostedDriver(at address: BusAddress) -> (file: DriverFile, process: pid_t)? {
         lock.withLock { isolated[address].map { ($0.file, $0.pid) } }

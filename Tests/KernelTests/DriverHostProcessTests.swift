@@ -14,8 +14,12 @@ import Workloads
 /// reached over a line, its crash ending only its own process.
 @Suite(.serialized) struct DriverHostProcessTests {
     static func isolatedSystem(driver: String, state: String = Fixtures.temporaryDirectory("isolated")) throws -> (Testbed, Kernel) {
+        try isolatedSystem(drivers: [driver], state: state)
+    }
+
+    static func isolatedSystem(drivers: [String], state: String) throws -> (Testbed, Kernel) {
         let testbed = try Testbed.make(state: state, diskSize: 8 << 20, memorySize: 64 << 20)
-        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [driver])
+        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: drivers)
         kernel.driverHostExecutable = Fixtures.oyakoBinary
         _ = kernel.boot()
         return (testbed, kernel)
@@ -37,10 +41,7 @@ import Workloads
     }
 
     @Test func anEntropyDriverServesFromItsOwnProcessAndIsRestartedAfterSIGKILL() throws {
-        let testbed = try Testbed.make(state: Fixtures.temporaryDirectory("isolated-rng"), diskSize: 1 << 20, memorySize: 64 << 20)
-        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [try Fixtures.templateDriver()])
-        kernel.driverHostExecutable = Fixtures.oyakoBinary
-        _ = kernel.boot()
+        let (testbed, kernel) = try Self.isolatedSystem(drivers: [try Fixtures.templateDriver()], state: Fixtures.temporaryDirectory("isolated-rng"))
         defer {
             kernel.shutdown()
             testbed.machine.shutdown()
@@ -140,6 +141,34 @@ import Workloads
         #expect(NetChecks.serialIn(tty, s.testbed.uart, back) == back, "input arrives through the new host")
     }
 
+    /// A driver stuck in a call (an entropy read that never returns) stops
+    /// its host's heartbeat: the host is ended and another started, and the
+    /// reader, blocked meanwhile, gets its bytes from the new one.
+    @Test func aDriverHostStuckInACallIsRestartedByItsHeartbeat() throws {
+        let stuck = try Fixtures.mutatedTemplateDriver([
+            ("static int32_t my_read(", "static unsigned fixture_reads;\nstatic int32_t my_read("),
+            ("    deadline = h->monotonic_ns(h) + 100000000ull;\n",
+             "    deadline = h->monotonic_ns(h) + 100000000ull;\n    if (++fixture_reads == 20) for (;;) (void)h->monotonic_ns(h); /* the defect */\n"),
+        ])
+        let (testbed, kernel) = try Self.isolatedSystem(drivers: [stuck], state: Fixtures.temporaryDirectory("heartbeat"))
+        defer {
+            kernel.shutdown()
+            testbed.machine.shutdown()
+        }
+        var policy = Self.quickPolicy()
+        policy.hangTimeout = .seconds(1)
+        kernel.supervisor.policy = policy
+        let address = try #require(testbed.machine.bus.enumerate().first { $0.device === testbed.rng }?.address)
+        let first = try #require(kernel.driverHostProcess(at: address))
+        for i in 0..<25 {
+            let bytes = try kernel.entropy.read(16, timeout: 30)
+            #expect(bytes.count == 16, "read \(i + 1)")
+        }
+        let events = kernel.supervisor.events
+        #expect(events.first?.cause.contains("answered no heartbeat") == true && events.allSatisfy { !$0.outcome.gaveUp }, "\(events)")
+        #expect(kernel.driverHostProcess(at: address) != first && kernel.entropy.sources.map(\.name) == ["hwrng0"])
+    }
+
     static func quickPolicy() -> RestartPolicy {
         var policy = RestartPolicy()
         policy.backoff = .milliseconds(10)
@@ -178,11 +207,8 @@ import Workloads
 
     @Test func aDriverThatCrashesOnEveryRestartFailsItsDeviceAndNothingElse() throws {
         let state = Fixtures.temporaryDirectory("crash-attach")
-        let testbed = try Testbed.make(state: state, diskSize: 8 << 20, memorySize: 64 << 20)
-        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine),
-                            driverPaths: [try Fixtures.nvmeliteCrashing(afterSubmits: 200, marker: state + "/crashed", crashRestarts: true), try Fixtures.templateDriver()])
-        kernel.driverHostExecutable = Fixtures.oyakoBinary
-        _ = kernel.boot()
+        let (testbed, kernel) = try Self.isolatedSystem(
+            drivers: [try Fixtures.nvmeliteCrashing(afterSubmits: 200, marker: state + "/crashed", crashRestarts: true), try Fixtures.templateDriver()], state: state)
         defer {
             kernel.shutdown()
             testbed.machine.shutdown()

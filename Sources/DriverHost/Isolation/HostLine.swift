@@ -18,6 +18,9 @@ public enum HostMessage: UInt32, Sendable {
     /// A frame to transmit (posted; completed by netTxComplete); the
     /// receive filter; the driver's counters.
     case netTransmit, netSetFilter, netStatistics
+    /// Posted; answered by `alive` from the host's request loop, so a host
+    /// stuck in a driver call does not answer.
+    case heartbeat
     // The host asks the Kernel (its device, its memory, its registrations).
     case log = 16, configRead, configWrite, mmioRead, mmioWrite, portRead, portWrite
     case dmaAllocate, dmaFree, dmaMap, dmaUnmap
@@ -32,6 +35,8 @@ public enum HostMessage: UInt32, Sendable {
     case netTxComplete, netReceived, netLink
     /// An ABI violation (or soft-limit warning) the host recorded for the driver.
     case violation
+    /// The answer to a heartbeat, with its number.
+    case alive
 
     public static let replyBit: UInt32 = 0x8000_0000
     /// Largest message either side sends.

@@ -419,6 +419,12 @@ final class HostSide: @unchecked Sendable {
             } else {
                 reply.i32((environment?.netdev == nil ? OyStatus.deviceGone : .notSupported).rawValue)
             }
+        case .heartbeat:
+            // Posted back from this queue: a driver call that never returns holds it.
+            var alive = WireWriter()
+            alive.u64((try? message.body.u64()) ?? 0)
+            line.post(.alive, alive)
+            return
         case .rngRead:
             readEntropy(&message, into: &reply)
         case .serialWrite:
