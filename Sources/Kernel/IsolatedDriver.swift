@@ -234,10 +234,13 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
                 let address = try message.body.u64(), length = Int(try message.body.u64())
                 device.dmaUnmap(DMARegion(cpu: platform.memory.base, deviceAddress: address, length: length))
                 return
-            case .serialReceived:
+            case .serialReceived, .netReceived:
+                // Input for the OS's port, or a frame for its interface.
                 let bytes = try message.body.data()
-                let port = state.withLock { $0.serial?.port }
-                bytes.withUnsafeBytes { port?.deliver($0) }
+                let deliver = state.withLock { s -> ((UnsafeRawBufferPointer) -> Void)? in
+                    kind == .serialReceived ? s.serial.map { $0.port.deliver } : s.net.map { $0.interface.deliver }
+                }
+                bytes.withUnsafeBytes { deliver?($0) }
                 return
             case .serialReady: state.withLock { $0.serial?.port }?.driverMadeRoom(); return
             case .serialLost:
@@ -259,11 +262,6 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
             case .netTxComplete:
                 let tag = try message.body.u64(), status = OyStatus(try message.body.i32())
                 state.withLock { $0.net?.binding }?.completed(tag: tag, status: status)
-                return
-            case .netReceived:
-                let frame = try message.body.data()
-                let interface = state.withLock { $0.net?.interface }
-                frame.withUnsafeBytes { interface?.deliver($0) }
                 return
             case .netLink:
                 let up = try message.body.u32() != 0
@@ -367,22 +365,22 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
             reply.i32(0)
         case .registerRNG:
             guard let kernel else { throw OyStatus.deviceGone }
-            let source = HostedEntropySource(label: label, location: location, line: line)
-            guard state.withLock({ s -> Bool in
-                defer { if s.entropy == nil { s.entropy = source } }
-                return s.entropy == nil
-            }) else { throw OyStatus.busy }
-            kernel.entropy.adopt(source: source, log: log)
+            try register(\.entropy) {
+                let source = HostedEntropySource(label: label, location: location, line: line)
+                kernel.entropy.adopt(source: source, log: log)
+                return source
+            }
             reply.i32(0)
         case .unregisterRNG:
             releaseEntropy()
             reply.i32(0)
         case .registerSerial:
             guard let kernel else { throw OyStatus.deviceGone }
-            let binding = HostedSerialPort(label: label, location: location, line: self.line, settings: try body.serialLine())
-            guard state.withLock({ $0.serial == nil }) else { throw OyStatus.busy }
-            let port = kernel.serial.adopt(port: binding, log: log)
-            state.withLock { $0.serial = (binding, port) }
+            let settings = try body.serialLine()
+            try register(\.serial) {
+                let binding = HostedSerialPort(label: label, location: location, line: line, settings: settings)
+                return (binding, kernel.serial.adopt(port: binding, log: log))
+            }
             reply.i32(0)
         case .unregisterSerial:
             releaseSerial()
@@ -393,12 +391,12 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
             _ = try body.u32()  // the MTU: the OS's interfaces go by the largest frame
             let maxFrame = Int(try body.u32()), depth = Int(try body.u32()), linkUp = try body.u32() != 0
             guard mac.count == 6, maxFrame >= 60, maxFrame <= 65_535, depth > 0, depth <= 4096 else { throw OyStatus.invalid }
-            guard state.withLock({ $0.net == nil }) else { throw OyStatus.busy }
-            guard let binding = HostedNetdev(label: label, line: line, file: file, platform: platform, slot: slot, mac: mac, maxFrame: maxFrame,
-                                             queueDepth: depth, linkUp: linkUp, share: { physical, length in self.state.withLock { self.newlyShared(&$0, physical: physical, length: length) } })
-            else { throw OyStatus.noMemory }
-            let interface = kernel.network.adopt(netdev: binding, log: log)
-            state.withLock { $0.net = (binding, interface) }
+            try register(\.net) { () throws(OyStatus) in
+                guard let binding = HostedNetdev(label: label, line: line, file: file, platform: platform, slot: slot, mac: mac, maxFrame: maxFrame, queueDepth: depth,
+                                                 linkUp: linkUp, share: { physical, length in self.state.withLock { self.newlyShared(&$0, physical: physical, length: length) } })
+                else { throw OyStatus.noMemory }
+                return (binding, kernel.network.adopt(netdev: binding, log: log))
+            }
             reply.i32(0)
         case .unregisterNetdev:
             releaseNet()
@@ -507,21 +505,34 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
         return waited == pid ? status : nil
     }
 
+    /// Adopts what `make` builds as the one class object of its kind the
+    /// host has registered (a second is refused: a host serves one device).
+    private func register<Object: Sendable>(_ slot: WritableKeyPath<State, Object?>, _ make: () throws(OyStatus) -> Object) throws(OyStatus) {
+        guard state.withLock({ $0[keyPath: slot] == nil }) else { throw .busy }
+        let made = try make()
+        state.withLock { $0[keyPath: slot] = made }
+    }
+
+    /// Takes the class object of a kind back, if the host had registered one.
+    private func withdraw<Object: Sendable>(_ slot: WritableKeyPath<State, Object?>) -> Object? {
+        state.withLock { s in
+            defer { s[keyPath: slot] = nil }
+            return s[keyPath: slot]
+        }
+    }
+
     private func releaseEntropy() {
-        if let source = state.withLock({ s -> HostedEntropySource? in defer { s.entropy = nil }; return s.entropy }) { kernel?.entropy.release(source: source) }
+        if let source = withdraw(\.entropy) { kernel?.entropy.release(source: source) }
     }
 
     private func releaseNet() {
-        if let net = state.withLock({ s -> (binding: HostedNetdev, interface: NetInterface)? in defer { s.net = nil }; return s.net }) {
-            kernel?.network.release(netdev: net.binding)
-            net.binding.close()
-        }
+        guard let net = withdraw(\.net) else { return }
+        kernel?.network.release(netdev: net.binding)
+        net.binding.close()
     }
 
     private func releaseSerial() {
-        if let serial = state.withLock({ s -> (binding: HostedSerialPort, port: SerialPort)? in defer { s.serial = nil }; return s.serial }) {
-            kernel?.serial.release(port: serial.binding, log: log)
-        }
+        if let serial = withdraw(\.serial) { kernel?.serial.release(port: serial.binding, log: log) }
     }
 
     /// The host's end of the line went away. Unless the Kernel ended it, the
