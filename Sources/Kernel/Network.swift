@@ -61,6 +61,8 @@ public final class NetInterface: NetReceiver, @unchecked Sendable {
     private var netdev_: any NetDriverBinding
     /// Its driver is being restarted: frames wait for the next one.
     private var awaitingDriver = false
+    /// The receive filter set through the interface, for the next driver.
+    private var filter: (macs: [[UInt8]], broadcast: Bool, promiscuous: Bool)?
 
     init(name: String, netdev: any NetDriverBinding) {
         self.name = name
@@ -74,12 +76,29 @@ public final class NetInterface: NetReceiver, @unchecked Sendable {
     public var netdev: any NetDriverBinding { lock.withLock { netdev_ } }
     var awaitsDriver: Bool { lock.withLock { awaitingDriver } }
 
+    /// Gives the driver that took the interface over the receive filter the
+    /// old one had. Called once its attach is done (not from inside its
+    /// register_netdev, nor on its host's line reader, which the call's
+    /// answer needs).
+    func restoreFilter() {
+        guard let filter = lock.withLock({ filter }) else { return }
+        _ = netdev.setFilter(filter.macs, broadcast: filter.broadcast, promiscuous: filter.promiscuous)
+    }
+
     /// Its driver is being restarted or replaced: frames to send wait in
     /// software (up to `queueLimit`); those the old driver has are let
     /// complete until `drainUntil`, then canceled by its detach.
     func awaitDriver(drainUntil: Date) {
         lock.withLock { awaitingDriver = true }
         _ = queue.hold(until: drainUntil)
+    }
+
+    /// Programs the driver's receive filter; a restarted or replaced driver
+    /// gets the same (`restoreFilter`: a switch port stays promiscuous).
+    public func setFilter(_ macs: [[UInt8]], broadcast: Bool = true, promiscuous: Bool = false) -> OyStatus {
+        let status = netdev.setFilter(macs, broadcast: broadcast, promiscuous: promiscuous)
+        if status.isOK { lock.withLock { filter = (macs, broadcast, promiscuous) } }
+        return status
     }
 
     /// The restarted driver serves it (the same MAC): waiting frames go to it.
@@ -212,6 +231,7 @@ public final class NetworkSubsystem: ClassSubsystem {
 
     func unpark(location: String, failure: String?, log: KernelLog) {
         parking.unpark(location)
+        for interface in interfaces where interface.location == location && !interface.awaitsDriver { interface.restoreFilter() }
         guard let gone = named.remove(where: { $0.location == location && $0.awaitsDriver }) else { return }
         gone.markRemoved()
         log.record(.warning, "net", "\(gone.name) is gone: \(failure ?? "its driver did not come back")")

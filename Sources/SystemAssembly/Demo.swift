@@ -82,7 +82,7 @@ public struct DemoRunner {
         for path in driverPaths { progress("  built \(path)") }
 
         let rebuilt = chaos ? try DemoChaos.rebuild(sdk: sdk, into: state + "/drivers/rebuilt") : nil
-        if let rebuilt { progress("  built \(rebuilt) (a rebuilt copy of nvmelite for --chaos)") }
+        if let rebuilt { progress("  built \(rebuilt.disk) and \(rebuilt.nic) (rebuilt copies of nvmelite and e1klite for --chaos)") }
 
         let bare = try runBare(state: state, driverPaths: driverPaths)
         let rootDriverPaths = try Self.replacing(driverPaths, with: rootDriverOverrides)
@@ -106,7 +106,7 @@ public struct DemoRunner {
         report.chaos = chaosEntry
         if let c = chaosEntry {
             let partitionsVerified = children.filter { $0.kind == .partition }.allSatisfy(\.verified)
-            progress("chaos: \(c.replacements) live replacement(s) and \(c.restarts) restart(s) of nvmelite (\(c.reissued) request(s) re-issued) "
+            progress("chaos: \(c.replacements) live replacement(s) (nvmelite, e1klite) and \(c.restarts) restart(s) of nvmelite (\(c.reissued) request(s) re-issued) "
                 + "under the children's I/O; their I/O verified: \(partitionsVerified ? "yes" : "NO")")
         }
         for vm in children where vm.kind == .linuxVM {
@@ -171,7 +171,7 @@ public struct DemoRunner {
 
     // MARK: Hypervisor role
 
-    private func runWithHypervisor(state: String, driverPaths: [String], rebuilt: String?) throws
+    private func runWithHypervisor(state: String, driverPaths: [String], rebuilt: DemoChaos.Rebuilt?) throws
         -> (DemoReport.Environment, Bool, [DemoReport.ChildEntry], DemoReport.ChaosEntry?)
     {
         progress("")
@@ -224,7 +224,8 @@ public struct DemoRunner {
             rootNetwork = back == 3
             progress("[root] the outside pinged the root's switch port \(back)/3")
         }
-        let chaos = rebuilt.map { DemoChaos(kernel: kernel, slot: testbed.nvmeSlot, rebuilt: $0, progress: progress) }
+        let nicSlot = testbed.machine.bus.enumerate().first { $0.device === testbed.nics[0] }
+        let chaos = rebuilt.map { DemoChaos(kernel: kernel, disk: testbed.nvmeSlot, nic: nicSlot, rebuilt: $0, progress: progress) }
         let children = try runChildren(root: root, kernel: kernel, privateSwitch: privateSwitch, externalSwitch: externalSwitch,
                                        outside: outside, state: state, nic: testbed.nics[0], chaos: chaos)
         _ = rootStack

@@ -6,10 +6,10 @@ import SDKTools
 import Synchronization
 
 extension DemoReport {
-    /// What `oyako demo --chaos` did to the root's disk driver while the
-    /// children did verified I/O through it.
+    /// What `oyako demo --chaos` did to the root's drivers while the
+    /// children did verified I/O through them.
     public struct ChaosEntry: Encodable, Sendable {
-        /// Live replacements of nvmelite by a rebuilt copy.
+        /// Live replacements of a driver by a rebuilt copy (nvmelite, e1klite).
         public var replacements = 0
         /// Supervised restarts of a driver whose host was killed.
         public var restarts = 0
@@ -22,34 +22,46 @@ extension DemoReport {
     }
 }
 
-/// The chaos `oyako demo --chaos` plays on the root's disk driver, which
-/// then runs in a driver-host process of its own, while the children do
-/// I/O: a live replacement by a rebuilt copy of nvmelite (a new host), then
-/// SIGKILL to that host, which the Kernel's supervisor notices and cures by
+/// The chaos `oyako demo --chaos` plays on the root's drivers, which then
+/// run in driver-host processes of their own, while the children do I/O:
+/// live replacements by rebuilt copies of nvmelite and of e1klite (new
+/// hosts; the disk and the switch's NIC stay), then SIGKILL to the disk
+/// driver's host, which the Kernel's supervisor notices and cures by
 /// starting another and re-issuing what the dead one had accepted. Children
 /// keep doing I/O until it is over.
 final class DemoChaos: @unchecked Sendable {
     // @unchecked Sendable: `entry` is guarded by its Mutex; the rest is fixed.
+    /// The rebuilt copies the chaos swaps in.
+    struct Rebuilt: CustomStringConvertible {
+        let disk: String
+        let nic: String
+        var description: String { "\(disk), \(nic)" }
+    }
+
     private let kernel: Kernel
     private let slot: BusSlot
-    private let rebuilt: String
+    private let nicSlot: BusSlot?
+    private let rebuilt: Rebuilt
     private let progress: @Sendable (String) -> Void
     private let ioStarted = DispatchSemaphore(value: 0)
     private let over = Atomic<Bool>(false)
     private let entry = Mutex(DemoReport.ChaosEntry())
     private let finished = DispatchSemaphore(value: 0)
 
-    init(kernel: Kernel, slot: BusSlot, rebuilt: String, progress: @escaping @Sendable (String) -> Void) {
+    init(kernel: Kernel, disk slot: BusSlot, nic nicSlot: BusSlot?, rebuilt: Rebuilt, progress: @escaping @Sendable (String) -> Void) {
         self.kernel = kernel
         self.slot = slot
+        self.nicSlot = nicSlot
         self.rebuilt = rebuilt
         self.progress = progress
         kernel.supervisor.policy.backoff = .milliseconds(50)
     }
 
-    /// Builds the copy of nvmelite the chaos swaps in.
-    static func rebuild(sdk: SDKLocation, into folder: String) throws -> String {
-        try DriverBuilder.build(directory: ReferenceDrivers.pluginsDirectory(sdk: sdk) + "/nvmelite", output: folder + "/nvmelite.so", sdk: sdk)
+    /// Builds the copies of nvmelite and e1klite the chaos swaps in.
+    static func rebuild(sdk: SDKLocation, into folder: String) throws -> Rebuilt {
+        let plugins = ReferenceDrivers.pluginsDirectory(sdk: sdk)
+        return Rebuilt(disk: try DriverBuilder.build(directory: plugins + "/nvmelite", output: folder + "/nvmelite.so", sdk: sdk),
+                       nic: try DriverBuilder.build(directory: plugins + "/e1klite", output: folder + "/e1klite.so", sdk: sdk))
     }
 
     /// A child's I/O has begun.
@@ -70,7 +82,11 @@ final class DemoChaos: @unchecked Sendable {
                 return
             }
             Thread.sleep(forTimeInterval: 0.3)
-            replace()
+            replace(slot, with: rebuilt.disk)
+            if let nicSlot {
+                Thread.sleep(forTimeInterval: 0.2)
+                replace(nicSlot, with: rebuilt.nic)
+            }
             Thread.sleep(forTimeInterval: 0.3)
             killHost()
             Thread.sleep(forTimeInterval: 0.5)  // and some I/O through the new host
@@ -81,20 +97,20 @@ final class DemoChaos: @unchecked Sendable {
     func report() -> DemoReport.ChaosEntry {
         _ = finished.wait(timeout: .now() + 120)
         return entry.withLock { e in
-            e.verified = e.replacements > 0 && e.restarts > 0
+            e.verified = e.replacements == (nicSlot == nil ? 1 : 2) && e.restarts > 0
             return e
         }
     }
 
-    private func replace() {
+    private func replace(_ slot: BusSlot, with file: String) {
         do {
-            let r = try kernel.replaceDriver(at: slot.address, withFile: rebuilt)
+            let r = try kernel.replaceDriver(at: slot.address, withFile: file)
             entry.withLock { $0.replacements += 1 }
-            let sha = kernel.blockLayer.disk(at: slot.address.description)?.driver.driverSHA256.prefix(16) ?? "?"
+            let sha = kernel.hostedDriver(at: slot.address)?.file.sha256.prefix(16) ?? "?"
             note(String(format: "[chaos] %@: %@ replaced by a rebuilt copy (%@, sha256 %@…, driver host %d) under the children's I/O: paused %.2f ms, %d request(s) held",
-                        r.device, r.old, rebuilt, String(sha), kernel.driverHostProcess(at: slot.address) ?? 0, r.pause.milliseconds, r.heldRequests))
+                        r.device, r.old, file, String(sha), kernel.driverHostProcess(at: slot.address) ?? 0, r.pause.milliseconds, r.heldRequests))
         } catch {
-            note("[chaos] the live replacement failed: \(error)")
+            note("[chaos] the live replacement of \(slot.address) failed: \(error)")
         }
     }
 

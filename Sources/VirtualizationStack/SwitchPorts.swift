@@ -9,7 +9,7 @@ extension VirtualSwitch {
     public func attachUplink(_ interface: NetInterface) throws(PortRefused) -> Port {
         let port = try addPort(name: "uplink:\(interface.name)", role: .uplink) { frame in interface.send(frame) }
         interface.setUpperLayer { bytes in port.input(Array(bytes)) }
-        let status = interface.netdev.setFilter([], broadcast: true, promiscuous: true)
+        let status = interface.setFilter([], broadcast: true, promiscuous: true)
         guard status.isOK else {
             interface.setUpperLayer(nil)
             removePort(port)

@@ -112,6 +112,9 @@ import Workloads
         let first = try #require(s.kernel.driverHostProcess(at: address))
         let frames = (0..<4).map { NetChecks.frame(from: net[0].mac, to: net[1].mac, length: 600, seed: $0) }
         #expect(NetChecks.roundTrip(from: net[0], to: net[1], frames: frames) == frames)
+        // A filter set through the interface (a switch port's) outlives the driver.
+        let stranger: [UInt8] = [0x02, 0, 0, 0, 0, 0x99]
+        #expect(net[0].setFilter([stranger]) == .ok)
 
         kill(first, SIGKILL)
         #expect(Self.awaitRestart(s.kernel, at: address, replacing: first) != nil, "\(s.kernel.supervisor.events)")
@@ -119,6 +122,8 @@ import Workloads
                 "the same interface, served by the new host")
         #expect(NetChecks.roundTrip(from: net[0], to: net[1], frames: frames) == frames, "frames flow again through the same interface")
         #expect(NetChecks.roundTrip(from: net[1], to: net[0], frames: frames.map { NetChecks.frame(from: net[1].mac, to: net[0].mac, length: $0.count, seed: 7) }).count == 4)
+        let forStranger = NetChecks.frame(from: net[1].mac, to: stranger, length: 100, seed: 3)
+        #expect(NetChecks.roundTrip(from: net[1], to: net[0], frames: [forStranger]) == [forStranger], "the new driver got the old one's filter")
     }
 
     @Test func aSerialPortKeepsItsOutputWhenItsDriverHostIsKilled() throws {

@@ -141,6 +141,12 @@ import Testing
         #expect(eventually(10) { net[0].counters.txFrames + net[0].counters.txErrors == total }, "\(net[0].counters) of \(total) accepted")
         #expect(net[0].counters.txErrors == 0, "no frame failed across the replacements: \(net[0].counters)")
         #expect(s.kernel.network.interfaces.map(\.name) == ["eth0", "eth1"] && s.kernel.network.interfaces[0] === net[0])
+        // The sender's last frames may still be on their way to eth1.
+        var settled = -1
+        while settled != net[1].counters.rxFrames {
+            settled = net[1].counters.rxFrames
+            usleep(100_000)
+        }
         let frames = (0..<3).map { NetChecks.frame(from: net[0].mac, to: net[1].mac, length: 300, seed: $0) }
         #expect(NetChecks.roundTrip(from: net[0], to: net[1], frames: frames) == frames)
     }
