@@ -223,6 +223,17 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
                 // again, and a submit is posted, so it needs no reply.
                 if let flight = take(tag) { finish(flight, status) }
                 return
+            case .completions:
+                let count = Int(try message.body.u32())
+                for _ in 0..<min(count, 4096) {
+                    let kind = HostMessage(rawValue: try message.body.u32()), tag = try message.body.u64(), status = OyStatus(try message.body.i32())
+                    if kind == .netTransmit {
+                        state.withLock { $0.net?.binding }?.completed(tag: tag, status: status)
+                    } else if let flight = take(tag) {
+                        finish(flight, status)
+                    }
+                }
+                return
             case .mmioWrite:
                 let bar = Int(try message.body.u32()), offset = try message.body.u64(), width = Int(try message.body.u32()), value = try message.body.u64()
                 device.mmioWrite(bar: bar, offset: offset, width: width, value: value)

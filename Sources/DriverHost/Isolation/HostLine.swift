@@ -37,6 +37,9 @@ public enum HostMessage: UInt32, Sendable {
     case violation
     /// The answer to a heartbeat, with its number.
     case alive
+    /// Several completions (disk requests, frames sent) reaped in one run of
+    /// the interrupt handler: count, then (kind, tag, status) each.
+    case completions
 
     public static let replyBit: UInt32 = 0x8000_0000
     /// Largest message either side sends.

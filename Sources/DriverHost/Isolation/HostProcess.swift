@@ -82,10 +82,15 @@ final class RemoteDevice: HostDevice, @unchecked Sendable {
         }
     }
 
-    init(info: HostDeviceInfo, line: HostLine, memory: SharedMemory) {
+    /// Runs each call of the driver's interrupt handler (the host batches
+    /// what the handler completes into one message).
+    private let aroundInterrupt: @Sendable (() -> Void) -> Void
+
+    init(info: HostDeviceInfo, line: HostLine, memory: SharedMemory, aroundInterrupt: @escaping @Sendable (() -> Void) -> Void = { $0() }) {
         self.info = info
         self.line = line
         self.memory = memory
+        self.aroundInterrupt = aroundInterrupt
     }
 
     private func status(_ reply: (WireReader, [Int32])) throws(OyStatus) -> WireReader {
@@ -185,6 +190,7 @@ final class RemoteDevice: HostDevice, @unchecked Sendable {
         let stop = oy_shim_eventfd()
         let running = DispatchGroup()
         running.enter()
+        let aroundInterrupt = self.aroundInterrupt
         Thread.detachNewThread {
             defer { running.leave() }
             var polls = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: stop, events: Int16(POLLIN), revents: 0)]
@@ -192,7 +198,7 @@ final class RemoteDevice: HostDevice, @unchecked Sendable {
                 if poll(&polls, 2, -1) < 0 { if errno == EINTR { continue } else { return } }
                 if polls[1].revents != 0 { return }
                 var count: UInt64 = 0
-                if read(fd, &count, 8) == 8 { handler() }
+                if read(fd, &count, 8) == 8 { aroundInterrupt(handler) }
             }
         }
         hooks.withLock { $0[index] = (fd, stop, running) }
@@ -484,7 +490,10 @@ final class HostSide: @unchecked Sendable {
             self.library = library
             let info = HostDeviceInfo(vendorID: vendor, deviceID: device, classCode: classCode, revision: revision, bars: bars,
                                       interruptCount: interrupts, location: location)
-            let remote = RemoteDevice(info: info, line: line, memory: memory)
+            let remote = RemoteDevice(info: info, line: line, memory: memory) { [weak self] handler in
+                guard let self else { return handler() }
+                self.batchingCompletions(handler)
+            }
             self.device = remote
             let probe = library.probe(remote)
             guard probe.isOK else { return (probe, "probe answered \(probe)") }
@@ -537,12 +546,33 @@ final class HostSide: @unchecked Sendable {
         kind == .netTransmit ? transmit(tag: tag, &message) : submit(tag: tag, &message)
     }
 
+    /// Completions made while `body` runs (one run of the interrupt handler,
+    /// which may reap many) go to the Kernel as one message afterwards.
+    private func batchingCompletions(_ body: () -> Void) {
+        let batch = CompletionBatch()
+        CompletionBatch.$current.withValue(batch) { body() }
+        let entries = batch.entries.withLock { $0 }
+        guard !entries.isEmpty else { return }
+        for chunk in stride(from: 0, to: entries.count, by: CompletionBatch.perMessage).map({ entries[$0..<min($0 + CompletionBatch.perMessage, entries.count)] }) {
+            var message = WireWriter()
+            message.u32(UInt32(chunk.count))
+            for entry in chunk {
+                message.u32(entry.kind.rawValue); message.u64(entry.tag); message.i32(entry.status.rawValue)
+            }
+            CallbackBudget.inOS { _ = line.post(.completions, message) }
+        }
+    }
+
     private func completed(_ kind: HostMessage, _ tag: UInt64, _ status: OyStatus) {
         device?.premapped.withLock { _ = $0.removeValue(forKey: tag) }
-        var body = WireWriter()
-        body.u64(tag)
-        body.i32(status.rawValue)
-        CallbackBudget.inOS { _ = line.post(kind == .netTransmit ? .netTxComplete : .complete, body) }
+        if let batch = CompletionBatch.current {
+            batch.entries.withLock { $0.append((kind, tag, status)) }
+        } else {
+            var body = WireWriter()
+            body.u64(tag)
+            body.i32(status.rawValue)
+            CallbackBudget.inOS { _ = line.post(kind == .netTransmit ? .netTxComplete : .complete, body) }
+        }
         if let retry = backlog.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
             requests.async { [self] in
                 var message = retry.message
@@ -602,4 +632,13 @@ final class HostSide: @unchecked Sendable {
         if !status.isOK { inFlight.withLock { _ = $0.removeValue(forKey: tag) } }
         return status
     }
+}
+
+/// The completions one run of a driver's interrupt handler made, sent to the
+/// Kernel together when it returns.
+final class CompletionBatch: Sendable {
+    @TaskLocal static var current: CompletionBatch?
+    let entries = Mutex<[(kind: HostMessage, tag: UInt64, status: OyStatus)]>([])
+    /// Entries per message: 16 bytes each, well inside a message.
+    static let perMessage = 2048
 }
