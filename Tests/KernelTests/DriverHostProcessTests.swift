@@ -160,9 +160,7 @@ import Workloads
             kernel.shutdown()
             testbed.machine.shutdown()
         }
-        var policy = Self.quickPolicy()
-        policy.hangTimeout = .seconds(1)
-        kernel.supervisor.policy = policy
+        kernel.supervisor.policy = Self.quickPolicy(hangTimeout: .seconds(1))
         let address = try #require(testbed.machine.bus.enumerate().first { $0.device === testbed.rng }?.address)
         let first = try #require(kernel.driverHostProcess(at: address))
         for i in 0..<25 {
@@ -174,9 +172,11 @@ import Workloads
         #expect(kernel.driverHostProcess(at: address) != first && kernel.entropy.sources.map(\.name) == ["hwrng0"])
     }
 
-    static func quickPolicy() -> RestartPolicy {
+    /// Restarts without the default backoff; `hangTimeout`: a hang is noticed that soon.
+    static func quickPolicy(hangTimeout: Duration? = nil) -> RestartPolicy {
         var policy = RestartPolicy()
         policy.backoff = .milliseconds(10)
+        if let hangTimeout { policy.hangTimeout = hangTimeout }
         return policy
     }
 
@@ -266,9 +266,7 @@ import Workloads
             kernel.shutdown()
             testbed.machine.shutdown()
         }
-        var policy = Self.quickPolicy()
-        policy.hangTimeout = .seconds(1)
-        kernel.supervisor.policy = policy
+        kernel.supervisor.policy = Self.quickPolicy(hangTimeout: .seconds(1))
         let disk = try #require(kernel.blockLayer.disks.first)
         let first = try #require(kernel.driverHostProcess(at: testbed.nvmeSlot.address))
         let ledger = WriteLedger(blockSize: disk.geometry.blockSize)
