@@ -143,9 +143,11 @@ public final class StorageVSP: ChannelHandler, @unchecked Sendable {
         }
         target.execute(cdb: cdb, direction: direction, data: SCSIData(mapping?.pieces ?? [])) { [self] result in
             mapping?.release()
+            // Counted before the child can see the completion: its statistics
+            // include every command the child has seen finish.
+            condition.withLock { count(cdb[0], result) }
             reply(packet, on: channel, answer(srb, result))
             condition.withLock {
-                count(cdb[0], result)
                 outstanding.remove(transaction)
                 condition.broadcast()
             }
