@@ -114,26 +114,14 @@ public final class IOBuffer: @unchecked Sendable {
 
 /// Whoever serves a disk now: a driver's registration in the OS's own
 /// process, or one in a driver-host process.
-public protocol DiskDriverBinding: AnyObject, Sendable {
+public protocol DiskDriverBinding: DriverBinding {
     var geometry: BlockGeometry { get }
-    /// Driver name and device, e.g. "nvmelite@00:01.0".
-    var label: String { get }
-    /// The device's bus location ("00:01.0").
-    var location: String { get }
-    /// The driver's name and the SHA-256 of its file.
-    var driverName: String { get }
-    var driverVersion: String { get }
-    var driverSHA256: String { get }
     /// Hands `request` to the driver: on `.ok` its completion runs later,
     /// exactly once; `.busy` puts it back at the head of the queue.
     func submit(_ request: BlockRequest) -> OyStatus
 }
 
-extension RegisteredDisk: DiskDriverBinding {
-    public var driverName: String { binding.library.name }
-    public var driverVersion: String { binding.library.metadata.version }
-    public var driverSHA256: String { binding.library.sha256 }
-}
+extension RegisteredDisk: DiskDriverBinding {}
 
 /// A disk as the OS's block layer presents it: asynchronous submission with
 /// a software queue above the driver's depth, and a synchronous convenience

@@ -24,9 +24,49 @@ protocol ClassSubsystem: Sendable {
     func unpark(location: String, failure: String?, log: KernelLog)
 }
 
-extension ClassRegistration {
+/// Whoever serves one of the OS's devices now: a driver's class object in
+/// the OS's own process, or one in a driver-host process. Each class's
+/// binding (`DiskDriverBinding`, `NetDriverBinding`, ...) is one, so logs
+/// and reports name the driver and device the same way for every class.
+public protocol DriverBinding: AnyObject, Sendable {
+    /// Driver name and device, e.g. "nvmelite@00:01.0".
+    var label: String { get }
     /// The device's bus location ("00:01.0").
+    var location: String { get }
+    /// The driver's name and version, and the SHA-256 of its file.
+    var driverName: String { get }
+    var driverVersion: String { get }
+    var driverSHA256: String { get }
+}
+
+/// A driver's class object in the OS's own process names its driver through
+/// the library that registered it.
+extension ClassRegistration {
     public var location: String { binding.device.info.location }
+    public var driverName: String { binding.library.name }
+    public var driverVersion: String { binding.library.metadata.version }
+    public var driverSHA256: String { binding.library.sha256 }
+}
+
+/// Which hosted driver serves a device: a driver-host binding's identity.
+struct HostedOrigin: Sendable {
+    let label: String
+    let location: String
+    let file: DriverFile
+}
+
+/// A binding whose driver runs in a driver host: it names its driver by
+/// the file the host runs.
+protocol HostedBinding: DriverBinding {
+    var origin: HostedOrigin { get }
+}
+
+extension HostedBinding {
+    var label: String { origin.label }
+    var location: String { origin.location }
+    var driverName: String { origin.file.metadata.name }
+    var driverVersion: String { origin.file.metadata.version }
+    var driverSHA256: String { origin.file.sha256 }
 }
 
 /// The locations whose devices are parked while their drivers restart.

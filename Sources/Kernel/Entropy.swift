@@ -22,11 +22,7 @@ public enum EntropyError: Error, Equatable, CustomStringConvertible, Sendable {
 
 /// What serves an entropy source: the driver's registration in process
 /// (`RegisteredRNG`), or its driver-host process's end of the line.
-public protocol EntropyDriverBinding: AnyObject, Sendable {
-    /// Which driver and device, for logs.
-    var label: String { get }
-    /// The device's bus location ("00:01.0").
-    var location: String { get }
+public protocol EntropyDriverBinding: DriverBinding {
     /// Up to `buffer.count` bytes (at most `RegisteredRNG.maxRead`) from the
     /// driver; how many it produced.
     func read(into buffer: UnsafeMutableRawBufferPointer) -> Result<Int, OyStatus>

@@ -10,14 +10,12 @@ import Synchronization
 
 /// An entropy source whose driver runs in a driver host: each read is a
 /// call over the host's line, the bytes in the reply.
-final class HostedEntropySource: EntropyDriverBinding, Sendable {
-    let label: String
-    let location: String
+final class HostedEntropySource: EntropyDriverBinding, HostedBinding, Sendable {
+    let origin: HostedOrigin
     private let line: HostLine
 
-    init(label: String, location: String, line: HostLine) {
-        self.label = label
-        self.location = location
+    init(_ origin: HostedOrigin, line: HostLine) {
+        self.origin = origin
         self.line = line
     }
 
@@ -42,15 +40,13 @@ final class HostedEntropySource: EntropyDriverBinding, Sendable {
 /// settings are calls over the host's line; what the driver reports
 /// (input, room, overruns) arrives as messages the IsolatedDriver routes to
 /// the OS's port.
-final class HostedSerialPort: SerialDriverBinding, Sendable {
-    let label: String
-    let location: String
+final class HostedSerialPort: SerialDriverBinding, HostedBinding, Sendable {
+    let origin: HostedOrigin
     private let channel: HostLine
     private let settings: Mutex<SerialLine>
 
-    init(label: String, location: String, line: HostLine, settings: SerialLine) {
-        self.label = label
-        self.location = location
+    init(_ origin: HostedOrigin, line: HostLine, settings: SerialLine) {
+        self.origin = origin
         self.channel = line
         self.settings = Mutex(settings)
     }
@@ -88,15 +84,12 @@ final class HostedSerialPort: SerialDriverBinding, Sendable {
 /// may hold (its queue depth), mapped for the device once: the driver may
 /// copy or dma_map them as in process. Completions, received frames and
 /// link changes arrive as messages.
-final class HostedNetdev: NetDriverBinding, @unchecked Sendable {
+final class HostedNetdev: NetDriverBinding, HostedBinding, @unchecked Sendable {
     // @unchecked Sendable: `state` is guarded by its Mutex; the rest is fixed.
-    let label: String
-    let location: String
+    let origin: HostedOrigin
     let mac: [UInt8]
     let maxFrame: Int
     let queueDepth: Int
-    let driverName: String
-    let driverSHA256: String
     private let line: HostLine
     private let link: Atomic<Bool>
     private let platform: any Platform
@@ -118,18 +111,15 @@ final class HostedNetdev: NetDriverBinding, @unchecked Sendable {
     private let state: Mutex<State>
 
     /// - Parameter share: the region's machine-memory runs the host has not mapped yet.
-    init?(label: String, line: HostLine, file: DriverFile, platform: any Platform, slot: BusSlot, mac: [UInt8], maxFrame: Int, queueDepth: Int, linkUp: Bool,
+    init?(_ origin: HostedOrigin, line: HostLine, platform: any Platform, slot: BusSlot, mac: [UInt8], maxFrame: Int, queueDepth: Int, linkUp: Bool,
           share: (_ physical: UInt64, _ length: Int) -> [(offset: UInt64, length: Int)]) {
         let slotSize = (maxFrame + 63) / 64 * 64
         guard let region = platform.memory.allocate(bytes: slotSize * queueDepth) else { return nil }
-        self.label = label
-        self.location = slot.address.description
+        self.origin = origin
         self.line = line
         self.mac = mac
         self.maxFrame = maxFrame
         self.queueDepth = queueDepth
-        self.driverName = file.metadata.name
-        self.driverSHA256 = file.sha256
         self.link = Atomic(linkUp)
         self.platform = platform
         self.slot = slot

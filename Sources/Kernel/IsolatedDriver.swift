@@ -14,7 +14,7 @@ import Synchronization
 /// needed); it is the disk's driver binding, sending each request to the
 /// host and finishing it when the host reports its completion. When the
 /// host process dies, the Kernel's supervisor restarts it.
-final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
+final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendable {
     // @unchecked Sendable: `state` is guarded by its Mutex; the rest is fixed after start.
     let file: DriverFile
     let slot: BusSlot
@@ -65,12 +65,8 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
     static let servedClasses: Set<String> = [RegisteredDisk.classID, RegisteredRNG.classID, RegisteredSerialPort.classID, RegisteredNetdev.classID]
 
     var geometry: BlockGeometry { state.withLock { $0.geometry } }
-    var label: String { "\(file.metadata.name)@\(slot.address) (driver host \(pid))" }
-    var location: String { slot.address.description }
+    var origin: HostedOrigin { HostedOrigin(label: "\(file.metadata.name)@\(slot.address) (driver host \(pid))", location: slot.address.description, file: file) }
     var name: String { file.metadata.name }
-    var driverName: String { file.metadata.name }
-    var driverVersion: String { file.metadata.version }
-    var driverSHA256: String { file.sha256 }
 
     private init(file: DriverFile, slot: BusSlot, pid: pid_t, line: HostLine, kernel: Kernel) {
         self.file = file
@@ -377,7 +373,7 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
         case .registerRNG:
             guard let kernel else { throw OyStatus.deviceGone }
             try register(\.entropy) {
-                let source = HostedEntropySource(label: label, location: location, line: line)
+                let source = HostedEntropySource(origin, line: line)
                 kernel.entropy.adopt(source: source, log: log)
                 return source
             }
@@ -389,7 +385,7 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
             guard let kernel else { throw OyStatus.deviceGone }
             let settings = try body.serialLine()
             try register(\.serial) {
-                let binding = HostedSerialPort(label: label, location: location, line: line, settings: settings)
+                let binding = HostedSerialPort(origin, line: line, settings: settings)
                 return (binding, kernel.serial.adopt(port: binding, log: log))
             }
             reply.i32(0)
@@ -403,7 +399,7 @@ final class IsolatedDriver: DiskDriverBinding, @unchecked Sendable {
             let maxFrame = Int(try body.u32()), depth = Int(try body.u32()), linkUp = try body.u32() != 0
             guard mac.count == 6, maxFrame >= 60, maxFrame <= 65_535, depth > 0, depth <= 4096 else { throw OyStatus.invalid }
             try register(\.net) { () throws(OyStatus) in
-                guard let binding = HostedNetdev(label: label, line: line, file: file, platform: platform, slot: slot, mac: mac, maxFrame: maxFrame, queueDepth: depth,
+                guard let binding = HostedNetdev(origin, line: line, platform: platform, slot: slot, mac: mac, maxFrame: maxFrame, queueDepth: depth,
                                                  linkUp: linkUp, share: { physical, length in self.state.withLock { self.newlyShared(&$0, physical: physical, length: length) } })
                 else { throw OyStatus.noMemory }
                 return (binding, kernel.network.adopt(netdev: binding, log: log))

@@ -6,17 +6,11 @@ import Synchronization
 /// (`RegisteredNetdev`), or its driver-host process's end of the line. What
 /// the driver reports (frames received, link changes) reaches the interface
 /// (`NetInterface.deliver`, `.linkChanged`).
-public protocol NetDriverBinding: AnyObject, Sendable {
-    /// Which driver and device, for logs.
-    var label: String { get }
-    /// The device's bus location ("00:01.0").
-    var location: String { get }
+public protocol NetDriverBinding: DriverBinding {
     var mac: [UInt8] { get }
     var maxFrame: Int { get }
     var queueDepth: Int { get }
     var linkUp: Bool { get }
-    var driverName: String { get }
-    var driverSHA256: String { get }
     /// Hands a frame to the driver: OK and a completion later, or a refusal.
     func transmit(_ frame: NetFrame) -> OyStatus
     func statistics() -> NetStatistics?
@@ -27,10 +21,7 @@ extension NetDriverBinding {
     public func setFilter(_ macs: [[UInt8]]) -> OyStatus { setFilter(macs, broadcast: true, promiscuous: false) }
 }
 
-extension RegisteredNetdev: NetDriverBinding {
-    public var driverName: String { binding.library.name }
-    public var driverSHA256: String { binding.library.sha256 }
-}
+extension RegisteredNetdev: NetDriverBinding {}
 
 /// A network interface of the OS, over a driver's registered netdev: a
 /// bounded software transmit queue above the driver's depth, counters, and

@@ -5,11 +5,7 @@ import Synchronization
 /// What serves a serial port: the driver's registration in process
 /// (`RegisteredSerialPort`), or its driver-host process's end of the line.
 /// Either hands what the driver reports to the port (`SerialPort.deliver`...).
-public protocol SerialDriverBinding: AnyObject, Sendable {
-    /// Which driver and device, for logs.
-    var label: String { get }
-    /// The device's bus location ("00:01.0").
-    var location: String { get }
+public protocol SerialDriverBinding: DriverBinding {
     var line: SerialLine { get }
     /// Queues what fits; how many bytes the driver took.
     func write(_ bytes: UnsafeRawBufferPointer) -> Result<Int, OyStatus>
