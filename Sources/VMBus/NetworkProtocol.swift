@@ -78,14 +78,7 @@ public enum NetworkProtocol {
     public static let sendSectionSize = 6144
 
     /// A receive-buffer range named in a TRANSFER_PAGES packet.
-    public struct Range: Sendable, Equatable {
-        public let offset: UInt32
-        public let length: UInt32
-        public init(offset: UInt32, length: UInt32) {
-            self.offset = offset
-            self.length = length
-        }
-    }
+    public typealias Range = Packet.TransferPages.Range
 
     /// An NVSP message: the type, `body`, zero padding to `messageSize`.
     public static func encode(_ message: Message, _ body: (inout ByteWriter) -> Void = { _ in }) -> [UInt8] {
@@ -104,7 +97,7 @@ public enum NetworkProtocol {
     /// channel, no send-buffer section: 0xFFFFFFFF, size 0).
     public static func transferPacket(_ ranges: [Range], transactionID: UInt64, pageSetID: UInt16 = receivePageSetID) -> Packet {
         Packet(kind: .transferPages, flags: Packet.completionRequested, transactionID: transactionID,
-               transfer: .init(pageSetID: pageSetID, ranges: ranges.map { .init(byteCount: $0.length, byteOffset: $0.offset) }),
+               transfer: .init(pageSetID: pageSetID, ranges: ranges),
                payload: encode(.sendRNDISPacket) { w in
                    w.u32(dataChannel)
                    w.u32(noSection)
@@ -119,6 +112,6 @@ public enum NetworkProtocol {
         guard let transfer = packet.transfer, transfer.pageSetID == pageSetID else {
             throw .init(reason: "transfer packet for page set \(packet.transfer?.pageSetID ?? 0), not the receive buffer's")
         }
-        return transfer.ranges.map { Range(offset: $0.byteOffset, length: $0.byteCount) }
+        return transfer.ranges
     }
 }

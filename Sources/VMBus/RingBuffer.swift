@@ -73,12 +73,15 @@ public struct Packet: Sendable, Equatable {
     /// which transfer-page set (a receive buffer's GPADL) and the byte
     /// ranges of it the packet names.
     public struct TransferPages: Sendable, Equatable {
+        /// `vmtransfer_page_range`: on the wire `byte_count`, then `byte_offset`.
         public struct Range: Sendable, Equatable {
-            public let byteCount: UInt32
-            public let byteOffset: UInt32
-            public init(byteCount: UInt32, byteOffset: UInt32) {
-                self.byteCount = byteCount
-                self.byteOffset = byteOffset
+            /// Where in the page set the range starts (`byte_offset`).
+            public let offset: UInt32
+            /// Its length in bytes (`byte_count`).
+            public let length: UInt32
+            public init(offset: UInt32, length: UInt32) {
+                self.offset = offset
+                self.length = length
             }
         }
 
@@ -284,7 +287,7 @@ public final class Ring: @unchecked Sendable {
             var head = (transfer.pageSetID, UInt8(transfer.senderOwnsSet ? 1 : 0), UInt8(0), UInt32(transfer.ranges.count))
             index = withUnsafeBytes(of: &head) { copyIn(UnsafeRawBufferPointer(rebasing: $0[0..<8]), at: index) }
             for range in transfer.ranges {
-                var entry = (range.byteCount, range.byteOffset)
+                var entry = (range.length, range.offset)
                 index = withUnsafeBytes(of: &entry) { copyIn($0, at: index) }
             }
         }
@@ -441,7 +444,7 @@ public final class Ring: @unchecked Sendable {
         }
         return body.withUnsafeBytes { p in
             Packet.TransferPages(pageSetID: p.loadUnaligned(as: UInt16.self), senderOwnsSet: p[2] & 1 != 0, ranges: (0..<count).map { i in
-                .init(byteCount: p.loadUnaligned(fromByteOffset: 8 + 8 * i, as: UInt32.self), byteOffset: p.loadUnaligned(fromByteOffset: 12 + 8 * i, as: UInt32.self))
+                .init(offset: p.loadUnaligned(fromByteOffset: 12 + 8 * i, as: UInt32.self), length: p.loadUnaligned(fromByteOffset: 8 + 8 * i, as: UInt32.self))
             })
         }
     }

@@ -152,7 +152,7 @@ import CVMBusLayouts
 
     @Test func aRangeCountBeyondTheHeaderIsRefused() throws {
         let pair = RingPair()
-        try pair.writer.write(Packet(kind: .transferPages, transactionID: 1, transfer: .init(pageSetID: 0xCAFE, ranges: [.init(byteCount: 1, byteOffset: 0)]), payload: []))
+        try pair.writer.write(Packet(kind: .transferPages, transactionID: 1, transfer: .init(pageSetID: 0xCAFE, ranges: [.init(offset: 0, length: 1)]), payload: []))
         (pair.memory + Ring.controlSize).storeBytes(of: UInt32(50), toByteOffset: 20, as: UInt32.self)
         #expect(throws: RingError.tooManyRanges(count: 50, headerBytes: 32)) { try pair.read() }
     }
