@@ -64,4 +64,33 @@ enum System {
     static func close(_ fd: Int32) {
         _ = Glibc.close(fd)
     }
+
+    /// A listening Unix stream socket at `path` (a stale file there goes first).
+    static func listen(unixPath path: String) throws(SystemCallError) -> Int32 {
+        let fd = oy_shim_unix_listen(path)
+        guard fd >= 0 else { throw .capture("listen", path) }
+        return fd
+    }
+
+    /// The next connection on `listener`, close-on-exec; nil once the
+    /// listener is shut down.
+    static func accept(_ listener: Int32) -> Int32? {
+        while true {
+            let connection = Glibc.accept(listener, nil, nil)
+            if connection >= 0 {
+                _ = fcntl(connection, F_SETFD, FD_CLOEXEC)
+                return connection
+            }
+            if errno != EINTR { return nil }
+        }
+    }
+
+    /// Ends both directions of a socket; whoever holds it still closes it.
+    static func shutdown(_ fd: Int32) {
+        _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
+    }
+
+    static func unlink(_ path: String) {
+        _ = Glibc.unlink(path)
+    }
 }

@@ -4,7 +4,6 @@ import Foundation
 import Glibc
 import Kernel
 import Machine
-import Synchronization
 
 /// One request to a running system's control socket: a line of JSON.
 public struct ControlRequest: Codable, Sendable, Equatable {
@@ -65,26 +64,25 @@ public struct ControlResponse: Codable, Sendable {
 /// request line and gets one response line. Loading, unloading and live
 /// replacement happen one at a time, in the order requests arrive.
 public final class ControlServer: @unchecked Sendable {
-    // @unchecked Sendable: `listening` is guarded by its Mutex; requests run one at a time under `serial`.
+    // @unchecked Sendable: `socket` is set once, in init; requests run one at a time under `serial`.
     public let path: String
     private let kernel: Kernel
-    private let listener: Int32
-    private let listening = Mutex(true)
     private let serial = NSLock()
     private let onShutdown: @Sendable () -> Void
-    private let stopped = DispatchGroup()
+    private var socket: UnixSocketServer?
     /// Longest request line taken.
     static let maxRequest = 64 << 10
 
     public init(path: String, kernel: Kernel, onShutdown: @escaping @Sendable () -> Void) throws(SocketError) {
-        let fd = oy_shim_unix_listen(path)
-        guard fd >= 0 else { throw SocketError(what: "listen on", path: path, errno: oy_shim_errno()) }
         self.path = path
         self.kernel = kernel
-        self.listener = fd
         self.onShutdown = onShutdown
-        stopped.enter()
-        Thread.detachNewThread { [self] in acceptLoop() }
+        do {
+            // One at a time: a request being served when `stop` comes still gets its answer.
+            socket = try UnixSocketServer(path: path, serving: .oneAtATime) { [weak self] connection in self?.answer(connection) }
+        } catch {
+            throw SocketError(what: "listen on", path: path, errno: error.errno.rawValue)
+        }
     }
 
     public struct SocketError: Error, CustomStringConvertible {
@@ -95,30 +93,11 @@ public final class ControlServer: @unchecked Sendable {
     }
 
     /// Stops listening and removes the socket file; a request being served finishes first.
-    public func stop() {
-        let first = listening.withLock { was -> Bool in
-            defer { was = false }
-            return was
-        }
-        guard first else { return }
-        _ = shutdown(listener, Int32(SHUT_RDWR))
-        stopped.wait()
-        _ = close(listener)
-        unlink(path)
-    }
+    public func stop() { socket?.stop() }
 
-    private func acceptLoop() {
-        defer { stopped.leave() }
-        while listening.withLock({ $0 }) {
-            let connection = accept(listener, nil, nil)
-            if connection < 0 {
-                if errno == EINTR { continue }
-                return
-            }
-            let response = ControlWire.readLine(connection, limit: Self.maxRequest).map(handle) ?? .failed("no request line (or one over \(Self.maxRequest) bytes)")
-            ControlWire.writeLine(connection, response)
-            _ = close(connection)
-        }
+    private func answer(_ connection: Int32) {
+        let response = ControlWire.readLine(connection, limit: Self.maxRequest).map(handle) ?? .failed("no request line (or one over \(Self.maxRequest) bytes)")
+        ControlWire.writeLine(connection, response)
     }
 
     /// Decodes and runs one request line.

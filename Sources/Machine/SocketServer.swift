@@ -1,0 +1,108 @@
+import Foundation
+import Synchronization
+import SystemPackage
+
+/// A Unix-domain stream socket at `path` that hands each connection it
+/// accepts to `serve`, and closes it when `serve` returns. The one listener
+/// behind the control socket and the vhost-user sockets.
+public final class UnixSocketServer: @unchecked Sendable {
+    // @unchecked Sendable: `state` is guarded by its Mutex; the rest is fixed.
+
+    /// How connections are served.
+    public enum Serving: Sendable {
+        /// On the accepting thread, one after another. `stop` lets the one
+        /// being served finish (its answer still goes out).
+        case oneAtATime
+        /// Each on a thread of its own. `stop` shuts every open one down, so
+        /// a peer that never hangs up cannot hold the server.
+        case concurrently
+    }
+
+    public struct ListenError: Error, CustomStringConvertible, Sendable {
+        public let path: String
+        public let errno: Errno
+        public var description: String { "cannot listen on \(path): \(errno.description)" }
+    }
+
+    public let path: String
+    private let listener: Int32
+    private let serving: Serving
+    private let serve: @Sendable (Int32) -> Void
+    private let state = Mutex<(listening: Bool, connections: [Int32])>((true, []))
+    /// Entered by the accepting thread and by each connection's thread.
+    private let stopped = DispatchGroup()
+
+    /// Listens at `path` (a stale socket file there is replaced) and starts
+    /// accepting on a thread of its own.
+    public init(path: String, serving: Serving, serve: @escaping @Sendable (_ connection: Int32) -> Void) throws(ListenError) {
+        let fd: Int32
+        do {
+            fd = try System.listen(unixPath: path)
+        } catch {
+            throw ListenError(path: path, errno: error.errno)
+        }
+        self.path = path
+        self.listener = fd
+        self.serving = serving
+        self.serve = serve
+        stopped.enter()
+        Thread.detachNewThread { [self] in acceptLoop() }
+    }
+
+    private func acceptLoop() {
+        defer { stopped.leave() }
+        // nil once the listener is shut down.
+        while let connection = System.accept(listener) {
+            let admitted = state.withLock { s -> Bool in
+                guard s.listening else { return false }
+                s.connections.append(connection)
+                return true
+            }
+            guard admitted else {
+                System.close(connection)
+                return
+            }
+            switch serving {
+            case .oneAtATime:
+                finish(connection)
+            case .concurrently:
+                stopped.enter()
+                Thread.detachNewThread { [self] in
+                    finish(connection)
+                    stopped.leave()
+                }
+            }
+        }
+    }
+
+    private func finish(_ connection: Int32) {
+        serve(connection)
+        // Forgotten and closed under the lock `stop` shuts connections down
+        // under: never a shutdown of a number already reused.
+        state.withLock { s in
+            s.connections.removeAll { $0 == connection }
+            System.close(connection)
+        }
+    }
+
+    /// Stops listening, ends open connections as `serving` says, waits for
+    /// every thread and removes the socket file. Idempotent.
+    public func stop() {
+        let first = state.withLock { s -> Bool in
+            guard s.listening else { return false }
+            s.listening = false
+            // Shut down, not close: whoever serves a connection closes it.
+            if serving == .concurrently {
+                for connection in s.connections { System.shutdown(connection) }
+            }
+            return true
+        }
+        guard first else { return }
+        System.shutdown(listener)
+        stopped.wait()
+        System.close(listener)
+        System.unlink(path)
+    }
+
+    deinit { stop() }
+}
