@@ -54,8 +54,8 @@ struct LinuxVMRun {
 
         guard let disk = kernel.blockLayer.disks.first else { throw DemoError(message: "the root has no disk to give the VM") }
         let perMiB = UInt64(Self.mebibyte / disk.geometry.blockSize)
-        let pattern = try DiskRegion(disk: disk, firstBlock: UInt64(Self.patternAt) * perMiB, blockCount: UInt64(Self.patternMiB) * perMiB)
-        let fs = try DiskRegion(disk: disk, firstBlock: UInt64(Self.fsAt) * perMiB, blockCount: UInt64(Self.fsMiB) * perMiB)
+        let pattern = try DiskRegion(disk: disk, firstBlock: UInt64(Self.patternAt) * perMiB, blockCount: UInt64(Self.patternMiB) * perMiB, following: kernel.blockLayer)
+        let fs = try DiskRegion(disk: disk, firstBlock: UInt64(Self.fsAt) * perMiB, blockCount: UInt64(Self.fsMiB) * perMiB, following: kernel.blockLayer)
         entry.virtualDisk = "vda = \(disk.name) MiB \(Self.patternAt)..<\(Self.patternAt + Self.patternMiB), vdb = MiB \(Self.fsAt)..<\(Self.fsAt + Self.fsMiB)"
         let sockets = state + "/vm"
         try FileManager.default.createDirectory(atPath: sockets, withIntermediateDirectories: true)

@@ -37,7 +37,7 @@ public final class ServeSession: @unchecked Sendable {
                                   diskSize: options.diskSize, memorySize: 256 << 20, nics: 1, drivers: options.drivers, driverHost: options.driverHost)
         do {
             if let disk = system.kernel.blockLayer.disks.first {
-                let region = try DiskRegion(disk: disk, firstBlock: 0, blockCount: disk.geometry.blockCount)
+                let region = try DiskRegion(disk: disk, following: system.kernel.blockLayer)
                 blockServer = try VhostUserServices.serveBlock(at: Self.blockPath(state: options.state), region: region)
             } else {
                 blockServer = nil

@@ -8,13 +8,22 @@ import VhostUser
 /// driver. The guest's pages are QEMU's memory, not the machine's, so a
 /// device cannot DMA into them: data is bounced through the OS's I/O memory,
 /// and a request larger than the driver takes at once is split.
+///
+/// Made `following` a block layer, the region outlives its disk: when the
+/// disk is removed (its driver unloaded, say) requests fail until a driver
+/// registers the same device again, and then go to the new disk, as long as
+/// it has the block size the guest was given and holds the region.
 public final class DiskRegion: VirtioBlockTarget, @unchecked Sendable {
-    // @unchecked Sendable: immutable after init; Disk is thread-safe.
-    public let disk: Disk
+    // @unchecked Sendable: `current` is guarded by its Mutex, the rest fixed; Disk is thread-safe.
+    private let current: Mutex<(disk: Disk, removed: Bool)>
+    private let blockLayer: BlockLayer?
+    /// The device the region's disk lives on ("00:01.0").
+    private let location: String
     public let firstBlock: UInt64
     public let blockCount: UInt64
     public let identifier: String
-    public var blockSize: Int { disk.geometry.blockSize }
+    /// Fixed for the region's life: what the guest was told.
+    public let blockSize: Int
     /// Bounce buffers kept for reuse, by length: a request does not pay
     /// for allocating and zeroing I/O memory (every byte of a reused buffer
     /// a request reads is one the device wrote, or one the guest wrote).
@@ -26,20 +35,56 @@ public final class DiskRegion: VirtioBlockTarget, @unchecked Sendable {
     }
 
     /// The whole disk from `firstBlock` when `blockCount` is nil.
-    public init(disk: Disk, firstBlock: UInt64 = 0, blockCount: UInt64? = nil, identifier: String? = nil) throws(OutOfDisk) {
+    public init(disk: Disk, firstBlock: UInt64 = 0, blockCount: UInt64? = nil, identifier: String? = nil,
+                following blockLayer: BlockLayer? = nil) throws(OutOfDisk)
+    {
         let total = disk.geometry.blockCount
         guard firstBlock < total else { throw OutOfDisk(description: "\(disk.name) has \(total) blocks; a region cannot start at \(firstBlock)") }
         let count = blockCount ?? total - firstBlock
         guard count > 0, count <= total - firstBlock else {
             throw OutOfDisk(description: "\(disk.name) has \(total) blocks; \(count) from \(firstBlock) do not fit")
         }
-        self.disk = disk
+        self.current = Mutex((disk, false))
+        self.blockLayer = blockLayer
+        self.location = disk.driver.location
+        self.blockSize = disk.geometry.blockSize
         self.firstBlock = firstBlock
         self.blockCount = count
         self.identifier = identifier ?? "oyako-\(disk.name)"
+        watch(disk)
+    }
+
+    /// The disk requests go to now.
+    public var disk: Disk { current.withLock { $0.disk } }
+
+    private func watch(_ disk: Disk) {
+        disk.onRemoval { [weak self] _ in
+            self?.current.withLock { if $0.disk === disk { $0.removed = true } }
+        }
+    }
+
+    /// The disk for the next request: once the region's disk is removed,
+    /// the disk its device serves now, if one does and it fits the region.
+    /// Until then the removed disk, which fails what it is sent.
+    private func target() -> Disk {
+        let (disk, removed) = current.withLock { ($0.disk, $0.removed) }
+        guard removed, let blockLayer, let next = blockLayer.disk(at: location), next !== disk,
+              next.geometry.blockSize == blockSize, next.geometry.blockCount >= firstBlock + blockCount
+        else { return disk }
+        let adopted = current.withLock { c -> Bool in
+            guard c.disk === disk else { return false }
+            c = (next, false)
+            return true
+        }
+        if adopted {
+            watch(next)
+            spare.withLock { $0 = [:] }
+        }
+        return current.withLock { $0.disk }
     }
 
     public func submit(_ operation: VirtioBlockOperation, block: UInt64, buffers: GuestBuffers, completion: @escaping @Sendable (Bool) -> Void) {
+        let disk = target()
         guard operation != .flush else {
             disk.submit(.flush, lba: 0, blocks: 0, buffer: nil) { completion($0.isOK) }
             return
@@ -62,7 +107,7 @@ public final class DiskRegion: VirtioBlockTarget, @unchecked Sendable {
                 }
                 if last { completion(state.withLock { $0.ok }) }
             }
-            guard let bounce = buffer(length: count * size) else {
+            guard let bounce = buffer(length: count * size, from: disk) else {
                 finished(false)
                 continue
             }
@@ -76,7 +121,7 @@ public final class DiskRegion: VirtioBlockTarget, @unchecked Sendable {
         }
     }
 
-    private func buffer(length: Int) -> IOBuffer? {
+    private func buffer(length: Int, from disk: Disk) -> IOBuffer? {
         spare.withLock { $0[length]?.popLast() } ?? disk.allocateBuffer(length: length)
     }
 

@@ -120,6 +120,33 @@ import Testing
         #expect(missing.status == 64 && missing.stderr.contains("--driver /nonexistent/nvmelite.so: no such file"), "\(missing.output)")
     }
 
+    /// Unloading the disk's driver removes the disk; the VM's virtual disk
+    /// fails requests (an error, not a hang) until a driver is loaded for
+    /// the device again, and then serves from the new disk, on connections
+    /// made before and after.
+    @Test func aVMsDiskFollowsItsDeviceAcrossUnloadAndLoad() throws {
+        let nvme = try Fixtures.referenceDriver("nvmelite")
+        let server = try Server(drivers: [nvme])
+        defer { if server.process.isRunning { _ = server.stop() } }
+        let guest = try VirtioFrontEnd(path: server.state + "/vda.sock")
+        let before = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        #expect(guest.blockRequest(write: true, sector: 64, slot: 0, bytes: before))
+
+        let unloaded = oyako(["driver", "unload", "nvmelite", "--control", server.control])
+        #expect(unloaded.status == 0 && unloaded.stdout.contains("unloaded nvmelite from 00:01.0"), "\(unloaded.output)")
+        #expect(!guest.blockRequest(write: false, sector: 64, slot: 1))
+        #expect(guest.read(VirtioFrontEnd.blockStatus, count: 1) == [1], "VIRTIO_BLK_S_IOERR while no driver serves the device")
+
+        let loaded = oyako(["driver", "load", nvme, "--control", server.control])
+        #expect(loaded.status == 0 && loaded.stdout.contains("attached to 00:01.0"), "\(loaded.output)")
+        #expect(guest.blockRequest(write: false, sector: 64, slot: 2) && guest.read(VirtioFrontEnd.blockData, count: 4096) == before,
+                "what was written before the unload reads back through the new disk")
+        let after = try VerifyingVM(socket: server.state + "/vda.sock")
+        defer { _ = after.stop() }
+        #expect(after.runs(5), "a VM connecting after the load does verified I/O")
+        #expect(after.stop().isEmpty)
+    }
+
     @Test func aKilledDriverHostIsReplacedWhileAVMDoesIO() throws {
         let server = try Server(drivers: [try Fixtures.referenceDriver("nvmelite")], options: ["--driver-hosts"])
         var printed = ""
