@@ -80,9 +80,22 @@ final class ScheduledItem: Resource, @unchecked Sendable {
     override func reclaim() { retire() }
 }
 
+/// A driver's lock: its mutex lives in `LockTable`, which `lock_acquire`
+/// and `lock_release` reach without this object; this is what the owner
+/// tracks, so a lock left at detach is found and destroyed.
 final class HostLock: Resource, @unchecked Sendable {
-    let lock = NSLock()
-    init(owner: ResourceOwner) { super.init(kind: "lock", detail: "", owner: owner) }
+    let lockHandle: OpaquePointer
+
+    init(handle: OpaquePointer, owner: ResourceOwner) {
+        lockHandle = handle
+        super.init(kind: "lock", detail: "", owner: owner)
+    }
+
+    /// Reclaimed at detach (the driver did not destroy it).
+    override func reclaim() {
+        HostServices.locks.withLock { _ = $0.removeValue(forKey: UInt(bitPattern: lockHandle)) }
+        _ = LockTable.shared.destroy(lockHandle)
+    }
 }
 
 final class HostEvent: Resource, @unchecked Sendable {
@@ -142,6 +155,8 @@ enum HostServices {
     private static let logger = Logger(label: "oyako.host")
     /// Live host tables and the library each belongs to.
     private static let tables = Mutex<[UInt: DriverLibrary]>([:])
+    /// Live locks by handle.
+    static let locks = Mutex<[UInt: HostLock]>([:])
     /// mem_alloc pointers and their allocation records.
     private static let allocations = Mutex<[UInt: MemoryAllocation]>([:])
     private static let unattributedCount = Atomic<Int>(0)
@@ -296,12 +311,41 @@ enum HostServices {
     /// are not `valid` or fault injection fails it.
     static func create(_ host: UnsafePointer<oy_host>?, _ device: OpaquePointer?, _ out: UnsafeMutablePointer<OpaquePointer?>?,
                        service: String, valid: Bool = true, make: (ResourceOwner) -> Resource) -> Int32 {
+        create(host, device, out, service: service, valid: valid) { owner in owner.adopt(make(owner)) }
+    }
+
+    /// The same, for a resource whose handle `adopt` makes (nil: out of them).
+    static func create(_ host: UnsafePointer<oy_host>?, _ device: OpaquePointer?, _ out: UnsafeMutablePointer<OpaquePointer?>?,
+                       service: String, valid: Bool = true, adopt: (ResourceOwner) -> OpaquePointer?) -> Int32 {
         guard let library = library(host, service: service) else { return OY_E_INVALID.rawValue }
         guard requirePassive(service, library) else { return OY_E_WRONG_CONTEXT.rawValue }
         guard valid, let out, let owner = owner(library, device, service: service) else { return OY_E_INVALID.rawValue }
         if library.faults.shouldFail() { return OY_E_NOMEM.rawValue }
-        out.pointee = owner.adopt(make(owner))
+        guard let handle = adopt(owner) else { return OY_E_NOMEM.rawValue }
+        out.pointee = handle
         return OY_OK.rawValue
+    }
+
+    /// lock_create: the lock's handle is LockTable's, not HandleTable's.
+    static func createLock(_ host: UnsafePointer<oy_host>?, _ device: OpaquePointer?, _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
+        create(host, device, out, service: "lock_create") { owner in
+            guard let handle = LockTable.shared.create() else { return nil }
+            let lock = HostLock(handle: handle, owner: owner)
+            locks.withLock { $0[UInt(bitPattern: handle)] = lock }
+            owner.adopt(lock, key: UInt(bitPattern: handle))
+            return handle
+        }
+    }
+
+    static func destroyLock(_ handle: OpaquePointer?) {
+        guard let lock = locks.withLock({ $0.removeValue(forKey: UInt(bitPattern: handle)) }) else {
+            return unattributed("lock_destroy with an invalid handle")
+        }
+        lock.owner.forget(key: UInt(bitPattern: handle))
+        if LockTable.shared.destroy(handle) == .held {
+            let message = "lock_destroy of a lock that is held"
+            if let library = lock.owner.library { library.recordViolation(message) } else { unattributed(message) }
+        }
     }
 
     /// A driver's host table: one small installer per service group.
@@ -363,17 +407,15 @@ enum HostServices {
 
     /// Locks and events.
     private static func installLocksAndEvents(_ t: inout oy_host) {
-        t.lock_create = { host, device, out in
-            HostServices.create(host, device, out, service: "lock_create") { HostLock(owner: $0) }
-        }
-        t.lock_destroy = { handle in
-            HostServices.release(handle, as: HostLock.self, service: "lock_destroy")?.reclaim()
-        }
+        t.lock_create = { host, device, out in HostServices.createLock(host, device, out) }
+        t.lock_destroy = { handle in HostServices.destroyLock(handle) }
         t.lock_acquire = { handle in
-            HostServices.resource(handle, HostLock.self, service: "lock_acquire")?.lock.lock()
+            guard let mutex = LockTable.shared.mutex(handle) else { return HostServices.unattributed("lock_acquire called with an invalid or released handle") }
+            pthread_mutex_lock(mutex)
         }
         t.lock_release = { handle in
-            HostServices.resource(handle, HostLock.self, service: "lock_release")?.lock.unlock()
+            guard let mutex = LockTable.shared.mutex(handle) else { return HostServices.unattributed("lock_release called with an invalid or released handle") }
+            pthread_mutex_unlock(mutex)
         }
         t.event_create = { host, device, out in
             HostServices.create(host, device, out, service: "event_create") { HostEvent(owner: $0) }

@@ -19,3 +19,29 @@ import Testing
         #expect(instance.library.violations.isEmpty, "\(instance.library.violations)")
     }
 }
+
+/// Driver locks: misuse is refused and reported, never a crash, and a lock
+/// made afterwards still excludes.
+@Suite struct DriverLockTests {
+    @Test func lockMisuseIsRefusedAndReported() throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.fixtureDriver(defines: ["MUTANT_LOCK_MISUSE"])])
+        defer { system.shutdown() }
+        let instance = try #require(system.kernel.instance(at: system.testbed.nvmeSlot.address))
+        func misuse(_ which: Int) throws -> (result: String, reported: [String]) {
+            let before = instance.library.violations.count
+            let result = try instance.callControl("lock_misuse", arguments: ["\(which)"])
+            return (result, Array(instance.library.violations.dropFirst(before)))
+        }
+        let stale = try misuse(1)
+        #expect(stale.result == "0" && stale.reported == ["lock_acquire called with an invalid or released handle",
+                                                          "lock_release called with an invalid or released handle"], "\(stale)")
+        let forged = try misuse(2)
+        #expect(forged.reported.count == 2 && forged.reported.allSatisfy { $0.contains("invalid or released handle") }, "\(forged)")
+        let held = try misuse(3)
+        #expect(held.reported == ["lock_destroy of a lock that is held", "lock_release called with an invalid or released handle"], "\(held)")
+        let wrongKind = try misuse(4)
+        #expect(wrongKind.reported.count == 1 && wrongKind.reported[0].hasPrefix("event_signal"), "a lock is not an event: \(wrongKind)")
+        let fresh = try misuse(5)
+        #expect(fresh.result == "2000" && fresh.reported.isEmpty, "a new lock after all of it: \(fresh)")
+    }
+}

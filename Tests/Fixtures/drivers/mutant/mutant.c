@@ -310,6 +310,58 @@ static int32_t mutant_m_work_destroy_races(void *instance, uint32_t rounds) {
     return broken;
 }
 
+#ifdef MUTANT_LOCK_MISUSE
+/* Defect on request: misuses a lock the way buggy drivers do; each case is a violation the
+ * host must report and survive. 1: acquire and release after destroy;
+ * 2: a forged handle; 3: destroy while held, then release; 4: a lock
+ * handle given to an event service; 5: mutual exclusion still holds for a
+ * new lock afterwards (returns the count, 2000). */
+static int32_t mutant_m_lock_misuse(void *instance, uint32_t which) {
+    mutant_dev *d = (mutant_dev *)instance;
+    const oy_host *h;
+    oy_lock *lock = NULL;
+    if (!oy_instance_contains(&mutant_instances, d)) return OY_E_STATE;
+    h = d->ctx->host;
+    if (which == 2) {
+        oy_lock *forged = (oy_lock *)(uintptr_t)((3ull << 32) | 0x80000001ull);
+        h->lock_acquire(forged);
+        h->lock_release(forged);
+        return 0;
+    }
+    if (h->lock_create(h, d->device, &lock) != OY_OK) return OY_E_NOMEM;
+    switch (which) {
+    case 1:
+        h->lock_destroy(lock);
+        h->lock_acquire(lock);
+        h->lock_release(lock);
+        return 0;
+    case 3:
+        h->lock_acquire(lock);
+        h->lock_destroy(lock);
+        h->lock_release(lock);
+        return 0;
+    case 4:
+        h->event_signal((oy_event *)lock);
+        h->lock_destroy(lock);
+        return 0;
+    case 5: {
+        int32_t count = 0;
+        int i;
+        for (i = 0; i < 2000; i++) {
+            h->lock_acquire(lock);
+            count++;
+            h->lock_release(lock);
+        }
+        h->lock_destroy(lock);
+        return count;
+    }
+    default:
+        h->lock_destroy(lock);
+        return OY_E_RANGE;
+    }
+}
+#endif
+
 #ifdef MUTANT_KEEPS_STRING_ARG
 /* Defect: keeps the string a control call borrowed, to read it in the next call. */
 static const char *mutant_kept_name;
@@ -329,6 +381,9 @@ static int32_t mutant_m_recall(void *instance) {
 static const oy_control_method mutant_methods[] = {
     {sizeof(oy_control_method), 0, "work_destroy_races", "i32(u32)",
      "Rounds (at most 1000) in which work_destroy returned while the item ran or before its last run", (oy_control_fn)mutant_m_work_destroy_races},
+#ifdef MUTANT_LOCK_MISUSE
+    {sizeof(oy_control_method), 0, "lock_misuse", "i32(u32)", "Misuses a lock one way (1-5); see the source", (oy_control_fn)mutant_m_lock_misuse},
+#endif
 #ifdef MUTANT_KEEPS_STRING_ARG
     {sizeof(oy_control_method), 0, "remember", "i32(str)", "Keeps a name", (oy_control_fn)mutant_m_remember},
     {sizeof(oy_control_method), 0, "recall", "i32()", "Length of the kept name", (oy_control_fn)mutant_m_recall},

@@ -1,0 +1,147 @@
+import CSystemShims
+import Glibc
+import Synchronization
+
+/// The locks drivers create (`oy_host.lock_*`), kept apart from the other
+/// handles so that taking one costs little more than the mutex itself.
+///
+/// A lock lives in a slot of type-stable memory: slots are never freed,
+/// only reused, so `lock_acquire` and `lock_release` check a handle against
+/// its slot's generation with one load and take no table lock and no
+/// reference count, and a stale or forged handle is refused as before.
+/// What a driver that destroys a lock while another thread uses it can
+/// reach is a mutex in a slot, never freed memory; a freed slot waits
+/// behind `quarantine` others before it is reused, so such a thread does
+/// not take another driver's new lock.
+///
+/// A handle is `generation << 32 | tag | (index + 1)`: `tag` keeps lock
+/// handles apart from `HandleTable`'s; an odd generation is a live lock.
+final class LockTable: @unchecked Sendable {
+    // @unchecked Sendable: chunk pointers are written under `table` before
+    // `published` makes them visible; slot generations are written under
+    // `table` with release stores and read with acquire loads.
+
+    private struct Slot {
+        var generation: UInt32
+        var mutex: pthread_mutex_t
+    }
+
+    static let shared = LockTable()
+
+    static let tag: UInt = 1 << 31
+    static let slotsPerChunk = 4096
+    static let maxChunks = 256
+    /// Freed slots that must wait before the oldest of them is reused.
+    static let quarantine = 1024
+
+    private let chunks: UnsafeMutablePointer<UnsafeMutablePointer<Slot>?>
+    /// Chunks readers may look at.
+    private let published = Atomic<Int>(0)
+    private struct Free {
+        var slots: [Int] = []
+        var head = 0
+        var count: Int { slots.count - head }
+    }
+    /// Slots never used are handed out in order; freed ones in the order freed.
+    private let table = Mutex<(used: Int, free: Free)>((0, Free()))
+
+    private init() {
+        chunks = .allocate(capacity: Self.maxChunks)
+        chunks.initialize(repeating: nil, count: Self.maxChunks)
+    }
+
+    /// A new, unlocked lock; nil when the table is full.
+    func create() -> OpaquePointer? {
+        table.withLock { t -> OpaquePointer? in
+            let index: Int
+            if t.free.count > Self.quarantine {
+                index = t.free.slots[t.free.head]
+                t.free.head += 1
+                if t.free.head >= 4096 && t.free.head * 2 >= t.free.slots.count {
+                    t.free.slots.removeFirst(t.free.head)
+                    t.free.head = 0
+                }
+            } else {
+                guard t.used < Self.maxChunks * Self.slotsPerChunk, let fresh = newSlot(t.used) else { return nil }
+                index = fresh
+                t.used += 1
+            }
+            let generation = Self.generation(slot(at: index))
+            let live = oy_shim_load_acquire_u32(generation) &+ 1  // odd: live
+            oy_shim_store_release_u32(generation, live)
+            return OpaquePointer(bitPattern: UInt(live) << 32 | Self.tag | UInt(index + 1))
+        }
+    }
+
+    /// How destroying a lock went.
+    enum Destroyed {
+        case destroyed
+        /// The handle is not a live lock's (stale, forged, destroyed twice).
+        case invalid
+        /// It was held: the handle is dead, and its slot is retired for good
+        /// (the mutex stays held, so its holder's release finds nothing).
+        case held
+    }
+
+    func destroy(_ handle: OpaquePointer?) -> Destroyed {
+        table.withLock { t -> Destroyed in
+            guard let (index, slot) = live(handle) else { return .invalid }
+            let generation = Self.generation(slot)
+            oy_shim_store_release_u32(generation, oy_shim_load_acquire_u32(generation) &+ 1)  // even: refused from now on
+            let mutex = mutexPointer(slot)
+            guard pthread_mutex_trylock(mutex) == 0 else { return .held }
+            pthread_mutex_unlock(mutex)
+            t.free.slots.append(index)
+            return .destroyed
+        }
+    }
+
+    /// The mutex of a live lock; nil for a handle that names none.
+    @inline(__always)
+    func mutex(_ handle: OpaquePointer?) -> UnsafeMutablePointer<pthread_mutex_t>? {
+        live(handle).map { mutexPointer($0.slot) }
+    }
+
+    @inline(__always)
+    private func live(_ handle: OpaquePointer?) -> (index: Int, slot: UnsafeMutablePointer<Slot>)? {
+        let raw = UInt(bitPattern: handle)
+        let generation = UInt32(truncatingIfNeeded: raw >> 32)
+        let index = Int(truncatingIfNeeded: raw & 0x7FFF_FFFF) - 1
+        guard raw & Self.tag != 0, generation & 1 == 1, index >= 0 else { return nil }
+        let chunk = index / Self.slotsPerChunk
+        guard chunk < published.load(ordering: .acquiring), let base = chunks[chunk] else { return nil }
+        let slot = base + index % Self.slotsPerChunk
+        guard oy_shim_load_acquire_u32(Self.generation(slot)) == generation else { return nil }
+        return (index, slot)
+    }
+
+    private func slot(at index: Int) -> UnsafeMutablePointer<Slot> {
+        chunks[index / Self.slotsPerChunk]! + index % Self.slotsPerChunk
+    }
+
+    @inline(__always)
+    private static func generation(_ slot: UnsafeMutablePointer<Slot>) -> UnsafeMutableRawPointer {
+        UnsafeMutableRawPointer(slot).advanced(by: MemoryLayout<Slot>.offset(of: \.generation)!)
+    }
+
+    @inline(__always)
+    private func mutexPointer(_ slot: UnsafeMutablePointer<Slot>) -> UnsafeMutablePointer<pthread_mutex_t> {
+        UnsafeMutableRawPointer(slot).advanced(by: MemoryLayout<Slot>.offset(of: \.mutex)!).assumingMemoryBound(to: pthread_mutex_t.self)
+    }
+
+    /// Makes slot `index` (the next never used) ready, allocating its chunk
+    /// when it is the chunk's first. Under `table`.
+    private func newSlot(_ index: Int) -> Int? {
+        let chunk = index / Self.slotsPerChunk
+        if index % Self.slotsPerChunk == 0 {
+            let memory = UnsafeMutablePointer<Slot>.allocate(capacity: Self.slotsPerChunk)
+            for i in 0..<Self.slotsPerChunk {
+                (memory + i).initialize(to: Slot(generation: 0, mutex: pthread_mutex_t()))
+                guard pthread_mutex_init(mutexPointer(memory + i), nil) == 0 else { return nil }
+            }
+            chunks[chunk] = memory
+            published.store(chunk + 1, ordering: .releasing)
+        }
+        return index
+    }
+}
