@@ -1,0 +1,134 @@
+import Foundation
+import Guest
+import OyakoTestSupport
+import Synchronization
+import Testing
+import VMBus
+
+/// SplitMix64: a seeded generator, so that a failing run names a case that
+/// replays exactly.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Hostile children with random input, beyond the hand-written cases:
+/// whatever a child sends, the root answers or closes that child's channel
+/// with a reason, and never falls over.
+@Suite(.serialized) struct RandomHostileChildTests {
+    /// Opcodes the SCSI target serves, and some it does not.
+    static let opcodes: [UInt8] = [0x00, 0x03, 0x12, 0x1A, 0x25, 0x28, 0x2A, 0x35, 0x5A, 0x88, 0x8A, 0x91, 0x9E, 0xA0, 0x01, 0x04, 0xC1, 0xFF]
+
+    /// Well-framed SRBs (a page list that agrees with the data length) whose
+    /// CDBs are random: each is an answer, good or CHECK CONDITION, never a
+    /// violation, and the channel serves I/O afterwards.
+    @Test func randomCDBsAreAnsweredAndTheChannelStaysOpen() throws {
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let outcome = GuestOutcome<(unanswered: [String], good: Int, open: Bool, works: Bool)>()
+        try system.startChild(name: "random", start: 0, blocks: 1024) { os in
+            outcome.finish {
+                let g = try RawStorageGuest(os: os)
+                try g.initialize()
+                var random = SplitMix64(state: 0x0A7A_2026)
+                var unanswered: [String] = []
+                var good = 0
+                for id in UInt64(100)..<2100 {
+                    let (cdb, direction, ranges) = Self.randomSRB(&random, data: g.data.gpa)
+                    guard let answer = try g.srb(id, cdb, direction: direction, ranges: ranges) else {
+                        unanswered.append("request \(id): CDB \(cdb.map { String($0, radix: 16) }), \(direction), \(ranges.count) page(s)")
+                        continue
+                    }
+                    if answer.isGood { good += 1 }
+                    if !g.channel.isOpen { break }
+                }
+                let works = try g.write(5000, lba: 3, blocks: 1, ranges: [GPARange(gpa: g.data.gpa, length: 512)])?.isGood == true
+                return (unanswered, good, g.channel.isOpen, works)
+            }
+        }
+        let result = try outcome.wait(timeout: 120)
+        #expect(result.unanswered.isEmpty, "\(result.unanswered.prefix(5))")
+        #expect(result.good > 100, "enough random requests succeed (\(result.good)) that the target's I/O paths are reached, not only its refusals")
+        #expect(result.open && result.works, "a random CDB is an answer, not a violation: the channel stays open and serves I/O")
+        try rootStillWorks(system)
+    }
+
+    /// Valid vstor packets with random bytes changed, cut or added: the
+    /// root answers each or closes the channel with a reason; its own disk
+    /// goes on. Most mutations are violations, so each seed gets a child of
+    /// its own and ends at its first.
+    @Test func mutatedPacketsAreAnsweredOrCloseTheChannelWithAReason() throws {
+        var closed = 0
+        for seed in UInt64(1)...50 {
+            let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
+            defer { system.shutdown() }
+            let outcome = GuestOutcome<(sent: Int, open: Bool)>()
+            let child = try system.startChild(name: "mutant\(seed)", start: 0, blocks: 1024) { os in
+                outcome.finish {
+                    let g = try RawStorageGuest(os: os)
+                    try g.initialize()
+                    var random = SplitMix64(state: seed)
+                    var sent = 0
+                    for id in UInt64(100)..<400 where g.channel.isOpen {
+                        let (cdb, direction, ranges) = Self.randomSRB(&random, data: g.data.gpa)
+                        let length = ranges.reduce(0) { $0 + Int($1.length) }
+                        let valid = StorageProtocol.Message.srb(StorageProtocol.SCSIRequest(cdb: cdb, direction: direction, dataTransferLength: length)).encoded
+                        try g.send(id, payload: Self.mutate(valid, &random), ranges: ranges, wait: Bool.random(using: &random))
+                        sent += 1
+                    }
+                    _ = os.vp.halt(until: { !g.channel.isOpen }, timeout: 1)
+                    return (sent, g.channel.isOpen)
+                }
+            }
+            let result = try outcome.wait(timeout: 120)
+            if !result.open {
+                closed += 1
+                #expect(closeCause(system, child) != nil, "seed \(seed): a closed channel says why")
+            }
+            #expect(result.sent > 0)
+            try rootStillWorks(system)
+        }
+        #expect(closed > 25, "most mutations are violations; if none closes a channel, the mutations miss the parser")
+    }
+
+    /// A random CDB (its opcode often one the target knows, its fields
+    /// random), a direction, and whole pages of the child's data area that
+    /// match the data length.
+    static func randomSRB(_ random: inout SplitMix64, data: UInt64) -> ([UInt8], StorageProtocol.DataDirection, [GPARange]) {
+        var cdb = (0..<Int.random(in: 6...16, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }
+        if Int.random(in: 0..<4, using: &random) != 0 { cdb[0] = opcodes.randomElement(using: &random)! }
+        // Small LBAs and lengths half the time, so that transfers reach the disk.
+        if Bool.random(using: &random), cdb.count >= 10 {
+            for i in 2..<6 { cdb[i] = 0 }
+            cdb[5] = UInt8.random(in: 0...255, using: &random)
+            cdb[7] = 0
+            cdb[8] = UInt8.random(in: 0...8, using: &random)
+        }
+        let direction = [StorageProtocol.DataDirection.read, .write, .none].randomElement(using: &random)!
+        guard direction != .none else { return (cdb, direction, []) }
+        let pages = Int.random(in: 1...8, using: &random)
+        let first = Int.random(in: 0...(64 - pages), using: &random)
+        let length = Bool.random(using: &random) ? pages * 4096 : Int.random(in: 1...(pages * 4096), using: &random)
+        return (cdb, direction, [GPARange(gpa: data + UInt64(first * 4096), length: UInt32(length))])
+    }
+
+    /// `bytes` with a few bytes changed, or cut short, or lengthened.
+    static func mutate(_ bytes: [UInt8], _ random: inout SplitMix64) -> [UInt8] {
+        var out = bytes
+        switch Int.random(in: 0..<6, using: &random) {
+        case 0: out = Array(out.prefix(Int.random(in: 0..<out.count, using: &random)))
+        case 1: out += (0..<Int.random(in: 1...64, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }
+        default:
+            for _ in 0..<Int.random(in: 1...4, using: &random) {
+                out[Int.random(in: 0..<out.count, using: &random)] = UInt8.random(in: 0...255, using: &random)
+            }
+        }
+        return out
+    }
+}
