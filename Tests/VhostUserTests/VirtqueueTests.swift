@@ -207,3 +207,81 @@ final class FakeGuest {
         #expect(throws: MemoryTableError.self) { try GuestMemoryMap([.init(guestAddress: 0, size: 4096, userAddress: 0, mmapOffset: 0, fileDescriptor: -1)]) }
     }
 }
+
+/// A hostile guest's descriptors, at random: every chain the queue hands
+/// out lies inside guest memory, and everything else is an error, never a
+/// crash or a hang.
+@Suite struct RandomVirtqueueTests {
+    struct SplitMix64: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    /// An address a guest might write: inside its RAM, just outside it, or anything.
+    static func address(_ random: inout SplitMix64) -> UInt64 {
+        switch Int.random(in: 0..<8, using: &random) {
+        case 0: UInt64.random(in: 0...UInt64.max, using: &random)
+        case 1: UInt64.max - UInt64.random(in: 0..<8192, using: &random)
+        case 2: FakeGuest.ramBase - UInt64.random(in: 1...4096, using: &random)
+        case 3: FakeGuest.ramBase + (1 << 20) - UInt64.random(in: 0...4096, using: &random)
+        default: FakeGuest.ramBase + 0x8000 + UInt64.random(in: 0..<0x40000, using: &random)
+        }
+    }
+
+    static func length(_ random: inout SplitMix64) -> UInt32 {
+        switch Int.random(in: 0..<6, using: &random) {
+        case 0: UInt32.random(in: 0...UInt32.max, using: &random)
+        case 1: 0
+        case 2: UInt32(16 * Int.random(in: 1...40, using: &random))  // an indirect table's size
+        default: UInt32.random(in: 1...8192, using: &random)
+        }
+    }
+
+    /// NEXT a third of the time, WRITE half, INDIRECT a tenth, as often in
+    /// a driver's tables as garbage is not.
+    static func flags(_ random: inout SplitMix64) -> UInt16 {
+        (Int.random(in: 0..<3, using: &random) == 0 ? 1 : 0) | (Bool.random(using: &random) ? 2 : 0) | (Int.random(in: 0..<10, using: &random) == 0 ? 4 : 0)
+    }
+
+    @Test func randomDescriptorsGiveChainsInsideMemoryOrErrors() throws {
+        var random = SplitMix64(state: 0x5EED)
+        var chains = 0, errors = 0
+        for _ in 0..<2000 {
+            let g = try FakeGuest(size: 16)
+            // A random table, and a random indirect table where indirect descriptors often point.
+            for i in 0..<16 {
+                g.descriptor(i, at: Self.address(&random), length: Self.length(&random), flags: Self.flags(&random),
+                             next: UInt16.random(in: 0..<20, using: &random))
+            }
+            let indirect = GuestAddress(FakeGuest.ramBase + 0x8000)
+            for i in 0..<8 {
+                g.descriptor(i, at: Self.address(&random), length: Self.length(&random), flags: Self.flags(&random),
+                             next: UInt16.random(in: 0..<10, using: &random), in: indirect)
+            }
+            for _ in 0..<Int.random(in: 1...16, using: &random) { g.post(UInt16.random(in: 0..<18, using: &random)) }
+            let q = try g.queue(eventIndex: Bool.random(using: &random))
+            let base = UInt(bitPattern: try #require(g.memory.pointer(GuestAddress(FakeGuest.ramBase), length: 1)))
+            for _ in 0..<17 {
+                do {
+                    guard let chain = try q.nextChain() else { break }
+                    chains += 1
+                    for buffer in chain.readable + chain.writable {
+                        let offset = UInt(bitPattern: buffer.baseAddress) &- base
+                        #expect(offset < 1 << 20 && offset + UInt(buffer.count) <= 1 << 20, "a buffer outside guest memory")
+                    }
+                    q.addUsed(head: chain.head, written: UInt32.random(in: 0...UInt32(chain.writableBytes), using: &random))
+                } catch {
+                    errors += 1
+                    break
+                }
+            }
+        }
+        #expect(chains > 300 && errors > 300, "both outcomes reached: \(chains) chains, \(errors) errors")
+    }
+}
