@@ -156,6 +156,47 @@ import VMBus
         #expect(result.3 == 1 && result.4, "the channel stays open and forwards the good frame")
     }
 
+    /// Valid RNDIS messages with random bytes after the type changed, cut or
+    /// lengthened, 1500 of them: each is served or refused, the channel
+    /// stays open and good frames still go through.
+    @Test func randomlyMutatedRNDISIsServedOrRefusedAndTheChannelStaysOpen() throws {
+        let result = try withChild { os, nic, vsp, _ in
+            var random = SplitMix64(state: 0x4E44_4953)
+            let frame = [UInt8](repeating: 0xFF, count: 6) + nic.mac + [0x88, 0xB5] + [UInt8](repeating: 1, count: 60)
+            let oids = [RNDIS.OID.maximumFrameSize, RNDIS.OID.linkSpeed, RNDIS.OID.currentPacketFilter, RNDIS.OID.mediaConnectStatus,
+                        RNDIS.OID.permanentAddress, RNDIS.OID.currentAddress, RNDIS.OID.offloadParameters, 0xDEAD_BEEF]
+            var unsent = 0
+            for i in 0..<1500 {
+                let seed: [UInt8] = switch i % 5 {
+                case 0, 1: RNDIS.packet(frame)
+                case 2: RNDIS.request(RNDIS.MessageType.query, requestID: UInt32(i), oid: oids.randomElement(using: &random)!)
+                case 3: RNDIS.request(RNDIS.MessageType.set, requestID: UInt32(i), oid: oids.randomElement(using: &random)!,
+                                      information: (0..<Int.random(in: 0...12, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) })
+                default: RNDIS.simple(RNDIS.MessageType.keepalive, requestID: UInt32(i))
+                }
+                // The type stays: a mutation into HALT would end delivery by right.
+                let message = Array(seed.prefix(4)) + RandomHostileChildTests.mutate(Array(seed.dropFirst(4)), &random)
+                var sent = false
+                for _ in 0..<100 where !sent {
+                    do {
+                        try nic.sendRawRNDIS(message)
+                        sent = true
+                    } catch {
+                        _ = os.vp.halt(until: { false }, timeout: 0.005)  // let completions free a send section
+                    }
+                }
+                if !sent { unsent += 1 }
+            }
+            let before = vsp.statistics.framesFromChild
+            try nic.send(frame)
+            _ = os.vp.halt(until: { vsp.statistics.framesFromChild > before }, timeout: 5)
+            return (unsent, vsp.statistics.malformedFromChild, vsp.statistics.framesFromChild > before, nic.isOpen)
+        }
+        #expect(result.0 == 0, "every message was sent")
+        #expect(result.1 > 100, "the mutations reach the parser's refusals (\(result.1))")
+        #expect(result.2 && result.3, "the channel stays open and a good frame still goes through")
+    }
+
     @Test func aPageListOutsideTheChildsMemoryClosesTheChannel() throws {
         let (closed, cause) = try withChildAndCause { os, nic, _, _ in
             let payload = NetworkProtocol.encode(.sendRNDISPacket) { $0.u32(0); $0.u32(NetworkProtocol.noSection); $0.u32(0) }
