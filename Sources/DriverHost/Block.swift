@@ -20,6 +20,23 @@ public struct BlockGeometry: Sendable, Equatable {
     }
 
     public var capacity: UInt64 { blockCount * UInt64(blockSize) }
+
+    /// A shape a disk can have: a power-of-two block size of at least 512
+    /// bytes, at least one block, a capacity that fits an Int (so no byte
+    /// offset on the disk overflows), a transfer and a queue of at least one.
+    /// What a driver registers, in process or from a driver host, is checked
+    /// against it before the OS uses any of it.
+    public var isPossible: Bool {
+        blockSize >= 512 && blockSize & (blockSize - 1) == 0 && blockCount > 0 && blockCount <= UInt64(Int.max) / UInt64(blockSize)
+            && maxTransferBlocks > 0 && queueDepth > 0
+    }
+}
+
+extension BlockGeometry {
+    init(_ g: oy_block_geometry) {
+        self.init(blockSize: Int(g.block_size), blockCount: g.block_count, maxTransferBlocks: Int(g.max_transfer_blocks),
+                  queueDepth: Int(g.queue_depth), canFlush: g.flags & UInt32(OY_BLOCK_CAN_FLUSH.rawValue) != 0)
+    }
 }
 
 /// One block request, reusable. The C struct the driver sees lives as long
@@ -110,9 +127,7 @@ public final class RegisteredDisk: ClassRegistration, @unchecked Sendable {
 
     init?(binding: DeviceBinding, geometry g: oy_block_geometry, ops: oy_block_ops, instance: UnsafeMutableRawPointer?) {
         guard let submit = ops.submit else { return nil }
-        self.geometry = BlockGeometry(
-            blockSize: Int(g.block_size), blockCount: g.block_count, maxTransferBlocks: Int(g.max_transfer_blocks),
-            queueDepth: Int(g.queue_depth), canFlush: g.flags & UInt32(OY_BLOCK_CAN_FLUSH.rawValue) != 0)
+        self.geometry = BlockGeometry(g)
         self.submitFunction = submit
         self.instance = instance
         self.loans = Loans(library: binding.library)
@@ -143,7 +158,7 @@ enum HostBlock {
             ClassRegistration.register(device, out: out, service: "register_disk") { binding in
                 guard let geometry, let ops, oy_block_geometry.isComplete(geometry), oy_block_ops.isComplete(ops) else { return .invalid }
                 let g = geometry.pointee
-                guard g.block_size >= 512, g.block_size & (g.block_size - 1) == 0, g.block_count > 0, g.max_transfer_blocks > 0, g.queue_depth > 0 else {
+                guard BlockGeometry(g).isPossible else {
                     return .violation("an impossible geometry (block size \(g.block_size), \(g.block_count) blocks, max transfer \(g.max_transfer_blocks), depth \(g.queue_depth))")
                 }
                 return RegisteredDisk(binding: binding, geometry: g, ops: ops.pointee, instance: instance).map { .made($0) } ?? .violation("a NULL submit callback")

@@ -44,6 +44,9 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
         var nextTag: UInt64 = 1
         var hooks: [Int: Int32] = [:]
         var dma: [UInt64: DMARegion] = [:]
+        /// What the host's driver mapped with dmaMap: device address → the
+        /// lengths of its mappings there. Only these are unmapped for it.
+        var maps: [UInt64: [Int]] = [:]
         /// Set when the Kernel detaches it on purpose: its end is no failure.
         var leaving = false
         /// Set once attached: a host that dies while attaching is a failed attach, not a crash to recover.
@@ -183,6 +186,13 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
         return runs
     }
 
+    /// Every page of [physical, +length) was shared with the host.
+    private static func isShared(_ s: State, physical: UInt64, length: Int) -> Bool {
+        guard length > 0, physical <= UInt64.max - UInt64(length) else { return false }
+        let first = physical / UInt64(SharedPage.size), last = (physical + UInt64(length) - 1) / UInt64(SharedPage.size)
+        return (first...last).allSatisfy { s.shared.contains($0) }
+    }
+
     private func take(_ tag: UInt64) -> InFlight? { state.withLock { $0.inFlight.removeValue(forKey: tag) } }
 
     private func release(_ flight: InFlight) {
@@ -210,7 +220,7 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
         do {
             switch kind {
             case .log:
-                let level = LogLevel(rawValue: Int32(try message.body.u32())) ?? .info
+                let level = LogLevel(rawValue: Int32(bitPattern: try message.body.u32())) ?? .info
                 log.record(level, name, try message.body.string())
                 return
             case .complete:
@@ -238,8 +248,16 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
                 device.portWrite(bar: Int(try message.body.u32()), port: try message.body.u32(), value: UInt8(truncatingIfNeeded: try message.body.u32()))
                 return
             case .dmaUnmap:
-                let address = try message.body.u64(), length = Int(try message.body.u64())
-                device.dmaUnmap(DMARegion(cpu: platform.memory.base, deviceAddress: address, length: length))
+                let address = try message.body.u64(), length = try message.body.length()
+                // Only a mapping the host made: an address or length of its
+                // own invention unmaps nothing.
+                let mapped = state.withLock { s -> Bool in
+                    guard let at = s.maps[address]?.firstIndex(of: length) else { return false }
+                    s.maps[address]!.remove(at: at)
+                    if s.maps[address]!.isEmpty { s.maps[address] = nil }
+                    return true
+                }
+                if mapped { device.dmaUnmap(DMARegion(cpu: platform.memory.base, deviceAddress: address, length: length)) }
                 return
             case .serialReceived, .netReceived:
                 // Input for the OS's port, or a frame for its interface.
@@ -309,7 +327,7 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
             let value = device.portRead(bar: Int(try body.u32()), port: try body.u32())
             reply.i32(0); reply.u32(UInt32(value))
         case .dmaAllocate:
-            let size = Int(try body.u64())
+            let size = try body.length()
             guard size > 0, size <= 64 << 20 else { throw OyStatus.invalid }
             let region = try device.dmaAllocate(size: size)
             guard let physical = platform.memory.physical(of: region.cpu, length: size) else { throw OyStatus.noMemory }
@@ -323,9 +341,15 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
             if let region = state.withLock({ $0.dma.removeValue(forKey: address) }) { device.dmaFree(region) }
             reply.i32(0)
         case .dmaMap:
-            let physical = try body.u64(), length = Int(try body.u64())
-            guard let direction = DMADirection(rawValue: try body.u32()), let pointer = platform.memory.pointer(physical) else { throw OyStatus.invalid }
+            let physical = try body.u64(), length = try body.length()
+            // Only memory the Kernel shared with this host (DMA buffers,
+            // request data, frame slots): a host cannot point its device
+            // at the rest of the OS's memory.
+            guard let direction = DMADirection(rawValue: try body.u32()), let pointer = platform.memory.pointer(physical),
+                  state.withLock({ Self.isShared($0, physical: physical, length: length) })
+            else { throw OyStatus.invalid }
             let region = try device.dmaMap(pointer, length: length, direction: direction)
+            state.withLock { $0.maps[region.deviceAddress, default: []].append(length) }
             reply.i32(0); reply.u64(region.deviceAddress)
         case .hookInterrupt:
             let index = Int(try body.u32())
@@ -363,6 +387,8 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
         case .registerDisk:
             let g = BlockGeometry(blockSize: Int(try body.u32()), blockCount: try body.u64(), maxTransferBlocks: Int(try body.u32()),
                                   queueDepth: Int(try body.u32()), canFlush: try body.u32() != 0)
+            // The host checked it, unless the host is not what it should be.
+            guard g.isPossible else { throw OyStatus.invalid }
             state.withLock { $0.geometry = g }
             guard let kernel else { throw OyStatus.deviceGone }
             try kernel.blockLayer.adopt(disk: self, log: log)
@@ -492,18 +518,23 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
             kill(pid, SIGKILL)
             waited = waitpid(pid, &status, 0)
         }
-        let (flights, hooks, regions) = state.withLock { s -> ([InFlight], [Int], [DMARegion]) in
+        let (flights, hooks, regions, maps) = state.withLock { s -> ([InFlight], [Int], [DMARegion], [UInt64: [Int]]) in
             defer {
                 s.inFlight.removeAll()
                 s.dma.removeAll()
+                s.maps.removeAll()
             }
-            return (Array(s.inFlight.values), Array(s.hooks.keys), Array(s.dma.values))
+            return (Array(s.inFlight.values), Array(s.hooks.keys), Array(s.dma.values), s.maps)
         }
         for index in hooks {
             device.unhookInterrupt(index: index)
             if let doorbell = state.withLock({ $0.hooks.removeValue(forKey: index) }) { _ = close(doorbell) }
         }
         for region in regions { device.dmaFree(region) }
+        // Mappings the driver left: the device loses them with its driver.
+        for (address, lengths) in maps {
+            for length in lengths { device.dmaUnmap(DMARegion(cpu: platform.memory.base, deviceAddress: address, length: length)) }
+        }
         kernel?.blockLayer.release(disk: self, log: log)
         releaseEntropy()
         releaseSerial()

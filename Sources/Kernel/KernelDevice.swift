@@ -85,13 +85,22 @@ final class KernelDevice: HostDevice, @unchecked Sendable {
     }
 
     func unhookInterrupt(index: Int) {
+        guard isOwn(interrupt: index) else { return }
         platform.maskInterrupt(slot, index: index)
         platform.routeInterrupt(slot, index: index, handler: nil)
     }
 
-    func maskInterrupt(index: Int) { platform.maskInterrupt(slot, index: index) }
+    func maskInterrupt(index: Int) {
+        if isOwn(interrupt: index) { platform.maskInterrupt(slot, index: index) }
+    }
 
-    func unmaskInterrupt(index: Int) { platform.unmaskInterrupt(slot, index: index) }
+    func unmaskInterrupt(index: Int) {
+        if isOwn(interrupt: index) { platform.unmaskInterrupt(slot, index: index) }
+    }
+
+    /// One of this device's vectors: an index from a driver host is not
+    /// trusted to be, and another device's vector is never touched.
+    private func isOwn(interrupt index: Int) -> Bool { index >= 0 && index < info.interruptCount }
 
     /// Frees what drivers left allocated (after a host-side reclaim they are
     /// already gone; this is the last line for a removed device).

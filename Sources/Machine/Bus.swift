@@ -197,10 +197,10 @@ public final class BusSlot: Sendable {
     }
 
     /// Register access as the CPU sees it: all ones for a removed device or an
-    /// access outside the window.
+    /// access outside the window (64 of them for a width no CPU has).
     public func mmioRead(bar: Int, offset: UInt64, width: Int) -> UInt64 {
         guard !isRemoved, inWindow(bar: bar, offset: offset, width: width) else {
-            return width == 8 ? UInt64.max : (1 << UInt64(width * 8)) - 1
+            return [1, 2, 4].contains(width) ? (1 << UInt64(width * 8)) - 1 : UInt64.max
         }
         return device.mmioRead(bar: bar, offset: offset, width: width)
     }

@@ -172,6 +172,73 @@ import Workloads
         #expect(kernel.driverHostProcess(at: address) != first && kernel.entropy.sources.map(\.name) == ["hwrng0"])
     }
 
+    /// A driver host is not trusted: a driver in one can write anything to
+    /// its line. Lengths past Int's range, an impossible disk, another
+    /// device's interrupts, unknown kinds and random bodies are refused or
+    /// touch only its own device; the Kernel does not fall over and the
+    /// other devices go on.
+    @Test func aHostileDriverHostsMessagesAreRefusedAndTheKernelGoesOn() throws {
+        func kind(_ k: HostMessage) -> String { "\(k.rawValue)u" }
+        // nvmelite's device sits first on the bus: other devices' vectors follow its own.
+        let hostile = try Fixtures.mutatedReferenceDriver("nvmelite", [
+            ("#include <string.h>\n", """
+            #include <string.h>
+            #include <sys/socket.h>
+            /* The defect: writes its own messages to every SEQPACKET socket it finds (its driver host's line). */
+            static void fixture_put(unsigned char *m, unsigned *n, const void *v, unsigned size) { memcpy(m + *n, v, size); *n += size; }
+            static void fixture_attack(const oy_host *h) {
+                unsigned char m[256];
+                uint64_t huge = ~0ull, seed = 0x5EEDull;
+                uint32_t kinds[5] = {\(kind(.dmaUnmap)), \(kind(.dmaAllocate)), \(kind(.dmaMap)), \(kind(.registerDisk)), 999u};
+                for (int fd = 0; fd < 1024; fd++) {
+                    int type = 0; socklen_t length = sizeof(type);
+                    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) != 0 || type != SOCK_SEQPACKET) continue;
+                    h->log(h, NULL, OY_LOG_WARNING, "fixture: attacking its line");
+                    for (int k = 0; k < 5; k++) {
+                        unsigned n = 0; uint32_t sequence = 0x7770u + (uint32_t)k, four = 4096u, one = 1u;
+                        fixture_put(m, &n, &kinds[k], 4); fixture_put(m, &n, &sequence, 4);
+                        if (k == 3) { fixture_put(m, &n, &four, 4); fixture_put(m, &n, &huge, 8); fixture_put(m, &n, &one, 4); fixture_put(m, &n, &one, 4); fixture_put(m, &n, &one, 4); }
+                        else { fixture_put(m, &n, &huge, 8); fixture_put(m, &n, &huge, 8); fixture_put(m, &n, &one, 4); }
+                        (void)send(fd, m, n, 0);
+                    }
+                    /* Other devices' interrupt vectors: its own is index 0 only. */
+                    for (uint32_t index = 1; index <= 16; index++) {
+                        uint32_t mask[3] = {\(kind(.maskInterrupt)), 0u, index}, unhook[3] = {\(kind(.unhookInterrupt)), 0x7700u + index, index};
+                        (void)send(fd, mask, sizeof(mask), 0);
+                        (void)send(fd, unhook, sizeof(unhook), 0);
+                    }
+                    /* Random kinds and bodies: every message at least a header long. */
+                    for (int r = 0; r < 300; r++) {
+                        unsigned n = 8 + (unsigned)(seed % 120);
+                        for (unsigned i = 0; i < n; i++) { seed = seed * 6364136223846793005ull + 1442695040888963407ull; m[i] = (unsigned char)(seed >> 56); }
+                        m[0] = (unsigned char)(16 + (seed >> 40) % 40); m[1] = m[2] = m[3] = 0; /* kinds the Kernel serves, and some past them */
+                        (void)send(fd, m, n, 0);
+                    }
+                }
+            }
+
+            """),
+            ("    if (c == NULL || device == NULL || out_instance == NULL) return OY_E_INVALID;\n    h = c->host;\n",
+             "    if (c == NULL || device == NULL || out_instance == NULL) return OY_E_INVALID;\n    h = c->host;\n    fixture_attack(h);\n"),
+        ])
+        let (testbed, kernel) = try Self.isolatedSystem(drivers: [hostile, try Fixtures.templateDriver()], state: Fixtures.temporaryDirectory("hostile-host"))
+        defer {
+            kernel.shutdown()
+            testbed.machine.shutdown()
+        }
+        #expect(kernel.log.all.contains { $0.message == "fixture: attacking its line" }, "the attack ran")
+        // What the hostile host did to its own device is its business; the
+        // Kernel lives, refused the impossible disk, and the other device
+        // (its interrupt neither masked nor unhooked) goes on in its host.
+        #expect(!kernel.blockLayer.disks.contains { $0.geometry.blockCount == .max }, "no disk of an impossible geometry")
+        let rng = try #require(testbed.machine.bus.enumerate().first { $0.device === testbed.rng }?.address)
+        let host = try #require(kernel.driverHostProcess(at: rng))
+        // The hostile host may register entropy sources of its own; the device's own is read.
+        let source = try #require(kernel.entropy.sources.first { $0.registered.location == rng.description })
+        for i in 0..<5 { #expect(try source.read(32, timeout: 10).count == 32, "read \(i + 1)") }
+        #expect(kernel.driverHostProcess(at: rng) == host)
+    }
+
     /// Restarts without the default backoff; `hangTimeout`: a hang is noticed that soon.
     static func quickPolicy(hangTimeout: Duration? = nil) -> RestartPolicy {
         var policy = RestartPolicy()

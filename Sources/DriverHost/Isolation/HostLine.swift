@@ -127,8 +127,15 @@ public struct WireReader: Sendable {
         let count = Int(try u32())
         guard count <= 4096 else { throw Short() }
         var runs: [(offset: UInt64, length: Int)] = []
-        for _ in 0..<count { runs.append((try u64(), Int(try u64()))) }
+        for _ in 0..<count { runs.append((try u64(), try length())) }
         return runs
+    }
+    /// A byte count sent as a u64: one that is no Int (the other end is
+    /// broken or hostile) is refused like a short message, never trapped on.
+    public mutating func length() throws(Short) -> Int {
+        let value = try u64()
+        guard value <= UInt64(Int.max) else { throw Short() }
+        return Int(value)
     }
 }
 

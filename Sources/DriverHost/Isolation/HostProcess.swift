@@ -473,7 +473,7 @@ final class HostSide: @unchecked Sendable {
     private func attach(_ message: inout HostLine.Incoming) -> (OyStatus, String) {
         guard instance == nil, let file = message.fds.first else { return (.state, "already attached, or no memory file") }
         do {
-            let path = try message.body.string(), environmentName = try message.body.string(), ramSize = Int(try message.body.u64())
+            let path = try message.body.string(), environmentName = try message.body.string(), ramSize = try message.body.length()
             let vendor = UInt16(try message.body.u32()), device = UInt16(try message.body.u32()), classCode = try message.body.u32()
             let revision = UInt8(try message.body.u32()), interrupts = Int(try message.body.u32()), location = try message.body.string()
             if try message.body.u32() != 0 { Verifier.enable(timeCallbacks: false) }
