@@ -118,9 +118,13 @@ final class MemoryAllocation: Resource, @unchecked Sendable {
     private let base: UnsafeMutableRawPointer
 
     /// A zeroed block of `size` bytes between red zones; nil when out of memory.
+    /// The largest block one mem_alloc gives (a larger request is out of
+    /// memory, as kmalloc's has a largest size): zeroing it touches every page.
+    static let maxSize = 1 << 30
+
     init?(size: Int, owner: ResourceOwner) {
         var base: UnsafeMutableRawPointer?
-        guard posix_memalign(&base, 16, size + 2 * Self.redZone) == 0, let base else { return nil }
+        guard size > 0, size <= Self.maxSize, posix_memalign(&base, 16, size + 2 * Self.redZone) == 0, let base else { return nil }
         memset(base, Int32(Self.guardByte), Self.redZone)
         memset(base + Self.redZone, 0, size)
         memset(base + Self.redZone + size, Int32(Self.guardByte), Self.redZone)

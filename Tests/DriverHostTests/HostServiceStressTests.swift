@@ -43,5 +43,7 @@ import Testing
         #expect(wrongKind.reported.count == 1 && wrongKind.reported[0].hasPrefix("event_signal"), "a lock is not an event: \(wrongKind)")
         let fresh = try misuse(5)
         #expect(fresh.result == "2000" && fresh.reported.isEmpty, "a new lock after all of it: \(fresh)")
+        let huge = try misuse(6)
+        #expect(huge.result == "4", "mem_alloc of SIZE_MAX, past Int, just under it with red zones and past 1 GiB: each NULL: \(huge)")
     }
 }

@@ -96,8 +96,9 @@ struct oy_host {
 
     /* ---- memory ---------------------------------------------------------- */
 
-    /* Allocate `size` bytes aligned to 16, zeroed. NULL when out of memory or
-     * when size is 0. The memory is NOT reachable by devices (see dma_alloc).
+    /* Allocate `size` bytes aligned to 16, zeroed. NULL when out of memory,
+     * when size is 0 or when it is over 1 GiB. The memory is NOT reachable by
+     * devices (see dma_alloc).
      * [any-thread] */
     void *(*mem_alloc)(const oy_host *host, oy_device *owner, size_t size);
 

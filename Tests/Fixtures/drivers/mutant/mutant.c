@@ -344,6 +344,18 @@ static int32_t mutant_m_lock_misuse(void *instance, uint32_t which) {
         h->event_signal((oy_event *)lock);
         h->lock_destroy(lock);
         return 0;
+    case 6: {
+        /* mem_alloc of sizes no allocator gives: each must be NULL, not a crash. */
+        size_t sizes[4] = {(size_t)-1, (size_t)-1 / 2 + 1, (size_t)-1 / 2 - 8, ((size_t)1 << 30) + 1};
+        int32_t refused = 0;
+        int k;
+        for (k = 0; k < 4; k++) {
+            void *p = h->mem_alloc(h, d->device, sizes[k]);
+            if (p == NULL) refused++; else h->mem_free(h, p);
+        }
+        h->lock_destroy(lock);
+        return refused;
+    }
     case 5: {
         int32_t count = 0;
         int i;
@@ -382,7 +394,7 @@ static const oy_control_method mutant_methods[] = {
     {sizeof(oy_control_method), 0, "work_destroy_races", "i32(u32)",
      "Rounds (at most 1000) in which work_destroy returned while the item ran or before its last run", (oy_control_fn)mutant_m_work_destroy_races},
 #ifdef MUTANT_LOCK_MISUSE
-    {sizeof(oy_control_method), 0, "lock_misuse", "i32(u32)", "Misuses a lock one way (1-5); see the source", (oy_control_fn)mutant_m_lock_misuse},
+    {sizeof(oy_control_method), 0, "lock_misuse", "i32(u32)", "Misuses a lock one way (1-5), or asks mem_alloc for impossible sizes (6); see the source", (oy_control_fn)mutant_m_lock_misuse},
 #endif
 #ifdef MUTANT_KEEPS_STRING_ARG
     {sizeof(oy_control_method), 0, "remember", "i32(str)", "Keeps a name", (oy_control_fn)mutant_m_remember},
