@@ -67,7 +67,9 @@ final class Scheduler: @unchecked Sendable {
     func arm(_ item: Item, delayNanoseconds delay: UInt64) {
         condition.lock()
         if !item.cancelled {
-            item.deadline = monotonicNanoseconds() &+ delay
+            // Saturating: a delay past the end of time is never, not at once.
+            let (deadline, overflow) = monotonicNanoseconds().addingReportingOverflow(delay)
+            item.deadline = overflow ? .max : deadline
             if !timers.contains(where: { $0 === item }) { timers.append(item) }
             condition.broadcast()
         }
@@ -144,7 +146,9 @@ final class Scheduler: @unchecked Sendable {
             }
             timers.removeAll { $0.deadline == nil }
             if let next {
-                let seconds = Double(next - now) / 1e9
+                // At most an hour at a time: a Date centuries away traps, and
+                // the loop looks again anyway.
+                let seconds = min(Double(next - now) / 1e9, 3600)
                 _ = condition.wait(until: Date(timeIntervalSinceNow: seconds))
             } else {
                 condition.wait()

@@ -44,6 +44,7 @@ import Testing
         let fresh = try misuse(5)
         #expect(fresh.result == "2000" && fresh.reported.isEmpty, "a new lock after all of it: \(fresh)")
         let huge = try misuse(6)
+        #expect(try misuse(7).result == "1", "a timer armed with the largest delay does not fire at once")
         #expect(huge.result == "4", "mem_alloc of SIZE_MAX, past Int, just under it with red zones and past 1 GiB: each NULL: \(huge)")
     }
 }

@@ -311,6 +311,8 @@ static int32_t mutant_m_work_destroy_races(void *instance, uint32_t rounds) {
 }
 
 #ifdef MUTANT_LOCK_MISUSE
+static void mutant_timer_fired(void *arg) { __atomic_store_n((int *)arg, 1, __ATOMIC_SEQ_CST); }
+
 /* Defect on request: misuses a lock the way buggy drivers do; each case is a violation the
  * host must report and survive. 1: acquire and release after destroy;
  * 2: a forged handle; 3: destroy while held, then release; 4: a lock
@@ -344,6 +346,24 @@ static int32_t mutant_m_lock_misuse(void *instance, uint32_t which) {
         h->event_signal((oy_event *)lock);
         h->lock_destroy(lock);
         return 0;
+    case 7: {
+        /* A timer armed for the longest delay there is must not fire at once. */
+        static int fired;
+        oy_timer *timer = NULL;
+        oy_event *pause = NULL;
+        fired = 0;
+        h->lock_destroy(lock);
+        if (h->timer_create(h, d->device, mutant_timer_fired, &fired, &timer) != OY_OK) return OY_E_NOMEM;
+        if (h->event_create(h, d->device, &pause) != OY_OK) {
+            h->timer_destroy(timer);
+            return OY_E_NOMEM;
+        }
+        h->timer_arm(timer, ~0ull);
+        (void)h->event_wait(pause, 50000000ull);
+        h->timer_destroy(timer);
+        h->event_destroy(pause);
+        return __atomic_load_n(&fired, __ATOMIC_SEQ_CST) ? 0 : 1;
+    }
     case 6: {
         /* mem_alloc of sizes no allocator gives: each must be NULL, not a crash. */
         size_t sizes[4] = {(size_t)-1, (size_t)-1 / 2 + 1, (size_t)-1 / 2 - 8, ((size_t)1 << 30) + 1};
@@ -394,7 +414,7 @@ static const oy_control_method mutant_methods[] = {
     {sizeof(oy_control_method), 0, "work_destroy_races", "i32(u32)",
      "Rounds (at most 1000) in which work_destroy returned while the item ran or before its last run", (oy_control_fn)mutant_m_work_destroy_races},
 #ifdef MUTANT_LOCK_MISUSE
-    {sizeof(oy_control_method), 0, "lock_misuse", "i32(u32)", "Misuses a lock one way (1-5), or asks mem_alloc for impossible sizes (6); see the source", (oy_control_fn)mutant_m_lock_misuse},
+    {sizeof(oy_control_method), 0, "lock_misuse", "i32(u32)", "Misuses a lock one way (1-5), asks mem_alloc for impossible sizes (6), arms a timer for ever (7); see the source", (oy_control_fn)mutant_m_lock_misuse},
 #endif
 #ifdef MUTANT_KEEPS_STRING_ARG
     {sizeof(oy_control_method), 0, "remember", "i32(str)", "Keeps a name", (oy_control_fn)mutant_m_remember},
