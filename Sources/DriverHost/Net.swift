@@ -105,6 +105,12 @@ public final class RegisteredNetdev: ClassRegistration, @unchecked Sendable {
         super.init(binding: binding, deviceClass: Self.classID, kind: "network interface", detail: lowercaseHex(withUnsafeBytes(of: info.mac) { Array($0) }, separator: UInt8(ascii: ":")))
     }
 
+    /// Frames of 60 bytes to 64 KiB, 1 to 4096 of them with the driver at
+    /// once: what a NIC can register, in process or from a driver host.
+    public static func isPossible(maxFrame: Int, queueDepth: Int) -> Bool {
+        (60...65_535).contains(maxFrame) && (1...4096).contains(queueDepth)
+    }
+
     public static func format(_ mac: [UInt8]) -> String { lowercaseHex(mac, separator: UInt8(ascii: ":")) }
 
     public var linkUp: Bool { lock.withLock { link_ } }
@@ -172,7 +178,7 @@ enum HostNet {
         t.register_netdev = { device, info, ops, instance, out in
             ClassRegistration.register(device, out: out, service: "register_netdev") { binding in
                 guard let info, let ops, oy_net_info.isComplete(info), oy_net_ops.isComplete(ops),
-                    info.pointee.max_frame >= 60, info.pointee.tx_queue_depth > 0
+                    RegisteredNetdev.isPossible(maxFrame: Int(info.pointee.max_frame), queueDepth: Int(info.pointee.tx_queue_depth))
                 else { return .invalid }
                 return RegisteredNetdev(binding: binding, info: info.pointee, ops: ops.pointee, instance: instance).map { .made($0) } ?? .violation("a NULL transmit callback")
             }

@@ -423,7 +423,7 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
             let mac = try body.data()
             _ = try body.u32()  // the MTU: the OS's interfaces go by the largest frame
             let maxFrame = Int(try body.u32()), depth = Int(try body.u32()), linkUp = try body.u32() != 0
-            guard mac.count == 6, maxFrame >= 60, maxFrame <= 65_535, depth > 0, depth <= 4096 else { throw OyStatus.invalid }
+            guard mac.count == 6, RegisteredNetdev.isPossible(maxFrame: maxFrame, queueDepth: depth) else { throw OyStatus.invalid }
             try register(\.net) { () throws(OyStatus) in
                 guard let binding = HostedNetdev(origin, line: line, platform: platform, slot: slot, mac: mac, maxFrame: maxFrame, queueDepth: depth,
                                                  linkUp: linkUp, share: { physical, length in self.state.withLock { self.newlyShared(&$0, physical: physical, length: length) } })

@@ -52,6 +52,17 @@ import Testing
         #expect(s.testbed.nics[0].statistics.framesSent == 0)
     }
 
+    /// A NIC driver claiming frames or a queue no NIC has is refused its
+    /// interface alike in process and in a driver host.
+    @Test(arguments: [false, true]) func anImpossibleInterfaceIsRefused(hosted: Bool) throws {
+        let driver = try Fixtures.mutatedReferenceDriver("e1klite", [("    info.max_frame = OY_NET_MAX_FRAME;\n", "    info.max_frame = 0x7FFFFFFFu; /* the defect */\n")])
+        let s = try Fixtures.bareSystem(drivers: [driver], nics: 1, hosted: hosted)
+        defer { s.shutdown() }
+        #expect(s.kernel.network.interfaces.isEmpty)
+        #expect(s.kernel.loadedDrivers.isEmpty || s.kernel.instance(at: s.testbed.machine.bus.enumerate().first { $0.device === s.testbed.nics[0] }!.address) == nil,
+                "the attach that registered it failed")
+    }
+
     @Test(arguments: [false, true]) func framesToOtherMACsAreFilteredAndBroadcastAccepted(hosted: Bool) throws {
         let s = try system(hosted: hosted)
         defer { s.shutdown() }

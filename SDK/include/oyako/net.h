@@ -35,8 +35,8 @@ typedef struct oy_net_info {
     uint8_t mac[6];          /* the interface's own address */
     uint16_t reserved;
     uint32_t mtu;            /* payload bytes, 1500 for Ethernet */
-    uint32_t max_frame;      /* largest frame transmit accepts, without FCS */
-    uint32_t tx_queue_depth; /* frames transmit accepts at once */
+    uint32_t max_frame;      /* largest frame transmit accepts, without FCS: 60 to 65535 */
+    uint32_t tx_queue_depth; /* frames transmit accepts at once: 1 to 4096 */
     uint32_t link;           /* oy_link_state at registration */
 } oy_net_info;
 
