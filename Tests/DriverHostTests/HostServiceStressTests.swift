@@ -23,8 +23,23 @@ import Testing
 /// Driver locks: misuse is refused and reported, never a crash, and a lock
 /// made afterwards still excludes.
 @Suite struct DriverLockTests {
+    /// Every host service called with random arguments (handles of every
+    /// kind, live, released and forged; offsets, widths, sizes, indices,
+    /// delays): the host reports and refuses, never falls over, and the
+    /// driver still detaches with what it left reclaimed.
+    @Test(arguments: [1, 2, 3] as [UInt32])
+    func randomServiceCallsAreRefusedOrServed(seed: UInt32) throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.fixtureDriver(defines: ["MUTANT_SERVICE_MISUSE"])])
+        defer { system.shutdown() }
+        let instance = try #require(system.kernel.instance(at: system.testbed.nvmeSlot.address))
+        #expect(try instance.callControl("service_fuzz", arguments: ["\(seed)"]) == "3000")
+        #expect(!instance.library.violations.isEmpty, "random handles are violations, reported")
+        let report = try #require(system.kernel.unloadDriver(named: instance.library.name))
+        #expect(report == [system.testbed.nvmeSlot.address.description], "detached and unloaded after it")
+    }
+
     @Test func lockMisuseIsRefusedAndReported() throws {
-        let system = try Fixtures.bareSystem(drivers: [try Fixtures.fixtureDriver(defines: ["MUTANT_LOCK_MISUSE"])])
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.fixtureDriver(defines: ["MUTANT_SERVICE_MISUSE"])])
         defer { system.shutdown() }
         let instance = try #require(system.kernel.instance(at: system.testbed.nvmeSlot.address))
         func misuse(_ which: Int) throws -> (result: String, reported: [String]) {

@@ -310,7 +310,7 @@ static int32_t mutant_m_work_destroy_races(void *instance, uint32_t rounds) {
     return broken;
 }
 
-#ifdef MUTANT_LOCK_MISUSE
+#ifdef MUTANT_SERVICE_MISUSE
 static void mutant_timer_fired(void *arg) { __atomic_store_n((int *)arg, 1, __ATOMIC_SEQ_CST); }
 
 /* Defect on request: misuses a lock the way buggy drivers do; each case is a violation the
@@ -394,6 +394,98 @@ static int32_t mutant_m_lock_misuse(void *instance, uint32_t which) {
 }
 #endif
 
+#ifdef MUTANT_SERVICE_MISUSE
+static void mutant_nothing(void *arg) { (void)arg; }
+
+static uint64_t fuzz_next(uint64_t *state) {
+    *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+    return *state >> 11;
+}
+
+#define FUZZ_POOL 64
+
+/* `rounds` host-service calls with random arguments: handles of every kind
+ * (live, released, of the wrong kind, forged), offsets, widths, sizes,
+ * indices and delays. Its own pointers are always valid: what is tried is
+ * the host's checking, not C's. Returns the calls made. */
+static int32_t mutant_m_service_fuzz(void *instance, uint32_t seed) {
+    mutant_dev *d = (mutant_dev *)instance;
+    const oy_host *h;
+    void *pool[FUZZ_POOL];
+    int held[FUZZ_POOL];
+    uint64_t state = 0x9E3779B97F4A7C15ull ^ seed;
+    uint32_t value32 = 0, count = 0;
+    uint64_t size = 0, value64 = 0;
+    int32_t calls = 0;
+    int i;
+    if (!oy_instance_contains(&mutant_instances, d)) return OY_E_STATE;
+    h = d->ctx->host;
+    for (i = 0; i < FUZZ_POOL; i++) {
+        held[i] = 0;
+        switch (i % 4) {
+        case 0: pool[i] = (void *)(uintptr_t)fuzz_next(&state); break;  /* anything */
+        case 1: pool[i] = (void *)(uintptr_t)((fuzz_next(&state) << 32) | (1u << 31) | (fuzz_next(&state) & 0xFF)); break; /* lock-like */
+        case 2: pool[i] = (void *)(uintptr_t)((fuzz_next(&state) & 0xF) << 32 | (fuzz_next(&state) & 0x3F)); break; /* handle-like */
+        default: pool[i] = NULL; break;
+        }
+    }
+    for (int32_t round = 0; round < 3000; round++) {
+        uint64_t r = fuzz_next(&state);
+        int slot = (int)(fuzz_next(&state) % FUZZ_POOL);
+        void *any = pool[(int)(fuzz_next(&state) % FUZZ_POOL)];
+        uint64_t big = fuzz_next(&state) % 3 == 0 ? ~0ull >> (fuzz_next(&state) % 64) : fuzz_next(&state) % 8192;
+        void *made = NULL;
+        calls++;
+        switch (r % 30) {
+        case 0: made = h->mem_alloc(h, d->device, (size_t)big); break;
+        case 1: h->mem_free(h, any); break;
+        case 2: if (h->lock_create(h, d->device, (oy_lock **)&made) != OY_OK) made = NULL; break;
+        case 3: if (!held[slot]) h->lock_destroy((oy_lock *)pool[slot]); break;
+        case 4: if (!held[slot] && pool[slot] != NULL) { h->lock_acquire((oy_lock *)pool[slot]); held[slot] = 1; } break;
+        case 5: if (held[slot]) { h->lock_release((oy_lock *)pool[slot]); held[slot] = 0; } break;
+        case 6: if (h->event_create(h, d->device, (oy_event **)&made) != OY_OK) made = NULL; break;
+        case 7: h->event_signal((oy_event *)any); break;
+        case 8: (void)h->event_wait((oy_event *)any, big % 1000000u); break;
+        case 9: if (h->work_create(h, d->device, mutant_nothing, NULL, (oy_work **)&made) != OY_OK) made = NULL; break;
+        case 10: h->work_queue((oy_work *)any); break;
+        case 11: if (h->timer_create(h, d->device, mutant_nothing, NULL, (oy_timer **)&made) != OY_OK) made = NULL; break;
+        case 12: h->timer_arm((oy_timer *)any, big); break;
+        case 13: h->timer_cancel((oy_timer *)any); break;
+        case 14: (void)h->config_read(d->device, (uint32_t)big, (uint32_t)(fuzz_next(&state) % 9), &value32); break;
+        case 15: (void)h->config_write(d->device, (uint32_t)big, (uint32_t)(fuzz_next(&state) % 9), (uint32_t)fuzz_next(&state)); break;
+        case 16: if (h->regs_map(d->device, (uint32_t)(fuzz_next(&state) % 8), (oy_regs **)&made, &size) != OY_OK) made = NULL; break;
+        case 17: value32 = h->reg_read32((oy_regs *)any, big); break;
+        case 18: h->reg_write32((oy_regs *)any, big, (uint32_t)fuzz_next(&state)); break;
+        case 19: value64 = h->reg_read64((oy_regs *)any, big); break;
+        case 20: h->reg_write64((oy_regs *)any, big, fuzz_next(&state)); break;
+        case 21: if (h->ports_claim(d->device, (uint32_t)(fuzz_next(&state) % 8), (oy_ports **)&made, &count) != OY_OK) made = NULL; break;
+        case 22: h->port_out8((oy_ports *)any, (uint32_t)big, (uint8_t)fuzz_next(&state)); break;
+        case 23: {
+            void *cpu = NULL;
+            oy_dma_addr address = 0;
+            if (h->dma_alloc(d->device, (size_t)big, (oy_dma_buffer **)&made, &cpu, &address) != OY_OK) made = NULL;
+            break;
+        }
+        case 24: {
+            oy_dma_addr address = 0;
+            if (h->dma_map(d->device, any, (size_t)big, (uint32_t)(fuzz_next(&state) % 5), (oy_dma_map **)&made, &address) != OY_OK) made = NULL;
+            break;
+        }
+        case 25: if (h->irq_hook(d->device, (uint32_t)(fuzz_next(&state) % 6), mutant_nothing, NULL, (oy_irq **)&made) != OY_OK) made = NULL; break;
+        case 26: h->irq_mask((oy_irq *)any); h->irq_unmask((oy_irq *)any); break;
+        /* Releases of whatever is in the pool, of whatever kind. */
+        case 27: h->regs_unmap((oy_regs *)any); h->ports_release((oy_ports *)any); break;
+        case 28: h->dma_free((oy_dma_buffer *)any); h->dma_unmap((oy_dma_map *)any); h->irq_unhook((oy_irq *)any); break;
+        default: h->event_destroy((oy_event *)any); h->work_destroy((oy_work *)any); h->timer_destroy((oy_timer *)any); break;
+        }
+        if (made != NULL && !held[slot]) pool[slot] = made;
+    }
+    for (i = 0; i < FUZZ_POOL; i++) if (held[i]) h->lock_release((oy_lock *)pool[i]);
+    (void)value64;
+    return calls;
+}
+#endif
+
 #ifdef MUTANT_KEEPS_STRING_ARG
 /* Defect: keeps the string a control call borrowed, to read it in the next call. */
 static const char *mutant_kept_name;
@@ -413,7 +505,8 @@ static int32_t mutant_m_recall(void *instance) {
 static const oy_control_method mutant_methods[] = {
     {sizeof(oy_control_method), 0, "work_destroy_races", "i32(u32)",
      "Rounds (at most 1000) in which work_destroy returned while the item ran or before its last run", (oy_control_fn)mutant_m_work_destroy_races},
-#ifdef MUTANT_LOCK_MISUSE
+#ifdef MUTANT_SERVICE_MISUSE
+    {sizeof(oy_control_method), 0, "service_fuzz", "i32(u32)", "3000 host-service calls with random arguments from a seed", (oy_control_fn)mutant_m_service_fuzz},
     {sizeof(oy_control_method), 0, "lock_misuse", "i32(u32)", "Misuses a lock one way (1-5), asks mem_alloc for impossible sizes (6), arms a timer for ever (7); see the source", (oy_control_fn)mutant_m_lock_misuse},
 #endif
 #ifdef MUTANT_KEEPS_STRING_ARG
