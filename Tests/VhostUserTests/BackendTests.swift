@@ -160,3 +160,48 @@ struct ClosureProbe {
         #expect(decoded == message)
     }
 }
+
+/// A hostile VMM at random: messages of every request with random payloads
+/// (mostly of the right size, so they get past the framing), sometimes
+/// descriptors, after a valid memory table. Each is handled or refused;
+/// none ends the root, and every descriptor sent is closed or kept.
+@Suite struct RandomBackendTests {
+    @Test func randomMessagesAreHandledOrRefused() throws {
+        var random = RandomVirtqueueTests.SplitMix64(state: 0xB0B)
+        let sizes: [UInt32: Int] = [2: 8, 5: 40, 8: 8, 9: 40, 10: 8, 11: 8, 12: 8, 13: 8, 14: 8, 16: 8, 18: 8, 24: 12 + 16, 25: 12 + 4]
+        var handled = 0, refused = 0, started = 0
+        for _ in 0..<40 {
+            let device = RecordingDevice()
+            let backend = VhostUserBackend(device: device)
+            let memory = try PhysicalMemory(size: 1 << 20)
+            _ = try backend.handle(FrontEnd.message(.setMemTable, FrontEnd.memTable([(BackendTests.ram, 1 << 20, BackendTests.user, 0)])), fds: [dup(memory.fileDescriptor)])
+            // Queue 0 set up but for its kick, so that a random kick can start it.
+            _ = try backend.handle(FrontEnd.message(.setVringNum, FrontEnd.state(0, 16)), fds: [])
+            _ = try backend.handle(FrontEnd.message(.setVringAddr, FrontEnd.addresses(0, descriptor: BackendTests.user + 0x1000, used: BackendTests.user + 0x5000,
+                                                                                    avail: BackendTests.user + 0x3000)), fds: [])
+            for _ in 0..<100 {
+                let request = [1, 2, 3, 5, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 24, 25, 99].randomElement(using: &random)! as UInt32
+                let size = Int.random(in: 0..<8, using: &random) == 0 ? Int.random(in: 0...64, using: &random) : sizes[request] ?? 0
+                var payload = (0..<size).map { _ in UInt8.random(in: 0...255, using: &random) }
+                // Small queue indices and ring addresses inside the table half the time.
+                if size >= 8, Bool.random(using: &random) { payload.replaceSubrange(0..<4, with: FrontEnd.u32(UInt32.random(in: 0...2, using: &random))) }
+                if request == 9, size == 40, Bool.random(using: &random) {
+                    payload.replaceSubrange(8..<32, with: FrontEnd.u64(BackendTests.user + 0x1000) + FrontEnd.u64(BackendTests.user + 0x5000) + FrontEnd.u64(BackendTests.user + 0x3000))
+                }
+                if request == 8, size == 8 { payload.replaceSubrange(4..<8, with: FrontEnd.u32([1, 16, 256, 0, 3, 1 << 15, 1 << 16].randomElement(using: &random)!)) }
+                let fds = (0..<Int.random(in: 0...(request == 5 ? 2 : 1), using: &random)).map { _ in
+                    request == 5 ? dup(memory.fileDescriptor) : FrontEnd.descriptor()
+                }
+                do {
+                    _ = try backend.handle(VhostUserMessage(request: request, flags: VhostUserMessage.version, payload: payload), fds: fds)
+                    handled += 1
+                } catch {
+                    refused += 1
+                }
+            }
+            started += device.started.count
+        }
+        #expect(handled > 300 && refused > 300, "both outcomes reached: \(handled) handled, \(refused) refused")
+        #expect(started > 0, "some queues started from what the random VMM set up")
+    }
+}
