@@ -1,5 +1,6 @@
 import Foundation
 import Guest
+import Hypervisor
 import OyakoTestSupport
 import Synchronization
 import Testing
@@ -95,6 +96,55 @@ struct SplitMix64: RandomNumberGenerator {
             try rootStillWorks(system)
         }
         #expect(closed > 25, "most mutations are violations; if none closes a channel, the mutations miss the parser")
+    }
+
+    /// VMBus control messages from a child at random: valid ones of every
+    /// kind with bytes changed, cut or added, to both message connections.
+    /// The root refuses what it must and its VMBus goes on: a second child
+    /// started afterwards finds its disk and does verified I/O.
+    @Test func mutatedChannelMessagesLeaveTheRootsVMBusServing() throws {
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let hostile = GuestOutcome<Int>()
+        try system.startChild(name: "noise", start: 0, blocks: 1024) { os in
+            hostile.finish {
+                try os.boot()
+                var random = SplitMix64(state: 0xC4A2)
+                let relid = os.vmbus.offers.first?.relid ?? 1
+                let seeds: [ChannelMessage] = [
+                    .requestOffers, .initiateContact(version: 0x0005_0002), .unload,
+                    .openChannel(relid: relid, openID: 7, ringGPADL: 1, downstreamPageOffset: 2, targetVP: 0),
+                    .closeChannel(relid: relid),
+                    .gpadlHeader(relid: relid, gpadl: 5, totalPages: 4, pfns: [0x100, 0x101]),
+                    .gpadlBody(message: 1, gpadl: 5, pfns: [0x102, 0x103]),
+                    .gpadlTeardown(relid: relid, gpadl: 5),
+                ]
+                var posted = 0
+                for _ in 0..<600 {
+                    let bytes = Self.mutate(seeds.randomElement(using: &random)!.encode(), &random)
+                    let connection = Bool.random(using: &random) ? Topology.childMessageConnection : Topology.childMessageConnectionV5
+                    if (try? os.partition.hypercalls.postMessage(connectionID: connection, type: ChannelMessage.synicMessageType,
+                                                                   payload: Array(bytes.prefix(240)))) != nil {
+                        posted += 1
+                    }
+                    _ = os.vp.halt(until: { false }, timeout: 0.0005)
+                }
+                return posted
+            }
+        }
+        #expect(try hostile.wait(timeout: 120) > 100, "the hypervisor took the messages")
+        let second = GuestOutcome<Bool>()
+        try system.startChild(name: "after", start: 2048, blocks: 1024) { os in
+            second.finish {
+                try os.boot()
+                let storage = try #require(try os.openStorage().first)
+                let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+                try storage.writeBlocks(lba: 8, bytes: pattern)
+                return try storage.readBlocks(lba: 8, count: pattern.count / storage.blockSize) == pattern
+            }
+        }
+        #expect(try second.wait(timeout: 60), "a child started afterwards does verified I/O over VMBus")
+        try rootStillWorks(system)
     }
 
     /// A random CDB (its opcode often one the target knows, its fields
