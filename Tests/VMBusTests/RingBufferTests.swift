@@ -167,3 +167,56 @@ final class RingPair {
         #expect(throws: ChannelMessage.DecodeError.self) { try ChannelMessage.decode(header) }
     }
 }
+
+/// A hostile peer's ring at random: random bytes in the data area and
+/// random indices, sometimes over packets that were well formed before
+/// bytes of them changed. Every read gives a packet that fits the ring, nil,
+/// or an error; none traps or loops.
+@Suite struct RandomRingTests {
+    struct SplitMix64: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    @Test func randomRingsReadAsPacketsNothingOrErrors() throws {
+        var random = SplitMix64(state: 0x9172)
+        var packets = 0, errors = 0
+        for round in 0..<3000 {
+            let ring = RingPair(dataSize: 1024)
+            // Well-formed packets first, half the time, then damage.
+            if round % 2 == 0 {
+                for n in 0..<Int.random(in: 1...12, using: &random) {
+                    let kind = [Packet.Kind.inband, .gpaDirect, .transferPages, .completion].randomElement(using: &random)!
+                    let p = Packet(kind: kind, transactionID: UInt64(n),
+                                   ranges: kind == .gpaDirect ? [GPARange(gpa: 0x1000 * UInt64(n), length: UInt32.random(in: 1...9000, using: &random))] : [],
+                                   transfer: kind == .transferPages ? .init(pageSetID: 1, ranges: [.init(offset: 0, length: 64)]) : nil,
+                                   payload: Array(repeating: 1, count: Int.random(in: 0...60, using: &random)))
+                    _ = try? ring.writer.write(p)
+                }
+            }
+            for _ in 0..<Int.random(in: 1...24, using: &random) {
+                let at = Int.random(in: Ring.controlSize..<ring.size, using: &random)
+                ring.memory.storeBytes(of: UInt8.random(in: 0...255, using: &random), toByteOffset: at, as: UInt8.self)
+            }
+            if Int.random(in: 0..<3, using: &random) == 0 { ring.poke(0, UInt32.random(in: 0...2048, using: &random)) }  // write_index
+            if Int.random(in: 0..<4, using: &random) == 0 { ring.poke(4, UInt32.random(in: 0...2048, using: &random)) }  // read_index
+            for _ in 0..<40 {
+                do {
+                    guard let packet = try ring.read() else { break }
+                    packets += 1
+                    #expect(packet.ringLength <= 1024, "a packet bigger than the ring it came from")
+                } catch {
+                    errors += 1
+                    break
+                }
+            }
+        }
+        #expect(packets > 1000 && errors > 300, "both outcomes reached: \(packets) packets, \(errors) errors")
+    }
+}
