@@ -54,15 +54,17 @@ final class LockTable: @unchecked Sendable {
     func create() -> OpaquePointer? {
         table.withLock { t -> OpaquePointer? in
             let index: Int
-            if t.free.count > Self.quarantine {
+            let full = t.used == Self.maxChunks * Self.slotsPerChunk
+            if t.free.count > Self.quarantine || (full && t.free.count > 0) {
                 index = t.free.slots[t.free.head]
                 t.free.head += 1
-                if t.free.head >= 4096 && t.free.head * 2 >= t.free.slots.count {
+                // The queue's consumed front goes once it is most of the array.
+                if t.free.head >= Self.slotsPerChunk && t.free.head * 2 >= t.free.slots.count {
                     t.free.slots.removeFirst(t.free.head)
                     t.free.head = 0
                 }
             } else {
-                guard t.used < Self.maxChunks * Self.slotsPerChunk, let fresh = newSlot(t.used) else { return nil }
+                guard !full, let fresh = newSlot(t.used) else { return nil }
                 index = fresh
                 t.used += 1
             }
