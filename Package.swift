@@ -144,9 +144,9 @@ let package = Package(
         .testTarget(name: "HypervisorTests", dependencies: ["Hypervisor", "Machine"]),
         // Linux's VMBus message structs in C with _Static_asserts, for the wire-format tests.
         .target(name: "CVMBusLayouts", path: "Tests/CVMBusLayouts"),
-        .testTarget(name: "VMBusTests", dependencies: ["VMBus", "Hypervisor", "Machine", "CVMBusLayouts"]),
+        .testTarget(name: "VMBusTests", dependencies: ["VMBus", "Hypervisor", "Machine", "CVMBusLayouts", "Workloads"]),
         .testTarget(name: "ExternalVMMTests", dependencies: ["ExternalVMM"]),
-        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Machine", "CSystemShims"]),
+        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Machine", "CSystemShims", "Workloads"]),
         .testTarget(
             name: "VirtualizationTests",
             dependencies: ["ExternalVMM", .product(name: "Crypto", package: "swift-crypto"), "VirtualizationStack", "VhostUser", "Guest", "VMBus", "Hypervisor", "Kernel", "Workloads", "NetStack", "Devices", "DriverHost", "SystemAssembly", "OyakoTestSupport"]

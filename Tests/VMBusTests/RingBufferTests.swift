@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Workloads
 import VMBus
 
 /// A ring in plain memory, with the writer's and the reader's views as two
@@ -173,19 +174,8 @@ final class RingPair {
 /// bytes of them changed. Every read gives a packet that fits the ring, nil,
 /// or an error; none traps or loops.
 @Suite struct RandomRingTests {
-    struct SplitMix64: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     @Test func randomRingsReadAsPacketsNothingOrErrors() throws {
-        var random = SplitMix64(state: 0x9172)
+        var random = SeededGenerator(seed: 0x9172)
         var packets = 0, errors = 0
         for round in 0..<3000 {
             let ring = RingPair(dataSize: 1024)

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Machine
 import Testing
+import Workloads
 import VhostUser
 
 /// A device that records what the back-end asks of it.
@@ -167,7 +168,7 @@ struct ClosureProbe {
 /// none ends the root, and every descriptor sent is closed or kept.
 @Suite struct RandomBackendTests {
     @Test func randomMessagesAreHandledOrRefused() throws {
-        var random = RandomVirtqueueTests.SplitMix64(state: 0xB0B)
+        var random = SeededGenerator(seed: 0xB0B)
         let sizes: [UInt32: Int] = [2: 8, 5: 40, 8: 8, 9: 40, 10: 8, 11: 8, 12: 8, 13: 8, 14: 8, 16: 8, 18: 8, 24: 12 + 16, 25: 12 + 4]
         var handled = 0, refused = 0, started = 0
         for _ in 0..<40 {

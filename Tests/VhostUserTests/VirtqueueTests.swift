@@ -1,5 +1,6 @@
 import Machine
 import Testing
+import Workloads
 @testable import VhostUser
 
 /// A guest's RAM (a memfd, as QEMU's memory backend is) and a driver that
@@ -212,19 +213,8 @@ final class FakeGuest {
 /// out lies inside guest memory, and everything else is an error, never a
 /// crash or a hang.
 @Suite struct RandomVirtqueueTests {
-    struct SplitMix64: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     /// An address a guest might write: inside its RAM, just outside it, or anything.
-    static func address(_ random: inout SplitMix64) -> UInt64 {
+    static func address(_ random: inout SeededGenerator) -> UInt64 {
         switch Int.random(in: 0..<8, using: &random) {
         case 0: UInt64.random(in: 0...UInt64.max, using: &random)
         case 1: UInt64.max - UInt64.random(in: 0..<8192, using: &random)
@@ -234,7 +224,7 @@ final class FakeGuest {
         }
     }
 
-    static func length(_ random: inout SplitMix64) -> UInt32 {
+    static func length(_ random: inout SeededGenerator) -> UInt32 {
         switch Int.random(in: 0..<6, using: &random) {
         case 0: UInt32.random(in: 0...UInt32.max, using: &random)
         case 1: 0
@@ -245,12 +235,12 @@ final class FakeGuest {
 
     /// NEXT a third of the time, WRITE half, INDIRECT a tenth, as often in
     /// a driver's tables as garbage is not.
-    static func flags(_ random: inout SplitMix64) -> UInt16 {
+    static func flags(_ random: inout SeededGenerator) -> UInt16 {
         (Int.random(in: 0..<3, using: &random) == 0 ? 1 : 0) | (Bool.random(using: &random) ? 2 : 0) | (Int.random(in: 0..<10, using: &random) == 0 ? 4 : 0)
     }
 
     @Test func randomDescriptorsGiveChainsInsideMemoryOrErrors() throws {
-        var random = SplitMix64(state: 0x5EED)
+        var random = SeededGenerator(seed: 0x5EED)
         var chains = 0, errors = 0
         for _ in 0..<2000 {
             let g = try FakeGuest(size: 16)

@@ -4,20 +4,8 @@ import Hypervisor
 import OyakoTestSupport
 import Synchronization
 import Testing
+import Workloads
 import VMBus
-
-/// SplitMix64: a seeded generator, so that a failing run names a case that
-/// replays exactly.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Hostile children with random input, beyond the hand-written cases:
 /// whatever a child sends, the root answers or closes that child's channel
@@ -37,7 +25,7 @@ struct SplitMix64: RandomNumberGenerator {
             outcome.finish {
                 let g = try RawStorageGuest(os: os)
                 try g.initialize()
-                var random = SplitMix64(state: 0x0A7A_2026)
+                var random = SeededGenerator(seed: 0x0A7A_2026)
                 var unanswered: [String] = []
                 var good = 0
                 for id in UInt64(100)..<2100 {
@@ -74,7 +62,7 @@ struct SplitMix64: RandomNumberGenerator {
                 outcome.finish {
                     let g = try RawStorageGuest(os: os)
                     try g.initialize()
-                    var random = SplitMix64(state: seed)
+                    var random = SeededGenerator(seed: seed)
                     var sent = 0
                     for id in UInt64(100)..<400 where g.channel.isOpen {
                         let (cdb, direction, ranges) = Self.randomSRB(&random, data: g.data.gpa)
@@ -109,7 +97,7 @@ struct SplitMix64: RandomNumberGenerator {
         try system.startChild(name: "noise", start: 0, blocks: 1024) { os in
             hostile.finish {
                 try os.boot()
-                var random = SplitMix64(state: 0xC4A2)
+                var random = SeededGenerator(seed: 0xC4A2)
                 let relid = os.vmbus.offers.first?.relid ?? 1
                 let seeds: [ChannelMessage] = [
                     .requestOffers, .initiateContact(version: 0x0005_0002), .unload,
@@ -150,7 +138,7 @@ struct SplitMix64: RandomNumberGenerator {
     /// A random CDB (its opcode often one the target knows, its fields
     /// random), a direction, and whole pages of the child's data area that
     /// match the data length.
-    static func randomSRB(_ random: inout SplitMix64, data: UInt64) -> ([UInt8], StorageProtocol.DataDirection, [GPARange]) {
+    static func randomSRB(_ random: inout SeededGenerator, data: UInt64) -> ([UInt8], StorageProtocol.DataDirection, [GPARange]) {
         var cdb = (0..<Int.random(in: 6...16, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }
         if Int.random(in: 0..<4, using: &random) != 0 { cdb[0] = opcodes.randomElement(using: &random)! }
         // Small LBAs and lengths half the time, so that transfers reach the disk.
@@ -169,7 +157,7 @@ struct SplitMix64: RandomNumberGenerator {
     }
 
     /// `bytes` with a few bytes changed, or cut short, or lengthened.
-    static func mutate(_ bytes: [UInt8], _ random: inout SplitMix64) -> [UInt8] {
+    static func mutate(_ bytes: [UInt8], _ random: inout SeededGenerator) -> [UInt8] {
         var out = bytes
         switch Int.random(in: 0..<6, using: &random) {
         case 0: out = Array(out.prefix(Int.random(in: 0..<out.count, using: &random)))
