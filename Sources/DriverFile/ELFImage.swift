@@ -115,7 +115,7 @@ public struct ELFImage: Sendable {
         let type = r.u16(16)
         machine = r.u16(18)
         isSharedObject = type == 3
-        let phoff = Int(r.u64(32)), shoff = Int(r.u64(40))
+        let phoff = r.offset(32), shoff = r.offset(40)
         let phentsize = Int(r.u16(54)), phnum = Int(r.u16(56))
         let shentsize = Int(r.u16(58)), shnum = Int(r.u16(60)), shstrndx = Int(r.u16(62))
 
@@ -137,10 +137,10 @@ public struct ELFImage: Sendable {
             for i in 0..<shnum {
                 let base = shoff + i * shentsize
                 let type = r.u32(base + 4)
-                let offset = Int(r.u64(base + 24)), size = Int(r.u64(base + 32))
+                let offset = r.offset(base + 24), size = r.offset(base + 32)
                 // SHT_NOBITS (8) occupies no file bytes.
                 guard type == 8 || r.fits(offset, size) else { throw .malformed(path: path, reason: "section \(i) out of bounds") }
-                raw.append(Section(type: type, offset: offset, size: type == 8 ? 0 : size, link: Int(r.u32(base + 40)), entsize: Int(r.u64(base + 56))))
+                raw.append(Section(type: type, offset: offset, size: type == 8 ? 0 : size, link: Int(r.u32(base + 40)), entsize: max(0, r.offset(base + 56))))
                 raw[i].name = String(r.u32(base))  // resolved below
             }
             let names = raw[shstrndx]
@@ -196,7 +196,7 @@ public struct ELFImage: Sendable {
             while offset + 16 <= dynamic.offset + dynamic.size {
                 let tag = r.u64(offset), value = r.u64(offset + 8)
                 if tag == 0 { break }
-                if tag == 1, let name = r.cString(strtab.offset + Int(value), limit: strtab.offset + strtab.size) { needed.append(name) }
+                if tag == 1, value < UInt64(strtab.size), let name = r.cString(strtab.offset + Int(value), limit: strtab.offset + strtab.size) { needed.append(name) }
                 if tag == 22 || (tag == 30 && value & 4 != 0) { textrel = true }
                 offset += 16
             }
@@ -214,6 +214,8 @@ public struct ELFImage: Sendable {
         func u16(_ o: Int) -> UInt16 { UInt16(u8(o)) | UInt16(u8(o + 1)) << 8 }
         func u32(_ o: Int) -> UInt32 { UInt32(u16(o)) | UInt32(u16(o + 2)) << 16 }
         func u64(_ o: Int) -> UInt64 { UInt64(u32(o)) | UInt64(u32(o + 4)) << 32 }
+        /// A file offset or size: -1 (which nothing `fits`) past Int's range.
+        func offset(_ o: Int) -> Int { Int(exactly: u64(o)) ?? -1 }
         func cString(_ o: Int, limit: Int) -> String? {
             guard o >= 0, o < min(limit, bytes.count) else { return nil }
             var end = o

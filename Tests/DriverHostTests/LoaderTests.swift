@@ -2,6 +2,8 @@ import DriverHost
 import Foundation
 import OyakoTestSupport
 import Testing
+import Workloads
+import DriverFile
 
 @Suite struct MetadataTests {
     @Test func referenceDriverDescribesItselfWithoutRunning() throws {
@@ -176,5 +178,45 @@ import Testing
     @Test func macAddressesPrintWithColonsAndLeadingZeros() {
         #expect(RegisteredNetdev.format([0x02, 0x00, 0x5E, 0x0A, 0xFF, 0x01]) == "02:00:5e:0a:ff:01")
         #expect(lowercaseHex([]) == "")
+    }
+}
+
+/// Driver files are untrusted input: the reader that `driver inspect`, the
+/// `file.*` checks and every load go through must turn any file into a
+/// description or an error, never a crash. Real drivers with random bytes
+/// changed (in the ELF header, the section and program headers, the
+/// dynamic and symbol tables, the metadata), cut short or grown.
+@Suite struct RandomDriverFileTests {
+    @Test func mutatedDriverFilesAreDescribedOrRefused() throws {
+        let originals = try ["nvmelite", "e1klite", "uart16550"].map { try Data(contentsOf: URL(fileURLWithPath: try Fixtures.referenceDriver($0))) }
+        let directory = Fixtures.temporaryDirectory("elf-mutants")
+        var random = SeededGenerator(seed: 0xE1F)
+        var described = 0, refused = 0
+        for round in 0..<1500 {
+            var bytes = [UInt8](originals[round % originals.count])
+            switch Int.random(in: 0..<10, using: &random) {
+            case 0: bytes = Array(bytes.prefix(Int.random(in: 0..<bytes.count, using: &random)))
+            case 1: bytes += (0..<Int.random(in: 1...4096, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }
+            default:
+                // Mostly where the structure is: the first 4 KiB (headers,
+                // dynamic and symbol tables) and the section headers at the end.
+                for _ in 0..<Int.random(in: 1...8, using: &random) {
+                    let at = Bool.random(using: &random) ? Int.random(in: 0..<min(4096, bytes.count), using: &random)
+                                                       : Int.random(in: max(0, bytes.count - 2048)..<bytes.count, using: &random)
+                    bytes[at] = Bool.random(using: &random) ? UInt8.random(in: 0...255, using: &random) : [0, 0xFF, 0x7F, 0x80].randomElement(using: &random)!
+                }
+            }
+            let path = directory + "/mutant\(round % 8).so"
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            do {
+                let file = try DriverFile.inspect(path: path)
+                _ = (file.metadata.name, file.image.exportedSymbols, file.image.importedSymbols)
+                described += 1
+            } catch {
+                #expect(!"\(error)".isEmpty)
+                refused += 1
+            }
+        }
+        #expect(described > 100 && refused > 100, "both outcomes reached: \(described) described, \(refused) refused")
     }
 }
