@@ -114,6 +114,19 @@ public struct ConformanceSuite: Sendable {
         return (applicable.filter { $0.scope == .file }.map(\.id), applicable.filter { $0.scope == .environment }.map(\.id))
     }
 
+    /// What starts a worker's verdict on its standard output. The driver
+    /// shares that output: whatever it writes there (a debug line, a half
+    /// line without its newline) is not taken for the verdict.
+    public static let verdictMarker = "\u{1}oyverdict "
+
+    /// The verdict a worker wrote, from its standard output: the JSON after
+    /// the last marker.
+    static func verdict(in stdout: String) -> CheckOutcome? {
+        guard let marked = stdout.range(of: verdictMarker, options: .backwards) else { return nil }
+        let json = stdout[marked.upperBound...].prefix { $0 != "\n" }
+        return try? JSONDecoder().decode(CheckOutcome.self, from: Data(json.utf8))
+    }
+
     /// Runs one check body in this process (what a worker does).
     /// `hostExecutable`: the `oyako` that driver hosts start from (by
     /// default this process's executable, as in a worker).
@@ -282,7 +295,7 @@ public struct ConformanceSuite: Sendable {
             outcome = CheckOutcome(verdict: .timeout, message: String(format: "no verdict within %.0f s: a callback hangs (the watchdog killed it)", timeout))
         } else if let signal = run.signal {
             outcome = crashOutcome(signal: signal, stderr: run.stderr, coreFolder: coreFolder)
-        } else if let line = run.stdout.split(separator: "\n").last, let decoded = try? JSONDecoder().decode(CheckOutcome.self, from: Data(line.utf8)) {
+        } else if let decoded = Self.verdict(in: run.stdout) {
             outcome = decoded
         } else {
             let text = run.stderr.split(separator: "\n").filter { !$0.hasPrefix("\u{1}") }.joined(separator: "\n")

@@ -297,6 +297,25 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
     }
 }
 
+/// A driver shares the worker's standard output: what it writes there,
+/// even half a line, is not taken for (or mixed into) the verdict.
+@Suite struct WorkerOutputTests {
+    @Test func aDriverWritingToStandardOutputKeepsItsVerdicts() throws {
+        let report = suite(filter: "^(lifecycle\\.attach|io\\.basic)$").run(driver: try Fixtures.fixtureDriver(defines: ["MUTANT_WRITES_STDOUT"]))
+        let verdicts = report.results.map { "\($0.id) \($0.environment ?? ""): \($0.verdict) \($0.message)" }
+        let checked = report.results.filter { ["lifecycle.attach", "io.basic"].contains($0.id) }
+        #expect(checked.count == 4 && report.results.allSatisfy { $0.verdict == .passed }, "\(verdicts)")
+    }
+
+    @Test func theVerdictIsTheJSONAfterTheLastMarker() throws {
+        let outcome = CheckOutcome(verdict: .passed, message: "fine")
+        let json = String(decoding: try JSONEncoder().encode(outcome), as: UTF8.self)
+        let forged = "\n" + ConformanceSuite.verdictMarker + "{not json}\n"
+        #expect(ConformanceSuite.verdict(in: "noise" + forged + "debug without newline\n" + ConformanceSuite.verdictMarker + json + "\n")?.message == "fine")
+        #expect(ConformanceSuite.verdict(in: "no marker at all\n" + json + "\n") == nil, "an unmarked line is not a verdict")
+    }
+}
+
 /// `--sanitize thread`: the checks run in a ThreadSanitizer build of oyako,
 /// against a driver built with clang -fsanitize=thread. A data race in the
 /// driver's own code fails the check it happened in; the clean reference

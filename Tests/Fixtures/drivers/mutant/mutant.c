@@ -60,6 +60,9 @@ typedef struct mutant_dev {
 #ifdef MUTANT_FORBIDDEN_IMPORT
 #include <stdlib.h>
 #endif
+#ifdef MUTANT_WRITES_STDOUT
+#include <unistd.h>
+#endif
 
 static int32_t mutant_init(const oy_host *host, void **out_ctx) {
     mutant_ctx *c;
@@ -142,6 +145,10 @@ static int32_t mutant_attach(void *ctx, oy_device *device, void **out) {
     const oy_host *h = c->host;
     mutant_dev *d;
     uint64_t size = 0;
+#ifdef MUTANT_WRITES_STDOUT
+    /* Defect: debug output on the process's standard output, the last of it without a newline. */
+    (void)!write(1, "mutant: attaching\nmutant: half a line", 37);
+#endif
 #ifdef MUTANT_KEEPS_PROBE_INFO
     if (mutant_kept_info != NULL && mutant_kept_info->irq_count == 0) return OY_E_NOT_SUPPORTED;
 #endif
