@@ -152,7 +152,7 @@ let package = Package(
             dependencies: ["ExternalVMM", .product(name: "Crypto", package: "swift-crypto"), "VirtualizationStack", "VhostUser", "Guest", "VMBus", "Hypervisor", "Kernel", "Workloads", "NetStack", "Devices", "DriverHost", "SystemAssembly", "OyakoTestSupport"]
         ),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices", "OyakoTestSupport"]),
-        .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "DriverFile", "SDKTools", "Kernel", "Machine", "Devices", "OyakoTestSupport"]),
+        .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "DriverFile", "SDKTools", "Kernel", "Machine", "Devices", "Workloads", "OyakoTestSupport"]),
         .testTarget(name: "KernelTests", dependencies: ["Kernel", "DriverHost", "Machine", "Devices", "SystemAssembly", "Workloads", "OyakoTestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["ExternalVMM", "OyakoCLI", "SystemAssembly", "DriverHost", "SDKTools", "OyakoTestSupport"]),
         .testTarget(name: "ConformanceTests", dependencies: ["Conformance", "OyakoCLI", "DriverHost", "SDKTools", "OyakoTestSupport"]),

@@ -1,5 +1,6 @@
 import CSystemShims
 import Foundation
+import Synchronization
 
 /// Something the host lends a driver for one operation (a block request, a
 /// frame to transmit). While the driver holds it, the C struct's
@@ -29,15 +30,26 @@ public class LentRequest: @unchecked Sendable {
         done?(status)
     }
 
+    /// The `host_private` slots of every request out with a driver. A
+    /// completion must name one of them: a pointer the host never lent
+    /// (garbage, or a copy of a request the driver made) is refused before
+    /// the host reads or writes anything through it.
+    private static let outstanding = Mutex(Set<UInt>())
+
     /// Takes the request whose `host_private` slot is `slot` back from the
-    /// driver; nil if it was already taken (a second completion, or one that
-    /// raced a cancel).
+    /// driver; nil if it is not out (a second completion, one that raced a
+    /// cancel, or a pointer the host never lent).
     static func reclaim(_ slot: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> LentRequest? {
-        guard let previous = oy_shim_exchange_pointer(slot, nil) else { return nil }
+        guard outstanding.withLock({ $0.remove(UInt(bitPattern: slot)) }) != nil,
+              let previous = oy_shim_exchange_pointer(slot, nil)
+        else { return nil }
         return Unmanaged<LentRequest>.fromOpaque(previous).takeRetainedValue()
     }
 
-    fileprivate func lend() { hostPrivate.pointee = Unmanaged.passRetained(self).toOpaque() }
+    fileprivate func lend() {
+        hostPrivate.pointee = Unmanaged.passRetained(self).toOpaque()
+        _ = Self.outstanding.withLock { $0.insert(UInt(bitPattern: hostPrivate)) }
+    }
 
     /// The driver gave it back: from now on it is the host's alone.
     /// Subclasses poison what the driver may no longer touch.
@@ -47,7 +59,7 @@ public class LentRequest: @unchecked Sendable {
     /// The driver's completion callback: `complete()` or `tx_complete()`.
     static func completed(_ slot: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, status: Int32, service: String) {
         guard let slot, let request = reclaim(slot) else {
-            HostServices.unattributed("\(service) for a request that is not outstanding (completed twice, or never accepted)")
+            HostServices.unattributed("\(service) for a request that is not outstanding (completed twice, never accepted, or not one the host lent, such as a copy)")
             return
         }
         CallbackBudget.inOS {

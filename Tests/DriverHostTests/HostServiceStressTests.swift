@@ -3,6 +3,7 @@ import Foundation
 import Kernel
 import OyakoTestSupport
 import Testing
+import Workloads
 
 /// Host services under the interleavings drivers produce, driven from a
 /// real driver through its control methods.
@@ -61,5 +62,26 @@ import Testing
         let huge = try misuse(6)
         #expect(try misuse(7).result == "1", "a timer armed with the largest delay does not fire at once")
         #expect(huge.result == "4", "mem_alloc of SIZE_MAX, past Int, just under it with red zones and past 1 GiB: each NULL: \(huge)")
+    }
+}
+
+/// Block completions name the request they finish by pointer, and the
+/// host must not trust it: a completion of a request the host never lent
+/// (here a copy of the real one, a common driver bug) is refused and
+/// reported before the host reads or writes through it.
+@Suite struct LentRequestTests {
+    @Test func completingACopyOfARequestIsRefusedAndTheRealOneStillCounts() throws {
+        let driver = try Fixtures.mutatedReferenceDriver("nvmelite", [
+            ("    for (i = 0; i < n; i++) d->ctx->block->complete(done[i], status[i]);\n",
+             "    for (i = 0; i < n; i++) {\n        oy_block_request copy = *done[i]; /* the defect: completes a copy first */\n"
+                + "        d->ctx->block->complete(&copy, status[i]);\n        d->ctx->block->complete(done[i], status[i]);\n    }\n"),
+        ])
+        let system = try Fixtures.bareSystem(drivers: [driver])
+        defer { system.shutdown() }
+        let disk = try #require(system.kernel.blockLayer.disks.first)
+        let result = try VerifiedIO(seed: 11, regionBlocks: 1024).run(on: disk)
+        #expect(result.transfers > 0, "every request finished by its real completion, data verified")
+        let instance = try #require(system.kernel.instance(at: system.testbed.nvmeSlot.address))
+        #expect(instance.library.violations.contains { $0.contains("not one the host lent") }, "\(instance.library.violations.prefix(3))")
     }
 }
