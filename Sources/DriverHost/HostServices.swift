@@ -42,7 +42,10 @@ final class DMABuffer: Resource, @unchecked Sendable {
         super.init(kind: kind, detail: "\(region.length) bytes at device address 0x\(String(region.deviceAddress, radix: 16))", owner: binding.owner)
     }
     override func reclaim() {
-        if kind == "DMA buffer" { binding.device.dmaFree(region) } else { binding.device.dmaUnmap(region) }
+        // IOMMU and page-table work: the OS's time, not the calling driver's.
+        CallbackBudget.inOS {
+            if kind == "DMA buffer" { binding.device.dmaFree(region) } else { binding.device.dmaUnmap(region) }
+        }
     }
 }
 
@@ -526,7 +529,7 @@ enum HostServices {
             guard let out, let cpu, let address, size > 0, size <= 64 << 20 else { return OY_E_INVALID.rawValue }
             if binding.library.faults.shouldFail(dma: true) { return OY_E_NOMEM.rawValue }
             do throws(OyStatus) {
-                let region = try binding.device.dmaAllocate(size: size)
+                let region = try CallbackBudget.inOS { () throws(OyStatus) in try binding.device.dmaAllocate(size: size) }
                 out.pointee = binding.owner.adopt(DMABuffer(binding: binding, region: region, kind: "DMA buffer"))
                 cpu.pointee = region.cpu
                 address.pointee = region.deviceAddress
@@ -551,7 +554,9 @@ enum HostServices {
             guard let binding = HostServices.binding(device, service: "dma_map") else { return OY_E_INVALID.rawValue }
             guard let cpu, let out, let address, length > 0, let dir = DMADirection(rawValue: direction) else { return OY_E_INVALID.rawValue }
             do throws(OyStatus) {
-                let region = try binding.device.dmaMap(cpu, length: length, direction: dir)
+                // IOMMU work: the OS's time, not the driver's (a table
+                // growing under one driver's submit is not that driver's cost).
+                let region = try CallbackBudget.inOS { () throws(OyStatus) in try binding.device.dmaMap(cpu, length: length, direction: dir) }
                 out.pointee = binding.owner.adopt(DMABuffer(binding: binding, region: region, kind: "DMA mapping"))
                 address.pointee = region.deviceAddress
                 return OY_OK.rawValue

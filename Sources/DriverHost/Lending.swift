@@ -58,11 +58,12 @@ public class LentRequest: @unchecked Sendable {
 
     /// The driver's completion callback: `complete()` or `tx_complete()`.
     static func completed(_ slot: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, status: Int32, service: String) {
-        guard let slot, let request = reclaim(slot) else {
-            HostServices.unattributed("\(service) for a request that is not outstanding (completed twice, never accepted, or not one the host lent, such as a copy)")
-            return
-        }
+        // The host's bookkeeping and what the completion sets off are the OS's time.
         CallbackBudget.inOS {
+            guard let slot, let request = reclaim(slot) else {
+                HostServices.unattributed("\(service) for a request that is not outstanding (completed twice, never accepted, or not one the host lent, such as a copy)")
+                return
+            }
             guard let loans = request.loans else {
                 request.finish(OyStatus(status))
                 return
