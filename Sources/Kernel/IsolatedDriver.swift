@@ -68,7 +68,8 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
     static let servedClasses: Set<String> = [RegisteredDisk.classID, RegisteredRNG.classID, RegisteredSerialPort.classID, RegisteredNetdev.classID]
 
     var geometry: BlockGeometry { state.withLock { $0.geometry } }
-    var origin: HostedOrigin { HostedOrigin(label: "\(file.metadata.name)@\(slot.address) (driver host \(pid))", location: slot.address.description, file: file) }
+    /// Which driver, device and host: fixed for the host's life.
+    let origin: HostedOrigin
     var name: String { file.metadata.name }
 
     private init(file: DriverFile, slot: BusSlot, pid: pid_t, line: HostLine, kernel: Kernel) {
@@ -80,6 +81,7 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
         self.platform = kernel.platform
         self.log = kernel.log
         self.device = KernelDevice(slot: slot, platform: kernel.platform)
+        origin = HostedOrigin(label: "\(file.metadata.name)@\(slot.address) (driver host \(pid))", location: slot.address.description, file: file)
     }
 
     /// Starts a driver host for `file` and attaches it to `slot`'s device.
@@ -392,10 +394,8 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
             state.withLock { $0.geometry = g }
             guard let kernel else { throw OyStatus.deviceGone }
             try kernel.blockLayer.adopt(disk: self, log: log)
-            reply.i32(0)
         case .unregisterDisk:
             kernel?.blockLayer.release(disk: self, log: log)
-            reply.i32(0)
         case .registerRNG:
             guard let kernel else { throw OyStatus.deviceGone }
             try register(\.entropy) {
@@ -403,10 +403,8 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
                 kernel.entropy.adopt(source: source, log: log)
                 return source
             }
-            reply.i32(0)
         case .unregisterRNG:
             releaseEntropy()
-            reply.i32(0)
         case .registerSerial:
             guard let kernel else { throw OyStatus.deviceGone }
             let settings = try body.serialLine()
@@ -414,10 +412,8 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
                 let binding = HostedSerialPort(origin, line: line, settings: settings)
                 return (binding, kernel.serial.adopt(port: binding, log: log))
             }
-            reply.i32(0)
         case .unregisterSerial:
             releaseSerial()
-            reply.i32(0)
         case .registerNetdev:
             guard let kernel else { throw OyStatus.deviceGone }
             let mac = try body.data()
@@ -430,13 +426,13 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
                 else { throw OyStatus.noMemory }
                 return (binding, kernel.network.adopt(netdev: binding, log: log))
             }
-            reply.i32(0)
         case .unregisterNetdev:
             releaseNet()
-            reply.i32(0)
         default:
             throw OyStatus.invalid
         }
+        // Every registration and withdrawal that got here succeeded.
+        reply.i32(0)
     }
 
     // MARK: Heartbeat
