@@ -265,7 +265,7 @@ enum Catalogue {
                 // meet without the host's locks ordering them: more rounds,
                 // closer together, give it the chance.
                 let rounds = Verifier.underSanitizer ? 40 : 5
-                DispatchQueue.concurrentPerform(iterations: 4) { worker in
+                onThreadsOfTheirOwn(4) { worker in
                     do {
                         for round in 0..<rounds {
                             // Randomized timing: the submitters meet at different points each round.
@@ -543,6 +543,26 @@ func startBackgroundIO(_ rig: Rig, pending: Pending, count: Int = 64) {
             }
         }
     }
+}
+
+/// Runs `body(0..<count)` on `count` threads of their own, released
+/// together, and returns when all are done. Unlike
+/// `DispatchQueue.concurrentPerform`, whose width is the CPU count (and a
+/// single thread when the pool is busy, as under a loaded CI machine), every
+/// caller here really runs at once, so submitters can meet in a driver.
+func onThreadsOfTheirOwn(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    let start = DispatchSemaphore(value: 0)
+    let done = DispatchGroup()
+    for index in 0..<count {
+        done.enter()
+        Thread.detachNewThread {
+            start.wait()
+            body(index)
+            done.leave()
+        }
+    }
+    for _ in 0..<count { start.signal() }
+    done.wait()
 }
 
 extension Rig {
