@@ -13,9 +13,8 @@ public struct DriverFile: Sendable {
 
     public static func inspect(path: String) throws(DriverLoadError) -> DriverFile {
         var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
-            throw .fileNotFound(path: path)
-        }
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw .fileNotFound(path: path) }
+        guard !isDirectory.boolValue else { throw .folder(path: path) }
         let image: ELFImage
         do {
             image = try ELFImage(path: path)

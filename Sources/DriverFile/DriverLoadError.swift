@@ -2,6 +2,8 @@ import COyakoSDK
 /// Why a driver file could not be loaded, in words a vendor can act on.
 public enum DriverLoadError: Error, CustomStringConvertible, Sendable, Equatable {
     case fileNotFound(path: String)
+    /// A folder where a driver file was expected (often a driver's source folder).
+    case folder(path: String)
     case invalidFile(path: String, reason: String)
     case wrongArchitecture(path: String, found: String, expected: String)
     case notSharedObject(path: String)
@@ -18,6 +20,8 @@ public enum DriverLoadError: Error, CustomStringConvertible, Sendable, Equatable
         switch self {
         case .fileNotFound(let path):
             return "\(path): no such file; check the path to the driver's .so"
+        case .folder(let path):
+            return "\(path): a folder, not a driver file; give the driver's .so (`oyako driver build \(path)` builds a source folder and prints it)"
         case .invalidFile(_, let reason):
             return reason
         case .wrongArchitecture(let path, let found, let expected):

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Conformance
 import CSystemShims
+import DriverFile
 import DriverHost
 import Foundation
 
@@ -55,8 +56,10 @@ struct ConformanceCommand: ParsableCommand {
     func validate() throws {
         if list { return }
         guard !paths.isEmpty else { throw ValidationError("give at least one driver .so file") }
-        for path in paths where !FileManager.default.fileExists(atPath: path) {
-            throw ValidationError("\(path): no such file")
+        for path in paths {
+            var isFolder: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) else { throw ValidationError("\(path): no such file") }
+            if isFolder.boolValue { throw ValidationError(DriverLoadError.folder(path: path).description) }
         }
         guard timeBudget >= 0, timeBudget.isFinite else { throw ValidationError("--time-budget takes seconds, 0 or more") }
         if let sanitize, ConformanceSuite.Sanitizer(rawValue: sanitize) == nil {

@@ -398,6 +398,8 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         #expect(ProcessRunner.run(Fixtures.oyakoBinary, ["conformance"]).status == 64)
         let missing = ProcessRunner.run(Fixtures.oyakoBinary, ["conformance", "/nonexistent.so"])
         #expect(missing.status == 64 && missing.stderr.contains("/nonexistent.so"))
+        let folder = ProcessRunner.run(Fixtures.oyakoBinary, ["conformance", Fixtures.repositoryRoot + "/Plugins/nvmelite"])
+        #expect(folder.status == 64 && folder.stderr.contains("a folder, not a driver file"), "\(folder.stderr)")
         #expect(ProcessRunner.run(Fixtures.oyakoBinary, ["conformance", "--filter", "(", "/bin/true"]).status == 64)
     }
 

@@ -87,6 +87,13 @@ import DriverFile
         #expect(error == .fileNotFound(path: "/nonexistent/x.so"), "\(String(describing: error))")
     }
 
+    @Test func aFolderIsNotADriverFile() throws {
+        let folder = Fixtures.temporaryDirectory()
+        let error = #expect(throws: DriverLoadError.self) { try DriverLibrary.load(path: folder, environment: RecordingEnvironment()) }
+        #expect(error == .folder(path: folder), "\(String(describing: error))")
+        #expect(error?.description.contains("oyako driver build \(folder)") == true, "says what to do")
+    }
+
     @Test func notAnELFFile() throws {
         let path = Fixtures.temporaryDirectory() + "/text.so"
         try "this is not a driver".write(toFile: path, atomically: true, encoding: .utf8)
