@@ -4,6 +4,7 @@ import CSystemShims
 import DriverFile
 import DriverHost
 import Foundation
+import SystemAssembly
 
 struct ConformanceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -84,7 +85,7 @@ struct ConformanceCommand: ParsableCommand {
         options.timeBudget = timeBudget > 0 ? timeBudget : nil
         options.sanitizer = sanitize.flatMap(ConformanceSuite.Sanitizer.init(rawValue:))
         if let keepCores {
-            try FileManager.default.createDirectory(atPath: keepCores, withIntermediateDirectories: true)
+            try createFolder(keepCores)
             options.coreDirectory = URL(fileURLWithPath: keepCores).standardizedFileURL.path
         }
         let suite = ConformanceSuite(options: options)

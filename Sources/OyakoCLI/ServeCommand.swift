@@ -43,7 +43,7 @@ struct ServeCommand: ParsableCommand {
     func run() throws {
         global.bootstrapLogging()
         let state = URL(fileURLWithPath: self.state).standardizedFileURL.path
-        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+        try createFolder(state)
         let files = try drivers.isEmpty ? runJob("building the reference drivers") {
             try ReferenceDrivers.build(sdk: try locateSDK(sdk), into: state + "/drivers")
         } : drivers

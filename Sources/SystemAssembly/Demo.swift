@@ -74,7 +74,7 @@ public struct DemoRunner {
         let temporary = stateDirectory == nil
         let state = stateDirectory ?? FileManager.default.temporaryDirectory.appendingPathComponent("oyako-demo-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         defer { if temporary { try? FileManager.default.removeItem(atPath: state) } }
-        try FileManager.default.createDirectory(atPath: state + "/console", withIntermediateDirectories: true)
+        try createFolder(state + "/console")
         progress("state folder: \(state)\(temporary ? " (temporary)" : "")")
 
         progress("building vendor drivers with cc and \(sdk.root)/oyako.mk")

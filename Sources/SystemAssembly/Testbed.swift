@@ -33,7 +33,7 @@ public struct Testbed {
     public static func make(state: String, diskSize: UInt64 = 64 << 20, memorySize: Int = 128 << 20,
                             nics: Int = 0, consoleLog: String? = nil) throws -> Testbed
     {
-        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
+        try createFolder(state)
         let machine = try Machine(configuration: .init(memorySize: memorySize))
         let image = try DiskImage(path: state + "/" + diskImageName, size: diskSize)
         let nvme = NVMeLite(disk: image)

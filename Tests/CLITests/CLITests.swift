@@ -54,6 +54,28 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(result.stdout.isEmpty)
     }
 
+    /// Foundation's error for a folder it cannot make is a dump of its
+    /// userInfo; the user gets the folder and the reason instead.
+    @Test(arguments: ["serve", "demo"])
+    func aStateFolderThatCannotBeMadeSaysWhichAndWhy(command: String) throws {
+        let blocker = Fixtures.temporaryDirectory("state") + "/a-file"
+        try "not a folder".write(toFile: blocker, atomically: true, encoding: .utf8)
+        let result = oyako([command, "--state", blocker + "/state"])
+        #expect(result.status == 1, "\(result.output)")
+        #expect(result.stderr.contains("cannot create the folder \(blocker): a file of that name is in the way"), "\(result.stderr)")
+        #expect(!result.stderr.contains("NSCocoaErrorDomain"))
+    }
+
+    @Test func createFolderMakesEveryMissingParent() throws {
+        let base = Fixtures.temporaryDirectory("folders")
+        try createFolder(base + "/one/two/three")
+        try createFolder(base + "/one/two/three")  // again: already there is fine
+        var isFolder: ObjCBool = false
+        #expect(FileManager.default.fileExists(atPath: base + "/one/two/three", isDirectory: &isFolder) && isFolder.boolValue)
+        let error = #expect(throws: FolderError.self) { try createFolder("/proc/oyako-cannot-be-here/x") }
+        #expect(error?.path == "/proc/oyako-cannot-be-here" && error?.reason == "No such file or directory", "\(String(describing: error))")
+    }
+
     @Test func unknownArgumentsAreAUsageError() {
         let result = oyako(["demo", "--no-such-flag"])
         #expect(result.status == 64)
