@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 
 /// What an ELF file says about itself, read without loading or running it.
 ///
@@ -96,13 +97,43 @@ public struct ELFImage: Sendable {
     }
 
     public init(path: String) throws(ParseError) {
-        let data: Data
-        do {
-            data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
-        } catch {
-            throw .unreadable(path: path, reason: (error as NSError).localizedDescription)
+        try self.init(path: path, data: try Self.contents(of: path))
+    }
+
+    /// The largest file taken as a driver: far past any real one (they are
+    /// kilobytes), and a bound on what reading one may cost.
+    public static let maxFileSize = 256 << 20
+
+    /// A driver file's bytes. Only a regular file is read: a FIFO or a
+    /// device would block the reader or never end. The reason for a refusal
+    /// is the system's, not Foundation's paraphrase of it.
+    static func contents(of path: String) throws(ParseError) -> Data {
+        // O_NONBLOCK: opening a FIFO with no writer must not hang.
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { throw .unreadable(path: path, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .unreadable(path: path, reason: String(cString: strerror(errno))) }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw .unreadable(path: path, reason: "not a regular file (a folder, device, pipe or socket); give the driver's .so")
         }
-        try self.init(path: path, data: data)
+        guard info.st_size <= maxFileSize else {
+            throw .unreadable(path: path, reason: "\(info.st_size) bytes, more than any driver (\(maxFileSize >> 20) MiB at most)")
+        }
+        var data = Data(count: Int(info.st_size))
+        var filled = 0
+        let failure: Int32? = data.withUnsafeMutableBytes { raw -> Int32? in
+            while filled < raw.count {
+                let n = pread(fd, raw.baseAddress! + filled, raw.count - filled, off_t(filled))
+                if n < 0 && errno == EINTR { continue }
+                if n < 0 { return errno }
+                if n == 0 { break }  // the file shrank meanwhile: what is there is parsed
+                filled += n
+            }
+            return nil
+        }
+        if let failure { throw .unreadable(path: path, reason: String(cString: strerror(failure))) }
+        return data.prefix(filled)
     }
 
     public init(path: String, data: Data) throws(ParseError) {

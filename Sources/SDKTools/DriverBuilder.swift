@@ -87,6 +87,9 @@ public enum DriverBuilder {
         throws(BuildError) -> String
     {
         let dir = URL(fileURLWithPath: directory).standardizedFileURL
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: dir.path, isDirectory: &isFolder) else { throw BuildError(message: "\(directory): no such folder") }
+        guard isFolder.boolValue else { throw BuildError(message: "\(directory): not a folder; give the folder that holds the driver's .c files") }
         let sources: [String]
         do {
             sources = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".c") }.sorted().map { dir.appendingPathComponent($0).path }

@@ -82,6 +82,15 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(result.stderr.contains("no-such-flag"))
     }
 
+    @Test func buildOfWhatIsNoFolderSaysSo() throws {
+        let missing = oyako(["driver", "build", "/nonexistent/driver-src"])
+        #expect(missing.status == 1 && missing.stderr.contains("/nonexistent/driver-src: no such folder"), "\(missing.stderr)")
+        let file = Fixtures.temporaryDirectory("build") + "/driver.c"
+        try "int x;".write(toFile: file, atomically: true, encoding: .utf8)
+        let notFolder = oyako(["driver", "build", file])
+        #expect(notFolder.status == 1 && notFolder.stderr.contains("not a folder"), "\(notFolder.stderr)")
+    }
+
     @Test func buildReportsCompilerErrors() throws {
         let dir = Fixtures.temporaryDirectory("broken")
         try "this is not C".write(toFile: dir + "/broken.c", atomically: true, encoding: .utf8)

@@ -94,6 +94,21 @@ import DriverFile
         #expect(error?.description.contains("oyako driver build \(folder)") == true, "says what to do")
     }
 
+    /// A FIFO, a device or a sparse giant is refused before a byte is read:
+    /// reading them would hang (FIFO), never end (device) or take GiBs.
+    @Test func onlyARegularFileOfADriversSizeIsRead() throws {
+        let folder = Fixtures.temporaryDirectory()
+        let fifo = folder + "/driver.so"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let giant = folder + "/giant.so"
+        #expect(FileManager.default.createFile(atPath: giant, contents: nil) && truncate(giant, off_t(ELFImage.maxFileSize + 1)) == 0)
+        for (path, reason) in [(fifo, "not a regular file"), ("/dev/zero", "not a regular file"), (giant, "more than any driver")] {
+            let error = #expect(throws: DriverLoadError.self) { try DriverFile.inspect(path: path) }
+            guard case .invalidFile(path, let text)? = error else { Issue.record("\(path): \(String(describing: error))"); continue }
+            #expect(text.contains(reason), "\(text)")
+        }
+    }
+
     @Test func notAnELFFile() throws {
         let path = Fixtures.temporaryDirectory() + "/text.so"
         try "this is not a driver".write(toFile: path, atomically: true, encoding: .utf8)
