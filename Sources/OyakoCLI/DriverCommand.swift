@@ -126,7 +126,9 @@ struct DriverCommand: ParsableCommand {
             do {
                 try DriverSession.withAttached(driver) { instance in
                     guard let method else {
-                        for m in try instance.controlMethods() {
+                        let methods = try instance.controlMethods()
+                        if methods.isEmpty { print("\(instance.library.name) has no control methods") }
+                        for m in methods {
                             print("\(m.name) \(m.signatureText)  \(m.description)\(m.signatureProblem.map { "  [\($0)]" } ?? "")")
                         }
                         return

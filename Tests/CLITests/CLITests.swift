@@ -206,6 +206,13 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(!report.allVerified && !report.reusedUnmodified)
     }
 
+    @Test func aDriverWithoutControlMethodsIsSaidToHaveNone() throws {
+        let plain = try Fixtures.mutatedTemplateDriver([("    my_init, my_deinit, my_probe, my_attach, my_detach, my_remove, my_get_extension,",
+                                                         "    my_init, my_deinit, my_probe, my_attach, my_detach, my_remove, NULL,")])
+        let list = oyako(["driver", "call", plain])
+        #expect(list.status == 0 && list.stdout == "mydriver has no control methods\n", "\(list.output)")
+    }
+
     @Test func controlMethodsAreCalledThroughLibffiWithCheckedArguments() throws {
         let uart = try Fixtures.referenceDriver("uart16550")
         let list = oyako(["driver", "call", uart])
