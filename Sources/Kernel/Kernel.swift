@@ -276,6 +276,10 @@ public final class Kernel: @unchecked Sendable {
     @discardableResult
     public func loadAndAttach(path: String) throws -> [String] {
         let file = try DriverFile.inspect(path: path)
+        if let other = runningBuild(named: file.metadata.name), other.sha256 != file.sha256 {
+            // Two builds under one name would make every later unload or replace by name a guess.
+            throw LoadConflict(name: file.metadata.name, running: other, new: file)
+        }
         // Disk drivers go to driver hosts when the Kernel runs them there.
         let hosted = hostExecutable(for: file)
         let library = hosted == nil ? try loadLibrary(file) : nil
@@ -292,6 +296,26 @@ public final class Kernel: @unchecked Sendable {
         }
         if !failures.isEmpty { throw RuntimeLoadError(driver: file.metadata.name, attached: attached, failures: failures) }
         return attached
+    }
+
+    /// A build of the driver named `name` this Kernel runs, in process or
+    /// in a driver host: its version and SHA-256.
+    public func runningBuild(named name: String) -> (version: String, sha256: String)? {
+        lock.withLock {
+            if let library = libraries.values.first(where: { $0.name == name }) { return (library.metadata.version, library.sha256) }
+            return isolated.values.first { $0.name == name }.map { ($0.file.metadata.version, $0.file.sha256) }
+        }
+    }
+
+    /// `driver load` of a different build of a driver that runs already.
+    public struct LoadConflict: Error, CustomStringConvertible {
+        public let name: String
+        public let running: (version: String, sha256: String)
+        public let new: DriverFile
+        public var description: String {
+            "\(name) \(running.version) (sha256 \(running.sha256.prefix(16))) runs already; \(new.path) is another build of it "
+                + "(\(new.metadata.version), sha256 \(new.sha256.prefix(16))): `oyako driver replace \(name) \(new.path)` swaps builds"
+        }
     }
 
     public struct RuntimeLoadError: Error, CustomStringConvertible {

@@ -111,13 +111,23 @@ public final class ControlServer: @unchecked Sendable {
     private func run(_ request: ControlRequest) -> ControlResponse {
         switch request.command {
         case .list:
-            return ControlResponse(ok: true, message: "\(kernel.loadedDrivers.count) driver(s) loaded", drivers: drivers())
+            let listed = drivers()
+            let builds = Set(listed.map(\.sha256)).count
+            return ControlResponse(ok: true, message: "\(builds) driver(s) loaded", drivers: listed)
         case .load:
             guard let file = request.file else { return .failed("load needs the driver file") }
             do {
+                let name = try DriverFile.inspect(path: file).metadata.name
+                let ranBefore = kernel.runningBuild(named: name) != nil
                 let devices = try kernel.loadAndAttach(path: file)
-                return ControlResponse(ok: true, message: devices.isEmpty ? "loaded; it matches no device without a driver" : "attached to \(devices.joined(separator: ", "))",
-                                       drivers: drivers())
+                guard devices.isEmpty else { return ControlResponse(ok: true, message: "attached to \(devices.joined(separator: ", "))", drivers: drivers()) }
+                if ranBefore { return ControlResponse(ok: true, message: "\(name) runs already; it matches no other device without a driver", drivers: drivers()) }
+                // In process the library stays loaded for devices to come; a
+                // driver host exists only for a device, so nothing runs.
+                guard kernel.runningBuild(named: name) != nil else {
+                    return .failed("\(name) matches no device without a driver; drivers run in driver hosts here, one per device, so nothing was loaded")
+                }
+                return ControlResponse(ok: true, message: "loaded; it matches no device without a driver", drivers: drivers())
             } catch {
                 return .failed("\(error)")
             }
@@ -197,7 +207,7 @@ public final class ControlServer: @unchecked Sendable {
     }
 
     private var loadedNames: String {
-        let names = kernel.loadedDrivers.map(\.name).sorted()
+        let names = Set(drivers().map(\.name)).sorted()
         return names.isEmpty ? "none" : names.joined(separator: ", ")
     }
 

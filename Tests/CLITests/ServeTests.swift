@@ -58,6 +58,9 @@ import Testing
         }
         let listed = oyako(["driver", "list", "--control", server.control])
         #expect(listed.status == 0 && listed.stdout.contains("nvmelite 1.0.0") && !listed.stdout.contains("1.0.1"), "the old build was unloaded:\n\(listed.output)")
+        #expect(listed.stdout.hasPrefix("2 driver(s) loaded"), "\(listed.stdout)")
+        let second = oyako(["driver", "load", rebuilt, "--control", server.control])
+        #expect(second.status == 1 && second.stderr.contains("runs already") && second.stderr.contains("driver replace nvmelite"), "\(second.output)")
 
         // A driver without a disk: unloaded and loaded again at runtime.
         let unloaded = oyako(["driver", "unload", "e1klite", "--control", server.control])
@@ -68,7 +71,10 @@ import Testing
 
         // What it refuses, with a reason.
         let unknown = oyako(["driver", "unload", "nope", "--control", server.control])
-        #expect(unknown.status == 1 && unknown.stderr.contains("no driver named nope is loaded"), "\(unknown.output)")
+        #expect(unknown.status == 1 && unknown.stderr.contains("no driver named nope is loaded; loaded: e1klite, nvmelite"), "\(unknown.output)")
+        // Driver hosts run per device: a driver for no free device starts nothing, and says so.
+        let deviceless = oyako(["driver", "load", try Fixtures.mutatedTemplateDriver([("#define RNG_DEVICE 0x0004u", "#define RNG_DEVICE 0x0099u")]), "--control", server.control])
+        #expect(deviceless.status == 1 && deviceless.stderr.contains("nothing was loaded"), "\(deviceless.output)")
         // A NIC's driver is replaced live too: the interface stays, frames wait.
         let nic = oyako(["driver", "replace", "e1klite", e1k, "--control", server.control])
         #expect(nic.status == 0 && nic.stdout.contains("00:02.0: e1klite 1.0.0 -> e1klite 1.0.0, paused"), "\(nic.output)")
@@ -114,7 +120,15 @@ import Testing
         _ = close(fd)
         #expect(answer.contains("no request line (or one over"), "\(answer)")
         let listed = try ControlClient.send(ControlRequest(.list), to: path)
-        #expect(listed.ok && listed.drivers?.map(\.name) == ["nvmelite"])
+        #expect(listed.ok && listed.drivers?.map(\.name) == ["nvmelite"] && listed.message == "1 driver(s) loaded", "\(listed.message)")
+        // Another build under a running driver's name is refused (unload and
+        // replace go by name); the same build again only probes for devices.
+        let rebuilt = try Fixtures.mutatedReferenceDriver("nvmelite", [("#define NVMELITE_VERSION \"1.0.0\"", "#define NVMELITE_VERSION \"1.0.9\"")])
+        let conflict = try ControlClient.send(ControlRequest(.load, file: rebuilt), to: path)
+        #expect(!conflict.ok && conflict.message.contains("nvmelite 1.0.0") && conflict.message.contains("oyako driver replace nvmelite"), "\(conflict.message)")
+        let again = try ControlClient.send(ControlRequest(.load, file: try Fixtures.referenceDriver("nvmelite")), to: path)
+        #expect(again.ok && again.message == "nvmelite runs already; it matches no other device without a driver", "\(again.message)")
+        #expect(try ControlClient.send(ControlRequest(.list), to: path).drivers?.map(\.name) == ["nvmelite"])
         // And on the command line.
         let missing = oyako(["serve", "--state", Fixtures.temporaryDirectory("serve"), "--driver", "/nonexistent/nvmelite.so"])
         #expect(missing.status == 64 && missing.stderr.contains("--driver /nonexistent/nvmelite.so: no such file"), "\(missing.output)")
