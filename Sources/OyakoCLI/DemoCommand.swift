@@ -1,5 +1,6 @@
 import ArgumentParser
 import SystemAssembly
+import DriverFile
 import DriverHost
 import Foundation
 
@@ -41,8 +42,14 @@ struct DemoCommand: ParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     func validate() throws {
-        for path in rootDrivers where !FileManager.default.fileExists(atPath: path) {
-            throw ValidationError("--root-driver \(path): no such file")
+        for path in rootDrivers {
+            guard FileManager.default.fileExists(atPath: path) else { throw ValidationError("--root-driver \(path): no such file") }
+            // Read, not run: a file that is no driver is bad usage, found before anything boots.
+            do {
+                _ = try DriverFile.inspect(path: path)
+            } catch {
+                throw ValidationError("--root-driver \(error)")
+            }
         }
     }
 

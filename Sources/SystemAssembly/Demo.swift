@@ -80,12 +80,13 @@ public struct DemoRunner {
         progress("building vendor drivers with cc and \(sdk.root)/oyako.mk")
         let driverPaths = try ReferenceDrivers.build(sdk: sdk, into: state + "/drivers")
         for path in driverPaths { progress("  built \(path)") }
+        // Checked now, not after the bare run: a --root-driver the root cannot use is known already.
+        let rootDriverPaths = try Self.replacing(driverPaths, with: rootDriverOverrides)
 
         let rebuilt = chaos ? try DemoChaos.rebuild(sdk: sdk, into: state + "/drivers/rebuilt") : nil
         if let rebuilt { progress("  built \(rebuilt.disk) and \(rebuilt.nic) (rebuilt copies of nvmelite and e1klite for --chaos)") }
 
         let bare = try runBare(state: state, driverPaths: driverPaths)
-        let rootDriverPaths = try Self.replacing(driverPaths, with: rootDriverOverrides)
         let (root, survived, children, chaosEntry) = try runWithHypervisor(state: state, driverPaths: rootDriverPaths, rebuilt: rebuilt)
 
         // The claim, checked: the same files, byte for byte, everywhere.

@@ -190,10 +190,24 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(json["verified"] as? Bool == true, "the other build still does verified I/O")
     }
 
-    @Test func aRootDriverThatIsNoFileIsAUsageError() {
+    @Test func aRootDriverThatIsNoFileIsAUsageError() throws {
         let result = oyako(["demo", "--root-driver", "/nonexistent/nvmelite.so"])
         #expect(result.status == 64)
         #expect(result.stdout.isEmpty)
+        // A file that is no driver: bad usage too, said before anything is built or booted.
+        let text = Fixtures.temporaryDirectory("root-driver") + "/nvmelite.so"
+        try "not a driver".write(toFile: text, atomically: true, encoding: .utf8)
+        let notDriver = oyako(["demo", "--root-driver", text])
+        #expect(notDriver.status == 64 && notDriver.stdout.isEmpty && notDriver.stderr.contains("not an ELF file"), "\(notDriver.output)")
+    }
+
+    /// A driver the demo does not load cannot stand in for one in the root:
+    /// said after the build, before the bare OS boots.
+    @Test func aRootDriverTheDemoDoesNotLoadFailsBeforeBooting() throws {
+        let other = try Fixtures.fixtureDriver()
+        let result = oyako(["demo", "--no-vm", "--in-process", "--root-driver", other])
+        #expect(result.status == 1 && result.stderr.contains("is not one the demo loads"), "\(result.output)")
+        #expect(!result.output.contains("[bare]"), "nothing booted first: \(result.stdout.suffix(300))")
     }
 
     @Test func theReportIsUnverifiedWhenTheBareDataDidNotSurviveTheReboot() {
