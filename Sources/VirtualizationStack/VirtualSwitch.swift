@@ -39,7 +39,10 @@ public final class VirtualSwitch: @unchecked Sendable {
         // @unchecked Sendable: mutable state is guarded by the switch's condition.
         public let name: String
         public let role: PortRole
-        unowned let owner: VirtualSwitch
+        /// The switch it belongs to. Weak, not unowned: the port's user (a
+        /// NetVSP channel, a vhost-user queue) may hold it past the switch's
+        /// end, and a frame it sends then is dropped, not a crash.
+        private(set) weak var owner: VirtualSwitch?
         let deliver: @Sendable ([UInt8]) -> Bool
         var queue: [[UInt8]] = []
         var counters = Counters()
@@ -53,7 +56,7 @@ public final class VirtualSwitch: @unchecked Sendable {
         }
 
         /// A frame from the port's owner into the switch. Never blocks.
-        public func input(_ frame: [UInt8]) { owner.enqueue(frame, from: self) }
+        public func input(_ frame: [UInt8]) { owner?.enqueue(frame, from: self) }
 
     }
 

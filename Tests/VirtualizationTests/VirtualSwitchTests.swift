@@ -52,6 +52,21 @@ func eventually(_ timeout: Double = 5, _ condition: () -> Bool) -> Bool {
         #expect(vswitch.macTable == ["02:00:00:00:00:01": "a", "02:00:00:00:00:02": "b"])
     }
 
+    /// A channel may hold its port after the switch has gone (a child's
+    /// NetVSP sends while teardown runs): its frames are dropped, and
+    /// nothing reads freed memory (with an unowned switch this aborted).
+    @Test func aPortThatOutlivesItsSwitchDropsWhatItIsGiven() throws {
+        let sink = Sink()
+        var vswitch: VirtualSwitch? = VirtualSwitch(name: "gone", kind: .private)
+        let port = try #require(try vswitch?.addPort(name: "a", role: .child, deliver: sink.take))
+        weak let ended = vswitch
+        vswitch?.shutdown()
+        vswitch = nil
+        #expect(ended == nil, "the switch itself is gone")
+        port.input(ethernet(to: 2, from: 1))
+        #expect(sink.count == 0)
+    }
+
     @Test func malformedFramesAreDroppedAndCounted() throws {
         let vswitch = VirtualSwitch(name: "t", kind: .private)
         defer { vswitch.shutdown() }
