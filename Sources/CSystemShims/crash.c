@@ -6,8 +6,13 @@
 #define _GNU_SOURCE
 #include "CSystemShims.h"
 
+#include <dirent.h>
+#include <pthread.h>
+#include <errno.h>
 #include <dlfcn.h>
 #include <execinfo.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -100,6 +105,53 @@ static void on_fatal(int signal, siginfo_t *info, void *context) {
     raise(signal);
 }
 
+/* One thread's hang report at a time: several threads in callbacks may
+ * write at once. A spin lock (the handler never re-enters on one thread:
+ * SIGUSR2 is blocked while it runs). */
+static volatile int hang_writer;
+
+static void on_hang_report(int signal, siginfo_t *info, void *context) {
+    void *frames[64];
+    int count, i, saved = errno;
+    const char *callback = oy_shim_context_callback();
+    (void)signal;
+    (void)info;
+    (void)context;
+    if (callback == NULL || crash_fd < 0) return;
+    while (__atomic_exchange_n(&hang_writer, 1, __ATOMIC_ACQUIRE)) {}
+    put("\001oyhang ");
+    put(callback);
+    put("\n");
+    count = backtrace(frames, 64);
+    /* frames[0] is this handler, frames[1] the kernel's signal trampoline. */
+    for (i = 2; i < count; i++) put_frame(frames[i]);
+    put("\001oyhang-end\n");
+    __atomic_store_n(&hang_writer, 0, __ATOMIC_RELEASE);
+    errno = saved;
+}
+
+int oy_shim_report_hangs(void) {
+    struct sigaction action;
+    DIR *tasks;
+    struct dirent *entry;
+    pid_t self = (pid_t)syscall(SYS_gettid), process = getpid();
+    int signalled = 0;
+    memset(&action, 0, sizeof(action));
+    action.sa_sigaction = on_hang_report;
+    action.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGUSR2, &action, NULL) != 0) return -1;
+    tasks = opendir("/proc/self/task");
+    if (tasks == NULL) return -1;
+    while ((entry = readdir(tasks)) != NULL) {
+        pid_t tid = (pid_t)atoi(entry->d_name);
+        if (tid <= 0 || tid == self) continue;
+        if (syscall(SYS_tgkill, process, tid, SIGUSR2) == 0) signalled++;
+    }
+    closedir(tasks);
+    return signalled;
+}
+
 int oy_shim_install_crash_reporter(int fd) {
     static char stack[64 * 1024];
     stack_t alt;
@@ -107,7 +159,15 @@ int oy_shim_install_crash_reporter(int fd) {
     void *warm[2];
     const int signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP};
     size_t i;
+    sigset_t wanted;
     crash_fd = fd;
+    /* A signal mask is inherited through fork and exec, and the process
+     * that started this one (a test runner, a supervisor) may block these:
+     * unblock them here, before the threads that inherit this mask start. */
+    sigemptyset(&wanted);
+    for (i = 0; i < sizeof(signals) / sizeof(signals[0]); i++) sigaddset(&wanted, signals[i]);
+    sigaddset(&wanted, SIGUSR2);
+    (void)pthread_sigmask(SIG_UNBLOCK, &wanted, NULL);
     /* The first backtrace() loads the unwinder (it may allocate): do it now. */
     (void)backtrace(warm, 2);
     alt.ss_sp = stack;

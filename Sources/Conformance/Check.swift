@@ -55,7 +55,8 @@ public struct CheckResult: Codable, Sendable {
     /// What the driver logged through `host->log` during the check (worker
     /// checks only), oldest first.
     public var log: [String] = []
-    /// For a crash: the faulting thread's frames, innermost first.
+    /// For a crash: the faulting thread's frames, innermost first; for a
+    /// timeout: those of the thread inside the callback that did not return.
     public var backtrace: [String] = []
     /// For a crash with `--keep-core`: where the core file is.
     public var coreFile: String?

@@ -25,8 +25,8 @@ struct CrashReport: Sendable {
             if fields.first == "\u{1}oycrash", fields.count >= 3 {
                 signal = Int32(fields[1])
                 address = hex(fields[2]) ?? 0
-            } else if fields.first == "\u{1}oyframe", fields.count >= 4, let pc = hex(fields[1]), let base = hex(fields[2]) {
-                frames.append(Frame(pc: pc, base: base, object: String(fields[3])))
+            } else if signal != nil, let frame = frame(line) {
+                frames.append(frame)
             }
         }
         return signal.map { CrashReport(signal: $0, address: address, frames: frames) }
@@ -41,7 +41,34 @@ struct CrashReport: Sendable {
     /// One line per frame, innermost first: function+offset and, where the
     /// driver has debug information and addr2line is installed, file:line;
     /// `object+0xoffset` for code without symbols.
-    func symbolized() -> [String] {
+    func symbolized() -> [String] { Self.symbolize(frames) }
+
+    /// The threads a worker found inside driver callbacks when its check ran
+    /// out of time (see `oy_shim_report_hangs`): each callback's name and
+    /// that thread's frames, innermost first.
+    static func hangs(in text: String) -> [(callback: String, frames: [Frame])] {
+        var hangs: [(callback: String, frames: [Frame])] = []
+        var current: (callback: String, frames: [Frame])?
+        for line in text.split(separator: "\n") {
+            if line.hasPrefix("\u{1}oyhang-end") {
+                if let done = current { hangs.append(done) }
+                current = nil
+            } else if line.hasPrefix("\u{1}oyhang ") {
+                current = (String(line.dropFirst("\u{1}oyhang ".count)), [])
+            } else if current != nil, let frame = frame(line) {
+                current?.frames.append(frame)
+            }
+        }
+        return hangs
+    }
+
+    private static func frame(_ line: Substring) -> Frame? {
+        let fields = line.split(separator: " ", maxSplits: 3)
+        guard fields.first == "\u{1}oyframe", fields.count >= 4, let pc = hex(fields[1]), let base = hex(fields[2]) else { return nil }
+        return Frame(pc: pc, base: base, object: String(fields[3]))
+    }
+
+    static func symbolize(_ frames: [Frame]) -> [String] {
         var lines: [String] = []
         var sources: [String: [UInt64: String]] = [:]
         for (object, offsets) in Dictionary(grouping: frames, by: \.object).mapValues({ $0.map { $0.pc &- $0.base } }) where object.hasPrefix("/") {

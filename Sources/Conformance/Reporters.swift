@@ -8,7 +8,7 @@ public enum ConformanceReporter {
         var out = ""
         if let core = r.coreFile { out += "          core file: \(core)\n" }
         if !r.backtrace.isEmpty {
-            out += "          backtrace (faulting thread):\n"
+            out += r.verdict == .timeout ? "          backtrace (the thread whose callback did not return):\n" : "          backtrace (faulting thread):\n"
             for frame in r.backtrace { out += "            \(frame)\n" }
         }
         if !r.log.isEmpty && (verbose || r.verdict != .passed && r.verdict != .skipped) {

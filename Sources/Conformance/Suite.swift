@@ -267,7 +267,11 @@ public struct ConformanceSuite: Sendable {
     private func runInChild(_ check: CheckDefinition, driver: String, environment: SuiteEnvironment, passed: Set<String>) -> CheckOutcome {
         let executable = options.workerExecutable ?? Self.currentExecutable
         let timeout = check.timeout * options.timeoutScale
+        // Sanitizers slow everything down several times over.
+        let limit = options.sanitizer == nil ? timeout : timeout * 5
         var arguments = ["conformance-worker", "--check", check.id, "--env", environment.rawValue]
+        // Shortly before the watchdog kills it, the worker says which driver callbacks have not returned.
+        arguments += ["--hang-report-after", String(format: "%.1f", limit * 0.85)]
         if let budget = options.timeBudget { arguments += ["--time-budget", "\(budget)"] }
         arguments += ["--passed", passed.sorted().joined(separator: ",")]
         var coreFolder: String?
@@ -285,14 +289,12 @@ public struct ConformanceSuite: Sendable {
             environment = ProcessInfo.processInfo.environment.merging(sanitizer.environment(runtime: runtime)) { $1 }
             if sanitizer == .thread { worker = runtime }
         }
-        // Sanitizers slow everything down several times over.
-        let run = ProcessRunner.run(worker, arguments + [driver], environment: environment,
-                                    timeout: options.sanitizer == nil ? timeout : timeout * 5, currentDirectory: coreFolder)
+        let run = ProcessRunner.run(worker, arguments + [driver], environment: environment, timeout: limit, currentDirectory: coreFolder)
         var outcome: CheckOutcome
         if let report = Self.sanitizerReport(run) ?? Self.threadSanitizerReport(run.stderr, driver: driver) {
             outcome = .failed(report)
         } else if run.timedOut {
-            outcome = CheckOutcome(verdict: .timeout, message: String(format: "no verdict within %.0f s: a callback hangs (the watchdog killed it)", timeout))
+            outcome = Self.hangOutcome(stderr: run.stderr, timeout: timeout, driver: driver)
         } else if let signal = run.signal {
             outcome = crashOutcome(signal: signal, stderr: run.stderr, coreFolder: coreFolder)
         } else if let decoded = Self.verdict(in: run.stdout) {
@@ -354,6 +356,25 @@ public struct ConformanceSuite: Sendable {
         guard total > 0 else { return nil }
         return "ThreadSanitizer: \(races.joined(separator: "; "))" + (total > races.count ? " (and \(total - races.count) more)" : "")
             + "; guard the memory with one lock on every path that touches it"
+    }
+
+    /// A check that ran out of time: which driver callbacks had not
+    /// returned, with the first one's frames (where it waits or spins).
+    static func hangOutcome(stderr: String, timeout: Double, driver: String) -> CheckOutcome {
+        let hangs = CrashReport.hangs(in: stderr)
+        let limit = String(format: "no verdict within %.0f s", timeout)
+        guard let first = hangs.first else {
+            return CheckOutcome(verdict: .timeout, message: limit + ": the check hangs, with no driver callback running (the watchdog killed it)")
+        }
+        let frames = CrashReport.symbolize(first.frames)
+        // Where in the driver's own code it waits or spins; the innermost frame when none is.
+        let module = "(\(URL(fileURLWithPath: driver).lastPathComponent)+0x"
+        let place = (frames.first { $0.contains(module) } ?? frames.first).map { " in \($0.drop { $0 != " " }.dropFirst())" } ?? ""
+        let others = hangs.dropFirst().map(\.callback)
+        var outcome = CheckOutcome(verdict: .timeout, message: limit + ": the driver's \(first.callback) did not return (its thread is\(place)"
+            + (others.isEmpty ? "" : "; also running: \(others.joined(separator: ", "))") + "); the backtrace follows")
+        outcome.backtrace = frames
+        return outcome
     }
 
     private func crashOutcome(signal: Int32, stderr: String, coreFolder: String?) -> CheckOutcome {

@@ -115,6 +115,9 @@ struct ConformanceWorkerCommand: ParsableCommand {
     @Option var passed: String?
     /// Lift the core size limit, so a crash leaves a core file.
     @Flag var keepCore = false
+    /// Seconds after which the threads inside driver callbacks write their
+    /// frames to standard error (the suite kills the worker soon after).
+    @Option var hangReportAfter: Double?
     @Argument var driver: String
 
     func run() throws {
@@ -123,6 +126,12 @@ struct ConformanceWorkerCommand: ParsableCommand {
         // go to standard error as they are logged. The suite reads both.
         _ = oy_shim_install_crash_reporter(STDERR_FILENO)
         DriverLogMirror.mirror(to: STDERR_FILENO)
+        if let after = hangReportAfter, after > 0, after.isFinite {
+            Thread.detachNewThread {
+                Thread.sleep(forTimeInterval: after)
+                _ = oy_shim_report_hangs()
+            }
+        }
         if keepCore {
             // As large as this user may make it (unlimited for root).
             var limit = rlimit()

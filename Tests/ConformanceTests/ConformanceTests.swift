@@ -419,6 +419,22 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         #expect(table.contains("mutant_probe") && table.contains("about to write through the revision"))
     }
 
+    /// A hang is debuggable from the verdict alone too: which callback did
+    /// not return, and where in the driver its thread spins or waits.
+    @Test func aHangNamesTheCallbackAndWhereItsThreadIs() throws {
+        var options = ConformanceSuite.Options()
+        options.workerExecutable = Fixtures.oyakoBinary
+        options.filter = "^lifecycle\\.attach$"
+        options.environments = [.bare]
+        options.timeoutScale = 0.5
+        let report = ConformanceSuite(options: options).run(driver: try Fixtures.fixtureDriver(defines: ["MUTANT_HANG_IN_ATTACH"]))
+        let hang = try #require(report.results.first { $0.id == "lifecycle.attach" })
+        #expect(hang.verdict == .timeout)
+        #expect(hang.message.contains("the driver's attach did not return") && hang.message.contains("mutant_attach"), "\(hang.message)")
+        #expect(hang.backtrace.first?.contains("mutant_attach") == true, "it spins in its own code: \(hang.backtrace.prefix(3))")
+        #expect(ConformanceReporter.table([report]).contains("the thread whose callback did not return"))
+    }
+
     @Test func aDriverForNoOfferedDeviceIsToldWhichDevicesThereAre() throws {
         let report = suite(filter: "^lifecycle\\.attach$").run(driver: try Fixtures.fixtureDriver(defines: ["MUTANT_DEVICE_ID=0x0099u"]))
         let attach = try #require(report.results.first { $0.id == "lifecycle.attach" })

@@ -51,6 +51,15 @@ int oy_shim_tap_open(const char *name);
  * thread; other threads' overflows end without frames. Returns 0 or -1. */
 int oy_shim_install_crash_reporter(int fd);
 
+/* A hang report, for a worker about to be killed for a check that does not
+ * end: `oy_shim_report_hangs` sends SIGUSR2 to every thread of the process
+ * (each but the caller); a thread inside a driver callback (see
+ * oy_shim_set_context) writes "\1oyhang CALLBACK", its frames as
+ * "\1oyframe" lines, then "\1oyhang-end" to the crash reporter's `fd`, and
+ * goes on. Other threads ignore it. Returns how many threads were signalled.
+ * Needs oy_shim_install_crash_reporter first. */
+int oy_shim_report_hangs(void);
+
 /* recvmsg(2) with SCM_RIGHTS: up to `length` bytes and up to `max_fds`
  * descriptors (close-on-exec). Returns the bytes read (0 at end of file) or
  * -1 with errno; `*fd_count` descriptors are stored in `fds`. Descriptors
