@@ -220,88 +220,9 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
         }
         var reply = WireWriter()
         do {
-            switch kind {
-            case .log:
-                let level = LogLevel(rawValue: Int32(bitPattern: try message.body.u32())) ?? .info
-                log.record(level, name, try message.body.string())
-                return
-            case .complete:
-                let tag = try message.body.u64(), status = OyStatus(try message.body.i32())
-                // On the reader thread: a caller's completion may submit
-                // again, and a submit is posted, so it needs no reply.
-                if let flight = take(tag) { finish(flight, status) }
-                return
-            case .completions:
-                let count = Int(try message.body.u32())
-                for _ in 0..<min(count, 4096) {
-                    let kind = HostMessage(rawValue: try message.body.u32()), tag = try message.body.u64(), status = OyStatus(try message.body.i32())
-                    if kind == .netTransmit {
-                        state.withLock { $0.net?.binding }?.completed(tag: tag, status: status)
-                    } else if let flight = take(tag) {
-                        finish(flight, status)
-                    }
-                }
-                return
-            case .mmioWrite:
-                let bar = Int(try message.body.u32()), offset = try message.body.u64(), width = Int(try message.body.u32()), value = try message.body.u64()
-                device.mmioWrite(bar: bar, offset: offset, width: width, value: value)
-                return
-            case .portWrite:
-                device.portWrite(bar: Int(try message.body.u32()), port: try message.body.u32(), value: UInt8(truncatingIfNeeded: try message.body.u32()))
-                return
-            case .dmaUnmap:
-                let address = try message.body.u64(), length = try message.body.length()
-                // Only a mapping the host made: an address or length of its
-                // own invention unmaps nothing.
-                let mapped = state.withLock { s -> Bool in
-                    guard let at = s.maps[address]?.firstIndex(of: length) else { return false }
-                    s.maps[address]!.remove(at: at)
-                    if s.maps[address]!.isEmpty { s.maps[address] = nil }
-                    return true
-                }
-                if mapped { device.dmaUnmap(DMARegion(cpu: platform.memory.base, deviceAddress: address, length: length)) }
-                return
-            case .serialReceived, .netReceived:
-                // Input for the OS's port, or a frame for its interface.
-                let bytes = try message.body.data()
-                let deliver = state.withLock { s -> ((UnsafeRawBufferPointer) -> Void)? in
-                    kind == .serialReceived ? s.serial.map { $0.port.deliver } : s.net.map { $0.interface.deliver }
-                }
-                bytes.withUnsafeBytes { deliver?($0) }
-                return
-            case .serialReady: state.withLock { $0.serial?.port }?.driverMadeRoom(); return
-            case .serialLost:
-                let lost = Int(clamping: try message.body.u64())
-                state.withLock { $0.serial?.port }?.driverLost(lost)
-                return
-            case .alive:
-                let number = try message.body.u64()
-                state.withLock { s in if s.beat?.number == number { s.beat = nil } }
-                return
-            case .violation:
-                let warning = try message.body.u32() != 0
-                let driver = try message.body.string(), callback = try message.body.string(), text = try message.body.string()
-                let entry = ViolationLog.Entry(severity: warning ? .warning : .violation, driver: driver.isEmpty ? nil : driver,
-                                               callback: callback.isEmpty ? nil : callback, message: text)
-                ViolationLog.recordForwarded(entry)
-                log.record(warning ? .warning : .error, name, "in its driver host: \(entry.description)")
-                return
-            case .netTxComplete:
-                let tag = try message.body.u64(), status = OyStatus(try message.body.i32())
-                state.withLock { $0.net?.binding }?.completed(tag: tag, status: status)
-                return
-            case .netLink:
-                let up = try message.body.u32() != 0
-                guard let net = state.withLock({ $0.net }) else { return }
-                net.binding.setLink(up)
-                net.interface.linkChanged(up: up)
-                return
-            case .maskInterrupt: device.maskInterrupt(index: Int(try message.body.u32())); return
-            case .unmaskInterrupt: device.unmaskInterrupt(index: Int(try message.body.u32())); return
-            default:
-                let fds = try answer(kind, &message.body, into: &reply)
-                line.reply(to: message, reply, fds: fds)
-            }
+            if try posted(kind, &message.body) { return }
+            let fds = try answer(kind, &message.body, into: &reply)
+            line.reply(to: message, reply, fds: fds)
         } catch let error as OyStatus {
             var refusal = WireWriter()
             refusal.i32(error.rawValue)
@@ -311,6 +232,80 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
             refusal.i32(OyStatus.invalid.rawValue)
             line.reply(to: message, refusal)
         }
+    }
+
+    /// One-way messages from the host (log lines, completions, register
+    /// writes, input, reports); false for a call that wants an answer.
+    private func posted(_ kind: HostMessage, _ body: inout WireReader) throws -> Bool {
+        switch kind {
+        case .log:
+            let level = LogLevel(rawValue: Int32(bitPattern: try body.u32())) ?? .info
+            log.record(level, name, try body.string())
+        case .complete:
+            let tag = try body.u64(), status = OyStatus(try body.i32())
+            // On the reader thread: a caller's completion may submit
+            // again, and a submit is posted, so it needs no reply.
+            if let flight = take(tag) { finish(flight, status) }
+        case .completions:
+            let count = Int(try body.u32())
+            for _ in 0..<min(count, 4096) {
+                let kind = HostMessage(rawValue: try body.u32()), tag = try body.u64(), status = OyStatus(try body.i32())
+                if kind == .netTransmit {
+                    state.withLock { $0.net?.binding }?.completed(tag: tag, status: status)
+                } else if let flight = take(tag) {
+                    finish(flight, status)
+                }
+            }
+        case .mmioWrite:
+            let bar = Int(try body.u32()), offset = try body.u64(), width = Int(try body.u32()), value = try body.u64()
+            device.mmioWrite(bar: bar, offset: offset, width: width, value: value)
+        case .portWrite:
+            device.portWrite(bar: Int(try body.u32()), port: try body.u32(), value: UInt8(truncatingIfNeeded: try body.u32()))
+        case .dmaUnmap:
+            let address = try body.u64(), length = try body.length()
+            // Only a mapping the host made: an address or length of its
+            // own invention unmaps nothing.
+            let mapped = state.withLock { s -> Bool in
+                guard let at = s.maps[address]?.firstIndex(of: length) else { return false }
+                s.maps[address]!.remove(at: at)
+                if s.maps[address]!.isEmpty { s.maps[address] = nil }
+                return true
+            }
+            if mapped { device.dmaUnmap(DMARegion(cpu: platform.memory.base, deviceAddress: address, length: length)) }
+        case .serialReceived, .netReceived:
+            // Input for the OS's port, or a frame for its interface.
+            let bytes = try body.data()
+            let deliver = state.withLock { s -> ((UnsafeRawBufferPointer) -> Void)? in
+                kind == .serialReceived ? s.serial.map { $0.port.deliver } : s.net.map { $0.interface.deliver }
+            }
+            bytes.withUnsafeBytes { deliver?($0) }
+        case .serialReady: state.withLock { $0.serial?.port }?.driverMadeRoom()
+        case .serialLost:
+            let lost = Int(clamping: try body.u64())
+            state.withLock { $0.serial?.port }?.driverLost(lost)
+        case .alive:
+            let number = try body.u64()
+            state.withLock { s in if s.beat?.number == number { s.beat = nil } }
+        case .violation:
+            let warning = try body.u32() != 0
+            let driver = try body.string(), callback = try body.string(), text = try body.string()
+            let entry = ViolationLog.Entry(severity: warning ? .warning : .violation, driver: driver.isEmpty ? nil : driver,
+                                           callback: callback.isEmpty ? nil : callback, message: text)
+            ViolationLog.recordForwarded(entry)
+            log.record(warning ? .warning : .error, name, "in its driver host: \(entry.description)")
+        case .netTxComplete:
+            let tag = try body.u64(), status = OyStatus(try body.i32())
+            state.withLock { $0.net?.binding }?.completed(tag: tag, status: status)
+        case .netLink:
+            let up = try body.u32() != 0
+            guard let net = state.withLock({ $0.net }) else { return true }
+            net.binding.setLink(up)
+            net.interface.linkChanged(up: up)
+        case .maskInterrupt: device.maskInterrupt(index: Int(try body.u32()))
+        case .unmaskInterrupt: device.unmaskInterrupt(index: Int(try body.u32()))
+        default: return false
+        }
+        return true
     }
 
     /// Calls with an answer: status first, then what the call returns.
