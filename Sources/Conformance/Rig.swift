@@ -229,6 +229,9 @@ final class Rig: @unchecked Sendable {
             let bytes: [UInt8]
             do {
                 bytes = try kernel.entropy.read(256)
+            } catch .starved(_, 0, _) {
+                throw CheckFailure("reading 256 bytes of entropy got none in 5 s: every read returned OY_OK with *produced 0; "
+                    + "give the bytes the device has, waiting up to 100 ms for the first word (SDK/CLASSES.md, Entropy)")
             } catch {
                 throw CheckFailure("reading 256 bytes of entropy failed: \(error)")
             }

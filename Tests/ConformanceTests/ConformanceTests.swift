@@ -231,6 +231,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 ("    if (length > OY_RNG_MAX_READ) return OY_E_RANGE;\n", ""),
             ])
         }, expected: ["io.rng.bad-length": .failed]),
+        Case(defect: "entropy reads that never produce anything", build: {
+            try Fixtures.mutatedTemplateDriver([("    *produced = done;", "    *produced = 0;")])
+        }, expected: ["io.basic": .failed]),
     ]
 
     @Test func theUnbrokenFixturePassesEverything() throws {
@@ -254,6 +257,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
             }
             if fixture.defect == "keeps probe's borrowed device info" || fixture.defect == "keeps a control call's borrowed string" {
                 #expect(results.allSatisfy { $0.message.contains("used after the call returned") }, "\(results.map(\.message))")
+            }
+            if fixture.defect == "entropy reads that never produce anything" {
+                #expect(results.allSatisfy { $0.message.contains("every read returned OY_OK with *produced 0") }, "\(results.map(\.message))")
             }
             if fixture.defect == "crashes in a driver host" && id == "host.attach" {
                 #expect(results.allSatisfy { $0.message.contains("SIGSEGV") }, "the host's death is named: \(results.map(\.message))")
