@@ -31,7 +31,7 @@ public struct DriverFile: Sendable {
         } catch {
             throw .badMetadata(path: path, problem: error.description)
         }
-        return DriverFile(path: path, resolvedPath: realPath(path), image: image, metadata: metadata, sha256: sha256Hex(ofFile: path) ?? "")
+        return DriverFile(path: path, resolvedPath: realPath(path), image: image, metadata: metadata, sha256: lowercaseHex(SHA256.hash(data: image.data)))
     }
 }
 

@@ -26,7 +26,8 @@ public struct ELFImage: Sendable {
     public let hasExecutableStack: Bool
     /// Section name -> (offset, size) in `data`; bytes are sliced on demand.
     private let sections: [String: Range<Int>]
-    private let data: Data
+    /// The file's bytes, as read once (DriverFile hashes these, not a second read).
+    let data: Data
 
     public static let hostMachine: UInt16 = {
         #if arch(x86_64)

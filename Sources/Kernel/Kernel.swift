@@ -275,7 +275,12 @@ public final class Kernel: @unchecked Sendable {
     /// were tried.
     @discardableResult
     public func loadAndAttach(path: String) throws -> [String] {
-        let file = try DriverFile.inspect(path: path)
+        try loadAndAttach(try DriverFile.inspect(path: path))
+    }
+
+    /// The same, for a file already read.
+    @discardableResult
+    public func loadAndAttach(_ file: DriverFile) throws -> [String] {
         if let other = runningBuild(named: file.metadata.name), other.sha256 != file.sha256 {
             // Two builds under one name would make every later unload or replace by name a guess.
             throw LoadConflict(name: file.metadata.name, running: other, new: file)

@@ -43,7 +43,6 @@ struct DemoCommand: ParsableCommand {
 
     func validate() throws {
         for path in rootDrivers {
-            guard FileManager.default.fileExists(atPath: path) else { throw ValidationError("--root-driver \(path): no such file") }
             // Read, not run: a file that is no driver is bad usage, found before anything boots.
             do {
                 _ = try DriverFile.inspect(path: path)

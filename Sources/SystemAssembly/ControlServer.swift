@@ -117,9 +117,10 @@ public final class ControlServer: @unchecked Sendable {
         case .load:
             guard let file = request.file else { return .failed("load needs the driver file") }
             do {
-                let name = try DriverFile.inspect(path: file).metadata.name
+                let driver = try DriverFile.inspect(path: file)
+                let name = driver.metadata.name
                 let ranBefore = kernel.runningBuild(named: name) != nil
-                let devices = try kernel.loadAndAttach(path: file)
+                let devices = try kernel.loadAndAttach(driver)
                 guard devices.isEmpty else { return ControlResponse(ok: true, message: "attached to \(devices.joined(separator: ", "))", drivers: drivers()) }
                 if ranBefore { return ControlResponse(ok: true, message: "\(name) runs already; it matches no other device without a driver", drivers: drivers()) }
                 // In process the library stays loaded for devices to come; a
