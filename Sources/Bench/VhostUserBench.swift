@@ -31,7 +31,7 @@ final class VirtioBlockBenchDriver {
         ram = try PhysicalMemory(size: Int(Self.data) + depth * slotBytes)
         frontEnd = try VhostUserFrontEnd(path: path)
         try frontEnd.negotiate(wanted: 1 << 32)  // VERSION_1; no event index: an interrupt per batch the device completes
-        try frontEnd.setMemoryTable([.init(guestAddress: 0, size: UInt64(ram.size), userAddress: Self.userBase, fileDescriptor: ram.fileDescriptor)])
+        try frontEnd.setMemoryTable([.init(ram, at: 0, mappedAt: Self.userBase)])
         try frontEnd.setUpRing(0, size: Self.queueSize, descriptors: Self.userBase + Self.table, avail: Self.userBase + Self.avail,
                                used: Self.userBase + Self.used, kick: kick, call: call)
         // Each slot's chain is fixed: header (read), data, status (written).

@@ -23,11 +23,16 @@ public final class Partition: @unchecked Sendable {
         public let vp: Int
         public let sint: Int
 
-        public init(id: UInt32, kind: Kind, vp: Int, sint: Int) {
-            self.id = id
-            self.kind = kind
-            self.vp = vp
-            self.sint = sint
+        /// A message port (HV_PORT_INFO's MessagePortInfo): messages posted
+        /// to it land in `sint`'s slot of `vp`'s message page.
+        public static func message(id: UInt32, vp: Int = 0, sint: Int) -> Port {
+            Port(id: id, kind: .message, vp: vp, sint: sint)
+        }
+
+        /// An event port (EventPortInfo): a signal sets one flag of `flags`
+        /// in `sint`'s slot of `vp`'s event-flags page.
+        public static func event(id: UInt32, flags: Range<Int>, vp: Int = 0, sint: Int) -> Port {
+            Port(id: id, kind: .event(baseFlag: flags.lowerBound, flagCount: flags.count), vp: vp, sint: sint)
         }
     }
 

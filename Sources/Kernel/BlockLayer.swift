@@ -78,13 +78,6 @@ public struct BlockError: Error, CustomStringConvertible, Sendable {
     public let lba: UInt64
     public let status: DiskStatus
 
-    public init(disk: String, operation: DiskOperation, lba: UInt64, status: DiskStatus) {
-        self.disk = disk
-        self.operation = operation
-        self.lba = lba
-        self.status = status
-    }
-
     public var description: String { "\(disk): \(operation) at LBA \(lba) failed: \(status)" }
 }
 
@@ -423,6 +416,12 @@ public final class Disk: @unchecked Sendable {
         }
         let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
         let status: DiskStatus = done.wait(timeout: .now() + seconds) == .timedOut ? .timedOut : result.withLock { $0 }
+        try check(status, of: operation, at: lba)
+    }
+
+    /// Nothing if `status` is OK; otherwise the error it is for `operation`
+    /// at `lba` on this disk (for callers that collect statuses themselves).
+    public func check(_ status: DiskStatus, of operation: DiskOperation, at lba: UInt64) throws(BlockError) {
         guard status.isOK else { throw BlockError(disk: name, operation: operation, lba: lba, status: status) }
     }
 

@@ -30,7 +30,7 @@ public enum Throughput {
         func pass(_ operation: DiskOperation) throws -> (seconds: Double, verified: Bool) {
             let slots = DispatchSemaphore(value: depth)
             let group = DispatchGroup()
-            let failure = Mutex<DiskStatus?>(nil)
+            let failure = Mutex<(status: DiskStatus, lba: UInt64)?>(nil)
             let verified = Atomic<Bool>(true)
             let free = Mutex<[Int]>(Array(0..<depth))
             let start = DispatchTime.now()
@@ -46,7 +46,7 @@ public enum Throughput {
                 let expected = checksums[i]
                 group.enter()
                 disk.submit(operation, lba: lba, blocks: requestBlocks, buffer: buffer) { status in
-                    if !status.isOK { failure.withLock { $0 = status } }
+                    if !status.isOK { failure.withLock { $0 = (status, lba) } }
                     if operation == .read && status.isOK && checksum(UnsafeRawBufferPointer(buffer.bytes)) != expected {
                         verified.store(false, ordering: .relaxed)
                     }
@@ -57,9 +57,7 @@ public enum Throughput {
             }
             group.wait()
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-            if let status = failure.withLock({ $0 }) {
-                throw BlockError(disk: disk.name, operation: operation, lba: 0, status: status)
-            }
+            if let failed = failure.withLock({ $0 }) { try disk.check(failed.status, of: operation, at: failed.lba) }
             return (seconds, verified.load(ordering: .relaxed))
         }
 

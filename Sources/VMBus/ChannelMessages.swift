@@ -1,4 +1,5 @@
 import Foundation
+import Machine
 
 /// VMBus control messages, carried in SynIC messages (SynIC type 1). Each
 /// payload starts with the message type (u32) and padding (u32); numbers are
@@ -13,7 +14,6 @@ public enum ChannelMessage: Equatable, Sendable {
     public static let pfnsPerBody = 28
     /// struct gpa_range without its PFNs: byte_count, byte_offset.
     static let gpaRangeHeader = 8
-    static let pageSize = 4096
 
     case offerChannel(interfaceType: UUID, instance: UUID, relid: UInt32, connectionID: UInt32)
     case rescindOffer(relid: UInt32)
@@ -111,7 +111,7 @@ public enum ChannelMessage: Equatable, Sendable {
             // that fit; the rest follow in GPADL_BODY messages.
             w.u32(relid); w.u32(gpadl)
             w.u16(UInt16(clamping: Self.gpaRangeHeader + 8 * Int(total))); w.u16(1)
-            w.u32(total &* UInt32(Self.pageSize)); w.u32(0)
+            w.u32(total &* UInt32(PhysicalMemory.pageSize)); w.u32(0)
             for pfn in pfns { w.u64(pfn) }
         case .gpadlBody(let message, let gpadl, let pfns):
             // struct vmbus_channel_gpadl_body: message number, gpadl, PFNs.
@@ -161,7 +161,7 @@ public enum ChannelMessage: Equatable, Sendable {
                 throw DecodeError(reason: "GPADL header with \(ranges) ranges in \(bufferLength) bytes; one whole-page range is supported")
             }
             let total = UInt32((bufferLength - gpaRangeHeader) / 8)
-            guard byteOffset == 0, byteCount == total &* UInt32(pageSize) else {
+            guard byteOffset == 0, byteCount == total &* UInt32(PhysicalMemory.pageSize) else {
                 throw DecodeError(reason: "GPADL range of \(byteCount) bytes at offset \(byteOffset) over \(total) pages; whole pages only")
             }
             // The PFNs this message carries: what its length holds.

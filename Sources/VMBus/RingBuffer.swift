@@ -52,7 +52,7 @@ public struct GPARange: Sendable, Equatable {
         self.length = length
     }
 
-    static let pageSize: UInt64 = 4096
+    static let pageSize = UInt64(PhysicalMemory.pageSize)
     /// byte_offset on the wire: where in its first page the range starts.
     var pageOffset: UInt32 { UInt32(gpa % Self.pageSize) }
     /// Pages the range touches (its pfn_array's length).

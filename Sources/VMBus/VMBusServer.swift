@@ -102,9 +102,9 @@ public final class VMBusServer: @unchecked Sendable {
             return (0..<Topology.maxChildren).first { !used.contains($0) } ?? -1
         }
         guard slot >= 0 else { throw .insufficientBuffers }
-        try hypercalls.createPort(in: child, port: .init(id: Topology.childMessagePort, kind: .message, vp: 0, sint: Topology.messageSINT))
-        try hypercalls.createPort(in: child, port: .init(id: Topology.childEventPort, kind: .event(baseFlag: 0, flagCount: Topology.channelsPerChild), vp: 0, sint: Topology.childEventSINT))
-        try hypercalls.createPort(in: root.id, port: .init(id: Topology.rootMessagePort(slot: slot), kind: .message, vp: 0, sint: Topology.messageSINT))
+        try hypercalls.createPort(in: child, port: .message(id: Topology.childMessagePort, sint: Topology.messageSINT))
+        try hypercalls.createPort(in: child, port: .event(id: Topology.childEventPort, flags: 0..<Topology.channelsPerChild, sint: Topology.childEventSINT))
+        try hypercalls.createPort(in: root.id, port: .message(id: Topology.rootMessagePort(slot: slot), sint: Topology.messageSINT))
         try hypercalls.connectPort(from: child, connectionID: Topology.childMessageConnection, to: root.id, portID: Topology.rootMessagePort(slot: slot))
         try hypercalls.connectPort(from: child, connectionID: Topology.childMessageConnectionV5, to: root.id, portID: Topology.rootMessagePort(slot: slot))
         try hypercalls.connectPort(from: root.id, connectionID: Topology.rootMessageConnection(slot: slot), to: child, portID: Topology.childMessagePort)
@@ -126,8 +126,8 @@ public final class VMBusServer: @unchecked Sendable {
             // connection id the offer names.
             let port = Topology.rootChannelEventPort(slot: c.slot, relid: relid)
             do {
-                try hypercalls.createPort(in: root.id, port: .init(id: port, kind: .event(baseFlag: c.slot * Topology.channelsPerChild + Int(relid), flagCount: 1),
-                                                                  vp: 0, sint: Topology.rootEventSINT))
+                let flag = c.slot * Topology.channelsPerChild + Int(relid)
+                try hypercalls.createPort(in: root.id, port: .event(id: port, flags: flag..<(flag + 1), sint: Topology.rootEventSINT))
                 try hypercalls.connectPort(from: child, connectionID: Topology.channelEventConnection(relid: relid), to: root.id, portID: port)
             } catch {
                 try? hypercalls.deletePort(in: root.id, portID: port)

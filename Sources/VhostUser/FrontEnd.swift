@@ -1,6 +1,7 @@
 import CSystemShims
 import Foundation
 import Glibc
+import Machine
 
 /// The front-end (VMM) side of the vhost-user protocol, as QEMU plays it:
 /// connect, negotiate features, hand over the guest's memory and set up
@@ -11,18 +12,18 @@ public final class VhostUserFrontEnd {
         public let description: String
     }
 
-    /// One region of guest memory handed over with SET_MEM_TABLE.
+    /// One region of guest memory handed over with SET_MEM_TABLE: all of a
+    /// memory file, which the region keeps open until the table is sent.
     public struct Region: Sendable {
+        public let memory: PhysicalMemory
         public let guestAddress: UInt64
-        public let size: UInt64
         /// Where the front-end maps it (the address rings are given in).
         public let userAddress: UInt64
-        public let fileDescriptor: Int32
-        public init(guestAddress: UInt64, size: UInt64, userAddress: UInt64, fileDescriptor: Int32) {
+
+        public init(_ memory: PhysicalMemory, at guestAddress: UInt64, mappedAt userAddress: UInt64) {
+            self.memory = memory
             self.guestAddress = guestAddress
-            self.size = size
             self.userAddress = userAddress
-            self.fileDescriptor = fileDescriptor
         }
     }
 
@@ -67,8 +68,8 @@ public final class VhostUserFrontEnd {
 
     public func setMemoryTable(_ regions: [Region]) throws(Failure) {
         var payload = Self.bytes(UInt32(regions.count)) + Self.bytes(UInt32(0))
-        for r in regions { payload += Self.bytes(r.guestAddress) + Self.bytes(r.size) + Self.bytes(r.userAddress) + Self.bytes(UInt64(0)) }
-        try request(.setMemTable, payload, fds: regions.map(\.fileDescriptor))
+        for r in regions { payload += Self.bytes(r.guestAddress) + Self.bytes(UInt64(r.memory.size)) + Self.bytes(r.userAddress) + Self.bytes(UInt64(0)) }
+        try request(.setMemTable, payload, fds: regions.map(\.memory.fileDescriptor))
     }
 
     /// Sets up ring `index` (addresses as the front-end maps them) with its

@@ -49,13 +49,13 @@ func makeChild(_ hv: Hypervisor, pages: Int = 16) throws -> PartitionID {
         let hv = try makeHypervisor()
         let child = try makeChild(hv)
         let calls = hv.root.hypercalls!
-        try calls.createPort(in: hv.root.id, port: .init(id: 0x1001, kind: .message, vp: 0, sint: 2))
+        try calls.createPort(in: hv.root.id, port: .message(id: 0x1001, sint: 2))
         try calls.connectPort(from: child, connectionID: 1, to: hv.root.id, portID: 0x1001)
-        #expect(throws: HvStatus.invalidParameter) { try calls.createPort(in: hv.root.id, port: .init(id: 0x1001, kind: .message, vp: 0, sint: 2)) }
+        #expect(throws: HvStatus.invalidParameter) { try calls.createPort(in: hv.root.id, port: .message(id: 0x1001, sint: 2)) }
         try calls.deletePort(in: hv.root.id, portID: 0x1001)
         let childCalls = try #require(hv.partition(child)?.hypercalls)
         #expect(throws: HvStatus.invalidConnectionID) { try childCalls.postMessage(connectionID: 1, type: 1, payload: []) }
-        try calls.createPort(in: hv.root.id, port: .init(id: 0x1001, kind: .message, vp: 0, sint: 2))
+        try calls.createPort(in: hv.root.id, port: .message(id: 0x1001, sint: 2))
         #expect(throws: HvStatus.invalidPortID) { try calls.deletePort(in: hv.root.id, portID: 0x7777) }
     }
 
@@ -129,7 +129,7 @@ func makeChild(_ hv: Hypervisor, pages: Int = 16) throws -> PartitionID {
     /// Root port in the child (SINT 2) and a connection from the root.
     func messagePort(_ hv: Hypervisor, child: PartitionID) throws -> UInt32 {
         let calls = hv.root.hypercalls!
-        try calls.createPort(in: child, port: .init(id: 7, kind: .message, vp: 0, sint: 2))
+        try calls.createPort(in: child, port: .message(id: 7, sint: 2))
         try calls.connectPort(from: hv.root.id, connectionID: 100, to: child, portID: 7)
         return 100
     }
@@ -183,7 +183,7 @@ func makeChild(_ hv: Hypervisor, pages: Int = 16) throws -> PartitionID {
         let hv = try makeHypervisor()
         let child = try makeChild(hv)
         let calls = hv.root.hypercalls!
-        try calls.createPort(in: child, port: .init(id: 8, kind: .event(baseFlag: 40, flagCount: 4), vp: 0, sint: 2))
+        try calls.createPort(in: child, port: .event(id: 8, flags: 40..<44, sint: 2))
         try calls.connectPort(from: hv.root.id, connectionID: 200, to: child, portID: 8)
         #expect(throws: HvStatus.invalidParameter) { try calls.signalEvent(connectionID: 200, flag: 4) }
         let vp = try #require(hv.partition(child)?.virtualProcessors.first)

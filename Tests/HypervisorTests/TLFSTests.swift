@@ -83,6 +83,6 @@ import Testing
         for code in HypercallCode.allCases where !PartitionPrivileges.guest.contains(code.privilege) {
             #expect(PartitionPrivileges.root.contains(code.privilege), "\(code)")
         }
-        #expect(throws: HvStatus.accessDenied) { try p.hypercalls.createPort(in: child, port: .init(id: 5, kind: .message, vp: 0, sint: 2)) }
+        #expect(throws: HvStatus.accessDenied) { try p.hypercalls.createPort(in: child, port: .message(id: 5, sint: 2)) }
     }
 }

@@ -29,7 +29,7 @@ public final class VirtioFrontEnd {
         connection = try VhostUserFrontEnd(path: path)
         guard setUp else { return }
         try connection.negotiate(wanted: VhostUserBackend.transportFeatures)
-        try connection.setMemoryTable([.init(guestAddress: Self.ramBase, size: UInt64(ram.size), userAddress: Self.userBase, fileDescriptor: ram.fileDescriptor)])
+        try connection.setMemoryTable([.init(ram, at: Self.ramBase, mappedAt: Self.userBase)])
         try connection.setUpRing(0, size: size, descriptors: Self.userBase + Self.table, avail: Self.userBase + Self.avail, used: Self.userBase + Self.used,
                                  kick: kick, call: call)
     }
