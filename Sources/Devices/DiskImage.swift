@@ -1,11 +1,13 @@
 import Glibc
 import SystemPackage
 
-/// Why a disk image could not be used, with what to do about it.
-/// Why a disk image could not be opened, one case per failure.
+/// Why a disk image could not be opened, one case per failure, each with
+/// what to do about it.
 public enum DiskImageError: Error, CustomStringConvertible, Sendable, Equatable {
     case zeroSize(path: String)
     case cannotOpen(path: String, Errno)
+    /// Another open of the image holds its lock: a second writer would corrupt it.
+    case inUse(path: String)
     case cannotStat(path: String, Errno)
     case cannotGrow(path: String, size: UInt64, Errno)
     case tooSmall(path: String, size: UInt64, required: UInt64)
@@ -14,6 +16,8 @@ public enum DiskImageError: Error, CustomStringConvertible, Sendable, Equatable 
         switch self {
         case .zeroSize(let path): "disk image \(path): requested size is 0 bytes"
         case .cannotOpen(let path, let e): "disk image \(path): cannot open or create: \(e); check the folder exists and is writable"
+        case .inUse(let path):
+            "disk image \(path): in use: another disk (in this process or another, such as a running `oyako serve`) has it open, and two writers would corrupt it; stop that one, or use another image"
         case .cannotStat(let path, let e): "disk image \(path): cannot stat: \(e)"
         case .cannotGrow(let path, let size, let e): "disk image \(path): cannot grow to \(size) bytes: \(e)"
         case .tooSmall(let path, let size, let required):
@@ -33,12 +37,23 @@ public final class DiskImage: Sendable {
 
     /// Opens the image at `path`, creating it with `size` bytes when missing.
     /// An existing image must be at least `size` bytes; its own size is used.
+    /// The image is locked (flock, as QEMU locks its images) for as long as
+    /// this object lives: a second `DiskImage` of the same file, in any
+    /// process, is refused.
     public init(path: String, size: UInt64) throws(DiskImageError) {
         self.path = path
         guard size > 0 else { throw .zeroSize(path: path) }
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
             throw .cannotOpen(path: path, Errno(rawValue: errno))
+        }
+        var locked: Int32
+        repeat { locked = flock(fd, LOCK_EX | LOCK_NB) } while locked != 0 && errno == EINTR
+        // Only a lock another holds refuses the image; a file system without
+        // locks (ENOLCK) serves unguarded, as it did before locks existed.
+        if locked != 0 && errno == EWOULDBLOCK {
+            close(fd)
+            throw .inUse(path: path)
         }
         var st = stat()
         guard fstat(fd, &st) == 0 else {

@@ -16,6 +16,14 @@ public final class UnixSocketServer: @unchecked Sendable {
         /// Each on a thread of its own. `stop` shuts every open one down, so
         /// a peer that never hangs up cannot hold the server.
         case concurrently
+        /// On a thread of its own, one peer at a time: a connection made
+        /// while another is served waits up to `grace` for that one to end
+        /// (a peer reconnecting as its old connection closes), and is then
+        /// refused: handed to `refused` and closed. `stop` as `concurrently`.
+        case exclusively(grace: Duration, refused: @Sendable (Int32) -> Void)
+
+        /// Whether `stop` shuts down the connections being served.
+        var endsConnectionsOnStop: Bool { if case .oneAtATime = self { false } else { true } }
     }
 
     public struct ListenError: Error, CustomStringConvertible, Sendable {
@@ -62,10 +70,18 @@ public final class UnixSocketServer: @unchecked Sendable {
                 System.close(connection)
                 return
             }
+            if case .exclusively(let grace, let refused) = serving, !isAlone(connection, waiting: grace) {
+                refused(connection)
+                state.withLock { s in
+                    s.connections.removeAll { $0 == connection }
+                    System.close(connection)
+                }
+                continue
+            }
             switch serving {
             case .oneAtATime:
                 finish(connection)
-            case .concurrently:
+            case .concurrently, .exclusively:
                 stopped.enter()
                 Thread.detachNewThread { [self] in
                     finish(connection)
@@ -73,6 +89,16 @@ public final class UnixSocketServer: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// Whether `connection` is, or within `grace` becomes, the only one open.
+    private func isAlone(_ connection: Int32, waiting grace: Duration) -> Bool {
+        let deadline = ContinuousClock.now + grace
+        while state.withLock({ $0.connections.count > 1 }) {
+            guard ContinuousClock.now < deadline else { return false }
+            usleep(5_000)
+        }
+        return true
     }
 
     private func finish(_ connection: Int32) {
@@ -92,7 +118,7 @@ public final class UnixSocketServer: @unchecked Sendable {
             guard s.listening else { return false }
             s.listening = false
             // Shut down, not close: whoever serves a connection closes it.
-            if serving == .concurrently {
+            if serving.endsConnectionsOnStop {
                 for connection in s.connections { System.shutdown(connection) }
             }
             return true

@@ -44,6 +44,9 @@ struct ServeCommand: ParsableCommand {
         global.bootstrapLogging()
         let state = URL(fileURLWithPath: self.state).standardizedFileURL.path
         try createFolder(state)
+        // Held until this process ends: before anything in the folder is touched.
+        let lock = try runJob("serve") { try StateFolderLock(state, holder: "oyako serve") }
+        defer { withExtendedLifetime(lock) {} }
         let files = try drivers.isEmpty ? runJob("building the reference drivers") {
             try ReferenceDrivers.build(sdk: try locateSDK(sdk), into: state + "/drivers")
         } : drivers

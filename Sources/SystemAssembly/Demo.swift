@@ -75,6 +75,8 @@ public struct DemoRunner {
         let state = stateDirectory ?? FileManager.default.temporaryDirectory.appendingPathComponent("oyako-demo-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         defer { if temporary { try? FileManager.default.removeItem(atPath: state) } }
         try createFolder(state + "/console")
+        let lock = try StateFolderLock(state, holder: "oyako demo")
+        defer { withExtendedLifetime(lock) {} }
         progress("state folder: \(state)\(temporary ? " (temporary)" : "")")
 
         progress("building vendor drivers with cc and \(sdk.root)/oyako.mk")

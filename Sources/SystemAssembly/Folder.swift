@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 
 /// A folder the system keeps its files in (a state folder, the consoles,
@@ -25,4 +26,46 @@ public func createFolder(_ path: String) throws(FolderError) {
         }
         prefix += "/"
     }
+}
+
+/// A state folder another process is using (its lock is held): which
+/// folder, and who holds it when the lock file says.
+public struct StateFolderBusy: Error, CustomStringConvertible, Sendable {
+    public let path: String
+    /// What the holder wrote: its pid and command, if it wrote them.
+    public let holder: String?
+    public var description: String {
+        "the state folder \(path) is in use by \(holder ?? "another process") (its disk image, drivers and sockets are that process's); stop it, or choose another state folder"
+    }
+}
+
+/// The lock that gives one process a state folder at a time: `.lock` in the
+/// folder, flock'ed for as long as this object lives, with the holder's pid
+/// and command in it for the message a second process gets. Without it a
+/// second `oyako serve` on the same folder would rebuild the first's
+/// drivers and take over its sockets.
+public final class StateFolderLock: Sendable {
+    public let path: String
+    private let fd: Int32
+
+    /// Takes the lock of `folder` (which exists), or says who holds it.
+    public init(_ folder: String, holder: String) throws {
+        path = folder + "/.lock"
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw FolderError(path: folder, reason: "cannot open its lock file .lock: \(String(cString: strerror(errno)))") }
+        var locked: Int32
+        repeat { locked = flock(fd, LOCK_EX | LOCK_NB) } while locked != 0 && errno == EINTR
+        if locked != 0 && errno == EWOULDBLOCK {
+            var buffer = [UInt8](repeating: 0, count: 512)
+            let count = pread(fd, &buffer, buffer.count, 0)
+            close(fd)
+            let text = count > 0 ? String(decoding: buffer[0..<count], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : ""
+            throw StateFolderBusy(path: folder, holder: text.isEmpty ? nil : text)
+        }
+        let line = Array("pid \(getpid()) (\(holder))\n".utf8)
+        if ftruncate(fd, 0) == 0 { _ = pwrite(fd, line, line.count, 0) }
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
 }

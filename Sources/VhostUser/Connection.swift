@@ -16,12 +16,16 @@ public enum VhostUserConnection {
         case refused(VhostUserError)
         /// The socket failed (errno).
         case socket(Int32)
+        /// Another front-end is being served on this socket, and a device
+        /// serves one VMM at a time: the connection was closed unserved.
+        case busy
 
         public var description: String {
             switch self {
             case .frontEndClosed: "the front-end closed the connection"
             case .refused(let error): "refused: \(error)"
             case .socket(let e): "socket error: \(String(cString: strerror(e)))"
+            case .busy: "refused unserved: another VMM is connected to this device, and one device serves one VMM at a time"
             }
         }
     }

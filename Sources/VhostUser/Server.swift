@@ -2,7 +2,8 @@ import Machine
 
 /// A vhost-user socket a VMM connects to (QEMU's `-chardev socket,path=`):
 /// each connection gets a back-end of its own from `makeBackend` and is
-/// served on a thread of its own; `ended` hears why each one ended. A
+/// served on a thread of its own (one at a time, if `exclusive`); `ended`
+/// hears why each one ended. A
 /// connection that misbehaves ends alone; `stop` ends them all.
 public final class VhostUserServer: Sendable {
     public typealias ListenError = UnixSocketServer.ListenError
@@ -10,13 +11,22 @@ public final class VhostUserServer: Sendable {
     private let socket: UnixSocketServer
     public var path: String { socket.path }
 
-    public init(path: String, makeBackend: @escaping @Sendable () -> VhostUserBackend,
+    /// - Parameter exclusive: serve one VMM at a time (a disk: two VMs
+    ///   would share its blocks); a VMM connecting while another is served
+    ///   is refused, and `ended` hears `.busy`.
+    public init(path: String, exclusive: Bool = false, makeBackend: @escaping @Sendable () -> VhostUserBackend,
                 ended: @escaping @Sendable (VhostUserConnection.End) -> Void = { _ in }) throws(ListenError)
     {
-        socket = try UnixSocketServer(path: path, serving: .concurrently) { connection in
+        let serving: UnixSocketServer.Serving = exclusive ? .exclusively(grace: Self.reconnectGrace, refused: { _ in ended(.busy) }) : .concurrently
+        socket = try UnixSocketServer(path: path, serving: serving) { connection in
             ended(VhostUserConnection.serve(socket: connection, backend: makeBackend()))
         }
     }
+
+    /// How long a VMM connecting to an exclusive socket waits for the one
+    /// before it to go: a VMM restarting or reconnecting finds its old
+    /// connection still being torn down.
+    public static let reconnectGrace: Duration = .seconds(2)
 
     /// Stops listening, ends every connection and waits for their threads;
     /// removes the socket file.

@@ -50,6 +50,14 @@ import Testing
         defer { _ = vm.stop() }
         #expect(vm.runs(5), "the VM's I/O runs before anything changes")
 
+        // A second server on the same folder is refused before it touches
+        // anything: the first keeps its disk image, sockets and VM.
+        let intruder = oyako(["serve", "--state", server.state, "--disk-mib", "32", "--driver", nvme])
+        #expect(intruder.status == 1 && intruder.stderr.contains("the state folder \(server.state) is in use by pid \(server.process.processIdentifier) (oyako serve)"),
+                "\(intruder.output)")
+        #expect(FileManager.default.fileExists(atPath: server.control) && FileManager.default.fileExists(atPath: server.state + "/vda.sock"))
+        #expect(vm.runs(2), "the VM's I/O goes on after a second server was refused")
+
         for i in 0..<10 {
             let result = oyako(["driver", "replace", "nvmelite", i % 2 == 0 ? rebuilt : nvme, "--control", server.control])
             #expect(result.status == 0, "\(result.output)")
@@ -142,19 +150,20 @@ import Testing
         let nvme = try Fixtures.referenceDriver("nvmelite")
         let server = try Server(drivers: [nvme])
         defer { if server.process.isRunning { _ = server.stop() } }
-        let guest = try VirtioFrontEnd(path: server.state + "/vda.sock")
+        var guest: VirtioFrontEnd? = try VirtioFrontEnd(path: server.state + "/vda.sock")
         let before = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 7) }
-        #expect(guest.blockRequest(write: true, sector: 64, slot: 0, bytes: before))
+        #expect(guest?.blockRequest(write: true, sector: 64, slot: 0, bytes: before) == true)
 
         let unloaded = oyako(["driver", "unload", "nvmelite", "--control", server.control])
         #expect(unloaded.status == 0 && unloaded.stdout.contains("unloaded nvmelite from 00:01.0"), "\(unloaded.output)")
-        #expect(!guest.blockRequest(write: false, sector: 64, slot: 1))
-        #expect(guest.read(VirtioFrontEnd.blockStatus, count: 1) == [1], "VIRTIO_BLK_S_IOERR while no driver serves the device")
+        #expect(guest?.blockRequest(write: false, sector: 64, slot: 1) == false)
+        #expect(guest?.read(VirtioFrontEnd.blockStatus, count: 1) == [1], "VIRTIO_BLK_S_IOERR while no driver serves the device")
 
         let loaded = oyako(["driver", "load", nvme, "--control", server.control])
         #expect(loaded.status == 0 && loaded.stdout.contains("attached to 00:01.0"), "\(loaded.output)")
-        #expect(guest.blockRequest(write: false, sector: 64, slot: 2) && guest.read(VirtioFrontEnd.blockData, count: 4096) == before,
+        #expect(guest?.blockRequest(write: false, sector: 64, slot: 2) == true && guest?.read(VirtioFrontEnd.blockData, count: 4096) == before,
                 "what was written before the unload reads back through the new disk")
+        guest = nil  // one VMM at a time on a disk: the first goes, the next connects
         let after = try VerifyingVM(socket: server.state + "/vda.sock")
         defer { _ = after.stop() }
         #expect(after.runs(5), "a VM connecting after the load does verified I/O")

@@ -137,6 +137,18 @@ import Testing
         #expect(error == .cannotOpen(path: "/nonexistent-oyako-dir/d.img", .noSuchFileOrDirectory))
     }
 
+    @Test func anImageInUseIsRefusedUntilItsHolderCloses() throws {
+        let dir = Fixtures.temporaryDirectory()
+        var first: DiskImage? = try DiskImage(path: dir + "/d.img", size: 8192)
+        let error = #expect(throws: DiskImageError.self) { try DiskImage(path: dir + "/d.img", size: 8192) }
+        #expect(error == .inUse(path: dir + "/d.img"))
+        #expect(error?.description.contains("two writers would corrupt it") == true)
+        withExtendedLifetime(first) {}
+        first = nil
+        let second = try DiskImage(path: dir + "/d.img", size: 8192)
+        #expect(second.size == 8192, "opened once the first holder closed it")
+    }
+
     @Test func writesReachTheFileAndFlushSucceeds() throws {
         let dir = Fixtures.temporaryDirectory()
         let image = try DiskImage(path: dir + "/d.img", size: 8192)

@@ -84,6 +84,10 @@ import Workloads
         let region = try DiskRegion(disk: disk, firstBlock: 0, blockCount: 8192)
         let server = try VhostUserServices.serveBlock(at: system.state + "/blk.sock", region: region, events: { events.add($0) })
         defer { server.stop() }
+        // The hostile VMMs' own disk: one device serves one VMM at a time.
+        let hostileServer = try VhostUserServices.serveBlock(at: system.state + "/hostile.sock", region: try DiskRegion(disk: disk, firstBlock: 8192, blockCount: 8192),
+                                                             events: { events.add($0) })
+        defer { hostileServer.stop() }
 
         // A child partition doing verified I/O on another region meanwhile.
         let outcome = GuestOutcome<VerifiedIO.Result>()
@@ -120,7 +124,7 @@ import Workloads
             ("an unknown request", { $0.sendRaw(999) }, "999"),
         ]
         for (round, (what, send, reason)) in messages.enumerated() {
-            let hostile = try VirtioFrontEnd(path: server.path, setUp: false)
+            let hostile = try VirtioFrontEnd(path: hostileServer.path, setUp: false)
             send(hostile)
             #expect(hostile.closedByBackEnd(), "\(what): the connection is ended")
             #expect(events.wait(for: reason), "\(what): logged with the reason \(reason): \(events.all)")
@@ -137,7 +141,7 @@ import Workloads
         ]
         for (i, (what, descriptors, reason)) in queues.enumerated() {
             let before = events.all.filter { $0.contains("corrupted") }.count
-            let hostile = try VirtioFrontEnd(path: server.path)
+            let hostile = try VirtioFrontEnd(path: hostileServer.path)
             hostile.post(descriptors, at: 0)
             let deadline = Date(timeIntervalSinceNow: 10)
             while events.all.filter({ $0.contains("corrupted") }).count == before && Date() < deadline { usleep(2000) }
@@ -149,5 +153,32 @@ import Workloads
         let result = try outcome.wait(timeout: 120)
         #expect(result.bytesWritten > 0, "the child's I/O verified throughout")
         #expect(system.kernel.blockLayer.disks.count == 1, "the root's disk is still there")
+    }
+
+    /// Two VMs on one virtual disk would share its blocks: a second VMM is
+    /// refused while one is served, and the next one after it has gone is
+    /// served at once.
+    @Test func aSecondVMMOnADiskIsRefusedWhileTheFirstIsServed() throws {
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver("nvmelite")], diskSize: 32 << 20)
+        defer { system.shutdown() }
+        let events = Events()
+        let region = try DiskRegion(disk: try #require(system.disk), firstBlock: 0, blockCount: 8192)
+        let server = try VhostUserServices.serveBlock(at: system.state + "/blk.sock", region: region, events: { events.add($0) })
+        defer { server.stop() }
+        let pattern = [UInt8](repeating: 0x5A, count: 4096)
+        var first: VirtioFrontEnd? = try VirtioFrontEnd(path: server.path)
+        #expect(first?.blockRequest(write: true, sector: 8, slot: 0, bytes: pattern) == true)
+
+        let started = ContinuousClock.now
+        let second = try VirtioFrontEnd(path: server.path, setUp: false)
+        #expect(second.closedByBackEnd(), "the second VMM's connection is closed unserved")
+        #expect(ContinuousClock.now - started >= VhostUserServer.reconnectGrace, "after the grace a reconnecting VMM gets")
+        #expect(events.wait(for: "another VMM is connected to this device"), "\(events.all)")
+        #expect(first?.blockRequest(write: false, sector: 8, slot: 3) == true && first?.read(Self.data, count: 4096) == pattern, "the first VMM is served on")
+
+        first = nil
+        let next = try VirtioFrontEnd(path: server.path)
+        #expect(next.blockRequest(write: false, sector: 8, slot: 0) && next.read(Self.data, count: 4096) == pattern,
+                "a VMM connecting after the first has gone is served, and reads what the first wrote")
     }
 }
