@@ -87,6 +87,7 @@ int oy_shim_tap_open(const char *name) {
 
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/stat.h>
 
 ssize_t oy_shim_recv_fds(int socket, void *buffer, size_t length, int *fds, int max_fds, int *fd_count, int *truncated) {
     char control[CMSG_SPACE(sizeof(int) * 32)];
@@ -166,12 +167,27 @@ static int unix_socket(const char *path, struct sockaddr_un *address) {
     return socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 }
 
-int oy_shim_unix_listen(const char *path) {
+int oy_shim_unix_listen(const char *path, unsigned mode) {
     struct sockaddr_un address;
     int fd = unix_socket(path, &address);
     if (fd < 0) return -1;
-    unlink(path);
-    if (bind(fd, (struct sockaddr *)&address, sizeof(address)) != 0 || listen(fd, 8) != 0) {
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        // Only a stale socket is replaced: a file that is no socket stays
+        // (EEXIST), and so does a socket someone still listens on (EADDRINUSE).
+        int busy = S_ISSOCK(st.st_mode) && connect(fd, (struct sockaddr *)&address, sizeof(address)) == 0;
+        if (!S_ISSOCK(st.st_mode) || busy) {
+            close(fd);
+            errno = busy ? EADDRINUSE : EEXIST;
+            return -1;
+        }
+        close(fd);
+        unlink(path);
+        fd = unix_socket(path, &address);
+        if (fd < 0) return -1;
+    }
+    // The mode is set between bind and listen: no one can connect before it holds.
+    if (bind(fd, (struct sockaddr *)&address, sizeof(address)) != 0 || chmod(path, mode) != 0 || listen(fd, 8) != 0) {
         int saved = errno;
         close(fd);
         errno = saved;

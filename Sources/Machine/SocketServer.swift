@@ -29,7 +29,13 @@ public final class UnixSocketServer: @unchecked Sendable {
     public struct ListenError: Error, CustomStringConvertible, Sendable {
         public let path: String
         public let errno: Errno
-        public var description: String { "cannot listen on \(path): \(errno.description)" }
+        public var description: String {
+            switch errno {
+            case .addressInUse: "cannot listen on \(path): another process is listening there; stop it, or choose another path"
+            case .fileExists: "cannot listen on \(path): a file that is not a socket is in the way; move it, or choose another path"
+            default: "cannot listen on \(path): \(errno.description)"
+            }
+        }
     }
 
     public let path: String
@@ -41,11 +47,13 @@ public final class UnixSocketServer: @unchecked Sendable {
     private let stopped = DispatchGroup()
 
     /// Listens at `path` (a stale socket file there is replaced) and starts
-    /// accepting on a thread of its own.
-    public init(path: String, serving: Serving, serve: @escaping @Sendable (_ connection: Int32) -> Void) throws(ListenError) {
+    /// accepting on a thread of its own. The socket's file mode is `mode`:
+    /// by default only this user may connect (whoever connects drives a
+    /// device or the system's drivers).
+    public init(path: String, mode: mode_t = 0o600, serving: Serving, serve: @escaping @Sendable (_ connection: Int32) -> Void) throws(ListenError) {
         let fd: Int32
         do {
-            fd = try System.listen(unixPath: path)
+            fd = try System.listen(unixPath: path, mode: mode)
         } catch {
             throw ListenError(path: path, errno: error.errno)
         }

@@ -65,9 +65,10 @@ enum System {
         _ = Glibc.close(fd)
     }
 
-    /// A listening Unix stream socket at `path` (a stale file there goes first).
-    static func listen(unixPath path: String) throws(SystemCallError) -> Int32 {
-        let fd = oy_shim_unix_listen(path)
+    /// A listening Unix stream socket at `path` with file mode `mode` (a
+    /// stale socket there goes first; a live one or another file stays).
+    static func listen(unixPath path: String, mode: mode_t) throws(SystemCallError) -> Int32 {
+        let fd = oy_shim_unix_listen(path, UInt32(mode))
         guard fd >= 0 else { throw .capture("listen", path) }
         return fd
     }
