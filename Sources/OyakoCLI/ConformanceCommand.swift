@@ -71,6 +71,8 @@ struct ConformanceCommand: ParsableCommand {
         if let filter, (try? NSRegularExpression(pattern: filter)) == nil {
             throw ValidationError("--filter \(filter) is not a valid regular expression")
         }
+        // Known now, not after a run of many minutes.
+        if let junit, let problem = unwritable(junit) { throw ValidationError("--junit \(junit): \(problem)") }
     }
 
     func run() throws {
@@ -96,7 +98,12 @@ struct ConformanceCommand: ParsableCommand {
             print(ConformanceReporter.table(reports, verbose: verbose), terminator: "")
         }
         if let junit {
-            try ConformanceReporter.junit(reports).write(toFile: junit, atomically: true, encoding: .utf8)
+            do {
+                try ConformanceReporter.junit(reports).write(toFile: junit, atomically: true, encoding: .utf8)
+            } catch {
+                printError("--junit \(junit): the report could not be written: \(unwritable(junit) ?? "\(error)")")
+                throw ExitCode.failure
+            }
         }
         if reports.contains(where: \.failed) { throw ExitCode.failure }
     }

@@ -75,3 +75,21 @@ func locateSDK(_ explicit: String?) throws -> SDKLocation {
 func progressPrinter(toStderr: Bool) -> @Sendable (String) -> Void {
     { line in (toStderr ? FileHandle.standardError : FileHandle.standardOutput).write(Data((line + "\n").utf8)) }
 }
+
+/// Why a file could not be written at `path` (a report the run writes at
+/// its end), or nil if it can: its folder must exist and be writable, and
+/// the path must not be a folder or a file this user cannot replace.
+func unwritable(_ path: String) -> String? {
+    let folder = (path as NSString).deletingLastPathComponent
+    let parent = folder.isEmpty ? "." : folder
+    var isFolder: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: parent, isDirectory: &isFolder) else { return "its folder \(parent) does not exist" }
+    guard isFolder.boolValue else { return "\(parent) is not a folder" }
+    if FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) {
+        if isFolder.boolValue { return "it is a folder" }
+        if !FileManager.default.isWritableFile(atPath: path) { return "this user may not write it" }
+    }
+    // A new file is written beside it and renamed into place.
+    guard FileManager.default.isWritableFile(atPath: parent) else { return "this user may not write in its folder \(parent)" }
+    return nil
+}

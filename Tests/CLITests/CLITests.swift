@@ -190,6 +190,21 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(json["verified"] as? Bool == true, "the other build still does verified I/O")
     }
 
+    /// A JUnit report that cannot be written is known before the run, not
+    /// as Foundation's error dump after it.
+    @Test func aJUnitPathThatCannotBeWrittenIsAUsageError() throws {
+        let driver = try Fixtures.referenceDriver("nvmelite")
+        let folder = Fixtures.temporaryDirectory("junit")
+        for (path, reason) in [(folder + "/missing/report.xml", "its folder \(folder)/missing does not exist"), (folder, "it is a folder")] {
+            let result = oyako(["conformance", driver, "--filter", "file.elf", "--junit", path])
+            #expect(result.status == 64 && result.stdout.isEmpty, "\(result.output)")
+            #expect(result.stderr.contains("--junit \(path): \(reason)") && !result.stderr.contains("NSCocoaErrorDomain"), "\(result.stderr)")
+        }
+        let written = oyako(["conformance", driver, "--filter", "file.elf", "--junit", folder + "/report.xml"])
+        #expect(written.status == 0, "\(written.output)")
+        #expect(FileManager.default.contents(atPath: folder + "/report.xml").map { String(decoding: $0, as: UTF8.self).contains("<testsuites") } == true)
+    }
+
     @Test func aRootDriverThatIsNoFileIsAUsageError() throws {
         let result = oyako(["demo", "--root-driver", "/nonexistent/nvmelite.so"])
         #expect(result.status == 64)
