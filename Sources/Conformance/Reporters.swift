@@ -32,7 +32,8 @@ public enum ConformanceReporter {
                 case .skipped: mark = "skip"
                 case .warning: mark = "warn"
                 }
-                let id = r.id.padding(toLength: 28, withPad: " ", startingAt: 0)
+                // As wide as the longest ID: an ID is never cut short.
+                let id = r.id.padding(toLength: max(28, report.results.map(\.id.count).max() ?? 0), withPad: " ", startingAt: 0)
                 let env = r.environment.padding(toLength: 5, withPad: " ", startingAt: 0)
                 out += "  \(mark.padding(toLength: 7, withPad: " ", startingAt: 0)) \(id) \(env) \(r.message)\n"
                 out += details(r, verbose: verbose)

@@ -44,16 +44,11 @@ struct BenchCommand: ParsableCommand {
             return
         }
         print("")
-        print("figure".padding(toLength: 34, withPad: " ", startingAt: 0) + "value".padding(toLength: 22, withPad: " ", startingAt: 0)
-              + "baseline".padding(toLength: 14, withPad: " ", startingAt: 0) + "ratio   target")
-        for f in report.figures {
-            let value = String(format: "%.4g %@", f.value, f.unit)
-            let baseline = f.baseline.map { String(format: "%.4g", $0) } ?? "-"
-            let ratio = f.ratio.map { String(format: "%.2f", $0) } ?? "-"
-            let target = f.target.map { "\($0) \(f.met == true ? "met" : "MISSED")" } ?? ""
-            print(f.name.padding(toLength: 34, withPad: " ", startingAt: 0) + value.padding(toLength: 22, withPad: " ", startingAt: 0)
-                  + baseline.padding(toLength: 14, withPad: " ", startingAt: 0) + ratio.padding(toLength: 8, withPad: " ", startingAt: 0) + target)
+        let rows = [["figure", "value", "baseline", "ratio", "target"]] + report.figures.map { f in
+            [f.name, String(format: "%.4g %@", f.value, f.unit), f.baseline.map { String(format: "%.4g", $0) } ?? "-",
+             f.ratio.map { String(format: "%.2f", $0) } ?? "-", f.target.map { "\($0) \(f.met == true ? "met" : "MISSED")" } ?? ""]
         }
+        print(columns(rows), terminator: "")
         print(String(format: "\n%@ build, %d cores, %@; took %.1f s", report.machine.buildConfiguration, report.machine.cores, report.machine.cpuModel, report.durationSeconds))
     }
 }

@@ -77,7 +77,7 @@ struct ConformanceCommand: ParsableCommand {
 
     func run() throws {
         if list {
-            for check in ConformanceSuite.catalogue { print("\(check.id.padding(toLength: 28, withPad: " ", startingAt: 0)) \(check.summary)") }
+            print(columns(ConformanceSuite.catalogue.map { [$0.id, $0.summary] }), terminator: "")
             return
         }
         var options = ConformanceSuite.Options()

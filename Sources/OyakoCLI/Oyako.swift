@@ -93,3 +93,15 @@ func unwritable(_ path: String) -> String? {
     guard FileManager.default.isWritableFile(atPath: parent) else { return "this user may not write in its folder \(parent)" }
     return nil
 }
+
+/// Rows as aligned columns, each as wide as its widest cell plus two
+/// spaces (the last unpadded), one line per row. Nothing is cut short.
+func columns(_ rows: [[String]]) -> String {
+    let count = rows.map(\.count).max() ?? 0
+    let widths = (0..<count).map { column in rows.map { column < $0.count ? $0[column].count : 0 }.max() ?? 0 }
+    return rows.map { row in
+        row.enumerated().map { column, cell in
+            column == row.count - 1 ? cell : cell + String(repeating: " ", count: widths[column] - cell.count + 2)
+        }.joined().replacingOccurrences(of: "\\s+$", with: "", options: .regularExpression) + "\n"
+    }.joined()
+}

@@ -261,6 +261,24 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(nvme.stdout == "32768\n", "\(nvme.output)")
     }
 
+    /// The table names every figure in full (a name longer than a fixed
+    /// column was cut, so two different figures printed the same name),
+    /// and its columns line up.
+    @Test func benchTableNamesEveryFigureInFullInAlignedColumns() throws {
+        let result = oyako(["bench", "--quick", "--only", "isolation"])
+        #expect(result.status == 0, "\(result.stderr.suffix(500))")
+        let lines = result.stdout.split(separator: "\n").map(String.init)
+        let header = try #require(lines.first { $0.hasPrefix("figure ") }, "\(result.stdout)")
+        let valueColumn = try #require(header.range(of: "value")).lowerBound.utf16Offset(in: header)
+        let rows = lines.filter { $0.hasPrefix("block.") || $0.hasPrefix("driver_host.") }
+        for name in ["block.4k_randread_qd1.driver_host_latency", "block.4k_randread_qd1.driver_host", "block.4k_randread_qd32.driver_host",
+                     "driver_host.restart_after_kill.nvmelite"] {
+            let row = try #require(rows.first { $0.split(separator: " ").first.map(String.init) == name }, "\(name) in full:\n\(result.stdout)")
+            let value = row.dropFirst(valueColumn)
+            #expect(row.prefix(valueColumn).trimmingCharacters(in: .whitespaces) == name && value.first?.isNumber == true, "aligned: \(row)")
+        }
+    }
+
     /// The benchmark's output contract (never its timings: those belong in
     /// `oyako bench`, not in tests).
     @Test func benchQuickJSONHasEveryFigureWithItsBaseline() throws {
