@@ -73,9 +73,15 @@ public final class ControlServer: @unchecked Sendable {
     /// Longest request line taken.
     static let maxRequest = 64 << 10
 
-    public init(path: String, kernel: Kernel, onShutdown: @escaping @Sendable () -> Void) throws(SocketError) {
+    /// How long a client may take to send its line, and to take the answer,
+    /// in seconds: requests are served one at a time, so a client that
+    /// connects and says nothing must not hold the socket for everyone else.
+    let clientTimeout: Int
+
+    public init(path: String, kernel: Kernel, clientTimeout: Int = 10, onShutdown: @escaping @Sendable () -> Void) throws(SocketError) {
         self.path = path
         self.kernel = kernel
+        self.clientTimeout = clientTimeout
         self.onShutdown = onShutdown
         do {
             // One at a time: a request being served when `stop` comes still gets its answer.
@@ -96,7 +102,17 @@ public final class ControlServer: @unchecked Sendable {
     public func stop() { socket?.stop() }
 
     private func answer(_ connection: Int32) {
-        let response = ControlWire.readLine(connection, limit: Self.maxRequest).map(handle) ?? .failed("no request line (or one over \(Self.maxRequest) bytes)")
+        var limit = timeval(tv_sec: clientTimeout, tv_usec: 0)
+        for option in [SO_RCVTIMEO, SO_SNDTIMEO] {
+            _ = setsockopt(connection, SOL_SOCKET, option, &limit, socklen_t(MemoryLayout<timeval>.size))
+        }
+        let response: ControlResponse
+        switch ControlWire.readLine(connection, limit: Self.maxRequest) {
+        case .success(let line): response = handle(line)
+        case .failure(.tooLong): response = .failed("no request line: one over \(Self.maxRequest) bytes")
+        case .failure(.timedOut): response = .failed("no request line within \(clientTimeout) s; send one line of JSON ending in a newline")
+        case .failure(.closed): response = .failed("no request line: the connection ended before a newline")
+        }
         ControlWire.writeLine(connection, response)
     }
 
@@ -234,7 +250,7 @@ public enum ControlClient {
         }
         defer { _ = close(fd) }
         ControlWire.writeLine(fd, request)
-        guard let line = ControlWire.readLine(fd, limit: 16 << 20) else {
+        guard case .success(let line) = ControlWire.readLine(fd, limit: 16 << 20) else {
             throw ControlServer.SocketError(what: "read an answer from", path: path, errno: EPIPE)
         }
         return try JSONDecoder().decode(ControlResponse.self, from: Data(line))
@@ -243,20 +259,30 @@ public enum ControlClient {
 
 /// Lines of JSON on a stream socket.
 enum ControlWire {
-    /// Bytes up to the first newline, or nil at end of stream first or past `limit`.
-    static func readLine(_ fd: Int32, limit: Int) -> [UInt8]? {
+    enum ReadFailure: Error {
+        /// The stream ended (or failed) before a newline.
+        case closed
+        /// More than the limit came before a newline.
+        case tooLong
+        /// Nothing completed the line within the socket's receive timeout.
+        case timedOut
+    }
+
+    /// Bytes up to the first newline.
+    static func readLine(_ fd: Int32, limit: Int) -> Result<[UInt8], ReadFailure> {
         var line: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while line.count <= limit {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return nil }
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return .failure(.timedOut) }
+            guard n > 0 else { return .failure(.closed) }
             if let newline = chunk[0..<n].firstIndex(of: UInt8(ascii: "\n")) {
-                return line.count + newline <= limit ? line + chunk[0..<newline] : nil
+                return line.count + newline <= limit ? .success(line + chunk[0..<newline]) : .failure(.tooLong)
             }
             line += chunk[0..<n]
         }
-        return nil
+        return .failure(.tooLong)
     }
 
     static func writeLine<T: Encodable>(_ fd: Int32, _ value: T) {

@@ -104,7 +104,7 @@ import Testing
         let system = try BootedSystem(.bareMetal, state: Fixtures.temporaryDirectory("control"), drivers: [try Fixtures.referenceDriver("nvmelite")])
         defer { system.shutdown() }
         let path = Fixtures.temporaryDirectory("sock") + "/control.sock"
-        let server = try ControlServer(path: path, kernel: system.kernel) {}
+        let server = try ControlServer(path: path, kernel: system.kernel, clientTimeout: 1) {}
         defer { server.stop() }
         let cases: [(String, String)] = [
             ("not json", "not a control request"),
@@ -124,9 +124,19 @@ import Testing
         #expect(fd >= 0)
         let huge = [UInt8](repeating: UInt8(ascii: "x"), count: ControlServer.maxRequest + 10) + [UInt8(ascii: "\n")]
         _ = huge.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        let answer = ControlWire.readLine(fd, limit: 1 << 20).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        let answer = (try? ControlWire.readLine(fd, limit: 1 << 20).get()).map { String(decoding: $0, as: UTF8.self) } ?? ""
         _ = close(fd)
-        #expect(answer.contains("no request line (or one over"), "\(answer)")
+        #expect(answer.contains("no request line: one over \(ControlServer.maxRequest) bytes"), "\(answer)")
+        // A client that connects and says nothing is answered when its time
+        // is up, and the one waiting behind it is served.
+        let silent = oy_shim_unix_connect(path)
+        #expect(silent >= 0)
+        let started = ContinuousClock.now
+        let behind = try ControlClient.send(ControlRequest(.list), to: path)
+        #expect(behind.ok && ContinuousClock.now - started < .seconds(8), "served after the silent client's second: \(behind.message)")
+        let told = (try? ControlWire.readLine(silent, limit: 1 << 20).get()).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        _ = close(silent)
+        #expect(told.contains("no request line within 1 s"), "\(told)")
         let listed = try ControlClient.send(ControlRequest(.list), to: path)
         #expect(listed.ok && listed.drivers?.map(\.name) == ["nvmelite"] && listed.message == "1 driver(s) loaded", "\(listed.message)")
         // Another build under a running driver's name is refused (unload and
