@@ -109,6 +109,8 @@ static void on_fatal(int signal, siginfo_t *info, void *context) {
  * write at once. A spin lock (the handler never re-enters on one thread:
  * SIGUSR2 is blocked while it runs). */
 static volatile int hang_writer;
+/* Said after the callback's name when not empty (a driver host's reports). */
+static const char *hang_origin = "";
 
 static void on_hang_report(int signal, siginfo_t *info, void *context) {
     void *frames[64];
@@ -121,6 +123,11 @@ static void on_hang_report(int signal, siginfo_t *info, void *context) {
     while (__atomic_exchange_n(&hang_writer, 1, __ATOMIC_ACQUIRE)) {}
     put("\001oyhang ");
     put(callback);
+    if (hang_origin[0] != '\0') {
+        put(" (");
+        put(hang_origin);
+        put(")");
+    }
     put("\n");
     count = backtrace(frames, 64);
     /* frames[0] is this handler, frames[1] the kernel's signal trampoline. */
@@ -128,6 +135,11 @@ static void on_hang_report(int signal, siginfo_t *info, void *context) {
     put("\001oyhang-end\n");
     __atomic_store_n(&hang_writer, 0, __ATOMIC_RELEASE);
     errno = saved;
+}
+
+void oy_shim_set_hang_reports(int fd, const char *origin) {
+    if (crash_fd < 0) crash_fd = fd;
+    hang_origin = origin != NULL ? strdup(origin) : "";
 }
 
 int oy_shim_report_hangs(void) {

@@ -2,6 +2,8 @@
 #include "CSystemShims.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
+#include <signal.h>
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -28,9 +30,22 @@ int oy_shim_dladdr_path(const void *address, char *buf, size_t length) {
 static _Thread_local int32_t current_context;
 static _Thread_local const char *current_callback;
 
+/* Whether this thread lets SIGUSR2 in. Dispatch's worker threads start
+ * with it blocked; a thread entering a driver callback opens it once, so
+ * that a hang report (oy_shim_report_hangs) reaches every thread inside a
+ * driver, whichever started it. */
+static _Thread_local int hang_signal_open;
+
 void oy_shim_set_context(int32_t context, const char *callback) {
     current_context = context;
     current_callback = callback;
+    if (callback != NULL && !hang_signal_open) {
+        sigset_t usr2;
+        sigemptyset(&usr2);
+        sigaddset(&usr2, SIGUSR2);
+        (void)pthread_sigmask(SIG_UNBLOCK, &usr2, NULL);
+        hang_signal_open = 1;
+    }
 }
 
 int32_t oy_shim_context(void) { return current_context; }

@@ -1,5 +1,7 @@
+import CSystemShims
 @_spi(Conformance) import DriverHost
 import Foundation
+import Kernel
 import SDKTools
 import Synchronization
 
@@ -125,6 +127,15 @@ public struct ConformanceSuite: Sendable {
         guard let marked = stdout.range(of: verdictMarker, options: .backwards) else { return nil }
         let json = stdout[marked.upperBound...].prefix { $0 != "\n" }
         return try? JSONDecoder().decode(CheckOutcome.self, from: Data(json.utf8))
+    }
+
+    /// What a worker does shortly before the suite's watchdog kills it:
+    /// each thread inside a driver callback, in this process and in the
+    /// driver hosts its checks run, writes its callback's name and frames
+    /// to standard error (the hosts' is this process's), for `hangOutcome`.
+    public static func reportHangs() {
+        _ = oy_shim_report_hangs()
+        Kernel.askDriverHostsForHangReports()
     }
 
     /// Runs one check body in this process (what a worker does).

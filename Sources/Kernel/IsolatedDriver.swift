@@ -84,6 +84,25 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
         origin = HostedOrigin(label: "\(file.metadata.name)@\(slot.address) (driver host \(pid))", location: slot.address.description, file: file)
     }
 
+    private final class WeakLine: @unchecked Sendable {
+        // @unchecked Sendable: set once; HostLine is Sendable.
+        weak var line: HostLine?
+        init(_ line: HostLine) { self.line = line }
+    }
+
+    /// The lines of every driver host this process has started (by pid),
+    /// for `askForHangReports`; a host's entry goes with its line.
+    private static let running = Mutex<[pid_t: WeakLine]>([:])
+
+    /// Asks every driver host still running to have its threads that are
+    /// inside driver callbacks report where they are (a verifying process
+    /// about to give up on a check that does not end). Returns how many
+    /// were asked.
+    static func askForHangReports() -> Int {
+        let lines = running.withLock { $0.values.compactMap(\.line) }
+        return lines.filter { $0.post(.reportHangs) }.count
+    }
+
     /// Starts a driver host for `file` and attaches it to `slot`'s device.
     static func start(file: DriverFile, slot: BusSlot, kernel: Kernel, executable: String) throws -> IsolatedDriver {
         var pair: [Int32] = [-1, -1]
@@ -99,6 +118,10 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
             throw AttachError(driver: file.metadata.name, device: slot.address.description, status: .noMemory, leaked: [])
         }
         let driver = IsolatedDriver(file: file, slot: slot, pid: pid, line: HostLine(socket: pair[0]), kernel: kernel)
+        running.withLock { hosts in
+            hosts = hosts.filter { $0.value.line != nil }
+            hosts[pid] = WeakLine(driver.line)
+        }
         driver.line.start(received: { [weak driver] message in driver?.serve(message) }, closed: { [weak driver] reason in driver?.lineClosed(reason) })
         var body = WireWriter()
         body.string(file.resolvedPath)

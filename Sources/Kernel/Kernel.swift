@@ -174,6 +174,12 @@ public final class Kernel: @unchecked Sendable {
     /// `driverHostExecutable` is set.
     public static var hostedClasses: Set<String> { IsolatedDriver.servedClasses }
 
+    /// Has every driver host of this process's Kernels report its threads
+    /// inside driver callbacks, as `oy_shim_report_hangs` does in process
+    /// (hosts do when the verifier is on). Returns how many hosts were asked.
+    @discardableResult
+    public static func askDriverHostsForHangReports() -> Int { IsolatedDriver.askForHangReports() }
+
     /// The driver host to run `file` in, when drivers of its class go to one.
     private func hostExecutable(for file: DriverFile) -> String? {
         driverHostExecutable.flatMap { IsolatedDriver.servedClasses.contains(file.metadata.deviceClass) ? $0 : nil }

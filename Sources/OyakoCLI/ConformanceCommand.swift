@@ -136,7 +136,7 @@ struct ConformanceWorkerCommand: ParsableCommand {
         if let after = hangReportAfter, after > 0, after.isFinite {
             Thread.detachNewThread {
                 Thread.sleep(forTimeInterval: after)
-                _ = oy_shim_report_hangs()
+                ConformanceSuite.reportHangs()
             }
         }
         if keepCore {

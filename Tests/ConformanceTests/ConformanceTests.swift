@@ -441,6 +441,29 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         #expect(ConformanceReporter.table([report]).contains("the thread whose callback did not return"))
     }
 
+    /// A callback that hangs only in a driver host (the driver depends on
+    /// something of the suite's own process) is named too, with where its
+    /// thread is in the host, not "no driver callback running".
+    @Test func aHangInADriverHostNamesTheCallbackAndWhereItsThreadIs() throws {
+        // Spins in its rng read when its standard input is a socket: in a driver host, whose line it is.
+        let driver = try Fixtures.mutatedTemplateDriver([
+            ("#include <string.h>", "#include <string.h>\n#include <sys/stat.h>"),
+            ("    if (length > OY_RNG_MAX_READ) return OY_E_RANGE;\n",
+             "    if (length > OY_RNG_MAX_READ) return OY_E_RANGE;\n    { struct stat in; volatile int spin = fstat(0, &in) == 0 && (in.st_mode & 0170000) == 0140000; /* S_IFSOCK */ while (spin) {} }\n"),
+        ])
+        var options = ConformanceSuite.Options()
+        options.workerExecutable = Fixtures.oyakoBinary
+        options.filter = "^host\\.io$"
+        options.environments = [.bare]
+        options.timeoutScale = 0.15
+        let report = ConformanceSuite(options: options).run(driver: driver)
+        #expect(report.results.first { $0.id == "io.basic" }?.verdict == .passed, "in process it works: \(report.results.map { "\($0.id) \($0.message)" })")
+        let hang = try #require(report.results.first { $0.id == "host.io" })
+        #expect(hang.verdict == .timeout)
+        #expect(hang.message.contains("the driver's rng read (in its driver host) did not return") && hang.message.contains("my_read"), "\(hang.message)")
+        #expect(hang.backtrace.first?.contains("my_read") == true, "it spins in its own code: \(hang.backtrace.prefix(3))")
+    }
+
     @Test func aDriverForNoOfferedDeviceIsToldWhichDevicesThereAre() throws {
         let report = suite(filter: "^lifecycle\\.attach$").run(driver: try Fixtures.fixtureDriver(defines: ["MUTANT_DEVICE_ID=0x0099u"]))
         let attach = try #require(report.results.first { $0.id == "lifecycle.attach" })

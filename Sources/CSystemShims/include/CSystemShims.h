@@ -60,6 +60,11 @@ int oy_shim_install_crash_reporter(int fd);
  * Needs oy_shim_install_crash_reporter first. */
 int oy_shim_report_hangs(void);
 
+/* For a process without the crash reporter (a driver host): hang reports
+ * go to `fd`, and each names `origin` after its callback ("rng read (in its
+ * driver host)"). */
+void oy_shim_set_hang_reports(int fd, const char *origin);
+
 /* recvmsg(2) with SCM_RIGHTS: up to `length` bytes and up to `max_fds`
  * descriptors (close-on-exec). Returns the bytes read (0 at end of file) or
  * -1 with errno; `*fd_count` descriptors are stored in `fds`. Descriptors

@@ -21,6 +21,10 @@ public enum HostMessage: UInt32, Sendable {
     /// Posted; answered by `alive` from the host's request loop, so a host
     /// stuck in a driver call does not answer.
     case heartbeat
+    /// Posted, for a verifying Kernel about to give up on a hung check: the
+    /// host's threads inside driver callbacks write where they are to its
+    /// standard error (see `oy_shim_report_hangs`).
+    case reportHangs
     // The host asks the Kernel (its device, its memory, its registrations).
     case log = 16, configRead, configWrite, mmioRead, mmioWrite, portRead, portWrite
     case dmaAllocate, dmaFree, dmaMap, dmaUnmap

@@ -393,7 +393,11 @@ final class HostSide: @unchecked Sendable {
             body.string(entry.driver ?? ""); body.string(entry.callback ?? ""); body.string(entry.message)
             line.post(.violation, body)
         }
-        line.start(received: { [self] message in requests.async { self.handle(message) } }, closed: { [ended] _ in ended.signal() })
+        line.start(received: { [self] message in
+            // On the reader thread, not behind a driver call that may never return.
+            if message.kind == HostMessage.reportHangs.rawValue { return _ = oy_shim_report_hangs() }
+            requests.async { self.handle(message) }
+        }, closed: { [ended] _ in ended.signal() })
         ended.wait()
         return 0
     }
@@ -476,7 +480,13 @@ final class HostSide: @unchecked Sendable {
             let path = try message.body.string(), environmentName = try message.body.string(), ramSize = try message.body.length()
             let vendor = UInt16(try message.body.u32()), device = UInt16(try message.body.u32()), classCode = try message.body.u32()
             let revision = UInt8(try message.body.u32()), interrupts = Int(try message.body.u32()), location = try message.body.string()
-            if try message.body.u32() != 0 { Verifier.enable(timeCallbacks: false) }
+            if try message.body.u32() != 0 {
+                Verifier.enable(timeCallbacks: false)
+                // As the verifying process's own threads do: asked (reportHangs),
+                // threads inside the driver write where they are to standard
+                // error, which is that process's.
+                oy_shim_set_hang_reports(STDERR_FILENO, "in its driver host")
+            }
             var bars: [BARKind] = []
             for _ in 0..<min(6, Int(try message.body.u32())) {
                 let kind = try message.body.u32(), extent = try message.body.u64()
