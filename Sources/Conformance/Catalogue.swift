@@ -135,7 +135,7 @@ enum Catalogue {
                 guard observed != "none" else { return .passed("the driver provides no I/O class") }
                 var observation = rig.deviceObservation()
                 observation["io"] = observed
-                return .passed(observation: observation)
+                return .passed(Rig.burstDescription[rig.deviceClass] ?? observed, observation: observation)
             }
         },
         CheckDefinition("load.time-budget", "load, init, attach, detach, deinit, unload within the time budget (1 s)", requires: ["lifecycle.attach"]) { c in

@@ -190,6 +190,14 @@ final class Rig: @unchecked Sendable {
 
     /// Runs a short, verified burst of the driver's class of I/O. Returns an
     /// observation string; throws with what went wrong.
+    /// What `exerciseIO` verified, per class, in words for a verdict.
+    static let burstDescription: [String: String] = [
+        "oyako.block/1": "wrote 1, 8 and 64 blocks and read each back the same",
+        "oyako.net/1": "a 114-byte frame reached the wire intact",
+        "oyako.serial/1": "64 bytes reached the line as one run, in order",
+        "oyako.rng/1": "256 bytes of entropy read",
+    ]
+
     func exerciseIO(seed: UInt64 = 1) throws -> String {
         switch deviceClass {
         case "oyako.block/1":
