@@ -35,7 +35,9 @@ public enum ConformanceReporter {
                 // As wide as the longest ID: an ID is never cut short.
                 let id = r.id.padding(toLength: max(28, report.results.map(\.id.count).max() ?? 0), withPad: " ", startingAt: 0)
                 let env = r.environment.padding(toLength: 5, withPad: " ", startingAt: 0)
-                out += "  \(mark.padding(toLength: 7, withPad: " ", startingAt: 0)) \(id) \(env) \(r.message)\n"
+                // A check that passed without a word of its own: what it checked.
+                let message = r.message.isEmpty && r.verdict == .passed ? r.summary : r.message
+                out += "  \(mark.padding(toLength: 7, withPad: " ", startingAt: 0)) \(id) \(env) \(message)\n"
                 out += details(r, verbose: verbose)
             }
             let counts = Dictionary(grouping: report.results, by: \.verdict).mapValues(\.count)

@@ -425,6 +425,22 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         #expect(table.contains("mutant_probe") && table.contains("about to write through the revision"))
     }
 
+    /// A check that passes without a message of its own shows what it
+    /// checked; one with a message, and one that did not pass, show theirs.
+    @Test func thePlainTableSaysWhatASilentPassChecked() throws {
+        let results = [CheckResult(id: "file.textrel", summary: "no text relocations", environment: "file", verdict: .passed, message: "", seconds: 0, observation: nil),
+                       CheckResult(id: "io.basic", summary: "a verified burst", environment: "bare", verdict: .passed, message: "256 bytes of entropy read", seconds: 0, observation: nil),
+                       CheckResult(id: "io.rng.bytes", summary: "bytes arrive", environment: "bare", verdict: .failed, message: "", seconds: 0, observation: nil)]
+        let json = try JSONEncoder().encode(["driver": "/x.so", "name": "x"])
+        var object = try #require(try JSONSerialization.jsonObject(with: json) as? [String: Any])
+        object["results"] = try JSONSerialization.jsonObject(with: JSONEncoder().encode(results))
+        let report = try JSONDecoder().decode(ConformanceSuite.DriverReport.self, from: JSONSerialization.data(withJSONObject: object))
+        let lines = ConformanceReporter.table([report]).split(separator: "\n").map(String.init)
+        #expect(lines.contains { $0.contains("file.textrel") && $0.hasSuffix("no text relocations") }, "\(lines)")
+        #expect(lines.contains { $0.contains("io.basic") && $0.hasSuffix("256 bytes of entropy read") }, "\(lines)")
+        #expect(lines.contains { $0.contains("io.rng.bytes") && !$0.contains("bytes arrive") }, "a failure is not dressed as its summary: \(lines)")
+    }
+
     /// A hang is debuggable from the verdict alone too: which callback did
     /// not return, and where in the driver its thread spins or waits.
     @Test func aHangNamesTheCallbackAndWhereItsThreadIs() throws {
