@@ -6,11 +6,22 @@
 /// child fail with HV_STATUS_ACCESS_DENIED.
 public final class Hypercalls: Sendable {
     public let caller: PartitionID
-    private unowned let hypervisor: Hypervisor
+    /// Weak: the hypervisor owns the partitions that own these. Code that
+    /// keeps a partition's hypercalls past the hypervisor's end (a guest
+    /// thread still winding down) gets an error, not a crash.
+    private weak let owner: Hypervisor?
 
     init(caller: PartitionID, hypervisor: Hypervisor) {
         self.caller = caller
-        self.hypervisor = hypervisor
+        self.owner = hypervisor
+    }
+
+    /// The hypervisor, while it exists; HV_STATUS_INVALID_PARTITION_STATE after.
+    private var hypervisor: Hypervisor {
+        get throws(HvStatus) {
+            guard let owner else { throw .invalidPartitionState }
+            return owner
+        }
     }
 
     /// HvCallCreatePartition (0x40). Root only.

@@ -74,7 +74,9 @@ public final class ClientChannel: @unchecked Sendable {
     public let connectionID: UInt32
     let outbound: Ring
     let inbound: Ring
-    private unowned let client: VMBusClient
+    /// Weak: the client owns its channels. A channel kept past its client
+    /// (a VSC outliving its guest OS) is closed, not a crash.
+    private weak let client: VMBusClient?
     /// Called for each packet from the root, on the VP thread.
     public var onPacket: ((Packet) -> Void)?
     /// Called once when the root rescinds the channel.
@@ -102,7 +104,7 @@ public final class ClientChannel: @unchecked Sendable {
     public func send(_ packet: Packet, timeout: Double = 10) throws(VMBusError) {
         let deadline = Date(timeIntervalSinceNow: timeout)
         while true {
-            guard isOpen else { throw .channelClosed(relid: relid) }
+            guard isOpen, let client else { throw .channelClosed(relid: relid) }
             let result: Ring.WriteResult
             do {
                 result = try outbound.write(packet)
@@ -123,7 +125,7 @@ public final class ClientChannel: @unchecked Sendable {
 
     func signalRoot() {
         signalsSent += 1
-        try? client.partition.hypercalls.signalEvent(connectionID: connectionID, flag: 0)
+        try? client?.partition.hypercalls.signalEvent(connectionID: connectionID, flag: 0)
     }
 
     /// The root signalled: new packets, or space it freed for us.

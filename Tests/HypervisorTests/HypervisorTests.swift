@@ -19,6 +19,21 @@ func makeChild(_ hv: Hypervisor, pages: Int = 16) throws -> PartitionID {
     return id
 }
 
+@Suite struct HypercallLifetimeTests {
+    /// A partition's hypercalls kept past the hypervisor's end answer with
+    /// an error; they used to abort the process (an unowned reference).
+    @Test func hypercallsAfterTheHypervisorIsGoneFailCleanly() throws {
+        var hv: Hypervisor? = try makeHypervisor()
+        let calls = try #require(hv?.root.hypercalls)
+        _ = try calls.createPartition(memorySize: 4096)
+        weak let gone = hv
+        hv = nil
+        try #require(gone == nil, "nothing else keeps the hypervisor")
+        #expect(throws: HvStatus.invalidPartitionState) { _ = try calls.createPartition(memorySize: 4096) }
+        #expect(throws: HvStatus.invalidPartitionState) { try calls.deletePort(in: calls.caller, portID: 1) }
+    }
+}
+
 @Suite struct PrivilegeTests {
     @Test func childrenCannotMakeRootOnlyHypercalls() throws {
         let hv = try makeHypervisor()
