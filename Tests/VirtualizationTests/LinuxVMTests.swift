@@ -90,6 +90,73 @@ enum LinuxVMAvailability {
         #expect(second.waitForExit(timeout: 90) == .exited(0))
         #expect(second.report("same") == "yes" && second.report("error") == nil, "\(second.allReports)")
     }
+    /// The operator's path, as the README gives it: `oyako serve`, and QEMU
+    /// pointed at its vda.sock. A second VMM on the disk is refused while
+    /// one is served; the next VM's writes reach the disk image through the
+    /// vendor's nvmelite in a driver host.
+    @Test(.enabled(if: LinuxVMAvailability.available, LinuxVMAvailability.reason), .timeLimit(.minutes(4)))
+    func aVMOnServesDiskWritesThroughTheVendorsDriverToTheImage() throws {
+        let vmm = try LinuxVMAvailability.vmm.get()
+        let image = try GuestImage.prepare()
+        let state = Fixtures.temporaryDirectory("serve-vm")
+        let serve = Process()
+        serve.executableURL = URL(fileURLWithPath: Fixtures.oyakoBinary)
+        serve.arguments = ["serve", "--state", state, "--disk-mib", "64", "--driver", try Fixtures.referenceDriver("nvmelite"), "--verbose"]
+        FileManager.default.createFile(atPath: state + "-serve.log", contents: nil)
+        let log = try #require(FileHandle(forWritingAtPath: state + "-serve.log"))
+        serve.standardOutput = log
+        serve.standardError = log
+        try serve.run()
+        defer {
+            serve.terminate()
+            let end = Date(timeIntervalSinceNow: 20)
+            while serve.isRunning && Date() < end { usleep(50_000) }
+            if serve.isRunning { kill(serve.processIdentifier, SIGKILL) }
+            serve.waitUntilExit()
+        }
+        let socket = state + "/vda.sock"
+        let deadline = Date(timeIntervalSinceNow: 60)
+        while !FileManager.default.fileExists(atPath: state + "/control.sock") && serve.isRunning && Date() < deadline { usleep(50_000) }
+        try #require(FileManager.default.fileExists(atPath: socket), "serve is up: \((try? String(contentsOfFile: state + "-serve.log", encoding: .utf8)) ?? "")")
+
+        // A VM that keeps writing (at 32 MiB), and a second one on the same disk meanwhile.
+        var busy = QEMUMachine.Configuration(name: "busy", image: image, vmm: vmm, job: """
+            echo "OYAKO writing"
+            while true; do dd if=/dev/urandom of=/dev/vda bs=65536 seek=512 count=16 oflag=direct 2>/dev/null; done
+            """, directory: state + "/busy")
+        busy.disks = [socket]
+        let first = try QEMUMachine(busy)
+        defer { first.stop() }
+        #expect(first.waitForReport("writing", timeout: 60))
+        var other = QEMUMachine.Configuration(name: "other", image: image, vmm: vmm, job: "echo \"OYAKO served\"", directory: state + "/other")
+        other.disks = [socket]
+        let second = try QEMUMachine(other)
+        defer { second.stop() }
+        let refused = second.waitForExit(timeout: 60)
+        #expect(refused != nil && refused != .exited(0) && second.report("served") == nil, "the second VMM is refused: \(refused.map(\.description) ?? "still running")")
+        #expect(first.process.exit == nil, "the first runs on")
+        first.stop()
+        _ = first.waitForExit(timeout: 30)
+
+        // The next VM writes 4 MiB at the start of the disk and reads it back.
+        var next = QEMUMachine.Configuration(name: "next", image: image, vmm: vmm, job: """
+            i=0; while [ ! -b /dev/vda ]; do i=$((i+1)); [ $i -gt 200 ] && echo "OYAKO error no-vda"; sleep 0.05; done
+            dd if=/dev/urandom of=/tmp/x bs=1048576 count=4 2>/dev/null
+            dd if=/tmp/x of=/dev/vda bs=1048576 oflag=direct conv=fsync 2>/dev/null || echo "OYAKO error write"
+            echo "OYAKO written $(sha256sum /tmp/x | cut -d' ' -f1)"
+            echo "OYAKO read $(dd if=/dev/vda bs=1048576 count=4 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+            """, directory: state + "/next")
+        next.disks = [socket]
+        let third = try QEMUMachine(next)
+        defer { third.stop() }
+        LinuxVMAvailability.expectCleanExit(third, timeout: 90)
+        let written = try #require(third.report("written"), "\(third.allReports)")
+        #expect(third.report("read") == written, "the guest reads back what it wrote")
+        let onDisk = try #require(FileHandle(forReadingAtPath: state + "/nvme0.img")?.readData(ofLength: 4 << 20))
+        #expect(SHA256.hash(data: onDisk).map { String(format: "%02x", $0) }.joined() == written, "the disk image holds the guest's bytes")
+        let served = (try? String(contentsOfFile: state + "-serve.log", encoding: .utf8)) ?? ""
+        #expect(served.contains("another VMM is connected to this device"), "serve logged the refusal:\n\(served.suffix(2000))")
+    }
 }
 
 /// Two vhost-user-blk devices on regions of the root's NVMe disk (vda: the
