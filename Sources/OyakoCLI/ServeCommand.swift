@@ -11,7 +11,7 @@ struct ServeCommand: ParsableCommand {
         discussion: """
             The first disk is served at STATE/vda.sock (point QEMU's vhost-user-blk-pci at it). Drivers are listed, \
             loaded, unloaded and replaced live through STATE/control.sock with `oyako driver list|load|unload|replace \
-            --control STATE/control.sock`. Runs until SIGINT, SIGTERM or a shutdown request.
+            --control STATE/control.sock`. Runs until SIGINT, SIGTERM, SIGHUP or a shutdown request.
             """)
 
     @Option(help: "Folder for the disk image, the built drivers and the sockets (created when missing).")
@@ -55,8 +55,8 @@ struct ServeCommand: ParsableCommand {
         options.bareMetal = bare
         if placement == .driverHosts { options.driverHost = DriverPlacement.hostExecutable }
         let session = try runJob("serve") { try ServeSession(options) }
-        // SIGINT and SIGTERM end the session cleanly.
-        let signals = [SIGINT, SIGTERM].map { number -> DispatchSourceSignal in
+        // SIGINT, SIGTERM and SIGHUP (its terminal closed) end the session cleanly.
+        let signals = [SIGINT, SIGTERM, SIGHUP].map { number -> DispatchSourceSignal in
             Glibc.signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number)
             source.setEventHandler { session.requestShutdown() }

@@ -178,6 +178,12 @@ import Testing
         defer { _ = after.stop() }
         #expect(after.runs(5), "a VM connecting after the load does verified I/O")
         #expect(after.stop().isEmpty)
+        // Its terminal closed: a clean end too.
+        kill(server.process.processIdentifier, SIGHUP)
+        let end = Date(timeIntervalSinceNow: 20)
+        while server.process.isRunning && Date() < end { usleep(50_000) }
+        let printed = server.stop()
+        #expect(server.process.terminationReason == .exit && server.process.terminationStatus == 0 && printed.contains("stopped"), "SIGHUP ends it cleanly:\n\(printed)")
     }
 
     @Test func aKilledDriverHostIsReplacedWhileAVMDoesIO() throws {
