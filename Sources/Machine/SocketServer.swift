@@ -79,7 +79,8 @@ public final class UnixSocketServer: @unchecked Sendable {
                 return
             }
             if case .exclusively(let grace, let refused) = serving, !isAlone(connection, waiting: grace) {
-                refused(connection)
+                // Refused, unless the server is stopping anyway (then it is only closed).
+                if state.withLock({ $0.listening }) { refused(connection) }
                 state.withLock { s in
                     s.connections.removeAll { $0 == connection }
                     System.close(connection)
@@ -99,14 +100,17 @@ public final class UnixSocketServer: @unchecked Sendable {
         }
     }
 
-    /// Whether `connection` is, or within `grace` becomes, the only one open.
+    /// Whether `connection` is, or within `grace` becomes, the only one open
+    /// (false at once when the server stops meanwhile).
     private func isAlone(_ connection: Int32, waiting grace: Duration) -> Bool {
         let deadline = ContinuousClock.now + grace
-        while state.withLock({ $0.connections.count > 1 }) {
+        while true {
+            let (listening, others) = state.withLock { ($0.listening, $0.connections.count - 1) }
+            guard listening else { return false }
+            if others == 0 { return true }
             guard ContinuousClock.now < deadline else { return false }
             usleep(5_000)
         }
-        return true
     }
 
     private func finish(_ connection: Int32) {

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Machine
 import OyakoTestSupport
+import Synchronization
 import Testing
 
 /// The listener behind the control and vhost-user sockets: what it may
@@ -27,6 +28,32 @@ import Testing
         let error = #expect(throws: UnixSocketServer.ListenError.self) { try Self.server(path) }
         #expect(error?.description.contains("a file that is not a socket is in the way") == true, "\(String(describing: error))")
         #expect(FileManager.default.contents(atPath: path) == Data("keep me".utf8), "the file is untouched")
+    }
+
+    /// One peer at a time: the second waits out the grace, then is refused;
+    /// stopping meanwhile ends the wait at once, and refuses no one.
+    @Test func anExclusiveServerRefusesASecondPeerAndStopsWithoutWaitingTheGrace() throws {
+        let path = Fixtures.temporaryDirectory("sock") + "/x.sock"
+        let refusals = Mutex(0)
+        let server = try UnixSocketServer(path: path, serving: .exclusively(grace: .seconds(1), refused: { _ in refusals.withLock { $0 += 1 } })) { fd in
+            var byte: UInt8 = 0
+            _ = read(fd, &byte, 1)  // served until the peer hangs up or the server stops
+        }
+        let first = oy_shim_unix_connect(path), second = oy_shim_unix_connect(path)
+        #expect(first >= 0 && second >= 0)
+        var byte: UInt8 = 0
+        #expect(read(second, &byte, 1) == 0, "the second peer is closed unserved")
+        #expect(refusals.withLock { $0 } == 1)
+        close(second)
+
+        let third = oy_shim_unix_connect(path)
+        usleep(50_000)  // the third now waits for the first to go
+        let started = ContinuousClock.now
+        server.stop()
+        #expect(ContinuousClock.now - started < .milliseconds(600), "stop did not wait out the grace")
+        #expect(refusals.withLock { $0 } == 1, "a peer closed by stop is not counted as refused")
+        close(first)
+        close(third)
     }
 
     @Test func aLiveSocketIsNotTakenOverButAStaleOneIsReplaced() throws {
