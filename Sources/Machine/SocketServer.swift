@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import Synchronization
 import SystemPackage
 
@@ -33,10 +34,15 @@ public final class UnixSocketServer: @unchecked Sendable {
             switch errno {
             case .addressInUse: "cannot listen on \(path): another process is listening there; stop it, or choose another path"
             case .fileExists: "cannot listen on \(path): a file that is not a socket is in the way; move it, or choose another path"
+            case .fileNameTooLong:
+                "cannot listen on \(path): a Unix socket's path may be at most \(UnixSocketServer.maxPathBytes) bytes, and this one is \(path.utf8.count); choose a shorter one"
             default: "cannot listen on \(path): \(errno.description)"
             }
         }
     }
+
+    /// The longest path a Unix socket may have (sun_path less its NUL).
+    public static let maxPathBytes = MemoryLayout.size(ofValue: sockaddr_un().sun_path) - 1
 
     public let path: String
     private let listener: Int32

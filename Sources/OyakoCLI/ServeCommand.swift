@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Glibc
+import Machine
 import SDKTools
 import SystemAssembly
 
@@ -38,6 +39,11 @@ struct ServeCommand: ParsableCommand {
             throw ValidationError("--driver \(path): no such file")
         }
         guard (1...65536).contains(diskMiB) else { throw ValidationError("--disk-mib must be between 1 and 65536") }
+        // Known now, not after the boot: the sockets live in the folder.
+        let longest = URL(fileURLWithPath: state).standardizedFileURL.path + "/control.sock"
+        guard longest.utf8.count <= UnixSocketServer.maxPathBytes else {
+            throw ValidationError("--state \(state): its sockets' paths (\(longest)) would be longer than the \(UnixSocketServer.maxPathBytes) bytes a Unix socket's path may have; choose a shorter folder")
+        }
     }
 
     func run() throws {

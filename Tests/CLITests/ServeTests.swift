@@ -150,6 +150,10 @@ import Testing
         // And on the command line.
         let missing = oyako(["serve", "--state", Fixtures.temporaryDirectory("serve"), "--driver", "/nonexistent/nvmelite.so"])
         #expect(missing.status == 64 && missing.stderr.contains("--driver /nonexistent/nvmelite.so: no such file"), "\(missing.output)")
+        // A state folder too deep for its sockets: said before anything boots.
+        let deep = Fixtures.temporaryDirectory("serve") + "/" + String(repeating: "d", count: 100)
+        let tooLong = oyako(["serve", "--state", deep])
+        #expect(tooLong.status == 64 && tooLong.stderr.contains("bytes a Unix socket's path may have") && !FileManager.default.fileExists(atPath: deep), "\(tooLong.output)")
     }
 
     /// Unloading the disk's driver removes the disk; the VM's virtual disk

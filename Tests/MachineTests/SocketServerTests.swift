@@ -56,6 +56,13 @@ import Testing
         close(third)
     }
 
+    @Test func aPathTooLongForASocketSaysTheLimit() throws {
+        let path = Fixtures.temporaryDirectory("sock") + "/" + String(repeating: "s", count: 120) + ".sock"
+        let error = #expect(throws: UnixSocketServer.ListenError.self) { try Self.server(path) }
+        #expect(error?.description.contains("may be at most \(UnixSocketServer.maxPathBytes) bytes, and this one is \(path.utf8.count)") == true, "\(String(describing: error))")
+        #expect(UnixSocketServer.maxPathBytes == 107)
+    }
+
     @Test func aLiveSocketIsNotTakenOverButAStaleOneIsReplaced() throws {
         let path = Fixtures.temporaryDirectory("sock") + "/s.sock"
         let first = try Self.server(path)
