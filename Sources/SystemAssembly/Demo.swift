@@ -74,6 +74,11 @@ public struct DemoRunner {
         let temporary = stateDirectory == nil
         let state = stateDirectory ?? FileManager.default.temporaryDirectory.appendingPathComponent("oyako-demo-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         defer { if temporary { try? FileManager.default.removeItem(atPath: state) } }
+        // Known now, not after the bare and root runs: the VM's sockets live in the folder.
+        let socket = LinuxVMRun.longestSocketPath(state: state)
+        guard socket.utf8.count <= UnixSocketServer.maxPathBytes else {
+            throw DemoError(message: "the state folder \(state) is too deep for the VM's sockets: \(socket) would be longer than the \(UnixSocketServer.maxPathBytes) bytes a Unix socket's path may have; choose a shorter folder")
+        }
         try createFolder(state + "/console")
         let lock = try StateFolderLock(state, holder: "oyako demo")
         defer { withExtendedLifetime(lock) {} }

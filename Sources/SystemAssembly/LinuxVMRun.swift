@@ -14,6 +14,9 @@ import VirtualizationStack
 /// over TCP to the outside; the root checks each from its side.
 struct LinuxVMRun {
     static let name = "linux0"
+    /// Where the VM's vhost-user sockets go, and the longest of their paths.
+    static func socketFolder(state: String) -> String { state + "/vm" }
+    static func longestSocketPath(state: String) -> String { socketFolder(state: state) + "/net0.sock" }
     static let mebibyte = 1 << 20
     /// Where its disks live on the root's disk, in MiB (clear of the bare,
     /// root, child and throughput regions).
@@ -57,7 +60,7 @@ struct LinuxVMRun {
         let pattern = try DiskRegion(disk: disk, firstBlock: UInt64(Self.patternAt) * perMiB, blockCount: UInt64(Self.patternMiB) * perMiB, following: kernel.blockLayer)
         let fs = try DiskRegion(disk: disk, firstBlock: UInt64(Self.fsAt) * perMiB, blockCount: UInt64(Self.fsMiB) * perMiB, following: kernel.blockLayer)
         entry.virtualDisk = "vda = \(disk.name) MiB \(Self.patternAt)..<\(Self.patternAt + Self.patternMiB), vdb = MiB \(Self.fsAt)..<\(Self.fsAt + Self.fsMiB)"
-        let sockets = state + "/vm"
+        let sockets = Self.socketFolder(state: state)
         try FileManager.default.createDirectory(atPath: sockets, withIntermediateDirectories: true)
         let servers = [try VhostUserServices.serveBlock(at: sockets + "/vda.sock", region: pattern),
                        try VhostUserServices.serveBlock(at: sockets + "/vdb.sock", region: fs),

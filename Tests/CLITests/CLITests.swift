@@ -66,6 +66,15 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(!result.stderr.contains("NSCocoaErrorDomain"))
     }
 
+    /// The VM's sockets live in the state folder: one too deep for a Unix
+    /// socket's path is refused at the start, not after the bare and root runs.
+    @Test func aDemoStateFolderTooDeepForItsSocketsIsRefusedAtOnce() throws {
+        let deep = Fixtures.temporaryDirectory("state") + "/" + String(repeating: "d", count: 100)
+        let result = oyako(["demo", "--state", deep])
+        #expect(result.status == 1 && result.stderr.contains("is too deep for the VM's sockets"), "\(result.output)")
+        #expect(!result.stdout.contains("building vendor drivers") && !FileManager.default.fileExists(atPath: deep), "\(result.stdout)")
+    }
+
     @Test func createFolderMakesEveryMissingParent() throws {
         let base = Fixtures.temporaryDirectory("folders")
         try createFolder(base + "/one/two/three")
