@@ -121,11 +121,20 @@ enum Catalogue {
     // MARK: Lifecycle
 
     static let lifecycle: [CheckDefinition] = [
-        CheckDefinition("lifecycle.attach", "probe and attach the device, then detach", requires: ["load.tables"]) { c in
+        CheckDefinition("lifecycle.attach", "probe and attach the device, then detach; it registers only the class it declares", requires: ["load.tables"]) { c in
             let rig = try Rig(c)
             defer { rig.shutdown() }
             let instance = try rig.attach()
+            // Hosts place a driver, and the suite picks its checks, by the
+            // class its metadata declares: one it registers without declaring
+            // would be run where it does not belong and never be checked.
+            let undeclared = rig.registeredClasses.subtracting([rig.deviceClass]).sorted()
             let report = instance.detach()
+            guard undeclared.isEmpty else {
+                let declared = rig.deviceClass.isEmpty ? "no class" : rig.deviceClass
+                return .failed("attach registered \(undeclared.joined(separator: ", ")), but the driver's metadata declares \(declared); "
+                    + "put the class in OY_DRIVER_METADATA (one class per driver), so hosts and the suite treat the driver as what it is")
+            }
             guard report.status.isOK else { return .failed("detach returned \(report.status)") }
             return .passed("\(rig.file.metadata.name) on \(instance.device.info.location)")
         },

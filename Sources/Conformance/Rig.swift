@@ -54,6 +54,17 @@ final class Rig: @unchecked Sendable {
 
     var deviceClass: String { file.metadata.deviceClass }
 
+    /// The classes the driver has objects of in the OS now (a disk, an
+    /// interface, a port, an entropy source).
+    var registeredClasses: Set<String> {
+        var classes = Set<String>()
+        if !kernel.blockLayer.disks.isEmpty { classes.insert("oyako.block/1") }
+        if !kernel.network.interfaces.isEmpty { classes.insert("oyako.net/1") }
+        if !kernel.serial.ports.isEmpty { classes.insert("oyako.serial/1") }
+        if !kernel.entropy.sources.isEmpty { classes.insert("oyako.rng/1") }
+        return classes
+    }
+
     /// - Parameter writeCache: storage with a volatile write cache that a
     ///   power cut empties (`NVMeLite.powerCut`).
     init(_ context: CheckContext, copies: Int = 1, load: Bool = true, writeCache: Bool = false) throws {

@@ -234,6 +234,10 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         Case(defect: "entropy reads that never produce anything", build: {
             try Fixtures.mutatedTemplateDriver([("    *produced = done;", "    *produced = 0;")])
         }, expected: ["io.basic": .failed]),
+        // Its entropy source would be run where a classless driver goes and never be checked.
+        Case(defect: "registers a class its metadata does not declare", build: {
+            try Fixtures.mutatedTemplateDriver([("\"Template driver for the rnglite entropy source\", OY_RNG_EXTENSION,", "\"Template driver for the rnglite entropy source\", \"\",")])
+        }, expected: ["lifecycle.attach": .failed]),
     ]
 
     @Test func theUnbrokenFixturePassesEverything() throws {
@@ -257,6 +261,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
             }
             if fixture.defect == "keeps probe's borrowed device info" || fixture.defect == "keeps a control call's borrowed string" {
                 #expect(results.allSatisfy { $0.message.contains("used after the call returned") }, "\(results.map(\.message))")
+            }
+            if fixture.defect == "registers a class its metadata does not declare" {
+                #expect(results.allSatisfy { $0.message.contains("attach registered oyako.rng/1, but the driver's metadata declares no class") }, "\(results.map(\.message))")
             }
             if fixture.defect == "entropy reads that never produce anything" {
                 #expect(results.allSatisfy { $0.message.contains("every read returned OY_OK with *produced 0") }, "\(results.map(\.message))")
