@@ -164,20 +164,22 @@ static int nvl_cq_pop(nvl_queue *q, nvl_cqe *out) {
 
 /* ---- interrupts ------------------------------------------------------------------ */
 
-/* [interrupt] */
+/* [interrupt] The admin queue's state (its CQ head, the status slots) is
+ * shared with nvl_admin_batch: both touch it under d->lock, so a completion
+ * that arrives late (after its command timed out) cannot race the next batch. */
 static void nvl_admin_irq(void *arg) {
     nvl_dev *d = (nvl_dev *)arg;
     nvl_cqe cqe;
     int any = 0;
+    d->host->lock_acquire(d->lock);
     while (nvl_cq_pop(&d->admin, &cqe)) {
         d->admin_status[cqe.cid % NVL_ADMIN_ENTRIES] = cqe.status;
         __atomic_add_fetch(&d->admin_done_count, 1u, __ATOMIC_RELEASE);
         any = 1;
     }
-    if (any) {
-        d->host->reg_write32(d->regs, NVL_CQ_HEAD_DB(0), d->admin.cq_head);
-        d->host->event_signal(d->admin_done);
-    }
+    if (any) d->host->reg_write32(d->regs, NVL_CQ_HEAD_DB(0), d->admin.cq_head);
+    d->host->lock_release(d->lock);
+    if (any) d->host->event_signal(d->admin_done);
 }
 
 /* [interrupt] Reap I/O completions; complete requests outside the lock because
@@ -226,7 +228,9 @@ static void nvl_io_irq(void *arg) {
 static int32_t nvl_admin_batch(nvl_dev *d, nvl_sqe *cmds, uint32_t n) {
     uint64_t deadline = d->host->monotonic_ns(d->host) + NVL_ADMIN_TIMEOUT_NS;
     uint32_t i, target;
+    int32_t rc = OY_OK;
     if (n == 0 || n >= NVL_ADMIN_ENTRIES) return OY_E_INVALID;
+    d->host->lock_acquire(d->lock);
     target = __atomic_load_n(&d->admin_done_count, __ATOMIC_ACQUIRE) + n;
     for (i = 0; i < n; i++) {
         d->admin_cid = (uint16_t)(d->admin_cid + 1u);
@@ -234,6 +238,7 @@ static int32_t nvl_admin_batch(nvl_dev *d, nvl_sqe *cmds, uint32_t n) {
         d->admin_status[d->admin_cid % NVL_ADMIN_ENTRIES] = 0xFFFF;
         nvl_sq_push(d, &d->admin, &cmds[i]);
     }
+    d->host->lock_release(d->lock);
     while ((int32_t)(__atomic_load_n(&d->admin_done_count, __ATOMIC_ACQUIRE) - target) < 0) {
         uint64_t now = d->host->monotonic_ns(d->host);
         if (now >= deadline) {
@@ -242,11 +247,10 @@ static int32_t nvl_admin_batch(nvl_dev *d, nvl_sqe *cmds, uint32_t n) {
         }
         d->host->event_wait(d->admin_done, deadline - now);
     }
-    for (i = 0; i < n; i++) {
-        int32_t rc = nvl_status_to_error(d->admin_status[cmds[i].cid % NVL_ADMIN_ENTRIES]);
-        if (rc != OY_OK) return rc;
-    }
-    return OY_OK;
+    d->host->lock_acquire(d->lock);
+    for (i = 0; i < n && rc == OY_OK; i++) rc = nvl_status_to_error(d->admin_status[cmds[i].cid % NVL_ADMIN_ENTRIES]);
+    d->host->lock_release(d->lock);
+    return rc;
 }
 
 /* [passive] Poll CSTS.RDY until it equals `ready`, backing off from 2 µs
