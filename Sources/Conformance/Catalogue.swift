@@ -128,7 +128,7 @@ enum Catalogue {
             // Hosts place a driver, and the suite picks its checks, by the
             // class its metadata declares: one it registers without declaring
             // would be run where it does not belong and never be checked.
-            let undeclared = rig.registeredClasses.subtracting([rig.deviceClass]).sorted()
+            let undeclared = rig.kernel.classesWithDevices.subtracting([rig.deviceClass]).sorted()
             let report = instance.detach()
             guard undeclared.isEmpty else {
                 let declared = rig.deviceClass.isEmpty ? "no class" : rig.deviceClass

@@ -22,6 +22,8 @@ public enum ConformanceReporter {
         var out = ""
         for report in reports {
             out += "\(report.name) — \(report.driver)\n"
+            // As wide as the longest ID: an ID is never cut short.
+            let idWidth = max(28, report.results.map(\.id.count).max() ?? 0)
             for r in report.results {
                 let mark: String
                 switch r.verdict {
@@ -32,8 +34,7 @@ public enum ConformanceReporter {
                 case .skipped: mark = "skip"
                 case .warning: mark = "warn"
                 }
-                // As wide as the longest ID: an ID is never cut short.
-                let id = r.id.padding(toLength: max(28, report.results.map(\.id.count).max() ?? 0), withPad: " ", startingAt: 0)
+                let id = r.id.padding(toLength: idWidth, withPad: " ", startingAt: 0)
                 let env = r.environment.padding(toLength: 5, withPad: " ", startingAt: 0)
                 // A check that passed without a word of its own: what it checked.
                 let message = r.message.isEmpty && r.verdict == .passed ? r.summary : r.message

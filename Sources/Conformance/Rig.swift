@@ -54,17 +54,6 @@ final class Rig: @unchecked Sendable {
 
     var deviceClass: String { file.metadata.deviceClass }
 
-    /// The classes the driver has objects of in the OS now (a disk, an
-    /// interface, a port, an entropy source).
-    var registeredClasses: Set<String> {
-        var classes = Set<String>()
-        if !kernel.blockLayer.disks.isEmpty { classes.insert("oyako.block/1") }
-        if !kernel.network.interfaces.isEmpty { classes.insert("oyako.net/1") }
-        if !kernel.serial.ports.isEmpty { classes.insert("oyako.serial/1") }
-        if !kernel.entropy.sources.isEmpty { classes.insert("oyako.rng/1") }
-        return classes
-    }
-
     /// - Parameter writeCache: storage with a volatile write cache that a
     ///   power cut empties (`NVMeLite.powerCut`).
     init(_ context: CheckContext, copies: Int = 1, load: Bool = true, writeCache: Bool = false) throws {
@@ -199,16 +188,16 @@ final class Rig: @unchecked Sendable {
 
     // MARK: Class-specific I/O used by several checks
 
-    /// Runs a short, verified burst of the driver's class of I/O. Returns an
-    /// observation string; throws with what went wrong.
     /// What `exerciseIO` verified, per class, in words for a verdict.
     static let burstDescription: [String: String] = [
-        "oyako.block/1": "wrote 1, 8 and 64 blocks and read each back the same",
-        "oyako.net/1": "a 114-byte frame reached the wire intact",
-        "oyako.serial/1": "64 bytes reached the line as one run, in order",
-        "oyako.rng/1": "256 bytes of entropy read",
+        RegisteredDisk.classID: "wrote 1, 8 and 64 blocks and read each back the same",
+        RegisteredNetdev.classID: "a 114-byte frame reached the wire intact",
+        RegisteredSerialPort.classID: "64 bytes reached the line as one run, in order",
+        RegisteredRNG.classID: "256 bytes of entropy read",
     ]
 
+    /// Runs a short, verified burst of the driver's class of I/O. Returns an
+    /// observation string; throws with what went wrong.
     func exerciseIO(seed: UInt64 = 1) throws -> String {
         switch deviceClass {
         case "oyako.block/1":

@@ -1,4 +1,5 @@
 import Glibc
+import Machine
 import SystemPackage
 
 /// Why a disk image could not be opened, one case per failure, each with
@@ -47,11 +48,7 @@ public final class DiskImage: Sendable {
         guard fd >= 0 else {
             throw .cannotOpen(path: path, Errno(rawValue: errno))
         }
-        var locked: Int32
-        repeat { locked = flock(fd, LOCK_EX | LOCK_NB) } while locked != 0 && errno == EINTR
-        // Only a lock another holds refuses the image; a file system without
-        // locks (ENOLCK) serves unguarded, as it did before locks existed.
-        if locked != 0 && errno == EWOULDBLOCK {
+        guard lockExclusively(fd) else {
             close(fd)
             throw .inUse(path: path)
         }

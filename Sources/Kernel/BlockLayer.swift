@@ -481,6 +481,7 @@ public final class BlockLayer: ClassSubsystem {
     init(memory: KernelMemory) { self.memory = memory }
 
     public var disks: [Disk] { named.all }
+    var hasDevices: Bool { !named.all.isEmpty }
 
     func adopt(_ registration: ClassRegistration, log: KernelLog) throws(OyStatus) {
         guard let registered = registration as? RegisteredDisk else { throw .invalid }

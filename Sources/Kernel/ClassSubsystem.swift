@@ -10,6 +10,8 @@ import Synchronization
 protocol ClassSubsystem: Sendable {
     /// The extension ID of the class this subsystem serves.
     var deviceClass: String { get }
+    /// Whether the OS has any device of this class now.
+    var hasDevices: Bool { get }
     /// A driver registered `registration` (of this class). Throw to refuse.
     func adopt(_ registration: ClassRegistration, log: KernelLog) throws(OyStatus)
     /// It is going away: fail what is queued for it, and forget it.

@@ -83,6 +83,7 @@ public final class EntropySubsystem: ClassSubsystem {
     let deviceClass = RegisteredRNG.classID
 
     public var sources: [EntropySource] { named.all }
+    var hasDevices: Bool { !named.all.isEmpty }
 
     /// `count` bytes from the first source, as /dev/random gives them.
     public func read(_ count: Int, timeout: Double = 5) throws(EntropyError) -> [UInt8] {

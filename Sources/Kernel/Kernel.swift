@@ -170,6 +170,9 @@ public final class Kernel: @unchecked Sendable {
 
     private var classSubsystems: [any ClassSubsystem] { [blockLayer, network, serial, entropy] }
 
+    /// The device classes the OS has devices of now (what drivers registered).
+    public var classesWithDevices: Set<String> { Set(classSubsystems.filter(\.hasDevices).map(\.deviceClass)) }
+
     /// The device classes whose drivers run in driver hosts when
     /// `driverHostExecutable` is set.
     public static var hostedClasses: Set<String> { IsolatedDriver.servedClasses }

@@ -181,6 +181,7 @@ public final class NetworkSubsystem: ClassSubsystem {
     let deviceClass = RegisteredNetdev.classID
 
     public var interfaces: [NetInterface] { named.all }
+    var hasDevices: Bool { !named.all.isEmpty }
 
     public func interface(named name: String) -> NetInterface? { interfaces.first { $0.name == name } }
 

@@ -190,6 +190,7 @@ public final class SerialSubsystem: ClassSubsystem {
     let deviceClass = RegisteredSerialPort.classID
 
     public var ports: [SerialPort] { named.all }
+    var hasDevices: Bool { !named.all.isEmpty }
     public var console: SerialPort? { ports.first }
 
     func adopt(_ registration: ClassRegistration, log: KernelLog) throws(OyStatus) {

@@ -20,8 +20,8 @@ public final class UnixSocketServer: @unchecked Sendable {
         /// On a thread of its own, one peer at a time: a connection made
         /// while another is served waits up to `grace` for that one to end
         /// (a peer reconnecting as its old connection closes), and is then
-        /// refused: handed to `refused` and closed. `stop` as `concurrently`.
-        case exclusively(grace: Duration, refused: @Sendable (Int32) -> Void)
+        /// refused: `refused` hears of it, and it is closed. `stop` as `concurrently`.
+        case exclusively(grace: Duration, refused: @Sendable () -> Void)
 
         /// Whether `stop` shuts down the connections being served.
         var endsConnectionsOnStop: Bool { if case .oneAtATime = self { false } else { true } }
@@ -86,7 +86,7 @@ public final class UnixSocketServer: @unchecked Sendable {
             }
             if case .exclusively(let grace, let refused) = serving, !isAlone(connection, waiting: grace) {
                 // Refused, unless the server is stopping anyway (then it is only closed).
-                if state.withLock({ $0.listening }) { refused(connection) }
+                if state.withLock({ $0.listening }) { refused() }
                 state.withLock { s in
                     s.connections.removeAll { $0 == connection }
                     System.close(connection)

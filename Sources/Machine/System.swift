@@ -4,6 +4,16 @@ import CSystemShims
 import Glibc
 import SystemPackage
 
+/// Takes an exclusive lock (flock) on the open file `fd` without waiting,
+/// held until it is closed. False only when another open of the file holds
+/// it; on a file system without locks (ENOLCK) there is nothing to take,
+/// and that counts as taken.
+public func lockExclusively(_ fd: Int32) -> Bool {
+    var locked: Int32
+    repeat { locked = flock(fd, LOCK_EX | LOCK_NB) } while locked != 0 && errno == EINTR
+    return locked == 0 || errno != EWOULDBLOCK
+}
+
 /// A failed system call: which call, on what, and the typed errno.
 public struct SystemCallError: Error, CustomStringConvertible, Sendable {
     public let call: String

@@ -100,8 +100,10 @@ func columns(_ rows: [[String]]) -> String {
     let count = rows.map(\.count).max() ?? 0
     let widths = (0..<count).map { column in rows.map { column < $0.count ? $0[column].count : 0 }.max() ?? 0 }
     return rows.map { row in
-        row.enumerated().map { column, cell in
+        var line = row.enumerated().map { column, cell in
             column == row.count - 1 ? cell : cell + String(repeating: " ", count: widths[column] - cell.count + 2)
-        }.joined().replacingOccurrences(of: "\\s+$", with: "", options: .regularExpression) + "\n"
+        }.joined()
+        while line.last == " " { line.removeLast() }  // an empty last cell leaves only padding
+        return line + "\n"
     }.joined()
 }

@@ -40,7 +40,7 @@ struct ServeCommand: ParsableCommand {
         }
         guard (1...65536).contains(diskMiB) else { throw ValidationError("--disk-mib must be between 1 and 65536") }
         // Known now, not after the boot: the sockets live in the folder.
-        let longest = URL(fileURLWithPath: state).standardizedFileURL.path + "/control.sock"
+        let longest = ServeSession.controlPath(state: URL(fileURLWithPath: state).standardizedFileURL.path)
         guard longest.utf8.count <= UnixSocketServer.maxPathBytes else {
             throw ValidationError("--state \(state): its sockets' paths (\(longest)) would be longer than the \(UnixSocketServer.maxPathBytes) bytes a Unix socket's path may have; choose a shorter folder")
         }

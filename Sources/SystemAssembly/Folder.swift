@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Machine
 
 /// A folder the system keeps its files in (a state folder, the consoles,
 /// kept cores) could not be made: which one, and the system's reason.
@@ -53,9 +54,7 @@ public final class StateFolderLock: Sendable {
         path = folder + "/.lock"
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw FolderError(path: folder, reason: "cannot open its lock file .lock: \(String(cString: strerror(errno)))") }
-        var locked: Int32
-        repeat { locked = flock(fd, LOCK_EX | LOCK_NB) } while locked != 0 && errno == EINTR
-        if locked != 0 && errno == EWOULDBLOCK {
+        guard lockExclusively(fd) else {
             var buffer = [UInt8](repeating: 0, count: 512)
             let count = pread(fd, &buffer, buffer.count, 0)
             close(fd)

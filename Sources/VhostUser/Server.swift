@@ -17,7 +17,7 @@ public final class VhostUserServer: Sendable {
     public init(path: String, exclusive: Bool = false, makeBackend: @escaping @Sendable () -> VhostUserBackend,
                 ended: @escaping @Sendable (VhostUserConnection.End) -> Void = { _ in }) throws(ListenError)
     {
-        let serving: UnixSocketServer.Serving = exclusive ? .exclusively(grace: Self.reconnectGrace, refused: { _ in ended(.busy) }) : .concurrently
+        let serving: UnixSocketServer.Serving = exclusive ? .exclusively(grace: Self.reconnectGrace, refused: { ended(.busy) }) : .concurrently
         socket = try UnixSocketServer(path: path, serving: serving) { connection in
             ended(VhostUserConnection.serve(socket: connection, backend: makeBackend()))
         }

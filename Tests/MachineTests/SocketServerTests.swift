@@ -35,7 +35,7 @@ import Testing
     @Test func anExclusiveServerRefusesASecondPeerAndStopsWithoutWaitingTheGrace() throws {
         let path = Fixtures.temporaryDirectory("sock") + "/x.sock"
         let refusals = Mutex(0)
-        let server = try UnixSocketServer(path: path, serving: .exclusively(grace: .seconds(1), refused: { _ in refusals.withLock { $0 += 1 } })) { fd in
+        let server = try UnixSocketServer(path: path, serving: .exclusively(grace: .seconds(1), refused: { refusals.withLock { $0 += 1 } })) { fd in
             var byte: UInt8 = 0
             _ = read(fd, &byte, 1)  // served until the peer hangs up or the server stops
         }
