@@ -1,4 +1,4 @@
-import DriverHost
+@_spi(Conformance) import DriverHost
 import Foundation
 import SDKTools
 
@@ -116,6 +116,53 @@ struct CrashReport: Sendable {
             out[offset] = URL(fileURLWithPath: answer).lastPathComponent
         }
         return out
+    }
+}
+
+/// How driver code in a process ended badly, in words a vendor can act on:
+/// what happened and where, from what the process left on its standard
+/// error (the crash reporter's or the hang reports' lines). The conformance
+/// suite words its crash and timeout verdicts with it, `oyako driver call`
+/// its errors.
+public struct DriverFault: Sendable {
+    /// "died with SIGSEGV at address 0x10 in my_read+0x12 (…) at mydriver.c:81".
+    public let message: String
+    /// The faulting or waiting thread's frames, innermost first.
+    public let backtrace: [String]
+
+    /// A process that died of `signal`.
+    public static func crash(signal: Int32, stderr: String) -> DriverFault {
+        let name = CrashReport.signalName(signal)
+        guard let report = CrashReport.parse(stderr) else {
+            return DriverFault(message: "died with \(name) and left no backtrace (killed from outside, or its stack was gone)", backtrace: [])
+        }
+        let frames = report.symbolized()
+        let fault = report.signal == 11 || report.signal == 7 ? " at address 0x\(String(report.address, radix: 16))" : ""
+        let borrowed = report.signal == 11 && BorrowedPool.contains(report.address)
+            ? "; that is memory the host lent for one call (a borrowed argument: probe's device info, a control call's string), used after the call returned: copy what you need during the call"
+            : ""
+        return DriverFault(message: "died with \(name)\(fault)\(place(frames))\(borrowed)", backtrace: frames)
+    }
+
+    /// A process stopped for taking too long: which driver callbacks had
+    /// not returned, and where the first one's thread was (in the driver's
+    /// own code when it is there). Nil when no callback was running.
+    public static func hang(stderr: String, driver: String) -> DriverFault? {
+        let hangs = CrashReport.hangs(in: stderr)
+        guard let first = hangs.first else { return nil }
+        let frames = CrashReport.symbolize(first.frames)
+        let module = "(\(URL(fileURLWithPath: driver).lastPathComponent)+0x"
+        let others = hangs.dropFirst().map(\.callback)
+        return DriverFault(message: "the driver's \(first.callback) did not return (its thread is\(place(frames, preferring: module))"
+                               + (others.isEmpty ? "" : "; also running: \(others.joined(separator: ", "))") + ")",
+                           backtrace: frames)
+    }
+
+    /// " in FUNCTION+OFFSET (…)": the first frame that names `preferring`,
+    /// else the innermost one.
+    private static func place(_ frames: [String], preferring module: String? = nil) -> String {
+        let frame = module.flatMap { m in frames.first { $0.contains(m) } } ?? frames.first
+        return frame.map { " in \($0.drop { $0 != " " }.dropFirst())" } ?? ""
     }
 }
 

@@ -372,37 +372,19 @@ public struct ConformanceSuite: Sendable {
     /// A check that ran out of time: which driver callbacks had not
     /// returned, with the first one's frames (where it waits or spins).
     static func hangOutcome(stderr: String, timeout: Double, driver: String) -> CheckOutcome {
-        let hangs = CrashReport.hangs(in: stderr)
         let limit = String(format: "no verdict within %.0f s", timeout)
-        guard let first = hangs.first else {
+        guard let fault = DriverFault.hang(stderr: stderr, driver: driver) else {
             return CheckOutcome(verdict: .timeout, message: limit + ": the check hangs, with no driver callback running (the watchdog killed it)")
         }
-        let frames = CrashReport.symbolize(first.frames)
-        // Where in the driver's own code it waits or spins; the innermost frame when none is.
-        let module = "(\(URL(fileURLWithPath: driver).lastPathComponent)+0x"
-        let place = (frames.first { $0.contains(module) } ?? frames.first).map { " in \($0.drop { $0 != " " }.dropFirst())" } ?? ""
-        let others = hangs.dropFirst().map(\.callback)
-        var outcome = CheckOutcome(verdict: .timeout, message: limit + ": the driver's \(first.callback) did not return (its thread is\(place)"
-            + (others.isEmpty ? "" : "; also running: \(others.joined(separator: ", "))") + "); the backtrace follows")
-        outcome.backtrace = frames
+        var outcome = CheckOutcome(verdict: .timeout, message: limit + ": " + fault.message + "; the backtrace follows")
+        outcome.backtrace = fault.backtrace
         return outcome
     }
 
     private func crashOutcome(signal: Int32, stderr: String, coreFolder: String?) -> CheckOutcome {
-        let name = CrashReport.signalName(signal)
-        var outcome: CheckOutcome
-        if let report = CrashReport.parse(stderr) {
-            let frames = report.symbolized()
-            let fault = report.signal == 11 || report.signal == 7 ? " at address 0x\(String(report.address, radix: 16))" : ""
-            let borrowed = report.signal == 11 && BorrowedPool.contains(report.address)
-                ? "; that is memory the host lent for one call (a borrowed argument: probe's device info, a control call's string), used after the call returned: copy what you need during the call"
-                : ""
-            let top = frames.first.map { " in \($0.drop { $0 != " " }.dropFirst())" } ?? ""
-            outcome = CheckOutcome(verdict: .crashed, message: "the worker died with \(name)\(fault)\(top)\(borrowed); the backtrace and the driver's log follow")
-            outcome.backtrace = frames
-        } else {
-            outcome = CheckOutcome(verdict: .crashed, message: "the worker died with \(name) and left no backtrace (killed from outside, or its stack was gone)")
-        }
+        let fault = DriverFault.crash(signal: signal, stderr: stderr)
+        var outcome = CheckOutcome(verdict: .crashed, message: "the worker " + fault.message + (CrashReport.parse(stderr) == nil ? "" : "; the backtrace and the driver's log follow"))
+        outcome.backtrace = fault.backtrace
         if let coreFolder {
             let cores = ((try? FileManager.default.contentsOfDirectory(atPath: coreFolder)) ?? []).filter { $0.hasPrefix("core") }
             if let core = cores.first {

@@ -1,4 +1,6 @@
 import ArgumentParser
+import Conformance
+import CSystemShims
 import SystemAssembly
 import DriverHost
 import Foundation
@@ -110,7 +112,9 @@ struct DriverCommand: ParsableCommand {
             discussion: """
                 DRIVER is a driver file; it is attached to its device on a fresh machine with the \
                 reference devices, the method is called, and the result printed. Without METHOD, \
-                the methods are listed. Example: oyako driver call uart16550.so set_baud 57600
+                the methods are listed. The driver runs in a process of its own: if it crashes or \
+                hangs, you are told where, and nothing else is affected. \
+                Example: oyako driver call uart16550.so set_baud 57600
                 """)
 
         @Argument(help: "The driver's .so file.")
@@ -119,32 +123,131 @@ struct DriverCommand: ParsableCommand {
         @Argument(help: "The method to call; omit to list the methods.")
         var method: String?
 
+        @Option(help: "Seconds the whole call (attach, call, detach) may take before it is stopped and reported as hung; 0: no limit.")
+        var timeout: Double = 60
+
         @Argument(parsing: .allUnrecognized, help: "Arguments, as text in the method's declared types.")
         var arguments: [String] = []
 
+        func validate() throws {
+            guard timeout >= 0, timeout.isFinite else { throw ValidationError("--timeout takes a number of seconds, 0 or more") }
+        }
+
         func run() throws {
-            do {
-                try DriverSession.withAttached(driver) { instance in
-                    guard let method else {
-                        let methods = try instance.controlMethods()
-                        if methods.isEmpty { print("\(instance.library.name) has no control methods") }
-                        for m in methods {
-                            print("\(m.name) \(m.signatureText)  \(m.description)\(m.signatureProblem.map { "  [\($0)]" } ?? "")")
-                        }
-                        return
-                    }
-                    let result = try instance.callControl(method, arguments: arguments)
-                    // An i32 result in the error list is shown with its name.
-                    if let code = Int32(result), code < 0, OyStatus(code).isDefined {
-                        print("\(result) (\(OyStatus(code)))")
-                    } else {
-                        print(result)
-                    }
-                }
-            } catch {
-                printError("\(error)")
+            var worker = ["driver-call-worker"]
+            // Asked shortly before the watchdog, the threads inside driver
+            // callbacks say where they are.
+            if timeout > 0 { worker += ["--hang-report-after", "\(timeout)"] }
+            worker += ["--", driver] + (method.map { [$0] + arguments } ?? [])
+            let run = ProcessRunner.run(ConformanceSuite.currentExecutable, worker, timeout: timeout > 0 ? timeout + Self.reportGrace : nil)
+            FileHandle.standardOutput.write(Data(run.stdout.utf8))
+            // The worker's own messages and the driver's log; the crash
+            // reporter's lines are read below.
+            let text = run.stderr.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.hasPrefix("\u{1}") }.joined(separator: "\n")
+            FileHandle.standardError.write(Data(text.utf8))
+            let phase = DriverCallPhase.last(in: run.stderr)
+            let name = URL(fileURLWithPath: driver).lastPathComponent
+            if run.timedOut {
+                let fault = DriverFault.hang(stderr: run.stderr, driver: driver)
+                printError("\(name) was still running after \(Self.seconds(timeout)) s, \(phase), and was stopped: "
+                    + (fault?.message ?? "no driver callback was running"))
+                Self.printBacktrace(fault?.backtrace ?? [])
                 throw ExitCode.failure
             }
+            if let signal = run.signal {
+                let fault = DriverFault.crash(signal: signal, stderr: run.stderr)
+                printError("\(name) crashed \(phase): its process \(fault.message). It ran in a process of its own; nothing else was affected.")
+                Self.printBacktrace(fault.backtrace)
+                throw ExitCode.failure
+            }
+            if run.status != 0 { throw ExitCode(run.status) }
+        }
+
+        /// How long after the hang report the worker is killed.
+        static let reportGrace = 1.0
+
+        static func seconds(_ value: Double) -> String {
+            value == value.rounded() ? String(Int(value)) : String(value)
+        }
+
+        /// The frames down to where oyako called the driver; oyako's own
+        /// below that are counted, not listed.
+        static func printBacktrace(_ frames: [String]) {
+            guard !frames.isEmpty else { return }
+            let driverSide = frames.prefix { !$0.contains("(oyako+0x") }
+            let hidden = frames.count - driverSide.count
+            let lines = (driverSide.isEmpty ? frames[...] : driverSide).map { "  " + $0 + "\n" }.joined()
+            let rest = driverSide.isEmpty || hidden == 0 ? "" : "  (and \(hidden) frames of oyako's own, which called the driver)\n"
+            FileHandle.standardError.write(Data(("backtrace:\n" + lines + rest).utf8))
+        }
+    }
+}
+
+/// Where a `driver call` worker is, as it says on its standard error before
+/// each step runs driver code: the parent words a crash or hang with it.
+enum DriverCallPhase {
+    static let marker = "\u{1}oyphase "
+
+    static func enter(_ phase: String) {
+        // What was printed so far is out before driver code runs again.
+        fflush(nil)
+        FileHandle.standardError.write(Data((marker + phase + "\n").utf8))
+    }
+
+    /// The last phase the worker entered ("while attaching it" if none).
+    static func last(in stderr: String) -> String {
+        stderr.split(separator: "\n").last { $0.hasPrefix(marker) }.map { String($0.dropFirst(marker.count)) } ?? "while loading and attaching it"
+    }
+}
+
+/// Runs one `oyako driver call` in a process of its own, so a driver that
+/// crashes or hangs ends this process only; `driver call` reads what it
+/// leaves on its standard error.
+struct DriverCallWorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "driver-call-worker", shouldDisplay: false)
+
+    /// Seconds after which the threads inside driver callbacks write their
+    /// frames to standard error (the caller kills this process soon after).
+    @Option var hangReportAfter: Double?
+    /// DRIVER, then METHOD and its arguments.
+    @Argument(parsing: .postTerminator) var call: [String] = []
+
+    func run() throws {
+        _ = oy_shim_install_crash_reporter(STDERR_FILENO)
+        if let after = hangReportAfter, after > 0, after.isFinite {
+            Thread.detachNewThread {
+                Thread.sleep(forTimeInterval: after)
+                ConformanceSuite.reportHangs()
+            }
+        }
+        guard let driver = call.first else { throw ValidationError("no driver file given") }
+        let method = call.dropFirst().first, arguments = Array(call.dropFirst(2))
+        do {
+            DriverCallPhase.enter("while loading and attaching it")
+            try DriverSession.withAttached(driver) { instance in
+                guard let method else {
+                    DriverCallPhase.enter("while listing its control methods")
+                    let methods = try instance.controlMethods()
+                    if methods.isEmpty { print("\(instance.library.name) has no control methods") }
+                    for m in methods {
+                        print("\(m.name) \(m.signatureText)  \(m.description)\(m.signatureProblem.map { "  [\($0)]" } ?? "")")
+                    }
+                    DriverCallPhase.enter("while detaching and unloading it")
+                    return
+                }
+                DriverCallPhase.enter("in its control method \(method)")
+                let result = try instance.callControl(method, arguments: arguments)
+                // An i32 result in the error list is shown with its name.
+                if let code = Int32(result), code < 0, OyStatus(code).isDefined {
+                    print("\(result) (\(OyStatus(code)))")
+                } else {
+                    print(result)
+                }
+                DriverCallPhase.enter("while detaching and unloading it")
+            }
+        } catch {
+            printError("\(error)")
+            throw ExitCode.failure
         }
     }
 }

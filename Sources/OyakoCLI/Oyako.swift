@@ -13,7 +13,7 @@ struct Oyako: ParsableCommand {
             Exit status: 0 success; 1 the operation failed (a bad driver file, failed I/O); \
             64 bad command-line usage.
             """,
-        subcommands: [DriverCommand.self, DemoCommand.self, ServeCommand.self, ConsoleCommand.self, DriverHostCommand.self, ConformanceCommand.self, ConformanceWorkerCommand.self, BenchCommand.self]
+        subcommands: [DriverCommand.self, DemoCommand.self, ServeCommand.self, ConsoleCommand.self, DriverHostCommand.self, ConformanceCommand.self, ConformanceWorkerCommand.self, DriverCallWorkerCommand.self, BenchCommand.self]
     )
 }
 

@@ -270,6 +270,39 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(nvme.stdout == "32768\n", "\(nvme.output)")
     }
 
+    /// A control method that crashes ends the call's own process, not
+    /// `oyako`: the error says where (the method, the signal, the faulting
+    /// address, the driver's function) and exits 1.
+    @Test func aControlMethodThatCrashesIsReportedWithWhereItCrashed() throws {
+        let crashing = try Fixtures.mutatedTemplateDriver([("    uint32_t tries;\n", "    uint32_t tries;\n    if (instance) *(volatile int *)16 = 1;\n")])
+        let call = oyako(["driver", "call", crashing, "random32"])
+        #expect(call.status == 1 && call.stdout.isEmpty, "\(call.output)")
+        #expect(call.stderr.contains("crashed in its control method random32: its process died with SIGSEGV at address 0x10 in my_random32+"), "\(call.stderr)")
+        #expect(call.stderr.contains("backtrace:\n  #0 my_random32+"), "\(call.stderr)")
+        // Listing the methods runs none of them: it still works.
+        let list = oyako(["driver", "call", crashing])
+        #expect(list.status == 0 && list.stdout.contains("random32 u32()"), "\(list.output)")
+    }
+
+    @Test func aDriverThatCrashesInAttachIsReportedAsSuch() throws {
+        let crashing = try Fixtures.mutatedTemplateDriver([("    my_dev *d;\n", "    my_dev *d;\n    *(volatile int *)24 = 1;\n")])
+        let call = oyako(["driver", "call", crashing, "random32"])
+        #expect(call.status == 1, "\(call.output)")
+        #expect(call.stderr.contains("crashed while loading and attaching it: its process died with SIGSEGV at address 0x18 in my_attach+"), "\(call.stderr)")
+    }
+
+    /// A control method that never returns is stopped after --timeout, and
+    /// the error says where its thread spins.
+    @Test func aControlMethodThatNeverReturnsIsStoppedAndSaysWhereItSpins() throws {
+        let spinning = try Fixtures.mutatedTemplateDriver([("    uint32_t tries;\n", "    uint32_t tries;\n    { volatile int forever = 1; while (forever) {} }\n")])
+        let call = oyako(["driver", "call", spinning, "random32", "--timeout", "2"])
+        #expect(call.status == 1 && call.stdout.isEmpty, "\(call.output)")
+        #expect(call.stderr.contains("was still running after 2 s, in its control method random32, and was stopped: the driver's control method did not return (its thread is in my_random32+"),
+                "\(call.stderr)")
+        let bad = oyako(["driver", "call", spinning, "random32", "--timeout", "-1"])
+        #expect(bad.status == 64 && bad.stderr.contains("--timeout"), "\(bad.output)")
+    }
+
     /// The table names every figure in full (a name longer than a fixed
     /// column was cut, so two different figures printed the same name),
     /// and its columns line up.
