@@ -71,13 +71,64 @@ extension HostedBinding {
     var driverSHA256: String { origin.file.sha256 }
 }
 
-/// The locations whose devices are parked while their drivers restart.
-final class Parking: Sendable {
-    private let locations = Mutex(Set<String>())
+/// A device of the OS that outlives its driver's restarts: while the driver
+/// is restarted or replaced, the device (its name, its users) waits for the
+/// next one.
+protocol ParkableDevice: AnyObject, Sendable {
+    var name: String { get }
+    /// Its bus location ("00:03.0").
+    var location: String { get }
+    var awaitsDriver: Bool { get }
+    /// Wait for the next driver, holding what is sent meanwhile; what the
+    /// old driver has is let finish until `drainUntil`.
+    func awaitDriver(drainUntil: Date)
+}
 
-    func park(_ location: String) { _ = locations.withLock { $0.insert(location) } }
-    func unpark(_ location: String) { _ = locations.withLock { $0.remove(location) } }
-    func contains(_ location: String) -> Bool { locations.withLock { $0.contains(location) } }
+/// One class's devices, named in registration order, each kept for the
+/// driver that registers the same device after a restart. What the entropy,
+/// network and serial subsystems share; a subsystem adds what its class
+/// needs (the console, a receive filter) around it.
+final class ParkableDevices<Device: ParkableDevice>: Sendable {
+    private let named: NamedDevices<Device>
+    /// The locations whose devices are parked while their drivers restart.
+    private let parked = Mutex(Set<String>())
+
+    init(prefix: String) { named = NamedDevices(prefix: prefix) }
+
+    var all: [Device] { named.all }
+    var isEmpty: Bool { named.all.isEmpty }
+
+    /// The parked device at `location` that a restarted driver takes over, if any.
+    func awaitingDriver(at location: String) -> Device? {
+        guard isParked(location) else { return nil }
+        return all.first { $0.location == location && $0.awaitsDriver }
+    }
+
+    /// Makes the next device from its name and adds it.
+    func add(_ make: (String) -> Device) -> Device { named.add(make) }
+
+    /// Removes the first device `matches` accepts, unless it is parked for
+    /// its restarted driver.
+    func release(where matches: (Device) -> Bool) -> Device? {
+        named.remove { matches($0) && !isParked($0.location) }
+    }
+
+    func remove(where matches: (Device) -> Bool) -> Device? { named.remove(where: matches) }
+
+    /// The driver at `location` is being restarted or replaced.
+    func park(_ location: String, drainUntil: Date) {
+        _ = parked.withLock { $0.insert(location) }
+        for device in all where device.location == location { device.awaitDriver(drainUntil: drainUntil) }
+    }
+
+    /// The restart is over: the device there that no driver took over is
+    /// removed and returned (what waits for it is the caller's to fail).
+    func unpark(_ location: String) -> Device? {
+        _ = parked.withLock { $0.remove(location) }
+        return named.remove { $0.location == location && $0.awaitsDriver }
+    }
+
+    private func isParked(_ location: String) -> Bool { parked.withLock { $0.contains(location) } }
 }
 
 /// The named devices of one subsystem ("disk0", "eth1"...), in the order

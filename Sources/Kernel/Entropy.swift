@@ -32,7 +32,7 @@ extension RegisteredRNG: EntropyDriverBinding {}
 
 /// One entropy source of the OS ("hwrng0"), through its driver. While its
 /// driver restarts, reads wait for the next one.
-public final class EntropySource: Sendable {
+public final class EntropySource: ParkableDevice {
     public let name: String
     public let location: String
     private let state: Mutex<(binding: any EntropyDriverBinding, awaitingDriver: Bool)>
@@ -46,7 +46,8 @@ public final class EntropySource: Sendable {
     /// The driver serving it now.
     public var registered: any EntropyDriverBinding { state.withLock { $0.binding } }
     var awaitsDriver: Bool { state.withLock { $0.awaitingDriver } }
-    func awaitDriver() { state.withLock { $0.awaitingDriver = true } }
+    /// Reads wait for the restarted driver (nothing of the old one's to drain).
+    func awaitDriver(drainUntil: Date) { state.withLock { $0.awaitingDriver = true } }
     func rebind(_ binding: any EntropyDriverBinding) { state.withLock { $0 = (binding, false) } }
 
     /// Which driver and device serve it.
@@ -78,12 +79,11 @@ public final class EntropySource: Sendable {
 
 /// The OS's entropy sources; `read` is its /dev/random, served by the first.
 public final class EntropySubsystem: ClassSubsystem {
-    private let named = NamedDevices<EntropySource>(prefix: "hwrng")
-    private let parking = Parking()
+    private let devices = ParkableDevices<EntropySource>(prefix: "hwrng")
     let deviceClass = RegisteredRNG.classID
 
-    public var sources: [EntropySource] { named.all }
-    var hasDevices: Bool { !named.all.isEmpty }
+    public var sources: [EntropySource] { devices.all }
+    var hasDevices: Bool { !devices.isEmpty }
 
     /// `count` bytes from the first source, as /dev/random gives them.
     public func read(_ count: Int, timeout: Double = 5) throws(EntropyError) -> [UInt8] {
@@ -99,12 +99,12 @@ public final class EntropySubsystem: ClassSubsystem {
     /// Adds a source, in process or served by a driver host; a restarted
     /// driver takes its device's source over.
     func adopt(source registered: any EntropyDriverBinding, log: KernelLog) {
-        if parking.contains(registered.location), let source = sources.first(where: { $0.location == registered.location }) {
+        if let source = devices.awaitingDriver(at: registered.location) {
             source.rebind(registered)
             log.record(.info, "entropy", "\(source.name): now served by \(registered.label)")
             return
         }
-        let source = named.add { EntropySource(name: $0, registered: registered) }
+        let source = devices.add { EntropySource(name: $0, registered: registered) }
         log.record(.info, "entropy", "\(source.name): entropy source via \(registered.label)")
     }
 
@@ -115,18 +115,14 @@ public final class EntropySubsystem: ClassSubsystem {
 
     func release(source: any EntropyDriverBinding) {
         // A parked source stays for the restarted driver.
-        _ = named.remove { $0.registered === source && !parking.contains($0.location) }
+        _ = devices.release { $0.registered === source }
     }
 
-    func park(location: String, drainUntil: Date) {
-        parking.park(location)
-        for source in sources where source.location == location { source.awaitDriver() }
-    }
+    func park(location: String, drainUntil: Date) { devices.park(location, drainUntil: drainUntil) }
 
     func unpark(location: String, failure: String?, log: KernelLog) {
-        parking.unpark(location)
         // No driver took it over: it goes.
-        if let gone = named.remove(where: { $0.location == location && $0.awaitsDriver }) {
+        if let gone = devices.unpark(location) {
             log.record(.warning, "entropy", "\(gone.name) is gone: \(failure ?? "its driver did not come back")")
         }
     }

@@ -26,7 +26,7 @@ extension RegisteredNetdev: NetDriverBinding {}
 /// A network interface of the OS, over a driver's registered netdev: a
 /// bounded software transmit queue above the driver's depth, counters, and
 /// one upper layer (a switch port or a protocol stack) that gets its frames.
-public final class NetInterface: NetReceiver, @unchecked Sendable {
+public final class NetInterface: NetReceiver, ParkableDevice, @unchecked Sendable {
     // @unchecked Sendable: mutable state is guarded by `lock`.
     public let name: String
     public let location: String
@@ -176,12 +176,11 @@ public final class NetInterface: NetReceiver, @unchecked Sendable {
 
 /// The OS's network interfaces, named eth0, eth1... in registration order.
 public final class NetworkSubsystem: ClassSubsystem {
-    private let named = NamedDevices<NetInterface>(prefix: "eth")
-    private let parking = Parking()
+    private let devices = ParkableDevices<NetInterface>(prefix: "eth")
     let deviceClass = RegisteredNetdev.classID
 
-    public var interfaces: [NetInterface] { named.all }
-    var hasDevices: Bool { !named.all.isEmpty }
+    public var interfaces: [NetInterface] { devices.all }
+    var hasDevices: Bool { !devices.isEmpty }
 
     public func interface(named name: String) -> NetInterface? { interfaces.first { $0.name == name } }
 
@@ -195,13 +194,11 @@ public final class NetworkSubsystem: ClassSubsystem {
     /// routes what the driver reports to it.
     @discardableResult
     func adopt(netdev: any NetDriverBinding, log: KernelLog) -> NetInterface {
-        if parking.contains(netdev.location), let interface = interfaces.first(where: { $0.location == netdev.location && $0.awaitsDriver }),
-            interface.rebind(netdev)
-        {
+        if let interface = devices.awaitingDriver(at: netdev.location), interface.rebind(netdev) {
             log.record(.info, "net", "\(interface.name): now served by \(netdev.label)")
             return interface
         }
-        let interface = named.add { NetInterface(name: $0, netdev: netdev) }
+        let interface = devices.add { NetInterface(name: $0, netdev: netdev) }
         log.record(.info, "net", "\(interface.name): \(RegisteredNetdev.format(netdev.mac)) via \(netdev.label), link \(netdev.linkUp ? "up" : "down")")
         return interface
     }
@@ -213,18 +210,16 @@ public final class NetworkSubsystem: ClassSubsystem {
 
     func release(netdev: any NetDriverBinding) {
         // A parked interface stays for the restarted driver.
-        named.remove { $0.netdev === netdev && !parking.contains($0.location) }?.markRemoved()
+        devices.release { $0.netdev === netdev }?.markRemoved()
     }
 
-    func park(location: String, drainUntil: Date) {
-        parking.park(location)
-        for interface in interfaces where interface.location == location { interface.awaitDriver(drainUntil: drainUntil) }
-    }
+    func park(location: String, drainUntil: Date) { devices.park(location, drainUntil: drainUntil) }
 
     func unpark(location: String, failure: String?, log: KernelLog) {
-        parking.unpark(location)
+        let gone = devices.unpark(location)
+        // The driver that took an interface over gets its receive filter.
         for interface in interfaces where interface.location == location && !interface.awaitsDriver { interface.restoreFilter() }
-        guard let gone = named.remove(where: { $0.location == location && $0.awaitsDriver }) else { return }
+        guard let gone else { return }
         gone.markRemoved()
         log.record(.warning, "net", "\(gone.name) is gone: \(failure ?? "its driver did not come back")")
     }

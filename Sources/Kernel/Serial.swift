@@ -22,7 +22,7 @@ extension RegisteredSerialPort: SerialDriverBinding {}
 /// holding its own lock (the console is a serial port), or that reports
 /// `tx_ready` from its interrupt handler, is never called back into on that
 /// thread (as Linux defers console output to a context of its own).
-public final class SerialPort: SerialReceiver, @unchecked Sendable {
+public final class SerialPort: SerialReceiver, ParkableDevice, @unchecked Sendable {
     // @unchecked Sendable: mutable state is guarded by `lock`.
     public let name: String
     public let location: String
@@ -60,7 +60,8 @@ public final class SerialPort: SerialReceiver, @unchecked Sendable {
     public var port: any SerialDriverBinding { lock.withLock { port_ } }
     public var line: SerialLine { port.line }
     var awaitsDriver: Bool { lock.withLock { awaitingDriver } }
-    func awaitDriver() { lock.withLock { awaitingDriver = true } }
+    /// Output waits for the restarted driver (nothing of the old one's to drain).
+    func awaitDriver(drainUntil: Date) { lock.withLock { awaitingDriver = true } }
 
     /// The restarted driver serves it: output that waited goes to it.
     func rebind(_ port: any SerialDriverBinding) {
@@ -185,12 +186,11 @@ public final class SerialPort: SerialReceiver, @unchecked Sendable {
 
 /// The OS's serial ports; the first is the console.
 public final class SerialSubsystem: ClassSubsystem {
-    private let named = NamedDevices<SerialPort>(prefix: "ttyS")
-    private let parking = Parking()
+    private let devices = ParkableDevices<SerialPort>(prefix: "ttyS")
     let deviceClass = RegisteredSerialPort.classID
 
-    public var ports: [SerialPort] { named.all }
-    var hasDevices: Bool { !named.all.isEmpty }
+    public var ports: [SerialPort] { devices.all }
+    var hasDevices: Bool { !devices.isEmpty }
     public var console: SerialPort? { ports.first }
 
     func adopt(_ registration: ClassRegistration, log: KernelLog) throws(OyStatus) {
@@ -204,12 +204,12 @@ public final class SerialSubsystem: ClassSubsystem {
     /// driver reports to it.
     @discardableResult
     func adopt(port registered: any SerialDriverBinding, log: KernelLog) -> SerialPort {
-        if parking.contains(registered.location), let port = ports.first(where: { $0.location == registered.location }) {
+        if let port = devices.awaitingDriver(at: registered.location) {
             port.rebind(registered)
             log.record(.info, "serial", "\(port.name): now served by \(registered.label)")
             return port
         }
-        let port = named.add { SerialPort(name: $0, port: registered) }
+        let port = devices.add { SerialPort(name: $0, port: registered) }
         if console === port { log.attachConsole(port) }
         log.record(.info, "serial", "\(port.name): \(registered.line.baud) baud via \(registered.label)")
         return port
@@ -221,25 +221,17 @@ public final class SerialSubsystem: ClassSubsystem {
 
     func release(port registered: (any SerialDriverBinding)?, log: KernelLog) {
         // A parked port stays for the restarted driver.
-        guard let registered, !parking.contains(registered.location) else { return }
-        remove(log: log) { $0.port === registered }
-    }
-
-    private func remove(log: KernelLog, where matches: (SerialPort) -> Bool) {
+        guard let registered else { return }
         let console = self.console
-        guard let gone = named.remove(where: matches) else { return }
-        if gone === console { log.attachConsole(nil) }
+        if let gone = devices.release(where: { $0.port === registered }), gone === console { log.attachConsole(nil) }
     }
 
-    func park(location: String, drainUntil: Date) {
-        parking.park(location)
-        for port in ports where port.location == location { port.awaitDriver() }
-    }
+    func park(location: String, drainUntil: Date) { devices.park(location, drainUntil: drainUntil) }
 
     func unpark(location: String, failure: String?, log: KernelLog) {
-        parking.unpark(location)
-        guard let gone = ports.first(where: { $0.location == location && $0.awaitsDriver }) else { return }
-        remove(log: log) { $0 === gone }
+        let console = self.console
+        guard let gone = devices.unpark(location) else { return }
+        if gone === console { log.attachConsole(nil) }
         log.record(.warning, "serial", "\(gone.name) is gone: \(failure ?? "its driver did not come back")")
     }
 }
