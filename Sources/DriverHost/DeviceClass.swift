@@ -112,6 +112,16 @@ public class ClassRegistration: Resource, @unchecked Sendable {
     /// tail of every class's `register_*` service.
     static func announce<T: ClassRegistration>(_ registration: T, out: UnsafeMutablePointer<OpaquePointer?>) -> Int32 {
         let binding = registration.binding
+        // One object of each class per device, in every environment: the
+        // OS finds a device's disk (or port...) again by its device across
+        // restarts and replacements, and a driver host serves one of each.
+        if binding.owner.resources(of: T.self).contains(where: { !$0.isUnregistered }) {
+            binding.library.environment.log(
+                level: .warning, driver: binding.library.name, device: binding.device.info.location,
+                message: "a second \(registration.deviceClass) object for one device was refused (OY_E_NOT_SUPPORTED): "
+                    + "a device registers at most one object of each class; unregister the first to register another")
+            return OY_E_NOT_SUPPORTED.rawValue
+        }
         let handle = binding.owner.adopt(registration)
         binding.record(registration)
         do throws(OyStatus) {

@@ -558,9 +558,10 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
     }
 
     /// Adopts what `make` builds as the one class object of its kind the
-    /// host has registered (a second is refused: a host serves one device).
+    /// host has registered (a second is refused: a device registers one of
+    /// each class, which the host also checks).
     private func register<Object: Sendable>(_ slot: WritableKeyPath<State, Object?>, _ make: () throws(OyStatus) -> Object) throws(OyStatus) {
-        guard state.withLock({ $0[keyPath: slot] == nil }) else { throw .busy }
+        guard state.withLock({ $0[keyPath: slot] == nil }) else { throw .notSupported }
         let made = try make()
         state.withLock { $0[keyPath: slot] = made }
     }

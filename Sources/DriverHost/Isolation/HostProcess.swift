@@ -299,7 +299,7 @@ final class RemoteEnvironment: HostEnvironment, @unchecked Sendable {
 
     func registered(_ registration: ClassRegistration, device: any HostDevice) throws(OyStatus) {
         guard let messages = Self.messages(for: registration) else { throw .notSupported }
-        guard registrations.withLock({ all in !all.contains { type(of: $0) == type(of: registration) } }) else { throw .busy }
+        guard registrations.withLock({ all in !all.contains { type(of: $0) == type(of: registration) } }) else { throw .notSupported }
         guard var reply = try? line.call(messages.register, messages.body).0 else { throw .deviceGone }
         let code = (try? reply.i32()) ?? OyStatus.deviceGone.rawValue
         guard code == 0 else { throw OyStatus(code) }

@@ -1,0 +1,51 @@
+import Devices
+import DriverHost
+import Foundation
+import Kernel
+import Machine
+import OyakoTestSupport
+import SystemAssembly
+import Testing
+
+/// A device registers at most one object of each class, in process and in
+/// a driver host alike: a driver that works in one works in the other.
+@Suite struct ClassRegistrationTests {
+    /// The template driver, registering a second entropy source for its one
+    /// device after the first, and logging the answer.
+    static func twoSourcesDriver() throws -> String {
+        try Fixtures.mutatedTemplateDriver([
+            ("} my_dev;\n", "} my_dev;\nstatic oy_rng *second_source;\n"),
+            ("    *out_instance = d;\n    return OY_OK;",
+             """
+                 rc = c->rng->register_rng(device, &my_rng_ops, d, &second_source);
+                 c->host->log(c->host, device, OY_LOG_WARNING, rc == OY_E_NOT_SUPPORTED ? "second source: not supported"
+                              : rc == OY_OK ? "second source: registered" : "second source: another answer");
+                 if (rc != OY_OK) second_source = NULL;
+                 *out_instance = d;
+                 return OY_OK;
+             """),
+            ("    if (d->source != NULL) d->ctx->rng->unregister_rng(d->source);",
+             "    if (second_source != NULL) { d->ctx->rng->unregister_rng(second_source); second_source = NULL; }\n"
+                + "    if (d->source != NULL) d->ctx->rng->unregister_rng(d->source);"),
+        ])
+    }
+
+    @Test(arguments: [false, true]) func aSecondObjectOfAClassForOneDeviceIsRefusedWithAReason(hosted: Bool) throws {
+        let testbed = try Testbed.make(state: Fixtures.temporaryDirectory("one-per-class"), diskSize: 8 << 20, memorySize: 64 << 20)
+        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [try Self.twoSourcesDriver()])
+        if hosted { kernel.driverHostExecutable = Fixtures.oyakoBinary }
+        defer {
+            kernel.shutdown()
+            testbed.machine.shutdown()
+        }
+        let report = kernel.boot()
+        #expect(report.problems.isEmpty, "\(report.problems)")
+        let messages = kernel.log.all.map(\.message)
+        #expect(messages.contains("second source: not supported"), "\(messages)")
+        #expect(messages.contains { $0.contains("a second oyako.rng/1 object for one device was refused (OY_E_NOT_SUPPORTED)") }, "\(messages)")
+        #expect(kernel.entropy.sources.map(\.name) == ["hwrng0"])
+        let address = try #require(testbed.machine.bus.enumerate().first { $0.device.identity.deviceID == RNGLite.deviceID }?.address)
+        #expect((kernel.driverHostProcess(at: address) != nil) == hosted)
+        #expect(try kernel.entropy.read(64).count == 64, "the first source serves")
+    }
+}
