@@ -151,7 +151,7 @@ let package = Package(
             name: "VirtualizationTests",
             dependencies: ["ExternalVMM", .product(name: "Crypto", package: "swift-crypto"), "VirtualizationStack", "VhostUser", "Guest", "VMBus", "Hypervisor", "Kernel", "Workloads", "NetStack", "Devices", "DriverHost", "SystemAssembly", "OyakoTestSupport"]
         ),
-        .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices", "OyakoTestSupport"]),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "Devices", "SDKTools", "OyakoTestSupport"]),
         .testTarget(name: "DriverHostTests", dependencies: ["DriverHost", "DriverFile", "SDKTools", "Kernel", "Machine", "Devices", "Workloads", "OyakoTestSupport"]),
         .testTarget(name: "KernelTests", dependencies: ["Kernel", "DriverHost", "Machine", "Devices", "SystemAssembly", "Workloads", "OyakoTestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["ExternalVMM", "OyakoCLI", "SystemAssembly", "DriverHost", "SDKTools", "OyakoTestSupport"]),

@@ -182,7 +182,7 @@ static int unix_socket(const char *path, struct sockaddr_un *address) {
     return socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 }
 
-int oy_shim_unix_listen(const char *path, unsigned mode) {
+int oy_shim_unix_listen(const char *path, unsigned mode, int group) {
     struct sockaddr_un address;
     int fd = unix_socket(path, &address);
     if (fd < 0) return -1;
@@ -201,9 +201,17 @@ int oy_shim_unix_listen(const char *path, unsigned mode) {
         fd = unix_socket(path, &address);
         if (fd < 0) return -1;
     }
-    // The mode is set between bind and listen: no one can connect before it holds.
-    if (bind(fd, (struct sockaddr *)&address, sizeof(address)) != 0 || chmod(path, mode) != 0 || listen(fd, 8) != 0) {
+    if (bind(fd, (struct sockaddr *)&address, sizeof(address)) != 0) {
         int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    // The group and mode are set between bind and listen: no one can
+    // connect before they hold. A socket that cannot get them goes.
+    if ((group != -1 && chown(path, (uid_t)-1, (gid_t)group) != 0) || chmod(path, mode) != 0 || listen(fd, 8) != 0) {
+        int saved = errno;
+        unlink(path);
         close(fd);
         errno = saved;
         return -1;

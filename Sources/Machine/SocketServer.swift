@@ -3,6 +3,29 @@ import Glibc
 import Synchronization
 import SystemPackage
 
+/// Who may connect to a socket a server listens on.
+public enum SocketAccess: Sendable, Equatable {
+    /// This user only (mode 0600).
+    case owner
+    /// This user and the members of a group (mode 0660, the socket file's
+    /// group set to it): a VMM that runs as another user in that group.
+    case group(gid_t)
+
+    var mode: mode_t {
+        switch self {
+        case .owner: 0o600
+        case .group: 0o660
+        }
+    }
+
+    var group: gid_t? {
+        switch self {
+        case .owner: nil
+        case .group(let gid): gid
+        }
+    }
+}
+
 /// A Unix-domain stream socket at `path` that hands each connection it
 /// accepts to `serve`, and closes it when `serve` returns. The one listener
 /// behind the control socket and the vhost-user sockets.
@@ -30,8 +53,12 @@ public final class UnixSocketServer: @unchecked Sendable {
     public struct ListenError: Error, CustomStringConvertible, Sendable {
         public let path: String
         public let errno: Errno
+        /// Who was to connect.
+        public var access: SocketAccess = .owner
         public var description: String {
             switch errno {
+            case .notPermitted where access.group != nil:
+                "cannot give \(path) to group \(access.group!): this user may only give files to groups it belongs to; run as root, or name one of its groups"
             case .addressInUse: "cannot listen on \(path): another process is listening there; stop it, or choose another path"
             case .fileExists: "cannot listen on \(path): a file that is not a socket is in the way; move it, or choose another path"
             case .fileNameTooLong:
@@ -53,15 +80,14 @@ public final class UnixSocketServer: @unchecked Sendable {
     private let stopped = DispatchGroup()
 
     /// Listens at `path` (a stale socket file there is replaced) and starts
-    /// accepting on a thread of its own. The socket's file mode is `mode`:
-    /// by default only this user may connect (whoever connects drives a
-    /// device or the system's drivers).
-    public init(path: String, mode: mode_t = 0o600, serving: Serving, serve: @escaping @Sendable (_ connection: Int32) -> Void) throws(ListenError) {
+    /// accepting on a thread of its own. By default only this user may
+    /// connect (whoever connects drives a device or the system's drivers).
+    public init(path: String, access: SocketAccess = .owner, serving: Serving, serve: @escaping @Sendable (_ connection: Int32) -> Void) throws(ListenError) {
         let fd: Int32
         do {
-            fd = try System.listen(unixPath: path, mode: mode)
+            fd = try System.listen(unixPath: path, access: access)
         } catch {
-            throw ListenError(path: path, errno: error.errno)
+            throw ListenError(path: path, errno: error.errno, access: access)
         }
         self.path = path
         self.listener = fd

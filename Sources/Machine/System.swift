@@ -75,10 +75,10 @@ enum System {
         _ = Glibc.close(fd)
     }
 
-    /// A listening Unix stream socket at `path` with file mode `mode` (a
-    /// stale socket there goes first; a live one or another file stays).
-    static func listen(unixPath path: String, mode: mode_t) throws(SystemCallError) -> Int32 {
-        let fd = oy_shim_unix_listen(path, UInt32(mode))
+    /// A listening Unix stream socket at `path` that `access` may connect
+    /// to (a stale socket there goes first; a live one or another file stays).
+    static func listen(unixPath path: String, access: SocketAccess) throws(SystemCallError) -> Int32 {
+        let fd = oy_shim_unix_listen(path, UInt32(access.mode), access.group.map { Int32(bitPattern: $0) } ?? -1)
         guard fd >= 0 else { throw .capture("listen", path) }
         return fd
     }

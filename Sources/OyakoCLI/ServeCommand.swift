@@ -32,13 +32,29 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "SDK folder (default: found from the current folder, $OYAKO_SDK, or the source tree).")
     var sdk: String?
 
+    @Option(name: .customLong("vm-group"), help: ArgumentHelp(
+        "Let this group's members connect to vda.sock too (mode 0660): for a VMM that runs as another user. The control socket stays this user's alone.",
+        valueName: "group"))
+    var vmGroup: String?
+
     @OptionGroup var global: GlobalOptions
+
+    /// The group --vm-group names, by name or number.
+    var vmAccess: SocketAccess {
+        get throws {
+            guard let vmGroup else { return .owner }
+            if let entry = getgrnam(vmGroup) { return .group(entry.pointee.gr_gid) }
+            if let gid = gid_t(vmGroup), getgrgid(gid) != nil { return .group(gid) }
+            throw ValidationError("--vm-group \(vmGroup): no such group on this system (see /etc/group)")
+        }
+    }
 
     func validate() throws {
         for path in drivers where !FileManager.default.fileExists(atPath: path) {
             throw ValidationError("--driver \(path): no such file")
         }
         guard (1...65536).contains(diskMiB) else { throw ValidationError("--disk-mib must be between 1 and 65536") }
+        _ = try vmAccess
         // Known now, not after the boot: the sockets live in the folder.
         let longest = ServeSession.controlPath(state: URL(fileURLWithPath: state).standardizedFileURL.path)
         guard longest.utf8.count <= UnixSocketServer.maxPathBytes else {
@@ -59,6 +75,7 @@ struct ServeCommand: ParsableCommand {
         var options = ServeSession.Options(state: state, drivers: files)
         options.diskSize = diskMiB << 20
         options.bareMetal = bare
+        options.vmAccess = try vmAccess
         if placement == .driverHosts { options.driverHost = DriverPlacement.hostExecutable }
         let session = try runJob("serve") { try ServeSession(options) }
         // SIGINT, SIGTERM and SIGHUP (its terminal closed) end the session cleanly.
@@ -77,7 +94,9 @@ struct ServeCommand: ParsableCommand {
             guard let (file, pid) = session.kernel.hostedDriver(at: slot.address) else { continue }
             banner += "  driver \(file.metadata.name) \(file.metadata.version) sha256 \(file.sha256.prefix(16)) on \(slot.address) in driver host \(pid)\n"
         }
-        if let block = session.blockServer { banner += "  vhost-user-blk: \(block.path)\n" }
+        if let block = session.blockServer {
+            banner += "  vhost-user-blk: \(block.path)\(vmGroup.map { " (group \($0) may connect)" } ?? "")\n"
+        }
         banner += "  control: \(session.control.path) (oyako driver list|load|unload|replace --control \(session.control.path))\n"
         // Unbuffered: whoever started us waits for this line.
         FileHandle.standardOutput.write(Data(banner.utf8))

@@ -1,5 +1,6 @@
 import Foundation
 import Kernel
+import Machine
 import VhostUser
 import VirtualizationStack
 
@@ -16,6 +17,9 @@ public final class ServeSession: @unchecked Sendable {
         public var bareMetal = false
         /// Run disk drivers in driver-host processes of this executable (`oyako`).
         public var driverHost: String?
+        /// Who may connect to the VM-facing sockets (vda.sock); the control
+        /// socket is always this user's alone.
+        public var vmAccess: SocketAccess = .owner
 
         public init(state: String, drivers: [String]) {
             self.state = state
@@ -38,7 +42,7 @@ public final class ServeSession: @unchecked Sendable {
         do {
             if let disk = system.kernel.blockLayer.disks.first {
                 let region = try DiskRegion(disk: disk, following: system.kernel.blockLayer)
-                blockServer = try VhostUserServices.serveBlock(at: Self.blockPath(state: options.state), region: region)
+                blockServer = try VhostUserServices.serveBlock(at: Self.blockPath(state: options.state), access: options.vmAccess, region: region)
             } else {
                 blockServer = nil
             }

@@ -14,11 +14,12 @@ public final class VhostUserServer: Sendable {
     /// - Parameter exclusive: serve one VMM at a time (a disk: two VMs
     ///   would share its blocks); a VMM connecting while another is served
     ///   is refused, and `ended` hears `.busy`.
-    public init(path: String, exclusive: Bool = false, makeBackend: @escaping @Sendable () -> VhostUserBackend,
+    /// - Parameter access: who may connect (by default only this user).
+    public init(path: String, access: SocketAccess = .owner, exclusive: Bool = false, makeBackend: @escaping @Sendable () -> VhostUserBackend,
                 ended: @escaping @Sendable (VhostUserConnection.End) -> Void = { _ in }) throws(ListenError)
     {
         let serving: UnixSocketServer.Serving = exclusive ? .exclusively(grace: Self.reconnectGrace, refused: { ended(.busy) }) : .concurrently
-        socket = try UnixSocketServer(path: path, serving: serving) { connection in
+        socket = try UnixSocketServer(path: path, access: access, serving: serving) { connection in
             ended(VhostUserConnection.serve(socket: connection, backend: makeBackend()))
         }
     }

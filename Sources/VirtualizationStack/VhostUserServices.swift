@@ -1,6 +1,7 @@
 import Foundation
 import Kernel
 import Logging
+import Machine
 import VhostUser
 
 /// The root's vhost-user back-ends: the devices a real VM (QEMU with
@@ -54,8 +55,10 @@ public enum VhostUserServices {
     /// Serves virtio-blk on `region` at the Unix socket `path`, to one VMM
     /// at a time: two would share its blocks, so a second VMM connecting
     /// while one is served is refused (and the refusal logged).
-    public static func serveBlock(at path: String, region: DiskRegion, events: Events? = nil) throws(VhostUserServer.ListenError) -> VhostUserServer {
-        try serve(Log("blk", events), at: path, exclusive: true) { block(region: region, events: events) }
+    public static func serveBlock(at path: String, access: SocketAccess = .owner, region: DiskRegion, events: Events? = nil) throws(VhostUserServer.ListenError)
+        -> VhostUserServer
+    {
+        try serve(Log("blk", events), at: path, access: access, exclusive: true) { block(region: region, events: events) }
     }
 
     /// A virtio-net device on a new port of `vswitch` named `port`; the
@@ -90,10 +93,10 @@ public enum VhostUserServices {
         }
     }
 
-    private static func serve(_ log: Log, at path: String, exclusive: Bool = false, device: @escaping @Sendable () -> any VhostUserDevice)
-        throws(VhostUserServer.ListenError) -> VhostUserServer
+    private static func serve(_ log: Log, at path: String, access: SocketAccess = .owner, exclusive: Bool = false,
+                              device: @escaping @Sendable () -> any VhostUserDevice) throws(VhostUserServer.ListenError) -> VhostUserServer
     {
-        try VhostUserServer(path: path, exclusive: exclusive, makeBackend: { VhostUserBackend(device: device()) }, ended: { why in
+        try VhostUserServer(path: path, access: access, exclusive: exclusive, makeBackend: { VhostUserBackend(device: device()) }, ended: { why in
             if case .frontEndClosed = why { log.info("a VMM's connection ended: \(why)") } else { log.error("a VMM's connection was ended: \(why)") }
         })
     }

@@ -162,8 +162,13 @@ import Testing
     /// made before and after.
     @Test func aVMsDiskFollowsItsDeviceAcrossUnloadAndLoad() throws {
         let nvme = try Fixtures.referenceDriver("nvmelite")
-        let server = try Server(drivers: [nvme])
+        let group = try #require(getgrnam("daemon") ?? getgrgid(getgid())).pointee
+        let server = try Server(drivers: [nvme], options: ["--vm-group", String(cString: group.gr_name)])
         defer { if server.process.isRunning { _ = server.stop() } }
+        // --vm-group lets the group reach the disk's socket, not the control socket.
+        var vda = stat(), control = stat()
+        #expect(stat(server.state + "/vda.sock", &vda) == 0 && vda.st_mode & 0o777 == 0o660 && vda.st_gid == group.gr_gid)
+        #expect(stat(server.control, &control) == 0 && control.st_mode & 0o777 == 0o600)
         var guest: VirtioFrontEnd? = try VirtioFrontEnd(path: server.state + "/vda.sock")
         let before = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 7) }
         #expect(guest?.blockRequest(write: true, sector: 64, slot: 0, bytes: before) == true)

@@ -1,8 +1,9 @@
 import CSystemShims
 import Foundation
 import Glibc
-import Machine
+@testable import Machine
 import OyakoTestSupport
+import SDKTools
 import Synchronization
 import Testing
 
@@ -20,6 +21,38 @@ import Testing
         var info = stat()
         #expect(stat(path, &info) == 0)
         #expect(info.st_mode & S_IFMT == S_IFSOCK && info.st_mode & 0o777 == 0o600, "mode \(String(info.st_mode & 0o777, radix: 8))")
+    }
+
+    /// A group may be let in (a VMM running as another user): the socket is
+    /// that group's, mode 0660, and a member who is not its owner connects,
+    /// where an owner-only socket refuses them.
+    @Test func aGroupsMembersMayConnect() throws {
+        let folder = Fixtures.temporaryDirectory("sock")
+        let group = try #require(getgrnam("daemon") ?? getgrgid(getgid())).pointee.gr_gid
+        let shared = try UnixSocketServer(path: folder + "/vm.sock", access: .group(group), serving: .concurrently) { _ in }
+        defer { shared.stop() }
+        let own = try Self.server(folder + "/own.sock")
+        defer { own.stop() }
+        var info = stat()
+        #expect(stat(shared.path, &info) == 0)
+        #expect(info.st_mode & 0o777 == 0o660 && info.st_gid == group, "mode \(String(info.st_mode & 0o777, radix: 8)), group \(info.st_gid)")
+
+        // As nobody, in that group only: what a VMM run as another user meets.
+        guard getuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"), FileManager.default.isExecutableFile(atPath: "/usr/bin/perl") else {
+            return  // connecting as another user needs root, setpriv and perl; the mode and group are checked above
+        }
+        _ = chmod(folder, 0o755)
+        func connectAsAnotherUser(_ path: String) -> String {
+            let script = "use IO::Socket::UNIX; print IO::Socket::UNIX->new(Peer => $ARGV[0]) ? \"connected\" : \"refused: $!\""
+            return ProcessRunner.run("/usr/bin/setpriv", ["--reuid=65534", "--regid=\(group)", "--clear-groups", "/usr/bin/perl", "-e", script, path]).stdout
+        }
+        #expect(connectAsAnotherUser(shared.path) == "connected")
+        #expect(connectAsAnotherUser(own.path) == "refused: Permission denied")
+    }
+
+    @Test func anUnknownGroupForASocketIsNamedInTheError() {
+        let error = UnixSocketServer.ListenError(path: "/s/vda.sock", errno: .notPermitted, access: .group(4242))
+        #expect(error.description.contains("cannot give /s/vda.sock to group 4242"), "\(error)")
     }
 
     @Test func aFileThatIsNoSocketIsLeftAndNamed() throws {
@@ -74,7 +107,7 @@ import Testing
         first.stop()
 
         // A socket file whose listener died without removing it.
-        let stale = oy_shim_unix_listen(path, 0o600)
+        let stale = oy_shim_unix_listen(path, 0o600, -1)
         #expect(stale >= 0)
         close(stale)
         #expect(FileManager.default.fileExists(atPath: path))

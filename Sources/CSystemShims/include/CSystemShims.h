@@ -76,11 +76,13 @@ ssize_t oy_shim_recv_fds(int socket, void *buffer, size_t length, int *fds, int 
  * never raises SIGPIPE. Returns the bytes sent or -1 with errno. */
 ssize_t oy_shim_send_fds(int socket, const void *buffer, size_t length, const int *fds, int fd_count);
 
-/* A listening Unix stream socket at `path` with file mode `mode`. A stale
+/* A listening Unix stream socket at `path` with file mode `mode` and, when
+ * `group` is not -1, that group (set with the mode, between bind and listen,
+ * so no one connects before both hold). A stale
  * socket file there (no one listening) is replaced; a live one is left and
  * fails with EADDRINUSE, any other file with EEXIST. Returns the descriptor
  * or -1 with errno. */
-int oy_shim_unix_listen(const char *path, unsigned mode);
+int oy_shim_unix_listen(const char *path, unsigned mode, int group);
 
 /* Names the calling thread for the OS (ps, perf, /proc): its first 15
  * bytes. Foundation's Thread.name does not reach the OS on Linux. */
