@@ -40,11 +40,12 @@ public final class DiskImage: Sendable {
     /// An existing image must be at least `size` bytes; its own size is used.
     /// The image is locked (flock, as QEMU locks its images) for as long as
     /// this object lives: a second `DiskImage` of the same file, in any
-    /// process, is refused.
+    /// process, is refused. A new image is its owner's alone (0600): it
+    /// holds a machine's disk.
     public init(path: String, size: UInt64) throws(DiskImageError) {
         self.path = path
         guard size > 0 else { throw .zeroSize(path: path) }
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
             throw .cannotOpen(path: path, Errno(rawValue: errno))
         }

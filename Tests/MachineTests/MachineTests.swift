@@ -117,12 +117,13 @@ import Testing
 }
 
 @Suite struct DiskImageTests {
-    @Test func createsAMissingImageAtTheRequestedSize() throws {
+    @Test func createsAMissingImageAtTheRequestedSizeForItsOwnerAlone() throws {
         let dir = Fixtures.temporaryDirectory()
         let image = try DiskImage(path: dir + "/d.img", size: 1 << 20)
         #expect(image.size == 1 << 20)
         let attributes = try FileManager.default.attributesOfItem(atPath: dir + "/d.img")
         #expect((attributes[.size] as? NSNumber)?.intValue == 1 << 20)
+        #expect((attributes[.posixPermissions] as? NSNumber)?.intValue == 0o600, "a machine's disk is not for other users to read")
     }
 
     @Test func refusesAnImageThatIsTooSmall() throws {
