@@ -77,15 +77,37 @@ public struct ControlMethod: Sendable {
     public let signature: ControlSignature?
     public let signatureProblem: String?
     let function: oy_control_fn?
+
+    /// One line of a listing: "set_baud i32(u32)  Set the line rate", and
+    /// the signature's problem in brackets when it has one.
+    public var listing: String { "\(name) \(signatureText)  \(description)\(signatureProblem.map { "  [\($0)]" } ?? "")" }
 }
 
 /// Why a control call was refused or failed.
 public struct ControlCallError: Error, CustomStringConvertible, Sendable {
     public let message: String
     public var description: String { message }
+    public init(message: String) { self.message = message }
+}
+
+/// What a control call answered, as people read it: an i32 result that is
+/// a defined error code gets its name ("-11 (OY_E_RANGE: …)").
+public func readableControlResult(_ result: String) -> String {
+    guard let code = Int32(result), code < 0, OyStatus(code).isDefined else { return result }
+    return "\(result) (\(OyStatus(code)))"
 }
 
 extension DriverInstance {
+    /// Calls `method` (nil: lists the methods, one per line; a driver
+    /// without any says so) and answers as `oyako driver call` prints it.
+    public func controlAnswer(_ method: String?, arguments: [String]) throws(ControlCallError) -> String {
+        guard let method else {
+            let methods = try controlMethods()
+            return methods.isEmpty ? "\(library.name) has no control methods" : methods.map(\.listing).joined(separator: "\n")
+        }
+        return readableControlResult(try callControl(method, arguments: arguments))
+    }
+
     /// The control methods the instance publishes ("oyako.control/1"), or
     /// an empty list. Table sizes and counts are checked before reading.
     public func controlMethods() throws(ControlCallError) -> [ControlMethod] {

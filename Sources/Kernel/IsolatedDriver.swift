@@ -453,6 +453,36 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
         reply.i32(0)
     }
 
+    // MARK: Control methods
+
+    /// Calls a control method of the driver in its host (nil: lists them),
+    /// waiting at most `timeout` seconds. A method that does not return
+    /// holds the host's request loop, so its heartbeats stop and the
+    /// supervisor restarts it as hung; a host that dies in the call is
+    /// restarted as after any crash.
+    func controlAnswer(_ method: String?, arguments: [String], timeout: Double) throws(ControlCallError) -> String {
+        var body = WireWriter()
+        body.string(method ?? "")
+        body.u32(UInt32(arguments.count))
+        for argument in arguments { body.string(argument) }
+        var reply: WireReader
+        do {
+            reply = try line.call(.controlCall, body, within: timeout).0
+        } catch {
+            switch error {
+            case .timedOut:
+                let what = method.map { "its control method \($0)" } ?? "listing its control methods"
+                throw ControlCallError(message: "\(label): \(what) did not return within \(String(format: "%g", timeout)) s; the driver host answers nothing else meanwhile, so it is restarted as hung")
+            case .closed(let closed):
+                throw ControlCallError(message: "\(label): the driver host ended during the call (\(closed.reason)); it is restarted as after any crash")
+            }
+        }
+        let status = (try? reply.i32()) ?? OyStatus.deviceGone.rawValue
+        let text = (try? reply.string()) ?? ""
+        guard status == 0 else { throw ControlCallError(message: text.isEmpty ? "\(label): \(OyStatus(status))" : text) }
+        return text
+    }
+
     // MARK: Heartbeat
 
     /// How long the host has left a heartbeat unanswered (nil: it answered

@@ -259,6 +259,18 @@ public final class Kernel: @unchecked Sendable {
         return library.unload()
     }
 
+    /// Calls control method `method` (nil: lists them) of the driver that
+    /// serves the device at `address`, in this process or in its driver
+    /// host, as `oyako driver call` prints the answer. In a driver host the
+    /// call may take `timeout` seconds; in process it runs to its end.
+    public func controlAnswer(at address: BusAddress, method: String?, arguments: [String], timeout: Double = 10) throws(ControlCallError) -> String {
+        if let hosted = lock.withLock({ isolated[address] }) {
+            return try hosted.controlAnswer(method, arguments: arguments, timeout: timeout)
+        }
+        guard let instance = instance(at: address) else { throw ControlCallError(message: "no driver serves \(address)") }
+        return try instance.controlAnswer(method, arguments: arguments)
+    }
+
     /// The driver bound to the device at `address`.
     public func instance(at address: BusAddress) -> DriverInstance? {
         lock.withLock { instances[address] }

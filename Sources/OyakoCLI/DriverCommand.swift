@@ -115,10 +115,18 @@ struct DriverCommand: ParsableCommand {
                 the methods are listed. The driver runs in a process of its own: if it crashes or \
                 hangs, you are told where, and nothing else is affected. \
                 Example: oyako driver call uart16550.so set_baud 57600
+
+                With --control, DRIVER is the name of a driver a running `oyako serve` runs \
+                (NAME for every device it serves, NAME@DEVICE for one), and the method is called \
+                on the live instance, as IOCTL or WMI methods are. \
+                Example: oyako driver call --control STATE/control.sock nvmelite outstanding
                 """)
 
-        @Argument(help: "The driver's .so file.")
+        @Argument(help: "The driver's .so file; with --control, the running driver's name (or name@device).")
         var driver: String
+
+        @Option(help: ArgumentHelp("Call the driver running in the `oyako serve` behind this control socket.", valueName: "socket"))
+        var control: String?
 
         @Argument(help: "The method to call; omit to list the methods.")
         var method: String?
@@ -134,6 +142,7 @@ struct DriverCommand: ParsableCommand {
         }
 
         func run() throws {
+            if let control { return try callRunning(through: control) }
             var worker = ["driver-call-worker"]
             // Asked shortly before the watchdog, the threads inside driver
             // callbacks say where they are.
@@ -161,6 +170,18 @@ struct DriverCommand: ParsableCommand {
                 throw ExitCode.failure
             }
             if run.status != 0 { throw ExitCode(run.status) }
+        }
+
+        /// The call on a running system's live driver: each device's answer.
+        private func callRunning(through control: String) throws {
+            let response = try exchange(.call(driver, method: method, arguments: arguments, timeout: timeout > 0 ? timeout : nil), with: control)
+            let calls = response.calls ?? []
+            if calls.isEmpty { printError(response.message) }
+            for call in calls {
+                let text = calls.count == 1 ? call.answer : "\(call.device): " + call.answer.replacingOccurrences(of: "\n", with: "\n  ")
+                if call.ok { print(text) } else { printError(text) }
+            }
+            if !response.ok { throw ExitCode.failure }
         }
 
         /// How long after the hang report the worker is killed.
@@ -225,24 +246,8 @@ struct DriverCallWorkerCommand: ParsableCommand {
         do {
             DriverCallPhase.enter("while loading and attaching it")
             try DriverSession.withAttached(driver) { instance in
-                guard let method else {
-                    DriverCallPhase.enter("while listing its control methods")
-                    let methods = try instance.controlMethods()
-                    if methods.isEmpty { print("\(instance.library.name) has no control methods") }
-                    for m in methods {
-                        print("\(m.name) \(m.signatureText)  \(m.description)\(m.signatureProblem.map { "  [\($0)]" } ?? "")")
-                    }
-                    DriverCallPhase.enter("while detaching and unloading it")
-                    return
-                }
-                DriverCallPhase.enter("in its control method \(method)")
-                let result = try instance.callControl(method, arguments: arguments)
-                // An i32 result in the error list is shown with its name.
-                if let code = Int32(result), code < 0, OyStatus(code).isDefined {
-                    print("\(result) (\(OyStatus(code)))")
-                } else {
-                    print(result)
-                }
+                DriverCallPhase.enter(method.map { "in its control method \($0)" } ?? "while listing its control methods")
+                print(try instance.controlAnswer(method, arguments: arguments))
                 DriverCallPhase.enter("while detaching and unloading it")
             }
         } catch {

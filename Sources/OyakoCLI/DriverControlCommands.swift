@@ -12,13 +12,7 @@ struct ControlOptions: ParsableArguments {
 
     /// Sends `request`; prints the answer; a refused request exits 1.
     func send(_ request: ControlRequest, describe: (ControlResponse) -> [String] = { _ in [] }) throws {
-        let response: ControlResponse
-        do {
-            response = try ControlClient.send(request, to: control)
-        } catch {
-            printError("\(error); is `oyako serve` running with that state folder?")
-            throw ExitCode.failure
-        }
+        let response = try exchange(request, with: control)
         if json {
             try printJSON(response)
         } else if response.ok {
@@ -93,6 +87,17 @@ extension DriverCommand {
                 }
             }
         }
+    }
+}
+
+/// The answer of the `oyako serve` behind `control`; one that cannot be
+/// reached is an error that says what to check, and exit status 1.
+func exchange(_ request: ControlRequest, with control: String) throws -> ControlResponse {
+    do {
+        return try ControlClient.send(request, to: control)
+    } catch {
+        printError("\(error); is `oyako serve` running with that state folder?")
+        throw ExitCode.failure
     }
 }
 

@@ -19,16 +19,33 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         case replace
         /// End the running system.
         case shutdown
+        /// Call control method `method` (absent: list them) of the driver
+        /// `driver` ("name" for every device it serves, "name@00:01.0" for
+        /// one) with `arguments`, each call taking at most `timeout` seconds
+        /// in a driver host.
+        case call
     }
 
     public var command: Command
     public var driver: String?
     public var file: String?
+    public var method: String?
+    public var arguments: [String]?
+    public var timeout: Double?
 
     public init(_ command: Command, driver: String? = nil, file: String? = nil) {
         self.command = command
         self.driver = driver
         self.file = file
+    }
+
+    /// A `call` request.
+    public static func call(_ driver: String, method: String?, arguments: [String], timeout: Double? = nil) -> ControlRequest {
+        var request = ControlRequest(.call, driver: driver)
+        request.method = method
+        request.arguments = arguments
+        request.timeout = timeout
+        return request
     }
 }
 
@@ -52,10 +69,19 @@ public struct ControlResponse: Codable, Sendable {
         public let heldRequests: Int
     }
 
+    /// One device's answer to a `call`.
+    public struct Call: Codable, Sendable, Equatable {
+        public let device: String
+        public let ok: Bool
+        /// The result (or the method list), or why there is none.
+        public let answer: String
+    }
+
     public var ok: Bool
     public var message: String
     public var drivers: [Driver]?
     public var replacements: [Replacement]?
+    public var calls: [Call]?
 
     static func failed(_ message: String) -> ControlResponse { ControlResponse(ok: false, message: message) }
 }
@@ -157,12 +183,50 @@ public final class ControlServer: @unchecked Sendable {
         case .shutdown:
             onShutdown()
             return ControlResponse(ok: true, message: "shutting down")
+        case .call:
+            return call(request)
         }
+    }
+
+    /// The longest a control call may take in a driver host.
+    static let callTimeouts = 0.1...300.0
+
+    private func call(_ request: ControlRequest) -> ControlResponse {
+        guard let target = request.driver else { return .failed("call needs the driver's name (or name@device)") }
+        let parts = target.split(separator: "@", maxSplits: 1).map(String.init)
+        let name = parts[0]
+        var devices = addresses(servedBy: name)
+        guard !devices.isEmpty else { return .failed("no device is served by a driver named \(name); loaded: \(loadedNames)") }
+        if parts.count == 2 {
+            devices = devices.filter { $0.description == parts[1] }
+            guard !devices.isEmpty else { return .failed("\(name) serves no device \(parts[1]); it serves \(addresses(servedBy: name).map(\.description).joined(separator: ", "))") }
+        }
+        let timeout = min(max(request.timeout ?? 10, Self.callTimeouts.lowerBound), Self.callTimeouts.upperBound)
+        let calls = devices.map { address -> ControlResponse.Call in
+            do {
+                let answer = try kernel.controlAnswer(at: address, method: request.method, arguments: request.arguments ?? [], timeout: timeout)
+                return .init(device: address.description, ok: true, answer: answer)
+            } catch {
+                return .init(device: address.description, ok: false, answer: "\(error)")
+            }
+        }
+        let failed = calls.filter { !$0.ok }
+        let message = calls.count == 1 ? calls[0].answer
+            : failed.isEmpty ? "called on \(calls.count) devices" : "\(failed.count) of \(calls.count) calls failed"
+        var response = ControlResponse(ok: failed.isEmpty, message: message)
+        response.calls = calls
+        return response
+    }
+
+    /// The devices a driver of this name serves, in process or in driver hosts.
+    private func addresses(servedBy name: String) -> [BusAddress] {
+        let hosted = kernel.platform.bus.enumerate().map(\.address).filter { kernel.hostedDriver(at: $0)?.file.metadata.name == name }
+        return (kernel.devices(servedBy: name) + hosted).sorted()
     }
 
     private func replace(_ request: ControlRequest) -> ControlResponse {
         guard let name = request.driver, let file = request.file else { return .failed("replace needs the driver's name and the new file") }
-        let hosted = kernel.platform.bus.enumerate().map(\.address).filter { kernel.hostedDriver(at: $0)?.file.metadata.name == name }
+        let hosted = addresses(servedBy: name).filter { kernel.hostedDriver(at: $0) != nil }
         if !hosted.isEmpty {
             // Read, not loaded: the new file runs only in its driver hosts.
             let new: DriverFile

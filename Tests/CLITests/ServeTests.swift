@@ -195,6 +195,48 @@ import Testing
         #expect(server.process.terminationReason == .exit && server.process.terminationStatus == 0 && printed.contains("stopped"), "SIGHUP ends it cleanly:\n\(printed)")
     }
 
+    /// Control methods are called on the live drivers of a running system,
+    /// each in its driver host: a method that crashes its host or does not
+    /// return is an error for that call, and the system goes on.
+    @Test func controlMethodsAreCalledOnTheRunningDrivers() throws {
+        let crashing = try Fixtures.mutatedTemplateDriver([("    uint32_t tries;\n", "    uint32_t tries;\n    if (instance) *(volatile int *)16 = 1;\n")])
+        let spinning = try Fixtures.mutatedTemplateDriver([("    uint32_t tries;\n", "    uint32_t tries;\n    { volatile int forever = 1; while (forever) {} }\n")])
+        let server = try Server(drivers: [try Fixtures.referenceDriver("uart16550"), try Fixtures.referenceDriver("nvmelite"), crashing])
+        defer { if server.process.isRunning { _ = server.stop() } }
+        func call(_ words: [String]) -> (status: Int32, stdout: String, stderr: String, output: String) {
+            oyako(["driver", "call", "--control", server.control] + words)
+        }
+        #expect(call(["uart16550", "set_baud", "57600"]).stdout == "0\n")
+        #expect(call(["uart16550", "set_baud", "57601"]).stdout.contains("-11 (OY_E_RANGE"))
+        #expect(call(["nvmelite@00:01.0", "block_count"]).stdout == "\(32 << 11)\n", "the live disk's size: 32 MiB of 512-byte blocks")
+        let listed = call(["nvmelite"])
+        #expect(listed.status == 0 && listed.stdout.contains("outstanding u32()"), "\(listed.output)")
+        let unknown = call(["nosuch", "x"])
+        #expect(unknown.status == 1 && unknown.stderr.contains("no device is served by a driver named nosuch"), "\(unknown.output)")
+        let wrongDevice = call(["nvmelite@00:09.0", "block_count"])
+        #expect(wrongDevice.status == 1 && wrongDevice.stderr.contains("nvmelite serves no device 00:09.0"), "\(wrongDevice.output)")
+
+        // A crash ends the driver's host, which is restarted; the call says so.
+        let crashed = call(["mydriver", "random32"])
+        #expect(crashed.status == 1 && crashed.stderr.contains("the driver host ended during the call"), "\(crashed.output)")
+        let deadline = Date(timeIntervalSinceNow: 20)
+        var methods = call(["mydriver"])
+        while methods.status != 0 && Date() < deadline {
+            usleep(100_000)
+            methods = call(["mydriver"])
+        }
+        #expect(methods.stdout == "random32 u32()  A random word from the device\n", "the restarted host answers: \(methods.output)")
+
+        // A method that does not return is given up on after --timeout; the
+        // control socket serves the next request at once.
+        let replaced = oyako(["driver", "replace", "mydriver", spinning, "--control", server.control])
+        #expect(replaced.status == 0, "\(replaced.output)")
+        let hung = call(["mydriver", "random32", "--timeout", "1"])
+        #expect(hung.status == 1 && hung.stderr.contains("its control method random32 did not return within 1 s"), "\(hung.output)")
+        #expect(call(["uart16550", "set_baud", "9600"]).stdout == "0\n", "other drivers answer meanwhile")
+        #expect(server.process.isRunning)
+    }
+
     @Test func aKilledDriverHostIsReplacedWhileAVMDoesIO() throws {
         let server = try Server(drivers: [try Fixtures.referenceDriver("nvmelite")], options: ["--driver-hosts"])
         var printed = ""

@@ -25,6 +25,9 @@ public enum HostMessage: UInt32, Sendable {
     /// host's threads inside driver callbacks write where they are to its
     /// standard error (see `oy_shim_report_hangs`).
     case reportHangs
+    /// A control method of the driver's instance: its name (empty: list
+    /// them), the argument count and the arguments, as text.
+    case controlCall
     // The host asks the Kernel (its device, its memory, its registrations).
     case log = 16, configRead, configWrite, mmioRead, mmioWrite, portRead, portWrite
     case dmaAllocate, dmaFree, dmaMap, dmaUnmap
@@ -195,19 +198,48 @@ public final class HostLine: @unchecked Sendable {
 
     /// Sends a request and waits for its reply.
     public func call(_ kind: HostMessage, _ body: WireWriter = WireWriter(), fds: [Int32] = []) throws(Closed) -> (WireReader, [Int32]) {
+        do {
+            return try call(kind, body, fds: fds, timeout: nil)
+        } catch {
+            switch error {
+            case .closed(let closed): throw closed
+            case .timedOut: throw Closed(reason: "no answer")  // no time limit was set: not reached
+            }
+        }
+    }
+
+    /// Why a request with a time limit got no reply.
+    public enum Unanswered: Error {
+        case closed(Closed)
+        /// No reply within the limit; one that comes later is dropped.
+        case timedOut
+    }
+
+    /// Sends a request and waits at most `seconds` for its reply.
+    public func call(_ kind: HostMessage, _ body: WireWriter = WireWriter(), within seconds: Double) throws(Unanswered) -> (WireReader, [Int32]) {
+        try call(kind, body, fds: [], timeout: seconds)
+    }
+
+    private func call(_ kind: HostMessage, _ body: WireWriter, fds: [Int32], timeout: Double?) throws(Unanswered) -> (WireReader, [Int32]) {
         let waiter = Waiter()
-        let sequence = try state.withLock { s throws(Closed) -> UInt32 in
-            if let reason = s.closed { throw Closed(reason: reason) }
+        let sequence = try state.withLock { s throws(Unanswered) -> UInt32 in
+            if let reason = s.closed { throw .closed(Closed(reason: reason)) }
             defer { s.next = s.next &+ 1 == 0 ? 1 : s.next &+ 1 }
             s.waiting[s.next] = waiter
             return s.next
         }
         guard write(kind.rawValue, sequence, body, fds: fds) else {
             _ = state.withLock { $0.waiting.removeValue(forKey: sequence) }
-            throw Closed(reason: "the other end is gone")
+            throw .closed(Closed(reason: "the other end is gone"))
         }
-        waiter.done.wait()
-        guard let reply = waiter.reply else { throw Closed(reason: state.withLock { $0.closed } ?? "closed") }
+        if let timeout, waiter.done.wait(timeout: .now() + timeout) == .timedOut {
+            // Unless the reader took it meanwhile (then its signal is on the way).
+            if state.withLock({ $0.waiting.removeValue(forKey: sequence) }) != nil { throw .timedOut }
+            waiter.done.wait()
+        } else if timeout == nil {
+            waiter.done.wait()
+        }
+        guard let reply = waiter.reply else { throw .closed(Closed(reason: state.withLock { $0.closed } ?? "closed")) }
         return reply
     }
 

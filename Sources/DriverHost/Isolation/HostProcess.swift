@@ -437,6 +437,8 @@ final class HostSide: @unchecked Sendable {
             return
         case .rngRead:
             readEntropy(&message, into: &reply)
+        case .controlCall:
+            callControl(&message, into: &reply)
         case .serialWrite:
             if let port = environment?.serialPort, let bytes = try? message.body.data() {
                 switch bytes.withUnsafeBytes({ port.write($0) }) {
@@ -515,6 +517,26 @@ final class HostSide: @unchecked Sendable {
             return (error, "\(error)")
         } catch {
             return (.invalid, "\(error)")
+        }
+    }
+
+    /// A control method of the instance for the Kernel (a running system's
+    /// `oyako driver call`): status, then the answer or why there is none.
+    private func callControl(_ message: inout HostLine.Incoming, into reply: inout WireWriter) {
+        guard let instance else { return reply.i32(OyStatus.state.rawValue) }
+        guard let method = try? message.body.string(), let count = try? message.body.u32(), count <= 64 else { return reply.i32(OyStatus.invalid.rawValue) }
+        var arguments: [String] = []
+        for _ in 0..<count {
+            guard let argument = try? message.body.string() else { return reply.i32(OyStatus.invalid.rawValue) }
+            arguments.append(argument)
+        }
+        do {
+            let answer = try instance.controlAnswer(method.isEmpty ? nil : method, arguments: arguments)
+            reply.i32(0)
+            reply.string(answer)
+        } catch {
+            reply.i32(OyStatus.invalid.rawValue)
+            reply.string(error.message)
         }
     }
 
