@@ -51,6 +51,8 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
         var leaving = false
         /// Set once attached: a host that dies while attaching is a failed attach, not a crash to recover.
         var attached = false
+        /// How the host process ended ("killed by signal 11 (SIGSEGV)"), once it has.
+        var ended: String?
         /// The entropy source the driver registered, if it is an rng driver.
         var entropy: HostedEntropySource?
         /// The serial port it registered, and the OS's port it serves.
@@ -456,10 +458,11 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
     // MARK: Control methods
 
     /// Calls a control method of the driver in its host (nil: lists them),
-    /// waiting at most `timeout` seconds. A method that does not return
-    /// holds the host's request loop, so its heartbeats stop and the
-    /// supervisor restarts it as hung; a host that dies in the call is
-    /// restarted as after any crash.
+    /// waiting at most `timeout` seconds. A method still running holds the
+    /// host's request loop, so its heartbeats stop, and past the hang
+    /// timeout the supervisor restarts it as hung (a slow method is let
+    /// finish until then); a host that dies in the call is restarted as
+    /// after any crash.
     func controlAnswer(_ method: String?, arguments: [String], timeout: Double) throws(ControlCallError) -> String {
         var body = WireWriter()
         body.string(method ?? "")
@@ -472,9 +475,13 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
             switch error {
             case .timedOut:
                 let what = method.map { "its control method \($0)" } ?? "listing its control methods"
-                throw ControlCallError(message: "\(label): \(what) did not return within \(String(format: "%g", timeout)) s; the driver host answers nothing else meanwhile, so it is restarted as hung")
+                let hang = kernel.map { String(format: " (%g s)", $0.supervisor.policy.hangTimeout.seconds) } ?? ""
+                throw ControlCallError(message: "\(label): \(what) did not return within \(String(format: "%g", timeout)) s; its driver host "
+                    + "answers nothing else meanwhile, and is restarted as hung if the call outlasts the hang timeout\(hang)")
             case .closed(let closed):
-                throw ControlCallError(message: "\(label): the driver host ended during the call (\(closed.reason)); it is restarted as after any crash")
+                // The line's end is handled (the process reaped) before callers hear of it.
+                let how = state.withLock { $0.ended } ?? closed.reason
+                throw ControlCallError(message: "\(label): the driver host ended during the call (\(how)); it is restarted as after any crash")
             }
         }
         let status = (try? reply.i32()) ?? OyStatus.deviceGone.rawValue
@@ -638,6 +645,7 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
             if waited == 0 { usleep(2000) }
         }
         let how = waited == pid ? Self.describe(status) : reason
+        state.withLock { $0.ended = how }
         log.record(.error, "kernel", "\(label) ended: \(how)")
         guard let kernel else { return }
         let address = slot.address
