@@ -131,7 +131,7 @@ struct DriverCommand: ParsableCommand {
         @Argument(help: "The method to call; omit to list the methods.")
         var method: String?
 
-        @Option(help: "Seconds the whole call (attach, call, detach) may take before it is stopped and reported as hung; 0: no limit.")
+        @Option(help: "Seconds the whole call (attach, call, detach) may take before it is stopped and reported as hung; 0: no limit. With --control, seconds the live call may take (at most 300).")
         var timeout: Double = 60
 
         @Argument(parsing: .allUnrecognized, help: "Arguments, as text in the method's declared types.")
@@ -174,7 +174,8 @@ struct DriverCommand: ParsableCommand {
 
         /// The call on a running system's live driver: each device's answer.
         private func callRunning(through control: String) throws {
-            let response = try exchange(.call(driver, method: method, arguments: arguments, timeout: timeout > 0 ? timeout : nil), with: control)
+            let limit = timeout > 0 ? timeout : ControlServer.callTimeouts.upperBound
+            let response = try exchange(.call(driver, method: method, arguments: arguments, timeout: limit), with: control)
             let calls = response.calls ?? []
             if calls.isEmpty { printError(response.message) }
             for call in calls {

@@ -188,8 +188,8 @@ public final class ControlServer: @unchecked Sendable {
         }
     }
 
-    /// The longest a control call may take in a driver host.
-    static let callTimeouts = 0.1...300.0
+    /// How long a control call may take in a driver host, in seconds.
+    public static let callTimeouts = 0.1...300.0
 
     private func call(_ request: ControlRequest) -> ControlResponse {
         guard let target = request.driver else { return .failed("call needs the driver's name (or name@device)") }

@@ -237,6 +237,17 @@ import Testing
         #expect(server.process.isRunning)
     }
 
+    /// With the drivers in serve's own process, the call goes to the
+    /// instance there.
+    @Test func controlMethodsOfInProcessDriversAreCalledToo() throws {
+        let server = try Server(drivers: [try Fixtures.referenceDriver("uart16550")], options: ["--in-process"])
+        defer { if server.process.isRunning { _ = server.stop() } }
+        let set = oyako(["driver", "call", "--control", server.control, "uart16550@00:03.0", "set_baud", "57600"])
+        #expect(set.status == 0 && set.stdout == "0\n", "\(set.output)")
+        let refused = oyako(["driver", "call", "--control", server.control, "uart16550", "set_baud", "fast"])
+        #expect(refused.status == 1 && refused.stderr.contains("argument 1 \"fast\" is not a valid u32"), "\(refused.output)")
+    }
+
     @Test func aKilledDriverHostIsReplacedWhileAVMDoesIO() throws {
         let server = try Server(drivers: [try Fixtures.referenceDriver("nvmelite")], options: ["--driver-hosts"])
         var printed = ""
