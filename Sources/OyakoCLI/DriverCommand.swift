@@ -216,7 +216,7 @@ enum DriverCallPhase {
         FileHandle.standardError.write(Data((marker + phase + "\n").utf8))
     }
 
-    /// The last phase the worker entered ("while attaching it" if none).
+    /// The last phase the worker entered (loading and attaching, if none).
     static func last(in stderr: String) -> String {
         stderr.split(separator: "\n").last { $0.hasPrefix(marker) }.map { String($0.dropFirst(marker.count)) } ?? "while loading and attaching it"
     }
