@@ -84,6 +84,14 @@ void oy_shim_full_barrier(void) {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 
+/* Closes `fd` after a failed call and returns -1, errno still the call's. */
+static int close_failing(int fd) {
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+}
+
 int oy_shim_tap_open(const char *name) {
     struct ifreq request;
     int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
@@ -92,10 +100,7 @@ int oy_shim_tap_open(const char *name) {
     request.ifr_flags = IFF_TAP | IFF_NO_PI;
     strncpy(request.ifr_name, name, IFNAMSIZ - 1);
     if (ioctl(fd, TUNSETIFF, &request) < 0) {
-        int saved = errno;
-        close(fd);
-        errno = saved;
-        return -1;
+        return close_failing(fd);
     }
     return fd;
 }
@@ -202,19 +207,15 @@ int oy_shim_unix_listen(const char *path, unsigned mode, int group) {
         if (fd < 0) return -1;
     }
     if (bind(fd, (struct sockaddr *)&address, sizeof(address)) != 0) {
-        int saved = errno;
-        close(fd);
-        errno = saved;
-        return -1;
+        return close_failing(fd);
     }
     // The group and mode are set between bind and listen: no one can
     // connect before they hold. A socket that cannot get them goes.
     if ((group != -1 && chown(path, (uid_t)-1, (gid_t)group) != 0) || chmod(path, mode) != 0 || listen(fd, 8) != 0) {
         int saved = errno;
         unlink(path);
-        close(fd);
         errno = saved;
-        return -1;
+        return close_failing(fd);
     }
     return fd;
 }
@@ -234,10 +235,7 @@ int oy_shim_unix_connect(const char *path) {
     int fd = unix_socket(path, &address);
     if (fd < 0) return -1;
     if (connect(fd, (struct sockaddr *)&address, sizeof(address)) != 0) {
-        int saved = errno;
-        close(fd);
-        errno = saved;
-        return -1;
+        return close_failing(fd);
     }
     return fd;
 }
