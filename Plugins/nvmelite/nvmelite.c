@@ -330,7 +330,8 @@ static int32_t nvl_submit(void *instance, oy_block_request *req) {
     case OY_BLOCK_READ:
     case OY_BLOCK_WRITE:
         if (req->block_count == 0 || req->data == NULL) return OY_E_INVALID;
-        if (req->block_count > d->max_blocks) return OY_E_INVALID;
+        /* Well formed but more than the device can do, or past its end. */
+        if (req->block_count > d->max_blocks) return OY_E_RANGE;
         if (req->lba >= d->block_count || req->block_count > d->block_count - req->lba) return OY_E_RANGE;
         cmd.opcode = req->op == OY_BLOCK_READ ? NVL_CMD_READ : NVL_CMD_WRITE;
         dir = req->op == OY_BLOCK_READ ? OY_DMA_FROM_DEVICE : OY_DMA_TO_DEVICE;

@@ -51,7 +51,8 @@ extension Catalogue {
                 return .passed(observation: rig.deviceObservation())
             }
         },
-        CheckDefinition("io.block.out-of-range", "out-of-range LBA rejected by the driver (the device does not check)", requires: ["io.basic"], classes: block, hostable: true) { c in
+        CheckDefinition("io.block.out-of-range", "out-of-range LBA and oversize requests refused with OY_E_RANGE by the driver (the device does not check)",
+                        requires: ["io.basic"], classes: block, hostable: true) { c in
             try withDriver(c) { rig in
                 guard let disk = rig.kernel.blockLayer.disks.first, let buffer = disk.allocateBuffer(length: 4 * disk.geometry.blockSize) else {
                     return .failed("no disk registered")
@@ -68,10 +69,13 @@ extension Catalogue {
                             + (reachedDevice > 0 ? "reached the device, which (like some hardware) does not check and read other blocks" : "succeeded")
                             + "; check the range in the driver and answer OY_E_RANGE without touching the device")
                     }
-                    guard status.isDefined else { return .failed("out-of-range read returned undefined code \(status.rawValue)") }
+                    guard status == .range else {
+                        return .failed("a read of 2 blocks at LBA \(lba) of \(disk.geometry.blockCount) answered \(status); an LBA range past the end is OY_E_RANGE (SDK/CLASSES.md)")
+                    }
                     statuses.append(status)
                 }
-                return .passed(observation: Observation(["statuses": Observation.statuses(statuses)]))
+                if let oversize = refusesOversize(disk, rig) { return .failed(oversize) }
+                return .passed(observation: Observation(["statuses": Observation.statuses(statuses + [.range])]))
             }
         },
         CheckDefinition("io.block.accounting", "every accepted request completes: 2000 reads and writes in flight at the driver's depth, none lost",
@@ -130,6 +134,22 @@ extension Catalogue {
     /// Submits `total` reads and writes of 1 to 8 blocks with as many in
     /// flight as the driver takes at once, then waits up to `deadline`
     /// seconds for the last completions: what never came back is lost.
+    /// A read one block longer than the driver's own max_transfer_blocks,
+    /// in range: nil when it is refused with OY_E_RANGE before the device
+    /// sees it, else what went wrong.
+    static func refusesOversize(_ disk: Disk, _ rig: Rig) -> String? {
+        let g = disk.geometry, over = g.maxTransferBlocks + 1
+        guard UInt64(over) <= g.blockCount, let buffer = disk.allocateBuffer(length: over * g.blockSize) else { return nil }
+        let commands = { rig.nvmes.reduce(0) { $0 + $1.statistics.commands } }
+        let before = commands()
+        let status = submitDirect(disk, .read, lba: 0, blocks: over, data: buffer.pointer)
+        let sent = commands() - before
+        guard status != .range || sent > 0 else { return nil }
+        return "a read of \(over) blocks, one more than the max_transfer_blocks of \(g.maxTransferBlocks) the driver registered, "
+            + (status.isOK ? "succeeded" : "answered \(status)") + (sent > 0 ? " after reaching the device" : "")
+            + "; refuse it with OY_E_RANGE before the device sees it (SDK/CLASSES.md)"
+    }
+
     static func accountRequests(_ disk: Disk, total: Int, deadline: Double) -> (lost: Int, heldByDriver: Int, failed: Int) {
         let g = disk.geometry
         let depth = max(1, g.queueDepth)

@@ -186,6 +186,14 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "        if (req->lba >= d->block_count || req->block_count > d->block_count - req->lba) return OY_E_RANGE;\n", ""
             )])
         }, expected: ["io.block.out-of-range": .failed]),
+        Case(defect: "takes requests longer than its own max_transfer_blocks", build: {
+            try Fixtures.mutatedReferenceDriver("nvmelite", [("        if (req->block_count > d->max_blocks) return OY_E_RANGE;\n", "")])
+        }, expected: ["io.block.out-of-range": .failed]),
+        Case(defect: "answers a range past the end with another code than OY_E_RANGE", build: {
+            try Fixtures.mutatedReferenceDriver("nvmelite", [(
+                "req->block_count > d->block_count - req->lba) return OY_E_RANGE;", "req->block_count > d->block_count - req->lba) return OY_E_INVALID;"
+            )])
+        }, expected: ["io.block.out-of-range": .failed]),
         // Mutated copies of the serial reference driver (SDK/CLASSES.md, Serial).
         Case(defect: "divisor 16× off (forgets the clock's /16)", build: {
             try Fixtures.mutatedReferenceDriver("uart16550", [("divisor = U_CLOCK / 16u / line->baud;", "divisor = U_CLOCK / line->baud;")])
@@ -270,6 +278,13 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
             }
             if fixture.defect == "crashes in a driver host" && id == "host.attach" {
                 #expect(results.allSatisfy { $0.message.contains("SIGSEGV") }, "the host's death is named: \(results.map(\.message))")
+            }
+            if fixture.defect == "takes requests longer than its own max_transfer_blocks" {
+                #expect(results.allSatisfy { $0.message.contains("one more than the max_transfer_blocks of 256 the driver registered") && $0.message.contains("after reaching the device") },
+                        "\(results.map(\.message))")
+            }
+            if fixture.defect == "answers a range past the end with another code than OY_E_RANGE" {
+                #expect(results.allSatisfy { $0.message.contains("answered OY_E_INVALID") && $0.message.contains("is OY_E_RANGE") }, "\(results.map(\.message))")
             }
             if fixture.defect == "request completed twice" {
                 #expect(results.allSatisfy { $0.message.contains("completed twice") && $0.message.contains("interrupt handler") }, "\(results.map(\.message))")
