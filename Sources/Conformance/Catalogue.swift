@@ -376,16 +376,18 @@ enum Catalogue {
     static let nullDevice = "with a NULL oy_device handle"
 
     static let badInput: [CheckDefinition] = [
-        CheckDefinition("badinput.null-args", "NULL and out-of-range arguments return OY_E_INVALID (or the documented code)", requires: ["lifecycle.attach"], tolerates: [Self.nullDevice]) { c in
-            let statuses = try badInputStatuses(c)
-            let wrong = statuses.filter { !($0.1 == .invalid || $0.1 == .range || $0.1 == .notSupported) }
-            let observation = Observation(Dictionary(uniqueKeysWithValues: statuses.map { ($0.0.replacingOccurrences(of: ";", with: ","), Observation.statuses([$0.1])) }))
-            return wrong.isEmpty ? .passed("\(statuses.count) calls", observation: observation) : .failed(wrong.prefix(3).map { "\($0.0) returned \($0.1)" }.joined(separator: "; "))
+        CheckDefinition("badinput.null-args", "NULL and out-of-range arguments return the code SDK/CLASSES.md names (OY_E_INVALID, OY_E_RANGE)", requires: ["lifecycle.attach"], tolerates: [Self.nullDevice]) { c in
+            let calls = try badInputStatuses(c)
+            let wrong = calls.filter { !$0.expected.contains($0.status) }
+            let observation = Observation(Dictionary(uniqueKeysWithValues: calls.map { ($0.call.replacingOccurrences(of: ";", with: ","), Observation.statuses([$0.status])) }))
+            guard wrong.isEmpty else {
+                return .failed(wrong.prefix(3).map { "\($0.call) returned \($0.status); SDK/CLASSES.md names \($0.expected.compactMap(\.name).sorted().joined(separator: " or "))" }.joined(separator: "; "))
+            }
+            return .passed("\(calls.count) calls, each answered with its documented code", observation: observation)
         },
         CheckDefinition("badinput.error-codes", "every returned error code is defined and has a string", requires: ["lifecycle.attach"], tolerates: [Self.nullDevice]) { c in
-            let statuses = try badInputStatuses(c)
-            let undefined = statuses.filter { !$0.1.isDocumented }
-            return undefined.isEmpty ? .passed() : .failed(undefined.prefix(3).map { "\($0.0) returned undefined code \($0.1.rawValue)" }.joined(separator: "; ") + "; use OY_E* codes or the vendor range")
+            let undefined = try badInputStatuses(c).filter { !$0.status.isDocumented }
+            return undefined.isEmpty ? .passed() : .failed(undefined.prefix(3).map { "\($0.call) returned undefined code \($0.status.rawValue)" }.joined(separator: "; ") + "; use OY_E* codes or the vendor range")
         },
     ]
 
@@ -471,34 +473,38 @@ enum Catalogue {
         return result.withLock { $0 }
     }
 
-    /// Bad calls into probe, attach and the class operations, with what
-    /// each returned.
-    static func badInputStatuses(_ c: CheckContext) throws -> [(String, OyStatus)] {
+    /// Bad calls into probe, attach and the class operations, what each
+    /// returned, and what SDK/CLASSES.md says it must (probe may also say
+    /// the device is not its own).
+    static func badInputStatuses(_ c: CheckContext) throws -> [(call: String, status: OyStatus, expected: Set<OyStatus>)] {
         let rig = try Rig(c)
         defer { rig.shutdown() }
-        var out: [(String, OyStatus)] = [("probe(NULL)", rig.library.raw.probe(nil)), ("attach(NULL device)", rig.library.raw.attachWithoutDevice())]
+        let invalid: Set<OyStatus> = [.invalid], range: Set<OyStatus> = [.range], probe: Set<OyStatus> = [.invalid, .notSupported]
+        var out: [(call: String, status: OyStatus, expected: Set<OyStatus>)] = [
+            ("probe(NULL)", rig.library.raw.probe(nil), probe), ("attach(NULL device)", rig.library.raw.attachWithoutDevice(), invalid),
+        ]
         let short = HostDeviceInfo(vendorID: 0x0A7A, deviceID: 1, classCode: 0, revision: 1, bars: [], interruptCount: 0, location: "x")
-        out.append(("probe(info with struct_size 4)", rig.library.raw.probe(short, structSize: 4)))
+        out.append(("probe(info with struct_size 4)", rig.library.raw.probe(short, structSize: 4), probe))
         let instance = try rig.attach()
         defer { instance.detach() }
         if let disk = instance.disks.first {
-            out.append(("block submit(NULL)", disk.submitUnchecked(request: false)))
-            out.append(("block submit(op 99)", disk.submitUnchecked { $0.op = 99; $0.block_count = 1 }))
-            out.append(("block submit(read, data NULL)", disk.submitUnchecked { $0.op = 1; $0.block_count = 1; $0.data = nil }))
-            out.append(("block submit(struct_size 8)", disk.submitUnchecked { $0.struct_size = 8; $0.op = 1 }))
+            out.append(("block submit(NULL)", disk.submitUnchecked(request: false), invalid))
+            out.append(("block submit(op 99)", disk.submitUnchecked { $0.op = 99; $0.block_count = 1 }, invalid))
+            out.append(("block submit(read, data NULL)", disk.submitUnchecked { $0.op = 1; $0.block_count = 1; $0.data = nil }, invalid))
+            out.append(("block submit(struct_size 8)", disk.submitUnchecked { $0.struct_size = 8; $0.op = 1 }, invalid))
         }
         if let netdev = instance.netdevs.first {
-            out.append(("net transmit(NULL)", netdev.transmitUnchecked(frame: false)))
-            out.append(("net transmit(data NULL)", netdev.transmitUnchecked(frame: true)))
-            if let s = netdev.statsUnchecked() { out.append(("net get_stats(NULL)", s)) }
-            if let s = netdev.setFilterUnchecked(count: 3, nullAddresses: true) { out.append(("net set_filter(NULL, 3)", s)) }
-            if let s = netdev.setFilterUnchecked(count: 4096, nullAddresses: false) { out.append(("net set_filter(4096 addresses)", s)) }
+            out.append(("net transmit(NULL)", netdev.transmitUnchecked(frame: false), invalid))
+            out.append(("net transmit(data NULL)", netdev.transmitUnchecked(frame: true), invalid))
+            if let s = netdev.statsUnchecked() { out.append(("net get_stats(NULL)", s, invalid)) }
+            if let s = netdev.setFilterUnchecked(count: 3, nullAddresses: true) { out.append(("net set_filter(NULL, 3)", s, invalid)) }
+            if let s = netdev.setFilterUnchecked(count: 4096, nullAddresses: false) { out.append(("net set_filter(4096 addresses)", s, range)) }
         }
         if let port = rig.kernel.serial.ports.first?.port as? RegisteredSerialPort {
-            out.append(("serial write(NULL, 5)", port.writeUnchecked(nullData: true)))
-            out.append(("serial write(written NULL)", port.writeUnchecked(nullData: false)))
-            if let s = port.setLineUnchecked() { out.append(("serial set_line(NULL)", s)) }
-            out.append(("serial set_line(0 baud)", port.setLine(SerialLine(baud: 0))))
+            out.append(("serial write(NULL, 5)", port.writeUnchecked(nullData: true), invalid))
+            out.append(("serial write(written NULL)", port.writeUnchecked(nullData: false), invalid))
+            if let s = port.setLineUnchecked() { out.append(("serial set_line(NULL)", s, invalid)) }
+            out.append(("serial set_line(0 baud)", port.setLine(SerialLine(baud: 0)), range))
         }
         return out
     }

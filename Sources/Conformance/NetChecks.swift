@@ -37,7 +37,9 @@ extension Catalogue {
                     let bytes = [UInt8](repeating: 0x02, count: length)
                     bytes.withUnsafeBytes { frame.prepare($0) { _ in } }
                     let status = netdev.transmit(frame)
-                    guard !status.isOK else { return .failed("transmit accepted a \(length)-byte frame (max_frame \(netdev.maxFrame)); refuse it with OY_E_INVALID") }
+                    guard status == .invalid else {
+                        return .failed("transmit " + (status.isOK ? "accepted" : "answered \(status) to") + " a \(length)-byte frame (max_frame \(netdev.maxFrame)); refuse it with OY_E_INVALID")
+                    }
                     statuses.append(status)
                 }
                 var observation = rig.deviceObservation()

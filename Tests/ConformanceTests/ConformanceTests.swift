@@ -194,6 +194,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "req->block_count > d->block_count - req->lba) return OY_E_RANGE;", "req->block_count > d->block_count - req->lba) return OY_E_INVALID;"
             )])
         }, expected: ["io.block.out-of-range": .failed]),
+        Case(defect: "a filter too long for the device answered OY_E_INVALID, not OY_E_RANGE", build: {
+            try Fixtures.mutatedReferenceDriver("e1klite", [("    if (count > E1K_RA_ENTRIES - 1u) return OY_E_RANGE;", "    if (count > E1K_RA_ENTRIES - 1u) return OY_E_INVALID;")])
+        }, expected: ["badinput.null-args": .failed]),
         // Mutated copies of the serial reference driver (SDK/CLASSES.md, Serial).
         Case(defect: "divisor 16× off (forgets the clock's /16)", build: {
             try Fixtures.mutatedReferenceDriver("uart16550", [("divisor = U_CLOCK / 16u / line->baud;", "divisor = U_CLOCK / line->baud;")])
@@ -285,6 +288,10 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
             }
             if fixture.defect == "answers a range past the end with another code than OY_E_RANGE" {
                 #expect(results.allSatisfy { $0.message.contains("answered OY_E_INVALID") && $0.message.contains("is OY_E_RANGE") }, "\(results.map(\.message))")
+            }
+            if fixture.defect == "a filter too long for the device answered OY_E_INVALID, not OY_E_RANGE" {
+                #expect(results.allSatisfy { $0.message.contains("net set_filter(4096 addresses) returned OY_E_INVALID") && $0.message.contains("names OY_E_RANGE") },
+                        "\(results.map(\.message))")
             }
             if fixture.defect == "request completed twice" {
                 #expect(results.allSatisfy { $0.message.contains("completed twice") && $0.message.contains("interrupt handler") }, "\(results.map(\.message))")
