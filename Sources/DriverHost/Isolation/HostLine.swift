@@ -232,11 +232,13 @@ public final class HostLine: @unchecked Sendable {
             _ = state.withLock { $0.waiting.removeValue(forKey: sequence) }
             throw .closed(Closed(reason: "the other end is gone"))
         }
-        if let timeout, waiter.done.wait(timeout: .now() + timeout) == .timedOut {
-            // Unless the reader took it meanwhile (then its signal is on the way).
-            if state.withLock({ $0.waiting.removeValue(forKey: sequence) }) != nil { throw .timedOut }
-            waiter.done.wait()
-        } else if timeout == nil {
+        if let timeout {
+            if waiter.done.wait(timeout: .now() + timeout) == .timedOut {
+                // Given up, unless the reader took the reply meanwhile: then its signal is on the way.
+                guard state.withLock({ $0.waiting.removeValue(forKey: sequence) }) == nil else { throw .timedOut }
+                waiter.done.wait()
+            }
+        } else {
             waiter.done.wait()
         }
         guard let reply = waiter.reply else { throw .closed(Closed(reason: state.withLock { $0.closed } ?? "closed")) }
