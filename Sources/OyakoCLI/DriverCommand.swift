@@ -128,6 +128,9 @@ struct DriverCommand: ParsableCommand {
         @Option(help: ArgumentHelp("Call the driver running in the `oyako serve` behind this control socket.", valueName: "socket"))
         var control: String?
 
+        @Flag(help: "With --control: print the response as JSON (each device's answer in calls[]).")
+        var json = false
+
         @Argument(help: "The method to call; omit to list the methods.")
         var method: String?
 
@@ -139,6 +142,7 @@ struct DriverCommand: ParsableCommand {
 
         func validate() throws {
             guard timeout >= 0, timeout.isFinite else { throw ValidationError("--timeout takes a number of seconds, 0 or more") }
+            guard !json || control != nil else { throw ValidationError("--json goes with --control (a running system's answer)") }
         }
 
         func run() throws {
@@ -176,6 +180,11 @@ struct DriverCommand: ParsableCommand {
         private func callRunning(through control: String) throws {
             let limit = timeout > 0 ? timeout : ControlServer.callTimeouts.upperBound
             let response = try exchange(.call(driver, method: method, arguments: arguments, timeout: limit), with: control)
+            if json {
+                try printJSON(response)
+                if !response.ok { throw ExitCode.failure }
+                return
+            }
             let calls = response.calls ?? []
             if calls.isEmpty { printError(response.message) }
             for call in calls {

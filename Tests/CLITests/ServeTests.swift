@@ -207,6 +207,8 @@ import Testing
             oyako(["driver", "call", "--control", server.control] + words)
         }
         #expect(call(["uart16550", "set_baud", "57600"]).stdout == "0\n")
+        let json = try JSONDecoder().decode(ControlResponse.self, from: Data(call(["nvmelite", "block_size", "--json"]).stdout.utf8))
+        #expect(json.ok && json.calls == [ControlResponse.Call(device: "00:01.0", ok: true, answer: "512")], "\(json)")
         #expect(call(["uart16550", "set_baud", "57601"]).stdout.contains("-11 (OY_E_RANGE"))
         #expect(call(["nvmelite@00:01.0", "block_count"]).stdout == "\(32 << 11)\n", "the live disk's size: 32 MiB of 512-byte blocks")
         let listed = call(["nvmelite"])
