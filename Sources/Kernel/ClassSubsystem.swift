@@ -75,7 +75,6 @@ extension HostedBinding {
 /// is restarted or replaced, the device (its name, its users) waits for the
 /// next one.
 protocol ParkableDevice: AnyObject, Sendable {
-    var name: String { get }
     /// Its bus location ("00:03.0").
     var location: String { get }
     var awaitsDriver: Bool { get }
@@ -112,8 +111,6 @@ final class ParkableDevices<Device: ParkableDevice>: Sendable {
     func release(where matches: (Device) -> Bool) -> Device? {
         named.remove { matches($0) && !isParked($0.location) }
     }
-
-    func remove(where matches: (Device) -> Bool) -> Device? { named.remove(where: matches) }
 
     /// The driver at `location` is being restarted or replaced.
     func park(_ location: String, drainUntil: Date) {
