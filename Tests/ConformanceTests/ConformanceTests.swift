@@ -197,6 +197,18 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         Case(defect: "a filter too long for the device answered OY_E_INVALID, not OY_E_RANGE", build: {
             try Fixtures.mutatedReferenceDriver("e1klite", [("    if (count > E1K_RA_ENTRIES - 1u) return OY_E_RANGE;", "    if (count > E1K_RA_ENTRIES - 1u) return OY_E_INVALID;")])
         }, expected: ["badinput.null-args": .failed]),
+        // set_filter that answers OK and leaves the device as it was: a
+        // switch port on this NIC never sees its children's frames.
+        Case(defect: "set_filter ignores PROMISCUOUS", build: {
+            try Fixtures.mutatedReferenceDriver("e1klite", [("    if (flags & OY_NET_FILTER_PROMISCUOUS) rctl |= E1K_RCTL_UPE;\n", "")])
+        }, expected: ["io.net.filter": .failed]),
+        Case(defect: "set_filter programs the device before refusing a list too long for it", build: {
+            try Fixtures.mutatedReferenceDriver("e1klite", [
+                ("    if (count > E1K_RA_ENTRIES - 1u) return OY_E_RANGE;\n", ""),
+                ("    e1k_write(d, E1K_RCTL, rctl);\n    return OY_OK;", "    e1k_write(d, E1K_RCTL, rctl);\n    return count > E1K_RA_ENTRIES - 1u ? OY_E_RANGE : OY_OK;"),
+                ("        if (i <= count) {", "        if (i <= count && i < E1K_RA_ENTRIES) {"),
+            ])
+        }, expected: ["io.net.filter": .failed]),
         // Mutated copies of the serial reference driver (SDK/CLASSES.md, Serial).
         Case(defect: "divisor 16× off (forgets the clock's /16)", build: {
             try Fixtures.mutatedReferenceDriver("uart16550", [("divisor = U_CLOCK / 16u / line->baud;", "divisor = U_CLOCK / line->baud;")])
@@ -288,6 +300,14 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
             }
             if fixture.defect == "answers a range past the end with another code than OY_E_RANGE" {
                 #expect(results.allSatisfy { $0.message.contains("answered OY_E_INVALID") && $0.message.contains("is OY_E_RANGE") }, "\(results.map(\.message))")
+            }
+            if fixture.defect == "set_filter ignores PROMISCUOUS" {
+                #expect(results.allSatisfy { $0.message.contains("after set_filter(0 addresses, PROMISCUOUS), a frame to 02:00:5e:10:00:03 was not passed up") },
+                        "\(results.map(\.message))")
+            }
+            if fixture.defect == "set_filter programs the device before refusing a list too long for it" {
+                #expect(results.allSatisfy { $0.message.contains("set_filter(4096 addresses, BROADCAST), refused") && $0.message.contains("must leave the filter unchanged") },
+                        "\(results.map(\.message))")
             }
             if fixture.defect == "a filter too long for the device answered OY_E_INVALID, not OY_E_RANGE" {
                 #expect(results.allSatisfy { $0.message.contains("net set_filter(4096 addresses) returned OY_E_INVALID") && $0.message.contains("names OY_E_RANGE") },

@@ -77,8 +77,10 @@ typedef struct oy_net_ops {
      * for. [any-thread] */
     int32_t (*get_stats)(void *instance, oy_net_stats *out);
     /* Program the receive filter: `count` 6-byte addresses at `macs`
-     * (copied) plus oy_net_filter_flags. OY_E_RANGE when the device holds
-     * fewer addresses. [passive] */
+     * (copied) plus oy_net_filter_flags, replacing the previous ones. The
+     * interface's own address is always accepted besides. OY_E_RANGE when
+     * the device holds fewer addresses, and the filter stays as it was.
+     * [passive] */
     int32_t (*set_filter)(void *instance, const uint8_t *macs, uint32_t count, uint32_t flags);
 } oy_net_ops;
 
