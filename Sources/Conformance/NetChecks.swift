@@ -57,6 +57,17 @@ extension Catalogue {
                 return .passed("\(FilterProbe.steps.count) filters, each asked for and observed on the wire", observation: Observation(["filters": "\(FilterProbe.steps.count)"]))
             }
         },
+        CheckDefinition("io.net.rings", "1000 frames each way, around the rings many times: all intact and in order, every transmit completed once",
+                        requires: ["io.basic"], classes: net, hostable: true) { c in
+            try withDriver(c) { rig in
+                guard let interface = rig.kernel.network.interfaces.first, let (_, recorder) = rig.nics.first else { return .failed("no interface registered") }
+                let traffic = RingTraffic(interface: interface, recorder: recorder)
+                if let failure = traffic.transmit() ?? traffic.receive() {
+                    return .failed(failure)
+                }
+                return .passed("\(RingTraffic.count) frames each way", observation: Observation(["frames_each_way": "\(RingTraffic.count)"]))
+            }
+        },
         CheckDefinition("io.net.link", "link down and up observed", requires: ["io.basic"], classes: net, hostable: true) { c in
             try withDriver(c) { rig in
                 guard let interface = rig.kernel.network.interfaces.first, let (nic, _) = rig.nics.first else { return .failed("no interface registered") }
@@ -146,4 +157,76 @@ struct FilterProbe {
     }
 
     static func text(_ mac: [UInt8]) -> String { mac.map { String(format: "%02x", $0) }.joined(separator: ":") }
+}
+
+/// Many more frames than a NIC's descriptor rings hold, both ways: the
+/// wrap-around of every ring index is where drivers lose frames and
+/// completions.
+struct RingTraffic {
+    let interface: NetInterface
+    let recorder: FrameRecorder
+    static let count = 1000
+    /// Frames injected at once: fewer than any receive ring has descriptors.
+    static let burst = 16
+    static let peer: [UInt8] = [0x02, 0x00, 0x5E, 0x10, 0xEE, 0x02]
+
+    /// Frame `n` of a run: 60 to 1514 bytes, its number in the payload.
+    static func frame(_ n: Int, to destination: [UInt8], from source: [UInt8]) -> [UInt8] {
+        let length = 60 + (n * 97) % 1455
+        let number = withUnsafeBytes(of: UInt32(n).bigEndian) { Array($0) }
+        return destination + source + [0x88, 0xB5] + number + (0..<(length - 18)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ n) }
+    }
+
+    /// What went wrong sending `count` frames through the interface, or nil.
+    func transmit() -> String? {
+        let wireBefore = recorder.wait(count: 0, timeout: 0).count
+        let countersBefore = interface.counters
+        let frames = (0..<Self.count).map { Self.frame($0, to: Self.peer, from: interface.mac) }
+        for (n, frame) in frames.enumerated() where !interface.send(frame) {
+            return "the interface refused frame \(n) of \(Self.count) (its software queue is full: transmits are not completing)"
+        }
+        let wire = Array(recorder.wait(count: wireBefore + Self.count, timeout: 20).dropFirst(wireBefore))
+        if let n = zip(wire, frames).enumerated().first(where: { Array($0.element.0.prefix($0.element.1.count)) != $0.element.1 })?.offset {
+            return "transmitted frame \(n) reached the wire altered or out of order"
+        }
+        guard wire.count >= Self.count else {
+            return "\(wire.count) of \(Self.count) transmitted frames reached the wire; the rest never left (the ring wraps every few hundred frames)"
+        }
+        let deadline = Date(timeIntervalSinceNow: 5)
+        var completed = 0, failed = 0
+        repeat {
+            let now = interface.counters
+            completed = now.txFrames - countersBefore.txFrames
+            failed = now.txErrors - countersBefore.txErrors
+            if completed + failed >= Self.count { break }
+            Thread.sleep(forTimeInterval: 0.005)
+        } while Date() < deadline
+        guard failed == 0 else { return "\(failed) of \(Self.count) frames that reached the wire were completed with an error" }
+        guard completed == Self.count else {
+            return "\(Self.count - completed) of \(Self.count) transmitted frames were sent but never completed (tx_complete exactly once per accepted frame)"
+        }
+        return nil
+    }
+
+    /// What went wrong receiving `count` frames from the wire, or nil.
+    func receive() -> String? {
+        let received = Mutex<[[UInt8]]>([])
+        interface.setUpperLayer { bytes in received.withLock { $0.append(Array(bytes)) } }
+        defer { interface.setUpperLayer(nil) }
+        let frames = (0..<Self.count).map { Self.frame($0, to: interface.mac, from: Self.peer) }
+        for start in stride(from: 0, to: Self.count, by: Self.burst) {
+            let end = min(start + Self.burst, Self.count)
+            for frame in frames[start..<end] { recorder.inject(frame) }
+            let deadline = Date(timeIntervalSinceNow: 5)
+            while received.withLock({ $0.count }) < end && Date() < deadline { Thread.sleep(forTimeInterval: 0.001) }
+            let got = received.withLock { $0 }
+            if let n = zip(got, frames).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset {
+                return "received frame \(n) was passed up altered or out of order"
+            }
+            guard got.count >= end else {
+                return "after \(start) frames had come in from the wire, the driver passed up only \(got.count - start) of the next \(end - start): receiving stopped"
+            }
+        }
+        return nil
+    }
 }
