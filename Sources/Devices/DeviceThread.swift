@@ -23,16 +23,13 @@ final class DeviceThread: @unchecked Sendable {
             running_ = true
             stopped = false
         }
-        let thread = Thread { [self] in
-            nameCurrentThread(name)
+        startThread(named: name) { [self] in
             condition.lock()
             body()
             stopped = true
             condition.broadcast()
             condition.unlock()
         }
-        thread.name = name
-        thread.start()
     }
 
     /// Ends the loop and waits until the thread has left it: no DMA or

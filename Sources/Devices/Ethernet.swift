@@ -1,6 +1,7 @@
 import CSystemShims
 import Foundation
 import Glibc
+import Machine
 import SystemPackage
 
 /// One end of an Ethernet link: a NIC model.
@@ -91,9 +92,7 @@ public final class TAPWire: Wire, @unchecked Sendable {
     public func connect(_ nic: any WireEnd) {
         end = nic
         nic.setCarrier(true)
-        let thread = Thread { [self] in readLoop() }
-        thread.name = "tap-\(name)"
-        thread.start()
+        startThread(named: "tap-\(name)") { [self] in readLoop() }
     }
 
     /// Stops the reader thread; the interface disappears with the object.

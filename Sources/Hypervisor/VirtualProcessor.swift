@@ -33,50 +33,39 @@ public final class VirtualProcessor: @unchecked Sendable {
 
     /// Installs the OS's interrupt handlers (called on the VP thread).
     public func setHandlers(sint: @escaping @Sendable (Int) -> Void, vector: (@Sendable (Int) -> Void)? = nil) {
-        condition.lock()
-        sintHandler = sint
-        vectorHandler = vector
-        condition.unlock()
+        condition.withLock {
+            sintHandler = sint
+            vectorHandler = vector
+        }
     }
 
     /// Starts the VP's thread running `body`.
     public func start(name: String, body: @escaping @Sendable (VirtualProcessor) -> Void) {
-        condition.lock()
-        stopped = false
-        finished = false
-        condition.unlock()
-        let thread = Thread { [self] in
-            nameCurrentThread(name)
-            body(self)
-            condition.lock()
-            finished = true
-            condition.broadcast()
-            condition.unlock()
+        condition.withLock {
+            stopped = false
+            finished = false
         }
-        thread.name = name
-        thread.start()
+        startThread(named: name) { [self] in
+            body(self)
+            condition.withLock {
+                finished = true
+                condition.broadcast()
+            }
+        }
     }
 
     /// Asks the running code to return (halts end) and waits until it has.
     public func stop() {
-        condition.lock()
-        stopped = true
-        condition.broadcast()
-        while !finished { condition.wait() }
-        condition.unlock()
+        condition.withLock {
+            stopped = true
+            condition.broadcast()
+            while !finished { condition.wait() }
+        }
     }
 
-    public var isStopped: Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        return stopped
-    }
+    public var isStopped: Bool { condition.withLock { stopped } }
 
-    public var statistics: Statistics {
-        condition.lock()
-        defer { condition.unlock() }
-        return stats
-    }
+    public var statistics: Statistics { condition.withLock { stats } }
 
     /// Halts until `done()` is true, the VP is stopped, or `timeout` passed,
     /// delivering interrupts meanwhile. Returns false on timeout or stop.
@@ -121,16 +110,16 @@ public final class VirtualProcessor: @unchecked Sendable {
     }
 
     func raiseSINT(_ sint: Int) {
-        condition.lock()
-        pendingSINTs |= 1 << UInt16(sint)
-        condition.signal()
-        condition.unlock()
+        condition.withLock {
+            pendingSINTs |= 1 << UInt16(sint)
+            condition.signal()
+        }
     }
 
     func injectVector(_ vector: Int) {
-        condition.lock()
-        pendingVectors.append(vector)
-        condition.signal()
-        condition.unlock()
+        condition.withLock {
+            pendingVectors.append(vector)
+            condition.signal()
+        }
     }
 }

@@ -110,9 +110,7 @@ public final class DriverSupervisor: @unchecked Sendable {
             return !s.watching
         }
         guard first else { return }
-        let thread = Thread { [weak self] in self?.watch() }
-        thread.name = "oyako-driver-watchdog"
-        thread.start()
+        startThread(named: "oyako-driver-watchdog") { [weak self] in self?.watch() }
     }
 
     /// Stops the watchdog; it leaves within one period.

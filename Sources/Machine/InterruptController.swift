@@ -31,86 +31,73 @@ public final class InterruptController: @unchecked Sendable {
     private var queueHead = 0
     private var stats = Statistics()
     private var running = true
-    private var thread: Thread?
 
     /// Starts the interrupt thread. It keeps the controller alive until
     /// `shutdown()`, as a powered CPU would.
     public init(name: String = "cpu0-irq") {
-        let thread = Thread { [self] in
-            nameCurrentThread(name)
-            self.deliveryLoop()
-        }
-        thread.name = name
-        self.thread = thread
-        thread.start()
+        startThread(named: name) { [self] in deliveryLoop() }
     }
 
     /// Stops the interrupt thread; pending interrupts are dropped.
     public func shutdown() {
-        condition.lock()
-        running = false
-        condition.broadcast()
-        condition.unlock()
+        condition.withLock {
+            running = false
+            condition.broadcast()
+        }
     }
 
     /// Allocates `count` consecutive vectors, masked and without handlers.
     public func allocate(count: Int) -> Range<Vector> {
-        condition.lock()
-        defer { condition.unlock() }
-        let start = lines.count
-        lines.append(contentsOf: Array(repeating: Line(), count: count))
-        return start..<(start + count)
+        condition.withLock {
+            let start = lines.count
+            lines.append(contentsOf: Array(repeating: Line(), count: count))
+            return start..<(start + count)
+        }
     }
 
     /// Installs or removes the handler of `vector`. Removing waits until a
     /// running handler has returned, so its context may then be freed.
     public func setHandler(_ vector: Vector, _ handler: Handler?) {
-        condition.lock()
-        defer { condition.unlock() }
-        precondition(lines.indices.contains(vector), "unknown vector \(vector)")
-        lines[vector].handler = handler
-        if handler == nil {
-            lines[vector].pending = false
-            while lines[vector].inService { condition.wait() }
+        condition.withLock {
+            precondition(lines.indices.contains(vector), "unknown vector \(vector)")
+            lines[vector].handler = handler
+            if handler == nil {
+                lines[vector].pending = false
+                while lines[vector].inService { condition.wait() }
+            }
         }
     }
 
     public func mask(_ vector: Vector) {
-        condition.lock()
-        lines[vector].masked = true
-        condition.unlock()
+        condition.withLock { lines[vector].masked = true }
     }
 
     public func unmask(_ vector: Vector) {
-        condition.lock()
-        lines[vector].masked = false
-        if lines[vector].pending {
-            lines[vector].pending = false
-            enqueueLocked(vector)
+        condition.withLock {
+            lines[vector].masked = false
+            if lines[vector].pending {
+                lines[vector].pending = false
+                enqueueLocked(vector)
+            }
         }
-        condition.unlock()
     }
 
     /// Raised by a device. [any-thread]
     public func raise(_ vector: Vector) {
-        condition.lock()
-        defer { condition.unlock() }
-        guard lines.indices.contains(vector), lines[vector].handler != nil else {
-            stats.spurious += 1
-            return
-        }
-        if lines[vector].masked {
-            lines[vector].pending = true
-        } else {
-            enqueueLocked(vector)
+        condition.withLock {
+            guard lines.indices.contains(vector), lines[vector].handler != nil else {
+                stats.spurious += 1
+                return
+            }
+            if lines[vector].masked {
+                lines[vector].pending = true
+            } else {
+                enqueueLocked(vector)
+            }
         }
     }
 
-    public var statistics: Statistics {
-        condition.lock()
-        defer { condition.unlock() }
-        return stats
-    }
+    public var statistics: Statistics { condition.withLock { stats } }
 
     private func enqueueLocked(_ vector: Vector) {
         if lines[vector].queued {

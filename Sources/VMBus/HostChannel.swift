@@ -74,12 +74,7 @@ public final class HostChannel: @unchecked Sendable {
     }
 
     func start() {
-        let thread = Thread { [self] in
-            nameCurrentThread("ch-\(name)")
-            run()
-        }
-        thread.name = "vmbus-\(name)"
-        thread.start()
+        startThread(named: "ch-\(name)") { [self] in run() }
     }
 
     public var statistics: Statistics { condition.withLock { stats } }
