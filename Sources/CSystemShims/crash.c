@@ -7,6 +7,8 @@
 #include "CSystemShims.h"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <errno.h>
 #include <dlfcn.h>
@@ -20,11 +22,14 @@
 #include <unistd.h>
 
 static int crash_fd = -1;
+/* Where this thread's handler writes: the crash reporter's descriptor, or
+ * a hang collection's (oy_shim_collect_hangs). Set by each handler first. */
+static _Thread_local int put_fd = -1;
 
 static void put(const char *s) {
     size_t n = strlen(s);
     while (n > 0) {
-        ssize_t w = write(crash_fd, s, n);
+        ssize_t w = write(put_fd, s, n);
         if (w <= 0) return;
         s += w;
         n -= (size_t)w;
@@ -76,6 +81,7 @@ static void on_fatal(int signal, siginfo_t *info, void *context) {
     int count, i, start;
     ucontext_t *uc = (ucontext_t *)context;
     void *pc = NULL;
+    put_fd = crash_fd;
 #if defined(__x86_64__)
     pc = (void *)(uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
 #elif defined(__aarch64__)
@@ -111,15 +117,23 @@ static void on_fatal(int signal, siginfo_t *info, void *context) {
 static volatile int hang_writer;
 /* Said after the callback's name when not empty (a driver host's reports). */
 static const char *hang_origin = "";
+/* While a collection runs (oy_shim_collect_hangs): where reports go, and
+ * how many signalled threads have finished their handler. */
+static volatile int collect_fd = -1;
+static volatile int hang_answers;
 
 static void on_hang_report(int signal, siginfo_t *info, void *context) {
     void *frames[64];
-    int count, i, saved = errno;
+    int count, i, saved = errno, fd = collect_fd >= 0 ? collect_fd : crash_fd;
     const char *callback = oy_shim_context_callback();
     (void)signal;
     (void)info;
     (void)context;
-    if (callback == NULL || crash_fd < 0) return;
+    if (callback == NULL || fd < 0) {
+        __atomic_add_fetch(&hang_answers, 1, __ATOMIC_RELEASE);
+        return;
+    }
+    put_fd = fd;
     while (__atomic_exchange_n(&hang_writer, 1, __ATOMIC_ACQUIRE)) {}
     put("\001oyhang ");
     put(callback);
@@ -134,7 +148,28 @@ static void on_hang_report(int signal, siginfo_t *info, void *context) {
     for (i = 2; i < count; i++) put_frame(frames[i]);
     put("\001oyhang-end\n");
     __atomic_store_n(&hang_writer, 0, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&hang_answers, 1, __ATOMIC_RELEASE);
     errno = saved;
+}
+
+/* Whether thread `tid` of this process blocks SIGUSR2 (a dispatch worker
+ * that never entered a driver callback): the signal would wait there, and
+ * nobody would answer it. */
+static int blocks_hang_signal(pid_t tid) {
+    char path[64], text[4096], *line;
+    unsigned long long blocked;
+    ssize_t n;
+    int fd;
+    snprintf(path, sizeof path, "/proc/self/task/%d/status", (int)tid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    text[n] = '\0';
+    line = strstr(text, "\nSigBlk:");
+    if (line == NULL || sscanf(line + 8, "%llx", &blocked) != 1) return 0;
+    return (blocked >> (SIGUSR2 - 1)) & 1u;
 }
 
 void oy_shim_set_hang_reports(int fd, const char *origin) {
@@ -157,10 +192,28 @@ int oy_shim_report_hangs(void) {
     if (tasks == NULL) return -1;
     while ((entry = readdir(tasks)) != NULL) {
         pid_t tid = (pid_t)atoi(entry->d_name);
-        if (tid <= 0 || tid == self) continue;
+        if (tid <= 0 || tid == self || blocks_hang_signal(tid)) continue;
         if (syscall(SYS_tgkill, process, tid, SIGUSR2) == 0) signalled++;
     }
     closedir(tasks);
+    return signalled;
+}
+
+int oy_shim_collect_hangs(int fd, int timeout_ms) {
+    static pthread_mutex_t collecting = PTHREAD_MUTEX_INITIALIZER;
+    int signalled, waited = 0;
+    pthread_mutex_lock(&collecting);
+    __atomic_store_n(&hang_answers, 0, __ATOMIC_RELEASE);
+    collect_fd = fd;
+    signalled = oy_shim_report_hangs();
+    while (signalled > 0 && __atomic_load_n(&hang_answers, __ATOMIC_ACQUIRE) < signalled && waited < timeout_ms) {
+        usleep(1000);
+        waited++;
+    }
+    /* A handler still writing keeps its own copy of the descriptor's number;
+     * the caller reads what is complete ("\1oyhang-end"). */
+    collect_fd = -1;
+    pthread_mutex_unlock(&collecting);
     return signalled;
 }
 

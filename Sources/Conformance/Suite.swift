@@ -373,7 +373,7 @@ public struct ConformanceSuite: Sendable {
     /// returned, with the first one's frames (where it waits or spins).
     static func hangOutcome(stderr: String, timeout: Double, driver: String) -> CheckOutcome {
         let limit = String(format: "no verdict within %.0f s", timeout)
-        guard let fault = DriverFault.hang(stderr: stderr, driver: driver) else {
+        guard let fault = DriverFault.hang(stderr: stderr, driver: driver, sources: Addr2Line.sources) else {
             return CheckOutcome(verdict: .timeout, message: limit + ": the check hangs, with no driver callback running (the watchdog killed it)")
         }
         var outcome = CheckOutcome(verdict: .timeout, message: limit + ": " + fault.message + "; the backtrace follows")
@@ -382,7 +382,7 @@ public struct ConformanceSuite: Sendable {
     }
 
     private func crashOutcome(signal: Int32, stderr: String, coreFolder: String?) -> CheckOutcome {
-        let fault = DriverFault.crash(signal: signal, stderr: stderr)
+        let fault = DriverFault.crash(signal: signal, stderr: stderr, sources: Addr2Line.sources)
         var outcome = CheckOutcome(verdict: .crashed, message: "the worker " + fault.message + (CrashReport.parse(stderr) == nil ? "" : "; the backtrace and the driver's log follow"))
         outcome.backtrace = fault.backtrace
         if let coreFolder {

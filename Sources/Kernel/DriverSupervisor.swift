@@ -129,19 +129,26 @@ public final class DriverSupervisor: @unchecked Sendable {
                     let address = disk.driver.location
                     guard let slot = kernel.platform.bus.enumerate().first(where: { $0.address.description == address }) else { continue }
                     let cause = String(format: "a request was with it for %.1f s", age.seconds)
+                    let host = kernel.hostedDrivers[slot.address]
                     // Off the watchdog's thread: one slow recovery must not stop it watching the others.
-                    Thread.detachNewThread { [weak self] in _ = self?.recover(slot.address, cause: cause) }
+                    Thread.detachNewThread { [weak self] in _ = self?.recover(slot.address, cause: cause + Self.place(host)) }
                 }
                 // Every driver host answers heartbeats from its request loop.
                 for (address, driver) in kernel.hostedDrivers {
                     guard let silent = driver.heartbeat(), silent > timeout else { continue }
                     let cause = String(format: "its driver host answered no heartbeat for %.1f s", silent.seconds)
-                    Thread.detachNewThread { [weak self] in _ = self?.recover(address, cause: cause) }
+                    Thread.detachNewThread { [weak self] in _ = self?.recover(address, cause: cause + Self.place(driver)) }
                 }
             }
             let period = min(timeout / 4, .seconds(1))
             wake.withLock { _ = wake.wait(until: Date(timeIntervalSinceNow: period.seconds)) }
         }
+    }
+
+    /// Where a hung driver host's driver is, for the cause a restart
+    /// records: "; the driver's read did not return (its thread is in …)".
+    private static func place(_ host: IsolatedDriver?) -> String {
+        host?.whereStuck().map { "; " + $0.message } ?? ""
     }
 
     // MARK: Recovery

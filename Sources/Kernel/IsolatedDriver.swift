@@ -476,7 +476,8 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
             case .timedOut:
                 let what = method.map { "its control method \($0)" } ?? "listing its control methods"
                 let hang = kernel.map { String(format: " (%g s)", $0.supervisor.policy.hangTimeout.seconds) } ?? ""
-                throw ControlCallError(message: "\(label): \(what) did not return within \(String(format: "%g", timeout)) s; its driver host "
+                let place = whereStuck().map { $0.location.isEmpty ? "" : "; its thread is \($0.location)" } ?? ""
+                throw ControlCallError(message: "\(label): \(what) did not return within \(String(format: "%g", timeout)) s\(place); its driver host "
                     + "answers nothing else meanwhile, and is restarted as hung if the call outlasts the hang timeout\(hang)")
             case .closed(let closed):
                 // The line's end is handled (the process reaped) before callers hear of it.
@@ -488,6 +489,16 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
         let text = (try? reply.string()) ?? ""
         guard status == 0 else { throw ControlCallError(message: text.isEmpty ? "\(label): \(OyStatus(status))" : text) }
         return text
+    }
+
+    /// Where the host's threads inside driver callbacks are now, in words
+    /// (functions named from the driver file's symbols); nil when none is
+    /// inside one or the host does not answer within `timeout`. The host
+    /// answers from its reader thread, so a driver call that never returns
+    /// does not stop the answer.
+    func whereStuck(timeout: Double = 2) -> DriverFault? {
+        guard var reply = try? line.call(.whereStuck, within: timeout).0, let report = try? reply.data() else { return nil }
+        return DriverFault.hang(stderr: String(decoding: report, as: UTF8.self), driver: file.path, driverFramesOnly: true)
     }
 
     // MARK: Heartbeat

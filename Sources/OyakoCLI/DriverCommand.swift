@@ -161,14 +161,14 @@ struct DriverCommand: ParsableCommand {
             let phase = DriverCallPhase.last(in: run.stderr)
             let name = URL(fileURLWithPath: driver).lastPathComponent
             if run.timedOut {
-                let fault = DriverFault.hang(stderr: run.stderr, driver: driver)
+                let fault = DriverFault.hang(stderr: run.stderr, driver: driver, sources: Addr2Line.sources)
                 printError("\(name) was still running after \(Self.seconds(timeout)) s, \(phase), and was stopped: "
                     + (fault?.message ?? "no driver callback was running"))
                 Self.printBacktrace(fault?.backtrace ?? [])
                 throw ExitCode.failure
             }
             if let signal = run.signal {
-                let fault = DriverFault.crash(signal: signal, stderr: run.stderr)
+                let fault = DriverFault.crash(signal: signal, stderr: run.stderr, sources: Addr2Line.sources)
                 printError("\(name) crashed \(phase): its process \(fault.message). It ran in a process of its own; nothing else was affected.")
                 Self.printBacktrace(fault.backtrace)
                 throw ExitCode.failure

@@ -169,6 +169,8 @@ import Workloads
         }
         let events = kernel.supervisor.events
         #expect(events.first?.cause.contains("answered no heartbeat") == true && events.allSatisfy { !$0.outcome.gaveUp }, "\(events)")
+        #expect(events.first?.cause.contains("the driver's rng read did not return (its thread is in my_read+0x") == true,
+                "the restart says where the driver was stuck: \(events.first?.cause ?? "")")
         #expect(kernel.driverHostProcess(at: address) != first && kernel.entropy.sources.map(\.name) == ["hwrng0"])
     }
 

@@ -65,6 +65,14 @@ int oy_shim_report_hangs(void);
  * driver host)"). */
 void oy_shim_set_hang_reports(int fd, const char *origin);
 
+/* Where this process's threads inside driver callbacks are now, for a
+ * supervisor asking a driver host that stopped answering: the same reports
+ * as oy_shim_report_hangs, written to `fd` (a memfd: the writes must not
+ * block), without the crash reporter. Waits until every signalled thread
+ * has answered or `timeout_ms` passed. One collection at a time. Returns
+ * how many threads were signalled, or -1. */
+int oy_shim_collect_hangs(int fd, int timeout_ms);
+
 /* recvmsg(2) with SCM_RIGHTS: up to `length` bytes and up to `max_fds`
  * descriptors (close-on-exec). Returns the bytes read (0 at end of file) or
  * -1 with errno; `*fd_count` descriptors are stored in `fds`. Descriptors

@@ -28,6 +28,10 @@ public enum HostMessage: UInt32, Sendable {
     /// A control method of the driver's instance: its name (empty: list
     /// them), the argument count and the arguments, as text.
     case controlCall
+    /// Where the host's threads inside driver callbacks are now, answered
+    /// from its reader thread: the hang reports as bytes (see
+    /// `oy_shim_collect_hangs`), empty when no callback runs.
+    case whereStuck
     // The host asks the Kernel (its device, its memory, its registrations).
     case log = 16, configRead, configWrite, mmioRead, mmioWrite, portRead, portWrite
     case dmaAllocate, dmaFree, dmaMap, dmaUnmap

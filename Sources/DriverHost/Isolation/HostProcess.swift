@@ -395,10 +395,29 @@ final class HostSide: @unchecked Sendable {
         line.start(received: { [self] message in
             // On the reader thread, not behind a driver call that may never return.
             if message.kind == HostMessage.reportHangs.rawValue { return _ = oy_shim_report_hangs() }
+            if message.kind == HostMessage.whereStuck.rawValue { return Self.answerWhereStuck(message, on: line) }
             requests.async { self.handle(message) }
         }, closed: { [ended] _ in ended.signal() })
         ended.wait()
         return 0
+    }
+
+    /// The hang reports of the threads inside driver callbacks, collected
+    /// into a memfd (writes from a signal handler must not block) and sent
+    /// back as they are.
+    private static func answerWhereStuck(_ message: HostLine.Incoming, on line: HostLine) {
+        for fd in message.fds { _ = close(fd) }
+        var reply = WireWriter()
+        let fd = oy_shim_memfd_create("oyako-hang-reports")
+        var text = [UInt8](repeating: 0, count: HostMessage.maxSize - 64)
+        var length = 0
+        if fd >= 0 {
+            _ = oy_shim_collect_hangs(fd, 500)
+            length = max(0, pread(fd, &text, text.count, 0))
+            _ = close(fd)
+        }
+        text.withUnsafeBytes { reply.data(UnsafeRawBufferPointer(rebasing: $0.prefix(length))) }
+        line.reply(to: message, reply)
     }
 
     private func handle(_ message: HostLine.Incoming) {

@@ -1,12 +1,17 @@
-@_spi(Conformance) import DriverHost
+import DriverFile
 import Foundation
-import SDKTools
 
-/// What a worker that died of a signal left on its standard error (see
+/// file:line for offsets into an object file, where something can tell:
+/// the conformance suite and the CLI run addr2line over the driver's debug
+/// information; the Kernel names functions only.
+public typealias SourceLines = @Sendable (_ object: String, _ offsets: [UInt64]) -> [UInt64: String]
+
+/// What a process that died of a signal left on its standard error (see
 /// `oy_shim_install_crash_reporter`): the signal, the faulting address and
-/// the faulting thread's frames, symbolized here, in the suite's process.
-struct CrashReport: Sendable {
-    struct Frame: Sendable {
+/// the faulting thread's frames, symbolized in another process. The hang
+/// reports (`oy_shim_report_hangs`, `oy_shim_collect_hangs`) share its frames.
+public struct CrashReport: Sendable {
+    public struct Frame: Sendable {
         let pc: UInt64
         let base: UInt64
         let object: String
@@ -16,7 +21,7 @@ struct CrashReport: Sendable {
     let address: UInt64
     let frames: [Frame]
 
-    static func parse(_ text: String) -> CrashReport? {
+    public static func parse(_ text: String) -> CrashReport? {
         var signal: Int32?
         var address: UInt64 = 0
         var frames: [Frame] = []
@@ -41,7 +46,7 @@ struct CrashReport: Sendable {
     /// One line per frame, innermost first: function+offset and, where the
     /// driver has debug information and addr2line is installed, file:line;
     /// `object+0xoffset` for code without symbols.
-    func symbolized() -> [String] { Self.symbolize(frames) }
+    func symbolized(sources: SourceLines?) -> [String] { Self.symbolize(frames, sources: sources) }
 
     /// The threads a worker found inside driver callbacks when its check ran
     /// out of time (see `oy_shim_report_hangs`): each callback's name and
@@ -68,11 +73,11 @@ struct CrashReport: Sendable {
         return Frame(pc: pc, base: base, object: String(fields[3]))
     }
 
-    static func symbolize(_ frames: [Frame]) -> [String] {
+    static func symbolize(_ frames: [Frame], sources lookup: SourceLines?) -> [String] {
         var lines: [String] = []
         var sources: [String: [UInt64: String]] = [:]
         for (object, offsets) in Dictionary(grouping: frames, by: \.object).mapValues({ $0.map { $0.pc &- $0.base } }) where object.hasPrefix("/") {
-            sources[object] = Self.addr2line(object, offsets)
+            sources[object] = lookup?(object, offsets)
         }
         var images: [String: ELFImage] = [:]
         for (i, frame) in frames.enumerated() {
@@ -103,20 +108,6 @@ struct CrashReport: Sendable {
             return String(cString: readable)
         }
     }
-
-    /// file:line for each offset in `object`, from addr2line when it is
-    /// installed and the object has debug information.
-    private static func addr2line(_ object: String, _ offsets: [UInt64]) -> [UInt64: String] {
-        let unique = Array(Set(offsets))
-        let result = ProcessRunner.run("addr2line", ["-e", object] + unique.map { "0x" + String($0 &- ($0 > 0 ? 1 : 0), radix: 16) }, timeout: 10)
-        guard result.status == 0 else { return [:] }
-        let answers = result.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-        var out: [UInt64: String] = [:]
-        for (offset, answer) in zip(unique, answers) where !answer.hasPrefix("??") && !answer.hasPrefix(":") && !answer.isEmpty {
-            out[offset] = URL(fileURLWithPath: answer).lastPathComponent
-        }
-        return out
-    }
 }
 
 /// How driver code in a process ended badly, in words a vendor can act on:
@@ -129,40 +120,51 @@ public struct DriverFault: Sendable {
     public let message: String
     /// The faulting or waiting thread's frames, innermost first.
     public let backtrace: [String]
+    /// Where it happened: "in my_read+0x12 (mydriver.so+0x1234) at
+    /// mydriver.c:81" (the first frame in the driver's own code when it is
+    /// known); empty without frames.
+    public let location: String
 
     /// A process that died of `signal`.
-    public static func crash(signal: Int32, stderr: String) -> DriverFault {
+    public static func crash(signal: Int32, stderr: String, sources: SourceLines? = nil) -> DriverFault {
         let name = CrashReport.signalName(signal)
         guard let report = CrashReport.parse(stderr) else {
-            return DriverFault(message: "died with \(name) and left no backtrace (killed from outside, or its stack was gone)", backtrace: [])
+            return DriverFault(message: "died with \(name) and left no backtrace (killed from outside, or its stack was gone)", backtrace: [], location: "")
         }
-        let frames = report.symbolized()
+        let frames = report.symbolized(sources: sources)
         let fault = report.signal == 11 || report.signal == 7 ? " at address 0x\(String(report.address, radix: 16))" : ""
         let borrowed = report.signal == 11 && BorrowedPool.contains(report.address)
             ? "; that is memory the host lent for one call (a borrowed argument: probe's device info, a control call's string), used after the call returned: copy what you need during the call"
             : ""
-        return DriverFault(message: "died with \(name)\(fault)\(place(frames))\(borrowed)", backtrace: frames)
+        let location = place(frames)
+        return DriverFault(message: "died with \(name)\(fault)\(location.isEmpty ? "" : " " + location)\(borrowed)", backtrace: frames, location: location)
     }
 
     /// A process stopped for taking too long: which driver callbacks had
     /// not returned, and where the first one's thread was (in the driver's
     /// own code when it is there). Nil when no callback was running.
-    public static func hang(stderr: String, driver: String) -> DriverFault? {
+    /// `driverFramesOnly`: the backtrace keeps only the driver's frames, and
+    /// no other object's symbols are read (a debug build of the host's own
+    /// executable takes seconds).
+    public static func hang(stderr: String, driver: String, sources: SourceLines? = nil, driverFramesOnly: Bool = false) -> DriverFault? {
         let hangs = CrashReport.hangs(in: stderr)
         guard let first = hangs.first else { return nil }
-        let frames = CrashReport.symbolize(first.frames)
-        let module = "(\(URL(fileURLWithPath: driver).lastPathComponent)+0x"
+        let name = URL(fileURLWithPath: driver).lastPathComponent
+        let ownFrames = first.frames.filter { URL(fileURLWithPath: $0.object).lastPathComponent == name }
+        let frames = CrashReport.symbolize(driverFramesOnly ? ownFrames : first.frames, sources: sources)
+        let module = "(\(name)+0x"
         let others = hangs.dropFirst().map(\.callback)
-        return DriverFault(message: "the driver's \(first.callback) did not return (its thread is\(place(frames, preferring: module))"
+        let location = place(frames, preferring: module)
+        return DriverFault(message: "the driver's \(first.callback) did not return (its thread is\(location.isEmpty ? "" : " " + location)"
                                + (others.isEmpty ? "" : "; also running: \(others.joined(separator: ", "))") + ")",
-                           backtrace: frames)
+                           backtrace: frames, location: location)
     }
 
-    /// " in FUNCTION+OFFSET (…)": the first frame that names `preferring`,
-    /// else the innermost one.
+    /// "in FUNCTION+OFFSET (…)": the first frame that names `preferring`,
+    /// else the innermost one; empty without frames.
     private static func place(_ frames: [String], preferring module: String? = nil) -> String {
         let frame = module.flatMap { m in frames.first { $0.contains(m) } } ?? frames.first
-        return frame.map { " in \($0.drop { $0 != " " }.dropFirst())" } ?? ""
+        return frame.map { "in \($0.drop { $0 != " " }.dropFirst())" } ?? ""
     }
 }
 
