@@ -124,7 +124,7 @@ static volatile int hang_answers;
 
 static void on_hang_report(int signal, siginfo_t *info, void *context) {
     void *frames[64];
-    int count, i, saved = errno, fd = collect_fd >= 0 ? collect_fd : crash_fd;
+    int count, i, saved = errno, collecting = collect_fd >= 0, fd = collecting ? collect_fd : crash_fd;
     const char *callback = oy_shim_context_callback();
     (void)signal;
     (void)info;
@@ -137,7 +137,9 @@ static void on_hang_report(int signal, siginfo_t *info, void *context) {
     while (__atomic_exchange_n(&hang_writer, 1, __ATOMIC_ACQUIRE)) {}
     put("\001oyhang ");
     put(callback);
-    if (hang_origin[0] != '\0') {
+    /* The origin is for a reader of many processes' reports; a collector
+     * asked one process. */
+    if (hang_origin[0] != '\0' && !collecting) {
         put(" (");
         put(hang_origin);
         put(")");
