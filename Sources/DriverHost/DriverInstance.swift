@@ -6,7 +6,10 @@ import Foundation
 public final class DeviceBinding: @unchecked Sendable {
     // @unchecked Sendable: immutable after init; `owner` synchronises itself.
     public let device: any HostDevice
-    public unowned let library: DriverLibrary
+    /// Strong: what the binding registered (a disk the OS keeps while a
+    /// VM's region or a log line still names it) can outlive the unload.
+    /// The cycle through the library's attached instances ends at detach.
+    public let library: DriverLibrary
     let owner: ResourceOwner
     private(set) var handle: OpaquePointer!
     /// Interrupt indices with a hook, to refuse a second hook on one vector.

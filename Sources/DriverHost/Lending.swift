@@ -79,7 +79,7 @@ final class Loans: @unchecked Sendable {
     private let lock = NSLock()
     private var outstanding: [ObjectIdentifier: LentRequest] = [:]
     private var closed = false
-    private unowned let library: DriverLibrary
+    private let library: DriverLibrary
 
     init(library: DriverLibrary) { self.library = library }
 

@@ -155,6 +155,19 @@ import Workloads
         #expect(instance.library.violations.isEmpty, "\(instance.library.violations)")
     }
 
+    /// What a driver registered can outlive its unload: a VM's disk region,
+    /// a log line or an error still names the disk's driver. That read the
+    /// library through an unowned reference and ended the whole OS.
+    @Test func aDiskKeptPastItsDriversUnloadStillNamesItsDriver() throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver("nvmelite")])
+        defer { system.shutdown() }
+        let disk = try #require(system.kernel.blockLayer.disks.first)
+        #expect(system.kernel.unloadDriver(named: "nvmelite") == [system.testbed.nvmeSlot.address.description])
+        #expect(system.kernel.blockLayer.disks.isEmpty)
+        #expect(disk.driver.label == "nvmelite@\(system.testbed.nvmeSlot.address)" && disk.driver.driverName == "nvmelite", "\(disk.driver.label)")
+        #expect(throws: BlockError.self, "I/O on it fails; it does not reach the unloaded code") { try disk.read(lba: 0, count: 512) }
+    }
+
     @Test func attachDetachAttachAgainWorks() throws {
         let path = try Fixtures.referenceDriver()
         let system = try Fixtures.bareSystem(drivers: [path])
