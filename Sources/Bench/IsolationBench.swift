@@ -72,7 +72,7 @@ struct IsolationBench {
             guard let event = kernel.supervisor.events.dropFirst(before).first, !event.outcome.gaveUp else {
                 throw DemoError(message: "bench: the killed driver host was not replaced")
             }
-            restarts.append(Double(event.duration.components.seconds) * 1000 + Double(event.duration.components.attoseconds) / 1e15)
+            restarts.append(event.duration.milliseconds)
         }
         let failures = writers.finish()
         guard failures == 0 else { throw DemoError(message: "bench: \(failures) writes failed across host deaths") }

@@ -28,7 +28,7 @@ struct RestartBench {
             let start = ContinuousClock.now
             kernel.detach(address)
             try kernel.attach(library, to: system.testbed.nvmeSlot)
-            cycles.append((ContinuousClock.now - start).bench)
+            cycles.append((ContinuousClock.now - start).milliseconds)
         }
 
         // A plain detach removes the disk; the last attach made the one used from here on.
@@ -39,12 +39,12 @@ struct RestartBench {
         defer { writers.finish() }
         var pauses: [Double] = [], restarts: [Double] = []
         for _ in 0..<times {
-            pauses.append(try kernel.replaceDriver(at: address, with: library).pause.bench)
+            pauses.append(try kernel.replaceDriver(at: address, with: library).pause.milliseconds)
             usleep(2000)
             guard let event = kernel.supervisor.recover(address, cause: "the benchmark asked"), case .restarted = event.outcome else {
                 throw DemoError(message: "bench: the supervised restart did not bring the driver back")
             }
-            restarts.append(event.duration.bench)
+            restarts.append(event.duration.milliseconds)
             usleep(2000)
         }
         let failures = writers.finish()
@@ -63,9 +63,4 @@ struct RestartBench {
     }
 
     private func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
-}
-
-extension Duration {
-    /// In milliseconds, for a figure.
-    var bench: Double { Double(components.seconds) * 1000 + Double(components.attoseconds) / 1e15 }
 }

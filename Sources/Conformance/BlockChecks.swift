@@ -228,6 +228,6 @@ extension Catalogue {
             }
             guard back.bytes.elementsEqual(buffer.bytes) else { return .failed("LBA \(lba) reads back other data after the restart") }
         }
-        return .passed(String(format: "restarted %.1f s after the decision, %d request(s) re-issued, all read back", Double(event.duration.components.seconds) + Double(event.duration.components.attoseconds) / 1e18, reissued))
+        return .passed(String(format: "restarted %.1f s after the decision, %d request(s) re-issued, all read back", event.duration.seconds, reissued))
     }
 }

@@ -414,7 +414,7 @@ public final class Disk: @unchecked Sendable {
             result.withLock { $0 = status }
             done.signal()
         }
-        let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
+        let seconds = timeout.seconds
         let status: DiskStatus = done.wait(timeout: .now() + seconds) == .timedOut ? .timedOut : result.withLock { $0 }
         try check(status, of: operation, at: lba)
     }

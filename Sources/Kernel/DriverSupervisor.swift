@@ -100,6 +100,9 @@ public final class DriverSupervisor: @unchecked Sendable {
 
     /// What the supervisor did so far, oldest first.
     public var events: [RecoveryEvent] { state.withLock { $0.events } }
+    /// How many events are kept: the oldest go first (a driver restarted
+    /// every minute for weeks must not grow the OS without bound).
+    public static let eventsKept = 256
 
     // MARK: Watchdog
 
@@ -239,12 +242,17 @@ public final class DriverSupervisor: @unchecked Sendable {
     }
 
     private func record(_ event: RecoveryEvent, _ kernel: Kernel) -> RecoveryEvent {
-        state.withLock { $0.events.append(event) }
+        state.withLock { s in
+            s.events.append(event)
+            if s.events.count > Self.eventsKept { s.events.removeFirst(s.events.count - Self.eventsKept) }
+        }
         kernel.log.record(event.outcome.gaveUp ? .error : .info, "kernel", event.description)
         return event
     }
 }
 
 extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+    /// As a Double, for timeouts, logs and figures.
+    public var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+    public var milliseconds: Double { Double(components.seconds) * 1000 + Double(components.attoseconds) / 1e15 }
 }

@@ -33,10 +33,14 @@ extension DriverCommand {
 
         func run() throws {
             try options.send(ControlRequest(.list)) { response in
-                (response.drivers ?? []).map { d in
+                let drivers = (response.drivers ?? []).map { d in
                     "\(d.name) \(d.version) sha256 \(d.sha256.prefix(16)): " + (d.devices.isEmpty ? "no device" : d.devices.joined(separator: ", "))
                         + (d.process.map { " (driver host \($0))" } ?? "")
                 }
+                // What happened to the drivers so far: a device without a
+                // driver above may be one the OS gave up on, and why is here.
+                let recoveries = response.recoveries ?? []
+                return drivers + (recoveries.isEmpty ? [] : ["restarts (\(recoveries.count), oldest first):"] + recoveries.map { "  " + $0.description })
             }
         }
     }

@@ -69,6 +69,25 @@ public struct ControlResponse: Codable, Sendable {
         public let heldRequests: Int
     }
 
+    /// A driver the OS restarted (it crashed, hung or lost its host), or gave
+    /// up on: what `list` tells about the running system's history.
+    public struct Recovery: Codable, Sendable, Equatable {
+        public let device: String
+        public let driver: String
+        /// Why: "its driver host ended: killed by signal 9 (SIGKILL)"; for
+        /// a hang, where the driver was stuck.
+        public let cause: String
+        /// True when the policy gave up and the device failed.
+        public let gaveUp: Bool
+        public let attempts: Int
+        /// Requests it had accepted that went to the restarted instance.
+        public let reissued: Int
+        /// From noticing the failure to serving again (or giving up).
+        public let milliseconds: Double
+        /// The event in words, as the OS logged it.
+        public let description: String
+    }
+
     /// One device's answer to a `call`.
     public struct Call: Codable, Sendable, Equatable {
         public let device: String
@@ -82,6 +101,9 @@ public struct ControlResponse: Codable, Sendable {
     public var drivers: [Driver]?
     public var replacements: [Replacement]?
     public var calls: [Call]?
+    /// Restarts of drivers so far, oldest first (the supervisor keeps the
+    /// last `DriverSupervisor.eventsKept`).
+    public var recoveries: [Recovery]?
 
     static func failed(_ message: String) -> ControlResponse { ControlResponse(ok: false, message: message) }
 }
@@ -155,7 +177,9 @@ public final class ControlServer: @unchecked Sendable {
         case .list:
             let listed = drivers()
             let builds = Set(listed.map(\.sha256)).count
-            return ControlResponse(ok: true, message: "\(builds) driver(s) loaded", drivers: listed)
+            var response = ControlResponse(ok: true, message: "\(builds) driver(s) loaded", drivers: listed)
+            response.recoveries = kernel.supervisor.events.map(ControlResponse.Recovery.init)
+            return response
         case .load:
             guard let file = request.file else { return .failed("load needs the driver file") }
             do {
@@ -362,6 +386,14 @@ enum ControlWire {
     }
 }
 
-extension Duration {
-    var milliseconds: Double { Double(components.seconds) * 1000 + Double(components.attoseconds) / 1e15 }
+extension ControlResponse.Recovery {
+    init(_ event: RecoveryEvent) {
+        let (attempts, reissued): (Int, Int)
+        switch event.outcome {
+        case .restarted(let tries, let requests): (attempts, reissued) = (tries, requests)
+        case .gaveUp(let tries): (attempts, reissued) = (tries, 0)
+        }
+        self.init(device: event.device, driver: event.driver, cause: event.cause, gaveUp: event.outcome.gaveUp, attempts: attempts,
+                  reissued: reissued, milliseconds: event.duration.milliseconds, description: event.description)
+    }
 }

@@ -267,6 +267,13 @@ import Testing
         #expect(vm.runs(5))
         kill(first, SIGKILL)
         #expect(vm.runs(20), "the VM's I/O goes on after the host's death")
+        // The operator sees the restart and its cause in the list.
+        let history = oyako(["driver", "list", "--control", server.control])
+        #expect(history.stdout.contains("restarts (1, oldest first):\n  00:01.0: nvmelite restarted after its driver host ended (killed by signal 9 (SIGKILL))"),
+                "\(history.output)")
+        let recoveries = try #require(try ControlClient.send(ControlRequest(.list), to: server.control).recoveries)
+        #expect(recoveries.count == 1 && recoveries[0].device == "00:01.0" && recoveries[0].driver == "nvmelite" && !recoveries[0].gaveUp
+                    && recoveries[0].attempts == 1 && recoveries[0].cause.contains("SIGKILL"), "\(recoveries)")
         // And a live replacement of the hosted driver by a rebuilt one.
         let rebuilt = try Fixtures.mutatedReferenceDriver("nvmelite", [("#define NVMELITE_VERSION \"1.0.0\"", "#define NVMELITE_VERSION \"1.0.1\"")])
         let replaced = oyako(["driver", "replace", "nvmelite", rebuilt, "--control", server.control])
