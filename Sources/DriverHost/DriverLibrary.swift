@@ -5,6 +5,7 @@ import COyakoSDK
 import CSystemShims
 import Foundation
 import Logging
+import Synchronization
 
 /// A driver file loaded into this process: negotiated, initialised, ready to
 /// probe and attach devices.
@@ -40,6 +41,8 @@ public final class DriverLibrary: @unchecked Sendable {
     private var context: UnsafeMutableRawPointer?
     private var instances: [ObjectIdentifier: DriverInstance] = [:]
     private var violationLog: [String] = []
+    /// How fast its log lines are let through (`host->log`).
+    let logBudget = Mutex(LogBudget())
     private var unloaded = false
     let logger: Logger
 

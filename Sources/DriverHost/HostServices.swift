@@ -379,11 +379,18 @@ enum HostServices {
     private static func installLoggingAndTime(_ t: inout oy_host) {
         t.log = { host, device, level, message in
             guard let library = HostServices.library(host, service: "log") else { return }
-            let text = message.map { String(cString: $0) } ?? "(NULL message)"
+            let lines: [(String, LogLevel)]
+            switch library.logBudget.withLock({ $0.admit(at: monotonicNanoseconds()) }) {
+            case .drop: return
+            case .replace(let note): lines = [(note, .warning)]
+            case .log(let notes):
+                lines = notes.map { ($0, .warning) } + [(message.map { String(cString: $0) } ?? "(NULL message)", LogLevel(rawValue: level) ?? .info)]
+            }
             let location = device.flatMap { HandleTable.shared.lookup($0, as: DeviceBinding.self)?.device.info.location }
-            let known = LogLevel(rawValue: level) ?? .info
-            library.environment.log(level: known, driver: library.name, device: location, message: text)
-            DriverLogMirror.record(level: known, driver: library.name, device: location, message: text)
+            for (line, level) in lines {
+                library.environment.log(level: level, driver: library.name, device: location, message: line)
+                DriverLogMirror.record(level: level, driver: library.name, device: location, message: line)
+            }
         }
         t.monotonic_ns = { _ in monotonicNanoseconds() }
     }

@@ -618,7 +618,7 @@ public final class KernelLog: Sendable {
         // console recursion the same way). Other lines are queued, never
         // written on the logging thread.
         if level <= .info, !SerialPort.onTransmitQueue, let port = console.withLock({ $0 }) {
-            port.write("[\(level)] [\(source)] \(message)\r\n")
+            port.writeConsole("[\(level)] [\(source)] \(message)\r\n")
         }
         guard level <= echoLevel else { return }
         switch level {

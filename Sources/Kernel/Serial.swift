@@ -37,6 +37,8 @@ public final class SerialPort: SerialReceiver, ParkableDevice, @unchecked Sendab
     private var kicked = false
     private var input: [UInt8] = []
     private var lostBytes = 0
+    /// Console lines dropped since the last one that fitted.
+    private var consoleDropped = 0
     private var lossReportCount = 0
     private let arrived = NSCondition()
     private var inputHandler: (@Sendable ([UInt8]) -> Void)?
@@ -44,6 +46,9 @@ public final class SerialPort: SerialReceiver, ParkableDevice, @unchecked Sendab
 
     /// Bytes kept unread before the oldest are dropped.
     public static let inputLimit = 1 << 20
+    /// Console output waiting for the driver beyond which the OS's log
+    /// lines are dropped, not queued: about 1.4 s at 115200 baud.
+    public static let consoleBacklog = 16 << 10
     /// Marks a port's transmit queue: code running there is inside a driver's
     /// `write` for output the OS queued earlier.
     static let transmitKey = DispatchSpecificKey<ObjectIdentifier>()
@@ -87,6 +92,27 @@ public final class SerialPort: SerialReceiver, ParkableDevice, @unchecked Sendab
     }
 
     public func write(_ text: String) { write(Array(text.utf8)) }
+
+    /// A log line for the console: dropped when `consoleBacklog` bytes
+    /// already wait (a console is slow, and the log is kept elsewhere;
+    /// Linux drops printk lines the same way), and the next line that fits
+    /// says how many went. Output written with `write` is never dropped.
+    func writeConsole(_ line: String) {
+        let bytes = Array(line.utf8)
+        let queued = lock.withLock { () -> Bool in
+            guard pending.count + bytes.count <= Self.consoleBacklog else {
+                consoleDropped += 1
+                return false
+            }
+            if consoleDropped > 0 {
+                pending += Array("[\(consoleDropped) console line(s) dropped: the port could not keep up]\r\n".utf8)
+                consoleDropped = 0
+            }
+            pending += bytes
+            return true
+        }
+        if queued { startDrain(driverMadeRoom: false) }
+    }
 
     /// Bytes not yet accepted by the driver.
     public var unsent: Int { lock.withLock { pending.count } }

@@ -88,7 +88,10 @@ struct oy_host {
      * host records the line and may show it on the console (a serial port,
      * perhaps driven by this very driver) later, from a thread of its own;
      * lines a console driver logs from inside its own `write` are recorded
-     * but not written back to that console. It does not block on I/O. */
+     * but not written back to that console. It does not block on I/O.
+     * A driver may log 100 lines in each 5 s: the host drops the rest, and
+     * logs that it did, as Linux's printk_ratelimit (a line per round of a
+     * polling loop would flood everything that reads the log). */
     void (*log)(const oy_host *host, oy_device *device, int32_t level, const char *message);
 
     /* Monotonic time in nanoseconds. [any-thread] */
