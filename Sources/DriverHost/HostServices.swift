@@ -382,7 +382,11 @@ enum HostServices {
             let lines: [(String, LogLevel)]
             switch library.logBudget.withLock({ $0.admit(at: monotonicNanoseconds()) }) {
             case .drop: return
-            case .replace(let note): lines = [(note, .warning)]
+            case .replace(let note):
+                lines = [(note, .warning)]
+                // A soft limit, like a slow callback's: the check it happens
+                // in passes with a warning that says so.
+                ViolationLog.record(.init(severity: .warning, driver: library.name, callback: oy_shim_context_callback().map { String(cString: $0) }, message: note))
             case .log(let notes):
                 lines = notes.map { ($0, .warning) } + [(message.map { String(cString: $0) } ?? "(NULL message)", LogLevel(rawValue: level) ?? .info)]
             }

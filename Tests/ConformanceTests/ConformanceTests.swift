@@ -64,6 +64,19 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         #expect(bad.observation?.contains("block submit(op 99)=OY_E_INVALID") == true, "\(bad.observation ?? "")")
     }
 
+    /// A line per round of a polling loop: over the log budget (host.h), the
+    /// check it happens in passes with a warning that says so.
+    @Test func aDriverThatFloodsItsLogIsWarned() throws {
+        let flooding = try Fixtures.mutatedTemplateDriver([(
+            "    *out_instance = d;\n    return OY_OK;",
+            "    { int i; for (i = 0; i < 1000; i++) c->host->log(c->host, device, OY_LOG_INFO, \"waiting for the device to settle\"); }\n    *out_instance = d;\n    return OY_OK;"
+        )])
+        let report = suite(filter: "^lifecycle\\.attach$").run(driver: flooding)
+        let attach = report.results.filter { $0.id == "lifecycle.attach" }
+        #expect(attach.count == 2 && attach.allSatisfy { $0.verdict == .warning && $0.message.contains("logs more than 100 lines in 5 s") },
+                "\(attach.map { "\($0.environment) \($0.verdict): \($0.message)" })")
+    }
+
     @Test func aLoadOverItsTimeBudgetWarnsAndOneWithinPasses() throws {
         let driver = try Fixtures.referenceDriver("uart16550")
         let tight = suite(filter: "^load\\.time-budget$", timeBudget: 1e-9).run(driver: driver)
