@@ -45,6 +45,16 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(result.stdout.isEmpty)
     }
 
+    /// Said once, as a usage error, before a worker boots a machine to find
+    /// out (the Kernel's log line said it a second time).
+    @Test func callingAMethodOfAMissingFileIsAUsageError() throws {
+        let missing = oyako(["driver", "call", "/nonexistent/driver.so", "random32"])
+        #expect(missing.status == 64 && missing.stderr.components(separatedBy: "no such file").count == 2
+                    && missing.stderr.contains("/nonexistent/driver.so: no such file; check the path to the driver's .so"), "\(missing.output)")
+        let folder = oyako(["driver", "call", NSTemporaryDirectory()])
+        #expect(folder.status == 64 && folder.stderr.contains(": a folder, not a driver file"), "\(folder.output)")
+    }
+
     @Test(arguments: ["demo", "bench"])
     func aMissingSDKIsAnErrorThatNamesIt(command: String) {
         let result = oyako([command, "--sdk", "/nonexistent/oyako-sdk"])
