@@ -65,7 +65,31 @@ extension Catalogue {
                 if let failure = traffic.transmit() ?? traffic.receive() {
                     return .failed(failure)
                 }
-                return .passed("\(RingTraffic.count) frames each way", observation: Observation(["frames_each_way": "\(RingTraffic.count)"]))
+                return .passed("\(traffic.count) frames each way", observation: Observation(["frames_each_way": "\(traffic.count)"]))
+            }
+        },
+        CheckDefinition("io.net.counters", "get_stats counts the frames and bytes that went each way", requires: ["io.basic"], classes: net, hostable: true) { c in
+            try withDriver(c) { rig in
+                guard let interface = rig.kernel.network.interfaces.first, let (_, recorder) = rig.nics.first else { return .failed("no interface registered") }
+                guard let before = interface.netdev.statistics() else { return .failed("get_stats failed") }
+                let traffic = RingTraffic(interface: interface, recorder: recorder, count: 100)
+                if let failure = traffic.transmit() ?? traffic.receive() { return .failed(failure) }
+                let bytes = UInt64((0..<traffic.count).map(RingTraffic.length).reduce(0, +))
+                let expected = [(\NetStatistics.txPackets, UInt64(traffic.count), "tx_packets"), (\.txBytes, bytes, "tx_bytes"), (\.txErrors, 0, "tx_errors"),
+                                (\.rxPackets, UInt64(traffic.count), "rx_packets"), (\.rxBytes, bytes, "rx_bytes"), (\.rxErrors, 0, "rx_errors")]
+                // A counter may trail the completion that made it by a moment.
+                var after = before
+                let deadline = Date(timeIntervalSinceNow: 2)
+                repeat {
+                    after = interface.netdev.statistics() ?? before
+                    if expected.allSatisfy({ after[keyPath: $0.0] &- before[keyPath: $0.0] == $0.1 }) { break }
+                    Thread.sleep(forTimeInterval: 0.01)
+                } while Date() < deadline
+                for (field, want, name) in expected where after[keyPath: field] &- before[keyPath: field] != want {
+                    return .failed("get_stats: \(name) rose by \(Int64(bitPattern: after[keyPath: field] &- before[keyPath: field])) over \(traffic.count) frames "
+                        + "(\(bytes) bytes) each way, expected \(want); count what SDK/CLASSES.md says")
+                }
+                return .passed("\(traffic.count) frames, \(bytes) bytes each way, counted", observation: Observation(["counted_each_way": "\(traffic.count)/\(bytes)"]))
             }
         },
         CheckDefinition("io.net.link", "link down and up observed", requires: ["io.basic"], classes: net, hostable: true) { c in
@@ -165,14 +189,16 @@ struct FilterProbe {
 struct RingTraffic {
     let interface: NetInterface
     let recorder: FrameRecorder
-    static let count = 1000
+    var count = 1000
     /// Frames injected at once: fewer than any receive ring has descriptors.
     static let burst = 16
     static let peer: [UInt8] = [0x02, 0x00, 0x5E, 0x10, 0xEE, 0x02]
 
     /// Frame `n` of a run: 60 to 1514 bytes, its number in the payload.
+    static func length(_ n: Int) -> Int { 60 + (n * 97) % 1455 }
+
     static func frame(_ n: Int, to destination: [UInt8], from source: [UInt8]) -> [UInt8] {
-        let length = 60 + (n * 97) % 1455
+        let length = length(n)
         let number = withUnsafeBytes(of: UInt32(n).bigEndian) { Array($0) }
         return destination + source + [0x88, 0xB5] + number + (0..<(length - 18)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ n) }
     }
@@ -181,16 +207,16 @@ struct RingTraffic {
     func transmit() -> String? {
         let wireBefore = recorder.wait(count: 0, timeout: 0).count
         let countersBefore = interface.counters
-        let frames = (0..<Self.count).map { Self.frame($0, to: Self.peer, from: interface.mac) }
+        let frames = (0..<count).map { Self.frame($0, to: Self.peer, from: interface.mac) }
         for (n, frame) in frames.enumerated() where !interface.send(frame) {
-            return "the interface refused frame \(n) of \(Self.count) (its software queue is full: transmits are not completing)"
+            return "the interface refused frame \(n) of \(count) (its software queue is full: transmits are not completing)"
         }
-        let wire = Array(recorder.wait(count: wireBefore + Self.count, timeout: 20).dropFirst(wireBefore))
+        let wire = Array(recorder.wait(count: wireBefore + count, timeout: 20).dropFirst(wireBefore))
         if let n = zip(wire, frames).enumerated().first(where: { Array($0.element.0.prefix($0.element.1.count)) != $0.element.1 })?.offset {
             return "transmitted frame \(n) reached the wire altered or out of order"
         }
-        guard wire.count >= Self.count else {
-            return "\(wire.count) of \(Self.count) transmitted frames reached the wire; the rest never left (the ring wraps every few hundred frames)"
+        guard wire.count >= count else {
+            return "\(wire.count) of \(count) transmitted frames reached the wire; the rest never left (the ring wraps every few hundred frames)"
         }
         let deadline = Date(timeIntervalSinceNow: 5)
         var completed = 0, failed = 0
@@ -198,12 +224,12 @@ struct RingTraffic {
             let now = interface.counters
             completed = now.txFrames - countersBefore.txFrames
             failed = now.txErrors - countersBefore.txErrors
-            if completed + failed >= Self.count { break }
+            if completed + failed >= count { break }
             Thread.sleep(forTimeInterval: 0.005)
         } while Date() < deadline
-        guard failed == 0 else { return "\(failed) of \(Self.count) frames that reached the wire were completed with an error" }
-        guard completed == Self.count else {
-            return "\(Self.count - completed) of \(Self.count) transmitted frames were sent but never completed (tx_complete exactly once per accepted frame)"
+        guard failed == 0 else { return "\(failed) of \(count) frames that reached the wire were completed with an error" }
+        guard completed == count else {
+            return "\(count - completed) of \(count) transmitted frames were sent but never completed (tx_complete exactly once per accepted frame)"
         }
         return nil
     }
@@ -213,9 +239,9 @@ struct RingTraffic {
         let received = Mutex<[[UInt8]]>([])
         interface.setUpperLayer { bytes in received.withLock { $0.append(Array(bytes)) } }
         defer { interface.setUpperLayer(nil) }
-        let frames = (0..<Self.count).map { Self.frame($0, to: interface.mac, from: Self.peer) }
-        for start in stride(from: 0, to: Self.count, by: Self.burst) {
-            let end = min(start + Self.burst, Self.count)
+        let frames = (0..<count).map { Self.frame($0, to: interface.mac, from: Self.peer) }
+        for start in stride(from: 0, to: count, by: Self.burst) {
+            let end = min(start + Self.burst, count)
             for frame in frames[start..<end] { recorder.inject(frame) }
             let deadline = Date(timeIntervalSinceNow: 5)
             while received.withLock({ $0.count }) < end && Date() < deadline { Thread.sleep(forTimeInterval: 0.001) }
