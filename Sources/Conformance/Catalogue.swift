@@ -431,9 +431,11 @@ enum Catalogue {
 
     /// A rig with the driver attached to its first device; detached and
     /// shut down afterwards, whatever the body returns or throws.
-    static func withAttached(_ c: CheckContext, writeCache: Bool = false, _ body: (Rig, DriverInstance) throws -> CheckOutcome) throws -> CheckOutcome {
+    static func withAttached(_ c: CheckContext, writeCache: Bool = false, prepare: (Rig) -> Void = { _ in },
+                             _ body: (Rig, DriverInstance) throws -> CheckOutcome) throws -> CheckOutcome {
         let rig = try Rig(c, writeCache: writeCache)
         defer { rig.shutdown() }
+        prepare(rig)
         let instance = try rig.attach()
         defer { instance.detach() }
         return try body(rig, instance)
@@ -443,9 +445,12 @@ enum Catalogue {
     /// process or, when the context says so, in a driver host (the body may
     /// use only what the Kernel's subsystems offer); detached and shut down
     /// afterwards.
-    static func withDriver(_ c: CheckContext, writeCache: Bool = false, _ body: (Rig) throws -> CheckOutcome) throws -> CheckOutcome {
-        if c.hosted { return try withHostedDriver(c, writeCache: writeCache) { rig, _, _ in try body(rig) } }
-        return try withAttached(c, writeCache: writeCache) { rig, _ in try body(rig) }
+    /// `prepare` runs on the rig before the driver attaches (the state of
+    /// the devices it should find).
+    static func withDriver(_ c: CheckContext, writeCache: Bool = false, prepare: (Rig) -> Void = { _ in },
+                           _ body: (Rig) throws -> CheckOutcome) throws -> CheckOutcome {
+        if c.hosted { return try withHostedDriver(c, writeCache: writeCache, prepare: prepare) { rig, _, _ in try body(rig) } }
+        return try withAttached(c, writeCache: writeCache, prepare: prepare) { rig, _ in try body(rig) }
     }
 
     static func withDisk(_ c: CheckContext, _ body: (Disk, IOBuffer) throws -> CheckOutcome) throws -> CheckOutcome {

@@ -92,18 +92,23 @@ extension Catalogue {
                 return .passed("\(traffic.count) frames, \(bytes) bytes each way, counted", observation: Observation(["counted_each_way": "\(traffic.count)/\(bytes)"]))
             }
         },
-        CheckDefinition("io.net.link", "link down and up observed", requires: ["io.basic"], classes: net, hostable: true) { c in
-            try withDriver(c) { rig in
+        CheckDefinition("io.net.link", "the link at registration, and down and up after it, observed", requires: ["io.basic"], classes: net, hostable: true) { c in
+            // Attached with the cable out: the link it registers is down.
+            try withDriver(c, prepare: { $0.nics.first?.0.setCarrier(false) }) { rig in
                 guard let interface = rig.kernel.network.interfaces.first, let (nic, _) = rig.nics.first else { return .failed("no interface registered") }
+                guard !interface.linkUp else {
+                    return .failed("registered with the link up while the cable was out; read the device's link state in attach (oy_net_info.link)")
+                }
                 let events = Mutex<[Bool]>([])
                 interface.setUpperLayer(nil) { up in events.withLock { $0.append(up) } }
-                nic.setCarrier(false)
-                Thread.sleep(forTimeInterval: 0.2)
-                nic.setCarrier(true)
-                let deadline = Date(timeIntervalSinceNow: 5)
-                while events.withLock({ $0 }) != [false, true] && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+                for (step, up) in [true, false, true].enumerated() {
+                    nic.setCarrier(up)
+                    let deadline = Date(timeIntervalSinceNow: 5)
+                    while events.withLock({ $0.count }) <= step && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+                }
                 let seen = events.withLock { $0 }
-                return seen == [false, true] ? .passed(observation: Observation(["link_events": "down,up"])) : .failed("link changes reported: \(seen), expected down then up; call link_changed from the interrupt handler")
+                return seen == [true, false, true] ? .passed(observation: Observation(["link_events": "up,down,up"]))
+                    : .failed("link changes reported: \(seen), expected up, down, up; call link_changed from the interrupt handler")
             }
         },
     ]

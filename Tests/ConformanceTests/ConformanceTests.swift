@@ -224,6 +224,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         }, expected: ["io.net.filter": .failed]),
         // Ring wrap-around, where NIC drivers lose frames: a handful of
         // frames never gets there.
+        Case(defect: "registers the link up without reading it", build: {
+            try Fixtures.mutatedReferenceDriver("e1klite", [("    info.link = d->link;", "    info.link = OY_LINK_UP;")])
+        }, expected: ["io.net.link": .failed]),
         Case(defect: "received bytes never counted", build: {
             try Fixtures.mutatedReferenceDriver("e1klite", [("            d->stats.rx_bytes += length;\n", "")])
         }, expected: ["io.net.counters": .failed]),
@@ -332,6 +335,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
             if fixture.defect == "set_filter programs the device before refusing a list too long for it" {
                 #expect(results.allSatisfy { $0.message.contains("set_filter(4096 addresses, BROADCAST), refused") && $0.message.contains("must leave the filter unchanged") },
                         "\(results.map(\.message))")
+            }
+            if fixture.defect == "registers the link up without reading it" {
+                #expect(results.allSatisfy { $0.message.contains("registered with the link up while the cable was out") }, "\(results.map(\.message))")
             }
             if fixture.defect == "received bytes never counted" {
                 #expect(results.allSatisfy { $0.message.contains("get_stats: rx_bytes rose by 0 over 100 frames") }, "\(results.map(\.message))")
