@@ -42,6 +42,35 @@ extension Catalogue {
             _ = try rig.attach()
             return try Catalogue.restartHungDriver(rig)
         },
+        CheckDefinition("io.block.geometry", "the disk is the device's whole namespace, each block where the device keeps it", requires: ["io.basic"], classes: block, hostable: true) { c in
+            try withDriver(c) { rig in
+                guard let disk = rig.kernel.blockLayer.disks.first, let device = rig.nvmes.first else { return .failed("no disk registered") }
+                let g = disk.geometry
+                guard g.blockSize == device.blockSize, g.blockCount == device.blockCount else {
+                    return .failed("registered \(g.blockCount) blocks of \(g.blockSize) bytes; the device holds \(device.blockCount) of \(device.blockSize) "
+                        + "(Identify Namespace: NSZE counts blocks, it is not the last LBA; the LBA format gives their size)")
+                }
+                // The first block, the last (no other check reaches the end)
+                // and one between: each must land where the device keeps that
+                // LBA, which reading back through the driver cannot tell.
+                for lba in [0, g.blockCount / 2 + 3, g.blockCount - 1] {
+                    let bytes = (0..<g.blockSize).map { UInt8(truncatingIfNeeded: $0 &* 5 &+ Int(lba % 251) &+ 1) }
+                    do {
+                        try disk.write(lba: lba, bytes: bytes)
+                        guard try disk.read(lba: lba, count: bytes.count) == bytes else { return .failed("LBA \(lba) read back differs from what was written") }
+                    } catch {
+                        return .failed("LBA \(lba) of \(g.blockCount): \(error)")
+                    }
+                    var stored = [UInt8](repeating: 0, count: g.blockSize)
+                    try stored.withUnsafeMutableBytes { try device.disk.read(into: [$0], at: lba * UInt64(g.blockSize)) }
+                    guard stored == bytes else {
+                        return .failed("what was written to LBA \(lba) is not in the device's block \(lba) (the command's SLBA or the transfer's offset is off)")
+                    }
+                }
+                return .passed("\(g.blockCount) blocks of \(g.blockSize) bytes, the first, the last and one between where the device keeps them",
+                               observation: rig.deviceObservation())
+            }
+        },
         CheckDefinition("io.block.flush", "flush completes", requires: ["io.basic"], classes: block, hostable: true) { c in
             try withDriver(c) { rig in
                 guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
