@@ -134,13 +134,13 @@ public final class DriverSupervisor: @unchecked Sendable {
                     let cause = String(format: "a request was with it for %.1f s", age.seconds)
                     let host = kernel.hostedDrivers[slot.address]
                     // Off the watchdog's thread: one slow recovery must not stop it watching the others.
-                    Thread.detachNewThread { [weak self] in _ = self?.recover(slot.address, cause: cause + Self.place(host)) }
+                    Thread.detachNewThread { [weak self] in _ = self?.recover(slot.address, cause: cause + (self?.place(host, slot.address) ?? "")) }
                 }
                 // Every driver host answers heartbeats from its request loop.
                 for (address, driver) in kernel.hostedDrivers {
                     guard let silent = driver.heartbeat(), silent > timeout else { continue }
                     let cause = String(format: "its driver host answered no heartbeat for %.1f s", silent.seconds)
-                    Thread.detachNewThread { [weak self] in _ = self?.recover(address, cause: cause + Self.place(driver)) }
+                    Thread.detachNewThread { [weak self] in _ = self?.recover(address, cause: cause + (self?.place(driver, address) ?? "")) }
                 }
             }
             let period = min(timeout / 4, .seconds(1))
@@ -150,8 +150,11 @@ public final class DriverSupervisor: @unchecked Sendable {
 
     /// Where a hung driver host's driver is, for the cause a restart
     /// records: "; the driver's read did not return (its thread is in …)".
-    private static func place(_ host: IsolatedDriver?) -> String {
-        host?.whereStuck().map { "; " + $0.message } ?? ""
+    /// Not asked again while that device's recovery runs (the watchdog
+    /// notices the hang each period until the host is gone).
+    private func place(_ host: IsolatedDriver?, _ address: BusAddress) -> String {
+        guard let host, !isRecovering(address) else { return "" }
+        return host.whereStuck().map { "; " + $0.message } ?? ""
     }
 
     // MARK: Recovery
