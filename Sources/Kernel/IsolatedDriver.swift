@@ -65,6 +65,9 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
     }
 
     private let state = Mutex(State())
+    /// The host keeps its driver to the log budget; a host that writes log
+    /// messages to its line itself is held to twice that here.
+    private let logBudget = Mutex(LogBudget(burst: 2 * LogBudget.burst))
 
     /// The device classes whose drivers can run in a driver host.
     static let servedClasses: Set<String> = [RegisteredDisk.classID, RegisteredRNG.classID, RegisteredSerialPort.classID, RegisteredNetdev.classID]
@@ -264,8 +267,14 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
     private func posted(_ kind: HostMessage, _ body: inout WireReader) throws -> Bool {
         switch kind {
         case .log:
-            let level = LogLevel(rawValue: Int32(bitPattern: try body.u32())) ?? .info
-            log.record(level, name, try body.string())
+            let level = LogLevel(rawValue: Int32(bitPattern: try body.u32())) ?? .info, text = try body.string()
+            switch logBudget.withLock({ $0.admit(at: DispatchTime.now().uptimeNanoseconds) }) {
+            case .drop: break
+            case .replace(let note): log.record(.warning, name, "its driver host " + note)
+            case .log(let notes):
+                for note in notes { log.record(.warning, name, "its driver host: " + note) }
+                log.record(level, name, text)
+            }
         case .complete:
             let tag = try body.u64(), status = OyStatus(try body.i32())
             // On the reader thread: a caller's completion may submit

@@ -209,6 +209,13 @@ import Workloads
                         (void)send(fd, mask, sizeof(mask), 0);
                         (void)send(fd, unhook, sizeof(unhook), 0);
                     }
+                    /* Log lines past the host's budget, straight onto the line. */
+                    for (int r = 0; r < 3000; r++) {
+                        unsigned n = 0; uint32_t log = \(kind(.log)), none = 0u, level = 2u, count = 23u;
+                        fixture_put(m, &n, &log, 4); fixture_put(m, &n, &none, 4); fixture_put(m, &n, &level, 4);
+                        fixture_put(m, &n, &count, 4); fixture_put(m, &n, "fixture: a raw log line", 23);
+                        (void)send(fd, m, n, 0);
+                    }
                     /* Random kinds and bodies: every message at least a header long. */
                     for (int r = 0; r < 300; r++) {
                         unsigned n = 8 + (unsigned)(seed % 120);
@@ -229,6 +236,10 @@ import Workloads
             testbed.machine.shutdown()
         }
         #expect(kernel.log.all.contains { $0.message == "fixture: attacking its line" }, "the attack ran")
+        // Raw log lines past the budget: held to twice a driver's, and said.
+        let raw = kernel.log.all.filter { $0.message == "fixture: a raw log line" }.count
+        #expect(raw > 0 && raw <= 2 * LogBudget.burst, "\(raw) raw lines reached the log")
+        #expect(kernel.log.all.contains { $0.message.hasPrefix("its driver host logs more than 200 lines in 5 s") })
         // What the hostile host did to its own device is its business; the
         // Kernel lives, refused the impossible disk, and the other device
         // (its interrupt neither masked nor unhooked) goes on in its host.
