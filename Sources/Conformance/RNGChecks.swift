@@ -39,6 +39,22 @@ extension Catalogue {
                 return .passed("64 reads of 16 bytes, all different")
             }
         },
+        CheckDefinition("io.rng.from-device", "every byte of entropy comes from the device: what reads return, the device gave", requires: ["io.basic"], classes: rng, hostable: true) { c in
+            try withEntropySource(c) { rig, source in
+                guard let device = rig.rngs.first else { return .failed("no entropy device in the rig") }
+                let before = device.wordsDelivered
+                var returned = 0
+                for size in [16, 256, 1000, 2824] {
+                    do { returned += try source.read(size).count } catch { return .failed("a read of \(size) bytes failed: \(error)") }
+                }
+                let given = (device.wordsDelivered - before) * 4
+                guard given >= returned else {
+                    return .failed("reads returned \(returned) bytes of entropy while the device gave \(given); pass on what the device gives and make none "
+                        + "of your own (a generator stretching a few device words is not entropy: whoever learns its state predicts every key made from it)")
+                }
+                return .passed("\(returned) bytes returned, \(given) given by the device", observation: Observation(["returned": "\(returned)"]))
+            }
+        },
         CheckDefinition("io.rng.bad-length", "NULL buffers, length 0 and over OY_RNG_MAX_READ are refused", requires: ["io.basic"], classes: rng) { c in
             try withEntropySource(c) { _, source in
                 guard let source = source.registered as? RegisteredRNG else { return .skipped("the source is served by a driver host; raw reads need the driver in process") }
