@@ -174,6 +174,32 @@ import Workloads
         #expect(kernel.driverHostProcess(at: address) != first && kernel.entropy.sources.map(\.name) == ["hwrng0"])
     }
 
+    /// A driver that leaks 4 MiB of mem_alloc per entropy read: past its
+    /// host's data limit it gets NULL there (and, this one, goes on without);
+    /// the host does not grow until the OOM killer picks a victim.
+    @Test func aLeakingDriverIsBoundedToItsHostsMemory() throws {
+        let leaking = try Fixtures.mutatedTemplateDriver([
+            ("    h = d->ctx->host;\n    deadline = h->monotonic_ns(h) + 100000000ull;\n",
+             "    h = d->ctx->host;\n    (void)h->mem_alloc(h, d->device, 4u << 20); /* the defect: never freed */\n    deadline = h->monotonic_ns(h) + 100000000ull;\n"),
+        ])
+        let (testbed, kernel) = try Self.isolatedSystem(drivers: [leaking], state: Fixtures.temporaryDirectory("leak"))
+        defer {
+            kernel.shutdown()
+            testbed.machine.shutdown()
+        }
+        let address = try #require(testbed.machine.bus.enumerate().first { $0.device === testbed.rng }?.address)
+        let host = try #require(kernel.driverHostProcess(at: address))
+        // 320 reads leak 1.25 GiB: more than the limit.
+        for i in 0..<320 {
+            let bytes = try kernel.entropy.read(16, timeout: 30)
+            #expect(bytes.count == 16, "read \(i + 1)")
+        }
+        #expect(kernel.driverHostProcess(at: address) == host, "the same host serves on")
+        let status = try String(contentsOfFile: "/proc/\(host)/status", encoding: .utf8)
+        let data = status.split(separator: "\n").first { $0.hasPrefix("VmData:") }.flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") }
+        #expect(data.map { $0 * 1024 <= DriverHostProcess.dataLimit } == true, "the host holds \(data ?? -1) kB of private memory")
+    }
+
     /// A driver host is not trusted: a driver in one can write anything to
     /// its line. Lengths past Int's range, an impossible disk, another
     /// device's interrupts, unknown kinds and random bodies are refused or

@@ -101,7 +101,9 @@ struct oy_host {
 
     /* Allocate `size` bytes aligned to 16, zeroed. NULL when out of memory,
      * when size is 0 or when it is over 1 GiB. The memory is NOT reachable by
-     * devices (see dma_alloc).
+     * devices (see dma_alloc). In a driver host the whole process holds at
+     * most 1 GiB of private memory: a leak ends in NULL there, not in the
+     * OOM killer's choice of victim.
      * [any-thread] */
     void *(*mem_alloc)(const oy_host *host, oy_device *owner, size_t size);
 

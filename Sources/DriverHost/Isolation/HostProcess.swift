@@ -11,10 +11,28 @@ import Synchronization
 /// machine's memory file, mapped here at the same physical offsets. A crash
 /// of the driver ends this process only; the Kernel notices and restarts it.
 public enum DriverHostProcess {
+    /// What a driver host may hold in private memory (RLIMIT_DATA; the
+    /// machine's memory it maps is shared and does not count). A host
+    /// needs about 40 MiB; a driver that leaks mem_alloc blocks gets NULL
+    /// past this, in its own host, instead of growing until the kernel's
+    /// OOM killer picks a victim, which may be the OS or a VM.
+    public static let dataLimit = 1 << 30
+
     /// Serves until the Kernel asks to detach or the line closes; returns
     /// the exit status.
     public static func run(socket: Int32 = 0) -> Int32 {
-        HostSide(line: HostLine(socket: socket)).run()
+        limitPrivateMemory()
+        return HostSide(line: HostLine(socket: socket)).run()
+    }
+
+    /// Lowers RLIMIT_DATA to `dataLimit` (never raises it). Not under a
+    /// sanitizer: its shadow memory counts against the limit.
+    static func limitPrivateMemory() {
+        guard !Verifier.underSanitizer else { return }
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_DATA.rawValue), &limit) == 0, limit.rlim_cur > rlim_t(dataLimit) else { return }
+        limit.rlim_cur = rlim_t(dataLimit)
+        _ = setrlimit(__rlimit_resource_t(RLIMIT_DATA.rawValue), &limit)
     }
 }
 
