@@ -1,8 +1,9 @@
 /// How fast one driver may log, as Linux's printk_ratelimit: `burst` lines
 /// in each `interval` (100 for a driver's `host->log`; the Kernel holds a
-/// driver host's line to twice that, which an honest host never reaches). A driver that logs in a polling loop would otherwise
-/// fill the OS's log, its console's backlog and whatever reads its standard
-/// error (megabytes a second). Lines over the budget are dropped; the first
+/// driver host's line to twice that, which an honest host never reaches).
+/// A driver that logs in a polling loop would otherwise fill the OS's log,
+/// its console's backlog and whatever reads its standard error (megabytes
+/// a second). Lines over the budget are dropped; the first
 /// one dropped in an interval is replaced by a warning saying so, and the
 /// first line of the next interval by how many went.
 public struct LogBudget: Sendable {

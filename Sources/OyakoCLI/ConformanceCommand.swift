@@ -58,9 +58,7 @@ struct ConformanceCommand: ParsableCommand {
         if list { return }
         guard !paths.isEmpty else { throw ValidationError("give at least one driver .so file") }
         for path in paths {
-            var isFolder: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) else { throw ValidationError("\(path): no such file") }
-            if isFolder.boolValue { throw ValidationError(DriverLoadError.folder(path: path).description) }
+            if let problem = missingDriverFile(path) { throw ValidationError(problem) }
         }
         guard timeBudget >= 0, timeBudget.isFinite else { throw ValidationError("--time-budget takes seconds, 0 or more") }
         if let sanitize, ConformanceSuite.Sanitizer(rawValue: sanitize) == nil {

@@ -145,13 +145,7 @@ struct DriverCommand: ParsableCommand {
             guard !json || control != nil else { throw ValidationError("--json goes with --control (a running system's answer)") }
             // A file that is not there is the command line's mistake, said
             // once, before a worker boots a machine to find out.
-            if control == nil {
-                var isFolder: ObjCBool = false
-                guard FileManager.default.fileExists(atPath: driver, isDirectory: &isFolder) else {
-                    throw ValidationError(DriverLoadError.fileNotFound(path: driver).description)
-                }
-                if isFolder.boolValue { throw ValidationError(DriverLoadError.folder(path: driver).description) }
-            }
+            if control == nil, let problem = missingDriverFile(driver) { throw ValidationError(problem) }
         }
 
         func run() throws {

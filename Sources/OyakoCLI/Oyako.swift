@@ -76,6 +76,15 @@ func progressPrinter(toStderr: Bool) -> @Sendable (String) -> Void {
     { line in (toStderr ? FileHandle.standardError : FileHandle.standardOutput).write(Data((line + "\n").utf8)) }
 }
 
+/// Why `path` cannot be a driver file, found without reading it (there is
+/// none, or it is a folder), in the words a load would use; nil when it may
+/// be one. Commands that take driver files refuse these as bad usage.
+func missingDriverFile(_ path: String) -> String? {
+    var isFolder: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) else { return DriverLoadError.fileNotFound(path: path).description }
+    return isFolder.boolValue ? DriverLoadError.folder(path: path).description : nil
+}
+
 /// Why a file could not be written at `path` (a report the run writes at
 /// its end), or nil if it can: its folder must exist and be writable, and
 /// the path must not be a folder or a file this user cannot replace.

@@ -50,8 +50,8 @@ struct ServeCommand: ParsableCommand {
     }
 
     func validate() throws {
-        for path in drivers where !FileManager.default.fileExists(atPath: path) {
-            throw ValidationError("--driver \(path): no such file")
+        for path in drivers {
+            if let problem = missingDriverFile(path) { throw ValidationError("--driver \(problem)") }
         }
         guard (1...65536).contains(diskMiB) else { throw ValidationError("--disk-mib must be between 1 and 65536") }
         _ = try vmAccess
