@@ -100,15 +100,14 @@ public final class SerialPort: SerialReceiver, ParkableDevice, @unchecked Sendab
     func writeConsole(_ line: String) {
         let bytes = Array(line.utf8)
         let queued = lock.withLock { () -> Bool in
-            guard pending.count + bytes.count <= Self.consoleBacklog else {
+            // The notice of earlier drops counts against the backlog too.
+            let notice = consoleDropped > 0 ? Array("[\(consoleDropped) console line(s) dropped: the port could not keep up]\r\n".utf8) : []
+            guard pending.count + notice.count + bytes.count <= Self.consoleBacklog else {
                 consoleDropped += 1
                 return false
             }
-            if consoleDropped > 0 {
-                pending += Array("[\(consoleDropped) console line(s) dropped: the port could not keep up]\r\n".utf8)
-                consoleDropped = 0
-            }
-            pending += bytes
+            consoleDropped = 0
+            pending += notice + bytes
             return true
         }
         if queued { startDrain(driverMadeRoom: false) }

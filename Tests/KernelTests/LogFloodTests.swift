@@ -48,4 +48,73 @@ import Testing
         }
         #expect(text.contains("console line(s) dropped: the port could not keep up]\r\n[info] [test] after the flood"), "\(text.suffix(300))")
     }
+
+    /// The notice of dropped lines is console output too: a line that fits
+    /// the room left but not with the notice before it waits, dropped and
+    /// counted, instead of pushing the backlog over its bound.
+    @Test func theNoticeOfDroppedLinesCountsAgainstTheBacklog() {
+        let driver = MeteredPort()
+        let port = SerialPort(name: "ttyS9", port: driver)
+        let line = String(repeating: "x", count: 98) + "\r\n"
+        var dropped = 0
+        while port.unsent + line.utf8.count <= SerialPort.consoleBacklog { port.writeConsole(line) }
+        for _ in 0..<3 { port.writeConsole(line); dropped += 1 }
+        // Room for the line, not for the notice with it.
+        let room = line.utf8.count + 10
+        driver.take(port.unsent - (SerialPort.consoleBacklog - room))
+        port.driverMadeRoom()
+        #expect(driver.waitUntilIdle(), "the port drained what the driver took")
+        let before = port.unsent
+        port.writeConsole(line)
+        dropped += 1
+        #expect(port.unsent == before, "the line waited for room for the notice")
+        #expect(port.unsent <= SerialPort.consoleBacklog)
+        driver.take(.max)
+        port.driverMadeRoom()
+        #expect(driver.waitUntilIdle())
+        port.writeConsole("after\r\n")
+        #expect(driver.waitUntilIdle())
+        let text = driver.text
+        #expect(text.hasSuffix("[\(dropped) console line(s) dropped: the port could not keep up]\r\nafter\r\n"), "\(text.suffix(200))")
+    }
+}
+
+/// A serial driver that takes only the bytes a test allows it.
+private final class MeteredPort: SerialDriverBinding, @unchecked Sendable {
+    // @unchecked Sendable: state is guarded by `lock`.
+    private let lock = NSCondition()
+    private var credit = 0
+    private var written: [UInt8] = []
+    private var calls = 0
+    private var lastCall = Date()
+
+    let label = "metered@00:09.0", location = "00:09.0", driverName = "metered", driverVersion = "1.0.0", driverSHA256 = ""
+    var line: SerialLine { SerialLine(baud: 115_200) }
+    func setLine(_ line: SerialLine) -> OyStatus { .ok }
+
+    func write(_ bytes: UnsafeRawBufferPointer) -> Result<Int, OyStatus> {
+        lock.withLock {
+            let n = min(credit, bytes.count)
+            credit -= n
+            written += bytes.prefix(n)
+            calls += 1
+            lastCall = Date()
+            return .success(n)
+        }
+    }
+
+    /// Lets the port hand over `count` more bytes.
+    func take(_ count: Int) { lock.withLock { credit = count == .max ? .max : credit + count } }
+
+    /// True once the port has not called for 50 ms (its drain stopped).
+    func waitUntilIdle() -> Bool {
+        let deadline = Date(timeIntervalSinceNow: 10)
+        while Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.05)
+            if lock.withLock({ Date().timeIntervalSince(lastCall) >= 0.05 }) { return true }
+        }
+        return false
+    }
+
+    var text: String { lock.withLock { String(decoding: written, as: UTF8.self) } }
 }
