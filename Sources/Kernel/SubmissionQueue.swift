@@ -4,8 +4,13 @@ import Foundation
 /// The software queue above a driver's depth, shared by the block and
 /// network layers: at most `depth` items are with the driver, the rest wait
 /// in order. A driver's OY_E_BUSY puts the item back at the head until a
-/// completion frees a slot; any other refusal completes it with that code;
-/// removal fails everything still waiting with OY_E_DEVICE_GONE.
+/// completion frees a slot, or, when the driver has nothing of ours that
+/// could complete, until a short delay has passed (blk-mq reruns a queue the
+/// same way after BLK_STS_RESOURCE); any other refusal completes it with
+/// that code; removal fails everything still waiting with OY_E_DEVICE_GONE.
+/// Where retries after a busy answer wait (they only hand items on).
+private let submissionRetries = DispatchQueue(label: "oyako.submission-retry")
+
 final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
     // @unchecked Sendable: state is guarded by `lock`; the closures are the
     // owner's and thread-safe.
@@ -32,6 +37,9 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
     private var submit: (Item) -> OyStatus
     /// Completes an item the driver did not take (never called with OK).
     private let fail: (Item, OyStatus) -> Void
+    /// The retry after a busy answer with nothing of ours outstanding (no
+    /// completion will come to restart the queue).
+    private var busyRetry = BusyRetry()
 
     /// - Parameters:
     ///   - depth: items the driver accepts at once.
@@ -55,20 +63,19 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
             waiting.append(item)
             return .queued
         }
-        if case .dispatched = admission { dispatch(item) }
+        if case .dispatched = admission { dispatch([item]) }
         return admission
     }
 
-    /// One item the driver had came back: its slot goes to the next waiting.
+    /// One item the driver had came back: waiting items fill the free slots
+    /// (this one's, and any a busy answer left free).
     func completed() {
-        let next = lock.withLock { () -> Item? in
+        let ready = lock.withLock { () -> [Item] in
             inflight -= 1
             if inflight == 0 { lock.broadcast() }
-            guard !held, !waiting.isEmpty, inflight < depth else { return nil }
-            inflight += 1
-            return waiting.removeFirst()
+            return held ? [] : takeReadyLocked()
         }
-        if let next { dispatch(next) }
+        dispatch(ready)
     }
 
     /// The device went away: fail everything still waiting.
@@ -102,12 +109,9 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
             if let newSubmit { submit = newSubmit }
             if let newDepth { depth = max(1, newDepth) }
             held = false
-            let n = min(waiting.count, max(0, depth - inflight))
-            inflight += n
-            defer { waiting.removeFirst(n) }
-            return Array(waiting.prefix(n))
+            return takeReadyLocked()
         }
-        for item in ready { dispatch(item) }
+        dispatch(ready)
     }
 
     /// Puts `items` (which the driver gave back unfinished) at the head of
@@ -131,23 +135,77 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
         }
     }
 
-    private func dispatch(_ item: Item) {
-        let submit = lock.withLock { () -> (Item) -> OyStatus in
-            calling += 1
-            return self.submit
-        }
-        let status = submit(item)
-        lock.withLock {
-            calling -= 1
-            if calling == 0 { lock.broadcast() }
-        }
-        if status == .busy {
-            lock.withLock {
-                inflight -= 1
-                waiting.insert(item, at: 0)
+    /// What became of items the driver answered busy.
+    private enum Bounce {
+        /// Taken, or refused for good (`fail` has it).
+        case none
+        /// Back at the head; items still with the driver restart the queue.
+        case waiting
+        /// Back at the head, and nothing is with the driver to restart it.
+        case retry(after: Duration)
+        /// The device went away meanwhile: they fail as gone.
+        case gone([Item])
+    }
+
+    /// Hands `items` (counted in flight already) to the driver in order. A
+    /// busy answer puts that item and the ones after it back at the head,
+    /// in order.
+    private func dispatch(_ items: [Item]) {
+        for (index, item) in items.enumerated() {
+            let submit = lock.withLock { () -> (Item) -> OyStatus in
+                calling += 1
+                return self.submit
             }
-        } else if !status.isOK {
-            fail(item, status)
+            let status = submit(item)
+            let bounce = lock.withLock { () -> Bounce in
+                calling -= 1
+                if calling == 0 { lock.broadcast() }
+                guard status == .busy else {
+                    if status.isOK { busyRetry.reset() }
+                    return .none
+                }
+                let back = Array(items[index...])
+                // Removed meanwhile: nothing waits any more; these fail
+                // through `fail` like those that waited (still in flight).
+                if removed { return .gone(back) }
+                inflight -= back.count
+                waiting.insert(contentsOf: back, at: 0)
+                if inflight == 0 { lock.broadcast() }
+                guard inflight == 0, let delay = busyRetry.schedule() else { return .waiting }
+                return .retry(after: delay)
+            }
+            switch bounce {
+            case .none:
+                if !status.isOK { fail(item, status) }
+                continue
+            case .waiting:
+                break
+            case .retry(let delay):
+                submissionRetries.asyncAfter(deadline: .now() + delay.seconds) { [weak self] in self?.retry() }
+            case .gone(let items):
+                for item in items { fail(item, .deviceGone) }
+            }
+            return
         }
+    }
+
+    /// The retry after a busy answer: waiting items go to the driver as far
+    /// as slots are free (unless held or removed since).
+    private func retry() {
+        let ready = lock.withLock { () -> [Item] in
+            busyRetry.ran()
+            guard !held, !removed else { return [] }
+            return takeReadyLocked()
+        }
+        dispatch(ready)
+    }
+
+    /// The waiting items that fit the free slots, now counted in flight.
+    /// Under `lock`.
+    private func takeReadyLocked() -> [Item] {
+        let n = min(waiting.count, max(0, depth - inflight))
+        inflight += n
+        defer { waiting.removeFirst(n) }
+        return Array(waiting.prefix(n))
     }
 }

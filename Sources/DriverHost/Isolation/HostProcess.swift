@@ -397,7 +397,7 @@ final class HostSide: @unchecked Sendable {
     private var memory: SharedMemory?
     private var device: RemoteDevice?
     private let inFlight = Mutex<[UInt64: BlockRequest]>([:])
-    private let backlog = Mutex<[(kind: HostMessage, tag: UInt64, message: HostLine.Incoming)]>([])
+    private let backlog = Mutex(Backlog())
     private let spareFrames = Mutex<[NetFrame]>([])
 
     init(line: HostLine) { self.line = line }
@@ -594,20 +594,68 @@ final class HostSide: @unchecked Sendable {
     /// The most data (entropy, serial input) one message carries: a message less its header and fields.
     static let largestDataReply = HostMessage.maxSize - 64
 
-    /// Starts posted work (a disk request, a frame to send); a refusal goes
-    /// back as its completion, and BUSY waits for the next completion.
+    /// Posted work the driver answered busy, in the order posted, and how
+    /// much posted work the driver holds: each completion of that starts
+    /// the backlog again; with none, a `BusyRetry` timer does.
+    private struct Backlog {
+        struct Posted {
+            let kind: HostMessage
+            let tag: UInt64
+            /// Read again from here on a retry.
+            let message: HostLine.Incoming
+        }
+        var waiting: [Posted] = []
+        var withDriver = 0
+        var retry = BusyRetry()
+    }
+
+    /// Starts posted work (a disk request, a frame to send) behind any that
+    /// waits; a refusal goes back as its completion. [requests]
     private func start(_ kind: HostMessage, _ message: HostLine.Incoming) {
         var message = message
         guard let tag = try? message.body.u64() else { return }
-        let fields = message  // read again from here on a retry
-        let status = perform(kind, tag: tag, &message)
-        guard !status.isOK else { return }
-        if status == .busy {
-            // Full for now: again after the next completion.
-            backlog.withLock { $0.append((kind, tag, fields)) }
-            return
+        let posted = Backlog.Posted(kind: kind, tag: tag, message: message)
+        let behind = backlog.withLock { b -> Bool in
+            if b.waiting.isEmpty { return false }
+            b.waiting.append(posted)
+            return true
         }
-        completed(kind, tag, status)
+        if !behind { startWaiting(first: posted) }
+    }
+
+    /// Hands posted work to the driver in order, `first` and then what
+    /// waits, until the driver answers busy. [requests]
+    private func startWaiting(first: Backlog.Posted? = nil) {
+        var next = first ?? nextWaiting()
+        while let posted = next {
+            backlog.withLock { $0.withDriver += 1 }
+            var message = posted.message
+            let status = perform(posted.kind, tag: posted.tag, &message)
+            let retryIn = backlog.withLock { b -> Duration? in
+                if status.isOK { b.retry.reset() }
+                guard !status.isOK else { return nil }
+                b.withDriver -= 1
+                guard status == .busy else { return nil }
+                b.waiting.insert(posted, at: 0)
+                // Nothing with the driver to complete and start us again.
+                return b.withDriver == 0 ? b.retry.schedule() : nil
+            }
+            if status == .busy {
+                if let retryIn {
+                    requests.asyncAfter(deadline: .now() + retryIn / .seconds(1)) { [self] in
+                        backlog.withLock { $0.retry.ran() }
+                        startWaiting()
+                    }
+                }
+                return
+            }
+            if !status.isOK { completed(posted.kind, posted.tag, status) }
+            next = nextWaiting()
+        }
+    }
+
+    private func nextWaiting() -> Backlog.Posted? {
+        backlog.withLock { $0.waiting.isEmpty ? nil : $0.waiting.removeFirst() }
     }
 
     private func perform(_ kind: HostMessage, tag: UInt64, _ message: inout HostLine.Incoming) -> OyStatus {
@@ -641,13 +689,17 @@ final class HostSide: @unchecked Sendable {
             body.i32(status.rawValue)
             CallbackBudget.inOS { _ = line.post(kind == .netTransmit ? .netTxComplete : .complete, body) }
         }
-        if let retry = backlog.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
-            requests.async { [self] in
-                var message = retry.message
-                let again = perform(retry.kind, tag: retry.tag, &message)
-                if again == .busy { backlog.withLock { $0.insert(retry, at: 0) } } else if !again.isOK { completed(retry.kind, retry.tag, again) }
-            }
+    }
+
+    /// The driver completed posted work it had taken: what waits behind a
+    /// busy answer goes to it again.
+    private func driverCompleted(_ kind: HostMessage, _ tag: UInt64, _ status: OyStatus) {
+        completed(kind, tag, status)
+        let waiting = backlog.withLock { b -> Bool in
+            b.withDriver -= 1
+            return !b.waiting.isEmpty
         }
+        if waiting { requests.async { [self] in startWaiting() } }
     }
 
     /// A frame to send, in the OS's memory the Kernel shares (mapped for the device already).
@@ -666,7 +718,7 @@ final class HostSide: @unchecked Sendable {
         let frame = spareFrames.withLock { $0.popLast() } ?? NetFrame()
         frame.prepare(at: memory.base + Int(physical), length: Int(length)) { [self] status in
             spareFrames.withLock { $0.append(frame) }
-            completed(.netTransmit, tag, status)
+            driverCompleted(.netTransmit, tag, status)
         }
         let status = netdev.transmit(frame)
         if !status.isOK {
@@ -694,7 +746,7 @@ final class HostSide: @unchecked Sendable {
         inFlight.withLock { $0[tag] = request }
         request.prepare(operation, lba: lba, blockCount: Int(blocks), data: operation == .flush ? nil : memory.base + Int(physical)) { [self] status in
             inFlight.withLock { _ = $0.removeValue(forKey: tag) }
-            completed(.submit, tag, status)
+            driverCompleted(.submit, tag, status)
         }
         let status = disk.submit(request)
         if !status.isOK { inFlight.withLock { _ = $0.removeValue(forKey: tag) } }

@@ -1,0 +1,84 @@
+import DriverHost
+import Foundation
+@testable import Kernel
+import Synchronization
+import Testing
+
+/// The software queue above a driver's depth, with a scripted driver: which
+/// items reached it, and what it answered.
+@Suite struct SubmissionQueueTests {
+    final class Item: Sendable {
+        let id: Int
+        init(_ id: Int) { self.id = id }
+    }
+
+    /// A driver that answers from a script (then OK), and the items failed.
+    final class ScriptedDriver: Sendable {
+        private let state = Mutex<(answers: [OyStatus], taken: [Int], failed: [(Int, OyStatus)])>(([], [], []))
+        init(answers: [OyStatus]) { state.withLock { $0.answers = answers } }
+
+        func submit(_ item: Item) -> OyStatus {
+            state.withLock { s in
+                let answer = s.answers.isEmpty ? OyStatus.ok : s.answers.removeFirst()
+                if answer.isOK { s.taken.append(item.id) }
+                return answer
+            }
+        }
+        func fail(_ item: Item, _ status: OyStatus) { state.withLock { $0.failed.append((item.id, status)) } }
+        var taken: [Int] { state.withLock { $0.taken } }
+        var failed: [(Int, OyStatus)] { state.withLock { $0.failed } }
+
+        func queue(depth: Int) -> SubmissionQueue<Item> {
+            SubmissionQueue(depth: depth, submit: { self.submit($0) }, fail: { self.fail($0, $1) })
+        }
+
+        func waitUntil(timeout: Double = 10, _ condition: () -> Bool) -> Bool {
+            let deadline = Date(timeIntervalSinceNow: timeout)
+            while !condition() && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
+            return condition()
+        }
+    }
+
+    /// Busy with nothing of ours outstanding (a device whose own queue is
+    /// full for a moment): no completion will come to restart the queue, so
+    /// the queue retries by itself; the item is not stranded.
+    @Test func busyWithNothingOutstandingIsRetried() {
+        let driver = ScriptedDriver(answers: [.busy, .busy, .busy])
+        let queue = driver.queue(depth: 4)
+        #expect(queue.enqueue(Item(1)) == .dispatched)
+        #expect(queue.enqueue(Item(2)) == .queued, "behind the one put back")
+        #expect(driver.waitUntil { driver.taken == [1, 2] }, "taken: \(driver.taken)")
+        #expect(queue.waitingCount == 0)
+        #expect(driver.failed.isEmpty)
+    }
+
+    /// Busy while other items are with the driver: the item waits at the
+    /// head for the next completion, ahead of later items.
+    @Test func busyWhileOthersAreOutstandingWaitsForACompletionInOrder() {
+        let driver = ScriptedDriver(answers: [.ok, .busy])
+        let queue = driver.queue(depth: 2)
+        #expect(queue.enqueue(Item(1)) == .dispatched)
+        #expect(queue.enqueue(Item(2)) == .dispatched)  // answered busy
+        #expect(queue.enqueue(Item(3)) == .queued)
+        #expect(driver.taken == [1])
+        #expect(queue.waitingCount == 2)
+        queue.completed()  // item 1
+        #expect(driver.taken == [1, 2, 3])
+    }
+
+    /// The device removed while the driver's busy answer was on its way:
+    /// the item fails as gone, like those that waited, and is not kept.
+    @Test func aBusyAnswerAfterRemovalFailsTheItem() {
+        let removedQueue = Mutex<SubmissionQueue<Item>?>(nil)
+        let failed = Mutex<[(Int, OyStatus)]>([])
+        let queue = SubmissionQueue<Item>(depth: 1, submit: { _ in
+            removedQueue.withLock { $0 }?.markRemoved()
+            return .busy
+        }, fail: { item, status in failed.withLock { $0.append((item.id, status)) } })
+        removedQueue.withLock { $0 = queue }
+        _ = queue.enqueue(Item(7))
+        #expect(failed.withLock { $0.map(\.0) } == [7])
+        #expect(failed.withLock { $0.map(\.1) } == [.deviceGone])
+        #expect(queue.waitingCount == 0)
+    }
+}
