@@ -1,6 +1,9 @@
 import DriverHost
 import Foundation
 
+/// Where retries after a busy answer wait (they only hand items on).
+private let submissionRetries = DispatchQueue(label: "oyako.submission-retry")
+
 /// The software queue above a driver's depth, shared by the block and
 /// network layers: at most `depth` items are with the driver, the rest wait
 /// in order. A driver's OY_E_BUSY puts the item back at the head until a
@@ -8,9 +11,6 @@ import Foundation
 /// could complete, until a short delay has passed (blk-mq reruns a queue the
 /// same way after BLK_STS_RESOURCE); any other refusal completes it with
 /// that code; removal fails everything still waiting with OY_E_DEVICE_GONE.
-/// Where retries after a busy answer wait (they only hand items on).
-private let submissionRetries = DispatchQueue(label: "oyako.submission-retry")
-
 final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
     // @unchecked Sendable: state is guarded by `lock`; the closures are the
     // owner's and thread-safe.
