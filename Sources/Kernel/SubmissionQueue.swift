@@ -40,6 +40,9 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
     /// The retry after a busy answer with nothing of ours outstanding (no
     /// completion will come to restart the queue).
     private var busyRetry = BusyRetry()
+    /// Threads handing items to the driver now, with the items that joined
+    /// their loop (see `dispatch`).
+    private var handingOn: [pthread_t: [Item]] = [:]
 
     /// - Parameters:
     ///   - depth: items the driver accepts at once.
@@ -150,7 +153,37 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
     /// Hands `items` (counted in flight already) to the driver in order. A
     /// busy answer puts that item and the ones after it back at the head,
     /// in order.
+    ///
+    /// A driver may complete inside its submit, and that completion hands
+    /// on the next waiting item: on the thread already handing items on,
+    /// such items join its loop instead of nesting another submit per item
+    /// (a long queue would overflow the stack).
     private func dispatch(_ items: [Item]) {
+        guard !items.isEmpty else { return }
+        let me = pthread_self()
+        let nested = lock.withLock { () -> Bool in
+            if let joined = handingOn[me] {
+                handingOn[me] = joined + items
+                return true
+            }
+            handingOn[me] = []
+            return false
+        }
+        if nested { return }
+        var batch = items
+        while !batch.isEmpty {
+            guard handOn(batch, on: me) else { return }
+            batch = lock.withLock {
+                let next = handingOn[me] ?? []
+                handingOn[me] = next.isEmpty ? nil : []
+                return next
+            }
+        }
+    }
+
+    /// One batch of `dispatch`; false when a busy answer ended the loop
+    /// (the rest, and what joined meanwhile, are back at the head).
+    private func handOn(_ items: [Item], on me: pthread_t) -> Bool {
         for (index, item) in items.enumerated() {
             let submit = lock.withLock { () -> (Item) -> OyStatus in
                 calling += 1
@@ -164,7 +197,8 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
                     if status.isOK { busyRetry.reset() }
                     return .none
                 }
-                let back = Array(items[index...])
+                // This loop ends: what joined it goes back too, after the rest.
+                let back = Array(items[index...]) + (handingOn.removeValue(forKey: me) ?? [])
                 // Removed meanwhile: nothing waits any more; these fail
                 // through `fail` like those that waited (still in flight).
                 if removed { return .gone(back) }
@@ -185,8 +219,9 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
             case .gone(let items):
                 for item in items { fail(item, .deviceGone) }
             }
-            return
+            return false
         }
+        return true
     }
 
     /// The retry after a busy answer: waiting items go to the driver as far

@@ -81,4 +81,32 @@ import Testing
         #expect(failed.withLock { $0.map(\.1) } == [.deviceGone])
         #expect(queue.waitingCount == 0)
     }
+
+    /// A driver that completes inside submit (a RAM disk, a NIC that copies
+    /// the frame out at once) while many items wait: each completion hands
+    /// on the next item, and that must not nest one submit inside another
+    /// per item (100 000 waiting items would overflow the thread's stack).
+    @Test func aDriverCompletingInsideSubmitDoesNotNestTheQueue() {
+        let box = Mutex<SubmissionQueue<Item>?>(nil)
+        let state = Mutex<(depth: Int, deepest: Int, taken: [Int])>((0, 0, []))
+        let queue = SubmissionQueue<Item>(depth: 2, submit: { item in
+            state.withLock { s in
+                s.depth += 1
+                s.deepest = max(s.deepest, s.depth)
+                s.taken.append(item.id)
+            }
+            box.withLock { $0 }?.completed()  // completed before submit returns
+            state.withLock { $0.depth -= 1 }
+            return .ok
+        }, fail: { _, _ in })
+        box.withLock { $0 = queue }
+        #expect(queue.hold(until: Date()))
+        let count = 100_000
+        for id in 0..<count { _ = queue.enqueue(Item(id)) }
+        queue.resume()
+        let (deepest, taken) = state.withLock { ($0.deepest, $0.taken) }
+        #expect(taken == Array(0..<count), "every item, in order")
+        #expect(deepest == 1, "one submit at a time on this thread, not \(deepest) nested")
+        #expect(queue.waitingCount == 0)
+    }
 }
