@@ -69,7 +69,9 @@ import Testing
         let net = s.kernel.network.interfaces
         let stranger = NetChecks.frame(from: net[0].mac, to: [0x02, 0, 0, 0, 0, 0x99], length: 100, seed: 1)
         let broadcast = NetChecks.frame(from: net[0].mac, to: [UInt8](repeating: 0xFF, count: 6), length: 100, seed: 2)
-        let got = NetChecks.roundTrip(from: net[0], to: net[1], frames: [stranger, broadcast], timeout: 1)
+        // One wire, in order: had the stranger got through, it would have
+        // come before the broadcast sent after it.
+        let got = NetChecks.roundTrip(from: net[0], to: net[1], frames: [stranger, broadcast], expecting: 1)
         #expect(got == [broadcast])
         #expect(s.testbed.nics[1].statistics.receiveFiltered == 1)
         // Add the stranger's address to eth1's filter: now it gets through.

@@ -13,8 +13,9 @@ public enum NetChecks {
         return f
     }
 
-    /// Sends `frames` on `a` and returns what `b` received within `timeout`.
-    public static func roundTrip(from a: NetInterface, to b: NetInterface, frames: [[UInt8]], timeout: Double = 10) -> [[UInt8]] {
+    /// Sends `frames` from `a` and returns what `b` received, once
+    /// `expecting` frames (all of them, by default) arrived or at `timeout`.
+    public static func roundTrip(from a: NetInterface, to b: NetInterface, frames: [[UInt8]], expecting: Int? = nil, timeout: Double = 10) -> [[UInt8]] {
         let received = Mutex<[[UInt8]]>([])
         let arrived = DispatchSemaphore(value: 0)
         b.setUpperLayer { bytes in
@@ -24,7 +25,7 @@ public enum NetChecks {
         defer { b.setUpperLayer(nil) }
         for f in frames { _ = a.send(f) }
         let deadline = DispatchTime.now() + timeout
-        while received.withLock({ $0.count }) < frames.count {
+        while received.withLock({ $0.count }) < expecting ?? frames.count {
             if arrived.wait(timeout: deadline) == .timedOut { break }
         }
         return received.withLock { $0 }
