@@ -55,7 +55,7 @@ func networkGuest(ip: [UInt8], outcome: GuestOutcome<Int>? = nil, ready: Dispatc
             networkGuest(ip: [192, 0, 2, 11], outcome: outcome, work: { os, stack in
                 let pings = os.ping(stack, [192, 0, 2, 10], count: 3)
                 stack.sendUDP(to: [192, 0, 2, 10], from: 40000, port: 7, Array("hello".utf8))  // a's echo service answers to 40000
-                _ = os.vp.halt(until: { !stack.udpReplies.isEmpty }, timeout: 2)
+                _ = os.vp.halt(until: { !stack.udpReplies.isEmpty }, timeout: 10)
                 return pings * 10 + stack.udpReplies.count
             })(GuestOS(name: "b", partition: p, vp: vp))
         }
