@@ -45,6 +45,13 @@ public final class DriverLibrary: @unchecked Sendable {
     let logBudget = Mutex(LogBudget())
     private var unloaded = false
     let logger: Logger
+    /// Calls into the driver's class operations (submit, transmit, read,
+    /// write, ...) that have not returned yet. A submit may still be on its
+    /// way out of the driver after its request completed and the OS moved
+    /// on to detach: the code and the host table stay until it is back.
+    private let callsOut = Atomic<Int>(0)
+    /// How long `unload` waits for those before it leaves the code mapped.
+    static let callReturnWait: Duration = .seconds(10)
 
     /// The name the driver gives itself.
     public var name: String { metadata.name }
@@ -216,9 +223,35 @@ public final class DriverLibrary: @unchecked Sendable {
         callDriver("deinit") { driver.pointee.deinit(context) }
         let leaked = globalOwner.reclaimAll()
         for item in leaked { recordViolation("deinit left a driver-wide resource behind: \(item)") }
+        guard callsReturned(within: Self.callReturnWait) else {
+            // Unmapping code a thread still runs would crash the OS; a
+            // mapping kept is only memory.
+            let running = callsOut.load(ordering: .sequentiallyConsistent)
+            recordViolation("\(running) call(s) into the driver had not returned \(Int(Self.callReturnWait / .seconds(1))) s after deinit; its code stays mapped", inCallback: false)
+            return UnloadReport(leaked: leaked)
+        }
         teardownHostTable()
         dl.close()
         return UnloadReport(leaked: leaked)
+    }
+
+    /// Runs `body`, a call into one of the driver's class operations,
+    /// counted so that `unload` waits for it to return. Count before
+    /// checking that the class object is still registered: then a call
+    /// that saw it registered is one `unload` waits for. [any-thread]
+    func counted<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        callsOut.add(1, ordering: .sequentiallyConsistent)
+        defer { callsOut.subtract(1, ordering: .sequentiallyConsistent) }
+        return try body()
+    }
+
+    private func callsReturned(within wait: Duration) -> Bool {
+        let deadline = ContinuousClock.now + wait
+        while callsOut.load(ordering: .sequentiallyConsistent) > 0 {
+            guard ContinuousClock.now < deadline else { return false }
+            usleep(1000)
+        }
+        return true
     }
 
     private func teardownHostTable() {

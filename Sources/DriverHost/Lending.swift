@@ -89,6 +89,10 @@ final class Loans: @unchecked Sendable {
     /// the completion runs later, exactly once, possibly on the interrupt
     /// thread; on a refusal the request is taken back and never completed.
     func lend(_ request: LentRequest, service: String, _ call: () -> OyStatus) -> OyStatus {
+        library.counted { lendCounted(request, service: service, call) }
+    }
+
+    private func lendCounted(_ request: LentRequest, service: String, _ call: () -> OyStatus) -> OyStatus {
         let key = ObjectIdentifier(request)
         let admitted = lock.withLock { () -> Bool in
             guard !closed else { return false }

@@ -132,7 +132,7 @@ public final class RegisteredNetdev: ClassRegistration, @unchecked Sendable {
         guard let getStats = ops.get_stats else { return nil }
         var s = oy_net_stats()
         s.struct_size = UInt32(MemoryLayout<oy_net_stats>.size)
-        guard getStats(instance, &s) == 0 else { return nil }
+        guard whileRegistered(OY_E_DEVICE_GONE.rawValue, { getStats(instance, &s) }) == 0 else { return nil }
         return NetStatistics(txPackets: s.tx_packets, txBytes: s.tx_bytes, txErrors: s.tx_errors, txDropped: s.tx_dropped,
                              rxPackets: s.rx_packets, rxBytes: s.rx_bytes, rxErrors: s.rx_errors, rxDropped: s.rx_dropped)
     }
@@ -142,7 +142,15 @@ public final class RegisteredNetdev: ClassRegistration, @unchecked Sendable {
         guard let setFilter = ops.set_filter else { return .notSupported }
         let flat = macs.flatMap { $0 }
         let flags = (broadcast ? UInt32(OY_NET_FILTER_BROADCAST.rawValue) : 0) | (promiscuous ? UInt32(OY_NET_FILTER_PROMISCUOUS.rawValue) : 0)
-        return binding.library.callDriver("set_filter") { flat.withUnsafeBufferPointer { OyStatus(setFilter(instance, $0.baseAddress, UInt32(macs.count), flags)) } }
+        return whileRegistered(.deviceGone) {
+            binding.library.callDriver("set_filter") { flat.withUnsafeBufferPointer { OyStatus(setFilter(instance, $0.baseAddress, UInt32(macs.count), flags)) } }
+        }
+    }
+
+    /// `body`, a call into the driver, unless the interface is unregistered
+    /// (then `gone`); counted for the driver's unload.
+    private func whileRegistered<R>(_ gone: R, _ body: () -> R) -> R {
+        binding.library.counted { lock.withLock { unregistered } ? gone : body() }
     }
 
     fileprivate func deliver(_ data: UnsafeRawBufferPointer) {

@@ -26,6 +26,10 @@ public final class RegisteredRNG: ClassRegistration, @unchecked Sendable {
     /// Asks the driver for up to `buffer.count` bytes; returns how many it
     /// produced. Calls are serialised (the ABI promises one at a time).
     public func read(into buffer: UnsafeMutableRawBufferPointer) -> Result<Int, OyStatus> {
+        binding.library.counted { readCounted(into: buffer) }
+    }
+
+    private func readCounted(into buffer: UnsafeMutableRawBufferPointer) -> Result<Int, OyStatus> {
         let admitted = lock.withLock { () -> Bool in
             while reading && !unregistered { lock.wait() }
             guard !unregistered else { return false }

@@ -56,6 +56,10 @@ public final class RegisteredSerialPort: ClassRegistration, @unchecked Sendable 
 
     /// Queues what fits; returns how many bytes the driver took.
     public func write(_ bytes: UnsafeRawBufferPointer) -> Result<Int, OyStatus> {
+        binding.library.counted { writeCounted(bytes) }
+    }
+
+    private func writeCounted(_ bytes: UnsafeRawBufferPointer) -> Result<Int, OyStatus> {
         let admitted = lock.withLock { () -> Bool in
             guard !unregistered else { return false }
             writesInProgress += 1
@@ -86,7 +90,9 @@ public final class RegisteredSerialPort: ClassRegistration, @unchecked Sendable 
         c.data_bits = UInt8(line.dataBits)
         c.parity = UInt8(line.parity)
         c.stop_bits = UInt8(line.stopBits)
-        let status = binding.library.callDriver("set_line") { OyStatus(setLine(instance, &c)) }
+        let status = binding.library.counted {
+            lock.withLock { unregistered } ? .deviceGone : binding.library.callDriver("set_line") { OyStatus(setLine(instance, &c)) }
+        }
         if status.isOK { lock.withLock { line_ = line } }
         return status
     }

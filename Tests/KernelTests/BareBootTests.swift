@@ -123,6 +123,30 @@ import Workloads
         #expect(disk.heldRequests == 0)
     }
 
+    /// A submit may return after its request completed ("possibly before
+    /// submit returns"): the OS that shuts down meanwhile keeps the driver's
+    /// code mapped until that thread is out of it. It used to unload at
+    /// once, and the thread returned into unmapped code (SIGSEGV).
+    @Test func aSubmitStillReturningKeepsItsDriverMappedUntilItIsBack() throws {
+        let slowToReturn = try Fixtures.mutatedReferenceDriver("nvmelite", [(
+            "    nvl_sq_push(d, &d->io, &cmd);\n    d->host->lock_release(d->lock);\n    return OY_OK;",
+            "    nvl_sq_push(d, &d->io, &cmd);\n    d->host->lock_release(d->lock);\n"
+                + "    { volatile unsigned long spin; for (spin = 0; spin < 400000000ul; spin++) {} } /* long after the completion */\n    return OY_OK;"
+        )])
+        let system = try Fixtures.bareSystem(drivers: [slowToReturn])
+        let disk = try #require(system.disk)
+        let buffer = try #require(disk.allocateBuffer(length: disk.geometry.blockSize))
+        let completed = DispatchSemaphore(value: 0), returned = DispatchSemaphore(value: 0)
+        startThread(named: "slow-submitter") {
+            disk.submit(.write, lba: 0, blocks: 1, buffer: buffer) { _ in completed.signal() }
+            returned.signal()
+        }
+        #expect(completed.wait(timeout: .now() + 30) == .success)
+        #expect(returned.wait(timeout: .now()) == .timedOut, "the submit is still on its way out of the driver")
+        system.shutdown()
+        #expect(returned.wait(timeout: .now() + 30) == .success, "and came back to mapped code")
+    }
+
     @Test func asyncSubmissionsBeyondTheQueueDepthAreQueuedInSoftware() throws {
         let system = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver()])
         defer { system.shutdown() }
