@@ -204,7 +204,8 @@ enum HostNet {
             CallbackBudget.inOS { netdev.deliver(UnsafeRawBufferPointer(start: data, count: Int(length))) }
         }
         t.link_changed = { handle, state in
-            HostServices.resource(handle, RegisteredNetdev.self, service: "link_changed")?.setLink(state == UInt32(OY_LINK_UP.rawValue))
+            guard let netdev = HostServices.resource(handle, RegisteredNetdev.self, service: "link_changed") else { return }
+            CallbackBudget.inOS { netdev.setLink(state == UInt32(OY_LINK_UP.rawValue)) }
         }
     }
 }

@@ -122,17 +122,19 @@ enum HostSerial {
             }
         }
         t.unregister_port = { handle in ClassRegistration.withdraw(handle, as: RegisteredSerialPort.self, service: "unregister_port") }
+        // What the OS does with input, room and losses is its own time, not
+        // the reporting interrupt handler's (CallbackBudget).
         t.receive = { handle, data, length in
             guard let port = HostServices.resource(handle, RegisteredSerialPort.self, service: "receive"), let data, length > 0 else { return }
-            port.target()?.received(UnsafeRawBufferPointer(start: data, count: Int(length)), on: port)
+            CallbackBudget.inOS { port.target()?.received(UnsafeRawBufferPointer(start: data, count: Int(length)), on: port) }
         }
         t.tx_ready = { handle in
             guard let port = HostServices.resource(handle, RegisteredSerialPort.self, service: "tx_ready") else { return }
-            port.target()?.transmitReady(on: port)
+            CallbackBudget.inOS { port.target()?.transmitReady(on: port) }
         }
         t.error = { handle, lost in
             guard let port = HostServices.resource(handle, RegisteredSerialPort.self, service: "error") else { return }
-            port.target()?.lost(Int(lost), on: port)
+            CallbackBudget.inOS { port.target()?.lost(Int(lost), on: port) }
         }
     }
 }
