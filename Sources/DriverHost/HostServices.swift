@@ -391,9 +391,12 @@ enum HostServices {
                 lines = notes.map { ($0, .warning) } + [(message.map { String(cString: $0) } ?? "(NULL message)", LogLevel(rawValue: level) ?? .info)]
             }
             let location = device.flatMap { HandleTable.shared.lookup($0, as: DeviceBinding.self)?.device.info.location }
-            for (line, level) in lines {
-                library.environment.log(level: level, driver: library.name, device: location, message: line)
-                DriverLogMirror.record(level: level, driver: library.name, device: location, message: line)
+            // Where the OS puts a line (its log, the console) is its time.
+            CallbackBudget.inOS {
+                for (line, level) in lines {
+                    library.environment.log(level: level, driver: library.name, device: location, message: line)
+                    DriverLogMirror.record(level: level, driver: library.name, device: location, message: line)
+                }
             }
         }
         t.monotonic_ns = { _ in monotonicNanoseconds() }
