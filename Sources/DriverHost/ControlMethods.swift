@@ -143,7 +143,18 @@ extension DriverInstance {
 
     /// Calls `name` with `arguments` given as text, checked against the
     /// declared signature before the driver runs; returns the result as text.
+    /// A detached instance takes no calls: its driver may have freed it, or
+    /// been unloaded (the call is counted, so an unload waits for it).
     public func callControl(_ name: String, arguments: [String]) throws(ControlCallError) -> String {
+        try library.counted { () throws(ControlCallError) -> String in
+            guard state != .detached else {
+                throw ControlCallError(message: "\(library.name) is detached from \(device.info.location); call the driver the device has now")
+            }
+            return try callAttached(name, arguments: arguments)
+        }
+    }
+
+    private func callAttached(_ name: String, arguments: [String]) throws(ControlCallError) -> String {
         let methods = try controlMethods()
         guard let method = methods.first(where: { $0.name == name }) else {
             let known = methods.map { "\($0.name)(\($0.signatureText))" }.joined(separator: ", ")

@@ -106,7 +106,10 @@ public final class DriverInstance: @unchecked Sendable {
     /// Looks up a driver extension ("oyako.block/1") of this instance.
     public func driverExtension(_ id: String) -> UnsafeRawPointer? {
         guard let lookup = library.driver.pointee.get_extension else { return nil }
-        return library.callDriver("get_extension") { lookup(instance, id) }
+        return library.counted { () -> UnsafeRawPointer? in
+            guard state != .detached else { return nil }
+            return library.callDriver("get_extension") { lookup(instance, id) }
+        }
     }
 
     /// Surprise removal: the device is already gone. Tells the driver, which

@@ -147,6 +147,19 @@ import Workloads
         #expect(returned.wait(timeout: .now() + 30) == .success, "and came back to mapped code")
     }
 
+    /// A control call through an instance kept past its detach (an operator's
+    /// `driver call` racing `driver unload`) is refused, not made into a
+    /// freed instance of an unloaded driver.
+    @Test func aControlCallOnADetachedInstanceIsRefused() throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        let instance = try #require(system.kernel.instance(at: system.testbed.nvmeSlot.address))
+        #expect(try instance.callControl("block_size", arguments: []) == "512")
+        #expect(system.kernel.unloadDriver(named: "nvmelite") == [system.testbed.nvmeSlot.address.description])
+        let error = #expect(throws: ControlCallError.self) { try instance.callControl("block_size", arguments: []) }
+        #expect(error?.message == "nvmelite is detached from 00:01.0; call the driver the device has now")
+    }
+
     @Test func asyncSubmissionsBeyondTheQueueDepthAreQueuedInSoftware() throws {
         let system = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver()])
         defer { system.shutdown() }
