@@ -105,9 +105,9 @@ public final class DriverInstance: @unchecked Sendable {
 
     /// Looks up a driver extension ("oyako.block/1") of this instance.
     public func driverExtension(_ id: String) -> UnsafeRawPointer? {
-        guard let lookup = library.driver.pointee.get_extension else { return nil }
-        return library.counted { () -> UnsafeRawPointer? in
-            guard state != .detached else { return nil }
+        library.counted { () -> UnsafeRawPointer? in
+            // Detached, the driver's tables may be unmapped already.
+            guard state != .detached, let lookup = library.driver.pointee.get_extension else { return nil }
             return library.callDriver("get_extension") { lookup(instance, id) }
         }
     }
