@@ -144,14 +144,16 @@ extension DriverInstance {
     /// Calls `name` with `arguments` given as text, checked against the
     /// declared signature before the driver runs; returns the result as text.
     /// A detached instance takes no calls: its driver may have freed it, or
-    /// been unloaded (the call is counted, so an unload waits for it).
+    /// been unloaded. A call under way holds off the instance's detach and
+    /// the library's unload until it returns.
     public func callControl(_ name: String, arguments: [String]) throws(ControlCallError) -> String {
-        try library.counted { () throws(ControlCallError) -> String in
-            guard state != .detached else {
-                throw ControlCallError(message: "\(library.name) is detached from \(device.info.location); call the driver the device has now")
-            }
-            return try callAttached(name, arguments: arguments)
+        let result = try library.counted { () throws(ControlCallError) -> String? in
+            try duringControlCall { () throws(ControlCallError) -> String in try callAttached(name, arguments: arguments) }
         }
+        guard let result else {
+            throw ControlCallError(message: "\(library.name) is detached from \(device.info.location); call the driver the device has now")
+        }
+        return result
     }
 
     private func callAttached(_ name: String, arguments: [String]) throws(ControlCallError) -> String {

@@ -81,6 +81,10 @@ public final class DriverInstance: @unchecked Sendable {
     let instance: UnsafeMutableRawPointer?
     private let lock = NSLock()
     private var state_: State = .attached
+    /// Control calls into this instance under way: detach waits for them
+    /// (up to `controlCallWait`), so that none runs in a detached instance.
+    private var controlCalls = 0
+    static let controlCallWait: Duration = .seconds(10)
 
     init(library: DriverLibrary, binding: DeviceBinding, instance: UnsafeMutableRawPointer?) {
         self.library = library
@@ -102,6 +106,19 @@ public final class DriverInstance: @unchecked Sendable {
 
     /// Network interfaces the driver registered for this device.
     public var netdevs: [RegisteredNetdev] { registrations.compactMap { $0 as? RegisteredNetdev } }
+
+    /// Runs `body`, a control call, unless the instance is detached (then
+    /// nil); a detach waits for it to return.
+    func duringControlCall<R>(_ body: () throws(ControlCallError) -> R) throws(ControlCallError) -> R? {
+        let admitted = lock.withLock { () -> Bool in
+            guard state_ != .detached else { return false }
+            controlCalls += 1
+            return true
+        }
+        guard admitted else { return nil }
+        defer { lock.withLock { controlCalls -= 1 } }
+        return try body()
+    }
 
     /// Looks up a driver extension ("oyako.block/1") of this instance.
     public func driverExtension(_ id: String) -> UnsafeRawPointer? {
@@ -137,6 +154,14 @@ public final class DriverInstance: @unchecked Sendable {
             return true
         }
         guard proceed else { return DetachReport(status: .state, leaked: [], unfinishedRequests: 0) }
+        let deadline = ContinuousClock.now + Self.controlCallWait
+        while lock.withLock({ controlCalls }) > 0 {
+            guard ContinuousClock.now < deadline else {
+                library.recordViolation("a control method of \(binding.label) had not returned \(Int(Self.controlCallWait / .seconds(1))) s into its detach; detached anyway", inCallback: false)
+                break
+            }
+            usleep(1000)
+        }
         let status = library.callDriver("detach") { OyStatus(library.driver.pointee.detach(instance)) }
         var unfinished = 0
         for registration in binding.registered { unfinished += registration.cancelOutstanding() }

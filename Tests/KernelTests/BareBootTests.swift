@@ -160,6 +160,42 @@ import Workloads
         #expect(error?.message == "nvmelite is detached from 00:01.0; call the driver the device has now")
     }
 
+    /// A control call under way when its driver is detached and unloaded:
+    /// the detach waits for it to return, so it never runs in a freed
+    /// instance (its answer is the block size, not garbage or a crash).
+    @Test func aDetachWaitsForAControlCallUnderWay() throws {
+        let slow = try Fixtures.mutatedReferenceDriver("nvmelite", [(
+            "static const oy_control_method nvl_methods[] = {\n",
+            """
+            static uint32_t nvl_m_slow_block_size(void *instance) {
+                nvl_dev *d = (nvl_dev *)instance;
+                volatile unsigned long spin;
+                nvl_log(d, OY_LOG_INFO, "slow call under way");
+                for (spin = 0; spin < 300000000ul; spin++) {}
+                return oy_instance_contains(&nvl_instances, d) ? d->block_size : 0;
+            }
+            static const oy_control_method nvl_methods[] = {
+                {sizeof(oy_control_method), 0, "slow_block_size", "u32()", "The block size, slowly", (oy_control_fn)nvl_m_slow_block_size},
+
+            """
+        )])
+        let system = try Fixtures.bareSystem(drivers: [slow])
+        defer { system.shutdown() }
+        let instance = try #require(system.kernel.instance(at: system.testbed.nvmeSlot.address))
+        let answer = Mutex<String?>(nil)
+        let returned = DispatchSemaphore(value: 0)
+        startThread(named: "slow-control") {
+            let result = try? instance.callControl("slow_block_size", arguments: [])
+            answer.withLock { $0 = result }
+            returned.signal()
+        }
+        let deadline = Date(timeIntervalSinceNow: 30)
+        while !system.kernel.log.all.contains(where: { $0.message.contains("slow call under way") }) && Date() < deadline { usleep(1000) }
+        #expect(system.kernel.unloadDriver(named: "nvmelite") == [system.testbed.nvmeSlot.address.description])
+        #expect(returned.wait(timeout: .now()) == .success, "the call had returned before the detach went on")
+        #expect(answer.withLock { $0 } == "512")
+    }
+
     @Test func asyncSubmissionsBeyondTheQueueDepthAreQueuedInSoftware() throws {
         let system = try Fixtures.bareSystem(drivers: [try Fixtures.referenceDriver()])
         defer { system.shutdown() }
