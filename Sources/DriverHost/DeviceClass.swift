@@ -55,6 +55,12 @@ public class ClassRegistration: Resource, @unchecked Sendable {
     /// True once unregistered: the OS sends nothing more.
     public var isUnregistered: Bool { registrationLock.withLock { unregisteredFlag } }
 
+    /// `body`, a call into the driver, unless this object is unregistered
+    /// (then `gone`); counted, so the driver's unload waits for it.
+    func whileRegistered<R>(_ gone: R, _ body: () -> R) -> R {
+        binding.library.counted { isUnregistered ? gone : body() }
+    }
+
     /// Requests the driver accepted and has not completed.
     public var outstandingCount: Int { 0 }
 

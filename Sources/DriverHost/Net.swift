@@ -147,12 +147,6 @@ public final class RegisteredNetdev: ClassRegistration, @unchecked Sendable {
         }
     }
 
-    /// `body`, a call into the driver, unless the interface is unregistered
-    /// (then `gone`); counted for the driver's unload.
-    private func whileRegistered<R>(_ gone: R, _ body: () -> R) -> R {
-        binding.library.counted { lock.withLock { unregistered } ? gone : body() }
-    }
-
     fileprivate func deliver(_ data: UnsafeRawBufferPointer) {
         let target = lock.withLock { unregistered ? nil : receiver_ }
         target?.received(data, on: self)

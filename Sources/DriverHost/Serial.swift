@@ -90,9 +90,7 @@ public final class RegisteredSerialPort: ClassRegistration, @unchecked Sendable 
         c.data_bits = UInt8(line.dataBits)
         c.parity = UInt8(line.parity)
         c.stop_bits = UInt8(line.stopBits)
-        let status = binding.library.counted {
-            lock.withLock { unregistered } ? .deviceGone : binding.library.callDriver("set_line") { OyStatus(setLine(instance, &c)) }
-        }
+        let status = whileRegistered(.deviceGone) { binding.library.callDriver("set_line") { OyStatus(setLine(instance, &c)) } }
         if status.isOK { lock.withLock { line_ = line } }
         return status
     }

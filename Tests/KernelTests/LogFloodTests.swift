@@ -63,7 +63,7 @@ import Testing
         let room = line.utf8.count + 10
         driver.take(port.unsent - (SerialPort.consoleBacklog - room))
         port.driverMadeRoom()
-        #expect(driver.waitUntilIdle(), "the port drained what the driver took")
+        #expect(eventually(10) { driver.stalled }, "the port handed over what the driver took, and was refused more")
         let before = port.unsent
         port.writeConsole(line)
         dropped += 1
@@ -71,9 +71,8 @@ import Testing
         #expect(port.unsent <= SerialPort.consoleBacklog)
         driver.take(.max)
         port.driverMadeRoom()
-        #expect(driver.waitUntilIdle())
         port.writeConsole("after\r\n")
-        #expect(driver.waitUntilIdle())
+        #expect(eventually(10) { driver.text.hasSuffix("after\r\n") })
         let text = driver.text
         #expect(text.hasSuffix("[\(dropped) console line(s) dropped: the port could not keep up]\r\nafter\r\n"), "\(text.suffix(200))")
     }
@@ -82,11 +81,11 @@ import Testing
 /// A serial driver that takes only the bytes a test allows it.
 private final class MeteredPort: SerialDriverBinding, @unchecked Sendable {
     // @unchecked Sendable: state is guarded by `lock`.
-    private let lock = NSCondition()
+    private let lock = NSLock()
     private var credit = 0
     private var written: [UInt8] = []
-    private var calls = 0
-    private var lastCall = Date()
+    /// The port asked for more after the credit ran out: its drain stopped.
+    private var refused = false
 
     let label = "metered@00:09.0", location = "00:09.0", driverName = "metered", driverVersion = "1.0.0", driverSHA256 = ""
     var line: SerialLine { SerialLine(baud: 115_200) }
@@ -97,24 +96,19 @@ private final class MeteredPort: SerialDriverBinding, @unchecked Sendable {
             let n = min(credit, bytes.count)
             credit -= n
             written += bytes.prefix(n)
-            calls += 1
-            lastCall = Date()
+            refused = n == 0
             return .success(n)
         }
     }
 
     /// Lets the port hand over `count` more bytes.
-    func take(_ count: Int) { lock.withLock { credit = count == .max ? .max : credit + count } }
-
-    /// True once the port has not called for 50 ms (its drain stopped).
-    func waitUntilIdle() -> Bool {
-        let deadline = Date(timeIntervalSinceNow: 10)
-        while Date() < deadline {
-            Thread.sleep(forTimeInterval: 0.05)
-            if lock.withLock({ Date().timeIntervalSince(lastCall) >= 0.05 }) { return true }
+    func take(_ count: Int) {
+        lock.withLock {
+            credit = count == .max ? .max : credit + count
+            refused = false
         }
-        return false
     }
 
+    var stalled: Bool { lock.withLock { refused && credit == 0 } }
     var text: String { lock.withLock { String(decoding: written, as: UTF8.self) } }
 }

@@ -31,12 +31,6 @@ import Testing
         func queue(depth: Int) -> SubmissionQueue<Item> {
             SubmissionQueue(depth: depth, submit: { self.submit($0) }, fail: { self.fail($0, $1) })
         }
-
-        func waitUntil(timeout: Double = 10, _ condition: () -> Bool) -> Bool {
-            let deadline = Date(timeIntervalSinceNow: timeout)
-            while !condition() && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
-            return condition()
-        }
     }
 
     /// Busy with nothing of ours outstanding (a device whose own queue is
@@ -47,7 +41,7 @@ import Testing
         let queue = driver.queue(depth: 4)
         #expect(queue.enqueue(Item(1)) == .dispatched)
         #expect(queue.enqueue(Item(2)) == .queued, "behind the one put back")
-        #expect(driver.waitUntil { driver.taken == [1, 2] }, "taken: \(driver.taken)")
+        #expect(eventually(10) { driver.taken == [1, 2] }, "taken: \(driver.taken)")
         #expect(queue.waitingCount == 0)
         #expect(driver.failed.isEmpty)
     }
