@@ -43,6 +43,12 @@ public final class DriverLibrary: @unchecked Sendable {
     private var violationLog: [String] = []
     /// How fast its log lines are let through (`host->log`).
     let logBudget = Mutex(LogBudget())
+    /// The mem_alloc blocks it holds, all its devices together: at most
+    /// `memoryLimit`, in process as in a driver host (where the process's
+    /// RLIMIT_DATA of the same size also holds).
+    public let memory = MemoryBudget(limit: DriverLibrary.memoryLimit)
+    /// What a driver may hold in mem_alloc blocks.
+    public static let memoryLimit = 1 << 30
     private var unloaded = false
     let logger: Logger
     /// Calls into the driver's class operations (submit, transmit, read,

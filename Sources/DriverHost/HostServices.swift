@@ -125,9 +125,13 @@ final class MemoryAllocation: Resource, @unchecked Sendable {
     /// memory, as kmalloc's has a largest size): zeroing it touches every page.
     static let maxSize = 1 << 30
 
-    init?(size: Int, owner: ResourceOwner) {
+    /// Where the block's size is given back when it is freed.
+    private let budget: MemoryBudget
+
+    init?(size: Int, owner: ResourceOwner, budget: MemoryBudget) {
         var base: UnsafeMutableRawPointer?
         guard size > 0, size <= Self.maxSize, posix_memalign(&base, 16, size + 2 * Self.redZone) == 0, let base else { return nil }
+        self.budget = budget
         memset(base, Int32(Self.guardByte), Self.redZone)
         memset(base + Self.redZone, 0, size)
         memset(base + Self.redZone + size, Int32(Self.guardByte), Self.redZone)
@@ -140,6 +144,7 @@ final class MemoryAllocation: Resource, @unchecked Sendable {
     override func reclaim() {
         checkRedZones()
         free(base)
+        budget.give(size)
     }
 
     private func checkRedZones() {
@@ -409,7 +414,18 @@ enum HostServices {
                 let owner = HostServices.owner(library, device, service: "mem_alloc")
             else { return nil }
             if library.faults.shouldFail() { return nil }
-            guard let allocation = MemoryAllocation(size: size, owner: owner) else { return nil }
+            guard size <= MemoryAllocation.maxSize else { return nil }
+            if case .refused(let held, let report) = library.memory.take(size) {
+                if report {
+                    library.recordWarning("mem_alloc of \(size) bytes refused: the driver holds \(MemoryBudget.describe(held)) of mem_alloc blocks, "
+                                          + "and may hold \(MemoryBudget.describe(library.memory.limit)) (a leak?)")
+                }
+                return nil
+            }
+            guard let allocation = MemoryAllocation(size: size, owner: owner, budget: library.memory) else {
+                library.memory.give(size)
+                return nil
+            }
             let pointer = allocation.pointer
             owner.adopt(allocation, key: UInt(bitPattern: pointer))
             HostServices.allocations.withLock { $0[UInt(bitPattern: pointer)] = allocation }

@@ -85,7 +85,7 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
         self.kernel = kernel
         self.platform = kernel.platform
         self.log = kernel.log
-        self.device = KernelDevice(slot: slot, platform: kernel.platform)
+        self.device = KernelDevice(slot: slot, platform: kernel.platform, log: kernel.log)
         origin = HostedOrigin(label: "\(file.metadata.name)@\(slot.address) (driver host \(pid))", location: slot.address.description, file: file)
     }
 

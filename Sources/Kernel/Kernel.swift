@@ -231,7 +231,7 @@ public final class Kernel: @unchecked Sendable {
     /// Probes and attaches a loaded driver to the device in `slot`.
     @discardableResult
     public func attach(_ library: DriverLibrary, to slot: BusSlot) throws -> DriverInstance {
-        let device = KernelDevice(slot: slot, platform: platform)
+        let device = KernelDevice(slot: slot, platform: platform, log: log)
         let probe = library.probe(device)
         guard probe.isOK else {
             throw AttachError(driver: library.name, device: slot.address.description, status: probe, leaked: [])
@@ -251,7 +251,7 @@ public final class Kernel: @unchecked Sendable {
     }
 
     /// A HostDevice for `slot` as this OS presents it (the suite probes with it).
-    public func hostDevice(for slot: BusSlot) -> any HostDevice { KernelDevice(slot: slot, platform: platform) }
+    public func hostDevice(for slot: BusSlot) -> any HostDevice { KernelDevice(slot: slot, platform: platform, log: log) }
 
     /// Unloads a driver the kernel loaded (after its instances detached).
     public func unload(_ library: DriverLibrary) -> DriverLibrary.UnloadReport {

@@ -12,10 +12,18 @@ final class KernelDevice: HostDevice, @unchecked Sendable {
     private let lock = NSLock()
     /// dma_alloc'd regions by device address: their physical pages.
     private var allocations: [UInt64: (physical: UInt64, pages: Int)] = [:]
+    /// The DMA memory the device's driver holds: at most half the OS's
+    /// memory, so a driver that leaks DMA buffers (in process or in a
+    /// driver host, whose buffers are the OS's pages too) leaves the OS and
+    /// the other devices theirs.
+    let dmaBudget: MemoryBudget
+    private let log: KernelLog?
 
-    init(slot: BusSlot, platform: any Platform) {
+    init(slot: BusSlot, platform: any Platform, log: KernelLog?) {
         self.slot = slot
         self.platform = platform
+        self.log = log
+        dmaBudget = MemoryBudget(limit: platform.memory.pages.pageCount * PhysicalMemory.pageSize / 2)
         let device = slot.device
         info = HostDeviceInfo(
             vendorID: device.identity.vendorID, deviceID: device.identity.deviceID, classCode: device.identity.classCode,
@@ -52,7 +60,16 @@ final class KernelDevice: HostDevice, @unchecked Sendable {
     func portWrite(bar: Int, port: UInt32, value: UInt8) { slot.portWrite(bar: bar, port: port, value: value) }
 
     func dmaAllocate(size: Int) throws(OyStatus) -> DMARegion {
+        let rounded = max(1, (size + PhysicalMemory.pageSize - 1) / PhysicalMemory.pageSize) * PhysicalMemory.pageSize
+        if case .refused(let held, let report) = dmaBudget.take(rounded) {
+            if report {
+                log?.record(.warning, "kernel", "\(slot.address): a dma_alloc of \(size) bytes refused: its driver holds \(MemoryBudget.describe(held)) "
+                                + "of DMA memory, and may hold half the OS's memory, \(MemoryBudget.describe(dmaBudget.limit)) (a leak?)")
+            }
+            throw .noMemory
+        }
         guard let (physical, pages) = platform.memory.allocate(bytes: size), let cpu = platform.memory.pointer(physical) else {
+            dmaBudget.give(rounded)
             throw .noMemory
         }
         let address = platform.mapForDevice(slot, physical: physical, length: pages * PhysicalMemory.pageSize, writable: true)
@@ -64,6 +81,7 @@ final class KernelDevice: HostDevice, @unchecked Sendable {
         guard let allocation = lock.withLock({ allocations.removeValue(forKey: region.deviceAddress) }) else { return }
         platform.unmapForDevice(slot, deviceAddress: region.deviceAddress, length: allocation.pages * PhysicalMemory.pageSize)
         platform.memory.free(physical: allocation.physical, pages: allocation.pages)
+        dmaBudget.give(allocation.pages * PhysicalMemory.pageSize)
     }
 
     func dmaMap(_ pointer: UnsafeMutableRawPointer, length: Int, direction: DMADirection) throws(OyStatus) -> DMARegion {

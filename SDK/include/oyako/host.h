@@ -101,9 +101,11 @@ struct oy_host {
 
     /* Allocate `size` bytes aligned to 16, zeroed. NULL when out of memory,
      * when size is 0 or when it is over 1 GiB. The memory is NOT reachable by
-     * devices (see dma_alloc). In a driver host the whole process holds at
-     * most 1 GiB of private memory: a leak ends in NULL there, not in the
-     * OOM killer's choice of victim.
+     * devices (see dma_alloc). A driver holds at most 1 GiB of mem_alloc
+     * blocks, all its devices together, and in a driver host the whole
+     * process holds at most 1 GiB of private memory: a leak ends in NULL
+     * (and one warning in the OS's log), not in the OOM killer's choice of
+     * victim.
      * [any-thread] */
     void *(*mem_alloc)(const oy_host *host, oy_device *owner, size_t size);
 
@@ -179,7 +181,10 @@ struct oy_host {
     /* Allocate `size` bytes of zeroed, physically contiguous, page-aligned
      * memory that both the CPU (`*cpu`) and the device (`*device_addr`) can
      * reach. The device address is NOT the CPU pointer and, under a
-     * hypervisor, not the machine address either. [passive] */
+     * hypervisor, not the machine address either. At most 64 MiB at once
+     * (OY_E_INVALID past it). The buffers are the OS's own memory: one
+     * device's buffers together may take at most half of it, and past that
+     * dma_alloc answers OY_E_NOMEM (the OS logs it once). [passive] */
     int32_t (*dma_alloc)(oy_device *device, size_t size, oy_dma_buffer **out, void **cpu, oy_dma_addr *device_addr);
     void (*dma_free)(oy_dma_buffer *buffer); /* [passive] */
 

@@ -509,12 +509,45 @@ static int32_t mutant_m_recall(void *instance) {
 }
 #endif
 
+#ifdef MUTANT_HOARDS_MEMORY
+/* Defect: keeps every block it asks for, as a driver that leaks one per
+ * request does; the host takes them back when the device detaches. */
+static int32_t mutant_m_hoard(void *instance, uint32_t mebibytes, uint32_t most) {
+    mutant_dev *d = (mutant_dev *)instance;
+    const oy_host *h;
+    int32_t blocks = 0;
+    if (!oy_instance_contains(&mutant_instances, d)) return OY_E_STATE;
+    h = d->ctx->host;
+    if (mebibytes == 0 || mebibytes > 1024) return OY_E_RANGE;
+    while ((uint32_t)blocks < most && h->mem_alloc(h, d->device, (size_t)mebibytes << 20) != NULL) blocks++;
+    return blocks;
+}
+
+static int32_t mutant_m_hoard_dma(void *instance, uint32_t kibibytes, uint32_t most) {
+    mutant_dev *d = (mutant_dev *)instance;
+    const oy_host *h;
+    oy_dma_buffer *buffer;
+    void *cpu;
+    oy_dma_addr addr;
+    int32_t blocks = 0;
+    if (!oy_instance_contains(&mutant_instances, d)) return OY_E_STATE;
+    h = d->ctx->host;
+    if (kibibytes == 0 || kibibytes > 65536) return OY_E_RANGE;
+    while ((uint32_t)blocks < most && h->dma_alloc(d->device, (size_t)kibibytes << 10, &buffer, &cpu, &addr) == OY_OK) blocks++;
+    return blocks;
+}
+#endif
+
 static const oy_control_method mutant_methods[] = {
     {sizeof(oy_control_method), 0, "work_destroy_races", "i32(u32)",
      "Rounds (at most 1000) in which work_destroy returned while the item ran or before its last run", (oy_control_fn)mutant_m_work_destroy_races},
 #ifdef MUTANT_SERVICE_MISUSE
     {sizeof(oy_control_method), 0, "service_fuzz", "i32(u32)", "3000 host-service calls with random arguments from a seed", (oy_control_fn)mutant_m_service_fuzz},
     {sizeof(oy_control_method), 0, "lock_misuse", "i32(u32)", "Misuses a lock one way (1-5), asks mem_alloc for impossible sizes (6), arms a timer for ever (7); see the source", (oy_control_fn)mutant_m_lock_misuse},
+#endif
+#ifdef MUTANT_HOARDS_MEMORY
+    {sizeof(oy_control_method), 0, "hoard", "i32(u32,u32)", "mem_alloc blocks of so many MiB, at most so many, until NULL, kept; how many it got", (oy_control_fn)mutant_m_hoard},
+    {sizeof(oy_control_method), 0, "hoard_dma", "i32(u32,u32)", "dma_alloc buffers of so many KiB, at most so many, until refused, kept; how many it got", (oy_control_fn)mutant_m_hoard_dma},
 #endif
 #ifdef MUTANT_KEEPS_STRING_ARG
     {sizeof(oy_control_method), 0, "remember", "i32(str)", "Keeps a name", (oy_control_fn)mutant_m_remember},
