@@ -95,10 +95,18 @@ public struct VerifiedIO {
 }
 
 /// Position-sensitive checksum of 8-byte words (a swapped pair changes it).
+/// A plain loop over the words: the demo's read figure verifies every byte
+/// on the completion path, and in a debug build an `enumerated()` iterator
+/// ran at about 125 MiB/s, so that figure measured this function, not the
+/// disk (a plain loop: about 4.7 GiB/s unoptimised).
 public func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+    guard let base = bytes.baseAddress else { return 0 }
+    let words = base.assumingMemoryBound(to: UInt64.self), count = bytes.count / 8
     var sum: UInt64 = 0
-    for (i, word) in bytes.bindMemory(to: UInt64.self).enumerated() {
-        sum = sum &+ word &* (UInt64(i) | 1)
+    var i = 0
+    while i < count {
+        sum = sum &+ words[i] &* (UInt64(i) | 1)
+        i += 1
     }
     return sum
 }
