@@ -61,6 +61,8 @@ struct IsolationBench {
         guard let disk = kernel.blockLayer.disks.first else { throw DemoError(message: "bench: no disk in a driver host") }
         let writers = BackgroundWriters(2, on: disk)
         defer { writers.finish() }
+        // The Kernel logs each death as an error: say first that they are ours.
+        progress("isolation: killing nvmelite's driver host \(times) times with SIGKILL under two writers (the kernel logs each death)")
         var restarts: [Double] = []
         for _ in 0..<times {
             let before = kernel.supervisor.events.count
