@@ -6,7 +6,6 @@
 #define _GNU_SOURCE
 #include "CSystemShims.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <pthread.h>
@@ -154,60 +153,44 @@ static void on_hang_report(int signal, siginfo_t *info, void *context) {
     errno = saved;
 }
 
-/* Whether thread `tid` of this process blocks SIGUSR2 (a dispatch worker
- * that never entered a driver callback): the signal would wait there, and
- * nobody would answer it. */
-static int blocks_hang_signal(pid_t tid) {
-    char path[64], text[4096], *line;
-    unsigned long long blocked;
-    ssize_t n;
-    int fd;
-    snprintf(path, sizeof path, "/proc/self/task/%d/status", (int)tid);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    n = read(fd, text, sizeof text - 1);
-    close(fd);
-    if (n <= 0) return 0;
-    text[n] = '\0';
-    line = strstr(text, "\nSigBlk:");
-    if (line == NULL || sscanf(line + 8, "%llx", &blocked) != 1) return 0;
-    return (blocked >> (SIGUSR2 - 1)) & 1u;
-}
-
 void oy_shim_set_hang_reports(int fd, const char *origin) {
     if (crash_fd < 0) crash_fd = fd;
     hang_origin = origin != NULL ? strdup(origin) : "";
 }
 
-int oy_shim_report_hangs(void) {
+int oy_shim_report_hangs(void) { return oy_shim_report_hangs_older(0); }
+
+int oy_shim_report_hangs_older(uint64_t min_age_ns) {
     struct sigaction action;
-    DIR *tasks;
-    struct dirent *entry;
+    int32_t tids[512];
+    void *warm[2];
     pid_t self = (pid_t)syscall(SYS_gettid), process = getpid();
-    int signalled = 0;
+    int signalled = 0, count, i;
+    /* The first backtrace() loads the unwinder, which may allocate: not in
+     * the handlers (a process without the crash reporter has not done it). */
+    (void)backtrace(warm, 2);
     memset(&action, 0, sizeof(action));
     action.sa_sigaction = on_hang_report;
     action.sa_flags = SA_SIGINFO | SA_RESTART;
     sigemptyset(&action.sa_mask);
     if (sigaction(SIGUSR2, &action, NULL) != 0) return -1;
-    tasks = opendir("/proc/self/task");
-    if (tasks == NULL) return -1;
-    while ((entry = readdir(tasks)) != NULL) {
-        pid_t tid = (pid_t)atoi(entry->d_name);
-        if (tid <= 0 || tid == self || blocks_hang_signal(tid)) continue;
-        if (syscall(SYS_tgkill, process, tid, SIGUSR2) == 0) signalled++;
+    /* Only the threads inside driver callbacks: the others would not
+     * answer, and a signal could end a system call of theirs early. */
+    count = oy_shim_threads_in_callbacks(tids, 512, min_age_ns);
+    for (i = 0; i < count; i++) {
+        if ((pid_t)tids[i] == self) continue;
+        if (syscall(SYS_tgkill, process, (pid_t)tids[i], SIGUSR2) == 0) signalled++;
     }
-    closedir(tasks);
     return signalled;
 }
 
-int oy_shim_collect_hangs(int fd, int timeout_ms) {
+int oy_shim_collect_hangs(int fd, int timeout_ms, uint64_t min_age_ns) {
     static pthread_mutex_t collecting = PTHREAD_MUTEX_INITIALIZER;
     int signalled, waited = 0;
     pthread_mutex_lock(&collecting);
     __atomic_store_n(&hang_answers, 0, __ATOMIC_RELEASE);
     collect_fd = fd;
-    signalled = oy_shim_report_hangs();
+    signalled = oy_shim_report_hangs_older(min_age_ns);
     while (signalled > 0 && __atomic_load_n(&hang_answers, __ATOMIC_ACQUIRE) < signalled && waited < timeout_ms) {
         usleep(1000);
         waited++;

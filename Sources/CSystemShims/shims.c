@@ -11,6 +11,8 @@
 #include <fcntl.h>
 #include <net/if.h>
 #include <linux/if_tun.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 int oy_shim_memfd_create(const char *name) {
@@ -36,6 +38,39 @@ static _Thread_local const char *current_callback;
  * driver, whichever started it. */
 static _Thread_local int hang_signal_open;
 
+/* The threads inside a driver callback now, by kernel thread ID, with
+ * when each entered its outermost callback: the ones a hang report signals
+ * (and no other thread, which might be in a system call that a signal
+ * would end with EINTR). A slot's tid is 0 when free and -1 while a thread
+ * fills it in; a thread takes one as it enters its outermost callback and
+ * frees it as it leaves. A thread that finds every slot taken is not
+ * reported. */
+#define CALLBACK_THREAD_SLOTS 512
+static struct {
+    pid_t tid;
+    uint64_t since;
+} callback_threads[CALLBACK_THREAD_SLOTS];
+static _Thread_local int callback_slot = -1;
+
+static uint64_t monotonic_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static void enter_callbacks(void) {
+    int i;
+    for (i = 0; i < CALLBACK_THREAD_SLOTS; i++) {
+        pid_t expected = 0;
+        if (__atomic_compare_exchange_n(&callback_threads[i].tid, &expected, -1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+            callback_threads[i].since = monotonic_ns();
+            __atomic_store_n(&callback_threads[i].tid, (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
+            callback_slot = i;
+            return;
+        }
+    }
+}
+
 void oy_shim_set_context(int32_t context, const char *callback) {
     current_context = context;
     current_callback = callback;
@@ -46,6 +81,22 @@ void oy_shim_set_context(int32_t context, const char *callback) {
         (void)pthread_sigmask(SIG_UNBLOCK, &usr2, NULL);
         hang_signal_open = 1;
     }
+    if (callback != NULL && callback_slot < 0) {
+        enter_callbacks();
+    } else if (callback == NULL && callback_slot >= 0) {
+        __atomic_store_n(&callback_threads[callback_slot].tid, 0, __ATOMIC_RELEASE);
+        callback_slot = -1;
+    }
+}
+
+int oy_shim_threads_in_callbacks(int32_t *tids, int max, uint64_t min_age_ns) {
+    uint64_t now = monotonic_ns();
+    int i, count = 0;
+    for (i = 0; i < CALLBACK_THREAD_SLOTS && count < max; i++) {
+        pid_t tid = __atomic_load_n(&callback_threads[i].tid, __ATOMIC_ACQUIRE);
+        if (tid > 0 && now - callback_threads[i].since >= min_age_ns) tids[count++] = (int32_t)tid;
+    }
+    return count;
 }
 
 int32_t oy_shim_context(void) { return current_context; }

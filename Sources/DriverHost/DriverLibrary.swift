@@ -266,13 +266,17 @@ public final class DriverLibrary: @unchecked Sendable {
 
     // MARK: Context and violations
 
-    /// Runs a driver callback in [passive] context, naming it for reports.
-    func callDriver<R>(_ callback: StaticString, _ body: () -> R) -> R {
+    /// Runs a driver callback in [passive] context, naming it for reports
+    /// (hang reports, the callback a violation happened in).
+    /// `keepingContext`: an [any-thread] operation (a submit, a transmit)
+    /// runs in the context of its caller, which may be an interrupt
+    /// handler's completion handing on the next request.
+    func callDriver<R>(_ callback: StaticString, keepingContext: Bool = false, _ body: () -> R) -> R {
         let previous = oy_shim_context()
         let previousName = oy_shim_context_callback()
         let previousOwner = oy_shim_context_owner()
         // StaticString storage is static and NUL-terminated, so the pointer outlives the call.
-        oy_shim_set_context(0, UnsafeRawPointer(callback.utf8Start).assumingMemoryBound(to: CChar.self))
+        oy_shim_set_context(keepingContext ? previous : 0, UnsafeRawPointer(callback.utf8Start).assumingMemoryBound(to: CChar.self))
         oy_shim_set_context_owner(Unmanaged.passUnretained(self).toOpaque())
         defer {
             oy_shim_set_context(previous, previousName)

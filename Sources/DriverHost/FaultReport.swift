@@ -1,5 +1,7 @@
+import CSystemShims
 import DriverFile
 import Foundation
+import Glibc
 
 /// file:line for offsets into an object file, where something can tell:
 /// the conformance suite and the CLI run addr2line over the driver's debug
@@ -146,10 +148,15 @@ public struct DriverFault: Sendable {
     /// `driverFramesOnly`: the backtrace keeps only the driver's frames, and
     /// no other object's symbols are read (a debug build of the host's own
     /// executable takes seconds).
-    public static func hang(stderr: String, driver: String, sources: SourceLines? = nil, driverFramesOnly: Bool = false) -> DriverFault? {
-        let hangs = CrashReport.hangs(in: stderr)
-        guard let first = hangs.first else { return nil }
+    /// `ownThreadsOnly`: leave out the threads with no frame in the driver
+    /// (in a process that runs several drivers, the others' callbacks).
+    public static func hang(stderr: String, driver: String, sources: SourceLines? = nil, driverFramesOnly: Bool = false,
+                            ownThreadsOnly: Bool = false) -> DriverFault? {
         let name = URL(fileURLWithPath: driver).lastPathComponent
+        let hangs = CrashReport.hangs(in: stderr).filter { hang in
+            !ownThreadsOnly || hang.frames.contains { URL(fileURLWithPath: $0.object).lastPathComponent == name }
+        }
+        guard let first = hangs.first else { return nil }
         let ownFrames = first.frames.filter { URL(fileURLWithPath: $0.object).lastPathComponent == name }
         let frames = CrashReport.symbolize(driverFramesOnly ? ownFrames : first.frames, sources: sources)
         let module = "(\(name)+0x"
@@ -158,6 +165,22 @@ public struct DriverFault: Sendable {
         return DriverFault(message: "the driver's \(first.callback) did not return (its thread is\(location.isEmpty ? "" : " " + location)"
                                + (others.isEmpty ? "" : "; also running: \(others.joined(separator: ", "))") + ")",
                            backtrace: frames, location: location)
+    }
+
+    /// Where the threads of this process inside driver callbacks are now:
+    /// their hang reports (see `oy_shim_collect_hangs`), collected into a
+    /// memfd (a signal handler's writes must not block), at most `limit`
+    /// bytes; empty when no thread is inside a callback. `since`: only
+    /// threads inside their callback at least that long.
+    public static func collectHangReports(since: Duration = .zero, limit: Int = 64 << 10, timeoutMilliseconds: Int32 = 500) -> [UInt8] {
+        let fd = oy_shim_memfd_create("oyako-hang-reports")
+        guard fd >= 0 else { return [] }
+        defer { _ = close(fd) }
+        let (seconds, attoseconds) = since.components
+        _ = oy_shim_collect_hangs(fd, timeoutMilliseconds, UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000))
+        var text = [UInt8](repeating: 0, count: limit)
+        let length = max(0, pread(fd, &text, limit, 0))
+        return Array(text.prefix(length))
     }
 
     /// "in FUNCTION+OFFSET (…)": the first frame that names `preferring`,

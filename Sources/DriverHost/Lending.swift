@@ -78,6 +78,12 @@ final class Loans: @unchecked Sendable {
     // @unchecked Sendable: guarded by `lock`.
     private let lock = NSLock()
     private var outstanding: [ObjectIdentifier: LentRequest] = [:]
+    /// Requests whose submit (or transmit) has not returned yet: not the
+    /// driver's until it does, so a cancel leaves them to that return.
+    private var inCall: Set<ObjectIdentifier> = []
+    /// Of those, the ones a cancel passed over: canceled as their call
+    /// returns, if the driver took them.
+    private var cancelOnReturn: Set<ObjectIdentifier> = []
     private var closed = false
     private let library: DriverLibrary
 
@@ -88,27 +94,37 @@ final class Loans: @unchecked Sendable {
     /// Lends `request` for `call` (the driver's submit or transmit). On OK
     /// the completion runs later, exactly once, possibly on the interrupt
     /// thread; on a refusal the request is taken back and never completed.
-    func lend(_ request: LentRequest, service: String, _ call: () -> OyStatus) -> OyStatus {
+    func lend(_ request: LentRequest, service: StaticString, _ call: () -> OyStatus) -> OyStatus {
         library.counted { lendCounted(request, service: service, call) }
     }
 
-    private func lendCounted(_ request: LentRequest, service: String, _ call: () -> OyStatus) -> OyStatus {
+    private func lendCounted(_ request: LentRequest, service: StaticString, _ call: () -> OyStatus) -> OyStatus {
         let key = ObjectIdentifier(request)
         let admitted = lock.withLock { () -> Bool in
             guard !closed else { return false }
             outstanding[key] = request
+            inCall.insert(key)
             return true
         }
         guard admitted else { return .deviceGone }
         request.loans = self
         request.lend()
         var status = OyStatus.ok
-        let spent = CallbackBudget.measure { status = call() }
-        CallbackBudget.anyThread.judge(spent, what: service, library: library)
+        // Named while it runs: a hang report finds a thread stuck in it.
+        let spent = CallbackBudget.measure { status = library.callDriver(service, keepingContext: true, call) }
+        CallbackBudget.anyThread.judge(spent, what: "\(service)", library: library)
+        let canceled = lock.withLock { () -> Bool in
+            inCall.remove(key)
+            return cancelOnReturn.remove(key) != nil
+        }
         if !status.isOK {
             if request.takeBack() == nil { library.recordViolation("\(service) returned \(status) but completed the request anyway") }
             _ = lock.withLock { outstanding.removeValue(forKey: key) }
             if !status.isDefined { library.recordViolation("\(service) returned undefined error code \(status.rawValue)") }
+        } else if canceled, let taken = request.takeBack() {
+            // Taken by a driver whose requests were canceled while this call
+            // ran (a detach that could not wait for it): canceled now.
+            returned(taken, status: .canceled, service: "cancel")
         }
         return status
     }
@@ -127,8 +143,13 @@ final class Loans: @unchecked Sendable {
 
     /// Completes everything the driver still holds with OY_E_CANCELED;
     /// returns how many there were.
+    /// A request whose submit has not returned is the call's to settle:
+    /// it is canceled as the call returns, if the driver took it.
     func cancelAll() -> Int {
-        let pending = lock.withLock { Array(outstanding.values) }
+        let pending = lock.withLock { () -> [LentRequest] in
+            cancelOnReturn.formUnion(inCall)
+            return outstanding.filter { !inCall.contains($0.key) }.map(\.value)
+        }
         var count = 0
         for request in pending {
             guard let taken = request.takeBack() else { continue }

@@ -134,8 +134,8 @@ public final class Disk: @unchecked Sendable {
     /// and gives back unfinished is kept for the next driver, not failed.
     private var recovering = false
     private var toReissue: [Issued] = []
-    /// When each request the driver has now was handed to it.
-    private var handedOver: [ObjectIdentifier: ContinuousClock.Instant] = [:]
+    /// When each request a driver has now was handed to it, and to which.
+    private var handedOver: [ObjectIdentifier: (at: ContinuousClock.Instant, to: ObjectIdentifier)] = [:]
     private var nextSequence: UInt64 = 0
     private var removalObservers: [@Sendable (String) -> Void] = []
     /// Fixed for the disk's life: a replacement driver must serve the same
@@ -191,21 +191,35 @@ public final class Disk: @unchecked Sendable {
     private func handOver(to registration: any DiskDriverBinding) -> (BlockRequest) -> OyStatus {
         { [weak self] request in
             let key = ObjectIdentifier(request)
-            self?.noteHandedOver(key, at: .now)
+            self?.noteHandedOver(key, to: registration)
             let status = registration.submit(request)
-            if !status.isOK { self?.noteHandedOver(key, at: nil) }  // not taken: never with the driver
-            return status
+            guard !status.isOK, let self else { return status }
+            _ = lock.withLock { handedOver.removeValue(forKey: key) }  // not taken: never with the driver
+            // Refused by a driver the disk moved on from while this submit
+            // ran (a restart or replacement detached it meanwhile; it says
+            // STATE or DEVICE_GONE): the request was never its to refuse.
+            // Back to the queue as if busy, for whichever driver serves next.
+            return status != .busy && hasMovedOn(from: registration) ? .busy : status
         }
     }
 
-    private func noteHandedOver(_ key: ObjectIdentifier, at time: ContinuousClock.Instant?) {
-        lock.withLock { handedOver[key] = time }
+    /// Whether `registration` no longer serves the disk, or is on its way out.
+    private func hasMovedOn(from registration: any DiskDriverBinding) -> Bool {
+        lock.withLock { awaitingDriver || current !== registration }
+    }
+
+    private func noteHandedOver(_ key: ObjectIdentifier, to registration: any DiskDriverBinding) {
+        lock.withLock { handedOver[key] = (.now, ObjectIdentifier(registration)) }
     }
 
     /// How long the oldest request the driver has now has been with it
     /// (nil when it has none): what a hang watchdog looks at.
     public var oldestWithDriver: Duration? {
-        lock.withLock { handedOver.values.min().map { ContinuousClock.now - $0 } }
+        lock.withLock {
+            // Only the current driver's: a submit still running in one a restart detached is not this one's hang.
+            let serving = ObjectIdentifier(current)
+            return handedOver.values.filter { $0.to == serving }.map(\.at).min().map { ContinuousClock.now - $0 }
+        }
     }
 
     // MARK: Live replacement and recovery
@@ -220,15 +234,16 @@ public final class Disk: @unchecked Sendable {
     /// The driver failed (hung, or its host died): new requests wait in
     /// software, and what it gives back unfinished (canceled, failed) is
     /// kept to hand to the next driver, in the order callers submitted it.
-    func beginRecovery() {
+    /// A submit under way is let return for up to `callWait` before the
+    /// driver is detached (bounded: the driver may be hung in it); one that
+    /// returns later with a refusal has its request go to the next driver.
+    func beginRecovery(callWait: Duration) {
         lock.withLock {
             awaitingDriver = true
             recovering = true
         }
         _ = queue.hold(until: .distantPast)
-        // A submit under way when the hold began is let return (bounded:
-        // the driver may be hung in it) before the driver is detached.
-        _ = queue.waitForCalls(until: Date(timeIntervalSinceNow: 1))
+        _ = queue.waitForCalls(until: Date(timeIntervalSinceNow: callWait.seconds))
     }
 
     /// Requests a failed driver gave back, waiting for the next one.
@@ -359,18 +374,29 @@ public final class Disk: @unchecked Sendable {
     }
 
     /// The driver finished a request, or it never reached one. During a
-    /// recovery, anything but success is kept for the next driver.
+    /// recovery, anything but success is kept for the next driver; so is a
+    /// failure from a driver the disk has moved on from since (it was
+    /// canceled when a submit outlasted the restart's wait for it).
     private func driverFinished(_ issued: Issued, _ status: DiskStatus) {
-        let kept = lock.withLock { () -> Bool in
-            handedOver.removeValue(forKey: ObjectIdentifier(issued.request))
-            guard recovering, !status.isOK else { return false }
-            toReissue.append(issued)
-            return true
+        enum Fate { case deliver, kept, again }
+        let fate = lock.withLock { () -> Fate in
+            let handed = handedOver.removeValue(forKey: ObjectIdentifier(issued.request))
+            guard !status.isOK else { return .deliver }
+            if recovering {
+                toReissue.append(issued)
+                return .kept
+            }
+            guard let handed, handed.to != ObjectIdentifier(current) else { return .deliver }
+            stats.reissued += 1
+            return .again
         }
-        if kept {
+        switch fate {
+        case .deliver: deliver(issued, status)
+        case .kept: queue.completed()
+        case .again:
+            prepare(issued)
+            queue.putBack([issued.request])
             queue.completed()
-        } else {
-            deliver(issued, status)
         }
     }
 

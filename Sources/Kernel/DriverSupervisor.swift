@@ -134,13 +134,15 @@ public final class DriverSupervisor: @unchecked Sendable {
                     let cause = String(format: "a request was with it for %.1f s", age.seconds)
                     let host = kernel.hostedDrivers[slot.address]
                     // Off the watchdog's thread: one slow recovery must not stop it watching the others.
-                    Thread.detachNewThread { [weak self] in _ = self?.recover(slot.address, cause: cause + (self?.place(host, slot.address) ?? "")) }
+                    Thread.detachNewThread { [weak self] in
+                        _ = self?.recover(slot.address, cause: cause + (self?.place(host, slot.address, stuckFor: timeout) ?? ""))
+                    }
                 }
                 // Every driver host answers heartbeats from its request loop.
                 for (address, driver) in kernel.hostedDrivers {
                     guard let silent = driver.heartbeat(), silent > timeout else { continue }
                     let cause = String(format: "its driver host answered no heartbeat for %.1f s", silent.seconds)
-                    Thread.detachNewThread { [weak self] in _ = self?.recover(address, cause: cause + (self?.place(driver, address) ?? "")) }
+                    Thread.detachNewThread { [weak self] in _ = self?.recover(address, cause: cause + (self?.place(driver, address, stuckFor: timeout) ?? "")) }
                 }
             }
             let period = min(timeout / 4, .seconds(1))
@@ -148,13 +150,25 @@ public final class DriverSupervisor: @unchecked Sendable {
         }
     }
 
-    /// Where a hung driver host's driver is, for the cause a restart
-    /// records: "; the driver's read did not return (its thread is in …)".
-    /// Not asked again while that device's recovery runs (the watchdog
-    /// notices the hang each period until the host is gone).
-    private func place(_ host: IsolatedDriver?, _ address: BusAddress) -> String {
-        guard let host, !isRecovering(address) else { return "" }
-        return host.whereStuck().map { "; " + $0.message } ?? ""
+    /// Where a hung driver is, for the cause a restart records: "; the
+    /// driver's submit did not return (its thread is in …)". A driver host
+    /// is asked over its line; in process, the threads of this process
+    /// inside that driver's callbacks report. Only threads inside their
+    /// callback for a good part of the hang count (`stuckFor` halved, at
+    /// most a second): not one passing through, as another request's submit
+    /// may be right then. When there are none, the driver took the request
+    /// and never completed it. Not asked again while that device's recovery
+    /// runs (the watchdog notices the hang each period until it is over).
+    private func place(_ host: IsolatedDriver?, _ address: BusAddress, stuckFor: Duration) -> String {
+        guard !isRecovering(address) else { return "" }
+        let since = min(stuckFor / 2, .seconds(1))
+        if let host { return host.whereStuck(since: since).map { "; " + $0.message } ?? "" }
+        guard let library = kernel?.instance(at: address)?.library else { return "" }
+        let reports = String(decoding: DriverFault.collectHangReports(since: since), as: UTF8.self)
+        guard let fault = DriverFault.hang(stderr: reports, driver: library.mappedPath, driverFramesOnly: true, ownThreadsOnly: true) else {
+            return "; no call into the driver is running: it took the request and has not completed it (a lost completion or interrupt?)"
+        }
+        return "; " + fault.message
     }
 
     // MARK: Recovery
@@ -177,7 +191,8 @@ public final class DriverSupervisor: @unchecked Sendable {
         let name = bound.name
         kernel.log.record(.warning, "kernel", "\(address): \(name) failed (\(cause)); restarting it")
         let previous = disk?.driver
-        disk?.beginRecovery()
+        // A submit still in the driver gets as long as a hang takes to notice, at most 10 s.
+        disk?.beginRecovery(callWait: min(policy.hangTimeout, .seconds(10)))
         kernel.parkDevices(at: address)
         kernel.detach(address)
         kernel.platform.bus.restart(slot)

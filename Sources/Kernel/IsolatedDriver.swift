@@ -505,8 +505,10 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
     /// inside one or the host does not answer within `timeout`. The host
     /// answers from its reader thread, so a driver call that never returns
     /// does not stop the answer.
-    func whereStuck(timeout: Double = 2) -> DriverFault? {
-        guard var reply = try? line.call(.whereStuck, within: timeout).0, let report = try? reply.data() else { return nil }
+    func whereStuck(since: Duration = .zero, timeout: Double = 2) -> DriverFault? {
+        var body = WireWriter()
+        body.u64(UInt64(since.components.seconds) * 1_000_000_000 + UInt64(since.components.attoseconds / 1_000_000_000))
+        guard var reply = try? line.call(.whereStuck, body, within: timeout).0, let report = try? reply.data() else { return nil }
         return DriverFault.hang(stderr: String(decoding: report, as: UTF8.self), driver: file.path, driverFramesOnly: true)
     }
 

@@ -36,12 +36,52 @@ import Workloads
             if case .restarted(_, let n) = event.outcome { return sum + n } else { return sum }
         }
         #expect(!events.isEmpty && events.allSatisfy { !$0.outcome.gaveUp }, "\(events)")
+        #expect(events.allSatisfy { $0.cause.contains("; no call into the driver is running: it took the request and has not completed it") },
+                "the cause tells a lost completion from a stuck call: \(events.map(\.cause))")
         #expect(reissuedInAll >= 1, "the request whose completion was lost went to the restarted driver: \(events)")
         #expect(disk.statistics.reissued == reissuedInAll)
         #expect(disk.statistics.failed == 0)
         #expect(system.kernel.blockLayer.disks.count == 1 && system.kernel.blockLayer.disks.first === disk, "the same disk throughout")
         try disk.flush()
         #expect(try ledger.verify(image: system.state + "/" + Testbed.diskImageName) == [], "every acknowledged write is in the disk image")
+    }
+
+    /// In process, a restart for a hang says where the driver's thread is
+    /// when one is inside it: here a submit that spins for 3 s on one LBA
+    /// while other requests pass through the driver. The restart waits 1 s
+    /// (the hang timeout) for that submit, then detaches the driver under
+    /// it, and the submit comes back refusing (OY_E_STATE: the instance is
+    /// gone): its write goes to the restarted driver, not back as an error.
+    @Test func aRestartInProcessSaysWhereTheDriversThreadIsStuck() throws {
+        let slow = try Fixtures.mutatedReferenceDriver("nvmelite", [(
+            "    memset(&cmd, 0, sizeof(cmd));\n    switch (req->op) {",
+            "    memset(&cmd, 0, sizeof(cmd));\n    static int fixture_spun;\n    if (req->lba == 4242 && !fixture_spun++) { /* the defect: 3 s in submit, once */\n"
+                + "        uint64_t until = d->ctx->host->monotonic_ns(d->ctx->host) + 3000000000ull;\n"
+                + "        while (d->ctx->host->monotonic_ns(d->ctx->host) < until) {}\n    }\n    switch (req->op) {"
+        )])
+        let system = try Fixtures.bareSystem(drivers: [slow], diskSize: 8 << 20)
+        defer { system.shutdown() }
+        system.kernel.supervisor.policy = Self.quickPolicy()
+        let disk = try #require(system.disk)
+        let ledger = WriteLedger(blockSize: disk.geometry.blockSize)
+        let block = [UInt8](repeating: 0x5A, count: disk.geometry.blockSize)
+        let slowWrite = DispatchSemaphore(value: 0)
+        let slowError = Mutex<BlockError?>(nil)
+        startThread(named: "slow-write") {
+            do throws(BlockError) { try disk.write(lba: 4242, bytes: block) } catch { slowError.withLock { $0 = error } }
+            slowWrite.signal()
+        }
+        let result = ledger.run(workers: 2, on: disk, until: { system.kernel.supervisor.events.count >= 1 }, thenWrites: 20)
+        #expect(slowWrite.wait(timeout: .now() + 60) == .success, "the slow write came back")
+        #expect(slowError.withLock { $0 } == nil, "and succeeded")
+
+        let events = system.kernel.supervisor.events
+        let cause = events.first?.cause ?? ""
+        #expect(cause.hasPrefix("a request was with it for") && cause.contains("; the driver's submit did not return (its thread is in nvl_submit+0x"),
+                "the restart names the callback and the function its thread is in: \(events.map(\.cause))")
+        #expect(events.count == 1 && events.allSatisfy { !$0.outcome.gaveUp }, "\(events)")
+        #expect(result.errors.isEmpty, "callers saw latency, not errors: \(result.errors)")
+        #expect(try disk.read(lba: 4242, count: block.count) == block, "the write the old driver refused on its way out went to the new one")
     }
 
     @Test func aDriverThatNeverComesBackFailsTheDeviceCleanly() throws {

@@ -53,25 +53,32 @@ int oy_shim_install_crash_reporter(int fd);
 
 /* A hang report, for a worker about to be killed for a check that does not
  * end: `oy_shim_report_hangs` sends SIGUSR2 to every thread of the process
- * (each but the caller); a thread inside a driver callback (see
- * oy_shim_set_context) writes "\1oyhang CALLBACK", its frames as
- * "\1oyframe" lines, then "\1oyhang-end" to the crash reporter's `fd`, and
- * goes on. Other threads ignore it. Returns how many threads were signalled.
- * Needs oy_shim_install_crash_reporter first. */
+ * inside a driver callback (see oy_shim_set_context; each but the caller),
+ * and no other; each writes "\1oyhang CALLBACK", its frames as "\1oyframe"
+ * lines, then "\1oyhang-end" to the crash reporter's `fd`, and goes on.
+ * Returns how many threads were signalled. Needs
+ * oy_shim_install_crash_reporter first, or oy_shim_collect_hangs. */
 int oy_shim_report_hangs(void);
+/* The same, for the threads that entered their callback at least
+ * `min_age_ns` ago only (one stuck, not one passing through). */
+int oy_shim_report_hangs_older(uint64_t min_age_ns);
+
+/* The kernel thread IDs of the threads inside a driver callback since at
+ * least `min_age_ns` (at most `max`); returns how many were stored. */
+int oy_shim_threads_in_callbacks(int32_t *tids, int max, uint64_t min_age_ns);
 
 /* For a process without the crash reporter (a driver host): hang reports
  * go to `fd`, and each names `origin` after its callback ("rng read (in its
  * driver host)"). */
 void oy_shim_set_hang_reports(int fd, const char *origin);
 
-/* Where this process's threads inside driver callbacks are now, for a
- * supervisor asking a driver host that stopped answering: the same reports
- * as oy_shim_report_hangs, written to `fd` (a memfd: the writes must not
- * block), without the crash reporter. Waits until every signalled thread
- * has answered or `timeout_ms` passed. One collection at a time. Returns
- * how many threads were signalled, or -1. */
-int oy_shim_collect_hangs(int fd, int timeout_ms);
+/* Where this process's threads inside driver callbacks (for at least
+ * `min_age_ns`) are now, for a supervisor asking about a driver that
+ * stopped answering: the same reports as oy_shim_report_hangs, written to
+ * `fd` (a memfd: the writes must not block), without the crash reporter.
+ * Waits until every signalled thread has answered or `timeout_ms` passed.
+ * One collection at a time. Returns how many threads were signalled, or -1. */
+int oy_shim_collect_hangs(int fd, int timeout_ms, uint64_t min_age_ns);
 
 /* recvmsg(2) with SCM_RIGHTS: up to `length` bytes and up to `max_fds`
  * descriptors (close-on-exec). Returns the bytes read (0 at end of file) or

@@ -425,16 +425,10 @@ final class HostSide: @unchecked Sendable {
     /// back as they are.
     private static func answerWhereStuck(_ message: HostLine.Incoming, on line: HostLine) {
         for fd in message.fds { _ = close(fd) }
+        var body = message.body
+        let since = Duration.nanoseconds(Int64(clamping: (try? body.u64()) ?? 0))
         var reply = WireWriter()
-        let fd = oy_shim_memfd_create("oyako-hang-reports")
-        var text = [UInt8](repeating: 0, count: HostMessage.maxSize - 64)
-        var length = 0
-        if fd >= 0 {
-            _ = oy_shim_collect_hangs(fd, 500)
-            length = max(0, pread(fd, &text, text.count, 0))
-            _ = close(fd)
-        }
-        text.withUnsafeBytes { reply.data(UnsafeRawBufferPointer(rebasing: $0.prefix(length))) }
+        DriverFault.collectHangReports(since: since, limit: HostMessage.maxSize - 64).withUnsafeBytes { reply.data($0) }
         line.reply(to: message, reply)
     }
 
