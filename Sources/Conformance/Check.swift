@@ -22,12 +22,14 @@ public struct CheckOutcome: Codable, Sendable {
     /// counts, the disk image's digest, statuses returned), compared across
     /// environments by io.same-results.
     public var observation: String?
+    /// A warning that slow callbacks alone caused (see `CheckResult`).
+    public var slowCallbacksOnly: Bool?
     /// Filled in by the suite from the worker's standard error.
     var log: [String] = []
     var backtrace: [String] = []
     var coreFile: String?
 
-    enum CodingKeys: String, CodingKey { case verdict, message, observation }
+    enum CodingKeys: String, CodingKey { case verdict, message, observation, slowCallbacksOnly }
 
     init(verdict: Verdict, message: String, observation: String? = nil) {
         self.verdict = verdict
@@ -60,6 +62,10 @@ public struct CheckResult: Codable, Sendable {
     public var backtrace: [String] = []
     /// For a crash with `--keep-core`: where the core file is.
     public var coreFile: String?
+    /// True for a warning whose only cause is callbacks over their soft CPU
+    /// budget (2 ms): real, but a loaded machine can cause it alone, so a
+    /// CI gate may choose to tell it from the other warnings.
+    public var slowCallbacksOnly: Bool?
 
     public init(id: String, summary: String, environment: String, verdict: Verdict, message: String, seconds: Double, observation: String?,
                 log: [String] = [], backtrace: [String] = [], coreFile: String? = nil)

@@ -156,15 +156,17 @@ public struct ConformanceSuite: Sendable {
             outcome = .failed("\(error)")
         }
         let recorded = ViolationLog.since(mark).filter { entry in !check.tolerates.contains { entry.message.contains($0) } }
-        return Self.withWarnings(Self.withViolations(outcome, recorded.filter { $0.severity == .violation }), recorded.filter { $0.severity == .warning })
+        return Self.withWarnings(Self.withViolations(outcome, recorded.filter { $0.severity == .violation }), recorded.filter { $0.severity != .violation })
     }
 
     /// Soft limits exceeded during a check (a slow callback): a pass becomes
-    /// a warning that says by how much.
+    /// a warning that says by how much, marked when slow callbacks are all
+    /// it is (`slowCallbacksOnly`: a loaded machine can cause that alone).
     static func withWarnings(_ outcome: CheckOutcome, _ warnings: [ViolationLog.Entry]) -> CheckOutcome {
         guard !warnings.isEmpty, outcome.verdict == .passed || outcome.verdict == .warning else { return outcome }
         var warned = outcome
         warned.verdict = .warning
+        warned.slowCallbacksOnly = outcome.verdict == .passed && warnings.allSatisfy { $0.severity == .slowCallback } ? true : nil
         let shown = warnings.prefix(2).map(\.description).joined(separator: "; ")
         warned.message = (outcome.message.isEmpty ? "" : outcome.message + "; ") + shown + (warnings.count > 2 ? " and \(warnings.count - 2) more" : "")
         return warned
@@ -242,8 +244,10 @@ public struct ConformanceSuite: Sendable {
     private func execute(_ check: CheckDefinition, driver: String, environment: SuiteEnvironment?, prior: [String: Verdict], deviceClass: String) -> CheckResult {
         let label = environment?.rawValue ?? "file"
         func result(_ outcome: CheckOutcome, _ seconds: Double = 0) -> CheckResult {
-            CheckResult(id: check.id, summary: check.summary, environment: label, verdict: outcome.verdict, message: outcome.message, seconds: seconds,
-                        observation: outcome.observation, log: outcome.log, backtrace: outcome.backtrace, coreFile: outcome.coreFile)
+            var made = CheckResult(id: check.id, summary: check.summary, environment: label, verdict: outcome.verdict, message: outcome.message,
+                                   seconds: seconds, observation: outcome.observation, log: outcome.log, backtrace: outcome.backtrace, coreFile: outcome.coreFile)
+            made.slowCallbacksOnly = outcome.slowCallbacksOnly
+            return made
         }
         if let classes = check.classes, !classes.contains(deviceClass) {
             return result(.skipped(deviceClass.isEmpty ? "the driver provides no device class" : "not applicable to \(deviceClass)"))

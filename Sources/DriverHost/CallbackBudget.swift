@@ -56,7 +56,8 @@ struct CallbackBudget: Sendable {
         if spent.cpu > hard {
             library.recordViolation(text + String(format: "; the limit is %.0f ms: do the work in a work item, not in the callback", hard * 1000))
         } else {
-            library.recordWarning(text + String(format: "; more than %.0f ms slows every device sharing the interrupt thread", soft * 1000))
+            library.recordWarning(text + String(format: "; more than %.0f ms slows every device sharing the interrupt thread", soft * 1000),
+                                  severity: .slowCallback)
         }
     }
 

@@ -299,10 +299,11 @@ public final class DriverLibrary: @unchecked Sendable {
         logger.warning("ABI violation by \(name): \(message)\(callback.map { " (in \($0))" } ?? "")")
     }
 
-    /// A callback slower than it should be, short of a violation: kept for
-    /// the conformance suite's verdict, logged.
-    func recordWarning(_ message: String) {
-        ViolationLog.record(.init(severity: .warning, driver: name, callback: oy_shim_context_callback().map { String(cString: $0) }, message: message))
+    /// A soft limit crossed, short of a violation (a callback slower than
+    /// it should be, memory refused at its limit): kept for the conformance
+    /// suite's verdict, logged.
+    func recordWarning(_ message: String, severity: ViolationLog.Severity = .warning) {
+        ViolationLog.record(.init(severity: severity, driver: name, callback: oy_shim_context_callback().map { String(cString: $0) }, message: message))
         logger.warning("\(name): \(message)")
     }
 

@@ -9,9 +9,26 @@ import Synchronization
     public enum Severity: Sendable, Equatable {
         /// A rule broken: fails the check it happened in.
         case violation
-        /// Beyond a soft limit (a callback slower than it should be): the
-        /// check passes with a warning.
+        /// Beyond a soft limit (a log flood, the memory a driver may hold):
+        /// the check passes with a warning.
         case warning
+        /// A callback that ran longer on the CPU than it should (the soft
+        /// budget of `CallbackBudget`): also a warning, told apart because
+        /// a loaded machine alone can cause it.
+        case slowCallback
+
+        /// On a driver host's line.
+        public var wireValue: UInt32 {
+            switch self {
+            case .violation: 0
+            case .warning: 1
+            case .slowCallback: 2
+            }
+        }
+
+        public init(wireValue: UInt32) {
+            self = wireValue == 0 ? .violation : wireValue == 2 ? .slowCallback : .warning
+        }
     }
 
     public struct Entry: Sendable, Equatable {

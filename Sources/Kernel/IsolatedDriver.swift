@@ -321,12 +321,12 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
             let number = try body.u64()
             state.withLock { s in if s.beat?.number == number { s.beat = nil } }
         case .violation:
-            let warning = try body.u32() != 0
+            let severity = ViolationLog.Severity(wireValue: try body.u32())
             let driver = try body.string(), callback = try body.string(), text = try body.string()
-            let entry = ViolationLog.Entry(severity: warning ? .warning : .violation, driver: driver.isEmpty ? nil : driver,
+            let entry = ViolationLog.Entry(severity: severity, driver: driver.isEmpty ? nil : driver,
                                            callback: callback.isEmpty ? nil : callback, message: text)
             ViolationLog.recordForwarded(entry)
-            log.record(warning ? .warning : .error, name, "in its driver host: \(entry.description)")
+            log.record(severity == .violation ? .error : .warning, name, "in its driver host: \(entry.description)")
         case .netTxComplete:
             let tag = try body.u64(), status = OyStatus(try body.i32())
             state.withLock { $0.net?.binding }?.completed(tag: tag, status: status)

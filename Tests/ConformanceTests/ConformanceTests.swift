@@ -1,5 +1,5 @@
 @testable import Conformance
-import DriverHost
+@_spi(Conformance) import DriverHost
 import Foundation
 import SDKTools
 import FoundationXML
@@ -32,9 +32,18 @@ func expectEveryApplicableCheckPassed(_ report: ConformanceSuite.DriverReport, d
         seen.insert(key)
         guard let id = expected[key] else { continue }
         let allowed: Set<Verdict> = skipped.contains(id) ? [.passed, .skipped] : [.passed]
-        #expect(allowed.contains(result.verdict), "\(key): \(result.verdict) \(result.message)", sourceLocation: sourceLocation)
+        #expect(allowed.contains(result.verdict) || result.isOnlySlow, "\(key): \(result.verdict) \(result.message)", sourceLocation: sourceLocation)
     }
     #expect(seen.isSuperset(of: expected.keys), "never ran: \(Set(expected.keys).subtracting(seen).sorted())", sourceLocation: sourceLocation)
+}
+
+extension CheckResult {
+    /// A warning only for callbacks over their soft CPU budget: on a loaded
+    /// machine (a full test run on two cores) a reference driver's handler
+    /// can take 2.3 ms of CPU once, so tests do not count it against the
+    /// driver (no verdict of theirs depends on load); over the hard budget
+    /// is a violation and still fails.
+    var isOnlySlow: Bool { verdict == .warning && slowCallbacksOnly == true }
 }
 
 func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
@@ -46,7 +55,7 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
     func referenceDriverPassesInBothEnvironments(_ name: String) throws {
         let path = name == "template" ? try Fixtures.templateDriver() : try Fixtures.referenceDriver(name)
         let report = suite().run(driver: path)
-        let problems = report.results.filter { $0.verdict.isFailure || $0.verdict == .warning }
+        let problems = report.results.filter { $0.verdict.isFailure || ($0.verdict == .warning && !$0.isOnlySlow) }
         #expect(problems.isEmpty, "\(problems.map { "\($0.id)@\($0.environment): \($0.message)" })")
         expectEveryApplicableCheckPassed(report, deviceClass: try DriverFile.inspect(path: path).metadata.deviceClass)
         #expect(report.results.contains { $0.id == "io.same-results" && $0.verdict == .passed })
@@ -85,6 +94,28 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         #expect(loose.results.filter { $0.id == "load.time-budget" }.map(\.verdict) == [.passed, .passed])
         let off = suite(filter: "^load\\.time-budget$", timeBudget: nil).run(driver: driver)
         #expect(off.results.filter { $0.id == "load.time-budget" }.map(\.verdict) == [.skipped, .skipped])
+    }
+}
+
+/// Warnings a check collects: slow callbacks alone are marked as such, so
+/// a gate can tell them from the other soft limits.
+@Suite struct WarningTests {
+    static func entry(_ severity: ViolationLog.Severity) -> ViolationLog.Entry {
+        ViolationLog.Entry(severity: severity, driver: "d", callback: "submit", message: "m")
+    }
+
+    @Test func slowCallbacksAloneAreMarkedAndAnythingElseIsNot() {
+        let slow = ConformanceSuite.withWarnings(.passed("ok"), [Self.entry(.slowCallback), Self.entry(.slowCallback)])
+        #expect(slow.verdict == .warning && slow.slowCallbacksOnly == true)
+        let mixed = ConformanceSuite.withWarnings(.passed("ok"), [Self.entry(.slowCallback), Self.entry(.warning)])
+        #expect(mixed.verdict == .warning && mixed.slowCallbacksOnly == nil)
+        let warnedBefore = ConformanceSuite.withWarnings(.warning("the check's own"), [Self.entry(.slowCallback)])
+        #expect(warnedBefore.verdict == .warning && warnedBefore.slowCallbacksOnly == nil)
+        let failed = ConformanceSuite.withWarnings(.failed("no"), [Self.entry(.slowCallback)])
+        #expect(failed.verdict == .failed && failed.slowCallbacksOnly == nil)
+        for severity in [ViolationLog.Severity.violation, .warning, .slowCallback] {
+            #expect(ViolationLog.Severity(wireValue: severity.wireValue) == severity, "over a driver host's line and back")
+        }
     }
 }
 

@@ -406,7 +406,7 @@ final class HostSide: @unchecked Sendable {
         let line = self.line
         ViolationLog.forwardEntries { entry in
             var body = WireWriter()
-            body.u32(entry.severity == .violation ? 0 : 1)
+            body.u32(entry.severity.wireValue)
             body.string(entry.driver ?? ""); body.string(entry.callback ?? ""); body.string(entry.message)
             line.post(.violation, body)
         }
