@@ -135,14 +135,16 @@ public final class DriverSupervisor: @unchecked Sendable {
                     let host = kernel.hostedDrivers[slot.address]
                     // Off the watchdog's thread: one slow recovery must not stop it watching the others.
                     Thread.detachNewThread { [weak self] in
-                        _ = self?.recover(slot.address, cause: cause + (self?.place(host, slot.address, stuckFor: timeout) ?? ""))
+                        _ = self?.recover(slot.address, cause: cause + (self?.place(host, slot.address, stuckFor: timeout, requestWaiting: true) ?? ""))
                     }
                 }
                 // Every driver host answers heartbeats from its request loop.
                 for (address, driver) in kernel.hostedDrivers {
                     guard let silent = driver.heartbeat(), silent > timeout else { continue }
                     let cause = String(format: "its driver host answered no heartbeat for %.1f s", silent.seconds)
-                    Thread.detachNewThread { [weak self] in _ = self?.recover(address, cause: cause + (self?.place(driver, address, stuckFor: timeout) ?? "")) }
+                    Thread.detachNewThread { [weak self] in
+                        _ = self?.recover(address, cause: cause + (self?.place(driver, address, stuckFor: timeout, requestWaiting: false) ?? ""))
+                    }
                 }
             }
             let period = min(timeout / 4, .seconds(1))
@@ -156,19 +158,24 @@ public final class DriverSupervisor: @unchecked Sendable {
     /// inside that driver's callbacks report. Only threads inside their
     /// callback for a good part of the hang count (`stuckFor` halved, at
     /// most a second): not one passing through, as another request's submit
-    /// may be right then. When there are none, the driver took the request
-    /// and never completed it. Not asked again while that device's recovery
-    /// runs (the watchdog notices the hang each period until it is over).
-    private func place(_ host: IsolatedDriver?, _ address: BusAddress, stuckFor: Duration) -> String {
+    /// may be right then. When there are none and a request is what waits
+    /// (`requestWaiting`), the driver took it and never completed it. Not
+    /// asked again while that device's recovery runs (the watchdog notices
+    /// the hang each period until it is over).
+    private func place(_ host: IsolatedDriver?, _ address: BusAddress, stuckFor: Duration, requestWaiting: Bool) -> String {
         guard !isRecovering(address) else { return "" }
         let since = min(stuckFor / 2, .seconds(1))
-        if let host { return host.whereStuck(since: since).map { "; " + $0.message } ?? "" }
-        guard let library = kernel?.instance(at: address)?.library else { return "" }
-        let reports = String(decoding: DriverFault.collectHangReports(since: since), as: UTF8.self)
-        guard let fault = DriverFault.hang(stderr: reports, driver: library.mappedPath, driverFramesOnly: true, ownThreadsOnly: true) else {
-            return "; no call into the driver is running: it took the request and has not completed it (a lost completion or interrupt?)"
+        let reports: String?, driver: String
+        if let host {
+            (reports, driver) = (host.hangReports(since: since), host.file.resolvedPath)
+        } else if let library = kernel?.instance(at: address)?.library {
+            (reports, driver) = (String(decoding: DriverFault.collectHangReports(since: since), as: UTF8.self), library.mappedPath)
+        } else {
+            return ""
         }
-        return "; " + fault.message
+        guard let reports else { return "" }  // a host that does not answer: its death will say more
+        if let fault = DriverFault.hang(stderr: reports, driver: driver, driverFramesOnly: true, ownThreadsOnly: true) { return "; " + fault.message }
+        return requestWaiting ? "; no call into the driver is running: it took the request and has not completed it (a lost completion or interrupt?)" : ""
     }
 
     // MARK: Recovery

@@ -502,14 +502,20 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
 
     /// Where the host's threads inside driver callbacks are now, in words
     /// (functions named from the driver file's symbols); nil when none is
-    /// inside one or the host does not answer within `timeout`. The host
-    /// answers from its reader thread, so a driver call that never returns
-    /// does not stop the answer.
+    /// inside one or the host does not answer within `timeout`.
     func whereStuck(since: Duration = .zero, timeout: Double = 2) -> DriverFault? {
+        hangReports(since: since, timeout: timeout).flatMap { DriverFault.hang(stderr: $0, driver: file.resolvedPath, driverFramesOnly: true) }
+    }
+
+    /// The hang reports of the host's threads inside driver callbacks since
+    /// at least `since` (empty: none is); nil when the host does not answer
+    /// within `timeout`. The host answers from its reader thread, so a
+    /// driver call that never returns does not stop the answer.
+    func hangReports(since: Duration, timeout: Double = 2) -> String? {
         var body = WireWriter()
         body.u64(UInt64(since.components.seconds) * 1_000_000_000 + UInt64(since.components.attoseconds / 1_000_000_000))
         guard var reply = try? line.call(.whereStuck, body, within: timeout).0, let report = try? reply.data() else { return nil }
-        return DriverFault.hang(stderr: String(decoding: report, as: UTF8.self), driver: file.path, driverFramesOnly: true)
+        return String(decoding: report, as: UTF8.self)
     }
 
     // MARK: Heartbeat

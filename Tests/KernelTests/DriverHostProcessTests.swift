@@ -380,6 +380,8 @@ import Workloads
         #expect(result.errors.isEmpty, "\(result.errors)")
         let events = kernel.supervisor.events
         #expect(events.contains { $0.cause.contains("a request was with it") } && events.allSatisfy { !$0.outcome.gaveUp }, "\(events)")
+        #expect(events.filter { $0.cause.hasPrefix("a request was with it") }.allSatisfy { $0.cause.contains("; no call into the driver is running") },
+                "the host was asked, and no thread was inside the driver: a lost completion, as in process: \(events.map(\.cause))")
         #expect(kernel.driverHostProcess(at: testbed.nvmeSlot.address) != first, "the hung host was ended and another started")
         try disk.flush()
         #expect(try ledger.verify(image: state + "/" + Testbed.diskImageName) == [])
