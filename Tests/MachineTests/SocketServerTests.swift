@@ -68,7 +68,7 @@ import Testing
     @Test func anExclusiveServerRefusesASecondPeerAndStopsWithoutWaitingTheGrace() throws {
         let path = Fixtures.temporaryDirectory("sock") + "/x.sock"
         let refusals = Mutex(0)
-        let server = try UnixSocketServer(path: path, serving: .exclusively(grace: .seconds(1), refused: { refusals.withLock { $0 += 1 } })) { fd in
+        let server = try UnixSocketServer(path: path, serving: .exclusively(grace: .seconds(3), refused: { refusals.withLock { $0 += 1 } })) { fd in
             var byte: UInt8 = 0
             _ = read(fd, &byte, 1)  // served until the peer hangs up or the server stops
         }
@@ -83,7 +83,8 @@ import Testing
         usleep(50_000)  // the third now waits for the first to go
         let started = ContinuousClock.now
         server.stop()
-        #expect(ContinuousClock.now - started < .milliseconds(600), "stop did not wait out the grace")
+        // Far from the 3 s grace either way, so a loaded machine does not decide it.
+        #expect(ContinuousClock.now - started < .milliseconds(1500), "stop did not wait out the grace")
         #expect(refusals.withLock { $0 } == 1, "a peer closed by stop is not counted as refused")
         close(first)
         close(third)
