@@ -176,8 +176,7 @@ public struct DriverFault: Sendable {
         let fd = oy_shim_memfd_create("oyako-hang-reports")
         guard fd >= 0 else { return [] }
         defer { _ = close(fd) }
-        let (seconds, attoseconds) = since.components
-        _ = oy_shim_collect_hangs(fd, timeoutMilliseconds, UInt64(max(0, seconds)) * 1_000_000_000 + UInt64(max(0, attoseconds) / 1_000_000_000))
+        _ = oy_shim_collect_hangs(fd, timeoutMilliseconds, since.wholeNanoseconds)
         var text = [UInt8](repeating: 0, count: limit)
         let length = max(0, pread(fd, &text, limit, 0))
         return Array(text.prefix(length))
@@ -195,3 +194,13 @@ public struct DriverFault: Sendable {
 @_silgen_name("swift_demangle")
 private func swift_demangle(_ mangled: UnsafePointer<CChar>?, _ length: Int, _ output: UnsafeMutablePointer<CChar>?,
                             _ outputLength: UnsafeMutablePointer<Int>?, _ flags: UInt32) -> UnsafeMutablePointer<CChar>?
+
+extension Duration {
+    /// Whole nanoseconds, 0 for a negative duration: what the shim's and a
+    /// driver host's line's u64 ages take.
+    public var wholeNanoseconds: UInt64 {
+        let (seconds, attoseconds) = components
+        guard seconds >= 0, attoseconds >= 0 else { return 0 }
+        return UInt64(seconds) &* 1_000_000_000 &+ UInt64(attoseconds / 1_000_000_000)
+    }
+}

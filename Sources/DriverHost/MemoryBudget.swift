@@ -55,7 +55,7 @@ public final class MemoryBudget: Sendable {
         }
     }
 
-    /// "1.5 GiB", "24 MiB", "4096 bytes": a size as a person reads it.
+    /// "1.5 GiB", "24 MiB", "100 bytes": a size as a person reads it.
     public static func describe(_ bytes: Int) -> String {
         let units: [(Int, String)] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")]
         guard let (size, name) = units.first(where: { bytes >= $0.0 }) else { return "\(bytes) bytes" }

@@ -513,7 +513,7 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
     /// driver call that never returns does not stop the answer.
     func hangReports(since: Duration, timeout: Double = 2) -> String? {
         var body = WireWriter()
-        body.u64(UInt64(since.components.seconds) * 1_000_000_000 + UInt64(since.components.attoseconds / 1_000_000_000))
+        body.u64(since.wholeNanoseconds)
         guard var reply = try? line.call(.whereStuck, body, within: timeout).0, let report = try? reply.data() else { return nil }
         return String(decoding: report, as: UTF8.self)
     }

@@ -60,7 +60,7 @@ final class KernelDevice: HostDevice, @unchecked Sendable {
     func portWrite(bar: Int, port: UInt32, value: UInt8) { slot.portWrite(bar: bar, port: port, value: value) }
 
     func dmaAllocate(size: Int) throws(OyStatus) -> DMARegion {
-        let rounded = max(1, (size + PhysicalMemory.pageSize - 1) / PhysicalMemory.pageSize) * PhysicalMemory.pageSize
+        let rounded = KernelMemory.pages(for: size) * PhysicalMemory.pageSize
         if case .refused(let held, let report) = dmaBudget.take(rounded) {
             if report {
                 log?.record(.warning, "kernel", "\(slot.address): a dma_alloc of \(size) bytes refused: its driver holds \(MemoryBudget.describe(held)) "

@@ -58,9 +58,12 @@ public final class KernelMemory: Sendable {
         return UInt64(offset)
     }
 
+    /// The whole pages an allocation of `bytes` takes (at least one).
+    public static func pages(for bytes: Int) -> Int { max(1, (bytes + PhysicalMemory.pageSize - 1) / PhysicalMemory.pageSize) }
+
     /// Allocates zeroed, contiguous pages; nil when memory is exhausted.
     public func allocate(bytes: Int) -> (physical: UInt64, pages: Int)? {
-        let count = max(1, (bytes + PhysicalMemory.pageSize - 1) / PhysicalMemory.pageSize)
+        let count = Self.pages(for: bytes)
         guard let first = pages.allocate(count) else { return nil }
         let physical = first * UInt64(PhysicalMemory.pageSize)
         (base + Int(physical)).initializeMemory(as: UInt8.self, repeating: 0, count: count * PhysicalMemory.pageSize)
