@@ -5,7 +5,7 @@ import Synchronization
 
 /// Checks of the serial class, "oyako.serial/1".
 extension Catalogue {
-    static let serialChecks: [CheckDefinition] = [serialRoundtrip, serialSetLine, serialOverflow]
+    static let serialChecks: [CheckDefinition] = [serialRoundtrip, serialTxReady, serialSetLine, serialOverflow]
 
     static let serialRoundtrip = CheckDefinition("io.serial.roundtrip", "bytes round-trip in order at the configured rate", requires: ["io.basic"], classes: serial, hostable: true) { c in
         try withDriver(c) { rig in
@@ -40,6 +40,43 @@ extension Catalogue {
                            observation: rig.deviceObservation())
         }
     }
+
+    /// Output far larger than the roundtrip's: more than a driver's transmit
+    /// buffer usually holds, so its `write` answers short and the OS waits
+    /// for `tx_ready` before it writes again. A driver that never calls it
+    /// stalls its port for good, and the roundtrip's 100 ms of output fits
+    /// in the reference driver's buffer, so only this check sees it.
+    static let serialTxReady = CheckDefinition("io.serial.tx-ready", "after a short write the driver calls tx_ready, and output larger than its buffer leaves whole and in order", requires: ["io.basic"], classes: serial, timeout: 40, hostable: true) { c in
+        try withDriver(c) { rig in
+            guard let tty = rig.kernel.serial.ports.first, let (_, log) = rig.uarts.first else { return .failed("no port registered") }
+            let original = tty.line
+            guard original.baud == 115_200 || tty.port.setLine(SerialLine(baud: 115_200)) == .ok else {
+                return .failed("set_line to 115200 baud failed; this check needs the line's fastest rate")
+            }
+            defer { if tty.line.baud != original.baud { _ = tty.port.setLine(original) } }
+            let out = (0..<serialTxReadyBytes).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ $0 >> 8) }
+            let before = (short: tty.shortWrites, ready: tty.readyReports)
+            // At 11520 bytes/s the line carries it in under a second.
+            let arrived = Rig.lineRate(of: out, written: { tty.write(out) }, log: log, timeout: 15) != nil
+            let short = tty.shortWrites - before.short, ready = tty.readyReports - before.ready
+            guard arrived else {
+                let unsent = tty.unsent
+                if short > 0 && ready == 0 && unsent > 0 {
+                    return .failed("the driver answered a short write and never called tx_ready: the OS writes again only after tx_ready, so the port stalled with \(unsent) bytes still waiting; call tx_ready once the transmit buffer has room again (SDK/CLASSES.md, Serial)")
+                }
+                return .failed("\(out.count) bytes of output did not reach the line whole and in order (\(unsent) still waiting in the OS, \(short) short write(s), \(ready) tx_ready call(s))")
+            }
+            guard short > 0 else {
+                return .passed("\(out.count) bytes left in order; the driver took them all without a short write, so tx_ready was not needed")
+            }
+            return .passed("\(out.count) bytes left in order across \(short) short write(s) and \(ready) tx_ready call(s)")
+        }
+    }
+
+    /// Bytes `io.serial.tx-ready` writes at once: more than the 4 KiB
+    /// transmit buffer of the reference driver and of most 16550 drivers
+    /// (Linux's serial core buffers 4 KiB), under a second at 115200 baud.
+    static let serialTxReadyBytes = 10 << 10
 
     static let serialSetLine = CheckDefinition("io.serial.set-line", "set_line: rates the clock can make take effect; bad rates and framing are refused", requires: ["io.basic"], classes: serial, timeout: 30, hostable: true) { c in
         try withDriver(c) { rig in

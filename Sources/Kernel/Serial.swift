@@ -40,6 +40,8 @@ public final class SerialPort: SerialReceiver, ParkableDevice, @unchecked Sendab
     /// Console lines dropped since the last one that fitted.
     private var consoleDropped = 0
     private var lossReportCount = 0
+    private var shortWriteCount = 0
+    private var readyCount = 0
     private let arrived = NSCondition()
     private var inputHandler: (@Sendable ([UInt8]) -> Void)?
     private let transmitQueue: DispatchQueue
@@ -79,6 +81,10 @@ public final class SerialPort: SerialReceiver, ParkableDevice, @unchecked Sendab
     public var lost: Int { lock.withLock { lostBytes } }
     /// How many times the driver reported lost input (`error` calls).
     public var lossReports: Int { lock.withLock { lossReportCount } }
+    /// Writes the driver took only part of (or none of): each owes a `tx_ready`.
+    public var shortWrites: Int { lock.withLock { shortWriteCount } }
+    /// `tx_ready` calls: the driver made room after a short write.
+    public var readyReports: Int { lock.withLock { readyCount } }
 
     /// True on a serial port's transmit queue, that is inside a serial
     /// driver's `write`.
@@ -120,6 +126,7 @@ public final class SerialPort: SerialReceiver, ParkableDevice, @unchecked Sendab
     /// output itself, and is told when the driver made room.
     private func startDrain(driverMadeRoom: Bool) {
         let start = lock.withLock { () -> Bool in
+            if driverMadeRoom { readyCount += 1 }
             if draining {
                 if driverMadeRoom { kicked = true }
                 return false
@@ -143,6 +150,7 @@ public final class SerialPort: SerialReceiver, ParkableDevice, @unchecked Sendab
             // No lock held: the driver may call any host service from here.
             let result = chunk.withUnsafeBytes { port.write($0) }
             let more = lock.withLock { () -> Bool in
+                if case .success(let n) = result, n < chunk.count { shortWriteCount += 1 }
                 if case .success(let n) = result, n > 0 {
                     pending.removeFirst(n)
                     return true
