@@ -462,7 +462,7 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
 @Suite struct WorkerOutputTests {
     @Test func aDriverWritingToStandardOutputKeepsItsVerdicts() throws {
         let report = suite(filter: "^(lifecycle\\.attach|io\\.basic)$").run(driver: try Fixtures.fixtureDriver(defines: ["MUTANT_WRITES_STDOUT"]))
-        let verdicts = report.results.map { "\($0.id) \($0.environment ?? ""): \($0.verdict) \($0.message)" }
+        let verdicts = report.results.map { "\($0.id) \($0.environment): \($0.verdict) \($0.message)" }
         let checked = report.results.filter { ["lifecycle.attach", "io.basic"].contains($0.id) }
         #expect(checked.count == 4 && report.results.allSatisfy { $0.verdict == .passed }, "\(verdicts)")
     }
