@@ -159,8 +159,13 @@ static int32_t e1k_get_stats(void *instance, oy_net_stats *out) {
 static int32_t e1k_set_filter(void *instance, const uint8_t *macs, uint32_t count, uint32_t flags) {
     e1k_dev *d = (e1k_dev *)instance;
     uint32_t i, rctl;
+    int gone;
     if (d == NULL || (count > 0 && macs == NULL)) return OY_E_INVALID;
     if (count > E1K_RA_ENTRIES - 1u) return OY_E_RANGE;
+    d->host->lock_acquire(d->lock);
+    gone = d->gone;
+    d->host->lock_release(d->lock);
+    if (gone) return OY_E_DEVICE_GONE; /* removed: nothing to program */
     for (i = 1; i < E1K_RA_ENTRIES; i++) {
         if (i <= count) {
             const uint8_t *m = macs + 6u * (i - 1u);

@@ -161,6 +161,10 @@ static int32_t u_set_line(void *instance, const oy_serial_line *line) {
     lcr = (uint8_t)((line->data_bits - 5u) | (line->stop_bits == 2 ? 0x04u : 0u) |
                     (line->parity == OY_PARITY_NONE ? 0u : (line->parity == OY_PARITY_EVEN ? 0x18u : 0x08u)));
     d->host->lock_acquire(d->lock);
+    if (d->gone) {
+        d->host->lock_release(d->lock);
+        return OY_E_DEVICE_GONE; /* removed: the line stays as it was */
+    }
     u_out(d, U_LCR, U_LCR_DLAB);
     u_out(d, U_DLL, (uint8_t)(divisor & 0xFFu));
     u_out(d, U_DLM, (uint8_t)(divisor >> 8));
