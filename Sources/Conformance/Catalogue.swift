@@ -235,6 +235,28 @@ enum Catalogue {
             guard instance.state == .detached else { return .failed("the instance was not detached after removal") }
             return .passed("\(pending.completed) request(s) completed")
         },
+        // The OS calls remove, then detach; until detach unregisters the
+        // class object, the OS may still call its operations (a write
+        // already on its way, a read of /dev/random).
+        CheckDefinition("lifecycle.after-removal", "between remove and detach every class operation answers OY_E_DEVICE_GONE; detach then releases everything",
+                        requires: ["io.basic"], classes: io, timeout: 40) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            guard rig.library.raw.hasRemove else { return .skipped("the driver has no remove callback: the OS detaches it at once") }
+            let instance = try rig.attach()
+            rig.machine.bus.surpriseRemove(rig.slots[0], tellingObservers: false)
+            rig.library.raw.remove(instance.rawInstance)
+            let answers = operationsAfterRemoval(rig)
+            let report = instance.detach()
+            if !report.leaked.isEmpty { return .failed("detach after remove left \(report.leaked.joined(separator: ", ")) behind") }
+            if report.unfinishedRequests > 0 { return .failed("detach after remove returned with \(report.unfinishedRequests) accepted request(s) not completed") }
+            let wrong = answers.filter { $0.answer != nil }
+            guard wrong.isEmpty else {
+                return .failed(wrong.map { "\($0.call) after remove \($0.answer!)" }.joined(separator: "; ")
+                    + "; after remove answer every operation with OY_E_DEVICE_GONE, and complete what was accepted with it (SDK/CLASSES.md)")
+            }
+            return .passed("\(answers.map(\.call).joined(separator: ", ")): OY_E_DEVICE_GONE")
+        },
         CheckDefinition("lifecycle.two-instances", "two devices of one driver are independent", requires: ["io.basic"]) { c in
             let rig = try Rig(c, copies: 2)
             defer { rig.shutdown() }
@@ -563,6 +585,64 @@ func startBackgroundIO(_ rig: Rig, pending: Pending, count: Int = 64) {
             }
         }
     }
+}
+
+/// Calls each operation of the class object the driver registered once,
+/// the way the OS would between remove and detach. `answer` is nil for
+/// OY_E_DEVICE_GONE (refused, or accepted and completed with it), else what
+/// the driver did instead.
+func operationsAfterRemoval(_ rig: Rig, wait: Double = 5) -> [(call: String, answer: String?)] {
+    func gone(_ status: OyStatus?) -> String? {
+        guard let status else { return String(format: "was neither refused nor completed within %.0f s", wait) }
+        return status == .deviceGone ? nil : "answered \(status.name ?? "code \(status.rawValue)")"
+    }
+    func gone(_ result: Result<Int, OyStatus>, _ verb: String) -> String? {
+        switch result {
+        case .success(let count): "answered OY_OK and \(verb) \(count) byte(s)"
+        case .failure(let status): gone(status)
+        }
+    }
+    /// Starts an operation that may complete later; its status, or nil when none came in time.
+    func awaited(_ start: (@escaping @Sendable (OyStatus) -> Void) -> OyStatus) -> OyStatus? {
+        let done = DispatchSemaphore(value: 0)
+        let completed = Mutex<OyStatus?>(nil)
+        let refused = start { status in
+            completed.withLock { $0 = status }
+            done.signal()
+        }
+        guard refused.isOK else { return refused }
+        return done.wait(timeout: .now() + wait) == .success ? completed.withLock { $0 } : nil
+    }
+    var answers: [(call: String, answer: String?)] = []
+    if let disk = rig.kernel.blockLayer.disks.first, let buffer = disk.allocateBuffer(length: disk.geometry.blockSize) {
+        // Through the OS's disk, which passes a refusal on as the request's end.
+        let done = DispatchSemaphore(value: 0)
+        let completed = Mutex<DiskStatus?>(nil)
+        disk.submit(.write, lba: 1, blocks: 1, buffer: buffer) { status in
+            completed.withLock { $0 = status }
+            done.signal()
+        }
+        let status = done.wait(timeout: .now() + wait) == .success ? completed.withLock { $0 } : nil
+        answers.append(("a write", status.map { $0 == .deviceGone ? nil : "ended with \"\($0)\"" } ?? gone(nil)))
+    }
+    if let interface = rig.kernel.network.interfaces.first {
+        let frame = NetFrame()
+        let bytes = [UInt8](repeating: 0xFF, count: 6) + interface.mac + [0x88, 0xB5] + [UInt8](repeating: 7, count: 46)
+        let status = awaited { finished in bytes.withUnsafeBytes { frame.prepare($0, completion: finished) }; return interface.netdev.transmit(frame) }
+        answers.append(("transmit", gone(status)))
+        answers.append(("set_filter", gone(interface.netdev.setFilter([interface.mac]))))
+    }
+    if let tty = rig.kernel.serial.ports.first {
+        let result = [UInt8](repeating: 0x41, count: 8).withUnsafeBytes { tty.port.write($0) }
+        answers.append(("write", gone(result, "took")))
+        answers.append(("set_line", gone(tty.port.setLine(SerialLine(baud: 9_600)))))
+    }
+    if let source = rig.kernel.entropy.sources.first {
+        var buffer = [UInt8](repeating: 0, count: 16)
+        let result = buffer.withUnsafeMutableBytes { source.registered.read(into: $0) }
+        answers.append(("read", gone(result, "produced")))
+    }
+    return answers
 }
 
 /// Runs `body(0..<count)` on `count` threads of their own, released

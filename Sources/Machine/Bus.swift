@@ -292,11 +292,14 @@ public final class Bus: Sendable {
     }
 
     /// Pulls the device out: it stops, its registers read all ones, its DMA
-    /// mappings vanish, and observers (the OS) are told.
-    public func surpriseRemove(_ slot: BusSlot) {
+    /// mappings vanish, and observers (the OS) are told, unless
+    /// `tellingObservers` is false (the conformance suite tells the driver
+    /// itself, and calls it between its remove and its detach).
+    public func surpriseRemove(_ slot: BusSlot, tellingObservers: Bool = true) {
         slot.markRemoved()
         slot.device.powerOff()
         iommu.resetDomain(Self.domain(of: slot.address))
+        guard tellingObservers else { return }
         let observers = state.withLock { $0.observers }
         for observer in observers { observer(slot) }
     }

@@ -295,6 +295,13 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         Case(defect: "tx_ready never called after a short write", build: {
             try Fixtures.mutatedReferenceDriver("uart16550", [("            if (wake && d->port) d->ctx->serial->tx_ready(d->port);\n", "")])
         }, expected: ["io.serial.tx-ready": .failed]),
+        // The device is gone, so its writes vanish: only the driver's own
+        // record of the removal can tell the OS.
+        Case(defect: "write after remove takes the bytes", build: {
+            try Fixtures.mutatedReferenceDriver("uart16550", [(
+                "    if (d->gone) {\n        d->host->lock_release(d->lock);\n        *written = 0;\n        return OY_E_DEVICE_GONE;\n    }\n", ""
+            )])
+        }, expected: ["lifecycle.after-removal": .failed]),
         Case(defect: "set_line accepts bad framing", build: {
             try Fixtures.mutatedReferenceDriver("uart16550", [(
                 "    if (line->data_bits < 5 || line->data_bits > 8 || line->parity > OY_PARITY_EVEN || line->stop_bits < 1 || line->stop_bits > 2) return OY_E_INVALID;\n",
@@ -380,6 +387,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
             }
             if fixture.defect == "tx_ready never called after a short write" {
                 #expect(results.allSatisfy { $0.message.contains("answered a short write and never called tx_ready") }, "\(results.map(\.message))")
+            }
+            if fixture.defect == "write after remove takes the bytes" {
+                #expect(results.allSatisfy { $0.message.contains("write after remove answered OY_OK and took 8 byte(s)") }, "\(results.map(\.message))")
             }
             if fixture.defect == "crashes in a driver host" && id == "host.attach" {
                 #expect(results.allSatisfy { $0.message.contains("SIGSEGV") }, "the host's death is named: \(results.map(\.message))")
