@@ -99,7 +99,7 @@ import CVMBusLayouts
     @Test func rangesAreByteCountOffsetAndPFNsAfterReservedAndRangeCount() throws {
         let pair = RingPair()
         let range = GPARange(gpa: 0x12_3200, length: 0x1000)  // two pages from offset 0x200
-        try pair.writer.write(Packet(kind: .gpaDirect, transactionID: 5, ranges: [range], payload: [1, 2, 3, 4]))
+        #expect(try pair.writer.write(Packet(kind: .gpaDirect, transactionID: 5, ranges: [range], payload: [1, 2, 3, 4])) != .full)
         let data = pair.memory + Ring.controlSize
         func u16(_ o: Int) -> UInt16 { data.loadUnaligned(fromByteOffset: o, as: UInt16.self) }
         func u32(_ o: Int) -> UInt32 { data.loadUnaligned(fromByteOffset: o, as: UInt32.self) }
@@ -138,7 +138,7 @@ import CVMBusLayouts
     @Test func thePageSetAndRangesAreInTheHeaderAndThePayloadIsNVSP() throws {
         let pair = RingPair()
         let packet = NetworkProtocol.transferPacket([.init(offset: 4096, length: 60), .init(offset: 6144, length: 1514)], transactionID: 9)
-        try pair.writer.write(packet)
+        #expect(try pair.writer.write(packet) != .full)
         let data = pair.memory + Ring.controlSize
         func u16(_ o: Int) -> UInt16 { data.loadUnaligned(fromByteOffset: o, as: UInt16.self) }
         func u32(_ o: Int) -> UInt32 { data.loadUnaligned(fromByteOffset: o, as: UInt32.self) }
@@ -152,7 +152,7 @@ import CVMBusLayouts
 
     @Test func aRangeCountBeyondTheHeaderIsRefused() throws {
         let pair = RingPair()
-        try pair.writer.write(Packet(kind: .transferPages, transactionID: 1, transfer: .init(pageSetID: 0xCAFE, ranges: [.init(offset: 0, length: 1)]), payload: []))
+        #expect(try pair.writer.write(Packet(kind: .transferPages, transactionID: 1, transfer: .init(pageSetID: 0xCAFE, ranges: [.init(offset: 0, length: 1)]), payload: [])) != .full)
         (pair.memory + Ring.controlSize).storeBytes(of: UInt32(50), toByteOffset: 20, as: UInt32.self)
         #expect(throws: RingError.tooManyRanges(count: 50, headerBytes: 32)) { try pair.read() }
     }
@@ -332,7 +332,7 @@ enum GoldenBytes {
 
     @Test func everyRingPacketStartsWithAVmpacketDescriptor() throws {
         let pair = RingPair()
-        try pair.writer.write(Packet(kind: .inband, flags: Packet.completionRequested, transactionID: 0x1122_3344_5566_7788, payload: [UInt8](repeating: 9, count: 20)))
+        #expect(try pair.writer.write(Packet(kind: .inband, flags: Packet.completionRequested, transactionID: 0x1122_3344_5566_7788, payload: [UInt8](repeating: 9, count: 20))) != .full)
         let head = Array(UnsafeRawBufferPointer(start: pair.memory + Ring.controlSize, count: 16))
         // Inband (6), data 16 bytes in, 16 + 20 padded to 40 bytes = 5 quadwords, completion requested.
         #expect(head == CLayoutTests.c { oy_layout_packet_descriptor($0, 6, 2, 5, 1, 0x1122_3344_5566_7788) })
