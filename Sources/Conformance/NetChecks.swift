@@ -209,8 +209,31 @@ struct RingTraffic {
     static let burst = 16
     static let peer: [UInt8] = [0x02, 0x00, 0x5E, 0x10, 0xEE, 0x02]
 
-    /// Frame `n` of a run: 60 to 1514 bytes, its number in the payload.
-    static func length(_ n: Int) -> Int { 60 + (n * 97) % 1455 }
+    /// Frame `n` of a run: 60 to 1514 bytes, its number in the payload; every
+    /// seventh a runt of 18 to 59 bytes, which reaches the wire padded. After
+    /// the first trip around a transmit ring the runts land in buffers that
+    /// held larger frames, so padding copied from a reused buffer shows.
+    static func length(_ n: Int) -> Int { n % 7 == 3 ? 18 + n % 42 : 60 + (n * 97) % 1455 }
+
+    /// The shortest frame on the wire (without FCS), and what a transmitted
+    /// frame must look like there: padded with zeros up to it.
+    static let minimum = 60
+    static func onTheWire(_ frame: [UInt8]) -> [UInt8] { frame + [UInt8](repeating: 0, count: max(0, minimum - frame.count)) }
+
+    /// What is wrong with transmitted frame `n` as the wire saw it, or nil.
+    static func problem(_ n: Int, sent frame: [UInt8], wire: [UInt8]) -> String? {
+        if wire == onTheWire(frame) { return nil }
+        guard wire.count >= frame.count, Array(wire.prefix(frame.count)) == frame else {
+            return "transmitted frame \(n) reached the wire altered or out of order"
+        }
+        if frame.count < minimum, wire.count < minimum {
+            return "transmitted frame \(n) (\(frame.count) bytes) reached the wire as \(wire.count) bytes; pad a frame shorter than \(minimum) bytes to \(minimum) with zeros (SDK/CLASSES.md, Network)"
+        }
+        if frame.count < minimum, wire.count == minimum {
+            return "transmitted frame \(n) (\(frame.count) bytes) was padded with bytes that are not zero: a reused buffer's old contents leak onto the wire (Etherleak, CVE-2003-0001); pad with zeros"
+        }
+        return "transmitted frame \(n) (\(frame.count) bytes) reached the wire as \(wire.count) bytes, with bytes the OS never gave"
+    }
 
     static func frame(_ n: Int, to destination: [UInt8], from source: [UInt8]) -> [UInt8] {
         let length = length(n)
@@ -227,8 +250,8 @@ struct RingTraffic {
             return "the interface refused frame \(n) of \(count) (its software queue is full: transmits are not completing)"
         }
         let wire = Array(recorder.wait(count: wireBefore + count, timeout: 20).dropFirst(wireBefore))
-        if let n = zip(wire, frames).enumerated().first(where: { Array($0.element.0.prefix($0.element.1.count)) != $0.element.1 })?.offset {
-            return "transmitted frame \(n) reached the wire altered or out of order"
+        for (n, (seen, frame)) in zip(wire, frames).enumerated() {
+            if let problem = Self.problem(n, sent: frame, wire: seen) { return problem }
         }
         guard wire.count >= count else {
             return "\(wire.count) of \(count) transmitted frames reached the wire; the rest never left (the ring wraps every few hundred frames)"

@@ -269,6 +269,14 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                  "        cmd.cdw10 = (uint32_t)((req->lba - (req->lba > 0)) & 0xFFFFFFFFu);\n        cmd.cdw11 = (uint32_t)((req->lba - (req->lba > 0)) >> 32);"),
             ])
         }, expected: ["io.block.geometry": .failed]),
+        // Runts reuse buffers that held larger frames: their padding must be
+        // cleared, or old data goes out on the wire. io.net.counters' 100
+        // frames do not come round this driver's 128-slot ring to a used one.
+        Case(defect: "pads runts with whatever the buffer held (Etherleak)", build: {
+            try Fixtures.mutatedReferenceDriver("e1klite", [(
+                "    if (length > frame->length) memset(d->tx_data + (size_t)slot * E1K_BUFFER + frame->length, 0, length - frame->length);\n", ""
+            )])
+        }, expected: ["io.net.rings": .failed]),
         Case(defect: "registers the link up without reading it", build: {
             try Fixtures.mutatedReferenceDriver("e1klite", [("    info.link = d->link;", "    info.link = OY_LINK_UP;")])
         }, expected: ["io.net.link": .failed]),
@@ -390,6 +398,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
             }
             if fixture.defect == "write after remove takes the bytes" {
                 #expect(results.allSatisfy { $0.message.contains("write after remove answered OY_OK and took 8 byte(s)") }, "\(results.map(\.message))")
+            }
+            if fixture.defect == "pads runts with whatever the buffer held (Etherleak)" {
+                #expect(results.allSatisfy { $0.message.contains("was padded with bytes that are not zero") }, "\(results.map(\.message))")
             }
             if fixture.defect == "crashes in a driver host" && id == "host.attach" {
                 #expect(results.allSatisfy { $0.message.contains("SIGSEGV") }, "the host's death is named: \(results.map(\.message))")
