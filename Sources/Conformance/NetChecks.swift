@@ -85,6 +85,7 @@ extension Catalogue {
                     return .failed("get_stats: \(name) rose by \(Int64(bitPattern: after[keyPath: field] &- before[keyPath: field])) over \(traffic.count) frames "
                         + "(\(bytes) bytes) each way, expected \(want); count what SDK/CLASSES.md says")
                 }
+                if let problem = olderHostStatistics(interface.netdev) { return .failed(problem) }
                 return .passed("\(traffic.count) frames, \(bytes) bytes each way, counted", observation: Observation(["counted_each_way": "\(traffic.count)/\(bytes)"]))
             }
         },
@@ -108,6 +109,21 @@ extension Catalogue {
             }
         },
     ]
+
+    /// get_stats from a host that knows only the first two counters
+    /// (struct_size 24): answered, and nothing written past them. In process
+    /// only: a driver host's get_stats always passes the whole structure.
+    static func olderHostStatistics(_ netdev: any NetDriverBinding) -> String? {
+        let size = 24
+        guard let registered = netdev as? RegisteredNetdev, let (status, bytes) = registered.statsUnchecked(structSize: UInt32(size)) else { return nil }
+        guard status == .ok else {
+            return "get_stats with struct_size \(size) (an older host's oy_net_stats) answered \(status.name ?? "code \(status.rawValue)"); fill what struct_size has room for (SDK/CLASSES.md, Network)"
+        }
+        if let first = bytes[size...].firstIndex(where: { $0 != 0xA5 }) {
+            return "get_stats with struct_size \(size) wrote byte \(first) of the host's structure, past its struct_size: on an older host that is someone else's memory; copy at most struct_size bytes"
+        }
+        return nil
+    }
 
     /// A rig with the driver attached and its interface registered, with the
     /// far end of its cable. `prepare` runs before the driver attaches.

@@ -35,6 +35,19 @@ extension RegisteredNetdev {
         return OyStatus(getStats(instance, nil))
     }
 
+    /// get_stats as an older host calls it: `structSize` smaller than the
+    /// structure, in a buffer with room for all of it and more, the rest
+    /// filled with 0xA5. Its answer and the buffer as the driver left it.
+    @_spi(Conformance) public func statsUnchecked(structSize: UInt32) -> (status: OyStatus, bytes: [UInt8])? {
+        guard let getStats = ops.get_stats else { return nil }
+        var buffer = [UInt8](repeating: 0xA5, count: MemoryLayout<oy_net_stats>.size + 64)
+        withUnsafeBytes(of: structSize) { buffer.replaceSubrange(0..<4, with: $0) }
+        let status = buffer.withUnsafeMutableBytes { raw in
+            OyStatus(getStats(instance, raw.baseAddress!.bindMemory(to: oy_net_stats.self, capacity: 1)))
+        }
+        return (status, buffer)
+    }
+
     /// set_filter with NULL addresses but a count, or a huge count.
     @_spi(Conformance) public func setFilterUnchecked(count: UInt32, nullAddresses: Bool) -> OyStatus? {
         guard let setFilter = ops.set_filter else { return nil }

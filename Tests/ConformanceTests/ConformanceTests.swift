@@ -277,6 +277,11 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "    if (length > frame->length) memset(d->tx_data + (size_t)slot * E1K_BUFFER + frame->length, 0, length - frame->length);\n", ""
             )])
         }, expected: ["io.net.rings": .failed]),
+        Case(defect: "get_stats fills the whole structure whatever struct_size says", build: {
+            try Fixtures.mutatedReferenceDriver("e1klite", [(
+                "memcpy((uint8_t *)out + 8, (const uint8_t *)&d->stats + 8, size - 8u);", "memcpy((uint8_t *)out + 8, (const uint8_t *)&d->stats + 8, sizeof(oy_net_stats) - 8u); (void)size;"
+            )])
+        }, expected: ["io.net.counters": .failed]),
         Case(defect: "registers the link up without reading it", build: {
             try Fixtures.mutatedReferenceDriver("e1klite", [("    info.link = d->link;", "    info.link = OY_LINK_UP;")])
         }, expected: ["io.net.link": .failed]),
@@ -401,6 +406,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
             }
             if fixture.defect == "pads runts with whatever the buffer held (Etherleak)" {
                 #expect(results.allSatisfy { $0.message.contains("was padded with bytes that are not zero") }, "\(results.map(\.message))")
+            }
+            if fixture.defect == "get_stats fills the whole structure whatever struct_size says" {
+                #expect(results.allSatisfy { $0.message.contains("get_stats with struct_size 24 wrote byte 24 of the host's structure, past its struct_size") }, "\(results.map(\.message))")
             }
             if fixture.defect == "crashes in a driver host" && id == "host.attach" {
                 #expect(results.allSatisfy { $0.message.contains("SIGSEGV") }, "the host's death is named: \(results.map(\.message))")
