@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <limits.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -25,13 +26,29 @@ static int crash_fd = -1;
  * a hang collection's (oy_shim_collect_hangs). Set by each handler first. */
 static _Thread_local int put_fd = -1;
 
-static void put(const char *s) {
-    size_t n = strlen(s);
+/* The line being written: a report line leaves in one write(), so that
+ * what other threads write to the same descriptor meanwhile (a driver's
+ * log line) cannot land inside it. Up to PIPE_BUF, a pipe keeps it whole. */
+static _Thread_local char put_line[PIPE_BUF];
+static _Thread_local size_t put_length;
+
+static void put_flush(void) {
+    const char *s = put_line;
+    size_t n = put_length;
+    put_length = 0;
     while (n > 0) {
         ssize_t w = write(put_fd, s, n);
         if (w <= 0) return;
         s += w;
         n -= (size_t)w;
+    }
+}
+
+static void put(const char *s) {
+    for (; *s != '\0'; s++) {
+        if (put_length == sizeof(put_line)) put_flush();
+        put_line[put_length++] = *s;
+        if (*s == '\n') put_flush();
     }
 }
 
@@ -75,6 +92,26 @@ static void put_frame(void *pc) {
     put("\n");
 }
 
+/* The byte a completed request or frame is filled with (LentRequest.poison). */
+#define OY_POISON_WORD 0xA5A5A5A5A5A5A5A5ull
+
+static int holds_poison(const ucontext_t *uc) {
+#if defined(__x86_64__)
+    int i;
+    for (i = 0; i < NGREG; i++) {
+        if ((uint64_t)uc->uc_mcontext.gregs[i] == OY_POISON_WORD) return 1;
+    }
+#elif defined(__aarch64__)
+    int i;
+    for (i = 0; i < 31; i++) {
+        if ((uint64_t)uc->uc_mcontext.regs[i] == OY_POISON_WORD) return 1;
+    }
+#else
+    (void)uc;
+#endif
+    return 0;
+}
+
 static void on_fatal(int signal, siginfo_t *info, void *context) {
     void *frames[64];
     int count, i, start;
@@ -92,6 +129,14 @@ static void on_fatal(int signal, siginfo_t *info, void *context) {
     put_dec((uint64_t)signal);
     put(" ");
     put_hex((uint64_t)(uintptr_t)info->si_addr);
+    /* A non-canonical address faults as a general protection fault, which
+     * the kernel reports with si_code SI_KERNEL and si_addr 0. Whether a
+     * register held the host's poison word (what a completed request or
+     * frame is filled with) tells a pointer read after completion. */
+    put(" ");
+    put_dec((uint64_t)(uint32_t)info->si_code);
+    put(" ");
+    put_dec((uint64_t)holds_poison(uc));
     put("\n");
     if (pc != NULL) put_frame(pc);
     count = backtrace(frames, 64);

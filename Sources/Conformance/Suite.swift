@@ -311,7 +311,7 @@ public struct ConformanceSuite: Sendable {
         } else if run.timedOut {
             outcome = Self.hangOutcome(stderr: run.stderr, timeout: timeout, driver: driver)
         } else if let signal = run.signal {
-            outcome = crashOutcome(signal: signal, stderr: run.stderr, coreFolder: coreFolder)
+            outcome = crashOutcome(signal: signal, stderr: run.stderr, driver: driver, coreFolder: coreFolder)
         } else if let decoded = Self.verdict(in: run.stdout) {
             outcome = decoded
         } else {
@@ -385,8 +385,8 @@ public struct ConformanceSuite: Sendable {
         return outcome
     }
 
-    private func crashOutcome(signal: Int32, stderr: String, coreFolder: String?) -> CheckOutcome {
-        let fault = DriverFault.crash(signal: signal, stderr: stderr, sources: Addr2Line.sources)
+    private func crashOutcome(signal: Int32, stderr: String, driver: String, coreFolder: String?) -> CheckOutcome {
+        let fault = DriverFault.crash(signal: signal, stderr: stderr, driver: driver, sources: Addr2Line.sources)
         var outcome = CheckOutcome(verdict: .crashed, message: "the worker " + fault.message + (CrashReport.parse(stderr) == nil ? "" : "; the backtrace and the driver's log follow"))
         outcome.backtrace = fault.backtrace
         if let coreFolder {

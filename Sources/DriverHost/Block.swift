@@ -52,12 +52,9 @@ public final class BlockRequest: LentRequest, @unchecked Sendable {
         let raw = UnsafeMutablePointer<oy_block_request>.allocate(capacity: 1)
         raw.initialize(to: oy_block_request())
         self.raw = raw
-        super.init(hostPrivate: Self.hostPrivate(raw))
-    }
-
-    /// The `host_private` field of a C request.
-    static func hostPrivate(_ raw: UnsafeMutablePointer<oy_block_request>) -> UnsafeMutablePointer<UnsafeMutableRawPointer?> {
-        UnsafeMutableRawPointer(raw).advanced(by: MemoryLayout<oy_block_request>.offset(of: \.host_private)!).assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
+        super.init(cStruct: UnsafeMutableRawBufferPointer(start: raw, count: MemoryLayout<oy_block_request>.size),
+                   hostPrivateOffset: MemoryLayout<oy_block_request>.offset(of: \.host_private)!,
+                   described: ("block request", "oy_block_request", "complete()"))
     }
 
     deinit {
@@ -65,30 +62,9 @@ public final class BlockRequest: LentRequest, @unchecked Sendable {
         raw.deallocate()
     }
 
-    /// Who completed it last, while its struct holds the poison pattern.
-    private weak var poisonedBy: DriverLibrary?
-    static let poison: UInt8 = 0xA5
-
-    /// Completed: every byte but `host_private` is poisoned, and checked
-    /// when the host uses the request again, so a driver that writes to a
-    /// request after completing it is caught (Driver Verifier's I/O
-    /// verification does the same with freed IRPs).
-    override func retired(from library: DriverLibrary) {
-        let bytes = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(raw), count: MemoryLayout<oy_block_request>.size)
-        let slot = MemoryLayout<oy_block_request>.offset(of: \.host_private)!
-        for i in bytes.indices where !(slot..<(slot + 8)).contains(i) { bytes[i] = Self.poison }
-        poisonedBy = library
-    }
-
-    private func checkPoison() {
-        guard let library = poisonedBy else { return }
-        poisonedBy = nil
-        let bytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(raw), count: MemoryLayout<oy_block_request>.size)
-        let slot = MemoryLayout<oy_block_request>.offset(of: \.host_private)!
-        if let changed = bytes.indices.first(where: { !(slot..<(slot + 8)).contains($0) && bytes[$0] != Self.poison }) {
-            library.recordViolation("a block request was written after the driver completed it (byte \(changed) of oy_block_request); "
-                + "once complete() is called the request is the host's: touch nothing of it afterwards", inCallback: false)
-        }
+    /// The `host_private` field of a C request.
+    static func hostPrivate(_ raw: UnsafeMutablePointer<oy_block_request>) -> UnsafeMutablePointer<UnsafeMutableRawPointer?> {
+        UnsafeMutableRawPointer(raw).advanced(by: MemoryLayout<oy_block_request>.offset(of: \.host_private)!).assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
     }
 
     /// What the request asks, as filled by `prepare` (for a driver host's

@@ -21,23 +21,32 @@ public struct CrashReport: Sendable {
 
     let signal: Int32
     let address: UInt64
+    /// The kernel reported no address: a general protection fault, as from
+    /// a non-canonical pointer (si_code SI_KERNEL).
+    let addressUnknown: Bool
+    /// A register held the poison word a completed request or frame is filled with.
+    let poisonInRegister: Bool
     let frames: [Frame]
 
     public static func parse(_ text: String) -> CrashReport? {
-        var signal: Int32?
-        var address: UInt64 = 0
+        var header: [Substring]?
         var frames: [Frame] = []
         for line in text.split(separator: "\n") {
-            let fields = line.split(separator: " ", maxSplits: 3)
+            let fields = line.split(separator: " ", maxSplits: 5)
             if fields.first == "\u{1}oycrash", fields.count >= 3 {
-                signal = Int32(fields[1])
-                address = hex(fields[2]) ?? 0
-            } else if signal != nil, let frame = frame(line) {
+                header = fields
+            } else if header != nil, let frame = frame(line) {
                 frames.append(frame)
             }
         }
-        return signal.map { CrashReport(signal: $0, address: address, frames: frames) }
+        guard let header, let signal = Int32(header[1]) else { return nil }
+        let code = header.count > 3 ? Int32(header[3]) : nil
+        return CrashReport(signal: signal, address: hex(header[2]) ?? 0, addressUnknown: code == Self.siKernel,
+                           poisonInRegister: header.count > 4 && header[4] == "1", frames: frames)
     }
+
+    /// si_code of a fault the kernel raised itself (SI_KERNEL).
+    static let siKernel: Int32 = 0x80
 
     private static func hex(_ text: Substring) -> UInt64? { UInt64(text.dropFirst(2), radix: 16) }
 
@@ -127,18 +136,24 @@ public struct DriverFault: Sendable {
     /// known); empty without frames.
     public let location: String
 
-    /// A process that died of `signal`.
-    public static func crash(signal: Int32, stderr: String, sources: SourceLines? = nil) -> DriverFault {
+    /// A process that died of `signal`; its place is the first frame in
+    /// `driver`'s own code when there is one (a crash inside memcpy is the
+    /// driver's call of it).
+    public static func crash(signal: Int32, stderr: String, driver: String? = nil, sources: SourceLines? = nil) -> DriverFault {
         let name = CrashReport.signalName(signal)
         guard let report = CrashReport.parse(stderr) else {
             return DriverFault(message: "died with \(name) and left no backtrace (killed from outside, or its stack was gone)", backtrace: [], location: "")
         }
         let frames = report.symbolized(sources: sources)
-        let fault = report.signal == 11 || report.signal == 7 ? " at address 0x\(String(report.address, radix: 16))" : ""
+        let fault = report.signal != 11 && report.signal != 7 ? ""
+            : report.addressUnknown ? " at a non-canonical address (the kernel does not say which)"
+            : " at address 0x\(String(report.address, radix: 16))"
         let borrowed = report.signal == 11 && BorrowedPool.contains(report.address)
             ? "; that is memory the host lent for one call (a borrowed argument: probe's device info, a control call's string), used after the call returned: copy what you need during the call"
+            : report.signal == 11 && report.addressUnknown && report.poisonInRegister
+            ? "; a register held 0xa5a5a5a5a5a5a5a5, what the host fills a block request or frame with once the driver completes it: likely a pointer read from one after complete() or tx_complete(), when it is the host's again"
             : ""
-        let location = place(frames)
+        let location = place(frames, preferring: driver.map { "(\(URL(fileURLWithPath: $0).lastPathComponent)+0x" })
         return DriverFault(message: "died with \(name)\(fault)\(location.isEmpty ? "" : " " + location)\(borrowed)", backtrace: frames, location: location)
     }
 

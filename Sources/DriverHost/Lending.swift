@@ -13,10 +13,22 @@ public class LentRequest: @unchecked Sendable {
     private var completion: (@Sendable (OyStatus) -> Void)?
     /// The loans it is out on, while the driver holds it.
     fileprivate weak var loans: Loans?
-    /// The C struct's `host_private` field.
+    /// The C struct the driver sees, and its `host_private` field.
+    private let cStruct: UnsafeMutableRawBufferPointer
     private let hostPrivate: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    /// What it is, for a violation's words: "block request", "oy_block_request", "complete()".
+    private let described: (what: String, type: String, service: String)
+    /// Who completed it last, while its struct holds the poison pattern.
+    private weak var poisonedBy: DriverLibrary?
+    static let poison: UInt8 = 0xA5
 
-    init(hostPrivate: UnsafeMutablePointer<UnsafeMutableRawPointer?>) { self.hostPrivate = hostPrivate }
+    /// `cStruct` is the C struct lent to drivers, with its `host_private`
+    /// field at `hostPrivateOffset`; it must outlive this object.
+    init(cStruct: UnsafeMutableRawBufferPointer, hostPrivateOffset: Int, described: (what: String, type: String, service: String)) {
+        self.cStruct = cStruct
+        hostPrivate = (cStruct.baseAddress! + hostPrivateOffset).assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
+        self.described = described
+    }
 
     func setCompletion(_ completion: @escaping @Sendable (OyStatus) -> Void) { self.completion = completion }
 
@@ -51,9 +63,38 @@ public class LentRequest: @unchecked Sendable {
         _ = Self.outstanding.withLock { $0.insert(UInt(bitPattern: hostPrivate)) }
     }
 
-    /// The driver gave it back: from now on it is the host's alone.
-    /// Subclasses poison what the driver may no longer touch.
-    func retired(from library: DriverLibrary) {}
+    /// The driver gave it back: from now on it is the host's alone. Every
+    /// byte of its struct but `host_private` is poisoned, and checked when
+    /// the host uses it again, so a driver that writes to it after completing
+    /// it is caught, and one that reads it finds no pointer to follow
+    /// (Driver Verifier's I/O verification does the same with freed IRPs).
+    func retired(from library: DriverLibrary) {
+        for i in cStruct.indices where !isHostPrivate(i) { cStruct[i] = Self.poison }
+        poisonedBy = library
+    }
+
+    /// Completed requests the OS keeps out of use before it reuses one,
+    /// oldest first: a driver's late write or second completion then finds
+    /// a retired struct, not one lent out again.
+    public static let quarantine = 32
+
+    /// Records a violation if the driver wrote to the struct after it
+    /// completed it. The host calls it before it fills the struct for its
+    /// next use, when it retires the struct for good, and before a subclass
+    /// frees it (its deinit runs before this class's).
+    public func checkPoison() {
+        guard let library = poisonedBy else { return }
+        poisonedBy = nil
+        if let changed = cStruct.indices.first(where: { !isHostPrivate($0) && cStruct[$0] != Self.poison }) {
+            library.recordViolation("a \(described.what) was written after the driver completed it (byte \(changed) of \(described.type)); "
+                + "once \(described.service) is called it is the host's: touch nothing of it afterwards", inCallback: false)
+        }
+    }
+
+    private func isHostPrivate(_ index: Int) -> Bool {
+        let offset = UnsafeRawPointer(hostPrivate) - UnsafeRawPointer(cStruct.baseAddress!)
+        return (offset..<(offset + MemoryLayout<UnsafeMutableRawPointer?>.size)).contains(index)
+    }
     fileprivate func takeBack() -> LentRequest? { Self.reclaim(hostPrivate) }
 
     /// The driver's completion callback: `complete()` or `tx_complete()`.

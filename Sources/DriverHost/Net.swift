@@ -21,10 +21,13 @@ public final class NetFrame: LentRequest, @unchecked Sendable {
         raw.initialize(to: oy_net_frame())
         self.raw = raw
         storage = .allocate(byteCount: Self.capacity, alignment: 16)
-        super.init(hostPrivate: Self.hostPrivate(raw))
+        super.init(cStruct: UnsafeMutableRawBufferPointer(start: raw, count: MemoryLayout<oy_net_frame>.size),
+                   hostPrivateOffset: MemoryLayout<oy_net_frame>.offset(of: \.host_private)!,
+                   described: ("frame", "oy_net_frame", "tx_complete()"))
     }
 
     deinit {
+        checkPoison()
         raw.deallocate()
         storage.deallocate()
     }
@@ -36,6 +39,7 @@ public final class NetFrame: LentRequest, @unchecked Sendable {
 
     /// Copies `bytes` in (at most `capacity`) and sets the completion.
     public func prepare(_ bytes: UnsafeRawBufferPointer, completion: @escaping @Sendable (OyStatus) -> Void) {
+        checkPoison()
         let length = min(bytes.count, Self.capacity)
         if length > 0 { storage.copyMemory(from: bytes.baseAddress!, byteCount: length) }
         raw.pointee = oy_net_frame()
@@ -48,6 +52,7 @@ public final class NetFrame: LentRequest, @unchecked Sendable {
     /// Prepares the frame over `length` bytes that live elsewhere (in a
     /// driver host: the OS's memory, which the driver may dma_map).
     func prepare(at data: UnsafeMutableRawPointer, length: Int, completion: @escaping @Sendable (OyStatus) -> Void) {
+        checkPoison()
         raw.pointee = oy_net_frame()
         raw.pointee.struct_size = UInt32(MemoryLayout<oy_net_frame>.size)
         raw.pointee.length = UInt32(length)

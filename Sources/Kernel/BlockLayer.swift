@@ -147,8 +147,6 @@ public final class Disk: @unchecked Sendable {
     private let memory: KernelMemory
     private let lock = NSLock()
     private var spare: [BlockRequest] = []
-    /// Completed requests kept out of use before they are reused.
-    static let quarantine = 32
     private let queue: SubmissionQueue<BlockRequest>
 
     public struct Statistics: Sendable {
@@ -342,7 +340,7 @@ public final class Disk: @unchecked Sendable {
         // a driver's late second complete() then finds the request not
         // outstanding instead of completing someone else's.
         let issued = lock.withLock { () -> Issued in
-            let request = spare.count > Self.quarantine ? spare.removeFirst() : BlockRequest()
+            let request = spare.count > LentRequest.quarantine ? spare.removeFirst() : BlockRequest()
             stats.submitted += 1
             nextSequence += 1
             return Issued(request: request, operation: operation, lba: lba, blocks: blocks, memory: memory, sequence: nextSequence, completion: completion)

@@ -127,7 +127,9 @@ public final class NetInterface: NetReceiver, ParkableDevice, @unchecked Sendabl
             lock.withLock { counters_.txDropped += 1 }
             return false
         }
-        let frame = lock.withLock { spare.popLast() } ?? NetFrame()
+        // Completed frames rest in quarantine before reuse, oldest first, as
+        // a disk's requests do: a driver's late write lands in a retired frame.
+        let frame = lock.withLock { spare.count > LentRequest.quarantine ? spare.removeFirst() : nil } ?? NetFrame()
         let length = bytes.count
         frame.prepare(bytes) { [weak self] status in self?.finished(frame, length: length, status: status) }
         guard case .refused = queue.enqueue(frame) else { return true }
@@ -171,7 +173,12 @@ public final class NetInterface: NetReceiver, ParkableDevice, @unchecked Sendabl
         lock.withLock { linkHandler }?(up)
     }
 
-    func markRemoved() { queue.markRemoved() }
+    /// The interface is gone for good: frames in quarantine are checked
+    /// for late writes now, while the driver can still be told.
+    func markRemoved() {
+        queue.markRemoved()
+        for frame in lock.withLock({ spare }) { frame.checkPoison() }
+    }
 }
 
 /// The OS's network interfaces, named eth0, eth1... in registration order.

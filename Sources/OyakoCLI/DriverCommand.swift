@@ -171,7 +171,7 @@ struct DriverCommand: ParsableCommand {
                 throw ExitCode.failure
             }
             if let signal = run.signal {
-                let fault = DriverFault.crash(signal: signal, stderr: run.stderr, sources: Addr2Line.sources)
+                let fault = DriverFault.crash(signal: signal, stderr: run.stderr, driver: driver, sources: Addr2Line.sources)
                 printError("\(name) crashed \(phase): its process \(fault.message). It ran in a process of its own; nothing else was affected.")
                 Self.printBacktrace(fault.backtrace)
                 throw ExitCode.failure

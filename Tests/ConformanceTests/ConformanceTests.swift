@@ -608,6 +608,43 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         #expect(table.contains("mutant_probe") && table.contains("about to write through the revision"))
     }
 
+    /// A driver that follows a frame's pointer after completing it meets
+    /// the poison the host filled the frame with: the crash is placed in the
+    /// driver's own code and says what the poison means, although the
+    /// kernel reports no fault address for it. (Not during detach: with the
+    /// interface unregistered a completed frame is freed at once, and what
+    /// a read finds there is the allocator's, not the poison.)
+    @Test func aFrameReadAfterItsCompletionIsNamedAsSuch() throws {
+        let driver = try Fixtures.mutatedReferenceDriver("e1klite", [(
+            "    for (i = 0; i < n; i++) d->ctx->net->tx_complete(done[i], OY_OK);",
+            "    for (i = 0; i < n; i++) { d->ctx->net->tx_complete(done[i], OY_OK); if (!d->stopping) (void)*(volatile const uint8_t *)done[i]->data; }"
+        )])
+        // io.basic's one frame may complete in detach instead; io.net.rings' 1000 do not.
+        let report = suite(filter: "^io\\.net\\.rings$").run(driver: driver)
+        for environment in ["bare", "root"] {
+            let crash = report.results.first { $0.environment == environment && $0.verdict == .crashed }
+            let message = crash?.message ?? "no crash: \(report.results.map { "\($0.id) \($0.environment) \($0.verdict)" })"
+            #expect(message.contains("at a non-canonical address") && message.contains("in e1k_reclaim_tx+"), "\(message)")
+            #expect(message.contains("a register held 0xa5a5a5a5a5a5a5a5") && message.contains("after complete() or tx_complete()"), "\(message)")
+        }
+    }
+
+    /// Frames are poisoned on completion as block requests are, so a write
+    /// to one after tx_complete is found when the host reuses it (after
+    /// quarantine: io.net.rings sends enough frames for that).
+    @Test func aFrameWrittenAfterItsCompletionIsAViolation() throws {
+        let driver = try Fixtures.mutatedReferenceDriver("e1klite", [(
+            "    for (i = 0; i < n; i++) d->ctx->net->tx_complete(done[i], OY_OK);",
+            "    for (i = 0; i < n; i++) { d->ctx->net->tx_complete(done[i], OY_OK); if (!d->stopping) done[i]->driver_private[0] = NULL; }"
+        )])
+        let report = suite(filter: "^io\\.net\\.rings$").run(driver: driver)
+        for environment in ["bare", "root"] {
+            let failure = report.results.first { $0.environment == environment && $0.verdict == .failed }
+            #expect(failure?.message.contains("a frame was written after the driver completed it (byte 16 of oy_net_frame)") == true,
+                    "\(report.results.map { "\($0.id) \($0.environment) \($0.verdict): \($0.message)" })")
+        }
+    }
+
     /// A check that passes without a message of its own shows what it
     /// checked; one with a message, and one that did not pass, show theirs.
     @Test func thePlainTableSaysWhatASilentPassChecked() throws {
