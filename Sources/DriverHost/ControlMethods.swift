@@ -19,7 +19,7 @@ public enum ControlType: String, Sendable, CaseIterable {
         case .u16: (OY_FFI_U16.rawValue, ["0", "1", "\(UInt16.max)"])
         case .u32: (OY_FFI_U32.rawValue, ["0", "1", "\(UInt32.max)"])
         case .u64: (OY_FFI_U64.rawValue, ["0", "1", "\(UInt64.max)"])
-        case .f32: (OY_FFI_F32.rawValue, ["0", "-0", "1e-300", "1e300", "-1"])
+        case .f32: (OY_FFI_F32.rawValue, ["0", "-0", "\(Float.leastNonzeroMagnitude)", "\(Float.greatestFiniteMagnitude)", "-1"])
         case .f64: (OY_FFI_F64.rawValue, ["0", "-0", "1e-300", "1e300", "-1"])
         case .str: (OY_FFI_POINTER.rawValue, ["", "x", String(repeating: "A", count: 4096)])
         }
@@ -211,13 +211,22 @@ extension DriverInstance {
         case .u16: return UInt16(text).map(UInt64.init)
         case .u32: return UInt32(text).map(UInt64.init)
         case .u64: return UInt64(text)
-        case .f32: return Float(text).map { UInt64($0.bitPattern) }
-        case .f64: return Double(text).map { $0.bitPattern }
+        case .f32: return finite(text, as: Float.self).map { UInt64($0.bitPattern) }
+        case .f64: return finite(text, as: Double.self).map { $0.bitPattern }
         case .str:
             guard let copy = BorrowedPool.lend(text) else { return nil }
             strings.append(copy)
             return UInt64(UInt(bitPattern: copy.pointer))
         }
+    }
+
+    /// A float written as text; nil for a number too large for the type,
+    /// which would arrive as infinity ("1e40" for an f32). Infinity and NaN
+    /// written as such pass.
+    static func finite<F: BinaryFloatingPoint & LosslessStringConvertible>(_ text: String, as type: F.Type) -> F? {
+        guard let value = F(text) else { return nil }
+        let unsigned = text.lowercased().drop { $0 == "+" || $0 == "-" }
+        return value.isInfinite && unsigned != "inf" && unsigned != "infinity" ? nil : value
     }
 
     static func decode(_ bits: UInt64, as type: ControlType) -> String {

@@ -276,6 +276,19 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(type.status == 1 && type.stdout.isEmpty && type.stderr.contains("-5"), "\(type.stderr)")
         let unknown = oyako(["driver", "call", uart, "reboot"])
         #expect(unknown.status == 1 && unknown.stdout.isEmpty && unknown.stderr.contains("reboot"), "\(unknown.stderr)")
+        // A number the type cannot hold is refused, not passed on as infinity.
+        let scaled = try Fixtures.mutatedTemplateDriver([
+            ("static const oy_control_method my_methods[] = {",
+             "static double my_scale(void *instance, float x, double y) { (void)instance; return (double)x * y; }\nstatic const oy_control_method my_methods[] = {\n    {sizeof(oy_control_method), 0, \"scale\", \"f64(f32,f64)\", \"x times y\", (oy_control_fn)my_scale},"),
+            ("static const oy_control_table my_control = {sizeof(oy_control_table), 1, my_methods};",
+             "static const oy_control_table my_control = {sizeof(oy_control_table), 2, my_methods};"),
+        ])
+        #expect(oyako(["driver", "call", scaled, "scale", "1.5", "2.25"]).stdout == "3.375\n")
+        #expect(oyako(["driver", "call", scaled, "scale", "-inf", "1"]).stdout == "-inf\n", "infinity written as such passes")
+        let f32 = oyako(["driver", "call", scaled, "scale", "1e40", "1"])
+        #expect(f32.status == 1 && f32.stderr.contains("argument 1 \"1e40\" is not a valid f32"), "\(f32.output)")
+        let f64 = oyako(["driver", "call", scaled, "scale", "1", "1e400"])
+        #expect(f64.status == 1 && f64.stderr.contains("argument 2 \"1e400\" is not a valid f64"), "\(f64.output)")
         let nvme = oyako(["driver", "call", try Fixtures.referenceDriver(), "block_count"])
         #expect(nvme.stdout == "32768\n", "\(nvme.output)")
     }
