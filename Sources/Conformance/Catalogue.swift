@@ -523,7 +523,9 @@ enum Catalogue {
         if let netdev = instance.netdevs.first {
             out.append(("net transmit(NULL)", netdev.transmitUnchecked(frame: false), invalid))
             out.append(("net transmit(data NULL)", netdev.transmitUnchecked(frame: true), invalid))
+            out.append(("net transmit(frame struct_size 8)", netdev.transmitUnchecked(structSize: 8), invalid))
             if let s = netdev.statsUnchecked() { out.append(("net get_stats(NULL)", s, invalid)) }
+            if let s = netdev.statsUnchecked(structSize: 4) { out.append(("net get_stats(struct_size 4)", s.status, invalid)) }
             if let s = netdev.setFilterUnchecked(count: 3, nullAddresses: true) { out.append(("net set_filter(NULL, 3)", s, invalid)) }
             if let s = netdev.setFilterUnchecked(count: 4096, nullAddresses: false) { out.append(("net set_filter(4096 addresses)", s, range)) }
         }
@@ -531,6 +533,7 @@ enum Catalogue {
             out.append(("serial write(NULL, 5)", port.writeUnchecked(nullData: true), invalid))
             out.append(("serial write(written NULL)", port.writeUnchecked(nullData: false), invalid))
             if let s = port.setLineUnchecked() { out.append(("serial set_line(NULL)", s, invalid)) }
+            if let s = port.setLineUnchecked(structSize: 4) { out.append(("serial set_line(struct_size 4)", s, invalid)) }
             out.append(("serial set_line(0 baud)", port.setLine(SerialLine(baud: 0)), range))
         }
         return out

@@ -30,6 +30,17 @@ extension RegisteredNetdev {
         return OyStatus(ops.transmit(instance, nil))
     }
 
+    /// A 64-byte frame lent as transmit lends one, but with `structSize` in
+    /// its struct_size: a driver that refuses it never sees it again; one
+    /// that takes it completes it as any other.
+    @_spi(Conformance) public func transmitUnchecked(structSize: UInt32) -> OyStatus {
+        let frame = NetFrame()
+        let bytes = [UInt8](repeating: 0xFF, count: 6) + mac + [0x88, 0xB5] + [UInt8](repeating: 0, count: 50)
+        bytes.withUnsafeBytes { frame.prepare($0) { _ in } }
+        frame.raw.pointee.struct_size = structSize
+        return transmit(frame)
+    }
+
     @_spi(Conformance) public func statsUnchecked() -> OyStatus? {
         guard let getStats = ops.get_stats else { return nil }
         return OyStatus(getStats(instance, nil))
@@ -71,6 +82,18 @@ extension RegisteredSerialPort {
     @_spi(Conformance) public func setLineUnchecked() -> OyStatus? {
         guard let setLine = ops.set_line else { return nil }
         return OyStatus(setLine(instance, nil))
+    }
+
+    /// set_line with 9600 8N1 but `structSize` in its struct_size.
+    @_spi(Conformance) public func setLineUnchecked(structSize: UInt32) -> OyStatus? {
+        guard let setLine = ops.set_line else { return nil }
+        var c = oy_serial_line()
+        c.struct_size = structSize
+        c.baud = 9600
+        c.data_bits = 8
+        c.parity = UInt8(OY_PARITY_NONE.rawValue)
+        c.stop_bits = 1
+        return OyStatus(setLine(instance, &c))
     }
 }
 
