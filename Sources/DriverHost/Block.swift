@@ -59,7 +59,7 @@ public final class BlockRequest: LentRequest, @unchecked Sendable {
 
     deinit {
         checkPoison()
-        raw.deallocate()
+        Self.bury(UnsafeMutableRawBufferPointer(start: raw, count: MemoryLayout<oy_block_request>.size))
     }
 
     /// The `host_private` field of a C request.

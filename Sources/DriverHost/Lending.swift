@@ -73,23 +73,41 @@ public class LentRequest: @unchecked Sendable {
         poisonedBy = library
     }
 
-    /// Completed requests the OS keeps out of use before it reuses one,
-    /// oldest first: a driver's late write or second completion then finds
-    /// a retired struct, not one lent out again.
-    public static let quarantine = 32
-
     /// Records a violation if the driver wrote to the struct after it
     /// completed it. The host calls it before it fills the struct for its
     /// next use, when it retires the struct for good, and before a subclass
     /// frees it (its deinit runs before this class's).
-    public func checkPoison() {
+    /// `stillRetired`: the struct stays retired after the check (a look at
+    /// the quarantine, not a reuse), so a later check looks again; a write
+    /// is reported once either way.
+    public func checkPoison(stillRetired: Bool = false) {
         guard let library = poisonedBy else { return }
-        poisonedBy = nil
-        if let changed = cStruct.indices.first(where: { !isHostPrivate($0) && cStruct[$0] != Self.poison }) {
+        let changed = cStruct.indices.first { !isHostPrivate($0) && cStruct[$0] != Self.poison }
+        if changed != nil || !stillRetired { poisonedBy = nil }
+        if let changed {
             library.recordViolation("a \(described.what) was written after the driver completed it (byte \(changed) of \(described.type)); "
                 + "once \(described.service) is called it is the host's: touch nothing of it afterwards", inCallback: false)
         }
     }
+
+    /// Frees memory a subclass showed the driver (the C struct, a frame's
+    /// bytes) through the graveyard: poisoned whole, and kept a while before
+    /// malloc has it back, so a driver's late read of a request that is gone
+    /// finds the poison, and its late write lands in memory no one uses,
+    /// not in whatever malloc handed out next. (A quarantine of freed memory,
+    /// as AddressSanitizer's.)
+    static func bury(_ memory: UnsafeMutableRawBufferPointer) {
+        memory.initializeMemory(as: UInt8.self, repeating: poison)
+        let evicted = graveyard.withLock { resting -> UInt? in
+            resting.append(UInt(bitPattern: memory.baseAddress))
+            return resting.count > graveyardSize ? resting.removeFirst() : nil
+        }
+        UnsafeMutableRawPointer(bitPattern: evicted ?? 0)?.deallocate()
+    }
+
+    /// Addresses of freed blocks resting before malloc has them back, oldest first.
+    private static let graveyard = Mutex<[UInt]>([])
+    static let graveyardSize = 256
 
     private func isHostPrivate(_ index: Int) -> Bool {
         let offset = UnsafeRawPointer(hostPrivate) - UnsafeRawPointer(cStruct.baseAddress!)
@@ -202,4 +220,32 @@ final class Loans: @unchecked Sendable {
 
     /// Nothing more is lent (the registration is going away).
     func close() { lock.withLock { closed = true } }
+}
+
+/// Requests (or frames) of one kind for reuse. A completed one rests in
+/// quarantine behind `quarantine` others before it is lent again, oldest
+/// first: a driver's late write or second completion then finds a retired
+/// struct, not one lent out again, and the write is found when the struct
+/// is reused (its poison checked) or when the pool's owner goes away
+/// (`checkAll`). (Driver Verifier keeps freed IRPs out of use the same way.)
+public final class QuarantinePool<Request: LentRequest>: Sendable {
+    private let spare = Mutex<[Request]>([])
+    private let make: @Sendable () -> Request
+    public static var quarantine: Int { 32 }
+
+    public init(_ make: @escaping @Sendable () -> Request) { self.make = make }
+
+    /// The oldest retired one once enough rest behind it; a new one before.
+    public func take() -> Request {
+        spare.withLock { $0.count > Self.quarantine ? $0.removeFirst() : nil } ?? make()
+    }
+
+    /// A request the host has back (completed, or never lent).
+    public func give(_ request: Request) { spare.withLock { $0.append(request) } }
+
+    /// Checks every retired one for writes since its completion (under the
+    /// pool's lock: none is taken for reuse meanwhile).
+    public func checkAll() {
+        spare.withLock { for request in $0 { request.checkPoison(stillRetired: true) } }
+    }
 }

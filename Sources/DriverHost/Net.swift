@@ -28,8 +28,8 @@ public final class NetFrame: LentRequest, @unchecked Sendable {
 
     deinit {
         checkPoison()
-        raw.deallocate()
-        storage.deallocate()
+        Self.bury(UnsafeMutableRawBufferPointer(start: raw, count: MemoryLayout<oy_net_frame>.size))
+        Self.bury(UnsafeMutableRawBufferPointer(start: storage, count: Self.capacity))
     }
 
     /// The `host_private` field of a C frame.

@@ -146,7 +146,7 @@ public final class Disk: @unchecked Sendable {
 
     private let memory: KernelMemory
     private let lock = NSLock()
-    private var spare: [BlockRequest] = []
+    private let spare = QuarantinePool { BlockRequest() }
     private let queue: SubmissionQueue<BlockRequest>
 
     public struct Statistics: Sendable {
@@ -340,7 +340,7 @@ public final class Disk: @unchecked Sendable {
         // a driver's late second complete() then finds the request not
         // outstanding instead of completing someone else's.
         let issued = lock.withLock { () -> Issued in
-            let request = spare.count > LentRequest.quarantine ? spare.removeFirst() : BlockRequest()
+            let request = spare.take()
             stats.submitted += 1
             nextSequence += 1
             return Issued(request: request, operation: operation, lba: lba, blocks: blocks, memory: memory, sequence: nextSequence, completion: completion)
@@ -409,8 +409,8 @@ public final class Disk: @unchecked Sendable {
             } else {
                 stats.failed += 1
             }
-            spare.append(issued.request)
         }
+        spare.give(issued.request)
         queue.completed()
         issued.completion(status)
     }

@@ -45,7 +45,7 @@ public final class NetInterface: NetReceiver, ParkableDevice, @unchecked Sendabl
 
     private let lock = NSLock()
     private var counters_ = Counters()
-    private var spare: [NetFrame] = []
+    private let spare = QuarantinePool { NetFrame() }
     private let queue: SubmissionQueue<NetFrame>
     private var handler: Handler?
     private var linkHandler: (@Sendable (Bool) -> Void)?
@@ -127,16 +127,12 @@ public final class NetInterface: NetReceiver, ParkableDevice, @unchecked Sendabl
             lock.withLock { counters_.txDropped += 1 }
             return false
         }
-        // Completed frames rest in quarantine before reuse, oldest first, as
-        // a disk's requests do: a driver's late write lands in a retired frame.
-        let frame = lock.withLock { spare.count > LentRequest.quarantine ? spare.removeFirst() : nil } ?? NetFrame()
+        let frame = spare.take()
         let length = bytes.count
         frame.prepare(bytes) { [weak self] status in self?.finished(frame, length: length, status: status) }
         guard case .refused = queue.enqueue(frame) else { return true }
-        lock.withLock {
-            counters_.txDropped += 1
-            spare.append(frame)
-        }
+        lock.withLock { counters_.txDropped += 1 }
+        spare.give(frame)
         return false
     }
 
@@ -150,8 +146,8 @@ public final class NetInterface: NetReceiver, ParkableDevice, @unchecked Sendabl
             } else {
                 counters_.txErrors += 1
             }
-            spare.append(frame)
         }
+        spare.give(frame)
         queue.completed()
     }
 
@@ -177,7 +173,7 @@ public final class NetInterface: NetReceiver, ParkableDevice, @unchecked Sendabl
     /// for late writes now, while the driver can still be told.
     func markRemoved() {
         queue.markRemoved()
-        for frame in lock.withLock({ spare }) { frame.checkPoison() }
+        spare.checkAll()
     }
 }
 

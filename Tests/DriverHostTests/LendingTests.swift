@@ -1,3 +1,4 @@
+import COyakoSDK
 @testable import DriverHost
 import Foundation
 import OyakoTestSupport
@@ -56,5 +57,45 @@ import Testing
         #expect(lent.finished.withLock { $0 } == [], "not finished here: the OS decides what becomes of a refused request")
         #expect(lent.loans.count == 0)
         #expect(lent.library.violations.isEmpty, "the driver did nothing wrong: \(lent.library.violations)")
+    }
+}
+
+/// Completed requests rest before they are lent again, so a driver's late
+/// write lands in one no one uses, and is found.
+@Suite struct QuarantinePoolTests {
+    @Test func aRetiredRequestIsReusedOnlyBehindTheQuarantineOldestFirst() {
+        let pool = QuarantinePool { BlockRequest() }
+        let first = pool.take()
+        pool.give(first)
+        let others = (0..<QuarantinePool<BlockRequest>.quarantine).map { _ in pool.take() }
+        #expect(!others.contains { $0 === first }, "a new one, while fewer than the quarantine rest behind it")
+        for request in others { pool.give(request) }
+        #expect(pool.take() === first, "the oldest comes back first, once enough rest behind it")
+    }
+
+    /// A request the host let go of (its disk or interface gone) is not
+    /// malloc's at once: a driver reading it late finds the poison, not
+    /// whatever malloc handed out next.
+    @Test func aFreedRequestRestsPoisonedBeforeMallocHasItBack() {
+        var request: BlockRequest? = BlockRequest()
+        let raw = UnsafeRawPointer(request!.raw)
+        request!.raw.pointee.lba = 42
+        request = nil
+        let bytes = UnsafeRawBufferPointer(start: raw, count: MemoryLayout<oy_block_request>.size)
+        #expect(bytes.allSatisfy { $0 == LentRequest.poison }, "\(Array(bytes))")
+    }
+
+    @Test func aWriteAfterCompletionIsFoundInTheQuarantine() throws {
+        let lent = try LendingTests.Lent()
+        let pool = QuarantinePool { BlockRequest() }
+        #expect(lent.loans.lend(lent.request, service: "submit") { .ok } == .ok)
+        LentRequest.completed(BlockRequest.hostPrivate(lent.request.raw), status: 0, service: "complete()")
+        #expect(lent.finished.withLock { $0 } == [.ok])
+        pool.give(lent.request)
+        pool.checkAll()
+        #expect(lent.library.violations.isEmpty, "nothing written yet: \(lent.library.violations)")
+        lent.request.raw.pointee.block_count = 7  // the driver's late write
+        pool.checkAll()
+        #expect(lent.library.violations.contains { $0.contains("a block request was written after the driver completed it") }, "\(lent.library.violations)")
     }
 }

@@ -398,7 +398,10 @@ final class HostSide: @unchecked Sendable {
     private var device: RemoteDevice?
     private let inFlight = Mutex<[UInt64: BlockRequest]>([:])
     private let backlog = Mutex(Backlog())
-    private let spareFrames = Mutex<[NetFrame]>([])
+    /// Frames and requests lent to the driver, reused after quarantine
+    /// (as the OS's own are): a late write lands in a retired one.
+    private let spareFrames = QuarantinePool { NetFrame() }
+    private let spareRequests = QuarantinePool { BlockRequest() }
 
     init(line: HostLine) { self.line = line }
 
@@ -709,15 +712,15 @@ final class HostSide: @unchecked Sendable {
         }
         guard memory.physical(of: memory.base + Int(physical), length: Int(length)) != nil else { return .invalid }
         device.premapped.withLock { $0[tag] = (physical, Int(length), deviceAddress) }
-        let frame = spareFrames.withLock { $0.popLast() } ?? NetFrame()
+        let frame = spareFrames.take()
         frame.prepare(at: memory.base + Int(physical), length: Int(length)) { [self] status in
-            spareFrames.withLock { $0.append(frame) }
+            spareFrames.give(frame)
             driverCompleted(.netTransmit, tag, status)
         }
         let status = netdev.transmit(frame)
         if !status.isOK {
             device.premapped.withLock { _ = $0.removeValue(forKey: tag) }
-            spareFrames.withLock { $0.append(frame) }
+            spareFrames.give(frame)
         }
         return status
     }
@@ -736,14 +739,18 @@ final class HostSide: @unchecked Sendable {
         } catch {
             return error
         }
-        let request = BlockRequest()
+        let request = spareRequests.take()
         inFlight.withLock { $0[tag] = request }
         request.prepare(operation, lba: lba, blockCount: Int(blocks), data: operation == .flush ? nil : memory.base + Int(physical)) { [self] status in
             inFlight.withLock { _ = $0.removeValue(forKey: tag) }
+            spareRequests.give(request)
             driverCompleted(.submit, tag, status)
         }
         let status = disk.submit(request)
-        if !status.isOK { inFlight.withLock { _ = $0.removeValue(forKey: tag) } }
+        if !status.isOK {
+            inFlight.withLock { _ = $0.removeValue(forKey: tag) }
+            spareRequests.give(request)
+        }
         return status
     }
 }
