@@ -46,26 +46,13 @@ public final class BlockRequest: LentRequest, @unchecked Sendable {
         case read = 1, write = 2, flush = 3
     }
 
-    let raw: UnsafeMutablePointer<oy_block_request>
+    /// The C struct the driver sees.
+    var raw: UnsafeMutablePointer<oy_block_request> { cStruct(as: oy_block_request.self) }
 
-    public init() {
-        let raw = UnsafeMutablePointer<oy_block_request>.allocate(capacity: 1)
-        raw.initialize(to: oy_block_request())
-        self.raw = raw
-        super.init(cStruct: UnsafeMutableRawBufferPointer(start: raw, count: MemoryLayout<oy_block_request>.size),
-                   hostPrivateOffset: MemoryLayout<oy_block_request>.offset(of: \.host_private)!,
-                   described: ("block request", "oy_block_request", "complete()"))
-    }
-
-    deinit {
-        checkPoison()
-        Self.bury(UnsafeMutableRawBufferPointer(start: raw, count: MemoryLayout<oy_block_request>.size))
-    }
+    public init() { super.init(oy_block_request(), hostPrivate: \.host_private, described: ("block request", "oy_block_request", "complete()")) }
 
     /// The `host_private` field of a C request.
-    static func hostPrivate(_ raw: UnsafeMutablePointer<oy_block_request>) -> UnsafeMutablePointer<UnsafeMutableRawPointer?> {
-        UnsafeMutableRawPointer(raw).advanced(by: MemoryLayout<oy_block_request>.offset(of: \.host_private)!).assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
-    }
+    static func hostPrivate(_ raw: UnsafeMutablePointer<oy_block_request>) -> UnsafeMutablePointer<UnsafeMutableRawPointer?> { hostPrivate(of: raw, \.host_private) }
 
     /// What the request asks, as filled by `prepare` (for a driver host's
     /// proxy, which sends it to another process).

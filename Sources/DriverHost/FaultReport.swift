@@ -19,13 +19,17 @@ public struct CrashReport: Sendable {
         let object: String
     }
 
+    /// Where a memory fault was: an address, or none the kernel says (a
+    /// general protection fault, as from a non-canonical pointer: si_code
+    /// SI_KERNEL), with whether a register then held the poison word a
+    /// completed request or frame is filled with.
+    enum Place: Sendable, Equatable {
+        case address(UInt64)
+        case nonCanonical(poisonInRegister: Bool)
+    }
+
     let signal: Int32
-    let address: UInt64
-    /// The kernel reported no address: a general protection fault, as from
-    /// a non-canonical pointer (si_code SI_KERNEL).
-    let addressUnknown: Bool
-    /// A register held the poison word a completed request or frame is filled with.
-    let poisonInRegister: Bool
+    let place: Place
     let frames: [Frame]
 
     public static func parse(_ text: String) -> CrashReport? {
@@ -40,9 +44,9 @@ public struct CrashReport: Sendable {
             }
         }
         guard let header, let signal = Int32(header[1]) else { return nil }
-        let code = header.count > 3 ? Int32(header[3]) : nil
-        return CrashReport(signal: signal, address: hex(header[2]) ?? 0, addressUnknown: code == Self.siKernel,
-                           poisonInRegister: header.count > 4 && header[4] == "1", frames: frames)
+        let place: Place = header.count > 3 && Int32(header[3]) == Self.siKernel
+            ? .nonCanonical(poisonInRegister: header.count > 4 && header[4] == "1") : .address(hex(header[2]) ?? 0)
+        return CrashReport(signal: signal, place: place, frames: frames)
     }
 
     /// si_code of a fault the kernel raised itself (SI_KERNEL).
@@ -145,16 +149,22 @@ public struct DriverFault: Sendable {
             return DriverFault(message: "died with \(name) and left no backtrace (killed from outside, or its stack was gone)", backtrace: [], location: "")
         }
         let frames = report.symbolized(sources: sources)
-        let fault = report.signal != 11 && report.signal != 7 ? ""
-            : report.addressUnknown ? " at a non-canonical address (the kernel does not say which)"
-            : " at address 0x\(String(report.address, radix: 16))"
-        let borrowed = report.signal == 11 && BorrowedPool.contains(report.address)
-            ? "; that is memory the host lent for one call (a borrowed argument: probe's device info, a control call's string), used after the call returned: copy what you need during the call"
-            : report.signal == 11 && report.addressUnknown && report.poisonInRegister
-            ? "; a register held 0xa5a5a5a5a5a5a5a5, what the host fills a block request or frame with once the driver completes it: likely a pointer read from one after complete() or tx_complete(), when it is the host's again"
-            : ""
+        var fault = "", cause = ""
+        switch report.place {
+        case _ where report.signal != 11 && report.signal != 7: break
+        case .address(let address):
+            fault = " at address 0x\(String(address, radix: 16))"
+            if report.signal == 11 && BorrowedPool.contains(address) {
+                cause = "; that is memory the host lent for one call (a borrowed argument: probe's device info, a control call's string), used after the call returned: copy what you need during the call"
+            }
+        case .nonCanonical(let poisonInRegister):
+            fault = " at a non-canonical address (the kernel does not say which)"
+            if poisonInRegister {
+                cause = "; a register held 0xa5a5a5a5a5a5a5a5, what the host fills a block request or frame with once the driver completes it: likely a pointer read from one after complete() or tx_complete(), when it is the host's again"
+            }
+        }
         let location = place(frames, preferring: driver.map { "(\(URL(fileURLWithPath: $0).lastPathComponent)+0x" })
-        return DriverFault(message: "died with \(name)\(fault)\(location.isEmpty ? "" : " " + location)\(borrowed)", backtrace: frames, location: location)
+        return DriverFault(message: "died with \(name)\(fault)\(location.isEmpty ? "" : " " + location)\(cause)", backtrace: frames, location: location)
     }
 
     /// A process stopped for taking too long: which driver callbacks had

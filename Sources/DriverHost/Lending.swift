@@ -22,12 +22,27 @@ public class LentRequest: @unchecked Sendable {
     private weak var poisonedBy: DriverLibrary?
     static let poison: UInt8 = 0xA5
 
-    /// `cStruct` is the C struct lent to drivers, with its `host_private`
-    /// field at `hostPrivateOffset`; it must outlive this object.
-    init(cStruct: UnsafeMutableRawBufferPointer, hostPrivateOffset: Int, described: (what: String, type: String, service: String)) {
-        self.cStruct = cStruct
-        hostPrivate = (cStruct.baseAddress! + hostPrivateOffset).assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
+    /// Allocates the C struct drivers are lent, `initial` with its
+    /// `host_private` field at `field`. It lives as long as this object, then
+    /// rests in the graveyard.
+    init<Struct>(_ initial: Struct, hostPrivate field: KeyPath<Struct, UnsafeMutableRawPointer?>, described: (what: String, type: String, service: String)) {
+        cStruct = .allocate(byteCount: MemoryLayout<Struct>.size, alignment: MemoryLayout<Struct>.alignment)
+        cStruct.baseAddress!.initializeMemory(as: Struct.self, repeating: initial, count: 1)
+        hostPrivate = Self.hostPrivate(of: cStruct.baseAddress!.assumingMemoryBound(to: Struct.self), field)
         self.described = described
+    }
+
+    deinit {
+        checkPoison()
+        Self.bury(cStruct)
+    }
+
+    /// The C struct, as its type.
+    func cStruct<Struct>(as type: Struct.Type) -> UnsafeMutablePointer<Struct> { cStruct.baseAddress!.assumingMemoryBound(to: Struct.self) }
+
+    /// The `host_private` field of a C struct (one a driver hands back).
+    static func hostPrivate<Struct>(of raw: UnsafeMutablePointer<Struct>, _ field: KeyPath<Struct, UnsafeMutableRawPointer?>) -> UnsafeMutablePointer<UnsafeMutableRawPointer?> {
+        (UnsafeMutableRawPointer(raw) + MemoryLayout<Struct>.offset(of: field)!).assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
     }
 
     func setCompletion(_ completion: @escaping @Sendable (OyStatus) -> Void) { self.completion = completion }

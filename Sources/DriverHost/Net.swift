@@ -13,29 +13,19 @@ public protocol NetReceiver: AnyObject, Sendable {
 /// it, it is out on loan (`Loans`).
 public final class NetFrame: LentRequest, @unchecked Sendable {
     public static let capacity = 2048
-    let raw: UnsafeMutablePointer<oy_net_frame>
+    /// The C struct the driver sees.
+    var raw: UnsafeMutablePointer<oy_net_frame> { cStruct(as: oy_net_frame.self) }
     public let storage: UnsafeMutableRawPointer
 
     public init() {
-        let raw = UnsafeMutablePointer<oy_net_frame>.allocate(capacity: 1)
-        raw.initialize(to: oy_net_frame())
-        self.raw = raw
         storage = .allocate(byteCount: Self.capacity, alignment: 16)
-        super.init(cStruct: UnsafeMutableRawBufferPointer(start: raw, count: MemoryLayout<oy_net_frame>.size),
-                   hostPrivateOffset: MemoryLayout<oy_net_frame>.offset(of: \.host_private)!,
-                   described: ("frame", "oy_net_frame", "tx_complete()"))
+        super.init(oy_net_frame(), hostPrivate: \.host_private, described: ("frame", "oy_net_frame", "tx_complete()"))
     }
 
-    deinit {
-        checkPoison()
-        Self.bury(UnsafeMutableRawBufferPointer(start: raw, count: MemoryLayout<oy_net_frame>.size))
-        Self.bury(UnsafeMutableRawBufferPointer(start: storage, count: Self.capacity))
-    }
+    deinit { Self.bury(UnsafeMutableRawBufferPointer(start: storage, count: Self.capacity)) }
 
     /// The `host_private` field of a C frame.
-    static func hostPrivate(_ raw: UnsafeMutablePointer<oy_net_frame>) -> UnsafeMutablePointer<UnsafeMutableRawPointer?> {
-        UnsafeMutableRawPointer(raw).advanced(by: MemoryLayout<oy_net_frame>.offset(of: \.host_private)!).assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
-    }
+    static func hostPrivate(_ raw: UnsafeMutablePointer<oy_net_frame>) -> UnsafeMutablePointer<UnsafeMutableRawPointer?> { hostPrivate(of: raw, \.host_private) }
 
     /// Copies `bytes` in (at most `capacity`) and sets the completion.
     public func prepare(_ bytes: UnsafeRawBufferPointer, completion: @escaping @Sendable (OyStatus) -> Void) {
