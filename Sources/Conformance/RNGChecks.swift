@@ -1,6 +1,7 @@
 @_spi(Conformance) import DriverHost
 import Foundation
 import Kernel
+import Synchronization
 
 /// Checks of the entropy class, "oyako.rng/1" (SDK/include/oyako/rng.h).
 extension Catalogue {
@@ -55,6 +56,33 @@ extension Catalogue {
                 return .passed("\(returned) bytes returned, \(given) given by the device", observation: Observation(["returned": "\(returned)"]))
             }
         },
+        // A reader of /dev/random waits on the driver: a driver that waits
+        // for the device without a bound hangs it.
+        CheckDefinition("io.rng.starved", "with the device's noise source dry, a read returns within the class's 100 ms wait, OY_OK and nothing produced; then reads work again",
+                        requires: ["io.basic"], classes: rng, timeout: 40, hostable: true) { c in
+            try withEntropySource(c) { rig, source in
+                guard let device = rig.rngs.first else { return .failed("no entropy device in the rig") }
+                device.exhaust(true)
+                let answer = starvedRead(source.registered, within: rngStarvedBound)
+                device.exhaust(false)
+                switch answer {
+                case nil:
+                    return .failed(String(format: "a read with no entropy ready had not returned after %.0f s; wait for the first word at most 100 ms, with the host's clock, then return OY_OK with *produced 0 (SDK/CLASSES.md, Entropy)", rngStarvedBound))
+                case .failure(let status)?:
+                    return .failed("a read with no entropy ready answered \(status.name ?? "code \(status.rawValue)"); a source that has nothing yet is not an error: return OY_OK with *produced 0 after waiting at most 100 ms (SDK/CLASSES.md, Entropy)")
+                case .success(let produced)? where produced > 0:
+                    return .failed("a read with the device's FIFO empty produced \(produced) byte(s) the device never gave; return only what the device gives")
+                case .success?:
+                    break
+                }
+                do {
+                    _ = try source.read(64, timeout: 10)
+                } catch {
+                    return .failed("once the device had entropy again, reads did not get it: \(error)")
+                }
+                return .passed("a read of a dry source returned OY_OK with nothing produced; reads work again after")
+            }
+        },
         CheckDefinition("io.rng.bad-length", "NULL buffers, length 0 and over OY_RNG_MAX_READ are refused", requires: ["io.basic"], classes: rng) { c in
             try withEntropySource(c) { _, source in
                 guard let source = source.registered as? RegisteredRNG else { return .skipped("the source is served by a driver host; raw reads need the driver in process") }
@@ -76,6 +104,25 @@ extension Catalogue {
             }
         },
     ]
+
+    /// How long a read of a dry source may take: the class's 100 ms wait,
+    /// with room for a loaded machine and a driver host's line.
+    static let rngStarvedBound = 2.0
+
+    /// One read of 16 bytes on a thread of its own; nil when it had not
+    /// returned within `seconds` (it is left to return when it will).
+    static func starvedRead(_ binding: any EntropyDriverBinding, within seconds: Double) -> Result<Int, OyStatus>? {
+        let done = DispatchSemaphore(value: 0)
+        let answer = Mutex<Result<Int, OyStatus>?>(nil)
+        Thread.detachNewThread {
+            var buffer = [UInt8](repeating: 0, count: 16)
+            let result = buffer.withUnsafeMutableBytes { binding.read(into: $0) }
+            answer.withLock { $0 = result }
+            done.signal()
+        }
+        guard done.wait(timeout: .now() + seconds) == .success else { return nil }
+        return answer.withLock { $0 }
+    }
 
     /// A rig with the driver attached and its entropy source registered.
     static func withEntropySource(_ c: CheckContext, _ body: (Rig, EntropySource) throws -> CheckOutcome) throws -> CheckOutcome {

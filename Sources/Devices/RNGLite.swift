@@ -20,6 +20,8 @@ public final class RNGLite: BusDevice, @unchecked Sendable {
     private var condition: NSCondition { engine.condition }
     private var fifo: [UInt32] = []
     private var enabled = false
+    /// The noise source has nothing to give: the FIFO drains and stays empty.
+    private var exhausted = false
     private var port: DevicePort?
     private var generator = SystemRandomNumberGenerator()
     public private(set) var wordsDelivered = 0
@@ -59,10 +61,21 @@ public final class RNGLite: BusDevice, @unchecked Sendable {
         }
     }
 
+    /// The noise source runs dry (`true`): what the FIFO holds is gone, and
+    /// it stays empty, DRDY clear and no interrupt, until the source gives
+    /// again (`false`), as a real generator's may right after power-up.
+    public func exhaust(_ dry: Bool) {
+        condition.withLock {
+            exhausted = dry
+            if dry { fifo.removeAll() }
+            condition.signal()
+        }
+    }
+
     /// Runs on the device's thread, entered and left with `condition` held.
     private func refillLoop() {
         while engine.running {
-            while engine.running && (!enabled || fifo.count >= 64) { condition.wait() }
+            while engine.running && (!enabled || exhausted || fifo.count >= 64) { condition.wait() }
             guard engine.running else { break }
             let wasEmpty = fifo.isEmpty
             while fifo.count < 64 { fifo.append(UInt32.random(in: 0...UInt32.max, using: &generator)) }
