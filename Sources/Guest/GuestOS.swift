@@ -32,7 +32,9 @@ public final class GuestOS: @unchecked Sendable {
     /// Installs the interrupt handlers and connects to VMBus.
     public func boot() throws(VMBusError) {
         let vmbus = self.vmbus
-        vp.setHandlers(sint: { sint in vmbus.handleSINT(sint) })
+        // Weak: the VP would otherwise keep its client, and the client its
+        // VP and partition, alive for good after the guest is gone.
+        vp.setHandlers(sint: { [weak vmbus] sint in vmbus?.handleSINT(sint) })
         let version = try vmbus.connect()
         log("VMBus \(version >> 16).\(version & 0xFFFF), \(vmbus.offers.count) device(s) offered")
     }

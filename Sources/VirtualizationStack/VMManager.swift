@@ -70,15 +70,19 @@ public final class VMManager: @unchecked Sendable {
     /// Offers a virtual disk: `region` (in blocks) of a disk of the root OS.
     @discardableResult
     public func offerStorage(to child: Child, disk: Disk, region: Range<UInt64>) -> UInt32? {
+        // The closures keep the child's ID, not the child: the disk keeps its
+        // removal observers as long as it lives, and a Child holds its
+        // partition (all its memory) and VP.
+        let id = child.id
         let offer = DeviceOffer(interfaceType: StorageProtocol.interfaceType, instance: UUID(), name: "storvsp") { [weak self] context in
             let vsp = StorageVSP(disk: disk, region: region, context: context)
-            self?.lock.withLock { self?.vsps[child.id, default: []].append(vsp) }
+            self?.lock.withLock { self?.vsps[id, default: []].append(vsp) }
             return vsp
         }
-        guard let relid = root.vmbus.offer(offer, to: child.id) else { return nil }
+        guard let relid = root.vmbus.offer(offer, to: id) else { return nil }
         // A disk that goes away (its device removed, its driver beyond
         // restart) takes the child's channel with it, as Hyper-V rescinds.
-        disk.onRemoval { [weak self] reason in self?.root.vmbus.rescind(relid: relid, child: child.id, reason: reason) }
+        disk.onRemoval { [weak self] reason in self?.root.vmbus.rescind(relid: relid, child: id, reason: reason) }
         return relid
     }
 
@@ -95,10 +99,11 @@ public final class VMManager: @unchecked Sendable {
             return nicCount[child.id, default: 0]
         }
         let mac = Self.mac(child: child.id, index: index)
+        let (id, name) = (child.id, child.name)
         let offer = DeviceOffer(interfaceType: NetworkProtocol.interfaceType, instance: UUID(), name: "netvsp") { [weak self] context in
             do {
-                let vsp = try NetworkVSP(mac: mac, context: context, vswitch: vswitch, portName: child.name)
-                self?.lock.withLock { self?.nics[child.id, default: []].append(vsp) }
+                let vsp = try NetworkVSP(mac: mac, context: context, vswitch: vswitch, portName: name)
+                self?.lock.withLock { self?.nics[id, default: []].append(vsp) }
                 return vsp
             } catch {
                 return RefusingHandler(reason: "\(error)")

@@ -288,6 +288,47 @@ func rootStillWorks(_ system: RootSystem) throws {
         try rootStillWorks(system)
     }
 
+    /// A destroyed child's guest objects go: nothing keeps its VMBus client,
+    /// VP or partition alive. A channel kept past its guest OS (a VSC
+    /// outliving it) says it is closed when used; it does not reach into the
+    /// partition's memory, which is gone.
+    @Test func aChannelKeptPastItsGuestIsClosedNotACrash() throws {
+        final class Kept: @unchecked Sendable {
+            // @unchecked Sendable: written by the guest's thread before its outcome, read after.
+            var channel: ClientChannel?
+            weak var client: VMBusClient?
+            weak var partition: Partition?
+        }
+        let kept = Kept()
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
+        defer { system.shutdown() }
+        do {
+            let outcome = GuestOutcome<Bool>()
+            let child = try system.startChild(name: "keeper", start: 0, blocks: 1024) { os in
+                outcome.finish {
+                    let g = try RawStorageGuest(os: os)
+                    try g.initialize()
+                    kept.channel = g.channel
+                    kept.client = os.vmbus
+                    kept.partition = os.partition
+                    return true
+                }
+            }
+            #expect(try outcome.wait(timeout: 60))
+            system.vms.destroy(child)
+        }
+        // The guest's code has returned and its partition is destroyed: its
+        // OS, VMBus client, VP and partition go.
+        let deadline = Date(timeIntervalSinceNow: 5)
+        while (kept.client != nil || kept.partition != nil) && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+        #expect(kept.client == nil, "the client outlived its guest (and would keep its VP and partition alive for good)")
+        #expect(kept.partition == nil, "the partition, its memory and VPs outlived its destruction")
+        let channel = try #require(kept.channel)
+        #expect(throws: VMBusError.channelClosed(relid: channel.relid)) {
+            try channel.send(Packet(kind: .inband, transactionID: 9, payload: [UInt8](repeating: 0, count: 64)))
+        }
+    }
+
     /// The root withdraws the disk while the child is busy: the child's I/O
     /// fails cleanly, nothing hangs, and the root carries on.
     @Test func rescindDuringIO() throws {
