@@ -90,8 +90,7 @@ public class LentRequest: @unchecked Sendable {
 
     /// Records a violation if the driver wrote to the struct after it
     /// completed it. The host calls it before it fills the struct for its
-    /// next use, when it retires the struct for good, and before a subclass
-    /// frees it (its deinit runs before this class's).
+    /// next use, on a look at a quarantine, and before it frees the struct.
     /// `stillRetired`: the struct stays retired after the check (a look at
     /// the quarantine, not a reuse), so a later check looks again; a write
     /// is reported once either way.
