@@ -605,33 +605,21 @@ func operationsAfterRemoval(_ rig: Rig, wait: Double = 5) -> [(call: String, ans
         case .failure(let status): gone(status)
         }
     }
-    /// Starts an operation that may complete later; its status, or nil when none came in time.
-    func awaited(_ start: (@escaping @Sendable (OyStatus) -> Void) -> OyStatus) -> OyStatus? {
-        let done = DispatchSemaphore(value: 0)
-        let completed = Mutex<OyStatus?>(nil)
-        let refused = start { status in
-            completed.withLock { $0 = status }
-            done.signal()
-        }
-        guard refused.isOK else { return refused }
-        return done.wait(timeout: .now() + wait) == .success ? completed.withLock { $0 } : nil
-    }
     var answers: [(call: String, answer: String?)] = []
     if let disk = rig.kernel.blockLayer.disks.first, let buffer = disk.allocateBuffer(length: disk.geometry.blockSize) {
         // Through the OS's disk, which passes a refusal on as the request's end.
-        let done = DispatchSemaphore(value: 0)
-        let completed = Mutex<DiskStatus?>(nil)
-        disk.submit(.write, lba: 1, blocks: 1, buffer: buffer) { status in
-            completed.withLock { $0 = status }
-            done.signal()
-        }
-        let status = done.wait(timeout: .now() + wait) == .success ? completed.withLock { $0 } : nil
+        let status = firstAnswer(within: wait) { disk.submit(.write, lba: 1, blocks: 1, buffer: buffer, completion: $0) }
         answers.append(("a write", status.map { $0 == .deviceGone ? nil : "ended with \"\($0)\"" } ?? gone(nil)))
     }
     if let interface = rig.kernel.network.interfaces.first {
         let frame = NetFrame()
         let bytes = [UInt8](repeating: 0xFF, count: 6) + interface.mac + [0x88, 0xB5] + [UInt8](repeating: 7, count: 46)
-        let status = awaited { finished in bytes.withUnsafeBytes { frame.prepare($0, completion: finished) }; return interface.netdev.transmit(frame) }
+        // A refused frame is never completed: its refusal is the answer.
+        let status: OyStatus? = firstAnswer(within: wait) { answer in
+            bytes.withUnsafeBytes { frame.prepare($0, completion: answer) }
+            let refusal = interface.netdev.transmit(frame)
+            if !refusal.isOK { answer(refusal) }
+        }
         answers.append(("transmit", gone(status)))
         answers.append(("set_filter", gone(interface.netdev.setFilter([interface.mac]))))
     }
@@ -646,6 +634,19 @@ func operationsAfterRemoval(_ rig: Rig, wait: Double = 5) -> [(call: String, ans
         answers.append(("read", gone(result, "produced")))
     }
     return answers
+}
+
+/// Starts something that answers once through the closure it is given
+/// (a completion, a thread's result); the answer, or nil when none came
+/// within `seconds` (a late one is dropped).
+func firstAnswer<T: Sendable>(within seconds: Double, _ start: (@escaping @Sendable (T) -> Void) -> Void) -> T? {
+    let done = DispatchSemaphore(value: 0)
+    let answer = Mutex<T?>(nil)
+    start { value in
+        answer.withLock { if $0 == nil { $0 = value } }
+        done.signal()
+    }
+    return done.wait(timeout: .now() + seconds) == .success ? answer.withLock { $0 } : nil
 }
 
 /// Runs `body(0..<count)` on `count` threads of their own, released

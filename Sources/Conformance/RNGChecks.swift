@@ -1,7 +1,6 @@
 @_spi(Conformance) import DriverHost
 import Foundation
 import Kernel
-import Synchronization
 
 /// Checks of the entropy class, "oyako.rng/1" (SDK/include/oyako/rng.h).
 extension Catalogue {
@@ -112,16 +111,12 @@ extension Catalogue {
     /// One read of 16 bytes on a thread of its own; nil when it had not
     /// returned within `seconds` (it is left to return when it will).
     static func starvedRead(_ binding: any EntropyDriverBinding, within seconds: Double) -> Result<Int, OyStatus>? {
-        let done = DispatchSemaphore(value: 0)
-        let answer = Mutex<Result<Int, OyStatus>?>(nil)
-        Thread.detachNewThread {
-            var buffer = [UInt8](repeating: 0, count: 16)
-            let result = buffer.withUnsafeMutableBytes { binding.read(into: $0) }
-            answer.withLock { $0 = result }
-            done.signal()
+        firstAnswer(within: seconds) { answer in
+            Thread.detachNewThread {
+                var buffer = [UInt8](repeating: 0, count: 16)
+                answer(buffer.withUnsafeMutableBytes { binding.read(into: $0) })
+            }
         }
-        guard done.wait(timeout: .now() + seconds) == .success else { return nil }
-        return answer.withLock { $0 }
     }
 
     /// A rig with the driver attached and its entropy source registered.
