@@ -44,11 +44,12 @@ final class HandleTable: Sendable {
 
     /// Removes the object; the handle and any copy of it become invalid.
     @discardableResult
-    func remove<T: AnyObject>(_ handle: OpaquePointer?, as type: T.Type) -> T? {
+    /// Removes the object if it is a `T` and `accept` takes it.
+    func remove<T: AnyObject>(_ handle: OpaquePointer?, as type: T.Type, if accept: (T) -> Bool = { _ in true }) -> T? {
         guard let (index, generation) = Self.decode(handle) else { return nil }
         return storage.withLock { s -> T? in
             guard index < s.slots.count, s.slots[index].generation == generation,
-                let object = s.slots[index].object as? T
+                let object = s.slots[index].object as? T, accept(object)
             else { return nil }
             s.slots[index].object = nil
             s.slots[index].generation &+= 1

@@ -202,12 +202,27 @@ enum HostServices {
     }
 
     static func resource<T: Resource>(_ handle: OpaquePointer?, _ type: T.Type, service: String) -> T? {
-        guard let resource = HandleTable.shared.lookup(handle, as: type) else {
+        guard let resource = HandleTable.shared.lookup(handle, as: type), isCallers(resource.owner) else {
             unattributed("\(service) called with an invalid or released handle")
             return nil
         }
         return resource
     }
+
+    /// Whether `owner`'s resources are the calling driver's, the one whose
+    /// callback this thread runs. Handles live in one table for every
+    /// driver: another driver's (a guess, a stale value that a new resource
+    /// reused) is refused like a forged one, so no driver arms another's
+    /// timer or takes its lock. True when no driver's callback runs or the
+    /// owner is not yet bound to its driver (during init).
+    @inline(__always)
+    static func isCallers(_ owner: ResourceOwner) -> Bool {
+        guard let caller = oy_shim_context_owner(), owner.libraryKey != 0 else { return true }
+        return owner.libraryKey == UInt(bitPattern: caller)
+    }
+
+    /// The calling driver as `ResourceOwner.libraryKey` has it (0: none).
+    static var callerKey: UInt { UInt(bitPattern: oy_shim_context_owner()) }
 
     /// A violation that cannot be pinned on one driver from its arguments.
     static func unattributed(_ message: String) {
@@ -341,7 +356,7 @@ enum HostServices {
     /// lock_create: the lock's handle is LockTable's, not HandleTable's.
     static func createLock(_ host: UnsafePointer<oy_host>?, _ device: OpaquePointer?, _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
         create(host, device, out, service: "lock_create") { owner in
-            guard let handle = LockTable.shared.create() else { return nil }
+            guard let handle = LockTable.shared.create(owner: owner.libraryKey) else { return nil }
             let lock = HostLock(handle: handle, owner: owner)
             locks.withLock { $0[UInt(bitPattern: handle)] = lock }
             owner.adopt(lock, key: UInt(bitPattern: handle))
@@ -350,7 +365,8 @@ enum HostServices {
     }
 
     static func destroyLock(_ handle: OpaquePointer?) {
-        guard let lock = locks.withLock({ $0.removeValue(forKey: UInt(bitPattern: handle)) }) else {
+        let key = UInt(bitPattern: handle)
+        guard let lock = locks.withLock({ $0[key].map(\.owner).map(isCallers) == true ? $0.removeValue(forKey: key) : nil }) else {
             return unattributed("lock_destroy with an invalid handle")
         }
         lock.owner.forget(key: UInt(bitPattern: handle))
@@ -447,11 +463,11 @@ enum HostServices {
         t.lock_create = { host, device, out in HostServices.createLock(host, device, out) }
         t.lock_destroy = { handle in HostServices.destroyLock(handle) }
         t.lock_acquire = { handle in
-            guard let mutex = LockTable.shared.mutex(handle) else { return HostServices.unattributed("lock_acquire called with an invalid or released handle") }
+            guard let mutex = LockTable.shared.mutex(handle, caller: HostServices.callerKey) else { return HostServices.unattributed("lock_acquire called with an invalid or released handle") }
             pthread_mutex_lock(mutex)
         }
         t.lock_release = { handle in
-            guard let mutex = LockTable.shared.mutex(handle) else { return HostServices.unattributed("lock_release called with an invalid or released handle") }
+            guard let mutex = LockTable.shared.mutex(handle, caller: HostServices.callerKey) else { return HostServices.unattributed("lock_release called with an invalid or released handle") }
             pthread_mutex_unlock(mutex)
         }
         t.event_create = { host, device, out in

@@ -23,6 +23,9 @@ final class LockTable: @unchecked Sendable {
 
     private struct Slot {
         var generation: UInt32
+        /// The driver the live lock is (its `ResourceOwner.libraryKey`; 0:
+        /// not known yet), written before the generation makes it live.
+        var owner: UInt
         var mutex: pthread_mutex_t
     }
 
@@ -50,8 +53,8 @@ final class LockTable: @unchecked Sendable {
         chunks.initialize(repeating: nil, count: Self.maxChunks)
     }
 
-    /// A new, unlocked lock; nil when the table is full.
-    func create() -> OpaquePointer? {
+    /// A new, unlocked lock of the driver `owner`; nil when the table is full.
+    func create(owner: UInt = 0) -> OpaquePointer? {
         table.withLock { t -> OpaquePointer? in
             let index: Int
             let full = t.used == Self.maxChunks * Self.slotsPerChunk
@@ -68,6 +71,7 @@ final class LockTable: @unchecked Sendable {
                 index = fresh
                 t.used += 1
             }
+            slot(at: index).pointee.owner = owner
             let generation = Self.generation(slot(at: index))
             let live = oy_shim_load_acquire_u32(generation) &+ 1  // odd: live
             oy_shim_store_release_u32(generation, live)
@@ -98,10 +102,14 @@ final class LockTable: @unchecked Sendable {
         }
     }
 
-    /// The mutex of a live lock; nil for a handle that names none.
+    /// The mutex of a live lock; nil for a handle that names none, or one
+    /// of another driver than `caller` (0: any driver).
     @inline(__always)
-    func mutex(_ handle: OpaquePointer?) -> UnsafeMutablePointer<pthread_mutex_t>? {
-        live(handle).map { mutexPointer($0.slot) }
+    func mutex(_ handle: OpaquePointer?, caller: UInt = 0) -> UnsafeMutablePointer<pthread_mutex_t>? {
+        guard let (_, slot) = live(handle) else { return nil }
+        let owner = slot.pointee.owner
+        guard caller == 0 || owner == 0 || owner == caller else { return nil }
+        return mutexPointer(slot)
     }
 
     @inline(__always)
@@ -138,7 +146,7 @@ final class LockTable: @unchecked Sendable {
         if index % Self.slotsPerChunk == 0 {
             let memory = UnsafeMutablePointer<Slot>.allocate(capacity: Self.slotsPerChunk)
             for i in 0..<Self.slotsPerChunk {
-                (memory + i).initialize(to: Slot(generation: 0, mutex: pthread_mutex_t()))
+                (memory + i).initialize(to: Slot(generation: 0, owner: 0, mutex: pthread_mutex_t()))
                 guard pthread_mutex_init(mutexPointer(memory + i), nil) == 0 else { return nil }
             }
             chunks[chunk] = memory

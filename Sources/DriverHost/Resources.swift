@@ -30,7 +30,12 @@ final class ResourceOwner: @unchecked Sendable {
     // @unchecked Sendable: `resources` is guarded by `lock`.
     let label: String
     /// The driver this owner's resources belong to, for violation reports.
-    weak var library: DriverLibrary?
+    weak var library: DriverLibrary? {
+        didSet { libraryKey = library.map { UInt(bitPattern: Unmanaged.passUnretained($0).toOpaque()) } ?? 0 }
+    }
+    /// The same driver as a plain value (0: none yet), compared with the
+    /// calling driver's on every service call without a weak load.
+    private(set) var libraryKey: UInt = 0
     private let lock = NSLock()
     private var resources: [UInt: Resource] = [:]
     private var order: UInt = 0
@@ -59,7 +64,7 @@ final class ResourceOwner: @unchecked Sendable {
     /// Takes back the resource behind `handle` if it is a `T`; nil for
     /// stale, forged or wrong-kind handles. The caller reclaims it.
     static func release<T: Resource>(_ handle: OpaquePointer?, as type: T.Type) -> T? {
-        guard let resource = HandleTable.shared.remove(handle, as: type) else { return nil }
+        guard let resource = HandleTable.shared.remove(handle, as: type, if: { HostServices.isCallers($0.owner) }) else { return nil }
         resource.owner.forget(key: UInt(bitPattern: handle!))
         return resource
     }

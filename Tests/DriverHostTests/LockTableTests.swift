@@ -1,6 +1,7 @@
 @testable import DriverHost
 import Foundation
 import Glibc
+import OyakoTestSupport
 import Synchronization
 import Testing
 
@@ -65,5 +66,34 @@ private final class Marker: Sendable {}
             }
         }
         #expect(counter.value == threads * rounds)
+    }
+}
+
+/// Handles live in tables shared by every driver in the process: one
+/// driver's handle is refused when another driver passes it (a guess, or a
+/// stale value a new resource reused), so no driver takes another's lock or
+/// arms its timer.
+@Suite struct ForeignHandleTests {
+    @Test func aLockIsTakenOnlyByItsOwnDriver() throws {
+        let table = LockTable.shared
+        let handle = try #require(table.create(owner: 0xA000))
+        defer { _ = table.destroy(handle) }
+        #expect(table.mutex(handle, caller: 0xA000) != nil)
+        #expect(table.mutex(handle, caller: 0xB000) == nil, "another driver's lock")
+        #expect(table.mutex(handle) != nil, "the host itself, in no driver's callback")
+    }
+
+    @Test func aResourceIsTheCallingDriversOnly() throws {
+        let mine = try DriverLibrary.load(path: try Fixtures.fixtureDriver(), environment: RecordingEnvironment())
+        let theirs = try DriverLibrary.load(path: try Fixtures.fixtureDriver(defines: ["MUTANT_SERVICE_MISUSE"]), environment: RecordingEnvironment())
+        defer {
+            _ = mine.unload()
+            _ = theirs.unload()
+        }
+        let owner = ResourceOwner(label: "a device of mine")
+        owner.library = mine
+        #expect(mine.callDriver("probe") { HostServices.isCallers(owner) })
+        #expect(!theirs.callDriver("probe") { HostServices.isCallers(owner) }, "another driver's callback")
+        #expect(HostServices.isCallers(owner), "the host, in no driver's callback")
     }
 }
