@@ -669,7 +669,16 @@ enum HostServices {
     ) -> Int32 {
         create(host, device, out, service: service, valid: fn != nil) { owner in
             let call = InterruptCall(function: fn!, argument: arg)  // `valid` checked it
-            return ScheduledItem(item: Scheduler.Item { call.function(call.argument) }, kind: kind, owner: owner)
+            // It runs as its driver's callback, like an interrupt handler:
+            // a handle it passes is checked against that driver, and what it
+            // does wrong is pinned on it. Looked up when it runs (an item
+            // made in init runs once the owner knows its driver); weak: the
+            // owner holds the item.
+            let callback: StaticString = kind == "timer" ? "timer callback" : "work callback"
+            return ScheduledItem(item: Scheduler.Item { [weak owner] in
+                guard let library = owner?.library else { return call.function(call.argument) }
+                library.callDriver(callback) { call.function(call.argument) }
+            }, kind: kind, owner: owner)
         }
     }
 

@@ -62,6 +62,10 @@ import Workloads
         let huge = try misuse(6)
         #expect(try misuse(7).result == "1", "a timer armed with the largest delay does not fire at once")
         #expect(huge.result == "4", "mem_alloc of SIZE_MAX, past Int, just under it with red zones and past 1 GiB: each NULL: \(huge)")
+        // A timer runs as its driver's callback: what it does wrong is that
+        // driver's, and a handle it uses is checked against that driver.
+        let deferred = try misuse(8)
+        #expect(deferred.result == "0" && deferred.reported == ["lock_acquire called with an invalid or released handle"], "\(deferred)")
     }
 }
 

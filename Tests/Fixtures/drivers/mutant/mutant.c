@@ -320,6 +320,19 @@ static int32_t mutant_m_work_destroy_races(void *instance, uint32_t rounds) {
 #ifdef MUTANT_SERVICE_MISUSE
 static void mutant_timer_fired(void *arg) { __atomic_store_n((int *)arg, 1, __ATOMIC_SEQ_CST); }
 
+/* A timer callback that misuses a handle: the host must pin it on this driver. */
+typedef struct {
+    const oy_host *host;
+    oy_event *done;
+} mutant_misuse_run;
+
+static void mutant_timer_misuses(void *arg) {
+    mutant_misuse_run *run = (mutant_misuse_run *)arg;
+    oy_lock *forged = (oy_lock *)(uintptr_t)((5ull << 32) | 0x80000003ull);
+    run->host->lock_acquire(forged);
+    run->host->event_signal(run->done);
+}
+
 /* Defect on request: misuses a lock the way buggy drivers do; each case is a violation the
  * host must report and survive. 1: acquire and release after destroy;
  * 2: a forged handle; 3: destroy while held, then release; 4: a lock
@@ -370,6 +383,23 @@ static int32_t mutant_m_lock_misuse(void *instance, uint32_t which) {
         h->timer_destroy(timer);
         h->event_destroy(pause);
         return __atomic_load_n(&fired, __ATOMIC_SEQ_CST) ? 0 : 1;
+    }
+    case 8: {
+        /* A forged handle used from a timer callback, a deferred context. */
+        mutant_misuse_run run = {h, NULL};
+        oy_timer *timer = NULL;
+        int32_t status;
+        h->lock_destroy(lock);
+        if (h->event_create(h, d->device, &run.done) != OY_OK) return OY_E_NOMEM;
+        if (h->timer_create(h, d->device, mutant_timer_misuses, &run, &timer) != OY_OK) {
+            h->event_destroy(run.done);
+            return OY_E_NOMEM;
+        }
+        h->timer_arm(timer, 1000000ull);
+        status = h->event_wait(run.done, 5000000000ull);
+        h->timer_destroy(timer);
+        h->event_destroy(run.done);
+        return status == OY_OK ? 0 : 1;
     }
     case 6: {
         /* mem_alloc of sizes no allocator gives: each must be NULL, not a crash. */
