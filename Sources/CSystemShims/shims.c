@@ -109,6 +109,12 @@ void oy_shim_set_context_owner(void *owner) { current_owner = owner; }
 
 void *oy_shim_context_owner(void) { return current_owner; }
 
+static _Thread_local void *current_outbox;
+
+void oy_shim_set_outbox(void *outbox) { current_outbox = outbox; }
+
+void *oy_shim_outbox(void) { return current_outbox; }
+
 int oy_shim_errno(void) { return errno; }
 
 void *oy_shim_exchange_pointer(void **slot, void *value) {

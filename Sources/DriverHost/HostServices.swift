@@ -420,7 +420,13 @@ enum HostServices {
                 }
             }
         }
-        t.monotonic_ns = { _ in monotonicNanoseconds() }
+        t.monotonic_ns = { _ in
+            // A driver reading the clock may be waiting for its device (a
+            // bounded spin in submit): in a driver host, what it posted on
+            // this thread goes out now, or it would wait for itself.
+            HostLine.sendThisThreadsBatch()
+            return monotonicNanoseconds()
+        }
     }
 
     /// Memory (host allocations with owners and red tape).
@@ -482,6 +488,7 @@ enum HostServices {
             event.condition.unlock()
         }
         t.event_wait = { handle, timeout in
+            HostLine.sendThisThreadsBatch()  // what it waits for may need it
             guard let event = HostServices.resource(handle, HostEvent.self, service: "event_wait") else { return OY_E_INVALID.rawValue }
             if HostServices.inInterrupt {
                 let callback = oy_shim_context_callback().map { String(cString: $0) } ?? "an interrupt handler"

@@ -127,7 +127,7 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
             hosts = hosts.filter { $0.value.line != nil }
             hosts[pid] = WeakLine(driver.line)
         }
-        driver.line.start(received: { [weak driver] message in driver?.serve(message) }, closed: { [weak driver] reason in driver?.lineClosed(reason) })
+        driver.line.start(received: { [weak driver] messages in driver?.serve(messages) }, closed: { [weak driver] reason in driver?.lineClosed(reason) })
         var body = WireWriter()
         body.string(file.resolvedPath)
         body.string(kernel.environmentName)
@@ -239,6 +239,14 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
     }
 
     // MARK: The host's calls
+
+    /// What one message from the host carried. Submits the completions'
+    /// callbacks make (the next request) go to the host together.
+    private func serve(_ messages: [HostLine.Incoming]) {
+        line.batching {
+            for message in messages { serve(message) }
+        }
+    }
 
     private func serve(_ message: HostLine.Incoming) {
         var message = message

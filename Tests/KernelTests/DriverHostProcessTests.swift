@@ -286,6 +286,49 @@ import Workloads
         return policy
     }
 
+    /// A driver whose submit waits for its device by reading the clock (a
+    /// bounded spin until the command completes, as polled-mode drivers do).
+    /// The host holds a submit's posted register writes to send them
+    /// together, so it must send them when the driver starts to wait, or
+    /// the doorbell never reaches the device while the driver spins.
+    @Test func aDriverThatWaitsInSubmitForItsDeviceIsNotHeldUpByTheLine() throws {
+        let driver = try Fixtures.mutatedReferenceDriver("nvmelite", [
+            ("    nvl_sq_push(d, &d->io, &cmd);\n    d->host->lock_release(d->lock);\n    return OY_OK;\n",
+             """
+                 nvl_sq_push(d, &d->io, &cmd);
+                 d->host->lock_release(d->lock);
+                 {   /* polled: waits up to 1 s for the command to complete (or any completion) */
+                     uint64_t until = d->host->monotonic_ns(d->host) + 1000000000ull;
+                     while (__atomic_load_n(&slot->request, __ATOMIC_ACQUIRE) == req
+                            && (d->io.cq[d->io.cq_head].status & 1u) != d->io.phase) {
+                         if (d->host->monotonic_ns(d->host) > until) {
+                             nvl_log(d, OY_LOG_WARNING, "polled submit: the device did not answer in 1 s");
+                             break;
+                         }
+                     }
+                 }
+                 return OY_OK;
+
+             """),
+        ])
+        let (testbed, kernel) = try Self.isolatedSystem(driver: driver)
+        defer {
+            kernel.shutdown()
+            testbed.machine.shutdown()
+        }
+        let disk = try #require(kernel.blockLayer.disks.first)
+        #expect(kernel.driverHostProcess(at: testbed.nvmeSlot.address) != nil)
+        let buffer = try #require(disk.allocateBuffer(length: disk.geometry.blockSize))
+        for lba in 0..<4 as Range<UInt64> {
+            buffer.pointer.initializeMemory(as: UInt8.self, repeating: UInt8(lba + 1), count: buffer.length)
+            try disk.perform(.write, lba: lba, blocks: 1, buffer: buffer)
+            try disk.perform(.read, lba: lba, blocks: 1, buffer: buffer)
+            #expect(buffer.pointer.load(as: UInt8.self) == UInt8(lba + 1))
+        }
+        let waited = kernel.log.all.filter { $0.message.contains("the device did not answer") }
+        #expect(waited.isEmpty, "the driver waited out its spin: its doorbell was held back (\(waited.count) times)")
+    }
+
     @Test func aDriverThatCrashesIsRestartedAndNoAcknowledgedWriteIsLost() throws {
         let state = Fixtures.temporaryDirectory("crash")
         let driver = try Fixtures.nvmeliteCrashing(afterSubmits: 400, marker: state + "/crashed")

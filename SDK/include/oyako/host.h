@@ -163,7 +163,13 @@ struct oy_host {
     void (*regs_unmap)(oy_regs *regs); /* [passive] */
     /* Register access. Offsets must be naturally aligned and inside the
      * window. A read of a removed device or of a bad offset returns all ones,
-     * like a master abort on real hardware. [any-thread] */
+     * like a master abort on real hardware.
+     * Writes (here and port_out8) are posted, as on PCI: one may reach the
+     * device after the call returns, but in order, and before any later
+     * register or port read, config access, monotonic_ns or event_wait on
+     * the same thread, and by the time the callback returns. To wait for the device
+     * to react to a write, wait in one of those ways: a loop that calls none
+     * of them may still hold the write back. [any-thread] */
     uint32_t (*reg_read32)(oy_regs *regs, uint64_t offset);
     void (*reg_write32)(oy_regs *regs, uint64_t offset, uint32_t value);
     uint64_t (*reg_read64)(oy_regs *regs, uint64_t offset);

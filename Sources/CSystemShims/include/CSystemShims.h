@@ -25,6 +25,9 @@ const char *oy_shim_context_callback(void);
  * cannot trace is still attributed. NULL outside driver callbacks. */
 void oy_shim_set_context_owner(void *owner);
 void *oy_shim_context_owner(void);
+/* The driver-host line outbox this thread is batching into (HostLine.batching), or NULL. */
+void oy_shim_set_outbox(void *outbox);
+void *oy_shim_outbox(void);
 
 /* Atomically swap *slot with value; returns the previous value. Used where
  * a driver may race with itself (completing one request twice). */

@@ -51,6 +51,23 @@ public enum HostMessage: UInt32, Sendable {
     /// Several completions (disk requests, frames sent) reaped in one run of
     /// the interrupt handler: count, then (kind, tag, status) each.
     case completions
+    /// Posted messages one thread made in one run of work (the submits of
+    /// one message, one run of an interrupt handler), sent as one: each is
+    /// [kind u32][length u32][body]. See `HostLine.batching`.
+    case batch = 0x100
+
+    /// Whether a posted message may wait in its thread's batch until the run
+    /// ends: the I/O path's messages. Log lines, violations and the rest go
+    /// at once, so a host that dies a moment later has said them.
+    public var mayWait: Bool {
+        switch self {
+        case .submit, .netTransmit, .mmioWrite, .portWrite, .dmaUnmap, .maskInterrupt, .unmaskInterrupt,
+             .complete, .completions, .netTxComplete, .netReceived, .serialReceived, .serialReady:
+            true
+        default:
+            false
+        }
+    }
 
     public static let replyBit: UInt32 = 0x8000_0000
     /// Largest message either side sends.
@@ -59,7 +76,7 @@ public enum HostMessage: UInt32, Sendable {
 
 /// A message's body, built field by field.
 public struct WireWriter: Sendable {
-    public private(set) var bytes: [UInt8] = []
+    public fileprivate(set) var bytes: [UInt8] = []
     public init() {}
     public mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes += $0 } }
     public mutating func i32(_ v: Int32) { u32(UInt32(bitPattern: v)) }
@@ -182,9 +199,12 @@ public final class HostLine: @unchecked Sendable {
 
     public init(socket: Int32) { self.socket = socket }
 
-    /// Starts the reader thread.
-    public func start(received: @escaping @Sendable (Incoming) -> Void, closed: @escaping @Sendable (String) -> Void) {
+    /// Starts the reader thread. `received` gets what one message carried:
+    /// one request or posted message, or the posted messages of a batch, in
+    /// the order they were made.
+    public func start(received: @escaping @Sendable ([Incoming]) -> Void, closed: @escaping @Sendable (String) -> Void) {
         Thread.detachNewThread { [self] in
+            oy_shim_name_thread("line reader")  // for ps, perf and gdb
             let reason = readLoop(received)
             let waiters = state.withLock { s -> [Waiter] in
                 s.closed = reason
@@ -232,6 +252,8 @@ public final class HostLine: @unchecked Sendable {
             s.waiting[s.next] = waiter
             return s.next
         }
+        // What this thread has batched goes first: a call sees the writes before it.
+        ownOutbox?.flush()
         guard write(kind.rawValue, sequence, body, fds: fds) else {
             _ = state.withLock { $0.waiting.removeValue(forKey: sequence) }
             throw .closed(Closed(reason: "the other end is gone"))
@@ -250,25 +272,106 @@ public final class HostLine: @unchecked Sendable {
     }
 
     /// Sends a message that has no reply. False once the line is closed.
+    /// Inside `batching` on this thread, an I/O message (`mayWait`) waits
+    /// for the end of the run; anything else sends what waits first.
     @discardableResult
     public func post(_ kind: HostMessage, _ body: WireWriter = WireWriter(), fds: [Int32] = []) -> Bool {
-        write(kind.rawValue, 0, body, fds: fds)
+        if let box = ownOutbox {
+            if fds.isEmpty, kind.mayWait, body.bytes.count + 16 <= HostMessage.maxSize {
+                guard !isClosed else { return false }
+                return box.add(kind.rawValue, body)
+            }
+            guard box.flush() else { return false }
+        }
+        return write(kind.rawValue, 0, body, fds: fds)
     }
 
     /// Answers `request`.
     @discardableResult
     public func reply(to request: Incoming, _ body: WireWriter = WireWriter(), fds: [Int32] = []) -> Bool {
-        write(request.kind | HostMessage.replyBit, request.sequence, body, fds: fds)
+        ownOutbox?.flush()
+        return write(request.kind | HostMessage.replyBit, request.sequence, body, fds: fds)
+    }
+
+    /// Runs `body` with this thread's posted I/O messages to this line held
+    /// back and sent as one message when it returns (or sooner, before a
+    /// call, a reply or a message that may not wait, so this thread's order
+    /// holds). Under load that is one system call and one wake-up of the
+    /// other end per run instead of one per request. Only for work that
+    /// does not wait on the other end: a submit, an interrupt handler.
+    public func batching<R>(_ body: () throws -> R) rethrows -> R {
+        if ownOutbox != nil { return try body() }
+        let outer = oy_shim_outbox()
+        // Another line's batch, open further out on this thread, goes first.
+        if let outer { Unmanaged<Outbox>.fromOpaque(outer).takeUnretainedValue().flush() }
+        let box = Outbox(line: self)
+        oy_shim_set_outbox(Unmanaged.passUnretained(box).toOpaque())
+        defer {
+            oy_shim_set_outbox(outer)
+            box.flush()
+        }
+        return try body()
+    }
+
+    /// Sends what this thread's open batch holds, for whichever line: the
+    /// thread is about to wait, and what it waits for may need it.
+    public static func sendThisThreadsBatch() {
+        guard let raw = oy_shim_outbox() else { return }
+        Unmanaged<Outbox>.fromOpaque(raw).takeUnretainedValue().flush()
+    }
+
+    /// This thread's open batch, if it is for this line.
+    private var ownOutbox: Outbox? {
+        guard let raw = oy_shim_outbox() else { return nil }
+        let box = Unmanaged<Outbox>.fromOpaque(raw).takeUnretainedValue()
+        return box.line === self ? box : nil
+    }
+
+    /// The posted messages one thread holds back in a `batching` run.
+    private final class Outbox {
+        let line: HostLine
+        /// [kind u32][length u32][body], each.
+        private var framed = WireWriter()
+        private var count = 0
+        private var firstKind: UInt32 = 0
+
+        init(line: HostLine) { self.line = line }
+
+        func add(_ kind: UInt32, _ body: WireWriter) -> Bool {
+            if 8 + framed.bytes.count + 8 + body.bytes.count > HostMessage.maxSize, !flush() { return false }
+            if count == 0 { firstKind = kind }
+            count += 1
+            framed.u32(kind)
+            framed.u32(UInt32(body.bytes.count))
+            framed.bytes += body.bytes
+            return true
+        }
+
+        /// Sends what waits: one message as itself, more as a batch.
+        @discardableResult
+        func flush() -> Bool {
+            guard count > 0 else { return true }
+            defer {
+                count = 0
+                framed.bytes.removeAll(keepingCapacity: true)
+            }
+            if count == 1 { return line.write(firstKind, 0, framed.bytes[8...]) }
+            return line.write(HostMessage.batch.rawValue, 0, framed.bytes[...])
+        }
     }
 
     /// Shuts the line down both ways (the reader thread then ends).
     public func shutDown() { _ = Glibc.shutdown(socket, Int32(SHUT_RDWR)) }
 
     private func write(_ kind: UInt32, _ sequence: UInt32, _ body: WireWriter, fds: [Int32]) -> Bool {
+        write(kind, sequence, body.bytes[...], fds: fds)
+    }
+
+    private func write(_ kind: UInt32, _ sequence: UInt32, _ body: ArraySlice<UInt8>, fds: [Int32] = []) -> Bool {
         var message = WireWriter()
         message.u32(kind)
         message.u32(sequence)
-        let bytes = message.bytes + body.bytes
+        let bytes = message.bytes + body
         guard bytes.count <= HostMessage.maxSize else { return false }
         return sendLock.withLock {
             bytes.withUnsafeBytes { raw in
@@ -277,7 +380,7 @@ public final class HostLine: @unchecked Sendable {
         }
     }
 
-    private func readLoop(_ received: @Sendable (Incoming) -> Void) -> String {
+    private func readLoop(_ received: @Sendable ([Incoming]) -> Void) -> String {
         var buffer = [UInt8](repeating: 0, count: HostMessage.maxSize)
         var fds = [Int32](repeating: -1, count: 8)
         while true {
@@ -303,9 +406,29 @@ public final class HostLine: @unchecked Sendable {
                 }
                 waiter.reply = (body, received_fds)
                 waiter.done.signal()
+            } else if kind == HostMessage.batch.rawValue {
+                guard received_fds.isEmpty, let parts = Self.split(batch: buffer[8..<n]) else {
+                    for fd in received_fds { _ = close(fd) }
+                    return "a malformed batch of messages (\(n) bytes)"
+                }
+                received(parts)
             } else {
-                received(Incoming(kind: kind, sequence: sequence, body: body, fds: received_fds))
+                received([Incoming(kind: kind, sequence: sequence, body: body, fds: received_fds)])
             }
         }
+    }
+
+    /// A batch's posted messages; nil when it is malformed (a part runs
+    /// past the end, is a reply, or is a batch itself).
+    private static func split(batch: ArraySlice<UInt8>) -> [Incoming]? {
+        var reader = WireReader(Array(batch)), parts: [Incoming] = []
+        while reader.offset < reader.bytes.count {
+            guard let kind = try? reader.u32(), let length = try? reader.u32(), kind & HostMessage.replyBit == 0, kind != HostMessage.batch.rawValue,
+                Int(length) <= reader.bytes.count - reader.offset
+            else { return nil }
+            parts.append(Incoming(kind: kind, sequence: 0, body: WireReader(Array(reader.bytes[reader.offset..<(reader.offset + Int(length))])), fds: []))
+            reader.offset += Int(length)
+        }
+        return parts.isEmpty ? nil : parts
     }
 }

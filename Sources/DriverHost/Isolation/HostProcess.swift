@@ -390,6 +390,9 @@ final class HostSide: @unchecked Sendable {
     // @unchecked Sendable: the driver state is touched only on `requests`; `inFlight` is guarded by its Mutex.
     let line: HostLine
     private let requests = DispatchQueue(label: "oyako.driver-host")
+    /// Messages the reader took off the line for `requests`, and whether a
+    /// drain of them is queued or running there.
+    private let mailbox = Mutex<(pending: [HostLine.Incoming], draining: Bool)>(([], false))
     private let ended = DispatchSemaphore(value: 0)
     private var environment: RemoteEnvironment?
     private var library: DriverLibrary?
@@ -413,11 +416,25 @@ final class HostSide: @unchecked Sendable {
             body.string(entry.driver ?? ""); body.string(entry.callback ?? ""); body.string(entry.message)
             line.post(.violation, body)
         }
-        line.start(received: { [self] message in
+        line.start(received: { [self] messages in
             // On the reader thread, not behind a driver call that may never return.
-            if message.kind == HostMessage.reportHangs.rawValue { return _ = oy_shim_report_hangs() }
-            if message.kind == HostMessage.whereStuck.rawValue { return Self.answerWhereStuck(message, on: line) }
-            requests.async { self.handle(message) }
+            let queued = messages.filter { message in
+                switch HostMessage(rawValue: message.kind) {
+                case .reportHangs: _ = oy_shim_report_hangs()
+                case .whereStuck: Self.answerWhereStuck(message, on: line)
+                default: return true
+                }
+                return false
+            }
+            guard !queued.isEmpty else { return }
+            // Into the mailbox; the queue is woken only when it is not
+            // already draining it, and then takes all that waits at once.
+            let wake = mailbox.withLock { m -> Bool in
+                m.pending += queued
+                defer { m.draining = true }
+                return !m.draining
+            }
+            if wake { requests.async { self.drainMailbox() } }
         }, closed: { [ended] _ in ended.signal() })
         ended.wait()
         return 0
@@ -433,6 +450,45 @@ final class HostSide: @unchecked Sendable {
         var reply = WireWriter()
         DriverFault.collectHangReports(since: since, limit: HostMessage.maxSize - 64).withUnsafeBytes { reply.data($0) }
         line.reply(to: message, reply)
+    }
+
+    /// Handles what the reader put in the mailbox, oldest first, until it
+    /// is empty. [requests]
+    private func drainMailbox() {
+        while let messages = mailbox.withLock({ m -> [HostLine.Incoming]? in
+            guard !m.pending.isEmpty else {
+                m.draining = false
+                return nil
+            }
+            defer { m.pending.removeAll(keepingCapacity: true) }
+            return m.pending
+        }) {
+            handle(messages)
+        }
+    }
+
+    /// What the Kernel sent, in order. A run of
+    /// submits (and transmits) is one batch: the driver's doorbell writes
+    /// and what it completes at once go back as one message.
+    private func handle(_ messages: [HostLine.Incoming]) {
+        var next = 0
+        while next < messages.count {
+            guard Self.isIO(messages[next]) else {
+                handle(messages[next])
+                next += 1
+                continue
+            }
+            line.batching {
+                while next < messages.count, Self.isIO(messages[next]) {
+                    handle(messages[next])
+                    next += 1
+                }
+            }
+        }
+    }
+
+    private static func isIO(_ message: HostLine.Incoming) -> Bool {
+        message.kind == HostMessage.submit.rawValue || message.kind == HostMessage.netTransmit.rawValue
     }
 
     private func handle(_ message: HostLine.Incoming) {
@@ -537,7 +593,8 @@ final class HostSide: @unchecked Sendable {
                                       interruptCount: interrupts, location: location)
             let remote = RemoteDevice(info: info, line: line, memory: memory) { [weak self] handler in
                 guard let self else { return handler() }
-                self.batchingCompletions(handler)
+                // What one run writes to registers and completes goes as one message.
+                self.line.batching { self.batchingCompletions(handler) }
             }
             self.device = remote
             let probe = library.probe(remote)
@@ -696,7 +753,7 @@ final class HostSide: @unchecked Sendable {
             b.withDriver -= 1
             return !b.waiting.isEmpty
         }
-        if waiting { requests.async { [self] in startWaiting() } }
+        if waiting { requests.async { [self] in line.batching { startWaiting() } } }
     }
 
     /// A frame to send, in the OS's memory the Kernel shares (mapped for the device already).

@@ -1,0 +1,144 @@
+import DriverHost
+import Foundation
+import Glibc
+import Synchronization
+import Testing
+
+/// Two ends of one SOCK_SEQPACKET pair; `far` records what it receives,
+/// one entry per message that arrived, and answers calls.
+private final class Pair: Sendable {
+    final class Inbox: Sendable {
+        let deliveries = Mutex<[[(kind: UInt32, value: UInt32)]]>([])
+        let closedBecause = Mutex<String?>(nil)
+        let arrived = DispatchSemaphore(value: 0)
+        var count: Int { deliveries.withLock { $0.joined().count } }
+    }
+
+    let near: HostLine, far: HostLine
+    let inbox = Inbox()
+    let rawNear: Int32
+
+    init() throws {
+        var fds: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0, &fds) == 0 else { throw POSIXError(.EMFILE) }
+        rawNear = fds[0]
+        near = HostLine(socket: fds[0])
+        far = HostLine(socket: fds[1])
+        near.start(received: { _ in }, closed: { _ in })
+        far.start(received: { [inbox, far] messages in
+            var values: [(kind: UInt32, value: UInt32)] = []
+            for var message in messages {
+                values.append((message.kind, (try? message.body.u32()) ?? UInt32.max))
+                if message.kind == HostMessage.configRead.rawValue {
+                    // Answers with how many posted messages arrived before the call.
+                    var reply = WireWriter()
+                    reply.u32(UInt32(inbox.count))
+                    far.reply(to: message, reply)
+                }
+            }
+            inbox.deliveries.withLock { $0.append(values) }
+            inbox.arrived.signal()
+        }, closed: { [inbox] reason in
+            inbox.closedBecause.withLock { $0 = reason }
+            inbox.arrived.signal()
+        })
+    }
+
+    deinit {
+        near.shutDown()
+        far.shutDown()
+    }
+
+    func post(_ kind: HostMessage, _ value: UInt32, padding: Int = 0) {
+        var body = WireWriter()
+        body.u32(value)
+        if padding > 0 { [UInt8](repeating: 0xEE, count: padding).withUnsafeBytes { body.data($0) } }
+        #expect(near.post(kind, body))
+    }
+
+    /// What arrived, once `count` values have (or after 5 s).
+    func received(_ count: Int) -> [[(kind: UInt32, value: UInt32)]] {
+        let deadline = Date(timeIntervalSinceNow: 5)
+        while inbox.count < count, Date() < deadline { _ = inbox.arrived.wait(timeout: .now() + 0.1) }
+        return inbox.deliveries.withLock { $0 }
+    }
+
+    /// Why the far end's line closed, once it has (or after 5 s).
+    func closedBecause() -> String? {
+        let deadline = Date(timeIntervalSinceNow: 5)
+        while inbox.closedBecause.withLock({ $0 }) == nil, Date() < deadline { _ = inbox.arrived.wait(timeout: .now() + 0.1) }
+        return inbox.closedBecause.withLock { $0 }
+    }
+}
+
+/// The line between the Kernel and a driver host: what a thread posts while
+/// `batching` goes as one message, in order, and never behind something
+/// that must not wait for it.
+@Suite struct HostLineTests {
+    @Test func postsOutsideABatchGoOneByOne() throws {
+        let pair = try Pair()
+        pair.post(.mmioWrite, 1)
+        pair.post(.complete, 2)
+        let got = pair.received(2)
+        #expect(got.map(\.count) == [1, 1])
+    }
+
+    @Test func postsInABatchArriveAsOneMessageInOrder() throws {
+        let pair = try Pair()
+        pair.near.batching {
+            pair.post(.mmioWrite, 1)
+            pair.post(.complete, 2)
+            pair.post(.submit, 3)
+        }
+        let got = pair.received(3)
+        #expect(got.count == 1, "one message: \(got)")
+        #expect(got.joined().map(\.value) == [1, 2, 3])
+        #expect(got.joined().map(\.kind) == [HostMessage.mmioWrite, .complete, .submit].map(\.rawValue))
+    }
+
+    @Test func aMessageThatMayNotWaitGoesAtOnceAfterWhatWaited() throws {
+        let pair = try Pair()
+        pair.near.batching {
+            pair.post(.mmioWrite, 1)
+            pair.post(.log, 2)
+            // The log line is out before the batch ends: a host that dies now has said it.
+            #expect(pair.received(2).joined().map(\.value) == [1, 2])
+            pair.post(.complete, 3)
+        }
+        #expect(pair.received(3).joined().map(\.value) == [1, 2, 3])
+    }
+
+    @Test func aCallSendsTheBatchBeforeIt() throws {
+        let pair = try Pair()
+        let seenBefore = try pair.near.batching { () throws -> UInt32 in
+            pair.post(.mmioWrite, 1)
+            pair.post(.mmioWrite, 2)
+            var reply = try pair.near.call(.configRead, WireWriter()).0
+            return try reply.u32()
+        }
+        #expect(seenBefore == 2, "a register read sees the writes made before it")
+    }
+
+    @Test func aFullBatchIsSentAndANewOneBegun() throws {
+        let pair = try Pair()
+        pair.near.batching {
+            for value in 0..<100 as Range<UInt32> { pair.post(.netReceived, value, padding: 1500) }
+        }
+        let got = pair.received(100)
+        #expect(got.joined().map(\.value) == Array(0..<100), "all, in order")
+        #expect(got.count > 1 && got.count < 100, "split only where a message would pass \(HostMessage.maxSize) bytes: \(got.map(\.count))")
+    }
+
+    @Test func aMalformedBatchClosesTheLineAndSaysSo() throws {
+        let pair = try Pair()
+        // A batch whose one part claims 100 bytes and has 4.
+        var raw = WireWriter()
+        raw.u32(HostMessage.batch.rawValue); raw.u32(0)
+        raw.u32(HostMessage.mmioWrite.rawValue); raw.u32(100); raw.u32(7)
+        let sent = raw.bytes.withUnsafeBytes { send(pair.rawNear, $0.baseAddress, $0.count, 0) }
+        #expect(sent == raw.bytes.count)
+        let reason = try #require(pair.closedBecause())
+        #expect(reason.contains("malformed batch"), "\(reason)")
+        #expect(pair.inbox.count == 0, "nothing of it delivered")
+    }
+}
