@@ -238,6 +238,16 @@ enum HostServices {
         logger.warning("ABI violation: \(message)\(callback.map { " (during \($0))" } ?? "")")
     }
 
+    /// lock_acquire of a lock the calling thread holds: driver locks are not
+    /// recursive, so the thread waits for itself. Said, then done as said:
+    /// the thread never returns (the driver's other threads go on; a
+    /// supervisor or the suite's watchdog ends it).
+    static func waitForEver() -> Never {
+        unattributed(ViolationLog.lockTakenTwice + ": driver locks are not recursive, so the thread waits for itself for ever; "
+            + "release a lock before a call into the OS that may come back into the driver on the same thread (complete(), receive())")
+        while true { _ = sleep(3600) }
+    }
+
     /// Violations that could not be attributed to a driver, since start.
     static var unattributedViolations: Int { unattributedCount.load(ordering: .relaxed) }
 
@@ -470,11 +480,13 @@ enum HostServices {
         t.lock_destroy = { handle in HostServices.destroyLock(handle) }
         t.lock_acquire = { handle in
             guard let mutex = LockTable.shared.mutex(handle, caller: HostServices.callerKey) else { return HostServices.unattributed("lock_acquire called with an invalid or released handle") }
-            pthread_mutex_lock(mutex)
+            if pthread_mutex_lock(mutex) == EDEADLK { HostServices.waitForEver() }
         }
         t.lock_release = { handle in
             guard let mutex = LockTable.shared.mutex(handle, caller: HostServices.callerKey) else { return HostServices.unattributed("lock_release called with an invalid or released handle") }
-            pthread_mutex_unlock(mutex)
+            if pthread_mutex_unlock(mutex) == EPERM {
+                HostServices.unattributed("lock_release of a lock this thread does not hold (a lock is released by the thread that took it)")
+            }
         }
         t.event_create = { host, device, out in
             HostServices.create(host, device, out, service: "event_create") { HostEvent(owner: $0) }

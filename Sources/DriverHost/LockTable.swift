@@ -145,9 +145,16 @@ final class LockTable: @unchecked Sendable {
         let chunk = index / Self.slotsPerChunk
         if index % Self.slotsPerChunk == 0 {
             let memory = UnsafeMutablePointer<Slot>.allocate(capacity: Self.slotsPerChunk)
+            // Error-checking: a thread taking a lock it holds gets EDEADLK
+            // (reported, see lock_acquire) instead of hanging unexplained,
+            // and one releasing a lock it does not hold gets EPERM.
+            var attributes = pthread_mutexattr_t()
+            pthread_mutexattr_init(&attributes)
+            defer { pthread_mutexattr_destroy(&attributes) }
+            pthread_mutexattr_settype(&attributes, Int32(PTHREAD_MUTEX_ERRORCHECK))
             for i in 0..<Self.slotsPerChunk {
                 (memory + i).initialize(to: Slot(generation: 0, owner: 0, mutex: pthread_mutex_t()))
-                guard pthread_mutex_init(mutexPointer(memory + i), nil) == 0 else { return nil }
+                guard pthread_mutex_init(mutexPointer(memory + i), &attributes) == 0 else { return nil }
             }
             chunks[chunk] = memory
             published.store(chunk + 1, ordering: .releasing)

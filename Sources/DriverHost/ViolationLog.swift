@@ -75,6 +75,9 @@ import Synchronization
     public static func recordForwarded(_ entry: Entry) { record(entry) }
 
     /// How many violations were recorded so far: pass it to `since` later.
+    /// How the violation of a thread taking a driver lock it holds begins.
+    public static let lockTakenTwice = "lock_acquire of a lock this thread already holds"
+
     public static var mark: Int { log.withLock { $0.count } }
 
     /// The violations recorded after `mark` (at most the last `limit`).

@@ -66,6 +66,8 @@ import Workloads
         // driver's, and a handle it uses is checked against that driver.
         let deferred = try misuse(8)
         #expect(deferred.result == "0" && deferred.reported == ["lock_acquire called with an invalid or released handle"], "\(deferred)")
+        let unheld = try misuse(9)
+        #expect(unheld.reported == ["lock_release of a lock this thread does not hold (a lock is released by the thread that took it)"], "\(unheld)")
     }
 }
 

@@ -384,6 +384,11 @@ static int32_t mutant_m_lock_misuse(void *instance, uint32_t which) {
         h->event_destroy(pause);
         return __atomic_load_n(&fired, __ATOMIC_SEQ_CST) ? 0 : 1;
     }
+    case 9:
+        /* Released without being taken. */
+        h->lock_release(lock);
+        h->lock_destroy(lock);
+        return 0;
     case 8: {
         /* A forged handle used from a timer callback, a deferred context. */
         mutant_misuse_run run = {h, NULL};
