@@ -122,6 +122,16 @@ extension Catalogue {
                 return .passed("\(accountingRequests) requests, each completed once")
             }
         },
+        CheckDefinition("io.block.from-complete", "the OS submits waiting requests from inside complete(), as its queue does: every one completes and reads back",
+                        requires: ["io.basic"], classes: block, timeout: 25) { c in
+            try withDriver(c) { rig in
+                guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
+                switch submitsFromInsideComplete(disk, deadlocked: { c.sawLockTakenTwice }) {
+                case .failure(let problem): return c.decided(.failed(problem.text))
+                case .success(let count): return .passed("\(count) writes and \(count) reads, \(count - max(1, disk.geometry.queueDepth)) of each waiting past the driver's depth: all completed, read back as written")
+                }
+            }
+        },
         CheckDefinition("io.block.durability", "writes acknowledged before a completed flush survive a power cut", requires: ["io.block.flush"], classes: block, hostable: true) { c in
             try withDriver(c, writeCache: true) { rig in
                 guard let disk = rig.kernel.blockLayer.disks.first, let nvme = rig.nvmes.first else { return .failed("no disk registered") }
@@ -177,6 +187,59 @@ extension Catalogue {
         return "a read of \(over) blocks, one more than the max_transfer_blocks of \(g.maxTransferBlocks) the driver registered, "
             + (status.isOK ? "succeeded" : "answered \(status)") + (sent > 0 ? " after reaching the device" : "")
             + "; refuse it with OY_E_RANGE before the device sees it (SDK/CLASSES.md)"
+    }
+
+    /// Writes, then reads back, more single blocks than the driver's queue
+    /// depth, all submitted at once through the OS's queue: the ones past
+    /// the depth wait there, and each completion hands the next to the
+    /// driver from inside complete(), on the thread that completes. Returns
+    /// how many of each, or what went wrong.
+    static func submitsFromInsideComplete(_ disk: Disk, deadlocked: () -> Bool) -> Result<Int, ReentryProblem> {
+        let g = disk.geometry, depth = max(1, g.queueDepth)
+        let count = Int(min(UInt64(max(5 * depth, 64)), 512, g.blockCount))
+        guard let buffer = disk.allocateBuffer(length: count * g.blockSize) else { return .failure(ReentryProblem("cannot allocate \(count) blocks of I/O memory")) }
+        let pattern = { (block: Int, byte: Int) in UInt8(truncatingIfNeeded: block &* 131 &+ byte &* 7 &+ 1) }
+        for block in 0..<count {
+            for byte in 0..<g.blockSize { buffer.pointer.storeBytes(of: pattern(block, byte), toByteOffset: block * g.blockSize + byte, as: UInt8.self) }
+        }
+        for operation in [DiskOperation.write, .read] {
+            if operation == .read { buffer.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: count * g.blockSize) }
+            let done = Mutex((completed: 0, failed: 0))
+            let all = DispatchSemaphore(value: 0)
+            for block in 0..<count {
+                disk.submit(operation, lba: UInt64(block), blocks: 1, buffer: buffer, bufferOffset: block * g.blockSize) { status in
+                    let completed = done.withLock { d -> Int in
+                        d.completed += 1
+                        if !status.isOK { d.failed += 1 }
+                        return d.completed
+                    }
+                    if completed == count { all.signal() }
+                }
+            }
+            _ = all.wait(timeout: .now() + 10)
+            let (completed, failed) = done.withLock { ($0.completed, $0.failed) }
+            guard completed == count else {
+                let missing = "\(count - completed) of \(count) \(operation)s never completed (\(count) submitted at once, the driver's depth is \(depth)). "
+                guard deadlocked() else {
+                    return .failure(ReentryProblem(missing + "The driver holds requests it never completes, and the ones waiting behind them go to it only "
+                        + "as requests complete; complete every accepted request exactly once (SDK/CLASSES.md)"))
+                }
+                return .failure(ReentryProblem(missing + "The OS hands a waiting request to the driver from inside complete(), on the thread that completes: "
+                    + "a driver that calls complete() holding a lock its submit takes deadlocks there. Release your locks before complete() (SDK/CLASSES.md)"))
+            }
+            guard failed == 0 else { return .failure(ReentryProblem("\(failed) of \(count) in-range \(operation)s completed with an error")) }
+        }
+        for block in 0..<count {
+            for byte in 0..<g.blockSize where buffer.pointer.load(fromByteOffset: block * g.blockSize + byte, as: UInt8.self) != pattern(block, byte) {
+                return .failure(ReentryProblem("block \(block) read back different from what was written (first at byte \(byte))"))
+            }
+        }
+        return .success(count)
+    }
+
+    struct ReentryProblem: Error {
+        let text: String
+        init(_ text: String) { self.text = text }
     }
 
     static func accountRequests(_ disk: Disk, total: Int, deadline: Double) -> (lost: Int, heldByDriver: Int, failed: Int) {

@@ -1,4 +1,5 @@
 @_spi(Conformance) import DriverHost
+import Devices
 import Foundation
 import Kernel
 import Synchronization
@@ -63,6 +64,16 @@ extension Catalogue {
                     return .failed(failure)
                 }
                 return .passed("\(traffic.count) frames each way", observation: Observation(["frames_each_way": "\(traffic.count)"]))
+            }
+        },
+        CheckDefinition("io.net.from-callbacks", "the OS transmits from inside tx_complete() and receive(), as its queue and its stack do: every frame leaves, none deadlocks",
+                        requires: ["io.basic"], classes: net, timeout: 25) { c in
+            try withInterface(c) { rig, interface, recorder in
+                guard let (nic, _) = rig.nics.first else { return .failed("no NIC in the rig") }
+                let traffic = ReentrantTraffic(interface: interface, recorder: recorder, nic: nic, deadlocked: { c.sawLockTakenTwice })
+                if let problem = traffic.fromCompletions() ?? traffic.fromReceive() { return c.decided(.failed(problem)) }
+                return .passed("\(traffic.sent) frames sent, \(traffic.sent - traffic.depth) of them handed on from inside tx_complete(); "
+                    + "\(ReentrantTraffic.answered) answered from inside receive()")
             }
         },
         CheckDefinition("io.net.counters", "get_stats counts the frames and bytes that went each way", requires: ["io.basic"], classes: net, hostable: true) { c in
@@ -307,6 +318,77 @@ struct RingTraffic {
             guard start + got.count >= end else {
                 return "after \(start) frames had come in from the wire, the driver passed up only \(got.count) of the next \(end - start): receiving stopped"
             }
+        }
+        return nil
+    }
+}
+
+/// The OS calling back into the driver from inside the driver's calls into
+/// it, as it does: its queue hands the next waiting frame to transmit()
+/// from inside tx_complete(), and its stack answers a frame (an ARP
+/// request, an echo) from inside receive(). A driver that makes either call
+/// holding a lock transmit() takes deadlocks.
+struct ReentrantTraffic {
+    let interface: NetInterface
+    let recorder: FrameRecorder
+    let nic: E1KLite
+    /// Whether the host saw a driver thread take its lock twice.
+    let deadlocked: @Sendable () -> Bool
+    var depth: Int { max(1, interface.netdev.queueDepth) }
+    /// Frames sent while the link partner pauses the transmitter: those
+    /// past the driver's depth wait in the OS's queue.
+    var sent: Int { depth + min(2 * depth, 256) }
+    static let answered = 64
+
+    func fromCompletions() -> String? {
+        let before = recorder.wait(count: 0, timeout: 0).count
+        let frames = (0..<sent).map { RingTraffic.frame($0, to: RingTraffic.peer, from: interface.mac) }
+        nic.pauseTransmit(true)
+        for (n, frame) in frames.enumerated() where !interface.send(frame) {
+            nic.pauseTransmit(false)
+            return "the interface refused frame \(n) of \(sent) (its software queue is full)"
+        }
+        nic.pauseTransmit(false)
+        let wire = Array(recorder.wait(count: before + sent, timeout: 10).dropFirst(before))
+        for (n, (seen, frame)) in zip(wire, frames).enumerated() {
+            if let problem = RingTraffic.problem(n, sent: frame, wire: seen) { return problem }
+        }
+        guard wire.count >= sent else {
+            let missing = "\(sent - wire.count) of \(sent) frames never left (sent at once while the link partner paused the transmitter; the driver's depth is \(depth)). "
+            guard deadlocked() else {
+                return missing + "The driver holds frames it never completes, and the ones waiting behind them go to it only as frames complete; "
+                    + "call tx_complete exactly once per accepted frame (SDK/CLASSES.md)"
+            }
+            return missing + "The OS hands a waiting frame to transmit() from inside tx_complete(), on the thread that completes: a driver that calls tx_complete() "
+                + "holding a lock its transmit takes deadlocks there. Release your locks before tx_complete() (SDK/CLASSES.md)"
+        }
+        return nil
+    }
+
+    func fromReceive() -> String? {
+        let before = recorder.wait(count: 0, timeout: 0).count
+        let mac = interface.mac
+        interface.setUpperLayer { [interface] bytes in
+            // The answer goes out before receive() returns, as the OS's stack sends an ARP reply.
+            guard bytes.count >= 18, Array(bytes[6..<12]) == RingTraffic.peer else { return }
+            let n = Int(bytes[14]) << 24 | Int(bytes[15]) << 16 | Int(bytes[16]) << 8 | Int(bytes[17])
+            _ = interface.send(RingTraffic.frame(n, to: RingTraffic.peer, from: mac))
+        }
+        defer { interface.setUpperLayer(nil) }
+        var answers = 0
+        for start in stride(from: 0, to: Self.answered, by: RingTraffic.burst) {
+            let end = min(start + RingTraffic.burst, Self.answered)
+            for n in start..<end { recorder.inject(RingTraffic.frame(n, to: mac, from: RingTraffic.peer)) }
+            answers = recorder.wait(count: before + end, timeout: 5).count - before
+            if answers < end { break }  // stuck: the rest would wait in vain
+        }
+        guard answers >= Self.answered else {
+            guard deadlocked() else {
+                return "\(Self.answered - answers) of \(Self.answered) frames the OS answered from inside receive() were never sent, or their frames never arrived"
+            }
+            return "\(Self.answered - answers) of \(Self.answered) frames the OS answered from inside receive() were never sent. "
+                + "The OS's stack answers a frame (an ARP request, an echo) from inside receive(), on the thread that delivers it: a driver that calls "
+                + "receive() holding a lock its transmit takes deadlocks there. Release your locks before receive() (SDK/CLASSES.md)"
         }
         return nil
     }

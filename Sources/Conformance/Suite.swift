@@ -121,10 +121,24 @@ public struct ConformanceSuite: Sendable {
     /// line without its newline) is not taken for the verdict.
     public static let verdictMarker = "\u{1}oyverdict "
 
+    /// What starts a verdict a check reached before its teardown (see
+    /// `CheckContext.decided`): the suite takes it when the worker is then
+    /// killed, its teardown hung on the driver the check found broken.
+    public static let earlyVerdictMarker = "\u{1}oyearly "
+
+    /// Where `CheckContext.decided` says a verdict at once (a worker's
+    /// standard output); nil outside a worker.
+    static let earlyVerdicts = Mutex<(@Sendable (CheckOutcome) -> Void)?>(nil)
+
+    /// A worker's: verdicts reached before a check's teardown go to `sink`.
+    public static func sayVerdictsEarly(to sink: @escaping @Sendable (CheckOutcome) -> Void) {
+        earlyVerdicts.withLock { $0 = sink }
+    }
+
     /// The verdict a worker wrote, from its standard output: the JSON after
     /// the last marker.
-    static func verdict(in stdout: String) -> CheckOutcome? {
-        guard let marked = stdout.range(of: verdictMarker, options: .backwards) else { return nil }
+    static func verdict(in stdout: String, marker: String = verdictMarker) -> CheckOutcome? {
+        guard let marked = stdout.range(of: marker, options: .backwards) else { return nil }
         let json = stdout[marked.upperBound...].prefix { $0 != "\n" }
         return try? JSONDecoder().decode(CheckOutcome.self, from: Data(json.utf8))
     }
@@ -151,7 +165,7 @@ public struct ConformanceSuite: Sendable {
         var outcome: CheckOutcome
         do {
             outcome = try check.run(CheckContext(driverPath: driver, environment: environment, timeBudget: timeBudget, hostExecutable: hostExecutable,
-                                                 passedBefore: passedBefore))
+                                                 passedBefore: passedBefore, violationMark: mark))
         } catch {
             outcome = .failed("\(error)")
         }
@@ -309,7 +323,8 @@ public struct ConformanceSuite: Sendable {
         if let report = Self.sanitizerReport(run) ?? Self.threadSanitizerReport(run.stderr, driver: driver) {
             outcome = .failed(report)
         } else if run.timedOut {
-            outcome = Self.hangOutcome(stderr: run.stderr, timeout: timeout, driver: driver)
+            outcome = Self.hangOutcome(stderr: run.stderr, timeout: timeout, driver: driver,
+                                       decided: Self.verdict(in: run.stdout, marker: Self.earlyVerdictMarker))
         } else if let signal = run.signal {
             outcome = crashOutcome(signal: signal, stderr: run.stderr, driver: driver, coreFolder: coreFolder)
         } else if let decoded = Self.verdict(in: run.stdout) {
@@ -375,10 +390,20 @@ public struct ConformanceSuite: Sendable {
 
     /// A check that ran out of time: which driver callbacks had not
     /// returned, with the first one's frames (where it waits or spins).
-    static func hangOutcome(stderr: String, timeout: Double, driver: String) -> CheckOutcome {
+    /// `decided`: the verdict the check reached before its teardown hung.
+    static func hangOutcome(stderr: String, timeout: Double, driver: String, decided: CheckOutcome? = nil) -> CheckOutcome {
         let limit = String(format: "no verdict within %.0f s", timeout)
         guard let fault = DriverFault.hang(stderr: stderr, driver: driver, sources: Addr2Line.sources) else {
+            if var decided {
+                decided.message += "; its teardown then hung, with no driver callback running"
+                return decided
+            }
             return CheckOutcome(verdict: .timeout, message: limit + ": the check hangs, with no driver callback running (the watchdog killed it)")
+        }
+        if var decided {
+            decided.message += "; its teardown then hung: " + fault.message + "; the backtrace follows"
+            decided.backtrace = fault.backtrace
+            return decided
         }
         var outcome = CheckOutcome(verdict: .timeout, message: limit + ": " + fault.message + "; the backtrace follows")
         outcome.backtrace = fault.backtrace

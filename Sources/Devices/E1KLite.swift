@@ -72,6 +72,8 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
     private var icr: UInt32 = 0
     private var ims: UInt32 = 0
     private var link = false
+    /// The link partner asked for a pause (802.3x): nothing is sent.
+    private var paused = false
     private var rxFIFO: [[UInt8]] = []
     private var work = false
     private var port: DevicePort?
@@ -126,6 +128,19 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
             rxFIFO.append(frame)
             work = true
             condition.signal()
+        }
+    }
+
+    /// The link partner's flow control (802.3x PAUSE frames): while paused
+    /// the transmitter sends nothing and frames wait in the ring; when the
+    /// pause ends it sends them all.
+    public func pauseTransmit(_ pause: Bool) {
+        condition.withLock {
+            paused = pause
+            if !pause {
+                work = true
+                condition.signal()
+            }
         }
     }
 
@@ -190,7 +205,7 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
             while engine.running && !work { condition.wait() }
             guard engine.running, let port else { break }
             work = false
-            let transmitEnabled = (regs[Register.tctl] ?? 0) & 2 != 0
+            let transmitEnabled = (regs[Register.tctl] ?? 0) & 2 != 0 && !paused
             let receiveEnabled = (regs[Register.rctl] ?? 0) & 2 != 0
             let tx = Ring(base: UInt64(regs[Register.tdbal] ?? 0) | UInt64(regs[Register.tdbah] ?? 0) << 32,
                           count: Int(regs[Register.tdlen] ?? 0) / 16, head: Int(regs[Register.tdh] ?? 0), tail: Int(regs[Register.tdt] ?? 0))

@@ -137,6 +137,11 @@ struct ConformanceWorkerCommand: ParsableCommand {
                 ConformanceSuite.reportHangs()
             }
         }
+        ConformanceSuite.sayVerdictsEarly { outcome in
+            guard let data = try? JSONEncoder().encode(outcome) else { return }
+            fflush(nil)
+            FileHandle.standardOutput.write(Data(("\n" + ConformanceSuite.earlyVerdictMarker).utf8) + data + Data("\n".utf8))
+        }
         if keepCore {
             // As large as this user may make it (unlimited for root).
             var limit = rlimit()

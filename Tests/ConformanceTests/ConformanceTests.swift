@@ -272,7 +272,7 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 ("        cmd.cdw10 = (uint32_t)(req->lba & 0xFFFFFFFFu);\n        cmd.cdw11 = (uint32_t)(req->lba >> 32);",
                  "        cmd.cdw10 = (uint32_t)((req->lba - (req->lba > 0)) & 0xFFFFFFFFu);\n        cmd.cdw11 = (uint32_t)((req->lba - (req->lba > 0)) >> 32);"),
             ])
-        }, expected: ["io.block.geometry": .failed]),
+        }, expected: ["io.block.geometry": .failed, "io.block.from-complete": .failed]),
         // Runts reuse buffers that held larger frames: their padding must be
         // cleared, or old data goes out on the wire. io.net.counters' 100
         // frames do not come round this driver's 128-slot ring to a used one.
@@ -280,7 +280,7 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
             try Fixtures.mutatedReferenceDriver("e1klite", [(
                 "    if (length > frame->length) memset(d->tx_data + (size_t)slot * E1K_BUFFER + frame->length, 0, length - frame->length);\n", ""
             )])
-        }, expected: ["io.net.rings": .failed], says: ["was padded with bytes that are not zero"]),
+        }, expected: ["io.net.rings": .failed, "io.net.from-callbacks": .failed], says: ["was padded with bytes that are not zero"]),
         Case(defect: "get_stats fills the whole structure whatever struct_size says", build: {
             try Fixtures.mutatedReferenceDriver("e1klite", [(
                 "memcpy((uint8_t *)out + 8, (const uint8_t *)&d->stats + 8, size - 8u);", "memcpy((uint8_t *)out + 8, (const uint8_t *)&d->stats + 8, sizeof(oy_net_stats) - 8u); (void)size;"
@@ -308,7 +308,7 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         }, expected: ["io.net.rings": .failed], says: ["receiving stopped"]),
         Case(defect: "the frame in the last transmit descriptor is never completed", build: {
             try Fixtures.mutatedReferenceDriver("e1klite", [("        done[n++] = d->tx_frames[d->tx_head];", "        if (d->tx_head != E1K_RING - 1u) done[n++] = d->tx_frames[d->tx_head];")])
-        }, expected: ["io.net.rings": .failed], says: ["were sent but never completed"]),
+        }, expected: ["io.net.rings": .failed, "io.net.from-callbacks": .failed], says: ["were sent but never completed"], saysIn: "io.net.rings"),
         // Mutated copies of the serial reference driver (SDK/CLASSES.md, Serial).
         Case(defect: "divisor 16× off (forgets the clock's /16)", build: {
             try Fixtures.mutatedReferenceDriver("uart16550", [("divisor = U_CLOCK / 16u / line->baud;", "divisor = U_CLOCK / line->baud;")])
@@ -702,5 +702,42 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         for check in ConformanceSuite.catalogue {
             #expect(docs.contains("`\(check.id)`"), "\(check.id) is missing from SDK/CONFORMANCE-CHECKS.md")
         }
+    }
+}
+
+/// The OS calls back into a driver from inside the driver's own calls into
+/// it: its queues hand the next waiting request or frame to the driver from
+/// inside complete() and tx_complete(), and its stack answers a frame from
+/// inside receive(). A driver that makes those calls holding a lock its
+/// submit or transmit takes deadlocks on itself; the suite makes the OS do
+/// so on purpose, and the host names the lock taken twice.
+@Suite struct ReentrancyTests {
+    static let cases: [(defect: String, driver: String, check: String, edit: (String, String))] = [
+        ("complete() with the lock held", "nvmelite", "io.block.from-complete", (
+            "    d->host->lock_release(d->lock);\n\n    for (i = 0; i < n; i++) d->ctx->block->complete(done[i], status[i]);",
+            "    for (i = 0; i < n; i++) d->ctx->block->complete(done[i], status[i]);\n    d->host->lock_release(d->lock);\n"
+        )),
+        ("tx_complete() with the lock held", "e1klite", "io.net.from-callbacks", (
+            "    d->host->lock_release(d->lock);\n    for (i = 0; i < n; i++) d->ctx->net->tx_complete(done[i], OY_OK);",
+            "    for (i = 0; i < n; i++) d->ctx->net->tx_complete(done[i], OY_OK);\n    d->host->lock_release(d->lock);"
+        )),
+        ("receive() with the lock held", "e1klite", "io.net.from-callbacks", (
+            "            d->ctx->net->receive(d->netdev, d->rx_data + (size_t)d->rx_next * E1K_BUFFER, length);",
+            "            d->host->lock_acquire(d->lock);\n            d->ctx->net->receive(d->netdev, d->rx_data + (size_t)d->rx_next * E1K_BUFFER, length);\n            d->host->lock_release(d->lock);"
+        )),
+    ]
+
+    @Test(arguments: 0..<cases.count)
+    func aDriverThatCallsBackHoldingItsLockFailsAndIsToldWhy(_ index: Int) throws {
+        let fixture = Self.cases[index]
+        let driver = try Fixtures.mutatedReferenceDriver(fixture.driver, [fixture.edit])
+        let report = suite(filter: "^io\\.basic$|^\(fixture.check.replacingOccurrences(of: ".", with: "\\."))$").run(driver: driver)
+        let results = report.results.filter { $0.id == fixture.check }
+        #expect(results.count == 2 && results.allSatisfy { $0.verdict == .failed }, "\(fixture.defect): \(results.map { "\($0.environment) \($0.verdict)" })")
+        for result in results {
+            #expect(result.message.contains("holding a lock its"), "\(fixture.defect): \(result.message)")
+            #expect(result.message.contains("lock_acquire of a lock this thread already holds"), "the host names the lock taken twice: \(result.message)")
+        }
+        #expect(report.results.filter { $0.id == "io.basic" }.allSatisfy { $0.verdict == .passed }, "the defect shows only when the OS calls back")
     }
 }
