@@ -137,7 +137,9 @@ public final class Disk: @unchecked Sendable {
     /// When each request a driver has now was handed to it, and to which.
     private var handedOver: [ObjectIdentifier: (at: ContinuousClock.Instant, to: ObjectIdentifier)] = [:]
     private var nextSequence: UInt64 = 0
-    private var removalObservers: [@Sendable (String) -> Void] = []
+    /// By token, in the order they came (tokens only grow).
+    private var removalObservers: [UInt64: @Sendable (String) -> Void] = [:]
+    private var nextRemovalObserver: UInt64 = 0
     /// Fixed for the disk's life: a replacement driver must serve the same
     /// block size and count, at least the same transfer size and flushing.
     public let geometry: BlockGeometry
@@ -291,10 +293,29 @@ public final class Disk: @unchecked Sendable {
     }
 
     /// Calls `observer` once, with the reason, when the disk is removed
-    /// (its device gone, or its driver beyond recovery).
-    public func onRemoval(_ observer: @escaping @Sendable (String) -> Void) {
-        lock.withLock { removalObservers.append(observer) }
+    /// (its device gone, or its driver beyond recovery), unless
+    /// `stopObservingRemoval` takes it back first with the token returned.
+    @discardableResult
+    public func onRemoval(_ observer: @escaping @Sendable (String) -> Void) -> RemovalObserver {
+        lock.withLock {
+            defer { nextRemovalObserver += 1 }
+            removalObservers[nextRemovalObserver] = observer
+            return RemovalObserver(token: nextRemovalObserver)
+        }
     }
+
+    /// Forgets an observer (its user is gone: a child destroyed).
+    public func stopObservingRemoval(_ observer: RemovalObserver) {
+        _ = lock.withLock { removalObservers.removeValue(forKey: observer.token) }
+    }
+
+    /// What `onRemoval` returns, to take the observer back.
+    public struct RemovalObserver: Hashable, Sendable {
+        fileprivate let token: UInt64
+    }
+
+    /// Removal observers registered now.
+    public var removalObserverCount: Int { lock.withLock { removalObservers.count } }
 
     /// Requests held in software now.
     public var heldRequests: Int { queue.waitingCount }
@@ -420,8 +441,8 @@ public final class Disk: @unchecked Sendable {
     func markRemoved(reason: String) {
         queue.markRemoved()
         let observers = lock.withLock { () -> [@Sendable (String) -> Void] in
-            defer { removalObservers = [] }
-            return removalObservers
+            defer { removalObservers = [:] }
+            return removalObservers.sorted { $0.key < $1.key }.map(\.value)
         }
         for observer in observers { observer(reason) }
     }

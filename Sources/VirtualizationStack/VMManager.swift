@@ -35,6 +35,9 @@ public final class VMManager: @unchecked Sendable {
     private var vsps: [PartitionID: [StorageVSP]] = [:]
     private var nics: [PartitionID: [NetworkVSP]] = [:]
     private var nicCount: [PartitionID: Int] = [:]
+    /// The removal observers each child's virtual disks left on the root's
+    /// disks, taken back when it is destroyed (a disk outlives children).
+    private var diskObservers: [PartitionID: [(disk: Disk, observer: Disk.RemovalObserver)]] = [:]
 
     public init(root: RootPartition) {
         self.root = root
@@ -82,7 +85,8 @@ public final class VMManager: @unchecked Sendable {
         guard let relid = root.vmbus.offer(offer, to: id) else { return nil }
         // A disk that goes away (its device removed, its driver beyond
         // restart) takes the child's channel with it, as Hyper-V rescinds.
-        disk.onRemoval { [weak self] reason in self?.root.vmbus.rescind(relid: relid, child: id, reason: reason) }
+        let observer = disk.onRemoval { [weak self] reason in self?.root.vmbus.rescind(relid: relid, child: id, reason: reason) }
+        lock.withLock { diskObservers[id, default: []].append((disk, observer)) }
         return relid
     }
 
@@ -128,12 +132,14 @@ public final class VMManager: @unchecked Sendable {
         try? hypercalls.finalizePartition(child.id)
         root.vmbus.detach(child: child.id)
         try? hypercalls.deletePartition(child.id)
-        lock.withLock {
+        let observers = lock.withLock { () -> [(disk: Disk, observer: Disk.RemovalObserver)] in
             children[child.id] = nil
             vsps[child.id] = nil
             nics[child.id] = nil
             nicCount[child.id] = nil
+            return diskObservers.removeValue(forKey: child.id) ?? []
         }
+        for (disk, observer) in observers { disk.stopObservingRemoval(observer) }
     }
 
     public var running: [Child] { lock.withLock { Array(children.values) } }

@@ -289,7 +289,7 @@ func rootStillWorks(_ system: RootSystem) throws {
     }
 
     /// A destroyed child's guest objects go: nothing keeps its VMBus client,
-    /// VP or partition alive. A channel kept past its guest OS (a VSC
+    /// VP or partition alive, and the disk it was offered keeps nothing of it. A channel kept past its guest OS (a VSC
     /// outliving it) says it is closed when used; it does not reach into the
     /// partition's memory, which is gone.
     @Test func aChannelKeptPastItsGuestIsClosedNotACrash() throws {
@@ -302,6 +302,8 @@ func rootStillWorks(_ system: RootSystem) throws {
         let kept = Kept()
         let system = try RootSystem(drivers: [try Fixtures.referenceDriver()])
         defer { system.shutdown() }
+        let disk = try #require(system.disk)
+        let observers = disk.removalObserverCount
         do {
             let outcome = GuestOutcome<Bool>()
             let child = try system.startChild(name: "keeper", start: 0, blocks: 1024) { os in
@@ -315,8 +317,10 @@ func rootStillWorks(_ system: RootSystem) throws {
                 }
             }
             #expect(try outcome.wait(timeout: 60))
+            #expect(disk.removalObserverCount == observers + 1, "the child's virtual disk watches the root's disk")
             system.vms.destroy(child)
         }
+        #expect(disk.removalObserverCount == observers, "a destroyed child leaves no observer on a disk that outlives it")
         // The guest's code has returned and its partition is destroyed: its
         // OS, VMBus client, VP and partition go.
         let deadline = Date(timeIntervalSinceNow: 5)
