@@ -51,6 +51,8 @@ static struct {
     uint64_t since;
 } callback_threads[CALLBACK_THREAD_SLOTS];
 static _Thread_local int callback_slot = -1;
+/* This thread's kernel ID, asked once (a system call per callback otherwise). */
+static _Thread_local pid_t callback_tid;
 
 static uint64_t monotonic_ns(void) {
     struct timespec t;
@@ -64,7 +66,8 @@ static void enter_callbacks(void) {
         pid_t expected = 0;
         if (__atomic_compare_exchange_n(&callback_threads[i].tid, &expected, -1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
             callback_threads[i].since = monotonic_ns();
-            __atomic_store_n(&callback_threads[i].tid, (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
+            if (callback_tid == 0) callback_tid = (pid_t)syscall(SYS_gettid);
+            __atomic_store_n(&callback_threads[i].tid, callback_tid, __ATOMIC_RELEASE);
             callback_slot = i;
             return;
         }
