@@ -235,6 +235,16 @@ import Workloads
                         (void)send(fd, mask, sizeof(mask), 0);
                         (void)send(fd, unhook, sizeof(unhook), 0);
                     }
+                    /* The same as one batch of posted messages, each [kind][length][body]: a call among them has no sequence to answer. */
+                    {
+                        unsigned n = 0; uint32_t batch = \(kind(.batch)), zero = 0u;
+                        fixture_put(m, &n, &batch, 4); fixture_put(m, &n, &zero, 4);
+                        for (uint32_t index = 1; index <= 8; index++) {
+                            uint32_t mask[3] = {\(kind(.maskInterrupt)), 4u, index}, unhook[3] = {\(kind(.unhookInterrupt)), 4u, index};
+                            fixture_put(m, &n, mask, sizeof(mask)); fixture_put(m, &n, unhook, sizeof(unhook));
+                        }
+                        (void)send(fd, m, n, 0);
+                    }
                     /* Log lines past the host's budget, straight onto the line. */
                     for (int r = 0; r < 3000; r++) {
                         unsigned n = 0; uint32_t log = \(kind(.log)), none = 0u, level = 2u, count = 23u;
