@@ -43,9 +43,20 @@ public final class RegisteredRNG: ClassRegistration, @unchecked Sendable {
                 lock.broadcast()
             }
         }
+        // The driver writes into the host's own buffer, with a guard band
+        // after it, never straight into the caller's: a write past the end
+        // (a last word copied whole) lands in the band, is reported, and
+        // corrupts nothing of the OS's.
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: buffer.count + Self.guardBand, alignment: 16)
+        defer { scratch.deallocate() }
+        scratch.initializeMemory(as: UInt8.self, repeating: Self.guardByte)
         var produced: UInt32 = 0
         let status = binding.library.callDriver("rng read") {
-            OyStatus(readFunction(instance, buffer.baseAddress, UInt32(clamping: buffer.count), &produced))
+            OyStatus(readFunction(instance, scratch.baseAddress, UInt32(clamping: buffer.count), &produced))
+        }
+        if let past = scratch[buffer.count...].firstIndex(where: { $0 != Self.guardByte }) {
+            binding.library.recordViolation("rng read wrote past the end of its \(buffer.count)-byte buffer (byte \(past - buffer.count) after it)"
+                + "; write at most `length` bytes, also for a tail shorter than the device's word")
         }
         guard status.isOK else {
             if !status.isDefined { binding.library.recordViolation("rng read returned undefined code \(status.rawValue)") }
@@ -55,8 +66,13 @@ public final class RegisteredRNG: ClassRegistration, @unchecked Sendable {
             binding.library.recordViolation("rng read reported \(produced) bytes produced into a \(buffer.count)-byte buffer")
             return .failure(.io)
         }
+        if produced > 0 { buffer.baseAddress!.copyMemory(from: scratch.baseAddress!, byteCount: Int(produced)) }
         return .success(Int(produced))
     }
+
+    /// Bytes after a read's buffer the host watches, and what fills them.
+    static let guardBand = 64
+    static let guardByte: UInt8 = 0xA7
 
     /// Raw reads for the conformance suite: NULL buffers and out-of-range
     /// lengths the OS itself never sends.

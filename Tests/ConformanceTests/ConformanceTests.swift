@@ -368,6 +368,11 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                           state ^= state << 13; state ^= state >> 17; state ^= state << 5; word = state; }
                 """)])
         }, expected: ["io.rng.from-device": .failed]),
+        // Copies the device's last word whole: up to 3 bytes past the end
+        // of the OS's buffer. The host reads into its own, with a guard band.
+        Case(defect: "entropy read writes past the end of the buffer", build: {
+            try Fixtures.mutatedTemplateDriver([("            memcpy(out + done, &word, length - done);", "            memcpy(out + done, &word, 4);")])
+        }, expected: ["io.rng.bytes": .failed], says: ["rng read wrote past the end of its 1-byte buffer"]),
         Case(defect: "entropy reads without length checks", build: {
             try Fixtures.mutatedTemplateDriver([
                 ("if (buffer == NULL || produced == NULL || length == 0) return OY_E_INVALID;", "if (buffer == NULL || produced == NULL) return OY_E_INVALID;"),
