@@ -132,7 +132,7 @@ public final class QEMUMachine: @unchecked Sendable {
             throw .io("cannot prepare \(configuration.directory): \(error.localizedDescription)")
         }
         guard let log = FileHandle(forWritingAtPath: console) ?? {
-            FileManager.default.createFile(atPath: console, contents: nil)
+            _ = FileManager.default.createFile(atPath: console, contents: nil)  // a failure shows as no handle
             return FileHandle(forWritingAtPath: console)
         }() else { throw .io("cannot write \(console)") }
         var pipeFDs: [Int32] = [0, 0]

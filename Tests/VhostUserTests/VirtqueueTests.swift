@@ -256,7 +256,8 @@ final class FakeGuest {
             }
             for _ in 0..<Int.random(in: 1...16, using: &random) { g.post(UInt16.random(in: 0..<18, using: &random)) }
             let q = try g.queue(eventIndex: Bool.random(using: &random))
-            let base = UInt(bitPattern: try #require(g.memory.pointer(GuestAddress(FakeGuest.ramBase), length: 1)))
+            let ram: UnsafeMutableRawPointer = try #require(g.memory.pointer(GuestAddress(FakeGuest.ramBase), length: 1))
+            let base = UInt(bitPattern: ram)
             for _ in 0..<17 {
                 do {
                     guard let chain = try q.nextChain() else { break }
