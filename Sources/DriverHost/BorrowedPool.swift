@@ -25,6 +25,15 @@ import Synchronization
         on.store(true, ordering: .relaxed)
     }
 
+    private static let guarding = Atomic<Bool>(false)
+
+    /// Also give drivers block request data in guarded pages of its own
+    /// (see `Disk`), once verification is on. For a conformance worker, a
+    /// process of its own: it moves where a request's DMA goes, which the
+    /// OS's own tests look at.
+    public static func guardRequestData() { guarding.store(true, ordering: .relaxed) }
+    public static var guardsRequestData: Bool { guarding.load(ordering: .relaxed) && isOn }
+
     static var isOn: Bool { on.load(ordering: .relaxed) }
     static var timesCallbacks: Bool { timing.load(ordering: .relaxed) && isOn }
     /// Whether this process verifies drivers (it then has a driver host do so too).

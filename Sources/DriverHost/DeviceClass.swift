@@ -52,6 +52,10 @@ public class ClassRegistration: Resource, @unchecked Sendable {
     /// Driver name and device, e.g. "nvmelite@00:01.0".
     public var label: String { binding.label }
 
+    /// A rule of the ABI the OS saw the driver break, found after the fact
+    /// (outside any callback of it).
+    public func reportViolation(_ message: String) { binding.library.recordViolation(message, inCallback: false) }
+
     /// True once unregistered: the OS sends nothing more.
     public var isUnregistered: Bool { registrationLock.withLock { unregisteredFlag } }
 

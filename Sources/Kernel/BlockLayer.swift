@@ -1,5 +1,6 @@
-import DriverHost
+@_spi(Conformance) import DriverHost
 import Foundation
+import Machine
 import Synchronization
 import Workloads
 
@@ -173,6 +174,10 @@ public final class Disk: @unchecked Sendable {
         let memory: UnsafeMutableRawPointer?
         let sequence: UInt64
         let completion: @Sendable (DiskStatus) -> Void
+        /// Under the verifier: where the driver gets the data instead.
+        var guarded: GuardedData? = nil
+        /// The data as the driver sees it.
+        var driverMemory: UnsafeMutableRawPointer? { guarded?.data ?? memory }
     }
 
     private var stats = Statistics()
@@ -364,7 +369,9 @@ public final class Disk: @unchecked Sendable {
             let request = spare.take()
             stats.submitted += 1
             nextSequence += 1
-            return Issued(request: request, operation: operation, lba: lba, blocks: blocks, memory: memory, sequence: nextSequence, completion: completion)
+            return Issued(request: request, operation: operation, lba: lba, blocks: blocks, memory: memory, sequence: nextSequence, completion: completion,
+                          guarded: operation == .flush || !Verifier.guardsRequestData ? nil : guardedCopy(of: memory!, length: blocks * geometry.blockSize,
+                                                                                                  write: operation == .write))
         }
         prepare(issued)
         let request = issued.request
@@ -386,7 +393,7 @@ public final class Disk: @unchecked Sendable {
     /// Fills the request for the driver; its completion comes to `driverFinished`.
     private func prepare(_ issued: Issued) {
         let blocks = issued.operation == .flush ? 0 : issued.blocks
-        issued.request.prepare(issued.operation.driverOperation, lba: issued.lba, blockCount: blocks, data: issued.memory) { [weak self] status in
+        issued.request.prepare(issued.operation.driverOperation, lba: issued.lba, blockCount: blocks, data: issued.driverMemory) { [weak self] status in
             guard let self else { return issued.completion(DiskStatus(status)) }
             self.driverFinished(issued, DiskStatus(status))
         }
@@ -419,8 +426,56 @@ public final class Disk: @unchecked Sendable {
         }
     }
 
+    /// A request's data under the verifier (as Driver Verifier's special
+    /// pool): OS pages of its own, at the same offset into a page as the
+    /// caller's, with guard bytes before and after it, so a driver that
+    /// writes outside the data (a bounce copy rounded up to a page) is
+    /// caught and corrupts nothing of the caller's.
+    struct GuardedData: @unchecked Sendable {
+        // @unchecked Sendable: the pages are the request's until it is delivered.
+        let physical: UInt64
+        let pages: Int
+        let data: UnsafeMutableRawPointer
+        let before: Int
+        let length: Int
+        static let band = 256
+        static let byte: UInt8 = 0xA7
+    }
+
+    private func guardedCopy(of memory: UnsafeMutableRawPointer, length: Int, write: Bool) -> GuardedData? {
+        let before = Int(UInt(bitPattern: memory) % UInt(PhysicalMemory.pageSize))
+        let span = before + length + GuardedData.band
+        guard let (physical, pages) = self.memory.allocate(bytes: span), let base = self.memory.pointer(physical) else { return nil }
+        base.initializeMemory(as: UInt8.self, repeating: GuardedData.byte, count: pages * PhysicalMemory.pageSize)
+        if write { (base + before).copyMemory(from: memory, byteCount: length) }
+        return GuardedData(physical: physical, pages: pages, data: base + before, before: before, length: length)
+    }
+
+    /// What the driver wrote outside the data, reported; for a read that
+    /// succeeded, the data copied to the caller; the pages freed.
+    private func release(_ g: GuardedData, of issued: Issued, _ status: DiskStatus) {
+        let base = g.data - g.before, end = g.before + g.length, total = g.pages * PhysicalMemory.pageSize
+        let bytes = UnsafeRawBufferPointer(start: base, count: total)
+        let under = bytes[..<g.before].firstIndex { $0 != GuardedData.byte }
+        let over = bytes[end...].firstIndex { $0 != GuardedData.byte }
+        if under != nil || over != nil {
+            let what = "\(issued.operation) of \(issued.blocks) block(s) at LBA \(issued.lba)"
+            let message = over.map { "the driver wrote past the end of the data of a \(what) (byte \($0 - end) after it); write only block_count × block_size bytes" }
+                ?? "the driver wrote before the start of the data of a \(what) (\(g.before - under!) byte(s) before it)"
+            let binding = driver
+            if let registered = binding as? RegisteredDisk {
+                registered.reportViolation(message)
+            } else {
+                ViolationLog.recordForwarded(.init(driver: binding.driverName, callback: nil, message: message))
+            }
+        }
+        if issued.operation == .read, status.isOK, let memory = issued.memory { memory.copyMemory(from: g.data, byteCount: g.length) }
+        self.memory.free(physical: g.physical, pages: g.pages)
+    }
+
     /// Counts the request, frees its slot and tells the caller.
     private func deliver(_ issued: Issued, _ status: DiskStatus) {
+        if let guarded = issued.guarded { release(guarded, of: issued, status) }
         let length = UInt64(issued.blocks * geometry.blockSize)
         lock.withLock {
             if status.isOK {

@@ -2,7 +2,7 @@ import ArgumentParser
 import Conformance
 import CSystemShims
 import DriverFile
-import DriverHost
+@_spi(Conformance) import DriverHost
 import Foundation
 import SystemAssembly
 
@@ -137,6 +137,8 @@ struct ConformanceWorkerCommand: ParsableCommand {
                 ConformanceSuite.reportHangs()
             }
         }
+        // A process of its own: block request data may move to guarded pages.
+        Verifier.guardRequestData()
         ConformanceSuite.sayVerdictsEarly { outcome in
             guard let data = try? JSONEncoder().encode(outcome) else { return }
             fflush(nil)
