@@ -144,16 +144,16 @@ public struct CheckContext: Sendable {
     /// Where the violation log stood when the check began.
     var violationMark = 0
 
-    /// A verdict reached before the check's teardown, said at once: the
-    /// teardown may hang on the driver the check found broken (a deadlocked
-    /// thread holds the lock detach needs), and then the suite reports this
-    /// verdict, not only the hang.
     /// Whether the host saw a driver thread take a lock it held (and stop
     /// there for ever) since the check began.
     var sawLockTakenTwice: Bool {
         ViolationLog.since(violationMark).contains { $0.message.hasPrefix(ViolationLog.lockTakenTwice) }
     }
 
+    /// A verdict reached before the check's teardown, said at once: the
+    /// teardown may hang on the driver the check found broken (a deadlocked
+    /// thread holds the lock detach needs), and then the suite reports this
+    /// verdict, not only the hang.
     func decided(_ outcome: CheckOutcome) -> CheckOutcome {
         if let say = ConformanceSuite.earlyVerdicts.withLock({ $0 }) {
             // With the violations so far: runCheck adds them only once the teardown is over.
