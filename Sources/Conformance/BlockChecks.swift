@@ -206,14 +206,18 @@ extension Catalogue {
             if operation == .read { buffer.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: count * g.blockSize) }
             let done = Mutex((completed: 0, failed: 0))
             let all = DispatchSemaphore(value: 0)
-            for block in 0..<count {
-                disk.submit(operation, lba: UInt64(block), blocks: 1, buffer: buffer, bufferOffset: block * g.blockSize) { status in
-                    let completed = done.withLock { d -> Int in
-                        d.completed += 1
-                        if !status.isOK { d.failed += 1 }
-                        return d.completed
+            // All queued before any reaches the driver: the ones past its
+            // depth can only go on from inside complete().
+            disk.submittingTogether {
+                for block in 0..<count {
+                    disk.submit(operation, lba: UInt64(block), blocks: 1, buffer: buffer, bufferOffset: block * g.blockSize) { status in
+                        let completed = done.withLock { d -> Int in
+                            d.completed += 1
+                            if !status.isOK { d.failed += 1 }
+                            return d.completed
+                        }
+                        if completed == count { all.signal() }
                     }
-                    if completed == count { all.signal() }
                 }
             }
             _ = all.wait(timeout: .now() + 10)

@@ -322,6 +322,15 @@ public final class Disk: @unchecked Sendable {
     /// Removal observers registered now.
     public var removalObserverCount: Int { lock.withLock { removalObservers.count } }
 
+    /// Runs `body` with the queue held: what it submits waits in order and
+    /// goes to the driver when it returns, as far as the driver's depth
+    /// allows; the rest go on as requests complete, from inside complete().
+    public func submittingTogether(_ body: () -> Void) {
+        _ = queue.hold(until: Date())  // nothing waits for what is in flight
+        body()
+        queue.resume()
+    }
+
     /// Requests held in software now.
     public var heldRequests: Int { queue.waitingCount }
 
@@ -365,13 +374,14 @@ public final class Disk: @unchecked Sendable {
         // Completed requests rest in quarantine before reuse, oldest first:
         // a driver's late second complete() then finds the request not
         // outstanding instead of completing someone else's.
+        let guarded = operation == .flush || !Verifier.guardsRequestData
+            ? nil : guardedCopy(of: memory!, length: blocks * geometry.blockSize, write: operation == .write)
         let issued = lock.withLock { () -> Issued in
             let request = spare.take()
             stats.submitted += 1
             nextSequence += 1
             return Issued(request: request, operation: operation, lba: lba, blocks: blocks, memory: memory, sequence: nextSequence, completion: completion,
-                          guarded: operation == .flush || !Verifier.guardsRequestData ? nil : guardedCopy(of: memory!, length: blocks * geometry.blockSize,
-                                                                                                  write: operation == .write))
+                          guarded: guarded)
         }
         prepare(issued)
         let request = issued.request
