@@ -204,24 +204,22 @@ extension Catalogue {
         }
         for operation in [DiskOperation.write, .read] {
             if operation == .read { buffer.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: count * g.blockSize) }
-            let done = Mutex((completed: 0, failed: 0))
-            let all = DispatchSemaphore(value: 0)
+            let tally = Tally()
             // All queued before any reaches the driver: the ones past its
-            // depth can only go on from inside complete().
-            disk.submittingTogether {
-                for block in 0..<count {
-                    disk.submit(operation, lba: UInt64(block), blocks: 1, buffer: buffer, bufferOffset: block * g.blockSize) { status in
-                        let completed = done.withLock { d -> Int in
-                            d.completed += 1
-                            if !status.isOK { d.failed += 1 }
-                            return d.completed
+            // depth can only go on from inside complete(). On a thread of
+            // its own: a submit into a deadlocked driver never returns,
+            // and this one waits with a bound.
+            Thread.detachNewThread {
+                disk.submittingTogether {
+                    for block in 0..<count {
+                        disk.submit(operation, lba: UInt64(block), blocks: 1, buffer: buffer, bufferOffset: block * g.blockSize) { status in
+                            if tally.count(status) == count { tally.all.signal() }
                         }
-                        if completed == count { all.signal() }
                     }
                 }
             }
-            _ = all.wait(timeout: .now() + 10)
-            let (completed, failed) = done.withLock { ($0.completed, $0.failed) }
+            _ = tally.all.wait(timeout: .now() + 10)
+            let (completed, failed) = tally.counts.withLock { ($0.completed, $0.failed) }
             guard completed == count else {
                 let missing = "\(count - completed) of \(count) \(operation)s never completed (\(count) submitted at once, the driver's depth is \(depth)). "
                 guard deadlocked() else {
@@ -239,6 +237,20 @@ extension Catalogue {
             }
         }
         return .success(count)
+    }
+
+    /// Completions counted as they come, from any thread.
+    final class Tally: Sendable {
+        let counts = Mutex((completed: 0, failed: 0))
+        let all = DispatchSemaphore(value: 0)
+        /// Counts one; how many have completed.
+        func count(_ status: DiskStatus) -> Int {
+            counts.withLock { c -> Int in
+                c.completed += 1
+                if !status.isOK { c.failed += 1 }
+                return c.completed
+            }
+        }
     }
 
     struct ReentryProblem: Error {
