@@ -575,6 +575,16 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         #expect(table.contains("mutant_probe") && table.contains("about to write through the revision"))
     }
 
+    /// io.net.rings on an e1klite that runs `statement` on each frame right
+    /// after tx_complete (but not while detaching).
+    static func ringsRun(touchingEachFrameAfterCompletion statement: String) throws -> ConformanceSuite.DriverReport {
+        let driver = try Fixtures.mutatedReferenceDriver("e1klite", [(
+            "    for (i = 0; i < n; i++) d->ctx->net->tx_complete(done[i], OY_OK);",
+            "    for (i = 0; i < n; i++) { d->ctx->net->tx_complete(done[i], OY_OK); if (!d->stopping) \(statement) }"
+        )])
+        return suite(filter: "^io\\.net\\.rings$").run(driver: driver)
+    }
+
     /// A driver that follows a frame's pointer after completing it meets
     /// the poison the host filled the frame with: the crash is placed in the
     /// driver's own code and says what the poison means, although the
@@ -582,12 +592,8 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
     /// interface unregistered a completed frame is freed at once, and what
     /// a read finds there is the allocator's, not the poison.)
     @Test func aFrameReadAfterItsCompletionIsNamedAsSuch() throws {
-        let driver = try Fixtures.mutatedReferenceDriver("e1klite", [(
-            "    for (i = 0; i < n; i++) d->ctx->net->tx_complete(done[i], OY_OK);",
-            "    for (i = 0; i < n; i++) { d->ctx->net->tx_complete(done[i], OY_OK); if (!d->stopping) (void)*(volatile const uint8_t *)done[i]->data; }"
-        )])
         // io.basic's one frame may complete in detach instead; io.net.rings' 1000 do not.
-        let report = suite(filter: "^io\\.net\\.rings$").run(driver: driver)
+        let report = try Self.ringsRun(touchingEachFrameAfterCompletion: "(void)*(volatile const uint8_t *)done[i]->data;")
         for environment in ["bare", "root"] {
             let crash = report.results.first { $0.environment == environment && $0.verdict == .crashed }
             let message = crash?.message ?? "no crash: \(report.results.map { "\($0.id) \($0.environment) \($0.verdict)" })"
@@ -600,11 +606,7 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
     /// to one after tx_complete is found when the host reuses it (after
     /// quarantine: io.net.rings sends enough frames for that).
     @Test func aFrameWrittenAfterItsCompletionIsAViolation() throws {
-        let driver = try Fixtures.mutatedReferenceDriver("e1klite", [(
-            "    for (i = 0; i < n; i++) d->ctx->net->tx_complete(done[i], OY_OK);",
-            "    for (i = 0; i < n; i++) { d->ctx->net->tx_complete(done[i], OY_OK); if (!d->stopping) done[i]->driver_private[0] = NULL; }"
-        )])
-        let report = suite(filter: "^io\\.net\\.rings$").run(driver: driver)
+        let report = try Self.ringsRun(touchingEachFrameAfterCompletion: "done[i]->driver_private[0] = NULL;")
         for environment in ["bare", "root"] {
             let failure = report.results.first { $0.environment == environment && $0.verdict == .failed }
             #expect(failure?.message.contains("a frame was written after the driver completed it (byte 16 of oy_net_frame)") == true,
