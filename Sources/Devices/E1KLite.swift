@@ -76,6 +76,9 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
     private var paused = false
     private var rxFIFO: [[UInt8]] = []
     private var work = false
+    /// The transmitter is walking the ring, with `condition` let go; a
+    /// write that stops it (TCTL.EN cleared, a reset) waits until it is done.
+    private var transmitting = false
     private var port: DevicePort?
     private var stats = Statistics()
     /// Where transmitted frames go.
@@ -172,6 +175,9 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
     public func mmioWrite(bar: Int, offset: UInt64, width: Int, value: UInt64) {
         let v = UInt32(truncatingIfNeeded: value)
         condition.withLock {
+            // Stopping an engine is done when the write is: no DMA for it after.
+            let stopsTransmit = (offset == Register.ctrl && v & (1 << 26) != 0) || (offset == Register.tctl && v & 2 == 0)
+            while stopsTransmit && transmitting { condition.wait() }
             switch offset {
             case Register.ctrl:
                 if v & (1 << 26) != 0 { resetLocked() } else { regs[offset] = v }
@@ -206,14 +212,19 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
             guard engine.running, let port else { break }
             work = false
             let transmitEnabled = (regs[Register.tctl] ?? 0) & 2 != 0 && !paused
-            let receiveEnabled = (regs[Register.rctl] ?? 0) & 2 != 0
             let tx = Ring(base: UInt64(regs[Register.tdbal] ?? 0) | UInt64(regs[Register.tdbah] ?? 0) << 32,
                           count: Int(regs[Register.tdlen] ?? 0) / 16, head: Int(regs[Register.tdh] ?? 0), tail: Int(regs[Register.tdt] ?? 0))
             let wire = wire_
-            condition.unlock()
-            if transmitEnabled, tx.valid { transmit(tx, port: port, wire: wire) }
-            condition.lock()
-            if receiveEnabled { receiveLocked(port: port) }
+            if transmitEnabled, tx.valid {
+                transmitting = true
+                condition.unlock()
+                transmit(tx, port: port, wire: wire)
+                condition.lock()
+                transmitting = false
+                condition.broadcast()
+            }
+            // Read again: the receiver may have been stopped meanwhile.
+            if (regs[Register.rctl] ?? 0) & 2 != 0 { receiveLocked(port: port) }
         }
     }
 

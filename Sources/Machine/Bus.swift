@@ -81,6 +81,11 @@ public final class DevicePort: Sendable {
     private let vectors: Range<InterruptController.Vector>
     private let removed: Atomic<Bool>
     private let lost = Atomic<Bool>(false)
+    /// What the device did that went nowhere: DMA the IOMMU refused, and
+    /// interrupts raised with no handler hooked (a device its driver left
+    /// running).
+    private let faults = Atomic<Int>(0)
+    private let unhandled = Atomic<Int>(0)
 
     init(address: BusAddress, deviceName: String, iommu: IOMMU, interrupts: InterruptController, vectors: Range<Int>) {
         self.address = address
@@ -101,8 +106,18 @@ public final class DevicePort: Sendable {
         if removed.load(ordering: .acquiring) {
             throw DMAFault(device: deviceName, address: deviceAddress, length: length, write: write, reason: "device removed from the bus")
         }
-        return try iommu.translate(domain: domain, deviceName: faultLabel, deviceAddress: deviceAddress, length: length, write: write)
+        do {
+            return try iommu.translate(domain: domain, deviceName: faultLabel, deviceAddress: deviceAddress, length: length, write: write)
+        } catch {
+            faults.add(1, ordering: .relaxed)
+            throw error
+        }
     }
+
+    /// DMA accesses of this device the IOMMU refused, since power-on.
+    public var dmaFaults: Int { faults.load(ordering: .relaxed) }
+    /// Interrupts this device raised while no handler was hooked to them.
+    public var unhandledInterrupts: Int { unhandled.load(ordering: .relaxed) }
 
     /// Copies device-visible memory into `buffer`.
     public func dmaRead(_ deviceAddress: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(DMAFault) {
@@ -125,7 +140,7 @@ public final class DevicePort: Sendable {
     /// Raises the device's vector `index` (an MSI write).
     public func raiseInterrupt(_ index: Int) {
         guard !removed.load(ordering: .acquiring), !lost.load(ordering: .relaxed), index >= 0, index < vectors.count else { return }
-        interrupts.raise(vectors.lowerBound + index)
+        if !interrupts.raise(vectors.lowerBound + index) { unhandled.add(1, ordering: .relaxed) }
     }
 
     func markRemoved() { removed.store(true, ordering: .releasing) }
@@ -159,6 +174,11 @@ public final class BusSlot: Sendable {
     /// Raises the device's vector `index` as if the device had (spurious or
     /// test interrupts).
     public func raiseInterrupt(_ index: Int) { port.raiseInterrupt(index) }
+
+    /// DMA of this device the IOMMU refused, since power-on.
+    public var dmaFaults: Int { port.dmaFaults }
+    /// Interrupts this device raised with no handler hooked.
+    public var unhandledInterrupts: Int { port.unhandledInterrupts }
 
     /// Type-0 config header: IDs, command, class, BAR kinds, interrupt count.
     /// A removed device reads as all ones.

@@ -82,18 +82,21 @@ public final class InterruptController: @unchecked Sendable {
         }
     }
 
-    /// Raised by a device. [any-thread]
-    public func raise(_ vector: Vector) {
+    /// Raised by a device. False when no handler is hooked to `vector`: the
+    /// interrupt goes nowhere (counted as spurious). [any-thread]
+    @discardableResult
+    public func raise(_ vector: Vector) -> Bool {
         condition.withLock {
             guard lines.indices.contains(vector), lines[vector].handler != nil else {
                 stats.spurious += 1
-                return
+                return false
             }
             if lines[vector].masked {
                 lines[vector].pending = true
             } else {
                 enqueueLocked(vector)
             }
+            return true
         }
     }
 
