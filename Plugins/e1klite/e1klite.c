@@ -357,6 +357,18 @@ static int32_t e1k_detach(void *instance) {
     int tries;
     if (d == NULL) return OY_E_INVALID;
     if (!oy_instance_take(&e1k_instances, d)) return OY_E_STATE;
+    /* Quiet the receive side before unregistering: once the receiver and
+     * the interrupt are off and the handler unhooked (which waits for a
+     * running one), nothing reaches the netdev after it is gone. Queued
+     * transmits are reclaimed below by polling. */
+    if (!d->gone) {
+        e1k_write(d, E1K_IMC, 0xFFFFFFFFu);
+        e1k_write(d, E1K_RCTL, 0);
+    }
+    if (d->irq) {
+        d->host->irq_unhook(d->irq);
+        d->irq = NULL;
+    }
     d->ctx->net->unregister_netdev(d->netdev);
     d->host->lock_acquire(d->lock);
     d->stopping = 1;

@@ -268,6 +268,14 @@ static int32_t u_detach(void *instance) {
     u_dev *d = (u_dev *)instance;
     if (d == NULL) return OY_E_INVALID;
     if (!oy_instance_take(&u_instances, d)) return OY_E_STATE;
+    /* Quiet the device before unregistering: with its interrupts off and
+     * the handler unhooked (which waits for a running one), no input
+     * reaches the port after it is gone. */
+    if (d->ports && !d->gone) u_out(d, U_IER, 0);
+    if (d->irq) {
+        d->host->irq_unhook(d->irq);
+        d->irq = NULL;
+    }
     if (d->port) d->ctx->serial->unregister_port(d->port);
     d->port = NULL;
     u_teardown(d);
