@@ -224,6 +224,43 @@ enum Catalogue {
             if mapped > 0 { return .failed("\(mapped) page(s) still mapped for the device after detach") }
             return .passed()
         },
+        // The OS gives the memory detach freed to others at once: a device
+        // still receiving into it corrupts them (here the IOMMU refuses it);
+        // a driver that unregisters before it stops its device hands the OS
+        // input through a handle already gone.
+        CheckDefinition("lifecycle.detach-quiets", "detached, the device makes no DMA and raises no interrupt while its world goes on",
+                        requires: ["io.basic"], classes: io, timeout: 30) { c in
+            let rig = try Rig(c)
+            defer { rig.shutdown() }
+            let instance = try rig.attach()
+            _ = try rig.exerciseIO()
+            let slot = rig.slots[0]
+            let world = WorldRunning(rig)
+            defer { world.stop() }
+            Thread.sleep(forTimeInterval: 0.05)
+            let faultsBefore = slot.dmaFaults
+            // Input every 0.1 ms through detach, each release in it
+            // followed by 5 ms in which a device not yet stopped shows it.
+            world.interval = 100
+            Verifier.pauseAfterRelease(microseconds: 5000)
+            _ = instance.detach()
+            Verifier.pauseAfterRelease(microseconds: 0)
+            world.interval = 1000
+            Thread.sleep(forTimeInterval: 0.05)  // an interrupt on its way as detach returned
+            let interruptsBefore = slot.unhandledInterrupts
+            Thread.sleep(forTimeInterval: 0.3)
+            world.stop()
+            let faults = slot.dmaFaults - faultsBefore, interrupts = slot.unhandledInterrupts - interruptsBefore
+            let first = rig.machine.iommu.recentFaults.last.map { " (last: \($0))" } ?? ""
+            if faults > 0 {
+                return .failed("\(faults) DMA access(es) by the device during or after detach, into memory detach had freed\(first): "
+                    + "stop the device's DMA (its receiver, its queues) in detach before freeing the memory it uses")
+            }
+            if interrupts > 0 {
+                return .failed("the device raised \(interrupts) interrupt(s) after detach, with no handler: mask its interrupts at the device in detach")
+            }
+            return .passed("\(world.rounds) rounds of input during and after detach, no DMA and no interrupt")
+        },
         CheckDefinition("lifecycle.surprise-removal", "surprise removal during I/O: everything completes, no hang", requires: ["io.basic"], timeout: 30) { c in
             let rig = try Rig(c)
             defer { rig.shutdown() }
@@ -586,6 +623,47 @@ func startBackgroundIO(_ rig: Rig, pending: Pending, count: Int = 64) {
                 for _ in 0..<(count / 4) { if (try? source.read(256, timeout: 1)) == nil { break } }
                 pending.finish()
             }
+        }
+    }
+}
+
+/// `Rig.worldGoesOn` on a thread of its own until `stop`, every
+/// `interval` microseconds (or so: the machine's timer decides).
+final class WorldRunning: @unchecked Sendable {
+    // @unchecked Sendable: the state is guarded by `lock`.
+    private let lock = NSCondition()
+    private var running = true
+    private var finished = false
+    private var count = 0
+    private var every: UInt32 = 1000
+
+    var interval: UInt32 {
+        get { lock.withLock { every } }
+        set { lock.withLock { every = newValue } }
+    }
+
+    init(_ rig: Rig) {
+        startThread(named: "world") { [self] in
+            var round = 0
+            while lock.withLock({ running }) {
+                rig.worldGoesOn(round: round)
+                round += 1
+                usleep(lock.withLock { count = round; return every })
+            }
+            lock.withLock {
+                finished = true
+                lock.broadcast()
+            }
+        }
+    }
+
+    var rounds: Int { lock.withLock { count } }
+
+    /// Returns once the world stopped.
+    func stop() {
+        lock.withLock {
+            running = false
+            while !finished { lock.wait() }
         }
     }
 }

@@ -108,6 +108,31 @@ final class Rig: @unchecked Sendable {
         if load { library = try kernel.loadDriver(path: context.driverPath) }
     }
 
+    /// What the devices' world does on its own, once: each NIC's link
+    /// partner drops and raises the link and sends frames to it (broadcast,
+    /// unicast, multicast), each UART's far end sends bytes, each entropy
+    /// source runs dry and gives again. A device its driver left running
+    /// answers with DMA and interrupts; a quiet one with neither.
+    func worldGoesOn(round: Int) {
+        for (nic, _) in nics {
+            if round % 8 == 0 {
+                nic.setCarrier(false)
+                nic.setCarrier(true)
+            }
+            let payload = [0x88, 0xB5] + [UInt8](repeating: UInt8(truncatingIfNeeded: round), count: 100)
+            nic.deliver([UInt8](repeating: 0xFF, count: 6) + [0x02, 0, 0, 0, 0, 9] + payload)
+            nic.deliver(nic.mac + [0x02, 0, 0, 0, 0, 9] + payload)
+            nic.deliver([0x01, 0x00, 0x5E, 0, 0, 1] + [0x02, 0, 0, 0, 0, 9] + payload)
+        }
+        for (uart, _) in uarts { uart.send([UInt8](repeating: 0x5A, count: 8)) }
+        if round % 8 == 0 {
+            for rng in rngs {
+                rng.exhaust(true)
+                rng.exhaust(false)
+            }
+        }
+    }
+
     /// The devices a check can plug in for a driver, by the IDs it binds.
     static let offeredDevices: [(name: String, vendorID: UInt16, deviceID: UInt16, what: String)] = [
         ("nvmelite", NVMeLite.vendorID, NVMeLite.deviceID, "NVMe-style storage, oyako.block/1"),

@@ -34,6 +34,22 @@ import Synchronization
     public static func guardRequestData() { guarding.store(true, ordering: .relaxed) }
     public static var guardsRequestData: Bool { guarding.load(ordering: .relaxed) && isOn }
 
+    private static let releasePause = Atomic<Int>(0)
+
+    /// Race amplification for teardown: while set (microseconds, 0 is
+    /// off), the services that end what a device may still be using
+    /// (`unregister_*`, `dma_free`) wait that long before they return to
+    /// the driver. A driver that stops its device only afterwards then
+    /// leaves it running in a window wide enough for the device to act,
+    /// as on a slower or busier machine. Set by a check around a detach.
+    public static func pauseAfterRelease(microseconds: Int) { releasePause.store(max(0, microseconds), ordering: .relaxed) }
+
+    /// Waits the pause `pauseAfterRelease` set, if any.
+    static func pauseAfterRelease() {
+        let pause = releasePause.load(ordering: .relaxed)
+        if pause > 0 { usleep(UInt32(clamping: pause)) }
+    }
+
     static var isOn: Bool { on.load(ordering: .relaxed) }
     static var timesCallbacks: Bool { timing.load(ordering: .relaxed) && isOn }
     /// Whether this process verifies drivers (it then has a driver host do so too).

@@ -151,5 +151,6 @@ public class ClassRegistration: Resource, @unchecked Sendable {
             return
         }
         registration.unregister()
+        Verifier.pauseAfterRelease()
     }
 }

@@ -614,6 +614,7 @@ enum HostServices {
                 return
             }
             buffer.reclaim()
+            Verifier.pauseAfterRelease()
         }
         t.dma_map = { device, cpu, length, direction, out, address in
             guard let binding = HostServices.binding(device, service: "dma_map") else { return OY_E_INVALID.rawValue }

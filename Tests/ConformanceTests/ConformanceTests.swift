@@ -757,3 +757,47 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         #expect(report.results.filter { $0.id == "io.basic" }.allSatisfy { $0.verdict == .passed }, "the defect shows only when the OS calls back")
     }
 }
+
+/// A driver that leaves its device running after detach, or stops it only
+/// after it has let go of what the device uses. Each passes every other
+/// check: only `lifecycle.detach-quiets` keeps the device's world going
+/// through and after detach.
+@Suite struct DetachQuietTests {
+    static let cases: [(defect: String, driver: String, says: String, edits: [(String, String)])] = [
+        ("receiver left on", "e1klite", "DMA access(es) by the device during or after detach", [
+            ("        e1k_write(d, E1K_RCTL, 0);\n    }\n    if (d->irq) {", "    }\n    if (d->irq) {"),
+            ("        e1k_write(d, E1K_RCTL, 0);\n        e1k_write(d, E1K_TCTL, 0);", "        e1k_write(d, E1K_TCTL, 0);"),
+        ]),
+        ("receiver stopped only after its rings are freed", "e1klite", "DMA access(es) by the device during or after detach", [
+            ("        e1k_write(d, E1K_RCTL, 0);\n    }\n    if (d->irq) {", "    }\n    if (d->irq) {"),
+            ("        e1k_write(d, E1K_RCTL, 0);\n        e1k_write(d, E1K_TCTL, 0);", "        e1k_write(d, E1K_TCTL, 0);"),
+            ("    if (d->tx_data_buf) h->dma_free(d->tx_data_buf);", "    if (d->tx_data_buf) h->dma_free(d->tx_data_buf);\n    if (d->regs && !d->gone) e1k_write(d, E1K_RCTL, 0);"),
+        ]),
+        ("interrupts left on", "uart16550", "interrupt(s) after detach", [
+            ("    if (d->ports && !d->gone) u_out(d, U_IER, 0);\n    if (d->irq) {", "    if (d->irq) {"),
+            ("    if (d->ports && !d->gone) u_out(d, U_IER, 0);\n    if (d->irq) h->irq_unhook(d->irq);", "    if (d->irq) h->irq_unhook(d->irq);"),
+        ]),
+        ("the port unregistered before the device is quiet", "uart16550", "receive called with an invalid or released handle", [
+            ("    if (d->ports && !d->gone) u_out(d, U_IER, 0);\n    if (d->irq) {\n        d->host->irq_unhook(d->irq);\n        d->irq = NULL;\n    }\n", ""),
+        ]),
+    ]
+
+    @Test(arguments: 0..<cases.count)
+    func aDriverThatLeavesItsDeviceRunningFailsAndIsToldWhy(_ index: Int) throws {
+        let fixture = Self.cases[index]
+        let driver = try Fixtures.mutatedReferenceDriver(fixture.driver, fixture.edits)
+        let report = suite(filter: "^io\\.basic$|^lifecycle\\.detach-(quiets|releases)$").run(driver: driver)
+        let results = report.results.filter { $0.id == "lifecycle.detach-quiets" }
+        #expect(results.count == 2 && results.allSatisfy { $0.verdict == .failed }, "\(fixture.defect): \(results.map { "\($0.environment) \($0.verdict)" })")
+        for result in results { #expect(result.message.contains(fixture.says), "\(fixture.defect): \(result.message)") }
+        #expect(report.results.filter { $0.id != "lifecycle.detach-quiets" }.allSatisfy { $0.verdict == .passed }, "\(fixture.defect): only the device's world shows it")
+    }
+
+    @Test(arguments: ["e1klite", "uart16550", "nvmelite"])
+    func theReferenceDriversLeaveTheirDevicesQuiet(_ name: String) throws {
+        let driver = try Fixtures.mutatedReferenceDriver(name, [])
+        let report = suite(filter: "^io\\.basic$|^lifecycle\\.detach-quiets$").run(driver: driver)
+        let results = report.results.filter { $0.id == "lifecycle.detach-quiets" }
+        #expect(results.count == 2 && results.allSatisfy { $0.verdict == .passed }, "\(results.map { "\($0.environment) \($0.verdict): \($0.message)" })")
+    }
+}

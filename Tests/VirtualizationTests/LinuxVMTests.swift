@@ -102,7 +102,7 @@ enum LinuxVMAvailability {
         let serve = Process()
         serve.executableURL = URL(fileURLWithPath: Fixtures.oyakoBinary)
         serve.arguments = ["serve", "--state", state, "--disk-mib", "64", "--driver", try Fixtures.referenceDriver("nvmelite"), "--verbose"]
-        FileManager.default.createFile(atPath: state + "-serve.log", contents: nil)
+        _ = FileManager.default.createFile(atPath: state + "-serve.log", contents: nil)
         let log = try #require(FileHandle(forWritingAtPath: state + "-serve.log"))
         serve.standardOutput = log
         serve.standardError = log
