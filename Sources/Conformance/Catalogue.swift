@@ -419,7 +419,7 @@ enum Catalogue {
             try withAttached(c) { rig, instance in
                 _ = try? rig.exerciseIO()
                 let faults = rig.machine.iommu.recentFaults
-                return faults.isEmpty ? .passed() : .failed("\(faults.count) DMA fault(s), first: \(faults[0]); give the device addresses from dma_alloc/dma_map, never CPU pointers")
+                return faults.isEmpty ? .passed() : .failed("\(faults.count) DMA fault(s), first: \(faults[0]); \(advice(for: faults[0]))")
             }
         },
     ]
@@ -625,6 +625,15 @@ func startBackgroundIO(_ rig: Rig, pending: Pending, count: Int = 64) {
             }
         }
     }
+}
+
+/// What a DMA fault's address says about the driver's mistake.
+func advice(for fault: DMAFault) -> String {
+    if fault.address < 1 << 32 {
+        return String(format: "0x%llx is below 4 GiB, and every device address here lies at or above 0x%llx (as an IOMMU hands them out on a large machine): ", fault.address, deviceAddressBase)
+            + "the address lost its high half; keep device addresses in oy_dma_addr (64 bits) and program both halves of the device's address registers"
+    }
+    return "give the device addresses from dma_alloc/dma_map, never CPU pointers"
 }
 
 /// `Rig.worldGoesOn` on a thread of its own until `stop`, every

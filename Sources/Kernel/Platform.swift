@@ -13,8 +13,8 @@ public protocol Platform: AnyObject, Sendable {
     var bus: Bus { get }
 
     /// Lets `slot`'s device reach [physical, +length) of the OS's memory;
-    /// returns the device address to give it. Never identity under a
-    /// hypervisor.
+    /// returns the device address to give it: `deviceAddressBase` +
+    /// physical, never the physical address itself.
     func mapForDevice(_ slot: BusSlot, physical: UInt64, length: Int, writable: Bool) -> UInt64
     func unmapForDevice(_ slot: BusSlot, deviceAddress: UInt64, length: Int)
 
@@ -30,6 +30,14 @@ public protocol Platform: AnyObject, Sendable {
     var machineMemoryFile: Int32 { get }
     func machineRuns(physical: UInt64, length: Int) -> [(offset: UInt64, length: Int)]?
 }
+
+/// Where the OS's memory appears to its devices: physical address X is
+/// device address `deviceAddressBase + X`. Above 4 GiB on purpose, as an
+/// IOMMU hands out addresses on a large machine: a driver that keeps a
+/// device address in 32 bits, programs only the low half of a 64-bit
+/// register, or gives its device a physical address, has the device fault
+/// here instead of on a customer's machine.
+public let deviceAddressBase: UInt64 = 1 << 36
 
 /// The OS's view of its physical memory: a contiguous CPU mapping of its
 /// physical address space and a page allocator over it.
@@ -90,8 +98,8 @@ public final class BarePlatform: Platform {
     }
 
     public func mapForDevice(_ slot: BusSlot, physical: UInt64, length: Int, writable: Bool) -> UInt64 {
-        machine.iommu.map(domain: Bus.domain(of: slot.address), deviceAddress: physical, machineAddress: physical, length: length, writable: writable)
-        return physical
+        machine.iommu.map(domain: Bus.domain(of: slot.address), deviceAddress: deviceAddressBase + physical, machineAddress: physical, length: length, writable: writable)
+        return deviceAddressBase + physical
     }
 
     public func unmapForDevice(_ slot: BusSlot, deviceAddress: UInt64, length: Int) {

@@ -69,14 +69,14 @@ public final class RootPlatform: Platform, @unchecked Sendable {
         let domain = Bus.domain(of: slot.address)
         guard let runs = hypervisor.machineRuns(partition: hypervisor.root.id, gpa: physical, length: length) else {
             // Unmapped root memory: leave it unmapped, so the device faults.
-            return physical
+            return deviceAddressBase + physical
         }
-        var deviceAddress = physical
+        var deviceAddress = deviceAddressBase + physical
         for run in runs {
             hypervisor.machine.iommu.map(domain: domain, deviceAddress: deviceAddress, machineAddress: run.machine, length: run.length, writable: writable)
             deviceAddress += UInt64(run.length)
         }
-        return physical
+        return deviceAddressBase + physical
     }
 
     public func unmapForDevice(_ slot: BusSlot, deviceAddress: UInt64, length: Int) {
