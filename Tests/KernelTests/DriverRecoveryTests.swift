@@ -56,8 +56,13 @@ import Workloads
         let slow = try Fixtures.mutatedReferenceDriver("nvmelite", [(
             "    memset(&cmd, 0, sizeof(cmd));\n    switch (req->op) {",
             "    memset(&cmd, 0, sizeof(cmd));\n    static int fixture_spun;\n    if (req->lba == 4242 && !fixture_spun++) { /* the defect: 3 s in submit, once */\n"
-                + "        uint64_t until = d->ctx->host->monotonic_ns(d->ctx->host) + 3000000000ull;\n"
-                + "        while (d->ctx->host->monotonic_ns(d->ctx->host) < until) {}\n    }\n    switch (req->op) {"
+                // The instance is detached (and freed) under the spin: the
+                // spin holds only the host's table, and the submit asks
+                // the live-instance set before it touches the instance again.
+                + "        const oy_host *h = d->ctx->host;\n"
+                + "        uint64_t until = h->monotonic_ns(h) + 3000000000ull;\n"
+                + "        while (h->monotonic_ns(h) < until) {}\n"
+                + "        if (!oy_instance_contains(&nvl_instances, d)) return OY_E_STATE;\n    }\n    switch (req->op) {"
         )])
         let system = try Fixtures.bareSystem(drivers: [slow], diskSize: 8 << 20)
         defer { system.shutdown() }
