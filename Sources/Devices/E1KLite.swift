@@ -79,6 +79,10 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
     /// The transmitter is walking the ring, with `condition` let go; a
     /// write that stops it (TCTL.EN cleared, a reset) waits until it is done.
     private var transmitting = false
+    /// Transmit descriptors fetched when TDT moved past them, by index, as
+    /// a fast controller fetches them: a driver that moves the tail before
+    /// the descriptor is written has the device see its old contents.
+    private var txFetched: [Int: [UInt8]] = [:]
     private var port: DevicePort?
     private var stats = Statistics()
     /// Where transmitted frames go.
@@ -106,6 +110,7 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
         icr = 0
         ims = 0
         rxFIFO.removeAll()
+        txFetched.removeAll()
     }
 
     // MARK: Power
@@ -188,13 +193,38 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
                 ims &= ~v
             case Register.icr:
                 icr &= ~v
-            case Register.tdt, Register.rdt, Register.rctl, Register.tctl:
+            case Register.tdt:
+                fetchTransmitLocked(from: Int(regs[Register.tdt] ?? 0), to: Int(v))
+                regs[offset] = v
+                work = true
+                condition.signal()
+            case Register.tdbal, Register.tdbah, Register.tdlen:
+                txFetched.removeAll()
+                regs[offset] = v
+            case Register.rdt, Register.rctl, Register.tctl:
                 regs[offset] = v
                 work = true
                 condition.signal()
             default:
                 regs[offset] = v
             }
+        }
+    }
+
+    /// Fetches the transmit descriptors a tail write handed over,
+    /// `from` up to `to`, at once (nothing for a tail or ring the
+    /// transmitter would ignore).
+    private func fetchTransmitLocked(from: Int, to: Int) {
+        let base = UInt64(regs[Register.tdbal] ?? 0) | UInt64(regs[Register.tdbah] ?? 0) << 32
+        let count = Int(regs[Register.tdlen] ?? 0) / 16
+        guard let port, count >= 8, base % 16 == 0, from < count, to < count else { return }
+        var index = from
+        while index != to {
+            var descriptor = [UInt8](repeating: 0, count: 16)
+            let read: Void? = try? descriptor.withUnsafeMutableBytes { try port.dmaRead(base + UInt64(index * 16), into: $0) }
+            // Not reachable now: the transmitter tries again (and faults) when it gets there.
+            txFetched[index] = read == nil ? nil : descriptor
+            index = (index + 1) % count
         }
     }
 
@@ -245,7 +275,11 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
             let address = ring.base + UInt64(head * 16)
             var descriptor = [UInt8](repeating: 0, count: 16)
             do {
-                try descriptor.withUnsafeMutableBytes { try port.dmaRead(address, into: $0) }
+                if let early = condition.withLock({ txFetched.removeValue(forKey: head) }) {
+                    descriptor = early
+                } else {
+                    try descriptor.withUnsafeMutableBytes { try port.dmaRead(address, into: $0) }
+                }
                 let (buffer, length, command) = descriptor.withUnsafeBytes {
                     ($0.load(as: UInt64.self), Int($0.load(fromByteOffset: 8, as: UInt16.self)), $0[11])
                 }

@@ -77,6 +77,13 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
     private var acq: UInt64 = 0
     private var sqTail: [UInt16] = [0, 0]
     private var cqHead: [UInt16] = [0, 0]
+    /// Commands fetched when their doorbell rang, by queue and slot, as a
+    /// fast controller fetches them: a driver that rings before the command
+    /// is in its slot has the device see the slot's old contents.
+    private var fetched: [[Int: [UInt8]]] = [[:], [:]]
+    /// Where each SQ lies, for fetching at the doorbell (`sqs` is the
+    /// controller thread's own).
+    private var sqShapes: [(base: UInt64, entries: Int)?] = [nil, nil]
     private var work = false
     private var stats = Statistics()
     private var failIO = false
@@ -84,9 +91,10 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
     /// Fault injection: I/O commands complete with an internal-error status.
     public func injectErrors(_ on: Bool) { condition.withLock { failIO = on } }
 
-    /// A stalled controller: while held, doorbells are noted but no command
-    /// is fetched; releasing it processes what was rung meanwhile. Tests use
-    /// it to keep requests outstanding for as long as they need.
+    /// A stalled controller: while held, doorbells are noted (and their
+    /// commands fetched) but none is executed; releasing it processes what
+    /// was rung meanwhile. Tests use it to keep requests outstanding for as
+    /// long as they need.
     public func holdCommands(_ on: Bool) {
         condition.withLock {
             held = on
@@ -190,7 +198,13 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
         case (Register.acq + 4, 4): acq = acq & 0xFFFF_FFFF | value << 32
         case (Register.doorbells..<(Register.doorbells + 16), 4):
             let index = Int((offset - Register.doorbells) / 4)
-            if index % 2 == 0 { sqTail[index / 2] = UInt16(truncatingIfNeeded: value) } else { cqHead[index / 2] = UInt16(truncatingIfNeeded: value) }
+            if index % 2 == 0 {
+                let qid = index / 2
+                fetchLocked(qid, from: Int(sqTail[qid]), to: Int(UInt16(truncatingIfNeeded: value)))
+                sqTail[qid] = UInt16(truncatingIfNeeded: value)
+            } else {
+                cqHead[index / 2] = UInt16(truncatingIfNeeded: value)
+            }
             work = true
         default:
             return
@@ -222,6 +236,21 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
         }
     }
 
+    /// Fetches the commands a doorbell handed over, slots `from` up to
+    /// `to`, at once (a tail outside the queue fetches nothing; the
+    /// controller thread ignores it too).
+    private func fetchLocked(_ qid: Int, from: Int, to: Int) {
+        guard let sq = sqShapes[qid], let port, from < sq.entries, to < sq.entries else { return }
+        var slot = from
+        while slot != to {
+            var command = [UInt8](repeating: 0, count: 64)
+            let read: Void? = try? command.withUnsafeMutableBytes { try port.dmaRead(sq.base + UInt64(slot * 64), into: $0) }
+            // Not reachable now: the controller thread tries again (and faults) when it gets there.
+            fetched[qid][slot] = read == nil ? nil : command
+            slot = (slot + 1) % sq.entries
+        }
+    }
+
     private func enableLocked() {
         let sqEntries = Int(aqa & 0xFFF) + 1
         let cqEntries = Int((aqa >> 16) & 0xFFF) + 1
@@ -231,17 +260,21 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
             return
         }
         sqs = [SubmissionQueue(base: asq, entries: sqEntries, head: 0, cq: 0), nil]
+        sqShapes = [(asq, sqEntries), nil]
         cqs = [CompletionQueue(base: acq, entries: cqEntries, tail: 0, phase: 1, vector: 0, interrupts: true), nil]
         sqTail = [0, 0]
         cqHead = [0, 0]
+        fetched = [[:], [:]]
         csts = 1
     }
 
     private func resetLocked() {
         sqs = [nil, nil]
+        sqShapes = [nil, nil]
         cqs = [nil, nil]
         sqTail = [0, 0]
         cqHead = [0, 0]
+        fetched = [[:], [:]]
         csts = 0
     }
 
@@ -258,7 +291,11 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
             var result: UInt32 = 0
             var cid: UInt16 = 0
             do {
-                try command.withUnsafeMutableBytes { try port.dmaRead(sq.base + UInt64(sq.head * 64), into: $0) }
+                if let early = condition.withLock({ fetched[qid].removeValue(forKey: sq.head) }) {
+                    command = early
+                } else {
+                    try command.withUnsafeMutableBytes { try port.dmaRead(sq.base + UInt64(sq.head * 64), into: $0) }
+                }
                 cid = command.withUnsafeBytes { $0.load(fromByteOffset: 2, as: UInt16.self) }
                 (status, result) = qid == 0 ? executeAdmin(command, port: port) : executeIO(command, port: port)
             } catch {
@@ -353,10 +390,19 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
                 let cqid = Int(cdw11 >> 16)
                 guard cqid == 1, cqs[1] != nil else { return (.invalidField, 0) }
                 sqs[1] = SubmissionQueue(base: prp1, entries: entries, head: 0, cq: 1)
+                condition.withLock {
+                    sqShapes[1] = (prp1, entries)
+                    fetched[1] = [:]
+                    sqTail[1] = 0
+                }
             }
             return (.success, 0)
         case 0x00: // DELETE I/O SQ
             sqs[1] = nil
+            condition.withLock {
+                sqShapes[1] = nil
+                fetched[1] = [:]
+            }
             return (.success, 0)
         case 0x04: // DELETE I/O CQ
             guard sqs[1] == nil else { return (.invalidField, 0) }

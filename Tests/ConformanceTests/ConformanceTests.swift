@@ -171,6 +171,19 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         Case(defect: "leak on detach", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_LEAK_ON_DETACH"]) }, expected: ["lifecycle.attach": .failed]),
         Case(defect: "DMA outside the mapping", build: { try Fixtures.nvmeliteWithDMABug() },
              expected: ["io.dma-faults": .failed, "io.basic": .failed], says: ["never CPU pointers"], saysIn: "io.dma-faults"),
+        // The devices fetch what a doorbell hands over when it is written, as fast hardware does.
+        Case(defect: "doorbell rung before the command is in its slot", build: {
+            try Fixtures.mutatedReferenceDriver("nvmelite", [(
+                "    memcpy(&q->sq[q->sq_tail], cmd, sizeof(*cmd));\n    q->sq_tail = (uint16_t)((q->sq_tail + 1u) % q->entries);\n    __atomic_thread_fence(__ATOMIC_RELEASE);\n    d->host->reg_write32(d->regs, NVL_SQ_TAIL_DB(q->qid), q->sq_tail);",
+                "    uint16_t slot = q->sq_tail;\n    q->sq_tail = (uint16_t)((q->sq_tail + 1u) % q->entries);\n    d->host->reg_write32(d->regs, NVL_SQ_TAIL_DB(q->qid), q->sq_tail);\n    memcpy(&q->sq[slot], cmd, sizeof(*cmd)); /* the defect */"
+            )])
+        }, expected: ["lifecycle.attach": .failed]),
+        Case(defect: "transmit tail moved before the descriptor is written", build: {
+            try Fixtures.mutatedReferenceDriver("e1klite", [
+                ("    desc = &d->tx_ring[slot];\n    desc->buffer", "    e1k_write(d, E1K_TDT, (slot + 1u) % E1K_RING); /* the defect */\n    desc = &d->tx_ring[slot];\n    desc->buffer"),
+                ("    __atomic_thread_fence(__ATOMIC_RELEASE);\n    e1k_write(d, E1K_TDT, d->tx_tail);", ""),
+            ])
+        }, expected: ["io.basic": .failed], says: ["did not reach the wire intact"]),
         // Device addresses lie above 4 GiB, as on a large machine with an IOMMU.
         Case(defect: "device address kept in 32 bits", build: {
             try Fixtures.mutatedReferenceDriver("nvmelite", [("            cmd.prp1 = addr;", "            cmd.prp1 = (uint32_t)addr; /* the defect */")])
