@@ -82,7 +82,7 @@ let package = Package(
         ),
         .target(
             name: "Kernel",
-            dependencies: ["DriverHost", "Machine", "Workloads", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["DriverHost", "Machine", "Workloads", "CSystemShims", .product(name: "Logging", package: "swift-log")]
         ),
         // The root's virtualization stack: root partition boot, VSPs, VM manager.
         .target(

@@ -112,6 +112,45 @@ static int holds_poison(const ucontext_t *uc) {
     return 0;
 }
 
+/* Quarantined ranges: `end` 0 is a free slot, 1 one being filled. */
+#define OY_QUARANTINE_SLOTS 256
+static struct {
+    uintptr_t start;
+    uintptr_t end;
+} quarantine[OY_QUARANTINE_SLOTS];
+
+int oy_shim_quarantine_add(const void *start, size_t length) {
+    int i;
+    for (i = 0; i < OY_QUARANTINE_SLOTS; i++) {
+        uintptr_t empty = 0;
+        if (__atomic_compare_exchange_n(&quarantine[i].end, &empty, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+            __atomic_store_n(&quarantine[i].start, (uintptr_t)start, __ATOMIC_RELAXED);
+            __atomic_store_n(&quarantine[i].end, (uintptr_t)start + length, __ATOMIC_RELEASE);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+void oy_shim_quarantine_remove(const void *start) {
+    int i;
+    for (i = 0; i < OY_QUARANTINE_SLOTS; i++) {
+        if (__atomic_load_n(&quarantine[i].end, __ATOMIC_ACQUIRE) > 1 && __atomic_load_n(&quarantine[i].start, __ATOMIC_RELAXED) == (uintptr_t)start) {
+            __atomic_store_n(&quarantine[i].end, 0, __ATOMIC_RELEASE);
+            return;
+        }
+    }
+}
+
+static int in_quarantine(uintptr_t address) {
+    int i;
+    for (i = 0; i < OY_QUARANTINE_SLOTS; i++) {
+        uintptr_t end = __atomic_load_n(&quarantine[i].end, __ATOMIC_ACQUIRE);
+        if (end > 1 && address >= __atomic_load_n(&quarantine[i].start, __ATOMIC_RELAXED) && address < end) return 1;
+    }
+    return 0;
+}
+
 static void on_fatal(int signal, siginfo_t *info, void *context) {
     void *frames[64];
     int count, i, start;
@@ -137,6 +176,9 @@ static void on_fatal(int signal, siginfo_t *info, void *context) {
     put_dec((uint64_t)(uint32_t)info->si_code);
     put(" ");
     put_dec((uint64_t)holds_poison(uc));
+    /* Whether the address is memory the driver freed (dma_free'd pages). */
+    put(" ");
+    put_dec((uint64_t)in_quarantine((uintptr_t)info->si_addr));
     put("\n");
     if (pc != NULL) put_frame(pc);
     count = backtrace(frames, 64);

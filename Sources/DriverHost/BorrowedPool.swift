@@ -34,6 +34,16 @@ import Synchronization
     public static func guardRequestData() { guarding.store(true, ordering: .relaxed) }
     public static var guardsRequestData: Bool { guarding.load(ordering: .relaxed) && isOn }
 
+    private static let quarantining = Atomic<Bool>(false)
+
+    /// Also hold dma_free'd pages back, inaccessible, before the OS reuses
+    /// them (see `KernelDevice`), once verification is on: a driver that
+    /// touches a ring or buffer after freeing it faults at once, and the
+    /// crash report says what the address was. For a conformance worker: it
+    /// keeps memory from the OS for a while.
+    public static func quarantineFreedDMA() { quarantining.store(true, ordering: .relaxed) }
+    public static var quarantinesFreedDMA: Bool { quarantining.load(ordering: .relaxed) && isOn }
+
     private static let releasePause = Atomic<Int>(0)
 
     /// Race amplification for teardown: while set (microseconds, 0 is

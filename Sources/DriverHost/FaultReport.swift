@@ -30,6 +30,9 @@ public struct CrashReport: Sendable {
 
     let signal: Int32
     let place: Place
+    /// The address lies in memory the driver freed and the host held back
+    /// inaccessible (dma_free'd pages under the verifier).
+    let inFreedMemory: Bool
     let frames: [Frame]
 
     public static func parse(_ text: String) -> CrashReport? {
@@ -46,7 +49,7 @@ public struct CrashReport: Sendable {
         guard let header, let signal = Int32(header[1]) else { return nil }
         let place: Place = header.count > 3 && Int32(header[3]) == Self.siKernel
             ? .nonCanonical(poisonInRegister: header.count > 4 && header[4] == "1") : .address(hex(header[2]) ?? 0)
-        return CrashReport(signal: signal, place: place, frames: frames)
+        return CrashReport(signal: signal, place: place, inFreedMemory: header.count > 5 && header[5] == "1", frames: frames)
     }
 
     /// si_code of a fault the kernel raised itself (SI_KERNEL).
@@ -156,6 +159,9 @@ public struct DriverFault: Sendable {
             fault = " at address 0x\(String(address, radix: 16))"
             if report.signal == 11 && BorrowedPool.contains(address) {
                 cause = "; that is memory the host lent for one call (a borrowed argument: probe's device info, a control call's string), used after the call returned: copy what you need during the call"
+            } else if report.signal == 11 && report.inFreedMemory {
+                cause = "; that is DMA memory the driver had freed with dma_free, used after it was freed (a ring or buffer the interrupt handler, a timer or the driver's own code still reaches): "
+                    + "stop the device and unhook its interrupt before freeing what they use"
             }
         case .nonCanonical(let poisonInRegister):
             fault = " at a non-canonical address (the kernel does not say which)"

@@ -1,5 +1,7 @@
-import DriverHost
+import CSystemShims
+@_spi(Conformance) import DriverHost
 import Foundation
+import Glibc
 import Machine
 
 /// A bus device as the Kernel offers it to a driver: every access checked,
@@ -80,8 +82,50 @@ final class KernelDevice: HostDevice, @unchecked Sendable {
     func dmaFree(_ region: DMARegion) {
         guard let allocation = lock.withLock({ allocations.removeValue(forKey: region.deviceAddress) }) else { return }
         platform.unmapForDevice(slot, deviceAddress: region.deviceAddress, length: allocation.pages * PhysicalMemory.pageSize)
-        platform.memory.free(physical: allocation.physical, pages: allocation.pages)
         dmaBudget.give(allocation.pages * PhysicalMemory.pageSize)
+        if Verifier.quarantinesFreedDMA, let cpu = platform.memory.pointer(allocation.physical) {
+            hold(physical: allocation.physical, pages: allocation.pages, cpu: cpu)
+        } else {
+            platform.memory.free(physical: allocation.physical, pages: allocation.pages)
+        }
+    }
+
+    /// dma_free'd pages held back inaccessible (under the verifier), oldest
+    /// first, at most `quarantineLimit` pages; given back to the OS when
+    /// pushed out or when this device object goes.
+    private var quarantine: [(physical: UInt64, pages: Int, cpu: UnsafeMutableRawPointer)] = []
+    private var quarantinedPages = 0
+    static let quarantineLimit = 256
+
+    private func hold(physical: UInt64, pages: Int, cpu: UnsafeMutableRawPointer) {
+        let length = pages * PhysicalMemory.pageSize
+        guard mprotect(cpu, length, PROT_NONE) == 0 else {
+            platform.memory.free(physical: physical, pages: pages)
+            return
+        }
+        _ = oy_shim_quarantine_add(cpu, length)
+        let released = lock.withLock { () -> [(physical: UInt64, pages: Int, cpu: UnsafeMutableRawPointer)] in
+            quarantine.append((physical, pages, cpu))
+            quarantinedPages += pages
+            var out: [(physical: UInt64, pages: Int, cpu: UnsafeMutableRawPointer)] = []
+            while quarantinedPages > Self.quarantineLimit, quarantine.count > 1 {
+                let oldest = quarantine.removeFirst()
+                quarantinedPages -= oldest.pages
+                out.append(oldest)
+            }
+            return out
+        }
+        released.forEach(release)
+    }
+
+    private func release(_ held: (physical: UInt64, pages: Int, cpu: UnsafeMutableRawPointer)) {
+        oy_shim_quarantine_remove(held.cpu)
+        _ = mprotect(held.cpu, held.pages * PhysicalMemory.pageSize, PROT_READ | PROT_WRITE)
+        platform.memory.free(physical: held.physical, pages: held.pages)
+    }
+
+    deinit {
+        quarantine.forEach(release)
     }
 
     func dmaMap(_ pointer: UnsafeMutableRawPointer, length: Int, direction: DMADirection) throws(OyStatus) -> DMARegion {

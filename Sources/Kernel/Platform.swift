@@ -84,8 +84,8 @@ public final class KernelMemory: Sendable {
 }
 
 /// The OS directly on the machine: physical addresses are machine addresses,
-/// the IOMMU maps them 1:1 (but only the pages the OS mapped), and device
-/// interrupts go straight to the OS.
+/// the IOMMU maps them at `deviceAddressBase` + physical (only the pages the
+/// OS mapped), and device interrupts go straight to the OS.
 public final class BarePlatform: Platform {
     public let machine: Machine
     public let memory: KernelMemory

@@ -137,8 +137,10 @@ struct ConformanceWorkerCommand: ParsableCommand {
                 ConformanceSuite.reportHangs()
             }
         }
-        // A process of its own: block request data may move to guarded pages.
+        // A process of its own: block request data may move to guarded
+        // pages, and freed DMA memory may wait a while before reuse.
         Verifier.guardRequestData()
+        Verifier.quarantineFreedDMA()
         ConformanceSuite.sayVerdictsEarly { outcome in
             guard let data = try? JSONEncoder().encode(outcome) else { return }
             fflush(nil)

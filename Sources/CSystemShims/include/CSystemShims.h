@@ -54,6 +54,13 @@ int oy_shim_tap_open(const char *name);
  * thread; other threads' overflows end without frames. Returns 0 or -1. */
 int oy_shim_install_crash_reporter(int fd);
 
+/* Ranges of memory a driver freed and the host holds back inaccessible
+ * (dma_free'd pages in quarantine): a crash whose address lies in one says
+ * so in the crash reporter's header line. At most 256 at once; add returns
+ * -1 when full (the range is then not named, only still inaccessible). */
+int oy_shim_quarantine_add(const void *start, size_t length);
+void oy_shim_quarantine_remove(const void *start);
+
 /* A hang report, for a worker about to be killed for a check that does not
  * end: `oy_shim_report_hangs` sends SIGUSR2 to every thread of the process
  * inside a driver callback (see oy_shim_set_context; each but the caller),
