@@ -15,7 +15,7 @@ enum Catalogue {
     static let rng: Set<String> = ["oyako.rng/1"]
     static let io: Set<String> = ["oyako.block/1", "oyako.net/1", "oyako.serial/1", "oyako.rng/1"]
 
-    static let all: [CheckDefinition] = file + load + lifecycle + lifecycleAfterIO + contextAndConcurrency + faults + blockChecks + netChecks + serialChecks + ioChecks + rngChecks + hostChecks + sameResults + badInput + control
+    static let all: [CheckDefinition] = file + load + lifecycle + lifecycleAfterIO + contextAndConcurrency + faults + blockChecks + netChecks + serialChecks + ioChecks + rngChecks + [spurious] + hostChecks + sameResults + badInput + control
 
     // MARK: File and symbols (no driver code runs)
 
@@ -235,7 +235,7 @@ enum Catalogue {
             let instance = try rig.attach()
             _ = try rig.exerciseIO()
             let slot = rig.slots[0]
-            let world = WorldRunning(rig)
+            let world = Repeating(named: "world") { rig.worldGoesOn(round: $0) }
             defer { world.stop() }
             Thread.sleep(forTimeInterval: 0.05)
             let faultsBefore = slot.dmaFaults
@@ -423,6 +423,40 @@ enum Catalogue {
             }
         },
     ]
+
+    /// The I/O checks `fault.spurious-interrupts` runs again: the ones that
+    /// verify data, where an interrupt handler that takes a spurious
+    /// interrupt for news shows (a byte that never came, a completion of a
+    /// request still with the device).
+    static let spuriousReruns: Set<String> = ["io.basic", "concurrency.io", "io.block.patterns", "io.block.accounting", "io.net.frames", "io.net.rings",
+                                              "io.serial.roundtrip", "io.rng.bytes", "io.rng.from-device"]
+
+    static let spurious = CheckDefinition("fault.spurious-interrupts", "with the device's interrupts also raised for nothing, every 0.2 ms, its I/O checks pass again",
+                                          requires: ["io.basic"], classes: io, timeout: 120) { c in
+        guard let deviceClass = try? DriverFile.inspect(path: c.driverPath).metadata.deviceClass else { return .failed("the driver file cannot be read") }
+        var storm = c
+        storm.spuriousInterrupts = true
+        var passed: [String] = []
+        for check in Catalogue.all where spuriousReruns.contains(check.id) && (check.classes == nil || check.classes!.contains(deviceClass)) {
+            guard c.passedBefore?.contains(check.id) ?? true else { continue }
+            let outcome: CheckOutcome
+            do {
+                outcome = try check.run(storm)
+            } catch {
+                outcome = .failed("\(error)")
+            }
+            switch outcome.verdict {
+            case .passed, .warning: passed.append(check.id)
+            case .skipped: continue
+            default:
+                var failed = CheckOutcome.failed("\(check.id), with spurious interrupts: \(outcome.message); an interrupt may come with nothing new "
+                    + "(a spurious one, or one for what the last run of the handler already took): read the device's status and do only what it reports")
+                failed.verdict = outcome.verdict
+                return failed
+            }
+        }
+        return .passed("\(passed.joined(separator: ", ")) passed with spurious interrupts")
+    }
 
     static let sameResults: [CheckDefinition] = [
         CheckDefinition("io.same-results", "the same observable results in both environments", scope: .crossEnvironment) { _ in .passed() },
@@ -636,26 +670,23 @@ func advice(for fault: DMAFault) -> String {
     return "give the device addresses from dma_alloc/dma_map, never CPU pointers"
 }
 
-/// `Rig.worldGoesOn` on a thread of its own until `stop`, every
-/// `interval` microseconds (or so: the machine's timer decides).
-final class WorldRunning: @unchecked Sendable {
+/// `body(round)` on a thread of its own until `stop`, every `interval`
+/// microseconds (or so: the machine's timer decides): a device's world
+/// going on (`Rig.worldGoesOn`), a storm of spurious interrupts.
+final class Repeating: @unchecked Sendable {
     // @unchecked Sendable: the state is guarded by `lock`.
     private let lock = NSCondition()
     private var running = true
     private var finished = false
     private var count = 0
-    private var every: UInt32 = 1000
+    private var every: UInt32
 
-    var interval: UInt32 {
-        get { lock.withLock { every } }
-        set { lock.withLock { every = newValue } }
-    }
-
-    init(_ rig: Rig) {
-        startThread(named: "world") { [self] in
+    init(named name: String, every interval: UInt32 = 1000, _ body: @escaping @Sendable (Int) -> Void) {
+        every = interval
+        startThread(named: name) { [self] in
             var round = 0
             while lock.withLock({ running }) {
-                rig.worldGoesOn(round: round)
+                body(round)
                 round += 1
                 usleep(lock.withLock { count = round; return every })
             }
@@ -666,9 +697,14 @@ final class WorldRunning: @unchecked Sendable {
         }
     }
 
+    var interval: UInt32 {
+        get { lock.withLock { every } }
+        set { lock.withLock { every = newValue } }
+    }
+
     var rounds: Int { lock.withLock { count } }
 
-    /// Returns once the world stopped.
+    /// Returns once the thread stopped.
     func stop() {
         lock.withLock {
             running = false

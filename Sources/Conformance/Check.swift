@@ -139,6 +139,9 @@ public struct CheckContext: Sendable {
     public var hostExecutable: String?
     /// Attach the driver in a driver host (host.io reruns hostable checks so).
     var hosted = false
+    /// Raise the attached device's interrupts spuriously all along
+    /// (fault.spurious-interrupts reruns I/O checks so).
+    var spuriousInterrupts = false
     /// The checks that passed earlier in this environment (nil: not known).
     public var passedBefore: Set<String>?
     /// Where the violation log stood when the check began.

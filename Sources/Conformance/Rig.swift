@@ -51,6 +51,9 @@ final class Rig: @unchecked Sendable {
     private(set) var nics: [(E1KLite, FrameRecorder)] = []
     private(set) var uarts: [(UART16550, SerialLog)] = []
     private(set) var rngs: [RNGLite] = []
+    /// Raise each attached device's interrupts with nothing to report.
+    private let spuriousInterrupts: Bool
+    private let storms = Mutex<[Repeating]>([])
 
     var deviceClass: String { file.metadata.deviceClass }
 
@@ -58,6 +61,7 @@ final class Rig: @unchecked Sendable {
     ///   power cut empties (`NVMeLite.powerCut`).
     init(_ context: CheckContext, copies: Int = 1, load: Bool = true, writeCache: Bool = false) throws {
         environment = context.environment
+        spuriousInterrupts = context.spuriousInterrupts
         file = try DriverFile.inspect(path: context.driverPath)
         state = FileManager.default.temporaryDirectory.appendingPathComponent("oyako-conf-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: true)
@@ -147,12 +151,23 @@ final class Rig: @unchecked Sendable {
             let offered = Self.offeredDevices.map { "\($0.name) \(String(format: "%04x:%04x", $0.vendorID, $0.deviceID)) (\($0.what), SDK/datasheets/\($0.name).md)" }
             throw CheckFailure("the driver binds none of the devices the suite offers: \(offered.joined(separator: "; ")); its metadata lists \(file.metadata.deviceIDs.map(\.description).joined(separator: ", "))")
         }
+        let instance: DriverInstance
         do {
-            return try kernel.attach(library, to: slots[index])
+            instance = try kernel.attach(library, to: slots[index])
         } catch {
             throw CheckFailure("attach failed: \(error)")
         }
+        if spuriousInterrupts {
+            // Every 0.2 ms, each vector: more interrupts than the device's
+            // own, most of them with nothing new to report.
+            let slot = slots[index]
+            storms.withLock { $0.append(Repeating(named: "spurious irq", every: 200) { _ in (0..<slot.device.interruptCount).forEach(slot.raiseInterrupt) }) }
+        }
+        return instance
     }
+
+    /// Spurious interrupts raised so far (`CheckContext.spuriousInterrupts`).
+    var spuriousRounds: Int { storms.withLock { $0.reduce(0) { $0 + $1.rounds } } }
 
     /// Waits until `bytes` appear in the line log, contiguous and in order,
     /// after position `start` (the kernel's console lines share the port,
@@ -203,6 +218,7 @@ final class Rig: @unchecked Sendable {
     }
 
     func shutdown() {
+        storms.withLock { $0.forEach { $0.stop() } }
         kernel.shutdown()
         root?.shutdown()
         machine.shutdown()

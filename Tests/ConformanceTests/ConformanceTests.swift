@@ -825,3 +825,47 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         #expect(results.count == 2 && results.allSatisfy { $0.verdict == .passed }, "\(results.map { "\($0.environment) \($0.verdict): \($0.message)" })")
     }
 }
+
+/// An interrupt may come with nothing new. nvmelite that takes an
+/// interrupt without a completion for news (it fails what is outstanding)
+/// passes io.basic; with its interrupts also raised for nothing, its
+/// requests fail, and fault.spurious-interrupts says why.
+@Suite struct SpuriousInterruptTests {
+    @Test func aHandlerThatTakesAnEmptyInterruptForNewsFails() throws {
+        let driver = try Fixtures.mutatedReferenceDriver("nvmelite", [(
+            "    d->host->reg_write32(d->regs, NVL_CQ_HEAD_DB(d->io.qid), d->io.cq_head);\n    if (d->draining && d->outstanding == 0) signal_drained = 1;",
+            """
+                if (n == 0) { /* the defect: an interrupt with nothing new means the controller lost them */
+                    uint32_t c;
+                    for (c = 0; c < NVL_QUEUE_DEPTH; c++) {
+                        if (d->slots[c].request == NULL) continue;
+                        if (d->slots[c].map) d->host->dma_unmap(d->slots[c].map);
+                        d->slots[c].map = NULL;
+                        done[n] = d->slots[c].request;
+                        status[n++] = OY_E_IO;
+                        d->slots[c].request = NULL;
+                        d->outstanding--;
+                    }
+                }
+                d->host->reg_write32(d->regs, NVL_CQ_HEAD_DB(d->io.qid), d->io.cq_head);
+                if (d->draining && d->outstanding == 0) signal_drained = 1;
+            """
+        )])
+        let report = suite(filter: "^io\\.basic$|^fault\\.spurious-interrupts$").run(driver: driver)
+        #expect(report.results.filter { $0.id == "io.basic" }.allSatisfy { $0.verdict == .passed }, "without a storm the defect hides")
+        let results = report.results.filter { $0.id == "fault.spurious-interrupts" }
+        #expect(results.count == 2 && results.allSatisfy { $0.verdict == .failed }, "\(results.map { "\($0.environment) \($0.verdict): \($0.message)" })")
+        for result in results {
+            #expect(result.message.contains("io.basic, with spurious interrupts") && result.message.contains("an interrupt may come with nothing new"), "\(result.message)")
+        }
+    }
+
+    @Test(arguments: ["nvmelite", "e1klite", "uart16550"])
+    func theReferenceDriversTakeSpuriousInterruptsInStride(_ name: String) throws {
+        let report = suite(filter: "^io\\.basic$|^concurrency\\.io$|^io\\.(block\\.patterns|net\\.frames|serial\\.roundtrip)$|^fault\\.spurious-interrupts$")
+            .run(driver: try Fixtures.mutatedReferenceDriver(name, []))
+        let results = report.results.filter { $0.id == "fault.spurious-interrupts" }
+        #expect(results.count == 2 && results.allSatisfy { $0.verdict == .passed && $0.message.contains("io.basic, concurrency.io, io.") },
+                "\(results.map { "\($0.environment) \($0.verdict): \($0.message)" })")
+    }
+}
