@@ -139,6 +139,10 @@ public struct CheckContext: Sendable {
     public var hostExecutable: String?
     /// Attach the driver in a driver host (host.io reruns hostable checks so).
     var hosted = false
+    /// The check shares its process with other checks running at the same
+    /// time (`--in-process`): process-wide counts (fds, threads) say
+    /// nothing about this driver then.
+    var sharedProcess = false
     /// Raise the attached device's interrupts spuriously all along
     /// (fault.spurious-interrupts reruns I/O checks so).
     var spuriousInterrupts = false

@@ -158,14 +158,16 @@ public struct ConformanceSuite: Sendable {
     /// `passedBefore`: the checks that passed earlier in this environment
     /// (nil: not known), for checks that build on their results.
     public static func runCheck(_ id: String, driver: String, environment: SuiteEnvironment, timeBudget: Double? = Options.defaultTimeBudget,
-                                hostExecutable: String? = currentExecutable, passedBefore: Set<String>? = nil) -> CheckOutcome {
+                                hostExecutable: String? = currentExecutable, passedBefore: Set<String>? = nil, sharedProcess: Bool = false) -> CheckOutcome {
         guard let check = Catalogue.all.first(where: { $0.id == id }) else { return .failed("no check \(id)") }
         Verifier.enable()
         let mark = ViolationLog.mark
         var outcome: CheckOutcome
         do {
-            outcome = try check.run(CheckContext(driverPath: driver, environment: environment, timeBudget: timeBudget, hostExecutable: hostExecutable,
-                                                 passedBefore: passedBefore, violationMark: mark))
+            var context = CheckContext(driverPath: driver, environment: environment, timeBudget: timeBudget, hostExecutable: hostExecutable,
+                                       passedBefore: passedBefore, violationMark: mark)
+            context.sharedProcess = sharedProcess
+            outcome = try check.run(context)
         } catch {
             outcome = .failed("\(error)")
         }
@@ -279,7 +281,8 @@ public struct ConformanceSuite: Sendable {
         let passed = Set(prior.filter { $0.value == .passed || $0.value == .warning }.keys)
         if options.inProcess || environment == nil {
             outcome = Self.runCheck(check.id, driver: driver, environment: environment ?? .bare, timeBudget: options.timeBudget,
-                                    hostExecutable: options.workerExecutable ?? Self.currentExecutable, passedBefore: passed)
+                                    hostExecutable: options.workerExecutable ?? Self.currentExecutable, passedBefore: passed,
+                                    sharedProcess: options.inProcess && environment != nil)
         } else {
             outcome = runInChild(check, driver: driver, environment: environment!, passed: passed)
         }
