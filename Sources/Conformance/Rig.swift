@@ -166,9 +166,6 @@ final class Rig: @unchecked Sendable {
         return instance
     }
 
-    /// Spurious interrupts raised so far (`CheckContext.spuriousInterrupts`).
-    var spuriousRounds: Int { storms.withLock { $0.reduce(0) { $0 + $1.rounds } } }
-
     /// Waits until `bytes` appear in the line log, contiguous and in order,
     /// after position `start` (the kernel's console lines share the port,
     /// between writes but never inside one).
