@@ -447,7 +447,7 @@ enum Catalogue {
     static let spuriousReruns: Set<String> = ["io.basic", "concurrency.io", "io.block.patterns", "io.block.accounting", "io.net.frames", "io.net.rings",
                                               "io.serial.roundtrip", "io.rng.bytes", "io.rng.from-device"]
 
-    static let spurious = CheckDefinition("fault.spurious-interrupts", "with the device's interrupts also raised for nothing, every 0.2 ms, its I/O checks pass again",
+    static let spurious = CheckDefinition("fault.spurious-interrupts", "with the device's interrupts also raised for nothing (after every register write, every 0.05 ms), its I/O checks pass again",
                                           requires: ["io.basic"], classes: io, timeout: 120) { c in
         guard let deviceClass = try? DriverFile.inspect(path: c.driverPath).metadata.deviceClass else { return .failed("the driver file cannot be read") }
         var storm = c

@@ -158,10 +158,13 @@ final class Rig: @unchecked Sendable {
             throw CheckFailure("attach failed: \(error)")
         }
         if spuriousInterrupts {
-            // Every 0.2 ms, each vector: more interrupts than the device's
-            // own, most of them with nothing new to report.
+            // After every register write (a doorbell's command is then
+            // still with the device), and every 0.05 ms (or as often as the
+            // timer allows): more interrupts than the device's own, most
+            // with nothing new.
             let slot = slots[index]
-            storms.withLock { $0.append(Repeating(named: "spurious irq", every: 200) { _ in (0..<slot.device.interruptCount).forEach(slot.raiseInterrupt) }) }
+            slot.interruptAfterEveryWrite(true)
+            storms.withLock { $0.append(Repeating(named: "spurious irq", every: 50) { _ in (0..<slot.device.interruptCount).forEach(slot.raiseInterrupt) }) }
         }
         return instance
     }

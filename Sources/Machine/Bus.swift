@@ -158,6 +158,7 @@ public final class BusSlot: Sendable {
     let port: DevicePort
     private let removedFlag = Atomic(false)
     private let command = Atomic<UInt16>(0)
+    private let echoWrites = Atomic(false)
 
     init(address: BusAddress, device: any BusDevice, vectors: Range<Int>, port: DevicePort) {
         self.address = address
@@ -174,6 +175,17 @@ public final class BusSlot: Sendable {
     /// Raises the device's vector `index` as if the device had (spurious or
     /// test interrupts).
     public func raiseInterrupt(_ index: Int) { port.raiseInterrupt(index) }
+
+    /// Fault injection: while set, every register or port write the CPU
+    /// makes is followed at once by all of the device's interrupts, as if
+    /// it had something to report: a doorbell write then brings an
+    /// interrupt while its command is still with the device.
+    public func interruptAfterEveryWrite(_ on: Bool) { echoWrites.store(on, ordering: .relaxed) }
+
+    private func echoWrite() {
+        guard echoWrites.load(ordering: .relaxed) else { return }
+        for index in 0..<device.interruptCount { port.raiseInterrupt(index) }
+    }
 
     /// DMA of this device the IOMMU refused, since power-on.
     public var dmaFaults: Int { port.dmaFaults }
@@ -228,6 +240,7 @@ public final class BusSlot: Sendable {
     public func mmioWrite(bar: Int, offset: UInt64, width: Int, value: UInt64) {
         guard !isRemoved, inWindow(bar: bar, offset: offset, width: width) else { return }
         device.mmioWrite(bar: bar, offset: offset, width: width, value: value)
+        echoWrite()
     }
 
     public func portRead(bar: Int, port: UInt32) -> UInt8 {
@@ -238,6 +251,7 @@ public final class BusSlot: Sendable {
     public func portWrite(bar: Int, port: UInt32, value: UInt8) {
         guard !isRemoved, bar >= 0, bar < device.bars.count, case .ports(let count) = device.bars[bar], port < count else { return }
         device.portWrite(bar: bar, port: port, value: value)
+        echoWrite()
     }
 
     private func inWindow(bar: Int, offset: UInt64, width: Int) -> Bool {

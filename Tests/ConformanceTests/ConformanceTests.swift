@@ -851,12 +851,18 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 if (d->draining && d->outstanding == 0) signal_drained = 1;
             """
         )])
+        // The interrupt after each doorbell write usually finds its request
+        // still with the device, with nothing completed (the device's thread
+        // and the interrupt thread race): in the CLI every run of both
+        // environments failed; with tests running side by side, now and then
+        // one environment passes. The suite's verdict fails when either does.
         let report = suite(filter: "^io\\.basic$|^fault\\.spurious-interrupts$").run(driver: driver)
         #expect(report.results.filter { $0.id == "io.basic" }.allSatisfy { $0.verdict == .passed }, "without a storm the defect hides")
         let results = report.results.filter { $0.id == "fault.spurious-interrupts" }
-        #expect(results.count == 2 && results.allSatisfy { $0.verdict == .failed }, "\(results.map { "\($0.environment) \($0.verdict): \($0.message)" })")
-        for result in results {
-            #expect(result.message.contains("io.basic, with spurious interrupts") && result.message.contains("an interrupt may come with nothing new"), "\(result.message)")
+        let failed = results.filter { $0.verdict == .failed }
+        #expect(results.count == 2 && !failed.isEmpty, "\(results.map { "\($0.environment) \($0.verdict): \($0.message)" })")
+        for result in failed {
+            #expect(result.message.contains("io.basic, with spurious interrupts: ") && result.message.contains("an interrupt may come with nothing new"), "\(result.message)")
         }
     }
 
@@ -865,7 +871,8 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         let report = suite(filter: "^io\\.basic$|^concurrency\\.io$|^io\\.(block\\.patterns|net\\.frames|serial\\.roundtrip)$|^fault\\.spurious-interrupts$")
             .run(driver: try Fixtures.mutatedReferenceDriver(name, []))
         let results = report.results.filter { $0.id == "fault.spurious-interrupts" }
-        #expect(results.count == 2 && results.allSatisfy { $0.verdict == .passed && $0.message.contains("io.basic, concurrency.io, io.") },
+        // A warning for a slow callback is the loaded machine's (tests run side by side).
+        #expect(results.count == 2 && results.allSatisfy { ($0.verdict == .passed || $0.verdict == .warning) && $0.message.contains("io.basic, concurrency.io, io.") },
                 "\(results.map { "\($0.environment) \($0.verdict): \($0.message)" })")
     }
 }
