@@ -189,3 +189,34 @@ import Testing
         #expect(memory.window(at: GuestAddress(3 * 4096), count: 2 * 4096) == nil)
     }
 }
+
+/// What a device does that goes nowhere is counted per device, and the
+/// write-echo fault injection raises its vectors after each CPU write.
+@Suite struct DeviceActivityTests {
+    @Test func unhandledInterruptsAndRefusedDMAAreCountedPerDevice() throws {
+        let machine = try Machine(configuration: .init(memorySize: 4 << 20))
+        defer { machine.shutdown() }
+        let nic = E1KLite(mac: [2, 0, 0, 0, 0, 1])
+        let slot = machine.bus.plug(nic)
+        let quiet = machine.bus.plug(E1KLite(mac: [2, 0, 0, 0, 0, 2]))
+        slot.interruptAfterEveryWrite(true)
+        slot.mmioWrite(bar: 0, offset: 0x00D8, width: 4, value: 0)  // IMC: no cause of its own
+        #expect(slot.unhandledInterrupts == 1, "no handler hooked: the echoed interrupt went nowhere")
+
+        let handled = DispatchSemaphore(value: 0)
+        machine.interrupts.setHandler(slot.vectors.lowerBound) { handled.signal() }
+        slot.mmioWrite(bar: 0, offset: 0x00D8, width: 4, value: 0)
+        #expect(handled.wait(timeout: .now() + 5) == .success, "hooked: the echo reaches the handler")
+        #expect(slot.unhandledInterrupts == 1)
+        machine.interrupts.setHandler(slot.vectors.lowerBound, nil)
+
+        // A transmit ring at a device address nothing mapped: the device
+        // fetches its descriptor when TDT moves, and the IOMMU refuses.
+        slot.interruptAfterEveryWrite(false)
+        for (offset, value) in [(0x3800, 0x10000), (0x3804, 0), (0x3808, 8 * 16), (0x3810, 0), (0x0400, 2), (0x3818, 1)] {
+            slot.mmioWrite(bar: 0, offset: UInt64(offset), width: 4, value: UInt64(value))
+        }
+        #expect(slot.dmaFaults >= 1, "the descriptor fetch at the TDT write faulted")
+        #expect(quiet.dmaFaults == 0 && quiet.unhandledInterrupts == 0, "counted for the device that did it only")
+    }
+}
