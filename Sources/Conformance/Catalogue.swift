@@ -273,7 +273,7 @@ enum Catalogue {
                     + "stop the device's DMA (its receiver, its queues) in detach before freeing the memory it uses")
             }
             if interrupts > 0 {
-                return .failed("the device raised \(interrupts) interrupt(s) after detach, with no handler: mask its interrupts at the device in detach")
+                return .failed("the device raised \(interrupts) interrupt(s) after detach, with no handler: stop the device (clear its enables) and mask its interrupts at the device in detach")
             }
             return .passed("\(world.rounds) rounds of input during and after detach, no DMA and no interrupt")
         },

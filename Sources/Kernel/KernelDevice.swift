@@ -93,7 +93,12 @@ final class KernelDevice: HostDevice, @unchecked Sendable {
     /// dma_free'd pages held back inaccessible (under the verifier), oldest
     /// first, at most `quarantineLimit` pages; given back to the OS when
     /// pushed out or when this device object goes.
-    private var quarantine: [(physical: UInt64, pages: Int, cpu: UnsafeMutableRawPointer)] = []
+    private struct Held {
+        let physical: UInt64
+        let pages: Int
+        let cpu: UnsafeMutableRawPointer
+    }
+    private var quarantine: [Held] = []
     private var quarantinedPages = 0
     static let quarantineLimit = 256
 
@@ -104,10 +109,10 @@ final class KernelDevice: HostDevice, @unchecked Sendable {
             return
         }
         _ = oy_shim_quarantine_add(cpu, length)
-        let released = lock.withLock { () -> [(physical: UInt64, pages: Int, cpu: UnsafeMutableRawPointer)] in
-            quarantine.append((physical, pages, cpu))
+        let released = lock.withLock { () -> [Held] in
+            quarantine.append(Held(physical: physical, pages: pages, cpu: cpu))
             quarantinedPages += pages
-            var out: [(physical: UInt64, pages: Int, cpu: UnsafeMutableRawPointer)] = []
+            var out: [Held] = []
             while quarantinedPages > Self.quarantineLimit, quarantine.count > 1 {
                 let oldest = quarantine.removeFirst()
                 quarantinedPages -= oldest.pages
@@ -118,7 +123,7 @@ final class KernelDevice: HostDevice, @unchecked Sendable {
         released.forEach(release)
     }
 
-    private func release(_ held: (physical: UInt64, pages: Int, cpu: UnsafeMutableRawPointer)) {
+    private func release(_ held: Held) {
         oy_shim_quarantine_remove(held.cpu)
         _ = mprotect(held.cpu, held.pages * PhysicalMemory.pageSize, PROT_READ | PROT_WRITE)
         platform.memory.free(physical: held.physical, pages: held.pages)
