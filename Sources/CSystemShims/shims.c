@@ -140,6 +140,10 @@ void oy_shim_store_release_u16(void *address, uint16_t value) {
     __atomic_store_n((uint16_t *)address, value, __ATOMIC_RELEASE);
 }
 
+void *oy_shim_load_acquire_pointer(void *const *address) {
+    return __atomic_load_n(address, __ATOMIC_ACQUIRE);
+}
+
 void oy_shim_full_barrier(void) {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }

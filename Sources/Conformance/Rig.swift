@@ -266,12 +266,12 @@ final class Rig: @unchecked Sendable {
             guard sent.count > before, Array(sent[before].prefix(frame.count)) == frame else { throw CheckFailure("the frame did not reach the wire intact") }
             return "net:\(frame.count)"
         case "oyako.serial/1":
-            guard let tty = kernel.serial.ports.first, let (_, log) = uarts.first else { throw CheckFailure("the driver registered no port") }
-            let before = log.contents.count
+            guard let tty = kernel.serial.ports.first, let (uart, log) = uarts.first else { throw CheckFailure("the driver registered no port") }
+            let before = log.contents.count, droppedBefore = uart.statistics.transmitDropped
             let bytes = (0..<64).map { UInt8(truncatingIfNeeded: $0 &+ Int(seed)) }
             tty.write(bytes)
             guard Self.awaitRun(bytes, in: log, after: before, timeout: 5) else {
-                throw CheckFailure("the 64 bytes written never reached the line as one run in order")
+                throw CheckFailure("the 64 bytes written never reached the line as one run in order" + Catalogue.droppedOutput(uart, since: droppedBefore))
             }
             return "serial:\(bytes.count)"
         case "oyako.rng/1":

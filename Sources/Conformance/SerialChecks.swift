@@ -1,3 +1,4 @@
+import Devices
 @_spi(Conformance) import DriverHost
 import Foundation
 import Kernel
@@ -11,6 +12,7 @@ extension Catalogue {
         try withDriver(c) { rig in
             guard let tty = rig.kernel.serial.ports.first, let (uart, log) = rig.uarts.first else { return .failed("no port registered") }
             let baud = tty.line.baud
+            let droppedBefore = uart.statistics.transmitDropped
             guard uart.baud == baud else {
                 return .failed("the port says \(baud) baud but the device was programmed for \(uart.baud) (divisor latch); program DLL/DLM for 1843200 / 16 / baud (SDK/datasheets/uart16550.md)")
             }
@@ -18,7 +20,7 @@ extension Catalogue {
             let out = (0..<max(64, baud / 100)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
             let rate: Double
             switch Rig.lineRate(of: out, written: { tty.write(out) }, log: log, timeout: 10 + Double(out.count * 20) / Double(baud)) {
-            case .none: return .failed("output did not reach the line intact and in order")
+            case .none: return .failed("output did not reach the line intact and in order" + droppedOutput(uart, since: droppedBefore))
             case .some(let measured): rate = measured
             }
             let expected = Double(baud) / 10
@@ -48,8 +50,9 @@ extension Catalogue {
     /// in the reference driver's buffer, so only this check sees it.
     static let serialTxReady = CheckDefinition("io.serial.tx-ready", "after a short write the driver calls tx_ready, and output larger than its buffer leaves whole and in order", requires: ["io.basic"], classes: serial, timeout: 40, hostable: true) { c in
         try withDriver(c) { rig in
-            guard let tty = rig.kernel.serial.ports.first, let (_, log) = rig.uarts.first else { return .failed("no port registered") }
+            guard let tty = rig.kernel.serial.ports.first, let (uart, log) = rig.uarts.first else { return .failed("no port registered") }
             let original = tty.line
+            let droppedBefore = uart.statistics.transmitDropped
             guard original.baud == 115_200 || tty.port.setLine(SerialLine(baud: 115_200)) == .ok else {
                 return .failed("set_line to 115200 baud failed; this check needs the line's fastest rate")
             }
@@ -64,13 +67,23 @@ extension Catalogue {
                 if short > 0 && ready == 0 && unsent > 0 {
                     return .failed("the driver answered a short write and never called tx_ready: the OS writes again only after tx_ready, so the port stalled with \(unsent) bytes still waiting; call tx_ready once the transmit buffer has room again (SDK/CLASSES.md, Serial)")
                 }
-                return .failed("\(out.count) bytes of output did not reach the line whole and in order (\(unsent) still waiting in the OS, \(short) short write(s), \(ready) tx_ready call(s))")
+                return .failed("\(out.count) bytes of output did not reach the line whole and in order (\(unsent) still waiting in the OS, \(short) short write(s), \(ready) tx_ready call(s))"
+                               + droppedOutput(uart, since: droppedBefore))
             }
             guard short > 0 else {
                 return .passed("\(out.count) bytes left in order; the driver took them all without a short write, so tx_ready was not needed")
             }
             return .passed("\(out.count) bytes left in order across \(short) short write(s) and \(ready) tx_ready call(s)")
         }
+    }
+
+    /// What a failed output check adds when the device dropped bytes
+    /// written to a full transmit FIFO: the likeliest cause, named.
+    static func droppedOutput(_ uart: UART16550, since before: Int) -> String {
+        let dropped = uart.statistics.transmitDropped - before
+        guard dropped > 0 else { return "" }
+        return "; the driver wrote \(dropped) byte(s) to THR while the transmit FIFO held 16, and the device dropped them: "
+            + "write at most 16 bytes per THRE, from one thread at a time (SDK/datasheets/uart16550.md)"
     }
 
     /// Bytes `io.serial.tx-ready` writes at once: more than the 4 KiB

@@ -36,6 +36,10 @@ public final class UART16550: BusDevice, @unchecked Sendable {
         /// LSR reads that reported OE to the driver (each clears it): the
         /// overrun indications a driver saw and must report.
         public var overrunIndications = 0
+        /// Bytes written to THR while the transmit FIFO held 16: lost, as
+        /// on the chip (a driver that does not wait for THRE, or fills the
+        /// FIFO from two threads at once).
+        public var transmitDropped = 0
     }
 
     private let engine = DeviceThread()
@@ -144,6 +148,8 @@ public final class UART16550: BusDevice, @unchecked Sendable {
                     txFIFO.append(value)
                     thrEmptyPending = false
                     condition.broadcast()
+                } else {
+                    stats.transmitDropped += 1
                 }
             case 1:
                 if dlab {

@@ -1,4 +1,5 @@
-import DriverHost
+import COyakoSDK
+@testable import DriverHost
 import Foundation
 import Glibc
 import Synchronization
@@ -140,5 +141,64 @@ private final class Pair: Sendable {
         let reason = try #require(pair.closedBecause())
         #expect(reason.contains("malformed batch"), "\(reason)")
         #expect(pair.inbox.count == 0, "nothing of it delivered")
+    }
+
+    // MARK: A driver lock orders register access across threads
+
+    /// A thread that wrote registers under a driver lock and released it
+    /// may still hold those writes in its batch. The next holder's read
+    /// under the lock must come after them, as on hardware: a UART driver
+    /// filling the FIFO from its write path and from its interrupt handler
+    /// otherwise sees the FIFO empty from the other thread and overfills it.
+    @Test func writesMadeUnderALockGoBeforeTheNextHoldersCall() throws {
+        let pair = try Pair()
+        let host = HostServices.makeTable(abiVersion: OY_ABI_VERSION_CURRENT)
+        let lock = try #require(LockTable.shared.create())
+        defer { _ = LockTable.shared.destroy(lock) }
+        let released = DispatchSemaphore(value: 0), read = DispatchSemaphore(value: 0)
+        // Pointers cross to the thread as their bits.
+        let hostBits = UInt(bitPattern: host), lockBits = UInt(bitPattern: lock)
+        let writer = Thread { [pair] in
+            let host = UnsafeMutablePointer<oy_host>(bitPattern: hostBits)!, lock = OpaquePointer(bitPattern: lockBits)
+            pair.near.batching {
+                host.pointee.lock_acquire(lock)
+                pair.post(.portWrite, 1)
+                pair.post(.portWrite, 2)
+                host.pointee.lock_release(lock)
+                released.signal()
+                // The run stays open (its batch unsent) until the other thread has read.
+                read.wait()
+            }
+        }
+        writer.start()
+        released.wait()
+        host.pointee.lock_acquire(lock)
+        let seenBefore = Result { () throws -> UInt32 in
+            var reply = try pair.near.call(.configRead, WireWriter()).0
+            return try reply.u32()
+        }
+        host.pointee.lock_release(lock)
+        read.signal()
+        #expect(try seenBefore.get() == 2, "the read under the lock sees both writes made under it before")
+        #expect(pair.received(3).joined().map(\.value).prefix(2) == [1, 2])
+    }
+
+    /// The thread that released the lock taking it again sends nothing
+    /// early: a run of submits under one lock is still one message.
+    @Test func retakingOnesOwnLockKeepsTheBatch() throws {
+        let pair = try Pair()
+        let host = HostServices.makeTable(abiVersion: OY_ABI_VERSION_CURRENT)
+        let lock = try #require(LockTable.shared.create())
+        defer { _ = LockTable.shared.destroy(lock) }
+        pair.near.batching {
+            for value in 1...4 as ClosedRange<UInt32> {
+                host.pointee.lock_acquire(lock)
+                pair.post(.mmioWrite, value)
+                host.pointee.lock_release(lock)
+            }
+        }
+        let got = pair.received(4)
+        #expect(got.count == 1, "one message: \(got)")
+        #expect(got.joined().map(\.value) == [1, 2, 3, 4])
     }
 }

@@ -42,6 +42,8 @@ void oy_shim_full_barrier(void);
 /* The same for 16-bit words (virtqueue ring indices). */
 uint16_t oy_shim_load_acquire_u16(const void *address);
 void oy_shim_store_release_u16(void *address, uint16_t value);
+/* Reads a pointer-sized slot others swap with oy_shim_exchange_pointer. */
+void *oy_shim_load_acquire_pointer(void *const *address);
 
 /* Opens /dev/net/tun and attaches a TAP interface called `name` (no packet
  * information header). Returns the descriptor, or -1 with errno set. */

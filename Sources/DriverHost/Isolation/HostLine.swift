@@ -327,37 +327,89 @@ public final class HostLine: @unchecked Sendable {
         return box.line === self ? box : nil
     }
 
-    /// The posted messages one thread holds back in a `batching` run.
-    private final class Outbox {
+    /// The posted messages one thread holds back in a `batching` run. The
+    /// thread adds to it; another thread may send it (`sendBatchLeft`).
+    private final class Outbox: @unchecked Sendable {
+        // @unchecked Sendable: the held messages are guarded by their Mutex.
         let line: HostLine
-        /// [kind u32][length u32][body], each.
-        private var framed = WireWriter()
-        private var count = 0
-        private var firstKind: UInt32 = 0
+        private struct Held {
+            /// [kind u32][length u32][body], each.
+            var framed = WireWriter()
+            var count = 0
+            var firstKind: UInt32 = 0
+        }
+        private let held = Mutex(Held())
 
         init(line: HostLine) { self.line = line }
 
+        var isEmpty: Bool { held.withLock { $0.count == 0 } }
+
         func add(_ kind: UInt32, _ body: WireWriter) -> Bool {
-            if 8 + framed.bytes.count + 8 + body.bytes.count > HostMessage.maxSize, !flush() { return false }
-            if count == 0 { firstKind = kind }
-            count += 1
-            framed.u32(kind)
-            framed.u32(UInt32(body.bytes.count))
-            framed.bytes += body.bytes
-            return true
+            held.withLock { h in
+                if 8 + h.framed.bytes.count + 8 + body.bytes.count > HostMessage.maxSize, !Self.flush(&h, to: line) { return false }
+                if h.count == 0 { h.firstKind = kind }
+                h.count += 1
+                h.framed.u32(kind)
+                h.framed.u32(UInt32(body.bytes.count))
+                h.framed.bytes += body.bytes
+                return true
+            }
         }
 
         /// Sends what waits: one message as itself, more as a batch.
         @discardableResult
-        func flush() -> Bool {
-            guard count > 0 else { return true }
+        func flush() -> Bool { held.withLock { Self.flush(&$0, to: line) } }
+
+        private static func flush(_ h: inout Held, to line: HostLine) -> Bool {
+            guard h.count > 0 else { return true }
             defer {
-                count = 0
-                framed.bytes.removeAll(keepingCapacity: true)
+                h.count = 0
+                h.framed.bytes.removeAll(keepingCapacity: true)
             }
-            if count == 1 { return line.write(firstKind, 0, framed.bytes[8...]) }
-            return line.write(HostMessage.batch.rawValue, 0, framed.bytes[...])
+            if h.count == 1 { return line.write(h.firstKind, 0, h.framed.bytes[8...]) }
+            return line.write(HostMessage.batch.rawValue, 0, h.framed.bytes[...])
         }
+    }
+
+    // MARK: Order across threads that share a driver lock
+
+    /// A driver orders its register accesses across threads with its locks,
+    /// and hardware keeps that order: Linux orders MMIO writes made before a
+    /// `spin_unlock` before the next holder's MMIO. Here a register write
+    /// may still wait in its thread's batch when the lock is released, and
+    /// a register read the next holder makes under the lock would overtake
+    /// it: a UART driver that filled the FIFO under its lock would see the
+    /// FIFO empty from another thread and fill it twice over.
+    ///
+    /// So a thread releasing a lock with posted messages unsent leaves its
+    /// batch with the lock (`leaveBatch`, before it unlocks), and the next
+    /// thread to take it sends that batch before anything of its own
+    /// (`sendBatchLeft`, once it holds the lock). `baton` is the lock's slot
+    /// for it: nil or a retained `Outbox`, swapped atomically, so a release
+    /// by a thread that does not hold the lock cannot corrupt it (its batch
+    /// just goes early). A thread that takes back a lock it left its own
+    /// batch with sends nothing, so one thread's run of submits under one
+    /// lock still goes as one message.
+    static func leaveBatch(in baton: UnsafeMutablePointer<UnsafeMutableRawPointer?>) {
+        guard let own = oy_shim_outbox(), oy_shim_load_acquire_pointer(baton) != own,
+            !Unmanaged<Outbox>.fromOpaque(own).takeUnretainedValue().isEmpty
+        else { return }
+        let left = oy_shim_exchange_pointer(baton, Unmanaged<Outbox>.fromOpaque(own).retain().toOpaque())
+        if let left { Unmanaged<Outbox>.fromOpaque(left).release() }
+    }
+
+    /// See `leaveBatch`.
+    static func sendBatchLeft(in baton: UnsafeMutablePointer<UnsafeMutableRawPointer?>) {
+        guard oy_shim_load_acquire_pointer(baton) != nil, let left = oy_shim_exchange_pointer(baton, nil) else { return }
+        let box = Unmanaged<Outbox>.fromOpaque(left)
+        if left != oy_shim_outbox() { box.takeUnretainedValue().flush() }
+        box.release()
+    }
+
+    /// Forgets a batch left with a lock (the lock is destroyed; what the
+    /// batch holds still goes when its thread's run ends).
+    static func dropBatch(in baton: UnsafeMutablePointer<UnsafeMutableRawPointer?>) {
+        if let left = oy_shim_exchange_pointer(baton, nil) { Unmanaged<Outbox>.fromOpaque(left).release() }
     }
 
     /// Shuts the line down both ways (the reader thread then ends).
