@@ -112,11 +112,11 @@ void oy_shim_set_context_owner(void *owner) { current_owner = owner; }
 
 void *oy_shim_context_owner(void) { return current_owner; }
 
-static _Thread_local void *current_outbox;
+static _Thread_local void *current_batching_line;
 
-void oy_shim_set_outbox(void *outbox) { current_outbox = outbox; }
+void oy_shim_set_batching_line(void *line) { current_batching_line = line; }
 
-void *oy_shim_outbox(void) { return current_outbox; }
+void *oy_shim_batching_line(void) { return current_batching_line; }
 
 int oy_shim_errno(void) { return errno; }
 
@@ -138,10 +138,6 @@ uint16_t oy_shim_load_acquire_u16(const void *address) {
 
 void oy_shim_store_release_u16(void *address, uint16_t value) {
     __atomic_store_n((uint16_t *)address, value, __ATOMIC_RELEASE);
-}
-
-void *oy_shim_load_acquire_pointer(void *const *address) {
-    return __atomic_load_n(address, __ATOMIC_ACQUIRE);
 }
 
 void oy_shim_full_barrier(void) {

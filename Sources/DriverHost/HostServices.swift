@@ -479,14 +479,12 @@ enum HostServices {
         t.lock_create = { host, device, out in HostServices.createLock(host, device, out) }
         t.lock_destroy = { handle in HostServices.destroyLock(handle) }
         t.lock_acquire = { handle in
-            guard let lock = LockTable.shared.lock(handle, caller: HostServices.callerKey) else { return HostServices.unattributed("lock_acquire called with an invalid or released handle") }
-            if pthread_mutex_lock(lock.mutex) == EDEADLK { HostServices.waitForEver() }
-            HostLine.sendBatchLeft(in: lock.baton)
+            guard let mutex = LockTable.shared.mutex(handle, caller: HostServices.callerKey) else { return HostServices.unattributed("lock_acquire called with an invalid or released handle") }
+            if pthread_mutex_lock(mutex) == EDEADLK { HostServices.waitForEver() }
         }
         t.lock_release = { handle in
-            guard let lock = LockTable.shared.lock(handle, caller: HostServices.callerKey) else { return HostServices.unattributed("lock_release called with an invalid or released handle") }
-            HostLine.leaveBatch(in: lock.baton)
-            if pthread_mutex_unlock(lock.mutex) == EPERM {
+            guard let mutex = LockTable.shared.mutex(handle, caller: HostServices.callerKey) else { return HostServices.unattributed("lock_release called with an invalid or released handle") }
+            if pthread_mutex_unlock(mutex) == EPERM {
                 HostServices.unattributed("lock_release of a lock this thread does not hold (a lock is released by the thread that took it)")
             }
         }
@@ -496,9 +494,6 @@ enum HostServices {
         t.event_destroy = { handle in HostServices.release(handle, as: HostEvent.self, service: "event_destroy") }
         t.event_signal = { handle in
             guard let event = HostServices.resource(handle, HostEvent.self, service: "event_signal") else { return }
-            // The woken thread's register accesses come after this thread's
-            // (as after a lock handed over: see `HostLine.leaveBatch`).
-            HostLine.sendThisThreadsBatch()
             event.condition.lock()
             event.signalled = true
             event.condition.signal()

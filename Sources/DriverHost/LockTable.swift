@@ -27,15 +27,6 @@ final class LockTable: @unchecked Sendable {
         /// not known yet), written before the generation makes it live.
         var owner: UInt
         var mutex: pthread_mutex_t
-        /// Posted messages its last holder left unsent (see
-        /// `HostLine.leaveBatch`); swapped atomically.
-        var baton: UnsafeMutableRawPointer?
-    }
-
-    /// A live lock as `lock_acquire` and `lock_release` use it.
-    struct Lock {
-        let mutex: UnsafeMutablePointer<pthread_mutex_t>
-        let baton: UnsafeMutablePointer<UnsafeMutableRawPointer?>
     }
 
     static let shared = LockTable()
@@ -105,21 +96,20 @@ final class LockTable: @unchecked Sendable {
             oy_shim_store_release_u32(generation, oy_shim_load_acquire_u32(generation) &+ 1)  // even: refused from now on
             let mutex = mutexPointer(slot)
             guard pthread_mutex_trylock(mutex) == 0 else { return .held }
-            HostLine.dropBatch(in: batonPointer(slot))
             pthread_mutex_unlock(mutex)
             t.free.slots.append(index)
             return .destroyed
         }
     }
 
-    /// A live lock; nil for a handle that names none, or one of another
-    /// driver than `caller` (0: any driver).
+    /// The mutex of a live lock; nil for a handle that names none, or one
+    /// of another driver than `caller` (0: any driver).
     @inline(__always)
-    func lock(_ handle: OpaquePointer?, caller: UInt = 0) -> Lock? {
+    func mutex(_ handle: OpaquePointer?, caller: UInt = 0) -> UnsafeMutablePointer<pthread_mutex_t>? {
         guard let (_, slot) = live(handle) else { return nil }
         let owner = slot.pointee.owner
         guard caller == 0 || owner == 0 || owner == caller else { return nil }
-        return Lock(mutex: mutexPointer(slot), baton: batonPointer(slot))
+        return mutexPointer(slot)
     }
 
     @inline(__always)
@@ -149,11 +139,6 @@ final class LockTable: @unchecked Sendable {
         UnsafeMutableRawPointer(slot).advanced(by: MemoryLayout<Slot>.offset(of: \.mutex)!).assumingMemoryBound(to: pthread_mutex_t.self)
     }
 
-    @inline(__always)
-    private func batonPointer(_ slot: UnsafeMutablePointer<Slot>) -> UnsafeMutablePointer<UnsafeMutableRawPointer?> {
-        UnsafeMutableRawPointer(slot).advanced(by: MemoryLayout<Slot>.offset(of: \.baton)!).assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
-    }
-
     /// Makes slot `index` (the next never used) ready, allocating its chunk
     /// when it is the chunk's first. Under `table`.
     private func newSlot(_ index: Int) -> Int? {
@@ -168,7 +153,7 @@ final class LockTable: @unchecked Sendable {
             defer { pthread_mutexattr_destroy(&attributes) }
             pthread_mutexattr_settype(&attributes, Int32(PTHREAD_MUTEX_ERRORCHECK))
             for i in 0..<Self.slotsPerChunk {
-                (memory + i).initialize(to: Slot(generation: 0, owner: 0, mutex: pthread_mutex_t(), baton: nil))
+                (memory + i).initialize(to: Slot(generation: 0, owner: 0, mutex: pthread_mutex_t()))
                 guard pthread_mutex_init(mutexPointer(memory + i), &attributes) == 0 else { return nil }
             }
             chunks[chunk] = memory

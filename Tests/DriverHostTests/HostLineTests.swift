@@ -143,10 +143,10 @@ private final class Pair: Sendable {
         #expect(pair.inbox.count == 0, "nothing of it delivered")
     }
 
-    // MARK: A driver lock orders register access across threads
+    // MARK: Order across threads
 
     /// A thread that wrote registers under a driver lock and released it
-    /// may still hold those writes in its batch. The next holder's read
+    /// may still be in its run, its writes held. The next holder's read
     /// under the lock must come after them, as on hardware: a UART driver
     /// filling the FIFO from its write path and from its interrupt handler
     /// otherwise sees the FIFO empty from the other thread and overfills it.
@@ -166,7 +166,7 @@ private final class Pair: Sendable {
                 pair.post(.portWrite, 2)
                 host.pointee.lock_release(lock)
                 released.signal()
-                // The run stays open (its batch unsent) until the other thread has read.
+                // The run stays open until the other thread has read.
                 read.wait()
             }
         }
@@ -181,6 +181,35 @@ private final class Pair: Sendable {
         read.signal()
         #expect(try seenBefore.get() == 2, "the read under the lock sees both writes made under it before")
         #expect(pair.received(3).joined().map(\.value).prefix(2) == [1, 2])
+    }
+
+    /// No lock of the host's: a driver's own flag in its memory orders its
+    /// threads just as well, and the line keeps that order too. Here the
+    /// second thread's own run ends first, while the first's is still open.
+    @Test func heldMessagesOfSeveralThreadsGoInTheOrderTheyWereMade() throws {
+        let pair = try Pair()
+        let flag = Atomic<Int>(0)
+        let done = DispatchSemaphore(value: 0), finish = DispatchSemaphore(value: 0)
+        let first = Thread { [pair] in
+            pair.near.batching {
+                pair.post(.mmioWrite, 1)
+                flag.store(1, ordering: .releasing)
+                finish.wait()
+                pair.post(.mmioWrite, 4)
+            }
+            done.signal()
+        }
+        first.start()
+        while flag.load(ordering: .acquiring) == 0 { usleep(100) }
+        pair.near.batching {
+            pair.post(.mmioWrite, 2)
+            pair.post(.mmioWrite, 3)
+        }
+        // The second run has ended: all made so far has gone, the first thread's too.
+        #expect(pair.received(3).joined().map(\.value) == [1, 2, 3])
+        finish.signal()
+        done.wait()
+        #expect(pair.received(4).joined().map(\.value) == [1, 2, 3, 4])
     }
 
     /// The thread that released the lock taking it again sends nothing

@@ -13,9 +13,9 @@ private final class Marker: Sendable {}
 
     @Test func aDestroyedLockIsRefusedAndItsSlotWaitsBeforeReuse() throws {
         let first = try #require(table.create())
-        #expect(table.lock(first) != nil)
+        #expect(table.mutex(first) != nil)
         #expect(table.destroy(first) == .destroyed)
-        #expect(table.lock(first) == nil, "a destroyed lock's handle names nothing")
+        #expect(table.mutex(first) == nil, "a destroyed lock's handle names nothing")
         #expect(table.destroy(first) == .invalid, "destroyed twice")
         // Until `quarantine` other slots are freed after it, no new lock gets its slot.
         var made: [OpaquePointer] = []
@@ -32,22 +32,22 @@ private final class Marker: Sendable {}
         defer { _ = table.destroy(live) }
         let raw = UInt(bitPattern: live)
         for forged: UInt in [0, 1, raw & 0xFFFF_FFFF, raw ^ (2 << 32), raw + 1 << 32, raw & ~LockTable.tag, (1 << 32) | LockTable.tag | 0x7FFF_FFFF] {
-            #expect(table.lock(OpaquePointer(bitPattern: forged)) == nil, "0x\(String(forged, radix: 16))")
+            #expect(table.mutex(OpaquePointer(bitPattern: forged)) == nil, "0x\(String(forged, radix: 16))")
         }
-        #expect(table.lock(nil) == nil)
+        #expect(table.mutex(nil) == nil)
         // A handle from the other table (a device's, an event's) is not a lock.
         let other = HandleTable.shared.insert(Marker())
         defer { HandleTable.shared.remove(other, as: Marker.self) }
-        #expect(table.lock(other) == nil)
+        #expect(table.mutex(other) == nil)
         #expect(HandleTable.shared.lookup(live, as: Marker.self) == nil, "and a lock is nothing in the other table")
     }
 
     @Test func aLockHeldWhenDestroyedIsRetired() throws {
         let handle = try #require(table.create())
-        let mutex = try #require(table.lock(handle)).mutex
+        let mutex = try #require(table.mutex(handle))
         pthread_mutex_lock(mutex)
         #expect(table.destroy(handle) == .held)
-        #expect(table.lock(handle) == nil)
+        #expect(table.mutex(handle) == nil)
     }
 
     @Test func threadsExcludeEachOther() throws {
@@ -59,7 +59,7 @@ private final class Marker: Sendable {}
         let threads = 4, rounds = 20_000
         DispatchQueue.concurrentPerform(iterations: threads) { _ in
             for _ in 0..<rounds {
-                guard let mutex = table.lock(OpaquePointer(bitPattern: bits))?.mutex else { return }
+                guard let mutex = table.mutex(OpaquePointer(bitPattern: bits)) else { return }
                 pthread_mutex_lock(mutex)
                 counter.value += 1
                 pthread_mutex_unlock(mutex)
@@ -78,9 +78,9 @@ private final class Marker: Sendable {}
         let table = LockTable.shared
         let handle = try #require(table.create(owner: 0xA000))
         defer { _ = table.destroy(handle) }
-        #expect(table.lock(handle, caller: 0xA000) != nil)
-        #expect(table.lock(handle, caller: 0xB000) == nil, "another driver's lock")
-        #expect(table.lock(handle) != nil, "the host itself, in no driver's callback")
+        #expect(table.mutex(handle, caller: 0xA000) != nil)
+        #expect(table.mutex(handle, caller: 0xB000) == nil, "another driver's lock")
+        #expect(table.mutex(handle) != nil, "the host itself, in no driver's callback")
     }
 
     @Test func aResourceIsTheCallingDriversOnly() throws {

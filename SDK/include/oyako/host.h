@@ -169,11 +169,10 @@ struct oy_host {
      * register or port read, config access, monotonic_ns or event_wait on
      * the same thread, and by the time the callback returns. To wait for the device
      * to react to a write, wait in one of those ways: a loop that calls none
-     * of them may still hold the write back. Across threads, writes made
-     * under a lock reach the device before the register accesses of the next
-     * thread to take that lock, and writes made before event_signal before
-     * those of the thread it wakes (as spin_unlock orders MMIO on Linux).
-     * [any-thread] */
+     * of them may still hold the write back. Across threads the device sees
+     * accesses in the order they were made: a write made before a lock
+     * release (or any store another thread waits for) arrives before the
+     * accesses of the thread that goes on after it. [any-thread] */
     uint32_t (*reg_read32)(oy_regs *regs, uint64_t offset);
     void (*reg_write32)(oy_regs *regs, uint64_t offset, uint32_t value);
     uint64_t (*reg_read64)(oy_regs *regs, uint64_t offset);

@@ -25,9 +25,9 @@ const char *oy_shim_context_callback(void);
  * cannot trace is still attributed. NULL outside driver callbacks. */
 void oy_shim_set_context_owner(void *owner);
 void *oy_shim_context_owner(void);
-/* The driver-host line outbox this thread is batching into (HostLine.batching), or NULL. */
-void oy_shim_set_outbox(void *outbox);
-void *oy_shim_outbox(void);
+/* The driver-host line this thread is in a batching run of (HostLine.batching), or NULL. */
+void oy_shim_set_batching_line(void *line);
+void *oy_shim_batching_line(void);
 
 /* Atomically swap *slot with value; returns the previous value. Used where
  * a driver may race with itself (completing one request twice). */
@@ -42,8 +42,6 @@ void oy_shim_full_barrier(void);
 /* The same for 16-bit words (virtqueue ring indices). */
 uint16_t oy_shim_load_acquire_u16(const void *address);
 void oy_shim_store_release_u16(void *address, uint16_t value);
-/* Reads a pointer-sized slot others swap with oy_shim_exchange_pointer. */
-void *oy_shim_load_acquire_pointer(void *const *address);
 
 /* Opens /dev/net/tun and attaches a TAP interface called `name` (no packet
  * information header). Returns the descriptor, or -1 with errno set. */

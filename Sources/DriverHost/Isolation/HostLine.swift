@@ -195,7 +195,17 @@ public final class HostLine: @unchecked Sendable {
 
     public let socket: Int32
     private let state = Mutex<(next: UInt32, waiting: [UInt32: Waiter], closed: String?)>((1, [:], nil))
-    private let sendLock = NSLock()
+
+    /// Posted messages held back in `batching` runs, of every thread, in
+    /// the order they were made: [kind u32][length u32][body], each.
+    private struct Held {
+        var framed = WireWriter()
+        var count = 0
+        var firstKind: UInt32 = 0
+    }
+    /// What is held, and the right to send: everything this end sends goes
+    /// out under this lock, what is held first.
+    private let outgoing = Mutex(Held())
 
     public init(socket: Int32) { self.socket = socket }
 
@@ -252,8 +262,7 @@ public final class HostLine: @unchecked Sendable {
             s.waiting[s.next] = waiter
             return s.next
         }
-        // What this thread has batched goes first: a call sees the writes before it.
-        ownOutbox?.flush()
+        // What is held goes first: a call sees the writes made before it.
         guard write(kind.rawValue, sequence, body, fds: fds) else {
             _ = state.withLock { $0.waiting.removeValue(forKey: sequence) }
             throw .closed(Closed(reason: "the other end is gone"))
@@ -272,16 +281,13 @@ public final class HostLine: @unchecked Sendable {
     }
 
     /// Sends a message that has no reply. False once the line is closed.
-    /// Inside `batching` on this thread, an I/O message (`mayWait`) waits
-    /// for the end of the run; anything else sends what waits first.
+    /// Inside `batching` on this thread, an I/O message (`mayWait`) is held
+    /// back until the run ends; anything else sends what is held first.
     @discardableResult
     public func post(_ kind: HostMessage, _ body: WireWriter = WireWriter(), fds: [Int32] = []) -> Bool {
-        if let box = ownOutbox {
-            if fds.isEmpty, kind.mayWait, body.bytes.count + 16 <= HostMessage.maxSize {
-                guard !isClosed else { return false }
-                return box.add(kind.rawValue, body)
-            }
-            guard box.flush() else { return false }
+        if inRun, fds.isEmpty, kind.mayWait, body.bytes.count + 16 <= HostMessage.maxSize {
+            guard !isClosed else { return false }
+            return hold(kind.rawValue, body)
         }
         return write(kind.rawValue, 0, body, fds: fds)
     }
@@ -289,146 +295,95 @@ public final class HostLine: @unchecked Sendable {
     /// Answers `request`.
     @discardableResult
     public func reply(to request: Incoming, _ body: WireWriter = WireWriter(), fds: [Int32] = []) -> Bool {
-        ownOutbox?.flush()
-        return write(request.kind | HostMessage.replyBit, request.sequence, body, fds: fds)
+        write(request.kind | HostMessage.replyBit, request.sequence, body, fds: fds)
     }
 
     /// Runs `body` with this thread's posted I/O messages to this line held
-    /// back and sent as one message when it returns (or sooner, before a
-    /// call, a reply or a message that may not wait, so this thread's order
-    /// holds). Under load that is one system call and one wake-up of the
-    /// other end per run instead of one per request. Only for work that
-    /// does not wait on the other end: a submit, an interrupt handler.
+    /// back and sent together when the run ends: under load one system call
+    /// and one wake-up of the other end per run instead of one per request.
+    /// Only for work that does not wait on the other end: a submit, an
+    /// interrupt handler.
+    ///
+    /// Held messages keep the order they were made in, across threads: all
+    /// threads' runs hold into one queue, and anything sent on the line —
+    /// a call, a reply, a message that may not wait, the end of any run —
+    /// sends the whole queue first. So the other end sees every message in
+    /// the order it was made, as if none had waited, however the driver
+    /// orders its threads (a lock, an event, an atomic flag of its own): a
+    /// register read sees every register write made before it, on any
+    /// thread, as on hardware. (Holding per thread broke this: a UART
+    /// driver's interrupt handler filled the FIFO under its lock, and its
+    /// write path, taking the lock next, read LSR before those writes had
+    /// gone, saw the FIFO empty and overfilled it.)
     public func batching<R>(_ body: () throws -> R) rethrows -> R {
-        if ownOutbox != nil { return try body() }
-        let outer = oy_shim_outbox()
-        // Another line's batch, open further out on this thread, goes first.
-        if let outer { Unmanaged<Outbox>.fromOpaque(outer).takeUnretainedValue().flush() }
-        let box = Outbox(line: self)
-        oy_shim_set_outbox(Unmanaged.passUnretained(box).toOpaque())
+        if inRun { return try body() }
+        let outer = oy_shim_batching_line()
+        // Another line's run, open further out on this thread, sends first.
+        if let outer { Unmanaged<HostLine>.fromOpaque(outer).takeUnretainedValue().sendHeld() }
+        oy_shim_set_batching_line(Unmanaged.passUnretained(self).toOpaque())
         defer {
-            oy_shim_set_outbox(outer)
-            box.flush()
+            oy_shim_set_batching_line(outer)
+            sendHeld()
         }
         return try body()
     }
 
-    /// Sends what this thread's open batch holds, for whichever line: the
-    /// thread is about to wait, and what it waits for may need it.
+    /// Sends what is held on the line of this thread's open run, if any:
+    /// the thread is about to wait, and what it waits for may need it.
     public static func sendThisThreadsBatch() {
-        guard let raw = oy_shim_outbox() else { return }
-        Unmanaged<Outbox>.fromOpaque(raw).takeUnretainedValue().flush()
+        guard let raw = oy_shim_batching_line() else { return }
+        Unmanaged<HostLine>.fromOpaque(raw).takeUnretainedValue().sendHeld()
     }
 
-    /// This thread's open batch, if it is for this line.
-    private var ownOutbox: Outbox? {
-        guard let raw = oy_shim_outbox() else { return nil }
-        let box = Unmanaged<Outbox>.fromOpaque(raw).takeUnretainedValue()
-        return box.line === self ? box : nil
-    }
+    /// This thread is in a `batching` run of this line.
+    private var inRun: Bool { oy_shim_batching_line() == Unmanaged.passUnretained(self).toOpaque() }
 
-    /// The posted messages one thread holds back in a `batching` run. The
-    /// thread adds to it; another thread may send it (`sendBatchLeft`).
-    private final class Outbox: @unchecked Sendable {
-        // @unchecked Sendable: the held messages are guarded by their Mutex.
-        let line: HostLine
-        private struct Held {
-            /// [kind u32][length u32][body], each.
-            var framed = WireWriter()
-            var count = 0
-            var firstKind: UInt32 = 0
-        }
-        private let held = Mutex(Held())
-
-        init(line: HostLine) { self.line = line }
-
-        var isEmpty: Bool { held.withLock { $0.count == 0 } }
-
-        func add(_ kind: UInt32, _ body: WireWriter) -> Bool {
-            held.withLock { h in
-                if 8 + h.framed.bytes.count + 8 + body.bytes.count > HostMessage.maxSize, !Self.flush(&h, to: line) { return false }
-                if h.count == 0 { h.firstKind = kind }
-                h.count += 1
-                h.framed.u32(kind)
-                h.framed.u32(UInt32(body.bytes.count))
-                h.framed.bytes += body.bytes
-                return true
-            }
-        }
-
-        /// Sends what waits: one message as itself, more as a batch.
-        @discardableResult
-        func flush() -> Bool { held.withLock { Self.flush(&$0, to: line) } }
-
-        private static func flush(_ h: inout Held, to line: HostLine) -> Bool {
-            guard h.count > 0 else { return true }
-            defer {
-                h.count = 0
-                h.framed.bytes.removeAll(keepingCapacity: true)
-            }
-            if h.count == 1 { return line.write(h.firstKind, 0, h.framed.bytes[8...]) }
-            return line.write(HostMessage.batch.rawValue, 0, h.framed.bytes[...])
+    private func hold(_ kind: UInt32, _ body: WireWriter) -> Bool {
+        outgoing.withLock { held in
+            if 8 + held.framed.bytes.count + 8 + body.bytes.count > HostMessage.maxSize, !transmitHeld(&held) { return false }
+            if held.count == 0 { held.firstKind = kind }
+            held.count += 1
+            held.framed.u32(kind)
+            held.framed.u32(UInt32(body.bytes.count))
+            held.framed.bytes += body.bytes
+            return true
         }
     }
 
-    // MARK: Order across threads that share a driver lock
+    @discardableResult
+    private func sendHeld() -> Bool { outgoing.withLock { transmitHeld(&$0) } }
 
-    /// A driver orders its register accesses across threads with its locks,
-    /// and hardware keeps that order: Linux orders MMIO writes made before a
-    /// `spin_unlock` before the next holder's MMIO. Here a register write
-    /// may still wait in its thread's batch when the lock is released, and
-    /// a register read the next holder makes under the lock would overtake
-    /// it: a UART driver that filled the FIFO under its lock would see the
-    /// FIFO empty from another thread and fill it twice over.
-    ///
-    /// So a thread releasing a lock with posted messages unsent leaves its
-    /// batch with the lock (`leaveBatch`, before it unlocks), and the next
-    /// thread to take it sends that batch before anything of its own
-    /// (`sendBatchLeft`, once it holds the lock). `baton` is the lock's slot
-    /// for it: nil or a retained `Outbox`, swapped atomically, so a release
-    /// by a thread that does not hold the lock cannot corrupt it (its batch
-    /// just goes early). A thread that takes back a lock it left its own
-    /// batch with sends nothing, so one thread's run of submits under one
-    /// lock still goes as one message.
-    static func leaveBatch(in baton: UnsafeMutablePointer<UnsafeMutableRawPointer?>) {
-        guard let own = oy_shim_outbox(), oy_shim_load_acquire_pointer(baton) != own,
-            !Unmanaged<Outbox>.fromOpaque(own).takeUnretainedValue().isEmpty
-        else { return }
-        let left = oy_shim_exchange_pointer(baton, Unmanaged<Outbox>.fromOpaque(own).retain().toOpaque())
-        if let left { Unmanaged<Outbox>.fromOpaque(left).release() }
-    }
-
-    /// See `leaveBatch`.
-    static func sendBatchLeft(in baton: UnsafeMutablePointer<UnsafeMutableRawPointer?>) {
-        guard oy_shim_load_acquire_pointer(baton) != nil, let left = oy_shim_exchange_pointer(baton, nil) else { return }
-        let box = Unmanaged<Outbox>.fromOpaque(left)
-        if left != oy_shim_outbox() { box.takeUnretainedValue().flush() }
-        box.release()
-    }
-
-    /// Forgets a batch left with a lock (the lock is destroyed; what the
-    /// batch holds still goes when its thread's run ends).
-    static func dropBatch(in baton: UnsafeMutablePointer<UnsafeMutableRawPointer?>) {
-        if let left = oy_shim_exchange_pointer(baton, nil) { Unmanaged<Outbox>.fromOpaque(left).release() }
+    /// Sends what is held: one message as itself, more as a batch. Under `outgoing`.
+    private func transmitHeld(_ held: inout Held) -> Bool {
+        guard held.count > 0 else { return true }
+        defer {
+            held.count = 0
+            held.framed.bytes.removeAll(keepingCapacity: true)
+        }
+        if held.count == 1 { return transmit(held.firstKind, 0, held.framed.bytes[8...], fds: []) }
+        return transmit(HostMessage.batch.rawValue, 0, held.framed.bytes[...], fds: [])
     }
 
     /// Shuts the line down both ways (the reader thread then ends).
     public func shutDown() { _ = Glibc.shutdown(socket, Int32(SHUT_RDWR)) }
 
+    /// Sends a message now, after what is held.
     private func write(_ kind: UInt32, _ sequence: UInt32, _ body: WireWriter, fds: [Int32]) -> Bool {
-        write(kind, sequence, body.bytes[...], fds: fds)
+        outgoing.withLock { held in
+            guard transmitHeld(&held) else { return false }
+            return transmit(kind, sequence, body.bytes[...], fds: fds)
+        }
     }
 
-    private func write(_ kind: UInt32, _ sequence: UInt32, _ body: ArraySlice<UInt8>, fds: [Int32] = []) -> Bool {
+    /// One message on the socket. Under `outgoing`.
+    private func transmit(_ kind: UInt32, _ sequence: UInt32, _ body: ArraySlice<UInt8>, fds: [Int32]) -> Bool {
         var message = WireWriter()
         message.u32(kind)
         message.u32(sequence)
         let bytes = message.bytes + body
         guard bytes.count <= HostMessage.maxSize else { return false }
-        return sendLock.withLock {
-            bytes.withUnsafeBytes { raw in
-                fds.withUnsafeBufferPointer { oy_shim_send_fds(socket, raw.baseAddress, raw.count, $0.baseAddress, Int32(fds.count)) == raw.count }
-            }
+        return bytes.withUnsafeBytes { raw in
+            fds.withUnsafeBufferPointer { oy_shim_send_fds(socket, raw.baseAddress, raw.count, $0.baseAddress, Int32(fds.count)) == raw.count }
         }
     }
 
