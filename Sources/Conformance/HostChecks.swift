@@ -29,6 +29,9 @@ extension Catalogue {
             guard let deviceClass = try? DriverFile.inspect(path: c.driverPath).metadata.deviceClass else { return .failed("the driver file cannot be read") }
             var hosted = c
             hosted.hosted = true
+            // Time bounds (a serial line kept busy) would judge the line's
+            // round trips here, not the driver: they are judged in process.
+            hosted.timeBudget = nil
             var passed: [String] = [], skipped: [String] = [], observation = Observation()
             for check in Catalogue.all where check.hostable && (check.classes == nil || check.classes!.contains(deviceClass)) {
                 guard c.passedBefore?.contains(check.id) ?? true else {
