@@ -141,7 +141,8 @@ public struct ELFImage: Sendable {
         self.path = path
         self.data = data
         let r = Reader(bytes: [UInt8](data))
-        guard data.count >= 64, r.u32(0) == 0x464C_457F else { throw .notELF(path: path) }
+        guard data.count >= 4, r.u32(0) == 0x464C_457F else { throw .notELF(path: path) }
+        guard data.count >= 64 else { throw .malformed(path: path, reason: "the ELF header is cut short (\(data.count) of its 64 bytes); the file is truncated") }
         guard r.u8(4) == 2 else { throw .unsupported(path: path, reason: "32-bit ELF; drivers must be 64-bit") }
         guard r.u8(5) == 1 else { throw .unsupported(path: path, reason: "big-endian ELF") }
         let type = r.u16(16)

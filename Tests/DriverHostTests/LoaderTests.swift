@@ -117,6 +117,16 @@ import DriverFile
         #expect(reported == path)
     }
 
+    /// The magic is there but the header is not: a copy cut short says so.
+    @Test func aDriverFileCutShortInItsHeaderIsCalledTruncated() throws {
+        let whole = try Data(contentsOf: URL(fileURLWithPath: try Fixtures.referenceDriver()))
+        let path = Fixtures.temporaryDirectory() + "/cut.so"
+        try whole.prefix(40).write(to: URL(fileURLWithPath: path))
+        let error = #expect(throws: DriverLoadError.self) { try DriverFile.inspect(path: path) }
+        guard case .invalidFile(path, let reason)? = error else { Issue.record("expected .invalidFile, got \(String(describing: error))"); return }
+        #expect(reason.contains("malformed ELF file: the ELF header is cut short (40 of its 64 bytes)"), "\(reason)")
+    }
+
     @Test func wrongArchitecture() throws {
         // The real driver with e_machine patched to AArch64 (or x86_64 on an AArch64 host).
         var bytes = try Data(contentsOf: URL(fileURLWithPath: try Fixtures.referenceDriver()))
