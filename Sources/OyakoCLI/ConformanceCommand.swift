@@ -45,7 +45,8 @@ struct ConformanceCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Keep the core file of a crashed worker in this folder (one subfolder per check).", valueName: "dir"))
     var keepCores: String?
 
-    @Option(help: "Seconds a load-to-unload cycle may take before load.time-budget warns; 0 turns time budgets off.")
+    // Unconditional: `--time-budget -1` is a bad value, not a missing one.
+    @Option(parsing: .unconditional, help: "Seconds a load-to-unload cycle may take before load.time-budget warns; 0 turns time budgets off.")
     var timeBudget: Double = ConformanceSuite.Options.defaultTimeBudget
 
     @Option(help: ArgumentHelp("Run the workers under this sanitizer, for a driver built with it: address (gcc or clang -fsanitize=address) or thread (clang -fsanitize=thread; the workers are a ThreadSanitizer build of oyako, named by OYAKO_TSAN_WORKER). Its reports are verdicts.", valueName: "address|thread"))

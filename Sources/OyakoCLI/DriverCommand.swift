@@ -134,7 +134,8 @@ struct DriverCommand: ParsableCommand {
         @Argument(help: "The method to call; omit to list the methods.")
         var method: String?
 
-        @Option(help: "Seconds the whole call (attach, call, detach) may take before it is stopped and reported as hung; 0: no limit. With --control, seconds the live call may take (at most 300).")
+        // Unconditional: `--timeout -3` is a bad value, not a missing one.
+        @Option(parsing: .unconditional, help: "Seconds the whole call (attach, call, detach) may take before it is stopped and reported as hung; 0: no limit. With --control, seconds the live call may take (at most 300).")
         var timeout: Double = 60
 
         @Argument(parsing: .allUnrecognized, help: "Arguments, as text in the method's declared types.")

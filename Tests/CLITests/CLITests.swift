@@ -224,6 +224,16 @@ func oyako(_ arguments: [String]) -> (status: Int32, stdout: String, stderr: Str
         #expect(FileManager.default.contents(atPath: folder + "/report.xml").map { String(decoding: $0, as: UTF8.self).contains("<testsuites") } == true)
     }
 
+    /// A negative number after an option is that option's bad value, and
+    /// says what the option takes (not that its value is missing).
+    @Test func aNegativeTimeIsRefusedForWhatItIs() throws {
+        let driver = try Fixtures.referenceDriver()
+        let budget = oyako(["conformance", driver, "--time-budget", "-1"])
+        #expect(budget.status == 64 && budget.stderr.contains("--time-budget takes seconds, 0 or more"), "\(budget.output)")
+        let timeout = oyako(["driver", "call", driver, "--timeout", "-3"])
+        #expect(timeout.status == 64 && timeout.stderr.contains("--timeout takes a number of seconds, 0 or more"), "\(timeout.output)")
+    }
+
     @Test func aRootDriverThatIsNoFileIsAUsageError() throws {
         let result = oyako(["demo", "--root-driver", "/nonexistent/nvmelite.so"])
         #expect(result.status == 64)
