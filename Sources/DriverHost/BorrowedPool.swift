@@ -54,6 +54,10 @@ import Synchronization
     /// as on a slower or busier machine. Set by a check around a detach.
     public static func pauseAfterRelease(microseconds: Int) { releasePause.store(max(0, microseconds), ordering: .relaxed) }
 
+    /// The pause `pauseAfterRelease(microseconds:)` set (0: none); a
+    /// driver host is told it with its detach.
+    public static var releasePauseMicroseconds: Int { releasePause.load(ordering: .relaxed) }
+
     /// Waits the pause `pauseAfterRelease` set, if any.
     static func pauseAfterRelease() {
         let pause = releasePause.load(ordering: .relaxed)

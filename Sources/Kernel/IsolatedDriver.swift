@@ -568,8 +568,12 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
         let done = DispatchSemaphore(value: 0)
         let line = self.line
         let answer = Mutex<DriverInstance.DetachReport?>(nil)
-        Thread.detachNewThread {
-            if var reply = try? line.call(.detach).0, let status = try? reply.i32(), let unfinished = try? reply.u32(), let count = try? reply.u32() {
+        // A verifying Kernel's pause after each release (see
+        // `Verifier.pauseAfterRelease`) holds in the host's detach too.
+        var body = WireWriter()
+        body.u32(UInt32(clamping: Verifier.releasePauseMicroseconds))
+        Thread.detachNewThread { [body] in
+            if var reply = try? line.call(.detach, body).0, let status = try? reply.i32(), let unfinished = try? reply.u32(), let count = try? reply.u32() {
                 let leaked = (0..<min(count, 256)).compactMap { _ in try? reply.string() }
                 answer.withLock { $0 = DriverInstance.DetachReport(status: OyStatus(status), leaked: leaked, unfinishedRequests: Int(unfinished)) }
             }

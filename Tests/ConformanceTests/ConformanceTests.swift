@@ -822,6 +822,28 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         #expect(report.results.filter { $0.id != "lifecycle.detach-quiets" }.allSatisfy { $0.verdict == .passed }, "\(fixture.defect): only the device's world shows it")
     }
 
+    /// host.io reruns the check with the driver in a driver host: the
+    /// host's detach gets the same pause after each release, and what the
+    /// device does afterwards is counted on the Kernel's side of the line.
+    @Test(arguments: [0, 1, 2])
+    func inADriverHostTheSameDefectFailsTheSameWay(_ index: Int) throws {
+        let fixture = Self.cases[index]
+        let driver = try Fixtures.mutatedReferenceDriver(fixture.driver, fixture.edits)
+        let outcome = try Self.runHosted(driver)
+        #expect(outcome.verdict == .failed && outcome.message.contains(fixture.says), "\(fixture.defect): \(outcome.verdict) \(outcome.message)")
+        let reference = try Self.runHosted(try Fixtures.mutatedReferenceDriver(fixture.driver, []))
+        #expect(reference.verdict == .passed, "\(fixture.driver): \(reference.message)")
+    }
+
+    private static func runHosted(_ driver: String) throws -> CheckOutcome {
+        let check = try #require(Catalogue.all.first { $0.id == "lifecycle.detach-quiets" })
+        #expect(check.hostable)
+        Verifier.enable()
+        var context = CheckContext(driverPath: driver, environment: .bare, timeBudget: nil, hostExecutable: Fixtures.oyakoBinary)
+        context.hosted = true
+        return try check.run(context)
+    }
+
     @Test(arguments: ["e1klite", "uart16550", "nvmelite"])
     func theReferenceDriversLeaveTheirDevicesQuiet(_ name: String) throws {
         let driver = try Fixtures.mutatedReferenceDriver(name, [])

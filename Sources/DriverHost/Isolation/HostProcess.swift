@@ -545,8 +545,12 @@ final class HostSide: @unchecked Sendable {
             }
         case .detach:
             // Detach, then deinit and unload as in process: the Kernel learns
-            // what either left behind.
+            // what either left behind. The Kernel's verifier may ask for a
+            // pause after each release in it.
+            let pause = Int((try? message.body.u32()) ?? 0)
+            Verifier.pauseAfterRelease(microseconds: min(pause, 100_000))
             let report = instance?.detach()
+            Verifier.pauseAfterRelease(microseconds: 0)
             instance = nil
             let unloaded = library?.unload()
             library = nil
