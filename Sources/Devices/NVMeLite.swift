@@ -65,6 +65,12 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
         public var dmaFaults = 0, errors = 0
         /// Out-of-range commands performed anyway (with `checksLBARange` off).
         public var uncheckedOutOfRange = 0
+        /// SQ doorbell writes that overran the queue: they handed over a
+        /// slot whose command the controller had not taken yet, or brought
+        /// the tail round to the head (a queue of N slots holds N - 1
+        /// commands; with N it looks empty). The commands are lost, as on
+        /// real controllers (NVMe: Invalid Doorbell Write Value).
+        public var submissionOverruns = 0
     }
 
     // Registers and doorbells (guarded by `condition`).
@@ -241,13 +247,19 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
     /// controller thread ignores it too).
     private func fetchLocked(_ qid: Int, from: Int, to: Int) {
         guard let sq = sqShapes[qid], let port, from < sq.entries, to < sq.entries else { return }
-        var slot = from
+        var slot = from, retaken = 0
         while slot != to {
+            // Still holding a command the controller has not taken: overrun.
+            if fetched[qid][slot] != nil { retaken += 1 }
             var command = [UInt8](repeating: 0, count: 64)
             let read: Void? = try? command.withUnsafeMutableBytes { try port.dmaRead(sq.base + UInt64(slot * 64), into: $0) }
             // Not reachable now: the controller thread tries again (and faults) when it gets there.
             fetched[qid][slot] = read == nil ? nil : command
             slot = (slot + 1) % sq.entries
+        }
+        if retaken > 0 || (from != to && fetched[qid].count >= sq.entries) {
+            stats.submissionOverruns += 1
+            logger.error("nvmelite: SQ \(qid) doorbell to \(to) overran the queue (\(sq.entries) slots, \(fetched[qid].count) commands not yet taken, \(retaken) slot(s) handed over again); commands are lost")
         }
     }
 

@@ -635,7 +635,9 @@ enum HostServices {
                 HostServices.unattributed("dma_unmap with an invalid handle (or a dma_alloc handle)")
                 return
             }
-            mapping.reclaim()
+            // IOMMU work, the OS's time as in dma_map: an interrupt handler
+            // that unmaps what it reaps is not charged for the page tables.
+            CallbackBudget.inOS { mapping.reclaim() }
         }
     }
 

@@ -853,6 +853,30 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
     }
 }
 
+/// A queue of N entries holds N - 1 commands: with N the tail comes round
+/// to the head and the queue looks empty. nvmelite with its I/O queue no
+/// larger than its depth passed every check while the device kept up;
+/// io.block.accounting now stalls the device until the driver's queue is
+/// full, and the device reports the overrun it saw.
+@Suite struct SubmissionOverrunTests {
+    @Test func aDriverThatFillsEverySlotOfItsQueueLosesTheCommandsAndIsToldWhy() throws {
+        let driver = try Fixtures.mutatedReferenceDriver("nvmelite", [("#define NVL_IO_ENTRIES 64u", "#define NVL_IO_ENTRIES 32u")])
+        let report = suite(filter: "^io\\.basic$|^io\\.block\\.accounting$").run(driver: driver)
+        let results = report.results.filter { $0.id == "io.block.accounting" }
+        #expect(results.count == 2 && results.allSatisfy { $0.verdict == .failed }, "\(results.map { "\($0.environment) \($0.verdict)" })")
+        for result in results {
+            #expect(result.message.contains("the device saw the submission queue overrun"), "\(result.message)")
+            #expect(result.message.contains("A queue of N entries holds at most N - 1 commands"), "\(result.message)")
+        }
+    }
+
+    @Test func theReferenceDriverKeepsItsQueueFromOverrunning() throws {
+        let report = suite(filter: "^io\\.basic$|^io\\.block\\.accounting$").run(driver: try Fixtures.referenceDriver())
+        let results = report.results.filter { $0.id == "io.block.accounting" }
+        #expect(results.count == 2 && results.allSatisfy { !$0.verdict.isFailure }, "\(results.map { "\($0.environment) \($0.verdict): \($0.message)" })")
+    }
+}
+
 /// An interrupt may come with nothing new. nvmelite that takes an
 /// interrupt without a completion for news (it fails what is outstanding)
 /// passes io.basic; with its interrupts also raised for nothing, its
