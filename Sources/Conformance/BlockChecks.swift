@@ -268,13 +268,24 @@ extension Catalogue {
     }
 
     /// `stall(true)` stops the device taking commands until the first
-    /// `depth` requests are in (then `stall(false)`), so the driver's queue fills.
-    static func accountRequests(_ disk: Disk, total: Int, deadline: Double, stall: (Bool) -> Void = { _ in }) -> (lost: Int, heldByDriver: Int, failed: Int) {
+    /// `depth` requests are in (then `stall(false)`), so the driver's queue
+    /// fills. Not for a driver that keeps one request at a time (no queue
+    /// to overrun), nor for long: a driver whose first submit has not
+    /// returned after 5 ms waits in it for its device (it polls), and the
+    /// device runs again for it at once.
+    static func accountRequests(_ disk: Disk, total: Int, deadline: Double,
+                                stall: @escaping @Sendable (Bool) -> Void = { _ in }) -> (lost: Int, heldByDriver: Int, failed: Int) {
         let g = disk.geometry
         let depth = max(1, g.queueDepth)
-        stall(true)
-        var stalled = true
-        defer { if stalled { stall(false) } }
+        let stalled = Mutex(depth > 1)
+        let release: @Sendable () -> Void = { if stalled.withLock({ s in defer { s = false }; return s }) { stall(false) } }
+        let firstReturned = Atomic<Bool>(false)
+        if depth > 1 {
+            stall(true)
+            DispatchQueue.global().asyncAfter(deadline: .now() + 0.005) { if !firstReturned.load(ordering: .acquiring) { release() } }
+            DispatchQueue.global().asyncAfter(deadline: .now() + 0.5, execute: release)
+        }
+        defer { release() }
         let slots = DispatchSemaphore(value: depth)
         let counts = Mutex((completed: 0, failed: 0))
         let finished = DispatchSemaphore(value: 0)
@@ -301,11 +312,11 @@ extension Catalogue {
                 slots.signal()
                 if done == total { finished.signal() }
             }
-            if stalled && submitted == depth {
+            firstReturned.store(true, ordering: .releasing)
+            if submitted == depth, depth > 1 {
                 // The driver (in a driver host, too) has rung for all of them.
                 Thread.sleep(forTimeInterval: 0.02)
-                stall(false)
-                stalled = false
+                release()
                 // They complete as one burst before the steady load begins
                 // (a burst under load would keep one handler run reaping).
                 let waitUntil = Date(timeIntervalSinceNow: deadline)
