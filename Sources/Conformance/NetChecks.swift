@@ -342,6 +342,7 @@ struct ReentrantTraffic {
 
     func fromCompletions() -> String? {
         let before = recorder.wait(count: 0, timeout: 0).count
+        let overrunsBefore = nic.statistics.transmitOverruns
         let frames = (0..<sent).map { RingTraffic.frame($0, to: RingTraffic.peer, from: interface.mac) }
         nic.pauseTransmit(true)
         for (n, frame) in frames.enumerated() where !interface.send(frame) {
@@ -355,6 +356,12 @@ struct ReentrantTraffic {
         }
         guard wire.count >= sent else {
             let missing = "\(sent - wire.count) of \(sent) frames never left (sent at once while the link partner paused the transmitter; the driver's depth is \(depth)). "
+            let overruns = nic.statistics.transmitOverruns - overrunsBefore
+            if overruns > 0 {
+                return missing + "The device saw its transmit ring overrun \(overruns) time(s): a TDT write handed over descriptors it had not taken yet, "
+                    + "or brought the tail round to the head, and those were lost. A ring of N descriptors holds at most N - 1: "
+                    + "answer OY_E_BUSY before it is full, and register a tx_queue_depth below the ring's size (SDK/datasheets/e1klite.md)"
+            }
             guard deadlocked() else {
                 return missing + "The driver holds frames it never completes, and the ones waiting behind them go to it only as frames complete; "
                     + "call tx_complete exactly once per accepted frame (SDK/CLASSES.md)"

@@ -64,6 +64,11 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
         /// Descriptors or buffers the device could not reach by DMA, and
         /// transmits longer than a frame or shorter than its header.
         public var dmaFaults = 0, oversizeTransmits = 0
+        /// TDT writes that overran the transmit ring: they handed over a
+        /// descriptor the transmitter had not taken yet, or brought the tail
+        /// round to the head (a ring of N descriptors holds N - 1 frames'
+        /// worth; with N it looks empty). Those descriptors are lost.
+        public var transmitOverruns = 0
     }
 
     private let engine = DeviceThread()
@@ -218,13 +223,19 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
         let base = UInt64(regs[Register.tdbal] ?? 0) | UInt64(regs[Register.tdbah] ?? 0) << 32
         let count = Int(regs[Register.tdlen] ?? 0) / 16
         guard let port, count >= 8, base % 16 == 0, from < count, to < count else { return }
-        var index = from
+        var index = from, retaken = 0
         while index != to {
+            // Still holding a descriptor the transmitter has not taken: overrun.
+            if txFetched[index] != nil { retaken += 1 }
             var descriptor = [UInt8](repeating: 0, count: 16)
             let read: Void? = try? descriptor.withUnsafeMutableBytes { try port.dmaRead(base + UInt64(index * 16), into: $0) }
             // Not reachable now: the transmitter tries again (and faults) when it gets there.
             txFetched[index] = read == nil ? nil : descriptor
             index = (index + 1) % count
+        }
+        if retaken > 0 || (from != to && txFetched.count >= count) {
+            stats.transmitOverruns += 1
+            logger.error("e1klite: TDT write to \(to) overran the transmit ring (\(count) descriptors, \(txFetched.count) not yet taken, \(retaken) handed over again); they are lost")
         }
     }
 

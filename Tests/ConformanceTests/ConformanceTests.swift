@@ -870,6 +870,22 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         }
     }
 
+    /// The same for a NIC's transmit ring: 128 descriptors, and the driver
+    /// takes 128 frames. io.net.from-callbacks fills the ring while the
+    /// link partner pauses the transmitter; the device names the overrun.
+    @Test func aNICDriverThatFillsEveryDescriptorOfItsRingIsToldWhy() throws {
+        let driver = try Fixtures.mutatedReferenceDriver("e1klite", [
+            ("    if (d->tx_count >= E1K_RING - 1u) {", "    if (d->tx_count >= E1K_RING) {"),
+            ("    info.tx_queue_depth = E1K_RING - 1u;", "    info.tx_queue_depth = E1K_RING;"),
+        ])
+        let report = suite(filter: "^io\\.basic$|^io\\.net\\.from-callbacks$").run(driver: driver)
+        let results = report.results.filter { $0.id == "io.net.from-callbacks" }
+        #expect(results.count == 2 && results.allSatisfy { $0.verdict == .failed }, "\(results.map { "\($0.environment) \($0.verdict)" })")
+        for result in results {
+            #expect(result.message.contains("The device saw its transmit ring overrun"), "\(result.message)")
+        }
+    }
+
     @Test func theReferenceDriverKeepsItsQueueFromOverrunning() throws {
         let report = suite(filter: "^io\\.basic$|^io\\.block\\.accounting$").run(driver: try Fixtures.referenceDriver())
         let results = report.results.filter { $0.id == "io.block.accounting" }
