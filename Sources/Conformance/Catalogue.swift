@@ -430,29 +430,55 @@ enum Catalogue {
 
     static let spurious = CheckDefinition("fault.spurious-interrupts", "with the device's interrupts also raised for nothing (after every register write, every 0.05 ms), its I/O checks pass again",
                                           requires: ["io.basic"], classes: io, timeout: 120) { c in
-        guard let deviceClass = try? DriverFile.inspect(path: c.driverPath).metadata.deviceClass else { return .failed("the driver file cannot be read") }
         var storm = c
         storm.spuriousInterrupts = true
-        var passed: [String] = []
-        for check in Catalogue.all where spuriousReruns.contains(check.id) && (check.classes == nil || check.classes!.contains(deviceClass)) {
-            guard c.passedBefore?.contains(check.id) ?? true else { continue }
+        return rerun(storm, where: { spuriousReruns.contains($0.id) }, label: "with spurious interrupts",
+                     advice: "; an interrupt may come with nothing new (a spurious one, or one for what the last run of the handler already took): "
+                         + "read the device's status and do only what it reports") { done in
+            .passed("\(done.passed.joined(separator: ", ")) passed with spurious interrupts")
+        }
+    }
+
+    /// What `rerun` came to when every check it ran again passed.
+    struct Rerun {
+        var passed: [String] = [], skipped: [String] = []
+        /// Each passed check's facts, under its ID.
+        var observation = Observation()
+    }
+
+    /// Runs the driver's class's checks `selected` picks again, under
+    /// `context` (a driver host, spurious interrupts), each that passed
+    /// before (one that did not has reported its defect already). The first
+    /// that fails is the verdict: its message after "<check>, <label>: ",
+    /// then `advice`. Otherwise `summary` of what passed and was skipped.
+    static func rerun(_ context: CheckContext, where selected: (CheckDefinition) -> Bool, label: String, advice: String = "",
+                      summary: (Rerun) -> CheckOutcome) -> CheckOutcome {
+        guard let deviceClass = try? DriverFile.inspect(path: context.driverPath).metadata.deviceClass else { return .failed("the driver file cannot be read") }
+        var done = Rerun()
+        for check in Catalogue.all where selected(check) && (check.classes == nil || check.classes!.contains(deviceClass)) {
+            guard context.passedBefore?.contains(check.id) ?? true else {
+                done.skipped.append(check.id + " (did not pass in process)")
+                continue
+            }
             let outcome: CheckOutcome
             do {
-                outcome = try check.run(storm)
+                outcome = try check.run(context)
             } catch {
                 outcome = .failed("\(error)")
             }
             switch outcome.verdict {
-            case .passed, .warning: passed.append(check.id)
-            case .skipped: continue
+            case .passed, .warning:
+                done.passed.append(check.id)
+                for (key, value) in Observation(encoded: outcome.observation ?? "").facts { done.observation["\(check.id).\(key)"] = value }
+            case .skipped:
+                done.skipped.append(check.id)
             default:
-                var failed = CheckOutcome.failed("\(check.id), with spurious interrupts: \(outcome.message); an interrupt may come with nothing new "
-                    + "(a spurious one, or one for what the last run of the handler already took): read the device's status and do only what it reports")
+                var failed = CheckOutcome.failed("\(check.id), \(label): \(outcome.message)\(advice)")
                 failed.verdict = outcome.verdict
                 return failed
             }
         }
-        return .passed("\(passed.joined(separator: ", ")) passed with spurious interrupts")
+        return summary(done)
     }
 
     static let sameResults: [CheckDefinition] = [

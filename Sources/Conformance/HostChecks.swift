@@ -26,33 +26,15 @@ extension Catalogue {
         CheckDefinition("host.io", "the class's I/O checks pass again with the driver in a driver host", requires: ["host.attach", "io.basic"], classes: Kernel.hostedClasses, timeout: 180) { c in
             // Each check that passed in process, now with its rig's driver in
             // a host (one that failed there has reported its defect already).
-            guard let deviceClass = try? DriverFile.inspect(path: c.driverPath).metadata.deviceClass else { return .failed("the driver file cannot be read") }
             var hosted = c
             hosted.hosted = true
             // Time bounds (a serial line kept busy) would judge the line's
             // round trips here, not the driver: they are judged in process.
             hosted.timeBudget = nil
-            var passed: [String] = [], skipped: [String] = [], observation = Observation()
-            for check in Catalogue.all where check.hostable && (check.classes == nil || check.classes!.contains(deviceClass)) {
-                guard c.passedBefore?.contains(check.id) ?? true else {
-                    skipped.append(check.id + " (did not pass in process)")
-                    continue
-                }
-                let outcome = try check.run(hosted)
-                switch outcome.verdict {
-                case .passed, .warning:
-                    passed.append(check.id)
-                    for (key, value) in Observation(encoded: outcome.observation ?? "").facts { observation["\(check.id).\(key)"] = value }
-                case .skipped:
-                    skipped.append(check.id)
-                default:
-                    var failed = CheckOutcome.failed("\(check.id), with the driver in a driver host: \(outcome.message)")
-                    failed.verdict = outcome.verdict
-                    return failed
-                }
+            return rerun(hosted, where: \.hostable, label: "with the driver in a driver host") { done in
+                let note = done.skipped.isEmpty ? "" : "; skipped \(done.skipped.joined(separator: ", "))"
+                return .passed("\(done.passed.joined(separator: ", ")) passed with the driver in a driver host" + note, observation: done.observation)
             }
-            let note = skipped.isEmpty ? "" : "; skipped \(skipped.joined(separator: ", "))"
-            return .passed("\(passed.joined(separator: ", ")) passed with the driver in a driver host" + note, observation: observation)
         },
         CheckDefinition("host.reattach", "detached, then attached in a new driver host: I/O works again", requires: ["host.io"], classes: Kernel.hostedClasses, timeout: 60) { c in
             try withHostedDriver(c) { rig, address, first in
