@@ -49,6 +49,9 @@ public final class NetInterface: NetReceiver, ParkableDevice, @unchecked Sendabl
     private let queue: SubmissionQueue<NetFrame>
     private var handler: Handler?
     private var linkHandler: (@Sendable (Bool) -> Void)?
+    private var roomHandler: (@Sendable () -> Void)?
+    /// An `offer` found the transmit queue full since the last room call.
+    private var roomWanted = false
     private var netdev_: any NetDriverBinding
     /// Its driver is being restarted: frames wait for the next one.
     private var awaitingDriver = false
@@ -119,24 +122,56 @@ public final class NetInterface: NetReceiver, ParkableDevice, @unchecked Sendabl
     /// interface gone, or a size the interface cannot send).
     @discardableResult
     public func send(_ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard bytes.count >= 14, bytes.count <= lock.withLock({ netdev_.maxFrame }) else {
+        switch offer(bytes) {
+        case .queued: return true
+        case .full:
             lock.withLock { counters_.txDropped += 1 }
             return false
+        case .dropped: return false
         }
-        guard !queue.isRemoved else {
+    }
+
+    public func send(_ bytes: [UInt8]) -> Bool { bytes.withUnsafeBytes { send($0) } }
+
+    public enum Offer: Sendable, Equatable {
+        /// Queued for transmission.
+        case queued
+        /// Not taken: the transmit queue is full. The caller keeps the frame;
+        /// the room handler (`setRoomHandler`) runs once a frame has gone.
+        case full
+        /// Dropped and counted: a size the interface cannot send, or the interface is gone.
+        case dropped
+    }
+
+    /// Offers a frame for transmission, for a caller that holds frames back
+    /// while the queue is full (a switch's uplink) instead of losing them.
+    public func offer(_ bytes: UnsafeRawBufferPointer) -> Offer {
+        guard bytes.count >= 14, bytes.count <= lock.withLock({ netdev_.maxFrame }), !queue.isRemoved else {
             lock.withLock { counters_.txDropped += 1 }
-            return false
+            return .dropped
         }
         let frame = spare.take()
         let length = bytes.count
         frame.prepare(bytes) { [weak self] status in self?.finished(frame, length: length, status: status) }
-        guard case .refused = queue.enqueue(frame) else { return true }
-        lock.withLock { counters_.txDropped += 1 }
+        guard case .refused = queue.enqueue(frame) else { return .queued }
         spare.give(frame)
-        return false
+        if queue.isRemoved {
+            lock.withLock { counters_.txDropped += 1 }
+            return .dropped
+        }
+        // A frame that completed before this flag was set freed a slot the
+        // next completion's room call reports: a full queue has frames in flight.
+        lock.withLock { roomWanted = true }
+        return .full
     }
 
-    public func send(_ bytes: [UInt8]) -> Bool { bytes.withUnsafeBytes { send($0) } }
+    public func offer(_ bytes: [UInt8]) -> Offer { bytes.withUnsafeBytes { offer($0) } }
+
+    /// Sets who is told that the transmit queue has room again after an
+    /// `offer` found it full. It runs on the thread that completed a frame.
+    public func setRoomHandler(_ handler: (@Sendable () -> Void)?) {
+        lock.withLock { roomHandler = handler }
+    }
 
     private func finished(_ frame: NetFrame, length: Int, status: OyStatus) {
         lock.withLock {
@@ -149,6 +184,12 @@ public final class NetInterface: NetReceiver, ParkableDevice, @unchecked Sendabl
         }
         spare.give(frame)
         queue.completed()
+        let room = lock.withLock { () -> (@Sendable () -> Void)? in
+            guard roomWanted else { return nil }
+            roomWanted = false
+            return roomHandler
+        }
+        room?()
     }
 
     public func received(_ frame: UnsafeRawBufferPointer, on netdev: RegisteredNetdev) { deliver(frame) }

@@ -29,6 +29,33 @@ func eventually(_ timeout: Double = 5, _ condition: () -> Bool) -> Bool {
     return true
 }
 
+/// A port owner with a transmit queue of its own: it takes frames while it
+/// has room and answers `.full` after that, as an uplink NIC does.
+final class RoomySink: @unchecked Sendable {
+    let frames = Mutex<[[UInt8]]>([])
+    let room: Mutex<Int>
+    init(room: Int) { self.room = Mutex(room) }
+    func take(_ frame: [UInt8]) -> VirtualSwitch.Delivery {
+        let took = room.withLock { left -> Bool in
+            guard left > 0 else { return false }
+            left -= 1
+            return true
+        }
+        guard took else { return .full }
+        frames.withLock { $0.append(frame) }
+        return .taken
+    }
+    var count: Int { frames.withLock { $0.count } }
+    var tags: [UInt8] { frames.withLock { $0.map { $0[14] } } }
+}
+
+/// Counts the frames that have left the switch (their `done` ran).
+final class LeftCount: Sendable {
+    let count = Mutex(0)
+    func left() { count.withLock { $0 += 1 } }
+    var value: Int { count.withLock { $0 } }
+}
+
 @Suite struct VirtualSwitchTests {
     @Test func learnsAddressesAndStopsFloodingOnceKnown() throws {
         let vswitch = VirtualSwitch(name: "t", kind: .private)
@@ -100,6 +127,67 @@ func eventually(_ timeout: Double = 5, _ condition: () -> Bool) -> Bool {
         #expect(eventually(20) { slow.frames.withLock { $0.filter { $0.last == 0xEE }.count } == 100 })
         #expect(vswitch.counters(of: flooder).ingressDrops > 0, "the flood overflowed its own bounded queue")
         #expect(vswitch.counters(of: polite).ingressDrops == 0)
+    }
+
+    /// An owner that is full holds its frames at the switch, in order, and
+    /// their senders hear nothing until they have gone: nothing is dropped.
+    @Test func aFullPortGetsItsFramesInOrderOnceItHasRoom() throws {
+        let vswitch = VirtualSwitch(name: "t", kind: .external)
+        defer { vswitch.shutdown() }
+        let wire = RoomySink(room: 50)
+        let uplink = try vswitch.addPort(name: "uplink", role: .uplink, deliver: wire.take)
+        let child = try vswitch.addPort(name: "child", role: .child) { _ in true }
+        let left = LeftCount()
+        for i in 0..<200 { child.input(ethernet(to: 9, from: 1, tag: UInt8(i)), done: left.left) }
+        #expect(eventually { wire.count == 50 && vswitch.counters(of: uplink).waitedForRoom == 150 })
+        Thread.sleep(forTimeInterval: 0.01)
+        #expect(left.value == 50, "a frame still at the switch is not reported gone")
+        wire.room.withLock { $0 = 1000 }
+        uplink.ready()
+        #expect(eventually { wire.count == 200 && left.value == 200 })
+        #expect(wire.tags == (0..<200).map { UInt8($0) }, "in the order sent")
+        let counters = vswitch.counters(of: uplink)
+        #expect(counters.egressDrops == 0 && counters.outFrames == 200)
+        #expect(vswitch.counters(of: child).ingressDrops == 0)
+    }
+
+    /// An owner that answers `.full` and never says `ready()` is offered its
+    /// frames again after a short while; one that stays full loses them
+    /// after `backlogLifetime`, and their senders are told.
+    @Test func aFullPortThatNeverSaysReadyIsRetriedThenGivenUpOn() throws {
+        let vswitch = VirtualSwitch(name: "t", kind: .external)
+        defer { vswitch.shutdown() }
+        let forgetful = RoomySink(room: 0)
+        let uplink = try vswitch.addPort(name: "uplink", role: .uplink, deliver: forgetful.take)
+        let child = try vswitch.addPort(name: "child", role: .child) { _ in true }
+        let left = LeftCount()
+        for i in 0..<10 { child.input(ethernet(to: 9, from: 1, tag: UInt8(i)), done: left.left) }
+        #expect(eventually { vswitch.counters(of: uplink).waitedForRoom == 10 })
+        forgetful.room.withLock { $0 = 4 }  // room, but no ready()
+        #expect(eventually { forgetful.count == 4 }, "retried without a ready()")
+        #expect(eventually(VirtualSwitch.backlogLifetime + 3) { left.value == 10 })
+        #expect(vswitch.counters(of: uplink).egressDrops == 6)
+        #expect(forgetful.tags == [0, 1, 2, 3])
+    }
+
+    /// A full port's waiting frames do not hold up frames for other ports,
+    /// and removing it lets its waiting frames' senders go.
+    @Test func aFullPortHoldsUpOnlyItself() throws {
+        let vswitch = VirtualSwitch(name: "t", kind: .external)
+        defer { vswitch.shutdown() }
+        let stuck = RoomySink(room: 0)
+        let other = Sink()
+        let uplink = try vswitch.addPort(name: "uplink", role: .uplink, deliver: stuck.take)
+        let peer = try vswitch.addPort(name: "peer", role: .child, deliver: other.take)
+        let child = try vswitch.addPort(name: "child", role: .child) { _ in true }
+        peer.input(ethernet(to: 0xFF, from: 5))  // the switch learns the peer (the flood waits at the uplink)
+        let left = LeftCount()
+        for i in 0..<20 { child.input(ethernet(to: 9, from: 1, tag: UInt8(i)), done: left.left) }
+        for i in 0..<20 { child.input(ethernet(to: 5, from: 1, tag: UInt8(100 + i)), done: left.left) }
+        #expect(eventually { other.count == 40 && left.value == 20 }, "frames for the peer went by, and flooded ones reached it too")
+        vswitch.removePort(uplink)
+        #expect(eventually { left.value == 40 }, "the removed port's frames were let go")
+        #expect(vswitch.counters(of: uplink).egressDrops == 21)
     }
 
     @Test func kindsLimitWhichPortsExist() throws {
