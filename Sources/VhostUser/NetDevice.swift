@@ -37,15 +37,29 @@ public final class VhostUserNet: VhostUserDevice, @unchecked Sendable {
     private var workers: [Int: QueueWorker] = [:]
     private let rings: Rings
 
+    /// Gets each frame the guest sends, and calls `sent` once it is done
+    /// with it (the guest gets the buffer back then: a guest sends no faster
+    /// than what is behind the device takes). Must not block.
+    public typealias Transmit = @Sendable (_ frame: [UInt8], _ sent: @escaping @Sendable () -> Void) -> Void
+
     /// - Parameters:
-    ///   - transmit: gets each frame the guest sends (must not block).
+    ///   - transmit: gets each frame the guest sends (see `Transmit`).
     ///   - closed: told when the device goes away (its connection ended).
-    public init(mac: [UInt8], transmit: @escaping @Sendable ([UInt8]) -> Void, failure: @escaping VhostUserRNG.Failure = { _ in },
+    public init(mac: [UInt8], transmit: @escaping Transmit, failure: @escaping VhostUserRNG.Failure = { _ in },
                 closed: @escaping @Sendable () -> Void = {}) {
         self.mac = mac
         rings = Rings(transmit: transmit)
         self.failure = failure
         self.closed = closed
+    }
+
+    /// A device whose transmitted frames are done with as soon as `transmit` returns.
+    public convenience init(mac: [UInt8], transmit: @escaping @Sendable ([UInt8]) -> Void, failure: @escaping VhostUserRNG.Failure = { _ in },
+                            closed: @escaping @Sendable () -> Void = {}) {
+        self.init(mac: mac, transmit: { frame, sent in
+            transmit(frame)
+            sent()
+        }, failure: failure, closed: closed)
     }
 
     deinit {
@@ -99,9 +113,9 @@ private final class Rings: Sendable {
     }
 
     let posted = Mutex(Posted())
-    let transmit: @Sendable ([UInt8]) -> Void
+    let transmit: VhostUserNet.Transmit
 
-    init(transmit: @escaping @Sendable ([UInt8]) -> Void) { self.transmit = transmit }
+    init(transmit: @escaping VhostUserNet.Transmit) { self.transmit = transmit }
 
     /// A frame for the guest, from any thread; false when it was dropped.
     func receive(_ frame: [UInt8]) -> Bool {
@@ -145,10 +159,10 @@ private final class Rings: Sendable {
             var frame = [UInt8](repeating: 0, count: length)
             frame.withUnsafeMutableBytes { _ = input.copy(from: VhostUserNet.headerSize, into: $0) }
             posted.withLock { $0.counters.transmitted += 1 }
-            transmit(frame)
+            transmit(frame) { done(written: 0) }
         } else {
             posted.withLock { $0.counters.malformed += 1 }
+            done(written: 0)
         }
-        done(written: 0)
     }
 }

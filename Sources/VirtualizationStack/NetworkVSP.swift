@@ -1,6 +1,7 @@
 import Foundation
 import Machine
 import Logging
+import Synchronization
 import VMBus
 
 /// The root's network virtualization service provider for one channel,
@@ -9,8 +10,10 @@ import VMBus
 ///
 /// RNDIS messages from the child come in a send-buffer section, in a
 /// GPA_DIRECT page list anywhere in its memory (mapped for the request), or
-/// both; packet messages go on the switch, control messages (INITIALIZE,
-/// QUERY, SET, KEEPALIVE, RESET, HALT) are answered. Everything for the child
+/// both; packet messages go on the switch, and the SEND_RNDIS_PKT is
+/// completed once its frames have left the switch (so a child's send
+/// sections pace it to the ports it sends to); control messages
+/// (INITIALIZE, QUERY, SET, KEEPALIVE, RESET, HALT) are answered. Everything for the child
 /// — frames, control answers, link indications — is an RNDIS message copied
 /// into a free receive-buffer section and announced as a TRANSFER_PAGES
 /// packet. A child that never returns sections runs out of them: the VSP
@@ -192,45 +195,54 @@ public final class NetworkVSP: ChannelHandler, @unchecked Sendable {
             for piece in mapping.pieces { bytes += Array(UnsafeRawBufferPointer(piece)) }
             mapping.release()
         }
-        let status = bytes.withUnsafeBytes { process($0) }
-        complete(packet, on: channel, status)
+        let (status, frames) = bytes.withUnsafeBytes { process($0) }
+        guard !frames.isEmpty else { return complete(packet, on: channel, status) }
+        // The child gets its send section back once its frames have left the
+        // switch: a child sends no faster than the ports it sends to take.
+        let send = SendInFlight(frames: frames.count) { [weak self] in self?.complete(packet, on: channel, status) }
+        for (frame, port) in frames { port.input(frame, done: send.frameLeft) }
     }
 
-    /// Handles the RNDIS messages in one SEND_RNDIS_PKT; returns its NVSP status.
-    private func process(_ buffer: UnsafeRawBufferPointer) -> UInt32 {
+    /// Handles the RNDIS messages in one SEND_RNDIS_PKT; returns its NVSP
+    /// status and the frames in it for the switch, with the port they go in by.
+    private func process(_ buffer: UnsafeRawBufferPointer) -> (UInt32, [([UInt8], VirtualSwitch.Port)]) {
         let messages: [RNDIS.Message]
         do {
             messages = try RNDIS.messages(in: buffer)
         } catch {
             lock.withLock { stats.malformedFromChild += 1 }
             logger.debug("child \(context.child): \(error)")
-            return NetworkProtocol.Status.invalidRNDISPacket
+            return (NetworkProtocol.Status.invalidRNDISPacket, [])
         }
         var status = NetworkProtocol.Status.success
+        var frames: [([UInt8], VirtualSwitch.Port)] = []
         for message in messages {
             if message.type == RNDIS.MessageType.packet {
-                if !forward(message) { status = NetworkProtocol.Status.invalidRNDISPacket }
+                switch forwarding(message) {
+                case .none: status = NetworkProtocol.Status.invalidRNDISPacket
+                case .some(nil): break
+                case .some(let frame?): frames.append(frame)
+                }
             } else if let answer = control(message) {
                 lock.withLock { stats.controlMessages += 1 }
                 _ = announce(answer)
             }
         }
-        return status
+        return (status, frames)
     }
 
-    /// A packet message's frame onto the switch; false when malformed.
-    private func forward(_ message: RNDIS.Message) -> Bool {
+    /// A packet message's frame and the port it goes onto the switch by:
+    /// nil when malformed, .some(nil) when the RNDIS device is not open.
+    private func forwarding(_ message: RNDIS.Message) -> (([UInt8], VirtualSwitch.Port)?)? {
         guard let frame = try? message.frame(), frame.count >= 14, frame.count <= VirtualSwitch.maxFrame else {
             lock.withLock { stats.malformedFromChild += 1 }
-            return false
+            return nil
         }
-        let target = lock.withLock { () -> VirtualSwitch.Port? in
-            guard rndis == .initialized else { return nil }
+        return lock.withLock { () -> ([UInt8], VirtualSwitch.Port)? in
+            guard rndis == .initialized, let port else { return nil }
             stats.framesFromChild += 1
-            return port
+            return (frame, port)
         }
-        target?.input(frame)
-        return true
     }
 
     /// The answer to an RNDIS control message (nil for HALT and unknown types).
@@ -388,5 +400,25 @@ public final class NetworkVSP: ChannelHandler, @unchecked Sendable {
             return (port, vswitch)
         }
         if let detached { owner?.removePort(detached) }
+    }
+}
+
+/// One SEND_RNDIS_PKT whose frames are on the switch: completed to the
+/// child when the last of them has left it.
+private final class SendInFlight: Sendable {
+    private let left: Mutex<Int>
+    private let complete: @Sendable () -> Void
+
+    init(frames: Int, complete: @escaping @Sendable () -> Void) {
+        left = Mutex(frames)
+        self.complete = complete
+    }
+
+    @Sendable func frameLeft() {
+        let last = left.withLock { count -> Bool in
+            count -= 1
+            return count == 0
+        }
+        if last { complete() }
     }
 }

@@ -69,7 +69,7 @@ public enum VhostUserServices {
         let log = Log("net", events)
         let link = NICLink()
         let port = try vswitch.addPort(name: name, role: .child) { frame in link.device?.receive(frame) ?? false }
-        let device = VhostUserNet(mac: mac, transmit: { port.input($0) }, failure: { error in
+        let device = VhostUserNet(mac: mac, transmit: { frame, sent in port.input(frame, done: sent) }, failure: { error in
             log.error("\(name): a guest corrupted a queue of its NIC; the queue is no longer served: \(error)")
         }, closed: { vswitch.removePort(port) })
         link.device = device

@@ -43,6 +43,29 @@ import VhostUser
         #expect(device.counters.transmitted == 1 && device.counters.malformed == 1)
     }
 
+    /// A transmitted frame's buffer goes back to the guest only once what
+    /// is behind the device says it is done with it (a switch that holds
+    /// the frame while the NIC is full): the guest's sender is held back.
+    @Test func aTransmitBufferGoesBackOnlyWhenTheFrameIsSent() throws {
+        let g = try FakeGuest()
+        let bells = Doorbells()
+        defer { bells.close() }
+        let held = Reports<@Sendable () -> Void>()
+        let device = VhostUserNet(mac: Self.mac, transmit: { _, sent in held.add(sent) })
+        try device.start(queue: VhostUserNet.transmitQueue, try g.queue(), kick: bells.kick, call: bells.call)
+        defer { device.stop(queue: VhostUserNet.transmitQueue) }
+        let frame = Self.frame(100, tag: 2)
+        #expect(g.region.write([UInt8](repeating: 0, count: 12) + frame, at: GuestAddress(Self.buffers)))
+        g.descriptor(0, at: Self.buffers, length: UInt32(12 + frame.count))
+        g.post(0)
+        bells.ring()
+        #expect(held.next())
+        usleep(20_000)
+        #expect(g.usedIndex == 0, "still with the switch: not used yet")
+        for sent in held.all { sent() }
+        #expect(Self.used(g, reaches: 1))
+    }
+
     @Test func framesForTheGuestLandInItsBuffersOrAreDropped() throws {
         let g = try FakeGuest()
         let bells = Doorbells()

@@ -6,6 +6,7 @@ import Guest
 import Kernel
 import NetStack
 import OyakoTestSupport
+import Synchronization
 import Testing
 import VirtualizationStack
 import VMBus
@@ -31,6 +32,14 @@ func networkGuest(ip: [UInt8], outcome: GuestOutcome<Int>? = nil, ready: Dispatc
             ready?.signal()
         }
     }
+}
+
+/// The far end of a cable that counts the frames that arrive.
+final class FrameCounter: Wire, @unchecked Sendable {
+    // @unchecked Sendable: a Mutex only.
+    private let frames = Mutex(0)
+    func send(_ frame: [UInt8], from end: any WireEnd) { frames.withLock { $0 += 1 } }
+    var count: Int { frames.withLock { $0 } }
 }
 
 @Suite(.serialized) struct ChildNetworkTests {
@@ -101,6 +110,45 @@ func networkGuest(ip: [UInt8], outcome: GuestOutcome<Int>? = nil, ready: Dispatc
         #expect(result.status == 0, "\(result.output)")
         #expect(result.stdout.contains("3 received"), "\(result.stdout)")
         #expect(eth0.counters.txFrames >= 3 && eth0.counters.rxFrames >= 3, "traffic went through the vendor driver")
+    }
+
+    /// A child that sends as fast as its send sections allow, through an
+    /// external switch to a NIC that cannot keep up: the switch holds frames
+    /// while the NIC's transmit queue is full, and the child's sends complete
+    /// only once their frames have gone, so every frame reaches the wire.
+    @Test func aChildSendingFasterThanTheNICLosesNoFrames() throws {
+        let wire = FrameCounter()
+        let system = try RootSystem(drivers: [try Fixtures.referenceDriver("e1klite")], nics: 1) { testbed in
+            testbed.nics[0].wire = wire
+        }
+        defer { system.shutdown() }
+        let eth0 = try #require(system.kernel.network.interfaces.first)
+        let vswitch = VirtualSwitch(name: "external", kind: .external)
+        defer { vswitch.shutdown() }
+        let uplink = try vswitch.attachUplink(eth0)
+        let count = 6000
+        let outcome = GuestOutcome<Int>()
+        let child = try system.vms.createChild(name: "sender", memorySize: 8 << 20)
+        system.vms.offerNetwork(to: child, vswitch: vswitch)
+        system.vms.start(child) { p, vp in
+            let os = GuestOS(name: "sender", partition: p, vp: vp)
+            outcome.finish {
+                try os.boot()
+                guard let nic = try os.openNetwork().first else { throw VMBusError.noDevice("NIC") }
+                let frame = [0x02, 0, 0, 0, 0, 0x99] + nic.mac + [0x88, 0xB5] + [UInt8](repeating: 0x5A, count: 1500)
+                for _ in 0..<count { try nic.send(frame) }
+                return nic.refusedSends
+            }
+            vp.halt(until: { false })
+        }
+        #expect(try outcome.wait() == 0, "every send completed OK")
+        let deadline = Date(timeIntervalSinceNow: 20)
+        while wire.count < count && Date() < deadline { usleep(10_000) }
+        let counters = vswitch.counters(of: uplink)
+        #expect(wire.count == count, "\(wire.count) of \(count) frames reached the wire; uplink: \(counters)")
+        #expect(counters.egressDrops == 0 && eth0.counters.txDropped == 0)
+        let port = try #require(vswitch.allPorts.first { $0.role == .child })
+        #expect(vswitch.counters(of: port).ingressDrops == 0)
     }
 
     @Test func guestThatNeverReturnsReceiveSectionsOnlyHurtsItself() throws {
