@@ -12,6 +12,8 @@
 #include "e1klite_regs.h"
 
 #define E1K_RING 128u
+/* Receive buffers handled per interrupt (NAPI's default weight). */
+#define E1K_RX_BUDGET 64u
 #define E1K_BUFFER 2048u
 
 OY_DRIVER_METADATA(e1k_meta) = {
@@ -71,12 +73,16 @@ static void e1k_reclaim_tx(e1k_dev *d) {
     for (i = 0; i < n; i++) d->ctx->net->tx_complete(done[i], OY_OK);
 }
 
-/* [interrupt] Hand every filled receive buffer to the OS and re-post it. */
-static void e1k_receive(e1k_dev *d) {
-    for (;;) {
+/* [interrupt] Hand filled receive buffers to the OS and re-post them, at
+ * most E1K_RX_BUDGET per interrupt: under a flood the device refills what
+ * the loop frees, so an unbounded loop would never end. Returns nonzero if
+ * filled buffers are left (the caller asks to be interrupted again). */
+static int e1k_receive(e1k_dev *d) {
+    uint32_t handled;
+    for (handled = 0; handled < E1K_RX_BUDGET; handled++) {
         volatile e1k_desc *desc = &d->rx_ring[d->rx_next];
         uint16_t length;
-        if (!(desc->status & E1K_DESC_DD)) break;
+        if (!(desc->status & E1K_DESC_DD)) return 0;
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         length = desc->length;
         if ((desc->status & E1K_RXD_EOP) && length >= 14u && length <= E1K_BUFFER) {
@@ -90,6 +96,7 @@ static void e1k_receive(e1k_dev *d) {
         e1k_write(d, E1K_RDT, d->rx_next);
         d->rx_next = (d->rx_next + 1u) % E1K_RING;
     }
+    return (d->rx_ring[d->rx_next].status & E1K_DESC_DD) != 0;
 }
 
 /* [interrupt] */
@@ -102,7 +109,9 @@ static void e1k_irq(void *arg) {
         if (d->netdev) d->ctx->net->link_changed(d->netdev, d->link);
     }
     if (cause & E1K_ICR_RXO) d->stats.rx_dropped++;
-    if ((cause & (E1K_ICR_RXT0 | E1K_ICR_RXO)) && d->netdev) e1k_receive(d);
+    /* Budget spent with buffers still filled: raise RXT0 again (ICS) and
+     * come back after other work has had the CPU, as NAPI reschedules. */
+    if ((cause & (E1K_ICR_RXT0 | E1K_ICR_RXO)) && d->netdev && e1k_receive(d)) e1k_write(d, E1K_ICS, E1K_ICR_RXT0);
     if (cause & E1K_ICR_TXDW) e1k_reclaim_tx(d);
 }
 

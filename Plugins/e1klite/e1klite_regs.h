@@ -12,6 +12,7 @@
 #define E1K_CTRL 0x0000u
 #define E1K_STATUS 0x0008u
 #define E1K_ICR 0x00C0u
+#define E1K_ICS 0x00C8u
 #define E1K_IMS 0x00D0u
 #define E1K_IMC 0x00D8u
 #define E1K_RCTL 0x0100u

@@ -19,6 +19,7 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
         static let ctrl: UInt64 = 0x0000
         static let status: UInt64 = 0x0008
         static let icr: UInt64 = 0x00C0
+        static let ics: UInt64 = 0x00C8
         static let ims: UInt64 = 0x00D0
         static let imc: UInt64 = 0x00D8
         static let rctl: UInt64 = 0x0100
@@ -198,6 +199,8 @@ public final class E1KLite: BusDevice, WireEnd, @unchecked Sendable {
                 ims &= ~v
             case Register.icr:
                 icr &= ~v
+            case Register.ics:
+                raiseLocked(v)
             case Register.tdt:
                 fetchTransmitLocked(from: Int(regs[Register.tdt] ?? 0), to: Int(v))
                 regs[offset] = v

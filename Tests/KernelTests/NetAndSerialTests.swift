@@ -121,6 +121,28 @@ import Testing
         }
     }
 
+    /// The receive handler takes a bounded number of frames per interrupt
+    /// and asks for another (ICS) when more are waiting, rather than looping
+    /// while a flood refills the ring: 120 frames that piled up while the
+    /// NIC's vector was masked come in more than one interrupt, and all of
+    /// them arrive without another frame to prompt the rest.
+    @Test func aBacklogOfReceivedFramesIsTakenInBoundedRuns() throws {
+        let s = try system()
+        defer { s.shutdown() }
+        let net = s.kernel.network.interfaces
+        let receiver = try #require(s.machine.bus.enumerate().first { $0.device === s.testbed.nics[1] })
+        let vector = receiver.vectors.lowerBound
+        s.machine.interrupts.mask(vector)
+        let count = 120
+        for i in 0..<count { #expect(net[0].send(NetChecks.frame(from: net[0].mac, to: net[1].mac, length: 200, seed: i))) }
+        #expect(eventually { s.testbed.nics[1].statistics.framesReceived == count && net[0].counters.txFrames == count })
+        #expect(net[1].counters.rxFrames == 0, "the vector is masked")
+        let before = s.machine.interrupts.statistics.delivered
+        s.machine.interrupts.unmask(vector)
+        #expect(eventually { net[1].counters.rxFrames == count }, "\(net[1].counters.rxFrames) of \(count) frames taken")
+        #expect(s.machine.interrupts.statistics.delivered - before >= 2, "taken in one interrupt: the handler has no budget")
+    }
+
     /// Live replacement of a NIC's driver under a sender: the interface
     /// stays, frames wait while no driver has it, and none fails.
     @Test(arguments: [false, true]) func aNICsDriverIsReplacedLiveUnderTraffic(hosted: Bool) throws {
