@@ -214,9 +214,9 @@ static void nvl_io_irq(void *arg) {
 
     for (i = 0; i < n; i++) d->ctx->block->complete(done[i], status[i]);
     if (signal_drained) d->host->event_signal(d->drained);
-    /* More completions than one batch: the device re-raises on the next
-     * doorbell only, so loop here instead of losing them. */
-    if (n == NVL_QUEUE_DEPTH) nvl_io_irq(arg);
+    /* At most one batch per interrupt: if completions remain, the head
+     * doorbell above left them in the CQ and the controller raises the
+     * vector again, so other devices' interrupts get their turn. */
 }
 
 /* ---- admin commands --------------------------------------------------------------- */

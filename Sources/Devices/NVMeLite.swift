@@ -83,6 +83,9 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
     private var acq: UInt64 = 0
     private var sqTail: [UInt16] = [0, 0]
     private var cqHead: [UInt16] = [0, 0]
+    /// CQ head doorbells written since the controller thread last looked:
+    /// if the CQ still holds completions, its vector is raised again.
+    private var headWritten = [false, false]
     /// Commands fetched when their doorbell rang, by queue and slot, as a
     /// fast controller fetches them: a driver that rings before the command
     /// is in its slot has the device see the slot's old contents.
@@ -210,6 +213,7 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
                 sqTail[qid] = UInt16(truncatingIfNeeded: value)
             } else {
                 cqHead[index / 2] = UInt16(truncatingIfNeeded: value)
+                headWritten[index / 2] = true
             }
             work = true
         default:
@@ -236,8 +240,18 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
             guard csts & 1 == 1, let port else { continue }
             let tails = sqTail
             let heads = cqHead
+            let rearm = headWritten
+            headWritten = [false, false]
             condition.unlock()
-            for qid in 0..<2 { processQueue(qid, tail: Int(tails[qid]), cqHeads: heads, port: port) }
+            var raised = [false, false]
+            for qid in 0..<2 {
+                if let cq = processQueue(qid, tail: Int(tails[qid]), cqHeads: heads, port: port) { raised[cq] = true }
+            }
+            // A handler that stopped early wrote the head short of the tail:
+            // raise again, as an MSI-X controller re-sends a pending message.
+            for (index, cq) in cqs.enumerated() where rearm[index] && !raised[index] {
+                if let cq, cq.interrupts, cq.tail != Int(heads[index]) { port.raiseInterrupt(cq.vector) }
+            }
             condition.lock()
         }
     }
@@ -276,6 +290,7 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
         cqs = [CompletionQueue(base: acq, entries: cqEntries, tail: 0, phase: 1, vector: 0, interrupts: true), nil]
         sqTail = [0, 0]
         cqHead = [0, 0]
+        headWritten = [false, false]
         fetched = [[:], [:]]
         csts = 1
     }
@@ -286,14 +301,16 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
         cqs = [nil, nil]
         sqTail = [0, 0]
         cqHead = [0, 0]
+        headWritten = [false, false]
         fetched = [[:], [:]]
         csts = 0
     }
 
     /// Fetches and executes commands of one SQ up to `tail`, posting
-    /// completions while the CQ has room; one interrupt per batch.
-    private func processQueue(_ qid: Int, tail: Int, cqHeads: [UInt16], port: DevicePort) {
-        guard var sq = sqs[qid], tail < sq.entries, var cq = cqs[sq.cq] else { return }
+    /// completions while the CQ has room; one interrupt per batch. Returns
+    /// the CQ whose vector it raised, if it did.
+    private func processQueue(_ qid: Int, tail: Int, cqHeads: [UInt16], port: DevicePort) -> Int? {
+        guard var sq = sqs[qid], tail < sq.entries, var cq = cqs[sq.cq] else { return nil }
         var posted = false
         while sq.head != tail {
             // Never fill the CQ to equality with the host's head.
@@ -344,7 +361,9 @@ public final class NVMeLite: BusDevice, @unchecked Sendable {
                 cq = refreshedCQ
             }
         }
-        if posted && cq.interrupts { port.raiseInterrupt(cq.vector) }
+        guard posted && cq.interrupts else { return nil }
+        port.raiseInterrupt(cq.vector)
+        return sq.cq
     }
 
     private func countFault() {

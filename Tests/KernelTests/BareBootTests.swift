@@ -104,6 +104,44 @@ import Workloads
         #expect(stats.completed == stats.submitted)
     }
 
+    /// A driver may take fewer completions per interrupt than the CQ holds
+    /// if it writes the head doorbell for what it took: the controller
+    /// raises the vector again while completions remain (datasheet,
+    /// *Interrupts*). A mutant that takes one per interrupt still sees
+    /// every request of eight concurrent writers complete.
+    @Test func aDriverTakingOneCompletionPerInterruptIsInterruptedAgain() throws {
+        let onePerInterrupt = try Fixtures.mutatedReferenceDriver("nvmelite", [(
+            "    while (n < NVL_QUEUE_DEPTH && nvl_cq_pop(&d->io, &cqe)) {",
+            "    while (n < 1 && nvl_cq_pop(&d->io, &cqe)) { /* the variation: one per interrupt */"
+        )])
+        let system = try Fixtures.bareSystem(drivers: [onePerInterrupt])
+        defer { system.shutdown() }
+        let disk = try #require(system.disk)
+        let group = DispatchGroup()
+        let failures = Mutex<[String]>([])
+        for worker in 0..<8 {
+            group.enter()
+            startThread(named: "writer-\(worker)") {
+                defer { group.leave() }
+                guard let buffer = disk.allocateBuffer(length: disk.geometry.blockSize) else {
+                    failures.withLock { $0.append("writer \(worker): no buffer") }
+                    return
+                }
+                for i in 0..<40 {
+                    do {
+                        try disk.perform(.write, lba: UInt64(worker * 64 + i), blocks: 1, buffer: buffer, timeout: .seconds(10))
+                    } catch {
+                        failures.withLock { $0.append("writer \(worker), write \(i): \(error)") }
+                        return
+                    }
+                }
+            }
+        }
+        #expect(group.wait(timeout: .now() + 60) == .success, "requests hung: \(disk.statistics), device \(system.testbed.nvme.statistics)")
+        #expect(failures.withLock { $0 } == [])
+        #expect(disk.statistics.completed == disk.statistics.submitted)
+    }
+
     /// A driver that answers OY_E_BUSY with nothing outstanding (its
     /// device's own queue full for a moment): the OS tries again by itself,
     /// as CLASSES.md promises; no completion is coming to restart it. In a
