@@ -11,7 +11,12 @@ extension Catalogue {
                 guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
                 let g = disk.geometry
                 var digest: UInt64 = 0
-                let sizes = Array(Set([1, 2, 3, 7, 8, 9, g.maxTransferBlocks / 2, g.maxTransferBlocks].filter { $0 >= 1 && $0 <= g.maxTransferBlocks })).sorted()
+                // Around one, two and three 4 KiB pages too: where a driver
+                // switches how it describes the pages (NVMe's PRP2 is a page
+                // for exactly two, a list for more) off-by-ones hide.
+                let page = max(1, 4096 / g.blockSize)
+                let sizes = Array(Set([1, 2, 3, 7, 8, 9, page, 2 * page, 2 * page + 1, 3 * page, g.maxTransferBlocks / 2, g.maxTransferBlocks]
+                    .filter { $0 >= 1 && $0 <= g.maxTransferBlocks })).sorted()
                 for blocks in sizes {
                     for offset in [0, 8, 512, 4000] {
                         let length = blocks * g.blockSize

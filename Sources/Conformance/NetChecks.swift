@@ -276,12 +276,18 @@ struct RingTraffic {
         for (n, frame) in frames.enumerated() where !interface.send(frame) {
             return "the interface refused frame \(n) of \(count) (its software queue is full: transmits are not completing)"
         }
-        let wire = Array(recorder.wait(count: wireBefore + count, timeout: 20).dropFirst(wireBefore))
+        // Well inside the check's own time limit, so that a stall is
+        // reported with its cause rather than as a timeout.
+        let wire = Array(recorder.wait(count: wireBefore + count, timeout: 10).dropFirst(wireBefore))
         for (n, (seen, frame)) in zip(wire, frames).enumerated() {
             if let problem = Self.problem(n, sent: frame, wire: seen) { return problem }
         }
         guard wire.count >= count else {
-            return "\(wire.count) of \(count) transmitted frames reached the wire; the rest never left (the ring wraps every few hundred frames)"
+            let completed = interface.counters.txFrames - countersBefore.txFrames
+            let cause = completed < wire.count
+                ? "; the driver completed only \(completed) of those: a transmit never completed keeps its place in the driver's queue, so the frames behind it wait (tx_complete exactly once per accepted frame)"
+                : " (the ring wraps every few hundred frames)"
+            return "\(wire.count) of \(count) transmitted frames reached the wire within 10 s; the rest never left" + cause
         }
         let deadline = Date(timeIntervalSinceNow: 5)
         var completed = 0, failed = 0

@@ -36,7 +36,7 @@ struct ConformanceCommand: ParsableCommand {
     @Option(help: "Only run checks whose ID matches this regular expression (plus what they require).")
     var filter: String?
 
-    @Flag(help: "Run checks in this process (for debugging: a crash ends the run).")
+    @Flag(help: "Run checks in this process (for debugging: a crash ends the run, and a driver that never returns from a callback stops it; without this flag each check runs in a worker that is killed after its time limit).")
     var inProcess = false
 
     @Flag(help: "Show the driver's log lines for every check, not only for those that did not pass.")

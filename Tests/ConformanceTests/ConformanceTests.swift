@@ -893,6 +893,35 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
     }
 }
 
+/// Defects at the edges of the I/O paths, each named by the check that
+/// meets it, with what the driver did.
+@Suite struct BoundaryDefectTests {
+    /// NVMe's PRP2 is the second page itself when exactly two pages are
+    /// left, a PRP list only for more; a driver that builds a list for
+    /// exactly two corrupts such transfers. io.block.patterns moves one
+    /// page-aligned transfer of exactly two pages.
+    @Test func aPRPListForExactlyTwoPagesIsCaughtByPatterns() throws {
+        let driver = try Fixtures.mutatedReferenceDriver("nvmelite", [("if (rest <= NVL_PAGE_SIZE) {", "if (rest < NVL_PAGE_SIZE) {")])
+        let report = suite(filter: "^io\\.basic$|^io\\.block\\.patterns$").run(driver: driver)
+        let results = report.results.filter { $0.id == "io.block.patterns" }
+        #expect(results.count == 2 && results.allSatisfy { $0.verdict == .failed }, "\(results.map { "\($0.environment) \($0.verdict): \($0.message)" })")
+        for result in results { #expect(result.message.contains("data read back differs"), "\(result.message)") }
+    }
+
+    /// A NIC driver whose transmits never complete (no report-status bit,
+    /// so the device never writes them back) fills its ring and stalls:
+    /// io.net.rings says so within its time, rather than timing out.
+    @Test func transmitsThatNeverCompleteAreNamedNotTimedOut() throws {
+        let driver = try Fixtures.mutatedReferenceDriver("e1klite", [(
+            "desc->cmd_or_csum_hi = E1K_TXD_EOP | E1K_TXD_IFCS | E1K_TXD_RS;", "desc->cmd_or_csum_hi = E1K_TXD_EOP | E1K_TXD_IFCS;"
+        )])
+        let report = suite(filter: "^io\\.basic$|^io\\.net\\.rings$").run(driver: driver)
+        let results = report.results.filter { $0.id == "io.net.rings" }
+        #expect(results.count == 2 && results.allSatisfy { $0.verdict == .failed }, "\(results.map { "\($0.environment) \($0.verdict): \($0.message)" })")
+        for result in results { #expect(result.message.contains("the driver completed only 0 of those"), "\(result.message)") }
+    }
+}
+
 /// An interrupt may come with nothing new. nvmelite that takes an
 /// interrupt without a completion for news (it fails what is outstanding)
 /// passes io.basic; with its interrupts also raised for nothing, its
