@@ -43,15 +43,17 @@ extension Catalogue {
             try withEntropySource(c) { rig, source in
                 guard let device = rig.rngs.first else { return .failed("no entropy device in the rig") }
                 let before = device.wordsDelivered
-                var returned = 0
+                var bytes: [UInt8] = []
                 for size in [16, 256, 1000, 2824] {
-                    do { returned += try source.read(size).count } catch { return .failed("a read of \(size) bytes failed: \(error)") }
+                    do { bytes += try source.read(size) } catch { return .failed("a read of \(size) bytes failed: \(error)") }
                 }
+                let returned = bytes.count
                 let given = (device.wordsDelivered - before) * 4
                 guard given >= returned else {
                     return .failed("reads returned \(returned) bytes of entropy while the device gave \(given); pass on what the device gives and make none "
                         + "of your own (a generator stretching a few device words is not entropy: whoever learns its state predicts every key made from it)")
                 }
+                if let words = device.wordsDelivered(since: before), let problem = bytesNotGiven(bytes, by: words) { return .failed(problem) }
                 return .passed("\(returned) bytes returned, \(given) given by the device", observation: Observation(["returned": "\(returned)"]))
             }
         },
@@ -107,6 +109,25 @@ extension Catalogue {
     /// How long a read of a dry source may take: the class's 100 ms wait,
     /// with room for a loaded machine and a driver host's line.
     static let rngStarvedBound = 2.0
+
+    /// Whether every byte reads returned is one the device gave, counting
+    /// repeats (in any order: a driver may reorder the bytes of a word), or
+    /// what is wrong. A driver that pads, zeroes or repeats bytes returns
+    /// values more often than the device gave them.
+    static func bytesNotGiven(_ bytes: [UInt8], by words: [UInt32]) -> String? {
+        var left = [Int](repeating: 0, count: 256)
+        for word in words { for shift in stride(from: 0, to: 32, by: 8) { left[Int(word >> UInt32(shift) & 0xFF)] += 1 } }
+        var extra = [Int](repeating: 0, count: 256)
+        for byte in bytes {
+            if left[Int(byte)] > 0 { left[Int(byte)] -= 1 } else { extra[Int(byte)] += 1 }
+        }
+        let total = extra.reduce(0, +)
+        guard total > 0, let worst = extra.indices.max(by: { extra[$0] < extra[$1] }) else { return nil }
+        let givenTimes = words.reduce(0) { count, word in count + (0..<4).filter { Int(word >> UInt32($0 * 8) & 0xFF) == worst }.count }
+        return String(format: "%d of the %d bytes reads returned were not among what the device gave (byte 0x%02X came back %d times; the device gave it %d times): "
+            + "return only bytes read from the device, and no padding or leftovers in the buffer (SDK/CLASSES.md, Entropy)",
+            total, bytes.count, worst, bytes.filter { $0 == UInt8(worst) }.count, givenTimes)
+    }
 
     /// One read of 16 bytes on a thread of its own; nil when it had not
     /// returned within `seconds` (it is left to return when it will).

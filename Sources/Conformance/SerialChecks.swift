@@ -91,6 +91,24 @@ extension Catalogue {
     /// (Linux's serial core buffers 4 KiB), under a second at 115200 baud.
     static let serialTxReadyBytes = 10 << 10
 
+    /// Character formats set_line must apply (data bits, OY_PARITY_*, stop bits).
+    static let framings = [(7, 2, 1), (8, 1, 2), (5, 0, 2), (6, 2, 2), (8, 0, 1)]
+
+    /// What is wrong with how the driver applies character formats, or nil.
+    static func framingProblem(_ port: any SerialDriverBinding, _ uart: UART16550) -> String? {
+        for (dataBits, parity, stopBits) in framings {
+            let name = "\(dataBits)\(["N", "O", "E"][parity])\(stopBits)"
+            let status = port.setLine(SerialLine(baud: 115_200, dataBits: dataBits, parity: parity, stopBits: stopBits))
+            guard status == .ok else { return "set_line to 115200 \(name) returned \(status); the device can frame characters so" }
+            let framing = uart.framing
+            let parityWanted: UART16550.Framing.Parity = [.none, .odd, .even][parity]
+            guard framing.dataBits == dataBits, framing.parity == parityWanted, framing.stopBits == stopBits else {
+                return "set_line to 115200 \(name) returned OY_OK but the device frames characters \(framing) (LCR bits 0–5: word length − 5, stop bits, parity enable, even, stick)"
+            }
+        }
+        return nil
+    }
+
     static let serialSetLine = CheckDefinition("io.serial.set-line", "set_line: rates the clock can make take effect; bad rates and framing are refused", requires: ["io.basic"], classes: serial, timeout: 30, hostable: true) { c in
         try withDriver(c) { rig in
             guard let tty = rig.kernel.serial.ports.first, let (uart, log) = rig.uarts.first else { return .failed("no port registered") }
@@ -110,6 +128,7 @@ extension Catalogue {
             if rate > 960 * 1.15 || (c.timeBudget != nil && rate < 960 * 0.6) {
                 return .failed(String(format: "at 9600 baud %.0f bytes/s left on the line; expected about 960", rate))
             }
+            if let problem = framingProblem(tty.port, uart) { return .failed(problem) }
             guard tty.port.setLine(original) == .ok else { return .failed("set_line back to \(original.baud) baud failed") }
             let before = (tty.line, uart.baud)
             for (line, expected, what) in [
@@ -129,7 +148,7 @@ extension Catalogue {
                 guard tty.line == before.0, uart.baud == before.1 else { return .failed("a refused set_line (\(what)) still changed the line") }
                 statuses.append(status)
             }
-            return .passed("5 rates applied, 9600 baud measured at \(Int(rate)) bytes/s, 8 bad settings refused",
+            return .passed("5 rates and \(Self.framings.count) character formats applied, 9600 baud measured at \(Int(rate)) bytes/s, 8 bad settings refused",
                            observation: Observation(["statuses": Observation.statuses(statuses)]))
         }
     }

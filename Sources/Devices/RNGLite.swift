@@ -24,7 +24,23 @@ public final class RNGLite: BusDevice, @unchecked Sendable {
     private var exhausted = false
     private var port: DevicePort?
     private var generator = SystemRandomNumberGenerator()
-    public private(set) var wordsDelivered = 0
+    /// The words read out of DATA, the latest of them (at least `logLimit`),
+    /// and how many were read before the first one kept.
+    private var deliveredLog: [UInt32] = []
+    private var deliveredBase = 0
+    static let logLimit = 16_384
+
+    /// Words read out of DATA since power-on.
+    public var wordsDelivered: Int { condition.withLock { deliveredBase + deliveredLog.count } }
+
+    /// The words read out of DATA from the `index`th on (`wordsDelivered`
+    /// taken earlier), or nil if the device no longer remembers them all.
+    public func wordsDelivered(since index: Int) -> [UInt32]? {
+        condition.withLock {
+            guard index >= deliveredBase, index <= deliveredBase + deliveredLog.count else { return nil }
+            return Array(deliveredLog[(index - deliveredBase)...])
+        }
+    }
 
     public init() {}
 
@@ -41,8 +57,12 @@ public final class RNGLite: BusDevice, @unchecked Sendable {
             switch offset {
             case 0x00:
                 guard !fifo.isEmpty else { return 0 }
-                wordsDelivered += 1
                 let word = fifo.removeFirst()
+                deliveredLog.append(word)
+                if deliveredLog.count >= 2 * Self.logLimit {
+                    deliveredLog.removeFirst(Self.logLimit)
+                    deliveredBase += Self.logLimit
+                }
                 condition.signal()
                 return UInt64(word)
             case 0x04: return UInt64((fifo.isEmpty ? 0 : 1) | UInt32(fifo.count) << 16)

@@ -8,8 +8,9 @@ public protocol SerialBackend: AnyObject, Sendable {
 }
 
 /// A 16550A UART with port I/O registers, 16-byte FIFOs and interrupt
-/// identification. The transmitter sends at the configured baud rate (10 bit
-/// times per byte with 8N1), on the device's own thread; bytes from the line
+/// identification. The transmitter sends at the configured baud rate and
+/// character format (10 bit times per byte with 8N1, and only the word
+/// length's bits of each byte), on the device's own thread; bytes from the line
 /// that find the receive FIFO full are lost and flagged as overrun, as on
 /// the real part.
 ///
@@ -73,6 +74,44 @@ public final class UART16550: BusDevice, @unchecked Sendable {
 
     /// Baud rate from the divisor latch.
     public var baud: Int { condition.withLock { Self.clock / 16 / max(1, Int(divisor)) } }
+
+    /// The character format LCR sets: bits 0–1 word length − 5, bit 2 stop
+    /// bits, bits 3–5 parity (enable, even, stick).
+    public struct Framing: Sendable, Equatable, CustomStringConvertible {
+        public enum Parity: Sendable, Equatable { case none, odd, even, mark, space }
+        public let dataBits: Int
+        public let parity: Parity
+        /// 1 or 2, as LCR bit 2 says; with 5 data bits, 2 means one and a half.
+        public let stopBits: Int
+
+        init(lcr: UInt8) {
+            dataBits = Int(lcr & 0x03) + 5
+            stopBits = lcr & 0x04 != 0 ? 2 : 1
+            switch (lcr & 0x08 != 0, lcr & 0x10 != 0, lcr & 0x20 != 0) {
+            case (false, _, _): parity = .none
+            case (true, false, false): parity = .odd
+            case (true, true, false): parity = .even
+            case (true, false, true): parity = .mark
+            case (true, true, true): parity = .space
+            }
+        }
+
+        /// Bit times per character, in halves: start, data, parity, stop.
+        var halfBitTimes: Int {
+            let stop = stopBits == 1 ? 2 : (dataBits == 5 ? 3 : 4)
+            return 2 * (1 + dataBits + (parity == .none ? 0 : 1)) + stop
+        }
+
+        /// The bits of a byte the line carries.
+        var mask: UInt8 { UInt8(truncatingIfNeeded: (1 << dataBits) - 1) }
+
+        public var description: String {
+            let letter = [Parity.none: "N", .odd: "O", .even: "E", .mark: "M", .space: "S"][parity] ?? "?"
+            return "\(dataBits)\(letter)\(dataBits == 5 && stopBits == 2 ? "1.5" : "\(stopBits)")"
+        }
+    }
+
+    public var framing: Framing { condition.withLock { Framing(lcr: lcr) } }
 
     // MARK: The line (far end -> UART)
 
@@ -214,11 +253,13 @@ public final class UART16550: BusDevice, @unchecked Sendable {
                 condition.wait()
                 continue
             }
-            let byteNanoseconds = 10 * 16 * UInt64(max(1, Int(divisor))) * 1_000_000_000 / UInt64(Self.clock)
+            let framing = Framing(lcr: lcr)
+            let byteNanoseconds = UInt64(framing.halfBitTimes) * 16 * UInt64(max(1, Int(divisor))) * 1_000_000_000 / (2 * UInt64(Self.clock))
             var out: [UInt8] = []
-            // One byte time per iteration, in each direction at once.
+            // One character time per iteration, in each direction at once;
+            // only the word length's low bits of a byte cross the line.
             if !txFIFO.isEmpty {
-                out.append(txFIFO.removeFirst())
+                out.append(txFIFO.removeFirst() & framing.mask)
                 stats.transmitted += 1
                 if txFIFO.isEmpty && ier & 0x02 != 0 { thrEmptyPending = true }
             }
@@ -226,7 +267,7 @@ public final class UART16550: BusDevice, @unchecked Sendable {
             // its receive FIFO is nearly full and the far end waits.
             let rtsDropped = mcr & 0x22 == 0x22 && rxFIFO.count >= Self.fifoSize - 2 && !farEndIgnoresFlowControl
             if !lineBacklog.isEmpty && !rtsDropped {
-                let byte = lineBacklog.removeFirst()
+                let byte = lineBacklog.removeFirst() & framing.mask
                 if mcr & 0x10 == 0 {
                     if rxFIFO.count < Self.fifoSize {
                         rxFIFO.append(byte)

@@ -346,6 +346,14 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         Case(defect: "divisor 16× off (forgets the clock's /16)", build: {
             try Fixtures.mutatedReferenceDriver("uart16550", [("divisor = U_CLOCK / 16u / line->baud;", "divisor = U_CLOCK / line->baud;")])
         }, expected: ["io.serial.roundtrip": .failed, "io.serial.set-line": .failed]),
+        // The character format, not only the rate: the device's LCR is
+        // compared with what set_line asked for.
+        Case(defect: "set_line never programs two stop bits", build: {
+            try Fixtures.mutatedReferenceDriver("uart16550", [("(line->stop_bits == 2 ? 0x04u : 0u)", "(line->stop_bits == 2 ? 0x00u : 0u)")])
+        }, expected: ["io.serial.set-line": .failed], says: ["set_line to 115200 8O2 returned OY_OK but the device frames characters 8O1"]),
+        Case(defect: "set_line swaps even and odd parity", build: {
+            try Fixtures.mutatedReferenceDriver("uart16550", [("(line->parity == OY_PARITY_EVEN ? 0x18u : 0x08u)", "(line->parity == OY_PARITY_EVEN ? 0x08u : 0x18u)")])
+        }, expected: ["io.serial.set-line": .failed], says: ["set_line to 115200 7E1 returned OY_OK but the device frames characters 7O1"]),
         // The chip drops what is written to a full transmit FIFO; the suite
         // names it instead of only "did not arrive".
         Case(defect: "writes more than a FIFO's worth per THRE", build: {
@@ -395,9 +403,11 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
             ])
         }, expected: ["file.imports": .failed, "host.attach": .failed], says: ["SIGSEGV"], saysIn: "host.attach"),
         // Mutated copies of the SDK template's entropy driver.
+        // Its bytes are made by the driver too, so io.rng.from-device finds
+        // them more often than the device gave them.
         Case(defect: "entropy that repeats (one bit of each word used)", build: {
             try Fixtures.mutatedTemplateDriver([("word = h->reg_read32(d->regs, RNG_DATA);", "word = 0x01020304u + (h->reg_read32(d->regs, RNG_DATA) & 1u);")])
-        }, expected: ["io.rng.bytes": .failed, "io.rng.distinct": .failed]),
+        }, expected: ["io.rng.bytes": .failed, "io.rng.distinct": .failed, "io.rng.from-device": .failed]),
         // Random enough for the statistics, but made by the driver: one word
         // of the device's seeds a generator.
         Case(defect: "entropy stretched from one device word", build: {
@@ -406,6 +416,12 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                           state ^= state << 13; state ^= state >> 17; state ^= state << 5; word = state; }
                 """)])
         }, expected: ["io.rng.from-device": .failed]),
+        // Reads the device properly, then hands back half a buffer of zeros
+        // as entropy: enough distinct values and fresh reads each time, but
+        // bytes the device never gave.
+        Case(defect: "entropy half padded with zeros", build: {
+            try Fixtures.mutatedTemplateDriver([("    *produced = done;", "    if (done >= 8) memset(out + done / 2, 0, done - done / 2); /* the defect */\n    *produced = done;")])
+        }, expected: ["io.rng.from-device": .failed], says: ["were not among what the device gave (byte 0x00 came back"]),
         // Copies the device's last word whole: up to 3 bytes past the end
         // of the OS's buffer. The host reads into its own, with a guard band.
         Case(defect: "entropy read writes past the end of the buffer", build: {
