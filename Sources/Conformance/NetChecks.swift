@@ -9,6 +9,7 @@ extension Catalogue {
     static let netChecks: [CheckDefinition] = [
         CheckDefinition("io.net.frames", "minimum and maximum frames round-trip", requires: ["io.basic"], classes: net, hostable: true) { c in
             try withInterface(c) { rig, interface, recorder in
+                if let problem = addressProblem(rig, interface) { return .failed(problem) }
                 var sent: [[UInt8]] = []
                 for length in [60, 61, 1000, 1514] {
                     let frame = interface.mac + [0x02, 0, 0, 0, 0, 9] + [0x88, 0xB5] + (0..<(length - 14)).map { UInt8(truncatingIfNeeded: $0 &+ length) }
@@ -48,7 +49,8 @@ extension Catalogue {
             }
         },
         CheckDefinition("io.net.filter", "the receive filter passes what set_filter asks for, and only that", requires: ["io.basic"], classes: net, hostable: true) { c in
-            try withInterface(c) { _, interface, recorder in
+            try withInterface(c) { rig, interface, recorder in
+                if let problem = addressProblem(rig, interface) { return .failed(problem) }
                 let probe = FilterProbe(interface: interface, recorder: recorder)
                 for step in FilterProbe.steps {
                     if let failure = probe.run(step) { return .failed(failure) }
@@ -138,6 +140,16 @@ extension Catalogue {
 
     /// A rig with the driver attached and its interface registered, with the
     /// far end of its cable. `prepare` runs before the driver attaches.
+    /// The address the driver registered, against the one the NIC holds
+    /// (RAL[0]/RAH[0] after reset, the datasheet says): frames to any other
+    /// address are filtered out by the device.
+    static func addressProblem(_ rig: Rig, _ interface: NetInterface) -> String? {
+        guard let (nic, _) = rig.nics.first, interface.mac != nic.mac else { return nil }
+        let text = { (mac: [UInt8]) in mac.map { String(format: "%02x", $0) }.joined(separator: ":") }
+        return "the driver registered the address \(text(interface.mac)), but the device's own is \(text(nic.mac)) (RAL[0]/RAH[0], byte 0 in RAL's low byte); "
+            + "the device filters out frames to the registered one"
+    }
+
     static func withInterface(_ c: CheckContext, prepare: (Rig) -> Void = { _ in },
                               _ body: (Rig, NetInterface, FrameRecorder) throws -> CheckOutcome) throws -> CheckOutcome {
         try withDriver(c, prepare: prepare) { rig in
