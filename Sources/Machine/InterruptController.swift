@@ -68,6 +68,11 @@ public final class InterruptController: @unchecked Sendable {
         }
     }
 
+    /// Whether a handler is hooked to `vector` now.
+    public func isHooked(_ vector: Vector) -> Bool {
+        condition.withLock { lines.indices.contains(vector) && lines[vector].handler != nil }
+    }
+
     public func mask(_ vector: Vector) {
         condition.withLock { lines[vector].masked = true }
     }
