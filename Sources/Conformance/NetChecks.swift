@@ -138,18 +138,17 @@ extension Catalogue {
         return nil
     }
 
-    /// A rig with the driver attached and its interface registered, with the
-    /// far end of its cable. `prepare` runs before the driver attaches.
     /// The address the driver registered, against the one the NIC holds
     /// (RAL[0]/RAH[0] after reset, the datasheet says): frames to any other
     /// address are filtered out by the device.
     static func addressProblem(_ rig: Rig, _ interface: NetInterface) -> String? {
         guard let (nic, _) = rig.nics.first, interface.mac != nic.mac else { return nil }
-        let text = { (mac: [UInt8]) in mac.map { String(format: "%02x", $0) }.joined(separator: ":") }
-        return "the driver registered the address \(text(interface.mac)), but the device's own is \(text(nic.mac)) (RAL[0]/RAH[0], byte 0 in RAL's low byte); "
-            + "the device filters out frames to the registered one"
+        return "the driver registered the address \(FilterProbe.text(interface.mac)), but the device's own is \(FilterProbe.text(nic.mac)) "
+            + "(RAL[0]/RAH[0], byte 0 in RAL's low byte); the device filters out frames to the registered one"
     }
 
+    /// A rig with the driver attached and its interface registered, with the
+    /// far end of its cable. `prepare` runs before the driver attaches.
     static func withInterface(_ c: CheckContext, prepare: (Rig) -> Void = { _ in },
                               _ body: (Rig, NetInterface, FrameRecorder) throws -> CheckOutcome) throws -> CheckOutcome {
         try withDriver(c, prepare: prepare) { rig in

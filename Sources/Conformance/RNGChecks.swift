@@ -115,18 +115,15 @@ extension Catalogue {
     /// what is wrong. A driver that pads, zeroes or repeats bytes returns
     /// values more often than the device gave them.
     static func bytesNotGiven(_ bytes: [UInt8], by words: [UInt32]) -> String? {
-        var left = [Int](repeating: 0, count: 256)
-        for word in words { for shift in stride(from: 0, to: 32, by: 8) { left[Int(word >> UInt32(shift) & 0xFF)] += 1 } }
-        var extra = [Int](repeating: 0, count: 256)
-        for byte in bytes {
-            if left[Int(byte)] > 0 { left[Int(byte)] -= 1 } else { extra[Int(byte)] += 1 }
-        }
+        var given = [Int](repeating: 0, count: 256), returned = [Int](repeating: 0, count: 256)
+        for word in words { for shift in stride(from: 0, to: 32, by: 8) { given[Int(word >> UInt32(shift) & 0xFF)] += 1 } }
+        for byte in bytes { returned[Int(byte)] += 1 }
+        let extra = (0..<256).map { max(0, returned[$0] - given[$0]) }
         let total = extra.reduce(0, +)
         guard total > 0, let worst = extra.indices.max(by: { extra[$0] < extra[$1] }) else { return nil }
-        let givenTimes = words.reduce(0) { count, word in count + (0..<4).filter { Int(word >> UInt32($0 * 8) & 0xFF) == worst }.count }
         return String(format: "%d of the %d bytes reads returned were not among what the device gave (byte 0x%02X came back %d times; the device gave it %d times): "
             + "return only bytes read from the device, and no padding or leftovers in the buffer (SDK/CLASSES.md, Entropy)",
-            total, bytes.count, worst, bytes.filter { $0 == UInt8(worst) }.count, givenTimes)
+            total, bytes.count, worst, returned[worst], given[worst])
     }
 
     /// One read of 16 bytes on a thread of its own; nil when it had not
