@@ -57,8 +57,16 @@ final class InterruptHook: Resource, @unchecked Sendable {
         self.index = index
         super.init(kind: "interrupt hook", detail: "vector \(index)", owner: binding.owner)
     }
+    private let unhooked = Atomic(false)
+
+    /// Takes the vector's handler away and waits for a running one to
+    /// return; once, however many ask.
+    func unhook() {
+        if !unhooked.exchange(true, ordering: .acquiringAndReleasing) { binding.device.unhookInterrupt(index: index) }
+    }
+
     override func reclaim() {
-        binding.device.unhookInterrupt(index: index)
+        unhook()
         binding.releaseVector(index)
     }
 }
@@ -668,10 +676,12 @@ enum HostServices {
             return OY_OK.rawValue
         }
         t.irq_unhook = { handle in
-            if let binding = HandleTable.shared.lookup(handle, as: InterruptHook.self)?.binding,
-                !HostServices.requirePassive("irq_unhook", binding.library)
-            {
-                return
+            if let hook = HandleTable.shared.lookup(handle, as: InterruptHook.self) {
+                guard HostServices.requirePassive("irq_unhook", hook.binding.library) else { return }
+                // Unhook and wait for a running handler while the handle is
+                // still valid: the handler may mask or unmask its own vector
+                // meanwhile, as Linux's free_irq lets it. Then free.
+                hook.unhook()
             }
             HostServices.release(handle, as: InterruptHook.self, service: "irq_unhook")?.reclaim()
         }

@@ -2,6 +2,7 @@ import DriverHost
 import Foundation
 import Kernel
 import OyakoTestSupport
+import Synchronization
 import Testing
 import Workloads
 
@@ -17,6 +18,29 @@ import Workloads
         var broken = 0
         for _ in 0..<2 { broken += Int(try instance.callControl("work_destroy_races", arguments: ["1000"])) ?? 1 }
         #expect(broken == 0, "rounds in which work_destroy returned while the function ran, or it ran afterwards")
+        #expect(instance.library.violations.isEmpty, "\(instance.library.violations)")
+    }
+
+    /// irq_unhook "waits for a running handler to return", and until then
+    /// the handler's handle is valid: a handler that masks or unmasks its
+    /// own vector while detach unhooks it (a threaded handler's top half
+    /// does) is not told its handle is gone.
+    @Test func aHandlerMayUseItsHandleWhileIrqUnhookWaitsForIt() throws {
+        let system = try Fixtures.bareSystem(drivers: [try Fixtures.fixtureDriver()])
+        defer { system.shutdown() }
+        let instance = try #require(system.kernel.instance(at: system.testbed.nvmeSlot.address))
+        let slot = system.testbed.nvmeSlot, stop = Atomic(false), stopped = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            while !stop.load(ordering: .relaxed) {
+                slot.raiseInterrupt(1)
+                usleep(100)
+            }
+            stopped.signal()
+        }
+        let broken = try instance.callControl("irq_unhook_races", arguments: ["50"])
+        stop.store(true, ordering: .relaxed)
+        stopped.wait()
+        #expect(broken == "0", "rounds in which irq_unhook returned while the handler ran, or an error")
         #expect(instance.library.violations.isEmpty, "\(instance.library.violations)")
     }
 }

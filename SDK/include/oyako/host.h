@@ -209,7 +209,9 @@ struct oy_host {
     /* Route vector `index` (< oy_device_info.irq_count) to `fn(arg)`, which
      * runs in [interrupt] context. The vector starts unmasked. [passive] */
     int32_t (*irq_hook)(oy_device *device, uint32_t index, oy_irq_fn fn, void *arg, oy_irq **out);
-    /* Unhook; waits for a running handler to return. [passive] */
+    /* Unhook; waits for a running handler to return. Until then the handle
+     * stays valid for that handler (it may mask or unmask its own vector).
+     * [passive] */
     void (*irq_unhook)(oy_irq *irq);
     /* While masked, a raised vector stays pending and is delivered on unmask.
      * [any-thread] */

@@ -317,6 +317,65 @@ static int32_t mutant_m_work_destroy_races(void *instance, uint32_t rounds) {
     return broken;
 }
 
+/* A handler on vector 1 that runs a while, then masks and unmasks its own
+ * vector through its handle, as a threaded handler's top half does. */
+typedef struct unhook_state {
+    const oy_host *host;
+    oy_irq *irq;
+    int started; /* atomic */
+    int active;  /* atomic */
+} unhook_state;
+
+static void unhook_fn(void *arg) {
+    unhook_state *s = (unhook_state *)arg;
+    oy_irq *irq;
+    __atomic_add_fetch(&s->active, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&s->started, 1, __ATOMIC_SEQ_CST);
+    stress_spin(s->host, 500000); /* the caller unhooks meanwhile */
+    irq = __atomic_load_n(&s->irq, __ATOMIC_ACQUIRE);
+    if (irq != NULL) {
+        s->host->irq_mask(irq);
+        s->host->irq_unmask(irq);
+    }
+    __atomic_sub_fetch(&s->active, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Each round: hook vector 1 (the caller raises it all along), wait until
+ * the handler runs, and unhook while it does. irq_unhook waits for it, and
+ * until it returns the handler's handle is valid (the host reports any
+ * call it refused). Returns the rounds in which irq_unhook returned while
+ * the handler still ran, or a negative error code. */
+static int32_t mutant_m_irq_unhook_races(void *instance, uint32_t rounds) {
+    mutant_dev *d = (mutant_dev *)instance;
+    const oy_host *h;
+    unhook_state s;
+    int32_t broken = 0;
+    uint32_t round;
+    if (!oy_instance_contains(&mutant_instances, d)) return OY_E_STATE;
+    if (rounds > 1000) return OY_E_RANGE;
+    h = d->ctx->host;
+    for (round = 0; round < rounds; round++) {
+        oy_irq *irq;
+        uint64_t deadline;
+        int32_t rc;
+        memset(&s, 0, sizeof(s));
+        s.host = h;
+        if ((rc = h->irq_hook(d->device, 1, unhook_fn, &s, &irq)) != OY_OK) return rc;
+        __atomic_store_n(&s.irq, irq, __ATOMIC_RELEASE);
+        deadline = h->monotonic_ns(h) + 1000000000ull;
+        while (__atomic_load_n(&s.started, __ATOMIC_SEQ_CST) == 0 && h->monotonic_ns(h) < deadline) {
+        }
+        h->irq_unhook(irq);
+        if (__atomic_load_n(&s.started, __ATOMIC_SEQ_CST) == 0) return OY_E_TIMEOUT;
+        if (__atomic_load_n(&s.active, __ATOMIC_SEQ_CST) != 0) {
+            broken++;
+            while (__atomic_load_n(&s.active, __ATOMIC_SEQ_CST) != 0) {
+            }
+        }
+    }
+    return broken;
+}
+
 #ifdef MUTANT_SERVICE_MISUSE
 static void mutant_timer_fired(void *arg) { __atomic_store_n((int *)arg, 1, __ATOMIC_SEQ_CST); }
 
@@ -576,6 +635,8 @@ static int32_t mutant_m_hoard_dma(void *instance, uint32_t kibibytes, uint32_t m
 static const oy_control_method mutant_methods[] = {
     {sizeof(oy_control_method), 0, "work_destroy_races", "i32(u32)",
      "Rounds (at most 1000) in which work_destroy returned while the item ran or before its last run", (oy_control_fn)mutant_m_work_destroy_races},
+    {sizeof(oy_control_method), 0, "irq_unhook_races", "i32(u32)",
+     "Rounds (at most 1000) in which irq_unhook returned while the handler of vector 1, raised by the caller, ran", (oy_control_fn)mutant_m_irq_unhook_races},
 #ifdef MUTANT_SERVICE_MISUSE
     {sizeof(oy_control_method), 0, "service_fuzz", "i32(u32)", "3000 host-service calls with random arguments from a seed", (oy_control_fn)mutant_m_service_fuzz},
     {sizeof(oy_control_method), 0, "lock_misuse", "i32(u32)", "Misuses a lock one way (1-5), asks mem_alloc for impossible sizes (6), arms a timer for ever (7); see the source", (oy_control_fn)mutant_m_lock_misuse},
