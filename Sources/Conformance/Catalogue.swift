@@ -871,12 +871,13 @@ extension Catalogue {
         defer { world.stop() }
         Thread.sleep(forTimeInterval: 0.05)
         let faultsBefore = slot.dmaFaults
-        // For a driver that takes its device's interrupts, every one has a
-        // handler until detach unhooks it: one with none, during detach or
-        // after, is the device still enabled then. A driver that polls (no
-        // handler hooked while attached either) is judged after detach only.
-        let polls = !slot.vectors.contains { rig.machine.interrupts.isHooked($0) }
-        var interruptsBefore = slot.unhandledInterrupts
+        // A vector the driver hooked has a handler until detach unhooks it:
+        // an interrupt on it with none, during detach or after, is the
+        // device still enabled then. A vector it never hooked is one it
+        // polls (nvmelite's admin queue may be): the device may raise it
+        // while the driver works it, so it is judged after detach only.
+        let hooked = slot.vectors.map { rig.machine.interrupts.isHooked($0) }
+        let interruptsBefore = slot.unhandledInterruptsByVector
         // Input every 0.1 ms through detach, each release in it followed by
         // 5 ms in which a device not yet stopped shows it (in a driver host
         // too: its detach is told the pause).
@@ -886,10 +887,14 @@ extension Catalogue {
         Verifier.pauseAfterRelease(microseconds: 0)
         world.interval = 1000
         Thread.sleep(forTimeInterval: 0.05)  // an interrupt on its way as detach returned
-        if polls { interruptsBefore = slot.unhandledInterrupts }
+        let interruptsSettled = slot.unhandledInterruptsByVector
         Thread.sleep(forTimeInterval: 0.3)
         world.stop()
-        let faults = slot.dmaFaults - faultsBefore, interrupts = slot.unhandledInterrupts - interruptsBefore
+        let interruptsAfter = slot.unhandledInterruptsByVector
+        let interrupts = interruptsAfter.indices.reduce(0) { sum, index in
+            sum + interruptsAfter[index] - (hooked[index] ? interruptsBefore[index] : interruptsSettled[index])
+        }
+        let faults = slot.dmaFaults - faultsBefore
         let first = rig.machine.iommu.recentFaults.last.map { " (last: \($0))" } ?? ""
         if faults > 0 {
             return .failed("\(faults) DMA access(es) by the device during or after detach, into memory detach had freed\(first): "

@@ -85,7 +85,8 @@ public final class DevicePort: Sendable {
     /// interrupts raised with no handler hooked (a device its driver left
     /// running).
     private let faults = Atomic<Int>(0)
-    private let unhandled = Atomic<Int>(0)
+    /// By vector index.
+    private let unhandled: Mutex<[Int]>
 
     init(address: BusAddress, deviceName: String, iommu: IOMMU, interrupts: InterruptController, vectors: Range<Int>) {
         self.address = address
@@ -94,6 +95,7 @@ public final class DevicePort: Sendable {
         self.iommu = iommu
         self.interrupts = interrupts
         self.vectors = vectors
+        self.unhandled = Mutex(Array(repeating: 0, count: vectors.count))
         self.removed = Atomic(false)
     }
 
@@ -117,7 +119,9 @@ public final class DevicePort: Sendable {
     /// DMA accesses of this device the IOMMU refused, since power-on.
     public var dmaFaults: Int { faults.load(ordering: .relaxed) }
     /// Interrupts this device raised while no handler was hooked to them.
-    public var unhandledInterrupts: Int { unhandled.load(ordering: .relaxed) }
+    public var unhandledInterrupts: Int { unhandledByVector.reduce(0, +) }
+    /// The same, by vector index.
+    public var unhandledByVector: [Int] { unhandled.withLock { $0 } }
 
     /// Copies device-visible memory into `buffer`.
     public func dmaRead(_ deviceAddress: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(DMAFault) {
@@ -140,7 +144,7 @@ public final class DevicePort: Sendable {
     /// Raises the device's vector `index` (an MSI write).
     public func raiseInterrupt(_ index: Int) {
         guard !removed.load(ordering: .acquiring), !lost.load(ordering: .relaxed), index >= 0, index < vectors.count else { return }
-        if !interrupts.raise(vectors.lowerBound + index) { unhandled.add(1, ordering: .relaxed) }
+        if !interrupts.raise(vectors.lowerBound + index) { unhandled.withLock { $0[index] += 1 } }
     }
 
     func markRemoved() { removed.store(true, ordering: .releasing) }
@@ -191,6 +195,8 @@ public final class BusSlot: Sendable {
     public var dmaFaults: Int { port.dmaFaults }
     /// Interrupts this device raised with no handler hooked.
     public var unhandledInterrupts: Int { port.unhandledInterrupts }
+    /// The same, by vector index (`vectors.lowerBound + index`).
+    public var unhandledInterruptsByVector: [Int] { port.unhandledByVector }
 
     /// Type-0 config header: IDs, command, class, BAR kinds, interrupt count.
     /// A removed device reads as all ones.

@@ -51,3 +51,19 @@ func which(_ tool: String) -> String? {
         #expect(call.status == 0 && UInt32(call.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) != nil, "\(call.output)")
     }
 }
+
+/// Drivers written as third parties write them: from SDK/ and a datasheet
+/// alone, with choices the reference drivers do not make (Tests/Fixtures/
+/// drivers/NAME/NAME.c says which). Each is correct, so each passes every
+/// check in both environments, and host.io reruns every I/O check with it
+/// in a driver host. A check that fails one of them judges a choice, not a
+/// defect.
+@Suite struct ThirdPartyDriverTests {
+    @Test(arguments: ["nvx"])
+    func aCorrectDriverThatChoosesDifferentlyPassesEveryCheck(_ name: String) throws {
+        let report = suite().run(driver: try Fixtures.fixtureDriver(name))
+        #expect(failing(report).isEmpty, "\(report.results.filter { $0.verdict.isFailure }.map { "\($0.id)@\($0.environment): \($0.message)" })")
+        let hosted = report.results.filter { $0.id == "host.io" }
+        #expect(hosted.count == 2 && hosted.allSatisfy { $0.verdict == .passed && !$0.message.contains("skipped") }, "\(hosted.map(\.message))")
+    }
+}
