@@ -40,6 +40,7 @@ public final class SerialPort: SerialReceiver, ParkableDevice, @unchecked Sendab
     /// Console lines dropped since the last one that fitted.
     private var consoleDropped = 0
     private var lossReportCount = 0
+    private var reportedLostBytes = 0
     private var shortWriteCount = 0
     private var readyCount = 0
     private let arrived = NSCondition()
@@ -81,6 +82,8 @@ public final class SerialPort: SerialReceiver, ParkableDevice, @unchecked Sendab
     public var lost: Int { lock.withLock { lostBytes } }
     /// How many times the driver reported lost input (`error` calls).
     public var lossReports: Int { lock.withLock { lossReportCount } }
+    /// The bytes those reports said were lost, together.
+    public var reportedLost: Int { lock.withLock { reportedLostBytes } }
     /// Writes the driver took only part of (or none of): each owes a `tx_ready`.
     public var shortWrites: Int { lock.withLock { shortWriteCount } }
     /// `tx_ready` calls: the driver made room after a short write.
@@ -212,6 +215,7 @@ public final class SerialPort: SerialReceiver, ParkableDevice, @unchecked Sendab
     func driverLost(_ count: Int) {
         lock.withLock {
             lostBytes += count
+            reportedLostBytes += count
             lossReportCount += 1
         }
     }
