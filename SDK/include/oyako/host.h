@@ -135,7 +135,9 @@ struct oy_host {
      * up front so queuing never allocates. */
     int32_t (*work_create)(const oy_host *host, oy_device *owner, oy_work_fn fn, void *arg, oy_work **out); /* [passive] */
     /* Queue the item; a no-op if it is already queued and not yet running.
-     * [any-thread] */
+     * An item never runs on two threads at once: queued while it runs, it
+     * runs again once that run has returned (so a bottom half may queue
+     * itself again to go on later). [any-thread] */
     void (*work_queue)(oy_work *work);
     /* Cancel if queued, wait for a running fn to return, then free. [passive],
      * never from the item's own fn. */
