@@ -59,7 +59,7 @@ func which(_ tool: String) -> String? {
 /// in a driver host. A check that fails one of them judges a choice, not a
 /// defect.
 @Suite struct ThirdPartyDriverTests {
-    @Test(arguments: ["nvx", "e1kx", "uartx"])
+    @Test(arguments: ["nvx", "e1kx", "uartx", "rngx"])
     func aCorrectDriverThatChoosesDifferentlyPassesEveryCheck(_ name: String) throws {
         let report = suite().run(driver: try Fixtures.fixtureDriver(name))
         #expect(failing(report).isEmpty, "\(report.results.filter { $0.verdict.isFailure }.map { "\($0.id)@\($0.environment): \($0.message)" })")
