@@ -456,7 +456,7 @@ enum Catalogue {
         guard let deviceClass = try? DriverFile.inspect(path: context.driverPath).metadata.deviceClass else { return .failed("the driver file cannot be read") }
         var done = Rerun()
         for check in Catalogue.all where selected(check) && (check.classes == nil || check.classes!.contains(deviceClass)) {
-            guard context.passedBefore?.contains(check.id) ?? true else {
+            guard !(context.failedBefore?.contains(check.id) ?? false) else {
                 done.skipped.append(check.id + " (did not pass in process)")
                 continue
             }

@@ -146,8 +146,9 @@ public struct CheckContext: Sendable {
     /// Raise the attached device's interrupts spuriously all along
     /// (fault.spurious-interrupts reruns I/O checks so).
     var spuriousInterrupts = false
-    /// The checks that passed earlier in this environment (nil: not known).
-    public var passedBefore: Set<String>?
+    /// The checks that ran earlier in this environment and did not pass
+    /// (nil: not known). One a filter left out is not among them.
+    public var failedBefore: Set<String>?
     /// Where the violation log stood when the check began.
     var violationMark = 0
 

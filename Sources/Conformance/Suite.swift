@@ -155,17 +155,17 @@ public struct ConformanceSuite: Sendable {
     /// Runs one check body in this process (what a worker does).
     /// `hostExecutable`: the `oyako` that driver hosts start from (by
     /// default this process's executable, as in a worker).
-    /// `passedBefore`: the checks that passed earlier in this environment
-    /// (nil: not known), for checks that build on their results.
+    /// `failedBefore`: the checks that ran earlier in this environment and
+    /// did not pass (nil: not known), for checks that build on their results.
     public static func runCheck(_ id: String, driver: String, environment: SuiteEnvironment, timeBudget: Double? = Options.defaultTimeBudget,
-                                hostExecutable: String? = currentExecutable, passedBefore: Set<String>? = nil, sharedProcess: Bool = false) -> CheckOutcome {
+                                hostExecutable: String? = currentExecutable, failedBefore: Set<String>? = nil, sharedProcess: Bool = false) -> CheckOutcome {
         guard let check = Catalogue.all.first(where: { $0.id == id }) else { return .failed("no check \(id)") }
         Verifier.enable()
         let mark = ViolationLog.mark
         var outcome: CheckOutcome
         do {
             var context = CheckContext(driverPath: driver, environment: environment, timeBudget: timeBudget, hostExecutable: hostExecutable,
-                                       passedBefore: passedBefore, violationMark: mark)
+                                       failedBefore: failedBefore, violationMark: mark)
             context.sharedProcess = sharedProcess
             outcome = try check.run(context)
         } catch {
@@ -278,13 +278,13 @@ public struct ConformanceSuite: Sendable {
         }
         let started = Date()
         let outcome: CheckOutcome
-        let passed = Set(prior.filter { $0.value == .passed || $0.value == .warning }.keys)
+        let failed = Set(prior.filter { $0.value != .passed && $0.value != .warning }.keys)
         if options.inProcess || environment == nil {
             outcome = Self.runCheck(check.id, driver: driver, environment: environment ?? .bare, timeBudget: options.timeBudget,
-                                    hostExecutable: options.workerExecutable ?? Self.currentExecutable, passedBefore: passed,
+                                    hostExecutable: options.workerExecutable ?? Self.currentExecutable, failedBefore: failed,
                                     sharedProcess: options.inProcess && environment != nil)
         } else {
-            outcome = runInChild(check, driver: driver, environment: environment!, passed: passed)
+            outcome = runInChild(check, driver: driver, environment: environment!, failed: failed)
         }
         return result(outcome, Date().timeIntervalSince(started))
     }
@@ -296,7 +296,7 @@ public struct ConformanceSuite: Sendable {
     /// Runs a check in a worker process and reads its one JSON line; the
     /// driver's log lines and, after a crash, its backtrace come from the
     /// worker's standard error.
-    private func runInChild(_ check: CheckDefinition, driver: String, environment: SuiteEnvironment, passed: Set<String>) -> CheckOutcome {
+    private func runInChild(_ check: CheckDefinition, driver: String, environment: SuiteEnvironment, failed: Set<String>) -> CheckOutcome {
         let executable = options.workerExecutable ?? Self.currentExecutable
         let timeout = check.timeout * options.timeoutScale
         // Sanitizers slow everything down several times over.
@@ -305,7 +305,7 @@ public struct ConformanceSuite: Sendable {
         // Shortly before the watchdog kills it, the worker says which driver callbacks have not returned.
         arguments += ["--hang-report-after", String(format: "%.1f", limit * 0.85)]
         if let budget = options.timeBudget { arguments += ["--time-budget", "\(budget)"] }
-        arguments += ["--passed", passed.sorted().joined(separator: ",")]
+        arguments += ["--failed", failed.sorted().joined(separator: ",")]
         var coreFolder: String?
         if let directory = options.coreDirectory {
             let folder = directory + "/\(URL(fileURLWithPath: driver).deletingPathExtension().lastPathComponent)-\(check.id)-\(environment.rawValue)"

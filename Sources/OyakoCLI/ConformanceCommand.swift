@@ -117,8 +117,8 @@ struct ConformanceWorkerCommand: ParsableCommand {
     @Option var env: String
     /// Absent: time budgets are off.
     @Option var timeBudget: Double?
-    /// Checks that passed before this one in the same environment (comma-separated).
-    @Option var passed: String?
+    /// Checks that ran before this one in the same environment and did not pass (comma-separated).
+    @Option var failed: String?
     /// Lift the core size limit, so a crash leaves a core file.
     @Flag var keepCore = false
     /// Seconds after which the threads inside driver callbacks write their
@@ -155,7 +155,7 @@ struct ConformanceWorkerCommand: ParsableCommand {
             _ = setrlimit(Int32(RLIMIT_CORE.rawValue), &limit)
         }
         let outcome = ConformanceSuite.runCheck(check, driver: driver, environment: environment, timeBudget: timeBudget,
-                                                passedBefore: passed.map { Set($0.split(separator: ",").map(String.init)) })
+                                                failedBefore: failed.map { Set($0.split(separator: ",").map(String.init)) })
         let data = try JSONEncoder().encode(outcome)
         // On a line of its own, after anything the driver left unfinished;
         // then gone at once, so no driver code (an atexit handler, a
