@@ -279,11 +279,13 @@ enum Catalogue {
             guard rig.library.raw.hasRemove else { return .skipped("the driver has no remove callback: the OS detaches it at once") }
             let instance = try rig.attach()
             rig.machine.bus.surpriseRemove(rig.slots[0], tellingObservers: false)
+            let unnoticed = entropyBeforeRemove(rig)
             rig.library.raw.remove(instance.rawInstance)
             let answers = operationsAfterRemoval(rig)
             let report = instance.detach()
             if !report.leaked.isEmpty { return .failed("detach after remove left \(report.leaked.joined(separator: ", ")) behind") }
             if report.unfinishedRequests > 0 { return .failed("detach after remove returned with \(report.unfinishedRequests) accepted request(s) not completed") }
+            if let unnoticed { return .failed(unnoticed) }
             let wrong = answers.filter { $0.answer != nil }
             guard wrong.isEmpty else {
                 return .failed(wrong.map { "\($0.call) after remove \($0.answer!)" }.joined(separator: "; ")
@@ -780,6 +782,20 @@ func operationsAfterRemoval(_ rig: Rig, wait: Double = 5) -> [(call: String, ans
         answers.append(("read", gone(result, "produced")))
     }
     return answers
+}
+
+/// An entropy read after the device vanished, before the OS has called
+/// remove: the device reads all ones (rnglite's STATUS then says 255 words,
+/// DATA gives 0xFFFFFFFF), and a driver that does not check passes ones off
+/// as entropy. What it did wrong, or nil.
+func entropyBeforeRemove(_ rig: Rig) -> String? {
+    guard let source = rig.kernel.entropy.sources.first else { return nil }
+    var buffer = [UInt8](repeating: 0, count: 16)
+    let result = buffer.withUnsafeMutableBytes { source.registered.read(into: $0) }
+    guard case .success(let count) = result, count > 0 else { return nil }
+    let ones = buffer.prefix(count).allSatisfy { $0 == 0xFF }
+    return "a read after the device was pulled, before remove was called, produced \(count) byte(s)\(ones ? " of all ones" : "") as entropy: "
+        + "a removed device reads all ones; check STATUS for it and answer OY_E_DEVICE_GONE (the datasheet's Errors)"
 }
 
 /// Starts something that answers once through the closure it is given

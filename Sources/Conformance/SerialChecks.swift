@@ -92,6 +92,7 @@ extension Catalogue {
     static let serialTxReadyBytes = 10 << 10
 
     /// Character formats set_line must apply (data bits, OY_PARITY_*, stop bits).
+    static let rates = [57_600, 38_400, 19_200, 9_600, 300, 50, 115_200]
     static let framings = [(7, 2, 1), (8, 1, 2), (5, 0, 2), (6, 2, 2), (8, 0, 1)]
 
     /// What is wrong with how the driver applies character formats, or nil.
@@ -114,10 +115,15 @@ extension Catalogue {
             guard let tty = rig.kernel.serial.ports.first, let (uart, log) = rig.uarts.first else { return .failed("no port registered") }
             let original = tty.line
             var statuses: [OyStatus] = []
-            for baud in [57_600, 38_400, 19_200, 9_600, 115_200] {
+            // 300 and 50 baud take divisors over 255: DLM as well as DLL.
+            for baud in Self.rates {
                 let status = tty.port.setLine(SerialLine(baud: baud))
                 guard status == .ok else { return .failed("set_line to \(baud) baud (115200 / \(115_200 / baud)) returned \(status); the device can make this rate") }
-                guard uart.baud == baud else { return .failed("set_line to \(baud) returned OY_OK but the device runs at \(uart.baud) baud") }
+                guard uart.baud == baud else {
+                    let divisor = 115_200 / baud
+                    return .failed("set_line to \(baud) returned OY_OK but the device runs at \(uart.baud) baud"
+                        + (divisor > 255 ? "; its divisor \(divisor) needs DLM (the high byte) as well as DLL" : ""))
+                }
             }
             // The rate holds on the line at a slow rate too.
             guard tty.port.setLine(SerialLine(baud: 9_600)) == .ok else { return .failed("set_line to 9600 baud failed the second time") }
@@ -148,7 +154,7 @@ extension Catalogue {
                 guard tty.line == before.0, uart.baud == before.1 else { return .failed("a refused set_line (\(what)) still changed the line") }
                 statuses.append(status)
             }
-            return .passed("5 rates and \(Self.framings.count) character formats applied, 9600 baud measured at \(Int(rate)) bytes/s, 8 bad settings refused",
+            return .passed("\(Self.rates.count) rates and \(Self.framings.count) character formats applied, 9600 baud measured at \(Int(rate)) bytes/s, 8 bad settings refused",
                            observation: Observation(["statuses": Observation.statuses(statuses)]))
         }
     }

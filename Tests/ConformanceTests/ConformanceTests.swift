@@ -375,6 +375,24 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         Case(defect: "the transmit path reads LSR and drops the overrun it shows", build: {
             try Fixtures.mutatedReferenceDriver("uart16550", [("    if (!(u_lsr(d) & U_LSR_THRE)) return 0;", "    if (!(u_in(d, U_LSR) & U_LSR_THRE)) return 0;")])
         }, expected: ["io.serial.overflow": .failed], says: ["report at least 1 lost byte for every OE you read, wherever you read LSR"]),
+        // Rates under 450 baud take a divisor over 255: its high byte in DLM.
+        Case(defect: "set_line writes only DLL, never DLM", build: {
+            try Fixtures.mutatedReferenceDriver("uart16550", [("    u_out(d, U_DLM, (uint8_t)(divisor >> 8));\n", "")])
+        }, expected: ["io.serial.set-line": .failed], says: ["its divisor 384 needs DLM (the high byte) as well as DLL"]),
+        // set_filter replaces the list: an entry it no longer names must go.
+        Case(defect: "set_filter programs the addresses it is given and leaves the rest", build: {
+            try Fixtures.mutatedReferenceDriver("e1klite", [("        } else {\n            e1k_write(d, E1K_RAH(i), 0);\n        }", "        }")])
+        }, expected: ["io.net.filter": .failed], says: ["after set_filter(1 address, no flags) after 2, a frame to 02:00:5e:10:00:02 was passed up"]),
+        // 64 frames per interrupt, and no ICS write when more wait: a
+        // backlog stays in the ring until the next frame arrives.
+        Case(defect: "the receive handler stops at its budget and does not ask to be called again", build: {
+            try Fixtures.mutatedReferenceDriver("e1klite", [("e1k_receive(d)) e1k_write(d, E1K_ICS, E1K_ICR_RXT0);", "e1k_receive(d)) {}")])
+        }, expected: ["io.net.rings": .failed], says: ["brought up 64 of the 101, then nothing more came"]),
+        // A pulled device reads all ones; until remove is called only the
+        // driver can tell, by checking for them.
+        Case(defect: "an entropy read does not notice a device that reads all ones", build: {
+            try Fixtures.mutatedTemplateDriver([("        if (status == 0xFFFFFFFFu) return OY_E_DEVICE_GONE; /* reads all ones: removed */\n", "")])
+        }, expected: ["lifecycle.after-removal": .failed], says: ["produced 16 byte(s) of all ones as entropy"]),
         // The roundtrip's output fits in the driver's 4 KiB buffer: only
         // output larger than it needs tx_ready.
         Case(defect: "tx_ready never called after a short write", build: {
