@@ -48,7 +48,9 @@ extension Catalogue {
             return try Catalogue.restartHungDriver(rig)
         },
         CheckDefinition("io.block.geometry", "the disk is the device's whole namespace, each block where the device keeps it", requires: ["io.basic"], classes: block, hostable: true) { c in
-            try withDriver(c) { rig in
+            // Past 2 TiB: the last LBA needs more than 32 bits (CDW11 holds
+            // the high half), which no smaller disk shows.
+            try withDriver(c, disk: Rig.DiskShape(size: (1 << 41) + (1 << 20))) { rig in
                 guard let disk = rig.kernel.blockLayer.disks.first, let device = rig.nvmes.first else { return .failed("no disk registered") }
                 let g = disk.geometry
                 guard g.blockSize == device.blockSize, g.blockCount == device.blockCount else {
@@ -69,7 +71,8 @@ extension Catalogue {
                     var stored = [UInt8](repeating: 0, count: g.blockSize)
                     try stored.withUnsafeMutableBytes { try device.disk.read(into: [$0], at: lba * UInt64(g.blockSize)) }
                     guard stored == bytes else {
-                        return .failed("what was written to LBA \(lba) is not in the device's block \(lba) (the command's SLBA or the transfer's offset is off)")
+                        let wide = lba >> 32 != 0 ? ": this LBA needs more than 32 bits (NVMe: its high half in CDW11)" : " (the command's SLBA or the transfer's offset is off)"
+                        return .failed("what was written to LBA \(lba) is not in the device's block \(lba)\(wide)")
                     }
                 }
                 return .passed("\(g.blockCount) blocks of \(g.blockSize) bytes, the first, the last and one between where the device keeps them",
@@ -147,7 +150,7 @@ extension Catalogue {
             }
         },
         CheckDefinition("io.block.durability", "writes acknowledged before a completed flush survive a power cut", requires: ["io.block.flush"], classes: block, hostable: true) { c in
-            try withDriver(c, writeCache: true) { rig in
+            try withDriver(c, disk: Rig.DiskShape(writeCache: true)) { rig in
                 guard let disk = rig.kernel.blockLayer.disks.first, let nvme = rig.nvmes.first else { return .failed("no disk registered") }
                 let g = disk.geometry
                 guard g.canFlush else {

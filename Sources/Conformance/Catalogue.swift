@@ -549,9 +549,9 @@ enum Catalogue {
 
     /// A rig with the driver attached to its first device; detached and
     /// shut down afterwards, whatever the body returns or throws.
-    static func withAttached(_ c: CheckContext, writeCache: Bool = false, prepare: (Rig) -> Void = { _ in },
+    static func withAttached(_ c: CheckContext, disk: Rig.DiskShape = Rig.DiskShape(), prepare: (Rig) -> Void = { _ in },
                              _ body: (Rig, DriverInstance) throws -> CheckOutcome) throws -> CheckOutcome {
-        let rig = try Rig(c, writeCache: writeCache)
+        let rig = try Rig(c, disk: disk)
         defer { rig.shutdown() }
         prepare(rig)
         let instance = try rig.attach()
@@ -565,10 +565,10 @@ enum Catalogue {
     /// afterwards.
     /// `prepare` runs on the rig before the driver attaches (the state of
     /// the devices it should find).
-    static func withDriver(_ c: CheckContext, writeCache: Bool = false, prepare: (Rig) -> Void = { _ in },
+    static func withDriver(_ c: CheckContext, disk: Rig.DiskShape = Rig.DiskShape(), prepare: (Rig) -> Void = { _ in },
                            _ body: (Rig) throws -> CheckOutcome) throws -> CheckOutcome {
-        if c.hosted { return try withHostedDriver(c, writeCache: writeCache, prepare: prepare) { rig, _, _ in try body(rig) } }
-        return try withAttached(c, writeCache: writeCache, prepare: prepare) { rig, _ in try body(rig) }
+        if c.hosted { return try withHostedDriver(c, disk: disk, prepare: prepare) { rig, _, _ in try body(rig) } }
+        return try withAttached(c, disk: disk, prepare: prepare) { rig, _ in try body(rig) }
     }
 
     static func withDisk(_ c: CheckContext, _ body: (Disk, IOBuffer) throws -> CheckOutcome) throws -> CheckOutcome {

@@ -99,10 +99,10 @@ extension Catalogue {
     /// A rig whose driver runs in a driver host, attached to the first
     /// device it binds: the body gets the device's address and the host's
     /// process. Whatever the body does, the host is ended afterwards.
-    static func withHostedDriver(_ c: CheckContext, writeCache: Bool = false, prepare: (Rig) -> Void = { _ in },
+    static func withHostedDriver(_ c: CheckContext, disk: Rig.DiskShape = Rig.DiskShape(), prepare: (Rig) -> Void = { _ in },
                                  _ body: (Rig, BusAddress, pid_t) throws -> CheckOutcome) throws -> CheckOutcome {
         guard let executable = c.hostExecutable else { return .skipped("no oyako executable to run driver hosts from") }
-        let rig = try Rig(c, load: false, writeCache: writeCache)
+        let rig = try Rig(c, load: false, disk: disk)
         defer { rig.shutdown() }
         prepare(rig)
         rig.kernel.driverHostExecutable = executable

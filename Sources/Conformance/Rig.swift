@@ -57,9 +57,16 @@ final class Rig: @unchecked Sendable {
 
     var deviceClass: String { file.metadata.deviceClass }
 
-    /// - Parameter writeCache: storage with a volatile write cache that a
-    ///   power cut empties (`NVMeLite.powerCut`).
-    init(_ context: CheckContext, copies: Int = 1, load: Bool = true, writeCache: Bool = false) throws {
+    /// The nvmelite disk a rig gives a block driver.
+    struct DiskShape: Sendable {
+        /// A volatile write cache that a power cut empties (`NVMeLite.powerCut`).
+        var writeCache = false
+        /// Bytes. The image is sparse: a disk past 2 TiB (LBAs over 32 bits)
+        /// costs nothing until written.
+        var size: UInt64 = 8 << 20
+    }
+
+    init(_ context: CheckContext, copies: Int = 1, load: Bool = true, disk shape: DiskShape = DiskShape()) throws {
         environment = context.environment
         spuriousInterrupts = context.spuriousInterrupts
         file = try DriverFile.inspect(path: context.driverPath)
@@ -70,7 +77,7 @@ final class Rig: @unchecked Sendable {
         let wanted = Set(Self.offeredDevices.filter { metadata.matches(vendorID: $0.vendorID, deviceID: $0.deviceID) }.map(\.deviceID))
         for copy in 0..<copies {
             if wanted.contains(NVMeLite.deviceID) {
-                let nvme = NVMeLite(disk: try DiskImage(path: "\(state)/disk\(copy).img", size: 8 << 20), writeCache: writeCache)
+                let nvme = NVMeLite(disk: try DiskImage(path: "\(state)/disk\(copy).img", size: shape.size), writeCache: shape.writeCache)
                 nvmes.append(nvme)
                 slots.append(machine.bus.plug(nvme))
             }

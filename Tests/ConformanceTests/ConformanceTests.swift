@@ -297,7 +297,7 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
                 "    memcpy(&d->block_count, ns + NVL_ID_NS_NSZE, sizeof(d->block_count));",
                 "    memcpy(&d->block_count, ns + NVL_ID_NS_NSZE, sizeof(d->block_count));\n    d->block_count -= 1; /* the defect */"
             )])
-        }, expected: ["io.block.geometry": .failed], says: ["registered 16383 blocks of 512 bytes; the device holds 16384 of 512"]),
+        }, expected: ["io.block.geometry": .failed], says: ["registered 4294969343 blocks of 512 bytes; the device holds 4294969344 of 512"]),
         // Every block but the first lands one lower: consistent both ways, so
         // only a check that reads the medium where the LBA says sees it.
         Case(defect: "the LBA in the command one block low", build: {
@@ -375,6 +375,11 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         Case(defect: "the transmit path reads LSR and drops the overrun it shows", build: {
             try Fixtures.mutatedReferenceDriver("uart16550", [("    if (!(u_lsr(d) & U_LSR_THRE)) return 0;", "    if (!(u_in(d, U_LSR) & U_LSR_THRE)) return 0;")])
         }, expected: ["io.serial.overflow": .failed], says: ["report at least 1 lost byte for every OE you read, wherever you read LSR"]),
+        // LBAs past 2^32 (a disk over 2 TiB with 512-byte blocks) need the
+        // high half of the 64-bit SLBA.
+        Case(defect: "the command carries only the low 32 bits of the LBA", build: {
+            try Fixtures.mutatedReferenceDriver("nvmelite", [("        cmd.cdw11 = (uint32_t)(req->lba >> 32);\n", "")])
+        }, expected: ["io.block.geometry": .failed], says: ["this LBA needs more than 32 bits (NVMe: its high half in CDW11)"]),
         // Rates under 450 baud take a divisor over 255: its high byte in DLM.
         Case(defect: "set_line writes only DLL, never DLM", build: {
             try Fixtures.mutatedReferenceDriver("uart16550", [("    u_out(d, U_DLM, (uint8_t)(divisor >> 8));\n", "")])
