@@ -59,9 +59,11 @@ func which(_ tool: String) -> String? {
 /// in a driver host. A check that fails one of them judges a choice, not a
 /// defect.
 @Suite struct ThirdPartyDriverTests {
-    @Test(arguments: ["nvx", "e1kx", "uartx", "rngx"])
-    func aCorrectDriverThatChoosesDifferentlyPassesEveryCheck(_ name: String) throws {
-        let report = suite().run(driver: try Fixtures.fixtureDriver(name))
+    /// NAME, or NAME+DEFINE for a variant the source builds with -DDEFINE.
+    @Test(arguments: ["nvx", "e1kx", "uartx", "uartx+UARTX_POLL", "rngx"])
+    func aCorrectDriverThatChoosesDifferentlyPassesEveryCheck(_ variant: String) throws {
+        let parts = variant.split(separator: "+").map(String.init)
+        let report = suite().run(driver: try Fixtures.fixtureDriver(parts[0], defines: Array(parts.dropFirst())))
         #expect(failing(report).isEmpty, "\(report.results.filter { $0.verdict.isFailure }.map { "\($0.id)@\($0.environment): \($0.message)" })")
         let hosted = report.results.filter { $0.id == "host.io" }
         #expect(hosted.count == 2 && hosted.allSatisfy { $0.verdict == .passed && !$0.message.contains("skipped") }, "\(hosted.map(\.message))")

@@ -9,7 +9,9 @@
  *   sets IER again;
  * - overruns are summed and reported in one error() call per run, also
  *   those its transmit path saw (reading LSR for THRE clears OE);
- * - a 1 KiB software transmit queue; automatic RTS/CTS flow control on.
+ * - a 1 KiB software transmit queue; automatic RTS/CTS flow control on;
+ * - built with -DUARTX_POLL, no interrupt at all: a 1 ms timer runs the
+ *   work (IER stays 0), as drivers for parts without a usable IRQ line do.
  */
 #include <oyako/oyako.h>
 #include <oyako/instances.h>
@@ -21,7 +23,7 @@ enum { IER_RX = 1, IER_THRE = 2, IER_LS = 4 };
 
 struct uartx {
     const oy_host *h; oy_device *dev; oy_ports *ports; const oy_host_serial *ser;
-    oy_lock *lock; oy_work *work; oy_irq *irq; oy_serial *port;
+    oy_lock *lock; oy_work *work; oy_irq *irq; oy_serial *port; oy_timer *timer; int polling;
     uint8_t txq[TXQ]; uint32_t head, count; int tx_blocked; int gone; int running;
     uint8_t ier; uint8_t lcr; uint32_t overruns;
 };
@@ -51,6 +53,15 @@ static void refill(struct uartx *d) {
         d->head = (d->head + 1) % TXQ;
         d->count--;
     }
+}
+
+static void work_fn(void *arg);
+
+/* UARTX_POLL: the timer does what the interrupt would, then comes again */
+static void tick(void *arg) {
+    struct uartx *d = arg;
+    work_fn(d);
+    if (__atomic_load_n(&d->polling, __ATOMIC_ACQUIRE)) d->h->timer_arm(d->timer, 1000000);
 }
 
 static void work_fn(void *arg) {
@@ -124,6 +135,8 @@ static int32_t uartx_set_line(void *inst, const oy_serial_line *l) {
 }
 
 static void release_all(struct uartx *d) {
+    __atomic_store_n(&d->polling, 0, __ATOMIC_RELEASE);
+    if (d->timer) d->h->timer_destroy(d->timer);
     if (d->irq) d->h->irq_unhook(d->irq);
     if (d->work) d->h->work_destroy(d->work);
     if (d->ports) d->h->ports_release(d->ports);
@@ -157,17 +170,31 @@ static int32_t uartx_attach(void *ctx, oy_device *dev, void **outp) {
     out(d, FCR, 0x06);
     (void)in(d, LSR); (void)in(d, IIR);
     if ((rc = h->work_create(h, dev, work_fn, d, &d->work))) goto fail;
+#ifdef UARTX_POLL
+    (void)on_irq;
+    if ((rc = h->timer_create(h, dev, tick, d, &d->timer))) goto fail;
+#else
+    (void)tick;
     if ((rc = h->irq_hook(dev, 0, on_irq, d, &d->irq))) goto fail;
+#endif
     oy_serial_line line = { sizeof line, 115200, 8, OY_PARITY_NONE, 1, 0 };
     oy_serial_ops ops = { sizeof ops, 0, uartx_write, uartx_set_line };
     if (!oy_instance_add(&g_live, d)) { rc = OY_E_BUSY; goto fail; }
     if ((rc = d->ser->register_port(dev, &line, &ops, d, &d->port))) { oy_instance_take(&g_live, d); goto fail; }
+#ifdef UARTX_POLL
+    d->ier = 0;
+#else
     d->ier = IER_RX | IER_THRE | IER_LS;
+#endif
     h->lock_acquire(d->lock);
     d->running = 1;
     out(d, MCR, 0x20 | 0x08 | 0x02 | 0x01);  /* auto flow control, OUT2, RTS, DTR */
     out(d, IER, d->ier);
     h->lock_release(d->lock);
+    if (d->timer) {
+        d->polling = 1;
+        h->timer_arm(d->timer, 1000000);
+    }
     *outp = d;
     return OY_OK;
 fail:
@@ -179,8 +206,10 @@ fail:
 static int32_t uartx_detach(void *inst) {
     struct uartx *d = inst;
     if (!oy_instance_take(&g_live, d)) return OY_E_STATE;
+    __atomic_store_n(&d->polling, 0, __ATOMIC_RELEASE);
+    if (d->timer) { d->h->timer_destroy(d->timer); d->timer = NULL; }
     if (!d->gone) quiet(d);
-    d->h->irq_unhook(d->irq); d->irq = NULL;
+    if (d->irq) { d->h->irq_unhook(d->irq); d->irq = NULL; }
     d->h->work_destroy(d->work); d->work = NULL;
     d->ser->unregister_port(d->port);
     release_all(d);
