@@ -60,7 +60,7 @@ func which(_ tool: String) -> String? {
 /// defect.
 @Suite struct ThirdPartyDriverTests {
     /// NAME, or NAME+DEFINE for a variant the source builds with -DDEFINE.
-    @Test(arguments: ["nvx", "e1kx", "uartx", "uartx+UARTX_POLL", "rngx"])
+    @Test(arguments: ["nvx", "nvx+NVX_BOUNCE", "e1kx", "uartx", "uartx+UARTX_POLL", "rngx"])
     func aCorrectDriverThatChoosesDifferentlyPassesEveryCheck(_ variant: String) throws {
         let parts = variant.split(separator: "+").map(String.init)
         let report = suite().run(driver: try Fixtures.fixtureDriver(parts[0], defines: Array(parts.dropFirst())))

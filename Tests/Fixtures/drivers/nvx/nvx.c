@@ -14,7 +14,10 @@
  * - the handler may run before irq_hook returns the handle, and the work
  *   may run while detach unhooks: both go through the lock and a flag;
  * - one DMA buffer holds the queues, the identify page and a PRP-list page
- *   per request slot; 32 requests at once on 64-entry queues.
+ *   per request slot; 32 requests at once on 64-entry queues;
+ * - built with -DNVX_BOUNCE, it never dma_maps a request: data goes through
+ *   a 128 KiB bounce buffer per slot (copied in at submit for a write, out
+ *   at completion for a read), as drivers for devices with DMA limits do.
  */
 #include <oyako/oyako.h>
 #include <oyako/instances.h>
@@ -36,6 +39,7 @@ struct slot { oy_block_request *req; oy_dma_map *map; int busy; };
 struct nvx {
     const oy_host *h; oy_device *dev; oy_regs *regs; const oy_host_block *blk;
     oy_dma_buffer *buf; uint8_t *cpu; oy_dma_addr da;
+    oy_dma_buffer *bounce; uint8_t *bounce_cpu; oy_dma_addr bounce_da;
     oy_lock *lock; oy_work *reap; oy_irq *irq; oy_disk *disk; oy_event *nap;
     uint16_t sq_tail, cq_head, a_tail, a_head; uint8_t cq_phase, a_phase;
     uint16_t a_cid;
@@ -95,7 +99,11 @@ static int controller_reset(struct nvx *d) {
     return wait_ready(d, 0, to ? to : 1000);
 }
 
+#define BOUNCE (128u * 1024u)
+
 static void finish(struct nvx *d, struct slot *s, oy_block_request *r, int32_t status) {
+    if (d->bounce && status == OY_OK && r->op == OY_BLOCK_READ)
+        memcpy(r->data, d->bounce_cpu + (size_t)(s - d->slots) * BOUNCE, (size_t)r->block_count * d->bs);
     if (s->map) d->h->dma_unmap(s->map);
     s->map = NULL;
     __atomic_store_n(&s->busy, 0, __ATOMIC_RELEASE);
@@ -166,8 +174,14 @@ static int32_t nvx_submit(void *inst, oy_block_request *r) {
     if (r->op != OY_BLOCK_FLUSH) {
         size_t len = (size_t)r->block_count * d->bs;
         oy_dma_addr a;
-        int rc = d->h->dma_map(d->dev, r->data, len, r->op == OY_BLOCK_READ ? OY_DMA_FROM_DEVICE : OY_DMA_TO_DEVICE, &s->map, &a);
-        if (rc != OY_OK) { s->map = NULL; __atomic_store_n(&s->busy, 0, __ATOMIC_RELEASE); return rc; }
+        if (d->bounce) {
+            a = d->bounce_da + (oy_dma_addr)idx * BOUNCE;
+            s->map = NULL;
+            if (r->op == OY_BLOCK_WRITE) memcpy(d->bounce_cpu + (size_t)idx * BOUNCE, r->data, len);
+        } else {
+            int rc = d->h->dma_map(d->dev, r->data, len, r->op == OY_BLOCK_READ ? OY_DMA_FROM_DEVICE : OY_DMA_TO_DEVICE, &s->map, &a);
+            if (rc != OY_OK) { s->map = NULL; __atomic_store_n(&s->busy, 0, __ATOMIC_RELEASE); return rc; }
+        }
         prp1 = a;
         size_t first = PG - (size_t)(a & (PG - 1));
         if (len > first) {
@@ -228,6 +242,7 @@ static void release_all(struct nvx *d) {
     }
     if (d->reap) d->h->work_destroy(d->reap);
     if (d->buf) d->h->dma_free(d->buf);
+    if (d->bounce) d->h->dma_free(d->bounce);
     if (d->regs) d->h->regs_unmap(d->regs);
     if (d->nap) d->h->event_destroy(d->nap);
     if (d->lock) d->h->lock_destroy(d->lock);
@@ -249,6 +264,10 @@ static int32_t nvx_attach(void *ctx, oy_device *dev, void **out) {
     void *cpu;
     if ((rc = h->dma_alloc(dev, NPAGES * PG, &d->buf, &cpu, &d->da))) goto fail;
     d->cpu = cpu;
+#ifdef NVX_BOUNCE
+    if ((rc = h->dma_alloc(dev, (size_t)QD * BOUNCE, &d->bounce, &cpu, &d->bounce_da))) goto fail;
+    d->bounce_cpu = cpu;
+#endif
     if ((rc = controller_reset(d))) goto fail;
     d->a_phase = 1; d->cq_phase = 1;
     h->reg_write32(d->regs, R_AQA, (ADN - 1) | ((ADN - 1) << 16));
@@ -265,6 +284,7 @@ static int32_t nvx_attach(void *ctx, oy_device *dev, void **out) {
     d->bs = 1u << lbads;
     uint64_t maxbytes = mdts ? (uint64_t)PG << mdts : 1u << 20;
     if (maxbytes > (uint64_t)PG * (PG / 8)) maxbytes = (uint64_t)PG * (PG / 8);
+    if (d->bounce && maxbytes > BOUNCE) maxbytes = BOUNCE;
     d->max_blocks = (uint32_t)(maxbytes / d->bs);
     if ((rc = h->work_create(h, dev, reap_work, d, &d->reap))) goto fail;
     oy_irq *irq;
