@@ -332,6 +332,7 @@ enum Catalogue {
                 // meet without the host's locks ordering them: more rounds,
                 // closer together, give it the chance.
                 let rounds = Verifier.underSanitizer ? 40 : 5
+                let wireBefore = rig.nics.first?.1.wait(count: 0, timeout: 0).count ?? 0
                 onThreadsOfTheirOwn(4) { worker in
                     do {
                         for round in 0..<rounds {
@@ -344,6 +345,7 @@ enum Catalogue {
                     }
                 }
                 let found = failures.withLock { $0 }
+                if found.isEmpty, let problem = concurrentFramesProblem(rig, wireBefore: wireBefore, rounds: rounds) { return .failed(problem) }
                 return found.isEmpty ? .passed("4 threads × \(rounds) rounds") : .failed(found.prefix(2).joined(separator: "; "))
             }
         },
@@ -854,8 +856,11 @@ extension Rig {
             return "ok"
         case "oyako.net/1":
             guard let interface = kernel.network.interfaces.first else { throw CheckFailure("no interface") }
-            let frame = [UInt8](repeating: 0xFF, count: 6) + interface.mac + [0x88, 0xB5] + [UInt8](repeating: UInt8(worker), count: 200)
-            guard interface.send(frame) else { throw CheckFailure("worker \(worker): transmit queue refused a frame") }
+            for seq in 0..<Self.concurrentFrames {
+                guard interface.send(Self.concurrentFrame(worker: worker, round: round, seq: seq, from: interface.mac)) else {
+                    throw CheckFailure("worker \(worker): transmit queue refused a frame")
+                }
+            }
             return "ok"
         case "oyako.serial/1":
             guard let tty = kernel.serial.ports.first else { throw CheckFailure("no port") }
@@ -872,6 +877,47 @@ extension Rig {
             return "none"
         }
     }
+}
+
+extension Rig {
+    /// Frames each concurrency.io worker sends a round.
+    static let concurrentFrames = 16
+
+    /// Frame `seq` of a worker's round: tagged, 60 to 1054 bytes, its
+    /// payload a function of the tag.
+    static func concurrentFrame(worker: Int, round: Int, seq: Int, from mac: [UInt8]) -> [UInt8] {
+        let tag = [0xC0, UInt8(worker), UInt8(round), UInt8(seq)]
+        let length = 60 + ((worker * 131 + round * 17 + seq * 61) % 995)
+        return RingTraffic.peer + mac + [0x88, 0xB5] + tag + (0..<(length - 18)).map { UInt8(truncatingIfNeeded: $0 &* 11 &+ worker &+ seq) }
+    }
+}
+
+/// What concurrency.io's frames show on the wire, or nil: every worker's
+/// every frame once, intact, and each worker's in the order it sent them
+/// (one thread's transmits keep their order). Drivers whose transmit is
+/// not thread-safe put two frames in one descriptor, or lose one.
+func concurrentFramesProblem(_ rig: Rig, wireBefore: Int, rounds: Int) -> String? {
+    guard let (_, recorder) = rig.nics.first, let mac = rig.kernel.network.interfaces.first?.mac else { return nil }
+    let expected = 4 * rounds * Rig.concurrentFrames
+    let wire = recorder.wait(count: wireBefore + expected, timeout: 10).dropFirst(wireBefore).filter { $0.count >= 18 && $0[14] == 0xC0 && Array($0[0..<6]) == RingTraffic.peer }
+    var next = [Int](repeating: 0, count: 4)
+    for frame in wire {
+        let worker = Int(frame[15]), round = Int(frame[16]), seq = Int(frame[17])
+        guard worker < 4 else { return "a frame reached the wire with a tag no thread sent: frames were mixed up in the ring" }
+        let want = (next[worker] / Rig.concurrentFrames, next[worker] % Rig.concurrentFrames)
+        guard (round, seq) == want else {
+            return "thread \(worker)'s frame \(round * Rig.concurrentFrames + seq) reached the wire where its frame \(next[worker]) belonged: "
+                + "frames sent from threads at once were lost, repeated or reordered (transmit is [any-thread]: take your lock around the ring)"
+        }
+        guard RingTraffic.onTheWire(Rig.concurrentFrame(worker: worker, round: round, seq: seq, from: mac)) == frame else {
+            return "thread \(worker)'s frame \(next[worker]) reached the wire altered: frames sent from threads at once overwrote each other (take your lock around the ring)"
+        }
+        next[worker] += 1
+    }
+    guard wire.count >= expected else {
+        return "\(wire.count) of \(expected) frames sent from 4 threads at once reached the wire within 10 s (transmit is [any-thread]: take your lock around the ring)"
+    }
+    return nil
 }
 
 /// A minimal environment for loading a driver with no devices (load.cycles).

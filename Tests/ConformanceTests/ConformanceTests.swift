@@ -979,6 +979,25 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
     }
 }
 
+/// The OS transmits from many threads at once (its queue hands a frame to
+/// the driver on the sender's thread). e1klite that takes its lock only to
+/// check for room and fills the slot after releasing it passed every
+/// check: concurrency.io sent 20 frames and looked at none of them. It now
+/// sends 320 from four threads and finds each on the wire, once, intact,
+/// in its thread's order. A race: the test asks for one environment.
+@Suite struct ConcurrentTransmitTests {
+    @Test func aTransmitThatFillsItsSlotOutsideTheLockIsCaught() throws {
+        let driver = try Fixtures.mutatedReferenceDriver("e1klite", [
+            ("    slot = d->tx_tail;\n    length = frame->length", "    d->host->lock_release(d->lock);\n    slot = d->tx_tail;\n    length = frame->length"),
+            ("    e1k_write(d, E1K_TDT, d->tx_tail);\n    d->host->lock_release(d->lock);\n    return OY_OK;", "    e1k_write(d, E1K_TDT, d->tx_tail);\n    return OY_OK;"),
+        ])
+        let report = suite(filter: "^io\\.basic$|^concurrency\\.io$").run(driver: driver)
+        let failed = report.results.filter { $0.id == "concurrency.io" && $0.verdict == .failed }
+        #expect(!failed.isEmpty, "\(report.results.map { "\($0.id)@\($0.environment) \($0.verdict): \($0.message)" })")
+        for result in failed { #expect(result.message.contains("frames sent from threads at once"), "\(result.message)") }
+    }
+}
+
 /// An interrupt may come with nothing new. nvmelite that takes an
 /// interrupt without a completion for news (it fails what is outstanding)
 /// passes io.basic; with its interrupts also raised for nothing, its
