@@ -346,9 +346,11 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         Case(defect: "the receive index wraps one descriptor early", build: {
             try Fixtures.mutatedReferenceDriver("e1klite", [("        d->rx_next = (d->rx_next + 1u) % E1K_RING;", "        d->rx_next = (d->rx_next + 1u) % (E1K_RING - 1u);")])
         }, expected: ["io.net.rings": .failed], says: ["receiving stopped"]),
+        // concurrency.io's 320 frames go round the ring too: detach then
+        // returns with the lost ones outstanding, a violation.
         Case(defect: "the frame in the last transmit descriptor is never completed", build: {
             try Fixtures.mutatedReferenceDriver("e1klite", [("        done[n++] = d->tx_frames[d->tx_head];", "        if (d->tx_head != E1K_RING - 1u) done[n++] = d->tx_frames[d->tx_head];")])
-        }, expected: ["io.net.rings": .failed, "io.net.from-callbacks": .failed], says: ["were sent but never completed"], saysIn: "io.net.rings"),
+        }, expected: ["io.net.rings": .failed, "io.net.from-callbacks": .failed, "concurrency.io": .failed], says: ["were sent but never completed"], saysIn: "io.net.rings"),
         // Mutated copies of the serial reference driver (SDK/CLASSES.md, Serial).
         Case(defect: "divisor 16× off (forgets the clock's /16)", build: {
             try Fixtures.mutatedReferenceDriver("uart16550", [("divisor = U_CLOCK / 16u / line->baud;", "divisor = U_CLOCK / line->baud;")])
