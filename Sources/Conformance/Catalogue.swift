@@ -278,14 +278,16 @@ enum Catalogue {
             defer { rig.shutdown() }
             guard rig.library.raw.hasRemove else { return .skipped("the driver has no remove callback: the OS detaches it at once") }
             let instance = try rig.attach()
+            let held = HeldAtRemoval(rig)
             rig.machine.bus.surpriseRemove(rig.slots[0], tellingObservers: false)
             let unnoticed = entropyBeforeRemove(rig)
             rig.library.raw.remove(instance.rawInstance)
+            let unfinished = held.problem(within: 5)
             let answers = operationsAfterRemoval(rig)
             let report = instance.detach()
             if !report.leaked.isEmpty { return .failed("detach after remove left \(report.leaked.joined(separator: ", ")) behind") }
             if report.unfinishedRequests > 0 { return .failed("detach after remove returned with \(report.unfinishedRequests) accepted request(s) not completed") }
-            if let unnoticed { return .failed(unnoticed) }
+            if let problem = unnoticed ?? unfinished { return .failed(problem) }
             let wrong = answers.filter { $0.answer != nil }
             guard wrong.isEmpty else {
                 return .failed(wrong.map { "\($0.call) after remove \($0.answer!)" }.joined(separator: "; ")
@@ -788,6 +790,49 @@ func operationsAfterRemoval(_ rig: Rig, wait: Double = 5) -> [(call: String, ans
         answers.append(("read", gone(result, "produced")))
     }
     return answers
+}
+
+/// What the driver holds when its device goes: a disk's writes while the
+/// controller holds its commands, a NIC's frames while the link partner
+/// pauses the transmitter. `remove` completes each, with OY_E_DEVICE_GONE,
+/// before detach is called (driver.h): the OS may be a while getting there.
+final class HeldAtRemoval: Sendable {
+    private let pending = Pending()
+    private let what: String
+    /// Kept until they complete: the driver holds them.
+    private let frames: [NetFrame]
+
+    init(_ rig: Rig) {
+        var frames: [NetFrame] = []
+        let pending = self.pending
+        if let disk = rig.kernel.blockLayer.disks.first, let nvme = rig.nvmes.first, let buffer = disk.allocateBuffer(length: disk.geometry.blockSize) {
+            nvme.holdCommands(true)
+            for lba in 0..<4 {
+                pending.start()
+                disk.submit(.write, lba: UInt64(lba), blocks: 1, buffer: buffer) { _ in pending.finish() }
+            }
+            Thread.sleep(forTimeInterval: 0.05)  // with the driver, in the held controller
+        }
+        if let interface = rig.kernel.network.interfaces.first, let (nic, _) = rig.nics.first {
+            nic.pauseTransmit(true)
+            let bytes = RingTraffic.peer + interface.mac + [0x88, 0xB5] + [UInt8](repeating: 9, count: 46)
+            for _ in 0..<4 {
+                let frame = NetFrame()
+                bytes.withUnsafeBytes { frame.prepare($0) { _ in pending.finish() } }
+                pending.start()
+                if interface.netdev.transmit(frame).isOK { frames.append(frame) } else { pending.finish() }
+            }
+        }
+        self.frames = frames
+        what = rig.kernel.blockLayer.disks.isEmpty ? "frame(s) to transmit" : "write(s)"
+    }
+
+    /// What is wrong, or nil, once `seconds` have passed or all completed.
+    func problem(within seconds: Double) -> String? {
+        guard !pending.waitAll(timeout: seconds) else { return nil }
+        return "\(pending.outstanding) of \(pending.started) \(what) accepted before the device went were not completed within \(Int(seconds)) s of remove: "
+            + "remove completes everything outstanding with OY_E_DEVICE_GONE (driver.h); detach may come much later"
+    }
 }
 
 /// An entropy read after the device vanished, before the OS has called

@@ -382,6 +382,14 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         Case(defect: "the command carries only the low 32 bits of the LBA", build: {
             try Fixtures.mutatedReferenceDriver("nvmelite", [("        cmd.cdw11 = (uint32_t)(req->lba >> 32);\n", "")])
         }, expected: ["io.block.geometry": .failed], says: ["this LBA needs more than 32 bits (NVMe: its high half in CDW11)"]),
+        // remove owes every outstanding request its completion: the OS may
+        // be a while getting to detach, which completed them anyway.
+        Case(defect: "a disk's remove leaves its outstanding writes to detach", build: {
+            try Fixtures.mutatedReferenceDriver("nvmelite", [("    nvl_log(d, OY_LOG_WARNING, \"device removed; failing outstanding requests\");\n    nvl_fail_outstanding(d, OY_E_DEVICE_GONE);\n}", "}")])
+        }, expected: ["lifecycle.after-removal": .failed], says: ["4 of 4 write(s) accepted before the device went were not completed within 5 s of remove"]),
+        Case(defect: "a NIC's remove leaves its queued frames to detach", build: {
+            try Fixtures.mutatedReferenceDriver("e1klite", [("    d->host->lock_release(d->lock);\n    e1k_fail_tx(d, OY_E_DEVICE_GONE);\n}", "    d->host->lock_release(d->lock);\n}")])
+        }, expected: ["lifecycle.after-removal": .failed], says: ["4 of 4 frame(s) to transmit accepted before the device went were not completed within 5 s of remove"]),
         // Rates under 450 baud take a divisor over 255: its high byte in DLM.
         Case(defect: "set_line writes only DLL, never DLM", build: {
             try Fixtures.mutatedReferenceDriver("uart16550", [("    u_out(d, U_DLM, (uint8_t)(divisor >> 8));\n", "")])
