@@ -335,11 +335,14 @@ enum Catalogue {
                 // closer together, give it the chance.
                 let rounds = Verifier.underSanitizer ? 40 : 5
                 let wireBefore = rig.nics.first?.1.wait(count: 0, timeout: 0).count ?? 0
-                onThreadsOfTheirOwn(4) { worker in
+                // A NIC's senders start each round together, so that their
+                // transmits overlap even on a busy machine.
+                let together = rig.nics.isEmpty ? nil : Meeting(of: Rig.concurrentThreads)
+                onThreadsOfTheirOwn(Rig.concurrentThreads) { worker in
                     do {
                         for round in 0..<rounds {
-                            // Randomized timing: the submitters meet at different points each round.
-                            usleep(UInt32.random(in: 0...(Verifier.underSanitizer ? 200 : 2000)))
+                            // Otherwise randomized timing: the submitters meet at different points each round.
+                            if let together { together.arrive(round) } else { usleep(UInt32.random(in: 0...(Verifier.underSanitizer ? 200 : 2000))) }
                             _ = try rig.exerciseIOConcurrently(worker: worker, round: round)
                         }
                     } catch {
@@ -348,7 +351,7 @@ enum Catalogue {
                 }
                 let found = failures.withLock { $0 }
                 if found.isEmpty, let problem = concurrentFramesProblem(rig, wireBefore: wireBefore, rounds: rounds) { return .failed(problem) }
-                return found.isEmpty ? .passed("4 threads × \(rounds) rounds") : .failed(found.prefix(2).joined(separator: "; "))
+                return found.isEmpty ? .passed("\(Rig.concurrentThreads) threads × \(rounds) rounds") : .failed(found.prefix(2).joined(separator: "; "))
             }
         },
     ]
@@ -670,6 +673,26 @@ final class Pending: @unchecked Sendable {
     }
 }
 
+/// Threads that wait for each other before each round; one that does not
+/// come (its round failed) holds the others up at most a second.
+final class Meeting: @unchecked Sendable {
+    // @unchecked Sendable: the counts are guarded by `condition`.
+    private let condition = NSCondition()
+    private let parties: Int
+    private var arrived: [Int: Int] = [:]
+
+    init(of parties: Int) { self.parties = parties }
+
+    func arrive(_ round: Int) {
+        let deadline = Date(timeIntervalSinceNow: 1)
+        condition.withLock {
+            arrived[round, default: 0] += 1
+            condition.broadcast()
+            while arrived[round, default: 0] < parties && condition.wait(until: deadline) {}
+        }
+    }
+}
+
 /// Starts `count` asynchronous operations of the driver's class.
 func startBackgroundIO(_ rig: Rig, pending: Pending, count: Int = 64) {
     if let disk = rig.kernel.blockLayer.disks.first {
@@ -921,8 +944,9 @@ extension Rig {
 }
 
 extension Rig {
-    /// Frames each concurrency.io worker sends a round.
-    static let concurrentFrames = 16
+    /// concurrency.io's threads, and the frames each sends a round.
+    static let concurrentThreads = 4
+    static let concurrentFrames = 64
 
     /// Frame `seq` of a worker's round: tagged, 60 to 1054 bytes, its
     /// payload a function of the tag.
@@ -939,12 +963,12 @@ extension Rig {
 /// not thread-safe put two frames in one descriptor, or lose one.
 func concurrentFramesProblem(_ rig: Rig, wireBefore: Int, rounds: Int) -> String? {
     guard let (_, recorder) = rig.nics.first, let mac = rig.kernel.network.interfaces.first?.mac else { return nil }
-    let expected = 4 * rounds * Rig.concurrentFrames
+    let expected = Rig.concurrentThreads * rounds * Rig.concurrentFrames
     let wire = recorder.wait(count: wireBefore + expected, timeout: 10).dropFirst(wireBefore).filter { $0.count >= 18 && $0[14] == 0xC0 && Array($0[0..<6]) == RingTraffic.peer }
-    var next = [Int](repeating: 0, count: 4)
+    var next = [Int](repeating: 0, count: Rig.concurrentThreads)
     for frame in wire {
         let worker = Int(frame[15]), round = Int(frame[16]), seq = Int(frame[17])
-        guard worker < 4 else { return "a frame reached the wire with a tag no thread sent: frames were mixed up in the ring" }
+        guard worker < Rig.concurrentThreads else { return "a frame reached the wire with a tag no thread sent: frames were mixed up in the ring" }
         let want = (next[worker] / Rig.concurrentFrames, next[worker] % Rig.concurrentFrames)
         guard (round, seq) == want else {
             return "thread \(worker)'s frame \(round * Rig.concurrentFrames + seq) reached the wire where its frame \(next[worker]) belonged: "
@@ -956,7 +980,7 @@ func concurrentFramesProblem(_ rig: Rig, wireBefore: Int, rounds: Int) -> String
         next[worker] += 1
     }
     guard wire.count >= expected else {
-        return "\(wire.count) of \(expected) frames sent from 4 threads at once reached the wire within 10 s (transmit is [any-thread]: take your lock around the ring)"
+        return "\(wire.count) of \(expected) frames sent from \(Rig.concurrentThreads) threads at once reached the wire within 10 s (transmit is [any-thread]: take your lock around the ring)"
     }
     return nil
 }

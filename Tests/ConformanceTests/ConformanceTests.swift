@@ -346,7 +346,7 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         Case(defect: "the receive index wraps one descriptor early", build: {
             try Fixtures.mutatedReferenceDriver("e1klite", [("        d->rx_next = (d->rx_next + 1u) % E1K_RING;", "        d->rx_next = (d->rx_next + 1u) % (E1K_RING - 1u);")])
         }, expected: ["io.net.rings": .failed], says: ["receiving stopped"]),
-        // concurrency.io's 320 frames go round the ring too: detach then
+        // concurrency.io's 1280 frames go round the ring too: detach then
         // returns with the lost ones outstanding, a violation.
         Case(defect: "the frame in the last transmit descriptor is never completed", build: {
             try Fixtures.mutatedReferenceDriver("e1klite", [("        done[n++] = d->tx_frames[d->tx_head];", "        if (d->tx_head != E1K_RING - 1u) done[n++] = d->tx_frames[d->tx_head];")])
@@ -993,16 +993,23 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
 /// the driver on the sender's thread). e1klite that takes its lock only to
 /// check for room and fills the slot after releasing it passed every
 /// check: concurrency.io sent 20 frames and looked at none of them. It now
-/// sends 320 from four threads and finds each on the wire, once, intact,
-/// in its thread's order. A race: the test asks for one environment.
+/// sends 1280 from four threads and finds each on the wire, once, intact,
+/// in its thread's order. A race: the test asks for one environment in
+/// up to three runs.
 @Suite struct ConcurrentTransmitTests {
     @Test func aTransmitThatFillsItsSlotOutsideTheLockIsCaught() throws {
         let driver = try Fixtures.mutatedReferenceDriver("e1klite", [
             ("    slot = d->tx_tail;\n    length = frame->length", "    d->host->lock_release(d->lock);\n    slot = d->tx_tail;\n    length = frame->length"),
             ("    e1k_write(d, E1K_TDT, d->tx_tail);\n    d->host->lock_release(d->lock);\n    return OY_OK;", "    e1k_write(d, E1K_TDT, d->tx_tail);\n    return OY_OK;"),
         ])
-        let report = suite(filter: "^io\\.basic$|^concurrency\\.io$").run(driver: driver)
-        let failed = report.results.filter { $0.id == "concurrency.io" && $0.verdict == .failed }
+        // Up to three runs: on a machine busy with other tests the threads
+        // may not meet inside the window in one.
+        var report = suite(filter: "^io\\.basic$|^concurrency\\.io$").run(driver: driver)
+        var failed = report.results.filter { $0.id == "concurrency.io" && $0.verdict == .failed }
+        for _ in 0..<2 where failed.isEmpty {
+            report = suite(filter: "^io\\.basic$|^concurrency\\.io$").run(driver: driver)
+            failed = report.results.filter { $0.id == "concurrency.io" && $0.verdict == .failed }
+        }
         #expect(!failed.isEmpty, "\(report.results.map { "\($0.id)@\($0.environment) \($0.verdict): \($0.message)" })")
         for result in failed { #expect(result.message.contains("frames sent from threads at once"), "\(result.message)") }
     }
