@@ -1,5 +1,6 @@
 @_spi(Conformance) import DriverHost
 import Foundation
+import Devices
 import Kernel
 import Synchronization
 
@@ -139,6 +140,16 @@ extension Catalogue {
                 return .passed("\(accountingRequests) requests, each completed once")
             }
         },
+        CheckDefinition("io.block.busy", "a full queue answers OY_E_BUSY: queue_depth requests held in the controller are accepted, 4 more are refused busy, the held ones complete when it goes on",
+                        requires: ["io.basic"], classes: block, timeout: 30) { c in
+            // In process only: a driver host keeps what its driver refused
+            // busy and submits it again itself, so the OS never sees busy.
+            try withDriver(c) { rig in
+                guard let disk = rig.kernel.blockLayer.disks.first, let nvme = rig.nvmes.first else { return .failed("no disk registered") }
+                if let problem = answersBusyWhenFull(disk, nvme) { return .failed(problem) }
+                return .passed("\(disk.geometry.queueDepth) accepted while the controller held them, 4 more answered OY_E_BUSY, all completed, and the next was taken")
+            }
+        },
         CheckDefinition("io.block.from-complete", "the OS submits waiting requests from inside complete(), as its queue does: every one completes and reads back",
                         requires: ["io.basic"], classes: block, timeout: 25) { c in
             try withDriver(c) { rig in
@@ -161,7 +172,7 @@ extension Catalogue {
                 let later = [UInt8](repeating: 0x5A, count: length)
                 do {
                     try disk.write(lba: 0, bytes: flushed)
-                    try disk.flush()
+                    if let early = flushWaitsForDevice(disk, nvme) { return .failed(early) }
                     try disk.write(lba: UInt64(2 * blocks), bytes: later)
                 } catch {
                     return .failed("\(error)")
@@ -186,6 +197,89 @@ extension Catalogue {
     ]
 
     static let accountingRequests = 2000
+
+    static let pastDepth = 4
+
+    /// Submits straight to the driver, past the OS's queue, while the
+    /// controller holds its commands: queue_depth reads, which it must
+    /// accept, then `pastDepth` more, which it must refuse with OY_E_BUSY
+    /// (block.h); then the controller goes on, every accepted read must
+    /// complete OK, and one more must be accepted (busy is for now, not for
+    /// good). Nil when all that held, else what did not.
+    static func answersBusyWhenFull(_ disk: Disk, _ nvme: NVMeLite) -> String? {
+        let g = disk.geometry, depth = max(1, g.queueDepth), total = depth + pastDepth
+        guard let buffer = disk.allocateBuffer(length: g.blockSize * (total + 1)) else { return "cannot allocate \(total + 1) blocks of I/O memory" }
+        let completions = Mutex<[OyStatus]>([])
+        let overrunsBefore = nvme.statistics.submissionOverruns
+        var requests: [BlockRequest] = [], answers: [OyStatus] = []
+        func submit(_ n: Int) -> OyStatus {
+            let request = BlockRequest()
+            request.prepare(.read, lba: UInt64(n) % g.blockCount, blockCount: 1, data: buffer.pointer + n * g.blockSize) { status in
+                completions.withLock { $0.append(status) }
+            }
+            let status = disk.driver.submit(request)
+            if status.isOK { requests.append(request) }  // the driver's until it completes
+            return status
+        }
+        nvme.holdCommands(true)
+        for n in 0..<total { answers.append(submit(n)) }
+        nvme.holdCommands(false)
+        let accepted = requests.count
+        let deadline = Date(timeIntervalSinceNow: 10)
+        while completions.withLock({ $0.count }) < accepted && Date() < deadline { usleep(1000) }
+        let done = completions.withLock { $0 }
+        let overruns = nvme.statistics.submissionOverruns - overrunsBefore
+        let lost = done.count < accepted ? "; \(accepted - done.count) of the \(accepted) accepted never completed" : ""
+            + (overruns > 0 ? " (the device saw its submission queue overrun \(overruns) time(s): those commands were lost)" : "")
+        if let n = answers.prefix(depth).firstIndex(where: { !$0.isOK }) {
+            return "request \(n + 1) was answered \(answers[n]), with \(n) outstanding, fewer than the queue_depth of \(depth) the driver registered: "
+                + "register as queue_depth the number of requests it takes at once (block.h)" + lost
+        }
+        if let k = answers.dropFirst(depth).firstIndex(where: { $0 != .busy }) {
+            return "with queue_depth (\(depth)) requests outstanding, one more was answered \(answers[k]); "
+                + "answer OY_E_BUSY when queue_depth requests are outstanding (block.h); the OS submits it again when one completes" + lost
+        }
+        guard done.count >= accepted else { return "every request past the depth was refused busy, but" + lost.dropFirst(1) }
+        if let failed = done.first(where: { !$0.isOK }) {
+            return "a read held in the controller completed \(failed) when it went on: a full queue is no error"
+        }
+        let next = submitDirect(disk, .read, lba: 0, blocks: 1, data: buffer.pointer + total * g.blockSize)
+        guard next.isOK else { return "all \(accepted) held reads completed, but the next was answered \(next): OY_E_BUSY is for while the queue is full" }
+        return withExtendedLifetime(requests) { nil }
+    }
+
+    /// Flushes with the controller holding its commands, so that its FLUSH
+    /// cannot have completed, for 0.3 s; then lets it go. A flush the driver
+    /// completes OK meanwhile was acknowledged before the device made
+    /// anything durable: a power cut in that window loses acknowledged
+    /// writes. Nil when the flush waited for the device and then completed
+    /// OK, else what went wrong.
+    static func flushWaitsForDevice(_ disk: Disk, _ nvme: NVMeLite) -> String? {
+        let done = DispatchSemaphore(value: 0)
+        let result = Mutex<DiskStatus?>(nil)
+        nvme.holdCommands(true)
+        let flushesBefore = nvme.statistics.flushes
+        disk.submit(.flush, lba: 0, blocks: 0, buffer: nil) { status in
+            result.withLock { $0 = status }
+            done.signal()
+        }
+        let completedWhileHeld = done.wait(timeout: .now() + 0.3) == .success
+        nvme.holdCommands(false)
+        if completedWhileHeld, let status = result.withLock({ $0 }) {
+            guard status.isOK else { return "a flush failed: \(status)" }
+            return "a flush completed OK while the controller was holding its commands, before it could have executed a FLUSH: "
+                + "the driver acknowledged durability the device had not given, and a power cut then loses acknowledged writes; "
+                + "complete a flush only when the device's FLUSH completes (SDK/CLASSES.md)"
+        }
+        guard done.wait(timeout: .now() + 10) == .success, let status = result.withLock({ $0 }) else {
+            return "a flush did not complete within 10 s of the controller taking it"
+        }
+        guard status.isOK else { return "a flush failed: \(status)" }
+        guard nvme.statistics.flushes > flushesBefore else {
+            return "a flush completed OK, but no FLUSH reached the device: send the device's FLUSH and complete on its completion"
+        }
+        return nil
+    }
 
     /// Submits `total` reads and writes of 1 to 8 blocks with as many in
     /// flight as the driver takes at once, then waits up to `deadline`
