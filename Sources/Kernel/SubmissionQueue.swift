@@ -11,6 +11,9 @@ private let submissionRetries = DispatchQueue(label: "oyako.submission-retry")
 /// could complete, until a short delay has passed (blk-mq reruns a queue the
 /// same way after BLK_STS_RESOURCE); any other refusal completes it with
 /// that code; removal fails everything still waiting with OY_E_DEVICE_GONE.
+/// What one thread enqueues reaches the driver in that order (a sender's
+/// frames leave in the order it sent them), while items that find nothing
+/// ahead of them go to the driver from their senders' threads at once.
 final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
     // @unchecked Sendable: state is guarded by `lock`; the closures are the
     // owner's and thread-safe.
@@ -40,9 +43,13 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
     /// The retry after a busy answer with nothing of ours outstanding (no
     /// completion will come to restart the queue).
     private var busyRetry = BusyRetry()
-    /// Threads handing items to the driver now, with the items that joined
-    /// their loop (see `dispatch`).
-    private var handingOn: [pthread_t: [Item]] = [:]
+    /// Items taken from `waiting` (counted in flight) that have not gone
+    /// to the driver yet, in queue order, and whether a thread is handing
+    /// them on. One thread at a time hands them on, in order, and nothing
+    /// passes them: an item enqueued meanwhile waits behind them, so one
+    /// sender's items reach the driver in the order it sent them.
+    private var lane: [Item] = []
+    private var handingOn = false
 
     /// - Parameters:
     ///   - depth: items the driver accepts at once.
@@ -59,26 +66,28 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
     func enqueue(_ item: Item) -> Admission {
         let admission = lock.withLock { () -> Admission in
             if removed || waiting.count >= limit { return .refused }
-            if !held && inflight < depth && waiting.isEmpty {
+            if !held && inflight < depth && waiting.isEmpty && lane.isEmpty && !handingOn {
                 inflight += 1
                 return .dispatched
             }
             waiting.append(item)
             return .queued
         }
-        if case .dispatched = admission { dispatch([item]) }
+        // Nothing is ahead of it: it goes from the caller's thread, alongside
+        // other senders' (the driver's submit is [any-thread]).
+        if case .dispatched = admission { _ = submitOne(item) }
         return admission
     }
 
     /// One item the driver had came back: waiting items fill the free slots
     /// (this one's, and any a busy answer left free).
     func completed() {
-        let ready = lock.withLock { () -> [Item] in
+        let start = lock.withLock { () -> Bool in
             inflight -= 1
             if inflight == 0 { lock.broadcast() }
-            return held ? [] : takeReadyLocked()
+            return held ? false : takeReadyLocked()
         }
-        dispatch(ready)
+        if start { handOn() }
     }
 
     /// The device went away: fail everything still waiting.
@@ -108,13 +117,13 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
 
     /// Hands items to the driver again (a new one, `submit`, if given), up to `depth`.
     func resume(submit newSubmit: ((Item) -> OyStatus)? = nil, depth newDepth: Int? = nil) {
-        let ready = lock.withLock { () -> [Item] in
+        let start = lock.withLock { () -> Bool in
             if let newSubmit { submit = newSubmit }
             if let newDepth { depth = max(1, newDepth) }
             held = false
             return takeReadyLocked()
         }
-        dispatch(ready)
+        if start { handOn() }
     }
 
     /// Puts `items` (which the driver gave back unfinished) at the head of
@@ -138,7 +147,10 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
         }
     }
 
-    /// What became of items the driver answered busy.
+    /// What one submit came to.
+    private enum Outcome { case taken, busy }
+
+    /// What became of an item the driver answered.
     private enum Bounce {
         /// Taken, or refused for good (`fail` has it).
         case none
@@ -150,97 +162,96 @@ final class SubmissionQueue<Item: AnyObject>: @unchecked Sendable {
         case gone([Item])
     }
 
-    /// Hands `items` (counted in flight already) to the driver in order. A
-    /// busy answer puts that item and the ones after it back at the head,
-    /// in order.
-    ///
-    /// A driver may complete inside its submit, and that completion hands
-    /// on the next waiting item: on the thread already handing items on,
-    /// such items join its loop instead of nesting another submit per item
-    /// (a long queue would overflow the stack).
-    private func dispatch(_ items: [Item]) {
-        guard !items.isEmpty else { return }
-        let me = pthread_self()
-        let nested = lock.withLock { () -> Bool in
-            if let joined = handingOn[me] {
-                handingOn[me] = joined + items
-                return true
-            }
-            handingOn[me] = []
-            return false
+    /// Hands `item` (counted in flight) to the driver. A busy answer puts
+    /// it back at the head of the queue, ahead of what waits (and of the
+    /// lane, which follows it), and ends the lane's run; any other refusal
+    /// fails it.
+    private func submitOne(_ item: Item) -> Outcome {
+        let submit = lock.withLock { () -> (Item) -> OyStatus in
+            calling += 1
+            return self.submit
         }
-        if nested { return }
-        var batch = items
-        while !batch.isEmpty {
-            guard handOn(batch, on: me) else { return }
-            batch = lock.withLock {
-                let next = handingOn[me] ?? []
-                handingOn[me] = next.isEmpty ? nil : []
-                return next
+        let status = submit(item)
+        let bounce = lock.withLock { () -> Bounce in
+            calling -= 1
+            if calling == 0 { lock.broadcast() }
+            guard status == .busy else {
+                if status.isOK { busyRetry.reset() }
+                return .none
             }
+            let back = [item] + lane
+            lane.removeAll()
+            // Removed meanwhile: nothing waits any more; these fail through
+            // `fail` like those that waited (still in flight).
+            if removed { return .gone(back) }
+            inflight -= back.count
+            waiting.insert(contentsOf: back, at: 0)
+            if inflight == 0 { lock.broadcast() }
+            // With nothing of ours at the driver, no completion restarts the queue.
+            guard inflight == 0, let delay = busyRetry.schedule() else { return .waiting }
+            return .retry(after: delay)
         }
+        switch bounce {
+        case .none:
+            if !status.isOK { fail(item, status) }
+            return .taken
+        case .waiting:
+            break
+        case .retry(let delay):
+            submissionRetries.asyncAfter(deadline: .now() + delay.seconds) { [weak self] in self?.retry() }
+        case .gone(let items):
+            for item in items { fail(item, .deviceGone) }
+        }
+        return .busy
     }
 
-    /// One batch of `dispatch`; false when a busy answer ended the loop
-    /// (the rest, and what joined meanwhile, are back at the head).
-    private func handOn(_ items: [Item], on me: pthread_t) -> Bool {
-        for (index, item) in items.enumerated() {
-            let submit = lock.withLock { () -> (Item) -> OyStatus in
-                calling += 1
-                return self.submit
-            }
-            let status = submit(item)
-            let bounce = lock.withLock { () -> Bounce in
-                calling -= 1
-                if calling == 0 { lock.broadcast() }
-                guard status == .busy else {
-                    if status.isOK { busyRetry.reset() }
-                    return .none
-                }
-                // This loop ends: what joined it goes back too, after the rest.
-                let back = Array(items[index...]) + (handingOn.removeValue(forKey: me) ?? [])
-                // Removed meanwhile: nothing waits any more; these fail
-                // through `fail` like those that waited (still in flight).
-                if removed { return .gone(back) }
-                inflight -= back.count
-                waiting.insert(contentsOf: back, at: 0)
-                if inflight == 0 { lock.broadcast() }
-                guard inflight == 0, let delay = busyRetry.schedule() else { return .waiting }
-                return .retry(after: delay)
-            }
-            switch bounce {
-            case .none:
-                if !status.isOK { fail(item, status) }
-                continue
-            case .waiting:
-                break
-            case .retry(let delay):
-                submissionRetries.asyncAfter(deadline: .now() + delay.seconds) { [weak self] in self?.retry() }
-            case .gone(let items):
-                for item in items { fail(item, .deviceGone) }
-            }
-            return false
+    /// Hands the lane's items to the driver, in order, then what waits as
+    /// slots allow, until nothing is ready or the driver answers busy; at
+    /// once if no thread is at it, else that thread takes what was added.
+    ///
+    /// A driver may complete inside its submit, and that completion makes
+    /// items ready: they join this loop instead of nesting another submit
+    /// per item (a long queue would overflow the stack).
+    private func handOn() {
+        let first = lock.withLock { () -> Bool in
+            guard !handingOn else { return false }
+            handingOn = true
+            return true
         }
-        return true
+        guard first else { return }
+        while let item = lock.withLock({ () -> Item? in
+            if lane.isEmpty, !held, !removed { _ = takeReadyLocked() }
+            guard !lane.isEmpty else {
+                handingOn = false
+                return nil
+            }
+            return lane.removeFirst()
+        }) {
+            if submitOne(item) == .busy {
+                lock.withLock { handingOn = false }
+                return
+            }
+        }
     }
 
     /// The retry after a busy answer: waiting items go to the driver as far
     /// as slots are free (unless held or removed since).
     private func retry() {
-        let ready = lock.withLock { () -> [Item] in
+        let start = lock.withLock { () -> Bool in
             busyRetry.ran()
-            guard !held, !removed else { return [] }
+            guard !held, !removed else { return false }
             return takeReadyLocked()
         }
-        dispatch(ready)
+        if start { handOn() }
     }
 
-    /// The waiting items that fit the free slots, now counted in flight.
-    /// Under `lock`.
-    private func takeReadyLocked() -> [Item] {
+    /// Moves the waiting items that fit the free slots to the lane, now
+    /// counted in flight. Whether the lane has items. Under `lock`.
+    private func takeReadyLocked() -> Bool {
         let n = min(waiting.count, max(0, depth - inflight))
         inflight += n
-        defer { waiting.removeFirst(n) }
-        return Array(waiting.prefix(n))
+        lane += waiting.prefix(n)
+        waiting.removeFirst(n)
+        return !lane.isEmpty
     }
 }

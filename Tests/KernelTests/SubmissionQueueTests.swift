@@ -76,6 +76,35 @@ import Testing
         #expect(queue.waitingCount == 0)
     }
 
+    /// A completion takes the next waiting item to hand it on, and its
+    /// sender enqueues its next one before that submit has begun, with a
+    /// slot free: the later item must wait behind the earlier, not overtake
+    /// it from the sender's thread (frames of one sender left out of order).
+    @Test func aSendersNextItemDoesNotOvertakeOneBeingHandedOn() {
+        let entered = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let taken = Mutex<[Int]>([])
+        let queue = SubmissionQueue<Item>(depth: 2, submit: { item in
+            if item.id == 3 {
+                entered.signal()
+                release.wait()  // the completion's thread, about to hand item 3 on
+            }
+            taken.withLock { $0.append(item.id) }
+            return .ok
+        }, fail: { _, _ in })
+        #expect(queue.enqueue(Item(1)) == .dispatched)
+        #expect(queue.enqueue(Item(2)) == .dispatched)
+        #expect(queue.enqueue(Item(3)) == .queued)  // the sender's first
+        let completion = Thread { queue.completed() }  // item 1: hands item 3 on
+        completion.start()
+        entered.wait()
+        queue.completed()  // item 2: a slot is free
+        #expect(queue.enqueue(Item(4)) == .queued, "the sender's second waits behind its first")
+        #expect(taken.withLock { $0 } == [1, 2])
+        release.signal()
+        #expect(eventually(5) { taken.withLock { $0 } == [1, 2, 3, 4] }, "\(taken.withLock { $0 })")
+        #expect(queue.waitingCount == 0)
+    }
+
     /// A driver that completes inside submit (a RAM disk, a NIC that copies
     /// the frame out at once) while many items wait: each completion hands
     /// on the next item, and that must not nest one submit inside another
