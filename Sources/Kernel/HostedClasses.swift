@@ -132,9 +132,18 @@ final class HostedNetdev: NetDriverBinding, HostedBinding, @unchecked Sendable {
     var linkUp: Bool { link.load(ordering: .acquiring) }
     func setLink(_ up: Bool) { link.store(up, ordering: .releasing) }
 
+    /// Frames are claimed and posted one at a time: the first carries the
+    /// region's runs, and a frame that overtook it would find its slot
+    /// unmapped in the host and be lost.
+    private let postOrder = Mutex(())
+
     func transmit(_ frame: NetFrame) -> OyStatus {
         let length = frame.length
         guard length >= 14, length <= maxFrame else { return .invalid }
+        return postOrder.withLock { _ in post(frame, length: length) }
+    }
+
+    private func post(_ frame: NetFrame, length: Int) -> OyStatus {
         guard let claimed = state.withLock({ s -> (tag: UInt64, slot: Int, runs: [(offset: UInt64, length: Int)])? in
             guard !s.closed, let slot = s.free.popLast() else { return nil }
             defer {

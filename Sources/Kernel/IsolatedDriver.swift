@@ -184,6 +184,17 @@ final class IsolatedDriver: DiskDriverBinding, HostedBinding, @unchecked Sendabl
             }
         }
         let deviceAddress = length > 0 ? platform.mapForDevice(slot, physical: physical, length: length, writable: operation == .read) : 0
+        // Claimed and posted as one step: a request that first shares pages
+        // with the host must reach it before any other that uses them (one
+        // that overtook it found them unmapped in the host and failed).
+        return postOrder.withLock { _ in post(request, operation, physical: physical, bounce: bounce, length: length, deviceAddress: deviceAddress) }
+    }
+
+    /// Requests are claimed and posted one at a time (see `submit`).
+    private let postOrder = Mutex(())
+
+    private func post(_ request: BlockRequest, _ operation: BlockRequest.Operation, physical: UInt64, bounce: (physical: UInt64, pages: Int)?,
+                      length: Int, deviceAddress: UInt64) -> OyStatus {
         let (tag, runs) = state.withLock { s -> (UInt64, [(offset: UInt64, length: Int)]) in
             defer { s.nextTag += 1 }
             s.inFlight[s.nextTag] = InFlight(request: request, bounce: bounce, isRead: operation == .read, length: length, deviceAddress: deviceAddress)
