@@ -310,11 +310,30 @@ static int32_t nvl_bring_up(nvl_dev *d) {
 
 /* ---- block class ------------------------------------------------------------------ */
 
+/* [any-thread] Gives back a slot submit reserved and will not push, and the
+ * mapping it made for it (if any). What submit answers: `rc`, or OY_OK when
+ * remove got there first: it completed every reserved request, this one
+ * too, with OY_E_DEVICE_GONE, and a request is completed or refused, never
+ * both. */
+static int32_t nvl_unreserve(nvl_dev *d, nvl_slot *slot, oy_block_request *req, oy_dma_map *map, int32_t rc) {
+    int mine;
+    d->host->lock_acquire(d->lock);
+    mine = slot->request == req;
+    if (mine) {
+        slot->request = NULL;
+        d->outstanding--;
+    }
+    d->host->lock_release(d->lock);
+    if (map) d->host->dma_unmap(map);
+    return mine ? rc : OY_OK;
+}
+
 /* [any-thread] */
 static int32_t nvl_submit(void *instance, oy_block_request *req) {
     nvl_dev *d = (nvl_dev *)instance;
     nvl_sqe cmd;
     nvl_slot *slot = NULL;
+    oy_dma_map *map = NULL;
     uint16_t cid = 0;
     uint32_t dir = OY_DMA_TO_DEVICE;
     size_t length = 0;
@@ -362,15 +381,8 @@ static int32_t nvl_submit(void *instance, oy_block_request *req) {
     if (slot == NULL) return OY_E_BUSY;
 
     if (length > 0) {
-        rc = d->host->dma_map(d->device, req->data, length, dir, &slot->map, &addr);
-        if (rc != OY_OK) {
-            d->host->lock_acquire(d->lock);
-            slot->request = NULL;
-            slot->map = NULL;
-            d->outstanding--;
-            d->host->lock_release(d->lock);
-            return rc;
-        }
+        rc = d->host->dma_map(d->device, req->data, length, dir, &map, &addr);
+        if (rc != OY_OK) return nvl_unreserve(d, slot, req, NULL, rc);
         /* PRP1 covers up to the end of its page; PRP2 is either the second
          * page or a list of the remaining pages. */
         {
@@ -399,15 +411,12 @@ static int32_t nvl_submit(void *instance, oy_block_request *req) {
     cmd.cid = cid;
 
     d->host->lock_acquire(d->lock);
-    if (d->gone) {
+    if (d->gone || slot->request != req) {
         /* Removed between reserve and push: nothing reached the device. */
-        if (slot->map) d->host->dma_unmap(slot->map);
-        slot->map = NULL;
-        slot->request = NULL;
-        d->outstanding--;
         d->host->lock_release(d->lock);
-        return OY_E_DEVICE_GONE;
+        return nvl_unreserve(d, slot, req, map, OY_E_DEVICE_GONE);
     }
+    slot->map = map;
     nvl_sq_push(d, &d->io, &cmd);
     d->host->lock_release(d->lock);
     return OY_OK;
