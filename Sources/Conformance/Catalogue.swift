@@ -228,6 +228,25 @@ enum Catalogue {
             }
             return .passed("3 rounds")
         },
+        CheckDefinition("lifecycle.inherited-device", "attach takes over a device another OS left running (a crash kernel's, a boot loader's): it resets it, and a verified burst of I/O works",
+                        requires: ["io.basic"], hostable: true) { c in
+            var left = "the device left running"
+            let hint = "; in attach, reset the device (or, where it has no reset, program every register the driver relies on) before trusting any value it finds: "
+                + "an OS that takes over from another finds the device as that one left it (the datasheet's reset and bring-up)"
+            do {
+                return try withDriver(c, prepare: { rig in
+                    rig.leaveDevicesRunning()
+                    left = Rig.leftRunning[rig.deviceClass] ?? left
+                }) { rig in
+                    // The line first: a port at another rate than it says fails its I/O too.
+                    if let problem = rig.lineLeftAsFoundProblem() { return .failed("with \(left): " + problem + hint) }
+                    let observed = try rig.exerciseIO()
+                    return .passed("attached over \(left); " + (Rig.burstDescription[rig.deviceClass] ?? observed))
+                }
+            } catch let failure as CheckFailure {
+                return .failed("with \(left): \(failure)" + hint)
+            }
+        },
         CheckDefinition("lifecycle.detach-releases", "detach releases every window, DMA buffer, hook, timer and allocation", requires: ["io.basic"]) { c in
             let rig = try Rig(c)
             defer { rig.shutdown() }

@@ -74,6 +74,8 @@ public final class UART16550: BusDevice, @unchecked Sendable {
 
     /// Baud rate from the divisor latch.
     public var baud: Int { condition.withLock { Self.clock / 16 / max(1, Int(divisor)) } }
+    /// The divisor latch as DLL and DLM hold it.
+    public var divisorLatch: UInt16 { condition.withLock { divisor } }
 
     /// The character format LCR sets: bits 0–1 word length − 5, bit 2 stop
     /// bits, bits 3–5 parity (enable, even, stick).
