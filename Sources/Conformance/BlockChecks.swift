@@ -1,6 +1,6 @@
+import Devices
 @_spi(Conformance) import DriverHost
 import Foundation
-import Devices
 import Kernel
 import Synchronization
 
@@ -140,14 +140,14 @@ extension Catalogue {
                 return .passed("\(accountingRequests) requests, each completed once")
             }
         },
-        CheckDefinition("io.block.busy", "a full queue answers OY_E_BUSY: queue_depth requests held in the controller are accepted, 4 more are refused busy, the held ones complete when it goes on",
+        CheckDefinition("io.block.busy", "a full queue answers OY_E_BUSY: queue_depth requests held in the controller are accepted, \(pastDepth) more are refused busy, the held ones complete when it goes on",
                         requires: ["io.basic"], classes: block, timeout: 30) { c in
             // In process only: a driver host keeps what its driver refused
             // busy and submits it again itself, so the OS never sees busy.
             try withDriver(c) { rig in
                 guard let disk = rig.kernel.blockLayer.disks.first, let nvme = rig.nvmes.first else { return .failed("no disk registered") }
                 if let problem = answersBusyWhenFull(disk, nvme) { return .failed(problem) }
-                return .passed("\(disk.geometry.queueDepth) accepted while the controller held them, 4 more answered OY_E_BUSY, all completed, and the next was taken")
+                return .passed("\(disk.geometry.queueDepth) accepted while the controller held them, \(pastDepth) more answered OY_E_BUSY, all completed, and the next was taken")
             }
         },
         CheckDefinition("io.block.from-complete", "the OS submits waiting requests from inside complete(), as its queue does: every one completes and reads back",
@@ -229,17 +229,17 @@ extension Catalogue {
         while completions.withLock({ $0.count }) < accepted && Date() < deadline { usleep(1000) }
         let done = completions.withLock { $0 }
         let overruns = nvme.statistics.submissionOverruns - overrunsBefore
-        let lost = done.count < accepted ? "; \(accepted - done.count) of the \(accepted) accepted never completed" : ""
-            + (overruns > 0 ? " (the device saw its submission queue overrun \(overruns) time(s): those commands were lost)" : "")
+        let lost = (done.count < accepted ? "; \(accepted - done.count) of the \(accepted) accepted never completed" : "")
+            + (overruns > 0 ? "; the device saw its submission queue overrun \(overruns) time(s), and those commands were lost" : "")
         if let n = answers.prefix(depth).firstIndex(where: { !$0.isOK }) {
             return "request \(n + 1) was answered \(answers[n]), with \(n) outstanding, fewer than the queue_depth of \(depth) the driver registered: "
                 + "register as queue_depth the number of requests it takes at once (block.h)" + lost
         }
         if let k = answers.dropFirst(depth).firstIndex(where: { $0 != .busy }) {
-            return "with queue_depth (\(depth)) requests outstanding, one more was answered \(answers[k]); "
+            return "with queue_depth (\(depth)) requests outstanding, one more was " + (answers[k].isOK ? "accepted" : "answered \(answers[k])") + "; "
                 + "answer OY_E_BUSY when queue_depth requests are outstanding (block.h); the OS submits it again when one completes" + lost
         }
-        guard done.count >= accepted else { return "every request past the depth was refused busy, but" + lost.dropFirst(1) }
+        guard done.count >= accepted, overruns == 0 else { return "every request past the depth was refused busy, but" + lost.dropFirst(1) }
         if let failed = done.first(where: { !$0.isOK }) {
             return "a read held in the controller completed \(failed) when it went on: a full queue is no error"
         }
