@@ -141,6 +141,22 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         #expect(ConformanceSuite.sameResults(results, environments: [.bare, .root]).verdict == .failed)
     }
 
+    /// host.io reruns only what passed in process: a check that failed in
+    /// one environment (a loaded machine's serial rate) has its rerun's
+    /// facts on the other side only. It reported itself; same-results does
+    /// not report it again. A rerun check that passed on both sides is
+    /// still compared.
+    @Test func aRerunsFactsOfACheckThatFailedOnOneSideAreNotCompared() {
+        let failedInRoot = CheckResult(id: "io.serial.roundtrip", summary: "", environment: "root", verdict: .failed, message: "", seconds: 0, observation: nil)
+        let results = [Self.result("bare", "device.bytes=300", id: "io.serial.roundtrip"), failedInRoot,
+                       Self.result("bare", "io.serial.roundtrip.device.bytes=300;io.basic.device.bytes=64", id: "host.io"),
+                       Self.result("root", "io.basic.device.bytes=64", id: "host.io")]
+        #expect(ConformanceSuite.sameResults(results, environments: [.bare, .root]).verdict == .passed)
+        let differing = [Self.result("bare", "io.basic.device.bytes=64", id: "host.io"), Self.result("root", "io.basic.device.bytes=65", id: "host.io"),
+                         Self.result("bare", "", id: "io.basic"), Self.result("root", "", id: "io.basic")]
+        #expect(ConformanceSuite.sameResults(differing, environments: [.bare, .root]).verdict == .failed)
+    }
+
     @Test func nothingToCompareIsSkipped() {
         #expect(ConformanceSuite.sameResults([Self.result("bare", "a=1")], environments: [.bare, .root]).verdict == .skipped)
     }
