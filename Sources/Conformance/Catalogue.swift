@@ -941,7 +941,8 @@ extension Rig {
             guard let interface = kernel.network.interfaces.first else { throw CheckFailure("no interface") }
             for seq in 0..<Self.concurrentFrames {
                 guard interface.send(Self.concurrentFrame(worker: worker, round: round, seq: seq, from: interface.mac)) else {
-                    throw CheckFailure("worker \(worker): transmit queue refused a frame")
+                    throw CheckFailure("worker \(worker): the OS's transmit queue filled (\(NetInterface.queueLimit) frames waiting): the driver completed too few of the frames sent from threads at once; "
+                        + "a ring mixed up by overlapping transmits stops completing them (transmit is [any-thread]: take your lock around the ring)")
                 }
             }
             return "ok"
