@@ -13,11 +13,17 @@ extension Rig {
     /// Where the former OS's queues and rings were, as the device sees it.
     static let formerOwnersMemory: UInt64 = 0x7F00_0000
 
+    /// The serial line the former OS left: its divisor latch and LCR.
+    static let formerDivisor: UInt16 = 384
+    static let formerLineControl: UInt8 = 0x1B
+    static var formerBaud: Int { 115_200 / Int(formerDivisor) }
+    static var formerFraming: UART16550.Framing { UART16550.Framing(lcr: formerLineControl) }
+
     /// What `leaveDevicesRunning` left, by class, for the verdict.
     static let leftRunning: [String: String] = [
         RegisteredDisk.classID: "the controller enabled (CC.EN = 1, CSTS.RDY = 1) with its admin queues in the former OS's memory",
         RegisteredNetdev.classID: "receive and transmit enabled, their rings in the former OS's memory with heads and tails mid-ring, every interrupt cause unmasked",
-        RegisteredSerialPort.classID: "the line at 300 baud 8E1, loopback on, every interrupt enabled",
+        RegisteredSerialPort.classID: "the line at \(formerBaud) baud \(formerFraming), loopback on, every interrupt enabled",
         RegisteredRNG.classID: "the noise source enabled",
     ]
 
@@ -50,9 +56,9 @@ extension Rig {
         }
         for (uart, _) in uarts {
             uart.portWrite(bar: 0, port: 3, value: 0x80)  // LCR: DLAB
-            uart.portWrite(bar: 0, port: 0, value: 0x80)  // DLL
-            uart.portWrite(bar: 0, port: 1, value: 0x01)  // DLM: divisor 384, 300 baud
-            uart.portWrite(bar: 0, port: 3, value: 0x1B)  // LCR: 8E1
+            uart.portWrite(bar: 0, port: 0, value: UInt8(truncatingIfNeeded: Self.formerDivisor))  // DLL
+            uart.portWrite(bar: 0, port: 1, value: UInt8(Self.formerDivisor >> 8))  // DLM
+            uart.portWrite(bar: 0, port: 3, value: Self.formerLineControl)  // LCR
             uart.portWrite(bar: 0, port: 4, value: 0x10)  // MCR: loopback
             uart.portWrite(bar: 0, port: 1, value: 0x0F)  // IER: every interrupt
         }
@@ -62,20 +68,20 @@ extension Rig {
     }
 
     /// The registers of a serial port's device that still hold what the
-    /// former OS left (DLL 0x80, DLM 0x01, LCR 8E1) where the line the
-    /// driver registered needs other values: attach never wrote them. Said
-    /// as a problem; nil when none did. (A line programmed, but wrong, is
+    /// former OS left (DLL, DLM, LCR) where the line the driver registered
+    /// needs other values: attach never wrote them. Said as a problem; nil
+    /// when none did. (A line programmed, but wrong, is
     /// io.serial.roundtrip's and io.serial.set-line's to find.)
     func lineLeftAsFoundProblem() -> String? {
         guard let tty = kernel.serial.ports.first, let (uart, _) = uarts.first, tty.line.baud > 0 else { return nil }
         let line = tty.line, framing = uart.framing, latch = uart.divisorLatch
-        let wanted = UInt16(clamping: 115_200 / line.baud)
+        let wanted = UInt16(clamping: 115_200 / line.baud), former = Self.formerDivisor, formerFraming = Self.formerFraming
+        let parity: [Int: UART16550.Framing.Parity] = [0: .none, 1: .odd, 2: .even]
+        let registersFormerFraming = line.dataBits == formerFraming.dataBits && parity[line.parity] == formerFraming.parity && line.stopBits == formerFraming.stopBits
         var stale: [String] = []
-        if latch & 0xFF == 0x80 && wanted & 0xFF != 0x80 { stale.append("DLL (0x80)") }
-        if latch >> 8 == 0x01 && wanted >> 8 != 0x01 { stale.append("DLM (0x01)") }
-        if framing.dataBits == 8 && framing.parity == .even && framing.stopBits == 1 && !(line.dataBits == 8 && line.parity == 2 && line.stopBits == 1) {
-            stale.append("LCR (8E1)")
-        }
+        if latch & 0xFF == former & 0xFF && wanted & 0xFF != former & 0xFF { stale.append(String(format: "DLL (0x%02X)", former & 0xFF)) }
+        if latch >> 8 == former >> 8 && wanted >> 8 != former >> 8 { stale.append(String(format: "DLM (0x%02X)", former >> 8)) }
+        if framing == formerFraming && !registersFormerFraming { stale.append("LCR (\(formerFraming))") }
         guard !stale.isEmpty else { return nil }
         return "the port was registered at \(line.baud) baud, but \(stale.joined(separator: ", ")) still held what the former OS left, so the device is at \(uart.baud) baud \(framing): "
             + "attach did not program all of the line it registered"

@@ -86,7 +86,7 @@ public final class UART16550: BusDevice, @unchecked Sendable {
         /// 1 or 2, as LCR bit 2 says; with 5 data bits, 2 means one and a half.
         public let stopBits: Int
 
-        init(lcr: UInt8) {
+        public init(lcr: UInt8) {
             dataBits = Int(lcr & 0x03) + 5
             stopBits = lcr & 0x04 != 0 ? 2 : 1
             switch (lcr & 0x08 != 0, lcr & 0x10 != 0, lcr & 0x20 != 0) {
