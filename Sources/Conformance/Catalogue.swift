@@ -940,10 +940,7 @@ extension Rig {
         case "oyako.net/1":
             guard let interface = kernel.network.interfaces.first else { throw CheckFailure("no interface") }
             for seq in 0..<Self.concurrentFrames {
-                guard interface.send(Self.concurrentFrame(worker: worker, round: round, seq: seq, from: interface.mac)) else {
-                    throw CheckFailure("worker \(worker): the OS's transmit queue filled (\(NetInterface.queueLimit) frames waiting): the driver completed too few of the frames sent from threads at once; "
-                        + "a ring mixed up by overlapping transmits stops completing them (transmit is [any-thread]: take your lock around the ring)")
-                }
+                try Self.sendWaitingForRoom(interface, Self.concurrentFrame(worker: worker, round: round, seq: seq, from: interface.mac), worker: worker)
             }
             return "ok"
         case "oyako.serial/1":
@@ -967,6 +964,33 @@ extension Rig {
     /// concurrency.io's threads, and the frames each sends a round.
     static let concurrentThreads = 4
     static let concurrentFrames = 64
+    /// How long a sender waits for room in a full transmit queue: no frame
+    /// completed in that time is a ring that stopped (five times as long
+    /// under a sanitizer, as the suite's time limits are).
+    static var transmitStall: Double { Verifier.underSanitizer ? 25 : 5 }
+
+    /// Queues `frame`, waiting while the OS's transmit queue is full, as a
+    /// sender with flow control does: the threads send faster than any
+    /// device puts frames on the wire, so a full queue alone is no fault.
+    /// One that stays full is.
+    static func sendWaitingForRoom(_ interface: NetInterface, _ frame: [UInt8], worker: Int) throws {
+        let deadline = Date().addingTimeInterval(transmitStall)
+        while true {
+            switch interface.offer(frame) {
+            case .queued:
+                return
+            case .dropped:
+                throw CheckFailure("worker \(worker): the OS dropped a \(frame.count)-byte frame the interface takes: its driver is gone")
+            case .full:
+                guard Date() < deadline else {
+                    throw CheckFailure("worker \(worker): the OS's transmit queue stayed full (\(NetInterface.queueLimit) frames waiting) for \(Int(transmitStall)) s: "
+                        + "the driver stopped completing the frames sent from threads at once; "
+                        + "a ring mixed up by overlapping transmits stops completing them (transmit is [any-thread]: take your lock around the ring)")
+                }
+                usleep(1000)
+            }
+        }
+    }
 
     /// Frame `seq` of a worker's round: tagged, 60 to 1054 bytes, its
     /// payload a function of the tag.
