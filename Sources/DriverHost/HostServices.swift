@@ -10,10 +10,23 @@ import Synchronization
 class ClaimedBAR: Resource, @unchecked Sendable {
     let binding: DeviceBinding
     let bar: Int
+    /// Whether an access outside the BAR was reported already.
+    private let strayReported = Atomic<Bool>(false)
+
     init(binding: DeviceBinding, bar: Int, kind: String, extent: String) {
         self.binding = binding
         self.bar = bar
         super.init(kind: kind, detail: "BAR \(bar), \(extent)", owner: binding.owner)
+    }
+
+    /// An access the SDK forbids (outside the BAR, or a register offset not
+    /// naturally aligned): an ABI violation, because on a real bus it reaches
+    /// no register of this device, or another device's. The access itself
+    /// is not made. Reported once per claim: a polling loop would repeat it
+    /// for every turn.
+    func reportStray(_ problem: @autoclosure () -> String) {
+        guard !strayReported.exchange(true, ordering: .relaxed) else { return }
+        binding.library.recordViolation(problem() + "; later ones of this claim are not reported")
     }
 }
 
@@ -23,6 +36,21 @@ final class RegisterWindow: ClaimedBAR, @unchecked Sendable {
         self.size = size
         super.init(binding: binding, bar: bar, kind: "register window", extent: "\(size) bytes")
     }
+
+    /// Whether `service` may make a `width`-byte access at `offset`:
+    /// naturally aligned and inside the window. If not, it is reported.
+    func admits(_ offset: UInt64, width: Int, service: String) -> Bool {
+        let at = "\(service) at offset 0x\(String(offset, radix: 16))"
+        if offset >= size || UInt64(width) > size - offset {
+            reportStray("\(at), outside the \(size)-byte register window of BAR \(bar)")
+            return false
+        }
+        if offset % UInt64(width) != 0 {
+            reportStray("\(at), not aligned to \(width) bytes: register offsets must be naturally aligned")
+            return false
+        }
+        return true
+    }
 }
 
 final class PortRange: ClaimedBAR, @unchecked Sendable {
@@ -30,6 +58,13 @@ final class PortRange: ClaimedBAR, @unchecked Sendable {
     init(binding: DeviceBinding, bar: Int, count: UInt32) {
         self.count = count
         super.init(binding: binding, bar: bar, kind: "port range", extent: "\(count) ports")
+    }
+
+    /// Whether `service` may use `port`: inside the range. If not, it is reported.
+    func admits(_ port: UInt32, service: String) -> Bool {
+        if port < count { return true }
+        reportStray("\(service) on port \(port), outside the \(count)-port range of BAR \(bar)")
+        return false
     }
 }
 
@@ -328,15 +363,16 @@ enum HostServices {
         return OY_OK.rawValue
     }
 
-    /// reg_read32/64: all ones (what a missing device reads) for a bad handle.
+    /// reg_read32/64: all ones (what a missing device reads) for a bad handle
+    /// or offset (reported).
     static func registerRead(_ handle: OpaquePointer?, _ offset: UInt64, width: Int, service: String) -> UInt64 {
-        guard let w = resource(handle, RegisterWindow.self, service: service) else { return .max }
+        guard let w = resource(handle, RegisterWindow.self, service: service), w.admits(offset, width: width, service: service) else { return .max }
         return w.binding.device.mmioRead(bar: w.bar, offset: offset, width: width)
     }
 
-    /// reg_write32/64: ignored for a bad handle (reported).
+    /// reg_write32/64: ignored for a bad handle or offset (reported).
     static func registerWrite(_ handle: OpaquePointer?, _ offset: UInt64, _ value: UInt64, width: Int, service: String) {
-        guard let w = resource(handle, RegisterWindow.self, service: service) else { return }
+        guard let w = resource(handle, RegisterWindow.self, service: service), w.admits(offset, width: width, service: service) else { return }
         w.binding.device.mmioWrite(bar: w.bar, offset: offset, width: width, value: value)
     }
 
@@ -585,11 +621,11 @@ enum HostServices {
         }
         t.ports_release = { handle in HostServices.release(handle, as: PortRange.self, service: "ports_release") }
         t.port_in8 = { handle, port in
-            guard let p = HostServices.resource(handle, PortRange.self, service: "port_in8"), port < p.count else { return 0xFF }
+            guard let p = HostServices.resource(handle, PortRange.self, service: "port_in8"), p.admits(port, service: "port_in8") else { return 0xFF }
             return p.binding.device.portRead(bar: p.bar, port: port)
         }
         t.port_out8 = { handle, port, value in
-            guard let p = HostServices.resource(handle, PortRange.self, service: "port_out8"), port < p.count else { return }
+            guard let p = HostServices.resource(handle, PortRange.self, service: "port_out8"), p.admits(port, service: "port_out8") else { return }
             p.binding.device.portWrite(bar: p.bar, port: port, value: value)
         }
     }

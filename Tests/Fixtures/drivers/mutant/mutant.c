@@ -186,6 +186,11 @@ static int32_t mutant_attach(void *ctx, oy_device *device, void **out) {
     }
 #endif
     if ((rc = h->regs_map(device, 0, &d->regs, &size)) != OY_OK) goto fail;
+#ifdef MUTANT_MISALIGNED_REGISTER
+    /* Defect: the upper 16 bits of register 0 read as a 32-bit register at
+     * offset 2 (the host refuses it: offsets are naturally aligned). */
+    (void)h->reg_read32(d->regs, 2);
+#endif
     if ((rc = h->dma_alloc(device, 4096, &d->dma, &cpu, &addr)) != OY_OK) goto fail;
     if ((rc = h->lock_create(h, device, &d->lock)) != OY_OK) goto fail;
     if ((rc = h->event_create(h, device, &d->event)) != OY_OK) goto fail;
