@@ -153,8 +153,8 @@ extension Catalogue {
         CheckDefinition("io.block.from-complete", "the OS submits waiting requests from inside complete(), as its queue does: every one completes and reads back",
                         requires: ["io.basic"], classes: block, timeout: 25) { c in
             try withDriver(c) { rig in
-                guard let disk = rig.kernel.blockLayer.disks.first else { return .failed("no disk registered") }
-                switch submitsFromInsideComplete(disk, deadlocked: { c.sawLockTakenTwice }) {
+                guard let disk = rig.kernel.blockLayer.disks.first, let nvme = rig.nvmes.first else { return .failed("no disk registered") }
+                switch submitsFromInsideComplete(disk, controller: nvme, deadlocked: { c.sawLockTakenTwice }) {
                 case .failure(let problem): return c.decided(.failed(problem.text))
                 case .success(let count): return .passed("\(count) writes and \(count) reads, \(count - max(1, disk.geometry.queueDepth)) of each waiting past the driver's depth: all completed, read back as written")
                 }
@@ -301,11 +301,15 @@ extension Catalogue {
     }
 
     /// Writes, then reads back, more single blocks than the driver's queue
-    /// depth, all submitted at once through the OS's queue: the ones past
-    /// the depth wait there, and each completion hands the next to the
-    /// driver from inside complete(), on the thread that completes. Returns
-    /// how many of each, or what went wrong.
-    static func submitsFromInsideComplete(_ disk: Disk, deadlocked: () -> Bool) -> Result<Int, ReentryProblem> {
+    /// depth, all submitted at once through the OS's queue while the
+    /// controller holds its commands: the first `depth` reach the driver
+    /// from the submitting thread, the rest wait in the queue, and once the
+    /// controller goes on each completion hands the next to the driver from
+    /// inside complete(), on the thread that completes. (Submitted while the
+    /// controller completes, a thread still handing requests on would take
+    /// those too, and the driver might never be called from complete().)
+    /// Returns how many of each, or what went wrong.
+    static func submitsFromInsideComplete(_ disk: Disk, controller: NVMeLite, deadlocked: () -> Bool) -> Result<Int, ReentryProblem> {
         let g = disk.geometry, depth = max(1, g.queueDepth)
         let count = Int(min(UInt64(max(5 * depth, 64)), 512, g.blockCount))
         guard let buffer = disk.allocateBuffer(length: count * g.blockSize) else { return .failure(ReentryProblem("cannot allocate \(count) blocks of I/O memory")) }
@@ -316,19 +320,23 @@ extension Catalogue {
         for operation in [DiskOperation.write, .read] {
             if operation == .read { buffer.pointer.initializeMemory(as: UInt8.self, repeating: 0, count: count * g.blockSize) }
             let tally = Tally()
-            // All queued before any reaches the driver: the ones past its
-            // depth can only go on from inside complete(). On a thread of
-            // its own: a submit into a deadlocked driver never returns,
-            // and this one waits with a bound.
+            // All submitted before any completes: the ones past the depth
+            // can only go on from inside complete(). On a thread of its
+            // own: a submit into a driver deadlocked on itself never
+            // returns, and this one waits with a bound.
+            controller.holdCommands(true)
+            let submitted = DispatchSemaphore(value: 0)
             Thread.detachNewThread {
-                disk.submittingTogether {
-                    for block in 0..<count {
-                        disk.submit(operation, lba: UInt64(block), blocks: 1, buffer: buffer, bufferOffset: block * g.blockSize) { status in
-                            if tally.count(status) == count { tally.all.signal() }
-                        }
+                for block in 0..<count {
+                    disk.submit(operation, lba: UInt64(block), blocks: 1, buffer: buffer, bufferOffset: block * g.blockSize) { status in
+                        if tally.count(status) == count { tally.all.signal() }
                     }
                 }
+                submitted.signal()
             }
+            // Bounded: a submit that waits for the controller must not hold it forever.
+            _ = submitted.wait(timeout: .now() + 5)
+            controller.holdCommands(false)
             _ = tally.all.wait(timeout: .now() + 10)
             let (completed, failed) = tally.counts.withLock { ($0.completed, $0.failed) }
             guard completed == count else {

@@ -322,15 +322,6 @@ public final class Disk: @unchecked Sendable {
     /// Removal observers registered now.
     public var removalObserverCount: Int { lock.withLock { removalObservers.count } }
 
-    /// Runs `body` with the queue held: what it submits waits in order and
-    /// goes to the driver when it returns, as far as the driver's depth
-    /// allows; the rest go on as requests complete, from inside complete().
-    public func submittingTogether(_ body: () -> Void) {
-        _ = queue.hold(until: Date())  // nothing waits for what is in flight
-        body()
-        queue.resume()
-    }
-
     /// Requests held in software now.
     public var heldRequests: Int { queue.waitingCount }
 
