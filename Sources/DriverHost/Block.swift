@@ -118,13 +118,13 @@ enum HostBlock {
     /// Static for the life of the process; drivers hold a pointer to it.
     nonisolated(unsafe) static let table = oy_host_block.hostTable { t in
         t.register_disk = { device, geometry, ops, instance, out in
-            ClassRegistration.register(device, out: out, service: "register_disk") { binding in
-                guard let geometry, let ops, oy_block_geometry.isComplete(geometry), oy_block_ops.isComplete(ops) else { return .invalid }
-                let g = geometry.pointee
+            ClassRegistration.register(device, out: out, service: "register_disk") { binding throws(ClassRegistration.Refusal) in
+                let g = try oy_block_geometry.read(geometry, named: "oy_block_geometry"), ops = try oy_block_ops.read(ops, named: "oy_block_ops")
                 guard BlockGeometry(g).isPossible else {
-                    return .violation("an impossible geometry (block size \(g.block_size), \(g.block_count) blocks, max transfer \(g.max_transfer_blocks), depth \(g.queue_depth))")
+                    throw .init("an impossible geometry (block size \(g.block_size), \(g.block_count) blocks, max transfer \(g.max_transfer_blocks), depth \(g.queue_depth))")
                 }
-                return RegisteredDisk(binding: binding, geometry: g, ops: ops.pointee, instance: instance).map { .made($0) } ?? .violation("a NULL submit callback")
+                guard let disk = RegisteredDisk(binding: binding, geometry: g, ops: ops, instance: instance) else { throw .init("a NULL submit callback") }
+                return disk
             }
         }
         t.unregister_disk = { handle in ClassRegistration.withdraw(handle, as: RegisteredDisk.self, service: "unregister_disk") }

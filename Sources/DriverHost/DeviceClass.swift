@@ -89,30 +89,27 @@ public class ClassRegistration: Resource, @unchecked Sendable {
 
     override func reclaim() { unregister() }
 
-    /// What a class's `register_*` service made of the driver's arguments.
-    enum Registering<T: ClassRegistration> {
-        case made(T)
-        /// A NULL table or one smaller than version 1: OY_E_INVALID.
-        case invalid
-        /// Arguments no driver should pass (a NULL callback, an impossible
-        /// geometry): a recorded violation, and OY_E_INVALID.
-        case violation(String)
+    /// Arguments no driver should pass to a `register_*` service (a NULL
+    /// or short table, a NULL callback, an impossible geometry), said as
+    /// "with `what`": a recorded violation, and OY_E_INVALID.
+    struct Refusal: Error {
+        let what: String
+        init(_ what: String) { self.what = what }
     }
 
     /// The common shape of every class's `register_*` service: the device's
     /// binding, [passive] context, the driver's tables checked and the
     /// registration made by `make`, then announced to the OS.
     static func register<T: ClassRegistration>(_ device: OpaquePointer?, out: UnsafeMutablePointer<OpaquePointer?>?, service: String,
-                                                make: (DeviceBinding) -> Registering<T>) -> Int32
+                                                make: (DeviceBinding) throws(Refusal) -> T) -> Int32
     {
         guard let binding = HostServices.binding(device, service: service) else { return OY_E_INVALID.rawValue }
         guard HostServices.requirePassive(service, binding.library) else { return OY_E_WRONG_CONTEXT.rawValue }
-        guard let out else { return OY_E_INVALID.rawValue }
-        switch make(binding) {
-        case .made(let registration): return announce(registration, out: out)
-        case .invalid: return OY_E_INVALID.rawValue
-        case .violation(let what):
-            binding.library.recordViolation("\(service) with \(what)")
+        do throws(Refusal) {
+            guard let out else { throw Refusal("a NULL out pointer") }
+            return announce(try make(binding), out: out)
+        } catch {
+            binding.library.recordViolation("\(service) with \(error.what)")
             return OY_E_INVALID.rawValue
         }
     }

@@ -106,6 +106,19 @@ public final class RegisteredNetdev: ClassRegistration, @unchecked Sendable {
         (60...65_535).contains(maxFrame) && (1...4096).contains(queueDepth)
     }
 
+    /// What net.h forbids in `info`, said for the driver's author, or nil.
+    static func impossibility(_ info: oy_net_info) -> String? {
+        guard isPossible(maxFrame: Int(info.max_frame), queueDepth: Int(info.tx_queue_depth)) else {
+            return "an impossible oy_net_info (max_frame \(info.max_frame), tx_queue_depth \(info.tx_queue_depth)): max_frame is 60 to 65535, tx_queue_depth 1 to 4096"
+        }
+        guard isLinkState(info.link) else { return "an undefined link state \(info.link) in its oy_net_info (\(linkStates))" }
+        return nil
+    }
+
+    /// Whether `state` is an `oy_link_state`.
+    static func isLinkState(_ state: UInt32) -> Bool { state == UInt32(OY_LINK_DOWN.rawValue) || state == UInt32(OY_LINK_UP.rawValue) }
+    static let linkStates = "OY_LINK_DOWN 0 or OY_LINK_UP 1"
+
     public static func format(_ mac: [UInt8]) -> String { lowercaseHex(mac, separator: UInt8(ascii: ":")) }
 
     public var linkUp: Bool { lock.withLock { link_ } }
@@ -173,11 +186,11 @@ enum HostNet {
     /// Static for the life of the process; drivers hold a pointer to it.
     nonisolated(unsafe) static let table = oy_host_net.hostTable { t in
         t.register_netdev = { device, info, ops, instance, out in
-            ClassRegistration.register(device, out: out, service: "register_netdev") { binding in
-                guard let info, let ops, oy_net_info.isComplete(info), oy_net_ops.isComplete(ops),
-                    RegisteredNetdev.isPossible(maxFrame: Int(info.pointee.max_frame), queueDepth: Int(info.pointee.tx_queue_depth))
-                else { return .invalid }
-                return RegisteredNetdev(binding: binding, info: info.pointee, ops: ops.pointee, instance: instance).map { .made($0) } ?? .violation("a NULL transmit callback")
+            ClassRegistration.register(device, out: out, service: "register_netdev") { binding throws(ClassRegistration.Refusal) in
+                let info = try oy_net_info.read(info, named: "oy_net_info"), ops = try oy_net_ops.read(ops, named: "oy_net_ops")
+                if let problem = RegisteredNetdev.impossibility(info) { throw .init(problem) }
+                guard let netdev = RegisteredNetdev(binding: binding, info: info, ops: ops, instance: instance) else { throw .init("a NULL transmit callback") }
+                return netdev
             }
         }
         t.unregister_netdev = { handle in ClassRegistration.withdraw(handle, as: RegisteredNetdev.self, service: "unregister_netdev") }
@@ -185,7 +198,11 @@ enum HostNet {
             LentRequest.completed(raw.map(NetFrame.hostPrivate), status: status, service: "tx_complete")
         }
         t.receive = { handle, data, length in
-            guard let netdev = HostServices.resource(handle, RegisteredNetdev.self, service: "receive"), let data else { return }
+            guard let netdev = HostServices.resource(handle, RegisteredNetdev.self, service: "receive") else { return }
+            guard let data else {
+                netdev.binding.library.recordViolation("receive with NULL data and a length of \(length)")
+                return
+            }
             guard length >= 14, Int(length) <= max(netdev.maxFrame, 1514) + 4 else {
                 netdev.binding.library.recordViolation("receive with an impossible frame length \(length)")
                 return
@@ -194,6 +211,10 @@ enum HostNet {
         }
         t.link_changed = { handle, state in
             guard let netdev = HostServices.resource(handle, RegisteredNetdev.self, service: "link_changed") else { return }
+            guard RegisteredNetdev.isLinkState(state) else {
+                netdev.binding.library.recordViolation("link_changed with an undefined link state \(state) (\(RegisteredNetdev.linkStates))")
+                return
+            }
             CallbackBudget.inOS { netdev.setLink(state == UInt32(OY_LINK_UP.rawValue)) }
         }
     }

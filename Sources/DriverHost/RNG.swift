@@ -105,9 +105,9 @@ enum HostRNG {
     /// Static for the life of the process; drivers hold a pointer to it.
     nonisolated(unsafe) static let table = oy_host_rng.hostTable { t in
         t.register_rng = { device, ops, instance, out in
-            ClassRegistration.register(device, out: out, service: "register_rng") { binding in
-                guard let ops, oy_rng_ops.isComplete(ops) else { return .invalid }
-                return RegisteredRNG(binding: binding, ops: ops.pointee, instance: instance).map { .made($0) } ?? .violation("a NULL read callback")
+            ClassRegistration.register(device, out: out, service: "register_rng") { binding throws(ClassRegistration.Refusal) in
+                guard let source = RegisteredRNG(binding: binding, ops: try oy_rng_ops.read(ops, named: "oy_rng_ops"), instance: instance) else { throw .init("a NULL read callback") }
+                return source
             }
         }
         t.unregister_rng = { handle in ClassRegistration.withdraw(handle, as: RegisteredRNG.self, service: "unregister_rng") }

@@ -24,6 +24,18 @@ public struct SerialLine: Sendable, Equatable {
         self.parity = parity
         self.stopBits = stopBits
     }
+
+    /// What serial.h allows: a baud rate, 5 to 8 data bits, an
+    /// `oy_serial_parity`, 1 or 2 stop bits.
+    public var isPossible: Bool {
+        baud > 0 && (5...8).contains(dataBits) && (0...2).contains(parity) && (1...2).contains(stopBits)
+    }
+}
+
+extension SerialLine {
+    init(_ line: oy_serial_line) {
+        self.init(baud: Int(line.baud), dataBits: Int(line.data_bits), parity: Int(line.parity), stopBits: Int(line.stop_bits))
+    }
 }
 
 /// A serial port a driver registered with the OS (`register_port`).
@@ -44,7 +56,7 @@ public final class RegisteredSerialPort: ClassRegistration, @unchecked Sendable 
         guard ops.write != nil else { return nil }
         self.ops = ops
         self.instance = instance
-        self.line_ = SerialLine(baud: Int(line.baud), dataBits: Int(line.data_bits), parity: Int(line.parity), stopBits: Int(line.stop_bits))
+        self.line_ = SerialLine(line)
         super.init(binding: binding, deviceClass: Self.classID, kind: "serial port", detail: "\(line.baud) baud")
     }
     public var line: SerialLine { lock.withLock { line_ } }
@@ -114,16 +126,25 @@ enum HostSerial {
     /// Static for the life of the process; drivers hold a pointer to it.
     nonisolated(unsafe) static let table = oy_host_serial.hostTable { t in
         t.register_port = { device, line, ops, instance, out in
-            ClassRegistration.register(device, out: out, service: "register_port") { binding in
-                guard let line, let ops, oy_serial_line.isComplete(line), oy_serial_ops.isComplete(ops) else { return .invalid }
-                return RegisteredSerialPort(binding: binding, line: line.pointee, ops: ops.pointee, instance: instance).map { .made($0) } ?? .violation("a NULL write callback")
+            ClassRegistration.register(device, out: out, service: "register_port") { binding throws(ClassRegistration.Refusal) in
+                let line = try oy_serial_line.read(line, named: "oy_serial_line"), ops = try oy_serial_ops.read(ops, named: "oy_serial_ops")
+                guard SerialLine(line).isPossible else {
+                    throw .init("an impossible oy_serial_line (baud \(line.baud), data_bits \(line.data_bits), parity \(line.parity), stop_bits \(line.stop_bits)): "
+                        + "baud above 0, data_bits 5 to 8, parity an oy_serial_parity, stop_bits 1 or 2")
+                }
+                guard let port = RegisteredSerialPort(binding: binding, line: line, ops: ops, instance: instance) else { throw .init("a NULL write callback") }
+                return port
             }
         }
         t.unregister_port = { handle in ClassRegistration.withdraw(handle, as: RegisteredSerialPort.self, service: "unregister_port") }
         // What the OS does with input, room and losses is its own time, not
         // the reporting interrupt handler's (CallbackBudget).
         t.receive = { handle, data, length in
-            guard let port = HostServices.resource(handle, RegisteredSerialPort.self, service: "receive"), let data, length > 0 else { return }
+            guard let port = HostServices.resource(handle, RegisteredSerialPort.self, service: "receive"), length > 0 else { return }
+            guard let data else {
+                port.binding.library.recordViolation("receive with NULL data and a length of \(length)")
+                return
+            }
             CallbackBudget.inOS { port.target()?.received(UnsafeRawBufferPointer(start: data, count: Int(length)), on: port) }
         }
         t.tx_ready = { handle in

@@ -12,11 +12,15 @@ extension VersionedStruct {
     /// The size of the version this host was built against.
     static var currentSize: UInt32 { UInt32(MemoryLayout<Self>.size) }
 
-    /// True when `pointer` is non-NULL and its writer knew at least the
-    /// version this host reads.
-    static func isComplete(_ pointer: UnsafePointer<Self>?) -> Bool {
-        guard let pointer else { return false }
-        return pointer.pointee.struct_size >= currentSize
+    /// The struct a driver passed, if the host can read it: not NULL, and
+    /// written by a driver that knew at least the version this host reads
+    /// (no version had a `struct_size` smaller than version 1's). `named`
+    /// is its C name (an `oy_` one), for the refusal.
+    static func read(_ pointer: UnsafePointer<Self>?, named: String) throws(ClassRegistration.Refusal) -> Self {
+        guard let pointer else { throw .init("a NULL \(named)") }
+        let size = pointer.pointee.struct_size
+        guard size >= currentSize else { throw .init("an \(named) whose struct_size \(size) is smaller than its \(currentSize) bytes") }
+        return pointer.pointee
     }
 
     /// A host table for drivers: zeroed, `struct_size` set, filled by `fill`,

@@ -316,6 +316,17 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         // they reach another register or another device.
         Case(defect: "a 32-bit register read at an offset not aligned to 4", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_MISALIGNED_REGISTER"]) },
              expected: ["lifecycle.attach": .failed], says: ["reg_read32 at offset 0x2, not aligned to 4 bytes"]),
+        // Both pass values no version of the ABI defines: the host refuses
+        // the registration and says which field is wrong.
+        Case(defect: "reports the link as the STATUS register's LU bit (2), not an oy_link_state", build: {
+            try Fixtures.mutatedReferenceDriver("e1klite", [
+                ("\n        d->link = (e1k_read(d, E1K_STATUS) & E1K_STATUS_LU) ? OY_LINK_UP : OY_LINK_DOWN;", "\n        d->link = e1k_read(d, E1K_STATUS) & E1K_STATUS_LU;"),
+                ("&d->irq));\n    d->link = (e1k_read(d, E1K_STATUS) & E1K_STATUS_LU) ? OY_LINK_UP : OY_LINK_DOWN;", "&d->irq));\n    d->link = e1k_read(d, E1K_STATUS) & E1K_STATUS_LU;"),
+            ])
+        }, expected: ["lifecycle.attach": .failed], says: ["register_netdev with an undefined link state 2 in its oy_net_info"]),
+        Case(defect: "sets the geometry's struct_size to the size of the field", build: {
+            try Fixtures.mutatedReferenceDriver("nvmelite", [("geo.struct_size = sizeof(geo);", "geo.struct_size = sizeof(geo.struct_size);")])
+        }, expected: ["lifecycle.attach": .failed], says: ["register_disk with an oy_block_geometry whose struct_size 4 is smaller than its 32 bytes"]),
         Case(defect: "clears the scratch register at the port count, one past the range", build: {
             try Fixtures.mutatedReferenceDriver("uart16550", [("    if ((rc = h->lock_create(h, device, &d->lock)) != OY_OK) goto fail;",
                                                               "    u_out(d, count, 0);\n    if ((rc = h->lock_create(h, device, &d->lock)) != OY_OK) goto fail;")])

@@ -1,5 +1,5 @@
 import Devices
-import DriverHost
+@_spi(Conformance) import DriverHost
 import Foundation
 import Kernel
 import Machine
@@ -47,5 +47,48 @@ import Testing
         let address = try #require(testbed.machine.bus.enumerate().first { $0.device.identity.deviceID == RNGLite.deviceID }?.address)
         #expect((kernel.driverHostProcess(at: address) != nil) == hosted)
         #expect(try kernel.entropy.read(64).count == 64, "the first source serves")
+    }
+
+    /// The template driver, first registering its source with an ops table
+    /// whose struct_size is too small and with no out pointer, then as it
+    /// should; it logs what the first two got.
+    static func badRegistrationsDriver() throws -> String {
+        try Fixtures.mutatedTemplateDriver([
+            ("    c->host->reg_write32(d->regs, RNG_CTRL, 1); /* enable */",
+             """
+                 c->host->reg_write32(d->regs, RNG_CTRL, 1); /* enable */
+                 if (c->rng != NULL) {
+                     oy_rng_ops short_ops = my_rng_ops;
+                     oy_rng *unused = NULL;
+                     int32_t short_rc, no_out_rc;
+                     short_ops.struct_size = 8;
+                     short_rc = c->rng->register_rng(device, &short_ops, d, &unused);
+                     no_out_rc = c->rng->register_rng(device, &my_rng_ops, d, NULL);
+                     c->host->log(c->host, device, OY_LOG_WARNING, short_rc == OY_E_INVALID && no_out_rc == OY_E_INVALID && unused == NULL
+                                  ? "bad registrations: both refused" : "bad registrations: not both refused");
+                 }
+             """),
+        ])
+    }
+
+    /// What the header rules out is refused with OY_E_INVALID and recorded
+    /// as an ABI violation that names it, in process and in a driver host
+    /// alike; the driver's correct registration after them serves.
+    @Test(arguments: [false, true]) func registrationArgumentsTheHeaderRulesOutAreRefusedAndNamed(hosted: Bool) throws {
+        let testbed = try Testbed.make(state: Fixtures.temporaryDirectory("bad-registrations"), diskSize: 8 << 20, memorySize: 64 << 20)
+        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [try Self.badRegistrationsDriver()])
+        if hosted { kernel.driverHostExecutable = Fixtures.oyakoBinary }
+        defer {
+            kernel.shutdown()
+            testbed.machine.shutdown()
+        }
+        let mark = ViolationLog.mark
+        _ = kernel.boot()
+        let messages = kernel.log.all.map(\.message)
+        #expect(messages.contains("bad registrations: both refused"), "\(messages)")
+        let recorded = ViolationLog.since(mark).filter { $0.driver == "mydriver" }.map(\.message)
+        #expect(recorded.contains("register_rng with an oy_rng_ops whose struct_size 8 is smaller than its 16 bytes"), "\(recorded)")
+        #expect(recorded.contains("register_rng with a NULL out pointer"), "\(recorded)")
+        #expect(try kernel.entropy.read(64).count == 64, "the registration after them serves")
     }
 }
