@@ -79,7 +79,7 @@ public final class BlockRequest: LentRequest, @unchecked Sendable {
 
 /// A disk a driver registered with the OS (`register_disk`). The OS submits
 /// requests here; they go straight to the driver's `submit`.
-public final class RegisteredDisk: ClassRegistration, @unchecked Sendable {
+public final class RegisteredDisk: ClassRegistration, DescribedRegistration, @unchecked Sendable {
     // @unchecked Sendable: `outstanding` and `unregistered` are guarded by `lock`.
     /// The extension ID of this class.
     public static let classID: String = OY_BLOCK_EXTENSION
@@ -88,8 +88,13 @@ public final class RegisteredDisk: ClassRegistration, @unchecked Sendable {
     let instance: UnsafeMutableRawPointer?
     private let loans: Loans
 
-    init?(binding: DeviceBinding, geometry g: oy_block_geometry, ops: oy_block_ops, instance: UnsafeMutableRawPointer?) {
-        guard let submit = ops.submit else { return nil }
+    /// What `register_disk` registers; refused (and named) if block.h rules
+    /// out the geometry or the ops.
+    init(binding: DeviceBinding, info g: oy_block_geometry, ops: oy_block_ops, instance: UnsafeMutableRawPointer?) throws(Refusal) {
+        guard BlockGeometry(g).isPossible else {
+            throw .init("an impossible geometry (block size \(g.block_size), \(g.block_count) blocks, max transfer \(g.max_transfer_blocks), depth \(g.queue_depth))")
+        }
+        guard let submit = ops.submit else { throw .init("a NULL submit callback") }
         self.geometry = BlockGeometry(g)
         self.submitFunction = submit
         self.instance = instance
@@ -117,19 +122,8 @@ enum HostBlock {
 
     /// Static for the life of the process; drivers hold a pointer to it.
     nonisolated(unsafe) static let table = oy_host_block.hostTable { t in
-        t.register_disk = { device, geometry, ops, instance, out in
-            ClassRegistration.register(device, out: out, service: "register_disk") { binding throws(ClassRegistration.Refusal) in
-                let g = try oy_block_geometry.read(geometry, named: "oy_block_geometry"), ops = try oy_block_ops.read(ops, named: "oy_block_ops")
-                guard BlockGeometry(g).isPossible else {
-                    throw .init("an impossible geometry (block size \(g.block_size), \(g.block_count) blocks, max transfer \(g.max_transfer_blocks), depth \(g.queue_depth))")
-                }
-                guard let disk = RegisteredDisk(binding: binding, geometry: g, ops: ops, instance: instance) else { throw .init("a NULL submit callback") }
-                return disk
-            }
-        }
+        t.register_disk = { ClassRegistration.register(as: RegisteredDisk.self, $0, $1, $2, $3, $4, service: "register_disk") }
         t.unregister_disk = { handle in ClassRegistration.withdraw(handle, as: RegisteredDisk.self, service: "unregister_disk") }
-        t.complete = { raw, status in
-            LentRequest.completed(raw.map(BlockRequest.hostPrivate), status: status, service: "complete()")
-        }
+        t.complete = { LentRequest.completed($0.map(BlockRequest.hostPrivate), status: $1, service: "complete()") }
     }
 }

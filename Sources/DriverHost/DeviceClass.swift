@@ -141,6 +141,16 @@ public class ClassRegistration: Resource, @unchecked Sendable {
         return OY_OK.rawValue
     }
 
+    /// The `register_*` service of a class whose registration takes a
+    /// struct that describes it and an ops table (`T.Info`, `T.Ops`).
+    static func register<T: DescribedRegistration>(as type: T.Type, _ device: OpaquePointer?, _ info: UnsafePointer<T.Info>?, _ ops: UnsafePointer<T.Ops>?,
+                                                   _ instance: UnsafeMutableRawPointer?, _ out: UnsafeMutablePointer<OpaquePointer?>?, service: String) -> Int32
+    {
+        register(device, out: out, service: service) { binding throws(Refusal) in
+            try T(binding: binding, info: .read(info), ops: .read(ops), instance: instance)
+        }
+    }
+
     /// The common body of every class's `unregister_*` service.
     static func withdraw<T: ClassRegistration>(_ handle: OpaquePointer?, as type: T.Type, service: String) {
         guard let registration = ResourceOwner.release(handle, as: type) else {
@@ -150,4 +160,14 @@ public class ClassRegistration: Resource, @unchecked Sendable {
         registration.unregister()
         Verifier.pauseAfterRelease()
     }
+}
+
+/// A class object registered with a struct that describes it (a disk's
+/// geometry, an interface's info, a port's line) and the driver's ops table:
+/// made by the class's `register_*` service from what the driver passed,
+/// or refused with what the class's header rules out.
+protocol DescribedRegistration: ClassRegistration {
+    associatedtype Info: VersionedStruct
+    associatedtype Ops: VersionedStruct
+    init(binding: DeviceBinding, info: Info, ops: Ops, instance: UnsafeMutableRawPointer?) throws(ClassRegistration.Refusal)
 }

@@ -71,7 +71,7 @@ extension NetStatistics {
 }
 
 /// A network interface a driver registered with the OS (`register_netdev`).
-public final class RegisteredNetdev: ClassRegistration, @unchecked Sendable {
+public final class RegisteredNetdev: ClassRegistration, DescribedRegistration, @unchecked Sendable {
     // @unchecked Sendable: mutable state is guarded by `lock`.
     /// The extension ID of this class.
     public static let classID: String = OY_NET_EXTENSION
@@ -87,8 +87,14 @@ public final class RegisteredNetdev: ClassRegistration, @unchecked Sendable {
     private var link_: Bool
     private weak var receiver_: (any NetReceiver)?
 
-    init?(binding: DeviceBinding, info: oy_net_info, ops: oy_net_ops, instance: UnsafeMutableRawPointer?) {
-        guard ops.transmit != nil else { return nil }
+    /// What `register_netdev` registers; refused (and named) if net.h rules
+    /// out the info or the ops.
+    init(binding: DeviceBinding, info: oy_net_info, ops: oy_net_ops, instance: UnsafeMutableRawPointer?) throws(Refusal) {
+        guard Self.isPossible(maxFrame: Int(info.max_frame), queueDepth: Int(info.tx_queue_depth)) else {
+            throw .init("an impossible oy_net_info (max_frame \(info.max_frame), tx_queue_depth \(info.tx_queue_depth)): max_frame is 60 to 65535, tx_queue_depth 1 to 4096")
+        }
+        guard Self.isLinkState(info.link) else { throw .init("an undefined link state \(info.link) in its oy_net_info (\(Self.linkStates))") }
+        guard ops.transmit != nil else { throw .init("a NULL transmit callback") }
         self.mac = withUnsafeBytes(of: info.mac) { Array($0) }
         self.mtu = Int(info.mtu)
         self.maxFrame = Int(info.max_frame)
@@ -104,15 +110,6 @@ public final class RegisteredNetdev: ClassRegistration, @unchecked Sendable {
     /// once: what a NIC can register, in process or from a driver host.
     public static func isPossible(maxFrame: Int, queueDepth: Int) -> Bool {
         (60...65_535).contains(maxFrame) && (1...4096).contains(queueDepth)
-    }
-
-    /// What net.h forbids in `info`, said for the driver's author, or nil.
-    static func impossibility(_ info: oy_net_info) -> String? {
-        guard isPossible(maxFrame: Int(info.max_frame), queueDepth: Int(info.tx_queue_depth)) else {
-            return "an impossible oy_net_info (max_frame \(info.max_frame), tx_queue_depth \(info.tx_queue_depth)): max_frame is 60 to 65535, tx_queue_depth 1 to 4096"
-        }
-        guard isLinkState(info.link) else { return "an undefined link state \(info.link) in its oy_net_info (\(linkStates))" }
-        return nil
     }
 
     /// Whether `state` is an `oy_link_state`.
@@ -185,18 +182,9 @@ enum HostNet {
 
     /// Static for the life of the process; drivers hold a pointer to it.
     nonisolated(unsafe) static let table = oy_host_net.hostTable { t in
-        t.register_netdev = { device, info, ops, instance, out in
-            ClassRegistration.register(device, out: out, service: "register_netdev") { binding throws(ClassRegistration.Refusal) in
-                let info = try oy_net_info.read(info, named: "oy_net_info"), ops = try oy_net_ops.read(ops, named: "oy_net_ops")
-                if let problem = RegisteredNetdev.impossibility(info) { throw .init(problem) }
-                guard let netdev = RegisteredNetdev(binding: binding, info: info, ops: ops, instance: instance) else { throw .init("a NULL transmit callback") }
-                return netdev
-            }
-        }
+        t.register_netdev = { ClassRegistration.register(as: RegisteredNetdev.self, $0, $1, $2, $3, $4, service: "register_netdev") }
         t.unregister_netdev = { handle in ClassRegistration.withdraw(handle, as: RegisteredNetdev.self, service: "unregister_netdev") }
-        t.tx_complete = { raw, status in
-            LentRequest.completed(raw.map(NetFrame.hostPrivate), status: status, service: "tx_complete")
-        }
+        t.tx_complete = { LentRequest.completed($0.map(NetFrame.hostPrivate), status: $1, service: "tx_complete") }
         t.receive = { handle, data, length in
             guard let netdev = HostServices.resource(handle, RegisteredNetdev.self, service: "receive") else { return }
             guard let data else {

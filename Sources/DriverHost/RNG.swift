@@ -16,8 +16,9 @@ public final class RegisteredRNG: ClassRegistration, @unchecked Sendable {
     /// Largest read one call may ask for (OY_RNG_MAX_READ).
     public static let maxRead = Int(OY_RNG_MAX_READ)
 
-    init?(binding: DeviceBinding, ops: oy_rng_ops, instance: UnsafeMutableRawPointer?) {
-        guard let read = ops.read else { return nil }
+    /// What `register_rng` registers; refused (and named) without a read callback.
+    init(binding: DeviceBinding, ops: oy_rng_ops, instance: UnsafeMutableRawPointer?) throws(Refusal) {
+        guard let read = ops.read else { throw .init("a NULL read callback") }
         self.readFunction = read
         self.instance = instance
         super.init(binding: binding, deviceClass: Self.classID, kind: "entropy source", detail: "")
@@ -106,8 +107,7 @@ enum HostRNG {
     nonisolated(unsafe) static let table = oy_host_rng.hostTable { t in
         t.register_rng = { device, ops, instance, out in
             ClassRegistration.register(device, out: out, service: "register_rng") { binding throws(ClassRegistration.Refusal) in
-                guard let source = RegisteredRNG(binding: binding, ops: try oy_rng_ops.read(ops, named: "oy_rng_ops"), instance: instance) else { throw .init("a NULL read callback") }
-                return source
+                try RegisteredRNG(binding: binding, ops: .read(ops), instance: instance)
             }
         }
         t.unregister_rng = { handle in ClassRegistration.withdraw(handle, as: RegisteredRNG.self, service: "unregister_rng") }

@@ -39,7 +39,7 @@ extension SerialLine {
 }
 
 /// A serial port a driver registered with the OS (`register_port`).
-public final class RegisteredSerialPort: ClassRegistration, @unchecked Sendable {
+public final class RegisteredSerialPort: ClassRegistration, DescribedRegistration, @unchecked Sendable {
     // @unchecked Sendable: mutable state is guarded by `lock`.
     /// The extension ID of this class.
     public static let classID: String = OY_SERIAL_EXTENSION
@@ -52,8 +52,14 @@ public final class RegisteredSerialPort: ClassRegistration, @unchecked Sendable 
     private var writesInProgress = 0
     private weak var receiver_: (any SerialReceiver)?
 
-    init?(binding: DeviceBinding, line: oy_serial_line, ops: oy_serial_ops, instance: UnsafeMutableRawPointer?) {
-        guard ops.write != nil else { return nil }
+    /// What `register_port` registers; refused (and named) if serial.h
+    /// rules out the line or the ops.
+    init(binding: DeviceBinding, info line: oy_serial_line, ops: oy_serial_ops, instance: UnsafeMutableRawPointer?) throws(Refusal) {
+        guard SerialLine(line).isPossible else {
+            throw .init("an impossible oy_serial_line (baud \(line.baud), data_bits \(line.data_bits), parity \(line.parity), stop_bits \(line.stop_bits)): "
+                + "baud above 0, data_bits 5 to 8, parity an oy_serial_parity, stop_bits 1 or 2")
+        }
+        guard ops.write != nil else { throw .init("a NULL write callback") }
         self.ops = ops
         self.instance = instance
         self.line_ = SerialLine(line)
@@ -125,17 +131,7 @@ enum HostSerial {
 
     /// Static for the life of the process; drivers hold a pointer to it.
     nonisolated(unsafe) static let table = oy_host_serial.hostTable { t in
-        t.register_port = { device, line, ops, instance, out in
-            ClassRegistration.register(device, out: out, service: "register_port") { binding throws(ClassRegistration.Refusal) in
-                let line = try oy_serial_line.read(line, named: "oy_serial_line"), ops = try oy_serial_ops.read(ops, named: "oy_serial_ops")
-                guard SerialLine(line).isPossible else {
-                    throw .init("an impossible oy_serial_line (baud \(line.baud), data_bits \(line.data_bits), parity \(line.parity), stop_bits \(line.stop_bits)): "
-                        + "baud above 0, data_bits 5 to 8, parity an oy_serial_parity, stop_bits 1 or 2")
-                }
-                guard let port = RegisteredSerialPort(binding: binding, line: line, ops: ops, instance: instance) else { throw .init("a NULL write callback") }
-                return port
-            }
-        }
+        t.register_port = { ClassRegistration.register(as: RegisteredSerialPort.self, $0, $1, $2, $3, $4, service: "register_port") }
         t.unregister_port = { handle in ClassRegistration.withdraw(handle, as: RegisteredSerialPort.self, service: "unregister_port") }
         // What the OS does with input, room and losses is its own time, not
         // the reporting interrupt handler's (CallbackBudget).

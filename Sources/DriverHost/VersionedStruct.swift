@@ -14,12 +14,13 @@ extension VersionedStruct {
 
     /// The struct a driver passed, if the host can read it: not NULL, and
     /// written by a driver that knew at least the version this host reads
-    /// (no version had a `struct_size` smaller than version 1's). `named`
-    /// is its C name (an `oy_` one), for the refusal.
-    static func read(_ pointer: UnsafePointer<Self>?, named: String) throws(ClassRegistration.Refusal) -> Self {
-        guard let pointer else { throw .init("a NULL \(named)") }
+    /// (no version had a `struct_size` smaller than version 1's). A refusal
+    /// names the C struct (an `oy_` one).
+    static func read(_ pointer: UnsafePointer<Self>?) throws(ClassRegistration.Refusal) -> Self {
+        let name = String(describing: Self.self)
+        guard let pointer else { throw .init("a NULL \(name)") }
         let size = pointer.pointee.struct_size
-        guard size >= currentSize else { throw .init("an \(named) whose struct_size \(size) is smaller than its \(currentSize) bytes") }
+        guard size >= currentSize else { throw .init("an \(name) whose struct_size \(size) is smaller than its \(currentSize) bytes") }
         return pointer.pointee
     }
 
