@@ -109,36 +109,56 @@ extension DriverInstance {
     }
 
     /// The control methods the instance publishes ("oyako.control/1"), or
-    /// an empty list. Table sizes and counts are checked before reading.
+    /// an empty list. The table is the driver's memory, read without
+    /// trusting it: sizes and counts are checked before anything else is
+    /// read, and an entry or string that is not readable (a method_count
+    /// larger than the array) is an error, not a crash of the host.
     public func controlMethods() throws(ControlCallError) -> [ControlMethod] {
         guard let raw = driverExtension(OY_CONTROL_EXTENSION) else { return [] }
-        let table = raw.assumingMemoryBound(to: oy_control_table.self).pointee
+        guard let table = DriverMemory.load(raw, as: oy_control_table.self) else {
+            throw ControlCallError(message: "the control table get_extension returned is not readable memory")
+        }
         guard table.struct_size >= UInt32(MemoryLayout<oy_control_table>.size) else {
             throw ControlCallError(message: "control table struct_size \(table.struct_size) is smaller than oy_control_table v1")
         }
         guard table.method_count <= 256, table.method_count == 0 || table.methods != nil else {
             throw ControlCallError(message: "control table claims \(table.method_count) methods")
         }
-        var methods: [ControlMethod] = []
-        for i in 0..<Int(table.method_count) {
-            let m: oy_control_method = table.methods![i]
-            let text = m.signature.map { String(cString: $0) } ?? ""
-            var parsed: ControlSignature?
-            var problem: String?
-            do {
-                parsed = try ControlSignature(parsing: text)
-            } catch {
-                problem = error.description
+        let count = Int(table.method_count), entrySize = MemoryLayout<oy_control_method>.size
+        return try (0..<count).map { i throws(ControlCallError) -> ControlMethod in
+            let beyond = "is method_count (\(count)) larger than the array?"
+            guard let m = DriverMemory.load(UnsafeRawPointer(table.methods! + i), as: oy_control_method.self) else {
+                throw ControlCallError(message: "method \(i) of the control table is not readable memory: \(beyond)")
             }
-            if m.struct_size < UInt32(MemoryLayout<oy_control_method>.size) { problem = "method struct_size \(m.struct_size) is too small" }
-            if m.function == nil { problem = "method has a NULL function" }
-            if m.name == nil { problem = "method has no name" }
-            let summary: String = m.description.map { String(cString: $0) } ?? ""
-            methods.append(ControlMethod(
-                name: m.name.map { String(cString: $0) } ?? "", signatureText: text,
-                description: summary, signature: parsed, signatureProblem: problem, function: m.function))
+            // What follows the last entry is whatever the driver's data holds.
+            guard m.struct_size >= UInt32(entrySize) else {
+                throw ControlCallError(message: "method \(i) of the control table has struct_size \(m.struct_size), smaller than oy_control_method v1 (\(entrySize)): \(beyond)")
+            }
+            return try Self.method(m, index: i)
         }
-        return methods
+    }
+
+    /// One entry of a control table, its strings read without trusting them.
+    private static func method(_ m: oy_control_method, index: Int) throws(ControlCallError) -> ControlMethod {
+        func text(_ pointer: UnsafePointer<CChar>?, _ what: String) throws(ControlCallError) -> String {
+            switch DriverMemory.string(pointer) {
+            case .null: return ""
+            case .string(let text): return text
+            case .unreadable: throw ControlCallError(message: "the \(what) of method \(index) of the control table is not readable memory")
+            case .unterminated(_): throw ControlCallError(message: "the \(what) of method \(index) of the control table has no NUL in its first 4096 bytes")
+            }
+        }
+        let name = try text(m.name, "name"), signatureText = try text(m.signature, "signature"), summary = try text(m.description, "description")
+        var parsed: ControlSignature?
+        var problem: String?
+        do {
+            parsed = try ControlSignature(parsing: signatureText)
+        } catch {
+            problem = error.description
+        }
+        if m.function == nil { problem = "method has a NULL function" }
+        if m.name == nil { problem = "method has no name" }
+        return ControlMethod(name: name, signatureText: signatureText, description: summary, signature: parsed, signatureProblem: problem, function: m.function)
     }
 
     /// Calls `name` with `arguments` given as text, checked against the

@@ -450,6 +450,9 @@ enum HostServices {
         }
     }
 
+    /// The longest log line the host takes from a driver, in bytes.
+    static let longestLogLine = 16 << 10
+
     /// Logging and time.
     private static func installLoggingAndTime(_ t: inout oy_host) {
         t.log = { host, device, level, message in
@@ -463,7 +466,17 @@ enum HostServices {
                 // in passes with a warning that says so.
                 ViolationLog.record(.init(severity: .warning, driver: library.name, callback: oy_shim_context_callback().map { String(cString: $0) }, message: note))
             case .log(let notes):
-                lines = notes.map { ($0, .warning) } + [(message.map { String(cString: $0) } ?? "(NULL message)", LogLevel(rawValue: level) ?? .info)]
+                // The driver's pointer, read without trusting it (a freed or garbage one).
+                let text: String
+                switch DriverMemory.string(message, limit: Self.longestLogLine) {
+                case .null: text = "(NULL message)"
+                case .string(let line): text = line
+                case .unterminated(let prefix): text = prefix + "… (cut at \(Self.longestLogLine) bytes)"
+                case .unreadable:
+                    library.recordViolation("log with a message that is not readable memory (a freed or garbage pointer)")
+                    return
+                }
+                lines = notes.map { ($0, .warning) } + [(text, LogLevel(rawValue: level) ?? .info)]
             }
             let location = device.flatMap { HandleTable.shared.lookup($0, as: DeviceBinding.self)?.device.info.location }
             // Where the OS puts a line (its log, the console) is its time.

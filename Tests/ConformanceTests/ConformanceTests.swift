@@ -314,6 +314,9 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
         // The device model reads all ones there and drops the write, as a
         // bus does: nothing else shows these, though on real hardware
         // they reach another register or another device.
+        // The host read the message with strlen and died of it.
+        Case(defect: "logs through a pointer that leads nowhere", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_LOG_GARBAGE"]) },
+             expected: ["lifecycle.attach": .failed], says: ["log with a message that is not readable memory"]),
         Case(defect: "a 32-bit register read at an offset not aligned to 4", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_MISALIGNED_REGISTER"]) },
              expected: ["lifecycle.attach": .failed], says: ["reg_read32 at offset 0x2, not aligned to 4 bytes"]),
         // Both pass values no version of the ABI defines: the host refuses
@@ -331,6 +334,12 @@ func failing(_ report: ConformanceSuite.DriverReport) -> Set<String> {
             try Fixtures.mutatedReferenceDriver("uart16550", [("    if ((rc = h->lock_create(h, device, &d->lock)) != OY_OK) goto fail;",
                                                               "    u_out(d, count, 0);\n    if ((rc = h->lock_create(h, device, &d->lock)) != OY_OK) goto fail;")])
         }, expected: ["lifecycle.attach": .failed], says: ["port_out8 on port 8, outside the 8-port range of BAR 0"]),
+        // The entries past the array are whatever the driver's data holds;
+        // the host read their name pointers and crashed in strlen.
+        Case(defect: "a control table whose method_count is larger than its array", build: {
+            try Fixtures.mutatedTemplateDriver([("static const oy_control_table my_control = {sizeof(oy_control_table), 1, my_methods};",
+                                                 "static const oy_control_table my_control = {sizeof(oy_control_table), 5, my_methods};")])
+        }, expected: ["control.signatures": .failed], says: ["is method_count (5) larger than the array?"]),
         Case(defect: "keeps a control call's borrowed string", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_KEEPS_STRING_ARG"]) },
              expected: ["control.boundary-calls": .crashed], says: ["used after the call returned"]),
         Case(defect: "keeps probe's borrowed device info", build: { try Fixtures.fixtureDriver(defines: ["MUTANT_KEEPS_PROBE_INFO"]) },

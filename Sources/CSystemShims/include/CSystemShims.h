@@ -146,6 +146,16 @@ int oy_shim_spawn_driver_host(const char *path, char *const argv[], int socket_f
 void oy_shim_os_time_add(uint64_t ns);
 uint64_t oy_shim_os_time_take(void);
 
+/* Memory a driver names (a table it returned, a string in it), read
+ * without trusting it: an address that is not readable answers an error
+ * instead of a SIGSEGV in the host. oy_shim_copy_in copies `length` bytes
+ * and returns 0, or -1 when part of them is not readable.
+ * oy_shim_copy_in_string copies the NUL-terminated string at `source` into
+ * `buffer` (`capacity` bytes, NUL included) and returns its length; -1 when
+ * it is not readable, -2 when no NUL comes within capacity - 1 bytes. */
+int oy_shim_copy_in(void *destination, const void *source, size_t length);
+long oy_shim_copy_in_string(char *buffer, size_t capacity, const char *source);
+
 /* errno of the last failing call on this thread. */
 int oy_shim_errno(void);
 

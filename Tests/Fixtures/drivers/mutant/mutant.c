@@ -186,6 +186,11 @@ static int32_t mutant_attach(void *ctx, oy_device *device, void **out) {
     }
 #endif
     if ((rc = h->regs_map(device, 0, &d->regs, &size)) != OY_OK) goto fail;
+#ifdef MUTANT_LOG_GARBAGE
+    /* Defect: a log message through a pointer that leads nowhere (as a
+     * freed or uninitialized one does). */
+    h->log(h, device, OY_LOG_INFO, (const char *)(uintptr_t)0x10);
+#endif
 #ifdef MUTANT_MISALIGNED_REGISTER
     /* Defect: the upper 16 bits of register 0 read as a 32-bit register at
      * offset 2 (the host refuses it: offsets are naturally aligned). */
