@@ -30,23 +30,30 @@ import Testing
         ])
     }
 
-    @Test(arguments: [false, true]) func aSecondObjectOfAClassForOneDeviceIsRefusedWithAReason(hosted: Bool) throws {
-        let testbed = try Testbed.make(state: Fixtures.temporaryDirectory("one-per-class"), diskSize: 8 << 20, memorySize: 64 << 20)
-        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [try Self.twoSourcesDriver()])
+    /// A bare machine that boots `driver`, in process or in a driver host;
+    /// `body` runs before it shuts down.
+    static func booting(_ driver: String, hosted: Bool, state: String, _ body: (Testbed, Kernel, Kernel.BootReport) throws -> Void) throws {
+        let testbed = try Testbed.make(state: Fixtures.temporaryDirectory(state), diskSize: 8 << 20, memorySize: 64 << 20)
+        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [driver])
         if hosted { kernel.driverHostExecutable = Fixtures.oyakoBinary }
         defer {
             kernel.shutdown()
             testbed.machine.shutdown()
         }
-        let report = kernel.boot()
-        #expect(report.problems.isEmpty, "\(report.problems)")
-        let messages = kernel.log.all.map(\.message)
-        #expect(messages.contains("second source: not supported"), "\(messages)")
-        #expect(messages.contains { $0.contains("a second oyako.rng/1 object for one device was refused (OY_E_NOT_SUPPORTED)") }, "\(messages)")
-        #expect(kernel.entropy.sources.map(\.name) == ["hwrng0"])
-        let address = try #require(testbed.machine.bus.enumerate().first { $0.device.identity.deviceID == RNGLite.deviceID }?.address)
-        #expect((kernel.driverHostProcess(at: address) != nil) == hosted)
-        #expect(try kernel.entropy.read(64).count == 64, "the first source serves")
+        try body(testbed, kernel, kernel.boot())
+    }
+
+    @Test(arguments: [false, true]) func aSecondObjectOfAClassForOneDeviceIsRefusedWithAReason(hosted: Bool) throws {
+        try Self.booting(try Self.twoSourcesDriver(), hosted: hosted, state: "one-per-class") { testbed, kernel, report throws in
+            #expect(report.problems.isEmpty, "\(report.problems)")
+            let messages = kernel.log.all.map(\.message)
+            #expect(messages.contains("second source: not supported"), "\(messages)")
+            #expect(messages.contains { $0.contains("a second oyako.rng/1 object for one device was refused (OY_E_NOT_SUPPORTED)") }, "\(messages)")
+            #expect(kernel.entropy.sources.map(\.name) == ["hwrng0"])
+            let address = try #require(testbed.machine.bus.enumerate().first { $0.device.identity.deviceID == RNGLite.deviceID }?.address)
+            #expect((kernel.driverHostProcess(at: address) != nil) == hosted)
+            #expect(try kernel.entropy.read(64).count == 64, "the first source serves")
+        }
     }
 
     /// The template driver, first registering its source with an ops table
@@ -75,20 +82,14 @@ import Testing
     /// as an ABI violation that names it, in process and in a driver host
     /// alike; the driver's correct registration after them serves.
     @Test(arguments: [false, true]) func registrationArgumentsTheHeaderRulesOutAreRefusedAndNamed(hosted: Bool) throws {
-        let testbed = try Testbed.make(state: Fixtures.temporaryDirectory("bad-registrations"), diskSize: 8 << 20, memorySize: 64 << 20)
-        let kernel = Kernel(platform: BarePlatform(machine: testbed.machine), driverPaths: [try Self.badRegistrationsDriver()])
-        if hosted { kernel.driverHostExecutable = Fixtures.oyakoBinary }
-        defer {
-            kernel.shutdown()
-            testbed.machine.shutdown()
-        }
         let mark = ViolationLog.mark
-        _ = kernel.boot()
-        let messages = kernel.log.all.map(\.message)
-        #expect(messages.contains("bad registrations: both refused"), "\(messages)")
-        let recorded = ViolationLog.since(mark).filter { $0.driver == "mydriver" }.map(\.message)
-        #expect(recorded.contains("register_rng with an oy_rng_ops whose struct_size 8 is smaller than its 16 bytes"), "\(recorded)")
-        #expect(recorded.contains("register_rng with a NULL out pointer"), "\(recorded)")
-        #expect(try kernel.entropy.read(64).count == 64, "the registration after them serves")
+        try Self.booting(try Self.badRegistrationsDriver(), hosted: hosted, state: "bad-registrations") { _, kernel, _ throws in
+            let messages = kernel.log.all.map(\.message)
+            #expect(messages.contains("bad registrations: both refused"), "\(messages)")
+            let recorded = ViolationLog.since(mark).filter { $0.driver == "mydriver" }.map(\.message)
+            #expect(recorded.contains("register_rng with an oy_rng_ops whose struct_size 8 is smaller than its 16 bytes"), "\(recorded)")
+            #expect(recorded.contains("register_rng with a NULL out pointer"), "\(recorded)")
+            #expect(try kernel.entropy.read(64).count == 64, "the registration after them serves")
+        }
     }
 }
